@@ -1,0 +1,810 @@
+//! The `[[check]]` schema and its validation.
+//!
+//! A config file is read whole (TOML through the `config` crate, with
+//! `MAILLOOP_...` environment overrides), then validated whole: every bad key
+//! is collected with its path (`check[0].smtp.port`) and reported at once,
+//! before anything connects or binds. Nothing downstream ever sees an
+//! unvalidated value.
+//!
+//! Passwords come from `password`, `password_env` or `password_file`; they
+//! are resolved here, at load time, so a missing variable is a config error
+//! and not a failed probe at 3 a.m.
+
+use crate::{Secret, StepName};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Transport security of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Plain TCP, upgraded with STARTTLS (refused if the server does not offer it).
+    Starttls,
+    /// TLS from the first byte (465, 993).
+    Tls,
+    /// No TLS at all (an inbound MX on 25, a test server).
+    None,
+}
+
+impl Security {
+    fn parse(s: &str) -> Option<Security> {
+        match s {
+            "starttls" => Some(Security::Starttls),
+            "tls" => Some(Security::Tls),
+            "none" => Some(Security::None),
+            _ => None,
+        }
+    }
+}
+
+/// A user name and its resolved password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// How to reach and trust one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    /// Name to verify the certificate against (default: `host`).
+    pub server_name: Option<String>,
+    /// Extra trust root(s), PEM, on top of the system store.
+    pub ca_file: Option<PathBuf>,
+    pub credentials: Option<Credentials>,
+}
+
+impl Endpoint {
+    /// The name the certificate must carry.
+    pub fn tls_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or(&self.host)
+    }
+}
+
+/// How the receiver notices the probe's arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// IMAP IDLE (RFC 2177); falls back to polling if the server lacks it.
+    Idle,
+    /// `UID SEARCH` every `poll_interval`.
+    Poll,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    pub endpoint: Endpoint,
+    /// EHLO name; default: the machine's host name.
+    pub helo: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapConfig {
+    pub endpoint: Endpoint,
+    pub mailbox: String,
+    pub wait: WaitMode,
+    pub poll_interval: Duration,
+}
+
+/// What a threshold applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ThresholdKey {
+    Step(StepName),
+    Rtt,
+    Delivery,
+}
+
+impl fmt::Display for ThresholdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ThresholdKey::Step(s) => f.write_str(s.as_str()),
+            ThresholdKey::Rtt => f.write_str("rtt"),
+            ThresholdKey::Delivery => f.write_str("delivery"),
+        }
+    }
+}
+
+/// One round trip to monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    /// The whole round trip, connect to found.
+    pub deadline: Duration,
+    /// Default timeout of every step.
+    pub step_timeout: Duration,
+    /// Per-step overrides of `step_timeout`.
+    pub timeouts: BTreeMap<StepName, Duration>,
+    /// Above these the outcome is `degraded`.
+    pub thresholds: BTreeMap<ThresholdKey, Duration>,
+    /// Probes of this check older than this are swept from the mailbox.
+    pub sweep_older_than: Duration,
+    pub smtp: SmtpConfig,
+    pub imap: ImapConfig,
+}
+
+impl CheckConfig {
+    /// The timeout of one step.
+    pub fn timeout(&self, step: StepName) -> Duration {
+        self.timeouts.get(&step).copied().unwrap_or(self.step_timeout)
+    }
+}
+
+/// A validated probe config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub checks: Vec<CheckConfig>,
+}
+
+/// One bad key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where: `check[0].smtp.port`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with a config, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {message}")]
+    Unreadable { path: String, message: String },
+    #[error("{} in {path}:\n{}", plural(issues.len()), list(issues))]
+    Invalid { path: String, issues: Vec<ConfigIssue> },
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 { "1 config error".into() } else { format!("{n} config errors") }
+}
+
+fn list(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {}: {}", i.path, i.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Default whole-probe deadline.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+/// Default per-step timeout.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default age after which leftover probes are swept.
+pub const DEFAULT_SWEEP_AGE: Duration = Duration::from_secs(3600);
+/// Default polling interval when IDLE is unavailable or off.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ProbeConfig {
+    /// Reads `path` (TOML) with `MAILLOOP_...` environment overrides and
+    /// validates it whole.
+    pub fn load(path: &Path) -> Result<ProbeConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let raw = read_raw(path).map_err(|message| ConfigError::Unreadable {
+            path: shown.clone(),
+            message,
+        })?;
+        Self::from_value(&raw, &|name| std::env::var(name).ok())
+            .map_err(|issues| ConfigError::Invalid { path: shown, issues })
+    }
+
+    /// Validates an already-parsed config tree. `env` looks up environment
+    /// variables for `password_env` (a parameter, so tests need not touch the
+    /// process environment).
+    pub fn from_value(
+        raw: &Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ProbeConfig, Vec<ConfigIssue>> {
+        let mut v = Validator { issues: Vec::new(), env };
+        let checks = v.checks(raw);
+        if v.issues.is_empty() {
+            Ok(ProbeConfig { checks })
+        } else {
+            Err(v.issues)
+        }
+    }
+}
+
+/// Parses TOML plus environment overrides into a plain tree.
+///
+/// Environment: `MAILLOOP_<KEY>` with `__` between nested keys overrides
+/// top-level tables (reserved for agent settings); per-check overrides go by
+/// check name: `MAILLOOP_CHECK__<name>__<section>__<key>`, e.g.
+/// `MAILLOOP_CHECK__corp__SMTP__PORT=2525`.
+fn read_raw(path: &Path) -> Result<Value, String> {
+    if !path.exists() {
+        return Err("no such file".into());
+    }
+    let built = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut value: Value = built.try_deserialize().map_err(|e| e.to_string())?;
+    apply_env_overrides(&mut value, std::env::vars());
+    Ok(value)
+}
+
+/// Applies `MAILLOOP_CHECK__<name>__<key path>` overrides to matching checks.
+pub fn apply_env_overrides(value: &mut Value, vars: impl Iterator<Item = (String, String)>) {
+    for (key, val) in vars {
+        let Some(rest) = key.strip_prefix("MAILLOOP_CHECK__") else { continue };
+        let mut parts = rest.split("__");
+        let Some(check_name) = parts.next() else { continue };
+        let path: Vec<String> = parts.map(|p| p.to_ascii_lowercase()).collect();
+        if path.is_empty() {
+            continue;
+        }
+        let Some(checks) = value.get_mut("check").and_then(Value::as_array_mut) else { continue };
+        for check in checks.iter_mut() {
+            let matches = check
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.eq_ignore_ascii_case(check_name));
+            if matches {
+                set_path(check, &path, scalar(&val));
+            }
+        }
+    }
+}
+
+fn set_path(node: &mut Value, path: &[String], new: Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = node;
+    for p in parents {
+        if !cur.get(p).is_some_and(Value::is_object) {
+            if let Some(obj) = cur.as_object_mut() {
+                obj.insert(p.clone(), Value::Object(Map::new()));
+            }
+        }
+        cur = cur.get_mut(p).expect("just inserted");
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        obj.insert(last.clone(), new);
+    }
+}
+
+fn scalar(s: &str) -> Value {
+    if let Ok(n) = s.parse::<i64>() {
+        return Value::from(n);
+    }
+    match s {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(s.to_string()),
+    }
+}
+
+struct Validator<'e> {
+    issues: Vec<ConfigIssue>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+/// A table being read: remembers which keys were used so the rest can be
+/// reported as unknown.
+struct Table<'a> {
+    path: String,
+    map: Option<&'a Map<String, Value>>,
+    used: HashSet<&'static str>,
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue { path: path.into(), message: message.into() });
+    }
+
+    fn checks(&mut self, raw: &Value) -> Vec<CheckConfig> {
+        let Some(root) = raw.as_object() else {
+            self.issue("(root)", "expected a table");
+            return Vec::new();
+        };
+        for key in root.keys() {
+            if key != "check" {
+                self.issue(key.clone(), "unknown key (expected [[check]] tables)");
+            }
+        }
+        let list = match root.get("check") {
+            None => {
+                self.issue("check", "no [[check]] defined");
+                return Vec::new();
+            }
+            Some(Value::Array(list)) => list,
+            Some(Value::Object(_)) => {
+                self.issue("check", "must be an array of tables: write [[check]], not [check]");
+                return Vec::new();
+            }
+            Some(_) => {
+                self.issue("check", "must be an array of tables ([[check]])");
+                return Vec::new();
+            }
+        };
+        let mut names = HashSet::new();
+        let mut checks = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let path = format!("check[{i}]");
+            if let Some(name) = item.get("name").and_then(Value::as_str) {
+                if !names.insert(name) {
+                    self.issue(format!("{path}.name"), format!("duplicate check name {name:?}"));
+                }
+            }
+            if let Some(c) = self.check(&path, item) {
+                checks.push(c);
+            }
+        }
+        checks
+    }
+
+    fn check(&mut self, path: &str, item: &Value) -> Option<CheckConfig> {
+        let mut t = self.table(path, Some(item))?;
+        let name = self.req_str(&mut t, "name");
+        if let Some(n) = &name {
+            if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                self.issue(format!("{path}.name"), "use letters, digits, '-', '_' or '.' (it goes into a mail header and metrics labels)");
+            }
+        }
+        let from = self.req_str(&mut t, "from").filter(|a| self.address(path, "from", a));
+        let to = self.req_str(&mut t, "to").filter(|a| self.address(path, "to", a));
+        let deadline = self.duration(&mut t, "deadline", DEFAULT_DEADLINE);
+        let step_timeout = self.duration(&mut t, "step_timeout", DEFAULT_STEP_TIMEOUT);
+        let sweep_older_than = self.duration(&mut t, "sweep_older_than", DEFAULT_SWEEP_AGE);
+        let smtp = self.sub(&mut t, "smtp", true).and_then(|s| self.smtp(s));
+        let imap = self.sub(&mut t, "imap", true).and_then(|s| self.imap(s));
+        let thresholds = self.thresholds(&mut t);
+        let timeouts = self.timeouts(&mut t);
+        self.finish(t);
+        Some(CheckConfig {
+            name: name?,
+            from: from?,
+            to: to?,
+            deadline: deadline?,
+            step_timeout: step_timeout?,
+            timeouts: timeouts?,
+            thresholds: thresholds?,
+            sweep_older_than: sweep_older_than?,
+            smtp: smtp?,
+            imap: imap?,
+        })
+    }
+
+    fn address(&mut self, path: &str, key: &str, a: &str) -> bool {
+        let ok = a.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && !d.is_empty() && !a.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+        });
+        if !ok {
+            self.issue(format!("{path}.{key}"), format!("{a:?} is not a mail address (local@domain)"));
+        }
+        ok
+    }
+
+    fn smtp(&mut self, mut t: Table<'_>) -> Option<SmtpConfig> {
+        let endpoint = self.endpoint(&mut t, Security::Starttls, |s| match s {
+            Security::Starttls => 587,
+            Security::Tls => 465,
+            Security::None => 25,
+        }, false);
+        let helo = self.opt_str(&mut t, "helo");
+        self.finish(t);
+        Some(SmtpConfig { endpoint: endpoint?, helo: helo? })
+    }
+
+    fn imap(&mut self, mut t: Table<'_>) -> Option<ImapConfig> {
+        let endpoint = self.endpoint(&mut t, Security::Tls, |s| match s {
+            Security::Tls => 993,
+            Security::Starttls | Security::None => 143,
+        }, true);
+        let mailbox = self.opt_str(&mut t, "mailbox").map(|m| m.unwrap_or_else(|| "INBOX".into()));
+        let wait = match self.opt_str(&mut t, "wait") {
+            Some(None) => Some(WaitMode::Idle),
+            Some(Some(w)) => match w.as_str() {
+                "idle" => Some(WaitMode::Idle),
+                "poll" => Some(WaitMode::Poll),
+                _ => {
+                    self.issue(format!("{}.wait", t.path), format!("{w:?}: expected \"idle\" or \"poll\""));
+                    None
+                }
+            },
+            None => None,
+        };
+        let poll_interval = self.duration(&mut t, "poll_interval", DEFAULT_POLL_INTERVAL);
+        self.finish(t);
+        Some(ImapConfig { endpoint: endpoint?, mailbox: mailbox?, wait: wait?, poll_interval: poll_interval? })
+    }
+
+    fn endpoint(
+        &mut self,
+        t: &mut Table<'_>,
+        default_security: Security,
+        default_port: fn(Security) -> u16,
+        login_required: bool,
+    ) -> Option<Endpoint> {
+        let host = self.req_str(t, "host");
+        let security = match self.opt_str(t, "security")? {
+            None => Some(default_security),
+            Some(s) => {
+                let parsed = Security::parse(&s);
+                if parsed.is_none() {
+                    self.issue(format!("{}.security", t.path), format!("{s:?}: expected \"starttls\", \"tls\" or \"none\""));
+                }
+                parsed
+            }
+        };
+        let port = self.port(t, "port");
+        let server_name = self.opt_str(t, "server_name");
+        let ca_file = self.opt_str(t, "ca_file").map(|f| f.map(PathBuf::from));
+        if let Some(Some(f)) = &ca_file {
+            if let Err(e) = std::fs::File::open(f) {
+                self.issue(format!("{}.ca_file", t.path), format!("cannot read {}: {e}", f.display()));
+            }
+        }
+        let username = self.opt_str(t, "username");
+        let password = self.password(t);
+        let credentials = match (username?, password?) {
+            (Some(username), Some(password)) => Some(Credentials { username, password }),
+            (None, None) if login_required => {
+                self.issue(format!("{}.username", t.path), "required: the mailbox login");
+                None
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                self.issue(format!("{}.password", t.path), "username is set but none of password, password_env, password_file is");
+                return None;
+            }
+            (None, Some(_)) => {
+                self.issue(format!("{}.username", t.path), "a password is set but no username");
+                return None;
+            }
+        };
+        if login_required && credentials.is_none() {
+            return None;
+        }
+        let security = security?;
+        Some(Endpoint {
+            host: host?,
+            port: port?.unwrap_or_else(|| default_port(security)),
+            security,
+            server_name: server_name?,
+            ca_file: ca_file?,
+            credentials,
+        })
+    }
+
+    /// `Some(None)`: no password given; `None`: given but bad (issue recorded).
+    fn password(&mut self, t: &mut Table<'_>) -> Option<Option<Secret>> {
+        let inline = self.opt_str(t, "password")?;
+        let env = self.opt_str(t, "password_env")?;
+        let file = self.opt_str(t, "password_file")?;
+        let given = [inline.is_some(), env.is_some(), file.is_some()].iter().filter(|b| **b).count();
+        if given > 1 {
+            self.issue(format!("{}.password", t.path), "set only one of password, password_env, password_file");
+            return None;
+        }
+        if let Some(p) = inline {
+            return Some(Some(Secret::new(p)));
+        }
+        if let Some(var) = env {
+            return match (self.env)(&var) {
+                Some(v) if !v.is_empty() => Some(Some(Secret::new(v))),
+                _ => {
+                    self.issue(format!("{}.password_env", t.path), format!("environment variable {var} is not set"));
+                    None
+                }
+            };
+        }
+        if let Some(file) = file {
+            return match std::fs::read_to_string(&file) {
+                Ok(v) => {
+                    let v = v.trim_end_matches(['\r', '\n']);
+                    if v.is_empty() {
+                        self.issue(format!("{}.password_file", t.path), format!("{file} is empty"));
+                        None
+                    } else {
+                        Some(Some(Secret::new(v)))
+                    }
+                }
+                Err(e) => {
+                    self.issue(format!("{}.password_file", t.path), format!("cannot read {file}: {e}"));
+                    None
+                }
+            };
+        }
+        Some(None)
+    }
+
+    fn thresholds(&mut self, t: &mut Table<'_>) -> Option<BTreeMap<ThresholdKey, Duration>> {
+        let Some(sub) = self.sub(t, "thresholds", false) else {
+            return Some(BTreeMap::new()).filter(|_| !self.sub_was_bad(t, "thresholds"));
+        };
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, value) in sub.map.into_iter().flatten() {
+            let path = format!("{}.{key:?}", sub.path);
+            let target = match key.as_str() {
+                "rtt" => Some(ThresholdKey::Rtt),
+                "delivery" => Some(ThresholdKey::Delivery),
+                step => step.parse().ok().map(ThresholdKey::Step),
+            };
+            let Some(target) = target else {
+                self.issue(path, "unknown threshold: use a step name (\"smtp.auth\"), \"rtt\" or \"delivery\"");
+                ok = false;
+                continue;
+            };
+            match duration_value(value) {
+                Ok(d) => {
+                    out.insert(target, d);
+                }
+                Err(m) => {
+                    self.issue(path, m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn timeouts(&mut self, t: &mut Table<'_>) -> Option<BTreeMap<StepName, Duration>> {
+        let Some(sub) = self.sub(t, "timeouts", false) else {
+            return Some(BTreeMap::new()).filter(|_| !self.sub_was_bad(t, "timeouts"));
+        };
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, value) in sub.map.into_iter().flatten() {
+            let path = format!("{}.{key:?}", sub.path);
+            match (key.parse::<StepName>(), duration_value(value)) {
+                (Ok(step), Ok(d)) => {
+                    out.insert(step, d);
+                }
+                (Err(_), _) => {
+                    self.issue(path, "unknown step name");
+                    ok = false;
+                }
+                (_, Err(m)) => {
+                    self.issue(path, m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn sub_was_bad(&self, t: &Table<'_>, key: &str) -> bool {
+        t.map.and_then(|m| m.get(key)).is_some_and(|v| !v.is_object())
+    }
+
+    fn table<'a>(&mut self, path: &str, v: Option<&'a Value>) -> Option<Table<'a>> {
+        match v {
+            Some(Value::Object(map)) => Some(Table { path: path.to_string(), map: Some(map), used: HashSet::new() }),
+            Some(_) => {
+                self.issue(path, "expected a table");
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn sub<'a>(&mut self, t: &mut Table<'a>, key: &'static str, required: bool) -> Option<Table<'a>> {
+        t.used.insert(key);
+        let v = t.map.and_then(|m| m.get(key));
+        if v.is_none() && required {
+            self.issue(format!("{}.{key}", t.path), "required table is missing");
+        }
+        self.table(&format!("{}.{key}", t.path), v)
+    }
+
+    fn finish(&mut self, t: Table<'_>) {
+        for key in t.map.into_iter().flat_map(|m| m.keys()) {
+            if !t.used.contains(key.as_str()) {
+                self.issue(format!("{}.{key}", t.path), "unknown key");
+            }
+        }
+    }
+
+    fn raw<'a>(&mut self, t: &mut Table<'a>, key: &'static str) -> Option<&'a Value> {
+        t.used.insert(key);
+        t.map.and_then(|m| m.get(key))
+    }
+
+    fn req_str(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<String> {
+        match self.opt_str(t, key)? {
+            Some(s) => Some(s),
+            None => {
+                self.issue(format!("{}.{key}", t.path), "required");
+                None
+            }
+        }
+    }
+
+    /// `Some(None)`: absent; `None`: present but bad.
+    fn opt_str(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<Option<String>> {
+        match self.raw(t, key) {
+            None => Some(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.issue(format!("{}.{key}", t.path), "must not be empty");
+                None
+            }
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(other) => {
+                self.issue(format!("{}.{key}", t.path), format!("expected a string, found {other}"));
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<Option<u16>> {
+        let n = match self.raw(t, key) {
+            None => return Some(None),
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.parse::<i64>().ok(),
+            Some(_) => None,
+        };
+        match n {
+            Some(n) if (1..=65535).contains(&n) => Some(Some(n as u16)),
+            _ => {
+                let shown = t.map.and_then(|m| m.get(key)).map(|v| v.to_string()).unwrap_or_default();
+                self.issue(format!("{}.{key}", t.path), format!("{shown} is not a port (1-65535)"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &mut Table<'_>, key: &'static str, default: Duration) -> Option<Duration> {
+        match self.raw(t, key) {
+            None => Some(default),
+            Some(v) => match duration_value(v) {
+                Ok(d) => Some(d),
+                Err(m) => {
+                    self.issue(format!("{}.{key}", t.path), m);
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// Parses `"30s"`, `"2m"`, `"1h 30m"`, `"250ms"`; zero is refused.
+pub fn duration_value(v: &Value) -> Result<Duration, String> {
+    let Value::String(s) = v else {
+        return Err(format!("expected a duration string like \"30s\", found {v}"));
+    };
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"2m\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SMTP_PASS").then(|| "s3cret".to_string())
+    }
+
+    fn good() -> Value {
+        json!({"check": [{
+            "name": "corp", "from": "probe@sender.test", "to": "probe@receiver.test",
+            "smtp": {"host": "127.0.0.1", "username": "probe@sender.test", "password_env": "SMTP_PASS"},
+            "imap": {"host": "127.0.0.1", "username": "probe@receiver.test", "password": "x"},
+            "thresholds": {"smtp.auth": "1s", "rtt": "30s"}
+        }]})
+    }
+
+    fn issues(v: Value) -> Vec<String> {
+        match ProbeConfig::from_value(&v, &env) {
+            Ok(_) => vec![],
+            Err(issues) => issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_config_gets_defaults() {
+        let c = ProbeConfig::from_value(&good(), &env).unwrap();
+        let check = &c.checks[0];
+        assert_eq!(check.smtp.endpoint.port, 587);
+        assert_eq!(check.smtp.endpoint.security, Security::Starttls);
+        assert_eq!(check.imap.endpoint.port, 993);
+        assert_eq!(check.imap.mailbox, "INBOX");
+        assert_eq!(check.deadline, DEFAULT_DEADLINE);
+        assert_eq!(check.smtp.endpoint.credentials.as_ref().unwrap().password.expose(), "s3cret");
+        assert_eq!(check.thresholds[&ThresholdKey::Step(StepName::SmtpAuth)], Duration::from_secs(1));
+        assert_eq!(check.thresholds[&ThresholdKey::Rtt], Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let mut v = good();
+        let c = &mut v["check"][0];
+        c["smtp"]["port"] = json!(70000);
+        c["smtp"]["security"] = json!("ssl");
+        c["smtp"]["password_env"] = json!("NOPE");
+        c["imap"]["colour"] = json!("blue");
+        c["deadline"] = json!("soon");
+        c["thresholds"]["smtp.nope"] = json!("1s");
+        let got = issues(v);
+        let paths: Vec<&str> = got.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "check[0].deadline",
+                "check[0].smtp.security",
+                "check[0].smtp.port",
+                "check[0].smtp.password_env",
+                "check[0].imap.colour",
+                "check[0].thresholds.\"smtp.nope\"",
+            ],
+            "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let got = issues(json!({"check": [{"name": "x"}], "extra": 1}));
+        assert!(got.contains(&"extra: unknown key (expected [[check]] tables)".to_string()), "{got:#?}");
+        assert!(got.contains(&"check[0].from: required".to_string()), "{got:#?}");
+        assert!(got.contains(&"check[0].smtp: required table is missing".to_string()), "{got:#?}");
+        assert!(got.contains(&"check[0].imap: required table is missing".to_string()), "{got:#?}");
+    }
+
+    #[test]
+    fn duplicate_names_and_double_passwords() {
+        let mut v = good();
+        let second = v["check"][0].clone();
+        v["check"].as_array_mut().unwrap().push(second);
+        v["check"][1]["imap"]["password_env"] = json!("SMTP_PASS");
+        let got = issues(v);
+        assert!(got.iter().any(|s| s.starts_with("check[1].name: duplicate")), "{got:#?}");
+        assert!(got.iter().any(|s| s.starts_with("check[1].imap.password: set only one")), "{got:#?}");
+    }
+
+    #[test]
+    fn env_overrides_address_checks_by_name() {
+        let mut v = good();
+        apply_env_overrides(
+            &mut v,
+            vec![("MAILLOOP_CHECK__corp__SMTP__PORT".to_string(), "2525".to_string())].into_iter(),
+        );
+        let c = ProbeConfig::from_value(&v, &env).unwrap();
+        assert_eq!(c.checks[0].smtp.endpoint.port, 2525);
+    }
+
+    #[test]
+    fn toml_file_with_dotted_threshold_keys_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[check]]
+name = "corp"
+from = "probe@sender.test"
+to = "probe@receiver.test"
+deadline = "1m"
+[check.smtp]
+host = "127.0.0.1"
+port = 2587
+security = "none"
+[check.imap]
+host = "127.0.0.1"
+username = "probe@receiver.test"
+password = "pw"
+wait = "poll"
+[check.thresholds]
+"smtp.auth" = "1s"
+rtt = "30s"
+"#,
+        )
+        .unwrap();
+        let c = ProbeConfig::load(&path).unwrap();
+        let check = &c.checks[0];
+        assert_eq!(check.smtp.endpoint.port, 2587);
+        assert_eq!(check.smtp.endpoint.security, Security::None);
+        assert!(check.smtp.endpoint.credentials.is_none());
+        assert_eq!(check.imap.wait, WaitMode::Poll);
+        assert_eq!(check.deadline, Duration::from_secs(60));
+        assert_eq!(check.thresholds.len(), 2);
+    }
+}

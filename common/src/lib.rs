@@ -1,0 +1,18 @@
+//! Types every side of mailloop shares.
+//!
+//! The agent produces [`ProbeReport`]s, the coordinator (later) stores and
+//! compares them, and every output format renders them. Keeping the model,
+//! the step names and the failure classification here means the wire names
+//! (`smtp.starttls`, `imap.wait`, `rate_limited`, ...) are spelled in exactly
+//! one place.
+
+pub mod classify;
+pub mod config;
+pub mod report;
+pub mod secret;
+pub mod step;
+
+pub use classify::{FailureClass, SmtpReplyCode};
+pub use report::{Failure, Outcome, ProbeReport, StepReport};
+pub use secret::Secret;
+pub use step::StepName;

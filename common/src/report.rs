@@ -1,0 +1,101 @@
+//! The result of one probe: every step, its duration and reply, and a
+//! classified outcome.
+//!
+//! A failed probe is data, not an `Err`: the mail server's misbehaviour is
+//! what mailloop exists to report. The JSON form of [`ProbeReport`] is a
+//! contract (`mailloop-agent probe --output json`); fields may be added,
+//! never renamed.
+
+use crate::{FailureClass, StepName};
+use serde::{Deserialize, Serialize};
+
+/// What a probe amounted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Delivered, every step within its threshold.
+    Ok,
+    /// Delivered, but something is off: a threshold exceeded, cleanup failed.
+    Degraded,
+    /// Not delivered, or not verifiably so.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Degraded => "degraded",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// The process exit code for this outcome (Nagios convention).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Degraded => 1,
+            Outcome::Failed => 2,
+        }
+    }
+}
+
+/// One timed step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    pub name: StepName,
+    /// Duration in milliseconds (fractional).
+    pub ms: f64,
+    pub ok: bool,
+    /// SMTP reply code of the step's final reply, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// Human detail: the server's text, TLS version, the UID found...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When the step started, in milliseconds after the probe started.
+    pub start_ms: f64,
+}
+
+/// Why a probe failed, at which step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: StepName,
+    pub class: FailureClass,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// Enhanced status code (RFC 3463), e.g. `5.1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<String>,
+    pub message: String,
+}
+
+/// The full result of one round trip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub probe_id: String,
+    pub check: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub outcome: Outcome,
+    /// From the start of `smtp.connect` to the probe being found in the mailbox.
+    pub rtt_ms: Option<f64>,
+    /// From the end of `smtp.data_ack` to the probe being found.
+    pub delivery_ms: Option<f64>,
+    /// Every step in the order it started.
+    pub steps: Vec<StepReport>,
+    pub failure: Option<Failure>,
+    pub message_id: String,
+    /// The queue id the server named in its reply to end-of-data.
+    pub queue_id: Option<String>,
+    /// Why the outcome is `degraded` (empty otherwise).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+impl ProbeReport {
+    /// The step of that name, if it ran.
+    pub fn step(&self, name: StepName) -> Option<&StepReport> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
