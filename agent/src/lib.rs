@@ -1,1 +1,14 @@
-//! placeholder
+//! The mailloop agent: probe engine and CLI support.
+//!
+//! Layers, bottom up: [`transport`] (bytes, TLS, bounded reads) →
+//! [`smtp`] and [`imap`] (protocol sessions and their timed step sequences)
+//! → [`probe`] (one round trip, the report) → [`output`] (table, JSON,
+//! Nagios). [`steps`] times and records every step.
+
+pub mod imap;
+pub mod message;
+pub mod output;
+pub mod probe;
+pub mod smtp;
+pub mod steps;
+pub mod transport;

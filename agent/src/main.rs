@@ -1,1 +1,120 @@
-fn main() {}
+//! `mailloop-agent`: the command-line entry point.
+
+use clap::{Parser, Subcommand};
+use mailloop_agent::output::{self, Format};
+use mailloop_agent::probe::Prober;
+use mailloop_common::config::ProbeConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a config or internal error (Nagios UNKNOWN).
+const EXIT_CONFIG: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "mailloop-agent",
+    version,
+    about = "End-to-end email delivery probe: sends a tagged message over SMTP, finds it over IMAP, times every protocol step.",
+    after_help = "Exit codes (every output mode): 0 ok, 1 degraded, 2 failed, 3 config or internal error.\n\
+                  Logs go to stderr; set MAILLOOP_LOG (e.g. MAILLOOP_LOG=debug) for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one full round trip for each selected check and print the result.
+    Probe {
+        /// Config file (TOML) with one or more [[check]] tables.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Run only this check (repeatable); default: every check.
+        #[arg(long = "check", value_name = "NAME")]
+        checks: Vec<String>,
+        /// How to print results.
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Validate a config file and print every problem; nothing is contacted.
+    CheckConfig {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Command::CheckConfig { config } => match ProbeConfig::load(&config) {
+            Ok(c) => {
+                println!("{}: {} check(s) ok", config.display(), c.checks.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Probe { config, checks, output } => probe(config, checks, output),
+    }
+}
+
+fn unknown(format: Format, message: &str) -> ExitCode {
+    if format == Format::Nagios {
+        println!("UNKNOWN - {}", message.lines().collect::<Vec<_>>().join("; ").replace('|', "/"));
+    }
+    eprintln!("{message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn probe(config: PathBuf, names: Vec<String>, format: Format) -> ExitCode {
+    let cfg = match ProbeConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => return unknown(format, &e.to_string()),
+    };
+    let missing: Vec<&String> = names.iter().filter(|n| !cfg.checks.iter().any(|c| &c.name == *n)).collect();
+    if !missing.is_empty() {
+        let known: Vec<&str> = cfg.checks.iter().map(|c| c.name.as_str()).collect();
+        return unknown(format, &format!("no check named {missing:?} in {} (checks: {})", config.display(), known.join(", ")));
+    }
+    let mut probers = Vec::new();
+    for check in cfg.checks.into_iter().filter(|c| names.is_empty() || names.contains(&c.name)) {
+        match Prober::new(check) {
+            Ok(p) => probers.push(p),
+            Err(e) => return unknown(format, &e),
+        }
+    }
+    tracing::debug!(checks = probers.len(), "config loaded");
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return unknown(format, &format!("cannot start the async runtime: {e}")),
+    };
+    // Checks run concurrently; results print in config order.
+    let reports = runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, p) in probers.into_iter().enumerate() {
+            set.spawn(async move { (i, p.run().await) });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!("probe task failed: {e}"),
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
+    });
+    print!("{}", output::render(format, &reports));
+    ExitCode::from(output::exit_code(&reports) as u8)
+}

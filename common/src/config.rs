@@ -88,6 +88,9 @@ pub struct ImapConfig {
     pub mailbox: String,
     pub wait: WaitMode,
     pub poll_interval: Duration,
+    /// For this long after the send, poll with NOOP every few milliseconds
+    /// before settling into IDLE or `poll_interval` (zero: never).
+    pub fast_window: Duration,
 }
 
 /// What a threshold applies to.
@@ -176,6 +179,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default age after which leftover probes are swept.
 pub const DEFAULT_SWEEP_AGE: Duration = Duration::from_secs(3600);
+/// Default window of fast NOOP polling after the send.
+pub const DEFAULT_FAST_WINDOW: Duration = Duration::from_secs(2);
 /// Default polling interval when IDLE is unavailable or off.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -409,8 +414,18 @@ impl Validator<'_> {
             None => None,
         };
         let poll_interval = self.duration(&mut t, "poll_interval", DEFAULT_POLL_INTERVAL);
+        let fast_window = match self.raw(&mut t, "fast_window") {
+            Some(Value::String(s)) if s.trim() == "0" || s.trim() == "0s" => Some(Duration::ZERO),
+            _ => self.duration(&mut t, "fast_window", DEFAULT_FAST_WINDOW),
+        };
         self.finish(t);
-        Some(ImapConfig { endpoint: endpoint?, mailbox: mailbox?, wait: wait?, poll_interval: poll_interval? })
+        Some(ImapConfig {
+            endpoint: endpoint?,
+            mailbox: mailbox?,
+            wait: wait?,
+            poll_interval: poll_interval?,
+            fast_window: fast_window?,
+        })
     }
 
     fn endpoint(

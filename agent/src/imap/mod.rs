@@ -1,0 +1,393 @@
+//! The IMAP half of a probe: log in before the send ends, notice the
+//! arrival (IDLE, or polling), find the probe by its header, fetch it,
+//! delete it and sweep stale probes, log out. Every step timed.
+//!
+//! As with SMTP, mailloop speaks the few commands it needs itself, with
+//! bounded reads; [`response`] holds the parsing.
+
+pub mod response;
+
+use crate::steps::{Done, Recorder, StepError, ms};
+use crate::transport::{self, Conn};
+use mailloop_common::config::{CheckConfig, Security, WaitMode};
+use mailloop_common::{Failure, FailureClass, StepName};
+use response::{Response, Status};
+use std::time::{Duration, Instant};
+use tokio_rustls::TlsConnector;
+
+/// Largest literal accepted (the probe is a few KiB; a mailbox message we
+/// fetch is ours).
+pub const MAX_LITERAL: u64 = 16 * 1024 * 1024;
+/// Most untagged responses accepted for one command.
+const MAX_UNTAGGED: usize = 100_000;
+/// The header that identifies a probe, and the one naming its check.
+pub const PROBE_HEADER: &str = "X-Mailloop-Probe";
+pub const CHECK_HEADER: &str = "X-Mailloop-Check";
+/// RFC 2177: re-issue IDLE at least every 29 minutes.
+const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
+
+/// A logged-in, selected IMAP connection.
+pub struct Session {
+    conn: Conn,
+    next_tag: u32,
+    caps: Vec<String>,
+    logging_out: bool,
+}
+
+/// The probe as found in the mailbox.
+#[derive(Debug)]
+pub struct Found {
+    pub uid: u32,
+    pub found_at: Instant,
+    pub raw: Vec<u8>,
+}
+
+impl Session {
+    fn has(&self, cap: &str) -> bool {
+        self.caps.iter().any(|c| c == cap)
+    }
+
+    async fn read_response(&mut self, before_greeting: bool) -> Result<Response, StepError> {
+        let tr = |e| StepError::transport(e, before_greeting);
+        let mut resp = Response::default();
+        loop {
+            let line = self.conn.read_line(response::MAX_LINE).await.map_err(tr)?;
+            let literal = response::literal_len(&line);
+            resp.text.push_str(&String::from_utf8_lossy(&line));
+            match literal {
+                None => return Ok(resp),
+                Some(Err(m)) => return Err(StepError::new(FailureClass::Protocol, m)),
+                Some(Ok(n)) if n > MAX_LITERAL => {
+                    return Err(StepError::new(
+                        FailureClass::Protocol,
+                        format!("server announced a {n}-byte literal (limit {MAX_LITERAL})"),
+                    ));
+                }
+                Some(Ok(n)) => {
+                    let bytes = self.conn.read_exact(n as usize).await.map_err(tr)?;
+                    resp.literals.push(bytes);
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, r: &Response) {
+        if let Some(caps) = r.capabilities() {
+            self.caps = caps;
+        }
+    }
+
+    async fn send_line(&mut self, line: &str) -> Result<String, StepError> {
+        self.next_tag += 1;
+        let tag = format!("m{}", self.next_tag);
+        self.conn
+            .write_all_parts(&[tag.as_bytes(), b" ", line.as_bytes(), b"\r\n"])
+            .await
+            .map_err(|e| StepError::transport(e, false))?;
+        Ok(tag)
+    }
+
+    /// Reads until the tagged reply for `tag`; returns the untagged responses
+    /// and the tagged one. `NO`/`BAD` become errors of `class`.
+    async fn finish(&mut self, tag: &str, class: FailureClass) -> Result<(Vec<Response>, Response), StepError> {
+        let mut untagged = Vec::new();
+        loop {
+            let r = self.read_response(false).await?;
+            self.note(&r);
+            if r.tag() == Some(tag) {
+                return match r.status() {
+                    Some((Status::Ok, _)) => Ok((untagged, r)),
+                    Some((_, text)) => Err(StepError::new(class, text.to_string())),
+                    None => Err(StepError::new(FailureClass::Protocol, format!("malformed tagged reply {:?}", r.text))),
+                };
+            }
+            // LOGOUT is answered with BYE before its tagged OK; elsewhere BYE ends the session.
+            if let Some((Status::Bye, text)) = r.status().filter(|_| r.is_untagged() && !self.logging_out) {
+                return Err(StepError::new(FailureClass::Protocol, format!("server closed the session: {text}")));
+            }
+            if untagged.len() >= MAX_UNTAGGED {
+                return Err(StepError::new(FailureClass::Protocol, "too many untagged responses"));
+            }
+            untagged.push(r);
+        }
+    }
+
+    async fn command(&mut self, line: &str, class: FailureClass) -> Result<(Vec<Response>, Response), StepError> {
+        let tag = self.send_line(line).await?;
+        self.finish(&tag, class).await
+    }
+
+    /// `UID SEARCH` for the probe header; the UIDs found.
+    async fn search_probe(&mut self, probe_id: &str) -> Result<Vec<u32>, StepError> {
+        let (untagged, _) = self
+            .command(&format!("UID SEARCH HEADER {PROBE_HEADER} \"{probe_id}\""), FailureClass::Protocol)
+            .await?;
+        Ok(untagged.iter().filter_map(Response::search).flatten().collect())
+    }
+
+    /// Polls with NOOP on a short, growing interval until the server reports
+    /// a change (`EXISTS`) or `until` passes. Dovecot holds IDLE
+    /// notifications back for about 0.5 s after a delivery; a NOOP makes it
+    /// look at the mailbox at once, so the first seconds after a send are
+    /// watched this way and IDLE takes over after.
+    async fn nudge_until(&mut self, until: Instant) -> Result<bool, StepError> {
+        let mut interval = Duration::from_millis(2);
+        while Instant::now() < until {
+            tokio::time::sleep_until((Instant::now() + interval).min(until).into()).await;
+            let (untagged, _) = self.command("NOOP", FailureClass::Protocol).await?;
+            if untagged.iter().any(|r| r.exists().is_some()) {
+                return Ok(true);
+            }
+            interval = (interval * 5 / 4).min(Duration::from_millis(25));
+        }
+        Ok(false)
+    }
+
+    /// IDLE until the server announces a new message or `until` passes.
+    /// Returns whether something arrived.
+    async fn idle(&mut self, until: Instant) -> Result<bool, StepError> {
+        let tag = self.send_line("IDLE").await?;
+        // Untagged updates may come before the continuation.
+        let mut arrived = false;
+        loop {
+            let r = self.read_response(false).await?;
+            if r.is_continuation() {
+                break;
+            }
+            if r.tag() == Some(tag.as_str()) {
+                return Err(StepError::new(FailureClass::Protocol, format!("IDLE refused: {}", r.text)));
+            }
+            arrived |= r.exists().is_some();
+        }
+        let renew = Instant::now() + IDLE_RENEW;
+        while !arrived {
+            let stop = until.min(renew);
+            match tokio::time::timeout_at(stop.into(), self.read_response(false)).await {
+                Err(_) => break,
+                Ok(r) => {
+                    let r = r?;
+                    if let Some((Status::Bye, text)) = r.status() {
+                        return Err(StepError::new(FailureClass::Protocol, format!("server ended IDLE: {text}")));
+                    }
+                    arrived |= r.exists().is_some();
+                }
+            }
+        }
+        self.conn.write_all(b"DONE\r\n").await.map_err(|e| StepError::transport(e, false))?;
+        self.finish(&tag, FailureClass::Protocol).await?;
+        Ok(arrived)
+    }
+}
+
+/// Connects, logs in and selects the probe mailbox.
+pub async fn open(check: &CheckConfig, tls: &TlsConnector, rec: &mut Recorder) -> Result<Session, Failure> {
+    let ep = &check.imap.endpoint;
+    let t = |s| check.timeout(s);
+    let name = transport::server_name(ep.tls_name());
+
+    let conn = rec
+        .run(StepName::ImapConnect, t(StepName::ImapConnect), async {
+            Conn::connect(&ep.host, ep.port)
+                .await
+                .map(|c| Done::new(c).detail(format!("{}:{}", ep.host, ep.port)))
+                .map_err(|e| StepError::transport(e, true))
+        })
+        .await?;
+    let mut s = Session { conn, next_tag: 0, caps: Vec::new(), logging_out: false };
+
+    if ep.security == Security::Tls {
+        rec.run(StepName::ImapTls, t(StepName::ImapTls), async {
+            let name = name.clone().map_err(|m| StepError::new(FailureClass::Tls, m))?;
+            let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, true))?;
+            Ok(Done::new(()).detail(info.to_string()))
+        })
+        .await?;
+    }
+
+    rec.run(StepName::ImapGreeting, t(StepName::ImapGreeting), async {
+        let r = s.read_response(true).await?;
+        s.note(&r);
+        match r.status().filter(|_| r.is_untagged()) {
+            Some((Status::Ok, text)) => Ok(Done::new(()).detail(crate::smtp::truncate(text, 120))),
+            Some((Status::PreAuth, _)) => Err(StepError::new(FailureClass::Protocol, "server sent PREAUTH; mailloop needs to log in")),
+            Some((Status::Bye, text)) => Err(StepError::new(FailureClass::Connect, format!("server refused the connection: BYE {text}"))),
+            _ => Err(StepError::new(FailureClass::Protocol, format!("not an IMAP greeting: {:?}", crate::smtp::truncate(&r.text, 120)))),
+        }
+    })
+    .await?;
+
+    if ep.security == Security::Starttls {
+        rec.run(StepName::ImapStarttls, t(StepName::ImapStarttls), async {
+            if s.caps.is_empty() {
+                s.command("CAPABILITY", FailureClass::Protocol).await?;
+            }
+            if !s.has("STARTTLS") {
+                return Err(StepError::new(FailureClass::Tls, "server does not offer STARTTLS (security = \"starttls\" requires it)"));
+            }
+            s.command("STARTTLS", FailureClass::Tls).await?;
+            let name = name.clone().map_err(|m| StepError::new(FailureClass::Tls, m))?;
+            let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, false))?;
+            // Capabilities before TLS must not be trusted after it.
+            s.caps.clear();
+            Ok(Done::new(()).detail(info.to_string()))
+        })
+        .await?;
+    }
+
+    let creds = ep.credentials.as_ref().expect("validated: IMAP needs a login");
+    rec.run(StepName::ImapLogin, t(StepName::ImapLogin), async {
+        let line = match (response::quote(&creds.username), response::quote(creds.password.expose())) {
+            (Some(u), Some(p)) => format!("LOGIN {u} {p}"),
+            _ => return Err(StepError::new(FailureClass::Auth, "user name or password needs an IMAP literal, which mailloop does not send yet")),
+        };
+        s.command(&line, FailureClass::Auth).await?;
+        if s.caps.is_empty() || !s.caps.iter().any(|c| c.starts_with("IMAP4")) {
+            s.command("CAPABILITY", FailureClass::Protocol).await?;
+        }
+        Ok(Done::new(()))
+    })
+    .await?;
+
+    let mailbox = response::quote(&check.imap.mailbox).unwrap_or_else(|| "INBOX".into());
+    rec.run(StepName::ImapSelect, t(StepName::ImapSelect), async {
+        let (untagged, _) = s.command(&format!("SELECT {mailbox}"), FailureClass::Protocol).await?;
+        let exists = untagged.iter().find_map(Response::exists).unwrap_or(0);
+        Ok(Done::new(()).detail(format!("{exists} messages")))
+    })
+    .await?;
+    Ok(s)
+}
+
+/// Waits for the probe, finds it and fetches it: `imap.wait`, `imap.search`,
+/// `imap.fetch`. Searching first closes the race where the probe lands
+/// before IDLE starts.
+pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mut Recorder) -> Result<Found, Failure> {
+    let deadline = rec.deadline();
+    let wait_start = Instant::now();
+    let use_idle = check.imap.wait == WaitMode::Idle && s.has("IDLE");
+    let mode = if use_idle { "IDLE" } else { "polling" };
+    let mut rounds = 0u32;
+    let fast_until = wait_start + check.imap.fast_window;
+    let mut via = mode;
+
+    // One loop: search, and if absent, wait for news. The last, successful
+    // search is reported as `imap.search`; everything before it is the wait.
+    let outcome: Result<(u32, Instant, Instant), StepError> = async {
+        loop {
+            let search_start = Instant::now();
+            let search_timeout = check.timeout(StepName::ImapSearch);
+            let uids = match tokio::time::timeout(search_timeout, s.search_probe(probe_id)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(StepError::new(
+                        FailureClass::Timeout,
+                        format!("UID SEARCH got no answer within {}", crate::steps::fmt_duration(search_timeout)),
+                    ));
+                }
+            };
+            if let Some(uid) = uids.first() {
+                return Ok((*uid, search_start, Instant::now()));
+            }
+            rounds += 1;
+            if Instant::now() >= deadline {
+                return Err(StepError::new(
+                    FailureClass::NotDelivered,
+                    format!(
+                        "probe not in {} by the deadline (waited {} with {mode}, {rounds} searches)",
+                        check.imap.mailbox,
+                        crate::steps::fmt_duration(wait_start.elapsed())
+                    ),
+                ));
+            }
+            if Instant::now() < fast_until {
+                via = "NOOP";
+                s.nudge_until(fast_until.min(deadline)).await?;
+            } else if use_idle {
+                via = "IDLE";
+                s.idle(deadline).await?;
+            } else {
+                via = "polling";
+                tokio::time::sleep_until(deadline.min(Instant::now() + check.imap.poll_interval).into()).await;
+            }
+        }
+    }
+    .await;
+
+    match outcome {
+        Ok((uid, search_start, found_at)) => {
+            let waited = search_start - wait_start;
+            rec.record_span(StepName::ImapWait, wait_start, search_start, &Ok(Done::new(()).detail(if rounds == 0 {
+                "already in the mailbox".to_string()
+            } else {
+                format!("seen via {via} after {rounds} empty search(es), {:.1} ms", ms(waited))
+            })));
+            rec.record_span(StepName::ImapSearch, search_start, found_at, &Ok(Done::new(()).detail(format!("uid {uid}"))));
+            let raw = rec
+                .run(StepName::ImapFetch, check.timeout(StepName::ImapFetch), async {
+                    let (untagged, _) = s.command(&format!("UID FETCH {uid} (BODY.PEEK[])"), FailureClass::Protocol).await?;
+                    let raw = untagged
+                        .into_iter()
+                        .find_map(|r| r.literals.into_iter().next())
+                        .ok_or_else(|| StepError::new(FailureClass::Protocol, format!("FETCH of uid {uid} returned no body")))?;
+                    let n = raw.len();
+                    Ok(Done::new(raw).detail(format!("{n} bytes")))
+                })
+                .await?;
+            Ok(Found { uid, found_at, raw })
+        }
+        Err(e) => {
+            let now = Instant::now();
+            let class = e.class;
+            rec.record_span::<()>(StepName::ImapWait, wait_start, now, &Err(e.clone()));
+            Err(Failure { step: StepName::ImapWait, class, code: None, enhanced: None, message: e.message })
+        }
+    }
+}
+
+/// Deletes the probe (if found) and every probe of this check older than
+/// `sweep_older_than`. Returns how many stale probes were swept.
+pub async fn cleanup(check: &CheckConfig, s: &mut Session, uid: Option<u32>, rec: &mut Recorder) -> Result<usize, Failure> {
+    rec.run(StepName::ImapCleanup, check.timeout(StepName::ImapCleanup), async {
+        let mut uids: Vec<u32> = uid.into_iter().collect();
+        let mut swept = 0;
+        if s.has("WITHIN") {
+            let age = check.sweep_older_than.as_secs().max(1);
+            let (untagged, _) = s
+                .command(&format!("UID SEARCH OLDER {age} HEADER {CHECK_HEADER} \"{}\"", check.name), FailureClass::Protocol)
+                .await?;
+            let stale: Vec<u32> = untagged.iter().filter_map(Response::search).flatten().filter(|u| Some(*u) != uid).collect();
+            swept = stale.len();
+            uids.extend(stale);
+        }
+        if uids.is_empty() {
+            return Ok(Done::new(0).detail("nothing to delete"));
+        }
+        let set = uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        s.command(&format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"), FailureClass::Protocol).await?;
+        if s.has("UIDPLUS") {
+            s.command(&format!("UID EXPUNGE {set}"), FailureClass::Protocol).await?;
+        } else {
+            s.command("EXPUNGE", FailureClass::Protocol).await?;
+        }
+        let what = match (uid.is_some(), swept) {
+            (true, 0) => "deleted the probe".to_string(),
+            (true, n) => format!("deleted the probe and {n} stale probe(s)"),
+            (false, n) => format!("deleted {n} stale probe(s)"),
+        };
+        Ok(Done::new(swept).detail(what))
+    })
+    .await
+}
+
+/// LOGOUT; errors are recorded, not escalated.
+pub async fn logout(check: &CheckConfig, mut s: Session, rec: &mut Recorder) -> Result<(), Failure> {
+    let r = rec
+        .run(StepName::ImapLogout, check.timeout(StepName::ImapLogout), async {
+            s.logging_out = true;
+            s.command("LOGOUT", FailureClass::Protocol).await?;
+            Ok(Done::new(()))
+        })
+        .await;
+    s.conn.shutdown().await;
+    r
+}

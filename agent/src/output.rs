@@ -1,0 +1,113 @@
+//! Rendering probe reports: `table` for people, `json` for programs,
+//! `nagios` for Nagios/Icinga. Exit codes follow the Nagios convention in
+//! every mode: 0 ok, 1 degraded, 2 failed, 3 config or internal error.
+
+use mailloop_common::{Outcome, ProbeReport};
+use std::fmt::Write;
+
+/// Output formats of `mailloop-agent probe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Nagios,
+}
+
+/// The worst outcome of a run, as an exit code.
+pub fn exit_code(reports: &[ProbeReport]) -> i32 {
+    reports.iter().map(|r| r.outcome).max().unwrap_or(Outcome::Ok).exit_code()
+}
+
+pub fn render(format: Format, reports: &[ProbeReport]) -> String {
+    match format {
+        Format::Table => reports.iter().map(table).collect::<Vec<_>>().join("\n"),
+        Format::Json => reports
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("reports serialize") + "\n")
+            .collect(),
+        Format::Nagios => nagios(reports),
+    }
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 10_000.0 { format!("{:.1} s", ms / 1000.0) } else { format!("{ms:.1} ms") }
+}
+
+/// One line per step, then the verdict.
+pub fn table(r: &ProbeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "check {}  probe {}  started {}", r.check, r.probe_id, r.started_at);
+    let _ = writeln!(out, "  {:<15} {:>10}  {:<4} {:<5} detail", "step", "time", "ok", "code");
+    for s in &r.steps {
+        let code = s.code.map(|c| c.to_string()).unwrap_or_default();
+        let detail = s.detail.as_deref().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "  {:<15} {:>10}  {:<4} {:<5} {}",
+            s.name.as_str(),
+            fmt_ms(s.ms),
+            if s.ok { "ok" } else { "FAIL" },
+            code,
+            crate::smtp::truncate(detail, 100)
+        );
+    }
+    let mut verdict = format!("{}", r.outcome.as_str().to_ascii_uppercase());
+    if let Some(rtt) = r.rtt_ms {
+        let _ = write!(verdict, "  round trip {}", fmt_ms(rtt));
+    }
+    if let Some(d) = r.delivery_ms {
+        let _ = write!(verdict, "  delivery {}", fmt_ms(d));
+    }
+    if let Some(q) = &r.queue_id {
+        let _ = write!(verdict, "  queue id {q}");
+    }
+    let _ = writeln!(out, "  result: {verdict}");
+    if let Some(f) = &r.failure {
+        let code = match (f.code, &f.enhanced) {
+            (Some(c), Some(e)) => format!("{c} {e} "),
+            (Some(c), None) => format!("{c} "),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  failed at {} ({}): {code}{}", f.step, f.class, f.message);
+    }
+    for reason in &r.reasons {
+        let _ = writeln!(out, "  degraded: {reason}");
+    }
+    out
+}
+
+/// `STATUS - summary | perfdata`, one line, per the Nagios plugin guidelines.
+pub fn nagios(reports: &[ProbeReport]) -> String {
+    let worst = reports.iter().map(|r| r.outcome).max().unwrap_or(Outcome::Ok);
+    let status = match worst {
+        Outcome::Ok => "OK",
+        Outcome::Degraded => "WARNING",
+        Outcome::Failed => "CRITICAL",
+    };
+    let summary: Vec<String> = reports
+        .iter()
+        .map(|r| match (&r.failure, r.rtt_ms) {
+            (Some(f), _) => format!("{}: failed at {} ({}{}): {}", r.check, f.step, f.class, f.code.map(|c| format!(" {c}")).unwrap_or_default(), crate::smtp::truncate(&f.message, 120)),
+            (None, Some(rtt)) if !r.reasons.is_empty() => format!("{}: delivered in {} but {}", r.check, fmt_ms(rtt), r.reasons.join("; ")),
+            (None, Some(rtt)) => format!("{}: delivered in {}", r.check, fmt_ms(rtt)),
+            (None, None) => format!("{}: {}", r.check, r.outcome.as_str()),
+        })
+        .collect();
+    let multi = reports.len() > 1;
+    let mut perf = Vec::new();
+    for r in reports {
+        let label = |name: &str| if multi { format!("'{}/{name}'", r.check) } else { name.to_string() };
+        for s in &r.steps {
+            perf.push(format!("{}={:.6}s", label(s.name.as_str()), s.ms / 1000.0));
+        }
+        if let Some(rtt) = r.rtt_ms {
+            perf.push(format!("{}={:.6}s", label("rtt"), rtt / 1000.0));
+        }
+        if let Some(d) = r.delivery_ms {
+            perf.push(format!("{}={:.6}s", label("delivery"), d / 1000.0));
+        }
+    }
+    // Nagios reserves '|' for the perfdata separator.
+    let summary = summary.join(", ").replace('|', "/");
+    format!("{status} - {summary} | {}\n", perf.join(" "))
+}
