@@ -1,1 +1,226 @@
-//! placeholder
+//! Test support: the real mail stack as a fixture, config builders, and a
+//! way to look into mailboxes independently of the agent.
+//!
+//! The stack is started once per test run by `make test`
+//! (`tests/mailstack/up.sh`), which writes `stack.env`; every test reads it
+//! here and uses its own mailbox (`t-<test>@receiver.test`), so tests run in
+//! parallel without seeing each other's mail. A missing stack is a test
+//! failure with instructions, never a silent skip.
+
+use mailloop_common::ProbeReport;
+use mailloop_common::config::ProbeConfig;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The running mail stack, as described by its `stack.env`.
+pub struct Stack {
+    vars: HashMap<String, String>,
+}
+
+/// Where `up.sh` writes its description by default.
+const DEFAULT_ENV: &str = "/var/lib/mailloop-mailstack/stack.env";
+
+impl Stack {
+    /// The stack of this test run. Panics with instructions when it is not up.
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| {
+            let path = std::env::var("MAILSTACK_ENV")
+                .map(PathBuf::from)
+                .or_else(|_| std::env::var("MAILSTACK_STATE").map(|s| Path::new(&s).join("stack.env")))
+                .unwrap_or_else(|_| PathBuf::from(DEFAULT_ENV));
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("the mail stack is not up ({}: {e}); run `make mailstack-up` or `make test`", path.display())
+            });
+            let vars = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            Stack { vars }
+        })
+    }
+
+    pub fn var(&self, key: &str) -> &str {
+        self.vars.get(key).unwrap_or_else(|| panic!("stack.env has no {key}"))
+    }
+
+    pub fn port(&self, key: &str) -> u16 {
+        self.var(key).parse().unwrap_or_else(|_| panic!("{key} is not a port"))
+    }
+
+    /// A mailbox of this test's own at the receiving domain.
+    pub fn mailbox(&self, test: &str) -> String {
+        format!("t-{test}@{}", self.var("MAILSTACK_RCPT_DOMAIN"))
+    }
+}
+
+/// Builds a probe config for the stack; every knob a test turns is a method.
+#[derive(Clone)]
+pub struct Check {
+    pub name: String,
+    pub to: String,
+    pub smtp_port: u16,
+    pub smtp_security: &'static str,
+    pub smtp_login: Option<(String, String)>,
+    pub imap_port: u16,
+    pub imap_security: &'static str,
+    pub imap_user: String,
+    pub imap_pass: String,
+    pub deadline: &'static str,
+    /// Extra lines appended to `[check.imap]`.
+    pub imap_extra: Vec<String>,
+    /// Lines of `[check.thresholds]`.
+    pub thresholds: Vec<String>,
+}
+
+impl Check {
+    /// Submission (STARTTLS + AUTH) in, IMAPS out, to the test's own mailbox.
+    pub fn new(test: &str) -> Check {
+        let s = Stack::get();
+        let mailbox = s.mailbox(test);
+        Check {
+            name: test.to_string(),
+            to: mailbox.clone(),
+            smtp_port: s.port("MAILSTACK_PORT_SUBMISSION"),
+            smtp_security: "starttls",
+            smtp_login: Some((s.var("MAILSTACK_SMTP_USER").into(), s.var("MAILSTACK_SMTP_PASS").into())),
+            imap_port: s.port("MAILSTACK_PORT_IMAPS"),
+            imap_security: "tls",
+            imap_user: mailbox,
+            imap_pass: s.var("MAILSTACK_IMAP_PASS").into(),
+            deadline: "30s",
+            imap_extra: Vec::new(),
+            thresholds: Vec::new(),
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        let s = Stack::get();
+        let ca = s.var("MAILSTACK_CA_FILE");
+        let from = s.var("MAILSTACK_SMTP_USER");
+        let login = match &self.smtp_login {
+            Some((u, p)) => format!("username = {u:?}\npassword = {p:?}\n"),
+            None => String::new(),
+        };
+        let mut out = format!(
+            "[[check]]\nname = {name:?}\nfrom = {from:?}\nto = {to:?}\ndeadline = {deadline:?}\nstep_timeout = \"10s\"\n\
+             [check.smtp]\nhost = \"127.0.0.1\"\nport = {sp}\nsecurity = {ss:?}\nca_file = {ca:?}\n{login}\
+             [check.imap]\nhost = \"127.0.0.1\"\nport = {ip}\nsecurity = {is:?}\nca_file = {ca:?}\nusername = {iu:?}\npassword = {ipw:?}\n{extra}",
+            name = self.name,
+            to = self.to,
+            deadline = self.deadline,
+            sp = self.smtp_port,
+            ss = self.smtp_security,
+            ip = self.imap_port,
+            is = self.imap_security,
+            iu = self.imap_user,
+            ipw = self.imap_pass,
+            extra = self.imap_extra.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        );
+        if !self.thresholds.is_empty() {
+            out.push_str("[check.thresholds]\n");
+            for t in &self.thresholds {
+                out.push_str(t);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Writes the config to a temp file (kept alive by the returned handle).
+    pub fn file(&self) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(f.path(), self.toml()).unwrap();
+        f
+    }
+
+    /// Runs the probe in-process, through the same config loader as the CLI.
+    pub async fn probe(&self) -> ProbeReport {
+        let f = self.file();
+        let cfg = ProbeConfig::load(f.path()).unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
+        let prober = mailloop_agent::probe::Prober::new(cfg.checks.into_iter().next().unwrap()).unwrap();
+        prober.run().await
+    }
+}
+
+/// The `mailloop-agent` binary, built by `cargo build` beside the test binary.
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/mailloop-agent
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("mailloop-agent");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", bin.display());
+    bin
+}
+
+/// Runs the agent binary; returns (exit code, stdout, stderr).
+pub fn run_agent(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin()).args(args).env_remove("MAILLOOP_LOG").output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An independent look into a mailbox, through Python's imaplib (not the
+/// agent's own IMAP code), over IMAPS with the stack's CA.
+pub struct Mailbox {
+    pub user: String,
+}
+
+impl Mailbox {
+    pub fn new(user: &str) -> Mailbox {
+        Mailbox { user: user.to_string() }
+    }
+
+    fn python(&self, body: &str, args: &[&str]) -> String {
+        let s = Stack::get();
+        let script = format!(
+            "import imaplib, ssl, sys\n\
+             ctx = ssl.create_default_context(cafile={ca:?})\n\
+             m = imaplib.IMAP4_SSL('127.0.0.1', {port}, ssl_context=ctx)\n\
+             m.login({user:?}, {pw:?})\n\
+             m.select('INBOX')\n{body}\nm.logout()\n",
+            ca = s.var("MAILSTACK_CA_FILE"),
+            port = s.port("MAILSTACK_PORT_IMAPS"),
+            user = self.user,
+            pw = s.var("MAILSTACK_IMAP_PASS"),
+        );
+        let out = Command::new("python3").arg("-c").arg(&script).args(args).output().unwrap();
+        assert!(out.status.success(), "imaplib failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Subjects of every message in INBOX.
+    pub fn subjects(&self) -> Vec<String> {
+        let out = self.python(
+            "typ, data = m.uid('SEARCH', None, 'ALL')\n\
+             for uid in data[0].split():\n    \
+                 typ, d = m.uid('FETCH', uid, '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])')\n    \
+                 print(d[0][1].decode().strip().removeprefix('Subject: '))",
+            &[],
+        );
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// Appends `message` with the given IMAP internal date
+    /// (e.g. `"01-Jan-2026 00:00:00 +0000"`).
+    pub fn append(&self, message: &str, internal_date: &str) {
+        self.python(
+            "m.append('INBOX', None, '\"' + sys.argv[2] + '\"', sys.argv[1].replace('\\n', '\\r\\n').encode())",
+            &[message, internal_date],
+        );
+    }
+
+    /// Deletes everything in INBOX (a test's fresh start).
+    pub fn clear(&self) {
+        self.python(
+            "typ, data = m.uid('SEARCH', None, 'ALL')\n\
+             if data[0]:\n    m.uid('STORE', b','.join(data[0].split()), '+FLAGS.SILENT', '(\\\\Deleted)')\n    m.expunge()",
+            &[],
+        );
+    }
+}
