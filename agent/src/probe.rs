@@ -124,7 +124,7 @@ impl Prober {
         let report = ProbeReport {
             probe_id,
             check: check.name.clone(),
-            started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             outcome,
             rtt_ms: rtt.map(ms),
             delivery_ms: delivery.map(ms),

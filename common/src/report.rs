@@ -75,7 +75,8 @@ pub struct Failure {
 pub struct ProbeReport {
     pub probe_id: String,
     pub check: String,
-    /// RFC 3339, UTC.
+    /// RFC 3339, UTC, microseconds: with `rtt_ms` it gives the wall-clock
+    /// moment the probe was found.
     pub started_at: String,
     pub outcome: Outcome,
     /// From the start of `smtp.connect` to the probe being found in the mailbox.

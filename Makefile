@@ -1,0 +1,67 @@
+# mailloop — the two commands a newcomer needs are `make demo` and `make test`.
+# Both install what they need (Debian packages for the mail stack; the Rust
+# toolchain must already be there through rustup) and run as root.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+MAILSTACK := tests/mailstack
+# State of the local mail stack (configs, spool, mailboxes, logs, pids).
+export MAILSTACK_STATE ?= /var/lib/mailloop-mailstack
+STACK_ENV := $(MAILSTACK_STATE)/stack.env
+DEMO_CONFIG := target/demo/mailloop.toml
+
+.PHONY: help deps toolchain build release demo test bench mailstack-up mailstack-down mailstack-purge clean
+
+help:
+	@echo "make demo            bring up the local mail stack, build, run one probe per check (table)"
+	@echo "make test            install deps, bring the stack up, run every test, bring it down"
+	@echo "make bench           mailloop vs. check_email_delivery on the same stack"
+	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
+	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
+
+# Debian packages of the mail stack (idempotent; fast when already installed).
+deps: toolchain
+	@bash $(MAILSTACK)/install.sh
+
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust through rustup (see rust-toolchain.toml)" >&2; exit 1; }
+	@$(CARGO) --version >/dev/null
+
+build: toolchain
+	$(CARGO) build --workspace --bins --tests
+
+release: toolchain
+	$(CARGO) build --release -p mailloop-agent
+
+mailstack-up: deps
+	@bash $(MAILSTACK)/up.sh
+
+mailstack-down:
+	@bash $(MAILSTACK)/down.sh
+
+mailstack-purge:
+	@bash $(MAILSTACK)/down.sh --purge
+
+# The main job: a real round trip through the local stack, every step timed.
+demo: mailstack-up release
+	@mkdir -p $(dir $(DEMO_CONFIG))
+	@bash scripts/demo-config.sh $(STACK_ENV) > $(DEMO_CONFIG)
+	@echo "== mailloop-agent probe --config $(DEMO_CONFIG)"
+	@./target/release/mailloop-agent probe --config $(DEMO_CONFIG); status=$$?; \
+	  echo; echo "exit code $$status (0 ok, 1 degraded, 2 failed, 3 config error)"; \
+	  echo "the mail stack is still up: 'make mailstack-down' stops it"; exit $$status
+
+# Every test: unit tests, then the integration tests against the real stack.
+# The stack comes down afterwards whether the tests passed or not.
+test: deps build
+	@bash $(MAILSTACK)/up.sh
+	@status=0; \
+	  $(CARGO) test --workspace --no-fail-fast || status=$$?; \
+	  bash $(MAILSTACK)/down.sh || true; \
+	  exit $$status
+
+bench: mailstack-up release
+	@bash scripts/bench.sh $(STACK_ENV)
+
+clean:
+	$(CARGO) clean
