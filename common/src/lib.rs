@@ -6,8 +6,11 @@
 //! (`smtp.starttls`, `imap.wait`, `rate_limited`, ...) are spelled in exactly
 //! one place.
 
+pub mod alignment;
+pub mod auth_results;
 pub mod classify;
 pub mod config;
+pub mod received;
 pub mod report;
 pub mod secret;
 pub mod step;

@@ -1,0 +1,117 @@
+//! DMARC identifier alignment (RFC 7489 §3.1).
+//!
+//! DMARC passes only when the domain SPF or DKIM vouched for is *aligned*
+//! with the `From:` domain: the same name (strict), or the same
+//! organizational domain (relaxed). A probe reports which, so a user sees
+//! "DKIM passed for `mail.sender.test`, relaxed-aligned with `sender.test`"
+//! rather than a bare pass.
+//!
+//! The organizational domain comes from the Public Suffix List, compiled
+//! into the binary by the `psl` crate (no file or network at run time).
+//! Names the list does not know fall under its implicit `*` rule: `.test`
+//! is not a listed suffix, so `mail.sender.test` belongs to `sender.test`.
+
+use serde::{Deserialize, Serialize};
+
+/// How an authenticated domain relates to the `From:` domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alignment {
+    /// The same name, ignoring case and a trailing dot.
+    Strict,
+    /// Different names with the same organizational domain.
+    Relaxed,
+    /// Unrelated, or one of the names is empty.
+    None,
+}
+
+/// The alignment of `domain` (SPF's or DKIM's) with `from_domain`.
+///
+/// ```
+/// use mailloop_common::alignment::{alignment, Alignment};
+/// assert_eq!(alignment("Sender.Test.", "sender.test"), Alignment::Strict);
+/// assert_eq!(alignment("mail.sender.test", "sender.test"), Alignment::Relaxed);
+/// assert_eq!(alignment("other.test", "sender.test"), Alignment::None);
+/// ```
+pub fn alignment(domain: &str, from_domain: &str) -> Alignment {
+    let (a, b) = (normalize(domain), normalize(from_domain));
+    if a.is_empty() || b.is_empty() {
+        Alignment::None
+    } else if a == b {
+        Alignment::Strict
+    } else if organizational_domain(&a) == organizational_domain(&b) {
+        Alignment::Relaxed
+    } else {
+        Alignment::None
+    }
+}
+
+/// The organizational domain of `d`: its public suffix plus one label
+/// (`mail.example.co.uk` → `example.co.uk`), lowercased and without a
+/// trailing dot. A name that is itself a public suffix, or has one label,
+/// is its own organizational domain.
+pub fn organizational_domain(d: &str) -> String {
+    let d = normalize(d);
+    // The compiled list matches lowercase names only.
+    match psl::domain_str(&d) {
+        Some(org) => org.to_string(),
+        None => d,
+    }
+}
+
+fn normalize(d: &str) -> String {
+    d.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Alignment::*;
+    use super::*;
+
+    #[track_caller]
+    fn check(domain: &str, from: &str, expect: Alignment) {
+        assert_eq!(alignment(domain, from), expect, "{domain} vs {from}");
+        assert_eq!(alignment(from, domain), expect, "{from} vs {domain} (symmetric)");
+    }
+
+    #[test]
+    fn strict_ignores_case_and_trailing_dot() {
+        check("sender.test", "sender.test", Strict);
+        check("Sender.TEST.", "sender.test", Strict);
+        check(" example.com ", "EXAMPLE.com", Strict);
+    }
+
+    #[test]
+    fn relaxed_shares_the_organizational_domain() {
+        check("mail.sender.test", "sender.test", Relaxed);
+        check("a.b.sender.test", "mail.sender.test", Relaxed);
+        check("bounce.example.com", "example.com", Relaxed);
+        check("mail.example.co.uk", "example.co.uk", Relaxed);
+        check("x.y.example.co.uk", "news.example.co.uk", Relaxed);
+    }
+
+    #[test]
+    fn none_across_organizations_and_public_suffixes() {
+        check("other.test", "sender.test", None);
+        check("example.co.uk", "other.co.uk", None);
+        // Sharing only a public suffix is not alignment.
+        check("example.co.uk", "co.uk", None);
+        check("sender.test", "", None);
+        check("", "", None);
+        check("evil-sender.test", "sender.test", None);
+    }
+
+    #[test]
+    fn organizational_domains() {
+        assert_eq!(organizational_domain("mail.sender.test"), "sender.test");
+        assert_eq!(organizational_domain("Mail.Example.CO.UK."), "example.co.uk");
+        assert_eq!(organizational_domain("www.example.com"), "example.com");
+        assert_eq!(organizational_domain("co.uk"), "co.uk");
+        assert_eq!(organizational_domain("localhost"), "localhost");
+    }
+
+    #[test]
+    fn serializes_lowercase() {
+        assert_eq!(serde_json::to_string(&[Strict, Relaxed, None]).unwrap(), r#"["strict","relaxed","none"]"#);
+    }
+}

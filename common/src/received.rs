@@ -1,0 +1,525 @@
+//! `Received:` header parsing (RFC 5321 §4.4) and per-hop delays.
+//!
+//! Every server that relays a message prepends a `Received:` header naming
+//! where it came from, who took it, how (protocol, TLS) and when. Read
+//! bottom up they are the message's route; the differences between their
+//! dates say where the time of a slow delivery went.
+//!
+//! The RFC grammar (`from ... by ... with ... id ... for ...; date`) is
+//! followed loosely, because every MTA decorates it its own way: Postfix's
+//! `(using TLSv1.3 with cipher ...)` comment, Exim's `(TLS1.3) tls CIPHER`,
+//! Sendmail's and Gmail's `(version=... cipher=...)`, Exchange's
+//! `with Microsoft SMTP Server (version=TLS1_2, cipher=...)`, Dovecot
+//! LMTP's bare `from host by host with LMTP`. Nothing here fails: a clause
+//! that is not there is `None`.
+
+use crate::auth_results::take_comment;
+use chrono::{DateTime, FixedOffset, NaiveDate, SubsecRound, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One `Received:` header: one hop of the message's route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// The sending host as the receiver named it (`from` clause), e.g.
+    /// `mail.sender.test` or `[192.0.2.1]`.
+    pub from: Option<String>,
+    /// The receiving host (`by` clause).
+    pub by: Option<String>,
+    /// The protocol (`ESMTPS`, `LMTP`, `Microsoft SMTP Server`, ...).
+    pub with: Option<String>,
+    /// The receiver's queue or message id.
+    pub id: Option<String>,
+    /// Protocol version and cipher, e.g. `TLSv1.3 TLS_AES_256_GCM_SHA384`,
+    /// when the header describes the TLS session.
+    pub tls: Option<String>,
+    /// When the receiver took the message (the date after the last `;`).
+    pub at: Option<DateTime<FixedOffset>>,
+}
+
+/// One hop in travel order with the time it added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopDelay {
+    pub from: Option<String>,
+    pub by: Option<String>,
+    pub with: Option<String>,
+    pub tls: Option<String>,
+    /// The hop's date, RFC 3339 with the offset the header used.
+    pub at: Option<String>,
+    /// This hop's date minus the previous hop's (the first hop's minus the
+    /// send time). `None` when it cannot be known honestly; `note` says why.
+    pub delay_ms: Option<i64>,
+    /// Why `delay_ms` is missing: `"no date"`, `"previous hop has no date"`,
+    /// `"clock skew: -N ms"`.
+    pub note: Option<String>,
+}
+
+/// Parses one `Received:` header value. Never fails: whatever cannot be
+/// read is `None`.
+pub fn parse(value: &str) -> Hop {
+    let tokens = lex(value);
+    let last_semi = tokens.iter().enumerate().rev().find_map(|(k, t)| match t {
+        Tok::Semi(at) => Some((k, *at)),
+        _ => None,
+    });
+    let (clauses, at) = match last_semi {
+        Some((k, at)) => (&tokens[..k], parse_date(&value[at + 1..])),
+        None => (&tokens[..], None),
+    };
+
+    let mut hop = Hop { at, ..Hop::default() };
+    let mut tls = Tls::default();
+    // The clause whose value comes next, and whether `with` may still grow
+    // (`with Microsoft SMTP Server` is three words).
+    let mut expecting: Option<Clause> = None;
+    let mut with_open = false;
+    for tok in clauses {
+        match tok {
+            Tok::Comment(c) => {
+                tls.read_comment(c);
+                with_open = false;
+            }
+            Tok::Semi(_) => {
+                expecting = None;
+                with_open = false;
+            }
+            Tok::Word(w) => {
+                if let Some(clause) = expecting.take() {
+                    let slot = match clause {
+                        Clause::From => &mut hop.from,
+                        Clause::By => &mut hop.by,
+                        Clause::With => {
+                            with_open = hop.with.is_none();
+                            &mut hop.with
+                        }
+                        Clause::Id => &mut hop.id,
+                        Clause::Tls => {
+                            tls.cipher.get_or_insert_with(|| w.clone());
+                            continue;
+                        }
+                        Clause::Other => continue,
+                    };
+                    slot.get_or_insert_with(|| w.clone());
+                    continue;
+                }
+                match Clause::of(w) {
+                    Some(c) => {
+                        expecting = Some(c);
+                        with_open = false;
+                    }
+                    None if with_open => {
+                        if let Some(with) = hop.with.as_mut() {
+                            with.push(' ');
+                            with.push_str(w);
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    hop.tls = tls.describe();
+    hop
+}
+
+/// Hops in travel order (oldest first) with the delay each added.
+///
+/// `received_top_first` are the message's `Received:` values as they appear
+/// (the newest on top). The first hop is measured from `sent_at` when given.
+///
+/// `Received:` dates have a resolution of one second, so every delay is
+/// good to about ±1 s: a 0 ms delay means "under a second", and `sent_at` is
+/// truncated to the second to compare like with like. Nothing is invented:
+/// a hop without a readable date, or after one, has no delay, and a
+/// negative delay (a receiver's clock behind the previous one) is reported
+/// as clock skew in `note`, not as a number.
+pub fn hop_delays(received_top_first: &[&str], sent_at: Option<DateTime<Utc>>) -> Vec<HopDelay> {
+    // Previous time to measure against; `Err(note)` when there is none.
+    let mut prev: Result<DateTime<Utc>, Option<&str>> = sent_at.map(|t| t.trunc_subsecs(0)).ok_or(None);
+    let mut out = Vec::with_capacity(received_top_first.len());
+    for value in received_top_first.iter().rev() {
+        let hop = parse(value);
+        let (delay_ms, note) = match (hop.at, prev) {
+            (None, _) => (None, Some("no date".to_string())),
+            (Some(_), Err(note)) => (None, note.map(str::to_string)),
+            (Some(at), Ok(p)) => {
+                let ms = (at.with_timezone(&Utc) - p).num_milliseconds();
+                if ms < 0 { (None, Some(format!("clock skew: {ms} ms"))) } else { (Some(ms), None) }
+            }
+        };
+        prev = hop.at.map(|t| t.with_timezone(&Utc)).ok_or(Some("previous hop has no date"));
+        out.push(HopDelay {
+            from: hop.from,
+            by: hop.by,
+            with: hop.with,
+            tls: hop.tls,
+            at: hop.at.map(|t| t.to_rfc3339()),
+            delay_ms,
+            note,
+        });
+    }
+    out
+}
+
+/// Parses an RFC 5322 date-time, obsolete forms included: optional day
+/// name, one- or two-digit day, two- and three-digit years, missing
+/// seconds, zone names (`GMT`, `UT`, `EST`, `PDT`, military letters) and
+/// comments such as a trailing `(UTC)`. A date without a zone is `None`:
+/// its instant is unknown.
+pub fn parse_date(s: &str) -> Option<DateTime<FixedOffset>> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    let mut word_start = None;
+    let bytes = s.as_bytes();
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'(' || b == b')' || b == b',' || b.is_ascii_whitespace() {
+            if let Some(st) = word_start.take() {
+                words.push(&s[st..i]);
+            }
+            i = if b == b'(' { take_comment(s, i).1 } else { i + 1 };
+        } else {
+            word_start.get_or_insert(i);
+            i += 1;
+        }
+    }
+    if let Some(st) = word_start {
+        words.push(&s[st..]);
+    }
+
+    let (mut day, mut month, mut year, mut time, mut zone) = (None, None, None, None, None);
+    for w in words {
+        if w.contains(':') {
+            time = time.or_else(|| parse_time(w));
+        } else if let Some(m) = month_of(w) {
+            month = month.or(Some(m));
+        } else if w.bytes().all(|b| b.is_ascii_digit()) {
+            if day.is_none() && w.len() <= 2 {
+                day = w.parse::<u32>().ok();
+            } else if year.is_none() && w.len() <= 4 {
+                year = w.parse::<i32>().ok().map(|y| match w.len() {
+                    // RFC 5322 §4.3: two digits are 1950–2049, three are 1900+.
+                    1 | 2 if y < 50 => 2000 + y,
+                    1..=3 => 1900 + y,
+                    _ => y,
+                });
+            }
+        } else if zone.is_none() {
+            zone = zone_of(w);
+        }
+    }
+    let date = NaiveDate::from_ymd_opt(year?, month?, day?)?;
+    let (h, m, sec) = time?;
+    // A leap second (:60) is kept as chrono's leap-second representation.
+    let naive = if sec == 60 { date.and_hms_milli_opt(h, m, 59, 1_000)? } else { date.and_hms_opt(h, m, sec)? };
+    zone?.from_local_datetime(&naive).single()
+}
+
+fn parse_time(w: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = w.split(':');
+    let num = |p: Option<&str>| -> Option<u32> {
+        let p = p?;
+        (!p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse().ok())?
+    };
+    let h = num(parts.next())?;
+    let m = num(parts.next())?;
+    let s = match parts.next() {
+        None => 0,
+        some => num(some)?,
+    };
+    (parts.next().is_none() && h < 24 && m < 60 && s <= 60).then_some((h, m, s))
+}
+
+fn month_of(w: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    if w.len() < 3 || !w.is_ascii() {
+        return None;
+    }
+    let lower = w.to_ascii_lowercase();
+    MONTHS.iter().position(|m| lower.starts_with(m)).map(|i| i as u32 + 1).filter(|_| {
+        // "Mar" or "March", not "Marvin".
+        let full = [
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ];
+        lower.len() == 3 || full.iter().any(|f| f.starts_with(&lower))
+    })
+}
+
+fn zone_of(w: &str) -> Option<FixedOffset> {
+    let hours = |h: i32| FixedOffset::east_opt(h * 3600);
+    if let Some(digits) = w.strip_prefix('+').map(|d| (1, d)).or_else(|| w.strip_prefix('-').map(|d| (-1, d))) {
+        let (sign, d) = digits;
+        let d = d.replace(':', "");
+        if d.len() != 4 || !d.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let hh: i32 = d[..2].parse().ok()?;
+        let mm: i32 = d[2..].parse().ok()?;
+        if mm >= 60 {
+            return None;
+        }
+        return FixedOffset::east_opt(sign * (hh * 3600 + mm * 60));
+    }
+    match w.to_ascii_uppercase().as_str() {
+        "UT" | "UTC" | "GMT" | "Z" => hours(0),
+        "EDT" => hours(-4),
+        "EST" | "CDT" => hours(-5),
+        "CST" | "MDT" => hours(-6),
+        "MST" | "PDT" => hours(-7),
+        "PST" => hours(-8),
+        // RFC 5322 §4.3: military zones were defined backwards; read them as -0000.
+        z if z.len() == 1 && z.as_bytes()[0].is_ascii_alphabetic() && z != "J" => hours(0),
+        _ => None,
+    }
+}
+
+/// The clauses of a `Received:` stamp; each keyword is followed by its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clause {
+    From,
+    By,
+    With,
+    Id,
+    /// Exim's `tls CIPHER` after `with esmtps (TLS1.3)`.
+    Tls,
+    /// `via` and `for`: read past, not kept.
+    Other,
+}
+
+impl Clause {
+    fn of(word: &str) -> Option<Clause> {
+        Some(match word.to_ascii_lowercase().as_str() {
+            "from" => Clause::From,
+            "by" => Clause::By,
+            "with" => Clause::With,
+            "id" => Clause::Id,
+            "tls" => Clause::Tls,
+            "via" | "for" => Clause::Other,
+            _ => return None,
+        })
+    }
+}
+
+/// What the comments say about TLS.
+#[derive(Debug, Default)]
+struct Tls {
+    version: Option<String>,
+    cipher: Option<String>,
+}
+
+impl Tls {
+    fn read_comment(&mut self, c: &str) {
+        let words: Vec<&str> = c.split(|ch: char| ch.is_whitespace() || ch == ',').filter(|w| !w.is_empty()).collect();
+        // Postfix: "using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) ..."
+        if words.first().is_some_and(|w| w.eq_ignore_ascii_case("using")) {
+            if let Some(v) = words.get(1) {
+                self.version.get_or_insert_with(|| tls_version(v));
+            }
+            if let Some(k) = words.iter().position(|w| w.eq_ignore_ascii_case("cipher"))
+                && let Some(cipher) = words.get(k + 1)
+            {
+                self.cipher.get_or_insert_with(|| cipher.to_string());
+            }
+            return;
+        }
+        // Sendmail, Gmail, Exchange: "version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 bits=256".
+        let value = |key: &str| {
+            words.iter().find_map(|w| {
+                let (k, v) = w.split_once('=')?;
+                (k.eq_ignore_ascii_case(key) && !v.is_empty()).then_some(v)
+            })
+        };
+        let version = value("version").filter(|v| looks_like_tls(v));
+        let cipher = value("cipher");
+        if version.is_some() || cipher.is_some() {
+            if let Some(v) = version {
+                self.version.get_or_insert_with(|| tls_version(v));
+            }
+            if let Some(c) = cipher {
+                self.cipher.get_or_insert_with(|| c.to_string());
+            }
+            return;
+        }
+        // Exim: "(TLS1.3)" or the older "(TLS1.2:ECDHE_RSA_AES_256_GCM_SHA384:256)".
+        if let [only] = words.as_slice() {
+            let mut parts = only.split(':');
+            if let Some(v) = parts.next().filter(|v| looks_like_tls(v)) {
+                self.version.get_or_insert_with(|| tls_version(v));
+                if let Some(c) = parts.next().filter(|c| !c.is_empty()) {
+                    self.cipher.get_or_insert_with(|| c.to_string());
+                }
+            }
+        }
+    }
+
+    fn describe(self) -> Option<String> {
+        match (self.version, self.cipher) {
+            (Some(v), Some(c)) => Some(format!("{v} {c}")),
+            (Some(v), None) => Some(v),
+            (None, Some(c)) => Some(c),
+            (None, None) => None,
+        }
+    }
+}
+
+fn looks_like_tls(v: &str) -> bool {
+    let upper = v.to_ascii_uppercase();
+    (upper.starts_with("TLS") || upper.starts_with("SSL")) && upper.len() > 3
+}
+
+/// `TLS1_3`, `TLS1.3`, `tlsv1.3` → `TLSv1.3`; anything else as written.
+fn tls_version(v: &str) -> String {
+    match v.get(..3) {
+        Some(p) if p.eq_ignore_ascii_case("tls") => {
+            let rest = &v[3..];
+            let rest = rest.strip_prefix(['v', 'V']).unwrap_or(rest);
+            if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'_') {
+                return v.to_string();
+            }
+            format!("TLSv{}", rest.replace('_', "."))
+        }
+        _ => v.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Word(String),
+    Comment(String),
+    /// A `;` outside comments, with its byte offset.
+    Semi(usize),
+}
+
+fn lex(value: &str) -> Vec<Tok> {
+    let mut tokens = Vec::new();
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b if b.is_ascii_whitespace() || b == b')' => i += 1,
+            b';' => {
+                tokens.push(Tok::Semi(i));
+                i += 1;
+            }
+            b'(' => {
+                let (text, next) = take_comment(value, i);
+                tokens.push(Tok::Comment(text));
+                i = next;
+            }
+            _ => {
+                let end = value[i..]
+                    .find(|c: char| c.is_ascii_whitespace() || "();".contains(c))
+                    .map_or(value.len(), |n| i + n);
+                tokens.push(Tok::Word(value[i..end].to_string()));
+                i = end;
+            }
+        }
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[track_caller]
+    fn date(s: &str, expect: Option<&str>) {
+        assert_eq!(parse_date(s).map(|d| d.to_rfc3339()).as_deref(), expect, "{s:?}");
+    }
+
+    #[test]
+    fn dates_current_and_obsolete() {
+        date("Fri, 27 Nov 2026 22:56:51 +0000", Some("2026-11-27T22:56:51+00:00"));
+        date("Fri, 27 Nov 2026 22:56:51 +0000 (UTC)", Some("2026-11-27T22:56:51+00:00"));
+        date("Tue, 10 Sep 2024 04:23:45 -0700 (PDT)", Some("2024-09-10T04:23:45-07:00"));
+        date("27 Nov 2026 22:56:51 -0000", Some("2026-11-27T22:56:51+00:00"));
+        date(" 1 Jan 26 00:00 GMT", Some("2026-01-01T00:00:00+00:00"));
+        date("Sat, 1 January 99 12:00:00 EST", Some("1999-01-01T12:00:00-05:00"));
+        date("Fri,27 Nov 2026 22:56:51 +0530", Some("2026-11-27T22:56:51+05:30"));
+        date("Fri, 27 Nov 2026 22:56:51 Z", Some("2026-11-27T22:56:51+00:00"));
+    }
+
+    #[test]
+    fn dates_that_are_not_dates() {
+        date("", None);
+        date("Fri, 27 Nov 2026 22:56:51", None); // no zone: instant unknown
+        date("Fri, 31 Feb 2026 22:56:51 +0000", None);
+        date("Fri, 27 Nov 2026 24:00:00 +0000", None);
+        date("Fri, 27 Nov 2026 22:56:51 +9999", None);
+        date("Fri, 27 Marvin 2026 22:56:51 +0000", None);
+        date("yesterday", None);
+    }
+
+    #[test]
+    fn postfix_with_tls() {
+        let h = parse(
+            "from mail.sender.test (localhost [127.0.0.1])\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\n\
+             \tby mx.receiver.test (Postfix) with ESMTPS id F0489DA042\n\tfor <probe@receiver.test>; Fri, 27 Nov 2026 22:56:51 +0000 (UTC)",
+        );
+        assert_eq!(h.from.as_deref(), Some("mail.sender.test"));
+        assert_eq!(h.by.as_deref(), Some("mx.receiver.test"));
+        assert_eq!(h.with.as_deref(), Some("ESMTPS"));
+        assert_eq!(h.id.as_deref(), Some("F0489DA042"));
+        assert_eq!(h.tls.as_deref(), Some("TLSv1.3 TLS_AES_256_GCM_SHA384"));
+        assert_eq!(h.at.unwrap().to_rfc3339(), "2026-11-27T22:56:51+00:00");
+    }
+
+    #[test]
+    fn exchange_multiword_with_and_exim_tls() {
+        let h = parse(
+            "from A.outlook.com (2603:10a6::1) by B.outlook.com (2603:10a6::2) with Microsoft SMTP Server \
+             (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.20.7849.10; Fri, 27 Nov 2026 22:56:51 +0000",
+        );
+        assert_eq!(h.with.as_deref(), Some("Microsoft SMTP Server"));
+        assert_eq!(h.tls.as_deref(), Some("TLSv1.2 TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"));
+        assert_eq!(h.id.as_deref(), Some("15.20.7849.10"));
+        let h = parse(
+            "from [192.0.2.1] (helo=mail.example.com) by mx.example.org with esmtps (TLS1.3) tls TLS_AES_256_GCM_SHA384 (Exim 4.96) id 1rXyZ1-000Abc-2A; Fri, 27 Nov 2026 22:56:51 +0000",
+        );
+        assert_eq!((h.from.as_deref(), h.with.as_deref()), (Some("[192.0.2.1]"), Some("esmtps")));
+        assert_eq!(h.tls.as_deref(), Some("TLSv1.3 TLS_AES_256_GCM_SHA384"));
+    }
+
+    #[test]
+    fn nothing_to_read_is_all_none() {
+        assert_eq!(parse(""), Hop::default());
+        assert_eq!(parse(";;;((("), Hop::default());
+    }
+
+    #[test]
+    fn delays_in_travel_order() {
+        let top = "from b by c with LMTP; Fri, 27 Nov 2026 22:56:53 +0000";
+        let mid = "from a by b with ESMTPS; Fri, 27 Nov 2026 23:56:52 +0100";
+        let bottom = "from x by a with ESMTPSA; Fri, 27 Nov 2026 22:56:51 +0000";
+        let d = hop_delays(&[top, mid, bottom], Some(utc("2026-11-27T22:56:50.900Z")));
+        let got: Vec<_> = d.iter().map(|h| (h.by.as_deref().unwrap(), h.delay_ms, h.note.as_deref())).collect();
+        assert_eq!(got, [("a", Some(1000), None), ("b", Some(1000), None), ("c", Some(1000), None)]);
+        assert_eq!(d[1].at.as_deref(), Some("2026-11-27T23:56:52+01:00"));
+    }
+
+    #[test]
+    fn no_invented_numbers() {
+        let skewed = "from b by c; Fri, 27 Nov 2026 22:56:49 +0000";
+        let undated = "from a by b with SMTP id X";
+        let first = "from x by a; Fri, 27 Nov 2026 22:56:51 +0000";
+        let d = hop_delays(&[skewed, undated, first], None);
+        let got: Vec<_> = d.iter().map(|h| (h.delay_ms, h.note.as_deref())).collect();
+        assert_eq!(got, [(None, None), (None, Some("no date")), (None, Some("previous hop has no date"))]);
+        let d = hop_delays(&[skewed, first], None);
+        assert_eq!((d[1].delay_ms, d[1].note.as_deref()), (None, Some("clock skew: -2000 ms")));
+    }
+}
