@@ -14,7 +14,7 @@
 //! that is not there is `None`.
 
 use crate::auth_results::take_comment;
-use chrono::{DateTime, FixedOffset, NaiveDate, SubsecRound, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, SubsecRound, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One `Received:` header: one hop of the message's route.
@@ -43,7 +43,7 @@ pub struct HopDelay {
     pub by: Option<String>,
     pub with: Option<String>,
     pub tls: Option<String>,
-    /// The hop's date, RFC 3339 with the offset the header used.
+    /// The hop's date, RFC 3339 with the offset the header used (`Z` for +00:00).
     pub at: Option<String>,
     /// This hop's date minus the previous hop's (the first hop's minus the
     /// send time). `None` when it cannot be known honestly; `note` says why.
@@ -152,7 +152,7 @@ pub fn hop_delays(received_top_first: &[&str], sent_at: Option<DateTime<Utc>>) -
             by: hop.by,
             with: hop.with,
             tls: hop.tls,
-            at: hop.at.map(|t| t.to_rfc3339()),
+            at: hop.at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             delay_ms,
             note,
         });
@@ -509,6 +509,7 @@ mod tests {
         let got: Vec<_> = d.iter().map(|h| (h.by.as_deref().unwrap(), h.delay_ms, h.note.as_deref())).collect();
         assert_eq!(got, [("a", Some(1000), None), ("b", Some(1000), None), ("c", Some(1000), None)]);
         assert_eq!(d[1].at.as_deref(), Some("2026-11-27T23:56:52+01:00"));
+        assert_eq!(d[0].at.as_deref(), Some("2026-11-27T22:56:51Z"));
     }
 
     #[test]
