@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# install.sh - install the Debian packages of the mailloop test/demo mail stack.
+#
+# Idempotent: when every package is already installed it does not touch apt
+# at all (a second run takes well under a second). Nothing is started: the
+# packages' init scripts are blocked with a temporary policy-rc.d (exit 101)
+# when the machine has none, and up.sh runs every daemon itself.
+#
+# Usage: bash tests/mailstack/install.sh      (as root, Debian 12)
+set -euo pipefail
+
+# Packages of the stack. The Perl modules are named explicitly because
+# --no-install-recommends would otherwise skip them (monitoring-plugins-contrib
+# recommends ~40 unrelated packages). dbconfig-no-thanks satisfies opendmarc's
+# "dbconfig-mysql | dbconfig-no-thanks" dependency without pulling MySQL.
+PACKAGES=(
+  postfix dovecot-core dovecot-imapd dovecot-lmtpd postgrey
+  opendkim opendkim-tools opendmarc dbconfig-no-thanks
+  postfix-policyd-spf-python dnsmasq-base swaks monitoring-plugins-contrib
+  libmail-imapclient-perl libnet-smtp-tls-perl libnet-smtp-ssl-perl
+  libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
+  openssl python3 iproute2 procps util-linux ca-certificates
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install.sh: must run as root" >&2
+  exit 1
+fi
+
+# --- fast path: is everything installed already? ---------------------------
+# One dpkg-query call; a package dpkg does not know prints nothing, so
+# whatever is not reported as "install ok installed" is missing.
+declare -A installed=()
+while read -r pkg status; do
+  [[ $status == "install ok installed" ]] && installed[${pkg%%:*}]=1
+done < <(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null || true)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  [[ -n ${installed[$pkg]-} ]] || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install.sh: all ${#PACKAGES[@]} packages already installed, nothing to do"
+  exit 0
+fi
+echo "install.sh: installing: ${missing[*]}"
+
+# --- debconf preseed ---------------------------------------------------------
+# Postfix: "No configuration" (up.sh writes its own config dir); OpenDMARC:
+# no database setup.
+debconf-set-selections <<'PRESEED'
+postfix postfix/main_mailer_type select No configuration
+postfix postfix/mailname string mx.receiver.test
+opendmarc opendmarc/dbconfig-install boolean false
+PRESEED
+
+# --- keep services from starting -------------------------------------------
+# Without systemd, invoke-rc.d runs the sysvinit scripts unless policy-rc.d
+# forbids it. Add a temporary one only when the machine has none, and remove
+# it again on exit (whatever happens).
+POLICY=/usr/sbin/policy-rc.d
+created_policy=0
+cleanup() {
+  if [[ $created_policy -eq 1 ]]; then rm -f "$POLICY"; fi
+}
+trap cleanup EXIT
+if [[ ! -e $POLICY ]]; then
+  printf '#!/bin/sh\n# temporary, from mailloop tests/mailstack/install.sh\nexit 101\n' >"$POLICY"
+  chmod 755 "$POLICY"
+  created_policy=1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# Refresh the package lists only when they are missing or older than a day.
+if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 -print -quit 2>/dev/null) ]]; then
+  apt-get update -q
+fi
+if ! apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"; then
+  # stale package lists (404 on download): refresh once and retry
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+fi
+echo "install.sh: done"
