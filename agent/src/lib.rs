@@ -3,7 +3,8 @@
 //! Layers, bottom up: [`transport`] (bytes, TLS, bounded reads) →
 //! [`smtp`] and [`imap`] (protocol sessions and their timed step sequences)
 //! → [`probe`] (one round trip, the report) → [`output`] (table, JSON,
-//! Nagios). [`steps`] times and records every step.
+//! Nagios). [`steps`] times and records every step; [`tls`] holds trust
+//! roots and captures server certificates.
 
 pub mod imap;
 pub mod message;
@@ -11,4 +12,5 @@ pub mod output;
 pub mod probe;
 pub mod smtp;
 pub mod steps;
+pub mod tls;
 pub mod transport;

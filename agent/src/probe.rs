@@ -8,28 +8,27 @@ use crate::imap;
 use crate::message;
 use crate::smtp;
 use crate::steps::{Recorder, ms};
-use crate::transport;
 use mailloop_common::config::{CheckConfig, ThresholdKey};
-use mailloop_common::{Failure, Outcome, ProbeReport, StepReport};
+use mailloop_common::{Attempt, Failure, Outcome, ProbeReport, StepName, StepReport, TlsCert};
 use std::time::{Duration, Instant};
-use tokio_rustls::TlsConnector;
+use crate::tls::TlsClient;
 
 /// Runs probes for one check. Built once; TLS trust is loaded at construction.
 pub struct Prober {
     check: CheckConfig,
-    smtp_tls: TlsConnector,
-    imap_tls: TlsConnector,
+    smtp_tls: TlsClient,
+    imap_tls: TlsClient,
 }
 
 impl Prober {
     /// Fails if a `ca_file` cannot be used.
     pub fn new(check: CheckConfig) -> Result<Prober, String> {
-        let smtp_tls = transport::tls_connector(check.smtp.endpoint.ca_file.as_deref())
+        let smtp_tls = TlsClient::new(check.smtp.endpoint.ca_file.as_deref())
             .map_err(|e| format!("check {}: smtp: {e}", check.name))?;
         let imap_tls = if check.imap.endpoint.ca_file == check.smtp.endpoint.ca_file {
             smtp_tls.clone()
         } else {
-            transport::tls_connector(check.imap.endpoint.ca_file.as_deref())
+            TlsClient::new(check.imap.endpoint.ca_file.as_deref())
                 .map_err(|e| format!("check {}: imap: {e}", check.name))?
         };
         Ok(Prober { check, smtp_tls, imap_tls })
@@ -39,84 +38,53 @@ impl Prober {
         &self.check
     }
 
-    /// One full round trip.
+    /// One full round trip, retrying deferred submissions within the
+    /// check's greylist grace window.
     pub async fn run(&self) -> ProbeReport {
         let check = &self.check;
-        let now = chrono::Utc::now();
-        let origin = Instant::now();
-        let deadline = origin + check.deadline;
-        let probe_id = message::new_probe_id(now);
+        let first_now = chrono::Utc::now();
+        let first_start = Instant::now();
+        let probe_id = message::new_probe_id(first_now);
         let message_id = message::message_id(&probe_id, &check.from);
-        let body = message::build(&check.name, &probe_id, &message_id, &check.from, &check.to, now);
+        let body = message::build(&check.name, &probe_id, &message_id, &check.from, &check.to, first_now);
         tracing::info!(check = %check.name, probe_id = %probe_id, "probe starting");
 
-        let mut smtp_rec = Recorder::new(origin, deadline);
-        let mut imap_rec = Recorder::new(origin, deadline);
-        let (sent, opened) = tokio::join!(
-            smtp::send(check, &self.smtp_tls, &body, &mut smtp_rec),
-            imap::open(check, &self.imap_tls, &mut imap_rec),
-        );
+        let grace_end = first_start + check.greylist_grace;
+        let mut wait = check.greylist_retry;
+        let mut attempts = Vec::new();
+        let (attempt_start, mut result) = loop {
+            let started_at = rfc3339(chrono::Utc::now());
+            let attempt_start = Instant::now();
+            let result = self.attempt(&probe_id, &body, attempt_start).await;
+            attempts.push(Attempt { started_at, failure: result.failure.clone() });
+            let retry = result.failure.as_ref().is_some_and(is_retryable);
+            if retry && Instant::now() + wait <= grace_end {
+                let f = result.failure.as_ref().expect("retryable implies a failure");
+                tracing::info!(
+                    check = %check.name, probe_id = %probe_id, step = %f.step, class = %f.class, code = ?f.code,
+                    "submission deferred ({}), retrying in {}", f.message, humantime::format_duration(wait)
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                continue;
+            }
+            break (attempt_start, result);
+        };
 
-        let mut failure: Option<Failure> = None;
-        let mut reasons = Vec::new();
-        let mut rtt = None;
-        let mut delivery = None;
-        let mut queue_id = None;
-        match (sent, opened) {
-            (Err(f), session) => {
-                failure = Some(f);
-                if let Ok(s) = session {
-                    let _ = imap::logout(check, s, &mut imap_rec).await;
-                }
-            }
-            (Ok(sent), Err(f)) => {
-                // The probe went out but cannot be looked for; the next
-                // successful run sweeps it once it is old enough.
-                queue_id = sent.queue_id;
-                failure = Some(f);
-            }
-            (Ok(sent), Ok(mut s)) => {
-                queue_id = sent.queue_id.clone();
-                let found = imap::find(check, &mut s, &probe_id, &mut imap_rec).await;
-                let uid = match found {
-                    Ok(found) => {
-                        rtt = Some(found.found_at - origin);
-                        delivery = Some(found.found_at.saturating_duration_since(sent.acked_at));
-                        if !contains(&found.raw, probe_id.as_bytes()) {
-                            reasons.push(format!("message found by search does not carry probe id {probe_id}"));
-                        }
-                        Some(found.uid)
-                    }
-                    Err(f) => {
-                        failure = Some(f);
-                        None
-                    }
-                };
-                if let Err(f) = imap::cleanup(check, &mut s, uid, &mut imap_rec).await {
-                    if failure.is_none() {
-                        reasons.push(format!("probe not deleted ({}): {}", f.class, f.message));
-                    }
-                }
-                if let Err(f) = imap::logout(check, s, &mut imap_rec).await {
-                    if failure.is_none() {
-                        reasons.push(format!("imap.logout failed ({}): {}", f.class, f.message));
-                    }
-                }
+        let retried = attempts.len() > 1;
+        if let Some(f) = &mut result.failure {
+            if retried && f.class.is_transient() {
+                f.message = format!(
+                    "{} (still deferred after {} attempts over {})",
+                    f.message,
+                    attempts.len(),
+                    humantime::format_duration(Duration::from_secs(first_start.elapsed().as_secs()))
+                );
             }
         }
-
-        let mut steps: Vec<StepReport> = smtp_rec.steps;
-        steps.extend(imap_rec.steps);
-        steps.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
-        if failure.is_none() {
-            if let Some(quit) = steps.iter().find(|s| s.name == mailloop_common::StepName::SmtpQuit && !s.ok) {
-                reasons.push(format!("smtp.quit failed: {}", quit.detail.as_deref().unwrap_or("")));
-            }
-            reasons.extend(threshold_breaches(check, &steps, rtt, delivery));
-        }
-        let outcome = if failure.is_some() {
+        let outcome = if result.failure.is_some() {
             Outcome::Failed
-        } else if !reasons.is_empty() {
+        } else if !result.reasons.is_empty() {
             Outcome::Degraded
         } else {
             Outcome::Ok
@@ -124,15 +92,19 @@ impl Prober {
         let report = ProbeReport {
             probe_id,
             check: check.name.clone(),
-            started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            started_at: rfc3339(first_now),
             outcome,
-            rtt_ms: rtt.map(ms),
-            delivery_ms: delivery.map(ms),
-            steps,
-            failure,
+            rtt_ms: result.rtt.map(ms),
+            delivery_ms: result.delivery.map(ms),
+            steps: result.steps,
+            failure: result.failure,
             message_id,
-            queue_id,
-            reasons,
+            queue_id: result.queue_id,
+            reasons: result.reasons,
+            greylisted: retried && outcome != Outcome::Failed,
+            greylist_ms: retried.then(|| ms(attempt_start - first_start)),
+            attempts,
+            tls: result.tls,
         };
         match &report.failure {
             None => tracing::info!(check = %check.name, probe_id = %report.probe_id, outcome = report.outcome.as_str(), rtt_ms = ?report.rtt_ms, "probe finished"),
@@ -140,6 +112,108 @@ impl Prober {
         }
         report
     }
+
+    /// One attempt: submit and, if that worked, find the probe.
+    async fn attempt(&self, probe_id: &str, body: &[u8], origin: Instant) -> AttemptResult {
+        let check = &self.check;
+        let deadline = origin + check.deadline;
+        let mut smtp_rec = Recorder::new(origin, deadline);
+        let mut imap_rec = Recorder::new(origin, deadline);
+        let (sent, opened) = tokio::join!(
+            smtp::send(check, &self.smtp_tls, body, &mut smtp_rec),
+            imap::open(check, &self.imap_tls, &mut imap_rec),
+        );
+
+        let mut r = AttemptResult::default();
+        match (sent, opened) {
+            (Err(f), session) => {
+                r.failure = Some(f);
+                if let Ok(s) = session {
+                    let _ = imap::logout(check, s, &mut imap_rec).await;
+                }
+            }
+            (Ok(sent), Err(f)) => {
+                // The probe went out but cannot be looked for; the next
+                // successful run sweeps it once it is old enough.
+                r.queue_id = sent.queue_id;
+                r.failure = Some(f);
+            }
+            (Ok(sent), Ok(mut s)) => {
+                r.queue_id = sent.queue_id.clone();
+                let found = imap::find(check, &mut s, probe_id, &mut imap_rec).await;
+                let uid = match found {
+                    Ok(found) => {
+                        r.rtt = Some(found.found_at - origin);
+                        r.delivery = Some(found.found_at.saturating_duration_since(sent.acked_at));
+                        if !contains(&found.raw, probe_id.as_bytes()) {
+                            r.reasons.push(format!("message found by search does not carry probe id {probe_id}"));
+                        }
+                        Some(found.uid)
+                    }
+                    Err(f) => {
+                        r.failure = Some(f);
+                        None
+                    }
+                };
+                if let Err(f) = imap::cleanup(check, &mut s, uid, &mut imap_rec).await {
+                    if r.failure.is_none() {
+                        r.reasons.push(format!("probe not deleted ({}): {}", f.class, f.message));
+                    }
+                }
+                if let Err(f) = imap::logout(check, s, &mut imap_rec).await {
+                    if r.failure.is_none() {
+                        r.reasons.push(format!("imap.logout failed ({}): {}", f.class, f.message));
+                    }
+                }
+            }
+        }
+
+        r.steps = smtp_rec.steps;
+        r.steps.extend(imap_rec.steps);
+        r.tls = smtp_rec.tls;
+        r.tls.extend(imap_rec.tls);
+        r.steps.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        if r.failure.is_none() {
+            if let Some(quit) = r.steps.iter().find(|s| s.name == StepName::SmtpQuit && !s.ok) {
+                r.reasons.push(format!("smtp.quit failed: {}", quit.detail.as_deref().unwrap_or("")));
+            }
+            let breaches = threshold_breaches(check, &r.steps, r.rtt, r.delivery);
+            r.reasons.extend(breaches);
+            for c in &r.tls {
+                if c.days_left < i64::from(check.cert_min_days) {
+                    r.reasons.push(format!(
+                        "{} certificate of {} expires in {} days ({}), below cert_min_days {}",
+                        c.protocol, c.endpoint, c.days_left, c.not_after, check.cert_min_days
+                    ));
+                }
+            }
+        }
+        r
+    }
+}
+
+/// What one attempt produced.
+#[derive(Default)]
+struct AttemptResult {
+    steps: Vec<StepReport>,
+    failure: Option<Failure>,
+    reasons: Vec<String>,
+    rtt: Option<Duration>,
+    delivery: Option<Duration>,
+    queue_id: Option<String>,
+    tls: Vec<TlsCert>,
+}
+
+/// The steps whose 4xx replies are retried: the transaction, not the
+/// session set-up (a 421 banner or a refused AUTH is reported at once).
+const RETRY_STEPS: [StepName; 4] = [StepName::SmtpMailFrom, StepName::SmtpRcptTo, StepName::SmtpData, StepName::SmtpDataAck];
+
+fn is_retryable(f: &Failure) -> bool {
+    f.class.is_transient() && RETRY_STEPS.contains(&f.step)
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

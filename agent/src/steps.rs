@@ -6,7 +6,9 @@
 //! [`Failure`] (data), which the probe sequence returns to stop there.
 
 use crate::transport::TransportError;
-use mailloop_common::{Failure, FailureClass, SmtpReplyCode, StepName, StepReport};
+use crate::transport::TlsInfo;
+use mailloop_common::{Failure, FailureClass, SmtpReplyCode, StepName, StepReport, TlsCert};
+use rustls_pki_types::CertificateDer;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -75,12 +77,14 @@ pub struct Recorder {
     origin: Instant,
     deadline: Instant,
     pub steps: Vec<StepReport>,
+    /// Certificates seen in this half's TLS handshakes.
+    pub tls: Vec<TlsCert>,
 }
 
 impl Recorder {
     /// `origin` is the probe's start; `deadline` its hard end.
     pub fn new(origin: Instant, deadline: Instant) -> Self {
-        Recorder { origin, deadline, steps: Vec::new() }
+        Recorder { origin, deadline, steps: Vec::new(), tls: Vec::new() }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -110,6 +114,24 @@ impl Recorder {
         match result {
             Ok(done) => Ok(done.value),
             Err(e) => Err(Failure { step: name, class: e.class, code: e.code, enhanced: e.enhanced, message: e.message }),
+        }
+    }
+
+    /// Records the certificate of a TLS handshake (`info` is `None` when the
+    /// handshake failed).
+    pub fn cert(&mut self, protocol: &str, endpoint: &str, der: Option<CertificateDer<'static>>, info: Option<&TlsInfo>) {
+        let Some(der) = der else { return };
+        let described = crate::tls::describe(
+            &der,
+            protocol,
+            endpoint,
+            info.map(|i| i.version.clone()),
+            info.map(|i| i.cipher.clone()),
+            chrono::Utc::now(),
+        );
+        match described {
+            Some(c) => self.tls.push(c),
+            None => tracing::warn!(%endpoint, "server certificate does not parse as X.509"),
         }
     }
 

@@ -8,10 +8,10 @@
 
 use rustls_pki_types::ServerName;
 use std::io;
-use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use crate::tls::TlsClient;
+use rustls_pki_types::CertificateDer;
 use tokio_rustls::client::TlsStream;
 
 /// How many bytes one read asks the socket for.
@@ -58,6 +58,8 @@ pub struct Conn {
     buf: Vec<u8>,
     /// Start of unread data in `buf`.
     pos: usize,
+    /// The server certificate of the last TLS handshake, even a failed one.
+    pub peer_cert: Option<CertificateDer<'static>>,
 }
 
 impl Conn {
@@ -65,7 +67,7 @@ impl Conn {
     pub async fn connect(host: &str, port: u16) -> Result<Conn, TransportError> {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        Ok(Conn { stream: Stream::Plain(tcp), buf: Vec::with_capacity(READ_CHUNK), pos: 0 })
+        Ok(Conn { stream: Stream::Plain(tcp), buf: Vec::with_capacity(READ_CHUNK), pos: 0, peer_cert: None })
     }
 
     /// The local address, for an address-literal EHLO.
@@ -77,10 +79,18 @@ impl Conn {
         }
     }
 
-    /// Runs the TLS handshake over the current plain stream.
-    pub async fn start_tls(
+    /// Runs the TLS handshake over the current plain stream. The server's
+    /// certificate is kept in `peer_cert` whether or not it was accepted.
+    pub async fn start_tls(&mut self, tls: &TlsClient, name: ServerName<'static>) -> Result<TlsInfo, TransportError> {
+        let (connector, slot) = tls.connector().map_err(TransportError::Tls)?;
+        let result = self.handshake(&connector, name).await;
+        self.peer_cert = slot.lock().ok().and_then(|mut s| s.take());
+        result
+    }
+
+    async fn handshake(
         &mut self,
-        connector: &TlsConnector,
+        connector: &tokio_rustls::TlsConnector,
         name: ServerName<'static>,
     ) -> Result<TlsInfo, TransportError> {
         let buffered = self.buf.len() - self.pos;
@@ -208,26 +218,22 @@ impl Conn {
         }
     }
 
+    /// Reads what the socket has into the buffer. Cancel-safe: nothing in
+    /// `self` changes until the read has completed, so a read abandoned by a
+    /// timeout (IDLE waiting for news) leaves the buffer intact.
     async fn fill(&mut self) -> Result<(), TransportError> {
         self.quickack();
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
+        let mut chunk = [0u8; READ_CHUNK];
         let n = match &mut self.stream {
-            Stream::Plain(s) => read_into(s, &mut self.buf[old..]).await,
-            Stream::Tls(s) => read_into(s.as_mut(), &mut self.buf[old..]).await,
+            Stream::Plain(s) => read_into(s, &mut chunk).await,
+            Stream::Tls(s) => read_into(s.as_mut(), &mut chunk).await,
             Stream::Gone => Ok(0),
-        };
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(old);
-                return Err(io_or_tls(e));
-            }
-        };
-        self.buf.truncate(old + n);
+        }
+        .map_err(io_or_tls)?;
         if n == 0 {
             return Err(TransportError::Closed);
         }
+        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }
@@ -263,43 +269,6 @@ fn _assert_traits() {
     fn is<T: AsyncRead + AsyncWrite + Unpin + Send>() {}
     is::<TcpStream>();
     is::<TlsStream<TcpStream>>();
-}
-
-/// A rustls connector that trusts the system store plus an optional extra CA file.
-pub fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        let mut added = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("bad PEM in ca_file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("unusable certificate in ca_file {}: {e}", path.display()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("ca_file {} holds no certificate", path.display()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    // Every probe measures a full handshake, as a first-time client sees it.
-    // Without resumption the server also sends no TLS 1.3 session tickets;
-    // those tickets, written just before the banner or EHLO reply, stalled
-    // the reply ~40 ms behind Nagle and the client's delayed ACK.
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The name to verify: an IP address literal or a DNS name.

@@ -127,6 +127,13 @@ pub struct CheckConfig {
     pub thresholds: BTreeMap<ThresholdKey, Duration>,
     /// Probes of this check older than this are swept from the mailbox.
     pub sweep_older_than: Duration,
+    /// First wait before retrying a deferred (4xx) submission; later waits double.
+    pub greylist_retry: Duration,
+    /// How long deferrals are retried before the probe counts as failed
+    /// (zero: never retry).
+    pub greylist_grace: Duration,
+    /// A server certificate with fewer days left makes the outcome `degraded`.
+    pub cert_min_days: u32,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
 }
@@ -179,6 +186,12 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default age after which leftover probes are swept.
 pub const DEFAULT_SWEEP_AGE: Duration = Duration::from_secs(3600);
+/// Default minimum days a server certificate must have left.
+pub const DEFAULT_CERT_MIN_DAYS: u32 = 14;
+/// Default first wait before retrying a deferred submission.
+pub const DEFAULT_GREYLIST_RETRY: Duration = Duration::from_secs(60);
+/// Default window in which deferrals are retried.
+pub const DEFAULT_GREYLIST_GRACE: Duration = Duration::from_secs(15 * 60);
 /// Default window of fast NOOP polling after the send.
 pub const DEFAULT_FAST_WINDOW: Duration = Duration::from_secs(2);
 /// Default polling interval when IDLE is unavailable or off.
@@ -355,6 +368,9 @@ impl Validator<'_> {
         let deadline = self.duration(&mut t, "deadline", DEFAULT_DEADLINE);
         let step_timeout = self.duration(&mut t, "step_timeout", DEFAULT_STEP_TIMEOUT);
         let sweep_older_than = self.duration(&mut t, "sweep_older_than", DEFAULT_SWEEP_AGE);
+        let greylist_retry = self.duration(&mut t, "greylist_retry", DEFAULT_GREYLIST_RETRY);
+        let greylist_grace = self.duration_or_zero(&mut t, "greylist_grace", DEFAULT_GREYLIST_GRACE);
+        let cert_min_days = self.count(&mut t, "cert_min_days", DEFAULT_CERT_MIN_DAYS, 3650);
         let smtp = self.sub(&mut t, "smtp", true).and_then(|s| self.smtp(s));
         let imap = self.sub(&mut t, "imap", true).and_then(|s| self.imap(s));
         let thresholds = self.thresholds(&mut t);
@@ -369,6 +385,9 @@ impl Validator<'_> {
             timeouts: timeouts?,
             thresholds: thresholds?,
             sweep_older_than: sweep_older_than?,
+            greylist_retry: greylist_retry?,
+            greylist_grace: greylist_grace?,
+            cert_min_days: cert_min_days?,
             smtp: smtp?,
             imap: imap?,
         })
@@ -414,10 +433,7 @@ impl Validator<'_> {
             None => None,
         };
         let poll_interval = self.duration(&mut t, "poll_interval", DEFAULT_POLL_INTERVAL);
-        let fast_window = match self.raw(&mut t, "fast_window") {
-            Some(Value::String(s)) if s.trim() == "0" || s.trim() == "0s" => Some(Duration::ZERO),
-            _ => self.duration(&mut t, "fast_window", DEFAULT_FAST_WINDOW),
-        };
+        let fast_window = self.duration_or_zero(&mut t, "fast_window", DEFAULT_FAST_WINDOW);
         self.finish(t);
         Some(ImapConfig {
             endpoint: endpoint?,
@@ -661,6 +677,26 @@ impl Validator<'_> {
                 self.issue(format!("{}.{key}", t.path), format!("{shown} is not a port (1-65535)"));
                 None
             }
+        }
+    }
+
+    /// A whole number from 0 to `max`.
+    fn count(&mut self, t: &mut Table<'_>, key: &'static str, default: u32, max: u32) -> Option<u32> {
+        match self.raw(t, key) {
+            None => Some(default),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= max as u64) => Some(n.as_u64().unwrap() as u32),
+            Some(other) => {
+                self.issue(format!("{}.{key}", t.path), format!("{other} is not a whole number from 0 to {max}"));
+                None
+            }
+        }
+    }
+
+    /// A duration where `"0s"` is allowed and means "off".
+    fn duration_or_zero(&mut self, t: &mut Table<'_>, key: &'static str, default: Duration) -> Option<Duration> {
+        match self.raw(t, key) {
+            Some(Value::String(s)) if humantime::parse_duration(s).is_ok_and(|d| d.is_zero()) => Some(Duration::ZERO),
+            _ => self.duration(t, key, default),
         }
     }
 

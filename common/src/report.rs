@@ -92,6 +92,51 @@ pub struct ProbeReport {
     /// Why the outcome is `degraded` (empty otherwise).
     #[serde(default)]
     pub reasons: Vec<String>,
+    /// Every submission attempt, oldest first; more than one when a
+    /// deferral (greylisting, rate limit) was retried.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// True when an attempt was deferred and a retry delivered.
+    #[serde(default)]
+    pub greylisted: bool,
+    /// Time spent waiting out deferrals: from the first attempt's start to
+    /// the last attempt's start. Not part of `rtt_ms` or any step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greylist_ms: Option<f64>,
+    /// The leaf certificate of every TLS handshake (successful or not).
+    #[serde(default)]
+    pub tls: Vec<TlsCert>,
+}
+
+/// The server certificate seen in one TLS handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsCert {
+    /// `smtp` or `imap`.
+    pub protocol: String,
+    /// `host:port` as configured.
+    pub endpoint: String,
+    pub subject: String,
+    /// DNS names and IP addresses of the subjectAltName extension.
+    pub sans: Vec<String>,
+    pub issuer: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Whole days until `not_after` (negative once expired).
+    pub days_left: i64,
+    /// Negotiated protocol version and cipher suite; absent when the handshake failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+}
+
+/// One submission attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// Why it failed; null for the attempt that went through.
+    pub failure: Option<Failure>,
 }
 
 impl ProbeReport {

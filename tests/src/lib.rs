@@ -7,6 +7,8 @@
 //! parallel without seeing each other's mail. A missing stack is a test
 //! failure with instructions, never a silent skip.
 
+pub mod fake;
+
 use mailloop_common::ProbeReport;
 use mailloop_common::config::ProbeConfig;
 use std::collections::HashMap;
@@ -74,6 +76,8 @@ pub struct Check {
     pub imap_extra: Vec<String>,
     /// Lines of `[check.thresholds]`.
     pub thresholds: Vec<String>,
+    /// Extra lines in the `[[check]]` table itself (e.g. `greylist_retry`).
+    pub check_extra: Vec<String>,
 }
 
 impl Check {
@@ -94,6 +98,7 @@ impl Check {
             deadline: "30s",
             imap_extra: Vec::new(),
             thresholds: Vec::new(),
+            check_extra: Vec::new(),
         }
     }
 
@@ -106,7 +111,7 @@ impl Check {
             None => String::new(),
         };
         let mut out = format!(
-            "[[check]]\nname = {name:?}\nfrom = {from:?}\nto = {to:?}\ndeadline = {deadline:?}\nstep_timeout = \"10s\"\n\
+            "[[check]]\nname = {name:?}\nfrom = {from:?}\nto = {to:?}\ndeadline = {deadline:?}\nstep_timeout = \"10s\"\n{check_extra}\
              [check.smtp]\nhost = \"127.0.0.1\"\nport = {sp}\nsecurity = {ss:?}\nca_file = {ca:?}\n{login}\
              [check.imap]\nhost = \"127.0.0.1\"\nport = {ip}\nsecurity = {is:?}\nca_file = {ca:?}\nusername = {iu:?}\npassword = {ipw:?}\n{extra}",
             name = self.name,
@@ -119,6 +124,7 @@ impl Check {
             iu = self.imap_user,
             ipw = self.imap_pass,
             extra = self.imap_extra.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            check_extra = self.check_extra.iter().map(|l| format!("{l}\n")).collect::<String>(),
         );
         if !self.thresholds.is_empty() {
             out.push_str("[check.thresholds]\n");
@@ -144,6 +150,12 @@ impl Check {
         let prober = mailloop_agent::probe::Prober::new(cfg.checks.into_iter().next().unwrap()).unwrap();
         prober.run().await
     }
+}
+
+/// A name no earlier run used (postgrey remembers triplets across runs).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}{nanos}")
 }
 
 /// The `mailloop-agent` binary, built by `cargo build` beside the test binary.

@@ -41,6 +41,13 @@ async fn starttls_submission_and_imaps_with_idle() {
     let qid = r.queue_id.as_deref().expect("queue id");
     assert!(r.step(SmtpDataAck).unwrap().detail.as_deref().unwrap().contains(qid));
     assert!(r.message_id.starts_with(&format!("<{}@", r.probe_id)));
+    // Both handshakes left their certificate in the report.
+    let protocols: Vec<&str> = r.tls.iter().map(|c| c.protocol.as_str()).collect();
+    assert_eq!(protocols, ["smtp", "imap"], "{:#?}", r.tls);
+    for cert in &r.tls {
+        assert!(cert.sans.iter().any(|s| s == "127.0.0.1"), "{cert:#?}");
+        assert!(cert.days_left > 14 && cert.version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")), "{cert:#?}");
+    }
     // The probe was deleted after reading.
     assert_eq!(Mailbox::new(&check.to).subjects(), Vec::<String>::new());
 }
@@ -175,4 +182,58 @@ async fn unknown_recipient_is_permanent_at_rcpt() {
     assert_eq!((f.step, f.class, f.code), (SmtpRcptTo, FailureClass::Permanent, Some(550)), "{f:#?}");
     assert_eq!(f.enhanced.as_deref(), Some("5.1.1"));
     assert!(r.step(SmtpData).is_none());
+}
+
+#[test]
+fn greylisting_is_retried_not_alarmed() {
+    let s = Stack::get();
+    // A fresh triplet on the greylisting MX: postgrey answers 451 until its
+    // delay has passed.
+    let name = mailloop_tests::unique("grey");
+    let mut check = Check::new(&name);
+    check.to = format!("t-{name}@{}", s.var("MAILSTACK_GREY_DOMAIN"));
+    check.smtp_port = s.port("MAILSTACK_PORT_GREY");
+    check.smtp_security = "none";
+    check.smtp_login = None;
+    check.check_extra = vec!["greylist_retry = \"4s\"".into(), "greylist_grace = \"2m\"".into()];
+    let f = check.file();
+    let (code, out, err) = mailloop_tests::run_agent(&["probe", "-c", f.path().to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: mailloop_common::ProbeReport = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r.outcome, Outcome::Ok);
+    assert!(r.greylisted);
+    assert!(r.attempts.len() >= 2, "{:#?}", r.attempts);
+    let first = r.attempts[0].failure.as_ref().expect("the first attempt was deferred");
+    assert_eq!((first.step, first.class, first.code), (SmtpRcptTo, FailureClass::Deferred, Some(451)));
+    assert_eq!(first.enhanced.as_deref(), Some("4.2.0"));
+    assert!(r.attempts.last().unwrap().failure.is_none());
+    // The wait is its own figure, at least postgrey's delay, and not part of the round trip.
+    let delay_ms: f64 = s.var("MAILSTACK_GREY_DELAY").parse::<f64>().unwrap() * 1000.0;
+    let grey = r.greylist_ms.expect("greylist_ms");
+    assert!(grey >= delay_ms, "greylist_ms {grey} < postgrey delay {delay_ms}");
+    assert!(r.rtt_ms.unwrap() < grey, "rtt {:?} includes the greylist wait {grey}", r.rtt_ms);
+}
+
+#[tokio::test]
+async fn an_older_probe_in_the_mailbox_does_not_hide_a_lost_one() {
+    // This run's probe goes to another mailbox (it is "lost" for the reader),
+    // while the mailbox read holds a recent probe of the same check.
+    let mut check = Check::new("lost");
+    let reader = Mailbox::new(&check.imap_user);
+    reader.clear();
+    let old = format!(
+        "From: <probe@sender.test>\nTo: <{to}>\nSubject: previous probe\nX-Mailloop-Probe: ml-previous\nX-Mailloop-Check: lost\n\nold\n",
+        to = check.to
+    );
+    reader.append(&old, &chrono_like_now());
+    check.to = Stack::get().mailbox("lost-elsewhere");
+    check.deadline = "3s";
+    let r = check.probe().await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let f = r.failure.as_ref().unwrap();
+    assert_eq!((f.step, f.class), (ImapWait, FailureClass::NotDelivered), "{f:#?}");
+    assert!(r.rtt_ms.is_none());
+    // The previous probe is young, so it stays; this run never took it for its own.
+    assert_eq!(reader.subjects(), ["previous probe"]);
+    Mailbox::new(&check.to).clear();
 }

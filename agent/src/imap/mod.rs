@@ -13,13 +13,17 @@ use mailloop_common::config::{CheckConfig, Security, WaitMode};
 use mailloop_common::{Failure, FailureClass, StepName};
 use response::{Response, Status};
 use std::time::{Duration, Instant};
-use tokio_rustls::TlsConnector;
+use crate::tls::TlsClient;
 
 /// Largest literal accepted (the probe is a few KiB; a mailbox message we
 /// fetch is ours).
 pub const MAX_LITERAL: u64 = 16 * 1024 * 1024;
 /// Most untagged responses accepted for one command.
 const MAX_UNTAGGED: usize = 100_000;
+/// Most bytes kept of the answer to one command, lines and literals of all
+/// its responses together: one literal at the limit, and a MiB for the rest.
+/// Without it, literals each under the limit could follow one another forever.
+pub const MAX_ANSWER: u64 = MAX_LITERAL + 1024 * 1024;
 /// The header that identifies a probe, and the one naming its check.
 pub const PROBE_HEADER: &str = "X-Mailloop-Probe";
 pub const CHECK_HEADER: &str = "X-Mailloop-Check";
@@ -50,8 +54,10 @@ impl Session {
     async fn read_response(&mut self, before_greeting: bool) -> Result<Response, StepError> {
         let tr = |e| StepError::transport(e, before_greeting);
         let mut resp = Response::default();
+        let mut kept = 0u64;
         loop {
             let line = self.conn.read_line(response::MAX_LINE).await.map_err(tr)?;
+            kept += line.len() as u64;
             let literal = response::literal_len(&line);
             resp.text.push_str(&String::from_utf8_lossy(&line));
             match literal {
@@ -63,8 +69,10 @@ impl Session {
                         format!("server announced a {n}-byte literal (limit {MAX_LITERAL})"),
                     ));
                 }
+                Some(Ok(n)) if kept + n > MAX_ANSWER => return Err(answer_too_large()),
                 Some(Ok(n)) => {
                     let bytes = self.conn.read_exact(n as usize).await.map_err(tr)?;
+                    kept += n;
                     resp.literals.push(bytes);
                 }
             }
@@ -91,8 +99,13 @@ impl Session {
     /// and the tagged one. `NO`/`BAD` become errors of `class`.
     async fn finish(&mut self, tag: &str, class: FailureClass) -> Result<(Vec<Response>, Response), StepError> {
         let mut untagged = Vec::new();
+        let mut kept = 0u64;
         loop {
             let r = self.read_response(false).await?;
+            kept += r.text.len() as u64 + r.literals.iter().map(|l| l.len() as u64).sum::<u64>();
+            if kept > MAX_ANSWER {
+                return Err(answer_too_large());
+            }
             self.note(&r);
             if r.tag() == Some(tag) {
                 return match r.status() {
@@ -130,11 +143,11 @@ impl Session {
     /// notifications back for about 0.5 s after a delivery; a NOOP makes it
     /// look at the mailbox at once, so the first seconds after a send are
     /// watched this way and IDLE takes over after.
-    async fn nudge_until(&mut self, until: Instant) -> Result<bool, StepError> {
+    async fn nudge_until(&mut self, until: Instant, reply_within: Duration) -> Result<bool, StepError> {
         let mut interval = Duration::from_millis(2);
         while Instant::now() < until {
             tokio::time::sleep_until((Instant::now() + interval).min(until).into()).await;
-            let (untagged, _) = self.command("NOOP", FailureClass::Protocol).await?;
+            let (untagged, _) = answered(reply_within, "NOOP", self.command("NOOP", FailureClass::Protocol)).await?;
             if untagged.iter().any(|r| r.exists().is_some()) {
                 return Ok(true);
             }
@@ -145,20 +158,23 @@ impl Session {
 
     /// IDLE until the server announces a new message or `until` passes.
     /// Returns whether something arrived.
-    async fn idle(&mut self, until: Instant) -> Result<bool, StepError> {
+    async fn idle(&mut self, until: Instant, reply_within: Duration) -> Result<bool, StepError> {
         let tag = self.send_line("IDLE").await?;
         // Untagged updates may come before the continuation.
         let mut arrived = false;
-        loop {
-            let r = self.read_response(false).await?;
-            if r.is_continuation() {
-                break;
+        answered(reply_within, "IDLE", async {
+            loop {
+                let r = self.read_response(false).await?;
+                if r.is_continuation() {
+                    return Ok(());
+                }
+                if r.tag() == Some(tag.as_str()) {
+                    return Err(StepError::new(FailureClass::Protocol, format!("IDLE refused: {}", r.text)));
+                }
+                arrived |= r.exists().is_some();
             }
-            if r.tag() == Some(tag.as_str()) {
-                return Err(StepError::new(FailureClass::Protocol, format!("IDLE refused: {}", r.text)));
-            }
-            arrived |= r.exists().is_some();
-        }
+        })
+        .await?;
         let renew = Instant::now() + IDLE_RENEW;
         while !arrived {
             let stop = until.min(renew);
@@ -174,13 +190,34 @@ impl Session {
             }
         }
         self.conn.write_all(b"DONE\r\n").await.map_err(|e| StepError::transport(e, false))?;
-        self.finish(&tag, FailureClass::Protocol).await?;
+        answered(reply_within, "IDLE DONE", self.finish(&tag, FailureClass::Protocol)).await?;
         Ok(arrived)
     }
 }
 
+fn answer_too_large() -> StepError {
+    StepError::new(FailureClass::Protocol, format!("server's answer exceeds the limit of {MAX_ANSWER} bytes"))
+}
+
+/// Bounds one exchange inside `imap.wait`. The wait as a whole may last
+/// until the deadline, so it runs outside a step timeout; without this, a
+/// server that stops answering a NOOP or an IDLE would hold the probe forever.
+async fn answered<T>(
+    within: Duration,
+    what: &str,
+    exchange: impl std::future::Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    match tokio::time::timeout(within, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(StepError::new(
+            FailureClass::Timeout,
+            format!("{what} got no answer within {}", crate::steps::fmt_duration(within)),
+        )),
+    }
+}
+
 /// Connects, logs in and selects the probe mailbox.
-pub async fn open(check: &CheckConfig, tls: &TlsConnector, rec: &mut Recorder) -> Result<Session, Failure> {
+pub async fn open(check: &CheckConfig, tls: &TlsClient, rec: &mut Recorder) -> Result<Session, Failure> {
     let ep = &check.imap.endpoint;
     let t = |s| check.timeout(s);
     let name = transport::server_name(ep.tls_name());
@@ -196,12 +233,16 @@ pub async fn open(check: &CheckConfig, tls: &TlsConnector, rec: &mut Recorder) -
     let mut s = Session { conn, next_tag: 0, caps: Vec::new(), logging_out: false };
 
     if ep.security == Security::Tls {
-        rec.run(StepName::ImapTls, t(StepName::ImapTls), async {
-            let name = name.clone().map_err(|m| StepError::new(FailureClass::Tls, m))?;
-            let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, true))?;
-            Ok(Done::new(()).detail(info.to_string()))
-        })
-        .await?;
+        let r = rec
+            .run(StepName::ImapTls, t(StepName::ImapTls), async {
+                let name = name.clone().map_err(|m| StepError::new(FailureClass::Tls, m))?;
+                let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, true))?;
+                let detail = info.to_string();
+                Ok(Done::new(info).detail(detail))
+            })
+            .await;
+        rec.cert("imap", &crate::smtp::endpoint_label(ep), s.conn.peer_cert.take(), r.as_ref().ok());
+        r?;
     }
 
     rec.run(StepName::ImapGreeting, t(StepName::ImapGreeting), async {
@@ -217,7 +258,7 @@ pub async fn open(check: &CheckConfig, tls: &TlsConnector, rec: &mut Recorder) -
     .await?;
 
     if ep.security == Security::Starttls {
-        rec.run(StepName::ImapStarttls, t(StepName::ImapStarttls), async {
+        let r = rec.run(StepName::ImapStarttls, t(StepName::ImapStarttls), async {
             if s.caps.is_empty() {
                 s.command("CAPABILITY", FailureClass::Protocol).await?;
             }
@@ -229,9 +270,12 @@ pub async fn open(check: &CheckConfig, tls: &TlsConnector, rec: &mut Recorder) -
             let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, false))?;
             // Capabilities before TLS must not be trusted after it.
             s.caps.clear();
-            Ok(Done::new(()).detail(info.to_string()))
+            let detail = info.to_string();
+            Ok(Done::new(info).detail(detail))
         })
-        .await?;
+        .await;
+        rec.cert("imap", &crate::smtp::endpoint_label(ep), s.conn.peer_cert.take(), r.as_ref().ok());
+        r?;
     }
 
     let creds = ep.credentials.as_ref().expect("validated: IMAP needs a login");
@@ -268,6 +312,8 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
     let mode = if use_idle { "IDLE" } else { "polling" };
     let mut rounds = 0u32;
     let fast_until = wait_start + check.imap.fast_window;
+    // Each NOOP or IDLE exchange of the wait answers within imap.wait's timeout.
+    let reply_within = check.timeout(StepName::ImapWait);
     let mut via = mode;
 
     // One loop: search, and if absent, wait for news. The last, successful
@@ -301,10 +347,10 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
             }
             if Instant::now() < fast_until {
                 via = "NOOP";
-                s.nudge_until(fast_until.min(deadline)).await?;
+                s.nudge_until(fast_until.min(deadline), reply_within).await?;
             } else if use_idle {
                 via = "IDLE";
-                s.idle(deadline).await?;
+                s.idle(deadline, reply_within).await?;
             } else {
                 via = "polling";
                 tokio::time::sleep_until(deadline.min(Instant::now() + check.imap.poll_interval).into()).await;

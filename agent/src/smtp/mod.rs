@@ -16,7 +16,7 @@ use mailloop_common::config::{CheckConfig, Credentials, Security};
 use mailloop_common::{Failure, FailureClass, StepName};
 use reply::{Reply, ReplyBuilder};
 use std::time::Instant;
-use tokio_rustls::TlsConnector;
+use crate::tls::TlsClient;
 
 /// What a successful submission leaves behind.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 /// Submits `message` for `check`, recording each step in `rec`.
 pub async fn send(
     check: &CheckConfig,
-    tls: &TlsConnector,
+    tls: &TlsClient,
     message: &[u8],
     rec: &mut Recorder,
 ) -> Result<Sent, Failure> {
@@ -135,11 +135,15 @@ pub async fn send(
 
     if ep.security == Security::Tls {
         let name = name.clone()?;
-        rec.run(StepName::SmtpTls, t(StepName::SmtpTls), async {
-            let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, true))?;
-            Ok(Done::new(()).detail(info.to_string()))
-        })
-        .await?;
+        let r = rec
+            .run(StepName::SmtpTls, t(StepName::SmtpTls), async {
+                let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, true))?;
+                let detail = info.to_string();
+                Ok(Done::new(info).detail(detail))
+            })
+            .await;
+        rec.cert("smtp", &endpoint_label(ep), s.conn.peer_cert.take(), r.as_ref().ok());
+        r?;
     }
 
     let result = session(check, tls, message, rec, &mut s, name).await;
@@ -163,7 +167,7 @@ pub async fn send(
 
 async fn session(
     check: &CheckConfig,
-    tls: &TlsConnector,
+    tls: &TlsClient,
     message: &[u8],
     rec: &mut Recorder,
     s: &mut Session,
@@ -195,7 +199,7 @@ async fn session(
     if ep.security == Security::Starttls {
         let name = name?;
         let offered = s.has("STARTTLS");
-        rec.run(StepName::SmtpStarttls, t(StepName::SmtpStarttls), async {
+        let r = rec.run(StepName::SmtpStarttls, t(StepName::SmtpStarttls), async {
             if !offered {
                 return Err(StepError::new(
                     FailureClass::Tls,
@@ -215,9 +219,12 @@ async fn session(
                 return Err(e);
             }
             let info = s.conn.start_tls(tls, name).await.map_err(|e| StepError::transport(e, false))?;
-            Ok(Done::new(()).code(220).detail(info.to_string()))
+            let detail = info.to_string();
+            Ok(Done::new(info).code(220).detail(detail))
         })
-        .await?;
+        .await;
+        rec.cert("smtp", &endpoint_label(ep), s.conn.peer_cert.take(), r.as_ref().ok());
+        r?;
         let r = rec
             .run(StepName::SmtpEhloTls, t(StepName::SmtpEhloTls), async {
                 let r = s.command(&ehlo).await?;
@@ -291,6 +298,11 @@ async fn auth(s: &mut Session, creds: &Credentials, mechs: &[String]) -> Result<
         FailureClass::Auth,
         format!("no usable AUTH mechanism (offered: {offered}; mailloop speaks PLAIN and LOGIN)"),
     ))
+}
+
+/// `host:port`, as the report names an endpoint.
+pub(crate) fn endpoint_label(ep: &mailloop_common::config::Endpoint) -> String {
+    if ep.host.contains(':') { format!("[{}]:{}", ep.host, ep.port) } else { format!("{}:{}", ep.host, ep.port) }
 }
 
 /// EHLO name: the host name if it is fully qualified, else an address literal.
