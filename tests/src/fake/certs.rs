@@ -1,0 +1,131 @@
+//! A throwaway certificate authority and the server certificates TLS faults
+//! need: one that is right, one for another name, one that has expired and
+//! one that expires in five days.
+//!
+//! Everything is generated fresh (rcgen, ECDSA P-256) into a temporary
+//! directory that lives as long as the [`TestPki`]; a check trusts the CA
+//! through `ca_file` ([`TestPki::ca_file`]). The PEM text and files are
+//! public so tests of certificate reporting can reuse them.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+use time::{Duration, OffsetDateTime};
+
+/// The names a good certificate carries: what a check on loopback connects to.
+pub const LOOPBACK_NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// A test CA and server certificates signed by it.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// Valid now, for 127.0.0.1 and localhost.
+    pub valid: Identity,
+    /// Valid now, but only for `other.invalid`.
+    pub wrong_name: Identity,
+    /// For the right names, but expired a year ago.
+    pub expired: Identity,
+    /// For the right names, valid, with five days left.
+    pub expires_in_5_days: Identity,
+}
+
+/// One server certificate with its key, as PEM text and as files.
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub not_after: SystemTime,
+    cert_der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl TestPki {
+    /// Generates the CA and every certificate into a fresh temporary directory.
+    pub fn new() -> TestPki {
+        let dir = tempfile::Builder::new().prefix("mailloop-pki").tempdir().expect("temp dir for test certificates");
+        let now = OffsetDateTime::now_utc();
+
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name.push(DnType::CommonName, "mailloop fault-injection CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca.not_before = now - Duration::days(3650);
+        ca.not_after = now + Duration::days(3650);
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_pem = ca.self_signed(&ca_key).expect("self-signed CA").pem();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).expect("write ca.pem");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let leaf = |file: &str, names: &[&str], not_before: OffsetDateTime, not_after: OffsetDateTime| {
+            Identity::issue(dir.path(), file, names, not_before, not_after, &issuer)
+        };
+        let valid = leaf("valid", &LOOPBACK_NAMES, now - Duration::days(1), now + Duration::days(365));
+        let wrong_name = leaf("wrong-name", &["other.invalid"], now - Duration::days(1), now + Duration::days(365));
+        let expired = leaf("expired", &LOOPBACK_NAMES, now - Duration::days(730), now - Duration::days(365));
+        let expires_in_5_days =
+            leaf("expires-in-5-days", &LOOPBACK_NAMES, now - Duration::days(85), now + Duration::days(5));
+        TestPki { dir, ca_pem, valid, wrong_name, expired, expires_in_5_days }
+    }
+
+    /// The CA certificate as a PEM file, for a check's `ca_file`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        TestPki::new()
+    }
+}
+
+impl Identity {
+    fn issue(
+        dir: &Path,
+        file: &str,
+        names: &[&str],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        issuer: &Issuer<'_, KeyPair>,
+    ) -> Identity {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, names[0].clone());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, issuer).expect("leaf signed by the test CA");
+        let id = Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_file: dir.join(format!("{file}.pem")),
+            key_file: dir.join(format!("{file}.key")),
+            not_after: not_after.into(),
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        };
+        std::fs::write(&id.cert_file, &id.cert_pem).expect("write certificate");
+        std::fs::write(&id.key_file, &id.key_pem).expect("write key");
+        id
+    }
+
+    /// A rustls server config presenting this certificate (ring provider).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert_der.clone()], key)
+            .expect("certificate and key match");
+        Arc::new(config)
+    }
+}
