@@ -15,6 +15,7 @@ name = "submission"
 from = "$MAILSTACK_SMTP_USER"
 to = "probe@$MAILSTACK_RCPT_DOMAIN"
 deadline = "1m"
+trusted_authserv_id = "$MAILSTACK_AUTHSERV_ID"
 [check.smtp]
 host = "$MAILSTACK_HOST"
 port = $MAILSTACK_PORT_SUBMISSION
@@ -32,12 +33,15 @@ ca_file = "$MAILSTACK_CA_FILE"
 [check.thresholds]
 "smtp.data_ack" = "2s"
 rtt = "10s"
+[check.expect]                  # spf, dkim and dmarc must pass
+alignment = "strict"
 
 [[check]]
 name = "submissions"
 from = "$MAILSTACK_SMTP_USER"
 to = "probe-tls@$MAILSTACK_RCPT_DOMAIN"
 deadline = "1m"
+trusted_authserv_id = "$MAILSTACK_AUTHSERV_ID"
 [check.smtp]
 host = "$MAILSTACK_HOST"
 port = $MAILSTACK_PORT_SUBMISSIONS
@@ -52,4 +56,8 @@ security = "starttls"
 username = "probe-tls@$MAILSTACK_RCPT_DOMAIN"
 password = "$MAILSTACK_IMAP_PASS"
 ca_file = "$MAILSTACK_CA_FILE"
+
+# Diagnostics (SPF walk, own DKIM check) ask the stack's DNS server.
+[dns]
+nameservers = ["$MAILSTACK_DNS:53"]
 TOML

@@ -6,11 +6,14 @@
 //! Nagios). [`steps`] times and records every step; [`tls`] holds trust
 //! roots and captures server certificates.
 
+pub mod dns;
 pub mod imap;
+pub mod inspect;
 pub mod message;
 pub mod output;
 pub mod probe;
 pub mod smtp;
+pub mod spf;
 pub mod steps;
 pub mod tls;
 pub mod transport;

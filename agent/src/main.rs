@@ -89,7 +89,7 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format) -> ExitCode {
     }
     let mut probers = Vec::new();
     for check in cfg.checks.into_iter().filter(|c| names.is_empty() || names.contains(&c.name)) {
-        match Prober::new(check) {
+        match Prober::new(check, &cfg.dns) {
             Ok(p) => probers.push(p),
             Err(e) => return unknown(format, &e),
         }

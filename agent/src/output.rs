@@ -73,7 +73,62 @@ pub fn table(r: &ProbeReport) -> String {
     for reason in &r.reasons {
         let _ = writeln!(out, "  degraded: {reason}");
     }
+    for line in diagnostics(r) {
+        let _ = writeln!(out, "  {line}");
+    }
     out
+}
+
+/// The diagnostic summary lines under a table: greylisting, authentication,
+/// hops, certificates, SPF budget.
+fn diagnostics(r: &ProbeReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if r.attempts.len() > 1 {
+        let waited = r.greylist_ms.map(fmt_ms).unwrap_or_default();
+        let first = r.attempts[0].failure.as_ref().map(|f| format!(" (first: {} {} at {})", f.class, f.code.map(|c| c.to_string()).unwrap_or_default(), f.step)).unwrap_or_default();
+        lines.push(format!("greylist: {} attempts, waited {waited}{first}", r.attempts.len()));
+    }
+    if let Some(a) = &r.auth {
+        let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+        let mut line = format!("auth:     spf={} dkim={} dmarc={}", v(&a.spf), v(&a.dkim), v(&a.dmarc));
+        if let Some(d) = &a.dkim_domain {
+            let _ = write!(line, "  dkim d={d} ({:?})", a.alignment.dkim);
+        }
+        if let Some(d) = &a.spf_domain {
+            let _ = write!(line, "  spf {d} ({:?})", a.alignment.spf);
+        }
+        if let Some(own) = &a.own_dkim {
+            let _ = write!(line, "  own DKIM check: {own}");
+        }
+        if let Some(id) = &a.authserv_id {
+            let _ = write!(line, "  by {id}");
+        }
+        lines.push(line.replace("(Strict)", "(strict)").replace("(Relaxed)", "(relaxed)").replace("(None)", "(unaligned)"));
+    }
+    if !r.hops.is_empty() {
+        let hops: Vec<String> = r
+            .hops
+            .iter()
+            .map(|h| {
+                let by = h.by.as_deref().unwrap_or("?");
+                let with = h.with.as_deref().unwrap_or("");
+                match (h.delay_ms, &h.note) {
+                    (Some(d), _) => format!("{by} +{} s ({with})", d as f64 / 1000.0),
+                    (None, Some(n)) => format!("{by} ({with}; {n})"),
+                    (None, None) => format!("{by} ({with})"),
+                }
+            })
+            .collect();
+        lines.push(format!("hops:     {}", hops.join(" → ")));
+    }
+    for c in &r.tls {
+        lines.push(format!("tls:      {} {} {} days left (until {}), issuer {}", c.protocol, c.endpoint, c.days_left, c.not_after, c.issuer));
+    }
+    if let Some(b) = &r.spf {
+        let err = b.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default();
+        lines.push(format!("spf:      {} needs {}/{} lookups, {} void{err}", b.domain, b.lookups, b.limit, b.void_lookups));
+    }
+    lines
 }
 
 /// `STATUS - summary | perfdata`, one line, per the Nagios plugin guidelines.
@@ -105,6 +160,15 @@ pub fn nagios(reports: &[ProbeReport]) -> String {
         }
         if let Some(d) = r.delivery_ms {
             perf.push(format!("{}={:.6}s", label("delivery"), d / 1000.0));
+        }
+        if let Some(g) = r.greylist_ms {
+            perf.push(format!("{}={:.3}s", label("greylist"), g / 1000.0));
+        }
+        if let Some(days) = r.tls.iter().map(|c| c.days_left).min() {
+            perf.push(format!("{}={days};14;0", label("cert_days")));
+        }
+        if let Some(b) = &r.spf {
+            perf.push(format!("{}={};9;10;0", label("spf_lookups"), b.lookups));
         }
     }
     // Nagios reserves '|' for the perfdata separator.

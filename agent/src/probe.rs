@@ -11,18 +11,26 @@ use crate::steps::{Recorder, ms};
 use mailloop_common::config::{CheckConfig, ThresholdKey};
 use mailloop_common::{Attempt, Failure, Outcome, ProbeReport, StepName, StepReport, TlsCert};
 use std::time::{Duration, Instant};
+use crate::dns::Dns;
+use crate::inspect;
+use crate::spf;
 use crate::tls::TlsClient;
+use mailloop_common::config::DnsConfig;
+use mailloop_common::{FailureClass, SpfBudget};
+use std::sync::Arc;
 
 /// Runs probes for one check. Built once; TLS trust is loaded at construction.
 pub struct Prober {
     check: CheckConfig,
     smtp_tls: TlsClient,
     imap_tls: TlsClient,
+    /// For the SPF walk and the independent DKIM check (None: both off).
+    dns: Option<Arc<Dns>>,
 }
 
 impl Prober {
-    /// Fails if a `ca_file` cannot be used.
-    pub fn new(check: CheckConfig) -> Result<Prober, String> {
+    /// Fails if a `ca_file` cannot be used or the resolver cannot be built.
+    pub fn new(check: CheckConfig, dns: &DnsConfig) -> Result<Prober, String> {
         let smtp_tls = TlsClient::new(check.smtp.endpoint.ca_file.as_deref())
             .map_err(|e| format!("check {}: smtp: {e}", check.name))?;
         let imap_tls = if check.imap.endpoint.ca_file == check.smtp.endpoint.ca_file {
@@ -31,7 +39,12 @@ impl Prober {
             TlsClient::new(check.imap.endpoint.ca_file.as_deref())
                 .map_err(|e| format!("check {}: imap: {e}", check.name))?
         };
-        Ok(Prober { check, smtp_tls, imap_tls })
+        let dns = if check.verify_dkim || check.spf.enabled {
+            Some(Arc::new(Dns::new(dns).map_err(|e| format!("check {}: dns: {e}", check.name))?))
+        } else {
+            None
+        };
+        Ok(Prober { check, smtp_tls, imap_tls, dns })
     }
 
     pub fn check(&self) -> &CheckConfig {
@@ -105,6 +118,9 @@ impl Prober {
             greylist_ms: retried.then(|| ms(attempt_start - first_start)),
             attempts,
             tls: result.tls,
+            auth: result.auth,
+            hops: result.hops,
+            spf: result.spf,
         };
         match &report.failure {
             None => tracing::info!(check = %check.name, probe_id = %report.probe_id, outcome = report.outcome.as_str(), rtt_ms = ?report.rtt_ms, "probe finished"),
@@ -113,18 +129,46 @@ impl Prober {
         report
     }
 
+    /// The `dns.spf` step, when enabled.
+    async fn spf_walk(&self, rec: &mut Recorder) -> Option<SpfBudget> {
+        let (Some(dns), true) = (&self.dns, self.check.spf.enabled) else { return None };
+        let domain = &self.check.spf.domain;
+        rec.run(StepName::DnsSpf, self.check.timeout(StepName::DnsSpf), async {
+            let b = spf::walk(dns, domain).await;
+            let detail = format!("{}: {} lookups, {} void", b.domain, b.lookups, b.void_lookups);
+            Ok(crate::steps::Done::new(b).detail(detail))
+        })
+        .await
+        .ok()
+    }
+
     /// One attempt: submit and, if that worked, find the probe.
     async fn attempt(&self, probe_id: &str, body: &[u8], origin: Instant) -> AttemptResult {
         let check = &self.check;
         let deadline = origin + check.deadline;
+        let wall_origin = chrono::Utc::now();
         let mut smtp_rec = Recorder::new(origin, deadline);
         let mut imap_rec = Recorder::new(origin, deadline);
-        let (sent, opened) = tokio::join!(
+        let mut dns_rec = Recorder::new(origin, deadline);
+        let (sent, opened, spf_budget) = tokio::join!(
             smtp::send(check, &self.smtp_tls, body, &mut smtp_rec),
             imap::open(check, &self.imap_tls, &mut imap_rec),
+            self.spf_walk(&mut dns_rec),
         );
 
         let mut r = AttemptResult::default();
+        let spf_failure = match &spf_budget {
+            Some(b) => match spf::verdict(b) {
+                Ok(Some(reason)) => {
+                    r.reasons.push(reason);
+                    None
+                }
+                Ok(None) => None,
+                Err(message) => Some(Failure { step: StepName::DnsSpf, class: FailureClass::Permanent, code: None, enhanced: None, message }),
+            },
+            None => None,
+        };
+        r.spf = spf_budget;
         match (sent, opened) {
             (Err(f), session) => {
                 r.failure = Some(f);
@@ -148,6 +192,11 @@ impl Prober {
                         if !contains(&found.raw, probe_id.as_bytes()) {
                             r.reasons.push(format!("message found by search does not carry probe id {probe_id}"));
                         }
+                        let sent_wall = wall_origin + (sent.acked_at - origin);
+                        let seen = inspect::inspect(check, &found.raw, self.dns.as_deref(), sent_wall).await;
+                        r.reasons.extend(seen.reasons);
+                        r.auth = Some(seen.auth);
+                        r.hops = seen.hops;
                         Some(found.uid)
                     }
                     Err(f) => {
@@ -170,9 +219,14 @@ impl Prober {
 
         r.steps = smtp_rec.steps;
         r.steps.extend(imap_rec.steps);
+        r.steps.extend(dns_rec.steps);
         r.tls = smtp_rec.tls;
         r.tls.extend(imap_rec.tls);
         r.steps.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        // A delivery failure says more than the SPF budget; report it first.
+        if r.failure.is_none() {
+            r.failure = spf_failure;
+        }
         if r.failure.is_none() {
             if let Some(quit) = r.steps.iter().find(|s| s.name == StepName::SmtpQuit && !s.ok) {
                 r.reasons.push(format!("smtp.quit failed: {}", quit.detail.as_deref().unwrap_or("")));
@@ -202,6 +256,9 @@ struct AttemptResult {
     delivery: Option<Duration>,
     queue_id: Option<String>,
     tls: Vec<TlsCert>,
+    auth: Option<mailloop_common::AuthReport>,
+    hops: Vec<mailloop_common::received::HopDelay>,
+    spf: Option<SpfBudget>,
 }
 
 /// The steps whose 4xx replies are retried: the transaction, not the

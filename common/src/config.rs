@@ -134,6 +134,13 @@ pub struct CheckConfig {
     pub greylist_grace: Duration,
     /// A server certificate with fewer days left makes the outcome `degraded`.
     pub cert_min_days: u32,
+    /// Only `Authentication-Results` written by this authserv-id are
+    /// believed (None: all, with a warning; a sender can forge them).
+    pub trusted_authserv_id: Option<String>,
+    /// Verify the received probe's DKIM signature independently.
+    pub verify_dkim: bool,
+    pub expect: Expect,
+    pub spf: SpfCheck,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
 }
@@ -149,6 +156,41 @@ impl CheckConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConfig {
     pub checks: Vec<CheckConfig>,
+    pub dns: DnsConfig,
+}
+
+/// Where DNS questions go (SPF walk, independent DKIM verification).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    /// `ip:port` of each name server; empty means the system's resolv.conf.
+    pub nameservers: Vec<std::net::SocketAddr>,
+}
+
+/// Verdicts the receiver must reach, from `[check.expect]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Expect {
+    /// Expected `spf=`, `dkim=`, `dmarc=` results (each "pass" unless set
+    /// otherwise once the table exists).
+    pub spf: Option<String>,
+    pub dkim: Option<String>,
+    pub dmarc: Option<String>,
+    /// Minimum DKIM alignment with the From domain.
+    pub alignment: Option<AlignmentLevel>,
+}
+
+/// The alignment an expectation asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlignmentLevel {
+    Strict,
+    Relaxed,
+}
+
+/// The SPF lookup-budget walk of `[check.spf]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpfCheck {
+    pub enabled: bool,
+    /// Domain whose record is walked; default the domain of `from`.
+    pub domain: String,
 }
 
 /// One bad key.
@@ -219,8 +261,9 @@ impl ProbeConfig {
     ) -> Result<ProbeConfig, Vec<ConfigIssue>> {
         let mut v = Validator { issues: Vec::new(), env };
         let checks = v.checks(raw);
+        let dns = v.dns(raw);
         if v.issues.is_empty() {
-            Ok(ProbeConfig { checks })
+            Ok(ProbeConfig { checks, dns: dns.unwrap_or_default() })
         } else {
             Err(v.issues)
         }
@@ -320,8 +363,8 @@ impl Validator<'_> {
             return Vec::new();
         };
         for key in root.keys() {
-            if key != "check" {
-                self.issue(key.clone(), "unknown key (expected [[check]] tables)");
+            if key != "check" && key != "dns" {
+                self.issue(key.clone(), "unknown key (expected [[check]] tables and [dns])");
             }
         }
         let list = match root.get("check") {
@@ -371,6 +414,10 @@ impl Validator<'_> {
         let greylist_retry = self.duration(&mut t, "greylist_retry", DEFAULT_GREYLIST_RETRY);
         let greylist_grace = self.duration_or_zero(&mut t, "greylist_grace", DEFAULT_GREYLIST_GRACE);
         let cert_min_days = self.count(&mut t, "cert_min_days", DEFAULT_CERT_MIN_DAYS, 3650);
+        let trusted_authserv_id = self.opt_str(&mut t, "trusted_authserv_id");
+        let verify_dkim = self.flag(&mut t, "verify_dkim", true);
+        let expect = self.expect(&mut t);
+        let spf = self.spf(&mut t, from.as_deref());
         let smtp = self.sub(&mut t, "smtp", true).and_then(|s| self.smtp(s));
         let imap = self.sub(&mut t, "imap", true).and_then(|s| self.imap(s));
         let thresholds = self.thresholds(&mut t);
@@ -388,6 +435,10 @@ impl Validator<'_> {
             greylist_retry: greylist_retry?,
             greylist_grace: greylist_grace?,
             cert_min_days: cert_min_days?,
+            trusted_authserv_id: trusted_authserv_id?,
+            verify_dkim: verify_dkim?,
+            expect: expect?,
+            spf: spf?,
             smtp: smtp?,
             imap: imap?,
         })
@@ -675,6 +726,87 @@ impl Validator<'_> {
             _ => {
                 let shown = t.map.and_then(|m| m.get(key)).map(|v| v.to_string()).unwrap_or_default();
                 self.issue(format!("{}.{key}", t.path), format!("{shown} is not a port (1-65535)"));
+                None
+            }
+        }
+    }
+
+    fn dns(&mut self, raw: &Value) -> Option<DnsConfig> {
+        let mut t = self.table("dns", raw.get("dns"))?;
+        let mut out = DnsConfig::default();
+        match self.raw(&mut t, "nameservers") {
+            None => {}
+            Some(Value::Array(list)) => {
+                for (i, item) in list.iter().enumerate() {
+                    let text = item.as_str().unwrap_or_default();
+                    let parsed = text
+                        .parse::<std::net::SocketAddr>()
+                        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)));
+                    match parsed {
+                        Ok(a) => out.nameservers.push(a),
+                        Err(_) => self.issue(format!("dns.nameservers[{i}]"), format!("{item} is not an address (\"127.0.0.53\" or \"127.0.0.53:53\")")),
+                    }
+                }
+            }
+            Some(other) => self.issue("dns.nameservers", format!("expected a list of addresses, found {other}")),
+        }
+        self.finish(t);
+        Some(out)
+    }
+
+    fn expect(&mut self, t: &mut Table<'_>) -> Option<Expect> {
+        let Some(mut sub) = self.sub(t, "expect", false) else {
+            return (!self.sub_was_bad(t, "expect")).then(Expect::default);
+        };
+        // Once the table exists, each verdict defaults to "pass"; "any" waives it.
+        let mut verdict = |v: &mut Self, key: &'static str| -> Option<Option<String>> {
+            const KNOWN: [&str; 9] = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy", "any"];
+            match v.opt_str(&mut sub, key)? {
+                None => Some(Some("pass".to_string())),
+                Some(r) if r.eq_ignore_ascii_case("any") => Some(None),
+                Some(r) if KNOWN.contains(&r.to_ascii_lowercase().as_str()) => Some(Some(r.to_ascii_lowercase())),
+                Some(r) => {
+                    v.issue(format!("{}.{key}", sub.path), format!("{r:?}: expected one of {}", KNOWN.join(", ")));
+                    None
+                }
+            }
+        };
+        let spf = verdict(self, "spf");
+        let dkim = verdict(self, "dkim");
+        let dmarc = verdict(self, "dmarc");
+        let alignment = match self.opt_str(&mut sub, "alignment") {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(a)) => match a.as_str() {
+                "strict" => Some(Some(AlignmentLevel::Strict)),
+                "relaxed" => Some(Some(AlignmentLevel::Relaxed)),
+                _ => {
+                    self.issue(format!("{}.alignment", sub.path), format!("{a:?}: expected \"strict\" or \"relaxed\""));
+                    None
+                }
+            },
+        };
+        self.finish(sub);
+        Some(Expect { spf: spf?, dkim: dkim?, dmarc: dmarc?, alignment: alignment? })
+    }
+
+    fn spf(&mut self, t: &mut Table<'_>, from: Option<&str>) -> Option<SpfCheck> {
+        let from_domain = from.and_then(|f| f.rsplit_once('@')).map(|(_, d)| d.to_string()).unwrap_or_default();
+        let Some(mut sub) = self.sub(t, "spf", false) else {
+            return (!self.sub_was_bad(t, "spf")).then_some(SpfCheck { enabled: true, domain: from_domain });
+        };
+        let enabled = self.flag(&mut sub, "enabled", true);
+        let domain = self.opt_str(&mut sub, "domain").map(|d| d.unwrap_or(from_domain));
+        self.finish(sub);
+        Some(SpfCheck { enabled: enabled?, domain: domain? })
+    }
+
+    fn flag(&mut self, t: &mut Table<'_>, key: &'static str, default: bool) -> Option<bool> {
+        match self.raw(t, key) {
+            None => Some(default),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.issue(format!("{}.{key}", t.path), format!("expected true or false, found {other}"));
                 None
             }
         }

@@ -16,6 +16,6 @@ pub mod secret;
 pub mod step;
 
 pub use classify::{FailureClass, SmtpReplyCode};
-pub use report::{Attempt, Failure, Outcome, ProbeReport, StepReport, TlsCert};
+pub use report::{AlignmentReport, Attempt, AuthReport, Failure, Outcome, ProbeReport, SpfBudget, StepReport, TlsCert};
 pub use secret::Secret;
 pub use step::StepName;

@@ -6,6 +6,8 @@
 //! contract (`mailloop-agent probe --output json`); fields may be added,
 //! never renamed.
 
+use crate::alignment::Alignment;
+use crate::received::HopDelay;
 use crate::{FailureClass, StepName};
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +108,67 @@ pub struct ProbeReport {
     /// The leaf certificate of every TLS handshake (successful or not).
     #[serde(default)]
     pub tls: Vec<TlsCert>,
+    /// What the receiver concluded about SPF, DKIM and DMARC, and mailloop's
+    /// own alignment and DKIM checks. Absent when the probe was not fetched.
+    #[serde(default)]
+    pub auth: Option<AuthReport>,
+    /// Where the time went: the probe's `Received:` hops in travel order.
+    #[serde(default)]
+    pub hops: Vec<HopDelay>,
+    /// The sender domain's SPF lookup budget.
+    #[serde(default)]
+    pub spf: Option<SpfBudget>,
+}
+
+/// Authentication verdicts of the delivered probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthReport {
+    /// The receiver's verdicts (from trusted `Authentication-Results`).
+    pub spf: Option<String>,
+    pub dkim: Option<String>,
+    pub dmarc: Option<String>,
+    /// DKIM `d=` of the passing (else first) signature.
+    pub dkim_domain: Option<String>,
+    /// Domain SPF authenticated (`smtp.mailfrom`, else `smtp.helo`).
+    pub spf_domain: Option<String>,
+    /// The `From:` domain of the probe as received.
+    pub from_domain: Option<String>,
+    /// Alignment with the From domain, computed by mailloop.
+    pub alignment: AlignmentReport,
+    pub authserv_id: Option<String>,
+    /// mailloop's own DKIM verification of the received message: `pass`,
+    /// `fail (...)`, `none`, `temperror (...)`; absent when switched off.
+    pub own_dkim: Option<String>,
+    /// The trusted header values, top first.
+    pub raw: Vec<String>,
+    /// Headers ignored because another authserv-id wrote them.
+    pub ignored: usize,
+    /// Why these verdicts deserve less trust, if they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// `strict`, `relaxed` or `none` for each authenticated domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignmentReport {
+    pub dkim: Alignment,
+    pub spf: Alignment,
+}
+
+/// The SPF record walk: RFC 7208 allows 10 DNS-querying terms and 2 void lookups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpfBudget {
+    pub domain: String,
+    /// DNS-querying mechanisms and modifiers (include, a, mx, ptr, exists, redirect), recursively.
+    pub lookups: u32,
+    /// Lookups that found nothing (NXDOMAIN or no records).
+    pub void_lookups: u32,
+    pub limit: u32,
+    /// Every domain whose record was read, in walk order.
+    pub chain: Vec<String>,
+    /// Why the walk stopped early or the record is broken (loop, syntax, DNS error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The server certificate seen in one TLS handshake.

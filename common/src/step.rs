@@ -61,6 +61,7 @@ steps! {
     ImapFetch => "imap.fetch", "UID FETCH BODY.PEEK[] of the probe.";
     ImapCleanup => "imap.cleanup", "Deleting the probe and sweeping stale ones.";
     ImapLogout => "imap.logout", "LOGOUT.";
+    DnsSpf => "dns.spf", "Walking the sender domain's SPF record and counting its DNS lookups.";
 }
 
 impl StepName {

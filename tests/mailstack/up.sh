@@ -430,6 +430,29 @@ start_syslog() {
 # DNS: dnsmasq with the fake zone. resolv.conf for the private mount
 # namespaces of the resolving daemons, unbound config for OpenDKIM.
 # ---------------------------------------------------------------------------
+# SPF lookup-budget zones for mailloop's SPF walk tests (RFC 7208 §4.6.4):
+# spfN.test needs N DNS lookups (N includes of one-line leaf records; spf3
+# uses two includes and an "a"), spfloop.test includes itself through a
+# second record, spfvoid.test makes three void lookups (limit 2).
+spf_budget_zone() {
+  local n=$1 domain="spf$1.test" terms="" i
+  for ((i = 1; i <= n; i++)); do
+    terms+="include:i$i.$domain "
+    echo "txt-record=i$i.$domain,\"v=spf1 ip4:127.0.0.1 -all\""
+  done
+  echo "txt-record=$domain,\"v=spf1 ${terms}-all\""
+}
+SPF_ZONES=$(
+  echo "txt-record=spf3.test,\"v=spf1 include:i1.spf3.test include:i2.spf3.test a -all\""
+  echo "txt-record=i1.spf3.test,\"v=spf1 ip4:127.0.0.1 -all\""
+  echo "txt-record=i2.spf3.test,\"v=spf1 ip4:127.0.0.1 -all\""
+  echo "host-record=spf3.test,127.0.0.1"
+  for n in 9 10 11; do spf_budget_zone "$n"; done
+  echo "txt-record=spfloop.test,\"v=spf1 include:loop2.spfloop.test -all\""
+  echo "txt-record=loop2.spfloop.test,\"v=spf1 include:spfloop.test -all\""
+  echo "txt-record=spfvoid.test,\"v=spf1 a:nx1.spfvoid.test a:nx2.spfvoid.test a:nx3.spfvoid.test -all\""
+)
+
 # DKIM public key as TXT; dnsmasq splits long strings into 255-byte chunks.
 write_file dnsmasq "$MS_ETC/dnsmasq.conf" <<EOF
 # dnsmasq for the mailloop test stack: authoritative-ish fake .test zone.
@@ -462,6 +485,8 @@ mx-host=spoofed.test,mail.spoofed.test,10
 host-record=mail.spoofed.test,192.0.2.1
 txt-record=spoofed.test,"v=spf1 ip4:192.0.2.1 -all"
 txt-record=_dmarc.spoofed.test,"v=DMARC1; p=reject"
+# SPF lookup budgets (see spf_budget_zone above)
+$SPF_ZONES
 EOF
 
 write_file resolv "$MS_ETC/resolv.conf" <<EOF

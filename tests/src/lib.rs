@@ -133,6 +133,8 @@ impl Check {
                 out.push('\n');
             }
         }
+        // Diagnostics ask the stack's DNS server, never the machine's.
+        out.push_str(&format!("[dns]\nnameservers = [\"{}:53\"]\n", s.var("MAILSTACK_DNS")));
         out
     }
 
@@ -147,7 +149,7 @@ impl Check {
     pub async fn probe(&self) -> ProbeReport {
         let f = self.file();
         let cfg = ProbeConfig::load(f.path()).unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
-        let prober = mailloop_agent::probe::Prober::new(cfg.checks.into_iter().next().unwrap()).unwrap();
+        let prober = mailloop_agent::probe::Prober::new(cfg.checks.into_iter().next().unwrap(), &cfg.dns).unwrap();
         prober.run().await
     }
 }

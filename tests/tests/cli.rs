@@ -38,7 +38,14 @@ fn nagios_output_and_exit_codes() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("OK - cli-nagios: delivered in "), "{out}");
     let perf = out.split_once(" | ").expect("perfdata").1;
-    assert!(perf.contains("smtp.connect=") && perf.contains("rtt=") && perf.trim_end().ends_with('s'), "{perf}");
+    for item in perf.split_whitespace() {
+        let (label, value) = item.split_once('=').unwrap_or_else(|| panic!("bad perfdata item {item:?}"));
+        let number = value.split(';').next().unwrap().trim_end_matches('s');
+        assert!(number.parse::<f64>().is_ok(), "{label}: {value:?} is not a number");
+    }
+    for label in ["smtp.connect=", "smtp.data_ack=", "imap.wait=", "rtt=", "delivery=", "cert_days=", "spf_lookups="] {
+        assert!(perf.contains(label), "no {label} in {perf}");
+    }
 
     let mut slow = Check::new("cli-nagios-warn");
     slow.thresholds = vec!["\"smtp.banner\" = \"1ns\"".into()];

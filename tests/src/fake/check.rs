@@ -30,6 +30,10 @@ impl FakeCheck {
                 "deadline": "10s",
                 "step_timeout": "2s",
                 "greylist_grace": "0s",
+                // No DNS diagnostics: the fakes have no zone, and a test
+                // must never ask the machine's resolver.
+                "verify_dkim": false,
+                "spf": { "enabled": false },
                 "smtp": { "host": "127.0.0.1", "port": smtp_port, "security": "none" },
                 "imap": {
                     "host": "127.0.0.1",
@@ -134,7 +138,7 @@ impl Scenario {
         let Scenario { smtp, imap, check } = self;
         let config = check.config();
         let guard = hang_guard(&config);
-        let prober = Prober::new(config).unwrap_or_else(|e| panic!("cannot build the prober: {e}"));
+        let prober = Prober::new(config, &Default::default()).unwrap_or_else(|e| panic!("cannot build the prober: {e}"));
         let mut probe = tokio::spawn(async move { prober.run().await });
         let report = match tokio::time::timeout(guard, &mut probe).await {
             Ok(Ok(report)) => report,
