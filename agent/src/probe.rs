@@ -204,14 +204,19 @@ impl Prober {
                         None
                     }
                 };
-                if let Err(f) = imap::cleanup(check, &mut s, uid, &mut imap_rec).await {
-                    if r.failure.is_none() {
-                        r.reasons.push(format!("probe not deleted ({}): {}", f.class, f.message));
+                // After a timeout or a protocol error the session is out of
+                // step with the server: nothing more can be said on it.
+                let broken = r.failure.as_ref().is_some_and(|f| matches!(f.class, FailureClass::Timeout | FailureClass::Protocol));
+                if !broken {
+                    if let Err(f) = imap::cleanup(check, &mut s, uid, &mut imap_rec).await {
+                        if r.failure.is_none() {
+                            r.reasons.push(format!("probe not deleted ({}): {}", f.class, f.message));
+                        }
                     }
-                }
-                if let Err(f) = imap::logout(check, s, &mut imap_rec).await {
-                    if r.failure.is_none() {
-                        r.reasons.push(format!("imap.logout failed ({}): {}", f.class, f.message));
+                    if let Err(f) = imap::logout(check, s, &mut imap_rec).await {
+                        if r.failure.is_none() {
+                            r.reasons.push(format!("imap.logout failed ({}): {}", f.class, f.message));
+                        }
                     }
                 }
             }

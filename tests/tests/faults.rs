@@ -244,6 +244,9 @@ async fn smtp_expired_certificate_is_a_tls_failure_at_implicit_tls() {
         .await;
     let f = assert_failed(&run.report, SmtpTls, Tls, None);
     assert_message(f, "expired");
+    // The refused certificate is still shown, with how long ago it expired.
+    let cert = &run.report.tls[0];
+    assert!(cert.days_left < 0 && cert.version.is_none(), "{cert:#?}");
 }
 
 #[tokio::test]
@@ -281,6 +284,85 @@ async fn certificate_expiring_in_5_days_still_completes_the_handshake() {
         .await;
     assert!(run.report.failure.is_none(), "{:#?}", run.report);
     assert!(run.report.step(SmtpTls).unwrap().ok);
+}
+
+/// ...but fewer days than `cert_min_days` (14) make the probe degraded.
+#[tokio::test]
+async fn certificate_expiring_in_5_days_degrades_the_probe() {
+    let pki = TestPki::new();
+    let run = Scenario::smtp_fault(Script::new([start_tls(&pki.expires_in_5_days)]).then(smtp::delivers()))
+        .configure(|c| c.smtp("security", "tls").trust(&pki))
+        .run()
+        .await;
+    let r = &run.report;
+    assert_eq!(r.outcome, Outcome::Degraded, "{r:#?}");
+    let cert = &r.tls[0];
+    assert!((4..=5).contains(&cert.days_left), "{cert:#?}");
+    assert_eq!((cert.protocol.as_str(), cert.sans.as_slice()), ("smtp", &["127.0.0.1".to_string(), "localhost".to_string()][..]));
+    assert!(r.reasons.iter().any(|m| m.contains("certificate of 127.0.0.1:") && m.contains("below cert_min_days 14")), "{:?}", r.reasons);
+    // With a lower bar the same certificate is fine.
+    let run = Scenario::smtp_fault(Script::new([start_tls(&pki.expires_in_5_days)]).then(smtp::delivers()))
+        .configure(|c| c.smtp("security", "tls").trust(&pki).set("cert_min_days", 3))
+        .run()
+        .await;
+    assert_eq!(run.report.outcome, Outcome::Ok, "{:#?}", run.report.reasons);
+}
+
+// The greylist retry.
+
+#[tokio::test]
+async fn greylisting_three_times_then_accepted_is_retried_to_delivery() {
+    let run =
+        Scenario::new(FakeServer::start_each(smtp::greylists_then_accepts(3)), FakeServer::start(imap::mailbox()))
+            .configure(|c| c.set("greylist_retry", "50ms").set("greylist_grace", "30s"))
+            .run()
+            .await;
+    let r = &run.report;
+    assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
+    assert!(r.greylisted);
+    assert_eq!(run.smtp.connections, 4);
+    assert_eq!(r.attempts.len(), 4);
+    for a in &r.attempts[..3] {
+        let f = a.failure.as_ref().unwrap();
+        assert_eq!((f.step, f.class, f.code), (SmtpRcptTo, Deferred, Some(451)));
+    }
+    assert!(r.attempts[3].failure.is_none());
+    // Waits of 50, 100 and 200 ms: the greylist figure holds them, the round trip does not.
+    let grey = r.greylist_ms.unwrap();
+    assert!(grey >= 350.0, "greylist_ms {grey}");
+    assert!(r.rtt_ms.unwrap() < grey, "{:?} {grey}", r.rtt_ms);
+}
+
+#[tokio::test]
+async fn deferrals_past_the_grace_window_fail_as_deferred() {
+    let run =
+        Scenario::new(FakeServer::start_each(smtp::greylists_then_accepts(10)), FakeServer::start(imap::mailbox()))
+            .configure(|c| c.set("greylist_retry", "50ms").set("greylist_grace", "300ms"))
+            .run()
+            .await;
+    let f = assert_failed(&run.report, SmtpRcptTo, Deferred, Some(451));
+    assert_message(f, "still deferred after 3 attempts");
+    assert_eq!(run.smtp.connections, 3, "50 ms, then 100 ms; the next wait (200 ms) would pass the 300 ms grace");
+    assert!(!run.report.greylisted);
+}
+
+#[tokio::test]
+async fn permanent_failures_are_never_retried() {
+    let rejects = smtp::ready().then([
+        expect("MAIL FROM"),
+        say("250 2.1.0 Ok"),
+        expect("RCPT TO"),
+        say("550 5.1.1 <probe@receiver.invalid>: User unknown"),
+        expect("QUIT"),
+        say("221 2.0.0 Bye"),
+        close(),
+    ]);
+    let run = Scenario::new(FakeServer::start(rejects), FakeServer::start(imap::mailbox()))
+        .configure(|c| c.set("greylist_retry", "50ms").set("greylist_grace", "30s"))
+        .run()
+        .await;
+    assert_failed(&run.report, SmtpRcptTo, Permanent, Some(550));
+    assert_eq!((run.smtp.connections, run.report.attempts.len()), (1, 1));
 }
 
 // IMAP faults.
