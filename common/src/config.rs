@@ -259,7 +259,7 @@ impl ProbeConfig {
         raw: &Value,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ProbeConfig, Vec<ConfigIssue>> {
-        let mut v = Validator { issues: Vec::new(), env };
+        let mut v = Validator { issues: Vec::new(), env, secrets: Secrets::Resolve };
         let checks = v.checks(raw);
         let dns = v.dns(raw);
         if v.issues.is_empty() {
@@ -267,6 +267,24 @@ impl ProbeConfig {
         } else {
             Err(v.issues)
         }
+    }
+}
+
+/// Validates one `[[check]]` table on its own (a check that arrives from the
+/// coordinator, or one the coordinator is given). `path` prefixes every
+/// issue (`check[2]`, `api`).
+pub fn check_from_value(
+    path: &str,
+    value: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<CheckConfig, Vec<ConfigIssue>> {
+    let mut v = Validator { issues: Vec::new(), env, secrets };
+    let check = v.check(path, value);
+    match check {
+        Some(c) if v.issues.is_empty() => Ok(c),
+        _ if v.issues.is_empty() => Err(vec![ConfigIssue { path: path.to_string(), message: "expected a table".into() }]),
+        _ => Err(v.issues),
     }
 }
 
@@ -342,6 +360,18 @@ fn scalar(s: &str) -> Value {
 struct Validator<'e> {
     issues: Vec<ConfigIssue>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+}
+
+/// How passwords are treated while validating a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Resolve `password_env` / `password_file` now (the agent, the one-shot probe).
+    Resolve,
+    /// Keep references unresolved (the coordinator: the secret lives in the
+    /// agent's region). Resolved passwords are empty placeholders; an inline
+    /// `password` is refused unless `allow_inline` is set.
+    ReferencesOnly { allow_inline: bool },
 }
 
 /// A table being read: remembers which keys were used so the rest can be
@@ -564,7 +594,17 @@ impl Validator<'_> {
             return None;
         }
         if let Some(p) = inline {
+            if let Secrets::ReferencesOnly { allow_inline: false } = self.secrets {
+                self.issue(
+                    format!("{}.password", t.path),
+                    "an inline password would be stored and sent by the coordinator: use password_env or password_file (resolved by the agent), or allow inline passwords explicitly",
+                );
+                return None;
+            }
             return Some(Some(Secret::new(p)));
+        }
+        if let (Secrets::ReferencesOnly { .. }, true) = (self.secrets, env.is_some() || file.is_some()) {
+            return Some(Some(Secret::new("")));
         }
         if let Some(var) = env {
             return match (self.env)(&var) {
@@ -926,7 +966,7 @@ mod tests {
     #[test]
     fn missing_pieces_are_named() {
         let got = issues(json!({"check": [{"name": "x"}], "extra": 1}));
-        assert!(got.contains(&"extra: unknown key (expected [[check]] tables)".to_string()), "{got:#?}");
+        assert!(got.contains(&"extra: unknown key (expected [[check]] tables and [dns])".to_string()), "{got:#?}");
         assert!(got.contains(&"check[0].from: required".to_string()), "{got:#?}");
         assert!(got.contains(&"check[0].smtp: required table is missing".to_string()), "{got:#?}");
         assert!(got.contains(&"check[0].imap: required table is missing".to_string()), "{got:#?}");
@@ -941,6 +981,24 @@ mod tests {
         let got = issues(v);
         assert!(got.iter().any(|s| s.starts_with("check[1].name: duplicate")), "{got:#?}");
         assert!(got.iter().any(|s| s.starts_with("check[1].imap.password: set only one")), "{got:#?}");
+    }
+
+    #[test]
+    fn references_stay_unresolved_for_the_coordinator() {
+        let mut v = good()["check"][0].clone();
+        v["smtp"]["password_env"] = json!("ONLY_ON_THE_AGENT");
+        v["imap"].as_object_mut().unwrap().remove("password");
+        v["imap"]["password_file"] = json!("/only/on/the/agent");
+        let refs = Secrets::ReferencesOnly { allow_inline: false };
+        assert!(check_from_value("api", &v, &|_| None, refs).is_ok());
+        // The agent resolves them, and says what is missing.
+        let err = check_from_value("assignment", &v, &|_| None, Secrets::Resolve).unwrap_err();
+        assert_eq!(err.iter().map(|i| i.path.as_str()).collect::<Vec<_>>(), ["assignment.smtp.password_env", "assignment.imap.password_file"]);
+        // Inline passwords are refused by the coordinator unless allowed.
+        let inline = good()["check"][0].clone();
+        let err = check_from_value("check[0]", &inline, &env, refs).unwrap_err();
+        assert_eq!(err[0].path, "check[0].imap.password");
+        assert!(check_from_value("check[0]", &inline, &env, Secrets::ReferencesOnly { allow_inline: true }).is_ok());
     }
 
     #[test]
