@@ -310,13 +310,18 @@ async fn certificate_expiring_in_5_days_degrades_the_probe() {
 
 // The greylist retry.
 
+/// A server that greylists `times` attempts then accepts, probed with the
+/// given retry settings.
+async fn greylisted(times: usize, retry: &str, grace: &str) -> Run {
+    Scenario::new(FakeServer::start_each(smtp::greylists_then_accepts(times)), FakeServer::start(imap::mailbox()))
+        .configure(|c| c.set("greylist_retry", retry).set("greylist_grace", grace))
+        .run()
+        .await
+}
+
 #[tokio::test]
 async fn greylisting_three_times_then_accepted_is_retried_to_delivery() {
-    let run =
-        Scenario::new(FakeServer::start_each(smtp::greylists_then_accepts(3)), FakeServer::start(imap::mailbox()))
-            .configure(|c| c.set("greylist_retry", "50ms").set("greylist_grace", "30s"))
-            .run()
-            .await;
+    let run = greylisted(3, "50ms", "30s").await;
     let r = &run.report;
     assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
     assert!(r.greylisted);
@@ -335,11 +340,7 @@ async fn greylisting_three_times_then_accepted_is_retried_to_delivery() {
 
 #[tokio::test]
 async fn deferrals_past_the_grace_window_fail_as_deferred() {
-    let run =
-        Scenario::new(FakeServer::start_each(smtp::greylists_then_accepts(10)), FakeServer::start(imap::mailbox()))
-            .configure(|c| c.set("greylist_retry", "50ms").set("greylist_grace", "300ms"))
-            .run()
-            .await;
+    let run = greylisted(10, "50ms", "300ms").await;
     let f = assert_failed(&run.report, SmtpRcptTo, Deferred, Some(451));
     assert_message(f, "still deferred after 3 attempts");
     assert_eq!(run.smtp.connections, 3, "50 ms, then 100 ms; the next wait (200 ms) would pass the 300 ms grace");
