@@ -1,0 +1,795 @@
+//! `coordinator.toml`: `[server]`, `[[agent]]` and `[[check]]`, validated whole.
+//!
+//! Like the probe's config, the file is read whole and every bad key is
+//! collected with its path (`server.tls_key`, `agent[1].token_file`,
+//! `check[0].smtp.port`) before anything is opened or bound. A `[[check]]`
+//! is the probe's schema (validated by `mailloop_common::config`, with
+//! passwords kept as references) plus the coordinator's own `interval` and
+//! `regions`; [`check_spec`] is also what the admin API uses, so a check
+//! given through the API obeys exactly the same rules as one in the file.
+
+use mailloop_common::Secret;
+use mailloop_common::config::{ConfigError, ConfigIssue, Secrets, apply_env_overrides, check_from_value, duration_value};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default gRPC listen address (agents).
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
+/// Default admin HTTP listen address.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7480";
+/// Default check interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+/// Recommended (and, outside `test_mode`, enforced) shortest interval.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest interval with `test_mode = true`.
+pub const MIN_TEST_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest interval.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default report retention.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Default heartbeat period handed to agents.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default largest gRPC message accepted (a report with its steps is a few KiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Default HTTP/2 streams per agent connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 16;
+/// Default grace period at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Tokens shorter than this are refused: they would be guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A validated coordinator config.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub server: ServerConfig,
+    /// Agents declared in the file (config as code).
+    pub agents: Vec<AgentDecl>,
+    /// Checks declared in the file (config as code).
+    pub checks: Vec<CheckSpec>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// SQLite lives here (`coordinator.db`).
+    pub data_dir: PathBuf,
+    /// Bearer token for admin API writes.
+    pub admin_token: Secret,
+    /// Server certificate, key and optional client CA (mutual TLS).
+    pub tls: Option<TlsMaterial>,
+    /// Plaintext on a non-loopback address was explicitly allowed.
+    pub allow_plaintext: bool,
+    /// How long probe reports are kept.
+    pub retention: Duration,
+    /// Accept inline `password` in checks (they are then stored and sent).
+    pub allow_inline_passwords: bool,
+    /// Allow check intervals down to 1 s (tests, demos).
+    pub test_mode: bool,
+    /// How often agents should call Heartbeat.
+    pub heartbeat: Duration,
+    /// Spool size handed to agents (0: the agent's default).
+    pub spool_max_reports: u32,
+    /// Largest gRPC message accepted from an agent.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one agent connection may open at once.
+    pub max_streams_per_connection: u32,
+    /// How long shutdown may wait for in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// The rules a check must follow under this server config.
+    pub fn check_rules(&self) -> CheckRules {
+        CheckRules {
+            allow_inline_passwords: self.allow_inline_passwords,
+            min_interval: if self.test_mode { MIN_TEST_INTERVAL } else { MIN_INTERVAL },
+        }
+    }
+}
+
+/// PEM material for the listeners. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, agents must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+/// One `[[agent]]`: a name, its region, and the SHA-256 of its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentDecl {
+    pub name: String,
+    pub region: String,
+    /// Lowercase hex.
+    pub token_sha256: String,
+}
+
+/// One check as the coordinator holds it: the probe's `[[check]]` table
+/// (passwords as references only) plus its schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    /// The check's `name`, which is also its id.
+    pub name: String,
+    /// The probe table, without `interval` and `regions`: what agents get.
+    pub table: Value,
+    pub interval: Duration,
+    /// Sorted, without duplicates.
+    pub regions: Vec<String>,
+}
+
+impl CheckSpec {
+    /// The table as written: the probe table plus `interval` and `regions`
+    /// (what `mailloopctl checks show` prints and `apply` accepts).
+    pub fn full_table(&self) -> Value {
+        let mut t = self.table.clone();
+        if let Some(obj) = t.as_object_mut() {
+            obj.insert("interval".into(), Value::String(humantime::format_duration(self.interval).to_string()));
+            obj.insert("regions".into(), Value::from(self.regions.clone()));
+        }
+        t
+    }
+}
+
+/// What a check is checked against besides the probe schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckRules {
+    pub allow_inline_passwords: bool,
+    pub min_interval: Duration,
+}
+
+impl CoordinatorConfig {
+    /// Reads `path` and validates it whole. `env` looks up environment
+    /// variables (`admin_token_env`, and `MAILLOOP_CHECK__...` overrides
+    /// come from the real environment).
+    pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Unreadable { path: shown.clone(), message: e.to_string() })?;
+        let mut raw = parse_toml(&text).map_err(|message| ConfigError::Unreadable { path: shown.clone(), message })?;
+        apply_env_overrides(&mut raw, std::env::vars());
+        Self::from_value(&raw, &|name| std::env::var(name).ok())
+            .map_err(|issues| ConfigError::Invalid { path: shown, issues })
+    }
+
+    /// Validates an already-parsed tree.
+    pub fn from_value(raw: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<CoordinatorConfig, Vec<ConfigIssue>> {
+        let mut v = Issues::default();
+        let Some(root) = raw.as_object() else {
+            return Err(vec![issue("(root)", "expected a table")]);
+        };
+        for key in root.keys() {
+            if !["server", "agent", "check"].contains(&key.as_str()) {
+                v.push(key.clone(), "unknown key (expected [server], [[agent]] and [[check]])");
+            }
+        }
+        let server = server(&mut v, root.get("server"), env);
+        let agents = agents(&mut v, root.get("agent"));
+        let rules = match &server {
+            Some(s) => s.check_rules(),
+            // Keep validating the checks with the strictest reading, so their
+            // own issues are reported together with the server's.
+            None => CheckRules { allow_inline_passwords: false, min_interval: MIN_INTERVAL },
+        };
+        let checks = checks(&mut v, root.get("check"), rules);
+        match server {
+            Some(server) if v.0.is_empty() => Ok(CoordinatorConfig { server, agents, checks }),
+            _ => Err(v.0),
+        }
+    }
+}
+
+/// TOML text to a JSON tree (the form every validator reads).
+pub fn parse_toml(text: &str) -> Result<Value, String> {
+    let value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    serde_json::to_value(value).map_err(|e| e.to_string())
+}
+
+/// Validates one check table (from the file, or from the admin API).
+/// `path` prefixes every issue: `check[2]`, `body`.
+pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckSpec, Vec<ConfigIssue>> {
+    let mut v = Issues::default();
+    let Some(obj) = value.as_object() else {
+        return Err(vec![issue(path, "expected a table")]);
+    };
+    let interval = match obj.get("interval") {
+        None => Some(DEFAULT_INTERVAL),
+        Some(raw) => match duration_value(raw) {
+            Ok(d) if d < rules.min_interval || d > MAX_INTERVAL => {
+                let floor = humantime::format_duration(rules.min_interval);
+                let hint = if rules.min_interval > MIN_TEST_INTERVAL { " (shorter only with [server] test_mode = true)" } else { "" };
+                v.push(format!("{path}.interval"), format!("{raw} is outside {floor} to 1h{hint}"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(m) => {
+                v.push(format!("{path}.interval"), m);
+                None
+            }
+        },
+    };
+    let regions = match obj.get("regions") {
+        None => {
+            v.push(format!("{path}.regions"), "required: the regions this check runs in, e.g. [\"eu-west\"]");
+            None
+        }
+        Some(Value::Array(list)) if list.is_empty() => {
+            v.push(format!("{path}.regions"), "must name at least one region");
+            None
+        }
+        Some(Value::Array(list)) => {
+            let mut out = Vec::new();
+            let mut ok = true;
+            for (i, r) in list.iter().enumerate() {
+                match r.as_str() {
+                    Some(s) if is_name(s) => {
+                        if out.iter().any(|o| o == s) {
+                            v.push(format!("{path}.regions[{i}]"), format!("{s:?} is listed twice"));
+                            ok = false;
+                        }
+                        out.push(s.to_string());
+                    }
+                    _ => {
+                        v.push(format!("{path}.regions[{i}]"), format!("{r} is not a region name (letters, digits, '-', '_', '.')"));
+                        ok = false;
+                    }
+                }
+            }
+            out.sort();
+            ok.then_some(out)
+        }
+        Some(other) => {
+            v.push(format!("{path}.regions"), format!("expected a list of region names, found {other}"));
+            None
+        }
+    };
+    let mut table: Map<String, Value> = obj.clone();
+    table.remove("interval");
+    table.remove("regions");
+    let table = Value::Object(table);
+    let secrets = Secrets::ReferencesOnly { allow_inline: rules.allow_inline_passwords };
+    // References are never resolved here: the agent resolves them in its region.
+    let probe = check_from_value(path, &table, &|_| None, secrets);
+    let name = match probe {
+        Ok(c) => Some(c.name),
+        Err(issues) => {
+            v.0.extend(issues);
+            None
+        }
+    };
+    match (name, interval, regions) {
+        (Some(name), Some(interval), Some(regions)) if v.0.is_empty() => Ok(CheckSpec { name, table, interval, regions }),
+        _ => Err(v.0),
+    }
+}
+
+/// Letters, digits, `-`, `_`, `.`; 1 to 64 characters (agent, region and check names).
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// SHA-256 of a token, lowercase hex: the only form a token is stored in.
+pub fn token_sha256(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
+    ConfigIssue { path: path.into(), message: message.into() }
+}
+
+#[derive(Default)]
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(issue(path, message));
+    }
+}
+
+/// A table being read; keys not taken are reported as unknown by `finish`.
+struct Table<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+    used: HashSet<&'static str>,
+}
+
+impl<'a> Table<'a> {
+    fn new(v: &mut Issues, path: &str, value: Option<&'a Value>, empty: &'a Map<String, Value>) -> Option<Table<'a>> {
+        match value {
+            None => Some(Table { path: path.into(), map: empty, used: HashSet::new() }),
+            Some(Value::Object(map)) => Some(Table { path: path.into(), map, used: HashSet::new() }),
+            Some(_) => {
+                v.push(path, "expected a table");
+                None
+            }
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.used.insert(key);
+        self.map.get(key)
+    }
+
+    fn finish(self, v: &mut Issues) {
+        for key in self.map.keys() {
+            if !self.used.contains(key.as_str()) {
+                v.push(self.key(key), "unknown key");
+            }
+        }
+    }
+
+    /// `Some(None)`: absent; `None`: present but bad (issue recorded).
+    fn string(&mut self, v: &mut Issues, key: &'static str) -> Option<Option<String>> {
+        match self.get(key) {
+            None => Some(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                v.push(self.key(key), "must not be empty");
+                None
+            }
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(other) => {
+                v.push(self.key(key), format!("expected a string, found {other}"));
+                None
+            }
+        }
+    }
+
+    fn flag(&mut self, v: &mut Issues, key: &'static str, default: bool) -> Option<bool> {
+        match self.get(key) {
+            None => Some(default),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                v.push(self.key(key), format!("expected true or false, found {other}"));
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, v: &mut Issues, key: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
+        match self.get(key) {
+            None => Some(default),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| range.contains(&n)) => n.as_u64(),
+            Some(other) => {
+                v.push(self.key(key), format!("{other} is not a whole number from {} to {}", range.start(), range.end()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &mut Issues, key: &'static str, default: Duration, min: Duration) -> Option<Duration> {
+        match self.get(key) {
+            None => Some(default),
+            Some(raw) => match duration_value(raw) {
+                Ok(d) if d < min => {
+                    v.push(self.key(key), format!("{raw} is shorter than {}", humantime::format_duration(min)));
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(m) => {
+                    v.push(self.key(key), m);
+                    None
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, v: &mut Issues, key: &'static str, default: &str) -> Option<SocketAddr> {
+        let text = self.string(v, key)?.unwrap_or_else(|| default.to_string());
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                v.push(self.key(key), format!("{text:?} is not ip:port (e.g. \"127.0.0.1:7443\", \"[::]:7443\")"));
+                None
+            }
+        }
+    }
+
+    /// Reads a file named by `key`; `Some(None)` when the key is absent.
+    fn file(&mut self, v: &mut Issues, key: &'static str) -> Option<Option<(PathBuf, Vec<u8>)>> {
+        let Some(path) = self.string(v, key)? else { return Some(None) };
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+                v.push(self.key(key), format!("{path} is empty"));
+                None
+            }
+            Ok(bytes) => Some(Some((PathBuf::from(path), bytes))),
+            Err(e) => {
+                v.push(self.key(key), format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn server(v: &mut Issues, raw: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) -> Option<ServerConfig> {
+    let empty = Map::new();
+    if raw.is_none() {
+        v.push("server", "required table is missing (at least data_dir and an admin token)");
+    }
+    let mut t = Table::new(v, "server", raw, &empty)?;
+    let grpc_listen = t.addr(v, "grpc_listen", DEFAULT_GRPC_LISTEN);
+    let http_listen = t.addr(v, "http_listen", DEFAULT_HTTP_LISTEN);
+    let data_dir = match t.string(v, "data_dir") {
+        Some(Some(d)) => {
+            let p = PathBuf::from(d);
+            if p.exists() && !p.is_dir() {
+                v.push("server.data_dir", format!("{} exists and is not a directory", p.display()));
+                None
+            } else {
+                Some(p)
+            }
+        }
+        Some(None) => {
+            if raw.is_some() {
+                v.push("server.data_dir", "required: the directory SQLite lives in");
+            }
+            None
+        }
+        None => None,
+    };
+    let admin_token = admin_token(v, &mut t, env, raw.is_some());
+    let tls = tls(v, &mut t);
+    let allow_plaintext = t.flag(v, "allow_plaintext", false);
+    let retention = t.duration(v, "retention", DEFAULT_RETENTION, Duration::from_secs(3600));
+    let allow_inline_passwords = t.flag(v, "allow_inline_passwords", false);
+    let test_mode = t.flag(v, "test_mode", false);
+    let heartbeat = t.duration(v, "heartbeat", DEFAULT_HEARTBEAT, Duration::from_secs(1));
+    let spool_max_reports = t.number(v, "spool_max_reports", 0, 0..=u32::MAX as u64);
+    let max_message_bytes = t.number(v, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES as u64, 4096..=64 * 1024 * 1024);
+    let max_streams = t.number(v, "max_streams_per_connection", DEFAULT_MAX_STREAMS as u64, 2..=1000);
+    let shutdown_grace = t.duration(v, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, Duration::from_millis(100));
+    t.finish(v);
+    // Plaintext only where nobody else can listen, unless explicitly allowed.
+    if let (Some(tls), Some(allow)) = (&tls, allow_plaintext) {
+        if tls.is_none() && !allow {
+            for (key, addr) in [("grpc_listen", grpc_listen), ("http_listen", http_listen)] {
+                if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                    v.push(
+                        format!("server.{key}"),
+                        format!("{a} is not a loopback address and there is no TLS: set tls_cert and tls_key, or allow_plaintext = true"),
+                    );
+                }
+            }
+        }
+    }
+    Some(ServerConfig {
+        grpc_listen: grpc_listen?,
+        http_listen: http_listen?,
+        data_dir: data_dir?,
+        admin_token: admin_token?,
+        tls: tls?,
+        allow_plaintext: allow_plaintext?,
+        retention: retention?,
+        allow_inline_passwords: allow_inline_passwords?,
+        test_mode: test_mode?,
+        heartbeat: heartbeat?,
+        spool_max_reports: spool_max_reports? as u32,
+        max_message_bytes: max_message_bytes? as usize,
+        max_streams_per_connection: max_streams? as u32,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn admin_token(v: &mut Issues, t: &mut Table<'_>, env: &dyn Fn(&str) -> Option<String>, present: bool) -> Option<Secret> {
+    let file = t.file(v, "admin_token_file");
+    let var = t.string(v, "admin_token_env");
+    let token = match (file?, var?) {
+        (Some(_), Some(_)) => {
+            v.push("server.admin_token_file", "set only one of admin_token_file and admin_token_env");
+            return None;
+        }
+        (Some((path, bytes)), None) => match String::from_utf8(bytes) {
+            Ok(s) => (s.trim().to_string(), "server.admin_token_file", path.display().to_string()),
+            Err(_) => {
+                v.push("server.admin_token_file", format!("{} is not text", path.display()));
+                return None;
+            }
+        },
+        (None, Some(name)) => match env(&name) {
+            Some(s) if !s.trim().is_empty() => (s.trim().to_string(), "server.admin_token_env", format!("${name}")),
+            _ => {
+                v.push("server.admin_token_env", format!("environment variable {name} is not set"));
+                return None;
+            }
+        },
+        (None, None) => {
+            if present {
+                v.push("server.admin_token_file", "required: admin_token_file or admin_token_env (the bearer token for API writes)");
+            }
+            return None;
+        }
+    };
+    let (token, key, source) = token;
+    if token.len() < MIN_TOKEN_LEN {
+        v.push(key, format!("the token in {source} is shorter than {MIN_TOKEN_LEN} characters"));
+        return None;
+    }
+    Some(Secret::new(token))
+}
+
+/// `Some(None)`: no TLS configured; `None`: something is wrong (reported).
+fn tls(v: &mut Issues, t: &mut Table<'_>) -> Option<Option<TlsMaterial>> {
+    let cert = t.file(v, "tls_cert");
+    let key = t.file(v, "tls_key");
+    let ca = t.file(v, "client_ca");
+    let (cert, key, ca) = (cert?, key?, ca?);
+    let mut ok = true;
+    let mut pem_check = |v: &mut Issues, name: &str, bytes: &[u8], what: &str, marker: &str| {
+        if !String::from_utf8_lossy(bytes).contains(marker) {
+            v.push(format!("server.{name}"), format!("no {what} found (expected PEM with {marker})"));
+            ok = false;
+        }
+    };
+    if let Some((_, b)) = &cert {
+        pem_check(v, "tls_cert", b, "certificate", "-----BEGIN CERTIFICATE-----");
+    }
+    if let Some((_, b)) = &key {
+        pem_check(v, "tls_key", b, "private key", "PRIVATE KEY-----");
+    }
+    if let Some((_, b)) = &ca {
+        pem_check(v, "client_ca", b, "CA certificate", "-----BEGIN CERTIFICATE-----");
+    }
+    match (cert, key) {
+        (Some((_, cert_pem)), Some((_, key_pem))) => {
+            ok.then_some(Some(TlsMaterial { cert_pem, key_pem, client_ca_pem: ca.map(|(_, b)| b) }))
+        }
+        (None, None) => {
+            if ca.is_some() {
+                v.push("server.client_ca", "mutual TLS needs tls_cert and tls_key too");
+                return None;
+            }
+            Some(None)
+        }
+        (Some(_), None) => {
+            v.push("server.tls_key", "tls_cert is set but tls_key is not");
+            None
+        }
+        (None, Some(_)) => {
+            v.push("server.tls_cert", "tls_key is set but tls_cert is not");
+            None
+        }
+    }
+}
+
+fn array<'a>(v: &mut Issues, key: &str, raw: Option<&'a Value>) -> &'a [Value] {
+    match raw {
+        None => &[],
+        Some(Value::Array(list)) => list,
+        Some(Value::Object(_)) => {
+            v.push(key, format!("must be an array of tables: write [[{key}]], not [{key}]"));
+            &[]
+        }
+        Some(_) => {
+            v.push(key, format!("must be an array of tables ([[{key}]])"));
+            &[]
+        }
+    }
+}
+
+fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
+    let mut out: Vec<AgentDecl> = Vec::new();
+    let empty = Map::new();
+    for (i, item) in array(v, "agent", raw).iter().enumerate() {
+        let path = format!("agent[{i}]");
+        let Some(mut t) = Table::new(v, &path, Some(item), &empty) else { continue };
+        let name = named(v, &mut t, "name");
+        let region = named(v, &mut t, "region");
+        let file = t.file(v, "token_file");
+        let hash = t.string(v, "token_sha256");
+        t.finish(v);
+        let token_sha256 = match (file, hash) {
+            (Some(Some(_)), Some(Some(_))) => {
+                v.push(format!("{path}.token_file"), "set only one of token_file and token_sha256");
+                None
+            }
+            (Some(Some((p, bytes))), Some(None)) => {
+                let token = String::from_utf8_lossy(&bytes).trim().to_string();
+                if token.len() < MIN_TOKEN_LEN {
+                    v.push(format!("{path}.token_file"), format!("the token in {} is shorter than {MIN_TOKEN_LEN} characters", p.display()));
+                    None
+                } else {
+                    Some(token_sha256(&token))
+                }
+            }
+            (Some(None), Some(Some(h))) => {
+                let h = h.to_ascii_lowercase();
+                if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
+                    Some(h)
+                } else {
+                    v.push(format!("{path}.token_sha256"), "expected 64 hex digits (sha256sum of the token)");
+                    None
+                }
+            }
+            (Some(None), Some(None)) => {
+                v.push(format!("{path}.token_file"), "required: token_file or token_sha256");
+                None
+            }
+            _ => None,
+        };
+        if let (Some(name), Some(region), Some(token_sha256)) = (name, region, token_sha256) {
+            if out.iter().any(|a| a.name == name) {
+                v.push(format!("{path}.name"), format!("duplicate agent name {name:?}"));
+            } else if out.iter().any(|a| a.token_sha256 == token_sha256) {
+                v.push(format!("{path}.token_sha256"), "the same token is already given to another agent");
+            } else {
+                out.push(AgentDecl { name, region, token_sha256 });
+            }
+        }
+    }
+    out
+}
+
+fn named(v: &mut Issues, t: &mut Table<'_>, key: &'static str) -> Option<String> {
+    match t.string(v, key)? {
+        Some(s) if is_name(&s) => Some(s),
+        Some(s) => {
+            v.push(t.key(key), format!("{s:?}: use 1 to 64 letters, digits, '-', '_' or '.'"));
+            None
+        }
+        None => {
+            v.push(t.key(key), "required");
+            None
+        }
+    }
+}
+
+fn checks(v: &mut Issues, raw: Option<&Value>, rules: CheckRules) -> Vec<CheckSpec> {
+    let mut out: Vec<CheckSpec> = Vec::new();
+    for (i, item) in array(v, "check", raw).iter().enumerate() {
+        let path = format!("check[{i}]");
+        match check_spec(&path, item, rules) {
+            Ok(spec) => {
+                if out.iter().any(|c| c.name == spec.name) {
+                    v.push(format!("{path}.name"), format!("duplicate check name {:?}", spec.name));
+                } else {
+                    out.push(spec);
+                }
+            }
+            Err(issues) => v.0.extend(issues),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "ADMIN").then(|| "an-admin-token-long-enough".to_string())
+    }
+
+    fn good() -> Value {
+        json!({
+            "server": {"data_dir": "/tmp/mailloop-test-nonexistent", "admin_token_env": "ADMIN"},
+            "agent": [{"name": "eu-1", "region": "eu-west", "token_sha256": "ab".repeat(32)}],
+            "check": [{
+                "name": "corp", "from": "probe@sender.test", "to": "probe@receiver.test",
+                "interval": "1m", "regions": ["us-east", "eu-west"],
+                "smtp": {"host": "127.0.0.1", "username": "probe@sender.test", "password_env": "SMTP_PASS"},
+                "imap": {"host": "127.0.0.1", "username": "probe@receiver.test", "password_file": "/run/imap"}
+            }]
+        })
+    }
+
+    fn paths(v: Value) -> Vec<String> {
+        match CoordinatorConfig::from_value(&v, &env) {
+            Ok(_) => vec![],
+            Err(issues) => issues.into_iter().map(|i| i.path).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_config_gets_defaults() {
+        let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
+        assert_eq!(c.server.grpc_listen.to_string(), DEFAULT_GRPC_LISTEN);
+        assert_eq!(c.server.retention, DEFAULT_RETENTION);
+        assert_eq!(c.checks[0].interval, Duration::from_secs(60));
+        assert_eq!(c.checks[0].regions, ["eu-west", "us-east"]);
+        assert!(c.checks[0].table.get("interval").is_none(), "agents get the probe table only");
+        assert_eq!(c.agents[0].region, "eu-west");
+        assert_eq!(format!("{:?}", c.server.admin_token), "<redacted>");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let mut v = good();
+        v["server"]["grpc_listen"] = json!("nowhere");
+        v["server"]["retention"] = json!("forever");
+        v["server"]["colour"] = json!("blue");
+        v["agent"][0]["token_sha256"] = json!("xyz");
+        v["check"][0]["interval"] = json!("5s");
+        v["check"][0]["regions"] = json!(["eu west"]);
+        v["check"][0]["smtp"]["port"] = json!(70000);
+        v["check"][0]["imap"]["password"] = json!("inline");
+        assert_eq!(
+            paths(v),
+            [
+                "server.grpc_listen",
+                "server.retention",
+                "server.colour",
+                "agent[0].token_sha256",
+                "check[0].interval",
+                "check[0].regions[0]",
+                "check[0].smtp.port",
+                "check[0].imap.password",
+            ]
+        );
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_allowed() {
+        let mut v = good();
+        v["server"]["grpc_listen"] = json!("0.0.0.0:7443");
+        assert_eq!(paths(v.clone()), ["server.grpc_listen"]);
+        v["server"]["allow_plaintext"] = json!(true);
+        assert_eq!(paths(v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn short_intervals_only_in_test_mode() {
+        let mut v = good();
+        v["check"][0]["interval"] = json!("2s");
+        assert_eq!(paths(v.clone()), ["check[0].interval"]);
+        v["server"]["test_mode"] = json!(true);
+        assert_eq!(paths(v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_server_and_tokens_are_named() {
+        let mut v = good();
+        v.as_object_mut().unwrap().remove("server");
+        v["agent"][0].as_object_mut().unwrap().remove("token_sha256");
+        v["check"][0].as_object_mut().unwrap().remove("regions");
+        assert_eq!(paths(v), ["server", "agent[0].token_file", "check[0].regions"]);
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let mut v = good();
+        let a = v["agent"][0].clone();
+        let c = v["check"][0].clone();
+        v["agent"].as_array_mut().unwrap().push(a);
+        v["check"].as_array_mut().unwrap().push(c);
+        assert_eq!(paths(v), ["agent[1].name", "check[1].name"]);
+    }
+
+    #[test]
+    fn full_table_round_trips() {
+        let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
+        let rules = c.server.check_rules();
+        let again = check_spec("body", &c.checks[0].full_table(), rules).unwrap();
+        assert_eq!(again, c.checks[0]);
+    }
+
+    #[test]
+    fn tokens_are_stored_as_sha256() {
+        assert_eq!(token_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

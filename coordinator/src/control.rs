@@ -1,0 +1,290 @@
+//! Control: every change to checks and agents, from the config file (at
+//! start and on SIGHUP) or the admin API, goes through here.
+//!
+//! A change is validated, given a revision, written to storage and only
+//! then installed in the hub (which pushes it to the agents). One async
+//! lock serialises changes, so revisions are handed out in commit order.
+//!
+//! Ownership: a check or agent declared in the config file is owned by the
+//! file (`source = config`): a reload replaces or removes it, and the API
+//! refuses to change it (it would silently come back on the next reload).
+
+use crate::config::{AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256};
+use crate::hub::Hub;
+use crate::storage::{Source, Storage, StorageError, StoredAgent, StoredCheck};
+use mailloop_common::Secret;
+use mailloop_common::config::ConfigIssue;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{} invalid key(s)", .0.len())]
+    Invalid(Vec<ConfigIssue>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Updated,
+    /// Identical to what was there: no new revision.
+    Unchanged,
+}
+
+/// How a put treats an existing check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// `POST`: refuse if it exists.
+    Create,
+    /// `PUT`, `apply`, the config file: create or replace.
+    Upsert,
+}
+
+/// What a config (re)load changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplySummary {
+    pub checks_changed: usize,
+    pub checks_removed: usize,
+    pub agents_changed: usize,
+    pub agents_revoked: usize,
+}
+
+/// The one way to change checks and agents.
+pub struct Control {
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    lock: tokio::sync::Mutex<()>,
+    settings: Mutex<Settings>,
+}
+
+struct Settings {
+    rules: CheckRules,
+    admin_token_sha256: String,
+}
+
+impl Control {
+    pub fn new(hub: Arc<Hub>, storage: Arc<Storage>, rules: CheckRules, admin_token: &Secret) -> Control {
+        Control {
+            hub,
+            storage,
+            lock: tokio::sync::Mutex::new(()),
+            settings: Mutex::new(Settings { rules, admin_token_sha256: token_sha256(admin_token.expose()) }),
+        }
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True if `bearer` is the admin token (compared as SHA-256 digests,
+    /// so the comparison time says nothing about the token).
+    pub fn is_admin(&self, bearer: Option<&str>) -> bool {
+        let Some(b) = bearer else { return false };
+        let given = token_sha256(b);
+        let want = self.settings().admin_token_sha256.clone();
+        given.len() == want.len() && given.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// Validates a check table given through the API.
+    pub fn validate_check(&self, path: &str, table: &Value) -> Result<CheckSpec, ControlError> {
+        let rules = self.settings().rules;
+        check_spec(path, table, rules).map_err(ControlError::Invalid)
+    }
+
+    /// Creates or replaces a check. A change gets a new revision and reaches
+    /// the agents through the hub; an identical put changes nothing.
+    pub async fn put_check(&self, spec: CheckSpec, source: Source, mode: PutMode) -> Result<(StoredCheck, PutOutcome), ControlError> {
+        let _serial = self.lock.lock().await;
+        let existing = self.hub.check(&spec.name);
+        if let Some(old) = &existing {
+            if mode == PutMode::Create {
+                return Err(ControlError::Conflict(format!("check {:?} exists (revision {}); update it with PUT", spec.name, old.revision)));
+            }
+            if old.source == Source::Config && source == Source::Api {
+                return Err(owned_by_config("check", &spec.name));
+            }
+            if old.spec == spec && old.source == source {
+                return Ok((old.clone(), PutOutcome::Unchanged));
+            }
+            if old.source == Source::Api && source == Source::Config {
+                tracing::warn!(check = %spec.name, "a check created through the API is now declared in the config file, which owns it from now on");
+            }
+        }
+        let stored = StoredCheck { revision: self.hub.next_revision(), spec, source, deleted: false, updated_at_ms: now_ms() };
+        self.storage.put_check(stored.clone()).await?;
+        self.hub.put_check(stored.clone());
+        let outcome = if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created };
+        tracing::info!(check = %stored.spec.name, revision = stored.revision, regions = ?stored.spec.regions,
+            interval = %humantime::format_duration(stored.spec.interval), source = ?source, ?outcome, "check stored");
+        Ok((stored, outcome))
+    }
+
+    /// Deletes a check: agents drop it; its reports stay.
+    pub async fn delete_check(&self, id: &str, source: Source) -> Result<StoredCheck, ControlError> {
+        let _serial = self.lock.lock().await;
+        self.delete_check_locked(id, source).await
+    }
+
+    async fn delete_check_locked(&self, id: &str, source: Source) -> Result<StoredCheck, ControlError> {
+        let Some(old) = self.hub.check(id) else {
+            return Err(ControlError::NotFound(format!("no check {id:?}")));
+        };
+        if old.source == Source::Config && source == Source::Api {
+            return Err(owned_by_config("check", id));
+        }
+        let stored = StoredCheck { revision: self.hub.next_revision(), deleted: true, updated_at_ms: now_ms(), ..old };
+        self.storage.put_check(stored.clone()).await?;
+        self.hub.put_check(stored.clone());
+        tracing::info!(check = %id, revision = stored.revision, "check deleted");
+        Ok(stored)
+    }
+
+    /// Creates an agent through the API and returns its token (shown once;
+    /// only its SHA-256 is kept). A revoked agent's name may be reused.
+    pub async fn add_agent(&self, name: &str, region: &str) -> Result<(StoredAgent, Secret), ControlError> {
+        let mut issues = Vec::new();
+        if !crate::config::is_name(name) {
+            issues.push(ConfigIssue { path: "name".into(), message: "use 1 to 64 letters, digits, '-', '_' or '.'".into() });
+        }
+        if !crate::config::is_name(region) {
+            issues.push(ConfigIssue { path: "region".into(), message: "use 1 to 64 letters, digits, '-', '_' or '.'".into() });
+        }
+        if !issues.is_empty() {
+            return Err(ControlError::Invalid(issues));
+        }
+        let _serial = self.lock.lock().await;
+        if let Some(old) = self.hub.agent(name) {
+            if !old.stored.revoked {
+                return Err(ControlError::Conflict(format!("agent {name:?} exists; revoke it first to issue a new token")));
+            }
+            if old.stored.source == Source::Config {
+                return Err(owned_by_config("agent", name));
+            }
+        }
+        let token = Secret::new(new_token());
+        let agent = StoredAgent {
+            name: name.into(),
+            region: region.into(),
+            token_sha256: token_sha256(token.expose()),
+            source: Source::Api,
+            revoked: false,
+            version: None,
+            last_seen_ms: None,
+            connected: false,
+            created_at_ms: now_ms(),
+        };
+        self.storage.put_agent(agent.clone()).await?;
+        self.hub.put_agent(agent.clone());
+        tracing::info!(agent = %name, region = %region, "agent added; its token was returned once");
+        Ok((agent, token))
+    }
+
+    /// Revokes an agent's token: its streams end and its checks move.
+    pub async fn revoke_agent(&self, name: &str, source: Source) -> Result<StoredAgent, ControlError> {
+        let _serial = self.lock.lock().await;
+        let Some(old) = self.hub.agent(name) else {
+            return Err(ControlError::NotFound(format!("no agent {name:?}")));
+        };
+        if old.stored.source == Source::Config && source == Source::Api {
+            return Err(owned_by_config("agent", name));
+        }
+        let agent = StoredAgent { revoked: true, ..old.stored };
+        self.storage.put_agent(agent.clone()).await?;
+        self.hub.put_agent(agent.clone());
+        tracing::warn!(agent = %name, region = %agent.region, "agent token revoked");
+        Ok(agent)
+    }
+
+    /// Makes the config file's checks and agents the truth for everything
+    /// it owns (at start and after a good SIGHUP reload).
+    pub async fn apply_config(&self, cfg: &CoordinatorConfig) -> Result<ApplySummary, ControlError> {
+        {
+            let mut s = self.settings();
+            s.rules = cfg.server.check_rules();
+            s.admin_token_sha256 = token_sha256(cfg.server.admin_token.expose());
+        }
+        let mut summary = ApplySummary::default();
+        for spec in &cfg.checks {
+            let (_, outcome) = self.put_check(spec.clone(), Source::Config, PutMode::Upsert).await?;
+            if outcome != PutOutcome::Unchanged {
+                summary.checks_changed += 1;
+            }
+        }
+        let _serial = self.lock.lock().await;
+        for old in self.hub.checks() {
+            if old.source == Source::Config && !cfg.checks.iter().any(|c| c.name == old.spec.name) {
+                self.delete_check_locked(&old.spec.name, Source::Config).await?;
+                summary.checks_removed += 1;
+            }
+        }
+        for decl in &cfg.agents {
+            if self.apply_agent(decl).await? {
+                summary.agents_changed += 1;
+            }
+        }
+        for old in self.hub.agents() {
+            let gone = !cfg.agents.iter().any(|a| a.name == old.stored.name);
+            if old.stored.source == Source::Config && !old.stored.revoked && gone {
+                let agent = StoredAgent { revoked: true, ..old.stored };
+                self.storage.put_agent(agent.clone()).await?;
+                self.hub.put_agent(agent.clone());
+                tracing::warn!(agent = %agent.name, "agent removed from the config file: its token is revoked");
+                summary.agents_revoked += 1;
+            }
+        }
+        Ok(summary)
+    }
+
+    async fn apply_agent(&self, decl: &AgentDecl) -> Result<bool, ControlError> {
+        let old = self.hub.agent(&decl.name);
+        if let Some(old) = &old {
+            let same = old.stored.region == decl.region && old.stored.token_sha256 == decl.token_sha256;
+            if same && old.stored.source == Source::Config && !old.stored.revoked {
+                return Ok(false);
+            }
+        }
+        if self.hub.token_taken(&decl.token_sha256, &decl.name) {
+            tracing::error!(agent = %decl.name, "the token declared for this agent belongs to another agent; not applied");
+            return Ok(false);
+        }
+        let agent = StoredAgent {
+            name: decl.name.clone(),
+            region: decl.region.clone(),
+            token_sha256: decl.token_sha256.clone(),
+            source: Source::Config,
+            revoked: false,
+            version: None,
+            last_seen_ms: None,
+            connected: false,
+            created_at_ms: old.map_or_else(now_ms, |o| o.stored.created_at_ms),
+        };
+        self.storage.put_agent(agent.clone()).await?;
+        self.hub.put_agent(agent);
+        tracing::info!(agent = %decl.name, region = %decl.region, "agent declared in the config file");
+        Ok(true)
+    }
+}
+
+fn owned_by_config(what: &str, name: &str) -> ControlError {
+    ControlError::Conflict(format!("{what} {name:?} is declared in the coordinator's config file; change it there and reload (SIGHUP)"))
+}
+
+/// A fresh agent token: 32 random bytes, hex, with a recognisable prefix.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!("mlt_{}", hex(&bytes))
+}
+
+/// Milliseconds since the unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

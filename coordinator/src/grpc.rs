@@ -1,0 +1,493 @@
+//! The agent API (`mailloop.v1.AgentService`), the gRPC edge.
+//!
+//! Wire types (`mailloop_proto::pb`) live here and nowhere else: requests
+//! are authenticated and converted into hub and storage calls, and answers
+//! converted back.
+//!
+//! **Invariant:** a `ResultAck { stored: true }` is sent only after the
+//! report's transaction has committed. Reports of one stream are pipelined
+//! (up to [`IN_FLIGHT`] waiting for their commit) and acknowledged in the
+//! order they arrived. If storage fails, the stream ends with `Unavailable`
+//! instead of a rejection, so the agent keeps the report in its spool.
+
+use crate::control::now_ms;
+use crate::hub::{AgentIdentity, Hub};
+use crate::schedule::Assignment;
+use crate::shutdown::Shutdown;
+use crate::storage::{Inserted, ReportRow, Storage, StorageError};
+use mailloop_common::ProbeReport;
+use mailloop_proto::pb;
+use mailloop_proto::pb::agent_service_server::AgentService;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Reports of one stream waiting for their commit before the reader pauses.
+pub const IN_FLIGHT: usize = 1024;
+/// Longest probe id accepted.
+const MAX_PROBE_ID: usize = 200;
+
+/// Settings handed to agents and limits applied to them.
+#[derive(Debug, Clone)]
+pub struct AgentApiSettings {
+    pub heartbeat_seconds: u32,
+    pub spool_max_reports: u32,
+    /// Open WatchAssignments (and, separately, ReportResults) streams one agent may have.
+    pub max_streams_per_agent: usize,
+}
+
+/// The `AgentService` implementation.
+pub struct AgentApi {
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    settings: AgentApiSettings,
+    shutdown: Shutdown,
+    report_streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl AgentApi {
+    pub fn new(hub: Arc<Hub>, storage: Arc<Storage>, settings: AgentApiSettings, shutdown: Shutdown) -> AgentApi {
+        AgentApi { hub, storage, settings, shutdown, report_streams: Arc::default() }
+    }
+
+    fn authenticate(&self, metadata: &MetadataMap, call: &'static str) -> Result<AgentIdentity, Status> {
+        self.hub.authenticate(bearer(metadata)).map_err(|e| {
+            tracing::warn!(call, error = %e, "agent call refused");
+            Status::unauthenticated(e.to_string())
+        })
+    }
+
+    fn same_agent(agent: &AgentIdentity, agent_id: &str, call: &'static str) -> Result<(), Status> {
+        if agent_id.is_empty() || agent_id == agent.name {
+            return Ok(());
+        }
+        tracing::warn!(call, agent = %agent.name, region = %agent.region, claimed = %agent_id, "agent id does not match its token");
+        Err(Status::permission_denied(format!("this token belongs to agent {:?}, not {agent_id:?}", agent.name)))
+    }
+}
+
+/// The token of `authorization: Bearer <token>`.
+fn bearer(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let agent = self.authenticate(request.metadata(), "Register")?;
+        let r = request.into_inner();
+        if r.region != agent.region {
+            tracing::warn!(agent = %agent.name, region = %agent.region, claimed_region = %r.region, "agent registered with another region than its token's");
+            return Err(Status::permission_denied(format!(
+                "this token is bound to region {:?}, not {:?}",
+                agent.region, r.region
+            )));
+        }
+        if !r.name.is_empty() && r.name != agent.name {
+            tracing::info!(agent = %agent.name, calls_itself = %r.name, "agent registered under another name than its token's; the token's name is used");
+        }
+        let now = now_ms();
+        let version = (!r.version.is_empty()).then_some(r.version);
+        self.hub.seen(&agent.name, now, version.as_deref());
+        if let Err(e) = self.storage.touch_agent(agent.name.clone(), now, version.clone(), None).await {
+            tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
+        }
+        tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
+        Ok(Response::new(pb::RegisterResponse {
+            agent_id: agent.name,
+            heartbeat_seconds: self.settings.heartbeat_seconds,
+            spool_max_reports: self.settings.spool_max_reports,
+        }))
+    }
+
+    type WatchAssignmentsStream = ReceiverStream<Result<pb::AssignmentChange, Status>>;
+
+    async fn watch_assignments(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
+        let req = request.into_inner();
+        Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
+        if self.hub.sessions(&agent.name) >= self.settings.max_streams_per_agent {
+            tracing::warn!(agent = %agent.name, region = %agent.region, "too many assignment streams from one agent");
+            return Err(Status::resource_exhausted(format!(
+                "agent {} already has {} assignment streams open",
+                agent.name, self.settings.max_streams_per_agent
+            )));
+        }
+        let held: HashMap<String, u64> = req.known.into_iter().map(|k| (k.check_id, k.revision)).collect();
+        let (tx, rx) = mpsc::channel(256);
+        let watch = Watch {
+            hub: self.hub.clone(),
+            storage: self.storage.clone(),
+            shutdown: self.shutdown.clone(),
+            agent,
+            held,
+            tx,
+        };
+        tokio::spawn(watch.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ReportResultsStream = ReceiverStream<Result<pb::ResultAck, Status>>;
+
+    async fn report_results(
+        &self,
+        request: Request<Streaming<pb::ProbeResult>>,
+    ) -> Result<Response<Self::ReportResultsStream>, Status> {
+        let agent = self.authenticate(request.metadata(), "ReportResults")?;
+        let slot = {
+            let mut open = self.report_streams.lock().unwrap_or_else(|e| e.into_inner());
+            let n = open.entry(agent.name.clone()).or_default();
+            if *n >= self.settings.max_streams_per_agent {
+                tracing::warn!(agent = %agent.name, region = %agent.region, "too many report streams from one agent");
+                return Err(Status::resource_exhausted(format!(
+                    "agent {} already has {} report streams open",
+                    agent.name, self.settings.max_streams_per_agent
+                )));
+            }
+            *n += 1;
+            Slot { open: self.report_streams.clone(), agent: agent.name.clone() }
+        };
+        let inbound = request.into_inner();
+        let (ack_tx, ack_rx) = mpsc::channel(256);
+        let (pending_tx, pending_rx) = mpsc::channel(IN_FLIGHT);
+        let reader = Reader {
+            hub: self.hub.clone(),
+            storage: self.storage.clone(),
+            shutdown: self.shutdown.clone(),
+            agent: agent.clone(),
+            pending: pending_tx,
+            _slot: slot,
+        };
+        tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
+        tokio::spawn(reader.run(inbound));
+        tokio::spawn(acknowledge(agent, pending_rx, ack_tx, self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(ack_rx)))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let agent = self.authenticate(request.metadata(), "Heartbeat")?;
+        let r = request.into_inner();
+        Self::same_agent(&agent, &r.agent_id, "Heartbeat")?;
+        let now = now_ms();
+        self.hub.seen(&agent.name, now, None);
+        if r.spooled > 0 {
+            tracing::info!(agent = %agent.name, region = %agent.region, spooled = r.spooled, "agent has reports waiting in its spool");
+        }
+        if let Err(e) = self.storage.touch_agent(agent.name.clone(), now, None, None).await {
+            tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's heartbeat");
+        }
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+}
+
+/// One WatchAssignments stream: the agent is connected while it runs.
+struct Watch {
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    shutdown: Shutdown,
+    agent: AgentIdentity,
+    /// What the agent holds now: check id → revision.
+    held: HashMap<String, u64>,
+    tx: mpsc::Sender<Result<pb::AssignmentChange, Status>>,
+}
+
+impl Watch {
+    async fn run(mut self) {
+        let agent = self.agent.clone();
+        let (session, epoch) = self.hub.connect(&agent);
+        let now = now_ms();
+        self.hub.seen(&agent.name, now, None);
+        let _ = self.storage.touch_agent(agent.name.clone(), now, None, Some(true)).await;
+        tracing::info!(agent = %agent.name, region = %agent.region, known = self.held.len(), "agent connected");
+        let mut maps = self.hub.subscribe();
+        // Wait for the map that includes this session, so a reconnecting
+        // agent is not first told to drop everything it holds.
+        let ready = tokio::select! {
+            r = maps.wait_for(|m| m.epoch >= epoch) => r.is_ok(),
+            _ = self.shutdown.recv() => false,
+            _ = self.tx.closed() => false,
+        };
+        let reason = if ready { self.follow(&mut maps).await } else { "shutting down" };
+        drop(session);
+        let _ = self.storage.touch_agent(agent.name.clone(), now_ms(), None, Some(self.hub.sessions(&agent.name) > 0)).await;
+        tracing::info!(agent = %agent.name, region = %agent.region, reason, "agent disconnected; its checks move to other agents of its region");
+    }
+
+    async fn follow(&mut self, maps: &mut tokio::sync::watch::Receiver<Arc<crate::schedule::AssignmentMap>>) -> &'static str {
+        loop {
+            if !self.hub.still_valid(&self.agent) {
+                let _ = self.tx.send(Err(Status::unauthenticated(format!("the token of agent {} has been revoked", self.agent.name)))).await;
+                return "token revoked";
+            }
+            let map = maps.borrow_and_update().clone();
+            for change in diff(&mut self.held, map.for_agent(&self.agent.name)) {
+                log_change(&self.agent, &change);
+                if self.tx.send(Ok(change)).await.is_err() {
+                    return "stream closed by the agent";
+                }
+            }
+            tokio::select! {
+                r = maps.changed() => if r.is_err() { return "coordinator stopping" },
+                _ = self.tx.closed() => return "stream closed by the agent",
+                _ = self.shutdown.recv() => {
+                    let _ = self.tx.send(Err(Status::unavailable("the coordinator is shutting down; reconnect"))).await;
+                    return "shutting down";
+                }
+            }
+        }
+    }
+}
+
+fn log_change(agent: &AgentIdentity, change: &pb::AssignmentChange) {
+    match &change.change {
+        Some(pb::assignment_change::Change::Upsert(a)) => {
+            tracing::debug!(agent = %agent.name, region = %agent.region, check = %a.check_id, revision = a.revision, "assignment sent");
+        }
+        Some(pb::assignment_change::Change::Remove(id)) => {
+            tracing::debug!(agent = %agent.name, region = %agent.region, check = %id, "assignment removed");
+        }
+        None => {}
+    }
+}
+
+/// The changes that turn `held` into `want`, applied to `held`: removals
+/// first, then additions and changed revisions.
+pub fn diff(held: &mut HashMap<String, u64>, want: Option<&BTreeMap<String, Arc<Assignment>>>) -> Vec<pb::AssignmentChange> {
+    let empty = BTreeMap::new();
+    let want = want.unwrap_or(&empty);
+    let mut out = Vec::new();
+    let mut gone: Vec<String> = held.keys().filter(|id| !want.contains_key(*id)).cloned().collect();
+    gone.sort();
+    for id in gone {
+        held.remove(&id);
+        out.push(pb::AssignmentChange { change: Some(pb::assignment_change::Change::Remove(id)) });
+    }
+    for (id, a) in want {
+        if held.get(id) != Some(&a.revision) {
+            held.insert(id.clone(), a.revision);
+            out.push(pb::AssignmentChange { change: Some(pb::assignment_change::Change::Upsert(to_wire(a))) });
+        }
+    }
+    out
+}
+
+fn to_wire(a: &Assignment) -> pb::Assignment {
+    pb::Assignment {
+        check_id: a.check_id.clone(),
+        revision: a.revision,
+        check_json: a.check_json.to_string(),
+        interval_ms: a.interval_ms,
+        phase_ms: a.phase_ms,
+    }
+}
+
+/// Frees a report-stream slot when the stream's reader ends.
+struct Slot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    agent: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// A report on its way to an ack.
+enum Pending {
+    /// Refused before storage: acknowledged at once with the reason.
+    Rejected(pb::ResultAck),
+    /// Waiting for its commit.
+    Storing { probe_id: String, check_id: String, commit: oneshot::Receiver<Result<Inserted, StorageError>> },
+    /// The stream must end with this status (after the acks before it).
+    End(Status),
+}
+
+/// Reads one ReportResults stream and queues each report for storage.
+struct Reader {
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    shutdown: Shutdown,
+    agent: AgentIdentity,
+    pending: mpsc::Sender<Pending>,
+    _slot: Slot,
+}
+
+impl Reader {
+    async fn run(mut self, mut inbound: Streaming<pb::ProbeResult>) {
+        loop {
+            let next = tokio::select! {
+                m = inbound.message() => m,
+                // Stop taking reports; those already taken are still acknowledged.
+                _ = self.shutdown.recv() => {
+                    let _ = self.pending.send(Pending::End(Status::unavailable("the coordinator is shutting down; unacknowledged reports will be taken after a reconnect"))).await;
+                    return;
+                }
+            };
+            let item = match next {
+                Ok(Some(result)) => self.take(result).await,
+                Ok(None) => return,
+                Err(status) => {
+                    let status = if status.code() == tonic::Code::OutOfRange {
+                        Status::resource_exhausted(status.message().to_string())
+                    } else {
+                        status
+                    };
+                    tracing::warn!(agent = %self.agent.name, region = %self.agent.region, code = ?status.code(), error = %status.message(), "report stream broke");
+                    Pending::End(status)
+                }
+            };
+            let end = matches!(item, Pending::End(_));
+            if self.pending.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    }
+
+    async fn take(&self, result: pb::ProbeResult) -> Pending {
+        if !self.hub.still_valid(&self.agent) {
+            return Pending::End(Status::unauthenticated(format!("the token of agent {} has been revoked", self.agent.name)));
+        }
+        let probe_id = result.probe_id.clone();
+        let check_id = result.check_id.clone();
+        let row = match self.row(result) {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
+                return Pending::Rejected(pb::ResultAck { probe_id, stored: false, error });
+            }
+        };
+        match self.storage.submit_report(row).await {
+            Ok(commit) => Pending::Storing { probe_id, check_id, commit },
+            Err(e) => Pending::End(Status::unavailable(format!("cannot store reports now: {e}"))),
+        }
+    }
+
+    /// Checks one report and turns it into a row, or says why not.
+    fn row(&self, r: pb::ProbeResult) -> Result<ReportRow, String> {
+        if r.probe_id.is_empty() || r.probe_id.len() > MAX_PROBE_ID {
+            return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
+        }
+        self.hub.may_report(&self.agent, &r.check_id)?;
+        let report: ProbeReport =
+            serde_json::from_str(&r.report_json).map_err(|e| format!("report_json is not a probe report: {e}"))?;
+        if report.probe_id != r.probe_id {
+            return Err(format!("report_json is probe {:?}, not {:?}", report.probe_id, r.probe_id));
+        }
+        if report.check != r.check_id {
+            return Err(format!("report_json is a report of check {:?}, not {:?}", report.check, r.check_id));
+        }
+        let started_at_ms = chrono::DateTime::parse_from_rfc3339(&report.started_at)
+            .map_err(|e| format!("started_at {:?} is not RFC 3339: {e}", report.started_at))?
+            .timestamp_millis();
+        Ok(ReportRow {
+            probe_id: r.probe_id,
+            check_id: r.check_id,
+            revision: r.revision,
+            region: self.agent.region.clone(),
+            agent: self.agent.name.clone(),
+            round: r.round,
+            started_at_ms,
+            outcome: report.outcome.as_str().to_string(),
+            rtt_ms: report.rtt_ms,
+            delivery_ms: report.delivery_ms,
+            failure_step: report.failure.as_ref().map(|f| f.step.as_str().to_string()),
+            failure_class: report.failure.as_ref().map(|f| f.class.as_str().to_string()),
+            report_json: r.report_json,
+            received_at_ms: now_ms(),
+        })
+    }
+}
+
+/// Sends each ack once its report is durable, in arrival order.
+async fn acknowledge(
+    agent: AgentIdentity,
+    mut pending: mpsc::Receiver<Pending>,
+    acks: mpsc::Sender<Result<pb::ResultAck, Status>>,
+    _shutdown: Shutdown,
+) {
+    let (mut stored, mut duplicates) = (0u64, 0u64);
+    while let Some(p) = pending.recv().await {
+        let item = match p {
+            Pending::Rejected(ack) => Ok(ack),
+            Pending::Storing { probe_id, check_id, commit } => match commit.await {
+                Ok(Ok(inserted)) => {
+                    if inserted == Inserted::Duplicate {
+                        duplicates += 1;
+                        tracing::debug!(agent = %agent.name, check = %check_id, probe = %probe_id, "replayed report was already stored");
+                    } else {
+                        stored += 1;
+                    }
+                    Ok(pb::ResultAck { probe_id, stored: true, error: String::new() })
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(agent = %agent.name, region = %agent.region, check = %check_id, probe = %probe_id, error = %e, "cannot store report; the agent keeps it and sends it again");
+                    Err(Status::unavailable(format!("cannot store report {probe_id} now: {e}")))
+                }
+                Err(_) => Err(Status::unavailable("storage is closed (shutting down)")),
+            },
+            Pending::End(status) => Err(status),
+        };
+        let end = item.is_err();
+        if acks.send(item).await.is_err() {
+            // The agent went away; what was committed stays committed, and
+            // its spool replays the rest (replays are idempotent).
+            break;
+        }
+        if end {
+            break;
+        }
+    }
+    tracing::debug!(agent = %agent.name, region = %agent.region, stored, duplicates, "report stream closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(id: &str, revision: u64) -> Arc<Assignment> {
+        Arc::new(Assignment { check_id: id.into(), revision, check_json: Arc::from("{}"), interval_ms: 1000, phase_ms: 0 })
+    }
+
+    fn shown(changes: &[pb::AssignmentChange]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match &c.change {
+                Some(pb::assignment_change::Change::Upsert(a)) => format!("+{}@{}", a.check_id, a.revision),
+                Some(pb::assignment_change::Change::Remove(id)) => format!("-{id}"),
+                None => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn diff_sends_only_what_the_agent_lacks() {
+        let mut held: HashMap<String, u64> = [("a".to_string(), 1), ("b".to_string(), 1), ("gone".to_string(), 3)].into();
+        let want: BTreeMap<String, Arc<Assignment>> =
+            [("a".to_string(), assignment("a", 1)), ("b".to_string(), assignment("b", 2)), ("c".to_string(), assignment("c", 1))].into();
+        assert_eq!(shown(&diff(&mut held, Some(&want))), ["-gone", "+b@2", "+c@1"]);
+        assert!(diff(&mut held, Some(&want)).is_empty(), "a second diff has nothing left to say");
+        assert_eq!(shown(&diff(&mut held, None)), ["-a", "-b", "-c"]);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_metadata() {
+        let mut m = MetadataMap::new();
+        assert_eq!(bearer(&m), None);
+        m.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&m), Some("abc"));
+        m.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&m), None);
+    }
+}

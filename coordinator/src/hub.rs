@@ -1,0 +1,333 @@
+//! The hub: the coordinator's live state in memory.
+//!
+//! Checks (with their revisions), agents (with their token hashes, sessions,
+//! versions and last-seen times) and the current [`AssignmentMap`]. Storage
+//! is the durable copy; the hub is what requests are answered from, so the
+//! gRPC hot path (authenticate, is this report allowed?) never touches the
+//! database.
+//!
+//! The state sits under a `std::sync::Mutex`: nothing awaits while holding
+//! it. Every change that can move an assignment marks the hub dirty; one
+//! scheduler task ([`Hub::run_scheduler`]) recomputes the map and publishes
+//! it on a `watch` channel, which every agent's `WatchAssignments` stream
+//! follows. Bursts of changes (a thousand agents connecting) coalesce into
+//! a few recomputations.
+
+use crate::config::token_sha256;
+use crate::schedule::{self, Assignment, AssignmentMap, Schedulable};
+use crate::shutdown::Shutdown;
+use crate::storage::{StoredAgent, StoredCheck};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, watch};
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub name: String,
+    pub region: String,
+}
+
+/// Why a token was refused. The token itself never appears.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `authorization: Bearer <token>` metadata")]
+    Missing,
+    #[error("unknown agent token")]
+    Unknown,
+    #[error("the token of agent {0} has been revoked")]
+    Revoked(String),
+}
+
+/// An agent as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub stored: StoredAgent,
+    pub connected: bool,
+    pub sessions: usize,
+    /// How many checks it runs now.
+    pub assigned: usize,
+}
+
+struct AgentState {
+    stored: StoredAgent,
+    sessions: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Every check ever stored, deleted ones included (to judge late reports).
+    checks: BTreeMap<String, StoredCheck>,
+    agents: BTreeMap<String, AgentState>,
+    /// Token SHA-256 → agent name.
+    by_token: HashMap<String, String>,
+    /// Highest revision handed out.
+    revision: u64,
+    epoch: u64,
+}
+
+/// The live state. Share it as `Arc<Hub>`.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    dirty: Notify,
+    assignments: watch::Sender<Arc<AssignmentMap>>,
+}
+
+impl Hub {
+    /// A hub holding what storage had at start.
+    pub fn new(checks: Vec<StoredCheck>, agents: Vec<StoredAgent>) -> Arc<Hub> {
+        let mut inner = Inner::default();
+        for c in checks {
+            inner.revision = inner.revision.max(c.revision);
+            inner.checks.insert(c.spec.name.clone(), c);
+        }
+        for a in agents {
+            inner.by_token.insert(a.token_sha256.clone(), a.name.clone());
+            inner.agents.insert(a.name.clone(), AgentState { stored: a, sessions: 0 });
+        }
+        let map = compute(&mut inner);
+        let (tx, _) = watch::channel(Arc::new(map));
+        Arc::new(Hub { inner: Mutex::new(inner), dirty: Notify::new(), assignments: tx })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes the assignment map whenever something changed, until shutdown.
+    pub async fn run_scheduler(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = self.dirty.notified() => {}
+                _ = shutdown.recv() => return,
+            }
+            self.recompute();
+        }
+    }
+
+    /// Recomputes and publishes the map now.
+    pub fn recompute(&self) {
+        let map = compute(&mut self.lock());
+        tracing::debug!(epoch = map.epoch, "assignments recomputed");
+        self.assignments.send_replace(Arc::new(map));
+    }
+
+    fn changed(&self) {
+        self.dirty.notify_one();
+    }
+
+    /// Follows the assignment map.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<AssignmentMap>> {
+        self.assignments.subscribe()
+    }
+
+    /// The agent a bearer token belongs to.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<AgentIdentity, AuthError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let hash = token_sha256(token);
+        let inner = self.lock();
+        let agent = inner.by_token.get(&hash).and_then(|n| inner.agents.get(n)).ok_or(AuthError::Unknown)?;
+        if agent.stored.revoked {
+            return Err(AuthError::Revoked(agent.stored.name.clone()));
+        }
+        Ok(AgentIdentity { name: agent.stored.name.clone(), region: agent.stored.region.clone() })
+    }
+
+    /// Whether `agent` is still allowed in (not revoked, not removed).
+    pub fn still_valid(&self, agent: &AgentIdentity) -> bool {
+        self.lock().agents.get(&agent.name).is_some_and(|a| !a.stored.revoked && a.stored.region == agent.region)
+    }
+
+    /// Opens a session (a WatchAssignments stream): the agent counts as
+    /// connected, and gets checks, until the returned guard is dropped.
+    /// Also returns the first map epoch that will include the session.
+    pub fn connect(self: &Arc<Self>, agent: &AgentIdentity) -> (Session, u64) {
+        let epoch = {
+            let mut inner = self.lock();
+            if let Some(a) = inner.agents.get_mut(&agent.name) {
+                a.sessions += 1;
+                a.stored.connected = true;
+            }
+            // Any recomputation that starts after this lock is released sees the session.
+            inner.epoch + 1
+        };
+        self.changed();
+        (Session { hub: self.clone(), agent: agent.name.clone() }, epoch)
+    }
+
+    /// Sessions the agent has open.
+    pub fn sessions(&self, agent: &str) -> usize {
+        self.lock().agents.get(agent).map_or(0, |a| a.sessions)
+    }
+
+    /// Records that the agent was seen (and its version, when it says).
+    pub fn seen(&self, agent: &str, at_ms: i64, version: Option<&str>) {
+        if let Some(a) = self.lock().agents.get_mut(agent) {
+            a.stored.last_seen_ms = Some(at_ms);
+            if let Some(v) = version {
+                a.stored.version = Some(v.to_string());
+            }
+        }
+    }
+
+    /// Whether `agent` may report on `check_id`: the check exists (or
+    /// existed: spooled reports of a deleted check are still history) and
+    /// runs in the agent's region. Returns the error text otherwise.
+    pub fn may_report(&self, agent: &AgentIdentity, check_id: &str) -> Result<(), String> {
+        let inner = self.lock();
+        let Some(check) = inner.checks.get(check_id) else {
+            return Err(format!("unknown check {check_id:?}"));
+        };
+        if !check.spec.regions.iter().any(|r| *r == agent.region) {
+            return Err(format!(
+                "check {check_id:?} does not run in region {:?} (it runs in {}); agent {} is not assigned to it",
+                agent.region,
+                check.spec.regions.join(", "),
+                agent.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next revision number (every change of any check takes one).
+    pub fn next_revision(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.revision += 1;
+        inner.revision
+    }
+
+    /// A live (not deleted) check.
+    pub fn check(&self, id: &str) -> Option<StoredCheck> {
+        self.lock().checks.get(id).filter(|c| !c.deleted).cloned()
+    }
+
+    /// A check, deleted or not.
+    pub fn check_any(&self, id: &str) -> Option<StoredCheck> {
+        self.lock().checks.get(id).cloned()
+    }
+
+    /// Live checks, by id.
+    pub fn checks(&self) -> Vec<StoredCheck> {
+        self.lock().checks.values().filter(|c| !c.deleted).cloned().collect()
+    }
+
+    /// Installs a stored check (new, changed, or deleted).
+    pub fn put_check(&self, c: StoredCheck) {
+        {
+            let mut inner = self.lock();
+            inner.revision = inner.revision.max(c.revision);
+            inner.checks.insert(c.spec.name.clone(), c);
+        }
+        self.changed();
+    }
+
+    /// An agent by name.
+    pub fn agent(&self, name: &str) -> Option<AgentView> {
+        let inner = self.lock();
+        let map = self.assignments.borrow();
+        inner.agents.get(name).map(|a| view(a, &map))
+    }
+
+    /// Every agent, by name.
+    pub fn agents(&self) -> Vec<AgentView> {
+        let inner = self.lock();
+        let map = self.assignments.borrow();
+        inner.agents.values().map(|a| view(a, &map)).collect()
+    }
+
+    /// Which agent runs `check_id` now in each of `regions` (None: nobody connected there).
+    pub fn owners(&self, check_id: &str, regions: &[String]) -> BTreeMap<String, Option<String>> {
+        let inner = self.lock();
+        let map = self.assignments.borrow();
+        regions
+            .iter()
+            .map(|region| {
+                let owner = inner
+                    .agents
+                    .values()
+                    .filter(|a| a.stored.region == *region)
+                    .find(|a| map.for_agent(&a.stored.name).is_some_and(|m| m.contains_key(check_id)))
+                    .map(|a| a.stored.name.clone());
+                (region.clone(), owner)
+            })
+            .collect()
+    }
+
+    /// Whether some other agent already holds this token hash.
+    pub fn token_taken(&self, hash: &str, by_other_than: &str) -> bool {
+        self.lock().by_token.get(hash).is_some_and(|n| n != by_other_than)
+    }
+
+    /// Installs a stored agent (new, changed or revoked).
+    pub fn put_agent(&self, a: StoredAgent) {
+        {
+            let mut inner = self.lock();
+            if let Some(old) = inner.agents.get(&a.name) {
+                let old_hash = old.stored.token_sha256.clone();
+                inner.by_token.remove(&old_hash);
+            }
+            inner.by_token.insert(a.token_sha256.clone(), a.name.clone());
+            let sessions = inner.agents.get(&a.name).map_or(0, |s| s.sessions);
+            let mut stored = a;
+            if let Some(old) = inner.agents.get(&stored.name) {
+                stored.last_seen_ms = stored.last_seen_ms.or(old.stored.last_seen_ms);
+                stored.version = stored.version.clone().or(old.stored.version.clone());
+            }
+            stored.connected = sessions > 0;
+            inner.agents.insert(stored.name.clone(), AgentState { stored, sessions });
+        }
+        self.changed();
+    }
+}
+
+fn view(a: &AgentState, map: &AssignmentMap) -> AgentView {
+    AgentView {
+        stored: a.stored.clone(),
+        connected: a.sessions > 0,
+        sessions: a.sessions,
+        assigned: map.for_agent(&a.stored.name).map_or(0, |m| m.len()),
+    }
+}
+
+fn compute(inner: &mut Inner) -> AssignmentMap {
+    inner.epoch += 1;
+    let checks: Vec<Schedulable> = inner
+        .checks
+        .values()
+        .filter(|c| !c.deleted)
+        .map(|c| {
+            let interval_ms = c.spec.interval.as_millis() as u64;
+            Schedulable {
+                assignment: Arc::new(Assignment {
+                    check_id: c.spec.name.clone(),
+                    revision: c.revision,
+                    check_json: Arc::from(c.spec.table.to_string()),
+                    interval_ms,
+                    phase_ms: schedule::phase_ms(&c.spec.name, interval_ms),
+                }),
+                regions: c.spec.regions.clone(),
+            }
+        })
+        .collect();
+    let mut connected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in inner.agents.values().filter(|a| a.sessions > 0 && !a.stored.revoked) {
+        connected.entry(a.stored.region.clone()).or_default().push(a.stored.name.clone());
+    }
+    schedule::assign(inner.epoch, &checks, &connected)
+}
+
+/// An open session; dropping it disconnects the agent (if it was its last).
+pub struct Session {
+    hub: Arc<Hub>,
+    agent: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(a) = self.hub.lock().agents.get_mut(&self.agent) {
+            a.sessions = a.sessions.saturating_sub(1);
+            a.stored.connected = a.sessions > 0;
+        }
+        self.hub.changed();
+    }
+}

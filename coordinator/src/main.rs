@@ -1,0 +1,94 @@
+//! `mailloop-coordinator`: `serve` runs the coordinator; `check-config`
+//! validates a config file and exits.
+//!
+//! Exit codes: 0 clean stop, 3 config or internal error (like the agent).
+
+use clap::{Parser, Subcommand};
+use mailloop_common::config::ConfigError;
+use mailloop_coordinator::config::CoordinatorConfig;
+use mailloop_coordinator::server::{self, Coordinator};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mailloop-coordinator", version, about = "Assigns mail round-trip checks to agents and stores their reports")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator (gRPC for agents, HTTP admin API). SIGHUP reloads
+    /// the config; SIGINT/SIGTERM stop gracefully.
+    Serve {
+        #[arg(short, long, env = "MAILLOOP_COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file, report every bad key, and exit (0 valid, 3 not).
+    CheckConfig {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+const EXIT_CONFIG: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Some(c) => {
+                println!("{}: ok ({} checks, {} agents)", config.display(), c.checks.len(), c.agents.len());
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::from(EXIT_CONFIG),
+        },
+        Command::Serve { config } => {
+            // Validate everything before any port is bound or file created.
+            let Some(cfg) = load(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+            match runtime.block_on(serve(cfg, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mailloop-coordinator: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Option<CoordinatorConfig> {
+    match CoordinatorConfig::load(path) {
+        Ok(c) => Some(c),
+        Err(e @ (ConfigError::Invalid { .. } | ConfigError::Unreadable { .. })) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+async fn serve(cfg: CoordinatorConfig, path: PathBuf) -> anyhow::Result<()> {
+    let coordinator = Coordinator::open(cfg.clone()).await?;
+    let listeners = server::bind(&cfg.server).await?;
+    // One line on stdout with the real addresses (port 0 in tests and demos).
+    println!("mailloop-coordinator listening grpc={} http={}", listeners.grpc_addr(), listeners.http_addr());
+    coordinator.serve(listeners, Some(path), stop_signal()).await?;
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
