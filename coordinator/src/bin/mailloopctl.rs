@@ -1,1 +1,321 @@
-fn main() {}
+//! `mailloopctl`: the SRE's CLI over the coordinator's admin API.
+//!
+//! Exit codes: 0 done, 1 the coordinator refused or failed the request,
+//! 3 a local problem (bad arguments, unreadable file, unreachable coordinator).
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use mailloop_coordinator::client::{ApiResponse, Client};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mailloopctl", version, about = "Manage a mailloop coordinator: checks, agents, results")]
+struct Cli {
+    /// The coordinator's admin API.
+    #[arg(long, env = "MAILLOOP_URL", default_value = "http://127.0.0.1:7480", global = true)]
+    url: String,
+    /// Admin bearer token (needed for changes).
+    #[arg(long, env = "MAILLOOP_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Extra CA certificate (PEM) to trust for an https:// URL.
+    #[arg(long, env = "MAILLOOP_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks: list, show, apply, delete.
+    #[command(subcommand)]
+    Checks(ChecksCmd),
+    /// Agents: list, add, revoke.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Recent results of a check, newest first.
+    Results {
+        check: String,
+        #[arg(long)]
+        region: Option<String>,
+        /// How far back: a duration ("1h", "30m") or an RFC 3339 time.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The latest round of a check in every region, with each region's steps.
+    Latest { check: String },
+}
+
+#[derive(Subcommand)]
+enum ChecksCmd {
+    List,
+    /// Print a check as a `[[check]]` table (re-appliable with `apply`).
+    Show { id: String },
+    /// Create or update every `[[check]]` of a TOML file (with interval and regions).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    List,
+    /// Create an agent and print its token (shown only this once).
+    Add {
+        name: String,
+        #[arg(long)]
+        region: String,
+    },
+    /// Revoke an agent's token; its checks move to the region's other agents.
+    Revoke { name: String },
+}
+
+/// The coordinator answered, but not with success.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Refused>() {
+            Some(r) => {
+                eprintln!("mailloopctl: {}", r.0);
+                ExitCode::from(1)
+            }
+            None => {
+                eprintln!("mailloopctl: {e:#}");
+                ExitCode::from(3)
+            }
+        },
+    }
+}
+
+fn success(r: ApiResponse) -> Result<Value, Refused> {
+    if r.is_success() { Ok(r.body) } else { Err(Refused(r.error_text())) }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = Client::new(&cli.url, cli.token.clone(), cli.ca_file.as_deref())?;
+    let out = cli.output;
+    match cli.command {
+        Command::Checks(ChecksCmd::List) => {
+            let body = success(api.get("/api/v1/checks").await?)?;
+            let checks = body["checks"].as_array().cloned().unwrap_or_default();
+            if out == Output::Json {
+                return print_json(&Value::Array(checks));
+            }
+            let rows = checks
+                .iter()
+                .map(|c| {
+                    let assigned = c["assigned"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(r, a)| format!("{r}={}", a.as_str().unwrap_or("-")))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    vec![text(&c["id"]), text(&c["revision"]), text(&c["interval"]), assigned, text(&c["source"])]
+                })
+                .collect();
+            table(&["CHECK", "REV", "INTERVAL", "REGIONS (AGENT)", "SOURCE"], rows);
+        }
+        Command::Checks(ChecksCmd::Show { id }) => {
+            let body = success(api.get(&format!("/api/v1/checks/{}", seg(&id))).await?)?;
+            if out == Output::Json {
+                return print_json(&body);
+            }
+            println!("# revision {}, {} (updated {})", text(&body["revision"]), text(&body["source"]), text(&body["updated_at"]));
+            let doc = json!({"check": [body["check"].clone()]});
+            let toml_value: toml::Value = serde_json::from_value(doc).context("the check is not representable as TOML")?;
+            print!("{}", toml::to_string_pretty(&toml_value).context("rendering TOML")?);
+        }
+        Command::Checks(ChecksCmd::Apply { file }) => {
+            let text_ = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let doc = mailloop_coordinator::config::parse_toml(&text_).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let Some(checks) = doc.get("check").and_then(Value::as_array) else {
+                bail!("{}: no [[check]] tables", file.display());
+            };
+            let mut failed = Vec::new();
+            for (i, check) in checks.iter().enumerate() {
+                let Some(name) = check.get("name").and_then(Value::as_str) else {
+                    failed.push(format!("check[{i}].name: required"));
+                    continue;
+                };
+                let r = api.put(&format!("/api/v1/checks/{}", seg(name)), check).await?;
+                if r.is_success() {
+                    println!("{name}: {} (revision {})", text(&r.body["change"]), text(&r.body["revision"]));
+                } else {
+                    // The API says "body.smtp.port"; say where it is in the file.
+                    failed.push(r.error_text().replace("body.", &format!("check[{i}].")).replace("body:", &format!("check[{i}]:")));
+                }
+            }
+            if !failed.is_empty() {
+                return Err(Refused(format!("{} of {} checks refused:\n{}", failed.len(), checks.len(), failed.join("\n"))).into());
+            }
+        }
+        Command::Checks(ChecksCmd::Delete { id }) => {
+            let body = success(api.delete(&format!("/api/v1/checks/{}", seg(&id))).await?)?;
+            println!("{id}: deleted (revision {})", text(&body["revision"]));
+        }
+        Command::Agents(AgentsCmd::List) => {
+            let body = success(api.get("/api/v1/agents").await?)?;
+            let agents = body["agents"].as_array().cloned().unwrap_or_default();
+            if out == Output::Json {
+                return print_json(&Value::Array(agents));
+            }
+            let rows = agents
+                .iter()
+                .map(|a| {
+                    let state = if a["revoked"] == true {
+                        "revoked".to_string()
+                    } else if a["connected"] == true {
+                        "connected".to_string()
+                    } else {
+                        "disconnected".to_string()
+                    };
+                    vec![text(&a["name"]), text(&a["region"]), state, text(&a["assigned_checks"]), text(&a["version"]), text(&a["last_seen"]), text(&a["source"])]
+                })
+                .collect();
+            table(&["AGENT", "REGION", "STATE", "CHECKS", "VERSION", "LAST SEEN", "SOURCE"], rows);
+        }
+        Command::Agents(AgentsCmd::Add { name, region }) => {
+            let body = success(api.post("/api/v1/agents", &json!({"name": name, "region": region})).await?)?;
+            if out == Output::Json {
+                return print_json(&body);
+            }
+            println!("agent {name} added in region {region}. Its token (shown only now; put it in the agent's token_file):");
+            println!("{}", text(&body["token"]));
+        }
+        Command::Agents(AgentsCmd::Revoke { name }) => {
+            success(api.post(&format!("/api/v1/agents/{}/revoke", seg(&name)), &json!({})).await?)?;
+            println!("{name}: revoked");
+        }
+        Command::Results { check, region, since, limit } => {
+            let mut path = format!("/api/v1/checks/{}/results?since={}&limit={limit}", seg(&check), seg(&since));
+            if let Some(r) = &region {
+                path.push_str(&format!("&region={}", seg(r)));
+            }
+            let body = success(api.get(&path).await?)?;
+            let results = body["results"].as_array().cloned().unwrap_or_default();
+            if out == Output::Json {
+                // One result per line, like `mailloop-agent probe --output json`.
+                for r in &results {
+                    println!("{r}");
+                }
+                return Ok(());
+            }
+            let rows = results
+                .iter()
+                .map(|r| {
+                    let failure = match r["failure"].as_object() {
+                        Some(f) => format!("{} ({})", text(&f["step"]), text(&f["class"])),
+                        None => String::new(),
+                    };
+                    vec![text(&r["started_at"]), text(&r["region"]), text(&r["agent"]), text(&r["round"]), text(&r["outcome"]), ms(&r["rtt_ms"]), ms(&r["delivery_ms"]), failure]
+                })
+                .collect();
+            table(&["STARTED", "REGION", "AGENT", "ROUND", "OUTCOME", "RTT", "DELIVERY", "FAILURE"], rows);
+        }
+        Command::Latest { check } => {
+            let body = success(api.get(&format!("/api/v1/checks/{}/latest", seg(&check))).await?)?;
+            if out == Output::Json {
+                return print_json(&body);
+            }
+            if body["round"].is_null() {
+                println!("{check}: no results yet");
+                return Ok(());
+            }
+            println!("check {check}  round {}  started {}", text(&body["round"]), text(&body["round_started_at"]));
+            for region in body["regions"].as_array().into_iter().flatten() {
+                let r = &region["result"];
+                if r.is_null() {
+                    println!("\n{}: no report for this round", text(&region["region"]));
+                    continue;
+                }
+                println!("\n{}: {} by {}  probe {}  rtt {}", text(&region["region"]), text(&r["outcome"]).to_uppercase(), text(&r["agent"]), text(&r["probe_id"]), ms(&r["rtt_ms"]));
+                let steps = r["report"]["steps"].as_array().cloned().unwrap_or_default();
+                let rows = steps
+                    .iter()
+                    .map(|s| vec![text(&s["name"]), ms(&s["ms"]), if s["ok"] == true { "ok".into() } else { "FAIL".into() }, text(&s["code"]), text(&s["detail"])])
+                    .collect();
+                table(&["  step", "time", "ok", "code", "detail"], rows);
+                if let Some(f) = r["report"]["failure"].as_object() {
+                    println!("  failed at {} ({}): {}", text(&f["step"]), text(&f["class"]), text(&f["message"]));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A JSON scalar as plain text ("" for null).
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64().map(|m| format!("{m:.1} ms")).unwrap_or_default()
+}
+
+/// Percent-encodes a path segment or query value.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
