@@ -123,7 +123,7 @@ impl Control {
         self.hub.put_check(stored.clone());
         let outcome = if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created };
         tracing::info!(check = %stored.spec.name, revision = stored.revision, regions = ?stored.spec.regions,
-            interval = %humantime::format_duration(stored.spec.interval), source = ?source, ?outcome, "check stored");
+            interval = %humantime::format_duration(stored.spec.interval), source = source.as_str(), outcome = ?outcome, "check stored");
         Ok((stored, outcome))
     }
 

@@ -98,3 +98,14 @@ async fn admin_writes_need_the_admin_token() {
     // Reads are open.
     assert_eq!(c.api_without_token().get("/api/v1/checks").await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn an_agent_cannot_speak_for_another() {
+    let c = Coordinator::start("", "");
+    let mut eu1 = c.agent("eu-1").await;
+    let err = eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-2".into(), spooled: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = eu1.watch_assignments(pb::WatchRequest { agent_id: "us-1".into(), known: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-1".into(), spooled: 3 }).await.is_ok());
+}

@@ -230,6 +230,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            if results.is_empty() {
+                println!("no results for {check} since {since}{}", region.map(|r| format!(" in {r}")).unwrap_or_default());
+                return Ok(());
+            }
             let rows = results
                 .iter()
                 .map(|r| {
