@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use mailloop_agent::output::{self, Format};
 use mailloop_agent::probe::Prober;
+use mailloop_agent::run::config::AgentConfig;
 use mailloop_common::config::ProbeConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,13 +43,23 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run as a long-lived agent: take assignments from the coordinator,
+    /// probe each check on its round schedule, spool and stream every report.
+    /// Stops gracefully on SIGTERM or SIGINT (exit 0).
+    Run {
+        /// Agent config file (TOML: [agent], [dns]).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A long-running agent says what it connects to and what it runs.
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -66,6 +77,48 @@ fn main() -> ExitCode {
             }
         },
         Command::Probe { config, checks, output } => probe(config, checks, output),
+        Command::Run { config } => run(config),
+    }
+}
+
+fn run(config: PathBuf) -> ExitCode {
+    let cfg = match AgentConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match runtime.block_on(mailloop_agent::run::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailloop-agent: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 

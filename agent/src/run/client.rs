@@ -1,0 +1,415 @@
+//! The coordinator client: one session at a time, reconnected forever.
+//!
+//! A session connects (TLS with the system roots plus `ca_file`, optional
+//! client certificate), calls `Register`, then runs three things at once
+//! until one of them fails:
+//!
+//! - `WatchAssignments`, sending the checks already held as `known`, and
+//!   applying every change to the [`Scheduler`];
+//! - `ReportResults`, sending the spool oldest first (a replay after a
+//!   reconnect, then each new report as it is spooled) and deleting each
+//!   report from the spool when its acknowledgement arrives;
+//! - `Heartbeat`, at the interval the coordinator asked for.
+//!
+//! Every call carries `authorization: Bearer <token>`. Between sessions the
+//! client waits a capped exponential backoff with jitter (0.5 s doubling to
+//! 30 s, each wait drawn from its upper half); a session that registered
+//! resets it. The scheduler keeps probing all the while.
+
+use super::config::CoordinatorConfig;
+use super::schedule::{Origin, Scheduler, random_below};
+use super::spool::{AssignedCheck, Spool, SpoolError, SpooledReport};
+use mailloop_proto::pb;
+use pb::agent_service_client::AgentServiceClient;
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+
+/// First wait after a failed session.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reports sent and not yet acknowledged, at most.
+const SEND_WINDOW: usize = 256;
+/// Heartbeat period when the coordinator gives none.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// A connection attempt that takes longer has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A unary call (Register, Heartbeat) that takes longer has failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Who this agent is, for `Register`.
+#[derive(Debug, Clone)]
+pub struct Identification {
+    pub name: String,
+    pub region: String,
+    /// Spool cap when the coordinator gives none.
+    pub spool_max_reports: u64,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{call} failed: {}", status_text(.status))]
+    Call { call: &'static str, status: Status },
+    #[error("{call} took longer than {}s", CALL_TIMEOUT.as_secs())]
+    Timeout { call: &'static str },
+    #[error("the coordinator ended the {0} stream")]
+    Ended(&'static str),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl SessionError {
+    /// The coordinator does not accept this agent's token.
+    fn is_auth(&self) -> bool {
+        matches!(self, SessionError::Call { status, .. } if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied))
+    }
+}
+
+fn status_text(s: &Status) -> String {
+    let msg = s.message();
+    let mut text = if msg.is_empty() { format!("{:?}", s.code()) } else { format!("{:?}: {msg}", s.code()) };
+    if let Some(source) = std::error::Error::source(s) {
+        text.push_str(&format!(" ({})", chain(source)));
+    }
+    text
+}
+
+/// An error and its sources, "a: b: c" (tonic's transport errors say
+/// little at the top).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    text
+}
+
+/// Builds the endpoint once, at start-up: bad TLS material fails here.
+pub fn endpoint(c: &CoordinatorConfig) -> Result<Endpoint, String> {
+    let mut ep = Endpoint::from_shared(c.url.clone())
+        .map_err(|e| format!("coordinator_url {}: {}", c.url, chain(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        // A coordinator host that vanishes without a FIN is noticed in ~30 s.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .user_agent(format!("mailloop-agent/{}", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| chain(&e))?;
+    if c.tls {
+        let mut tls = ClientTlsConfig::new().with_native_roots().domain_name(c.host.clone());
+        if let Some(ca) = &c.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some(id) = &c.identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS settings for {}: {}", c.url, chain(&e)))?;
+    }
+    Ok(ep)
+}
+
+/// Puts `authorization: Bearer <token>` on every call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Client = AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The next wait: the current step's upper half, at random; the step
+    /// doubles up to [`BACKOFF_MAX`].
+    pub fn next_wait(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let half = step / 2;
+        half + Duration::from_millis(random_below(half.as_millis() as u64 + 1))
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// The client's side of the process: sessions until `stop` turns true.
+pub struct Connection {
+    pub who: Identification,
+    pub url: String,
+    pub endpoint: Endpoint,
+    pub token: MetadataValue<Ascii>,
+    pub spool: Spool,
+    /// True while a session is registered.
+    pub connected: watch::Sender<bool>,
+}
+
+impl Connection {
+    pub fn new(who: Identification, c: &CoordinatorConfig, endpoint: Endpoint, spool: Spool, connected: watch::Sender<bool>) -> Result<Connection, String> {
+        let mut token: MetadataValue<Ascii> = format!("Bearer {}", c.token.expose())
+            .parse()
+            .map_err(|_| "the token cannot go into an HTTP header".to_string())?;
+        token.set_sensitive(true);
+        Ok(Connection { who, url: c.url.clone(), endpoint, token, spool, connected })
+    }
+
+    /// Runs sessions, reconnecting with backoff, until `stop` turns true.
+    pub async fn run(self, mut scheduler: Scheduler, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::default();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let mut registered = false;
+            let result = tokio::select! {
+                r = self.session(&mut scheduler, &mut registered) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            self.connected.send_replace(false);
+            if registered {
+                backoff.reset();
+            }
+            let wait = backoff.next_wait();
+            let retry = format!("retrying in {:.1} s", wait.as_secs_f64());
+            let err = match result {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if err.is_auth() {
+                tracing::error!("the coordinator at {} refused this agent: {err}; check the token and region; {retry}", self.url);
+            } else if registered {
+                tracing::warn!("disconnected from the coordinator at {}: {err}; {retry}", self.url);
+            } else {
+                tracing::warn!("cannot reach the coordinator at {}: {err}; {retry}", self.url);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn session(&self, scheduler: &mut Scheduler, registered: &mut bool) -> Result<(), SessionError> {
+        let channel = self.endpoint.connect().await.map_err(|e| SessionError::Connect(chain(&e)))?;
+        let mut client: Client = AgentServiceClient::with_interceptor(channel, Bearer(self.token.clone()));
+        let reg = timed(
+            "Register",
+            client.register(pb::RegisterRequest {
+                name: self.who.name.clone(),
+                region: self.who.region.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        )
+        .await?;
+        *registered = true;
+        let max = match reg.spool_max_reports {
+            0 => self.who.spool_max_reports,
+            n => u64::from(n),
+        };
+        self.spool.set_max(max).await?;
+        let heartbeat = match reg.heartbeat_seconds {
+            0 => DEFAULT_HEARTBEAT,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        let known = scheduler
+            .known()
+            .into_iter()
+            .map(|(check_id, revision)| pb::KnownCheck { check_id, revision })
+            .collect();
+        let changes = client
+            .watch_assignments(pb::WatchRequest { agent_id: reg.agent_id.clone(), known })
+            .await
+            .map_err(|status| SessionError::Call { call: "WatchAssignments", status })?
+            .into_inner();
+        let (outgoing, outgoing_rx) = mpsc::channel(64);
+        let acks = client
+            .report_results(ReceiverStream::new(outgoing_rx))
+            .await
+            .map_err(|status| SessionError::Call { call: "ReportResults", status })?
+            .into_inner();
+        self.connected.send_replace(true);
+        tracing::info!(
+            "connected to the coordinator at {} as {} (region {}, agent id {}); heartbeat every {}s; {} report(s) to send",
+            self.url,
+            self.who.name,
+            self.who.region,
+            reg.agent_id,
+            heartbeat.as_secs(),
+            self.spool.waiting()
+        );
+        tokio::select! {
+            r = follow_assignments(changes, scheduler) => r,
+            r = send_reports(&self.spool, outgoing, acks) => r,
+            r = heartbeats(client.clone(), reg.agent_id.clone(), heartbeat, &self.spool) => r,
+        }
+    }
+}
+
+/// A unary call under [`CALL_TIMEOUT`].
+async fn timed<T>(
+    call: &'static str,
+    f: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(SessionError::Call { call, status }),
+        Err(_) => Err(SessionError::Timeout { call }),
+    }
+}
+
+async fn follow_assignments(mut changes: tonic::Streaming<pb::AssignmentChange>, scheduler: &mut Scheduler) -> Result<(), SessionError> {
+    use pb::assignment_change::Change;
+    loop {
+        let change = match changes.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(status)) => return Err(SessionError::Call { call: "WatchAssignments", status }),
+            None => return Err(SessionError::Ended("assignment")),
+        };
+        match change.change {
+            Some(Change::Upsert(a)) => scheduler.upsert(assigned(a), Origin::Coordinator).await,
+            Some(Change::Remove(check_id)) => scheduler.remove(&check_id).await,
+            None => tracing::warn!("the coordinator sent an empty assignment change; ignored"),
+        }
+    }
+}
+
+/// Wire to spool.
+fn assigned(a: pb::Assignment) -> AssignedCheck {
+    AssignedCheck {
+        check_id: a.check_id,
+        revision: a.revision,
+        check_json: a.check_json,
+        interval_ms: a.interval_ms,
+        phase_ms: a.phase_ms,
+    }
+}
+
+/// Spool to wire.
+fn result(r: SpooledReport) -> pb::ProbeResult {
+    pb::ProbeResult {
+        probe_id: r.probe_id,
+        check_id: r.check_id,
+        revision: r.revision,
+        round: r.round,
+        report_json: r.report_json,
+    }
+}
+
+/// Sends the spool oldest first, then each new report; deletes each
+/// report when it is acknowledged. At most [`SEND_WINDOW`] wait for an
+/// acknowledgement at a time.
+async fn send_reports(
+    spool: &Spool,
+    outgoing: mpsc::Sender<pb::ProbeResult>,
+    mut acks: tonic::Streaming<pb::ResultAck>,
+) -> Result<(), SessionError> {
+    // Highest spool seq handed to the stream in this session.
+    let mut cursor = 0i64;
+    let mut queue: VecDeque<SpooledReport> = VecDeque::new();
+    let mut unacked: HashSet<String> = HashSet::new();
+    loop {
+        if queue.is_empty() && unacked.len() < SEND_WINDOW {
+            for (seq, r) in spool.after(cursor, SEND_WINDOW - unacked.len()).await? {
+                cursor = seq;
+                queue.push_back(r);
+            }
+        }
+        let room = unacked.len() < SEND_WINDOW;
+        tokio::select! {
+            ack = acks.next() => {
+                let ack = match ack {
+                    Some(Ok(a)) => a,
+                    Some(Err(status)) => return Err(SessionError::Call { call: "ReportResults", status }),
+                    None => return Err(SessionError::Ended("report acknowledgement")),
+                };
+                if !unacked.remove(&ack.probe_id) {
+                    tracing::debug!("acknowledgement for probe {}, which was not waiting for one", ack.probe_id);
+                }
+                spool.remove(ack.probe_id.clone()).await?;
+                if ack.stored {
+                    tracing::info!("report {} acked: stored by the coordinator ({} waiting)", ack.probe_id, spool.waiting());
+                } else {
+                    let why = if ack.error.is_empty() { "no reason given" } else { ack.error.as_str() };
+                    tracing::warn!("report {} rejected by the coordinator: {why}; dropped from the spool", ack.probe_id);
+                }
+            }
+            permit = outgoing.reserve(), if room && !queue.is_empty() => {
+                // The stream's receiving half lives as long as the call.
+                let Ok(permit) = permit else { return Err(SessionError::Ended("report")) };
+                let r = queue.pop_front().expect("the branch runs only with a queued report");
+                tracing::debug!("sending report {} (check {}, round {})", r.probe_id, r.check_id, r.round);
+                unacked.insert(r.probe_id.clone());
+                permit.send(result(r));
+            }
+            _ = spool.pushed(), if room && queue.is_empty() => {}
+        }
+    }
+}
+
+async fn heartbeats(mut client: Client, agent_id: String, every: Duration, spool: &Spool) -> Result<(), SessionError> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let spooled = spool.waiting();
+        timed("Heartbeat", client.heartbeat(pb::HeartbeatRequest { agent_id: agent_id.clone(), spooled })).await?;
+        tracing::debug!("heartbeat sent ({spooled} report(s) spooled)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let steps: Vec<Duration> = (0..10).map(|_| b.next_wait()).collect();
+        let caps = [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000];
+        for (wait, cap) in steps.iter().zip(caps) {
+            let cap = Duration::from_millis(cap);
+            assert!(*wait >= cap / 2 && *wait <= cap, "{wait:?} not in the upper half of {cap:?}");
+        }
+        b.reset();
+        assert!(b.next_wait() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn error_chains_name_the_cause() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(chain(&outer), "Connection refused");
+    }
+}

@@ -1,0 +1,591 @@
+//! `agent.toml`: who this agent is, where its coordinator is, where it spools.
+//!
+//! Read whole and validated whole, like the probe config: every bad key is
+//! collected with its path (`agent.coordinator_url`) and reported at once,
+//! before the spool is opened or the coordinator is contacted. Files named
+//! here (token, CA, client certificate and key) are read during validation,
+//! so an unreadable one is a config error (exit 3), not a failed connection
+//! at 3 a.m.
+//!
+//! ```toml
+//! [agent]
+//! name = "eu-1"                                      # default: the host name
+//! region = "eu-west"                                 # required
+//! coordinator_url = "https://coord.example:7443"     # http:// only for loopback or with allow_plaintext
+//! allow_plaintext = false
+//! token_file = "/etc/mailloop/agent.token"           # or token_env = "VAR", or token = "..."
+//! ca_file = "/etc/mailloop/ca.pem"                   # extra trust root (system roots are always trusted)
+//! client_cert = "/etc/mailloop/agent.pem"            # optional mutual TLS (with client_key)
+//! client_key = "/etc/mailloop/agent.key"
+//! spool = "/var/lib/mailloop-agent/spool.db"
+//! spool_max_reports = 100000
+//! shutdown_grace = "30s"
+//!
+//! [dns]
+//! nameservers = ["127.0.0.53:53"]                    # passed to every check's prober
+//! ```
+
+use mailloop_common::Secret;
+use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, duration_value};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the spool lives unless `spool` says otherwise.
+pub const DEFAULT_SPOOL: &str = "/var/lib/mailloop-agent/spool.db";
+/// Unacknowledged reports kept before the oldest are dropped.
+pub const DEFAULT_SPOOL_MAX_REPORTS: u64 = 100_000;
+/// Upper bound of `spool_max_reports` (a report is a few KiB).
+pub const MAX_SPOOL_MAX_REPORTS: u64 = 10_000_000;
+/// How long in-flight probes may run on after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A validated `agent.toml`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Stable name of this agent (its host name unless set).
+    pub name: String,
+    pub region: String,
+    pub coordinator: CoordinatorConfig,
+    pub spool: PathBuf,
+    pub spool_max_reports: u64,
+    pub shutdown_grace: Duration,
+    /// Handed to every check's prober (SPF walk, own DKIM check).
+    pub dns: DnsConfig,
+}
+
+/// How to reach and authenticate to the coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// `https://host:port` (or `http://` on loopback / with `allow_plaintext`).
+    pub url: String,
+    /// The host part of `url`, for logs.
+    pub host: String,
+    /// True for `https://`.
+    pub tls: bool,
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Secret,
+    /// PEM of `ca_file`: trusted on top of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and key for mutual TLS.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate and its private key (PEM).
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientIdentity { cert_pem: .., key_pem: <redacted> }")
+    }
+}
+
+impl AgentConfig {
+    /// Reads `path` (TOML) and validates it whole.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let unreadable = |message: String| ConfigError::Unreadable { path: shown.clone(), message };
+        if !path.exists() {
+            return Err(unreadable("no such file".into()));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .build()
+            .map_err(|e| unreadable(e.to_string()))?;
+        let raw: Value = built.try_deserialize().map_err(|e| unreadable(e.to_string()))?;
+        Self::from_value(&raw, &|name| std::env::var(name).ok())
+            .map_err(|issues| ConfigError::Invalid { path: shown, issues })
+    }
+
+    /// Validates an already-parsed tree. `env` looks up `token_env` (a
+    /// parameter, so tests need not touch the process environment).
+    pub fn from_value(raw: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, Vec<ConfigIssue>> {
+        let mut v = Validator { issues: Vec::new(), env };
+        let config = v.root(raw);
+        match config {
+            Some(c) if v.issues.is_empty() => Ok(c),
+            _ => Err(v.issues),
+        }
+    }
+}
+
+struct Validator<'e> {
+    issues: Vec<ConfigIssue>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+/// A table being read: the keys not taken are reported as unknown.
+struct Table<'a> {
+    path: &'static str,
+    map: &'a Map<String, Value>,
+    used: HashSet<&'static str>,
+}
+
+impl<'a> Table<'a> {
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.used.insert(key);
+        self.map.get(key)
+    }
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue { path: path.into(), message: message.into() });
+    }
+
+    fn root(&mut self, raw: &Value) -> Option<AgentConfig> {
+        let Some(root) = raw.as_object() else {
+            self.issue("(root)", "expected a table");
+            return None;
+        };
+        for key in root.keys() {
+            if key != "agent" && key != "dns" {
+                self.issue(key.clone(), "unknown key (expected [agent] and [dns])");
+            }
+        }
+        let agent = match root.get("agent") {
+            Some(Value::Object(map)) => Some(map),
+            Some(_) => {
+                self.issue("agent", "expected a table: write [agent]");
+                None
+            }
+            None => {
+                self.issue("agent", "required table is missing ([agent] with at least region, coordinator_url and a token)");
+                None
+            }
+        };
+        let dns = self.dns(root.get("dns"));
+        let agent = self.agent(agent?);
+        Some(AgentConfig { dns: dns?, ..agent? })
+    }
+
+    fn agent(&mut self, map: &Map<String, Value>) -> Option<AgentConfig> {
+        let mut t = Table { path: "agent", map, used: HashSet::new() };
+        let name = match self.string(&mut t, "name") {
+            Some(Some(n)) => self.label(&t, "name", n),
+            Some(None) => Some(host_name()),
+            None => None,
+        };
+        let region = match self.string(&mut t, "region") {
+            Some(Some(r)) => self.label(&t, "region", r),
+            Some(None) => {
+                self.issue("agent.region", "required: the region this agent probes from (e.g. \"eu-west\")");
+                None
+            }
+            None => None,
+        };
+        let allow_plaintext = self.flag(&mut t, "allow_plaintext", false);
+        let url = self.coordinator_url(&mut t, allow_plaintext.unwrap_or(false));
+        let tls = url.as_ref().map(|(_, _, tls)| *tls);
+        let token = self.token(&mut t);
+        let ca_pem = self.pem_file(&mut t, "ca_file", "CERTIFICATE", tls);
+        let identity = self.identity(&mut t, tls);
+        let spool = self.spool(&mut t);
+        let spool_max_reports = self.count(&mut t, "spool_max_reports", DEFAULT_SPOOL_MAX_REPORTS, 1, MAX_SPOOL_MAX_REPORTS);
+        let shutdown_grace = self.duration_or_zero(&mut t, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE);
+        for key in t.map.keys() {
+            if !t.used.contains(key.as_str()) {
+                self.issue(format!("agent.{key}"), "unknown key");
+            }
+        }
+        let (url, host, tls) = url?;
+        Some(AgentConfig {
+            name: name?,
+            region: region?,
+            coordinator: CoordinatorConfig { url, host, tls, token: token?, ca_pem: ca_pem?, identity: identity? },
+            spool: spool?,
+            spool_max_reports: spool_max_reports?,
+            shutdown_grace: shutdown_grace?,
+            dns: DnsConfig::default(),
+        })
+    }
+
+    /// `Some(None)`: absent; `None`: present but bad (issue recorded).
+    fn string(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<Option<String>> {
+        match t.get(key) {
+            None => Some(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.issue(format!("{}.{key}", t.path), "must not be empty");
+                None
+            }
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(other) => {
+                self.issue(format!("{}.{key}", t.path), format!("expected a string, found {other}"));
+                None
+            }
+        }
+    }
+
+    /// Names that go into logs, metrics labels and the coordinator's tables.
+    fn label(&mut self, t: &Table<'_>, key: &str, value: String) -> Option<String> {
+        if value.len() <= 128 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            Some(value)
+        } else {
+            self.issue(format!("{}.{key}", t.path), format!("{value:?}: use up to 128 letters, digits, '-', '_' or '.'"));
+            None
+        }
+    }
+
+    fn flag(&mut self, t: &mut Table<'_>, key: &'static str, default: bool) -> Option<bool> {
+        match t.get(key) {
+            None => Some(default),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.issue(format!("{}.{key}", t.path), format!("expected true or false, found {other}"));
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, t: &mut Table<'_>, key: &'static str, default: u64, min: u64, max: u64) -> Option<u64> {
+        match t.get(key) {
+            None => Some(default),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (min..=max).contains(&n)) => n.as_u64(),
+            Some(other) => {
+                self.issue(format!("{}.{key}", t.path), format!("{other} is not a whole number from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    /// A duration where `"0s"` is allowed.
+    fn duration_or_zero(&mut self, t: &mut Table<'_>, key: &'static str, default: Duration) -> Option<Duration> {
+        match t.get(key) {
+            None => Some(default),
+            Some(Value::String(s)) if humantime::parse_duration(s).is_ok_and(|d| d.is_zero()) => Some(Duration::ZERO),
+            Some(v) => match duration_value(v) {
+                Ok(d) => Some(d),
+                Err(m) => {
+                    self.issue(format!("{}.{key}", t.path), m);
+                    None
+                }
+            },
+        }
+    }
+
+    /// The URL, its host, and whether it is TLS.
+    fn coordinator_url(&mut self, t: &mut Table<'_>, allow_plaintext: bool) -> Option<(String, String, bool)> {
+        const PATH: &str = "agent.coordinator_url";
+        let url = match self.string(t, "coordinator_url")? {
+            Some(u) => u,
+            None => {
+                self.issue(PATH, "required: where the coordinator listens, e.g. \"https://coord.example:7443\"");
+                return None;
+            }
+        };
+        let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
+            self.issue(PATH, format!("{url:?} is not a URL; write e.g. \"https://coord.example:7443\""));
+            return None;
+        };
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                self.issue(PATH, format!("{url:?}: use https:// (or http:// on loopback)"));
+                return None;
+            }
+        };
+        let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+            self.issue(PATH, format!("{url:?} names no host"));
+            return None;
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            self.issue(PATH, format!("{url:?}: give only scheme, host and port (no path)"));
+            return None;
+        }
+        if !tls && !allow_plaintext && !is_loopback(host) {
+            self.issue(
+                PATH,
+                format!("{url:?}: plaintext http:// sends the agent token unencrypted; it is allowed only for loopback hosts or with allow_plaintext = true"),
+            );
+            return None;
+        }
+        Some((url.trim_end_matches('/').to_string(), host.trim_matches(['[', ']']).to_string(), tls))
+    }
+
+    /// Exactly one of `token`, `token_file`, `token_env`.
+    fn token(&mut self, t: &mut Table<'_>) -> Option<Secret> {
+        let inline = self.string(t, "token");
+        let file = self.string(t, "token_file");
+        let env = self.string(t, "token_env");
+        let (inline, file, env) = (inline?, file?, env?);
+        let given = [inline.is_some(), file.is_some(), env.is_some()].iter().filter(|b| **b).count();
+        let (key, value) = match (inline, file, env) {
+            _ if given > 1 => {
+                self.issue("agent.token", "set only one of token, token_file, token_env");
+                return None;
+            }
+            (Some(v), _, _) => ("token", v),
+            (_, Some(f), _) => match std::fs::read_to_string(&f) {
+                Ok(v) => ("token_file", v.trim().to_string()),
+                Err(e) => {
+                    self.issue("agent.token_file", format!("cannot read {f}: {e}"));
+                    return None;
+                }
+            },
+            (_, _, Some(var)) => match (self.env)(&var) {
+                Some(v) => ("token_env", v.trim().to_string()),
+                None => {
+                    self.issue("agent.token_env", format!("environment variable {var} is not set"));
+                    return None;
+                }
+            },
+            (None, None, None) => {
+                self.issue("agent.token", "required: set token_file, token_env or token (the agent's coordinator token)");
+                return None;
+            }
+        };
+        if value.is_empty() {
+            self.issue(format!("agent.{key}"), "the token is empty");
+            None
+        } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            self.issue(format!("agent.{key}"), "the token must be printable ASCII without spaces (it goes into an HTTP header)");
+            None
+        } else {
+            Some(Secret::new(value))
+        }
+    }
+
+    /// A PEM file holding at least one `label` block. `tls`: whether the URL
+    /// is https (None when the URL is bad).
+    fn pem_file(&mut self, t: &mut Table<'_>, key: &'static str, label: &str, tls: Option<bool>) -> Option<Option<Vec<u8>>> {
+        let Some(file) = self.string(t, key)? else { return Some(None) };
+        let path = format!("agent.{key}");
+        if tls == Some(false) {
+            self.issue(path, "set, but coordinator_url is http:// (no TLS)");
+            return None;
+        }
+        match std::fs::read(&file) {
+            Ok(pem) if contains_pem(&pem, label) => Some(Some(pem)),
+            Ok(_) => {
+                self.issue(path, format!("{file} holds no PEM {label}"));
+                None
+            }
+            Err(e) => {
+                self.issue(path, format!("cannot read {file}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn identity(&mut self, t: &mut Table<'_>, tls: Option<bool>) -> Option<Option<ClientIdentity>> {
+        let cert = self.pem_file(t, "client_cert", "CERTIFICATE", tls);
+        let key = self.pem_file(t, "client_key", "PRIVATE KEY", tls);
+        match (cert?, key?) {
+            (Some(cert_pem), Some(key_pem)) => Some(Some(ClientIdentity { cert_pem, key_pem })),
+            (None, None) => Some(None),
+            (Some(_), None) => {
+                self.issue("agent.client_key", "required with client_cert (mutual TLS needs both)");
+                None
+            }
+            (None, Some(_)) => {
+                self.issue("agent.client_cert", "required with client_key (mutual TLS needs both)");
+                None
+            }
+        }
+    }
+
+    fn spool(&mut self, t: &mut Table<'_>) -> Option<PathBuf> {
+        let path = PathBuf::from(self.string(t, "spool")?.unwrap_or_else(|| DEFAULT_SPOOL.to_string()));
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dir.is_dir() {
+            Some(path)
+        } else {
+            self.issue("agent.spool", format!("directory {} does not exist (create it for the spool database)", dir.display()));
+            None
+        }
+    }
+
+    fn dns(&mut self, v: Option<&Value>) -> Option<DnsConfig> {
+        let map = match v {
+            None => return Some(DnsConfig::default()),
+            Some(Value::Object(map)) => map,
+            Some(_) => {
+                self.issue("dns", "expected a table: write [dns]");
+                return None;
+            }
+        };
+        let mut t = Table { path: "dns", map, used: HashSet::new() };
+        let mut out = DnsConfig::default();
+        let mut ok = true;
+        match t.get("nameservers") {
+            None => {}
+            Some(Value::Array(list)) => {
+                for (i, item) in list.iter().enumerate() {
+                    let text = item.as_str().unwrap_or_default();
+                    let parsed = text.parse::<SocketAddr>().or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+                    match parsed {
+                        Ok(a) => out.nameservers.push(a),
+                        Err(_) => {
+                            self.issue(format!("dns.nameservers[{i}]"), format!("{item} is not an address (\"127.0.0.53\" or \"127.0.0.53:53\")"));
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                self.issue("dns.nameservers", format!("expected a list of addresses, found {other}"));
+                ok = false;
+            }
+        }
+        for key in t.map.keys() {
+            if !t.used.contains(key.as_str()) {
+                self.issue(format!("dns.{key}"), "unknown key");
+                ok = false;
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+/// Loopback: `localhost`, 127.0.0.0/8, `::1`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn contains_pem(pem: &[u8], label: &str) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    // "PRIVATE KEY" also matches "RSA PRIVATE KEY" and "EC PRIVATE KEY".
+    text.lines().any(|l| l.starts_with("-----BEGIN ") && l.ends_with(&format!("{label}-----")))
+}
+
+/// The machine's host name (the agent's default name).
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "mailloop-agent".to_string() } else { name.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "AGENT_TOKEN").then(|| "t0ken".to_string())
+    }
+
+    fn load(v: Value) -> Result<AgentConfig, Vec<String>> {
+        AgentConfig::from_value(&v, &env).map_err(|issues| issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect())
+    }
+
+    fn good() -> Value {
+        json!({"agent": {"region": "eu-west", "coordinator_url": "https://coord.example:7443", "token_env": "AGENT_TOKEN", "spool": "/tmp/spool.db"}})
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = good();
+        v["agent"][key] = value;
+        v
+    }
+
+    fn issue_of(v: Value) -> String {
+        let issues = load(v).expect_err("the config should be refused");
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        issues[0].clone()
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let c = load(good()).unwrap();
+        assert_eq!(c.region, "eu-west");
+        assert!(!c.name.is_empty());
+        assert_eq!(c.coordinator.url, "https://coord.example:7443");
+        assert_eq!(c.coordinator.host, "coord.example");
+        assert!(c.coordinator.tls);
+        assert_eq!(c.coordinator.token.expose(), "t0ken");
+        assert_eq!(c.spool_max_reports, DEFAULT_SPOOL_MAX_REPORTS);
+        assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        assert!(c.dns.nameservers.is_empty());
+        assert!(!format!("{c:?}").contains("t0ken"), "the token never shows in Debug");
+    }
+
+    #[test]
+    fn plaintext_is_for_loopback_or_when_allowed() {
+        for url in ["http://127.0.0.1:7000", "http://127.9.8.7:7000", "http://localhost:7000", "http://[::1]:7000"] {
+            assert!(load(with("coordinator_url", json!(url))).is_ok(), "{url}");
+        }
+        assert!(issue_of(with("coordinator_url", json!("http://coord.example:7000"))).starts_with("agent.coordinator_url: "));
+        let mut allowed = with("coordinator_url", json!("http://coord.example:7000"));
+        allowed["agent"]["allow_plaintext"] = json!(true);
+        assert!(!load(allowed).unwrap().coordinator.tls);
+    }
+
+    #[test]
+    fn exactly_one_token_source() {
+        let mut two = with("token", json!("abc"));
+        two["agent"]["token_env"] = json!("AGENT_TOKEN");
+        assert_eq!(issue_of(two), "agent.token: set only one of token, token_file, token_env");
+        let mut none = good();
+        none["agent"].as_object_mut().unwrap().remove("token_env");
+        assert!(issue_of(none).starts_with("agent.token: required"));
+        assert_eq!(issue_of(with("token_env", json!("NOPE"))), "agent.token_env: environment variable NOPE is not set");
+        let mut spaced = with("token", json!("two words"));
+        spaced["agent"].as_object_mut().unwrap().remove("token_env");
+        assert!(issue_of(spaced).starts_with("agent.token: the token must be printable ASCII"));
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let v = json!({
+            "agent": {
+                "name": "eu 1", "coordinator_url": "ftp://coord", "token_file": "/nonexistent/token",
+                "ca_file": "/nonexistent/ca.pem", "client_cert": "/nonexistent/cert.pem",
+                "spool": "/nonexistent/dir/spool.db", "spool_max_reports": 0, "shutdown_grace": "soon", "colour": "blue"
+            },
+            "dns": {"nameservers": ["not-an-ip"]},
+            "check": []
+        });
+        let issues = load(v).unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "check",
+                "dns.nameservers[0]",
+                "agent.name",
+                "agent.region",
+                "agent.coordinator_url",
+                "agent.token_file",
+                "agent.ca_file",
+                "agent.client_cert",
+                "agent.spool",
+                "agent.spool_max_reports",
+                "agent.shutdown_grace",
+                "agent.colour",
+            ],
+            "{issues:#?}"
+        );
+    }
+
+    #[test]
+    fn tls_files_need_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let mut v = with("ca_file", json!(ca));
+        assert!(load(v.clone()).unwrap().coordinator.ca_pem.is_some());
+        v["agent"]["coordinator_url"] = json!("http://127.0.0.1:7000");
+        assert_eq!(issue_of(v), "agent.ca_file: set, but coordinator_url is http:// (no TLS)");
+        let not_pem = dir.path().join("empty.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        assert!(issue_of(with("ca_file", json!(not_pem))).ends_with("holds no PEM CERTIFICATE"));
+        assert_eq!(issue_of(with("client_cert", json!(ca))), "agent.client_key: required with client_cert (mutual TLS needs both)");
+    }
+
+    #[test]
+    fn zero_grace_is_allowed() {
+        assert_eq!(load(with("shutdown_grace", json!("0s"))).unwrap().shutdown_grace, Duration::ZERO);
+    }
+}

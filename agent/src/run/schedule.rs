@@ -1,0 +1,411 @@
+//! The scheduler: one task per assigned check, running it round by round.
+//!
+//! Round `k` of a check starts at unix-epoch millisecond
+//! `k * interval_ms + phase_ms`, the same moment in every region, plus a
+//! small per-run jitter (at most 1/20 of the interval, at most 1 s) so
+//! checks that share a phase do not fire in the same millisecond. A task
+//! never overlaps itself: a probe that runs past its interval makes the
+//! task skip to the next round still ahead.
+//!
+//! The scheduler does not care whether the coordinator is reachable: it
+//! runs from the assignments it holds (kept in the spool, so they survive a
+//! restart) and hands every report to the spool.
+//!
+//! Shutdown goes through the [`ProbeGate`]: once it is closed no probe
+//! starts, and the caller waits for the probes in flight to drain.
+
+use super::spool::{AssignedCheck, Spool, SpooledReport, now_ms};
+use crate::probe::Prober;
+use mailloop_common::config::{DnsConfig, Secrets, check_from_value};
+use mailloop_common::{Outcome, ProbeReport};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Where an assignment came from (only the coordinator's are saved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Coordinator,
+    /// Loaded from the spool at start-up.
+    Spool,
+}
+
+/// Holds the assignments and runs a task for each valid one.
+pub struct Scheduler {
+    held: BTreeMap<String, Held>,
+    spool: Spool,
+    dns: DnsConfig,
+    gate: ProbeGate,
+}
+
+struct Held {
+    assignment: AssignedCheck,
+    /// Dropping it stops the check's task (after a probe in flight ends).
+    /// None: the assignment is invalid here and not running.
+    running: Option<oneshot::Sender<()>>,
+}
+
+impl Scheduler {
+    pub fn new(spool: Spool, dns: DnsConfig, gate: ProbeGate) -> Scheduler {
+        Scheduler { held: BTreeMap::new(), spool, dns, gate }
+    }
+
+    /// Starts the assignments saved in the spool (the last ones the
+    /// coordinator gave). Returns how many there were.
+    pub async fn resume(&mut self) -> Result<usize, super::spool::SpoolError> {
+        let saved = self.spool.assignments().await?;
+        let n = saved.len();
+        if n > 0 {
+            tracing::info!("resuming {n} assignment(s) from the spool until the coordinator says otherwise");
+        }
+        for a in saved {
+            self.upsert(a, Origin::Spool).await;
+        }
+        Ok(n)
+    }
+
+    /// Check ids and revisions held (valid or not), for `WatchRequest.known`.
+    pub fn known(&self) -> Vec<(String, u64)> {
+        self.held.iter().map(|(id, h)| (id.clone(), h.assignment.revision)).collect()
+    }
+
+    /// How many checks are running.
+    pub fn running(&self) -> usize {
+        self.held.values().filter(|h| h.running.is_some()).count()
+    }
+
+    /// Adds or changes an assignment. A check that does not validate here
+    /// (say the password variable is missing in this region) is logged
+    /// with every issue and held without running.
+    pub async fn upsert(&mut self, a: AssignedCheck, origin: Origin) {
+        let id = a.check_id.clone();
+        match self.held.get(&id) {
+            Some(h) if h.assignment == a => {
+                tracing::debug!("assignment unchanged: check {id} revision {}", a.revision);
+                return;
+            }
+            Some(h) => tracing::info!(
+                "assignment changed: check {id} revision {} -> {}, every {}, phase {}",
+                h.assignment.revision,
+                a.revision,
+                ms(a.interval_ms),
+                ms(a.phase_ms)
+            ),
+            None if origin == Origin::Spool => tracing::info!(
+                "assignment resumed: check {id} revision {}, every {}, phase {}",
+                a.revision,
+                ms(a.interval_ms),
+                ms(a.phase_ms)
+            ),
+            None => tracing::info!(
+                "assignment added: check {id} revision {}, every {}, phase {}",
+                a.revision,
+                ms(a.interval_ms),
+                ms(a.phase_ms)
+            ),
+        }
+        if origin == Origin::Coordinator
+            && let Err(e) = self.spool.save_assignment(a.clone()).await
+        {
+            tracing::error!("cannot save assignment {id} in the spool (it will not survive a restart): {e}");
+        }
+        // The old revision's task stops before the new one starts.
+        self.held.remove(&id);
+        let running = self.start(&a).await;
+        self.held.insert(id, Held { assignment: a, running });
+    }
+
+    /// Removes an assignment: its task starts no further probe.
+    pub async fn remove(&mut self, check_id: &str) {
+        match self.held.remove(check_id) {
+            Some(h) => tracing::info!("assignment removed: check {check_id} (was revision {})", h.assignment.revision),
+            None => tracing::debug!("assignment removed: check {check_id}, which this agent did not hold"),
+        }
+        if let Err(e) = self.spool.remove_assignment(check_id.to_string()).await {
+            tracing::error!("cannot remove assignment {check_id} from the spool (it may come back after a restart): {e}");
+        }
+    }
+
+    /// Validates the check and spawns its task; None if it is unusable.
+    async fn start(&self, a: &AssignedCheck) -> Option<oneshot::Sender<()>> {
+        let id = a.check_id.clone();
+        let skipped = |why: String| {
+            tracing::error!("assignment {id} (revision {}) skipped: {why}", a.revision);
+            None
+        };
+        if a.interval_ms == 0 {
+            return skipped("interval_ms is 0".into());
+        }
+        let json: serde_json::Value = match serde_json::from_str(&a.check_json) {
+            Ok(v) => v,
+            Err(e) => return skipped(format!("check_json is not JSON: {e}")),
+        };
+        let dns = self.dns.clone();
+        let path = format!("assignment {id}");
+        // Validation reads password and CA files; the prober loads trust roots.
+        let built = tokio::task::spawn_blocking(move || {
+            let check = check_from_value(&path, &json, &|k| std::env::var(k).ok(), Secrets::Resolve).map_err(|issues| {
+                let n = issues.len();
+                let list: Vec<String> = issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+                format!("{n} config error{}: {}", if n == 1 { "" } else { "s" }, list.join("; "))
+            })?;
+            Prober::new(check, &dns)
+        })
+        .await;
+        let prober = match built {
+            Ok(Ok(p)) => Arc::new(p),
+            Ok(Err(why)) => return skipped(why),
+            Err(e) => return skipped(format!("validation failed: {e}")),
+        };
+        if self.gate.is_closed() {
+            return None;
+        }
+        let (stop, stopped) = oneshot::channel();
+        let task = CheckTask {
+            assignment: a.clone(),
+            prober,
+            spool: self.spool.clone(),
+            gate: self.gate.clone(),
+        };
+        tokio::spawn(task.run(stopped));
+        Some(stop)
+    }
+}
+
+/// Formats milliseconds for logs ("1s", "5m", "250ms").
+fn ms(v: u64) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(v))
+}
+
+/// One check's rounds.
+struct CheckTask {
+    assignment: AssignedCheck,
+    prober: Arc<Prober>,
+    spool: Spool,
+    gate: ProbeGate,
+}
+
+impl CheckTask {
+    async fn run(self, mut stopped: oneshot::Receiver<()>) {
+        let a = &self.assignment;
+        let rounds = Rounds::new(a.interval_ms, a.phase_ms);
+        let mut round = rounds.first_at_or_after(now_ms());
+        loop {
+            let start = rounds.start_ms(round) + random_below(rounds.max_jitter_ms() + 1) as i64;
+            let wait = Duration::from_millis((start - now_ms()).max(0) as u64);
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = self.gate.closed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let Some(in_flight) = self.gate.enter() else { return };
+            let started_ms = now_ms();
+            let report = self.prober.run().await;
+            self.spool(round, &report, started_ms).await;
+            drop(in_flight);
+            let next = rounds.first_at_or_after(now_ms()).max(round + 1);
+            if next > round + 1 {
+                tracing::warn!(
+                    "check {}: round {round} ran past its interval; skipping to round {next} ({} round(s) not run)",
+                    a.check_id,
+                    next - round - 1
+                );
+            }
+            round = next;
+        }
+    }
+
+    async fn spool(&self, round: u64, report: &ProbeReport, started_ms: i64) {
+        let a = &self.assignment;
+        let report_json = match serde_json::to_string(report) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("probe {}: cannot encode the report: {e}", report.probe_id);
+                return;
+            }
+        };
+        let spooled = SpooledReport {
+            probe_id: report.probe_id.clone(),
+            check_id: a.check_id.clone(),
+            revision: a.revision,
+            round,
+            report_json,
+        };
+        let verdict = match (&report.outcome, &report.failure) {
+            (Outcome::Failed, Some(f)) => format!("failed at {} ({})", f.step, f.class),
+            (outcome, _) => outcome.as_str().to_string(),
+        };
+        match self.spool.push(spooled, report.outcome.as_str(), started_ms).await {
+            Ok(waiting) => tracing::info!(
+                "probe {} of check {} round {round}: {verdict}; spooled ({waiting} waiting)",
+                report.probe_id,
+                a.check_id
+            ),
+            Err(e) => tracing::error!("probe {} of check {} round {round}: {verdict}; NOT spooled: {e}", report.probe_id, a.check_id),
+        }
+    }
+}
+
+/// The round arithmetic of one check: round k starts at
+/// `k * interval_ms + phase_ms` (unix epoch milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rounds {
+    interval_ms: u64,
+    phase_ms: u64,
+}
+
+impl Rounds {
+    /// `interval_ms` must not be 0; a phase past the interval wraps.
+    pub fn new(interval_ms: u64, phase_ms: u64) -> Rounds {
+        let interval_ms = interval_ms.max(1);
+        Rounds { interval_ms, phase_ms: phase_ms % interval_ms }
+    }
+
+    pub fn start_ms(&self, round: u64) -> i64 {
+        (round.saturating_mul(self.interval_ms).saturating_add(self.phase_ms)) as i64
+    }
+
+    /// The first round that starts at or after `now_ms`.
+    pub fn first_at_or_after(&self, now_ms: i64) -> u64 {
+        let since_phase = (now_ms.max(0) as u64).saturating_sub(self.phase_ms);
+        since_phase.div_ceil(self.interval_ms)
+    }
+
+    /// The most a run may start after its round's moment.
+    pub fn max_jitter_ms(&self) -> u64 {
+        (self.interval_ms / 20).min(1000)
+    }
+}
+
+/// A uniformly random number in `0..n` (0 when n is 0).
+pub fn random_below(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let mut b = [0u8; 8];
+    // getrandom only fails where the OS has no entropy source at all.
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    u64::from_le_bytes(b) % n
+}
+
+/// Lets probes start until shutdown, and counts those in flight.
+#[derive(Clone)]
+pub struct ProbeGate(Arc<watch::Sender<GateState>>);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GateState {
+    closed: bool,
+    in_flight: usize,
+}
+
+/// A probe in flight; dropping it counts the probe as done.
+pub struct InFlight(ProbeGate);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|s| s.in_flight -= 1);
+    }
+}
+
+impl Default for ProbeGate {
+    fn default() -> Self {
+        ProbeGate(Arc::new(watch::Sender::new(GateState::default())))
+    }
+}
+
+impl ProbeGate {
+    /// Admits one probe, unless the gate is closed.
+    pub fn enter(&self) -> Option<InFlight> {
+        let admitted = self.0.send_if_modified(|s| {
+            if s.closed {
+                return false;
+            }
+            s.in_flight += 1;
+            true
+        });
+        admitted.then(|| InFlight(self.clone()))
+    }
+
+    /// Starts no probe from now on; returns how many are in flight.
+    pub fn close(&self) -> usize {
+        let mut n = 0;
+        self.0.send_modify(|s| {
+            s.closed = true;
+            n = s.in_flight;
+        });
+        n
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.borrow().closed
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.0.borrow().in_flight
+    }
+
+    /// Completes once the gate is closed.
+    pub async fn closed(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in self, so wait_for cannot fail.
+        let _ = rx.wait_for(|s| s.closed).await;
+    }
+
+    /// Completes once no probe is in flight.
+    pub async fn drained(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|s| s.in_flight == 0).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_k_starts_at_k_intervals_plus_phase() {
+        let r = Rounds::new(60_000, 15_000);
+        assert_eq!(r.start_ms(0), 15_000);
+        assert_eq!(r.start_ms(3), 195_000);
+    }
+
+    #[test]
+    fn the_first_round_is_the_next_one_not_yet_started() {
+        let r = Rounds::new(60_000, 15_000);
+        assert_eq!(r.first_at_or_after(0), 0);
+        assert_eq!(r.first_at_or_after(15_000), 0, "exactly on the moment: this round");
+        assert_eq!(r.first_at_or_after(15_001), 1);
+        assert_eq!(r.first_at_or_after(75_000), 1);
+        assert_eq!(r.first_at_or_after(1_700_000_000_123), (1_700_000_000_123u64 - 15_000).div_ceil(60_000));
+    }
+
+    #[test]
+    fn a_phase_past_the_interval_wraps() {
+        assert_eq!(Rounds::new(1000, 2500), Rounds::new(1000, 500));
+    }
+
+    #[test]
+    fn jitter_is_small() {
+        assert_eq!(Rounds::new(1000, 0).max_jitter_ms(), 50);
+        assert_eq!(Rounds::new(300_000, 0).max_jitter_ms(), 1000);
+        for _ in 0..100 {
+            assert!(random_below(51) <= 50);
+        }
+        assert_eq!(random_below(0), 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_admits_nothing_and_drains() {
+        let gate = ProbeGate::default();
+        let a = gate.enter().unwrap();
+        let b = gate.enter().unwrap();
+        assert_eq!(gate.close(), 2);
+        assert!(gate.enter().is_none());
+        drop(a);
+        assert_eq!(gate.in_flight(), 1);
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), gate.drained()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), gate.closed()).await.unwrap();
+    }
+}
