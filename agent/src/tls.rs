@@ -12,53 +12,76 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio_rustls::TlsConnector;
 
 /// Trust roots and crypto provider for one check's connections.
 #[derive(Clone)]
 pub struct TlsClient {
-    verifier: Arc<WebPkiServerVerifier>,
+    /// A verifier over the config's `ca_file` roots, when there is one.
+    extra: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
 /// Where a handshake leaves the certificate it saw.
 pub type CertSlot = Arc<Mutex<Option<CertificateDer<'static>>>>;
 
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+}
+
+/// The system's trust store, loaded once per process and only when a
+/// handshake needs it: parsing it is most of a one-shot probe's CPU time,
+/// and a probe that trusts its own `ca_file` may never need it.
+fn system_verifier() -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    static SYSTEM: OnceLock<Result<Arc<WebPkiServerVerifier>, String>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("no usable system trust roots: {e}"))
+        })
+        .clone()
+        .map_err(rustls::Error::General)
+}
+
 impl TlsClient {
     /// System roots plus the PEM certificates of `ca_file`.
     pub fn new(ca_file: Option<&std::path::Path>) -> Result<TlsClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(path) = ca_file {
-            use rustls_pki_types::pem::PemObject;
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-            let mut added = 0;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("bad PEM in ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("unusable certificate in ca_file {}: {e}", path.display()))?;
-                added += 1;
+        let extra = match ca_file {
+            None => None,
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| format!("bad PEM in ca_file {}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("unusable certificate in ca_file {}: {e}", path.display()))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("ca_file {} holds no certificate", path.display()));
+                }
+                let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                Some(verifier)
             }
-            if added == 0 {
-                return Err(format!("ca_file {} holds no certificate", path.display()));
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("no usable trust roots: {e}"))?;
-        Ok(TlsClient { verifier, provider })
+        };
+        Ok(TlsClient { extra, provider: provider() })
     }
 
     /// A connector for one handshake and the slot its certificate lands in.
     pub fn connector(&self) -> Result<(TlsConnector, CertSlot), String> {
         let slot = CertSlot::default();
-        let verifier = Arc::new(Capture { inner: self.verifier.clone(), slot: slot.clone() });
+        let verifier = Arc::new(Capture { extra: self.extra.clone(), provider: self.provider.clone(), slot: slot.clone() });
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -71,11 +94,14 @@ impl TlsClient {
     }
 }
 
-/// Records the leaf certificate, then lets webpki decide. Verification is
-/// never weakened: every verdict is the inner verifier's.
+/// Records the leaf certificate, then lets webpki decide: against the
+/// `ca_file` roots first, and against the system roots when those do not
+/// know the issuer. A chain ends in one anchor, so this accepts exactly
+/// what one store holding both would. Verification is never weakened.
 #[derive(Debug)]
 struct Capture {
-    inner: Arc<WebPkiServerVerifier>,
+    extra: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
     slot: CertSlot,
 }
 
@@ -91,7 +117,13 @@ impl ServerCertVerifier for Capture {
         if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(end_entity.clone().into_owned());
         }
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        if let Some(extra) = &self.extra {
+            match extra.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {}
+                verdict => return verdict,
+            }
+        }
+        system_verifier()?.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -100,7 +132,7 @@ impl ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -109,11 +141,11 @@ impl ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
