@@ -52,6 +52,11 @@ pub fn alignment(domain: &str, from_domain: &str) -> Alignment {
 /// is its own organizational domain.
 pub fn organizational_domain(d: &str) -> String {
     let d = normalize(d);
+    // Whitespace or control characters inside: not a host name, so no
+    // suffix applies (and trimming the list's answer would change it).
+    if d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return d;
+    }
     // The compiled list matches lowercase names only.
     match psl::domain_str(&d) {
         Some(org) => org.to_string(),
@@ -59,8 +64,10 @@ pub fn organizational_domain(d: &str) -> String {
     }
 }
 
+/// Lowercase, without surrounding whitespace and trailing dots (in any
+/// mix, so normalizing twice changes nothing).
 fn normalize(d: &str) -> String {
-    d.trim().trim_end_matches('.').to_ascii_lowercase()
+    d.trim_start().trim_end_matches(|c: char| c == '.' || c.is_whitespace()).to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -108,6 +115,10 @@ mod tests {
         assert_eq!(organizational_domain("www.example.com"), "example.com");
         assert_eq!(organizational_domain("co.uk"), "co.uk");
         assert_eq!(organizational_domain("localhost"), "localhost");
+        // Found by fuzzing: a control character inside made the answer
+        // trim to a different name on a second lookup.
+        assert_eq!(organizational_domain("a.\x0bco.uk"), "a.\x0bco.uk");
+        assert_eq!(organizational_domain("sender.test\x01\t. "), "sender.test\x01");
     }
 
     #[test]
