@@ -618,6 +618,8 @@ mod tests {
     #[test]
     fn method_version_and_glued_base64() {
         assert_eq!(shape("a.example; dkim/1=pass header.b=ab/c+d=="), ["dkim/1=pass header.b=ab/c+d=="]);
+        let ar = parse("a.example; dkim=fail; spf=pass; DKIM=pass").unwrap();
+        assert_eq!(ar.method("dkim").map(|r| r.result.as_str()).collect::<Vec<_>>(), ["fail", "pass"]);
     }
 
     #[test]
