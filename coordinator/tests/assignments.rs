@@ -2,6 +2,7 @@
 //! within a second; checks move between the agents of a region.
 
 mod support;
+use mailloop_coordinator::schedule::pick_agent;
 use std::time::Duration;
 use support::*;
 
@@ -76,61 +77,43 @@ async fn a_reconnecting_agent_gets_only_what_changed() {
 #[tokio::test]
 async fn each_region_runs_a_check_once_and_it_moves_when_its_agent_leaves() {
     let c = Coordinator::start("", &check_toml("corp", &["eu-west"], "1m"));
-    let (mut eu1, mut eu2) = (c.agent("eu-1").await, c.agent("eu-2").await);
-    let mut w1 = Watch::open(&mut eu1, &[]).await;
-    // Wait until eu-1 holds it (it is the only agent so far).
-    assert_eq!(w1.next().await.upserted().check_id, "corp");
-    let w2 = Watch::open(&mut eu2, &[]).await;
+    // Rendezvous hashing decides, deterministically, who of the two runs it.
+    let winner = pick_agent("corp", ["eu-1", "eu-2"]).unwrap();
+    let loser = if winner == "eu-1" { "eu-2" } else { "eu-1" };
+    let (mut l, mut w) = (c.agent(loser).await, c.agent(winner).await);
 
-    let owner = || async {
-        let check = expect_ok(c.api().get("/api/v1/checks/corp").await);
-        check["assigned"]["eu-west"].as_str().map(str::to_string)
-    };
-    // Rendezvous hashing decides; exactly one of the two runs it.
-    let (mut stays, mut leaves, mut leaver_name) = (w2, w1, "eu-1");
-    let mut first = None;
-    for _ in 0..50 {
-        if let Some(o) = owner().await {
-            first = Some(o);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if first.as_deref() == Some("eu-2") {
-        // eu-2 won the hash: eu-1 is told to drop it, then eu-2 leaves.
-        assert_eq!(leaves.next().await, Change::Remove("corp".into()));
-        assert_eq!(stays.next().await.upserted().check_id, "corp");
-        std::mem::swap(&mut stays, &mut leaves);
-        leaver_name = "eu-2";
-    } else {
-        stays.quiet(Duration::from_millis(300)).await;
-    }
-    // The owner disconnects: the other agent gets the check promptly.
-    drop(leaves);
-    let moved = stays.next().await.upserted();
-    assert_eq!(moved.check_id, "corp");
-    let now = owner().await;
-    assert_ne!(now.as_deref(), Some(leaver_name));
+    // The loser connects first and, alone in the region, gets the check.
+    let mut lw = Watch::open(&mut l, &[]).await;
+    assert_eq!(lw.next().await.upserted().check_id, "corp");
+    // The winner connects: the check moves to it, and only it runs it.
+    let mut ww = Watch::open(&mut w, &[]).await;
+    assert_eq!(ww.next().await.upserted().check_id, "corp");
+    assert_eq!(lw.next().await, Change::Remove("corp".into()));
+    let check = expect_ok(c.api().get("/api/v1/checks/corp").await);
+    assert_eq!(check["assigned"]["eu-west"], winner);
+
+    // The winner disconnects: the check comes back to the other agent promptly.
+    drop(ww);
+    assert_eq!(lw.next().await.upserted().check_id, "corp");
+    let check = expect_ok(c.api().get("/api/v1/checks/corp").await);
+    assert_eq!(check["assigned"]["eu-west"], loser);
 }
 
 #[tokio::test]
 async fn agents_list_shows_connection_region_and_version() {
-    let c = Coordinator::start("", "");
+    let c = Coordinator::start("", &check_toml("corp", &["us-east"], "1m"));
     let mut us1 = c.agent("us-1").await;
     register(&mut us1, "us-1").await;
-    let _watch = Watch::open(&mut us1, &[]).await;
-    let mut connected = false;
-    for _ in 0..50 {
-        let agents = expect_ok(c.api().get("/api/v1/agents").await);
-        let us = agents["agents"].as_array().unwrap().iter().find(|a| a["name"] == "us-1").unwrap().clone();
-        assert_eq!(us["region"], "us-east");
-        assert_eq!(us["version"], "test");
-        assert!(us["last_seen"].is_string());
-        if us["connected"] == true {
-            connected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(connected);
+    let mut watch = Watch::open(&mut us1, &[]).await;
+    // Its first assignment proves the session is in place.
+    watch.next().await;
+    let agents = expect_ok(c.api().get("/api/v1/agents").await);
+    let us = agents["agents"].as_array().unwrap().iter().find(|a| a["name"] == "us-1").unwrap().clone();
+    assert_eq!(us["region"], "us-east");
+    assert_eq!(us["version"], "test");
+    assert!(us["last_seen"].is_string());
+    assert_eq!(us["connected"], true);
+    assert_eq!(us["assigned_checks"], 1);
+    let eu = agents["agents"].as_array().unwrap().iter().find(|a| a["name"] == "eu-1").unwrap().clone();
+    assert_eq!(eu["connected"], false);
 }
