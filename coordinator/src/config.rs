@@ -465,15 +465,13 @@ fn server(v: &mut Issues, raw: Option<&Value>, env: &dyn Fn(&str) -> Option<Stri
     let shutdown_grace = t.duration(v, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, Duration::from_millis(100));
     t.finish(v);
     // Plaintext only where nobody else can listen, unless explicitly allowed.
-    if let (Some(tls), Some(allow)) = (&tls, allow_plaintext) {
-        if tls.is_none() && !allow {
-            for (key, addr) in [("grpc_listen", grpc_listen), ("http_listen", http_listen)] {
-                if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
-                    v.push(
-                        format!("server.{key}"),
-                        format!("{a} is not a loopback address and there is no TLS: set tls_cert and tls_key, or allow_plaintext = true"),
-                    );
-                }
+    if let (Some(None), Some(false)) = (&tls, allow_plaintext) {
+        for (key, addr) in [("grpc_listen", grpc_listen), ("http_listen", http_listen)] {
+            if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                v.push(
+                    format!("server.{key}"),
+                    format!("{a} is not a loopback address and there is no TLS: set tls_cert and tls_key, or allow_plaintext = true"),
+                );
             }
         }
     }

@@ -178,7 +178,7 @@ impl Hub {
         let Some(check) = inner.checks.get(check_id) else {
             return Err(format!("unknown check {check_id:?}"));
         };
-        if !check.spec.regions.iter().any(|r| *r == agent.region) {
+        if !check.spec.regions.contains(&agent.region) {
             return Err(format!(
                 "check {check_id:?} does not run in region {:?} (it runs in {}); agent {} is not assigned to it",
                 agent.region,

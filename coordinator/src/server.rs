@@ -356,8 +356,9 @@ async fn reload_loop(path: PathBuf, mut current: CoordinatorConfig, control: Arc
         let (old, fresh) = (&current.server, &new.server);
         if old.grpc_listen != fresh.grpc_listen || old.http_listen != fresh.http_listen || old.data_dir != fresh.data_dir
             || old.tls.is_some() != fresh.tls.is_some() || old.max_message_bytes != fresh.max_message_bytes
+            || old.retention != fresh.retention || old.heartbeat != fresh.heartbeat
         {
-            tracing::warn!("listen addresses, data_dir, TLS and message limits change only on restart; the rest is applied now");
+            tracing::warn!("listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents and the admin token are applied now");
         }
         match control.apply_config(&new).await {
             Ok(summary) => {

@@ -61,14 +61,14 @@ async fn a_reconnecting_agent_gets_only_what_changed() {
     let c = Coordinator::start("", &format!("{}{}", check_toml("a", &["eu-west"], "1m"), check_toml("b", &["eu-west"], "1m")));
     let mut eu1 = c.agent("eu-1").await;
     let mut watch = Watch::open(&mut eu1, &[]).await;
-    let mut got = vec![watch.next().await.upserted(), watch.next().await.upserted()];
+    let mut got = [watch.next().await.upserted(), watch.next().await.upserted()];
     got.sort_by(|x, y| x.check_id.cmp(&y.check_id));
     drop(watch);
 
     // It still holds a; it holds an old revision of b and a check that is gone.
     let known = [("a", got[0].revision), ("b", got[1].revision - 1), ("gone", 1)];
     let mut again = Watch::open(&mut eu1, &known).await;
-    let mut changes = vec![again.next().await, again.next().await];
+    let mut changes = [again.next().await, again.next().await];
     changes.sort_by_key(|c| format!("{c:?}"));
     assert_eq!(changes, [Change::Remove("gone".into()), Change::Upsert(got[1].clone())]);
     again.quiet(Duration::from_millis(300)).await;

@@ -92,7 +92,7 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     let next = good.replace("name = \"corp\"", "name = \"corp2\"");
     std::fs::write(c.config_path(), &next).unwrap();
     c.signal("HUP");
-    let mut changes = vec![watch.next().await, watch.next().await];
+    let mut changes = [watch.next().await, watch.next().await];
     changes.sort_by_key(|c| format!("{c:?}"));
     assert_eq!(changes[0], Change::Remove("corp".into()));
     assert!(matches!(&changes[1], Change::Upsert(a) if a.check_id == "corp2"));
