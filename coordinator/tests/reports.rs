@@ -114,6 +114,67 @@ async fn sigterm_stops_gracefully_after_acking_what_was_taken() {
     let end = tokio::time::timeout(PROMPTLY, watch.0.message()).await.expect("the watch stream ends");
     assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = c.log();
+    assert!(log.contains("coordinator stopped"), "{log}");
+    assert!(!log.contains("grace period over"), "streams must close without waiting out the grace period:\n{log}");
     c.launch();
     assert_eq!(results(&c.api(), "corp").await.len(), 1);
+}
+
+/// Streams reports while the coordinator is stopped (`TERM`) or killed
+/// (`KILL`); every report acknowledged before the end must be stored.
+async fn acked_reports_are_stored_when_stopped_midstream(sig: &str) {
+    let mut c = Coordinator::start("", &check_toml("corp", &["eu-west"], "1m"));
+    let mut eu1 = c.agent("eu-1").await;
+    let mut reports = Reports::open(&mut eu1).await;
+    let sender = reports.tx.clone();
+    tokio::spawn(async move {
+        for i in 0..100_000 {
+            if sender.send(result(&format!("ml-{i}"), "corp", i)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < 300 {
+        acked.push(reports.ack().await.probe_id);
+    }
+    c.signal(sig);
+    // Keep reading acks until the stream ends one way or another.
+    while let Ok(Ok(Some(ack))) = tokio::time::timeout(Duration::from_secs(10), reports.acks.message()).await {
+        assert!(ack.stored);
+        acked.push(ack.probe_id);
+    }
+    c.wait_exit(Duration::from_secs(10));
+    c.launch();
+    let api = c.api();
+    let mut all = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/api/v1/results?check=corp&limit=1000".to_string(),
+            Some(c) => format!("/api/v1/results?check=corp&limit=1000&cursor={c}"),
+        };
+        let page = expect_ok(api.get(&path).await);
+        for r in page["results"].as_array().unwrap() {
+            all.insert(r["probe_id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let missing: Vec<_> = acked.iter().filter(|id| !all.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} acknowledged reports lost after {sig}: {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(all.len() >= acked.len());
+}
+
+#[tokio::test]
+async fn every_acked_report_is_stored_after_sigterm_midstream() {
+    acked_reports_are_stored_when_stopped_midstream("TERM").await;
+}
+
+#[tokio::test]
+async fn every_acked_report_is_stored_after_kill_9_midstream() {
+    acked_reports_are_stored_when_stopped_midstream("KILL").await;
 }
