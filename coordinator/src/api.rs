@@ -349,6 +349,7 @@ fn agent_json(a: &AgentView) -> Value {
         "connected": a.connected,
         "sessions": a.sessions,
         "assigned_checks": a.assigned,
+        "spooled": a.spooled,
         "version": a.stored.version,
         "last_seen": a.stored.last_seen_ms.map(rfc3339),
         "created_at": rfc3339(a.stored.created_at_ms),

@@ -175,6 +175,7 @@ impl AgentService for AgentApi {
         Self::same_agent(&agent, &r.agent_id, "Heartbeat")?;
         let now = now_ms();
         self.hub.seen(&agent.name, now, None);
+        self.hub.spooled(&agent.name, r.spooled);
         if r.spooled > 0 {
             tracing::info!(agent = %agent.name, region = %agent.region, spooled = r.spooled, "agent has reports waiting in its spool");
         }

@@ -47,11 +47,14 @@ pub struct AgentView {
     pub sessions: usize,
     /// How many checks it runs now.
     pub assigned: usize,
+    /// Reports waiting in its spool, as of its last heartbeat.
+    pub spooled: Option<u64>,
 }
 
 struct AgentState {
     stored: StoredAgent,
     sessions: usize,
+    spooled: Option<u64>,
 }
 
 #[derive(Default)]
@@ -83,7 +86,7 @@ impl Hub {
         }
         for a in agents {
             inner.by_token.insert(a.token_sha256.clone(), a.name.clone());
-            inner.agents.insert(a.name.clone(), AgentState { stored: a, sessions: 0 });
+            inner.agents.insert(a.name.clone(), AgentState { stored: a, sessions: 0, spooled: None });
         }
         let map = compute(&mut inner);
         let (tx, _) = watch::channel(Arc::new(map));
@@ -167,6 +170,13 @@ impl Hub {
             if let Some(v) = version {
                 a.stored.version = Some(v.to_string());
             }
+        }
+    }
+
+    /// Records the spool size an agent's heartbeat reported.
+    pub fn spooled(&self, agent: &str, spooled: u64) {
+        if let Some(a) = self.lock().agents.get_mut(agent) {
+            a.spooled = Some(spooled);
         }
     }
 
@@ -268,13 +278,14 @@ impl Hub {
             }
             inner.by_token.insert(a.token_sha256.clone(), a.name.clone());
             let sessions = inner.agents.get(&a.name).map_or(0, |s| s.sessions);
+            let spooled = inner.agents.get(&a.name).and_then(|s| s.spooled);
             let mut stored = a;
             if let Some(old) = inner.agents.get(&stored.name) {
                 stored.last_seen_ms = stored.last_seen_ms.or(old.stored.last_seen_ms);
                 stored.version = stored.version.clone().or(old.stored.version.clone());
             }
             stored.connected = sessions > 0;
-            inner.agents.insert(stored.name.clone(), AgentState { stored, sessions });
+            inner.agents.insert(stored.name.clone(), AgentState { stored, sessions, spooled });
         }
         self.changed();
     }
@@ -286,6 +297,7 @@ fn view(a: &AgentState, map: &AssignmentMap) -> AgentView {
         connected: a.sessions > 0,
         sessions: a.sessions,
         assigned: map.for_agent(&a.stored.name).map_or(0, |m| m.len()),
+        spooled: a.spooled,
     }
 }
 

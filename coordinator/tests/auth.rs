@@ -108,4 +108,7 @@ async fn an_agent_cannot_speak_for_another() {
     let err = eu1.watch_assignments(pb::WatchRequest { agent_id: "us-1".into(), known: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-1".into(), spooled: 3 }).await.is_ok());
+    let agent = expect_ok(c.api().get("/api/v1/agents/eu-1").await);
+    assert_eq!(agent["spooled"], 3, "the spool size from the last heartbeat is shown");
+    assert!(agent["last_seen"].is_string());
 }

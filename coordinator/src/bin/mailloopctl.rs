@@ -199,10 +199,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         "disconnected".to_string()
                     };
-                    vec![text(&a["name"]), text(&a["region"]), state, text(&a["assigned_checks"]), text(&a["version"]), text(&a["last_seen"]), text(&a["source"])]
+                    vec![text(&a["name"]), text(&a["region"]), state, text(&a["assigned_checks"]), text(&a["spooled"]), text(&a["version"]), text(&a["last_seen"]), text(&a["source"])]
                 })
                 .collect();
-            table(&["AGENT", "REGION", "STATE", "CHECKS", "VERSION", "LAST SEEN", "SOURCE"], rows);
+            table(&["AGENT", "REGION", "STATE", "CHECKS", "SPOOLED", "VERSION", "LAST SEEN", "SOURCE"], rows);
         }
         Command::Agents(AgentsCmd::Add { name, region }) => {
             let body = success(api.post("/api/v1/agents", &json!({"name": name, "region": region})).await?)?;
