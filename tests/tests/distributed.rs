@@ -1,0 +1,262 @@
+//! Reliability of the distributed system with real processes against the
+//! real mail stack: one `mailloop-coordinator serve`, two `mailloop-agent
+//! run` (eu-west, us-east), checks every 2 s to a mailbox of each test's own.
+//!
+//! Nothing sleeps to synchronise: every wait polls the admin API or the
+//! agents' spools (their `probe_log`, the agent's own account of every
+//! probe it ran) against a deadline.
+
+use mailloop_tests::Check;
+use mailloop_tests::cluster::{AGENTS, Cluster, ProbeRun, check_toml, wait_until};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+const REGIONS: [&str; 2] = ["eu-west", "us-east"];
+/// Long enough for a few 2 s rounds and an agent's reconnect backoff.
+const DEADLINE: Duration = Duration::from_secs(45);
+
+fn region_of(agent: &str) -> &'static str {
+    AGENTS.iter().find(|(n, _)| *n == agent).map(|(_, r)| *r).expect("a cluster agent")
+}
+
+/// Rounds stored for `region`.
+fn rounds_in(rounds: &HashMap<(String, u64), Vec<Value>>, region: &str) -> BTreeSet<u64> {
+    rounds.keys().filter(|(r, _)| r == region).map(|(_, k)| *k).collect()
+}
+
+/// A stored result is a delivered round trip with its timings.
+fn assert_ok_with_timings(r: &Value) {
+    assert_eq!(r["outcome"], "ok", "{r:#}");
+    assert!(r["failure"].is_null(), "{r:#}");
+    let rtt = r["rtt_ms"].as_f64().expect("rtt_ms");
+    let delivery = r["delivery_ms"].as_f64().expect("delivery_ms");
+    assert!(rtt > delivery && delivery > 0.0, "rtt {rtt} delivery {delivery}");
+    let steps = r["report"]["steps"].as_array().expect("steps in the stored report");
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for step in ["smtp.connect", "smtp.data_ack", "imap.login", "imap.fetch"] {
+        assert!(names.contains(&step), "no {step} in {names:?}");
+    }
+    for s in steps {
+        assert_eq!(s["ok"], true, "{s:#}");
+        assert!(s["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{s:#}");
+        assert!(s["start_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{s:#}");
+    }
+    assert_eq!(r["report"]["probe_id"], r["probe_id"]);
+    assert_eq!(r["region"], region_of(r["agent"].as_str().unwrap()), "{r:#}");
+}
+
+/// Every probe the agents ran (their probe logs now) is stored, exactly
+/// once, and everything stored is something an agent ran.
+fn assert_stored_exactly_once(c: &Cluster, check: &str) -> Vec<Value> {
+    let ran = c.probe_log(check);
+    assert!(!ran.is_empty());
+    let deadline = Instant::now() + DEADLINE;
+    let stored = loop {
+        let stored = c.coordinator.results(check);
+        let ids: HashSet<&str> = stored.iter().map(|r| r["probe_id"].as_str().unwrap()).collect();
+        let missing = ran.iter().filter(|r| !ids.contains(r.probe_id.as_str())).cloned().collect::<Vec<_>>();
+        if missing.is_empty() {
+            break stored;
+        }
+        assert!(Instant::now() < deadline, "{} of {} probes the agents ran were never stored: {missing:#?}", missing.len(), ran.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Read after the results: every stored probe is in it.
+    let ran_now: HashMap<String, ProbeRun> = c.probe_log(check).into_iter().map(|r| (r.probe_id.clone(), r)).collect();
+    let mut seen = HashSet::new();
+    let mut slots = HashSet::new();
+    for r in &stored {
+        let id = r["probe_id"].as_str().unwrap();
+        assert!(seen.insert(id), "probe {id} stored twice");
+        let run = ran_now.get(id).unwrap_or_else(|| panic!("stored probe {id} is in no agent's probe log: {r:#}"));
+        assert_eq!(r["agent"], run.agent.as_str(), "{r:#}");
+        assert_eq!(r["round"], run.round, "{r:#}");
+        assert_eq!(r["revision"], run.revision, "{r:#}");
+        let region = r["region"].as_str().unwrap();
+        assert!(slots.insert((region.to_string(), run.round)), "round {} ran twice in {region}", run.round);
+    }
+    stored
+}
+
+/// Waits until each agent has run at least `n` more probes of `check` than
+/// in `before` (and returns its log then).
+fn wait_for_runs(c: &Cluster, check: &str, before: &[Vec<ProbeRun>], n: usize, what: &str) -> Vec<Vec<ProbeRun>> {
+    wait_until(DEADLINE, what, || {
+        let now: Vec<Vec<ProbeRun>> = c.agents.iter().map(|a| a.probe_log().into_iter().filter(|r| r.check == check).collect()).collect();
+        now.iter().zip(before).all(|(now, before)| now.len() >= before.len() + n).then_some(now)
+    })
+}
+
+fn logs(c: &Cluster, check: &str) -> Vec<Vec<ProbeRun>> {
+    c.agents.iter().map(|a| a.probe_log().into_iter().filter(|r| r.check == check).collect()).collect()
+}
+
+/// Waits until both regions have stored at least `n` results.
+fn wait_for_results(c: &Cluster, check: &str, n: usize) {
+    wait_until(DEADLINE, &format!("{n} stored results in each region"), || {
+        let rounds = c.rounds(check);
+        REGIONS.iter().all(|r| rounds_in(&rounds, r).len() >= n).then_some(())
+    });
+}
+
+#[test]
+fn both_regions_report_every_round_with_timings() {
+    let check = Check::new("dist-regions");
+    let id = check.name.clone();
+    let c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+
+    // Three consecutive rounds, from the first both regions ran, in both.
+    let (first, rounds) = wait_until(DEADLINE, "three rounds stored from both regions", || {
+        let rounds = c.rounds(&id);
+        let (eu, us) = (rounds_in(&rounds, "eu-west"), rounds_in(&rounds, "us-east"));
+        let first = *eu.intersection(&us).next()?;
+        (eu.last()? >= &(first + 2) && us.last()? >= &(first + 2)).then_some((first, rounds))
+    });
+    for round in first..=first + 2 {
+        for region in REGIONS {
+            let results = rounds.get(&(region.to_string(), round)).unwrap_or_else(|| panic!("round {round} is missing in {region}"));
+            assert_eq!(results.len(), 1, "round {round} stored {} times in {region}", results.len());
+            assert_ok_with_timings(&results[0]);
+        }
+    }
+    // Every result so far is ok (the agents started on a healthy stack).
+    for r in rounds.values().flatten() {
+        assert_ok_with_timings(r);
+    }
+
+    // `/latest` shows one round with a result from each region.
+    let latest = wait_until(DEADLINE, "/latest with both regions on the same round", || {
+        let l = c.coordinator.get_ok(&format!("/api/v1/checks/{id}/latest"));
+        let regions = l["regions"].as_array()?;
+        let same = regions.len() == 2
+            && regions.iter().all(|r| !r["result"].is_null() && r["result"]["round"] == l["round"]);
+        same.then_some(l)
+    });
+    for r in latest["regions"].as_array().unwrap() {
+        assert_ok_with_timings(&r["result"]);
+    }
+    let assigned = &c.coordinator.get_ok(&format!("/api/v1/checks/{id}"))["assigned"];
+    assert_eq!(assigned["eu-west"], "eu-1");
+    assert_eq!(assigned["us-east"], "us-1");
+}
+
+#[test]
+fn coordinator_killed_mid_stream_stores_every_probe_exactly_once() {
+    let check = Check::new("dist-kill9");
+    let id = check.name.clone();
+    let mut c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    wait_for_results(&c, &id, 2);
+
+    c.coordinator.kill9();
+    // Both agents run at least one round while it is gone: those are spooled.
+    let before = logs(&c, &id);
+    wait_for_runs(&c, &id, &before, 1, "a probe in each region while the coordinator is dead");
+    c.coordinator.restart();
+
+    let stored = assert_stored_exactly_once(&c, &id);
+    assert!(stored.len() >= 6, "{}", stored.len());
+    wait_until(DEADLINE, "the spools drained", || c.agents.iter().all(|a| a.spooled() <= 1).then_some(()));
+    assert_stored_exactly_once(&c, &id);
+}
+
+#[test]
+fn coordinator_down_for_rounds_gets_every_report_replayed() {
+    let check = Check::new("dist-down");
+    let id = check.name.clone();
+    let mut c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    wait_for_results(&c, &id, 1);
+
+    c.coordinator.stop();
+    let before = logs(&c, &id);
+    let during = wait_for_runs(&c, &id, &before, 3, "three rounds in each region while the coordinator is down");
+    for a in &c.agents {
+        assert!(a.spooled() >= 3, "agent {} spooled {} reports", a.name, a.spooled());
+    }
+    c.coordinator.restart();
+
+    let stored = assert_stored_exactly_once(&c, &id);
+    let ids: HashSet<&str> = stored.iter().map(|r| r["probe_id"].as_str().unwrap()).collect();
+    for (before, during) in before.iter().zip(&during) {
+        let offline = &during[before.len()..];
+        assert!(offline.len() >= 3);
+        for run in offline {
+            assert!(ids.contains(run.probe_id.as_str()), "{run:?} was not replayed");
+        }
+    }
+    for r in &stored {
+        assert_ok_with_timings(r);
+    }
+}
+
+#[test]
+fn checks_changed_and_deleted_with_mailloopctl_are_followed() {
+    let check = Check::new("dist-ctl");
+    let id = check.name.clone();
+    let c = Cluster::start("");
+    let file = c.dir.path().join("check.toml");
+
+    std::fs::write(&file, check_toml(&check, "2s", &REGIONS)).unwrap();
+    let (code, out, err) = c.coordinator.ctl(&["checks", "apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created (revision 1)"), "{out}");
+    wait_for_results(&c, &id, 2);
+
+    // Interval 2s → 3s: revision 2, run on the new schedule.
+    std::fs::write(&file, check_toml(&check, "3s", &REGIONS)).unwrap();
+    let (code, out, err) = c.coordinator.ctl(&["checks", "apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("updated (revision 2)"), "{out}");
+    let changed_ms = now_ms();
+    let runs = wait_until(DEADLINE, "three revision-2 runs in each agent", || {
+        let l = logs(&c, &id);
+        l.iter().all(|l| l.iter().filter(|r| r.revision == 2).count() >= 3).then_some(l)
+    });
+    for (agent, log) in c.agents.iter().zip(&runs) {
+        let rev2: Vec<&ProbeRun> = log.iter().filter(|r| r.revision == 2).collect();
+        // The first revision-2 run starts within a second and an interval of the change.
+        assert!(rev2[0].started_ms - changed_ms < 4000, "{}: first revision-2 run {} ms after the change", agent.name, rev2[0].started_ms - changed_ms);
+        // No revision-1 run started after the change reached it.
+        for r in log.iter().filter(|r| r.revision == 1) {
+            assert!(r.started_ms < changed_ms + 1000, "{}: revision-1 run {r:?} after the change", agent.name);
+        }
+        for w in rev2.windows(2) {
+            let gap = w[1].started_ms - w[0].started_ms;
+            assert!((2500..=3500).contains(&gap), "{}: revision-2 runs {gap} ms apart: {rev2:#?}", agent.name);
+        }
+    }
+    wait_until(DEADLINE, "revision-2 results stored in both regions", || {
+        let stored = c.coordinator.results(&id);
+        REGIONS.iter().all(|reg| stored.iter().any(|r| r["region"] == *reg && r["revision"] == 2)).then_some(())
+    });
+
+    // Deleted: no run starts after the deletion reached the agents.
+    let (code, out, err) = c.coordinator.ctl(&["checks", "delete", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deleted_ms = now_ms();
+    wait_until(Duration::from_secs(5), "no check assigned to any agent", || {
+        let agents = c.coordinator.get_ok("/api/v1/agents");
+        agents["agents"].as_array()?.iter().all(|a| a["assigned_checks"] == 0).then_some(())
+    });
+    // Watch for two intervals (an observation window, not a synchronisation).
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    let mut newest = None;
+    while Instant::now() < watch_until {
+        let stored = c.coordinator.results(&id);
+        newest = stored.iter().filter_map(|r| r["round"].as_u64()).max();
+        for run in c.probe_log(&id) {
+            assert!(run.started_ms < deleted_ms + 1000, "a probe of the deleted check started {} ms after the delete: {run:?}", run.started_ms - deleted_ms);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Whatever was in flight at the delete is stored; nothing newer.
+    let last_run = c.probe_log(&id).iter().map(|r| r.round).max();
+    assert_eq!(newest, last_run, "the newest stored round is the last run before the delete");
+    assert_stored_exactly_once(&c, &id);
+    let (status, _) = c.coordinator.get(&format!("/api/v1/checks/{id}"));
+    assert_eq!(status, 404);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
