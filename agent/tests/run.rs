@@ -371,3 +371,16 @@ async fn a_probe_still_running_after_the_grace_period_is_abandoned_and_the_agent
     let (code, log) = agent.exit_code().await;
     assert_eq!(code, 0, "{log}");
 }
+
+#[tokio::test]
+async fn a_second_agent_on_the_same_spool_refuses_to_start() {
+    let coord = FakeCoordinator::start(Script::default());
+    let dir = AgentDir::new();
+    let config = dir.config(coord.port(), "");
+    let mut first = dir.start();
+    first.wait_line("connected to the coordinator").await;
+    let (code, log) = Agent::start(&config, &[]).exit_code().await;
+    assert_eq!(code, 3, "{log}");
+    assert!(log.contains("is in use by another mailloop-agent"), "{log}");
+    first.stop().await;
+}

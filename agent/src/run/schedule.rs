@@ -201,7 +201,9 @@ impl CheckTask {
             }
             let Some(in_flight) = self.gate.enter() else { return };
             let started_ms = now_ms();
-            let report = self.prober.run().await;
+            // Boxed: a probe's state is ~40 KiB, and an idle task should not
+            // carry it between rounds (1,000 checks would hold 40 MiB).
+            let report = Box::pin(self.prober.run()).await;
             self.spool(round, &report, started_ms).await;
             drop(in_flight);
             let next = rounds.first_at_or_after(now_ms()).max(round + 1);
@@ -218,11 +220,21 @@ impl CheckTask {
 
     async fn spool(&self, round: u64, report: &ProbeReport, started_ms: i64) {
         let a = &self.assignment;
-        let report_json = match serde_json::to_string(report) {
-            Ok(j) => j,
+        let report_json = match serde_json::to_value(report) {
+            Ok(v) => fit(v, MAX_REPORT_BYTES),
             Err(e) => {
                 tracing::error!("probe {}: cannot encode the report: {e}", report.probe_id);
                 return;
+            }
+        };
+        let report_json = match report_json {
+            Fit::Whole(j) => j,
+            Fit::Trimmed { json, was } => {
+                tracing::error!(
+                    "probe {}: the report is {was} bytes, more than a coordinator accepts ({MAX_REPORT_BYTES}); long texts in it were cut to {TRIMMED_TEXT} bytes",
+                    report.probe_id
+                );
+                json
             }
         };
         let spooled = SpooledReport {
@@ -245,6 +257,47 @@ impl CheckTask {
             Err(e) => tracing::error!("probe {} of check {} round {round}: {verdict}; NOT spooled: {e}", report.probe_id, a.check_id),
         }
     }
+}
+
+/// The largest report sent as is: the coordinator's default message limit
+/// (1 MiB) less room for the rest of the message. A larger one would fail
+/// its stream on every replay and hold up the whole spool behind it.
+pub const MAX_REPORT_BYTES: usize = 1024 * 1024 - 4096;
+/// What a text in an oversized report is cut to.
+const TRIMMED_TEXT: usize = 1024;
+
+/// A report's JSON, cut down if it had to be.
+#[derive(Debug)]
+enum Fit {
+    Whole(String),
+    Trimmed { json: String, was: usize },
+}
+
+/// Serializes `report`; past `limit` bytes, every string longer than
+/// [`TRIMMED_TEXT`] is cut (header texts, server replies: the bulk of a
+/// large report), so the structure and every number survive.
+fn fit(mut report: serde_json::Value, limit: usize) -> Fit {
+    let json = report.to_string();
+    if json.len() <= limit {
+        return Fit::Whole(json);
+    }
+    fn cut(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.len() > TRIMMED_TEXT => {
+                let mut end = TRIMMED_TEXT;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+                s.push_str("…[cut]");
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(cut),
+            serde_json::Value::Object(map) => map.values_mut().for_each(cut),
+            _ => {}
+        }
+    }
+    cut(&mut report);
+    Fit::Trimmed { json: report.to_string(), was: json.len() }
 }
 
 /// The round arithmetic of one check: round k starts at
@@ -395,6 +448,19 @@ mod tests {
         assert_eq!(random_below(0), 0);
     }
 
+    #[test]
+    fn an_oversized_report_keeps_its_shape_and_loses_long_texts() {
+        let small = serde_json::json!({"probe_id": "ml-1", "steps": [{"detail": "ok"}]});
+        let whole = small.to_string();
+        assert!(matches!(fit(small, 1000), Fit::Whole(j) if j == whole));
+        let big = serde_json::json!({"probe_id": "ml-1", "rtt_ms": 12.5, "auth": {"raw": ["é".repeat(5000)]}});
+        let Fit::Trimmed { json, was } = fit(big, 4000) else { panic!("not trimmed") };
+        assert!(was > 10_000 && json.len() < 2000, "{was} -> {}", json.len());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!((v["probe_id"].as_str(), v["rtt_ms"].as_f64()), (Some("ml-1"), Some(12.5)));
+        assert!(v["auth"]["raw"][0].as_str().unwrap().ends_with("…[cut]"));
+    }
+
     #[tokio::test]
     async fn a_closed_gate_admits_nothing_and_drains() {
         let gate = ProbeGate::default();
@@ -407,5 +473,25 @@ mod tests {
         drop(b);
         tokio::time::timeout(Duration::from_secs(1), gate.drained()).await.unwrap();
         tokio::time::timeout(Duration::from_secs(1), gate.closed()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_check_task_does_not_carry_a_probe() {
+        // 1,000 idle checks must fit in a small agent: the probe's own
+        // state (tens of KiB) is allocated only while it runs.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db"), 10).unwrap();
+        let check = serde_json::json!({
+            "name": "x", "from": "a@example.test", "to": "b@example.test", "verify_dkim": false, "spf": {"enabled": false},
+            "smtp": {"host": "127.0.0.1", "port": 9, "security": "none"},
+            "imap": {"host": "127.0.0.1", "port": 9, "security": "none", "username": "u", "password": "p"}
+        });
+        let check = check_from_value("x", &check, &|_| None, Secrets::Resolve).unwrap();
+        let prober = Arc::new(Prober::new(check, &DnsConfig::default()).unwrap());
+        let assignment = AssignedCheck { check_id: "x".into(), revision: 1, check_json: "{}".into(), interval_ms: 1000, phase_ms: 0 };
+        let task = CheckTask { assignment, prober, spool, gate: ProbeGate::default() };
+        let (_stop, stopped) = oneshot::channel();
+        let size = std::mem::size_of_val(&task.run(stopped));
+        assert!(size < 4096, "an idle check task holds {size} bytes");
     }
 }

@@ -35,6 +35,10 @@ pub enum SpoolError {
     Sqlite { path: String, source: rusqlite::Error },
     #[error("spool {path}: the database was written by a newer mailloop-agent (schema {found}, this agent knows {SCHEMA_VERSION})")]
     NewerSchema { path: String, found: i64 },
+    #[error("spool {path} is in use by another mailloop-agent (lock file {lock})")]
+    InUse { path: String, lock: String },
+    #[error("spool lock file {lock}: {source}")]
+    Lock { lock: String, source: std::io::Error },
     #[error("spool: a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -79,6 +83,9 @@ pub struct ProbeRun {
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Mutex<Inner>>,
+    /// `<spool>.lock`, locked for as long as the spool is open: two agents
+    /// on one spool would run every check twice and send each other's reports.
+    _lock: Arc<std::fs::File>,
     path: Arc<str>,
     /// Woken whenever a report is added (the sender waits on it).
     pushed: Arc<Notify>,
@@ -98,6 +105,7 @@ impl Spool {
     /// start-up, before the runtime is busy.
     pub fn open(path: &Path, max: u64) -> Result<Spool, SpoolError> {
         let shown: Arc<str> = path.display().to_string().into();
+        let lock = lock(path)?;
         let err = |source| SpoolError::Sqlite { path: shown.to_string(), source };
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
@@ -144,6 +152,7 @@ impl Spool {
         let (waiting, _) = watch::channel(len);
         Ok(Spool {
             inner: Arc::new(Mutex::new(Inner { conn, len, max: max.max(1) })),
+            _lock: Arc::new(lock),
             path: shown,
             pushed: Arc::new(Notify::new()),
             waiting,
@@ -359,6 +368,25 @@ impl Spool {
     }
 }
 
+/// Creates and locks `<spool>.lock` (released when the process exits).
+fn lock(spool: &Path) -> Result<std::fs::File, SpoolError> {
+    let mut name = spool.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let shown = path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SpoolError::Lock { lock: shown.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::InUse { path: spool.display().to_string(), lock: shown }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Lock { lock: shown, source }),
+    }
+}
+
 /// Unix epoch milliseconds, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -434,6 +462,16 @@ mod tests {
         assert_eq!(s.assignments().await.unwrap(), [a]);
         s.push(report(2), "ok", 0).await.unwrap();
         assert!(s.seq_of("ml-2").await.unwrap() > 1, "sequence numbers are never reused");
+    }
+
+    #[tokio::test]
+    async fn one_spool_one_agent() {
+        let (dir, _s) = spool(10).await;
+        match Spool::open(&dir.path().join("spool.db"), 10) {
+            Err(SpoolError::InUse { .. }) => {}
+            Err(e) => panic!("expected InUse, got {e}"),
+            Ok(_) => panic!("a second open of a spool in use succeeded"),
+        }
     }
 
     #[tokio::test]

@@ -114,7 +114,12 @@ impl Agent {
 
     /// The next log line that `matches`, within [`WITHIN`].
     pub async fn wait_log(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        let found = tokio::time::timeout(WITHIN, async {
+        self.wait_log_within(what, WITHIN, matches).await
+    }
+
+    /// The next log line that `matches`, within `within`.
+    pub async fn wait_log_within(&mut self, what: &str, within: Duration, matches: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(within, async {
             while let Some(line) = self.lines.recv().await {
                 self.seen.push(line.clone());
                 if matches(&line) {
@@ -127,13 +132,18 @@ impl Agent {
         match found {
             Ok(Some(line)) => line,
             Ok(None) => panic!("the agent exited before logging {what}; its log:\n{}", self.seen.join("\n")),
-            Err(_) => panic!("the agent did not log {what} within {WITHIN:?}; its log:\n{}", self.seen.join("\n")),
+            Err(_) => panic!("the agent did not log {what} within {within:?}; its log:\n{}", self.seen.join("\n")),
         }
     }
 
     /// The next log line containing `text`.
     pub async fn wait_line(&mut self, text: &str) -> String {
         self.wait_log(&format!("{text:?}"), |l| l.contains(text)).await
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the agent is running")
     }
 
     /// Sends SIGTERM.
