@@ -13,8 +13,8 @@
 //!
 //! Every call carries `authorization: Bearer <token>`. Between sessions the
 //! client waits a capped exponential backoff with jitter (0.5 s doubling to
-//! 30 s, each wait drawn from its upper half); a session that registered
-//! resets it. The scheduler keeps probing all the while.
+//! 30 s, each wait drawn from its upper half); a session that stayed up for
+//! 10 s resets it. The scheduler keeps probing all the while.
 
 use super::config::CoordinatorConfig;
 use super::schedule::{Origin, Scheduler, random_below};
@@ -35,6 +35,10 @@ use tonic::{Code, Request, Status};
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that stayed up this long resets the backoff; one that fails
+/// sooner after registering (a coordinator that accepts and then drops
+/// every agent) keeps backing off.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Reports sent and not yet acknowledged, at most.
 const SEND_WINDOW: usize = 256;
 /// Heartbeat period when the coordinator gives none.
@@ -204,12 +208,13 @@ impl Connection {
                 return;
             }
             let mut registered = false;
+            let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 r = self.session(&mut scheduler, &mut registered) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             self.connected.send_replace(false);
-            if registered {
+            if registered && started.elapsed() >= STABLE_SESSION {
                 backoff.reset();
             }
             let wait = backoff.next_wait();
