@@ -55,8 +55,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A long-running agent says what it connects to and what it runs.
-    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    // A long-running agent says what it connects to and what it runs: one
+    // line per probe from the scheduler, not one per step from the engine.
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info,mailloop_agent::steps=warn,mailloop_agent::probe=warn"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| default_level.into()),

@@ -7,7 +7,9 @@
 //!
 //! - `idle_agent_footprint` (`MAILLOOP_FOOTPRINT_CHECKS`, default 1000):
 //!   the checks run hourly with phases at least half an hour away, so none
-//!   probes during the measurement.
+//!   probes during the measurement. With `MAILLOOP_FOOTPRINT_INTERVAL_MS`
+//!   they run at that interval instead, phases spread across it (each probe
+//!   fails at once on a closed port: the agent's own cost per probe).
 //! - `replay_throughput` (`MAILLOOP_REPLAY_REPORTS`, default 2000): reports
 //!   pile up while the coordinator is down, then drain.
 
@@ -41,12 +43,16 @@ async fn idle_agent_footprint() {
     let n: usize = std::env::var("MAILLOOP_FOOTPRINT_CHECKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let coord = FakeCoordinator::start(Script { heartbeat_seconds: 15, ..Script::default() });
     let hour = 3_600_000u64;
+    let busy: Option<u64> = std::env::var("MAILLOOP_FOOTPRINT_INTERVAL_MS").ok().and_then(|v| v.parse().ok());
     let now = chrono::Utc::now().timestamp_millis() as u64;
     let port = closed_port();
     for i in 0..n {
-        let mut a = assignment(&check_json(&format!("check-{i:04}"), port), hour);
-        // Every phase lies 30 to 60 minutes ahead: no round during the measurement.
-        a.phase_ms = (now + hour / 2 + (i as u64 * 1000) % (hour / 2)) % hour;
+        let mut a = assignment(&check_json(&format!("check-{i:04}"), port), busy.unwrap_or(hour));
+        a.phase_ms = match busy {
+            Some(interval) => i as u64 * interval / n as u64,
+            // Every phase lies 30 to 60 minutes ahead: no round during the measurement.
+            None => (now + hour / 2 + (i as u64 * 1000) % (hour / 2)) % hour,
+        };
         coord.assign(a);
     }
     let dir = AgentDir::new();
@@ -59,12 +65,16 @@ async fn idle_agent_footprint() {
     let ready = started.elapsed();
     let pid = agent.pid();
     let cpu_before = cpu_ticks(pid);
-    let window = Duration::from_secs(10);
+    let window = Duration::from_secs(if busy.is_some() { 30 } else { 10 });
     tokio::time::sleep(window).await; // measuring idle CPU over a window, not waiting for an event
     let idle_ticks = cpu_ticks(pid) - cpu_before;
     let (rss, peak) = memory_kib(pid);
+    let what = match busy {
+        Some(ms) => format!("agent probing {n} checks every {ms} ms"),
+        None => format!("idle agent with {n} checks"),
+    };
     println!(
-        "idle agent with {n} checks: RSS {:.1} MiB (peak {:.1} MiB); all assigned {:.2} s after start; idle CPU {:.2}% over {}s",
+        "{what}: RSS {:.1} MiB (peak {:.1} MiB); all assigned {:.2} s after start; CPU {:.2}% over {}s",
         rss as f64 / 1024.0,
         peak as f64 / 1024.0,
         ready.as_secs_f64(),
