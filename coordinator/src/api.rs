@@ -42,7 +42,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/checks", get(list_checks).post(create_check))
-        .route("/api/v1/checks/{id}", get(get_check).put(put_check).delete(delete_check))
+        .route(
+            "/api/v1/checks/{id}",
+            get(get_check).put(put_check).delete(delete_check),
+        )
         .route("/api/v1/checks/{id}/results", get(check_results))
         .route("/api/v1/checks/{id}/latest", get(latest_round))
         .route("/api/v1/checks/{id}/run", post(run_check))
@@ -108,7 +111,8 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -136,7 +140,8 @@ fn admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn json_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -154,7 +159,10 @@ async fn readyz(State(state): State<ApiState>) -> ApiResult {
     if state.ready.load(Ordering::SeqCst) {
         ok(StatusCode::OK, json!({"status": "ready"}))
     } else {
-        ok(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready"}))
+        ok(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not ready"}),
+        )
     }
 }
 
@@ -177,12 +185,20 @@ fn check_json(hub: &Hub, c: &StoredCheck) -> Value {
 }
 
 async fn list_checks(State(state): State<ApiState>) -> ApiResult {
-    let checks: Vec<Value> = state.hub.checks().iter().map(|c| check_json(&state.hub, c)).collect();
+    let checks: Vec<Value> = state
+        .hub
+        .checks()
+        .iter()
+        .map(|c| check_json(&state.hub, c))
+        .collect();
     ok(StatusCode::OK, json!({"checks": checks}))
 }
 
 async fn get_check(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
-    let c = state.hub.check(&id).ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
+    let c = state
+        .hub
+        .check(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
     ok(StatusCode::OK, check_json(&state.hub, &c))
 }
 
@@ -192,7 +208,12 @@ async fn create_check(State(state): State<ApiState>, headers: HeaderMap, body: B
     store_check(&state, spec, PutMode::Create).await
 }
 
-async fn put_check(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_check(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     admin(&state, &headers)?;
     let mut table = json_body(&body)?;
     match table.get("name") {
@@ -203,10 +224,12 @@ async fn put_check(State(state): State<ApiState>, headers: HeaderMap, Path(id): 
         }
         Some(Value::String(n)) if *n == id => {}
         Some(other) => {
-            return Err(ApiError::Invalid(vec![mailloop_common::config::ConfigIssue {
-                path: "body.name".into(),
-                message: format!("{other} differs from the check id {id:?} in the URL"),
-            }]));
+            return Err(ApiError::Invalid(vec![
+                mailloop_common::config::ConfigIssue {
+                    path: "body.name".into(),
+                    message: format!("{other} differs from the check id {id:?} in the URL"),
+                },
+            ]));
         }
     }
     let spec = state.control.validate_check("body", &table)?;
@@ -221,19 +244,37 @@ async fn store_check(state: &ApiState, spec: CheckSpec, mode: PutMode) -> ApiRes
         PutOutcome::Updated => "updated",
         PutOutcome::Unchanged => "unchanged",
     });
-    let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome == PutOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     ok(status, body)
 }
 
-async fn delete_check(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn delete_check(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     admin(&state, &headers)?;
     let c = state.control.delete_check(&id, Source::Api).await?;
-    ok(StatusCode::OK, json!({"id": c.spec.name, "revision": c.revision, "deleted": true}))
+    ok(
+        StatusCode::OK,
+        json!({"id": c.spec.name, "revision": c.revision, "deleted": true}),
+    )
 }
 
-async fn run_check(State(state): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn run_check(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     admin(&state, &headers)?;
-    state.hub.check(&id).ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
+    state
+        .hub
+        .check(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
     Err(ApiError::NotImplemented(
         "on-demand runs need a one-off round in the agent protocol, which it does not carry yet; the check runs at its next round".into(),
     ))
@@ -258,22 +299,36 @@ fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     if let Ok(d) = humantime::parse_duration(v) {
         return Ok(now_ms() - d.as_millis() as i64);
     }
-    Err(ApiError::BadRequest(format!("{name}={v:?}: expected RFC 3339 (2026-01-31T12:00:00Z) or a duration back from now (1h)")))
+    Err(ApiError::BadRequest(format!(
+        "{name}={v:?}: expected RFC 3339 (2026-01-31T12:00:00Z) or a duration back from now (1h)"
+    )))
 }
 
 fn query(p: ResultParams) -> Result<ResultQuery, ApiError> {
     let after = match &p.cursor {
         None => None,
         Some(c) => {
-            let parsed = c.split_once(':').and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())));
-            Some(parsed.ok_or_else(|| ApiError::BadRequest(format!("cursor={c:?} is not a cursor from a previous page")))?)
+            let parsed = c
+                .split_once(':')
+                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())));
+            Some(parsed.ok_or_else(|| {
+                ApiError::BadRequest(format!("cursor={c:?} is not a cursor from a previous page"))
+            })?)
         }
     };
     Ok(ResultQuery {
         check_id: p.check,
         region: p.region,
-        since_ms: p.since.as_deref().map(|v| time_param("since", v)).transpose()?,
-        until_ms: p.until.as_deref().map(|v| time_param("until", v)).transpose()?,
+        since_ms: p
+            .since
+            .as_deref()
+            .map(|v| time_param("since", v))
+            .transpose()?,
+        until_ms: p
+            .until
+            .as_deref()
+            .map(|v| time_param("until", v))
+            .transpose()?,
         limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
         after,
     })
@@ -311,16 +366,32 @@ async fn results(State(state): State<ApiState>, Query(p): Query<ResultParams>) -
     page(&state, q).await
 }
 
-async fn check_results(State(state): State<ApiState>, Path(id): Path<String>, Query(p): Query<ResultParams>) -> ApiResult {
-    state.hub.check_any(&id).ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
-    let q = query(ResultParams { check: Some(id), ..p })?;
+async fn check_results(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(p): Query<ResultParams>,
+) -> ApiResult {
+    state
+        .hub
+        .check_any(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
+    let q = query(ResultParams {
+        check: Some(id),
+        ..p
+    })?;
     page(&state, q).await
 }
 
 async fn latest_round(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
-    let check = state.hub.check_any(&id).ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
+    let check = state
+        .hub
+        .check_any(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
     let Some((round, rows)) = state.storage.latest_round(id.clone()).await? else {
-        return ok(StatusCode::OK, json!({"check": id, "round": null, "regions": []}));
+        return ok(
+            StatusCode::OK,
+            json!({"check": id, "round": null, "regions": []}),
+        );
     };
     let mut regions: Vec<String> = check.spec.regions.clone();
     for r in &rows {
@@ -337,7 +408,10 @@ async fn latest_round(State(state): State<ApiState>, Path(id): Path<String>) -> 
             json!({"region": region, "result": result})
         })
         .collect();
-    ok(StatusCode::OK, json!({"check": id, "round": round, "round_started_at": rfc3339(start as i64), "regions": per_region}))
+    ok(
+        StatusCode::OK,
+        json!({"check": id, "round": round, "round_started_at": rfc3339(start as i64), "regions": per_region}),
+    )
 }
 
 fn agent_json(a: &AgentView) -> Value {
@@ -362,7 +436,10 @@ async fn list_agents(State(state): State<ApiState>) -> ApiResult {
 }
 
 async fn get_agent(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
-    let a = state.hub.agent(&name).ok_or_else(|| ApiError::NotFound(format!("no agent {name:?}")))?;
+    let a = state
+        .hub
+        .agent(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {name:?}")))?;
     ok(StatusCode::OK, agent_json(&a))
 }
 
@@ -374,17 +451,31 @@ struct NewAgent {
 
 async fn add_agent(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     admin(&state, &headers)?;
-    let req: NewAgent = serde_json::from_value(json_body(&body)?)
-        .map_err(|e| ApiError::BadRequest(format!("expected {{\"name\": ..., \"region\": ...}}: {e}")))?;
+    let req: NewAgent = serde_json::from_value(json_body(&body)?).map_err(|e| {
+        ApiError::BadRequest(format!("expected {{\"name\": ..., \"region\": ...}}: {e}"))
+    })?;
     let (agent, token) = state.control.add_agent(&req.name, &req.region).await?;
-    let view = state.hub.agent(&agent.name).ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
+    let view = state
+        .hub
+        .agent(&agent.name)
+        .ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
     // The one and only time the token leaves the coordinator.
-    ok(StatusCode::CREATED, json!({"agent": agent_json(&view), "token": token.expose()}))
+    ok(
+        StatusCode::CREATED,
+        json!({"agent": agent_json(&view), "token": token.expose()}),
+    )
 }
 
-async fn revoke_agent(State(state): State<ApiState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+async fn revoke_agent(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     admin(&state, &headers)?;
     state.control.revoke_agent(&name, Source::Api).await?;
-    let view = state.hub.agent(&name).ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
+    let view = state
+        .hub
+        .agent(&name)
+        .ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
     ok(StatusCode::OK, agent_json(&view))
 }

@@ -24,7 +24,10 @@ pub enum ClientError {
     #[error("bad coordinator URL {0:?}: expected http://host:port or https://host:port")]
     Url(String),
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("HTTP: {0}")]
@@ -47,8 +50,18 @@ impl ApiResponse {
 
     /// The `error` the API gave, with every `issues[]` entry on its own line.
     pub fn error_text(&self) -> String {
-        let mut out = self.body.get("error").and_then(Value::as_str).map_or_else(|| self.body.to_string(), str::to_string);
-        for i in self.body.get("issues").and_then(Value::as_array).into_iter().flatten() {
+        let mut out = self
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| self.body.to_string(), str::to_string);
+        for i in self
+            .body
+            .get("issues")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let path = i.get("path").and_then(Value::as_str).unwrap_or("?");
             let message = i.get("message").and_then(Value::as_str).unwrap_or("?");
             out.push_str(&format!("\n  {path}: {message}"));
@@ -70,19 +83,40 @@ pub struct Client {
 
 impl Client {
     /// `url`: `http://127.0.0.1:7480` or `https://coordinator.example:7480`.
-    pub fn new(url: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<Client, ClientError> {
         let uri: Uri = url.parse().map_err(|_| ClientError::Url(url.into()))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             _ => return Err(ClientError::Url(url.into())),
         };
-        let host = uri.host().ok_or_else(|| ClientError::Url(url.into()))?.to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::Url(url.into()))?
+            .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_else(|| host.clone());
+        let authority = uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| host.clone());
         let prefix = uri.path().trim_end_matches('/').to_string();
-        let tls = if https { Some(connector(ca_file)?) } else { None };
-        Ok(Client { host, port, authority, prefix, token: token.filter(|t| !t.is_empty()).map(Secret::new), tls })
+        let tls = if https {
+            Some(connector(ca_file)?)
+        } else {
+            None
+        };
+        Ok(Client {
+            host,
+            port,
+            authority,
+            prefix,
+            token: token.filter(|t| !t.is_empty()).map(Secret::new),
+            tls,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<ApiResponse, ClientError> {
@@ -102,16 +136,38 @@ impl Client {
     }
 
     /// One request on its own connection.
-    pub async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<ApiResponse, ClientError> {
-        let timeout = ClientError::Timeout { method: method.clone(), path: path.to_string() };
-        tokio::time::timeout(TIMEOUT, self.exchange(method, path, body)).await.map_err(|_| timeout)?
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<ApiResponse, ClientError> {
+        let timeout = ClientError::Timeout {
+            method: method.clone(),
+            path: path.to_string(),
+        };
+        tokio::time::timeout(TIMEOUT, self.exchange(method, path, body))
+            .await
+            .map_err(|_| timeout)?
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Option<&Value>) -> Result<ApiResponse, ClientError> {
-        let host = self.host.trim_start_matches('[').trim_end_matches(']').to_string();
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<ApiResponse, ClientError> {
+        let host = self
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let tcp = TcpStream::connect((host.as_str(), self.port))
             .await
-            .map_err(|source| ClientError::Connect { addr: self.authority.clone(), source })?;
+            .map_err(|source| ClientError::Connect {
+                addr: self.authority.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let mut req = Request::builder()
             .method(method)
@@ -128,12 +184,18 @@ impl Client {
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(payload)).map_err(|e| ClientError::Http(e.to_string()))?;
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = match &self.tls {
             None => request(tcp, req).await?,
             Some(tls) => {
-                let name = rustls_pki_types::ServerName::try_from(host).map_err(|e| ClientError::Tls(e.to_string()))?;
-                let stream = tls.connect(name, tcp).await.map_err(|e| ClientError::Tls(e.to_string()))?;
+                let name = rustls_pki_types::ServerName::try_from(host)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
                 request(stream, req).await?
             }
         };
@@ -151,10 +213,19 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Ok(ApiResponse { status, body })
 }
 
@@ -166,10 +237,13 @@ fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, Clien
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", path.display())))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::Tls(format!("cannot read {}: {e}", path.display())))?;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-            roots.add(cert).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

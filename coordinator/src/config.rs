@@ -9,7 +9,9 @@
 //! given through the API obeys exactly the same rules as one in the file.
 
 use mailloop_common::Secret;
-use mailloop_common::config::{ConfigError, ConfigIssue, Secrets, apply_env_overrides, check_from_value, duration_value};
+use mailloop_common::config::{
+    ConfigError, ConfigIssue, Secrets, apply_env_overrides, check_from_value, duration_value,
+};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::fmt;
@@ -50,6 +52,10 @@ pub struct CoordinatorConfig {
     pub agents: Vec<AgentDecl>,
     /// Checks declared in the file (config as code).
     pub checks: Vec<CheckSpec>,
+    /// `[incidents]` and `[baselines]`: how rounds are judged.
+    pub judge: crate::judge::config::JudgeSettings,
+    /// `[[alert]]`: where incident events go.
+    pub alerts: Vec<crate::alerts::ChannelConfig>,
 }
 
 /// `[server]`.
@@ -88,7 +94,11 @@ impl ServerConfig {
     pub fn check_rules(&self) -> CheckRules {
         CheckRules {
             allow_inline_passwords: self.allow_inline_passwords,
-            min_interval: if self.test_mode { MIN_TEST_INTERVAL } else { MIN_INTERVAL },
+            min_interval: if self.test_mode {
+                MIN_TEST_INTERVAL
+            } else {
+                MIN_INTERVAL
+            },
         }
     }
 }
@@ -140,7 +150,10 @@ impl CheckSpec {
     pub fn full_table(&self) -> Value {
         let mut t = self.table.clone();
         if let Some(obj) = t.as_object_mut() {
-            obj.insert("interval".into(), Value::String(humantime::format_duration(self.interval).to_string()));
+            obj.insert(
+                "interval".into(),
+                Value::String(humantime::format_duration(self.interval).to_string()),
+            );
             obj.insert("regions".into(), Value::from(self.regions.clone()));
         }
         t
@@ -160,23 +173,44 @@ impl CoordinatorConfig {
     /// come from the real environment).
     pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Unreadable { path: shown.clone(), message: e.to_string() })?;
-        let mut raw = parse_toml(&text).map_err(|message| ConfigError::Unreadable { path: shown.clone(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        let mut raw = parse_toml(&text).map_err(|message| ConfigError::Unreadable {
+            path: shown.clone(),
+            message,
+        })?;
         apply_env_overrides(&mut raw, std::env::vars());
-        Self::from_value(&raw, &|name| std::env::var(name).ok())
-            .map_err(|issues| ConfigError::Invalid { path: shown, issues })
+        Self::from_value(&raw, &|name| std::env::var(name).ok()).map_err(|issues| {
+            ConfigError::Invalid {
+                path: shown,
+                issues,
+            }
+        })
     }
 
     /// Validates an already-parsed tree.
-    pub fn from_value(raw: &Value, env: &dyn Fn(&str) -> Option<String>) -> Result<CoordinatorConfig, Vec<ConfigIssue>> {
+    pub fn from_value(
+        raw: &Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<CoordinatorConfig, Vec<ConfigIssue>> {
         let mut v = Issues::default();
         let Some(root) = raw.as_object() else {
             return Err(vec![issue("(root)", "expected a table")]);
         };
         for key in root.keys() {
-            if !["server", "agent", "check"].contains(&key.as_str()) {
-                v.push(key.clone(), "unknown key (expected [server], [[agent]] and [[check]])");
+            if ![
+                "server",
+                "agent",
+                "check",
+                "incidents",
+                "baselines",
+                "alert",
+            ]
+            .contains(&key.as_str())
+            {
+                v.push(key.clone(), "unknown key (expected [server], [[agent]], [[check]], [incidents], [baselines] and [[alert]])");
             }
         }
         let server = server(&mut v, root.get("server"), env);
@@ -185,11 +219,23 @@ impl CoordinatorConfig {
             Some(s) => s.check_rules(),
             // Keep validating the checks with the strictest reading, so their
             // own issues are reported together with the server's.
-            None => CheckRules { allow_inline_passwords: false, min_interval: MIN_INTERVAL },
+            None => CheckRules {
+                allow_inline_passwords: false,
+                min_interval: MIN_INTERVAL,
+            },
         };
         let checks = checks(&mut v, root.get("check"), rules);
+        let judge =
+            crate::judge::config::parse(root.get("incidents"), root.get("baselines"), &mut v.0);
+        let alerts = crate::alerts::config::parse(root.get("alert"), env, &mut v.0);
         match server {
-            Some(server) if v.0.is_empty() => Ok(CoordinatorConfig { server, agents, checks }),
+            Some(server) if v.0.is_empty() => Ok(CoordinatorConfig {
+                server,
+                agents,
+                checks,
+                judge,
+                alerts,
+            }),
             _ => Err(v.0),
         }
     }
@@ -203,7 +249,11 @@ pub fn parse_toml(text: &str) -> Result<Value, String> {
 
 /// Validates one check table (from the file, or from the admin API).
 /// `path` prefixes every issue: `check[2]`, `body`.
-pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckSpec, Vec<ConfigIssue>> {
+pub fn check_spec(
+    path: &str,
+    value: &Value,
+    rules: CheckRules,
+) -> Result<CheckSpec, Vec<ConfigIssue>> {
     let mut v = Issues::default();
     let Some(obj) = value.as_object() else {
         return Err(vec![issue(path, "expected a table")]);
@@ -213,8 +263,15 @@ pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckS
         Some(raw) => match duration_value(raw) {
             Ok(d) if d < rules.min_interval || d > MAX_INTERVAL => {
                 let floor = humantime::format_duration(rules.min_interval);
-                let hint = if rules.min_interval > MIN_TEST_INTERVAL { " (shorter only with [server] test_mode = true)" } else { "" };
-                v.push(format!("{path}.interval"), format!("{raw} is outside {floor} to 1h{hint}"));
+                let hint = if rules.min_interval > MIN_TEST_INTERVAL {
+                    " (shorter only with [server] test_mode = true)"
+                } else {
+                    ""
+                };
+                v.push(
+                    format!("{path}.interval"),
+                    format!("{raw} is outside {floor} to 1h{hint}"),
+                );
                 None
             }
             Ok(d) => Some(d),
@@ -226,7 +283,10 @@ pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckS
     };
     let regions = match obj.get("regions") {
         None => {
-            v.push(format!("{path}.regions"), "required: the regions this check runs in, e.g. [\"eu-west\"]");
+            v.push(
+                format!("{path}.regions"),
+                "required: the regions this check runs in, e.g. [\"eu-west\"]",
+            );
             None
         }
         Some(Value::Array(list)) if list.is_empty() => {
@@ -240,13 +300,19 @@ pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckS
                 match r.as_str() {
                     Some(s) if is_name(s) => {
                         if out.iter().any(|o| o == s) {
-                            v.push(format!("{path}.regions[{i}]"), format!("{s:?} is listed twice"));
+                            v.push(
+                                format!("{path}.regions[{i}]"),
+                                format!("{s:?} is listed twice"),
+                            );
                             ok = false;
                         }
                         out.push(s.to_string());
                     }
                     _ => {
-                        v.push(format!("{path}.regions[{i}]"), format!("{r} is not a region name (letters, digits, '-', '_', '.')"));
+                        v.push(
+                            format!("{path}.regions[{i}]"),
+                            format!("{r} is not a region name (letters, digits, '-', '_', '.')"),
+                        );
                         ok = false;
                     }
                 }
@@ -255,7 +321,10 @@ pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckS
             ok.then_some(out)
         }
         Some(other) => {
-            v.push(format!("{path}.regions"), format!("expected a list of region names, found {other}"));
+            v.push(
+                format!("{path}.regions"),
+                format!("expected a list of region names, found {other}"),
+            );
             None
         }
     };
@@ -263,7 +332,9 @@ pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckS
     table.remove("interval");
     table.remove("regions");
     let table = Value::Object(table);
-    let secrets = Secrets::ReferencesOnly { allow_inline: rules.allow_inline_passwords };
+    let secrets = Secrets::ReferencesOnly {
+        allow_inline: rules.allow_inline_passwords,
+    };
     // References are never resolved here: the agent resolves them in its region.
     let probe = check_from_value(path, &table, &|_| None, secrets);
     let name = match probe {
@@ -274,14 +345,22 @@ pub fn check_spec(path: &str, value: &Value, rules: CheckRules) -> Result<CheckS
         }
     };
     match (name, interval, regions) {
-        (Some(name), Some(interval), Some(regions)) if v.0.is_empty() => Ok(CheckSpec { name, table, interval, regions }),
+        (Some(name), Some(interval), Some(regions)) if v.0.is_empty() => Ok(CheckSpec {
+            name,
+            table,
+            interval,
+            regions,
+        }),
         _ => Err(v.0),
     }
 }
 
 /// Letters, digits, `-`, `_`, `.`; 1 to 64 characters (agent, region and check names).
 pub fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// SHA-256 of a token, lowercase hex: the only form a token is stored in.
@@ -295,7 +374,10 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
-    ConfigIssue { path: path.into(), message: message.into() }
+    ConfigIssue {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Default)]
@@ -315,10 +397,23 @@ struct Table<'a> {
 }
 
 impl<'a> Table<'a> {
-    fn new(v: &mut Issues, path: &str, value: Option<&'a Value>, empty: &'a Map<String, Value>) -> Option<Table<'a>> {
+    fn new(
+        v: &mut Issues,
+        path: &str,
+        value: Option<&'a Value>,
+        empty: &'a Map<String, Value>,
+    ) -> Option<Table<'a>> {
         match value {
-            None => Some(Table { path: path.into(), map: empty, used: HashSet::new() }),
-            Some(Value::Object(map)) => Some(Table { path: path.into(), map, used: HashSet::new() }),
+            None => Some(Table {
+                path: path.into(),
+                map: empty,
+                used: HashSet::new(),
+            }),
+            Some(Value::Object(map)) => Some(Table {
+                path: path.into(),
+                map,
+                used: HashSet::new(),
+            }),
             Some(_) => {
                 v.push(path, "expected a table");
                 None
@@ -327,7 +422,11 @@ impl<'a> Table<'a> {
     }
 
     fn key(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Value> {
@@ -364,29 +463,54 @@ impl<'a> Table<'a> {
             None => Some(default),
             Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
-                v.push(self.key(key), format!("expected true or false, found {other}"));
+                v.push(
+                    self.key(key),
+                    format!("expected true or false, found {other}"),
+                );
                 None
             }
         }
     }
 
-    fn number(&mut self, v: &mut Issues, key: &'static str, default: u64, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
+    fn number(
+        &mut self,
+        v: &mut Issues,
+        key: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
         match self.get(key) {
             None => Some(default),
             Some(Value::Number(n)) if n.as_u64().is_some_and(|n| range.contains(&n)) => n.as_u64(),
             Some(other) => {
-                v.push(self.key(key), format!("{other} is not a whole number from {} to {}", range.start(), range.end()));
+                v.push(
+                    self.key(key),
+                    format!(
+                        "{other} is not a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
                 None
             }
         }
     }
 
-    fn duration(&mut self, v: &mut Issues, key: &'static str, default: Duration, min: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        v: &mut Issues,
+        key: &'static str,
+        default: Duration,
+        min: Duration,
+    ) -> Option<Duration> {
         match self.get(key) {
             None => Some(default),
             Some(raw) => match duration_value(raw) {
                 Ok(d) if d < min => {
-                    v.push(self.key(key), format!("{raw} is shorter than {}", humantime::format_duration(min)));
+                    v.push(
+                        self.key(key),
+                        format!("{raw} is shorter than {}", humantime::format_duration(min)),
+                    );
                     None
                 }
                 Ok(d) => Some(d),
@@ -403,7 +527,10 @@ impl<'a> Table<'a> {
         match text.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                v.push(self.key(key), format!("{text:?} is not ip:port (e.g. \"127.0.0.1:7443\", \"[::]:7443\")"));
+                v.push(
+                    self.key(key),
+                    format!("{text:?} is not ip:port (e.g. \"127.0.0.1:7443\", \"[::]:7443\")"),
+                );
                 None
             }
         }
@@ -411,7 +538,9 @@ impl<'a> Table<'a> {
 
     /// Reads a file named by `key`; `Some(None)` when the key is absent.
     fn file(&mut self, v: &mut Issues, key: &'static str) -> Option<Option<(PathBuf, Vec<u8>)>> {
-        let Some(path) = self.string(v, key)? else { return Some(None) };
+        let Some(path) = self.string(v, key)? else {
+            return Some(None);
+        };
         match std::fs::read(&path) {
             Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
                 v.push(self.key(key), format!("{path} is empty"));
@@ -426,10 +555,17 @@ impl<'a> Table<'a> {
     }
 }
 
-fn server(v: &mut Issues, raw: Option<&Value>, env: &dyn Fn(&str) -> Option<String>) -> Option<ServerConfig> {
+fn server(
+    v: &mut Issues,
+    raw: Option<&Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ServerConfig> {
     let empty = Map::new();
     if raw.is_none() {
-        v.push("server", "required table is missing (at least data_dir and an admin token)");
+        v.push(
+            "server",
+            "required table is missing (at least data_dir and an admin token)",
+        );
     }
     let mut t = Table::new(v, "server", raw, &empty)?;
     let grpc_listen = t.addr(v, "grpc_listen", DEFAULT_GRPC_LISTEN);
@@ -438,7 +574,10 @@ fn server(v: &mut Issues, raw: Option<&Value>, env: &dyn Fn(&str) -> Option<Stri
         Some(Some(d)) => {
             let p = PathBuf::from(d);
             if p.exists() && !p.is_dir() {
-                v.push("server.data_dir", format!("{} exists and is not a directory", p.display()));
+                v.push(
+                    "server.data_dir",
+                    format!("{} exists and is not a directory", p.display()),
+                );
                 None
             } else {
                 Some(p)
@@ -460,9 +599,24 @@ fn server(v: &mut Issues, raw: Option<&Value>, env: &dyn Fn(&str) -> Option<Stri
     let test_mode = t.flag(v, "test_mode", false);
     let heartbeat = t.duration(v, "heartbeat", DEFAULT_HEARTBEAT, Duration::from_secs(1));
     let spool_max_reports = t.number(v, "spool_max_reports", 0, 0..=u32::MAX as u64);
-    let max_message_bytes = t.number(v, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES as u64, 4096..=64 * 1024 * 1024);
-    let max_streams = t.number(v, "max_streams_per_connection", DEFAULT_MAX_STREAMS as u64, 2..=1000);
-    let shutdown_grace = t.duration(v, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE, Duration::from_millis(100));
+    let max_message_bytes = t.number(
+        v,
+        "max_message_bytes",
+        DEFAULT_MAX_MESSAGE_BYTES as u64,
+        4096..=64 * 1024 * 1024,
+    );
+    let max_streams = t.number(
+        v,
+        "max_streams_per_connection",
+        DEFAULT_MAX_STREAMS as u64,
+        2..=1000,
+    );
+    let shutdown_grace = t.duration(
+        v,
+        "shutdown_grace",
+        DEFAULT_SHUTDOWN_GRACE,
+        Duration::from_millis(100),
+    );
     t.finish(v);
     // Plaintext only where nobody else can listen, unless explicitly allowed.
     if let (Some(None), Some(false)) = (&tls, allow_plaintext) {
@@ -493,25 +647,47 @@ fn server(v: &mut Issues, raw: Option<&Value>, env: &dyn Fn(&str) -> Option<Stri
     })
 }
 
-fn admin_token(v: &mut Issues, t: &mut Table<'_>, env: &dyn Fn(&str) -> Option<String>, present: bool) -> Option<Secret> {
+fn admin_token(
+    v: &mut Issues,
+    t: &mut Table<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    present: bool,
+) -> Option<Secret> {
     let file = t.file(v, "admin_token_file");
     let var = t.string(v, "admin_token_env");
     let token = match (file?, var?) {
         (Some(_), Some(_)) => {
-            v.push("server.admin_token_file", "set only one of admin_token_file and admin_token_env");
+            v.push(
+                "server.admin_token_file",
+                "set only one of admin_token_file and admin_token_env",
+            );
             return None;
         }
         (Some((path, bytes)), None) => match String::from_utf8(bytes) {
-            Ok(s) => (s.trim().to_string(), "server.admin_token_file", path.display().to_string()),
+            Ok(s) => (
+                s.trim().to_string(),
+                "server.admin_token_file",
+                path.display().to_string(),
+            ),
             Err(_) => {
-                v.push("server.admin_token_file", format!("{} is not text", path.display()));
+                v.push(
+                    "server.admin_token_file",
+                    format!("{} is not text", path.display()),
+                );
                 return None;
             }
         },
         (None, Some(name)) => match env(&name) {
-            Some(s) if !s.trim().is_empty() => (s.trim().to_string(), "server.admin_token_env", format!("${name}")),
+            Some(s) if !s.trim().is_empty() => (
+                s.trim().to_string(),
+                "server.admin_token_env",
+                format!("${name}"),
+            ),
             _ => {
-                v.push("server.admin_token_env", format!("environment variable {name} is not set"));
+                v.push(
+                    "server.admin_token_env",
+                    format!("environment variable {name} is not set"),
+                );
                 return None;
             }
         },
@@ -524,7 +700,10 @@ fn admin_token(v: &mut Issues, t: &mut Table<'_>, env: &dyn Fn(&str) -> Option<S
     };
     let (token, key, source) = token;
     if token.len() < MIN_TOKEN_LEN {
-        v.push(key, format!("the token in {source} is shorter than {MIN_TOKEN_LEN} characters"));
+        v.push(
+            key,
+            format!("the token in {source} is shorter than {MIN_TOKEN_LEN} characters"),
+        );
         return None;
     }
     Some(Secret::new(token))
@@ -539,26 +718,46 @@ fn tls(v: &mut Issues, t: &mut Table<'_>) -> Option<Option<TlsMaterial>> {
     let mut ok = true;
     let mut pem_check = |v: &mut Issues, name: &str, bytes: &[u8], what: &str, marker: &str| {
         if !String::from_utf8_lossy(bytes).contains(marker) {
-            v.push(format!("server.{name}"), format!("no {what} found (expected PEM with {marker})"));
+            v.push(
+                format!("server.{name}"),
+                format!("no {what} found (expected PEM with {marker})"),
+            );
             ok = false;
         }
     };
     if let Some((_, b)) = &cert {
-        pem_check(v, "tls_cert", b, "certificate", "-----BEGIN CERTIFICATE-----");
+        pem_check(
+            v,
+            "tls_cert",
+            b,
+            "certificate",
+            "-----BEGIN CERTIFICATE-----",
+        );
     }
     if let Some((_, b)) = &key {
         pem_check(v, "tls_key", b, "private key", "PRIVATE KEY-----");
     }
     if let Some((_, b)) = &ca {
-        pem_check(v, "client_ca", b, "CA certificate", "-----BEGIN CERTIFICATE-----");
+        pem_check(
+            v,
+            "client_ca",
+            b,
+            "CA certificate",
+            "-----BEGIN CERTIFICATE-----",
+        );
     }
     match (cert, key) {
-        (Some((_, cert_pem)), Some((_, key_pem))) => {
-            ok.then_some(Some(TlsMaterial { cert_pem, key_pem, client_ca_pem: ca.map(|(_, b)| b) }))
-        }
+        (Some((_, cert_pem)), Some((_, key_pem))) => ok.then_some(Some(TlsMaterial {
+            cert_pem,
+            key_pem,
+            client_ca_pem: ca.map(|(_, b)| b),
+        })),
         (None, None) => {
             if ca.is_some() {
-                v.push("server.client_ca", "mutual TLS needs tls_cert and tls_key too");
+                v.push(
+                    "server.client_ca",
+                    "mutual TLS needs tls_cert and tls_key too",
+                );
                 return None;
             }
             Some(None)
@@ -579,7 +778,10 @@ fn array<'a>(v: &mut Issues, key: &str, raw: Option<&'a Value>) -> &'a [Value] {
         None => &[],
         Some(Value::Array(list)) => list,
         Some(Value::Object(_)) => {
-            v.push(key, format!("must be an array of tables: write [[{key}]], not [{key}]"));
+            v.push(
+                key,
+                format!("must be an array of tables: write [[{key}]], not [{key}]"),
+            );
             &[]
         }
         Some(_) => {
@@ -594,7 +796,9 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
     let empty = Map::new();
     for (i, item) in array(v, "agent", raw).iter().enumerate() {
         let path = format!("agent[{i}]");
-        let Some(mut t) = Table::new(v, &path, Some(item), &empty) else { continue };
+        let Some(mut t) = Table::new(v, &path, Some(item), &empty) else {
+            continue;
+        };
         let name = named(v, &mut t, "name");
         let region = named(v, &mut t, "region");
         let file = t.file(v, "token_file");
@@ -602,13 +806,22 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
         t.finish(v);
         let token_sha256 = match (file, hash) {
             (Some(Some(_)), Some(Some(_))) => {
-                v.push(format!("{path}.token_file"), "set only one of token_file and token_sha256");
+                v.push(
+                    format!("{path}.token_file"),
+                    "set only one of token_file and token_sha256",
+                );
                 None
             }
             (Some(Some((p, bytes))), Some(None)) => {
                 let token = String::from_utf8_lossy(&bytes).trim().to_string();
                 if token.len() < MIN_TOKEN_LEN {
-                    v.push(format!("{path}.token_file"), format!("the token in {} is shorter than {MIN_TOKEN_LEN} characters", p.display()));
+                    v.push(
+                        format!("{path}.token_file"),
+                        format!(
+                            "the token in {} is shorter than {MIN_TOKEN_LEN} characters",
+                            p.display()
+                        ),
+                    );
                     None
                 } else {
                     Some(token_sha256(&token))
@@ -619,23 +832,39 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
                 if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
                     Some(h)
                 } else {
-                    v.push(format!("{path}.token_sha256"), "expected 64 hex digits (sha256sum of the token)");
+                    v.push(
+                        format!("{path}.token_sha256"),
+                        "expected 64 hex digits (sha256sum of the token)",
+                    );
                     None
                 }
             }
             (Some(None), Some(None)) => {
-                v.push(format!("{path}.token_file"), "required: token_file or token_sha256");
+                v.push(
+                    format!("{path}.token_file"),
+                    "required: token_file or token_sha256",
+                );
                 None
             }
             _ => None,
         };
         if let (Some(name), Some(region), Some(token_sha256)) = (name, region, token_sha256) {
             if out.iter().any(|a| a.name == name) {
-                v.push(format!("{path}.name"), format!("duplicate agent name {name:?}"));
+                v.push(
+                    format!("{path}.name"),
+                    format!("duplicate agent name {name:?}"),
+                );
             } else if out.iter().any(|a| a.token_sha256 == token_sha256) {
-                v.push(format!("{path}.token_sha256"), "the same token is already given to another agent");
+                v.push(
+                    format!("{path}.token_sha256"),
+                    "the same token is already given to another agent",
+                );
             } else {
-                out.push(AgentDecl { name, region, token_sha256 });
+                out.push(AgentDecl {
+                    name,
+                    region,
+                    token_sha256,
+                });
             }
         }
     }
@@ -646,7 +875,10 @@ fn named(v: &mut Issues, t: &mut Table<'_>, key: &'static str) -> Option<String>
     match t.string(v, key)? {
         Some(s) if is_name(&s) => Some(s),
         Some(s) => {
-            v.push(t.key(key), format!("{s:?}: use 1 to 64 letters, digits, '-', '_' or '.'"));
+            v.push(
+                t.key(key),
+                format!("{s:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
             None
         }
         None => {
@@ -663,7 +895,10 @@ fn checks(v: &mut Issues, raw: Option<&Value>, rules: CheckRules) -> Vec<CheckSp
         match check_spec(&path, item, rules) {
             Ok(spec) => {
                 if out.iter().any(|c| c.name == spec.name) {
-                    v.push(format!("{path}.name"), format!("duplicate check name {:?}", spec.name));
+                    v.push(
+                        format!("{path}.name"),
+                        format!("duplicate check name {:?}", spec.name),
+                    );
                 } else {
                     out.push(spec);
                 }
@@ -710,7 +945,10 @@ mod tests {
         assert_eq!(c.server.retention, DEFAULT_RETENTION);
         assert_eq!(c.checks[0].interval, Duration::from_secs(60));
         assert_eq!(c.checks[0].regions, ["eu-west", "us-east"]);
-        assert!(c.checks[0].table.get("interval").is_none(), "agents get the probe table only");
+        assert!(
+            c.checks[0].table.get("interval").is_none(),
+            "agents get the probe table only"
+        );
         assert_eq!(c.agents[0].region, "eu-west");
         assert_eq!(format!("{:?}", c.server.admin_token), "<redacted>");
     }
@@ -763,9 +1001,15 @@ mod tests {
     fn missing_server_and_tokens_are_named() {
         let mut v = good();
         v.as_object_mut().unwrap().remove("server");
-        v["agent"][0].as_object_mut().unwrap().remove("token_sha256");
+        v["agent"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("token_sha256");
         v["check"][0].as_object_mut().unwrap().remove("regions");
-        assert_eq!(paths(v), ["server", "agent[0].token_file", "check[0].regions"]);
+        assert_eq!(
+            paths(v),
+            ["server", "agent[0].token_file", "check[0].regions"]
+        );
     }
 
     #[test]
@@ -788,6 +1032,9 @@ mod tests {
 
     #[test]
     fn tokens_are_stored_as_sha256() {
-        assert_eq!(token_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            token_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //! file (`source = config`): a reload replaces or removes it, and the API
 //! refuses to change it (it would silently come back on the next reload).
 
-use crate::config::{AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256};
+use crate::config::{
+    AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256,
+};
 use crate::hub::Hub;
 use crate::storage::{Source, Storage, StorageError, StoredAgent, StoredCheck};
 use mailloop_common::Secret;
@@ -71,12 +73,20 @@ struct Settings {
 }
 
 impl Control {
-    pub fn new(hub: Arc<Hub>, storage: Arc<Storage>, rules: CheckRules, admin_token: &Secret) -> Control {
+    pub fn new(
+        hub: Arc<Hub>,
+        storage: Arc<Storage>,
+        rules: CheckRules,
+        admin_token: &Secret,
+    ) -> Control {
         Control {
             hub,
             storage,
             lock: tokio::sync::Mutex::new(()),
-            settings: Mutex::new(Settings { rules, admin_token_sha256: token_sha256(admin_token.expose()) }),
+            settings: Mutex::new(Settings {
+                rules,
+                admin_token_sha256: token_sha256(admin_token.expose()),
+            }),
         }
     }
 
@@ -90,7 +100,12 @@ impl Control {
         let Some(b) = bearer else { return false };
         let given = token_sha256(b);
         let want = self.settings().admin_token_sha256.clone();
-        given.len() == want.len() && given.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        given.len() == want.len()
+            && given
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 
     /// Validates a check table given through the API.
@@ -101,12 +116,20 @@ impl Control {
 
     /// Creates or replaces a check. A change gets a new revision and reaches
     /// the agents through the hub; an identical put changes nothing.
-    pub async fn put_check(&self, spec: CheckSpec, source: Source, mode: PutMode) -> Result<(StoredCheck, PutOutcome), ControlError> {
+    pub async fn put_check(
+        &self,
+        spec: CheckSpec,
+        source: Source,
+        mode: PutMode,
+    ) -> Result<(StoredCheck, PutOutcome), ControlError> {
         let _serial = self.lock.lock().await;
         let existing = self.hub.check(&spec.name);
         if let Some(old) = &existing {
             if mode == PutMode::Create {
-                return Err(ControlError::Conflict(format!("check {:?} exists (revision {}); update it with PUT", spec.name, old.revision)));
+                return Err(ControlError::Conflict(format!(
+                    "check {:?} exists (revision {}); update it with PUT",
+                    spec.name, old.revision
+                )));
             }
             if old.source == Source::Config && source == Source::Api {
                 return Err(owned_by_config("check", &spec.name));
@@ -118,29 +141,52 @@ impl Control {
                 tracing::warn!(check = %spec.name, "a check created through the API is now declared in the config file, which owns it from now on");
             }
         }
-        let stored = StoredCheck { revision: self.hub.next_revision(), spec, source, deleted: false, updated_at_ms: now_ms() };
+        let stored = StoredCheck {
+            revision: self.hub.next_revision(),
+            spec,
+            source,
+            deleted: false,
+            updated_at_ms: now_ms(),
+        };
         self.storage.put_check(stored.clone()).await?;
         self.hub.put_check(stored.clone());
-        let outcome = if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created };
+        let outcome = if existing.is_some() {
+            PutOutcome::Updated
+        } else {
+            PutOutcome::Created
+        };
         tracing::info!(check = %stored.spec.name, revision = stored.revision, regions = ?stored.spec.regions,
             interval = %humantime::format_duration(stored.spec.interval), source = source.as_str(), outcome = ?outcome, "check stored");
         Ok((stored, outcome))
     }
 
     /// Deletes a check: agents drop it; its reports stay.
-    pub async fn delete_check(&self, id: &str, source: Source) -> Result<StoredCheck, ControlError> {
+    pub async fn delete_check(
+        &self,
+        id: &str,
+        source: Source,
+    ) -> Result<StoredCheck, ControlError> {
         let _serial = self.lock.lock().await;
         self.delete_check_locked(id, source).await
     }
 
-    async fn delete_check_locked(&self, id: &str, source: Source) -> Result<StoredCheck, ControlError> {
+    async fn delete_check_locked(
+        &self,
+        id: &str,
+        source: Source,
+    ) -> Result<StoredCheck, ControlError> {
         let Some(old) = self.hub.check(id) else {
             return Err(ControlError::NotFound(format!("no check {id:?}")));
         };
         if old.source == Source::Config && source == Source::Api {
             return Err(owned_by_config("check", id));
         }
-        let stored = StoredCheck { revision: self.hub.next_revision(), deleted: true, updated_at_ms: now_ms(), ..old };
+        let stored = StoredCheck {
+            revision: self.hub.next_revision(),
+            deleted: true,
+            updated_at_ms: now_ms(),
+            ..old
+        };
         self.storage.put_check(stored.clone()).await?;
         self.hub.put_check(stored.clone());
         tracing::info!(check = %id, revision = stored.revision, "check deleted");
@@ -149,13 +195,23 @@ impl Control {
 
     /// Creates an agent through the API and returns its token (shown once;
     /// only its SHA-256 is kept). A revoked agent's name may be reused.
-    pub async fn add_agent(&self, name: &str, region: &str) -> Result<(StoredAgent, Secret), ControlError> {
+    pub async fn add_agent(
+        &self,
+        name: &str,
+        region: &str,
+    ) -> Result<(StoredAgent, Secret), ControlError> {
         let mut issues = Vec::new();
         if !crate::config::is_name(name) {
-            issues.push(ConfigIssue { path: "name".into(), message: "use 1 to 64 letters, digits, '-', '_' or '.'".into() });
+            issues.push(ConfigIssue {
+                path: "name".into(),
+                message: "use 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            });
         }
         if !crate::config::is_name(region) {
-            issues.push(ConfigIssue { path: "region".into(), message: "use 1 to 64 letters, digits, '-', '_' or '.'".into() });
+            issues.push(ConfigIssue {
+                path: "region".into(),
+                message: "use 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            });
         }
         if !issues.is_empty() {
             return Err(ControlError::Invalid(issues));
@@ -163,7 +219,9 @@ impl Control {
         let _serial = self.lock.lock().await;
         if let Some(old) = self.hub.agent(name) {
             if !old.stored.revoked {
-                return Err(ControlError::Conflict(format!("agent {name:?} exists; revoke it first to issue a new token")));
+                return Err(ControlError::Conflict(format!(
+                    "agent {name:?} exists; revoke it first to issue a new token"
+                )));
             }
             if old.stored.source == Source::Config {
                 return Err(owned_by_config("agent", name));
@@ -188,7 +246,11 @@ impl Control {
     }
 
     /// Revokes an agent's token: its streams end and its checks move.
-    pub async fn revoke_agent(&self, name: &str, source: Source) -> Result<StoredAgent, ControlError> {
+    pub async fn revoke_agent(
+        &self,
+        name: &str,
+        source: Source,
+    ) -> Result<StoredAgent, ControlError> {
         let _serial = self.lock.lock().await;
         let Some(old) = self.hub.agent(name) else {
             return Err(ControlError::NotFound(format!("no agent {name:?}")));
@@ -196,7 +258,10 @@ impl Control {
         if old.stored.source == Source::Config && source == Source::Api {
             return Err(owned_by_config("agent", name));
         }
-        let agent = StoredAgent { revoked: true, ..old.stored };
+        let agent = StoredAgent {
+            revoked: true,
+            ..old.stored
+        };
         self.storage.put_agent(agent.clone()).await?;
         self.hub.put_agent(agent.clone());
         tracing::warn!(agent = %name, region = %agent.region, "agent token revoked");
@@ -205,7 +270,10 @@ impl Control {
 
     /// Makes the config file's checks and agents the truth for everything
     /// it owns (at start and after a good SIGHUP reload).
-    pub async fn apply_config(&self, cfg: &CoordinatorConfig) -> Result<ApplySummary, ControlError> {
+    pub async fn apply_config(
+        &self,
+        cfg: &CoordinatorConfig,
+    ) -> Result<ApplySummary, ControlError> {
         {
             let mut s = self.settings();
             s.rules = cfg.server.check_rules();
@@ -213,7 +281,9 @@ impl Control {
         }
         let mut summary = ApplySummary::default();
         for spec in &cfg.checks {
-            let (_, outcome) = self.put_check(spec.clone(), Source::Config, PutMode::Upsert).await?;
+            let (_, outcome) = self
+                .put_check(spec.clone(), Source::Config, PutMode::Upsert)
+                .await?;
             if outcome != PutOutcome::Unchanged {
                 summary.checks_changed += 1;
             }
@@ -221,7 +291,8 @@ impl Control {
         let _serial = self.lock.lock().await;
         for old in self.hub.checks() {
             if old.source == Source::Config && !cfg.checks.iter().any(|c| c.name == old.spec.name) {
-                self.delete_check_locked(&old.spec.name, Source::Config).await?;
+                self.delete_check_locked(&old.spec.name, Source::Config)
+                    .await?;
                 summary.checks_removed += 1;
             }
         }
@@ -233,7 +304,10 @@ impl Control {
         for old in self.hub.agents() {
             let gone = !cfg.agents.iter().any(|a| a.name == old.stored.name);
             if old.stored.source == Source::Config && !old.stored.revoked && gone {
-                let agent = StoredAgent { revoked: true, ..old.stored };
+                let agent = StoredAgent {
+                    revoked: true,
+                    ..old.stored
+                };
                 self.storage.put_agent(agent.clone()).await?;
                 self.hub.put_agent(agent.clone());
                 tracing::warn!(agent = %agent.name, "agent removed from the config file: its token is revoked");
@@ -246,7 +320,8 @@ impl Control {
     async fn apply_agent(&self, decl: &AgentDecl) -> Result<bool, ControlError> {
         let old = self.hub.agent(&decl.name);
         if let Some(old) = &old {
-            let same = old.stored.region == decl.region && old.stored.token_sha256 == decl.token_sha256;
+            let same =
+                old.stored.region == decl.region && old.stored.token_sha256 == decl.token_sha256;
             if same && old.stored.source == Source::Config && !old.stored.revoked {
                 return Ok(false);
             }
@@ -274,7 +349,9 @@ impl Control {
 }
 
 fn owned_by_config(what: &str, name: &str) -> ControlError {
-    ControlError::Conflict(format!("{what} {name:?} is declared in the coordinator's config file; change it there and reload (SIGHUP)"))
+    ControlError::Conflict(format!(
+        "{what} {name:?} is declared in the coordinator's config file; change it there and reload (SIGHUP)"
+    ))
 }
 
 /// A fresh agent token: 32 random bytes, hex, with a recognisable prefix.
@@ -286,5 +363,7 @@ fn new_token() -> String {
 
 /// Milliseconds since the unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

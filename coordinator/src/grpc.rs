@@ -49,11 +49,26 @@ pub struct AgentApi {
 }
 
 impl AgentApi {
-    pub fn new(hub: Arc<Hub>, storage: Arc<Storage>, settings: AgentApiSettings, shutdown: Shutdown) -> AgentApi {
-        AgentApi { hub, storage, settings, shutdown, report_streams: Arc::default() }
+    pub fn new(
+        hub: Arc<Hub>,
+        storage: Arc<Storage>,
+        settings: AgentApiSettings,
+        shutdown: Shutdown,
+    ) -> AgentApi {
+        AgentApi {
+            hub,
+            storage,
+            settings,
+            shutdown,
+            report_streams: Arc::default(),
+        }
     }
 
-    fn authenticate(&self, metadata: &MetadataMap, call: &'static str) -> Result<AgentIdentity, Status> {
+    fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        call: &'static str,
+    ) -> Result<AgentIdentity, Status> {
         self.hub.authenticate(bearer(metadata)).map_err(|e| {
             tracing::warn!(call, error = %e, "agent call refused");
             Status::unauthenticated(e.to_string())
@@ -65,7 +80,10 @@ impl AgentApi {
             return Ok(());
         }
         tracing::warn!(call, agent = %agent.name, region = %agent.region, claimed = %agent_id, "agent id does not match its token");
-        Err(Status::permission_denied(format!("this token belongs to agent {:?}, not {agent_id:?}", agent.name)))
+        Err(Status::permission_denied(format!(
+            "this token belongs to agent {:?}, not {agent_id:?}",
+            agent.name
+        )))
     }
 }
 
@@ -78,7 +96,10 @@ fn bearer(metadata: &MetadataMap) -> Option<&str> {
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let agent = self.authenticate(request.metadata(), "Register")?;
         let r = request.into_inner();
         if r.region != agent.region {
@@ -94,7 +115,11 @@ impl AgentService for AgentApi {
         let now = now_ms();
         let version = (!r.version.is_empty()).then_some(r.version);
         self.hub.seen(&agent.name, now, version.as_deref());
-        if let Err(e) = self.storage.touch_agent(agent.name.clone(), now, version.clone(), None).await {
+        if let Err(e) = self
+            .storage
+            .touch_agent(agent.name.clone(), now, version.clone(), None)
+            .await
+        {
             tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
         }
         tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
@@ -107,7 +132,10 @@ impl AgentService for AgentApi {
 
     type WatchAssignmentsStream = ReceiverStream<Result<pb::AssignmentChange, Status>>;
 
-    async fn watch_assignments(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+    async fn watch_assignments(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
         let req = request.into_inner();
         Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
@@ -118,7 +146,11 @@ impl AgentService for AgentApi {
                 agent.name, self.settings.max_streams_per_agent
             )));
         }
-        let held: HashMap<String, u64> = req.known.into_iter().map(|k| (k.check_id, k.revision)).collect();
+        let held: HashMap<String, u64> = req
+            .known
+            .into_iter()
+            .map(|k| (k.check_id, k.revision))
+            .collect();
         let (tx, rx) = mpsc::channel(256);
         let watch = Watch {
             hub: self.hub.clone(),
@@ -140,7 +172,10 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::ReportResultsStream>, Status> {
         let agent = self.authenticate(request.metadata(), "ReportResults")?;
         let slot = {
-            let mut open = self.report_streams.lock().unwrap_or_else(|e| e.into_inner());
+            let mut open = self
+                .report_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let n = open.entry(agent.name.clone()).or_default();
             if *n >= self.settings.max_streams_per_agent {
                 tracing::warn!(agent = %agent.name, region = %agent.region, "too many report streams from one agent");
@@ -150,7 +185,10 @@ impl AgentService for AgentApi {
                 )));
             }
             *n += 1;
-            Slot { open: self.report_streams.clone(), agent: agent.name.clone() }
+            Slot {
+                open: self.report_streams.clone(),
+                agent: agent.name.clone(),
+            }
         };
         let inbound = request.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(256);
@@ -165,11 +203,19 @@ impl AgentService for AgentApi {
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
         tokio::spawn(reader.run(inbound));
-        tokio::spawn(acknowledge(agent, pending_rx, ack_tx, self.shutdown.clone()));
+        tokio::spawn(acknowledge(
+            agent,
+            pending_rx,
+            ack_tx,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(ack_rx)))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let agent = self.authenticate(request.metadata(), "Heartbeat")?;
         let r = request.into_inner();
         Self::same_agent(&agent, &r.agent_id, "Heartbeat")?;
@@ -179,7 +225,11 @@ impl AgentService for AgentApi {
         if r.spooled > 0 {
             tracing::info!(agent = %agent.name, region = %agent.region, spooled = r.spooled, "agent has reports waiting in its spool");
         }
-        if let Err(e) = self.storage.touch_agent(agent.name.clone(), now, None, None).await {
+        if let Err(e) = self
+            .storage
+            .touch_agent(agent.name.clone(), now, None, None)
+            .await
+        {
             tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's heartbeat");
         }
         Ok(Response::new(pb::HeartbeatResponse {}))
@@ -203,7 +253,10 @@ impl Watch {
         let (session, epoch) = self.hub.connect(&agent);
         let now = now_ms();
         self.hub.seen(&agent.name, now, None);
-        let _ = self.storage.touch_agent(agent.name.clone(), now, None, Some(true)).await;
+        let _ = self
+            .storage
+            .touch_agent(agent.name.clone(), now, None, Some(true))
+            .await;
         tracing::info!(agent = %agent.name, region = %agent.region, known = self.held.len(), "agent connected");
         let mut maps = self.hub.subscribe();
         // Wait for the map that includes this session, so a reconnecting
@@ -213,16 +266,37 @@ impl Watch {
             _ = self.shutdown.recv() => false,
             _ = self.tx.closed() => false,
         };
-        let reason = if ready { self.follow(&mut maps).await } else { "shutting down" };
+        let reason = if ready {
+            self.follow(&mut maps).await
+        } else {
+            "shutting down"
+        };
         drop(session);
-        let _ = self.storage.touch_agent(agent.name.clone(), now_ms(), None, Some(self.hub.sessions(&agent.name) > 0)).await;
+        let _ = self
+            .storage
+            .touch_agent(
+                agent.name.clone(),
+                now_ms(),
+                None,
+                Some(self.hub.sessions(&agent.name) > 0),
+            )
+            .await;
         tracing::info!(agent = %agent.name, region = %agent.region, reason, "agent disconnected; its checks move to other agents of its region");
     }
 
-    async fn follow(&mut self, maps: &mut tokio::sync::watch::Receiver<Arc<crate::schedule::AssignmentMap>>) -> &'static str {
+    async fn follow(
+        &mut self,
+        maps: &mut tokio::sync::watch::Receiver<Arc<crate::schedule::AssignmentMap>>,
+    ) -> &'static str {
         loop {
             if !self.hub.still_valid(&self.agent) {
-                let _ = self.tx.send(Err(Status::unauthenticated(format!("the token of agent {} has been revoked", self.agent.name)))).await;
+                let _ = self
+                    .tx
+                    .send(Err(Status::unauthenticated(format!(
+                        "the token of agent {} has been revoked",
+                        self.agent.name
+                    ))))
+                    .await;
                 return "token revoked";
             }
             let map = maps.borrow_and_update().clone();
@@ -258,20 +332,31 @@ fn log_change(agent: &AgentIdentity, change: &pb::AssignmentChange) {
 
 /// The changes that turn `held` into `want`, applied to `held`: removals
 /// first, then additions and changed revisions.
-pub fn diff(held: &mut HashMap<String, u64>, want: Option<&BTreeMap<String, Arc<Assignment>>>) -> Vec<pb::AssignmentChange> {
+pub fn diff(
+    held: &mut HashMap<String, u64>,
+    want: Option<&BTreeMap<String, Arc<Assignment>>>,
+) -> Vec<pb::AssignmentChange> {
     let empty = BTreeMap::new();
     let want = want.unwrap_or(&empty);
     let mut out = Vec::new();
-    let mut gone: Vec<String> = held.keys().filter(|id| !want.contains_key(*id)).cloned().collect();
+    let mut gone: Vec<String> = held
+        .keys()
+        .filter(|id| !want.contains_key(*id))
+        .cloned()
+        .collect();
     gone.sort();
     for id in gone {
         held.remove(&id);
-        out.push(pb::AssignmentChange { change: Some(pb::assignment_change::Change::Remove(id)) });
+        out.push(pb::AssignmentChange {
+            change: Some(pb::assignment_change::Change::Remove(id)),
+        });
     }
     for (id, a) in want {
         if held.get(id) != Some(&a.revision) {
             held.insert(id.clone(), a.revision);
-            out.push(pb::AssignmentChange { change: Some(pb::assignment_change::Change::Upsert(to_wire(a))) });
+            out.push(pb::AssignmentChange {
+                change: Some(pb::assignment_change::Change::Upsert(to_wire(a))),
+            });
         }
     }
     out
@@ -310,7 +395,11 @@ enum Pending {
     /// Refused before storage: acknowledged at once with the reason.
     Rejected(pb::ResultAck),
     /// Waiting for its commit.
-    Storing { probe_id: String, check_id: String, commit: oneshot::Receiver<Result<Inserted, StorageError>> },
+    Storing {
+        probe_id: String,
+        check_id: String,
+        commit: oneshot::Receiver<Result<Inserted, StorageError>>,
+    },
     /// The stream must end with this status (after the acks before it).
     End(Status),
 }
@@ -358,7 +447,10 @@ impl Reader {
 
     async fn take(&self, result: pb::ProbeResult) -> Pending {
         if !self.hub.still_valid(&self.agent) {
-            return Pending::End(Status::unauthenticated(format!("the token of agent {} has been revoked", self.agent.name)));
+            return Pending::End(Status::unauthenticated(format!(
+                "the token of agent {} has been revoked",
+                self.agent.name
+            )));
         }
         let probe_id = result.probe_id.clone();
         let check_id = result.check_id.clone();
@@ -366,12 +458,22 @@ impl Reader {
             Ok(row) => row,
             Err(error) => {
                 tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
-                return Pending::Rejected(pb::ResultAck { probe_id, stored: false, error });
+                return Pending::Rejected(pb::ResultAck {
+                    probe_id,
+                    stored: false,
+                    error,
+                });
             }
         };
         match self.storage.submit_report(row).await {
-            Ok(commit) => Pending::Storing { probe_id, check_id, commit },
-            Err(e) => Pending::End(Status::unavailable(format!("cannot store reports now: {e}"))),
+            Ok(commit) => Pending::Storing {
+                probe_id,
+                check_id,
+                commit,
+            },
+            Err(e) => Pending::End(Status::unavailable(format!(
+                "cannot store reports now: {e}"
+            ))),
         }
     }
 
@@ -381,13 +483,19 @@ impl Reader {
             return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
         }
         self.hub.may_report(&self.agent, &r.check_id)?;
-        let report: ProbeReport =
-            serde_json::from_str(&r.report_json).map_err(|e| format!("report_json is not a probe report: {e}"))?;
+        let report: ProbeReport = serde_json::from_str(&r.report_json)
+            .map_err(|e| format!("report_json is not a probe report: {e}"))?;
         if report.probe_id != r.probe_id {
-            return Err(format!("report_json is probe {:?}, not {:?}", report.probe_id, r.probe_id));
+            return Err(format!(
+                "report_json is probe {:?}, not {:?}",
+                report.probe_id, r.probe_id
+            ));
         }
         if report.check != r.check_id {
-            return Err(format!("report_json is a report of check {:?}, not {:?}", report.check, r.check_id));
+            return Err(format!(
+                "report_json is a report of check {:?}, not {:?}",
+                report.check, r.check_id
+            ));
         }
         let started_at_ms = chrono::DateTime::parse_from_rfc3339(&report.started_at)
             .map_err(|e| format!("started_at {:?} is not RFC 3339: {e}", report.started_at))?
@@ -404,7 +512,10 @@ impl Reader {
             rtt_ms: report.rtt_ms,
             delivery_ms: report.delivery_ms,
             failure_step: report.failure.as_ref().map(|f| f.step.as_str().to_string()),
-            failure_class: report.failure.as_ref().map(|f| f.class.as_str().to_string()),
+            failure_class: report
+                .failure
+                .as_ref()
+                .map(|f| f.class.as_str().to_string()),
             report_json: r.report_json,
             received_at_ms: now_ms(),
         })
@@ -422,7 +533,11 @@ async fn acknowledge(
     while let Some(p) = pending.recv().await {
         let item = match p {
             Pending::Rejected(ack) => Ok(ack),
-            Pending::Storing { probe_id, check_id, commit } => match commit.await {
+            Pending::Storing {
+                probe_id,
+                check_id,
+                commit,
+            } => match commit.await {
                 Ok(Ok(inserted)) => {
                     if inserted == Inserted::Duplicate {
                         duplicates += 1;
@@ -430,11 +545,17 @@ async fn acknowledge(
                     } else {
                         stored += 1;
                     }
-                    Ok(pb::ResultAck { probe_id, stored: true, error: String::new() })
+                    Ok(pb::ResultAck {
+                        probe_id,
+                        stored: true,
+                        error: String::new(),
+                    })
                 }
                 Ok(Err(e)) => {
                     tracing::error!(agent = %agent.name, region = %agent.region, check = %check_id, probe = %probe_id, error = %e, "cannot store report; the agent keeps it and sends it again");
-                    Err(Status::unavailable(format!("cannot store report {probe_id} now: {e}")))
+                    Err(Status::unavailable(format!(
+                        "cannot store report {probe_id} now: {e}"
+                    )))
                 }
                 Err(_) => Err(Status::unavailable("storage is closed (shutting down)")),
             },
@@ -458,14 +579,22 @@ mod tests {
     use super::*;
 
     fn assignment(id: &str, revision: u64) -> Arc<Assignment> {
-        Arc::new(Assignment { check_id: id.into(), revision, check_json: Arc::from("{}"), interval_ms: 1000, phase_ms: 0 })
+        Arc::new(Assignment {
+            check_id: id.into(),
+            revision,
+            check_json: Arc::from("{}"),
+            interval_ms: 1000,
+            phase_ms: 0,
+        })
     }
 
     fn shown(changes: &[pb::AssignmentChange]) -> Vec<String> {
         changes
             .iter()
             .map(|c| match &c.change {
-                Some(pb::assignment_change::Change::Upsert(a)) => format!("+{}@{}", a.check_id, a.revision),
+                Some(pb::assignment_change::Change::Upsert(a)) => {
+                    format!("+{}@{}", a.check_id, a.revision)
+                }
                 Some(pb::assignment_change::Change::Remove(id)) => format!("-{id}"),
                 None => "?".into(),
             })
@@ -474,11 +603,26 @@ mod tests {
 
     #[test]
     fn diff_sends_only_what_the_agent_lacks() {
-        let mut held: HashMap<String, u64> = [("a".to_string(), 1), ("b".to_string(), 1), ("gone".to_string(), 3)].into();
-        let want: BTreeMap<String, Arc<Assignment>> =
-            [("a".to_string(), assignment("a", 1)), ("b".to_string(), assignment("b", 2)), ("c".to_string(), assignment("c", 1))].into();
-        assert_eq!(shown(&diff(&mut held, Some(&want))), ["-gone", "+b@2", "+c@1"]);
-        assert!(diff(&mut held, Some(&want)).is_empty(), "a second diff has nothing left to say");
+        let mut held: HashMap<String, u64> = [
+            ("a".to_string(), 1),
+            ("b".to_string(), 1),
+            ("gone".to_string(), 3),
+        ]
+        .into();
+        let want: BTreeMap<String, Arc<Assignment>> = [
+            ("a".to_string(), assignment("a", 1)),
+            ("b".to_string(), assignment("b", 2)),
+            ("c".to_string(), assignment("c", 1)),
+        ]
+        .into();
+        assert_eq!(
+            shown(&diff(&mut held, Some(&want))),
+            ["-gone", "+b@2", "+c@1"]
+        );
+        assert!(
+            diff(&mut held, Some(&want)).is_empty(),
+            "a second diff has nothing left to say"
+        );
         assert_eq!(shown(&diff(&mut held, None)), ["-a", "-b", "-c"]);
     }
 

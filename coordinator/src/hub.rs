@@ -85,12 +85,25 @@ impl Hub {
             inner.checks.insert(c.spec.name.clone(), c);
         }
         for a in agents {
-            inner.by_token.insert(a.token_sha256.clone(), a.name.clone());
-            inner.agents.insert(a.name.clone(), AgentState { stored: a, sessions: 0, spooled: None });
+            inner
+                .by_token
+                .insert(a.token_sha256.clone(), a.name.clone());
+            inner.agents.insert(
+                a.name.clone(),
+                AgentState {
+                    stored: a,
+                    sessions: 0,
+                    spooled: None,
+                },
+            );
         }
         let map = compute(&mut inner);
         let (tx, _) = watch::channel(Arc::new(map));
-        Arc::new(Hub { inner: Mutex::new(inner), dirty: Notify::new(), assignments: tx })
+        Arc::new(Hub {
+            inner: Mutex::new(inner),
+            dirty: Notify::new(),
+            assignments: tx,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -129,16 +142,26 @@ impl Hub {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let hash = token_sha256(token);
         let inner = self.lock();
-        let agent = inner.by_token.get(&hash).and_then(|n| inner.agents.get(n)).ok_or(AuthError::Unknown)?;
+        let agent = inner
+            .by_token
+            .get(&hash)
+            .and_then(|n| inner.agents.get(n))
+            .ok_or(AuthError::Unknown)?;
         if agent.stored.revoked {
             return Err(AuthError::Revoked(agent.stored.name.clone()));
         }
-        Ok(AgentIdentity { name: agent.stored.name.clone(), region: agent.stored.region.clone() })
+        Ok(AgentIdentity {
+            name: agent.stored.name.clone(),
+            region: agent.stored.region.clone(),
+        })
     }
 
     /// Whether `agent` is still allowed in (not revoked, not removed).
     pub fn still_valid(&self, agent: &AgentIdentity) -> bool {
-        self.lock().agents.get(&agent.name).is_some_and(|a| !a.stored.revoked && a.stored.region == agent.region)
+        self.lock()
+            .agents
+            .get(&agent.name)
+            .is_some_and(|a| !a.stored.revoked && a.stored.region == agent.region)
     }
 
     /// Opens a session (a WatchAssignments stream): the agent counts as
@@ -155,7 +178,13 @@ impl Hub {
             inner.epoch + 1
         };
         self.changed();
-        (Session { hub: self.clone(), agent: agent.name.clone() }, epoch)
+        (
+            Session {
+                hub: self.clone(),
+                agent: agent.name.clone(),
+            },
+            epoch,
+        )
     }
 
     /// Sessions the agent has open.
@@ -218,7 +247,12 @@ impl Hub {
 
     /// Live checks, by id.
     pub fn checks(&self) -> Vec<StoredCheck> {
-        self.lock().checks.values().filter(|c| !c.deleted).cloned().collect()
+        self.lock()
+            .checks
+            .values()
+            .filter(|c| !c.deleted)
+            .cloned()
+            .collect()
     }
 
     /// Installs a stored check (new, changed, or deleted).
@@ -256,7 +290,10 @@ impl Hub {
                     .agents
                     .values()
                     .filter(|a| a.stored.region == *region)
-                    .find(|a| map.for_agent(&a.stored.name).is_some_and(|m| m.contains_key(check_id)))
+                    .find(|a| {
+                        map.for_agent(&a.stored.name)
+                            .is_some_and(|m| m.contains_key(check_id))
+                    })
                     .map(|a| a.stored.name.clone());
                 (region.clone(), owner)
             })
@@ -265,7 +302,10 @@ impl Hub {
 
     /// Whether some other agent already holds this token hash.
     pub fn token_taken(&self, hash: &str, by_other_than: &str) -> bool {
-        self.lock().by_token.get(hash).is_some_and(|n| n != by_other_than)
+        self.lock()
+            .by_token
+            .get(hash)
+            .is_some_and(|n| n != by_other_than)
     }
 
     /// Installs a stored agent (new, changed or revoked).
@@ -276,7 +316,9 @@ impl Hub {
                 let old_hash = old.stored.token_sha256.clone();
                 inner.by_token.remove(&old_hash);
             }
-            inner.by_token.insert(a.token_sha256.clone(), a.name.clone());
+            inner
+                .by_token
+                .insert(a.token_sha256.clone(), a.name.clone());
             let sessions = inner.agents.get(&a.name).map_or(0, |s| s.sessions);
             let spooled = inner.agents.get(&a.name).and_then(|s| s.spooled);
             let mut stored = a;
@@ -285,7 +327,14 @@ impl Hub {
                 stored.version = stored.version.clone().or(old.stored.version.clone());
             }
             stored.connected = sessions > 0;
-            inner.agents.insert(stored.name.clone(), AgentState { stored, sessions, spooled });
+            inner.agents.insert(
+                stored.name.clone(),
+                AgentState {
+                    stored,
+                    sessions,
+                    spooled,
+                },
+            );
         }
         self.changed();
     }
@@ -322,8 +371,15 @@ fn compute(inner: &mut Inner) -> AssignmentMap {
         })
         .collect();
     let mut connected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in inner.agents.values().filter(|a| a.sessions > 0 && !a.stored.revoked) {
-        connected.entry(a.stored.region.clone()).or_default().push(a.stored.name.clone());
+    for a in inner
+        .agents
+        .values()
+        .filter(|a| a.sessions > 0 && !a.stored.revoked)
+    {
+        connected
+            .entry(a.stored.region.clone())
+            .or_default()
+            .push(a.stored.name.clone());
     }
     schedule::assign(inner.epoch, &checks, &connected)
 }

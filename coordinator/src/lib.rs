@@ -10,14 +10,17 @@
 //! - [`control`]: every change to checks and agents (config file or API).
 //! - [`grpc`]: the agent API edge; [`api`]: the admin HTTP edge.
 //! - [`server`]: start-up, serving, reload and graceful shutdown.
+//! - [`judge`]: round verdicts, baselines, incidents; [`alerts`]: channels.
 //! - [`client`]: the admin API client `mailloopctl` uses.
 
+pub mod alerts;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod grpc;
 pub mod hub;
+pub mod judge;
 pub mod schedule;
 pub mod server;
 pub mod shutdown;

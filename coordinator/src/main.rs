@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mailloop-coordinator", version, about = "Assigns mail round-trip checks to agents and stores their reports")]
+#[command(
+    name = "mailloop-coordinator",
+    version,
+    about = "Assigns mail round-trip checks to agents and stores their reports"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -46,14 +51,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
             Some(c) => {
-                println!("{}: ok ({} checks, {} agents)", config.display(), c.checks.len(), c.agents.len());
+                println!(
+                    "{}: ok ({} checks, {} agents)",
+                    config.display(),
+                    c.checks.len(),
+                    c.agents.len()
+                );
                 ExitCode::SUCCESS
             }
             None => ExitCode::from(EXIT_CONFIG),
         },
         Command::Serve { config } => {
             // Validate everything before any port is bound or file created.
-            let Some(cfg) = load(&config) else { return ExitCode::from(EXIT_CONFIG) };
+            let Some(cfg) = load(&config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
             let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
             match runtime.block_on(serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -80,8 +92,14 @@ async fn serve(cfg: CoordinatorConfig, path: PathBuf) -> anyhow::Result<()> {
     let coordinator = Coordinator::open(cfg.clone()).await?;
     let listeners = server::bind(&cfg.server).await?;
     // One line on stdout with the real addresses (port 0 in tests and demos).
-    println!("mailloop-coordinator listening grpc={} http={}", listeners.grpc_addr(), listeners.http_addr());
-    coordinator.serve(listeners, Some(path), stop_signal()).await?;
+    println!(
+        "mailloop-coordinator listening grpc={} http={}",
+        listeners.grpc_addr(),
+        listeners.http_addr()
+    );
+    coordinator
+        .serve(listeners, Some(path), stop_signal())
+        .await?;
     Ok(())
 }
 

@@ -49,7 +49,10 @@ pub fn round_start_ms(round: u64, interval_ms: u64, phase_ms: u64) -> u64 {
 
 /// The agent that runs `check_id` among `candidates` (rendezvous hashing;
 /// ties, vanishingly rare, go to the smaller name).
-pub fn pick_agent<'a>(check_id: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn pick_agent<'a>(
+    check_id: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|a| (stable_hash(&[check_id, a]), a))
@@ -92,7 +95,11 @@ impl AssignmentMap {
 
 /// Places every check in each of its regions on one connected agent.
 /// `connected` lists the connected agents of each region.
-pub fn assign(epoch: u64, checks: &[Schedulable], connected: &BTreeMap<String, Vec<String>>) -> AssignmentMap {
+pub fn assign(
+    epoch: u64,
+    checks: &[Schedulable],
+    connected: &BTreeMap<String, Vec<String>>,
+) -> AssignmentMap {
     let mut by_agent: HashMap<String, BTreeMap<String, Arc<Assignment>>> = HashMap::new();
     for agents in connected.values() {
         for a in agents {
@@ -101,8 +108,13 @@ pub fn assign(epoch: u64, checks: &[Schedulable], connected: &BTreeMap<String, V
     }
     for check in checks {
         for region in &check.regions {
-            let Some(agents) = connected.get(region) else { continue };
-            if let Some(agent) = pick_agent(&check.assignment.check_id, agents.iter().map(String::as_str)) {
+            let Some(agents) = connected.get(region) else {
+                continue;
+            };
+            if let Some(agent) = pick_agent(
+                &check.assignment.check_id,
+                agents.iter().map(String::as_str),
+            ) {
                 by_agent
                     .entry(agent.to_string())
                     .or_default()
@@ -131,11 +143,17 @@ mod tests {
     }
 
     fn connected(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-        list.iter().map(|(r, a)| (r.to_string(), a.iter().map(|s| s.to_string()).collect())).collect()
+        list.iter()
+            .map(|(r, a)| (r.to_string(), a.iter().map(|s| s.to_string()).collect()))
+            .collect()
     }
 
     fn owners(map: &AssignmentMap, check: &str, agents: &[&str]) -> Vec<String> {
-        agents.iter().filter(|a| map.for_agent(a).is_some_and(|m| m.contains_key(check))).map(|a| a.to_string()).collect()
+        agents
+            .iter()
+            .filter(|a| map.for_agent(a).is_some_and(|m| m.contains_key(check)))
+            .map(|a| a.to_string())
+            .collect()
     }
 
     #[test]
@@ -155,7 +173,9 @@ mod tests {
 
     #[test]
     fn phases_spread_across_the_interval() {
-        let phases: Vec<u64> = (0..100).map(|i| phase_ms(&format!("check-{i}"), 300_000) / 30_000).collect();
+        let phases: Vec<u64> = (0..100)
+            .map(|i| phase_ms(&format!("check-{i}"), 300_000) / 30_000)
+            .collect();
         // All ten 30-second slots of a 5-minute interval get some checks.
         for slot in 0..10 {
             assert!(phases.contains(&slot), "slot {slot} empty: {phases:?}");
@@ -194,7 +214,11 @@ mod tests {
 
     #[test]
     fn no_agent_in_a_region_means_nobody_runs_it_there() {
-        let map = assign(1, &[check("corp", &["ap"])], &connected(&[("eu", &["eu-1"])]));
+        let map = assign(
+            1,
+            &[check("corp", &["ap"])],
+            &connected(&[("eu", &["eu-1"])]),
+        );
         assert!(map.for_agent("eu-1").unwrap().is_empty());
     }
 }

@@ -40,7 +40,11 @@ pub enum ServeError {
     #[error("applying the config: {0}")]
     Apply(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("gRPC server: {0}")]
@@ -57,11 +61,15 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().expect("a bound listener has an address")
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 }
 
@@ -69,10 +77,18 @@ impl Listeners {
 pub async fn bind(server: &ServerConfig) -> Result<Listeners, ServeError> {
     let grpc = TcpListener::bind(server.grpc_listen)
         .await
-        .map_err(|source| ServeError::Bind { what: "grpc_listen", addr: server.grpc_listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            what: "grpc_listen",
+            addr: server.grpc_listen,
+            source,
+        })?;
     let http = TcpListener::bind(server.http_listen)
         .await
-        .map_err(|source| ServeError::Bind { what: "http_listen", addr: server.http_listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            what: "http_listen",
+            addr: server.http_listen,
+            source,
+        })?;
     Ok(Listeners { grpc, http })
 }
 
@@ -93,32 +109,75 @@ impl Coordinator {
         let agents = storage.load_agents().await?;
         tracing::info!(db = %storage.path().display(), checks = checks.iter().filter(|c| !c.deleted).count(), agents = agents.len(), "storage opened");
         let hub = Hub::new(checks, agents);
-        let control = Arc::new(Control::new(hub.clone(), storage.clone(), config.server.check_rules(), &config.server.admin_token));
-        let summary = control.apply_config(&config).await.map_err(|e| ServeError::Apply(e.to_string()))?;
+        let control = Arc::new(Control::new(
+            hub.clone(),
+            storage.clone(),
+            config.server.check_rules(),
+            &config.server.admin_token,
+        ));
+        let summary = control
+            .apply_config(&config)
+            .await
+            .map_err(|e| ServeError::Apply(e.to_string()))?;
         tracing::info!(?summary, "config applied");
         hub.recompute();
-        Ok(Coordinator { config, storage, hub, control })
+        Ok(Coordinator {
+            config,
+            storage,
+            hub,
+            control,
+        })
     }
 
     /// Serves until `signal` resolves, then shuts down gracefully.
     /// `config_path`, when given, is re-read on SIGHUP.
-    pub async fn serve(self, listeners: Listeners, config_path: Option<PathBuf>, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Coordinator { config, storage, hub, control } = self;
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        config_path: Option<PathBuf>,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let Coordinator {
+            config,
+            storage,
+            hub,
+            control,
+        } = self;
         let server = config.server.clone();
         let (mut trigger, shutdown) = shutdown::channel();
         let ready = Arc::new(AtomicBool::new(false));
 
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
-        tokio::spawn(prune_loop(storage.clone(), server.retention, shutdown.clone()));
+        tokio::spawn(prune_loop(
+            storage.clone(),
+            server.retention,
+            shutdown.clone(),
+        ));
         if let Some(path) = config_path {
             tokio::spawn(reload_loop(path, config, control.clone(), shutdown.clone()));
         }
 
         let grpc_addr = listeners.grpc_addr();
         let http_addr = listeners.http_addr();
-        let mut grpc = tokio::spawn(serve_grpc(listeners.grpc, &server, hub.clone(), storage.clone(), shutdown.clone())?);
-        let state = ApiState { hub: hub.clone(), storage: storage.clone(), control: control.clone(), ready: ready.clone() };
-        let mut http = tokio::spawn(serve_http(listeners.http, server.tls.clone(), state, shutdown.clone())?);
+        let mut grpc = tokio::spawn(serve_grpc(
+            listeners.grpc,
+            &server,
+            hub.clone(),
+            storage.clone(),
+            shutdown.clone(),
+        )?);
+        let state = ApiState {
+            hub: hub.clone(),
+            storage: storage.clone(),
+            control: control.clone(),
+            ready: ready.clone(),
+        };
+        let mut http = tokio::spawn(serve_http(
+            listeners.http,
+            server.tls.clone(),
+            state,
+            shutdown.clone(),
+        )?);
         ready.store(true, Ordering::SeqCst);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
 
@@ -156,10 +215,15 @@ impl Coordinator {
     }
 }
 
-fn flatten(r: Result<Result<(), ServeError>, tokio::task::JoinError>, what: &str) -> Result<(), ServeError> {
+fn flatten(
+    r: Result<Result<(), ServeError>, tokio::task::JoinError>,
+    what: &str,
+) -> Result<(), ServeError> {
     match r {
         Ok(r) => r,
-        Err(e) => Err(ServeError::Http(std::io::Error::other(format!("{what} server task: {e}")))),
+        Err(e) => Err(ServeError::Http(std::io::Error::other(format!(
+            "{what} server task: {e}"
+        )))),
     }
 }
 
@@ -185,11 +249,15 @@ fn serve_grpc(
         .max_concurrent_streams(Some(server.max_streams_per_connection))
         .tcp_nodelay(true);
     if let Some(tls) = &server.tls {
-        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        );
         if let Some(ca) = &tls.client_ca_pem {
             cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
         }
-        builder = builder.tls_config(cfg).map_err(|e| ServeError::Tls(e.to_string()))?;
+        builder = builder
+            .tls_config(cfg)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let router = builder.add_service(health).add_service(service);
     let stop = shutdown;
@@ -200,7 +268,9 @@ fn serve_grpc(
         let result = router
             .serve_with_incoming_shutdown(incoming, async move {
                 on_stop.recv().await;
-                reporter.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+                reporter
+                    .set_not_serving::<AgentServiceServer<AgentApi>>()
+                    .await;
             })
             .await;
         drop(stop);
@@ -220,10 +290,16 @@ fn serve_http(
         let mut stop = shutdown.clone();
         let stopped = async move { stop.recv().await };
         let result = match tls {
-            None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
             Some(acceptor) => {
                 let listener = TlsListener::new(listener, acceptor, shutdown.clone());
-                axum::serve(listener, app).with_graceful_shutdown(stopped).await
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             }
         };
         drop(shutdown);
@@ -237,7 +313,8 @@ fn http_tls(t: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
     let certs = CertificateDer::pem_slice_iter(&t.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ServeError::Tls(format!("tls_cert: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(&t.key_pem).map_err(|e| ServeError::Tls(format!("tls_key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&t.key_pem)
+        .map_err(|e| ServeError::Tls(format!("tls_key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -256,7 +333,11 @@ struct TlsListener {
 }
 
 impl TlsListener {
-    fn new(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, mut shutdown: Shutdown) -> TlsListener {
+    fn new(
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        mut shutdown: Shutdown,
+    ) -> TlsListener {
         let addr = listener.local_addr().expect("bound");
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -280,7 +361,9 @@ impl TlsListener {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin API TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin API TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(%peer, "admin API TLS handshake timed out"),
                     }
                 });
@@ -317,7 +400,9 @@ async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Sh
         let cutoff = now_ms() - retention.as_millis() as i64;
         match storage.prune(cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, retention = %humantime::format_duration(retention), "old reports pruned"),
+            Ok(n) => {
+                tracing::info!(deleted = n, retention = %humantime::format_duration(retention), "old reports pruned")
+            }
             Err(e) => tracing::error!(error = %e, "pruning old reports failed"),
         }
     }
@@ -325,7 +410,12 @@ async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Sh
 
 /// On SIGHUP: re-read the config; apply it if it is valid as a whole,
 /// otherwise log every bad key and keep running the old one.
-async fn reload_loop(path: PathBuf, mut current: CoordinatorConfig, control: Arc<Control>, mut shutdown: Shutdown) {
+async fn reload_loop(
+    path: PathBuf,
+    mut current: CoordinatorConfig,
+    control: Arc<Control>,
+    mut shutdown: Shutdown,
+) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -354,11 +444,17 @@ async fn reload_loop(path: PathBuf, mut current: CoordinatorConfig, control: Arc
             }
         };
         let (old, fresh) = (&current.server, &new.server);
-        if old.grpc_listen != fresh.grpc_listen || old.http_listen != fresh.http_listen || old.data_dir != fresh.data_dir
-            || old.tls.is_some() != fresh.tls.is_some() || old.max_message_bytes != fresh.max_message_bytes
-            || old.retention != fresh.retention || old.heartbeat != fresh.heartbeat
+        if old.grpc_listen != fresh.grpc_listen
+            || old.http_listen != fresh.http_listen
+            || old.data_dir != fresh.data_dir
+            || old.tls.is_some() != fresh.tls.is_some()
+            || old.max_message_bytes != fresh.max_message_bytes
+            || old.retention != fresh.retention
+            || old.heartbeat != fresh.heartbeat
         {
-            tracing::warn!("listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents and the admin token are applied now");
+            tracing::warn!(
+                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents and the admin token are applied now"
+            );
         }
         match control.apply_config(&new).await {
             Ok(summary) => {

@@ -39,7 +39,13 @@ pub struct Trigger {
 pub fn channel() -> (Trigger, Shutdown) {
     let (signal, rx) = watch::channel(false);
     let (done_tx, done) = mpsc::channel(1);
-    (Trigger { signal, done }, Shutdown { signal: rx, _done: done_tx })
+    (
+        Trigger { signal, done },
+        Shutdown {
+            signal: rx,
+            _done: done_tx,
+        },
+    )
 }
 
 impl Trigger {

@@ -36,9 +36,15 @@ const PRUNE_CHUNK: usize = 5000;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot open the database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("commit failed: {0}")]
@@ -66,7 +72,11 @@ impl Source {
     }
 
     fn parse(s: &str) -> Source {
-        if s == "config" { Source::Config } else { Source::Api }
+        if s == "config" {
+            Source::Config
+        } else {
+            Source::Api
+        }
     }
 }
 
@@ -205,19 +215,31 @@ PRAGMA user_version = 1;
 impl Storage {
     /// Opens (creating if needed) `data_dir/coordinator.db` and starts the writer thread.
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::CreateDir { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join(DB_FILE);
-        let open_err = |source| StorageError::Open { path: path.clone(), source };
+        let open_err = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
         let conn = Connection::open(&path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
         // FULL: a commit is on disk before the writer answers (the ack rule).
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
-            let r = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(open_err)?;
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
             r.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
             readers.push(Mutex::new(r));
         }
@@ -232,7 +254,10 @@ impl Storage {
             .expect("spawn the storage writer thread");
         Ok(Storage {
             writer: tx,
-            readers: Arc::new(Readers { conns: readers, next: AtomicUsize::new(0) }),
+            readers: Arc::new(Readers {
+                conns: readers,
+                next: AtomicUsize::new(0),
+            }),
             done: Mutex::new(Some(done_rx)),
             path,
         })
@@ -259,7 +284,10 @@ impl Storage {
     /// Queues one report; the returned receiver answers after the commit.
     /// Awaiting this only waits for room in the queue, so a caller can keep
     /// many reports in flight and acknowledge each as its answer arrives.
-    pub async fn submit_report(&self, row: ReportRow) -> Result<oneshot::Receiver<Result<Inserted, StorageError>>, StorageError> {
+    pub async fn submit_report(
+        &self,
+        row: ReportRow,
+    ) -> Result<oneshot::Receiver<Result<Inserted, StorageError>>, StorageError> {
         self.submit(move |conn| {
             let n = conn.prepare_cached(
                 "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, region, agent, round, started_at, outcome,
@@ -289,7 +317,10 @@ impl Storage {
 
     /// Stores one report and waits until it is durable.
     pub async fn insert_report(&self, row: ReportRow) -> Result<Inserted, StorageError> {
-        self.submit_report(row).await?.await.map_err(|_| StorageError::Closed)?
+        self.submit_report(row)
+            .await?
+            .await
+            .map_err(|_| StorageError::Closed)?
     }
 
     /// Inserts or replaces a check.
@@ -369,7 +400,13 @@ impl Storage {
     }
 
     /// Records that an agent was seen (and, when given, its version and connection state).
-    pub async fn touch_agent(&self, name: String, at_ms: i64, version: Option<String>, connected: Option<bool>) -> Result<(), StorageError> {
+    pub async fn touch_agent(
+        &self,
+        name: String,
+        at_ms: i64,
+        version: Option<String>,
+        connected: Option<bool>,
+    ) -> Result<(), StorageError> {
         self.write(move |conn| {
             conn.prepare_cached(
                 "UPDATE agents SET last_seen = ?2, version = COALESCE(?3, version), connected = COALESCE(?4, connected) WHERE id = ?1",
@@ -426,7 +463,18 @@ impl Storage {
                  ORDER BY started_at DESC, probe_id DESC LIMIT ?7"
             ))?;
             let rows = stmt
-                .query_map(params![q.check_id, q.region, q.since_ms, q.until_ms, after_ms, after_id, limit + 1], report_row)?
+                .query_map(
+                    params![
+                        q.check_id,
+                        q.region,
+                        q.since_ms,
+                        q.until_ms,
+                        after_ms,
+                        after_id,
+                        limit + 1
+                    ],
+                    report_row,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut rows = rows;
             let next = if rows.len() as i64 > limit {
@@ -441,7 +489,10 @@ impl Storage {
     }
 
     /// The highest round with any report of `check_id`, and its reports.
-    pub async fn latest_round(&self, check_id: String) -> Result<Option<(u64, Vec<ReportRow>)>, StorageError> {
+    pub async fn latest_round(
+        &self,
+        check_id: String,
+    ) -> Result<Option<(u64, Vec<ReportRow>)>, StorageError> {
         self.read(move |conn| {
             let round: Option<i64> = conn
                 .query_row("SELECT MAX(round) FROM reports WHERE check_id = ?1", [&check_id], |r| r.get(0))
@@ -459,7 +510,10 @@ impl Storage {
 
     /// Number of stored reports (for tests and the readiness page).
     pub async fn count_reports(&self) -> Result<u64, StorageError> {
-        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get::<_, i64>(0))? as u64)).await
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 
     /// Deletes reports received before `cutoff_ms`, in small transactions.
@@ -487,7 +541,10 @@ impl Storage {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
     ) -> Result<R, StorageError> {
-        self.submit(f).await?.await.map_err(|_| StorageError::Closed)?
+        self.submit(f)
+            .await?
+            .await
+            .map_err(|_| StorageError::Closed)?
     }
 
     async fn submit<R: Send + 'static>(
@@ -495,8 +552,15 @@ impl Storage {
         f: impl FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
     ) -> Result<oneshot::Receiver<Result<R, StorageError>>, StorageError> {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(Typed { f: Some(f), result: None, reply: tx });
-        self.writer.send(Msg::Job(job)).await.map_err(|_| StorageError::Closed)?;
+        let job = Box::new(Typed {
+            f: Some(f),
+            result: None,
+            reply: tx,
+        });
+        self.writer
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
 
@@ -515,7 +579,8 @@ impl Storage {
     }
 }
 
-const REPORT_COLUMNS: &str = "probe_id, check_id, revision, region, agent, round, started_at, outcome, rtt_ms, delivery_ms,
+const REPORT_COLUMNS: &str =
+    "probe_id, check_id, revision, region, agent, round, started_at, outcome, rtt_ms, delivery_ms,
     failure_step, failure_class, report_json, received_at";
 
 fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
@@ -591,7 +656,9 @@ where
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     let mut closing = None;
     while closing.is_none() {
-        let Some(first) = rx.blocking_recv() else { break };
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
         let mut batch = Vec::new();
         match first {
             Msg::Job(j) => batch.push(j),
@@ -671,8 +738,18 @@ mod tests {
     async fn a_replayed_report_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
-        assert_eq!(s.insert_report(report("p1", "c", "eu", 1, 1000)).await.unwrap(), Inserted::New);
-        assert_eq!(s.insert_report(report("p1", "c", "eu", 1, 1000)).await.unwrap(), Inserted::Duplicate);
+        assert_eq!(
+            s.insert_report(report("p1", "c", "eu", 1, 1000))
+                .await
+                .unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            s.insert_report(report("p1", "c", "eu", 1, 1000))
+                .await
+                .unwrap(),
+            Inserted::Duplicate
+        );
         assert_eq!(s.count_reports().await.unwrap(), 1);
     }
 
@@ -682,7 +759,11 @@ mod tests {
         let s = Storage::open(dir.path()).unwrap();
         let mut pending = Vec::new();
         for i in 0..3000 {
-            pending.push(s.submit_report(report(&format!("p{i}"), "c", "eu", i, i as i64)).await.unwrap());
+            pending.push(
+                s.submit_report(report(&format!("p{i}"), "c", "eu", i, i as i64))
+                    .await
+                    .unwrap(),
+            );
         }
         for p in pending {
             assert_eq!(p.await.unwrap().unwrap(), Inserted::New);
@@ -695,16 +776,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
         for i in 0..5 {
-            s.insert_report(report(&format!("eu{i}"), "c", "eu", i, 1000 * i as i64)).await.unwrap();
-            s.insert_report(report(&format!("us{i}"), "c", "us", i, 1000 * i as i64 + 1)).await.unwrap();
+            s.insert_report(report(&format!("eu{i}"), "c", "eu", i, 1000 * i as i64))
+                .await
+                .unwrap();
+            s.insert_report(report(&format!("us{i}"), "c", "us", i, 1000 * i as i64 + 1))
+                .await
+                .unwrap();
         }
-        let q = ResultQuery { check_id: Some("c".into()), region: Some("eu".into()), limit: 2, ..Default::default() };
+        let q = ResultQuery {
+            check_id: Some("c".into()),
+            region: Some("eu".into()),
+            limit: 2,
+            ..Default::default()
+        };
         let p1 = s.query_results(q.clone()).await.unwrap();
-        assert_eq!(p1.rows.iter().map(|r| r.probe_id.as_str()).collect::<Vec<_>>(), ["eu4", "eu3"]);
-        let p2 = s.query_results(ResultQuery { after: p1.next, ..q.clone() }).await.unwrap();
-        assert_eq!(p2.rows.iter().map(|r| r.probe_id.as_str()).collect::<Vec<_>>(), ["eu2", "eu1"]);
-        let since = s.query_results(ResultQuery { since_ms: Some(3000), region: None, ..q }).await.unwrap();
-        assert_eq!(since.rows.iter().map(|r| r.probe_id.as_str()).collect::<Vec<_>>(), ["us4", "eu4"]);
+        assert_eq!(
+            p1.rows
+                .iter()
+                .map(|r| r.probe_id.as_str())
+                .collect::<Vec<_>>(),
+            ["eu4", "eu3"]
+        );
+        let p2 = s
+            .query_results(ResultQuery {
+                after: p1.next,
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            p2.rows
+                .iter()
+                .map(|r| r.probe_id.as_str())
+                .collect::<Vec<_>>(),
+            ["eu2", "eu1"]
+        );
+        let since = s
+            .query_results(ResultQuery {
+                since_ms: Some(3000),
+                region: None,
+                ..q
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            since
+                .rows
+                .iter()
+                .map(|r| r.probe_id.as_str())
+                .collect::<Vec<_>>(),
+            ["us4", "eu4"]
+        );
         let (round, rows) = s.latest_round("c".into()).await.unwrap().unwrap();
         assert_eq!((round, rows.len()), (4, 2));
     }
@@ -713,8 +835,12 @@ mod tests {
     async fn pruning_removes_old_reports_only() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path()).unwrap();
-        s.insert_report(report("old", "c", "eu", 1, 0)).await.unwrap();
-        s.insert_report(report("new", "c", "eu", 2, 10_000)).await.unwrap();
+        s.insert_report(report("old", "c", "eu", 1, 0))
+            .await
+            .unwrap();
+        s.insert_report(report("new", "c", "eu", 2, 10_000))
+            .await
+            .unwrap();
         assert_eq!(s.prune(5_000).await.unwrap(), 1);
         assert_eq!(s.count_reports().await.unwrap(), 1);
     }
@@ -724,9 +850,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Storage::open(dir.path()).unwrap();
-            s.insert_report(report("p1", "c", "eu", 1, 1)).await.unwrap();
+            s.insert_report(report("p1", "c", "eu", 1, 1))
+                .await
+                .unwrap();
             s.close().await;
-            assert!(matches!(s.insert_report(report("p2", "c", "eu", 1, 1)).await, Err(StorageError::Closed)));
+            assert!(matches!(
+                s.insert_report(report("p2", "c", "eu", 1, 1)).await,
+                Err(StorageError::Closed)
+            ));
         }
         let s = Storage::open(dir.path()).unwrap();
         assert_eq!(s.count_reports().await.unwrap(), 1);

@@ -11,10 +11,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mailloopctl", version, about = "Manage a mailloop coordinator: checks, agents, results")]
+#[command(
+    name = "mailloopctl",
+    version,
+    about = "Manage a mailloop coordinator: checks, agents, results"
+)]
 struct Cli {
     /// The coordinator's admin API.
-    #[arg(long, env = "MAILLOOP_URL", default_value = "http://127.0.0.1:7480", global = true)]
+    #[arg(
+        long,
+        env = "MAILLOOP_URL",
+        default_value = "http://127.0.0.1:7480",
+        global = true
+    )]
     url: String,
     /// Admin bearer token (needed for changes).
     #[arg(long, env = "MAILLOOP_TOKEN", hide_env_values = true, global = true)]
@@ -62,13 +71,17 @@ enum Command {
 enum ChecksCmd {
     List,
     /// Print a check as a `[[check]]` table (re-appliable with `apply`).
-    Show { id: String },
+    Show {
+        id: String,
+    },
     /// Create or update every `[[check]]` of a TOML file (with interval and regions).
     Apply {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,7 +94,9 @@ enum AgentsCmd {
         region: String,
     },
     /// Revoke an agent's token; its checks move to the region's other agents.
-    Revoke { name: String },
+    Revoke {
+        name: String,
+    },
 }
 
 /// The coordinator answered, but not with success.
@@ -98,7 +113,10 @@ impl std::error::Error for Refused {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Refused>() {
@@ -115,7 +133,11 @@ fn main() -> ExitCode {
 }
 
 fn success(r: ApiResponse) -> Result<Value, Refused> {
-    if r.is_success() { Ok(r.body) } else { Err(Refused(r.error_text())) }
+    if r.is_success() {
+        Ok(r.body)
+    } else {
+        Err(Refused(r.error_text()))
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -140,24 +162,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 .join(" ")
                         })
                         .unwrap_or_default();
-                    vec![text(&c["id"]), text(&c["revision"]), text(&c["interval"]), assigned, text(&c["source"])]
+                    vec![
+                        text(&c["id"]),
+                        text(&c["revision"]),
+                        text(&c["interval"]),
+                        assigned,
+                        text(&c["source"]),
+                    ]
                 })
                 .collect();
-            table(&["CHECK", "REV", "INTERVAL", "REGIONS (AGENT)", "SOURCE"], rows);
+            table(
+                &["CHECK", "REV", "INTERVAL", "REGIONS (AGENT)", "SOURCE"],
+                rows,
+            );
         }
         Command::Checks(ChecksCmd::Show { id }) => {
             let body = success(api.get(&format!("/api/v1/checks/{}", seg(&id))).await?)?;
             if out == Output::Json {
                 return print_json(&body);
             }
-            println!("# revision {}, {} (updated {})", text(&body["revision"]), text(&body["source"]), text(&body["updated_at"]));
+            println!(
+                "# revision {}, {} (updated {})",
+                text(&body["revision"]),
+                text(&body["source"]),
+                text(&body["updated_at"])
+            );
             let doc = json!({"check": [body["check"].clone()]});
-            let toml_value: toml::Value = serde_json::from_value(doc).context("the check is not representable as TOML")?;
-            print!("{}", toml::to_string_pretty(&toml_value).context("rendering TOML")?);
+            let toml_value: toml::Value =
+                serde_json::from_value(doc).context("the check is not representable as TOML")?;
+            print!(
+                "{}",
+                toml::to_string_pretty(&toml_value).context("rendering TOML")?
+            );
         }
         Command::Checks(ChecksCmd::Apply { file }) => {
-            let text_ = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let doc = mailloop_coordinator::config::parse_toml(&text_).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let text_ = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let doc = mailloop_coordinator::config::parse_toml(&text_)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let Some(checks) = doc.get("check").and_then(Value::as_array) else {
                 bail!("{}: no [[check]] tables", file.display());
             };
@@ -167,16 +209,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     failed.push(format!("check[{i}].name: required"));
                     continue;
                 };
-                let r = api.put(&format!("/api/v1/checks/{}", seg(name)), check).await?;
+                let r = api
+                    .put(&format!("/api/v1/checks/{}", seg(name)), check)
+                    .await?;
                 if r.is_success() {
-                    println!("{name}: {} (revision {})", text(&r.body["change"]), text(&r.body["revision"]));
+                    println!(
+                        "{name}: {} (revision {})",
+                        text(&r.body["change"]),
+                        text(&r.body["revision"])
+                    );
                 } else {
                     // The API says "body.smtp.port"; say where it is in the file.
-                    failed.push(r.error_text().replace("body.", &format!("check[{i}].")).replace("body:", &format!("check[{i}]:")));
+                    failed.push(
+                        r.error_text()
+                            .replace("body.", &format!("check[{i}]."))
+                            .replace("body:", &format!("check[{i}]:")),
+                    );
                 }
             }
             if !failed.is_empty() {
-                return Err(Refused(format!("{} of {} checks refused:\n{}", failed.len(), checks.len(), failed.join("\n"))).into());
+                return Err(Refused(format!(
+                    "{} of {} checks refused:\n{}",
+                    failed.len(),
+                    checks.len(),
+                    failed.join("\n")
+                ))
+                .into());
             }
         }
         Command::Checks(ChecksCmd::Delete { id }) => {
@@ -199,25 +257,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         "disconnected".to_string()
                     };
-                    vec![text(&a["name"]), text(&a["region"]), state, text(&a["assigned_checks"]), text(&a["spooled"]), text(&a["version"]), text(&a["last_seen"]), text(&a["source"])]
+                    vec![
+                        text(&a["name"]),
+                        text(&a["region"]),
+                        state,
+                        text(&a["assigned_checks"]),
+                        text(&a["spooled"]),
+                        text(&a["version"]),
+                        text(&a["last_seen"]),
+                        text(&a["source"]),
+                    ]
                 })
                 .collect();
-            table(&["AGENT", "REGION", "STATE", "CHECKS", "SPOOLED", "VERSION", "LAST SEEN", "SOURCE"], rows);
+            table(
+                &[
+                    "AGENT",
+                    "REGION",
+                    "STATE",
+                    "CHECKS",
+                    "SPOOLED",
+                    "VERSION",
+                    "LAST SEEN",
+                    "SOURCE",
+                ],
+                rows,
+            );
         }
         Command::Agents(AgentsCmd::Add { name, region }) => {
-            let body = success(api.post("/api/v1/agents", &json!({"name": name, "region": region})).await?)?;
+            let body = success(
+                api.post("/api/v1/agents", &json!({"name": name, "region": region}))
+                    .await?,
+            )?;
             if out == Output::Json {
                 return print_json(&body);
             }
-            println!("agent {name} added in region {region}. Its token (shown only now; put it in the agent's token_file):");
+            println!(
+                "agent {name} added in region {region}. Its token (shown only now; put it in the agent's token_file):"
+            );
             println!("{}", text(&body["token"]));
         }
         Command::Agents(AgentsCmd::Revoke { name }) => {
-            success(api.post(&format!("/api/v1/agents/{}/revoke", seg(&name)), &json!({})).await?)?;
+            success(
+                api.post(&format!("/api/v1/agents/{}/revoke", seg(&name)), &json!({}))
+                    .await?,
+            )?;
             println!("{name}: revoked");
         }
-        Command::Results { check, region, since, limit } => {
-            let mut path = format!("/api/v1/checks/{}/results?since={}&limit={limit}", seg(&check), seg(&since));
+        Command::Results {
+            check,
+            region,
+            since,
+            limit,
+        } => {
+            let mut path = format!(
+                "/api/v1/checks/{}/results?since={}&limit={limit}",
+                seg(&check),
+                seg(&since)
+            );
             if let Some(r) = &region {
                 path.push_str(&format!("&region={}", seg(r)));
             }
@@ -231,7 +327,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             if results.is_empty() {
-                println!("no results for {check} since {since}{}", region.map(|r| format!(" in {r}")).unwrap_or_default());
+                println!(
+                    "no results for {check} since {since}{}",
+                    region.map(|r| format!(" in {r}")).unwrap_or_default()
+                );
                 return Ok(());
             }
             let rows = results
@@ -241,13 +340,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Some(f) => format!("{} ({})", text(&f["step"]), text(&f["class"])),
                         None => String::new(),
                     };
-                    vec![text(&r["started_at"]), text(&r["region"]), text(&r["agent"]), text(&r["round"]), text(&r["outcome"]), ms(&r["rtt_ms"]), ms(&r["delivery_ms"]), failure]
+                    vec![
+                        text(&r["started_at"]),
+                        text(&r["region"]),
+                        text(&r["agent"]),
+                        text(&r["round"]),
+                        text(&r["outcome"]),
+                        ms(&r["rtt_ms"]),
+                        ms(&r["delivery_ms"]),
+                        failure,
+                    ]
                 })
                 .collect();
-            table(&["STARTED", "REGION", "AGENT", "ROUND", "OUTCOME", "RTT", "DELIVERY", "FAILURE"], rows);
+            table(
+                &[
+                    "STARTED", "REGION", "AGENT", "ROUND", "OUTCOME", "RTT", "DELIVERY", "FAILURE",
+                ],
+                rows,
+            );
         }
         Command::Latest { check } => {
-            let body = success(api.get(&format!("/api/v1/checks/{}/latest", seg(&check))).await?)?;
+            let body = success(
+                api.get(&format!("/api/v1/checks/{}/latest", seg(&check)))
+                    .await?,
+            )?;
             if out == Output::Json {
                 return print_json(&body);
             }
@@ -255,22 +371,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{check}: no results yet");
                 return Ok(());
             }
-            println!("check {check}  round {}  started {}", text(&body["round"]), text(&body["round_started_at"]));
+            println!(
+                "check {check}  round {}  started {}",
+                text(&body["round"]),
+                text(&body["round_started_at"])
+            );
             for region in body["regions"].as_array().into_iter().flatten() {
                 let r = &region["result"];
                 if r.is_null() {
                     println!("\n{}: no report for this round", text(&region["region"]));
                     continue;
                 }
-                println!("\n{}: {} by {}  probe {}  rtt {}", text(&region["region"]), text(&r["outcome"]).to_uppercase(), text(&r["agent"]), text(&r["probe_id"]), ms(&r["rtt_ms"]));
+                println!(
+                    "\n{}: {} by {}  probe {}  rtt {}",
+                    text(&region["region"]),
+                    text(&r["outcome"]).to_uppercase(),
+                    text(&r["agent"]),
+                    text(&r["probe_id"]),
+                    ms(&r["rtt_ms"])
+                );
                 let steps = r["report"]["steps"].as_array().cloned().unwrap_or_default();
                 let rows = steps
                     .iter()
-                    .map(|s| vec![text(&s["name"]), ms(&s["ms"]), if s["ok"] == true { "ok".into() } else { "FAIL".into() }, text(&s["code"]), text(&s["detail"])])
+                    .map(|s| {
+                        vec![
+                            text(&s["name"]),
+                            ms(&s["ms"]),
+                            if s["ok"] == true {
+                                "ok".into()
+                            } else {
+                                "FAIL".into()
+                            },
+                            text(&s["code"]),
+                            text(&s["detail"]),
+                        ]
+                    })
                     .collect();
                 table(&["  step", "time", "ok", "code", "detail"], rows);
                 if let Some(f) = r["report"]["failure"].as_object() {
-                    println!("  failed at {} ({}): {}", text(&f["step"]), text(&f["class"]), text(&f["message"]));
+                    println!(
+                        "  failed at {} ({}): {}",
+                        text(&f["step"]),
+                        text(&f["class"]),
+                        text(&f["message"])
+                    );
                 }
             }
         }
@@ -300,7 +444,9 @@ fn ms(v: &Value) -> String {
 fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -315,7 +461,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());

@@ -1,0 +1,302 @@
+//! The judge's data: what it reads (one region's report for one round), what
+//! it decides (a [`Verdict`] with per-region evidence) and what it opens and
+//! closes ([`Incident`]). Plain data, serialisable as the admin API shows it;
+//! no I/O here.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// One region's report for one round, as the judge reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionReport {
+    pub region: String,
+    pub agent: String,
+    /// The full report as the agent sent it.
+    pub report: mailloop_common::ProbeReport,
+}
+
+/// How one region did in one round, as far as the verdict is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionState {
+    /// Delivered, every step within its thresholds and expectations.
+    Ok,
+    /// Delivered, but a static or learned threshold, an authentication or a
+    /// certificate expectation is not met.
+    Degraded,
+    /// A 4xx deferral (greylisting, rate limit) whose streak is still inside
+    /// its grace window: not a failure yet.
+    Deferred,
+    /// Not delivered (including a deferral past its grace window).
+    Failed,
+    /// No report before the round's deadline.
+    Missing,
+}
+
+/// Why a step was judged slow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowStep {
+    /// Wire name (`smtp.data_ack`), or `rtt` for the whole round trip.
+    pub step: String,
+    pub ms: f64,
+    pub threshold_ms: f64,
+    /// The learned median, when the threshold is a learned one.
+    pub baseline_ms: Option<f64>,
+    /// `static` (the check's own threshold) or `learned`.
+    pub source: String,
+}
+
+/// One region's evidence in a verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionEvidence {
+    pub region: String,
+    pub state: RegionState,
+    /// The report behind it (absent when `missing`).
+    pub probe_id: Option<String>,
+    pub agent: Option<String>,
+    /// The report's own outcome (`ok`, `degraded`, `failed`).
+    pub outcome: Option<String>,
+    /// For a failure or deferral: the step, class, reply code and text.
+    pub step: Option<String>,
+    pub class: Option<String>,
+    pub code: Option<u16>,
+    pub enhanced: Option<String>,
+    pub text: Option<String>,
+    /// Steps over a static or learned threshold.
+    pub slow: Vec<SlowStep>,
+    /// Other reasons for `degraded` (unmet expectations, certificates).
+    pub reasons: Vec<String>,
+    pub rtt_ms: Option<f64>,
+}
+
+/// The round verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Up,
+    Degraded,
+    Deferred,
+    Transit,
+    Down,
+    Unknown,
+}
+
+impl VerdictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Up => "up",
+            VerdictKind::Degraded => "degraded",
+            VerdictKind::Deferred => "deferred",
+            VerdictKind::Transit => "transit",
+            VerdictKind::Down => "down",
+            VerdictKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the coordinator decided for one check and one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub check_id: String,
+    pub round: u64,
+    pub round_start_ms: i64,
+    pub decided_at_ms: i64,
+    pub verdict: VerdictKind,
+    /// Regions that must fail for `down`.
+    pub quorum: u32,
+    /// Every region of the check, sorted by name.
+    pub regions: Vec<RegionEvidence>,
+    /// One line a person reads: which regions, which step, why.
+    pub note: String,
+}
+
+/// How many regions must fail for `down`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quorum {
+    /// More than half of the check's regions (the default).
+    Majority,
+    /// At least this many regions.
+    Count(u32),
+    /// At least this fraction of the regions (0 < f <= 1), rounded up.
+    Fraction(f64),
+}
+
+/// The rules a check is judged by (`[incidents]`, `[baselines]` and the
+/// check's own `quorum`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub quorum: Quorum,
+    /// `down` rounds in a row that open an outage.
+    pub confirm_rounds: u32,
+    /// `transit` rounds in a row, same region, that open a regional incident.
+    pub transit_rounds: u32,
+    /// `degraded` rounds in a row that open a performance incident.
+    pub degraded_rounds: u32,
+    /// Good rounds in a row that resolve an incident.
+    pub resolve_rounds: u32,
+    /// How long a streak of deferrals counts as `deferred` before it is a failure.
+    pub defer_grace: Duration,
+    /// A certificate with fewer days left opens a certificate warning.
+    pub cert_min_days: u32,
+    pub baselines: BaselineSettings,
+}
+
+/// Learned baselines: robust rolling median and MAD per check × region × step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineSettings {
+    /// Samples kept (the newest; older ones fall out, so a real shift is absorbed).
+    pub window: usize,
+    /// Samples needed before the learned threshold is used.
+    pub min_samples: usize,
+    /// A step is slow above `max(median * factor, median + 6 * MAD)`, and
+    /// never below `median + floor_ms` (so 1 ms steps do not alarm on 3 ms).
+    pub factor: f64,
+    pub floor_ms: f64,
+}
+
+/// One step's learned baseline, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineView {
+    pub region: String,
+    /// Wire name, or `rtt`.
+    pub step: String,
+    pub samples: usize,
+    pub median_ms: Option<f64>,
+    pub mad_ms: Option<f64>,
+    /// The learned threshold, once `samples >= min_samples`.
+    pub threshold_ms: Option<f64>,
+    /// The check's own static threshold for this step, if any.
+    pub static_threshold_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    Outage,
+    Regional,
+    Performance,
+    Authentication,
+    Certificate,
+}
+
+impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Outage => "outage",
+            IncidentKind::Regional => "regional",
+            IncidentKind::Performance => "performance",
+            IncidentKind::Authentication => "authentication",
+            IncidentKind::Certificate => "certificate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Pages: mail is not delivered (outage).
+    Critical,
+    /// Someone should look today (authentication drift, performance, regional transit).
+    Warning,
+    /// Heads-up (certificate expiry ahead).
+    Info,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+/// One line of an incident's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_ms: i64,
+    pub round: Option<u64>,
+    /// `opened`, `round` (a round that kept it open or counted toward
+    /// resolving it), `acknowledged`, `resolved`.
+    pub event: String,
+    pub verdict: Option<VerdictKind>,
+    pub note: String,
+}
+
+/// An incident. Only one is open (or acknowledged) per check, kind and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Assigned by storage; 0 until stored.
+    pub id: u64,
+    pub check_id: String,
+    pub kind: IncidentKind,
+    pub severity: Severity,
+    pub state: IncidentState,
+    /// Tells incidents of one check and kind apart: empty for most kinds;
+    /// the certificate's endpoint, subject and expiry for certificate warnings.
+    pub key: String,
+    pub regions: Vec<String>,
+    pub step: Option<String>,
+    pub class: Option<String>,
+    pub opened_at_ms: i64,
+    pub first_round: u64,
+    pub last_round: u64,
+    pub acknowledged_at_ms: Option<i64>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_at_ms: Option<i64>,
+    /// Deterministic text from the evidence: what, where, since when, how
+    /// it differs from the baseline, likely cause, what to check first.
+    pub summary: String,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// What judging a round did to incidents. Incidents are named by
+/// (check, kind, key): at most one is open for each.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IncidentChange {
+    /// A new incident (id 0: storage assigns one).
+    Open(Incident),
+    /// An open incident gained a timeline entry (and maybe a new summary,
+    /// regions, last_round).
+    Update {
+        kind: IncidentKind,
+        key: String,
+        entry: TimelineEntry,
+        summary: Option<String>,
+        regions: Option<Vec<String>>,
+        last_round: u64,
+    },
+    /// An open incident is resolved.
+    Resolve {
+        kind: IncidentKind,
+        key: String,
+        entry: TimelineEntry,
+    },
+}
+
+/// What alert channels are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEventKind {
+    Opened,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEventKind::Opened => "opened",
+            AlertEventKind::Acknowledged => "acknowledged",
+            AlertEventKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// One notification: an incident (as stored, with its id) and what happened to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    pub event: AlertEventKind,
+    pub at_ms: i64,
+    pub incident: Incident,
+}
