@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use mailloop_agent::output::{self, Format};
 use mailloop_agent::probe::Prober;
 use mailloop_agent::run::config::AgentConfig;
+use mailloop_agent::transport::{ConnectRule, ConnectTo};
 use mailloop_common::config::ProbeConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,11 @@ enum Command {
         /// How to print results.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// Open the TCP connection to a check's HOST:PORT at another address
+        /// instead (like curl's --connect-to; repeatable). TLS server name,
+        /// SNI and the reported endpoint stay the check's.
+        #[arg(long = "connect-to", value_name = "HOST:PORT=HOST:PORT")]
+        connect_to: Vec<ConnectRule>,
     },
     /// Validate a config file and print every problem; nothing is contacted.
     CheckConfig {
@@ -81,7 +87,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Probe { config, checks, output } => probe(config, checks, output),
+        Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
     }
 }
@@ -135,7 +141,7 @@ fn unknown(format: Format, message: &str) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn probe(config: PathBuf, names: Vec<String>, format: Format) -> ExitCode {
+fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: ConnectTo) -> ExitCode {
     let cfg = match ProbeConfig::load(&config) {
         Ok(c) => c,
         Err(e) => return unknown(format, &e.to_string()),
@@ -148,7 +154,7 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format) -> ExitCode {
     let mut probers = Vec::new();
     for check in cfg.checks.into_iter().filter(|c| names.is_empty() || names.contains(&c.name)) {
         match Prober::new(check, &cfg.dns) {
-            Ok(p) => probers.push(p),
+            Ok(p) => probers.push(p.with_connect_to(connect_to.clone())),
             Err(e) => return unknown(format, &e),
         }
     }

@@ -15,6 +15,7 @@ use crate::dns::Dns;
 use crate::inspect;
 use crate::spf;
 use crate::tls::TlsClient;
+use crate::transport::ConnectTo;
 use mailloop_common::config::DnsConfig;
 use mailloop_common::{FailureClass, SpfBudget};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct Prober {
     imap_tls: TlsClient,
     /// For the SPF walk and the independent DKIM check (None: both off).
     dns: Option<Arc<Dns>>,
+    /// The agent's `connect_to` rules: where the TCP connections really go.
+    connect_to: ConnectTo,
 }
 
 impl Prober {
@@ -44,7 +47,14 @@ impl Prober {
         } else {
             None
         };
-        Ok(Prober { check, smtp_tls, imap_tls, dns })
+        Ok(Prober { check, smtp_tls, imap_tls, dns, connect_to: ConnectTo::default() })
+    }
+
+    /// Sends this check's SMTP and IMAP connections where the agent's
+    /// `connect_to` rules say; names, SNI and reported endpoints stay the check's.
+    pub fn with_connect_to(mut self, connect_to: ConnectTo) -> Prober {
+        self.connect_to = connect_to;
+        self
     }
 
     pub fn check(&self) -> &CheckConfig {
@@ -151,8 +161,8 @@ impl Prober {
         let mut imap_rec = Recorder::new(origin, deadline);
         let mut dns_rec = Recorder::new(origin, deadline);
         let (sent, opened, spf_budget) = tokio::join!(
-            smtp::send(check, &self.smtp_tls, body, &mut smtp_rec),
-            imap::open(check, &self.imap_tls, &mut imap_rec),
+            smtp::send(check, &self.smtp_tls, &self.connect_to, body, &mut smtp_rec),
+            imap::open(check, &self.imap_tls, &self.connect_to, &mut imap_rec),
             self.spf_walk(&mut dns_rec),
         );
 

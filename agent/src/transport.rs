@@ -7,6 +7,7 @@
 //! bytes past the STARTTLS reply (the response-injection attack).
 
 use rustls_pki_types::ServerName;
+use std::fmt;
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -62,9 +63,118 @@ pub struct Conn {
     pub peer_cert: Option<CertificateDer<'static>>,
 }
 
+/// One `connect_to` rule: a TCP connection a check opens to `from` goes to
+/// `to` instead (like curl's `--connect-to`). Everything else — the TLS
+/// server name, SNI, the endpoint reported in steps and certificates — stays
+/// as the check says, so an agent behind NAT or an egress relay measures the
+/// same server through its own path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRule {
+    pub from: HostPort,
+    pub to: HostPort,
+}
+
+/// A host (name or IP literal, IPv6 without brackets) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+
+    /// `host:port`, `[v6]:port`.
+    fn from_str(s: &str) -> Result<HostPort, String> {
+        let s = s.trim();
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("{s:?} has no port (write host:port, or [v6]:port)"));
+        };
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(|| format!("{s:?}: unclosed '['"))?,
+            None if host.contains(':') => return Err(format!("{s:?}: put an IPv6 address in brackets, [::1]:25")),
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("{s:?}: {port:?} is not a port from 1 to 65535")),
+        };
+        Ok(HostPort { host: host.to_string(), port })
+    }
+}
+
+impl std::str::FromStr for ConnectRule {
+    type Err = String;
+
+    /// `FROM_HOST:FROM_PORT=TO_HOST:TO_PORT`.
+    fn from_str(s: &str) -> Result<ConnectRule, String> {
+        let Some((from, to)) = s.split_once('=') else {
+            return Err(format!("{s:?}: write \"host:port=host:port\" (the check's address = where to connect instead)"));
+        };
+        Ok(ConnectRule { from: from.parse()?, to: to.parse()? })
+    }
+}
+
+/// The `connect_to` rules of an agent, first match wins; empty: connect
+/// where the check says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectTo {
+    rules: Vec<ConnectRule>,
+}
+
+impl ConnectTo {
+    pub fn new(rules: Vec<ConnectRule>) -> ConnectTo {
+        ConnectTo { rules }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[ConnectRule] {
+        &self.rules
+    }
+
+    /// Where a connection to `host:port` really goes, if a rule redirects it.
+    /// Host names compare case-insensitively; brackets around IPv6 are ignored.
+    pub fn target(&self, host: &str, port: u16) -> Option<&HostPort> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.rules.iter().find(|r| r.from.port == port && r.from.host.eq_ignore_ascii_case(host)).map(|r| &r.to)
+    }
+
+    /// The connect step's detail: the check's address, and the real one
+    /// when a rule redirected it (`127.0.0.1:587 via 127.0.0.1:40001`).
+    pub fn detail(&self, host: &str, port: u16) -> String {
+        let named = HostPort { host: host.trim_start_matches('[').trim_end_matches(']').to_string(), port };
+        match self.target(host, port) {
+            Some(to) => format!("{named} via {to}"),
+            None => named.to_string(),
+        }
+    }
+}
+
 impl Conn {
     /// Opens a TCP connection (Nagle off: we send small commands and time them).
     pub async fn connect(host: &str, port: u16) -> Result<Conn, TransportError> {
+        Self::connect_via(host, port, &ConnectTo::default()).await
+    }
+
+    /// Like [`Conn::connect`], but a `connect_to` rule for `host:port`
+    /// sends the TCP connection to its replacement address.
+    pub async fn connect_via(host: &str, port: u16, connect_to: &ConnectTo) -> Result<Conn, TransportError> {
+        let (host, port) = match connect_to.target(host, port) {
+            Some(to) => (to.host.as_str(), to.port),
+            None => (host, port),
+        };
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
         Ok(Conn { stream: Stream::Plain(tcp), buf: Vec::with_capacity(READ_CHUNK), pos: 0, peer_cert: None })
@@ -274,4 +384,51 @@ fn _assert_traits() {
 /// The name to verify: an IP address literal or a DNS name.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_string()).map_err(|e| format!("{name:?} is not a valid TLS server name: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[&str]) -> ConnectTo {
+        ConnectTo::new(list.iter().map(|r| r.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn connect_to_rules_parse() {
+        let r: ConnectRule = "smtp.example:587=127.0.0.1:40001".parse().unwrap();
+        assert_eq!(r.from, HostPort { host: "smtp.example".into(), port: 587 });
+        assert_eq!(r.to, HostPort { host: "127.0.0.1".into(), port: 40001 });
+        let v6: ConnectRule = "[::1]:993=[::1]:1993".parse().unwrap();
+        assert_eq!(v6.to.host, "::1");
+        assert_eq!(v6.to.to_string(), "[::1]:1993");
+        for bad in ["smtp.example:587", "smtp.example=1.2.3.4:5", ":587=1.2.3.4:5", "a:0=b:1", "a:1=b:99999", "::1:25=b:1", "[::1:25=b:1"] {
+            assert!(bad.parse::<ConnectRule>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_redirects_and_others_pass() {
+        let c = rules(&["SMTP.example:587=127.0.0.1:1", "smtp.example:587=127.0.0.1:2", "[::1]:993=127.0.0.1:3"]);
+        assert_eq!(c.target("smtp.example", 587).map(|t| t.port), Some(1), "case-insensitive, first wins");
+        assert_eq!(c.target("smtp.example", 465), None, "the port must match too");
+        assert_eq!(c.target("::1", 993).map(|t| t.port), Some(3));
+        assert_eq!(c.target("[::1]", 993).map(|t| t.port), Some(3));
+        assert_eq!(c.detail("smtp.example", 587), "smtp.example:587 via 127.0.0.1:1");
+        assert_eq!(c.detail("imap.example", 993), "imap.example:993");
+    }
+
+    #[tokio::test]
+    async fn connect_via_uses_the_replacement_address() {
+        let real = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let real_port = real.local_addr().unwrap().port();
+        // A port nothing listens on: bind, note, close.
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(Conn::connect("127.0.0.1", closed_port).await.is_err(), "nothing listens on the check's port");
+        let via = rules(&[&format!("127.0.0.1:{closed_port}=127.0.0.1:{real_port}")]);
+        let mut conn = Conn::connect_via("127.0.0.1", closed_port, &via).await.expect("redirected to the listener");
+        let (mut server, _) = real.accept().await.unwrap();
+        server.write_all(b"220 hello\r\n").await.unwrap();
+        assert_eq!(conn.read_line(100).await.unwrap(), b"220 hello");
+    }
 }

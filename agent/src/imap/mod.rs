@@ -217,16 +217,21 @@ async fn answered<T>(
 }
 
 /// Connects, logs in and selects the probe mailbox.
-pub async fn open(check: &CheckConfig, tls: &TlsClient, rec: &mut Recorder) -> Result<Session, Failure> {
+pub async fn open(
+    check: &CheckConfig,
+    tls: &TlsClient,
+    connect_to: &transport::ConnectTo,
+    rec: &mut Recorder,
+) -> Result<Session, Failure> {
     let ep = &check.imap.endpoint;
     let t = |s| check.timeout(s);
     let name = transport::server_name(ep.tls_name());
 
     let conn = rec
         .run(StepName::ImapConnect, t(StepName::ImapConnect), async {
-            Conn::connect(&ep.host, ep.port)
+            Conn::connect_via(&ep.host, ep.port, connect_to)
                 .await
-                .map(|c| Done::new(c).detail(format!("{}:{}", ep.host, ep.port)))
+                .map(|c| Done::new(c).detail(connect_to.detail(&ep.host, ep.port)))
                 .map_err(|e| StepError::transport(e, true))
         })
         .await?;

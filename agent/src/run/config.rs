@@ -20,11 +20,16 @@
 //! spool = "/var/lib/mailloop-agent/spool.db"
 //! spool_max_reports = 100000
 //! shutdown_grace = "30s"
+//! # Open the TCP connection to a check's "host:port" at another address
+//! # (curl's --connect-to): NAT, an egress relay, or a test proxy per region.
+//! # TLS server name, SNI and the reported endpoint stay the check's.
+//! connect_to = ["smtp.example.com:587=10.0.0.5:587", "imap.example.com:993=10.0.0.5:993"]
 //!
 //! [dns]
 //! nameservers = ["127.0.0.53:53"]                    # passed to every check's prober
 //! ```
 
+use crate::transport::{ConnectRule, ConnectTo};
 use mailloop_common::Secret;
 use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, duration_value};
 use serde_json::{Map, Value};
@@ -55,6 +60,8 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// Handed to every check's prober (SPF walk, own DKIM check).
     pub dns: DnsConfig,
+    /// Per-agent connection overrides, handed to every check's prober.
+    pub connect_to: ConnectTo,
 }
 
 /// How to reach and authenticate to the coordinator.
@@ -190,6 +197,7 @@ impl Validator<'_> {
         let spool = self.spool(&mut t);
         let spool_max_reports = self.count(&mut t, "spool_max_reports", DEFAULT_SPOOL_MAX_REPORTS, 1, MAX_SPOOL_MAX_REPORTS);
         let shutdown_grace = self.duration_or_zero(&mut t, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE);
+        let connect_to = self.connect_to(&mut t);
         for key in t.map.keys() {
             if !t.used.contains(key.as_str()) {
                 self.issue(format!("agent.{key}"), "unknown key");
@@ -204,7 +212,43 @@ impl Validator<'_> {
             spool_max_reports: spool_max_reports?,
             shutdown_grace: shutdown_grace?,
             dns: DnsConfig::default(),
+            connect_to: connect_to?,
         })
+    }
+
+    /// `connect_to = ["host:port=host:port", ...]`: each rule checked, every
+    /// bad one reported; a second rule for the same address is refused
+    /// (only the first could ever apply).
+    fn connect_to(&mut self, t: &mut Table<'_>) -> Option<ConnectTo> {
+        let list = match t.get("connect_to") {
+            None => return Some(ConnectTo::default()),
+            Some(Value::Array(list)) => list,
+            Some(other) => {
+                self.issue("agent.connect_to", format!("expected a list of \"host:port=host:port\" strings, found {other}"));
+                return None;
+            }
+        };
+        let mut rules: Vec<ConnectRule> = Vec::new();
+        let mut ok = true;
+        for (i, item) in list.iter().enumerate() {
+            let path = format!("agent.connect_to[{i}]");
+            let parsed = match item {
+                Value::String(s) => s.parse::<ConnectRule>(),
+                other => Err(format!("expected a \"host:port=host:port\" string, found {other}")),
+            };
+            match parsed {
+                Ok(r) if rules.iter().any(|seen| seen.from.port == r.from.port && seen.from.host.eq_ignore_ascii_case(&r.from.host)) => {
+                    self.issue(path, format!("{} is already redirected by an earlier rule", r.from));
+                    ok = false;
+                }
+                Ok(r) => rules.push(r),
+                Err(m) => {
+                    self.issue(path, m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| ConnectTo::new(rules))
     }
 
     /// `Some(None)`: absent; `None`: present but bad (issue recorded).
@@ -582,6 +626,22 @@ mod tests {
         std::fs::write(&not_pem, "hello").unwrap();
         assert!(issue_of(with("ca_file", json!(not_pem))).ends_with("holds no PEM CERTIFICATE"));
         assert_eq!(issue_of(with("client_cert", json!(ca))), "agent.client_key: required with client_cert (mutual TLS needs both)");
+    }
+
+    #[test]
+    fn connect_to_redirects_per_agent_and_every_bad_rule_is_named() {
+        assert!(load(good()).unwrap().connect_to.is_empty());
+        let c = load(with("connect_to", json!(["smtp.example:587=127.0.0.1:40001", "[::1]:993=127.0.0.1:40002"]))).unwrap();
+        assert_eq!(c.connect_to.rules().len(), 2);
+        assert_eq!(c.connect_to.target("smtp.example", 587).map(|t| t.to_string()), Some("127.0.0.1:40001".into()));
+        let issues = load(with(
+            "connect_to",
+            json!(["smtp.example:587=127.0.0.1:1", "smtp.example:587", 5, "SMTP.example:587=127.0.0.1:2", "a:1=b:0"]),
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["agent.connect_to[1]", "agent.connect_to[2]", "agent.connect_to[3]", "agent.connect_to[4]"], "{issues:#?}");
+        assert!(issue_of(with("connect_to", json!("a:1=b:2"))).starts_with("agent.connect_to: expected a list"));
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let gate = ProbeGate::default();
     let mut scheduler = Scheduler::new(spool.clone(), config.dns.clone(), gate.clone());
+    scheduler.connect_to = config.connect_to.clone();
     scheduler.resume().await?;
 
     let (connected_tx, connected) = watch::channel(false);

@@ -37,6 +37,8 @@ pub struct Scheduler {
     spool: Spool,
     dns: DnsConfig,
     gate: ProbeGate,
+    /// The agent's `connect_to` rules, handed to every prober.
+    pub connect_to: crate::transport::ConnectTo,
 }
 
 struct Held {
@@ -48,7 +50,7 @@ struct Held {
 
 impl Scheduler {
     pub fn new(spool: Spool, dns: DnsConfig, gate: ProbeGate) -> Scheduler {
-        Scheduler { held: BTreeMap::new(), spool, dns, gate }
+        Scheduler { held: BTreeMap::new(), spool, dns, gate, connect_to: Default::default() }
     }
 
     /// Starts the assignments saved in the spool (the last ones the
@@ -141,7 +143,7 @@ impl Scheduler {
             Ok(v) => v,
             Err(e) => return skipped(format!("check_json is not JSON: {e}")),
         };
-        let dns = self.dns.clone();
+        let (dns, connect_to) = (self.dns.clone(), self.connect_to.clone());
         let path = format!("assignment {id}");
         // Validation reads password and CA files; the prober loads trust roots.
         let built = tokio::task::spawn_blocking(move || {
@@ -150,7 +152,7 @@ impl Scheduler {
                 let list: Vec<String> = issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
                 format!("{n} config error{}: {}", if n == 1 { "" } else { "s" }, list.join("; "))
             })?;
-            Prober::new(check, &dns)
+            Prober::new(check, &dns).map(|p| p.with_connect_to(connect_to))
         })
         .await;
         let prober = match built {

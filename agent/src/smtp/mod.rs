@@ -110,6 +110,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 pub async fn send(
     check: &CheckConfig,
     tls: &TlsClient,
+    connect_to: &transport::ConnectTo,
     message: &[u8],
     rec: &mut Recorder,
 ) -> Result<Sent, Failure> {
@@ -118,9 +119,9 @@ pub async fn send(
 
     let conn = rec
         .run(StepName::SmtpConnect, t(StepName::SmtpConnect), async {
-            Conn::connect(&ep.host, ep.port)
+            Conn::connect_via(&ep.host, ep.port, connect_to)
                 .await
-                .map(|c| Done::new(c).detail(format!("{}:{}", ep.host, ep.port)))
+                .map(|c| Done::new(c).detail(connect_to.detail(&ep.host, ep.port)))
                 .map_err(|e| StepError::transport(e, true))
         })
         .await?;
