@@ -2,38 +2,430 @@
 //! `[[alert]]` (generic JSON webhook, Slack-compatible webhook, PagerDuty
 //! Events API v2, email over SMTP), routed by incident kind and severity.
 //!
-//! [`Alerts::notify`] never blocks and never fails: events are queued and
-//! delivered by a background task with retries and backoff; a failing
-//! channel is logged and shown by [`Alerts::status`], and never delays a
-//! verdict.
+//! [`Alerts::notify`] never blocks and never fails: it puts the event on the
+//! bounded queue of every channel whose routes match (dropping that queue's
+//! oldest event, with a warning, when it is full) and returns. Each channel
+//! has its own worker task, so a slow or dead channel delays only itself;
+//! the worker sends its events in order (a PagerDuty `resolve` never
+//! overtakes its `trigger`), retrying with exponential backoff and jitter.
+//! A failing channel is logged and shown by [`Alerts::status`], and never
+//! delays a verdict.
+//!
+//! Layers: [`config`] (validation), `payload.rs` (what is sent, pure),
+//! `http.rs` and `email.rs` (one delivery attempt each), this file (queues,
+//! workers, retries, status, shutdown).
 
 pub mod config;
+mod email;
+mod http;
+pub mod payload;
+mod tls;
 
-pub use config::ChannelConfig;
+pub use config::{ChannelConfig, Target};
 
 use crate::judge::AlertEvent;
+use crate::shutdown::Shutdown;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// Worth another attempt (5xx, 408, 429, 4xx SMTP, connect, TLS, timeout).
+    Retry(String),
+    /// Asking again will not help (other 4xx, 5xx SMTP): logged, not retried.
+    Permanent(String),
+}
 
 /// The alert dispatcher. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
-pub struct Alerts {}
+pub struct Alerts {
+    channels: Vec<Channel>,
+}
+
+/// A channel as the dispatcher sees it: its routes, queue and counters.
+#[derive(Debug)]
+struct Channel {
+    config: ChannelConfig,
+    queue: Arc<Queue>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+/// A bounded FIFO the worker waits on.
+#[derive(Debug)]
+struct Queue {
+    items: Mutex<VecDeque<AlertEvent>>,
+    capacity: usize,
+    ready: Notify,
+}
+
+/// One channel's health (`GET /api/v1/alerts`).
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    delivered: u64,
+    /// Events given up on (permanent error, retries exhausted, dropped at shutdown).
+    failed: u64,
+    /// Oldest events dropped because the queue was full.
+    dropped: u64,
+    /// Being delivered right now (0 or 1).
+    in_flight: u64,
+    last_ok_at_ms: Option<i64>,
+    last_error: Option<String>,
+    last_error_at_ms: Option<i64>,
+}
 
 impl Alerts {
     /// No channels: every event is dropped (logged at debug).
     pub fn disabled() -> Alerts {
-        Alerts {}
+        Alerts::default()
     }
 
-    /// Queues an event for every channel whose routes match it.
+    /// Starts one worker per channel (inside a Tokio runtime). Each worker
+    /// holds a clone of `shutdown`: when it fires, the worker keeps
+    /// delivering its queue for the channel's `drain_grace`, then stops.
+    pub fn start(channels: Vec<ChannelConfig>, shutdown: Shutdown) -> Arc<Alerts> {
+        let mut out = Vec::new();
+        for config in channels {
+            let queue = Arc::new(Queue {
+                items: Mutex::new(VecDeque::new()),
+                capacity: config.queue_capacity.max(1),
+                ready: Notify::new(),
+            });
+            let stats = Arc::new(Mutex::new(Stats::default()));
+            let sender = match Sender::new(&config) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // Only an unreadable CA file gets here (the config checked
+                    // it exists): keep the channel visible, failing.
+                    tracing::error!(
+                        channel = config.name,
+                        error = e,
+                        "alert channel cannot start"
+                    );
+                    let mut s = stats.lock().unwrap();
+                    s.last_error = Some(format!("cannot start: {e}"));
+                    s.last_error_at_ms = Some(now_ms());
+                    None
+                }
+            };
+            if let Some(sender) = sender {
+                let worker = Worker {
+                    config: config.clone(),
+                    queue: queue.clone(),
+                    stats: stats.clone(),
+                    sender,
+                };
+                tokio::spawn(worker.run(shutdown.clone()));
+            }
+            tracing::info!(
+                channel = config.name,
+                r#type = config.type_name(),
+                "alert channel ready"
+            );
+            out.push(Channel {
+                config,
+                queue,
+                stats,
+            });
+        }
+        Arc::new(Alerts { channels: out })
+    }
+
+    /// Queues an event for every channel whose routes match it. Never
+    /// blocks: a full queue loses its oldest event (logged).
     pub fn notify(&self, event: AlertEvent) {
+        let mut routed = 0;
+        for ch in &self.channels {
+            if !ch.config.routes(&event) {
+                continue;
+            }
+            routed += 1;
+            let dropped = {
+                let mut items = ch.queue.items.lock().unwrap();
+                let dropped = if items.len() >= ch.queue.capacity {
+                    items.pop_front()
+                } else {
+                    None
+                };
+                items.push_back(event.clone());
+                dropped
+            };
+            if let Some(old) = dropped {
+                ch.stats.lock().unwrap().dropped += 1;
+                tracing::warn!(
+                    channel = ch.config.name,
+                    incident = old.incident.id,
+                    event = old.event.as_str(),
+                    capacity = ch.queue.capacity,
+                    "alert queue full: dropped its oldest event"
+                );
+            }
+            ch.queue.ready.notify_one();
+        }
         tracing::debug!(
             incident = event.incident.id,
             event = event.event.as_str(),
-            "no alert channels configured"
+            channels = routed,
+            "alert queued"
         );
     }
 
     /// Each channel's health, as `GET /api/v1/alerts` shows it.
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({ "channels": [] })
+    pub fn status(&self) -> Value {
+        let channels: Vec<Value> = self
+            .channels
+            .iter()
+            .map(|ch| {
+                let s = ch.stats.lock().unwrap().clone();
+                let queued = ch.queue.items.lock().unwrap().len() as u64;
+                json!({
+                    "name": ch.config.name,
+                    "type": ch.config.type_name(),
+                    "delivered": s.delivered,
+                    "failed": s.failed,
+                    "dropped": s.dropped,
+                    "pending": queued + s.in_flight,
+                    "last_ok_at": s.last_ok_at_ms.map(payload::rfc3339),
+                    "last_error": s.last_error,
+                    "last_error_at": s.last_error_at_ms.map(payload::rfc3339),
+                })
+            })
+            .collect();
+        json!({ "channels": channels })
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// How a channel delivers one event.
+enum Sender {
+    Http(http::HttpSender),
+    Email(email::EmailSender),
+}
+
+impl Sender {
+    fn new(config: &ChannelConfig) -> Result<Sender, String> {
+        Ok(match &config.target {
+            Target::Webhook(h) | Target::Slack(h) | Target::PagerDuty { endpoint: h, .. } => {
+                Sender::Http(http::HttpSender::new(h.url.expose(), h.ca_file.as_deref())?)
+            }
+            Target::Email(e) => Sender::Email(email::EmailSender::new(e.clone())?),
+        })
+    }
+}
+
+/// Delivers one channel's queue, one event at a time.
+struct Worker {
+    config: ChannelConfig,
+    queue: Arc<Queue>,
+    stats: Arc<Mutex<Stats>>,
+    sender: Sender,
+}
+
+impl Worker {
+    async fn run(self, mut shutdown: Shutdown) {
+        // Set once shutdown begins: queued events are still tried until then.
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let next = self.queue.items.lock().unwrap().pop_front();
+            let Some(event) = next else {
+                if drain_until.is_some() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.queue.ready.notified() => continue,
+                    _ = shutdown.recv() => {
+                        drain_until = Some(Instant::now() + self.config.drain_grace);
+                        continue;
+                    }
+                }
+            };
+            self.stats.lock().unwrap().in_flight = 1;
+            let delivery = self.deliver(&event);
+            tokio::pin!(delivery);
+            let done = loop {
+                match drain_until {
+                    Some(deadline) => {
+                        break tokio::time::timeout_at(deadline, &mut delivery)
+                            .await
+                            .is_ok();
+                    }
+                    None => tokio::select! {
+                        _ = &mut delivery => break true,
+                        _ = shutdown.recv() => {
+                            drain_until = Some(Instant::now() + self.config.drain_grace);
+                        }
+                    },
+                }
+            };
+            self.stats.lock().unwrap().in_flight = 0;
+            if !done {
+                let left = 1 + std::mem::take(&mut *self.queue.items.lock().unwrap()).len();
+                self.give_up_at_shutdown(&event, left);
+                break;
+            }
+        }
+        tracing::debug!(channel = self.config.name, "alert channel stopped");
+    }
+
+    /// Shutdown's grace ran out with events undelivered.
+    fn give_up_at_shutdown(&self, event: &AlertEvent, left: usize) {
+        let mut s = self.stats.lock().unwrap();
+        s.failed += left as u64;
+        s.last_error = Some(format!("shutdown: {left} event(s) not delivered in time"));
+        s.last_error_at_ms = Some(now_ms());
+        tracing::warn!(
+            channel = self.config.name,
+            incident = event.incident.id,
+            event = event.event.as_str(),
+            undelivered = left,
+            "alert channel stopped at shutdown with events undelivered"
+        );
+    }
+
+    /// Every attempt for one event: the first plus `retries`, waiting
+    /// `backoff_base` doubling (capped, jittered) between them.
+    async fn deliver(&self, event: &AlertEvent) {
+        let c = &self.config;
+        let attempts = c.retries + 1;
+        // Built once so every retry of the event is the same message.
+        let body = self.body(event);
+        for attempt in 1..=attempts {
+            let outcome = match (&self.sender, &body) {
+                (Sender::Http(h), Body::Json(v)) => h.post(v, c.timeout).await,
+                (Sender::Email(e), Body::Email(m)) => e.send(m, c.timeout).await,
+                _ => unreachable!("a channel's body matches its sender"),
+            };
+            let (error, permanent) = match outcome {
+                Delivery::Delivered => {
+                    let mut s = self.stats.lock().unwrap();
+                    s.delivered += 1;
+                    s.last_ok_at_ms = Some(now_ms());
+                    drop(s);
+                    tracing::info!(
+                        channel = c.name,
+                        incident = event.incident.id,
+                        event = event.event.as_str(),
+                        attempt,
+                        "alert delivered"
+                    );
+                    return;
+                }
+                Delivery::Retry(e) => (e, false),
+                Delivery::Permanent(e) => (e, true),
+            };
+            {
+                let mut s = self.stats.lock().unwrap();
+                s.last_error = Some(format!(
+                    "{} #{}: {error}",
+                    event.event.as_str(),
+                    event.incident.id
+                ));
+                s.last_error_at_ms = Some(now_ms());
+            }
+            if permanent || attempt == attempts {
+                self.stats.lock().unwrap().failed += 1;
+                let why = if permanent {
+                    "permanent error, not retried"
+                } else {
+                    "retries exhausted"
+                };
+                tracing::error!(
+                    channel = c.name,
+                    r#type = c.type_name(),
+                    incident = event.incident.id,
+                    event = event.event.as_str(),
+                    attempt,
+                    error,
+                    "alert NOT delivered: {why}"
+                );
+                return;
+            }
+            let wait = backoff(c.backoff_base, c.backoff_cap, attempt);
+            tracing::warn!(
+                channel = c.name,
+                r#type = c.type_name(),
+                incident = event.incident.id,
+                event = event.event.as_str(),
+                attempt,
+                of = attempts,
+                error,
+                retry_in_ms = wait.as_millis() as u64,
+                "alert delivery failed; will retry"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn body(&self, event: &AlertEvent) -> Body {
+        match &self.config.target {
+            Target::Webhook(_) => Body::Json(payload::webhook(event)),
+            Target::Slack(_) => Body::Json(payload::slack(event)),
+            Target::PagerDuty { routing_key, .. } => {
+                Body::Json(payload::pagerduty(event, routing_key.expose()))
+            }
+            Target::Email(e) => {
+                let domain = e.from.rsplit_once('@').map_or("mailloop", |(_, d)| d);
+                Body::Email(email::Message {
+                    subject: payload::email_subject(event),
+                    body: payload::email_body(event),
+                    message_id: format!(
+                        "<mailloop.{}.{}.{}.{:08x}@{domain}>",
+                        event.incident.id,
+                        event.event.as_str(),
+                        event.at_ms,
+                        random_u32()
+                    ),
+                    date_ms: event.at_ms,
+                })
+            }
+        }
+    }
+}
+
+enum Body {
+    Json(Value),
+    Email(email::Message),
+}
+
+/// The wait after failed attempt `attempt` (1-based): `base * 2^(attempt-1)`,
+/// capped, then jittered into [75%, 100%] so channels that failed together
+/// do not retry in lockstep.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let doubled = base.saturating_mul(1u32 << (attempt - 1).min(20));
+    let wait = doubled.min(cap);
+    let jitter = f64::from(random_u32()) / f64::from(u32::MAX) * 0.25;
+    wait.mul_f64(1.0 - jitter)
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_downward_only() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for (attempt, full) in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (40, 60)] {
+            let w = backoff(base, cap, attempt);
+            let full = Duration::from_secs(full);
+            assert!(
+                w <= full && w >= full.mul_f64(0.75),
+                "attempt {attempt}: {w:?}"
+            );
+        }
     }
 }
