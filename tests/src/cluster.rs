@@ -68,6 +68,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Guards a child the caller spawned (killed and reaped on drop).
+    pub fn new(child: Child) -> Proc {
+        Proc { child: Some(child) }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -110,6 +115,22 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Starts a coordinator on a config the caller wrote whole (other
+    /// agents, `[incidents]`, `[[alert]]`...): `dir/coordinator.toml`, with
+    /// `127.0.0.1:0` listen addresses; reads the real ones from its stdout.
+    pub fn start_with_config(dir: &Path, config: &str) -> Coordinator {
+        let mut c = Coordinator {
+            dir: dir.to_path_buf(),
+            proc: None,
+            grpc: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            checks: String::new(),
+        };
+        std::fs::write(c.config_path(), config).unwrap();
+        c.launch();
+        c
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.join("coordinator.toml")
     }

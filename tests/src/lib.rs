@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod regions;
 
 use mailloop_common::ProbeReport;
 use mailloop_common::config::ProbeConfig;
