@@ -67,6 +67,51 @@ pub struct RegionEvidence {
     /// Other reasons for `degraded` (unmet expectations, certificates).
     pub reasons: Vec<String>,
     pub rtt_ms: Option<f64>,
+    /// For a deferral (`deferred`, or `failed` once past the grace window):
+    /// the `round_start_ms` of the first round of this region's current
+    /// streak of deferrals, so the grace window survives a restart.
+    #[serde(default)]
+    pub deferred_since_ms: Option<i64>,
+    /// The delivered probe's authentication results, kept so drift (a
+    /// `pass` that stopped passing) can be judged again after a restart.
+    #[serde(default)]
+    pub auth: Option<AuthSnapshot>,
+    /// The server certificates the probe saw (for certificate warnings).
+    #[serde(default)]
+    pub certs: Vec<CertSeen>,
+}
+
+/// The part of a delivered probe's [`mailloop_common::AuthReport`] that
+/// authentication drift is judged on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSnapshot {
+    /// The receiver's verdicts as written (`pass`, `fail`, `softfail`, ...).
+    pub spf: Option<String>,
+    pub dkim: Option<String>,
+    pub dmarc: Option<String>,
+    pub dkim_alignment: mailloop_common::alignment::Alignment,
+    pub spf_alignment: mailloop_common::alignment::Alignment,
+}
+
+/// One server certificate a probe saw, as the certificate rules need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSeen {
+    /// `smtp` or `imap`.
+    pub protocol: String,
+    /// `host:port` as configured.
+    pub endpoint: String,
+    pub subject: String,
+    /// RFC 3339.
+    pub not_after: String,
+    pub days_left: i64,
+}
+
+impl CertSeen {
+    /// The certificate incident's key: endpoint, subject and expiry, so a
+    /// renewed certificate on the same endpoint is a different one.
+    pub fn key(&self) -> String {
+        format!("{}|{}|{}", self.endpoint, self.subject, self.not_after)
+    }
 }
 
 /// The round verdict of one check.
