@@ -49,6 +49,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/checks/{id}/results", get(check_results))
         .route("/api/v1/checks/{id}/latest", get(latest_round))
         .route("/api/v1/checks/{id}/run", post(run_check))
+        .route("/api/v1/runs/{request_id}", get(get_run))
         .route("/api/v1/results", get(results))
         .route("/api/v1/agents", get(list_agents).post(add_agent))
         .route("/api/v1/agents/{name}", get(get_agent).delete(revoke_agent))
@@ -271,13 +272,49 @@ async fn run_check(
     Path(id): Path<String>,
 ) -> ApiResult {
     admin(&state, &headers)?;
-    state
+    let run = state
         .hub
-        .check(&id)
+        .order_run(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
-    Err(ApiError::NotImplemented(
-        "on-demand runs need a one-off round in the agent protocol, which it does not carry yet; the check runs at its next round".into(),
-    ))
+    let asked: Vec<&str> = run.regions.values().flatten().map(String::as_str).collect();
+    tracing::info!(check = %id, request = %run.request_id, agents = ?asked, "on-demand run ordered");
+    ok(StatusCode::ACCEPTED, run_json(&run, None))
+}
+
+/// An on-demand run: who was asked, and (when known) the reports so far.
+fn run_json(run: &crate::ondemand::RunStarted, results: Option<&[ReportRow]>) -> Value {
+    let mut body = json!({
+        "request_id": run.request_id,
+        "check": run.check_id,
+        "requested_at": rfc3339(run.requested_at_ms),
+        "regions": run.regions,
+    });
+    if let Some(rows) = results {
+        body["results"] = rows.iter().map(result_json).collect();
+    }
+    body
+}
+
+/// `GET /api/v1/runs/{request_id}`: the reports of an on-demand run as
+/// they arrive. `regions` is known only while the coordinator remembers
+/// the order (since its start, the last 1,000); the reports are stored.
+async fn get_run(State(state): State<ApiState>, Path(request_id): Path<String>) -> ApiResult {
+    let rows = state.storage.results_of_request(request_id.clone()).await?;
+    match state.hub.on_demand().find(&request_id) {
+        Some(run) => ok(StatusCode::OK, run_json(&run, Some(&rows))),
+        None if !rows.is_empty() => ok(
+            StatusCode::OK,
+            json!({
+                "request_id": request_id,
+                "check": rows[0].check_id,
+                "regions": null,
+                "results": rows.iter().map(result_json).collect::<Vec<_>>(),
+            }),
+        ),
+        None => Err(ApiError::NotFound(format!(
+            "no on-demand run {request_id:?} (unknown, or from before a restart and without reports)"
+        ))),
+    }
 }
 
 /// Query parameters of the results endpoints.
@@ -350,6 +387,7 @@ fn result_json(r: &ReportRow) -> Value {
         "delivery_ms": r.delivery_ms,
         "failure": r.failure_step.as_ref().map(|s| json!({"step": s, "class": r.failure_class})),
         "received_at": rfc3339(r.received_at_ms),
+        "request_id": r.request_id,
         "report": report,
     })
 }

@@ -142,6 +142,9 @@ pub struct CheckSpec {
     pub interval: Duration,
     /// Sorted, without duplicates.
     pub regions: Vec<String>,
+    /// The check's own `quorum` (regions that must fail for `down`); None:
+    /// `[incidents].quorum`. Not part of `table`: agents never see it.
+    pub quorum: Option<crate::judge::Quorum>,
 }
 
 impl CheckSpec {
@@ -155,6 +158,9 @@ impl CheckSpec {
                 Value::String(humantime::format_duration(self.interval).to_string()),
             );
             obj.insert("regions".into(), Value::from(self.regions.clone()));
+            if let Some(q) = self.quorum {
+                obj.insert("quorum".into(), crate::judge::config::quorum_value(q));
+            }
         }
         t
     }
@@ -328,9 +334,19 @@ pub fn check_spec(
             None
         }
     };
+    // `quorum` is the judge's, checked against the number of regions.
+    let quorum = obj.get("quorum").map(|raw| {
+        crate::judge::config::quorum(
+            &format!("{path}.quorum"),
+            raw,
+            regions.as_ref().map(Vec::len),
+            &mut v.0,
+        )
+    });
     let mut table: Map<String, Value> = obj.clone();
     table.remove("interval");
     table.remove("regions");
+    table.remove("quorum");
     let table = Value::Object(table);
     let secrets = Secrets::ReferencesOnly {
         allow_inline: rules.allow_inline_passwords,
@@ -350,6 +366,7 @@ pub fn check_spec(
             table,
             interval,
             regions,
+            quorum: quorum.flatten(),
         }),
         _ => Err(v.0),
     }

@@ -12,6 +12,7 @@
 
 use crate::control::now_ms;
 use crate::hub::{AgentIdentity, Hub};
+use crate::ondemand::{MAX_REQUEST_ID, RunOrder};
 use crate::schedule::Assignment;
 use crate::shutdown::Shutdown;
 use crate::storage::{Inserted, ReportRow, Storage, StorageError};
@@ -20,7 +21,7 @@ use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_server::AgentService;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,9 +47,18 @@ pub struct AgentApi {
     settings: AgentApiSettings,
     shutdown: Shutdown,
     report_streams: Arc<Mutex<HashMap<String, usize>>>,
+    /// Where newly stored reports go to be judged (None: no judge).
+    judge: Option<crate::judge::run::JudgeFeed>,
 }
 
 impl AgentApi {
+    /// Tells the judge about every newly stored report (after its commit,
+    /// without ever waiting on the judge).
+    pub fn with_judge(mut self, feed: crate::judge::run::JudgeFeed) -> AgentApi {
+        self.judge = Some(feed);
+        self
+    }
+
     pub fn new(
         hub: Arc<Hub>,
         storage: Arc<Storage>,
@@ -61,6 +71,7 @@ impl AgentApi {
             settings,
             shutdown,
             report_streams: Arc::default(),
+            judge: None,
         }
     }
 
@@ -199,6 +210,7 @@ impl AgentService for AgentApi {
             shutdown: self.shutdown.clone(),
             agent: agent.clone(),
             pending: pending_tx,
+            judge: self.judge.clone(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
@@ -250,6 +262,9 @@ struct Watch {
 impl Watch {
     async fn run(mut self) {
         let agent = self.agent.clone();
+        // Before connecting: once the session is in the map the API may
+        // pick this agent for an on-demand run, and that order must not be missed.
+        let mut orders = self.hub.on_demand().subscribe();
         let (session, epoch) = self.hub.connect(&agent);
         let now = now_ms();
         self.hub.seen(&agent.name, now, None);
@@ -267,7 +282,7 @@ impl Watch {
             _ = self.tx.closed() => false,
         };
         let reason = if ready {
-            self.follow(&mut maps).await
+            self.follow(&mut maps, &mut orders).await
         } else {
             "shutting down"
         };
@@ -287,7 +302,11 @@ impl Watch {
     async fn follow(
         &mut self,
         maps: &mut tokio::sync::watch::Receiver<Arc<crate::schedule::AssignmentMap>>,
+        orders: &mut broadcast::Receiver<Arc<RunOrder>>,
     ) -> &'static str {
+        // On-demand runs for this agent, sent after the map's changes so the
+        // agent always holds the check before it is asked to run it.
+        let mut due: Vec<Arc<RunOrder>> = Vec::new();
         loop {
             if !self.hub.still_valid(&self.agent) {
                 let _ = self
@@ -306,8 +325,23 @@ impl Watch {
                     return "stream closed by the agent";
                 }
             }
+            for order in due.drain(..) {
+                let Some(change) = run_now(&self.agent, &self.held, &order) else {
+                    continue;
+                };
+                if self.tx.send(Ok(change)).await.is_err() {
+                    return "stream closed by the agent";
+                }
+            }
             tokio::select! {
                 r = maps.changed() => if r.is_err() { return "coordinator stopping" },
+                o = orders.recv() => match o {
+                    Ok(order) => if order.agents.contains(&self.agent.name) { due.push(order) },
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(agent = %self.agent.name, region = %self.agent.region, missed = n, "assignment stream fell behind the on-demand runs; it missed some");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return "coordinator stopping",
+                },
                 _ = self.tx.closed() => return "stream closed by the agent",
                 _ = self.shutdown.recv() => {
                     let _ = self.tx.send(Err(Status::unavailable("the coordinator is shutting down; reconnect"))).await;
@@ -318,6 +352,26 @@ impl Watch {
     }
 }
 
+/// The RunNow for `order`, if the agent holds the check (it may have moved
+/// away between the order and now: then the region simply does not report).
+fn run_now(
+    agent: &AgentIdentity,
+    held: &HashMap<String, u64>,
+    order: &RunOrder,
+) -> Option<pb::AssignmentChange> {
+    if !held.contains_key(&order.check_id) {
+        tracing::warn!(agent = %agent.name, region = %agent.region, check = %order.check_id, request = %order.request_id, "on-demand run not sent: the check moved away from this agent");
+        return None;
+    }
+    tracing::info!(agent = %agent.name, region = %agent.region, check = %order.check_id, request = %order.request_id, "on-demand run sent");
+    Some(pb::AssignmentChange {
+        change: Some(pb::assignment_change::Change::RunNow(pb::RunNow {
+            check_id: order.check_id.clone(),
+            request_id: order.request_id.clone(),
+        })),
+    })
+}
+
 fn log_change(agent: &AgentIdentity, change: &pb::AssignmentChange) {
     match &change.change {
         Some(pb::assignment_change::Change::Upsert(a)) => {
@@ -326,7 +380,7 @@ fn log_change(agent: &AgentIdentity, change: &pb::AssignmentChange) {
         Some(pb::assignment_change::Change::Remove(id)) => {
             tracing::debug!(agent = %agent.name, region = %agent.region, check = %id, "assignment removed");
         }
-        None => {}
+        Some(pb::assignment_change::Change::RunNow(_)) | None => {}
     }
 }
 
@@ -399,6 +453,8 @@ enum Pending {
         probe_id: String,
         check_id: String,
         commit: oneshot::Receiver<Result<Inserted, StorageError>>,
+        /// Offered to the judge once the commit says it is new.
+        judge: Option<crate::judge::run::Offer>,
     },
     /// The stream must end with this status (after the acks before it).
     End(Status),
@@ -411,6 +467,7 @@ struct Reader {
     shutdown: Shutdown,
     agent: AgentIdentity,
     pending: mpsc::Sender<Pending>,
+    judge: Option<crate::judge::run::JudgeFeed>,
     _slot: Slot,
 }
 
@@ -465,11 +522,13 @@ impl Reader {
                 });
             }
         };
+        let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
         match self.storage.submit_report(row).await {
             Ok(commit) => Pending::Storing {
                 probe_id,
                 check_id,
                 commit,
+                judge,
             },
             Err(e) => Pending::End(Status::unavailable(format!(
                 "cannot store reports now: {e}"
@@ -481,6 +540,11 @@ impl Reader {
     fn row(&self, r: pb::ProbeResult) -> Result<ReportRow, String> {
         if r.probe_id.is_empty() || r.probe_id.len() > MAX_PROBE_ID {
             return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
+        }
+        if r.request_id.len() > MAX_REQUEST_ID {
+            return Err(format!(
+                "request_id must be at most {MAX_REQUEST_ID} characters"
+            ));
         }
         self.hub.may_report(&self.agent, &r.check_id)?;
         let report: ProbeReport = serde_json::from_str(&r.report_json)
@@ -518,6 +582,7 @@ impl Reader {
                 .map(|f| f.class.as_str().to_string()),
             report_json: r.report_json,
             received_at_ms: now_ms(),
+            request_id: (!r.request_id.is_empty()).then_some(r.request_id),
         })
     }
 }
@@ -537,8 +602,12 @@ async fn acknowledge(
                 probe_id,
                 check_id,
                 commit,
+                judge,
             } => match commit.await {
                 Ok(Ok(inserted)) => {
+                    if let (Inserted::New, Some(offer)) = (inserted, judge) {
+                        offer.deliver();
+                    }
                     if inserted == Inserted::Duplicate {
                         duplicates += 1;
                         tracing::debug!(agent = %agent.name, check = %check_id, probe = %probe_id, "replayed report was already stored");
@@ -596,6 +665,7 @@ mod tests {
                     format!("+{}@{}", a.check_id, a.revision)
                 }
                 Some(pb::assignment_change::Change::Remove(id)) => format!("-{id}"),
+                Some(pb::assignment_change::Change::RunNow(r)) => format!("!{}", r.check_id),
                 None => "?".into(),
             })
             .collect()
@@ -624,6 +694,34 @@ mod tests {
             "a second diff has nothing left to say"
         );
         assert_eq!(shown(&diff(&mut held, None)), ["-a", "-b", "-c"]);
+    }
+
+    #[test]
+    fn an_agent_that_predates_a_change_kind_decodes_it_as_empty() {
+        // What an agent built before RunNow sees: a oneof field number it
+        // does not know. Renumber RunNow's field (3) to one nobody knows (9)
+        // and decode with today's types: protobuf skips it, `change` is None,
+        // and the agent's client logs and ignores an empty change.
+        use prost::Message;
+        let run = pb::AssignmentChange {
+            change: Some(pb::assignment_change::Change::RunNow(pb::RunNow {
+                check_id: "corp".into(),
+                request_id: "run-1-ab".into(),
+            })),
+        };
+        let mut bytes = run.encode_to_vec();
+        assert_eq!(bytes[0], 3 << 3 | 2, "field 3, length-delimited");
+        bytes[0] = 9 << 3 | 2;
+        let seen = pb::AssignmentChange::decode(bytes.as_slice()).expect("still decodes");
+        assert_eq!(seen.change, None);
+        // And a report from an agent that predates request_id reads as "".
+        let old_report = pb::ProbeResult {
+            probe_id: "ml-1".into(),
+            round: 4,
+            ..Default::default()
+        };
+        let decoded = pb::ProbeResult::decode(old_report.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((decoded.round, decoded.request_id.as_str()), (4, ""));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! a few recomputations.
 
 use crate::config::token_sha256;
+use crate::ondemand::{OnDemand, RunStarted};
 use crate::schedule::{self, Assignment, AssignmentMap, Schedulable};
 use crate::shutdown::Shutdown;
 use crate::storage::{StoredAgent, StoredCheck};
@@ -74,6 +75,8 @@ pub struct Hub {
     inner: Mutex<Inner>,
     dirty: Notify,
     assignments: watch::Sender<Arc<AssignmentMap>>,
+    /// On-demand runs, followed by every assignment stream.
+    on_demand: OnDemand,
 }
 
 impl Hub {
@@ -103,6 +106,7 @@ impl Hub {
             inner: Mutex::new(inner),
             dirty: Notify::new(),
             assignments: tx,
+            on_demand: OnDemand::default(),
         })
     }
 
@@ -298,6 +302,19 @@ impl Hub {
                 (region.clone(), owner)
             })
             .collect()
+    }
+
+    /// Orders an on-demand run of a live check from the agent that runs it
+    /// in each of its regions now; None if there is no such check.
+    pub fn order_run(&self, check_id: &str) -> Option<RunStarted> {
+        let check = self.check(check_id)?;
+        let owners = self.owners(check_id, &check.spec.regions);
+        Some(self.on_demand.order(check_id, owners))
+    }
+
+    /// The on-demand runs: for the assignment streams and the API.
+    pub fn on_demand(&self) -> &OnDemand {
+        &self.on_demand
     }
 
     /// Whether some other agent already holds this token hash.

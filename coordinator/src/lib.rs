@@ -21,6 +21,7 @@ pub mod control;
 pub mod grpc;
 pub mod hub;
 pub mod judge;
+pub mod ondemand;
 pub mod schedule;
 pub mod server;
 pub mod shutdown;

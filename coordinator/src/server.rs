@@ -147,6 +147,16 @@ impl Coordinator {
         let (mut trigger, shutdown) = shutdown::channel();
         let ready = Arc::new(AtomicBool::new(false));
 
+        // The judge decides rounds and alerts; it stops at shutdown after
+        // storing the round in hand, before the storage writer closes.
+        let alerts = Arc::new(crate::alerts::Alerts::disabled());
+        let (judge, _judged) = crate::judge::run::start(
+            hub.clone(),
+            storage.clone(),
+            alerts,
+            config.judge.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
         tokio::spawn(prune_loop(
             storage.clone(),
@@ -164,6 +174,7 @@ impl Coordinator {
             &server,
             hub.clone(),
             storage.clone(),
+            judge.feed(),
             shutdown.clone(),
         )?);
         let state = ApiState {
@@ -171,6 +182,7 @@ impl Coordinator {
             storage: storage.clone(),
             control: control.clone(),
             ready: ready.clone(),
+            judge: judge.clone(),
         };
         let mut http = tokio::spawn(serve_http(
             listeners.http,
@@ -232,6 +244,7 @@ fn serve_grpc(
     server: &ServerConfig,
     hub: Arc<Hub>,
     storage: Arc<Storage>,
+    judge: crate::judge::run::JudgeFeed,
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let settings = AgentApiSettings {
@@ -239,7 +252,7 @@ fn serve_grpc(
         spool_max_reports: server.spool_max_reports,
         max_streams_per_agent: 4,
     };
-    let api = AgentApi::new(hub, storage, settings, shutdown.clone());
+    let api = AgentApi::new(hub, storage, settings, shutdown.clone()).with_judge(judge);
     let service = AgentServiceServer::new(api).max_decoding_message_size(server.max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut builder = tonic::transport::Server::builder()
@@ -404,6 +417,12 @@ async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Sh
                 tracing::info!(deleted = n, retention = %humantime::format_duration(retention), "old reports pruned")
             }
             Err(e) => tracing::error!(error = %e, "pruning old reports failed"),
+        }
+        // Verdicts follow the reports they were judged from.
+        match storage.prune_verdicts(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old verdicts pruned"),
+            Err(e) => tracing::error!(error = %e, "pruning old verdicts failed"),
         }
     }
 }

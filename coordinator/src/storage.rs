@@ -124,6 +124,8 @@ pub struct ReportRow {
     /// The full `ProbeReport` JSON as the agent sent it.
     pub report_json: String,
     pub received_at_ms: i64,
+    /// The on-demand run this report answers (round 0); None for scheduled rounds.
+    pub request_id: Option<String>,
 }
 
 /// Whether an insert stored a new row or found the probe id already there.
@@ -233,6 +235,7 @@ impl Storage {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate_request_ids(&conn).map_err(open_err)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -291,8 +294,8 @@ impl Storage {
         self.submit(move |conn| {
             let n = conn.prepare_cached(
                 "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, region, agent, round, started_at, outcome,
-                 rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at, request_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 row.probe_id,
@@ -308,7 +311,8 @@ impl Storage {
                 row.failure_step,
                 row.failure_class,
                 row.report_json,
-                row.received_at_ms
+                row.received_at_ms,
+                row.request_id
             ])?;
             Ok(if n == 1 { Inserted::New } else { Inserted::Duplicate })
         })
@@ -495,7 +499,7 @@ impl Storage {
     ) -> Result<Option<(u64, Vec<ReportRow>)>, StorageError> {
         self.read(move |conn| {
             let round: Option<i64> = conn
-                .query_row("SELECT MAX(round) FROM reports WHERE check_id = ?1", [&check_id], |r| r.get(0))
+                .query_row("SELECT MAX(round) FROM reports WHERE check_id = ?1 AND round > 0", [&check_id], |r| r.get(0))
                 .optional()?
                 .flatten();
             let Some(round) = round else { return Ok(None) };
@@ -581,7 +585,7 @@ impl Storage {
 
 const REPORT_COLUMNS: &str =
     "probe_id, check_id, revision, region, agent, round, started_at, outcome, rtt_ms, delivery_ms,
-    failure_step, failure_class, report_json, received_at";
+    failure_step, failure_class, report_json, received_at, request_id";
 
 fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     Ok(ReportRow {
@@ -599,12 +603,23 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         failure_class: r.get(11)?,
         report_json: r.get(12)?,
         received_at_ms: r.get(13)?,
+        request_id: r.get(14)?,
     })
 }
 
 fn corrupt(message: String) -> StorageError {
     StorageError::Corrupt(message)
 }
+
+// ---------------------------------------------------------------------------
+// On-demand runs: the request id of a report.
+//
+// `reports.request_id` came after the first schema, so it is added in place
+// to an existing database: a nullable column (every earlier report is a
+// scheduled round, which answers no request), plus a partial index that
+// holds only the few on-demand rows. Kept in this one section so other
+// tables can be added elsewhere in the file without touching it.
+// ---------------------------------------------------------------------------
 
 struct Readers {
     conns: Vec<Mutex<Connection>>,
@@ -731,6 +746,7 @@ mod tests {
             failure_class: None,
             report_json: json!({"probe_id": id}).to_string(),
             received_at_ms: started + 100,
+            request_id: None,
         }
     }
 

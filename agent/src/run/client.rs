@@ -14,7 +14,13 @@
 //! Every call carries `authorization: Bearer <token>`. Between sessions the
 //! client waits a capped exponential backoff with jitter (0.5 s doubling to
 //! 30 s, each wait drawn from its upper half); a session that stayed up for
-//! 10 s resets it. The scheduler keeps probing all the while.
+//! 10 s resets it. The scheduler keeps probing all the while — except when
+//! the coordinator refuses the token itself (`Unauthenticated`: revoked or
+//! unknown). Then probing stops (reports of an agent nobody accepts would
+//! pile up in the spool for nothing), the assignments and the spool are
+//! kept, and registration is retried every [`REFUSED_RETRY`] in case the
+//! token is accepted again (an agent put back in the coordinator's config);
+//! a registration that succeeds starts probing again.
 
 use super::config::CoordinatorConfig;
 use super::schedule::{Origin, Scheduler, random_below};
@@ -47,6 +53,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A unary call (Register, Heartbeat) that takes longer has failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Wait between registrations while the coordinator refuses the token.
+pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
 
 /// Who this agent is, for `Register`.
 #[derive(Debug, Clone)]
@@ -76,6 +84,12 @@ impl SessionError {
     /// The coordinator does not accept this agent's token.
     fn is_auth(&self) -> bool {
         matches!(self, SessionError::Call { status, .. } if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied))
+    }
+
+    /// The coordinator does not know this token, or has revoked it (as
+    /// opposed to PermissionDenied: a known token used for the wrong region).
+    fn is_refused_token(&self) -> bool {
+        matches!(self, SessionError::Call { status, .. } if status.code() == Code::Unauthenticated)
     }
 }
 
@@ -217,13 +231,28 @@ impl Connection {
             if registered && started.elapsed() >= STABLE_SESSION {
                 backoff.reset();
             }
-            let wait = backoff.next_wait();
-            let retry = format!("retrying in {:.1} s", wait.as_secs_f64());
+            let mut wait = backoff.next_wait();
             let err = match result {
                 Ok(()) => return,
                 Err(e) => e,
             };
-            if err.is_auth() {
+            if err.is_refused_token() {
+                wait = REFUSED_RETRY;
+            }
+            let retry = format!("retrying in {:.1} s", wait.as_secs_f64());
+            if err.is_refused_token() {
+                if scheduler.is_suspended() {
+                    tracing::warn!("the coordinator at {} still refuses this agent's token: {err}; {retry}", self.url);
+                } else {
+                    let n = scheduler.suspend();
+                    tracing::error!(
+                        "token revoked or unknown: the coordinator at {} refused it ({err}); this agent stops probing its {n} check(s); {} report(s) stay in the spool; registration is retried every {}s in case the token is accepted again",
+                        self.url,
+                        self.spool.waiting(),
+                        REFUSED_RETRY.as_secs()
+                    );
+                }
+            } else if err.is_auth() {
                 tracing::error!("the coordinator at {} refused this agent: {err}; check the token and region; {retry}", self.url);
             } else if registered {
                 tracing::warn!("disconnected from the coordinator at {}: {err}; {retry}", self.url);
@@ -250,6 +279,10 @@ impl Connection {
         )
         .await?;
         *registered = true;
+        if scheduler.is_suspended() {
+            let n = scheduler.resume_probing();
+            tracing::warn!("the coordinator at {} accepts this agent's token again: probing its {n} check(s) again", self.url);
+        }
         let max = match reg.spool_max_reports {
             0 => self.who.spool_max_reports,
             n => u64::from(n),
@@ -316,7 +349,12 @@ async fn follow_assignments(mut changes: tonic::Streaming<pb::AssignmentChange>,
         match change.change {
             Some(Change::Upsert(a)) => scheduler.upsert(assigned(a), Origin::Coordinator).await,
             Some(Change::Remove(check_id)) => scheduler.remove(&check_id).await,
-            None => tracing::warn!("the coordinator sent an empty assignment change; ignored"),
+            Some(Change::RunNow(r)) => {
+                scheduler.run_now(&r.check_id, &r.request_id);
+            }
+            // Also what a change from a newer coordinator that this agent
+            // does not know decodes to (protobuf skips unknown fields).
+            None => tracing::warn!("the coordinator sent an assignment change this agent does not understand (empty or newer); ignored"),
         }
     }
 }
@@ -340,6 +378,7 @@ fn result(r: SpooledReport) -> pb::ProbeResult {
         revision: r.revision,
         round: r.round,
         report_json: r.report_json,
+        request_id: r.request_id.unwrap_or_default(),
     }
 }
 

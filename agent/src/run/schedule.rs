@@ -13,6 +13,16 @@
 //!
 //! Shutdown goes through the [`ProbeGate`]: once it is closed no probe
 //! starts, and the caller waits for the probes in flight to drain.
+//!
+//! Two things besides the rounds:
+//! - [`Scheduler::run_now`]: an on-demand run (the coordinator's RunNow)
+//!   runs a held check once, at once, in a task of its own, so the check's
+//!   round task and its round numbers are untouched. Its report carries
+//!   round 0 (no scheduled round) and the request id.
+//! - [`Scheduler::suspend`]: when the coordinator refuses the agent's token
+//!   the agent stops probing but keeps its assignments (and the spool), so
+//!   [`Scheduler::resume_probing`] can start them again if the token is
+//!   accepted again.
 
 use super::spool::{AssignedCheck, Spool, SpooledReport, now_ms};
 use crate::probe::Prober;
@@ -39,18 +49,22 @@ pub struct Scheduler {
     gate: ProbeGate,
     /// The agent's `connect_to` rules, handed to every prober.
     pub connect_to: crate::transport::ConnectTo,
+    /// True while the coordinator refuses this agent: nothing runs.
+    suspended: bool,
 }
 
 struct Held {
     assignment: AssignedCheck,
+    /// None: the assignment is invalid here (it never runs).
+    prober: Option<Arc<Prober>>,
     /// Dropping it stops the check's task (after a probe in flight ends).
-    /// None: the assignment is invalid here and not running.
+    /// None: not running (invalid here, or suspended).
     running: Option<oneshot::Sender<()>>,
 }
 
 impl Scheduler {
     pub fn new(spool: Spool, dns: DnsConfig, gate: ProbeGate) -> Scheduler {
-        Scheduler { held: BTreeMap::new(), spool, dns, gate, connect_to: Default::default() }
+        Scheduler { held: BTreeMap::new(), spool, dns, gate, connect_to: Default::default(), suspended: false }
     }
 
     /// Starts the assignments saved in the spool (the last ones the
@@ -114,8 +128,73 @@ impl Scheduler {
         }
         // The old revision's task stops before the new one starts.
         self.held.remove(&id);
-        let running = self.start(&a).await;
-        self.held.insert(id, Held { assignment: a, running });
+        let prober = self.build(&a).await;
+        let running = match &prober {
+            Some(p) if !self.suspended => self.spawn(&a, p.clone()),
+            _ => None,
+        };
+        self.held.insert(id, Held { assignment: a, prober, running });
+    }
+
+    /// Runs a held check once, now, outside its rounds (an on-demand run):
+    /// its report has round 0 and `request_id`. Returns false (and says
+    /// why in the log) when it cannot run.
+    pub fn run_now(&self, check_id: &str, request_id: &str) -> bool {
+        let Some(held) = self.held.get(check_id) else {
+            tracing::warn!("on-demand run {request_id} of check {check_id} not run: this agent does not hold the check");
+            return false;
+        };
+        let Some(prober) = held.prober.clone() else {
+            tracing::warn!("on-demand run {request_id} of check {check_id} not run: the check is invalid here (see its assignment's errors)");
+            return false;
+        };
+        if self.suspended {
+            tracing::warn!("on-demand run {request_id} of check {check_id} not run: probing is suspended");
+            return false;
+        }
+        let Some(in_flight) = self.gate.enter() else {
+            tracing::info!("on-demand run {request_id} of check {check_id} not run: shutting down");
+            return false;
+        };
+        tracing::info!("on-demand run {request_id} of check {check_id}: starting now");
+        let (assignment, spool, request_id) = (held.assignment.clone(), self.spool.clone(), request_id.to_string());
+        tokio::spawn(async move {
+            let started_ms = now_ms();
+            let report = Box::pin(prober.run()).await;
+            spool_report(&spool, &assignment, 0, Some(request_id), &report, started_ms).await;
+            drop(in_flight);
+        });
+        true
+    }
+
+    /// Stops every check's task (a probe in flight finishes and is
+    /// spooled) but keeps the assignments. Returns how many checks were running.
+    pub fn suspend(&mut self) -> usize {
+        self.suspended = true;
+        self.held.values_mut().filter_map(|h| h.running.take()).count()
+    }
+
+    /// Whether [`Scheduler::suspend`] is in force.
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// Starts the held checks again after [`Scheduler::suspend`]; returns
+    /// how many. Does nothing when not suspended.
+    pub fn resume_probing(&mut self) -> usize {
+        if !std::mem::take(&mut self.suspended) {
+            return 0;
+        }
+        let mut n = 0;
+        let ids: Vec<String> = self.held.keys().cloned().collect();
+        for id in ids {
+            let h = &self.held[&id];
+            let Some(p) = h.prober.clone() else { continue };
+            let running = self.spawn(&h.assignment, p);
+            n += usize::from(running.is_some());
+            self.held.get_mut(&id).expect("held").running = running;
+        }
+        n
     }
 
     /// Removes an assignment: its task starts no further probe.
@@ -129,8 +208,8 @@ impl Scheduler {
         }
     }
 
-    /// Validates the check and spawns its task; None if it is unusable.
-    async fn start(&self, a: &AssignedCheck) -> Option<oneshot::Sender<()>> {
+    /// Validates the check and builds its prober; None if it is unusable.
+    async fn build(&self, a: &AssignedCheck) -> Option<Arc<Prober>> {
         let id = a.check_id.clone();
         let skipped = |why: String| {
             tracing::error!("assignment {id} (revision {}) skipped: {why}", a.revision);
@@ -155,11 +234,15 @@ impl Scheduler {
             Prober::new(check, &dns).map(|p| p.with_connect_to(connect_to))
         })
         .await;
-        let prober = match built {
-            Ok(Ok(p)) => Arc::new(p),
-            Ok(Err(why)) => return skipped(why),
-            Err(e) => return skipped(format!("validation failed: {e}")),
-        };
+        match built {
+            Ok(Ok(p)) => Some(Arc::new(p)),
+            Ok(Err(why)) => skipped(why),
+            Err(e) => skipped(format!("validation failed: {e}")),
+        }
+    }
+
+    /// Spawns the check's round task; None once shutdown has begun.
+    fn spawn(&self, a: &AssignedCheck, prober: Arc<Prober>) -> Option<oneshot::Sender<()>> {
         if self.gate.is_closed() {
             return None;
         }
@@ -206,7 +289,7 @@ impl CheckTask {
             // Boxed: a probe's state is ~40 KiB, and an idle task should not
             // carry it between rounds (1,000 checks would hold 40 MiB).
             let report = Box::pin(self.prober.run()).await;
-            self.spool(round, &report, started_ms).await;
+            spool_report(&self.spool, a, round, None, &report, started_ms).await;
             drop(in_flight);
             let next = rounds.first_at_or_after(now_ms()).max(round + 1);
             if next > round + 1 {
@@ -219,45 +302,51 @@ impl CheckTask {
             round = next;
         }
     }
+}
 
-    async fn spool(&self, round: u64, report: &ProbeReport, started_ms: i64) {
-        let a = &self.assignment;
-        let report_json = match serde_json::to_value(report) {
-            Ok(v) => fit(v, MAX_REPORT_BYTES),
-            Err(e) => {
-                tracing::error!("probe {}: cannot encode the report: {e}", report.probe_id);
-                return;
-            }
-        };
-        let report_json = match report_json {
-            Fit::Whole(j) => j,
-            Fit::Trimmed { json, was } => {
-                tracing::error!(
-                    "probe {}: the report is {was} bytes, more than a coordinator accepts ({MAX_REPORT_BYTES}); long texts in it were cut to {TRIMMED_TEXT} bytes",
-                    report.probe_id
-                );
-                json
-            }
-        };
-        let spooled = SpooledReport {
-            probe_id: report.probe_id.clone(),
-            check_id: a.check_id.clone(),
-            revision: a.revision,
-            round,
-            report_json,
-        };
-        let verdict = match (&report.outcome, &report.failure) {
-            (Outcome::Failed, Some(f)) => format!("failed at {} ({})", f.step, f.class),
-            (outcome, _) => outcome.as_str().to_string(),
-        };
-        match self.spool.push(spooled, report.outcome.as_str(), started_ms).await {
-            Ok(waiting) => tracing::info!(
-                "probe {} of check {} round {round}: {verdict}; spooled ({waiting} waiting)",
-                report.probe_id,
-                a.check_id
-            ),
-            Err(e) => tracing::error!("probe {} of check {} round {round}: {verdict}; NOT spooled: {e}", report.probe_id, a.check_id),
+/// Hands a finished probe's report to the spool and logs its verdict.
+/// Round 0 with a `request_id` is an on-demand run.
+async fn spool_report(spool: &Spool, a: &AssignedCheck, round: u64, request_id: Option<String>, report: &ProbeReport, started_ms: i64) {
+    let report_json = match serde_json::to_value(report) {
+        Ok(v) => fit(v, MAX_REPORT_BYTES),
+        Err(e) => {
+            tracing::error!("probe {}: cannot encode the report: {e}", report.probe_id);
+            return;
         }
+    };
+    let report_json = match report_json {
+        Fit::Whole(j) => j,
+        Fit::Trimmed { json, was } => {
+            tracing::error!(
+                "probe {}: the report is {was} bytes, more than a coordinator accepts ({MAX_REPORT_BYTES}); long texts in it were cut to {TRIMMED_TEXT} bytes",
+                report.probe_id
+            );
+            json
+        }
+    };
+    let spooled = SpooledReport {
+        probe_id: report.probe_id.clone(),
+        check_id: a.check_id.clone(),
+        revision: a.revision,
+        round,
+        report_json,
+        request_id: request_id.clone(),
+    };
+    let verdict = match (&report.outcome, &report.failure) {
+        (Outcome::Failed, Some(f)) => format!("failed at {} ({})", f.step, f.class),
+        (outcome, _) => outcome.as_str().to_string(),
+    };
+    let run = match &request_id {
+        Some(id) => format!("on-demand run {id}"),
+        None => format!("round {round}"),
+    };
+    match spool.push(spooled, report.outcome.as_str(), started_ms).await {
+        Ok(waiting) => tracing::info!(
+            "probe {} of check {} {run}: {verdict}; spooled ({waiting} waiting)",
+            report.probe_id,
+            a.check_id
+        ),
+        Err(e) => tracing::error!("probe {} of check {} {run}: {verdict}; NOT spooled: {e}", report.probe_id, a.check_id),
     }
 }
 

@@ -54,6 +54,9 @@ pub struct SpooledReport {
     pub round: u64,
     /// The full `ProbeReport` as JSON (the `--output json` contract).
     pub report_json: String,
+    /// The on-demand run (RunNow) this answers, with round 0; None for a
+    /// scheduled round.
+    pub request_id: Option<String>,
 }
 
 /// One check as assigned by the coordinator, as kept in the spool.
@@ -147,6 +150,7 @@ impl Spool {
              PRAGMA user_version = 1;",
         )
         .map_err(err)?;
+        add_request_id(&conn).map_err(err)?;
         let len: i64 = conn.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0)).map_err(err)?;
         let len = len as u64;
         let (waiting, _) = watch::channel(len);
@@ -195,9 +199,9 @@ impl Spool {
                 let now = now_ms();
                 let tx = i.conn.transaction()?;
                 let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, round, report_json, spooled_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![report.probe_id, report.check_id, report.revision as i64, report.round as i64, report.report_json, now],
+                    "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, round, report_json, spooled_ms, request_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![report.probe_id, report.check_id, report.revision as i64, report.round as i64, report.report_json, now, report.request_id],
                 )?;
                 tx.execute(
                     "INSERT INTO probe_log (probe_id, check_id, revision, round, outcome, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -241,7 +245,7 @@ impl Spool {
     pub async fn after(&self, after: i64, limit: usize) -> Result<Vec<(i64, SpooledReport)>, SpoolError> {
         self.with(move |i| {
             let mut stmt = i.conn.prepare_cached(
-                "SELECT seq, probe_id, check_id, revision, round, report_json FROM reports WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, probe_id, check_id, revision, round, report_json, request_id FROM reports WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             stmt.query_map(params![after, limit as i64], |r| {
                 Ok((
@@ -252,6 +256,7 @@ impl Spool {
                         revision: r.get::<_, i64>(3)? as u64,
                         round: r.get::<_, i64>(4)? as u64,
                         report_json: r.get(5)?,
+                        request_id: r.get(6)?,
                     },
                 ))
             })?
@@ -368,6 +373,18 @@ impl Spool {
     }
 }
 
+/// Adds `reports.request_id` (on-demand runs) to a spool from before it.
+/// A nullable column and no schema version bump: an older agent started on
+/// this spool names its columns, so it still reads and writes it.
+fn add_request_id(conn: &Connection) -> rusqlite::Result<()> {
+    let present: i64 =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('reports') WHERE name = 'request_id'", [], |r| r.get(0))?;
+    if present == 0 {
+        conn.execute_batch("ALTER TABLE reports ADD COLUMN request_id TEXT")?;
+    }
+    Ok(())
+}
+
 /// Creates and locks `<spool>.lock` (released when the process exits).
 fn lock(spool: &Path) -> Result<std::fs::File, SpoolError> {
     let mut name = spool.as_os_str().to_owned();
@@ -403,6 +420,7 @@ mod tests {
             revision: 1,
             round: n,
             report_json: "{}".into(),
+            request_id: None,
         }
     }
 
@@ -462,6 +480,33 @@ mod tests {
         assert_eq!(s.assignments().await.unwrap(), [a]);
         s.push(report(2), "ok", 0).await.unwrap();
         assert!(s.seq_of("ml-2").await.unwrap() > 1, "sequence numbers are never reused");
+    }
+
+    #[tokio::test]
+    async fn a_spool_from_before_on_demand_runs_gains_request_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE reports (seq INTEGER PRIMARY KEY AUTOINCREMENT, probe_id TEXT NOT NULL UNIQUE,
+                 check_id TEXT NOT NULL, revision INTEGER NOT NULL, round INTEGER NOT NULL,
+                 report_json TEXT NOT NULL, spooled_ms INTEGER NOT NULL);
+                 INSERT INTO reports (probe_id, check_id, revision, round, report_json, spooled_ms)
+                 VALUES ('ml-old', 'corp', 1, 9, '{}', 0);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Spool::open(&path, 10).unwrap();
+        let run = SpooledReport { round: 0, request_id: Some("run-1-ab".into()), ..report(2) };
+        s.push(run.clone(), "ok", 0).await.unwrap();
+        let waiting: Vec<SpooledReport> = s.after(0, 10).await.unwrap().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(waiting[0].probe_id, "ml-old");
+        assert_eq!(waiting[0].request_id, None);
+        assert_eq!(waiting[1], run);
+        drop(s);
+        Spool::open(&path, 10).expect("a second open finds the column there");
     }
 
     #[tokio::test]

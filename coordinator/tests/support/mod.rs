@@ -88,7 +88,7 @@ pub fn report_json(probe_id: &str, check: &str) -> String {
 }
 
 pub fn result(probe_id: &str, check: &str, round: u64) -> pb::ProbeResult {
-    pb::ProbeResult { probe_id: probe_id.into(), check_id: check.into(), revision: 1, round, report_json: report_json(probe_id, check) }
+    pb::ProbeResult { probe_id: probe_id.into(), check_id: check.into(), revision: 1, round, report_json: report_json(probe_id, check), request_id: String::new() }
 }
 
 /// A coordinator process and its files.
@@ -273,6 +273,7 @@ impl Watch {
         match msg.change.expect("a change") {
             pb::assignment_change::Change::Upsert(a) => Change::Upsert(a),
             pb::assignment_change::Change::Remove(id) => Change::Remove(id),
+            pb::assignment_change::Change::RunNow(r) => Change::RunNow(r),
         }
     }
 
@@ -288,6 +289,8 @@ impl Watch {
 pub enum Change {
     Upsert(pb::Assignment),
     Remove(String),
+    /// An on-demand run (tests in ondemand.rs).
+    RunNow(pb::RunNow),
 }
 
 impl Change {

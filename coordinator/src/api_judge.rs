@@ -1,0 +1,290 @@
+//! The judge's part of the admin API: verdicts, incidents (and their
+//! acknowledgement), learned baselines, a one-screen status, and the alert
+//! channels' health.
+//!
+//! Like the rest of the API: reads are open, the one write (`ack`) needs the
+//! admin token. Bodies keep the model's `*_ms` fields and add RFC 3339
+//! strings (`round_start`, `opened_at`, ...) for people.
+
+use crate::api::{ApiError, ApiState, admin, rfc3339, time_param};
+use crate::judge::{Incident, IncidentKind, IncidentState, Verdict};
+use crate::storage::{AckOutcome, IncidentQuery, VerdictQuery};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Default and largest page of verdicts or incidents.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(body: Value) -> ApiResult {
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// The judge's routes, merged into [`crate::api::router`].
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/verdicts", get(verdicts))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/incidents/{id}/ack", post(acknowledge))
+        .route("/api/v1/checks/{id}/baselines", get(baselines))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/alerts", get(alerts))
+}
+
+/// A verdict as the API shows it: the stored evidence plus readable times.
+pub fn verdict_json(v: &Verdict) -> Value {
+    let mut body = serde_json::to_value(v).unwrap_or(Value::Null);
+    body["round_start"] = json!(rfc3339(v.round_start_ms));
+    body["decided_at"] = json!(rfc3339(v.decided_at_ms));
+    body
+}
+
+/// An incident as the API shows it.
+pub fn incident_json(i: &Incident) -> Value {
+    let mut body = serde_json::to_value(i).unwrap_or(Value::Null);
+    body["opened_at"] = json!(rfc3339(i.opened_at_ms));
+    body["acknowledged_at"] = json!(i.acknowledged_at_ms.map(rfc3339));
+    body["resolved_at"] = json!(i.resolved_at_ms.map(rfc3339));
+    if let Some(entries) = body["timeline"].as_array_mut() {
+        for (e, t) in entries.iter_mut().zip(&i.timeline) {
+            e["at"] = json!(rfc3339(t.at_ms));
+        }
+    }
+    body
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct VerdictParams {
+    check: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn verdicts(State(state): State<ApiState>, Query(p): Query<VerdictParams>) -> ApiResult {
+    let after = match &p.after {
+        None => None,
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(ms, check)| Some((ms.parse::<i64>().ok()?, check.to_string())))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "after={c:?} is not a cursor from a previous page"
+                    ))
+                })?,
+        ),
+    };
+    let q = VerdictQuery {
+        check_id: p.check,
+        since_ms: p
+            .since
+            .as_deref()
+            .map(|v| time_param("since", v))
+            .transpose()?,
+        until_ms: p
+            .until
+            .as_deref()
+            .map(|v| time_param("until", v))
+            .transpose()?,
+        limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        after,
+    };
+    let page = state.storage.query_verdicts(q).await?;
+    let verdicts: Vec<Value> = page.verdicts.iter().map(verdict_json).collect();
+    let next = page.next.map(|(ms, check)| format!("{ms}:{check}"));
+    ok(json!({"verdicts": verdicts, "next": next}))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct IncidentParams {
+    /// `open`, `acknowledged`, `resolved`, or `active` (open or acknowledged).
+    state: Option<String>,
+    kind: Option<String>,
+    check: Option<String>,
+    limit: Option<u32>,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(
+    name: &str,
+    v: &str,
+    allowed: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_value(Value::String(v.to_string()))
+        .map_err(|_| ApiError::BadRequest(format!("{name}={v:?}: expected one of {allowed}")))
+}
+
+async fn incidents(State(state): State<ApiState>, Query(p): Query<IncidentParams>) -> ApiResult {
+    let states = match p.state.as_deref() {
+        None => Vec::new(),
+        Some("active") => vec![IncidentState::Open, IncidentState::Acknowledged],
+        Some(s) => vec![parse_enum::<IncidentState>(
+            "state",
+            s,
+            "open, acknowledged, resolved, active",
+        )?],
+    };
+    let kind = p
+        .kind
+        .as_deref()
+        .map(|k| {
+            parse_enum::<IncidentKind>(
+                "kind",
+                k,
+                "outage, regional, performance, authentication, certificate",
+            )
+        })
+        .transpose()?;
+    let list = state
+        .storage
+        .list_incidents(IncidentQuery {
+            states,
+            kind,
+            check_id: p.check,
+            limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        })
+        .await?;
+    let mut shown: Vec<Value> = list.iter().map(incident_json).collect();
+    for i in &mut shown {
+        // Lists stay small: the timeline is in GET /api/v1/incidents/{id}.
+        if let Some(obj) = i.as_object_mut() {
+            obj.remove("timeline");
+        }
+    }
+    ok(json!({"incidents": shown}))
+}
+
+fn incident_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("no incident {raw:?} (ids are numbers)")))
+}
+
+async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    let id = incident_id(&id)?;
+    match state.storage.incident(id).await? {
+        Some(i) => ok(incident_json(&i)),
+        None => Err(ApiError::NotFound(format!("no incident {id}"))),
+    }
+}
+
+/// `POST /api/v1/incidents/{id}/ack`, body optional: `{"by": "alice"}`.
+/// 200 with the incident (also when it was already acknowledged: acks are
+/// idempotent), 404 unknown, 409 already resolved.
+async fn acknowledge(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    admin(&state, &headers)?;
+    let id = incident_id(&id)?;
+    let by = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+        match v.get("by") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => {
+                Some(s.trim().to_string())
+            }
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "by: expected a name (1 to 200 characters), found {other}"
+                )));
+            }
+        }
+    };
+    match state.judge.acknowledge(id, by).await? {
+        AckOutcome::Acknowledged(i) => {
+            let mut body = incident_json(&i);
+            body["change"] = json!("acknowledged");
+            ok(body)
+        }
+        AckOutcome::AlreadyAcknowledged(i) => {
+            let mut body = incident_json(&i);
+            body["change"] = json!("unchanged");
+            ok(body)
+        }
+        AckOutcome::Resolved(i) => Err(ApiError::Conflict(format!(
+            "incident {} is resolved (since {}); there is nothing to acknowledge",
+            i.id,
+            i.resolved_at_ms.map(rfc3339).unwrap_or_default()
+        ))),
+        AckOutcome::NotFound => Err(ApiError::NotFound(format!("no incident {id}"))),
+    }
+}
+
+async fn baselines(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    state
+        .hub
+        .check(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
+    // A check the judge has not picked up yet (created a moment ago) has none.
+    let views = state.judge.baselines(&id).unwrap_or_default();
+    ok(json!({"check": id, "baselines": views}))
+}
+
+/// Every live check's latest verdict, per region, and its active incidents.
+async fn status(State(state): State<ApiState>) -> ApiResult {
+    let mut checks = Vec::new();
+    for c in state.hub.checks() {
+        let id = c.spec.name.clone();
+        let latest = state.storage.recent_verdicts(id.clone(), 1).await?;
+        let active = state
+            .storage
+            .list_incidents(IncidentQuery {
+                states: vec![IncidentState::Open, IncidentState::Acknowledged],
+                kind: None,
+                check_id: Some(id.clone()),
+                limit: MAX_LIMIT,
+            })
+            .await?;
+        let incidents: Vec<Value> = active
+            .iter()
+            .map(|i| json!({"id": i.id, "kind": i.kind, "severity": i.severity, "state": i.state, "summary": i.summary}))
+            .collect();
+        let entry = match latest.last() {
+            Some(v) => json!({
+                "check": id,
+                "verdict": v.verdict,
+                "round": v.round,
+                "round_start": rfc3339(v.round_start_ms),
+                "decided_at": rfc3339(v.decided_at_ms),
+                "note": v.note,
+                "regions": v.regions.iter().map(|r| json!({
+                    "region": r.region, "state": r.state, "step": r.step, "class": r.class,
+                    "code": r.code, "text": r.text,
+                })).collect::<Vec<_>>(),
+                "incidents": incidents,
+            }),
+            None => json!({
+                "check": id,
+                "verdict": null,
+                "round": null,
+                "round_start": null,
+                "decided_at": null,
+                "note": "no round decided yet",
+                "regions": c.spec.regions.iter().map(|r| json!({
+                    "region": r, "state": null, "step": null, "class": null, "code": null, "text": null,
+                })).collect::<Vec<_>>(),
+                "incidents": incidents,
+            }),
+        };
+        checks.push(entry);
+    }
+    ok(json!({"checks": checks}))
+}
+
+async fn alerts(State(state): State<ApiState>) -> ApiResult {
+    ok(state.judge.alerts().status())
+}

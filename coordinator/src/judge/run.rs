@@ -1,0 +1,524 @@
+//! The judge task: feeds stored reports to one [`CheckJudge`] per live
+//! check, decides rounds, stores verdicts and incident changes, and hands
+//! alert events to [`Alerts`].
+//!
+//! Inputs:
+//! - a bounded feed from the gRPC edge ([`JudgeFeed::offer`]): a report that
+//!   was just committed as new. Offering never waits; when the feed is full
+//!   the report is dropped here and read back from storage when its round
+//!   is decided, so the ack path is never slowed by judging.
+//! - a ticker ([`TICK`]) that syncs the judges with the hub's checks and
+//!   decides every round that is due.
+//!
+//! A round (check, k) is due once every region of the check has a report
+//! for it, or when its deadline passed: `round_start + min(interval, probe
+//! budget) + round_slack`, the probe budget being the check's `deadline`
+//! plus its `greylist_grace`. Rounds are decided in order, each once;
+//! a late report is stored (by the edge) but changes no verdict. Rounds
+//! nobody reported are decided too (`unknown`), but only those after the
+//! check's last stored verdict, or, for a check without one, those that
+//! started after the judge first saw it; and never more than
+//! [`BACKFILL_ROUNDS`] intervals back, so a coordinator that was down for
+//! a day does not write a day of `unknown` on start. Round 0 is the
+//! on-demand run's and is never judged.
+//!
+//! On start each judge is restored from storage (recent verdicts and the
+//! incidents still open, so a restart neither re-opens nor forgets them)
+//! and its baselines warmed with the recent delivered reports.
+
+use super::{
+    AlertEvent, AlertEventKind, BaselineView, CheckJudge, RegionReport, VerdictKind,
+    config::JudgeSettings,
+};
+use crate::alerts::Alerts;
+use crate::control::now_ms;
+use crate::hub::Hub;
+use crate::schedule;
+use crate::shutdown::Shutdown;
+use crate::storage::{AckOutcome, ReportRow, Storage, StorageError, StoredCheck};
+use mailloop_common::config::{Secrets, check_from_value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Reports waiting for the judge before the edge starts dropping them.
+pub const FEED_CAPACITY: usize = 4096;
+/// How often due rounds are looked for.
+pub const TICK: Duration = Duration::from_millis(300);
+/// Rounds without a report are decided at most this many intervals back.
+pub const BACKFILL_ROUNDS: u64 = 3;
+/// Verdicts handed to `restore` (enough for any streak: rounds are at most 100).
+const RESTORE_VERDICTS: u32 = 200;
+/// Reports for rounds this far ahead of the clock are ignored (a skewed agent).
+const AHEAD_ROUNDS: u64 = 2;
+
+/// A report just committed as new, on its way to the judge.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    pub check_id: String,
+    pub round: u64,
+    pub region: String,
+    pub agent: String,
+    /// The `ProbeReport` JSON as stored (parsed by the judge, off the ack path).
+    pub report_json: String,
+}
+
+/// The gRPC edge's end of the feed. Cheap to clone; never blocks.
+#[derive(Debug, Clone)]
+pub struct JudgeFeed {
+    tx: mpsc::Sender<NewReport>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl JudgeFeed {
+    /// Hands a report to the judge if there is room; otherwise drops it
+    /// (its round is then read back from storage at its deadline).
+    pub fn offer(&self, report: NewReport) {
+        if report.round == 0 {
+            return; // an on-demand run: not part of any round's verdict
+        }
+        if let Err(mpsc::error::TrySendError::Full(r)) = self.tx.try_send(report) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(check = %r.check_id, round = r.round, region = %r.region, dropped = n, "judge feed full; the round will be read from storage");
+        }
+    }
+}
+
+/// A new report ready to be offered once its commit is known to have
+/// stored it (`Inserted::New`): replays of stored reports are never judged twice.
+#[derive(Debug)]
+pub struct Offer {
+    feed: JudgeFeed,
+    report: NewReport,
+}
+
+impl Offer {
+    /// Offers the report (never blocks; see [`JudgeFeed::offer`]).
+    pub fn deliver(self) {
+        self.feed.offer(self.report);
+    }
+}
+
+impl JudgeFeed {
+    /// Prepares the offer of a report about to be stored (None for round 0,
+    /// an on-demand run's, which the judge ignores).
+    pub fn prepare(&self, row: &ReportRow) -> Option<Offer> {
+        (row.round != 0).then(|| Offer {
+            feed: self.clone(),
+            report: NewReport {
+                check_id: row.check_id.clone(),
+                round: row.round,
+                region: row.region.clone(),
+                agent: row.agent.clone(),
+                report_json: row.report_json.clone(),
+            },
+        })
+    }
+}
+
+/// The judge as the rest of the coordinator sees it: the feed, the
+/// baselines it published, and acknowledgements (which alert).
+pub struct Judge {
+    feed: JudgeFeed,
+    storage: Arc<Storage>,
+    alerts: Arc<Alerts>,
+    baselines: Mutex<HashMap<String, Vec<BaselineView>>>,
+}
+
+impl Judge {
+    /// Where the gRPC edge offers new reports.
+    pub fn feed(&self) -> JudgeFeed {
+        self.feed.clone()
+    }
+
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// The learned baselines of a check the judge follows (None: it does not, yet).
+    pub fn baselines(&self, check_id: &str) -> Option<Vec<BaselineView>> {
+        self.lock().get(check_id).cloned()
+    }
+
+    /// Reports dropped because the feed was full (their rounds were read from storage).
+    pub fn dropped(&self) -> u64 {
+        self.feed.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Acknowledges an incident; alerts only the first time.
+    pub async fn acknowledge(
+        &self,
+        id: u64,
+        by: Option<String>,
+    ) -> Result<AckOutcome, StorageError> {
+        let at_ms = now_ms();
+        let outcome = self.storage.acknowledge(id, by, at_ms).await?;
+        if let AckOutcome::Acknowledged(incident) = &outcome {
+            tracing::warn!(incident = incident.id, check = %incident.check_id, kind = incident.kind.as_str(), by = incident.acknowledged_by.as_deref().unwrap_or("-"), "incident acknowledged");
+            self.alerts.notify(AlertEvent {
+                event: AlertEventKind::Acknowledged,
+                at_ms,
+                incident: incident.clone(),
+            });
+        }
+        Ok(outcome)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<BaselineView>>> {
+        self.baselines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, check_id: &str, views: Vec<BaselineView>) {
+        self.lock().insert(check_id.to_string(), views);
+    }
+
+    fn forget(&self, check_id: &str) {
+        self.lock().remove(check_id);
+    }
+}
+
+/// Starts the judge task; it runs until `shutdown` and finishes the round
+/// it is storing before it stops.
+pub fn start(
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    alerts: Arc<Alerts>,
+    settings: JudgeSettings,
+    shutdown: Shutdown,
+) -> (Arc<Judge>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(FEED_CAPACITY);
+    let judge = Arc::new(Judge {
+        feed: JudgeFeed {
+            tx,
+            dropped: Arc::default(),
+        },
+        storage: storage.clone(),
+        alerts: alerts.clone(),
+        baselines: Mutex::default(),
+    });
+    let task = Task {
+        hub,
+        storage,
+        alerts,
+        settings,
+        shared: judge.clone(),
+        checks: BTreeMap::new(),
+    };
+    let handle = tokio::spawn(task.run(rx, shutdown));
+    (judge, handle)
+}
+
+struct Task {
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    alerts: Arc<Alerts>,
+    settings: JudgeSettings,
+    shared: Arc<Judge>,
+    checks: BTreeMap<String, Live>,
+}
+
+/// One live check's judge and its round bookkeeping.
+struct Live {
+    judge: CheckJudge,
+    revision: u64,
+    interval_ms: u64,
+    phase_ms: u64,
+    /// From a round's start to its deadline.
+    wait_ms: u64,
+    regions: Vec<String>,
+    /// The next round to decide (every earlier one is decided or skipped).
+    next_round: u64,
+    /// Rounds starting before this are decided only if someone reported.
+    quiet_before_ms: i64,
+    last_verdict: Option<VerdictKind>,
+    /// Reports per round not yet decided, first per region.
+    pending: BTreeMap<u64, Vec<RegionReport>>,
+}
+
+impl Live {
+    fn round_start(&self, round: u64) -> i64 {
+        schedule::round_start_ms(round, self.interval_ms, self.phase_ms) as i64
+    }
+
+    fn current_round(&self, now: i64) -> u64 {
+        schedule::round_at(now.max(0) as u64, self.interval_ms, self.phase_ms)
+    }
+
+    fn add(&mut self, round: u64, report: RegionReport) {
+        if !self.regions.contains(&report.region) {
+            return;
+        }
+        let slot = self.pending.entry(round).or_default();
+        if !slot.iter().any(|r| r.region == report.region) {
+            slot.push(report);
+        }
+    }
+
+    fn complete(&self, round: u64) -> bool {
+        self.pending.get(&round).is_some_and(|reports| {
+            self.regions
+                .iter()
+                .all(|region| reports.iter().any(|r| r.region == *region))
+        })
+    }
+}
+
+/// How long after its start a round of `check` is decided at the latest.
+pub fn round_wait(check: &StoredCheck, settings: &JudgeSettings) -> Duration {
+    let secrets = Secrets::ReferencesOnly { allow_inline: true };
+    let budget = match check_from_value("check", &check.spec.table, &|_| None, secrets) {
+        Ok(c) => c.deadline + c.greylist_grace,
+        // Stored checks were validated; if one no longer is, wait an interval.
+        Err(_) => check.spec.interval,
+    };
+    check.spec.interval.min(budget) + settings.round_slack
+}
+
+fn region_report(row: &ReportRow) -> Option<RegionReport> {
+    match serde_json::from_str(&row.report_json) {
+        Ok(report) => Some(RegionReport {
+            region: row.region.clone(),
+            agent: row.agent.clone(),
+            report,
+        }),
+        Err(e) => {
+            tracing::warn!(probe = %row.probe_id, check = %row.check_id, error = %e, "stored report is not a probe report; the judge skips it");
+            None
+        }
+    }
+}
+
+impl Task {
+    async fn run(mut self, mut feed: mpsc::Receiver<NewReport>, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => break,
+                Some(r) = feed.recv() => self.take(r),
+                _ = tick.tick() => {
+                    self.sync().await;
+                    self.decide_due().await;
+                }
+            }
+        }
+        tracing::debug!("judge stopped");
+    }
+
+    fn take(&mut self, r: NewReport) {
+        let Some(live) = self.checks.get_mut(&r.check_id) else {
+            return; // not followed yet: read from storage when its round is due
+        };
+        let ahead = live.current_round(now_ms()) + AHEAD_ROUNDS;
+        if r.round == 0 || r.round < live.next_round || r.round > ahead {
+            return;
+        }
+        match serde_json::from_str(&r.report_json) {
+            Ok(report) => live.add(
+                r.round,
+                RegionReport {
+                    region: r.region,
+                    agent: r.agent,
+                    report,
+                },
+            ),
+            Err(e) => {
+                tracing::warn!(check = %r.check_id, round = r.round, error = %e, "report is not a probe report; the judge skips it")
+            }
+        }
+    }
+
+    /// Follows the hub: new checks get a (restored) judge, changed ones are
+    /// reconfigured, deleted ones dropped.
+    async fn sync(&mut self) {
+        let live: Vec<StoredCheck> = self.hub.checks();
+        let ids: Vec<&str> = live.iter().map(|c| c.spec.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .checks
+            .keys()
+            .filter(|id| !ids.contains(&id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.checks.remove(&id);
+            self.shared.forget(&id);
+            tracing::info!(check = %id, "check deleted; its judge is dropped (verdicts and incidents stay)");
+        }
+        for c in live {
+            match self.checks.get_mut(&c.spec.name) {
+                Some(l) if l.revision == c.revision => {}
+                Some(l) => {
+                    let policy = self.settings.policy_for(c.spec.quorum);
+                    l.judge.reconfigure(&c.spec.regions, policy, &c.spec.table);
+                    l.revision = c.revision;
+                    l.regions = c.spec.regions.clone();
+                    l.wait_ms = round_wait(&c, &self.settings).as_millis() as u64;
+                    let interval_ms = c.spec.interval.as_millis() as u64;
+                    if interval_ms != l.interval_ms {
+                        // Round numbers mean other times now: start afresh from the next round.
+                        l.interval_ms = interval_ms;
+                        l.phase_ms = schedule::phase_ms(&c.spec.name, interval_ms);
+                        l.pending.clear();
+                        l.next_round = l.current_round(now_ms()) + 1;
+                    }
+                    tracing::info!(check = %c.spec.name, revision = c.revision, "check changed; judge reconfigured");
+                }
+                None => match self.follow(&c).await {
+                    Ok(l) => {
+                        self.shared.publish(&c.spec.name, l.judge.baselines());
+                        self.checks.insert(c.spec.name.clone(), l);
+                    }
+                    Err(e) => {
+                        tracing::error!(check = %c.spec.name, error = %e, "cannot restore the judge from storage; retrying")
+                    }
+                },
+            }
+        }
+    }
+
+    /// A judge for a check, restored from storage.
+    async fn follow(&self, c: &StoredCheck) -> Result<Live, StorageError> {
+        let id = c.spec.name.clone();
+        let policy = self.settings.policy_for(c.spec.quorum);
+        let window = policy.baselines.window as u32;
+        let mut judge = CheckJudge::new(&id, &c.spec.regions, policy, &c.spec.table);
+        let recent = self
+            .storage
+            .recent_verdicts(id.clone(), RESTORE_VERDICTS)
+            .await?;
+        let open = self.storage.active_incidents(id.clone()).await?;
+        judge.restore(&recent, &open);
+        let interval_ms = c.spec.interval.as_millis() as u64;
+        let phase_ms = schedule::phase_ms(&id, interval_ms);
+        let now = now_ms();
+        let current = schedule::round_at(now.max(0) as u64, interval_ms, phase_ms);
+        let last = recent.last();
+        let floor = current.saturating_sub(BACKFILL_ROUNDS).max(1);
+        let next_round = last.map_or(floor, |v| floor.max(v.round + 1));
+        // Warm the baselines with what was judged before (later rounds are judged, and learned, now).
+        for region in &c.spec.regions {
+            let rows = self
+                .storage
+                .recent_delivered(id.clone(), region.clone(), window)
+                .await?;
+            for row in rows.iter().filter(|r| r.round < next_round) {
+                if let Some(r) = region_report(row) {
+                    judge.learn(&r);
+                }
+            }
+        }
+        let mut live = Live {
+            judge,
+            revision: c.revision,
+            interval_ms,
+            phase_ms,
+            wait_ms: round_wait(c, &self.settings).as_millis() as u64,
+            regions: c.spec.regions.clone(),
+            next_round,
+            quiet_before_ms: if last.is_some() { i64::MIN } else { now },
+            last_verdict: last.map(|v| v.verdict),
+            pending: BTreeMap::new(),
+        };
+        // Reports stored before the judge followed the check (before a restart, say).
+        for round in next_round..=current {
+            for row in self.storage.round_reports(id.clone(), round).await? {
+                if let Some(r) = region_report(&row) {
+                    live.add(round, r);
+                }
+            }
+        }
+        tracing::info!(check = %id, next_round, restored_verdicts = recent.len(), open_incidents = open.len(), "judge following check");
+        Ok(live)
+    }
+
+    async fn decide_due(&mut self) {
+        let ids: Vec<String> = self.checks.keys().cloned().collect();
+        for id in ids {
+            loop {
+                let now = now_ms();
+                let Some(live) = self.checks.get_mut(&id) else {
+                    break;
+                };
+                let current = live.current_round(now);
+                let floor = current.saturating_sub(BACKFILL_ROUNDS).max(1);
+                if live.next_round < floor {
+                    // Judging fell behind (or the clock jumped): no backfill storm.
+                    live.pending.retain(|k, _| *k >= floor);
+                    live.next_round = floor;
+                }
+                let round = live.next_round;
+                let start = live.round_start(round);
+                if start > now {
+                    break;
+                }
+                let complete = live.complete(round);
+                if !complete && now < start + live.wait_ms as i64 {
+                    break;
+                }
+                let mut reports = live.pending.remove(&round).unwrap_or_default();
+                if !complete {
+                    // Reports the feed dropped, or that arrived before the judge followed the check.
+                    match self.storage.round_reports(id.clone(), round).await {
+                        Ok(rows) => {
+                            let live = self.checks.get_mut(&id).expect("still followed");
+                            for row in rows {
+                                if live.regions.contains(&row.region)
+                                    && !reports.iter().any(|r| r.region == row.region)
+                                    && let Some(r) = region_report(&row)
+                                {
+                                    reports.push(r);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(check = %id, round, error = %e, "cannot read the round's reports; deciding on what arrived");
+                        }
+                    }
+                }
+                let live = self.checks.get_mut(&id).expect("still followed");
+                live.next_round = round + 1;
+                if reports.is_empty() && start < live.quiet_before_ms {
+                    continue; // before the judge followed the check, and nobody reported
+                }
+                reports.sort_by(|a, b| a.region.cmp(&b.region));
+                self.decide(&id, round, start, reports).await;
+            }
+        }
+    }
+
+    async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
+        let now = now_ms();
+        let live = self.checks.get_mut(id).expect("a followed check");
+        let (verdict, changes) = live.judge.judge(round, start, &reports, now);
+        let kind = verdict.verdict;
+        let previous = live.last_verdict.replace(kind);
+        let baselines = live.judge.baselines();
+        self.shared.publish(id, baselines);
+        if previous != Some(kind) {
+            tracing::info!(check = %id, round, verdict = kind.as_str(), was = previous.map_or("-", |v| v.as_str()), note = %verdict.note, "verdict changed");
+        } else {
+            tracing::debug!(check = %id, round, verdict = kind.as_str(), "round decided");
+        }
+        match self.storage.store_round(verdict, changes).await {
+            Ok(stored) => {
+                for (event, incident) in stored.events {
+                    tracing::warn!(incident = incident.id, check = %incident.check_id, kind = incident.kind.as_str(), severity = ?incident.severity, event = event.as_str(), summary = %incident.summary, "incident {}", event.as_str());
+                    let at_ms = match event {
+                        AlertEventKind::Resolved => incident.resolved_at_ms.unwrap_or(now),
+                        _ => incident.opened_at_ms,
+                    };
+                    self.alerts.notify(AlertEvent {
+                        event,
+                        at_ms,
+                        incident,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(check = %id, round, error = %e, "cannot store the round's verdict; it is lost, judging goes on")
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! On-demand runs: "run this check now, in every region" (`POST
+//! /api/v1/checks/{id}/run`, `mailloopctl probe CHECK`).
+//!
+//! The API asks the [`Hub`](crate::hub::Hub) which agent runs the check in
+//! each of its regions and places a [`RunOrder`] here. Every open
+//! `WatchAssignments` stream follows the orders ([`OnDemand::subscribe`])
+//! and turns an order naming its agent into a `RunNow` change, sent after
+//! the check's own upsert. The agent runs the check once, beside its round
+//! schedule, and reports it with `round = 0` and the order's request id;
+//! the report is stored like any other, with the request id beside it
+//! (`reports.request_id`), and found with `GET /api/v1/runs/{request_id}`.
+//!
+//! Orders are fire-and-forget: nothing here waits for the reports. A region
+//! whose agent vanishes before running it simply never reports; the caller
+//! (mailloopctl) has a deadline. Recent orders are remembered in memory
+//! ([`RECENT`]) only to answer "which regions were asked, and to whom".
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Orders remembered for `GET /api/v1/runs/{request_id}`.
+pub const RECENT: usize = 1000;
+/// Orders a slow stream may fall behind before it misses some (logged).
+const BACKLOG: usize = 256;
+
+/// One on-demand run, as sent to the watch streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOrder {
+    pub request_id: String,
+    pub check_id: String,
+    /// The agents that should run it: one per region that has one.
+    pub agents: Vec<String>,
+}
+
+/// What an on-demand run was asked of, for the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStarted {
+    pub request_id: String,
+    pub check_id: String,
+    /// Region → the agent asked to run it (None: no agent connected there).
+    pub regions: BTreeMap<String, Option<String>>,
+    pub requested_at_ms: i64,
+}
+
+/// The orders in flight and the recent ones.
+pub struct OnDemand {
+    orders: broadcast::Sender<Arc<RunOrder>>,
+    recent: Mutex<VecDeque<RunStarted>>,
+}
+
+impl Default for OnDemand {
+    fn default() -> Self {
+        OnDemand {
+            orders: broadcast::channel(BACKLOG).0,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl OnDemand {
+    /// Orders a run of `check_id` from the agents in `regions` (as
+    /// [`Hub::owners`](crate::hub::Hub::owners) answered) and returns it
+    /// with a fresh request id.
+    pub fn order(&self, check_id: &str, regions: BTreeMap<String, Option<String>>) -> RunStarted {
+        let started = RunStarted {
+            request_id: new_request_id(),
+            check_id: check_id.to_string(),
+            regions,
+            requested_at_ms: crate::control::now_ms(),
+        };
+        let agents: Vec<String> = started.regions.values().flatten().cloned().collect();
+        if !agents.is_empty() {
+            // No receiver (no agent connected at all) is not an error: the
+            // regions already say None.
+            let _ = self.orders.send(Arc::new(RunOrder {
+                request_id: started.request_id.clone(),
+                check_id: started.check_id.clone(),
+                agents,
+            }));
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(started.clone());
+        started
+    }
+
+    /// Follows the orders placed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunOrder>> {
+        self.orders.subscribe()
+    }
+
+    /// A recent order by its request id.
+    pub fn find(&self, request_id: &str) -> Option<RunStarted> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .iter()
+            .rev()
+            .find(|r| r.request_id == request_id)
+            .cloned()
+    }
+}
+
+/// `run-<unix ms>-<8 random hex>`: sortable, unique, safe in a URL.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("run-{}-{hex}", crate::control::now_ms())
+}
+
+/// Longest request id an agent may echo back.
+pub const MAX_REQUEST_ID: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_reaches_subscribers_and_is_remembered() {
+        let od = OnDemand::default();
+        let mut rx = od.subscribe();
+        let regions: BTreeMap<String, Option<String>> = [
+            ("eu-west".to_string(), Some("eu-1".to_string())),
+            ("us-east".to_string(), None),
+        ]
+        .into();
+        let started = od.order("corp", regions.clone());
+        assert!(started.request_id.starts_with("run-"));
+        assert_eq!(started.regions, regions);
+        let order = rx.try_recv().expect("an order");
+        assert_eq!(order.agents, ["eu-1"]);
+        assert_eq!(order.request_id, started.request_id);
+        assert_eq!(od.find(&started.request_id), Some(started));
+        assert_eq!(od.find("run-0-00000000"), None);
+    }
+
+    #[test]
+    fn no_agent_anywhere_orders_nothing() {
+        let od = OnDemand::default();
+        let mut rx = od.subscribe();
+        od.order("corp", [("eu-west".to_string(), None)].into());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}
