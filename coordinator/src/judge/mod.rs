@@ -22,6 +22,7 @@ pub mod baseline;
 pub mod config;
 pub mod incident;
 pub mod model;
+pub mod run;
 pub mod summary;
 pub mod verdict;
 
