@@ -199,16 +199,20 @@ pub fn parse(
             t.push(path, "expected a table");
             continue;
         };
-        if let Some(ch) = t.channel(map) {
-            if names.insert(ch.name.clone()) {
-                out.push(ch);
-            } else {
+        // Duplicates are found among every named table, valid or not.
+        // (the rest of a duplicate's table is still checked).
+        let duplicate = match map.get("name").and_then(Value::as_str) {
+            Some(name) if !names.insert(name.to_string()) => {
                 let path = format!("{}.name", t.path);
-                t.push(
-                    path,
-                    format!("{:?} is used by an earlier [[alert]]", ch.name),
-                );
+                t.push(path, format!("{name:?} is used by an earlier [[alert]]"));
+                true
             }
+            _ => false,
+        };
+        if let Some(ch) = t.channel(map)
+            && !duplicate
+        {
+            out.push(ch);
         }
     }
     out
@@ -622,22 +626,22 @@ impl Reader<'_> {
         };
         let username = self.opt_str(map, "username");
         let password = self.secret(map, "password", false);
-        let username = username.ok()?;
-        let password = password?;
-        match (&username, &password) {
-            (Some(_), None) => {
+        // Keep going on a bad pair: `from` and `to` are still checked.
+        let credentials = match (username, password) {
+            (Ok(Some(_)), Some(None)) => {
                 self.push(
                     self.key("password"),
                     "username is set but none of password, password_env, password_file is",
                 );
-                return None;
+                None
             }
-            (None, Some(_)) => {
+            (Ok(None), Some(Some(_))) => {
                 self.push(self.key("username"), "a password is set but no username");
-                return None;
+                None
             }
-            _ => {}
-        }
+            (Ok(u), Some(p)) => Some((u, p)),
+            _ => None,
+        };
         let from = match self.opt_str(map, "from") {
             Ok(Some(f)) if is_address(&f) => Some(f),
             Ok(Some(f)) => {
@@ -680,8 +684,8 @@ impl Reader<'_> {
             host: host?,
             port: port?,
             security: security?,
-            username,
-            password,
+            username: credentials.clone()?.0,
+            password: credentials?.1,
             from: from?,
             to: to?,
             ca_file: ca_file.ok()?,
