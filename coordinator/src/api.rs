@@ -34,6 +34,8 @@ pub struct ApiState {
     pub control: Arc<Control>,
     /// False while starting and once shutdown has begun.
     pub ready: Arc<AtomicBool>,
+    /// Verdicts, incidents, baselines (routes in `api_judge.rs`).
+    pub judge: Arc<crate::judge::run::Judge>,
 }
 
 /// The admin API's routes.
@@ -54,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agents", get(list_agents).post(add_agent))
         .route("/api/v1/agents/{name}", get(get_agent).delete(revoke_agent))
         .route("/api/v1/agents/{name}/revoke", post(revoke_agent))
+        .merge(crate::api_judge::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -125,7 +128,7 @@ fn ok(status: StatusCode, body: Value) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 
-fn admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -329,7 +332,7 @@ struct ResultParams {
     cursor: Option<String>,
 }
 
-fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
+pub(crate) fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
         return Ok(t.timestamp_millis());
     }

@@ -15,6 +15,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod api_judge;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -235,6 +235,7 @@ impl Storage {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(JUDGE_SCHEMA).map_err(open_err)?;
         migrate_request_ids(&conn).map_err(open_err)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
@@ -329,7 +330,13 @@ impl Storage {
 
     /// Inserts or replaces a check.
     pub async fn put_check(&self, c: StoredCheck) -> Result<(), StorageError> {
-        let table = serde_json::to_string(&c.spec.table).expect("a JSON value serializes");
+        // The check's own quorum rides in the stored table (agents get
+        // `spec.table`, which never has it); `load_checks` takes it out again.
+        let mut stored_table = c.spec.table.clone();
+        if let (Some(q), Some(obj)) = (c.spec.quorum, stored_table.as_object_mut()) {
+            obj.insert("quorum".into(), crate::judge::config::quorum_value(q));
+        }
+        let table = serde_json::to_string(&stored_table).expect("a JSON value serializes");
         let regions = serde_json::to_string(&c.spec.regions).expect("strings serialize");
         self.write(move |conn| {
             conn.execute(
@@ -374,10 +381,14 @@ impl Storage {
             let mut out = Vec::new();
             for row in rows {
                 let (id, revision, json, interval_ms, regions, source, deleted, updated_at_ms) = row?;
-                let table = serde_json::from_str(&json).map_err(|e| corrupt(format!("check {id}: {e}")))?;
+                let mut table: serde_json::Value = serde_json::from_str(&json).map_err(|e| corrupt(format!("check {id}: {e}")))?;
+                let quorum = table
+                    .as_object_mut()
+                    .and_then(|o| o.remove("quorum"))
+                    .and_then(|raw| crate::judge::config::quorum("quorum", &raw, None, &mut Vec::new()));
                 let regions = serde_json::from_str(&regions).map_err(|e| corrupt(format!("check {id} regions: {e}")))?;
                 out.push(StoredCheck {
-                    spec: CheckSpec { name: id, table, interval: Duration::from_millis(interval_ms as u64), regions },
+                    spec: CheckSpec { name: id, table, interval: Duration::from_millis(interval_ms as u64), regions, quorum },
                     revision: revision as u64,
                     source: Source::parse(&source),
                     deleted,
@@ -723,6 +734,553 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(
         // A failed job's savepoint rolls back on drop; the rest of the batch stands.
     }
     tx.commit().map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// The judge's tables: round verdicts, incidents and their timelines.
+//
+// A round's verdict and everything it did to incidents are written in ONE
+// transaction (`store_round`), so a crash never leaves an incident opened
+// by a verdict that is not there, or a verdict whose incident is missing.
+// "One open incident per check, kind and key" is the judge's rule and also
+// a partial unique index here, so a bug upstream cannot create duplicates.
+// ---------------------------------------------------------------------------
+
+use crate::judge::{
+    AlertEventKind, Incident, IncidentChange, IncidentKind, IncidentState, TimelineEntry, Verdict,
+};
+
+const JUDGE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS verdicts (
+    check_id       TEXT NOT NULL,
+    round          INTEGER NOT NULL,
+    round_start_ms INTEGER NOT NULL,
+    decided_at_ms  INTEGER NOT NULL,
+    verdict        TEXT NOT NULL,
+    evidence       TEXT NOT NULL,
+    PRIMARY KEY (check_id, round)
+);
+CREATE INDEX IF NOT EXISTS verdicts_by_time ON verdicts (round_start_ms DESC, check_id DESC);
+CREATE INDEX IF NOT EXISTS verdicts_by_age ON verdicts (decided_at_ms);
+CREATE TABLE IF NOT EXISTS incidents (
+    id            INTEGER PRIMARY KEY,
+    check_id      TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    severity      TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    opened_at_ms  INTEGER NOT NULL,
+    acked_at_ms   INTEGER,
+    acked_by      TEXT,
+    resolved_at_ms INTEGER,
+    first_round   INTEGER NOT NULL,
+    last_round    INTEGER NOT NULL,
+    summary       TEXT NOT NULL,
+    regions       TEXT NOT NULL,
+    step          TEXT,
+    class         TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_one_active
+    ON incidents (check_id, kind, key) WHERE state != 'resolved';
+CREATE INDEX IF NOT EXISTS incidents_by_check ON incidents (check_id, id DESC);
+CREATE TABLE IF NOT EXISTS incident_events (
+    seq         INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    at_ms       INTEGER NOT NULL,
+    round       INTEGER,
+    event       TEXT NOT NULL,
+    verdict     TEXT,
+    note        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incident_events_by_incident ON incident_events (incident_id, seq);
+";
+
+/// A page of verdicts, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct VerdictQuery {
+    pub check_id: Option<String>,
+    /// Inclusive lower bound on the round's start (epoch ms).
+    pub since_ms: Option<i64>,
+    /// Exclusive upper bound on the round's start (epoch ms).
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+    /// Continue after this (round_start_ms, check_id), from a previous page.
+    pub after: Option<(i64, String)>,
+}
+
+/// Verdicts and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct VerdictPage {
+    pub verdicts: Vec<Verdict>,
+    pub next: Option<(i64, String)>,
+}
+
+/// Which incidents to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct IncidentQuery {
+    /// Any of these states (empty: all).
+    pub states: Vec<IncidentState>,
+    pub kind: Option<IncidentKind>,
+    pub check_id: Option<String>,
+    pub limit: u32,
+}
+
+/// What storing one round did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundStored {
+    /// False when the round already had a verdict (nothing was changed).
+    pub stored: bool,
+    /// Incidents opened or resolved by it, as stored (with ids and timeline).
+    pub events: Vec<(AlertEventKind, Incident)>,
+}
+
+/// What an acknowledgement found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AckOutcome {
+    /// It was open and is now acknowledged.
+    Acknowledged(Incident),
+    /// It was already acknowledged: nothing changed (acks are idempotent).
+    AlreadyAcknowledged(Incident),
+    /// It is resolved: too late to acknowledge.
+    Resolved(Incident),
+    NotFound,
+}
+
+fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+fn enum_parse<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+const INCIDENT_COLUMNS: &str = "id, check_id, kind, key, severity, state, opened_at_ms, acked_at_ms, acked_by,
+    resolved_at_ms, first_round, last_round, summary, regions, step, class";
+
+fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    let regions: String = r.get(13)?;
+    Ok(Incident {
+        id: r.get::<_, i64>(0)? as u64,
+        check_id: r.get(1)?,
+        kind: enum_parse(&r.get::<_, String>(2)?)?,
+        key: r.get(3)?,
+        severity: enum_parse(&r.get::<_, String>(4)?)?,
+        state: enum_parse(&r.get::<_, String>(5)?)?,
+        opened_at_ms: r.get(6)?,
+        acknowledged_at_ms: r.get(7)?,
+        acknowledged_by: r.get(8)?,
+        resolved_at_ms: r.get(9)?,
+        first_round: r.get::<_, i64>(10)? as u64,
+        last_round: r.get::<_, i64>(11)? as u64,
+        summary: r.get(12)?,
+        regions: serde_json::from_str(&regions).unwrap_or_default(),
+        step: r.get(14)?,
+        class: r.get(15)?,
+        timeline: Vec::new(),
+    })
+}
+
+fn timeline(conn: &Connection, incident_id: u64) -> Result<Vec<TimelineEntry>, StorageError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at_ms, round, event, verdict, note FROM incident_events WHERE incident_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([incident_id as i64], |r| {
+        let verdict: Option<String> = r.get(3)?;
+        Ok(TimelineEntry {
+            at_ms: r.get(0)?,
+            round: r.get::<_, Option<i64>>(1)?.map(|n| n as u64),
+            event: r.get(2)?,
+            verdict: verdict.map(|v| enum_parse(&v)).transpose()?,
+            note: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn add_event(conn: &Connection, incident_id: u64, e: &TimelineEntry) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO incident_events (incident_id, at_ms, round, event, verdict, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        incident_id as i64,
+        e.at_ms,
+        e.round.map(|r| r as i64),
+        e.event,
+        e.verdict.map(|v| v.as_str()),
+        e.note
+    ])?;
+    Ok(())
+}
+
+/// The incident with this id, with its timeline.
+fn incident_by_id(conn: &Connection, id: u64) -> Result<Option<Incident>, StorageError> {
+    let found = conn
+        .prepare_cached(&format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"))?
+        .query_row([id as i64], incident_row)
+        .optional()?;
+    match found {
+        None => Ok(None),
+        Some(mut i) => {
+            i.timeline = timeline(conn, i.id)?;
+            Ok(Some(i))
+        }
+    }
+}
+
+/// The id of the open or acknowledged incident of (check, kind, key).
+fn active_id(
+    conn: &Connection,
+    check_id: &str,
+    kind: IncidentKind,
+    key: &str,
+) -> Result<Option<u64>, StorageError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id FROM incidents WHERE check_id = ?1 AND kind = ?2 AND key = ?3 AND state != 'resolved'",
+        )?
+        .query_row(params![check_id, kind.as_str(), key], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|id| id as u64))
+}
+
+/// Applies one round's verdict and incident changes (inside the writer's transaction).
+fn store_round_tx(
+    conn: &Connection,
+    v: &Verdict,
+    changes: &[IncidentChange],
+) -> Result<RoundStored, StorageError> {
+    let evidence = serde_json::to_string(v).map_err(|e| StorageError::Commit(e.to_string()))?;
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO verdicts (check_id, round, round_start_ms, decided_at_ms, verdict, evidence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            v.check_id,
+            v.round as i64,
+            v.round_start_ms,
+            v.decided_at_ms,
+            v.verdict.as_str(),
+            evidence
+        ])?;
+    if n == 0 {
+        // Decided before (a restart raced a late report): the first decision stands.
+        return Ok(RoundStored {
+            stored: false,
+            events: Vec::new(),
+        });
+    }
+    let mut events = Vec::new();
+    for change in changes {
+        match change {
+            IncidentChange::Open(i) => {
+                if let Some(id) = active_id(conn, &v.check_id, i.kind, &i.key)? {
+                    // Already open (the judge lost track of it): one incident, a new line.
+                    let entry = i.timeline.last().cloned().unwrap_or(TimelineEntry {
+                        at_ms: v.decided_at_ms,
+                        round: Some(v.round),
+                        event: "round".into(),
+                        verdict: Some(v.verdict),
+                        note: i.summary.clone(),
+                    });
+                    add_event(conn, id, &entry)?;
+                    conn.prepare_cached("UPDATE incidents SET last_round = MAX(last_round, ?2) WHERE id = ?1")?
+                        .execute(params![id as i64, v.round as i64])?;
+                    continue;
+                }
+                conn.prepare_cached(
+                    "INSERT INTO incidents (check_id, kind, key, severity, state, opened_at_ms, acked_at_ms, acked_by,
+                     resolved_at_ms, first_round, last_round, summary, regions, step, class)
+                     VALUES (?1, ?2, ?3, ?4, 'open', ?5, NULL, NULL, NULL, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    v.check_id,
+                    i.kind.as_str(),
+                    i.key,
+                    enum_str(&i.severity),
+                    i.opened_at_ms,
+                    i.first_round as i64,
+                    i.last_round as i64,
+                    i.summary,
+                    serde_json::to_string(&i.regions).expect("strings serialize"),
+                    i.step,
+                    i.class
+                ])?;
+                let id = conn.last_insert_rowid() as u64;
+                for e in &i.timeline {
+                    add_event(conn, id, e)?;
+                }
+                if i.timeline.is_empty() {
+                    add_event(
+                        conn,
+                        id,
+                        &TimelineEntry {
+                            at_ms: i.opened_at_ms,
+                            round: Some(v.round),
+                            event: "opened".into(),
+                            verdict: Some(v.verdict),
+                            note: i.summary.clone(),
+                        },
+                    )?;
+                }
+                if let Some(stored) = incident_by_id(conn, id)? {
+                    events.push((AlertEventKind::Opened, stored));
+                }
+            }
+            IncidentChange::Update {
+                kind,
+                key,
+                entry,
+                summary,
+                regions,
+                last_round,
+            } => {
+                let Some(id) = active_id(conn, &v.check_id, *kind, key)? else {
+                    tracing::warn!(check = %v.check_id, kind = kind.as_str(), %key, "update of an incident that is not open; ignored");
+                    continue;
+                };
+                add_event(conn, id, entry)?;
+                conn.prepare_cached(
+                    "UPDATE incidents SET last_round = MAX(last_round, ?2), summary = COALESCE(?3, summary),
+                     regions = COALESCE(?4, regions) WHERE id = ?1",
+                )?
+                .execute(params![
+                    id as i64,
+                    *last_round as i64,
+                    summary,
+                    regions
+                        .as_ref()
+                        .map(|r| serde_json::to_string(r).expect("strings serialize"))
+                ])?;
+            }
+            IncidentChange::Resolve { kind, key, entry } => {
+                let Some(id) = active_id(conn, &v.check_id, *kind, key)? else {
+                    tracing::warn!(check = %v.check_id, kind = kind.as_str(), %key, "resolve of an incident that is not open; ignored");
+                    continue;
+                };
+                add_event(conn, id, entry)?;
+                conn.prepare_cached(
+                    "UPDATE incidents SET state = 'resolved', resolved_at_ms = ?2, last_round = MAX(last_round, ?3) WHERE id = ?1",
+                )?
+                .execute(params![id as i64, entry.at_ms, v.round as i64])?;
+                if let Some(stored) = incident_by_id(conn, id)? {
+                    events.push((AlertEventKind::Resolved, stored));
+                }
+            }
+        }
+    }
+    Ok(RoundStored {
+        stored: true,
+        events,
+    })
+}
+
+fn verdict_from(evidence: &str) -> Result<Verdict, StorageError> {
+    serde_json::from_str(evidence).map_err(|e| corrupt(format!("verdict evidence: {e}")))
+}
+
+impl Storage {
+    /// Stores a round's verdict and what it did to incidents in one
+    /// transaction; answers after the commit. A round that already has a
+    /// verdict is left as it was (`stored: false`).
+    pub async fn store_round(
+        &self,
+        verdict: Verdict,
+        changes: Vec<IncidentChange>,
+    ) -> Result<RoundStored, StorageError> {
+        self.write(move |conn| store_round_tx(conn, &verdict, &changes))
+            .await
+    }
+
+    /// Verdicts, newest round first, filtered and paged.
+    pub async fn query_verdicts(&self, q: VerdictQuery) -> Result<VerdictPage, StorageError> {
+        self.read(move |conn| {
+            let limit = q.limit.clamp(1, 1000) as i64;
+            let (after_ms, after_check) = q.after.clone().unzip();
+            let mut stmt = conn.prepare_cached(
+                "SELECT round_start_ms, check_id, evidence FROM verdicts
+                 WHERE (?1 IS NULL OR check_id = ?1)
+                   AND (?2 IS NULL OR round_start_ms >= ?2) AND (?3 IS NULL OR round_start_ms < ?3)
+                   AND (?4 IS NULL OR round_start_ms < ?4 OR (round_start_ms = ?4 AND check_id < ?5))
+                 ORDER BY round_start_ms DESC, check_id DESC LIMIT ?6",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![q.check_id, q.since_ms, q.until_ms, after_ms, after_check, limit + 1],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = rows.len() as i64 > limit;
+            let mut verdicts = Vec::new();
+            let mut next = None;
+            for (ms, check, evidence) in rows.into_iter().take(limit as usize) {
+                verdicts.push(verdict_from(&evidence)?);
+                next = Some((ms, check));
+            }
+            Ok(VerdictPage {
+                verdicts,
+                next: if more { next } else { None },
+            })
+        })
+        .await
+    }
+
+    /// The last `n` verdicts of a check, oldest first (what `restore` needs).
+    pub async fn recent_verdicts(&self, check_id: String, n: u32) -> Result<Vec<Verdict>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT evidence FROM verdicts WHERE check_id = ?1 ORDER BY round DESC LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![check_id, n as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = rows.iter().map(|e| verdict_from(e)).collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Incidents, newest first (without their timelines).
+    pub async fn list_incidents(&self, q: IncidentQuery) -> Result<Vec<Incident>, StorageError> {
+        self.read(move |conn| {
+            let states: Vec<String> = q.states.iter().map(enum_str).collect();
+            let states_json = (!states.is_empty()).then(|| serde_json::to_string(&states).expect("strings"));
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents
+                 WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
+                   AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR check_id = ?3)
+                 ORDER BY id DESC LIMIT ?4"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        states_json,
+                        q.kind.map(|k| k.as_str()),
+                        q.check_id,
+                        q.limit.clamp(1, 1000) as i64
+                    ],
+                    incident_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// One incident with its timeline.
+    pub async fn incident(&self, id: u64) -> Result<Option<Incident>, StorageError> {
+        self.read(move |conn| incident_by_id(conn, id)).await
+    }
+
+    /// The incidents of a check still open or acknowledged, with timelines.
+    pub async fn active_incidents(&self, check_id: String) -> Result<Vec<Incident>, StorageError> {
+        self.read(move |conn| {
+            let ids = conn
+                .prepare_cached("SELECT id FROM incidents WHERE check_id = ?1 AND state != 'resolved' ORDER BY id")?
+                .query_map([&check_id], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(i) = incident_by_id(conn, id as u64)? {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Acknowledges an open incident (idempotent; a resolved one is refused).
+    pub async fn acknowledge(&self, id: u64, by: Option<String>, at_ms: i64) -> Result<AckOutcome, StorageError> {
+        self.write(move |conn| {
+            let Some(found) = incident_by_id(conn, id)? else {
+                return Ok(AckOutcome::NotFound);
+            };
+            match found.state {
+                IncidentState::Acknowledged => return Ok(AckOutcome::AlreadyAcknowledged(found)),
+                IncidentState::Resolved => return Ok(AckOutcome::Resolved(found)),
+                IncidentState::Open => {}
+            }
+            conn.prepare_cached(
+                "UPDATE incidents SET state = 'acknowledged', acked_at_ms = ?2, acked_by = ?3 WHERE id = ?1 AND state = 'open'",
+            )?
+            .execute(params![id as i64, at_ms, by])?;
+            let who = by.as_deref().unwrap_or("someone");
+            add_event(
+                conn,
+                id,
+                &TimelineEntry {
+                    at_ms,
+                    round: None,
+                    event: "acknowledged".into(),
+                    verdict: None,
+                    note: format!("acknowledged by {who}"),
+                },
+            )?;
+            let stored = incident_by_id(conn, id)?.ok_or_else(|| corrupt(format!("incident {id} vanished")))?;
+            Ok(AckOutcome::Acknowledged(stored))
+        })
+        .await
+    }
+
+    /// The reports of one round of a check, in the order they were received.
+    pub async fn round_reports(&self, check_id: String, round: u64) -> Result<Vec<ReportRow>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 ORDER BY received_at, probe_id"
+            ))?;
+            let rows = stmt.query_map(params![check_id, round as i64], report_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// A region's latest delivered (not failed) reports of a check, oldest
+    /// first: what warms the learned baselines after a restart.
+    pub async fn recent_delivered(
+        &self,
+        check_id: String,
+        region: String,
+        limit: u32,
+    ) -> Result<Vec<ReportRow>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports
+                 WHERE check_id = ?1 AND region = ?2 AND outcome != 'failed' AND round > 0
+                 ORDER BY started_at DESC, probe_id DESC LIMIT ?3"
+            ))?;
+            let mut rows = stmt
+                .query_map(params![check_id, region, limit as i64], report_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Deletes verdicts decided before `cutoff_ms` (the same retention as reports).
+    pub async fn prune_verdicts(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |conn| {
+                    Ok(conn.execute(
+                        "DELETE FROM verdicts WHERE rowid IN (SELECT rowid FROM verdicts WHERE decided_at_ms < ?1 LIMIT ?2)",
+                        params![cutoff_ms, PRUNE_CHUNK as i64],
+                    )?)
+                })
+                .await?;
+            total += n;
+            if n < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
