@@ -50,6 +50,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/checks/{id}/results", get(check_results))
         .route("/api/v1/checks/{id}/latest", get(latest_round))
+        .route("/api/v1/checks/{id}/aggregates", get(crate::aggregates::check_aggregates))
         .route("/api/v1/checks/{id}/run", post(run_check))
         .route("/api/v1/runs/{request_id}", get(get_run))
         .route("/api/v1/results", get(results))

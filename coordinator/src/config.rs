@@ -33,6 +33,9 @@ pub const MIN_TEST_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default report retention.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Default retention of the hourly aggregates: a year and a month, so a
+/// year-over-year graph always has its first month.
+pub const DEFAULT_AGGREGATE_RETENTION: Duration = Duration::from_secs(400 * 86_400);
 /// Default heartbeat period handed to agents.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Default largest gRPC message accepted (a report with its steps is a few KiB).
@@ -73,6 +76,8 @@ pub struct ServerConfig {
     pub allow_plaintext: bool,
     /// How long probe reports are kept.
     pub retention: Duration,
+    /// How long the hourly aggregates are kept (at least `retention`).
+    pub aggregate_retention: Duration,
     /// Accept inline `password` in checks (they are then stored and sent).
     pub allow_inline_passwords: bool,
     /// Allow check intervals down to 1 s (tests, demos).
@@ -612,6 +617,26 @@ fn server(
     let tls = tls(v, &mut t);
     let allow_plaintext = t.flag(v, "allow_plaintext", false);
     let retention = t.duration(v, "retention", DEFAULT_RETENTION, Duration::from_secs(3600));
+    let aggregate_retention = t.duration(
+        v,
+        "aggregate_retention",
+        DEFAULT_AGGREGATE_RETENTION,
+        Duration::from_secs(3600),
+    );
+    // Aggregates summarise reports: keeping them for less time than the
+    // reports themselves would make the longer-lived record the shorter one.
+    if let (Some(r), Some(a)) = (retention, aggregate_retention)
+        && a < r
+    {
+        v.push(
+            "server.aggregate_retention",
+            format!(
+                "{} is shorter than retention ({}): aggregates must outlive the reports they summarise",
+                humantime::format_duration(a),
+                humantime::format_duration(r)
+            ),
+        );
+    }
     let allow_inline_passwords = t.flag(v, "allow_inline_passwords", false);
     let test_mode = t.flag(v, "test_mode", false);
     let heartbeat = t.duration(v, "heartbeat", DEFAULT_HEARTBEAT, Duration::from_secs(1));
@@ -654,6 +679,7 @@ fn server(
         tls: tls?,
         allow_plaintext: allow_plaintext?,
         retention: retention?,
+        aggregate_retention: aggregate_retention?,
         allow_inline_passwords: allow_inline_passwords?,
         test_mode: test_mode?,
         heartbeat: heartbeat?,

@@ -13,6 +13,7 @@
 //! - [`judge`]: round verdicts, baselines, incidents; [`alerts`]: channels.
 //! - [`client`]: the admin API client `mailloopctl` uses.
 
+pub mod aggregates;
 pub mod alerts;
 pub mod api;
 pub mod api_judge;

@@ -163,6 +163,11 @@ impl Coordinator {
             server.retention,
             shutdown.clone(),
         ));
+        tokio::spawn(crate::aggregates::prune_loop(
+            storage.clone(),
+            server.aggregate_retention,
+            shutdown.clone(),
+        ));
         if let Some(path) = config_path {
             tokio::spawn(reload_loop(path, config, control.clone(), shutdown.clone()));
         }
@@ -469,6 +474,7 @@ async fn reload_loop(
             || old.tls.is_some() != fresh.tls.is_some()
             || old.max_message_bytes != fresh.max_message_bytes
             || old.retention != fresh.retention
+            || old.aggregate_retention != fresh.aggregate_retention
             || old.heartbeat != fresh.heartbeat
         {
             tracing::warn!(
