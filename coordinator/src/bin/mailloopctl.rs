@@ -65,6 +65,16 @@ enum Command {
     },
     /// The latest round of a check in every region, with each region's steps.
     Latest { check: String },
+    /// Run a check now in every region and print each region's steps as its
+    /// report arrives. Exits 0 if every region delivered, 1 if any was
+    /// degraded, 2 if any failed, timed out or has no agent, 3 if the run
+    /// could not be asked for.
+    Probe {
+        check: String,
+        /// How long to wait for the regions' reports.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +129,9 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ProbeVerdict>().is_some() => {
+            ExitCode::from(e.downcast_ref::<ProbeVerdict>().map_or(3, |v| v.0))
+        }
         Err(e) => match e.downcast_ref::<Refused>() {
             Some(r) => {
                 eprintln!("mailloopctl: {}", r.0);
@@ -359,6 +372,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rows,
             );
         }
+        Command::Probe { check, timeout } => {
+            let code = probe(&api, &check, timeout, out).await;
+            if code != 0 {
+                return Err(ProbeVerdict(code).into());
+            }
+        }
         Command::Latest { check } => {
             let body = success(
                 api.get(&format!("/api/v1/checks/{}/latest", seg(&check)))
@@ -471,5 +490,176 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `mailloopctl probe CHECK`: an on-demand run in every region.
+// ---------------------------------------------------------------------------
+
+/// The exit code of `probe` (Nagios convention, like `mailloop-agent probe`).
+#[derive(Debug)]
+struct ProbeVerdict(u8);
+
+impl std::fmt::Display for ProbeVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "probe verdict {}", self.0)
+    }
+}
+
+impl std::error::Error for ProbeVerdict {}
+
+/// How often `probe` asks for the run's reports.
+const PROBE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Orders the run, then prints each region's report as it is stored.
+/// Returns the exit code: 0 every region ok, 1 some degraded, 2 some
+/// failed, timed out or without an agent, 3 the run could not be ordered.
+async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Output) -> u8 {
+    let ordered = match api
+        .post(&format!("/api/v1/checks/{}/run", seg(check)), &json!({}))
+        .await
+    {
+        Ok(r) if r.is_success() => r.body,
+        Ok(r) => {
+            eprintln!(
+                "mailloopctl: the coordinator refused the run: {}",
+                r.error_text()
+            );
+            return 3;
+        }
+        Err(e) => {
+            eprintln!("mailloopctl: {e}");
+            return 3;
+        }
+    };
+    let request_id = text(&ordered["request_id"]);
+    let regions: Vec<(String, Option<String>)> = ordered["regions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(r, a)| (r.clone(), a.as_str().map(str::to_string)))
+        .collect();
+    let table_out = out == Output::Table;
+    if table_out {
+        println!("check {check}  on-demand run {request_id}");
+        for (region, agent) in &regions {
+            match agent {
+                Some(a) => println!("  {region}: asked {a}"),
+                None => {
+                    println!("  {region}: NO AGENT connected in this region; it will not run there")
+                }
+            }
+        }
+    }
+    let waiting_for: Vec<&str> = regions
+        .iter()
+        .filter(|(_, a)| a.is_some())
+        .map(|(r, _)| r.as_str())
+        .collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut arrived: std::collections::BTreeMap<String, Value> = Default::default();
+    while arrived.len() < waiting_for.len() && tokio::time::Instant::now() < deadline {
+        match api.get(&format!("/api/v1/runs/{}", seg(&request_id))).await {
+            Ok(r) if r.is_success() => {
+                for result in r.body["results"].as_array().into_iter().flatten() {
+                    let region = text(&result["region"]);
+                    if arrived.contains_key(&region) {
+                        continue;
+                    }
+                    if table_out {
+                        print_run_result(&region, result);
+                    }
+                    arrived.insert(region, result.clone());
+                }
+            }
+            // A hiccup is not the end of the run: keep asking until the deadline.
+            Ok(r) => eprintln!("mailloopctl: reading the run's reports: {}", r.error_text()),
+            Err(e) => eprintln!("mailloopctl: reading the run's reports: {e}"),
+        }
+        if arrived.len() < waiting_for.len() {
+            tokio::time::sleep(PROBE_POLL).await;
+        }
+    }
+    let mut code = 0u8;
+    let mut verdicts = serde_json::Map::new();
+    for (region, agent) in &regions {
+        let verdict = match (agent, arrived.get(region)) {
+            (None, _) => "no_agent".to_string(),
+            (Some(_), None) => "timeout".to_string(),
+            (Some(_), Some(r)) => text(&r["outcome"]),
+        };
+        code = code.max(match verdict.as_str() {
+            "ok" => 0,
+            "degraded" => 1,
+            _ => 2,
+        });
+        if table_out && agent.is_some() && !arrived.contains_key(region) {
+            println!(
+                "\n{region}: NO REPORT within {} (agent {})",
+                humantime::format_duration(timeout),
+                agent.as_deref().unwrap_or("?")
+            );
+        }
+        verdicts.insert(region.clone(), Value::String(verdict));
+    }
+    if table_out {
+        let summary: Vec<String> = verdicts
+            .iter()
+            .map(|(r, v)| format!("{r}={}", text(v)))
+            .collect();
+        println!(
+            "\nresult: {}  {}",
+            ["OK", "DEGRADED", "FAILED"][code as usize],
+            summary.join(" ")
+        );
+    } else {
+        let body = json!({
+            "request_id": request_id,
+            "check": check,
+            "regions": ordered["regions"],
+            "verdicts": verdicts,
+            "results": arrived.values().collect::<Vec<_>>(),
+        });
+        println!("{body}");
+    }
+    code
+}
+
+/// One region's report of an on-demand run: its verdict line and steps.
+fn print_run_result(region: &str, r: &Value) {
+    println!(
+        "\n{region}: {} by {}  probe {}  rtt {}  delivery {}",
+        text(&r["outcome"]).to_uppercase(),
+        text(&r["agent"]),
+        text(&r["probe_id"]),
+        ms(&r["rtt_ms"]),
+        ms(&r["delivery_ms"])
+    );
+    let steps = r["report"]["steps"].as_array().cloned().unwrap_or_default();
+    let rows = steps
+        .iter()
+        .map(|s| {
+            vec![
+                format!("  {}", text(&s["name"])),
+                ms(&s["ms"]),
+                if s["ok"] == true {
+                    "ok".into()
+                } else {
+                    "FAIL".into()
+                },
+                text(&s["code"]),
+                text(&s["detail"]).chars().take(100).collect(),
+            ]
+        })
+        .collect();
+    table(&["  step", "time", "ok", "code", "detail"], rows);
+    if let Some(f) = r["report"]["failure"].as_object() {
+        println!(
+            "  failed at {} ({}): {}",
+            text(&f["step"]),
+            text(&f["class"]),
+            text(&f["message"])
+        );
     }
 }
