@@ -149,7 +149,7 @@ impl Coordinator {
 
         // The judge decides rounds and alerts; it stops at shutdown after
         // storing the round in hand, before the storage writer closes.
-        let alerts = Arc::new(crate::alerts::Alerts::disabled());
+        let alerts = crate::alerts::Alerts::start(config.alerts.clone(), shutdown.clone());
         let (judge, _judged) = crate::judge::run::start(
             hub.clone(),
             storage.clone(),
