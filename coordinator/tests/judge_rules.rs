@@ -428,6 +428,32 @@ fn an_outage_opens_after_confirm_rounds_once_and_resolves_after_resolve_rounds()
 }
 
 #[test]
+fn a_long_outage_keeps_a_bounded_timeline() {
+    let mut sim = Sim::new(3, policy(Majority));
+    let mut changes = sim.rounds(2, &[CONN, CONN, "ok"]);
+    // Every round changes which regions fail: each would be worth an entry.
+    for _ in 0..100 {
+        changes.extend(sim.round(&[CONN, CONN, CONN]).1);
+        changes.extend(sim.round(&[CONN, CONN, "ok"]).1);
+    }
+    let opening = match &changes[0] {
+        IncidentChange::Open(i) => i.timeline.len(),
+        other => panic!("{other:?}"),
+    };
+    let updates = changes
+        .iter()
+        .filter(|c| matches!(c, IncidentChange::Update { .. }))
+        .count();
+    assert!(updates > 0);
+    assert!(
+        opening + updates <= mailloop_coordinator::judge::incident::TIMELINE_CAP,
+        "{opening} + {updates}"
+    );
+    // The resolve entry still comes.
+    assert_eq!(resolved(&sim.rounds(2, &["ok", "ok", "ok"])), [Outage]);
+}
+
+#[test]
 fn a_permanent_failure_from_every_region_opens_an_outage_after_one_round() {
     let perm = "fail:smtp.rcpt_to:permanent:550:5.1.1";
     assert_eq!(

@@ -141,7 +141,7 @@ impl IncidentBook {
             let _ = self.on_round(v, policy, cert_min_days);
         }
         self.open = truth;
-        for ((kind, key), _) in &self.open {
+        for (kind, key) in self.open.keys() {
             if *kind == IncidentKind::Certificate {
                 self.certs_seen.insert(key.clone());
             }

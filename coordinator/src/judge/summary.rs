@@ -247,7 +247,7 @@ pub fn performance(degraded: &[&RegionEvidence], since_ms: i64) -> String {
             s.push_str(&advice_text(&slow_advice(&slow.step)));
         }
         None => s.push_str(
-            " Likely cause: an expectation the agent checks is not met (see the reasons). Check: the reasons above on the receiving side.",
+            " Likely cause: an expectation the agent checks is not met (see the reasons). Check: what each reason names (a certificate, an SPF/DKIM/DMARC expectation, the probe cleanup).",
         ),
     }
     s

@@ -269,7 +269,7 @@ pub fn decide(regions: &[RegionEvidence], quorum: u32, policy: &Policy) -> (Verd
     if !degraded.is_empty() {
         let parts: Vec<String> = degraded
             .iter()
-            .map(|e| format!("{} {}", e.region, degraded_why(e)))
+            .map(|e| format!("{}: {}", e.region, degraded_why(e)))
             .collect();
         return (
             VerdictKind::Degraded,
