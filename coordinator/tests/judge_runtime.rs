@@ -394,3 +394,79 @@ fn good_judge_config_is_accepted() {
     assert!(config_issues(json!({"quorum": "majority"})).is_empty());
     assert_eq!(config_issues(json!({"quorum": 0.0})), ["check[0].quorum"]);
 }
+
+/// Runs `mailloopctl` against `c` with the admin token; (exit code, stdout).
+fn ctl(c: &Coordinator, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailloopctl"))
+        .args([
+            "--url",
+            &format!("http://{}", c.http),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn mailloopctl_shows_status_and_lists_shows_and_acks_incidents() {
+    let c = judged("round_slack = \"1s\"\nconfirm_rounds = 1");
+    let (k, _) = round_now();
+    send_as(&c, "eu-1", vec![failed("eu-a", k)]).await;
+    send_as(&c, "us-1", vec![failed("us-a", k)]).await;
+    let opened = eventually(SOON, "an outage incident", async || {
+        incidents(&c.api(), "state=active").await.first().cloned()
+    })
+    .await;
+    let id = opened["id"].to_string();
+
+    let (code, status) = ctl(&c, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains("VERDICT") && status.contains(CHECK),
+        "{status}"
+    );
+    assert!(status.contains(&format!("#{id} outage (open)")), "{status}");
+
+    let (code, list) = ctl(&c, &["incidents", "list", "--state", "active"]);
+    assert_eq!(code, 0, "{list}");
+    assert!(list.lines().nth(1).unwrap().starts_with(&id), "{list}");
+
+    let (code, shown) = ctl(&c, &["incidents", "show", &id]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("CRITICAL outage (open)") && shown.contains("opened"),
+        "{shown}"
+    );
+
+    let (code, acked) = ctl(&c, &["incidents", "ack", &id, "--by", "carol"]);
+    assert_eq!(
+        (code, acked.trim()),
+        (0, format!("incident {id} acknowledged").as_str())
+    );
+    let (code, again) = ctl(&c, &["incidents", "ack", &id]);
+    assert_eq!(code, 0);
+    assert!(again.contains("already acknowledged by carol"), "{again}");
+    let (code, json) = ctl(
+        &c,
+        &[
+            "--output",
+            "json",
+            "incidents",
+            "list",
+            "--state",
+            "acknowledged",
+        ],
+    );
+    assert_eq!(code, 0);
+    let parsed: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed[0]["acknowledged_by"], "carol");
+
+    let (code, refused) = ctl(&c, &["incidents", "ack", "999999"]);
+    assert_eq!(code, 1, "the coordinator refused: {refused}");
+}

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[command(
     name = "mailloopctl",
     version,
-    about = "Manage a mailloop coordinator: checks, agents, results"
+    about = "Manage a mailloop coordinator: checks, agents, results, incidents, status"
 )]
 struct Cli {
     /// The coordinator's admin API.
@@ -75,6 +75,12 @@ enum Command {
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Incidents the judge opened: list, show (summary and timeline), ack.
+    #[command(subcommand)]
+    Incidents(IncidentsCmd),
+    /// Every check's current verdict, region by region, and its active
+    /// incidents: one screen.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -372,6 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rows,
             );
         }
+        Command::Incidents(cmd) => incidents(&api, cmd, out).await?,
+        Command::Status => status(&api, out).await?,
         Command::Probe { check, timeout } => {
             let code = probe(&api, &check, timeout, out).await;
             if code != 0 {
@@ -662,4 +670,249 @@ fn print_run_result(region: &str, r: &Value) {
             text(&f["message"])
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The judge's commands: incidents and status.
+// ---------------------------------------------------------------------------
+
+#[derive(Subcommand)]
+enum IncidentsCmd {
+    /// Incidents, newest first.
+    List {
+        /// open, acknowledged, resolved, or active (open or acknowledged).
+        #[arg(long)]
+        state: Option<String>,
+        /// outage, regional, performance, authentication or certificate.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        check: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One incident: its summary and the timeline of rounds that moved it.
+    Show { id: u64 },
+    /// Acknowledge an open incident (someone is on it); needs the admin token.
+    /// Acknowledging twice changes nothing.
+    Ack {
+        id: u64,
+        /// Who is on it (shown in the timeline and sent to the alert channels).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// `2026-11-28T01:57:20.123Z` → `2026-11-28 01:57:20Z` (a table cell).
+fn when(v: &Value) -> String {
+    let t = text(v);
+    match (t.get(..10), t.get(11..19)) {
+        (Some(d), Some(h)) if t.len() >= 19 => format!("{d} {h}Z"),
+        _ => t,
+    }
+}
+
+async fn incidents(api: &Client, cmd: IncidentsCmd, out: Output) -> anyhow::Result<()> {
+    match cmd {
+        IncidentsCmd::List {
+            state,
+            kind,
+            check,
+            limit,
+        } => {
+            let mut path = format!("/api/v1/incidents?limit={limit}");
+            for (key, value) in [("state", &state), ("kind", &kind), ("check", &check)] {
+                if let Some(v) = value {
+                    path.push_str(&format!("&{key}={}", seg(v)));
+                }
+            }
+            let body = success(api.get(&path).await?)?;
+            let list = body["incidents"].as_array().cloned().unwrap_or_default();
+            if out == Output::Json {
+                return print_json(&Value::Array(list));
+            }
+            if list.is_empty() {
+                println!("no incidents");
+                return Ok(());
+            }
+            let rows = list
+                .iter()
+                .map(|i| {
+                    let regions = i["regions"]
+                        .as_array()
+                        .map(|r| r.iter().map(text).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    vec![
+                        text(&i["id"]),
+                        text(&i["check_id"]),
+                        text(&i["kind"]),
+                        text(&i["severity"]),
+                        text(&i["state"]),
+                        when(&i["opened_at"]),
+                        regions,
+                        text(&i["step"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID", "CHECK", "KIND", "SEVERITY", "STATE", "OPENED", "REGIONS", "STEP",
+                ],
+                rows,
+            );
+        }
+        IncidentsCmd::Show { id } => {
+            let i = success(api.get(&format!("/api/v1/incidents/{id}")).await?)?;
+            if out == Output::Json {
+                return print_json(&i);
+            }
+            print_incident(&i);
+        }
+        IncidentsCmd::Ack { id, by } => {
+            let body = match &by {
+                Some(name) => json!({"by": name}),
+                None => json!({}),
+            };
+            let i = success(
+                api.post(&format!("/api/v1/incidents/{id}/ack"), &body)
+                    .await?,
+            )?;
+            if out == Output::Json {
+                return print_json(&i);
+            }
+            if i["change"] == "unchanged" {
+                println!(
+                    "incident {id} was already acknowledged by {} at {}",
+                    text(&i["acknowledged_by"]),
+                    when(&i["acknowledged_at"])
+                );
+            } else {
+                println!("incident {id} acknowledged");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_incident(i: &Value) {
+    println!(
+        "incident {}  {} {} ({})  check {}  {}",
+        text(&i["id"]),
+        text(&i["severity"]).to_uppercase(),
+        text(&i["kind"]),
+        text(&i["state"]),
+        text(&i["check_id"]),
+        text(&i["key"]),
+    );
+    println!(
+        "opened {} (round {})",
+        when(&i["opened_at"]),
+        text(&i["first_round"])
+    );
+    if !i["acknowledged_at"].is_null() {
+        println!(
+            "acknowledged {} by {}",
+            when(&i["acknowledged_at"]),
+            text(&i["acknowledged_by"])
+        );
+    }
+    if !i["resolved_at"].is_null() {
+        println!(
+            "resolved {} (last round {})",
+            when(&i["resolved_at"]),
+            text(&i["last_round"])
+        );
+    }
+    println!("\n{}\n", text(&i["summary"]));
+    let rows = i["timeline"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|e| {
+                    vec![
+                        when(&e["at"]),
+                        text(&e["round"]),
+                        text(&e["event"]),
+                        text(&e["verdict"]),
+                        text(&e["note"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["AT", "ROUND", "EVENT", "VERDICT", "NOTE"], rows);
+}
+
+async fn status(api: &Client, out: Output) -> anyhow::Result<()> {
+    let body = success(api.get("/api/v1/status").await?)?;
+    if out == Output::Json {
+        return print_json(&body);
+    }
+    let checks = body["checks"].as_array().cloned().unwrap_or_default();
+    if checks.is_empty() {
+        println!("no checks");
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for c in &checks {
+        let incidents = c["incidents"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|i| {
+                        format!(
+                            "#{} {} ({})",
+                            text(&i["id"]),
+                            text(&i["kind"]),
+                            text(&i["state"])
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let verdict = if c["verdict"].is_null() {
+            "-".to_string()
+        } else {
+            text(&c["verdict"]).to_uppercase()
+        };
+        // One line per region; the check's own columns only on the first.
+        for (n, r) in c["regions"].as_array().into_iter().flatten().enumerate() {
+            let detail = match (r["step"].as_str(), r["code"].as_u64()) {
+                (Some(step), Some(code)) => format!("{step} {code} {}", text(&r["class"])),
+                (Some(step), None) => format!("{step} {}", text(&r["class"])),
+                _ => String::new(),
+            };
+            let first = |cell: String| if n == 0 { cell } else { String::new() };
+            let state = if r["state"].is_null() {
+                "-".into()
+            } else {
+                text(&r["state"])
+            };
+            rows.push(vec![
+                first(text(&c["check"])),
+                first(verdict.clone()),
+                first(text(&c["round"])),
+                first(when(&c["round_start"])),
+                text(&r["region"]),
+                state,
+                detail,
+                first(incidents.clone()),
+            ]);
+        }
+    }
+    table(
+        &[
+            "CHECK",
+            "VERDICT",
+            "ROUND",
+            "STARTED",
+            "REGION",
+            "STATE",
+            "DETAIL",
+            "INCIDENTS",
+        ],
+        rows,
+    );
+    Ok(())
 }
