@@ -238,6 +238,21 @@ impl CoordinatorConfig {
         let checks = checks(&mut v, root.get("check"), rules);
         let judge =
             crate::judge::config::parse(root.get("incidents"), root.get("baselines"), &mut v.0);
+        // A default count of regions must fit every check that relies on it.
+        if let crate::judge::Quorum::Count(n) = judge.policy.quorum {
+            for c in checks.iter().filter(|c| c.quorum.is_none()) {
+                if n as usize > c.regions.len() {
+                    v.push(
+                        "incidents.quorum",
+                        format!(
+                            "{n} is more than the {} region(s) of check {:?}, which could never be down: give it its own quorum",
+                            c.regions.len(),
+                            c.name
+                        ),
+                    );
+                }
+            }
+        }
         let alerts = crate::alerts::config::parse(root.get("alert"), env, &mut v.0);
         match server {
             Some(server) if v.0.is_empty() => Ok(CoordinatorConfig {

@@ -470,3 +470,12 @@ async fn mailloopctl_shows_status_and_lists_shows_and_acks_incidents() {
     let (code, refused) = ctl(&c, &["incidents", "ack", "999999"]);
     assert_eq!(code, 1, "the coordinator refused: {refused}");
 }
+
+#[test]
+fn a_default_quorum_count_must_fit_every_check_without_its_own() {
+    assert_eq!(
+        config_issues(json!({"incidents": {"quorum": 3}})),
+        ["incidents.quorum"]
+    );
+    assert!(config_issues(json!({"incidents": {"quorum": 3}, "quorum": 2})).is_empty());
+}
