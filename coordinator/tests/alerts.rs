@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// How long any single expectation may take before the test fails.
@@ -73,6 +73,35 @@ impl Receiver {
         }
     }
 
+    /// The same receiver behind TLS, with a certificate for 127.0.0.1
+    /// from a throwaway CA; returns the CA's PEM file too.
+    async fn https() -> (Receiver, tempfile::NamedTempFile) {
+        let (acceptor, ca) = tls_acceptor();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust us fails here: nothing recorded.
+                    if let Ok(tls) = acceptor.accept(conn).await {
+                        serve(tls, tx, Answer::Status(200, "")).await;
+                    }
+                });
+            }
+        });
+        let rx = Receiver {
+            url: format!("https://{addr}/hook/T0KEN-in-path"),
+            requests,
+            script: Arc::default(),
+        };
+        (rx, ca)
+    }
+
     async fn ok() -> Receiver {
         Receiver::start(Answer::Status(200, ""), vec![]).await
     }
@@ -86,7 +115,10 @@ impl Receiver {
     }
 }
 
-async fn serve(mut conn: TcpStream, tx: mpsc::UnboundedSender<Received>, answer: Answer) {
+async fn serve<S>(mut conn: S, tx: mpsc::UnboundedSender<Received>, answer: Answer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -136,6 +168,38 @@ async fn serve(mut conn: TcpStream, tx: mpsc::UnboundedSender<Received>, answer:
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// A server config for 127.0.0.1 signed by a fresh CA, and that CA as a file.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, tempfile::NamedTempFile) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "mailloop alerts test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), ca_pem).unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), file)
 }
 
 // ---------------------------------------------------------------- helpers
@@ -259,6 +323,26 @@ async fn webhook_posts_version_event_time_and_the_whole_incident() {
     assert_eq!(s["type"], "webhook");
     assert_eq!(s["pending"], 0);
     assert!(s["last_ok_at"].is_string(), "{s}");
+}
+
+#[tokio::test]
+async fn https_webhooks_trust_the_configured_ca_and_only_that() {
+    let (mut rx, ca) = Receiver::https().await;
+    let mut trusted = webhook("trusted", &rx.url);
+    trusted["ca_file"] = json!(ca.path());
+    let mut untrusted = webhook("untrusted", &rx.url);
+    untrusted["retries"] = json!(0);
+    let (alerts, _t) = start(channels(json!([trusted, untrusted])));
+    alerts.notify(outage(AlertEventKind::Opened));
+    let got = rx.next().await;
+    assert_eq!(got.path, "/hook/T0KEN-in-path");
+    assert_eq!(got.body["incident"]["id"], 42);
+    status_until(&alerts, "trusted", |s| s["delivered"] == 1).await;
+    // System roots alone do not know the test CA: a TLS error, reported.
+    let s = status_until(&alerts, "untrusted", |s| s["failed"] == 1).await;
+    let err = s["last_error"].as_str().unwrap();
+    assert!(err.contains("TLS with 127.0.0.1"), "{err}");
+    assert!(!err.contains("T0KEN"), "{err}");
 }
 
 #[tokio::test]

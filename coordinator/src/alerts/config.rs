@@ -1,5 +1,36 @@
 //! `[[alert]]` channels in `coordinator.toml`, validated whole.
 //!
+//! ```toml
+//! [[alert]]
+//! name = "oncall"                 # unique, required
+//! type = "pagerduty"              # webhook | slack | pagerduty | email
+//! kinds = ["outage"]              # default: every incident kind
+//! min_severity = "critical"       # info | warning | critical; default info
+//! events = ["opened", "acknowledged", "resolved"]   # default: all three
+//! timeout = "10s"                 # per attempt
+//! retries = 5                     # after the first; waits 1 s doubling to 60 s, jittered
+//! routing_key_env = "PD_ROUTING_KEY"   # or routing_key / routing_key_file
+//! # url = "https://events.pagerduty.com/v2/enqueue" (the default)
+//!
+//! [[alert]]
+//! name = "tickets"
+//! type = "webhook"                # or "slack": url is the incoming-webhook URL
+//! kinds = ["regional", "performance"]
+//! url = "https://hooks.example.net/mailloop"
+//! ca_file = "/etc/mailloop/hooks-ca.pem"   # optional, on top of the system roots
+//!
+//! [[alert]]
+//! name = "mail"
+//! type = "email"
+//! smtp_host = "smtp.example.net"
+//! smtp_port = 587                 # default: 587 starttls, 465 tls, 25 none
+//! security = "starttls"           # starttls | tls | none (none: loopback hosts only)
+//! username = "alerts@example.net"
+//! password_env = "ALERT_SMTP_PASS" # or password / password_file
+//! from = "alerts@example.net"
+//! to = ["oncall@example.net"]
+//! ```
+//!
 //! Every bad key is pushed with its path (`alert[1].url`) and validation
 //! carries on, so one run of `check-config` names them all. Secrets
 //! (`routing_key*`, `password*`, and webhook URLs, which carry their token in

@@ -115,6 +115,7 @@ impl Alerts {
             };
             if let Some(sender) = sender {
                 let worker = Worker {
+                    endpoint: endpoint_of(&config),
                     config: config.clone(),
                     queue: queue.clone(),
                     stats: stats.clone(),
@@ -200,6 +201,16 @@ impl Alerts {
     }
 }
 
+/// Where a channel delivers, safe to log.
+fn endpoint_of(config: &ChannelConfig) -> String {
+    match &config.target {
+        Target::Webhook(h) | Target::Slack(h) | Target::PagerDuty { endpoint: h, .. } => {
+            h.origin.clone()
+        }
+        Target::Email(e) => format!("smtp {}:{}", e.host, e.port),
+    }
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -224,6 +235,8 @@ impl Sender {
 /// Delivers one channel's queue, one event at a time.
 struct Worker {
     config: ChannelConfig,
+    /// `https://host:443` or `smtp host:port`: where, in logs (never the full URL).
+    endpoint: String,
     queue: Arc<Queue>,
     stats: Arc<Mutex<Stats>>,
     sender: Sender,
@@ -340,6 +353,7 @@ impl Worker {
                 tracing::error!(
                     channel = c.name,
                     r#type = c.type_name(),
+                    endpoint = self.endpoint,
                     incident = event.incident.id,
                     event = event.event.as_str(),
                     attempt,
@@ -352,6 +366,7 @@ impl Worker {
             tracing::warn!(
                 channel = c.name,
                 r#type = c.type_name(),
+                endpoint = self.endpoint,
                 incident = event.incident.id,
                 event = event.event.as_str(),
                 attempt,
