@@ -112,6 +112,8 @@ pub struct Coordinator {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     checks: String,
+    /// The `[[agent]]`s its config declares: (name, region).
+    agents: Vec<(String, String)>,
 }
 
 impl Coordinator {
@@ -125,6 +127,7 @@ impl Coordinator {
             grpc: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             checks: String::new(),
+            agents: AGENTS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect(),
         };
         std::fs::write(c.config_path(), config).unwrap();
         c.launch();
@@ -141,7 +144,7 @@ impl Coordinator {
 
     fn write_config(&self, grpc: &str, http: &str) {
         let mut agents = String::new();
-        for (name, region) in AGENTS {
+        for (name, region) in &self.agents {
             let file = self.dir.join(format!("{name}.token"));
             agents.push_str(&format!("\n[[agent]]\nname = \"{name}\"\nregion = \"{region}\"\ntoken_file = {file:?}\n"));
         }
@@ -267,7 +270,9 @@ impl Agent {
         self.dir.join(format!("{}.log", self.name))
     }
 
-    fn launch(&mut self, coordinator: SocketAddr) {
+    /// Starts the process (again, after a kill: same config, same spool).
+    pub fn launch(&mut self, coordinator: SocketAddr) {
+        assert!(self.proc.is_none(), "agent {} is still running", self.name);
         let s = Stack::get();
         let config = self.dir.join(format!("{}.toml", self.name));
         std::fs::write(
@@ -302,6 +307,21 @@ impl Agent {
         self.query("SELECT probe_id, check_id, revision, round, started_ms FROM probe_log ORDER BY seq", |r| {
             Ok(ProbeRun { probe_id: r.get(0)?, check: r.get(1)?, revision: r.get::<_, i64>(2)? as u64, round: r.get::<_, i64>(3)? as u64, started_ms: r.get(4)?, agent: self.name.clone() })
         })
+    }
+
+    /// `kill -9` and reap: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        self.proc.take().expect("running").kill();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.proc.as_mut().and_then(|p| p.child.as_mut()).is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Reports spooled and not yet acknowledged.
@@ -350,9 +370,15 @@ impl Cluster {
     /// empty) in its config, then the agents, and waits until both agents
     /// are connected.
     pub fn start(checks: &str) -> Cluster {
+        Cluster::start_with_agents(checks, &AGENTS)
+    }
+
+    /// Like [`Cluster::start`], with these agents (name, region) declared
+    /// in the coordinator's config and started (e.g. two in one region).
+    pub fn start_with_agents(checks: &str, declared: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
-        for (name, _) in AGENTS {
+        for (name, _) in declared {
             std::fs::write(dir.path().join(format!("{name}.token")), format!("token-{name}-for-distributed-tests")).unwrap();
         }
         let mut coordinator = Coordinator {
@@ -361,12 +387,13 @@ impl Cluster {
             grpc: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             checks: checks.to_string(),
+            agents: declared.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect(),
         };
         coordinator.write_config("127.0.0.1:0", "127.0.0.1:0");
         coordinator.launch();
         let mut agents = Vec::new();
-        for (name, region) in AGENTS {
-            let mut a = Agent { name: name.into(), region: region.into(), proc: None, dir: dir.path().to_path_buf() };
+        for (name, region) in declared {
+            let mut a = Agent { name: name.to_string(), region: region.to_string(), proc: None, dir: dir.path().to_path_buf() };
             a.launch(coordinator.grpc);
             agents.push(a);
         }
@@ -375,12 +402,27 @@ impl Cluster {
         c
     }
 
-    /// Waits until every agent has an open assignment stream.
+    /// Starts one more agent with `token` (say one `mailloopctl agents
+    /// add` issued) and waits until it is connected; its index in `agents`.
+    pub fn launch_agent(&mut self, name: &str, region: &str, token: &str) -> usize {
+        std::fs::write(self.dir.path().join(format!("{name}.token")), token).unwrap();
+        let mut a = Agent { name: name.into(), region: region.into(), proc: None, dir: self.dir.path().to_path_buf() };
+        a.launch(self.coordinator.grpc);
+        self.agents.push(a);
+        self.wait_connected();
+        self.agents.len() - 1
+    }
+
+    /// Waits until every running agent has an open assignment stream.
     pub fn wait_connected(&self) {
-        wait_until(Duration::from_secs(30), "both agents connected", || {
+        let running: Vec<&str> = self.agents.iter().filter(|a| a.proc.is_some()).map(|a| a.name.as_str()).collect();
+        wait_until(Duration::from_secs(30), &format!("agents {running:?} connected"), || {
             let body = self.coordinator.get_ok("/api/v1/agents");
             let agents = body["agents"].as_array()?.clone();
-            (agents.iter().filter(|a| a["connected"] == true).count() == AGENTS.len()).then_some(())
+            running
+                .iter()
+                .all(|n| agents.iter().any(|a| a["name"] == *n && a["connected"] == true))
+                .then_some(())
         });
     }
 

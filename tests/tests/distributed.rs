@@ -290,3 +290,188 @@ fn probe_duration_ms(r: &Value) -> i64 {
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+// ---------------------------------------------------------------------------
+// On-demand runs, revocation, agents restarted and gone for good.
+// ---------------------------------------------------------------------------
+
+/// (interval_ms, phase_ms) of a check, from the API.
+fn schedule_of(c: &Cluster, id: &str) -> (i64, i64) {
+    let spec = c.coordinator.get_ok(&format!("/api/v1/checks/{id}"));
+    (spec["interval_ms"].as_i64().unwrap(), spec["phase_ms"].as_i64().unwrap())
+}
+
+/// When each probe of `check` started (ms), from the agents' own logs.
+fn start_times(c: &Cluster, check: &str) -> HashMap<String, i64> {
+    c.probe_log(check).into_iter().map(|r| (r.probe_id, r.started_ms)).collect()
+}
+
+#[test]
+fn mailloopctl_probe_runs_now_in_both_regions_and_the_rounds_go_on() {
+    let check = Check::new("dist-probe");
+    let id = check.name.clone();
+    let c = Cluster::start(&check_toml(&check, "3s", &REGIONS));
+    wait_for_results(&c, &id, 1);
+
+    let (code, out, err) = c.coordinator.ctl(&["probe", &id, "--timeout", "60s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("mailloopctl probe {id}:\n{out}");
+    // Both regions' tables, each with its steps.
+    for (agent, region) in AGENTS {
+        assert!(out.contains(&format!("{region}: asked {agent}")), "{out}");
+        assert!(out.contains(&format!("{region}: OK by {agent}")), "{out}");
+    }
+    for step in ["smtp.data_ack", "imap.fetch"] {
+        assert_eq!(out.matches(step).count(), 2, "{step} once per region:\n{out}");
+    }
+    assert!(out.contains("result: OK"), "{out}");
+    let request_id = out.lines().next().and_then(|l| l.split("on-demand run ").nth(1)).expect("the request id").trim().to_string();
+
+    // Stored as round 0 with the request id, once per region, by the agents that ran it.
+    let run = c.coordinator.get_ok(&format!("/api/v1/runs/{request_id}"));
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{run:#}");
+    for r in results {
+        assert_eq!(r["round"], 0, "{r:#}");
+        assert_eq!(r["request_id"], request_id.as_str());
+        assert_ok_with_timings(r);
+    }
+
+    // The scheduled rounds go on, each at its own moment: the run neither
+    // moved nor renumbered them.
+    let (interval_ms, phase_ms) = schedule_of(&c, &id);
+    let probed_at = now_ms();
+    wait_until(DEADLINE, "a scheduled round after the run in both regions", || {
+        let rounds = c.rounds(&id);
+        REGIONS
+            .iter()
+            .all(|reg| rounds_in(&rounds, reg).iter().any(|&k| k > 0 && k as i64 * interval_ms + phase_ms > probed_at))
+            .then_some(())
+    });
+    let stored = assert_stored_exactly_once(&c, &id);
+    let started = start_times(&c, &id);
+    for r in stored.iter().filter(|r| r["round"] != 0) {
+        let k = r["round"].as_i64().unwrap();
+        let late = started[r["probe_id"].as_str().unwrap()] - (k * interval_ms + phase_ms);
+        // Jitter is at most interval/20 (150 ms); allow for a loaded machine.
+        assert!((0..1000).contains(&late), "round {k} started {late} ms after its moment: {r:#}");
+        assert!(r["request_id"].is_null(), "{r:#}");
+    }
+    assert_eq!(stored.iter().filter(|r| r["round"] == 0).count(), 2, "exactly the run's two probes are round 0");
+    // And /latest stays on the scheduled rounds.
+    let latest = c.coordinator.get_ok(&format!("/api/v1/checks/{id}/latest"));
+    assert!(latest["round"].as_u64().is_some_and(|k| k > 0), "{latest:#}");
+}
+
+#[test]
+fn a_revoked_agent_stops_probing_and_keeps_its_spool() {
+    let watched = Check::new("dist-rev-a");
+    let lab = Check::new("dist-rev-lab");
+    let (watched_id, lab_id) = (watched.name.clone(), lab.name.clone());
+    let checks = format!("{}\n{}", check_toml(&watched, "2s", &REGIONS), check_toml(&lab, "2s", &["lab"]));
+    let mut c = Cluster::start(&checks);
+
+    // An agent the API issued (config agents are revoked by editing the config).
+    let (code, out, err) = c.coordinator.ctl(&["agents", "add", "lab-1", "--region", "lab"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = out.lines().nth(1).expect("the token line").trim().to_string();
+    let lab1 = c.launch_agent("lab-1", "lab", &token);
+    wait_until(DEADLINE, "lab-1 probing its check", || {
+        (c.agents[lab1].probe_log().iter().filter(|r| r.check == lab_id).count() >= 2).then_some(())
+    });
+
+    let (code, out, err) = c.coordinator.ctl(&["agents", "revoke", "lab-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = wait_until(DEADLINE, "lab-1 to say it stopped probing", || {
+        c.agents[lab1].log().lines().find(|l| l.contains("token revoked or unknown")).map(str::to_string)
+    });
+    let noticed_ms = now_ms();
+    assert!(line.contains("this agent stops probing its 1 check(s)") && line.contains("stay in the spool"), "{line}");
+    let before = c.agents[lab1].probe_log().len();
+
+    // Two more intervals, measured by the other agents' rounds advancing.
+    let others = logs(&c, &watched_id);
+    wait_for_runs(&c, &watched_id, &others[..2], 2, "two more rounds in eu-west and us-east");
+    let after = c.agents[lab1].probe_log();
+    for run in &after[before..] {
+        assert!(run.started_ms < noticed_ms, "lab-1 started a probe after it said it stopped: {run:?}");
+    }
+    assert!(after.iter().all(|r| r.started_ms < noticed_ms), "no probe started after the stop");
+    assert!(c.agents[lab1].running(), "the agent keeps running (and retrying registration)");
+    let agent = c.coordinator.get_ok("/api/v1/agents/lab-1");
+    assert_eq!((agent["revoked"].as_bool(), agent["connected"].as_bool()), (Some(true), Some(false)), "{agent:#}");
+}
+
+#[test]
+fn an_agent_killed_and_restarted_resumes_its_assignments() {
+    let check = Check::new("dist-restart");
+    let id = check.name.clone();
+    let mut c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    wait_for_results(&c, &id, 2);
+
+    c.agents[0].kill9();
+    let grpc = c.coordinator.grpc;
+    c.agents[0].launch(grpc);
+    let restarted_ms = now_ms();
+    c.wait_connected();
+    // New rounds stored from the restarted agent.
+    let fresh = wait_until(DEADLINE, "two rounds stored from eu-1 after its restart", || {
+        let started = start_times(&c, &id);
+        let stored = c.coordinator.results(&id);
+        let fresh: Vec<Value> = stored
+            .into_iter()
+            .filter(|r| r["agent"] == "eu-1" && started.get(r["probe_id"].as_str().unwrap()).is_some_and(|&t| t > restarted_ms))
+            .collect();
+        (fresh.len() >= 2).then_some(fresh)
+    });
+    for r in &fresh {
+        assert_ok_with_timings(r);
+    }
+    // Every probe it ran, before and after the kill, stored once; no probe id twice.
+    assert_stored_exactly_once(&c, &id);
+    let log = c.agents[0].probe_log();
+    let ids: HashSet<&str> = log.iter().map(|r| r.probe_id.as_str()).collect();
+    assert_eq!(ids.len(), log.len(), "a probe id reused after the restart");
+}
+
+#[test]
+fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent() {
+    let check = Check::new("dist-gone");
+    let id = check.name.clone();
+    let mut c = Cluster::start_with_agents(&check_toml(&check, "2s", &["eu-west"]), &[("eu-1", "eu-west"), ("eu-2", "eu-west")]);
+    let owner = wait_until(DEADLINE, "a round stored from the check's agent", || {
+        let spec = c.coordinator.get_ok(&format!("/api/v1/checks/{id}"));
+        let owner = spec["assigned"]["eu-west"].as_str()?.to_string();
+        c.coordinator.results(&id).iter().any(|r| r["agent"] == owner.as_str()).then_some(owner)
+    });
+    let other = if owner == "eu-1" { "eu-2" } else { "eu-1" };
+    let (interval_ms, phase_ms) = schedule_of(&c, &id);
+
+    let i = c.agents.iter().position(|a| a.name == owner).unwrap();
+    c.agents[i].kill9();
+    let killed_ms = now_ms();
+    wait_until(Duration::from_secs(10), "the check moved to the other agent", || {
+        let spec = c.coordinator.get_ok(&format!("/api/v1/checks/{id}"));
+        (spec["assigned"]["eu-west"] == other).then_some(())
+    });
+    let noticed_ms = now_ms() - killed_ms;
+    assert!(noticed_ms < interval_ms, "the coordinator took {noticed_ms} ms to notice a killed agent");
+
+    // The first round that starts after the kill and has a report is at
+    // most two intervals later, and it is the other agent's.
+    let first_round_after = ((killed_ms - phase_ms) as f64 / interval_ms as f64).ceil() as u64;
+    let first = wait_until(DEADLINE, "a stored round after the kill", || {
+        c.coordinator.results(&id).into_iter().filter(|r| r["round"].as_u64().is_some_and(|k| k >= first_round_after)).min_by_key(|r| r["round"].as_u64())
+    });
+    let k = first["round"].as_u64().unwrap();
+    eprintln!("killed {owner}: the coordinator moved the check in {noticed_ms} ms; first round reported after the kill: {k} (round {first_round_after} was the first to start after it), by {}", first["agent"]);
+    assert_eq!(first["agent"], other, "{first:#}");
+    assert!(k <= first_round_after + 1, "the first round reported after the kill is {k}, the kill was before round {first_round_after}");
+    assert_eq!(first["outcome"], "ok", "{first:#}");
+    // One report per round in the region, before and after the move.
+    let stored = c.coordinator.results(&id);
+    let mut rounds = HashSet::new();
+    for r in &stored {
+        assert!(rounds.insert(r["round"].as_u64().unwrap()), "round {} stored twice: {stored:#?}", r["round"]);
+    }
+}
