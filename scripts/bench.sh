@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# make bench: mailloop-agent probe vs. Debian's check_email_delivery
-# (monitoring-plugins-contrib) on the running local mail stack, same round
-# trip (submission with STARTTLS + AUTH, then IMAPS), interleaved runs.
-# Prints a table to stdout and writes every run's raw numbers to
-# target/bench/bench-<UTC timestamp>.json. The work is in scripts/bench.py.
+# make bench, in two parts:
+# 1. mailloop-agent probe vs. Debian's check_email_delivery
+#    (monitoring-plugins-contrib) on the running local mail stack, same round
+#    trip (submission with STARTTLS + AUTH, then IMAPS), interleaved runs.
+#    Prints a table and writes every run's raw numbers to
+#    target/bench/bench-<UTC timestamp>.json. The work is in scripts/bench.py.
+# 2. The coordinator load test and agent footprint (issue 4): 
+#    target/release/mailloop-loadgen starts a real coordinator per agent
+#    count (100 and 1,000 simulated agents over gRPC, no mail traffic) and a
+#    real agent holding 1,000 checks; prints a table with the goals beside
+#    the figures and writes target/bench/load-<UTC timestamp>.json.
 #
 #   bash scripts/bench.sh STACK_ENV
 #
-# Environment: BENCH_RUNS (counted runs per tool, default 10; one warm-up
+# Environment: BENCH_QUICK=1 (a short smoke run of both parts), BENCH_RUNS (counted runs per tool, default 10; one warm-up
 # run each is not counted), BENCH_MAX_SECONDS (total budget, default 60 s per
 # round), MAILLOOP_BIN (default target/release/mailloop-agent), BENCH_PEER
-# (default /usr/lib/nagios/plugins/check_email_delivery).
+# (default /usr/lib/nagios/plugins/check_email_delivery), BENCH_LOAD=0 (skip
+# part 2), BENCH_LOAD_ARGS (extra mailloop-loadgen arguments; see its --help).
 #
 # Exit status: 0 done; 1 setup problem (stack down, peer or tool missing) or
 # the time budget ran out; 2 a mailloop run did not end ok. A failed peer run
-# is reported, not fatal.
+# is reported, not fatal. Part 2 exits 1 if reports acked and rows stored differ.
 set -euo pipefail
 env_file=${1:?usage: bench.sh STACK_ENV}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,4 +37,23 @@ peer=${BENCH_PEER:-/usr/lib/nagios/plugins/check_email_delivery}
 bin=${MAILLOOP_BIN:-target/release/mailloop-agent}
 [[ -x $bin ]] || fail "$bin not found: run 'cargo build --release -p mailloop-agent' (make release)"
 
-exec python3 "$repo/scripts/bench.py" "$env_file"
+loadgen=target/release/mailloop-loadgen
+[[ ${BENCH_LOAD:-1} == 0 || -x $loadgen ]] || fail "$loadgen not found: run 'cargo build --release -p mailloop-coordinator' (make release)"
+
+if [[ ${BENCH_QUICK:-0} == 1 ]]; then
+  export BENCH_RUNS=${BENCH_RUNS:-3}
+  quick=(--quick)
+else
+  quick=()
+fi
+python3 "$repo/scripts/bench.py" "$env_file"
+
+[[ ${BENCH_LOAD:-1} == 0 ]] && exit 0
+mkdir -p target/bench
+# 1,000 agents hold 1,000 connections on each side; the loadgen needs the fds.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo
+echo "Coordinator load test and agent footprint (about 2 minutes; BENCH_QUICK=1 for a short run)"
+echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+# shellcheck disable=SC2086
+exec "$loadgen" "${quick[@]}" --json "target/bench/load-$(date -u +%Y%m%dT%H%M%SZ).json" ${BENCH_LOAD_ARGS:-}

@@ -636,99 +636,6 @@ fn corrupt(message: String) -> StorageError {
 // tables can be added elsewhere in the file without touching it.
 // ---------------------------------------------------------------------------
 
-/// Adds `reports.request_id` and its index if the database predates them.
-fn migrate_request_ids(conn: &Connection) -> rusqlite::Result<()> {
-    let present: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('reports') WHERE name = 'request_id'",
-        [],
-        |r| r.get(0),
-    )?;
-    if present == 0 {
-        conn.execute_batch("ALTER TABLE reports ADD COLUMN request_id TEXT")?;
-        tracing::info!("storage: added reports.request_id (on-demand runs) to an existing database");
-    }
-    conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS reports_by_request ON reports (request_id) WHERE request_id IS NOT NULL",
-    )
-}
-
-impl Storage {
-    /// The reports of one on-demand run, by region.
-    pub async fn results_of_request(
-        &self,
-        request_id: String,
-    ) -> Result<Vec<ReportRow>, StorageError> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {REPORT_COLUMNS} FROM reports WHERE request_id = ?1 ORDER BY region, received_at"
-            ))?;
-            let rows = stmt
-                .query_map([request_id], report_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-        .await
-    }
-}
-
-#[cfg(test)]
-mod request_id_tests {
-    use super::*;
-
-    fn row(id: &str, request_id: Option<&str>) -> ReportRow {
-        ReportRow {
-            probe_id: id.into(),
-            check_id: "corp".into(),
-            revision: 1,
-            region: "eu-west".into(),
-            agent: "eu-1".into(),
-            round: if request_id.is_some() { 0 } else { 7 },
-            started_at_ms: 1_000,
-            outcome: "ok".into(),
-            rtt_ms: None,
-            delivery_ms: None,
-            failure_step: None,
-            failure_class: None,
-            report_json: "{}".into(),
-            received_at_ms: 2_000,
-            request_id: request_id.map(str::to_string),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_database_from_before_request_ids_gains_the_column_and_keeps_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            // The reports table as the first release created it.
-            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE reports (probe_id TEXT PRIMARY KEY, check_id TEXT NOT NULL, revision INTEGER NOT NULL,
-                 region TEXT NOT NULL, agent TEXT NOT NULL, round INTEGER NOT NULL, started_at INTEGER NOT NULL,
-                 outcome TEXT NOT NULL, rtt_ms REAL, delivery_ms REAL, failure_step TEXT, failure_class TEXT,
-                 report_json TEXT NOT NULL, received_at INTEGER NOT NULL);
-                 INSERT INTO reports VALUES ('ml-old', 'corp', 1, 'eu-west', 'eu-1', 5, 1000, 'ok', NULL, NULL, NULL, NULL, '{}', 2000);",
-            )
-            .unwrap();
-        }
-        let s = Storage::open(dir.path()).unwrap();
-        s.insert_report(row("ml-run", Some("run-1-abcd"))).await.unwrap();
-        s.insert_report(row("ml-round", None)).await.unwrap();
-        let found = s.results_of_request("run-1-abcd".into()).await.unwrap();
-        assert_eq!(found, [row("ml-run", Some("run-1-abcd"))]);
-        assert_eq!(s.count_reports().await.unwrap(), 3);
-        let (round, rows) = s.latest_round("corp".into()).await.unwrap().unwrap();
-        assert_eq!(round, 7, "an on-demand run (round 0) is not a round");
-        assert_eq!(rows[0].request_id, None);
-        s.close().await;
-        // Opening again finds the column there and changes nothing.
-        let s = Storage::open(dir.path()).unwrap();
-        assert_eq!(s.results_of_request("run-1-abcd".into()).await.unwrap().len(), 1);
-        s.close().await;
-    }
-}
-
-// ---------------------------------------------------------------------------
-
 struct Readers {
     conns: Vec<Mutex<Connection>>,
     next: AtomicUsize,
@@ -831,6 +738,97 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(
         // A failed job's savepoint rolls back on drop; the rest of the batch stands.
     }
     tx.commit().map_err(|e| e.to_string())
+}
+
+/// Adds `reports.request_id` and its index if the database predates them.
+fn migrate_request_ids(conn: &Connection) -> rusqlite::Result<()> {
+    let present: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('reports') WHERE name = 'request_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if present == 0 {
+        conn.execute_batch("ALTER TABLE reports ADD COLUMN request_id TEXT")?;
+        tracing::info!("storage: added reports.request_id (on-demand runs) to an existing database");
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS reports_by_request ON reports (request_id) WHERE request_id IS NOT NULL",
+    )
+}
+
+impl Storage {
+    /// The reports of one on-demand run, by region.
+    pub async fn results_of_request(
+        &self,
+        request_id: String,
+    ) -> Result<Vec<ReportRow>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE request_id = ?1 ORDER BY region, received_at"
+            ))?;
+            let rows = stmt
+                .query_map([request_id], report_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+
+    fn row(id: &str, request_id: Option<&str>) -> ReportRow {
+        ReportRow {
+            probe_id: id.into(),
+            check_id: "corp".into(),
+            revision: 1,
+            region: "eu-west".into(),
+            agent: "eu-1".into(),
+            round: if request_id.is_some() { 0 } else { 7 },
+            started_at_ms: 1_000,
+            outcome: "ok".into(),
+            rtt_ms: None,
+            delivery_ms: None,
+            failure_step: None,
+            failure_class: None,
+            report_json: "{}".into(),
+            received_at_ms: 2_000,
+            request_id: request_id.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_request_ids_gains_the_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The reports table as the first release created it.
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE reports (probe_id TEXT PRIMARY KEY, check_id TEXT NOT NULL, revision INTEGER NOT NULL,
+                 region TEXT NOT NULL, agent TEXT NOT NULL, round INTEGER NOT NULL, started_at INTEGER NOT NULL,
+                 outcome TEXT NOT NULL, rtt_ms REAL, delivery_ms REAL, failure_step TEXT, failure_class TEXT,
+                 report_json TEXT NOT NULL, received_at INTEGER NOT NULL);
+                 INSERT INTO reports VALUES ('ml-old', 'corp', 1, 'eu-west', 'eu-1', 5, 1000, 'ok', NULL, NULL, NULL, NULL, '{}', 2000);",
+            )
+            .unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        s.insert_report(row("ml-run", Some("run-1-abcd"))).await.unwrap();
+        s.insert_report(row("ml-round", None)).await.unwrap();
+        let found = s.results_of_request("run-1-abcd".into()).await.unwrap();
+        assert_eq!(found, [row("ml-run", Some("run-1-abcd"))]);
+        assert_eq!(s.count_reports().await.unwrap(), 3);
+        let (round, rows) = s.latest_round("corp".into()).await.unwrap().unwrap();
+        assert_eq!(round, 7, "an on-demand run (round 0) is not a round");
+        assert_eq!(rows[0].request_id, None);
+        s.close().await;
+        // Opening again finds the column there and changes nothing.
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.results_of_request("run-1-abcd".into()).await.unwrap().len(), 1);
+        s.close().await;
+    }
 }
 
 // ---------------------------------------------------------------------------

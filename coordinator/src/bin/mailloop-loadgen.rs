@@ -1,0 +1,972 @@
+//! `mailloop-loadgen`: the coordinator load test and agent footprint of
+//! `make bench` (issue 4's "Benchmark").
+//!
+//! Everything runs as real processes on loopback: a release
+//! `mailloop-coordinator serve` in a temporary data dir (ports picked by
+//! binding port 0, read from its listening line), N simulated agents that
+//! speak the real gRPC API (one HTTP/2 connection each), and, for the
+//! footprint, a real `mailloop-agent run`. Per N it measures:
+//!
+//! - **ingest**: every agent streams synthetic reports of 21 steps with a
+//!   few in flight; reports/s stored and ack latency. At the end the
+//!   coordinator is stopped and the rows counted through `Storage`: acked
+//!   must equal stored.
+//! - **propagation**: agent i is alone in region i and holds a
+//!   `WatchAssignments` stream; one check lists all N regions, so it is
+//!   assigned to every agent. The check is changed through the admin API
+//!   (`PUT`), and the time from the call's return to each agent's receipt
+//!   of the upsert is recorded.
+//! - the coordinator's CPU time (utime + stime) and peak RSS (VmHWM, reset
+//!   per phase through `clear_refs`) in each phase.
+//!
+//! The footprint: one agent holding 1,000 checks whose SMTP and IMAP
+//! servers are a local port that answers `554` and hangs up, so the probe
+//! engine runs for real and fails at once. Idle (hourly checks) and busy
+//! (every check every 10 s) RSS and CPU.
+
+use clap::Parser;
+use mailloop_coordinator::client::Client;
+use mailloop_coordinator::config::token_sha256;
+use mailloop_coordinator::storage::Storage;
+use mailloop_proto::pb;
+use mailloop_proto::pb::agent_service_client::AgentServiceClient;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789";
+/// The issue's goals, printed beside the figures.
+const GOAL_REPORTS_PER_S: f64 = 5_000.0;
+const GOAL_PROPAGATION_P99_MS: f64 = 1_000.0;
+const GOAL_IDLE_AGENT_RSS_MB: f64 = 30.0;
+
+/// Coordinator load test and agent footprint for `make bench`.
+///
+/// Starts a real `mailloop-coordinator serve` (temporary data dir, loopback,
+/// port 0) per agent count, drives it as N simulated agents over gRPC, and
+/// prints a table with the figures and the goals of issue 4. Nothing here
+/// touches a mail server; the machine should be otherwise idle.
+#[derive(Parser, Debug)]
+#[command(name = "mailloop-loadgen", version)]
+struct Args {
+    /// The coordinator binary to start.
+    #[arg(long, default_value = "target/release/mailloop-coordinator")]
+    coordinator_bin: PathBuf,
+    /// The agent binary for the footprint measurement.
+    #[arg(long, default_value = "target/release/mailloop-agent")]
+    agent_bin: PathBuf,
+    /// Simulated agent counts, one coordinator run each.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    agents: Vec<usize>,
+    /// Reports streamed per run (spread over the agents).
+    #[arg(long, default_value_t = 100_000)]
+    reports: usize,
+    /// Reports each simulated agent keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Check changes whose propagation is timed per run.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// Checks the footprint agent holds (0: skip the footprint).
+    #[arg(long, default_value_t = 1000)]
+    footprint_checks: usize,
+    /// Seconds each footprint window lasts (idle, then busy).
+    #[arg(long, default_value_t = 15)]
+    footprint_seconds: u64,
+    /// Smaller runs (20,000 reports, 10 changes, 5 s windows): a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Also write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    if args.quick {
+        args.reports = args.reports.min(20_000);
+        args.changes = args.changes.min(10);
+        args.footprint_seconds = args.footprint_seconds.min(5);
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailloop-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    for bin in [&args.coordinator_bin, &args.agent_bin] {
+        anyhow::ensure!(
+            bin.is_file(),
+            "{} not found (cargo build --release)",
+            bin.display()
+        );
+    }
+    let mut runs = Vec::new();
+    for &n in &args.agents {
+        eprintln!("loadgen: {n} simulated agents ...");
+        let r = load_run(&args, n).await?;
+        eprintln!("loadgen: {}", serde_json::to_string(&r)?);
+        runs.push(r);
+    }
+    let footprint = if args.footprint_checks > 0 {
+        eprintln!(
+            "loadgen: agent footprint with {} checks ...",
+            args.footprint_checks
+        );
+        let f = footprint(&args).await?;
+        eprintln!("loadgen: {}", serde_json::to_string(&f)?);
+        Some(f)
+    } else {
+        None
+    };
+    print_table(&runs, footprint.as_ref());
+    if let Some(path) = &args.json {
+        let all = json!({"load": runs, "footprint": footprint, "loadavg": loadavg()});
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
+    }
+    let acked_equals_stored = runs.iter().all(|r| r["acked"] == r["stored_rows"]);
+    anyhow::ensure!(
+        acked_equals_stored,
+        "reports acked and rows stored differ (see above)"
+    );
+    Ok(())
+}
+
+// ───────────────────────────── processes ─────────────────────────────
+
+/// A coordinator process in its own temporary directory.
+struct Coordinator {
+    dir: PathBuf,
+    child: Option<Child>,
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Coordinator {
+    /// Starts `bin` with `agents` declared as (name, region, token).
+    fn start(bin: &Path, agents: &[(String, String, String)]) -> anyhow::Result<Coordinator> {
+        let dir = std::env::temp_dir().join(format!(
+            "mailloop-loadgen-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("admin.token"), ADMIN_TOKEN)?;
+        let mut config = format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             admin_token_file = {:?}\ntest_mode = true\nshutdown_grace = \"10s\"\nmax_streams_per_connection = 16\n",
+            dir.join("data"),
+            dir.join("admin.token"),
+        );
+        for (name, region, token) in agents {
+            config.push_str(&format!(
+                "\n[[agent]]\nname = \"{name}\"\nregion = \"{region}\"\ntoken_sha256 = \"{}\"\n",
+                token_sha256(token)
+            ));
+        }
+        std::fs::write(dir.join("coordinator.toml"), config)?;
+        let log = std::fs::File::create(dir.join("coordinator.log"))?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(dir.join("coordinator.toml"))
+            .env("MAILLOOP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            anyhow::anyhow!(
+                "the coordinator did not print its listening line; log in {}",
+                dir.display()
+            )
+        })?;
+        let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("no {key} in {line:?}"))
+        };
+        Ok(Coordinator {
+            grpc: addr("grpc=")?,
+            http: addr("http=")?,
+            dir,
+            child: Some(child),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn api(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(
+            &format!("http://{}", self.http),
+            Some(ADMIN_TOKEN.into()),
+            None,
+        )?)
+    }
+
+    /// SIGTERM and wait (the coordinator commits what it acknowledged).
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    anyhow::bail!("the coordinator did not stop within 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// CPU time (utime + stime) and memory of a process, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct ProcStats {
+    cpu_s: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+fn proc_stats(pid: u32) -> ProcStats {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    ProcStats {
+        cpu_s: (ticks(11) + ticks(12)) as f64 / clock_ticks(),
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Resets VmHWM to the current RSS, so each phase gets its own peak.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// A phase's cost: CPU seconds and peak RSS since `start`.
+fn phase(pid: u32, start: ProcStats, wall: Duration) -> Value {
+    let end = proc_stats(pid);
+    let cpu = end.cpu_s - start.cpu_s;
+    json!({
+        "cpu_s": round3(cpu),
+        "cpu_pct": round3(100.0 * cpu / wall.as_secs_f64().max(1e-9)),
+        "peak_rss_mib": round3(end.hwm_kib as f64 / 1024.0),
+        "rss_mib": round3(end.rss_kib as f64 / 1024.0),
+    })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+// ───────────────────────────── simulated agents ─────────────────────────────
+
+type AgentClient = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+async fn connect(grpc: SocketAddr, token: &str) -> anyhow::Result<AgentClient> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .connect()
+        .await?;
+    Ok(AgentServiceClient::with_interceptor(
+        channel,
+        Bearer(format!("Bearer {token}").parse()?),
+    ))
+}
+
+/// The step names of a full round trip, as the probe writes them.
+const STEPS: [&str; 21] = [
+    "smtp.connect",
+    "imap.connect",
+    "imap.tls",
+    "smtp.banner",
+    "imap.greeting",
+    "smtp.ehlo",
+    "smtp.starttls",
+    "imap.login",
+    "smtp.ehlo_tls",
+    "smtp.auth",
+    "smtp.mail_from",
+    "smtp.rcpt_to",
+    "smtp.data",
+    "smtp.data_ack",
+    "imap.select",
+    "smtp.quit",
+    "imap.wait",
+    "imap.search",
+    "imap.fetch",
+    "imap.cleanup",
+    "imap.logout",
+];
+
+/// A synthetic report with every step; `__ID__` is the probe id.
+fn report_template(check: &str) -> String {
+    let steps: Vec<Value> = STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"name": s, "ms": 0.5 + i as f64 * 0.3, "ok": true, "start_ms": i as f64 * 1.7,
+                   "code": if s.starts_with("smtp.") { Some(250) } else { None },
+                   "detail": format!("synthetic {s} detail text of a realistic length")})
+        })
+        .collect();
+    json!({
+        "probe_id": "__ID__",
+        "check": check,
+        "started_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "outcome": "ok",
+        "rtt_ms": 35.2,
+        "delivery_ms": 20.3,
+        "steps": steps,
+        "failure": null,
+        "message_id": "<__ID__@sender.test>",
+        "queue_id": "93118BC5C0",
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// A revision seen by one agent's watch stream, and when.
+struct Seen {
+    agent: usize,
+    revision: u64,
+    at: Instant,
+}
+
+/// One run with `n` simulated agents, each alone in its region.
+async fn load_run(args: &Args, n: usize) -> anyhow::Result<Value> {
+    let agents: Vec<(String, String, String)> = (0..n)
+        .map(|i| {
+            (
+                format!("sim-{i:04}"),
+                format!("r-{i:04}"),
+                format!("loadgen-token-{i:04}-0123456789abcdef"),
+            )
+        })
+        .collect();
+    let mut coord = Coordinator::start(&args.coordinator_bin, &agents)?;
+    let pid = coord.pid();
+    let api = coord.api()?;
+
+    // Connect: Register and WatchAssignments for every agent.
+    let connect_started = Instant::now();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+    let mut clients = Vec::with_capacity(n);
+    for (i, (name, region, token)) in agents.iter().enumerate() {
+        let mut c = connect(coord.grpc, token).await?;
+        c.register(pb::RegisterRequest {
+            name: name.clone(),
+            region: region.clone(),
+            version: "loadgen".into(),
+        })
+        .await?;
+        let mut watch = c
+            .watch_assignments(pb::WatchRequest::default())
+            .await?
+            .into_inner();
+        let tx = seen_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(change)) = watch.message().await {
+                if let Some(pb::assignment_change::Change::Upsert(a)) = change.change {
+                    let _ = tx.send(Seen {
+                        agent: i,
+                        revision: a.revision,
+                        at: Instant::now(),
+                    });
+                }
+            }
+        });
+        clients.push(c);
+    }
+    let connect_s = connect_started.elapsed().as_secs_f64();
+
+    // One check in every agent's region.
+    let regions: Vec<&str> = agents.iter().map(|a| a.1.as_str()).collect();
+    let mut table = json!({
+        "from": "probe@sender.test", "to": "probe@receiver.test", "interval": "1h",
+        "regions": regions, "step_timeout": "30s",
+        "smtp": {"host": "127.0.0.1", "port": 2525, "security": "none"},
+        "imap": {"host": "127.0.0.1", "security": "none", "username": "probe@receiver.test", "password_env": "IMAP_PASS"},
+        "spf": {"enabled": false},
+    });
+    let put = api.put("/api/v1/checks/bench", &table).await?;
+    anyhow::ensure!(put.is_success(), "creating the check: {}", put.error_text());
+    let revision = put.body["check"]["revision"]
+        .as_u64()
+        .or_else(|| put.body["revision"].as_u64())
+        .unwrap_or(0);
+    wait_all(&mut seen_rx, n, revision, Instant::now()).await?;
+
+    // Ingest.
+    let per_agent = args.reports.div_ceil(n).max(1);
+    let template = Arc::new(report_template("bench"));
+    let acked = Arc::new(AtomicU64::new(0));
+    reset_peak(pid);
+    let before = proc_stats(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let template = template.clone();
+        let acked = acked.clone();
+        let window = args.in_flight;
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel::<pb::ProbeResult>(window);
+            let mut acks = c
+                .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let slots = Arc::new(Semaphore::new(window));
+            let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+            let sender = {
+                let (slots, sent) = (slots.clone(), sent.clone());
+                tokio::spawn(async move {
+                    for k in 0..per_agent {
+                        let permit = slots.acquire().await.expect("open");
+                        permit.forget();
+                        let id = format!("lg-{i}-{k}");
+                        let report_json = template.replace("__ID__", &id);
+                        sent.lock().unwrap().insert(id.clone(), Instant::now());
+                        let r = pb::ProbeResult {
+                            probe_id: id,
+                            check_id: "bench".into(),
+                            revision: 1,
+                            round: k as u64,
+                            report_json,
+                            ..Default::default()
+                        };
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            let mut latencies = Vec::with_capacity(per_agent);
+            for _ in 0..per_agent {
+                let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no ack within 60 s"))??
+                    .ok_or_else(|| anyhow::anyhow!("the report stream closed"))?;
+                anyhow::ensure!(ack.stored, "report not stored: {}", ack.error);
+                let t = sent.lock().unwrap().remove(&ack.probe_id);
+                if let Some(t) = t {
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                acked.fetch_add(1, Ordering::Relaxed);
+                slots.add_permits(1);
+            }
+            sender.await?;
+            Ok::<_, anyhow::Error>((c, latencies))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut clients = Vec::with_capacity(n);
+    for t in tasks {
+        let (c, l) = t.await??;
+        latencies.extend(l);
+        clients.push(c);
+    }
+    let ingest_wall = started.elapsed();
+    let ingest_cost = phase(pid, before, ingest_wall);
+    latencies.sort_by(f64::total_cmp);
+    let acked = acked.load(Ordering::Relaxed);
+
+    // Propagation: change the check, time each agent's receipt of it.
+    reset_peak(pid);
+    let before = proc_stats(pid);
+    let started = Instant::now();
+    let mut after_return = Vec::new();
+    let mut after_call = Vec::new();
+    for k in 0..args.changes {
+        table["step_timeout"] = json!(format!("{}s", 31 + k));
+        let call = Instant::now();
+        let put = api.put("/api/v1/checks/bench", &table).await?;
+        let returned = Instant::now();
+        anyhow::ensure!(put.is_success(), "changing the check: {}", put.error_text());
+        let revision = put.body["check"]["revision"]
+            .as_u64()
+            .or_else(|| put.body["revision"].as_u64())
+            .unwrap_or(0);
+        for at in wait_all(&mut seen_rx, n, revision, call).await? {
+            after_return.push(at.saturating_duration_since(returned).as_secs_f64() * 1000.0);
+            after_call.push(at.duration_since(call).as_secs_f64() * 1000.0);
+        }
+    }
+    let propagation_cost = phase(pid, before, started.elapsed());
+    after_return.sort_by(f64::total_cmp);
+    after_call.sort_by(f64::total_cmp);
+    drop(clients);
+
+    // Acked must equal stored: stop the coordinator and count the rows.
+    coord.stop()?;
+    let storage = Storage::open(&coord.dir.join("data"))?;
+    let stored_rows = storage.count_reports().await?;
+    storage.close().await;
+
+    Ok(json!({
+        "agents": n,
+        "connect_s": round3(connect_s),
+        "reports_per_agent": per_agent,
+        "in_flight_per_agent": args.in_flight,
+        "acked": acked,
+        "stored_rows": stored_rows,
+        "ingest_s": round3(ingest_wall.as_secs_f64()),
+        "reports_per_s": (acked as f64 / ingest_wall.as_secs_f64()).round(),
+        "ack_ms": {"p50": round3(percentile(&latencies, 0.5)), "p99": round3(percentile(&latencies, 0.99))},
+        "ingest": ingest_cost,
+        "changes": args.changes,
+        "propagation_ms": {
+            "p50": round3(percentile(&after_return, 0.5)),
+            "p99": round3(percentile(&after_return, 0.99)),
+            "max": round3(after_return.last().copied().unwrap_or(f64::NAN)),
+            "p99_from_call": round3(percentile(&after_call, 0.99)),
+        },
+        "propagation": propagation_cost,
+        "loadavg": loadavg(),
+    }))
+}
+
+/// Waits until each of `n` agents has seen `revision` (or later); the
+/// moments they did. Samples older than `since` are stale and skipped.
+async fn wait_all(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    n: usize,
+    revision: u64,
+    since: Instant,
+) -> anyhow::Result<Vec<Instant>> {
+    let mut got: HashMap<usize, Instant> = HashMap::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n {
+        let seen = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "only {} of {n} agents saw revision {revision} within 30 s",
+                    got.len()
+                )
+            })?
+            .ok_or_else(|| anyhow::anyhow!("every watch stream ended"))?;
+        if seen.revision >= revision && seen.at >= since {
+            got.entry(seen.agent).or_insert(seen.at);
+        }
+    }
+    Ok(got.into_values().collect())
+}
+
+// ───────────────────────────── agent footprint ─────────────────────────────
+
+/// A local port that answers every connection with `554` and hangs up: the
+/// probe's SMTP banner and IMAP greeting fail at once.
+fn refusing_server() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let _ = conn.write_all(b"554 5.3.2 mailloop-loadgen: no service here\r\n");
+        }
+    });
+    Ok(port)
+}
+
+async fn footprint(args: &Args) -> anyhow::Result<Value> {
+    let n = args.footprint_checks;
+    let token = "loadgen-footprint-token-0123456789";
+    let mut coord = Coordinator::start(
+        &args.coordinator_bin,
+        &[("fp-1".into(), "fp".into(), token.into())],
+    )?;
+    let api = coord.api()?;
+    let port = refusing_server()?;
+    let table = |i: usize, interval: &str| {
+        json!({
+            "name": format!("fp-{i:04}"),
+            "from": "probe@sender.test", "to": "probe@receiver.test", "interval": interval,
+            "regions": ["fp"], "deadline": "5s", "step_timeout": "2s", "greylist_grace": "0s",
+            "smtp": {"host": "127.0.0.1", "port": port, "security": "none"},
+            "imap": {"host": "127.0.0.1", "port": port, "security": "none",
+                     "username": "probe@receiver.test", "password_env": "LOADGEN_IMAP_PASS"},
+            "spf": {"enabled": false},
+            "verify_dkim": false,
+        })
+    };
+    put_checks(&api, n, |i| table(i, "1h")).await?;
+
+    let dir = coord.dir.join("agent");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("token"), token)?;
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "[agent]\nname = \"fp-1\"\nregion = \"fp\"\ncoordinator_url = \"http://{}\"\ntoken_file = {:?}\nspool = {:?}\n",
+            coord.grpc,
+            dir.join("token"),
+            dir.join("spool.db")
+        ),
+    )?;
+    let started = Instant::now();
+    let mut agent = Command::new(&args.agent_bin)
+        .args(["run", "--config"])
+        .arg(dir.join("agent.toml"))
+        .env("LOADGEN_IMAP_PASS", "unused")
+        .env("MAILLOOP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log"))?)
+        .spawn()?;
+    let agent_pid = agent.id();
+    let result = async {
+        // Ready when the coordinator says all n checks are assigned to it
+        // and the agent's spool records them (its last known assignments).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = api.get("/api/v1/agents/fp-1").await?;
+            if a.body["agent"]["connected"] == true || a.body["connected"] == true {
+                let assigned = a.body["agent"]["assigned_checks"]
+                    .as_u64()
+                    .or_else(|| a.body["assigned_checks"].as_u64());
+                if assigned == Some(n as u64) {
+                    break;
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the agent did not get its {n} checks within 60 s: {}",
+                std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling the API with a deadline
+        }
+        let assigned_s = started.elapsed().as_secs_f64();
+        // A moment for the agent to take in the stream it was sent.
+        tokio::time::sleep(Duration::from_secs(2)).await; // settling before a measurement window
+        let window = Duration::from_secs(args.footprint_seconds);
+        let before = proc_stats(agent_pid);
+        tokio::time::sleep(window).await; // the measurement window itself
+        let idle = proc_stats(agent_pid);
+        let idle_cpu_pct = 100.0 * (idle.cpu_s - before.cpu_s) / window.as_secs_f64();
+
+        // Busy: every check every 10 s, phases spread by the coordinator.
+        let stored_before = count_results(&api, "fp").await?;
+        put_checks(&api, n, |i| table(i, "10s")).await?;
+        tokio::time::sleep(Duration::from_secs(10)).await; // one full interval, so every check has started its new rounds
+        let before = proc_stats(agent_pid);
+        let busy_from = chrono::Utc::now();
+        tokio::time::sleep(window).await; // the measurement window itself
+        let busy = proc_stats(agent_pid);
+        let busy_cpu_pct = 100.0 * (busy.cpu_s - before.cpu_s) / window.as_secs_f64();
+        let probes = count_since(&api, busy_from, window).await?;
+        let sample = api.get("/api/v1/results?region=fp&limit=1").await?;
+        let failure = &sample.body["results"][0]["failure"];
+        Ok::<_, anyhow::Error>(json!({
+            "checks": n,
+            "assigned_s": round3(assigned_s),
+            "idle": {"rss_mib": round3(idle.rss_kib as f64 / 1024.0), "peak_rss_mib": round3(idle.hwm_kib as f64 / 1024.0), "cpu_pct": round3(idle_cpu_pct)},
+            "busy": {"rss_mib": round3(busy.rss_kib as f64 / 1024.0), "peak_rss_mib": round3(busy.hwm_kib as f64 / 1024.0), "cpu_pct": round3(busy_cpu_pct),
+                     "probes_per_s": round3(probes as f64 / window.as_secs_f64()),
+                     "sample_failure": format!("{} ({})", failure["step"].as_str().unwrap_or("?"), failure["class"].as_str().unwrap_or("?"))},
+            "stored_before_busy": stored_before,
+            "window_s": window.as_secs(),
+        }))
+    }
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent_pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.try_wait()?.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the child's exit with a deadline
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    coord.stop()?;
+    result
+}
+
+/// PUTs `n` checks, 16 at a time.
+async fn put_checks(api: &Client, n: usize, table: impl Fn(usize) -> Value) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let api = api.clone();
+        let body = table(i);
+        let permit = slots.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let r = api.put(&format!("/api/v1/checks/fp-{i:04}"), &body).await;
+            drop(permit);
+            let r = r?;
+            anyhow::ensure!(r.is_success(), "check fp-{i:04}: {}", r.error_text());
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Results of `region` stored in the last hour (paged).
+async fn count_results(api: &Client, region: &str) -> anyhow::Result<u64> {
+    count_pages(
+        api,
+        &format!("/api/v1/results?region={region}&since=1h&limit=1000"),
+    )
+    .await
+}
+
+/// Results that started in the `window` from `from`.
+async fn count_since(
+    api: &Client,
+    from: chrono::DateTime<chrono::Utc>,
+    window: Duration,
+) -> anyhow::Result<u64> {
+    let until = from + chrono::Duration::from_std(window)?;
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    count_pages(
+        api,
+        &format!(
+            "/api/v1/results?region=fp&since={}&until={}&limit=1000",
+            fmt(from),
+            fmt(until)
+        ),
+    )
+    .await
+}
+
+async fn count_pages(api: &Client, first: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut path = first.to_string();
+    loop {
+        let r = api.get(&path).await?;
+        anyhow::ensure!(r.is_success(), "{path}: {}", r.error_text());
+        total += r.body["results"].as_array().map_or(0, Vec::len) as u64;
+        match r.body["next"].as_str() {
+            Some(next) => path = format!("{first}&cursor={next}"),
+            None => return Ok(total),
+        }
+    }
+}
+
+// ───────────────────────────── the table ─────────────────────────────
+
+fn print_table(runs: &[Value], footprint: Option<&Value>) {
+    let mut out = String::new();
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format_num(x));
+    out.push_str("\nCoordinator load (mailloop-loadgen: real coordinator process, simulated agents over gRPC)\n");
+    out.push_str(&format!(
+        "{:<44} {:>14} {:>14}   {}\n",
+        "figure", "", "", "goal (issue 4)"
+    ));
+    let header: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} agents", r["agents"]))
+        .collect();
+    out.push_str(&format!(
+        "{:<44} {:>14} {:>14}\n",
+        "",
+        header.first().cloned().unwrap_or_default(),
+        header.get(1).cloned().unwrap_or_default()
+    ));
+    let row = |out: &mut String, label: &str, get: &dyn Fn(&Value) -> String, goal: &str| {
+        let cells: Vec<String> = runs.iter().map(get).collect();
+        out.push_str(&format!(
+            "{:<44} {:>14} {:>14}   {}\n",
+            label,
+            cells.first().cloned().unwrap_or_default(),
+            cells.get(1).cloned().unwrap_or_default(),
+            goal
+        ));
+    };
+    row(
+        &mut out,
+        "reports stored per second",
+        &|r| f(&r["reports_per_s"]),
+        &format!(">= {}", format_num(GOAL_REPORTS_PER_S)),
+    );
+    row(
+        &mut out,
+        "reports acked = rows stored",
+        &|r| format!("{} = {}", r["acked"], r["stored_rows"]),
+        "equal",
+    );
+    row(
+        &mut out,
+        "ack latency p50 / p99 (ms)",
+        &|r| format!("{} / {}", f(&r["ack_ms"]["p50"]), f(&r["ack_ms"]["p99"])),
+        "",
+    );
+    row(
+        &mut out,
+        "check change reaches every agent p50 (ms)",
+        &|r| f(&r["propagation_ms"]["p50"]),
+        "",
+    );
+    row(
+        &mut out,
+        "check change reaches every agent p99 (ms)",
+        &|r| f(&r["propagation_ms"]["p99"]),
+        &format!("< {} at 1,000 agents", format_num(GOAL_PROPAGATION_P99_MS)),
+    );
+    row(
+        &mut out,
+        "coordinator CPU, ingest (s / % of a core)",
+        &|r| {
+            format!(
+                "{} / {}%",
+                f(&r["ingest"]["cpu_s"]),
+                f(&r["ingest"]["cpu_pct"])
+            )
+        },
+        "",
+    );
+    row(
+        &mut out,
+        "coordinator peak RSS, ingest (MiB)",
+        &|r| f(&r["ingest"]["peak_rss_mib"]),
+        "",
+    );
+    row(
+        &mut out,
+        "coordinator CPU, propagation (s)",
+        &|r| f(&r["propagation"]["cpu_s"]),
+        "",
+    );
+    row(
+        &mut out,
+        "coordinator peak RSS, propagation (MiB)",
+        &|r| f(&r["propagation"]["peak_rss_mib"]),
+        "",
+    );
+    if let Some(fp) = footprint {
+        out.push_str(&format!(
+            "\nAgent footprint (mailloop-agent run, {} checks, probes fail at once on a local 554 port)\n",
+            fp["checks"]
+        ));
+        out.push_str(&format!(
+            "{:<44} {:>14}   {}\n",
+            "idle agent RSS (MiB)",
+            f(&fp["idle"]["rss_mib"]),
+            format!("< {} MB", GOAL_IDLE_AGENT_RSS_MB)
+        ));
+        out.push_str(&format!(
+            "{:<44} {:>14}\n",
+            "idle agent CPU (% of a core)",
+            f(&fp["idle"]["cpu_pct"])
+        ));
+        out.push_str(&format!(
+            "{:<44} {:>14}\n",
+            format!(
+                "busy agent RSS (MiB), {} probes/s",
+                f(&fp["busy"]["probes_per_s"])
+            ),
+            f(&fp["busy"]["rss_mib"])
+        ));
+        out.push_str(&format!(
+            "{:<44} {:>14}\n",
+            "busy agent CPU (% of a core)",
+            f(&fp["busy"]["cpu_pct"])
+        ));
+    }
+    out.push_str(&format!("load average at the end: {}\n", loadavg()));
+    print!("{out}");
+}
+
+fn format_num(x: f64) -> String {
+    if x.is_nan() {
+        return "-".into();
+    }
+    if x.abs() >= 1000.0 {
+        let s = format!("{:.0}", x);
+        let (sign, digits) = s.split_at(if s.starts_with('-') { 1 } else { 0 });
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
