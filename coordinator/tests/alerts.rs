@@ -30,6 +30,8 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 enum Answer {
     Status(u16, &'static str),
+    /// 429 with `Retry-After: <seconds>`.
+    RateLimited(u64),
     /// Read the request, then never answer (the connection stays open).
     Hang,
 }
@@ -158,6 +160,13 @@ where
             let resp = format!(
                 "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
                 text.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        }
+        Answer::RateLimited(secs) => {
+            let resp = format!(
+                "HTTP/1.1 429 X\r\nretry-after: {secs}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             );
             let _ = conn.write_all(resp.as_bytes()).await;
             let _ = conn.shutdown().await;
@@ -521,6 +530,23 @@ async fn a_receiver_failing_twice_gets_the_event_on_the_third_attempt() {
 }
 
 #[tokio::test]
+async fn a_429_waits_as_long_as_retry_after_says() {
+    let mut rx = Receiver::start(Answer::Status(200, ""), vec![Answer::RateLimited(1)]).await;
+    let (alerts, _t) = start(vec![channel(webhook("limited", &rx.url))]);
+    alerts.notify(outage(AlertEventKind::Opened));
+    rx.next().await;
+    let refused_at = Instant::now();
+    rx.next().await;
+    // The 10 ms backoff alone would retry at once; the receiver asked for 1 s.
+    let waited = refused_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "retried after {waited:?}"
+    );
+    status_until(&alerts, "limited", |s| s["delivered"] == 1).await;
+}
+
+#[tokio::test]
 async fn retries_stop_after_the_configured_count() {
     let mut rx = Receiver::start(Answer::Status(500, ""), vec![]).await;
     let mut t = webhook("down", &rx.url);
@@ -832,4 +858,84 @@ fn the_alert_array_is_validated_with_the_rest_of_the_file() {
         .err()
         .unwrap_or_default();
     assert!(err.iter().any(|i| i.path == "alert[0].url"), "{err:?}");
+}
+
+// ---------------------------------------------------------------- logs
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the workers run on this thread, under the
+// thread-local subscriber set here.
+#[tokio::test(flavor = "current_thread")]
+async fn failures_are_logged_with_what_a_person_needs_and_no_secret() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut rx = Receiver::start(
+        Answer::Status(200, ""),
+        vec![
+            Answer::Status(502, "bad gateway"),
+            Answer::Status(400, "invalid routing key"),
+        ],
+    )
+    .await;
+    let (alerts, _t) = start(vec![channel(json!({
+        "name": "oncall", "type": "pagerduty", "url": rx.url,
+        "routing_key": "R0UTING-SECRET-123",
+    }))]);
+    alerts.notify(outage(AlertEventKind::Opened));
+    rx.next().await;
+    rx.next().await;
+    status_until(&alerts, "oncall", |s| s["failed"] == 1).await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let retry = text
+        .lines()
+        .find(|l| l.contains("will retry"))
+        .unwrap_or_else(|| panic!("no retry line in:\n{text}"));
+    let gave_up = text
+        .lines()
+        .find(|l| l.contains("NOT delivered"))
+        .unwrap_or_else(|| panic!("no failure line in:\n{text}"));
+    for (line, attempt, error) in [
+        (retry, "attempt=1", "HTTP 502"),
+        (gave_up, "attempt=2", "HTTP 400"),
+    ] {
+        for needle in [
+            "oncall",
+            "incident=42",
+            "event=\"opened\"",
+            attempt,
+            error,
+            "http://127.0.0.1:",
+        ] {
+            assert!(line.contains(needle), "{needle:?} missing from: {line}");
+        }
+    }
+    assert!(
+        gave_up.contains("ERROR") && gave_up.contains("permanent"),
+        "{gave_up}"
+    );
+    assert!(
+        !text.contains("R0UTING-SECRET") && !text.contains("T0KEN"),
+        "secret in logs:\n{text}"
+    );
 }

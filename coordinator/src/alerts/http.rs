@@ -57,13 +57,16 @@ impl HttpSender {
     /// One attempt, bounded by `timeout` as a whole.
     pub async fn post(&self, body: &serde_json::Value, timeout: Duration) -> Delivery {
         match tokio::time::timeout(timeout, self.exchange(body)).await {
-            Ok(Ok((status, text))) => classify(status, &text),
+            Ok(Ok((status, text, retry_after))) => match (classify(status, &text), retry_after) {
+                (Delivery::Retry(e), Some(after)) => Delivery::RetryAfter(e, after),
+                (d, _) => d,
+            },
             Ok(Err(e)) => Delivery::Retry(e),
             Err(_) => Delivery::Retry(format!("no answer within {timeout:?}")),
         }
     }
 
-    async fn exchange(&self, body: &serde_json::Value) -> Result<(u16, String), String> {
+    async fn exchange(&self, body: &serde_json::Value) -> Result<Answer, String> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
         let tcp = TcpStream::connect((host, self.port))
             .await
@@ -114,7 +117,10 @@ pub fn classify(status: u16, body: &str) -> Delivery {
     }
 }
 
-async fn request<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(u16, String), String>
+/// Status, error body text, and `Retry-After` in seconds when given.
+type Answer = (u16, String, Option<Duration>);
+
+async fn request<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Answer, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -129,6 +135,13 @@ where
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
     let status = resp.status().as_u16();
+    // Only the delay-seconds form: receivers that rate-limit send it so.
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     // The body matters only for the error text; a receiver that answers
     // with a status and then stalls must not turn a 2xx into a timeout.
     let text = if (200..300).contains(&status) {
@@ -140,7 +153,7 @@ where
         }
     };
     conn.abort();
-    Ok((status, text))
+    Ok((status, text, retry_after))
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub enum Delivery {
     Delivered,
     /// Worth another attempt (5xx, 408, 429, 4xx SMTP, connect, TLS, timeout).
     Retry(String),
+    /// Retry, and not before this (the receiver's `Retry-After`).
+    RetryAfter(String, Duration),
     /// Asking again will not help (other 4xx, 5xx SMTP): logged, not retried.
     Permanent(String),
 }
@@ -316,7 +318,7 @@ impl Worker {
                 (Sender::Email(e), Body::Email(m)) => e.send(m, c.timeout).await,
                 _ => unreachable!("a channel's body matches its sender"),
             };
-            let (error, permanent) = match outcome {
+            let (error, permanent, not_before) = match outcome {
                 Delivery::Delivered => {
                     let mut s = self.stats.lock().unwrap();
                     s.delivered += 1;
@@ -331,8 +333,9 @@ impl Worker {
                     );
                     return;
                 }
-                Delivery::Retry(e) => (e, false),
-                Delivery::Permanent(e) => (e, true),
+                Delivery::Retry(e) => (e, false, None),
+                Delivery::RetryAfter(e, after) => (e, false, Some(after)),
+                Delivery::Permanent(e) => (e, true, None),
             };
             {
                 let mut s = self.stats.lock().unwrap();
@@ -362,7 +365,10 @@ impl Worker {
                 );
                 return;
             }
-            let wait = backoff(c.backoff_base, c.backoff_cap, attempt);
+            let mut wait = backoff(c.backoff_base, c.backoff_cap, attempt);
+            if let Some(after) = not_before {
+                wait = wait.max(after.min(c.backoff_cap));
+            }
             tracing::warn!(
                 channel = c.name,
                 r#type = c.type_name(),
