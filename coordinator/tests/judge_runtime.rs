@@ -424,6 +424,24 @@ async fn mailloopctl_shows_status_and_lists_shows_and_acks_incidents() {
     })
     .await;
     let id = opened["id"].to_string();
+    // What the on-call reads at 3 a.m.: the change, and the incident with its summary.
+    let opened_line = eventually(PROMPTLY, "an 'incident opened' log line", async || {
+        c.log()
+            .lines()
+            .find(|l| l.contains("incident opened"))
+            .map(str::to_string)
+    })
+    .await;
+    let log = c.log();
+    assert!(
+        opened_line.contains("WARN") && opened_line.contains("smtp.rcpt_to"),
+        "{opened_line}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("verdict changed") && l.contains("verdict=down")),
+        "{log}"
+    );
 
     let (code, status) = ctl(&c, &["status"]);
     assert_eq!(code, 0, "{status}");

@@ -156,7 +156,7 @@ impl Judge {
         let at_ms = now_ms();
         let outcome = self.storage.acknowledge(id, by, at_ms).await?;
         if let AckOutcome::Acknowledged(incident) = &outcome {
-            tracing::warn!(incident = incident.id, check = %incident.check_id, kind = incident.kind.as_str(), by = incident.acknowledged_by.as_deref().unwrap_or("-"), "incident acknowledged");
+            tracing::warn!(incident = incident.id, check = %incident.check_id, kind = %incident.kind.as_str(), by = %incident.acknowledged_by.as_deref().unwrap_or("-"), "incident acknowledged");
             self.alerts.notify(AlertEvent {
                 event: AlertEventKind::Acknowledged,
                 at_ms,
@@ -497,14 +497,14 @@ impl Task {
         let baselines = live.judge.baselines();
         self.shared.publish(id, baselines);
         if previous != Some(kind) {
-            tracing::info!(check = %id, round, verdict = kind.as_str(), was = previous.map_or("-", |v| v.as_str()), note = %verdict.note, "verdict changed");
+            tracing::info!(check = %id, round, verdict = %kind.as_str(), was = %previous.map_or("-", |v| v.as_str()), note = %verdict.note, "verdict changed");
         } else {
-            tracing::debug!(check = %id, round, verdict = kind.as_str(), "round decided");
+            tracing::debug!(check = %id, round, verdict = %kind.as_str(), "round decided");
         }
         match self.storage.store_round(verdict, changes).await {
             Ok(stored) => {
                 for (event, incident) in stored.events {
-                    tracing::warn!(incident = incident.id, check = %incident.check_id, kind = incident.kind.as_str(), severity = ?incident.severity, event = event.as_str(), summary = %incident.summary, "incident {}", event.as_str());
+                    tracing::warn!(incident = incident.id, check = %incident.check_id, kind = %incident.kind.as_str(), severity = %format!("{:?}", incident.severity).to_lowercase(), summary = %incident.summary, "incident {}", event.as_str());
                     let at_ms = match event {
                         AlertEventKind::Resolved => incident.resolved_at_ms.unwrap_or(now),
                         _ => incident.opened_at_ms,
