@@ -172,6 +172,13 @@ async fn delivers(port_key: &str, security: &str) {
     let alerts = Alerts::start(vec![ch], shutdown);
     let started = Instant::now();
     alerts.notify(outage(&check, &summary));
+    let st = status_until(&alerts, |s| s["delivered"] == 1).await;
+    eprintln!(
+        "{security}: accepted by submission {:?} after notify",
+        started.elapsed()
+    );
+    assert_eq!(st["failed"], 0, "{st}");
+    assert_eq!(st["type"], "email");
 
     let subject = format!("Subject: [mailloop] OUTAGE opened: {check}");
     let msg = wait_for(&to, &subject).await;
@@ -196,9 +203,6 @@ async fn delivers(port_key: &str, security: &str) {
     ] {
         assert!(unfolded.contains(needle), "{needle:?} missing:\n{msg}");
     }
-    let st = status_until(&alerts, |s| s["delivered"] == 1).await;
-    assert_eq!(st["failed"], 0, "{st}");
-    assert_eq!(st["type"], "email");
 }
 
 #[tokio::test]

@@ -159,14 +159,23 @@ impl Alerts {
                 dropped
             };
             if let Some(old) = dropped {
-                ch.stats.lock().unwrap().dropped += 1;
-                tracing::warn!(
-                    channel = ch.config.name,
-                    incident = old.incident.id,
-                    event = old.event.as_str(),
-                    capacity = ch.queue.capacity,
-                    "alert queue full: dropped its oldest event"
-                );
+                let total = {
+                    let mut s = ch.stats.lock().unwrap();
+                    s.dropped += 1;
+                    s.dropped
+                };
+                // A flood would otherwise write one line per event: log the
+                // 1st, 2nd, 4th, 8th... drop, each with the running total.
+                if total.is_power_of_two() {
+                    tracing::warn!(
+                        channel = ch.config.name,
+                        incident = old.incident.id,
+                        event = old.event.as_str(),
+                        capacity = ch.queue.capacity,
+                        dropped_total = total,
+                        "alert queue full: dropped its oldest event"
+                    );
+                }
             }
             ch.queue.ready.notify_one();
         }
