@@ -246,7 +246,7 @@ impl Connection {
                 } else {
                     let n = scheduler.suspend();
                     tracing::error!(
-                        "token revoked or unknown: the coordinator at {} refused it ({err}); this agent stops probing its {n} check(s); {} report(s) stay in the spool; registration is retried every {}s in case the token is accepted again",
+                        "token revoked or unknown: the coordinator at {} refused this agent's token ({err}); this agent stops probing its {n} check(s); {} report(s) stay in the spool; registration is retried every {}s in case the token is accepted again",
                         self.url,
                         self.spool.waiting(),
                         REFUSED_RETRY.as_secs()

@@ -567,6 +567,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn run_now_reports_round_zero_and_leaves_the_rounds_and_suspend_keeps_the_assignments() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db"), 10).unwrap();
+        // Nothing listens on port 9: the probe fails at once (a report all the same).
+        let check = serde_json::json!({
+            "name": "x", "from": "a@example.test", "to": "b@example.test", "verify_dkim": false, "spf": {"enabled": false},
+            "smtp": {"host": "127.0.0.1", "port": 9, "security": "none"},
+            "imap": {"host": "127.0.0.1", "port": 9, "security": "none", "username": "u", "password": "p"}
+        });
+        // Hourly, with the round an hour away: no scheduled probe during the test.
+        let interval_ms = 3_600_000;
+        let phase_ms = ((now_ms() as u64) + interval_ms / 2) % interval_ms;
+        let a = AssignedCheck { check_id: "x".into(), revision: 3, check_json: check.to_string(), interval_ms, phase_ms };
+        let mut s = Scheduler::new(spool.clone(), DnsConfig::default(), ProbeGate::default());
+        s.upsert(a, Origin::Coordinator).await;
+        assert_eq!(s.running(), 1);
+
+        assert!(!s.run_now("nope", "run-1"), "a check it does not hold is not run");
+        assert!(s.run_now("x", "run-2"));
+        let mut waiting = spool.watch_waiting();
+        tokio::time::timeout(Duration::from_secs(10), waiting.wait_for(|n| *n == 1)).await.unwrap().unwrap();
+        let (_, r) = spool.after(0, 10).await.unwrap().pop().unwrap();
+        assert_eq!((r.check_id.as_str(), r.revision, r.round, r.request_id.as_deref()), ("x", 3, 0, Some("run-2")));
+        assert_eq!(s.running(), 1, "the round task is still there");
+
+        assert_eq!(s.suspend(), 1);
+        assert!(s.is_suspended() && s.running() == 0);
+        assert_eq!(s.known(), [("x".to_string(), 3)], "suspended, the assignment is kept");
+        assert!(!s.run_now("x", "run-3"), "no on-demand run while suspended");
+        assert_eq!(s.resume_probing(), 1);
+        assert_eq!(s.running(), 1);
+        assert_eq!(s.resume_probing(), 0, "resuming twice starts nothing more");
+    }
+
+    #[tokio::test]
     async fn an_idle_check_task_does_not_carry_a_probe() {
         // 1,000 idle checks must fit in a small agent: the probe's own
         // state (tens of KiB) is allocated only while it runs.
