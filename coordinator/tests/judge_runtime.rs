@@ -497,3 +497,108 @@ fn a_default_quorum_count_must_fit_every_check_without_its_own() {
     );
     assert!(config_issues(json!({"incidents": {"quorum": 3}, "quorum": 2})).is_empty());
 }
+
+#[tokio::test]
+async fn an_outage_resolves_after_resolve_rounds_good_rounds() {
+    let c = judged("round_slack = \"1s\"\nconfirm_rounds = 1\nresolve_rounds = 2");
+    // Reports may arrive ahead of their round: they wait until it starts,
+    // so these three rounds are consecutive whatever the test's pace.
+    let (k, _) = round_now();
+    let (k, k1, k2) = (k + 1, k + 2, k + 3);
+    send_as(
+        &c,
+        "eu-1",
+        vec![
+            failed("eu-a", k),
+            delivered("eu-b", k1),
+            delivered("eu-c", k2),
+        ],
+    )
+    .await;
+    send_as(
+        &c,
+        "us-1",
+        vec![
+            failed("us-a", k),
+            delivered("us-b", k1),
+            delivered("us-c", k2),
+        ],
+    )
+    .await;
+    assert_eq!(verdict_of(&c.api(), k).await["verdict"], "down");
+    assert_eq!(verdict_of(&c.api(), k1).await["verdict"], "up");
+    assert_eq!(verdict_of(&c.api(), k2).await["verdict"], "up");
+    let resolved = eventually(SOON, "the outage resolved", async || {
+        incidents(&c.api(), "kind=outage&state=resolved")
+            .await
+            .first()
+            .cloned()
+    })
+    .await;
+    assert_eq!(resolved["first_round"], k);
+    let shown = expect_ok(
+        c.api()
+            .get(&format!("/api/v1/incidents/{}", resolved["id"]))
+            .await,
+    );
+    let last = shown["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&last["event"], &last["round"]),
+        (&json!("resolved"), &json!(k2))
+    );
+    assert!(shown["resolved_at"].as_str().is_some());
+    // Too late to acknowledge.
+    let late = c
+        .api()
+        .post(
+            &format!("/api/v1/incidents/{}/ack", resolved["id"]),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.status, 409, "{late:?}");
+}
+
+#[tokio::test]
+async fn a_checks_own_quorum_is_used_kept_and_shown() {
+    let mut c = Coordinator::start("", "[incidents]\nround_slack = \"1s\"\n");
+    let mut shop = check_table("shop", &["eu-west", "us-east"], "1s");
+    shop["quorum"] = json!(1);
+    expect_ok(c.api().post("/api/v1/checks", &shop).await);
+    let phase = schedule::phase_ms("shop", INTERVAL_MS);
+    let k = schedule::round_at(now_ms(), INTERVAL_MS, phase) + 1;
+    let mut bad = failed("eu-a", k);
+    bad.check_id = "shop".into();
+    bad.report_json = bad.report_json.replace("\"corp\"", "\"shop\"");
+    send_as(&c, "eu-1", vec![bad]).await;
+    send_as(&c, "us-1", vec![result("us-a", "shop", k)]).await;
+    let v = eventually(SOON, "shop's verdict", async || {
+        let page = verdicts(&c.api(), "check=shop&limit=50").await;
+        page["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["round"] == k)
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        (&v["verdict"], &v["quorum"]),
+        (&json!("down"), &json!(1)),
+        "one failing region is an outage with quorum 1: {v}"
+    );
+    c.kill();
+    c.launch();
+    let stored = expect_ok(c.api().get("/api/v1/checks/shop").await);
+    assert_eq!(stored["check"]["quorum"], 1, "{stored}");
+    let mut three = check_table("shop", &["eu-west", "us-east"], "1s");
+    three["quorum"] = json!(3);
+    let refused = c.api().put("/api/v1/checks/shop", &three).await.unwrap();
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(refused.body["issues"][0]["path"], "body.quorum");
+}
