@@ -57,7 +57,9 @@ pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Events waiting per channel before the oldest is dropped.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 /// How long a channel keeps delivering its queue after shutdown begins.
-pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Shorter than the server's default `shutdown_grace` (10 s), so the
+/// coordinator's own wait for its tasks is not spent on a dead channel.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// PagerDuty's Events API v2 endpoint.
 pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
