@@ -470,13 +470,14 @@ async fn load_run(args: &Args, n: usize) -> anyhow::Result<Value> {
         "imap": {"host": "127.0.0.1", "security": "none", "username": "probe@receiver.test", "password_env": "IMAP_PASS"},
         "spf": {"enabled": false},
     });
+    let created = Instant::now();
     let put = api.put("/api/v1/checks/bench", &table).await?;
     anyhow::ensure!(put.is_success(), "creating the check: {}", put.error_text());
     let revision = put.body["check"]["revision"]
         .as_u64()
         .or_else(|| put.body["revision"].as_u64())
         .unwrap_or(0);
-    wait_all(&mut seen_rx, n, revision, Instant::now()).await?;
+    wait_all(&mut seen_rx, n, revision, created).await?;
 
     // Ingest.
     let per_agent = args.reports.div_ceil(n).max(1);
