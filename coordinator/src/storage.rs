@@ -949,11 +949,13 @@ fn enum_str<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn enum_parse<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
-const INCIDENT_COLUMNS: &str = "id, check_id, kind, key, severity, state, opened_at_ms, acked_at_ms, acked_by,
+const INCIDENT_COLUMNS: &str =
+    "id, check_id, kind, key, severity, state, opened_at_ms, acked_at_ms, acked_by,
     resolved_at_ms, first_round, last_round, summary, regions, step, class";
 
 fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
@@ -1014,7 +1016,9 @@ fn add_event(conn: &Connection, incident_id: u64, e: &TimelineEntry) -> Result<(
 /// The incident with this id, with its timeline.
 fn incident_by_id(conn: &Connection, id: u64) -> Result<Option<Incident>, StorageError> {
     let found = conn
-        .prepare_cached(&format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"
+        ))?
         .query_row([id as i64], incident_row)
         .optional()?;
     match found {
@@ -1083,8 +1087,10 @@ fn store_round_tx(
                         note: i.summary.clone(),
                     });
                     add_event(conn, id, &entry)?;
-                    conn.prepare_cached("UPDATE incidents SET last_round = MAX(last_round, ?2) WHERE id = ?1")?
-                        .execute(params![id as i64, v.round as i64])?;
+                    conn.prepare_cached(
+                        "UPDATE incidents SET last_round = MAX(last_round, ?2) WHERE id = ?1",
+                    )?
+                    .execute(params![id as i64, v.round as i64])?;
                     continue;
                 }
                 conn.prepare_cached(
@@ -1225,7 +1231,11 @@ impl Storage {
     }
 
     /// The last `n` verdicts of a check, oldest first (what `restore` needs).
-    pub async fn recent_verdicts(&self, check_id: String, n: u32) -> Result<Vec<Verdict>, StorageError> {
+    pub async fn recent_verdicts(
+        &self,
+        check_id: String,
+        n: u32,
+    ) -> Result<Vec<Verdict>, StorageError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT evidence FROM verdicts WHERE check_id = ?1 ORDER BY round DESC LIMIT ?2",
@@ -1233,7 +1243,10 @@ impl Storage {
             let rows = stmt
                 .query_map(params![check_id, n as i64], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut out = rows.iter().map(|e| verdict_from(e)).collect::<Result<Vec<_>, _>>()?;
+            let mut out = rows
+                .iter()
+                .map(|e| verdict_from(e))
+                .collect::<Result<Vec<_>, _>>()?;
             out.reverse();
             Ok(out)
         })
@@ -1244,7 +1257,8 @@ impl Storage {
     pub async fn list_incidents(&self, q: IncidentQuery) -> Result<Vec<Incident>, StorageError> {
         self.read(move |conn| {
             let states: Vec<String> = q.states.iter().map(enum_str).collect();
-            let states_json = (!states.is_empty()).then(|| serde_json::to_string(&states).expect("strings"));
+            let states_json =
+                (!states.is_empty()).then(|| serde_json::to_string(&states).expect("strings"));
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {INCIDENT_COLUMNS} FROM incidents
                  WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
@@ -1291,7 +1305,12 @@ impl Storage {
     }
 
     /// Acknowledges an open incident (idempotent; a resolved one is refused).
-    pub async fn acknowledge(&self, id: u64, by: Option<String>, at_ms: i64) -> Result<AckOutcome, StorageError> {
+    pub async fn acknowledge(
+        &self,
+        id: u64,
+        by: Option<String>,
+        at_ms: i64,
+    ) -> Result<AckOutcome, StorageError> {
         self.write(move |conn| {
             let Some(found) = incident_by_id(conn, id)? else {
                 return Ok(AckOutcome::NotFound);
@@ -1324,7 +1343,11 @@ impl Storage {
     }
 
     /// The reports of one round of a check, in the order they were received.
-    pub async fn round_reports(&self, check_id: String, round: u64) -> Result<Vec<ReportRow>, StorageError> {
+    pub async fn round_reports(
+        &self,
+        check_id: String,
+        round: u64,
+    ) -> Result<Vec<ReportRow>, StorageError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 ORDER BY received_at, probe_id"
@@ -1378,6 +1401,189 @@ impl Storage {
     }
 }
 
+#[cfg(test)]
+mod judge_tests {
+    use super::*;
+    use crate::judge::{IncidentKind, Severity, VerdictKind};
+
+    fn verdict(round: u64, kind: VerdictKind) -> Verdict {
+        Verdict {
+            check_id: "corp".into(),
+            round,
+            round_start_ms: round as i64 * 1000,
+            decided_at_ms: round as i64 * 1000 + 500,
+            verdict: kind,
+            quorum: 2,
+            regions: Vec::new(),
+            note: format!("{} in round {round}", kind.as_str()),
+        }
+    }
+
+    fn outage(round: u64) -> IncidentChange {
+        IncidentChange::Open(Incident {
+            id: 0,
+            check_id: "corp".into(),
+            kind: IncidentKind::Outage,
+            severity: Severity::Critical,
+            state: IncidentState::Open,
+            key: String::new(),
+            regions: vec!["eu-west".into(), "us-east".into()],
+            step: Some("smtp.rcpt_to".into()),
+            class: Some("permanent".into()),
+            opened_at_ms: round as i64 * 1000 + 500,
+            first_round: round,
+            last_round: round,
+            acknowledged_at_ms: None,
+            acknowledged_by: None,
+            resolved_at_ms: None,
+            summary: "all regions fail at smtp.rcpt_to".into(),
+            timeline: vec![TimelineEntry {
+                at_ms: round as i64 * 1000 + 500,
+                round: Some(round),
+                event: "opened".into(),
+                verdict: Some(VerdictKind::Down),
+                note: "down".into(),
+            }],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_round_is_stored_once_with_its_incident_and_never_a_second_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let first = s
+            .store_round(verdict(1, VerdictKind::Down), vec![outage(1)])
+            .await
+            .unwrap();
+        assert!(first.stored);
+        let (event, opened) = &first.events[0];
+        assert_eq!(
+            (*event, opened.id, opened.timeline.len()),
+            (AlertEventKind::Opened, 1, 1)
+        );
+        let again = s
+            .store_round(verdict(1, VerdictKind::Up), vec![outage(1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            RoundStored {
+                stored: false,
+                events: vec![]
+            },
+            "decided once"
+        );
+        // The judge asking to open it again (say it lost track) adds a line, not an incident.
+        let dup = s
+            .store_round(verdict(2, VerdictKind::Down), vec![outage(2)])
+            .await
+            .unwrap();
+        assert!(dup.events.is_empty());
+        let all = s
+            .list_incidents(IncidentQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].last_round, 2);
+        // And SQL itself refuses a second active one.
+        let sneaky = s
+            .write(|conn| {
+                conn.execute(
+                    "INSERT INTO incidents (check_id, kind, key, severity, state, opened_at_ms, first_round, last_round, summary, regions)
+                     VALUES ('corp', 'outage', '', 'critical', 'acknowledged', 0, 3, 3, '', '[]')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await;
+        assert!(sneaky.is_err(), "the partial unique index holds");
+        let page = s
+            .query_verdicts(VerdictQuery {
+                check_id: Some("corp".into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.verdicts[0].round, 2, "newest first");
+        assert_eq!(page.verdicts[0].verdict, VerdictKind::Down);
+        let rest = s
+            .query_verdicts(VerdictQuery {
+                check_id: Some("corp".into()),
+                limit: 1,
+                after: page.next,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((rest.verdicts[0].round, rest.next), (1, None));
+    }
+
+    #[tokio::test]
+    async fn acknowledge_then_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        s.store_round(verdict(1, VerdictKind::Down), vec![outage(1)])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.acknowledge(9, None, 5).await.unwrap(),
+            AckOutcome::NotFound
+        );
+        let AckOutcome::Acknowledged(i) = s.acknowledge(1, Some("alice".into()), 5).await.unwrap()
+        else {
+            panic!("not acknowledged");
+        };
+        assert_eq!(
+            (i.state, i.acknowledged_by.as_deref()),
+            (IncidentState::Acknowledged, Some("alice"))
+        );
+        assert!(matches!(
+            s.acknowledge(1, Some("bob".into()), 6).await.unwrap(),
+            AckOutcome::AlreadyAcknowledged(_)
+        ));
+        let resolve = IncidentChange::Resolve {
+            kind: IncidentKind::Outage,
+            key: String::new(),
+            entry: TimelineEntry {
+                at_ms: 9000,
+                round: Some(3),
+                event: "resolved".into(),
+                verdict: Some(VerdictKind::Up),
+                note: "up again".into(),
+            },
+        };
+        let done = s
+            .store_round(verdict(3, VerdictKind::Up), vec![resolve])
+            .await
+            .unwrap();
+        let (event, resolved) = &done.events[0];
+        assert_eq!(
+            (*event, resolved.state, resolved.resolved_at_ms),
+            (
+                AlertEventKind::Resolved,
+                IncidentState::Resolved,
+                Some(9000)
+            )
+        );
+        let events: Vec<&str> = resolved.timeline.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(events, ["opened", "acknowledged", "resolved"]);
+        assert!(matches!(
+            s.acknowledge(1, None, 10).await.unwrap(),
+            AckOutcome::Resolved(_)
+        ));
+        assert!(s.active_incidents("corp".into()).await.unwrap().is_empty());
+        // A new outage may open now that the old one is resolved.
+        let next = s
+            .store_round(verdict(4, VerdictKind::Down), vec![outage(4)])
+            .await
+            .unwrap();
+        assert_eq!(next.events[0].1.id, 2);
+    }
+}
 // ───────────────────────── Hourly aggregates ─────────────────────────
 //
 // Raw reports are kept for `retention` (30 days by default); an SRE graphs

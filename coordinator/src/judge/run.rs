@@ -522,3 +522,72 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CheckSpec;
+    use crate::storage::Source;
+
+    fn report(round: u64) -> NewReport {
+        NewReport {
+            check_id: "corp".into(),
+            round,
+            region: "eu-west".into(),
+            agent: "eu-1".into(),
+            report_json: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn the_feed_never_blocks_drops_when_full_and_skips_round_zero() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let feed = JudgeFeed {
+            tx,
+            dropped: Arc::default(),
+        };
+        feed.offer(report(0));
+        feed.offer(report(7));
+        feed.offer(report(8)); // full: dropped, read from storage at the deadline
+        assert_eq!(rx.try_recv().unwrap().round, 7);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(feed.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    fn check(interval: Duration, table: serde_json::Value) -> StoredCheck {
+        StoredCheck {
+            spec: CheckSpec {
+                name: "corp".into(),
+                table,
+                interval,
+                regions: vec!["eu-west".into()],
+                quorum: None,
+            },
+            revision: 1,
+            source: Source::Api,
+            deleted: false,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_round_waits_for_the_shorter_of_interval_and_probe_budget_plus_slack() {
+        let table = serde_json::json!({
+            "name": "corp", "from": "probe@sender.test", "to": "probe@receiver.test",
+            "deadline": "20s", "greylist_grace": "10s",
+            "smtp": {"host": "127.0.0.1", "username": "probe@sender.test", "password_env": "P"},
+            "imap": {"host": "127.0.0.1", "username": "probe@receiver.test", "password_env": "P"},
+        });
+        let settings = JudgeSettings::default(); // round_slack 10 s
+        assert_eq!(
+            round_wait(&check(Duration::from_secs(300), table.clone()), &settings),
+            Duration::from_secs(20 + 10 + 10),
+            "budget: deadline + greylist_grace"
+        );
+        assert_eq!(
+            round_wait(&check(Duration::from_secs(5), table), &settings),
+            Duration::from_secs(5 + 10),
+            "an interval shorter than the budget"
+        );
+    }
+}
