@@ -197,7 +197,14 @@ fn greylisting_on_the_path_is_deferred_then_up_and_no_incident() {
         "{}",
         describe(&all)
     );
-    assert!(all[first_up_at..].iter().all(|v| v["verdict"] == "up"), "up once delivered:\n{}", describe(&all));
+    // Delivered from then on. `degraded` is tolerated: a delivered probe
+    // over a threshold on the busy shared machine is not a failure and not
+    // an incident (one such round was seen in another test).
+    assert!(
+        all[first_up_at..].iter().all(|v| v["verdict"] == "up" || v["verdict"] == "degraded"),
+        "up once delivered:\n{}",
+        describe(&all)
+    );
     assert!(
         all.iter().all(|v| !matches!(v["verdict"].as_str(), Some("down" | "transit" | "unknown"))),
         "{}",
