@@ -179,6 +179,57 @@ async fn carry(mut client: TcpStream, mode: PathMode, mut control: watch::Receiv
     }
 }
 
+/// A UDP relay in front of the stack's DNS server for the agents, which a
+/// test can silence: queries are then read and never answered, as when the
+/// stack (dnsmasq with it) is stopped.
+pub struct DnsRelay {
+    addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DnsRelay {
+    pub fn start(handle: &Handle, upstream: SocketAddr) -> DnsRelay {
+        let socket =
+            Arc::new(handle.block_on(tokio::net::UdpSocket::bind("127.0.0.1:0")).expect("bind a DNS relay port"));
+        let addr = socket.local_addr().unwrap();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let relaying = open.clone();
+        handle.spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, client)) = socket.recv_from(&mut buf).await {
+                if !relaying.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let (query, socket) = (buf[..n].to_vec(), socket.clone());
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else { return };
+                    if up.send_to(&query, upstream).await.is_err() {
+                        return;
+                    }
+                    let mut answer = [0u8; 4096];
+                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), up.recv(&mut answer)).await {
+                        let _ = socket.send_to(&answer[..n], client).await;
+                    }
+                });
+            }
+        });
+        DnsRelay { addr, open }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// From now on no query is answered.
+    pub fn silence(&self) {
+        self.open.store(false, Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One POST as a receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -350,6 +401,8 @@ pub struct Settings {
     pub baselines: Vec<String>,
     /// Extra lines for the check's `[[check]]` table (e.g. `quorum = 2`).
     pub check_extra: Vec<String>,
+    /// The agents' `[dns]` nameserver (`ip:port`); default: the stack's.
+    pub agent_dns: Option<String>,
 }
 
 impl Settings {
@@ -371,6 +424,7 @@ impl Settings {
             ],
             baselines: Vec::new(),
             check_extra: Vec::new(),
+            agent_dns: None,
         }
     }
 }
@@ -392,6 +446,8 @@ pub struct RegionCluster {
     pub regions: Vec<Region>,
     pub pager: WebhookReceiver,
     pub tickets: WebhookReceiver,
+    /// The agents' DNS server (unless `Settings::agent_dns` names another).
+    pub dns: DnsRelay,
     pub check_id: String,
     pub started: Instant,
     runtime: Runtime,
@@ -410,6 +466,8 @@ impl RegionCluster {
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
         let pager = WebhookReceiver::start(&handle);
         let tickets = WebhookReceiver::start(&handle);
+        let dns =
+            DnsRelay::start(&handle, format!("{}:53", s.var("MAILSTACK_DNS")).parse().expect("MAILSTACK_DNS is an IP"));
 
         let host = s.var("MAILSTACK_HOST");
         let ports = [check.smtp_port, check.imap_port];
@@ -471,14 +529,14 @@ impl RegionCluster {
                 &config_path,
                 format!(
                     "[agent]\nname = {:?}\nregion = {:?}\ncoordinator_url = \"http://{}\"\ntoken_file = {:?}\n\
-                     spool = {:?}\nshutdown_grace = \"5s\"\nconnect_to = [{}]\n[dns]\nnameservers = [\"{}:53\"]\n",
+                     spool = {:?}\nshutdown_grace = \"5s\"\nconnect_to = [{}]\n[dns]\nnameservers = [\"{}\"]\n",
                     region.agent_name,
                     region.name,
                     coordinator.grpc,
                     dir.path().join(format!("{}.token", region.agent_name)),
                     dir.path().join(format!("{}.spool.db", region.agent_name)),
                     connect_to.join(", "),
-                    s.var("MAILSTACK_DNS"),
+                    settings.agent_dns.clone().unwrap_or_else(|| dns.addr().to_string()),
                 ),
             )
             .unwrap();
@@ -501,6 +559,7 @@ impl RegionCluster {
             regions,
             pager,
             tickets,
+            dns,
             check_id: check.name.clone(),
             started: Instant::now(),
             runtime,
@@ -582,6 +641,16 @@ impl Drop for RegionCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
+            // Whole logs kept for whoever routes the failure.
+            let keep = std::env::temp_dir().join(format!("mailloop-regions-{}-{}", self.check_id, std::process::id()));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for f in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                    if f.path().extension().is_some_and(|e| e == "log") {
+                        let _ = std::fs::copy(f.path(), keep.join(f.file_name()));
+                    }
+                }
+                eprintln!("---- full logs kept in {} ----", keep.display());
+            }
         }
         self.agents.clear();
         self.coordinator.proc.take();
@@ -639,6 +708,21 @@ pub fn describe(verdicts: &[Value]) -> String {
         .join("\n")
 }
 
+/// Like [`crate::cluster::wait_until`], but None at the deadline, so the
+/// caller can say what it saw.
+pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Wall-clock now in epoch milliseconds (rounds are numbered by it).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
@@ -666,8 +750,15 @@ pub fn expect_outage_paged_and_resolved(c: &RegionCluster, stop: impl FnOnce(), 
     let stop_ms = now_ms();
     let stopped = Instant::now();
     stop();
-    let page = crate::cluster::wait_until(Duration::from_secs(90), "the outage webhook on the pager", || {
+    let page = poll(Duration::from_secs(90), || {
         c.pager.hits().into_iter().find(|h| h.body["event"] == "opened" && h.body["incident"]["kind"] == "outage")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no outage webhook on the pager 90 s after the stop; verdicts from 10 s before it:\n{}\nincidents: {:#?}",
+            describe(&c.verdicts_since(stop_ms - 10_000)),
+            c.all_incidents()
+        )
     });
     let to_page = page.at.duration_since(stopped);
     let incident = &page.body["incident"];
@@ -698,9 +789,11 @@ pub fn expect_outage_paged_and_resolved(c: &RegionCluster, stop: impl FnOnce(), 
         down_rounds.len(),
         describe(&since)
     );
-    let first_down = down_rounds[0];
-    for r in first_down["regions"].as_array().unwrap() {
-        assert_eq!(r["state"], "failed", "{first_down}");
+    // The round that opened it: every region failed (the first down round
+    // may be one in flight at the stop, down by quorum with a region still ok).
+    let opening = down_rounds[down_rounds.len() - 1];
+    for r in opening["regions"].as_array().unwrap() {
+        assert_eq!(r["state"], "failed", "{opening}");
     }
     let step = incident["step"].as_str().unwrap_or_else(|| panic!("the outage names no step: {incident}"));
     let summary = incident["summary"].as_str().unwrap_or_default();

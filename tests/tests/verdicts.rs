@@ -232,3 +232,35 @@ fn every_regions_path_cut_is_down_an_outage_paged_then_resolved() {
     let figure = regions::expect_outage_paged_and_resolved(&c, || c.cut_all(), || c.restore_all());
     eprintln!("FIGURE all paths cut: outage webhook {:.1} s after the cut", figure.as_secs_f64());
 }
+
+#[test]
+fn an_outage_whose_failing_probes_outlast_the_interval_is_still_confirmed() {
+    // What a stopped stack looks like to agents: every path refused AND
+    // its DNS silent (dnsmasq stops with it). The SPF walk beside every
+    // submission then waits out its DNS timeouts (~9 s), so every failing
+    // probe outlasts the 2 s interval: agents skip rounds, and the rounds
+    // nobody reported are `unknown`. Those must neither extend nor break
+    // the down streak: the outage is still confirmed and paged.
+    //
+    // Fails today (2026-11-28): no round is decided at all after the stop.
+    // judge/run.rs `decide_due` moves `next_round` up to `current - 3`
+    // (BACKFILL_ROUNDS) before a pending round's deadline (start + 2 s +
+    // round_slack 10 s = 12 s) can pass, so with 9 s reports every round is
+    // skipped unjudged; the floor should count from rounds whose deadline
+    // has passed. Same cause as the first real-stop runs of tests/outage.rs.
+    let c = RegionCluster::start(&Check::new("v-slow-down"), &Settings::new());
+    wait_for_up_rounds(&c, 2);
+    let stop = || {
+        c.dns.silence();
+        c.cut_all();
+    };
+    let restore = || {
+        c.restore_all();
+        c.dns.restore();
+    };
+    let figure = regions::expect_outage_paged_and_resolved(&c, stop, restore);
+    eprintln!(
+        "FIGURE paths cut and DNS silent (9 s failing probes, 2 s interval): outage webhook {:.1} s after the cut",
+        figure.as_secs_f64()
+    );
+}
