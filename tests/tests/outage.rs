@@ -61,11 +61,12 @@ impl Drop for StackGuard {
 fn stopping_the_mail_stack_is_down_an_outage_paged_then_resolved() {
     // The stack's DNS (dnsmasq) stops with it. The SPF walk runs beside the
     // submission and the probe waits for it, so with DNS gone every failed
-    // probe took ~9 s (3 s x 2 attempts...), past the 2 s interval: agents
-    // skipped rounds, those were judged `unknown`, and the unknown rounds
-    // between the down ones kept the outage from ever being confirmed (seen
-    // on the first real-stop runs). Without the walk a stopped stack fails
-    // a probe in milliseconds, which is what this test measures.
+    // probe took ~9 s, past the 2 s interval, and the judge skipped those
+    // rounds unjudged (its backfill floor overtakes a round before its 12 s
+    // deadline; see an_outage_whose_failing_probes_outlast_the_interval_...
+    // in tests/verdicts.rs, which reproduces it without stopping the
+    // stack). Without the walk a stopped stack fails a probe in
+    // milliseconds, which is what this test measures.
     let mut check = Check::new("v-outage");
     check.check_extra.push("spf = { enabled = false }".into());
     let c = RegionCluster::start(&check, &Settings::new());
