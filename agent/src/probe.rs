@@ -160,10 +160,25 @@ impl Prober {
         let mut smtp_rec = Recorder::new(origin, deadline);
         let mut imap_rec = Recorder::new(origin, deadline);
         let mut dns_rec = Recorder::new(origin, deadline);
+        // The SPF walk runs beside the delivery but is not waited for once
+        // submission failed: the round is failed already, and a dead DNS
+        // server would otherwise hold the failure back for the walk's timeout.
+        let submission_failed = tokio::sync::Notify::new();
         let (sent, opened, spf_budget) = tokio::join!(
-            smtp::send(check, &self.smtp_tls, &self.connect_to, body, &mut smtp_rec),
+            async {
+                let sent = smtp::send(check, &self.smtp_tls, &self.connect_to, body, &mut smtp_rec).await;
+                if sent.is_err() {
+                    submission_failed.notify_one();
+                }
+                sent
+            },
             imap::open(check, &self.imap_tls, &self.connect_to, &mut imap_rec),
-            self.spf_walk(&mut dns_rec),
+            async {
+                tokio::select! {
+                    budget = self.spf_walk(&mut dns_rec) => budget,
+                    _ = submission_failed.notified() => None,
+                }
+            },
         );
 
         let mut r = AttemptResult::default();

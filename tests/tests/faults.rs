@@ -64,6 +64,20 @@ async fn smtp_banner_421_is_rate_limited() {
     assert_eq!(f.enhanced.as_deref(), Some("4.3.2"));
 }
 
+/// A dead DNS server (it takes every query and never answers) must not hold
+/// back a submission failure: the SPF walk is dropped once submission failed.
+#[tokio::test]
+async fn a_failed_submission_does_not_wait_for_a_silent_dns_server() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let run = Scenario::smtp_fault([say("554 5.7.1 fake-smtp.invalid no service for you"), close()])
+        .configure(|c| c.set("spf", serde_json::json!({"enabled": true, "domain": "sender.mailloop.test"})).timeout(DnsSpf, "8s"))
+        .dns(vec![silent.local_addr().unwrap()])
+        .run()
+        .await;
+    assert_failed(&run.report, SmtpBanner, Permanent, Some(554));
+    assert!(!run.report.steps.iter().any(|s| s.name == DnsSpf), "the SPF walk was waited for: {:#?}", run.report.steps);
+}
+
 #[tokio::test]
 async fn smtp_421_after_mail_from_is_rate_limited() {
     let run = Scenario::smtp_fault(smtp::ready().then([

@@ -99,6 +99,7 @@ pub struct Scenario {
     smtp: FakeServer,
     imap: FakeServer,
     check: FakeCheck,
+    dns: mailloop_common::config::DnsConfig,
 }
 
 /// What a [`Scenario`] produced.
@@ -112,7 +113,7 @@ pub struct Run {
 impl Scenario {
     pub fn new(smtp: FakeServer, imap: FakeServer) -> Scenario {
         let check = FakeCheck::new(smtp.port(), imap.port());
-        Scenario { smtp, imap, check }
+        Scenario { smtp, imap, check, dns: Default::default() }
     }
 
     /// The SMTP server plays `script`; the IMAP server behaves ([`imap::mailbox`]).
@@ -131,14 +132,21 @@ impl Scenario {
         self
     }
 
+    /// Name servers for the probe's DNS diagnostics (only with `verify_dkim`
+    /// or `spf` switched on; never the machine's resolver).
+    pub fn dns(mut self, nameservers: Vec<std::net::SocketAddr>) -> Scenario {
+        self.dns = mailloop_common::config::DnsConfig { nameservers };
+        self
+    }
+
     /// Runs the probe. Fails the test if the agent panics, if the probe
     /// outlives its deadline plus a few step timeouts (a hang), or if the
     /// agent did not follow either script.
     pub async fn run(self) -> Run {
-        let Scenario { smtp, imap, check } = self;
+        let Scenario { smtp, imap, check, dns } = self;
         let config = check.config();
         let guard = hang_guard(&config);
-        let prober = Prober::new(config, &Default::default()).unwrap_or_else(|e| panic!("cannot build the prober: {e}"));
+        let prober = Prober::new(config, &dns).unwrap_or_else(|e| panic!("cannot build the prober: {e}"));
         let mut probe = tokio::spawn(async move { prober.run().await });
         let report = match tokio::time::timeout(guard, &mut probe).await {
             Ok(Ok(report)) => report,
