@@ -18,8 +18,11 @@
 //! nobody reported are decided too (`unknown`), but only those after the
 //! check's last stored verdict, or, for a check without one, those that
 //! started after the judge first saw it; and never more than
-//! [`BACKFILL_ROUNDS`] intervals back, so a coordinator that was down for
-//! a day does not write a day of `unknown` on start. Round 0 is the
+//! [`BACKFILL_ROUNDS`] rounds before the newest round whose deadline has
+//! passed, so a coordinator that was down for a day does not write a day of
+//! `unknown` on start. (Counting back from the newest *due* round, not the
+//! current one, matters: with a short interval and a long deadline several
+//! rounds are in flight at once, and none of them may be skipped.) Round 0 is the
 //! on-demand run's and is never judged.
 //!
 //! On start each judge is restored from storage (recent verdicts and the
@@ -49,6 +52,14 @@ pub const FEED_CAPACITY: usize = 4096;
 pub const TICK: Duration = Duration::from_millis(300);
 /// Rounds without a report are decided at most this many intervals back.
 pub const BACKFILL_ROUNDS: u64 = 3;
+/// See [`Live::floor`].
+fn floor_round(now: i64, interval_ms: u64, phase_ms: u64, wait_ms: u64) -> u64 {
+    let due_by = (now - wait_ms as i64).max(0) as u64;
+    schedule::round_at(due_by, interval_ms, phase_ms)
+        .saturating_sub(BACKFILL_ROUNDS)
+        .max(1)
+}
+
 /// Verdicts handed to `restore` (enough for any streak: rounds are at most 100).
 const RESTORE_VERDICTS: u32 = 200;
 /// Reports for rounds this far ahead of the clock are ignored (a skewed agent).
@@ -246,6 +257,13 @@ impl Live {
         schedule::round_at(now.max(0) as u64, self.interval_ms, self.phase_ms)
     }
 
+    /// The oldest round still worth deciding: [`BACKFILL_ROUNDS`] before the
+    /// newest round whose deadline has passed. Rounds still inside their
+    /// deadline are always above it.
+    fn floor(&self, now: i64) -> u64 {
+        floor_round(now, self.interval_ms, self.phase_ms, self.wait_ms)
+    }
+
     fn add(&mut self, round: u64, report: RegionReport) {
         if !self.regions.contains(&report.region) {
             return;
@@ -395,7 +413,12 @@ impl Task {
         let now = now_ms();
         let current = schedule::round_at(now.max(0) as u64, interval_ms, phase_ms);
         let last = recent.last();
-        let floor = current.saturating_sub(BACKFILL_ROUNDS).max(1);
+        let floor = floor_round(
+            now,
+            interval_ms,
+            phase_ms,
+            round_wait(c, &self.settings).as_millis() as u64,
+        );
         let next_round = last.map_or(floor, |v| floor.max(v.round + 1));
         // Warm the baselines with what was judged before (later rounds are judged, and learned, now).
         for region in &c.spec.regions {
@@ -441,10 +464,10 @@ impl Task {
                 let Some(live) = self.checks.get_mut(&id) else {
                     break;
                 };
-                let current = live.current_round(now);
-                let floor = current.saturating_sub(BACKFILL_ROUNDS).max(1);
+                let floor = live.floor(now);
                 if live.next_round < floor {
                     // Judging fell behind (or the clock jumped): no backfill storm.
+                    tracing::warn!(check = %id, skipped_from = live.next_round, skipped_to = floor - 1, "judge fell behind; these rounds get no verdict");
                     live.pending.retain(|k, _| *k >= floor);
                     live.next_round = floor;
                 }
@@ -552,6 +575,30 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().round, 7);
         assert!(rx.try_recv().is_err());
         assert_eq!(feed.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn rounds_still_inside_their_deadline_are_never_below_the_floor() {
+        // 2 s rounds, 12 s from a round's start to its deadline: six rounds in flight.
+        let (interval, phase, wait) = (2_000u64, 500u64, 12_000u64);
+        for now in (40_000i64..60_000).step_by(137) {
+            let floor = floor_round(now, interval, phase, wait);
+            let current = schedule::round_at(now as u64, interval, phase);
+            assert!(floor >= 1);
+            // Every round whose deadline has not passed is at or above the floor.
+            let oldest_open = (1..=current)
+                .find(|&k| schedule::round_start_ms(k, interval, phase) as i64 + wait as i64 > now)
+                .unwrap();
+            assert!(
+                floor <= oldest_open,
+                "now {now}: floor {floor} skips round {oldest_open}, still open"
+            );
+            // And the floor is no more than BACKFILL_ROUNDS behind the newest due round.
+            assert!(
+                oldest_open - floor <= BACKFILL_ROUNDS + 1,
+                "now {now}: floor {floor}, oldest open {oldest_open}"
+            );
+        }
     }
 
     fn check(interval: Duration, table: serde_json::Value) -> StoredCheck {
