@@ -749,7 +749,12 @@ fn migrate_request_ids(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     if present == 0 {
         conn.execute_batch("ALTER TABLE reports ADD COLUMN request_id TEXT")?;
-        tracing::info!("storage: added reports.request_id (on-demand runs) to an existing database");
+        // A fresh database takes the same path (the base schema predates the
+        // column); only say so when there were reports to migrate.
+        let had_reports: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM reports)", [], |r| r.get(0))?;
+        if had_reports {
+            tracing::info!("storage: added reports.request_id (on-demand runs) to an existing database");
+        }
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS reports_by_request ON reports (request_id) WHERE request_id IS NOT NULL",
