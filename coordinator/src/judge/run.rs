@@ -11,7 +11,9 @@
 //!   decides every round that is due.
 //!
 //! A round (check, k) is due once every region of the check has a report
-//! for it, or when its deadline passed: `round_start + min(interval, probe
+//! for it or has already reported a later round (an agent runs a check's
+//! rounds one after another, so it will not come back to k), or when its
+//! deadline passed: `round_start + min(interval, probe
 //! budget) + round_slack`, the probe budget being the check's `deadline`
 //! plus its `greylist_grace`. Rounds are decided in order, each once;
 //! a late report is stored (by the edge) but changes no verdict. Rounds
@@ -246,6 +248,11 @@ struct Live {
     last_verdict: Option<VerdictKind>,
     /// Reports per round not yet decided, first per region.
     pending: BTreeMap<u64, Vec<RegionReport>>,
+    /// The newest round each region has reported. An agent runs a check's
+    /// rounds one after another (never overlapping), so a region that
+    /// reported a later round will not report an earlier one: that round
+    /// need not wait for its deadline.
+    newest: BTreeMap<String, u64>,
 }
 
 impl Live {
@@ -268,10 +275,22 @@ impl Live {
         if !self.regions.contains(&report.region) {
             return;
         }
+        let newest = self.newest.entry(report.region.clone()).or_default();
+        *newest = (*newest).max(round);
         let slot = self.pending.entry(round).or_default();
         if !slot.iter().any(|r| r.region == report.region) {
             slot.push(report);
         }
+    }
+
+    /// Nothing more will come for `round`: every region reported it or has
+    /// already reported a later round.
+    fn settled(&self, round: u64) -> bool {
+        let reported = self.pending.get(&round);
+        self.regions.iter().all(|region| {
+            reported.is_some_and(|r| r.iter().any(|r| r.region == *region))
+                || self.newest.get(region).is_some_and(|&n| n > round)
+        })
     }
 
     fn complete(&self, round: u64) -> bool {
@@ -443,6 +462,7 @@ impl Task {
             quiet_before_ms: if last.is_some() { i64::MIN } else { now },
             last_verdict: last.map(|v| v.verdict),
             pending: BTreeMap::new(),
+            newest: BTreeMap::new(),
         };
         // Reports stored before the judge followed the check (before a restart, say).
         for round in next_round..=current {
@@ -477,7 +497,7 @@ impl Task {
                     break;
                 }
                 let complete = live.complete(round);
-                if !complete && now < start + live.wait_ms as i64 {
+                if !complete && !live.settled(round) && now < start + live.wait_ms as i64 {
                     break;
                 }
                 let mut reports = live.pending.remove(&round).unwrap_or_default();
