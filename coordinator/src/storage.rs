@@ -538,16 +538,20 @@ impl Storage {
     /// Deletes reports received before `cutoff_ms`, in small transactions.
     /// Returns how many went.
     pub async fn prune(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        self.delete_in_chunks(
+            "DELETE FROM reports WHERE probe_id IN (SELECT probe_id FROM reports WHERE received_at < ?1 LIMIT ?2)",
+            cutoff_ms,
+        )
+        .await
+    }
+
+    /// Runs `sql` (a DELETE of at most `?2` rows older than `?1`) until it
+    /// deletes fewer than a chunk: each chunk is its own transaction, so
+    /// pruning never holds the writer long. Returns how many rows went.
+    async fn delete_in_chunks(&self, sql: &'static str, cutoff_ms: i64) -> Result<usize, StorageError> {
         let mut total = 0;
         loop {
-            let n = self
-                .write(move |conn| {
-                    Ok(conn.execute(
-                        "DELETE FROM reports WHERE probe_id IN (SELECT probe_id FROM reports WHERE received_at < ?1 LIMIT ?2)",
-                        params![cutoff_ms, PRUNE_CHUNK as i64],
-                    )?)
-                })
-                .await?;
+            let n = self.write(move |conn| Ok(conn.execute(sql, params![cutoff_ms, PRUNE_CHUNK as i64])?)).await?;
             total += n;
             if n < PRUNE_CHUNK {
                 return Ok(total);
@@ -1388,21 +1392,11 @@ impl Storage {
 
     /// Deletes verdicts decided before `cutoff_ms` (the same retention as reports).
     pub async fn prune_verdicts(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
-        let mut total = 0;
-        loop {
-            let n = self
-                .write(move |conn| {
-                    Ok(conn.execute(
-                        "DELETE FROM verdicts WHERE rowid IN (SELECT rowid FROM verdicts WHERE decided_at_ms < ?1 LIMIT ?2)",
-                        params![cutoff_ms, PRUNE_CHUNK as i64],
-                    )?)
-                })
-                .await?;
-            total += n;
-            if n < PRUNE_CHUNK {
-                return Ok(total);
-            }
-        }
+        self.delete_in_chunks(
+            "DELETE FROM verdicts WHERE rowid IN (SELECT rowid FROM verdicts WHERE decided_at_ms < ?1 LIMIT ?2)",
+            cutoff_ms,
+        )
+        .await
     }
 }
 
@@ -1903,22 +1897,13 @@ impl Storage {
     /// Deletes the aggregates of hours that ended before `cutoff_ms`, in
     /// small transactions. Returns how many went.
     pub async fn prune_aggregates(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
-        let mut total = 0;
-        loop {
-            let n = self
-                .write(move |conn| {
-                    Ok(conn.execute(
-                        "DELETE FROM report_hours WHERE (check_id, region, hour) IN
-                         (SELECT check_id, region, hour FROM report_hours WHERE hour + ?1 <= ?2 LIMIT ?3)",
-                        params![HOUR_MS, cutoff_ms, PRUNE_CHUNK as i64],
-                    )?)
-                })
-                .await?;
-            total += n;
-            if n < PRUNE_CHUNK {
-                return Ok(total);
-            }
-        }
+        // An hour has ended before the cutoff when hour + HOUR_MS <= cutoff.
+        self.delete_in_chunks(
+            "DELETE FROM report_hours WHERE (check_id, region, hour) IN
+             (SELECT check_id, region, hour FROM report_hours WHERE hour <= ?1 LIMIT ?2)",
+            cutoff_ms - HOUR_MS,
+        )
+        .await
     }
 }
 
