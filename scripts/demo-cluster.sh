@@ -110,10 +110,26 @@ done
 echo
 "$bin/mailloopctl" results submission --since 5m
 echo
+# The judge decides a round once both regions reported it: wait (bounded)
+# for the first verdict, then show the one-screen status.
+for _ in $(seq 1 60); do
+  "$bin/mailloopctl" --output json status 2>/dev/null |
+    python3 -c 'import json,sys; sys.exit(0 if any(c.get("verdict") for c in json.load(sys.stdin)["checks"]) else 1)' 2>/dev/null && break
+  sleep 0.5
+done
+echo "== mailloopctl status (each check's latest round verdict, per region)"
+"$bin/mailloopctl" status
+echo
+echo "== mailloopctl probe submission (run it now in every region)"
+"$bin/mailloopctl" probe submission --timeout 60s || true
+echo
 cat <<MSG
 The coordinator and two agents keep running (every 10 s, both regions):
   export MAILLOOP_URL=$MAILLOOP_URL MAILLOOP_TOKEN=\$(cat $DIR/admin.token)
   $bin/mailloopctl results submission        # newest rounds, both regions
   $bin/mailloopctl latest submission         # the latest round, every step, per region
+  $bin/mailloopctl status                    # verdicts: up, degraded, deferred, transit, down, unknown
+  $bin/mailloopctl incidents list            # outages, regional transit, performance, auth drift, certificates
+  $bin/mailloopctl probe submission          # run it now in both regions
   logs: $DIR/*.log      stop: scripts/demo-cluster.sh stop
 MSG
