@@ -18,6 +18,7 @@ HERE=${BASH_SOURCE[0]%/*}
 [[ $HERE != "${BASH_SOURCE[0]}" ]] || HERE=.
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+ms_serialize "$@"
 
 PURGE=0
 for arg in "$@"; do

@@ -159,3 +159,14 @@ ms_tail() {
     tail -n "$n" "$f" | sed 's/^/    /' >&2
   fi
 }
+
+# One up.sh or down.sh at a time, per state dir: two started at nearly the
+# same moment once left OpenDKIM half-started (it refused to sign until
+# restarted). Re-runs the calling script under flock(1); `-o` keeps the lock
+# out of the daemons it starts, so it is released when the script ends.
+ms_serialize() {
+  [[ -z ${MS_SERIALIZED:-} ]] || return 0
+  command -v flock >/dev/null || return 0
+  mkdir -p "${MS_STATE%/*}"
+  MS_SERIALIZED=1 exec flock -o -w "${MAILSTACK_LOCK_TIMEOUT:-300}" "$MS_STATE.lock" "$BASH" "$0" "$@"
+}

@@ -28,6 +28,7 @@ HERE=${BASH_SOURCE[0]%/*}
 [[ $HERE != "${BASH_SOURCE[0]}" ]] || HERE=.
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+ms_serialize "$@"
 
 S=$MS_STATE
 HOST=127.0.0.1
