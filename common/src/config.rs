@@ -17,6 +17,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod table;
+pub use table::{IssueList, Table};
+
 /// Transport security of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
@@ -374,14 +377,6 @@ pub enum Secrets {
     ReferencesOnly { allow_inline: bool },
 }
 
-/// A table being read: remembers which keys were used so the rest can be
-/// reported as unknown.
-struct Table<'a> {
-    path: String,
-    map: Option<&'a Map<String, Value>>,
-    used: HashSet<&'static str>,
-}
-
 impl Validator<'_> {
     fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(ConfigIssue { path: path.into(), message: message.into() });
@@ -429,30 +424,30 @@ impl Validator<'_> {
     }
 
     fn check(&mut self, path: &str, item: &Value) -> Option<CheckConfig> {
-        let mut t = self.table(path, Some(item))?;
-        let name = self.req_str(&mut t, "name");
+        let mut t = Table::optional(&mut self.issues, path, Some(item))?;
+        let name = t.required_string(&mut self.issues, "name");
         if let Some(n) = &name {
             if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 self.issue(format!("{path}.name"), "use letters, digits, '-', '_' or '.' (it goes into a mail header and metrics labels)");
             }
         }
-        let from = self.req_str(&mut t, "from").filter(|a| self.address(path, "from", a));
-        let to = self.req_str(&mut t, "to").filter(|a| self.address(path, "to", a));
-        let deadline = self.duration(&mut t, "deadline", DEFAULT_DEADLINE);
-        let step_timeout = self.duration(&mut t, "step_timeout", DEFAULT_STEP_TIMEOUT);
-        let sweep_older_than = self.duration(&mut t, "sweep_older_than", DEFAULT_SWEEP_AGE);
-        let greylist_retry = self.duration(&mut t, "greylist_retry", DEFAULT_GREYLIST_RETRY);
-        let greylist_grace = self.duration_or_zero(&mut t, "greylist_grace", DEFAULT_GREYLIST_GRACE);
-        let cert_min_days = self.count(&mut t, "cert_min_days", DEFAULT_CERT_MIN_DAYS, 3650);
-        let trusted_authserv_id = self.opt_str(&mut t, "trusted_authserv_id");
-        let verify_dkim = self.flag(&mut t, "verify_dkim", true);
+        let from = t.required_string(&mut self.issues, "from").filter(|a| self.address(path, "from", a));
+        let to = t.required_string(&mut self.issues, "to").filter(|a| self.address(path, "to", a));
+        let deadline = t.duration(&mut self.issues, "deadline", DEFAULT_DEADLINE);
+        let step_timeout = t.duration(&mut self.issues, "step_timeout", DEFAULT_STEP_TIMEOUT);
+        let sweep_older_than = t.duration(&mut self.issues, "sweep_older_than", DEFAULT_SWEEP_AGE);
+        let greylist_retry = t.duration(&mut self.issues, "greylist_retry", DEFAULT_GREYLIST_RETRY);
+        let greylist_grace = t.duration_or_zero(&mut self.issues, "greylist_grace", DEFAULT_GREYLIST_GRACE);
+        let cert_min_days = t.number(&mut self.issues, "cert_min_days", DEFAULT_CERT_MIN_DAYS.into(), 0..=3650).map(|n| n as u32);
+        let trusted_authserv_id = t.string(&mut self.issues, "trusted_authserv_id");
+        let verify_dkim = t.flag(&mut self.issues, "verify_dkim", true);
         let expect = self.expect(&mut t);
         let spf = self.spf(&mut t, from.as_deref());
-        let smtp = self.sub(&mut t, "smtp", true).and_then(|s| self.smtp(s));
-        let imap = self.sub(&mut t, "imap", true).and_then(|s| self.imap(s));
+        let smtp = t.sub(&mut self.issues, "smtp", true).and_then(|s| self.smtp(s));
+        let imap = t.sub(&mut self.issues, "imap", true).and_then(|s| self.imap(s));
         let thresholds = self.thresholds(&mut t);
         let timeouts = self.timeouts(&mut t);
-        self.finish(t);
+        t.finish(&mut self.issues);
         Some(CheckConfig {
             name: name?,
             from: from?,
@@ -490,8 +485,8 @@ impl Validator<'_> {
             Security::Tls => 465,
             Security::None => 25,
         }, false);
-        let helo = self.opt_str(&mut t, "helo");
-        self.finish(t);
+        let helo = t.string(&mut self.issues, "helo");
+        t.finish(&mut self.issues);
         Some(SmtpConfig { endpoint: endpoint?, helo: helo? })
     }
 
@@ -500,22 +495,22 @@ impl Validator<'_> {
             Security::Tls => 993,
             Security::Starttls | Security::None => 143,
         }, true);
-        let mailbox = self.opt_str(&mut t, "mailbox").map(|m| m.unwrap_or_else(|| "INBOX".into()));
-        let wait = match self.opt_str(&mut t, "wait") {
+        let mailbox = t.string(&mut self.issues, "mailbox").map(|m| m.unwrap_or_else(|| "INBOX".into()));
+        let wait = match t.string(&mut self.issues, "wait") {
             Some(None) => Some(WaitMode::Idle),
             Some(Some(w)) => match w.as_str() {
                 "idle" => Some(WaitMode::Idle),
                 "poll" => Some(WaitMode::Poll),
                 _ => {
-                    self.issue(format!("{}.wait", t.path), format!("{w:?}: expected \"idle\" or \"poll\""));
+                    self.issue(t.path_of("wait"), format!("{w:?}: expected \"idle\" or \"poll\""));
                     None
                 }
             },
             None => None,
         };
-        let poll_interval = self.duration(&mut t, "poll_interval", DEFAULT_POLL_INTERVAL);
-        let fast_window = self.duration_or_zero(&mut t, "fast_window", DEFAULT_FAST_WINDOW);
-        self.finish(t);
+        let poll_interval = t.duration(&mut self.issues, "poll_interval", DEFAULT_POLL_INTERVAL);
+        let fast_window = t.duration_or_zero(&mut self.issues, "fast_window", DEFAULT_FAST_WINDOW);
+        t.finish(&mut self.issues);
         Some(ImapConfig {
             endpoint: endpoint?,
             mailbox: mailbox?,
@@ -532,40 +527,40 @@ impl Validator<'_> {
         default_port: fn(Security) -> u16,
         login_required: bool,
     ) -> Option<Endpoint> {
-        let host = self.req_str(t, "host");
-        let security = match self.opt_str(t, "security")? {
+        let host = t.required_string(&mut self.issues, "host");
+        let security = match t.string(&mut self.issues, "security")? {
             None => Some(default_security),
             Some(s) => {
                 let parsed = Security::parse(&s);
                 if parsed.is_none() {
-                    self.issue(format!("{}.security", t.path), format!("{s:?}: expected \"starttls\", \"tls\" or \"none\""));
+                    self.issue(t.path_of("security"), format!("{s:?}: expected \"starttls\", \"tls\" or \"none\""));
                 }
                 parsed
             }
         };
-        let port = self.port(t, "port");
-        let server_name = self.opt_str(t, "server_name");
-        let ca_file = self.opt_str(t, "ca_file").map(|f| f.map(PathBuf::from));
+        let port = t.port(&mut self.issues, "port");
+        let server_name = t.string(&mut self.issues, "server_name");
+        let ca_file = t.string(&mut self.issues, "ca_file").map(|f| f.map(PathBuf::from));
         if let Some(Some(f)) = &ca_file {
             if let Err(e) = std::fs::File::open(f) {
-                self.issue(format!("{}.ca_file", t.path), format!("cannot read {}: {e}", f.display()));
+                self.issue(t.path_of("ca_file"), format!("cannot read {}: {e}", f.display()));
             }
         }
-        let username = self.opt_str(t, "username");
+        let username = t.string(&mut self.issues, "username");
         let password = self.password(t);
         let credentials = match (username?, password?) {
             (Some(username), Some(password)) => Some(Credentials { username, password }),
             (None, None) if login_required => {
-                self.issue(format!("{}.username", t.path), "required: the mailbox login");
+                self.issue(t.path_of("username"), "required: the mailbox login");
                 None
             }
             (None, None) => None,
             (Some(_), None) => {
-                self.issue(format!("{}.password", t.path), "username is set but none of password, password_env, password_file is");
+                self.issue(t.path_of("password"), "username is set but none of password, password_env, password_file is");
                 return None;
             }
             (None, Some(_)) => {
-                self.issue(format!("{}.username", t.path), "a password is set but no username");
+                self.issue(t.path_of("username"), "a password is set but no username");
                 return None;
             }
         };
@@ -585,18 +580,18 @@ impl Validator<'_> {
 
     /// `Some(None)`: no password given; `None`: given but bad (issue recorded).
     fn password(&mut self, t: &mut Table<'_>) -> Option<Option<Secret>> {
-        let inline = self.opt_str(t, "password")?;
-        let env = self.opt_str(t, "password_env")?;
-        let file = self.opt_str(t, "password_file")?;
+        let inline = t.string(&mut self.issues, "password")?;
+        let env = t.string(&mut self.issues, "password_env")?;
+        let file = t.string(&mut self.issues, "password_file")?;
         let given = [inline.is_some(), env.is_some(), file.is_some()].iter().filter(|b| **b).count();
         if given > 1 {
-            self.issue(format!("{}.password", t.path), "set only one of password, password_env, password_file");
+            self.issue(t.path_of("password"), "set only one of password, password_env, password_file");
             return None;
         }
         if let Some(p) = inline {
             if let Secrets::ReferencesOnly { allow_inline: false } = self.secrets {
                 self.issue(
-                    format!("{}.password", t.path),
+                    t.path_of("password"),
                     "an inline password would be stored and sent by the coordinator: use password_env or password_file (resolved by the agent), or allow inline passwords explicitly",
                 );
                 return None;
@@ -610,7 +605,7 @@ impl Validator<'_> {
             return match (self.env)(&var) {
                 Some(v) if !v.is_empty() => Some(Some(Secret::new(v))),
                 _ => {
-                    self.issue(format!("{}.password_env", t.path), format!("environment variable {var} is not set"));
+                    self.issue(t.path_of("password_env"), format!("environment variable {var} is not set"));
                     None
                 }
             };
@@ -620,14 +615,14 @@ impl Validator<'_> {
                 Ok(v) => {
                     let v = v.trim_end_matches(['\r', '\n']);
                     if v.is_empty() {
-                        self.issue(format!("{}.password_file", t.path), format!("{file} is empty"));
+                        self.issue(t.path_of("password_file"), format!("{file} is empty"));
                         None
                     } else {
                         Some(Some(Secret::new(v)))
                     }
                 }
                 Err(e) => {
-                    self.issue(format!("{}.password_file", t.path), format!("cannot read {file}: {e}"));
+                    self.issue(t.path_of("password_file"), format!("cannot read {file}: {e}"));
                     None
                 }
             };
@@ -636,13 +631,13 @@ impl Validator<'_> {
     }
 
     fn thresholds(&mut self, t: &mut Table<'_>) -> Option<BTreeMap<ThresholdKey, Duration>> {
-        let Some(sub) = self.sub(t, "thresholds", false) else {
-            return Some(BTreeMap::new()).filter(|_| !self.sub_was_bad(t, "thresholds"));
+        let Some(sub) = t.sub(&mut self.issues, "thresholds", false) else {
+            return Some(BTreeMap::new()).filter(|_| !t.is_non_table("thresholds"));
         };
         let mut out = BTreeMap::new();
         let mut ok = true;
-        for (key, value) in sub.map.into_iter().flatten() {
-            let path = format!("{}.{key:?}", sub.path);
+        for (key, value) in sub.entries() {
+            let path = format!("{}.{key:?}", sub.path());
             let target = match key.as_str() {
                 "rtt" => Some(ThresholdKey::Rtt),
                 "delivery" => Some(ThresholdKey::Delivery),
@@ -667,13 +662,13 @@ impl Validator<'_> {
     }
 
     fn timeouts(&mut self, t: &mut Table<'_>) -> Option<BTreeMap<StepName, Duration>> {
-        let Some(sub) = self.sub(t, "timeouts", false) else {
-            return Some(BTreeMap::new()).filter(|_| !self.sub_was_bad(t, "timeouts"));
+        let Some(sub) = t.sub(&mut self.issues, "timeouts", false) else {
+            return Some(BTreeMap::new()).filter(|_| !t.is_non_table("timeouts"));
         };
         let mut out = BTreeMap::new();
         let mut ok = true;
-        for (key, value) in sub.map.into_iter().flatten() {
-            let path = format!("{}.{key:?}", sub.path);
+        for (key, value) in sub.entries() {
+            let path = format!("{}.{key:?}", sub.path());
             match (key.parse::<StepName>(), duration_value(value)) {
                 (Ok(step), Ok(d)) => {
                     out.insert(step, d);
@@ -691,90 +686,10 @@ impl Validator<'_> {
         ok.then_some(out)
     }
 
-    fn sub_was_bad(&self, t: &Table<'_>, key: &str) -> bool {
-        t.map.and_then(|m| m.get(key)).is_some_and(|v| !v.is_object())
-    }
-
-    fn table<'a>(&mut self, path: &str, v: Option<&'a Value>) -> Option<Table<'a>> {
-        match v {
-            Some(Value::Object(map)) => Some(Table { path: path.to_string(), map: Some(map), used: HashSet::new() }),
-            Some(_) => {
-                self.issue(path, "expected a table");
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn sub<'a>(&mut self, t: &mut Table<'a>, key: &'static str, required: bool) -> Option<Table<'a>> {
-        t.used.insert(key);
-        let v = t.map.and_then(|m| m.get(key));
-        if v.is_none() && required {
-            self.issue(format!("{}.{key}", t.path), "required table is missing");
-        }
-        self.table(&format!("{}.{key}", t.path), v)
-    }
-
-    fn finish(&mut self, t: Table<'_>) {
-        for key in t.map.into_iter().flat_map(|m| m.keys()) {
-            if !t.used.contains(key.as_str()) {
-                self.issue(format!("{}.{key}", t.path), "unknown key");
-            }
-        }
-    }
-
-    fn raw<'a>(&mut self, t: &mut Table<'a>, key: &'static str) -> Option<&'a Value> {
-        t.used.insert(key);
-        t.map.and_then(|m| m.get(key))
-    }
-
-    fn req_str(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<String> {
-        match self.opt_str(t, key)? {
-            Some(s) => Some(s),
-            None => {
-                self.issue(format!("{}.{key}", t.path), "required");
-                None
-            }
-        }
-    }
-
-    /// `Some(None)`: absent; `None`: present but bad.
-    fn opt_str(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<Option<String>> {
-        match self.raw(t, key) {
-            None => Some(None),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                self.issue(format!("{}.{key}", t.path), "must not be empty");
-                None
-            }
-            Some(Value::String(s)) => Some(Some(s.clone())),
-            Some(other) => {
-                self.issue(format!("{}.{key}", t.path), format!("expected a string, found {other}"));
-                None
-            }
-        }
-    }
-
-    fn port(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<Option<u16>> {
-        let n = match self.raw(t, key) {
-            None => return Some(None),
-            Some(Value::Number(n)) => n.as_i64(),
-            Some(Value::String(s)) => s.parse::<i64>().ok(),
-            Some(_) => None,
-        };
-        match n {
-            Some(n) if (1..=65535).contains(&n) => Some(Some(n as u16)),
-            _ => {
-                let shown = t.map.and_then(|m| m.get(key)).map(|v| v.to_string()).unwrap_or_default();
-                self.issue(format!("{}.{key}", t.path), format!("{shown} is not a port (1-65535)"));
-                None
-            }
-        }
-    }
-
     fn dns(&mut self, raw: &Value) -> Option<DnsConfig> {
-        let mut t = self.table("dns", raw.get("dns"))?;
+        let mut t = Table::optional(&mut self.issues, "dns", raw.get("dns"))?;
         let mut out = DnsConfig::default();
-        match self.raw(&mut t, "nameservers") {
+        match t.get("nameservers") {
             None => {}
             Some(Value::Array(list)) => {
                 for (i, item) in list.iter().enumerate() {
@@ -790,23 +705,23 @@ impl Validator<'_> {
             }
             Some(other) => self.issue("dns.nameservers", format!("expected a list of addresses, found {other}")),
         }
-        self.finish(t);
+        t.finish(&mut self.issues);
         Some(out)
     }
 
     fn expect(&mut self, t: &mut Table<'_>) -> Option<Expect> {
-        let Some(mut sub) = self.sub(t, "expect", false) else {
-            return (!self.sub_was_bad(t, "expect")).then(Expect::default);
+        let Some(mut sub) = t.sub(&mut self.issues, "expect", false) else {
+            return (!t.is_non_table("expect")).then(Expect::default);
         };
         // Once the table exists, each verdict defaults to "pass"; "any" waives it.
         let mut verdict = |v: &mut Self, key: &'static str| -> Option<Option<String>> {
             const KNOWN: [&str; 9] = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy", "any"];
-            match v.opt_str(&mut sub, key)? {
+            match sub.string(&mut v.issues, key)? {
                 None => Some(Some("pass".to_string())),
                 Some(r) if r.eq_ignore_ascii_case("any") => Some(None),
                 Some(r) if KNOWN.contains(&r.to_ascii_lowercase().as_str()) => Some(Some(r.to_ascii_lowercase())),
                 Some(r) => {
-                    v.issue(format!("{}.{key}", sub.path), format!("{r:?}: expected one of {}", KNOWN.join(", ")));
+                    v.issue(sub.path_of(key), format!("{r:?}: expected one of {}", KNOWN.join(", ")));
                     None
                 }
             }
@@ -814,76 +729,33 @@ impl Validator<'_> {
         let spf = verdict(self, "spf");
         let dkim = verdict(self, "dkim");
         let dmarc = verdict(self, "dmarc");
-        let alignment = match self.opt_str(&mut sub, "alignment") {
+        let alignment = match sub.string(&mut self.issues, "alignment") {
             None => None,
             Some(None) => Some(None),
             Some(Some(a)) => match a.as_str() {
                 "strict" => Some(Some(AlignmentLevel::Strict)),
                 "relaxed" => Some(Some(AlignmentLevel::Relaxed)),
                 _ => {
-                    self.issue(format!("{}.alignment", sub.path), format!("{a:?}: expected \"strict\" or \"relaxed\""));
+                    self.issue(sub.path_of("alignment"), format!("{a:?}: expected \"strict\" or \"relaxed\""));
                     None
                 }
             },
         };
-        self.finish(sub);
+        sub.finish(&mut self.issues);
         Some(Expect { spf: spf?, dkim: dkim?, dmarc: dmarc?, alignment: alignment? })
     }
 
     fn spf(&mut self, t: &mut Table<'_>, from: Option<&str>) -> Option<SpfCheck> {
         let from_domain = from.and_then(|f| f.rsplit_once('@')).map(|(_, d)| d.to_string()).unwrap_or_default();
-        let Some(mut sub) = self.sub(t, "spf", false) else {
-            return (!self.sub_was_bad(t, "spf")).then_some(SpfCheck { enabled: true, domain: from_domain });
+        let Some(mut sub) = t.sub(&mut self.issues, "spf", false) else {
+            return (!t.is_non_table("spf")).then_some(SpfCheck { enabled: true, domain: from_domain });
         };
-        let enabled = self.flag(&mut sub, "enabled", true);
-        let domain = self.opt_str(&mut sub, "domain").map(|d| d.unwrap_or(from_domain));
-        self.finish(sub);
+        let enabled = sub.flag(&mut self.issues, "enabled", true);
+        let domain = sub.string(&mut self.issues, "domain").map(|d| d.unwrap_or(from_domain));
+        sub.finish(&mut self.issues);
         Some(SpfCheck { enabled: enabled?, domain: domain? })
     }
 
-    fn flag(&mut self, t: &mut Table<'_>, key: &'static str, default: bool) -> Option<bool> {
-        match self.raw(t, key) {
-            None => Some(default),
-            Some(Value::Bool(b)) => Some(*b),
-            Some(other) => {
-                self.issue(format!("{}.{key}", t.path), format!("expected true or false, found {other}"));
-                None
-            }
-        }
-    }
-
-    /// A whole number from 0 to `max`.
-    fn count(&mut self, t: &mut Table<'_>, key: &'static str, default: u32, max: u32) -> Option<u32> {
-        match self.raw(t, key) {
-            None => Some(default),
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= max as u64) => Some(n.as_u64().unwrap() as u32),
-            Some(other) => {
-                self.issue(format!("{}.{key}", t.path), format!("{other} is not a whole number from 0 to {max}"));
-                None
-            }
-        }
-    }
-
-    /// A duration where `"0s"` is allowed and means "off".
-    fn duration_or_zero(&mut self, t: &mut Table<'_>, key: &'static str, default: Duration) -> Option<Duration> {
-        match self.raw(t, key) {
-            Some(Value::String(s)) if humantime::parse_duration(s).is_ok_and(|d| d.is_zero()) => Some(Duration::ZERO),
-            _ => self.duration(t, key, default),
-        }
-    }
-
-    fn duration(&mut self, t: &mut Table<'_>, key: &'static str, default: Duration) -> Option<Duration> {
-        match self.raw(t, key) {
-            None => Some(default),
-            Some(v) => match duration_value(v) {
-                Ok(d) => Some(d),
-                Err(m) => {
-                    self.issue(format!("{}.{key}", t.path), m);
-                    None
-                }
-            },
-        }
-    }
 }
 
 /// Parses `"30s"`, `"2m"`, `"1h 30m"`, `"250ms"`; zero is refused.
