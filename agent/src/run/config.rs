@@ -31,9 +31,8 @@
 
 use crate::transport::{ConnectRule, ConnectTo};
 use mailloop_common::Secret;
-use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, duration_value};
+use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, Table};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -128,20 +127,6 @@ struct Validator<'e> {
     env: &'e dyn Fn(&str) -> Option<String>,
 }
 
-/// A table being read: the keys not taken are reported as unknown.
-struct Table<'a> {
-    path: &'static str,
-    map: &'a Map<String, Value>,
-    used: HashSet<&'static str>,
-}
-
-impl<'a> Table<'a> {
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.used.insert(key);
-        self.map.get(key)
-    }
-}
-
 impl Validator<'_> {
     fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(ConfigIssue { path: path.into(), message: message.into() });
@@ -174,13 +159,13 @@ impl Validator<'_> {
     }
 
     fn agent(&mut self, map: &Map<String, Value>) -> Option<AgentConfig> {
-        let mut t = Table { path: "agent", map, used: HashSet::new() };
-        let name = match self.string(&mut t, "name") {
+        let mut t = Table::new("agent", map);
+        let name = match t.string(&mut self.issues, "name") {
             Some(Some(n)) => self.label(&t, "name", n),
             Some(None) => Some(host_name()),
             None => None,
         };
-        let region = match self.string(&mut t, "region") {
+        let region = match t.string(&mut self.issues, "region") {
             Some(Some(r)) => self.label(&t, "region", r),
             Some(None) => {
                 self.issue("agent.region", "required: the region this agent probes from (e.g. \"eu-west\")");
@@ -188,21 +173,17 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let allow_plaintext = self.flag(&mut t, "allow_plaintext", false);
+        let allow_plaintext = t.flag(&mut self.issues, "allow_plaintext", false);
         let url = self.coordinator_url(&mut t, allow_plaintext.unwrap_or(false));
         let tls = url.as_ref().map(|(_, _, tls)| *tls);
         let token = self.token(&mut t);
         let ca_pem = self.pem_file(&mut t, "ca_file", "CERTIFICATE", tls);
         let identity = self.identity(&mut t, tls);
         let spool = self.spool(&mut t);
-        let spool_max_reports = self.count(&mut t, "spool_max_reports", DEFAULT_SPOOL_MAX_REPORTS, 1, MAX_SPOOL_MAX_REPORTS);
-        let shutdown_grace = self.duration_or_zero(&mut t, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE);
+        let spool_max_reports = t.number(&mut self.issues, "spool_max_reports", DEFAULT_SPOOL_MAX_REPORTS, 1..=MAX_SPOOL_MAX_REPORTS);
+        let shutdown_grace = t.duration_or_zero(&mut self.issues, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE);
         let connect_to = self.connect_to(&mut t);
-        for key in t.map.keys() {
-            if !t.used.contains(key.as_str()) {
-                self.issue(format!("agent.{key}"), "unknown key");
-            }
-        }
+        t.finish(&mut self.issues);
         let (url, host, tls) = url?;
         Some(AgentConfig {
             name: name?,
@@ -251,73 +232,20 @@ impl Validator<'_> {
         ok.then(|| ConnectTo::new(rules))
     }
 
-    /// `Some(None)`: absent; `None`: present but bad (issue recorded).
-    fn string(&mut self, t: &mut Table<'_>, key: &'static str) -> Option<Option<String>> {
-        match t.get(key) {
-            None => Some(None),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                self.issue(format!("{}.{key}", t.path), "must not be empty");
-                None
-            }
-            Some(Value::String(s)) => Some(Some(s.clone())),
-            Some(other) => {
-                self.issue(format!("{}.{key}", t.path), format!("expected a string, found {other}"));
-                None
-            }
-        }
-    }
-
     /// Names that go into logs, metrics labels and the coordinator's tables.
     fn label(&mut self, t: &Table<'_>, key: &str, value: String) -> Option<String> {
         if value.len() <= 128 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             Some(value)
         } else {
-            self.issue(format!("{}.{key}", t.path), format!("{value:?}: use up to 128 letters, digits, '-', '_' or '.'"));
+            self.issue(t.path_of(key), format!("{value:?}: use up to 128 letters, digits, '-', '_' or '.'"));
             None
-        }
-    }
-
-    fn flag(&mut self, t: &mut Table<'_>, key: &'static str, default: bool) -> Option<bool> {
-        match t.get(key) {
-            None => Some(default),
-            Some(Value::Bool(b)) => Some(*b),
-            Some(other) => {
-                self.issue(format!("{}.{key}", t.path), format!("expected true or false, found {other}"));
-                None
-            }
-        }
-    }
-
-    fn count(&mut self, t: &mut Table<'_>, key: &'static str, default: u64, min: u64, max: u64) -> Option<u64> {
-        match t.get(key) {
-            None => Some(default),
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (min..=max).contains(&n)) => n.as_u64(),
-            Some(other) => {
-                self.issue(format!("{}.{key}", t.path), format!("{other} is not a whole number from {min} to {max}"));
-                None
-            }
-        }
-    }
-
-    /// A duration where `"0s"` is allowed.
-    fn duration_or_zero(&mut self, t: &mut Table<'_>, key: &'static str, default: Duration) -> Option<Duration> {
-        match t.get(key) {
-            None => Some(default),
-            Some(Value::String(s)) if humantime::parse_duration(s).is_ok_and(|d| d.is_zero()) => Some(Duration::ZERO),
-            Some(v) => match duration_value(v) {
-                Ok(d) => Some(d),
-                Err(m) => {
-                    self.issue(format!("{}.{key}", t.path), m);
-                    None
-                }
-            },
         }
     }
 
     /// The URL, its host, and whether it is TLS.
     fn coordinator_url(&mut self, t: &mut Table<'_>, allow_plaintext: bool) -> Option<(String, String, bool)> {
         const PATH: &str = "agent.coordinator_url";
-        let url = match self.string(t, "coordinator_url")? {
+        let url = match t.string(&mut self.issues, "coordinator_url")? {
             Some(u) => u,
             None => {
                 self.issue(PATH, "required: where the coordinator listens, e.g. \"https://coord.example:7443\"");
@@ -356,9 +284,9 @@ impl Validator<'_> {
 
     /// Exactly one of `token`, `token_file`, `token_env`.
     fn token(&mut self, t: &mut Table<'_>) -> Option<Secret> {
-        let inline = self.string(t, "token");
-        let file = self.string(t, "token_file");
-        let env = self.string(t, "token_env");
+        let inline = t.string(&mut self.issues, "token");
+        let file = t.string(&mut self.issues, "token_file");
+        let env = t.string(&mut self.issues, "token_env");
         let (inline, file, env) = (inline?, file?, env?);
         let given = [inline.is_some(), file.is_some(), env.is_some()].iter().filter(|b| **b).count();
         let (key, value) = match (inline, file, env) {
@@ -400,7 +328,7 @@ impl Validator<'_> {
     /// A PEM file holding at least one `label` block. `tls`: whether the URL
     /// is https (None when the URL is bad).
     fn pem_file(&mut self, t: &mut Table<'_>, key: &'static str, label: &str, tls: Option<bool>) -> Option<Option<Vec<u8>>> {
-        let Some(file) = self.string(t, key)? else { return Some(None) };
+        let Some(file) = t.string(&mut self.issues, key)? else { return Some(None) };
         let path = format!("agent.{key}");
         if tls == Some(false) {
             self.issue(path, "set, but coordinator_url is http:// (no TLS)");
@@ -437,7 +365,7 @@ impl Validator<'_> {
     }
 
     fn spool(&mut self, t: &mut Table<'_>) -> Option<PathBuf> {
-        let path = PathBuf::from(self.string(t, "spool")?.unwrap_or_else(|| DEFAULT_SPOOL.to_string()));
+        let path = PathBuf::from(t.string(&mut self.issues, "spool")?.unwrap_or_else(|| DEFAULT_SPOOL.to_string()));
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -459,7 +387,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let mut t = Table { path: "dns", map, used: HashSet::new() };
+        let mut t = Table::new("dns", map);
         let mut out = DnsConfig::default();
         let mut ok = true;
         match t.get("nameservers") {
@@ -482,11 +410,8 @@ impl Validator<'_> {
                 ok = false;
             }
         }
-        for key in t.map.keys() {
-            if !t.used.contains(key.as_str()) {
-                self.issue(format!("dns.{key}"), "unknown key");
-                ok = false;
-            }
+        if !t.finish(&mut self.issues) {
+            ok = false;
         }
         ok.then_some(out)
     }
