@@ -10,10 +10,10 @@
 
 use mailloop_common::Secret;
 use mailloop_common::config::{
-    ConfigError, ConfigIssue, Secrets, apply_env_overrides, check_from_value, duration_value,
+    ConfigError, ConfigIssue, IssueList, Secrets, Table, apply_env_overrides, check_from_value,
+    duration_value,
 };
 use serde_json::{Map, Value};
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -206,7 +206,7 @@ impl CoordinatorConfig {
         raw: &Value,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<CoordinatorConfig, Vec<ConfigIssue>> {
-        let mut v = Issues::default();
+        let mut v = Vec::new();
         let Some(root) = raw.as_object() else {
             return Err(vec![issue("(root)", "expected a table")]);
         };
@@ -221,7 +221,7 @@ impl CoordinatorConfig {
             ]
             .contains(&key.as_str())
             {
-                v.push(key.clone(), "unknown key (expected [server], [[agent]], [[check]], [incidents], [baselines] and [[alert]])");
+                v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[check]], [incidents], [baselines] and [[alert]])");
             }
         }
         let server = server(&mut v, root.get("server"), env);
@@ -237,12 +237,12 @@ impl CoordinatorConfig {
         };
         let checks = checks(&mut v, root.get("check"), rules);
         let judge =
-            crate::judge::config::parse(root.get("incidents"), root.get("baselines"), &mut v.0);
+            crate::judge::config::parse(root.get("incidents"), root.get("baselines"), &mut v);
         // A default count of regions must fit every check that relies on it.
         if let crate::judge::Quorum::Count(n) = judge.policy.quorum {
             for c in checks.iter().filter(|c| c.quorum.is_none()) {
                 if n as usize > c.regions.len() {
-                    v.push(
+                    v.issue(
                         "incidents.quorum",
                         format!(
                             "{n} is more than the {} region(s) of check {:?}, which could never be down: give it its own quorum",
@@ -253,16 +253,16 @@ impl CoordinatorConfig {
                 }
             }
         }
-        let alerts = crate::alerts::config::parse(root.get("alert"), env, &mut v.0);
+        let alerts = crate::alerts::config::parse(root.get("alert"), env, &mut v);
         match server {
-            Some(server) if v.0.is_empty() => Ok(CoordinatorConfig {
+            Some(server) if v.is_empty() => Ok(CoordinatorConfig {
                 server,
                 agents,
                 checks,
                 judge,
                 alerts,
             }),
-            _ => Err(v.0),
+            _ => Err(v),
         }
     }
 }
@@ -280,7 +280,7 @@ pub fn check_spec(
     value: &Value,
     rules: CheckRules,
 ) -> Result<CheckSpec, Vec<ConfigIssue>> {
-    let mut v = Issues::default();
+    let mut v = Vec::new();
     let Some(obj) = value.as_object() else {
         return Err(vec![issue(path, "expected a table")]);
     };
@@ -294,7 +294,7 @@ pub fn check_spec(
                 } else {
                     ""
                 };
-                v.push(
+                v.issue(
                     format!("{path}.interval"),
                     format!("{raw} is outside {floor} to 1h{hint}"),
                 );
@@ -302,21 +302,21 @@ pub fn check_spec(
             }
             Ok(d) => Some(d),
             Err(m) => {
-                v.push(format!("{path}.interval"), m);
+                v.issue(format!("{path}.interval"), m);
                 None
             }
         },
     };
     let regions = match obj.get("regions") {
         None => {
-            v.push(
+            v.issue(
                 format!("{path}.regions"),
                 "required: the regions this check runs in, e.g. [\"eu-west\"]",
             );
             None
         }
         Some(Value::Array(list)) if list.is_empty() => {
-            v.push(format!("{path}.regions"), "must name at least one region");
+            v.issue(format!("{path}.regions"), "must name at least one region");
             None
         }
         Some(Value::Array(list)) => {
@@ -326,7 +326,7 @@ pub fn check_spec(
                 match r.as_str() {
                     Some(s) if is_name(s) => {
                         if out.iter().any(|o| o == s) {
-                            v.push(
+                            v.issue(
                                 format!("{path}.regions[{i}]"),
                                 format!("{s:?} is listed twice"),
                             );
@@ -335,7 +335,7 @@ pub fn check_spec(
                         out.push(s.to_string());
                     }
                     _ => {
-                        v.push(
+                        v.issue(
                             format!("{path}.regions[{i}]"),
                             format!("{r} is not a region name (letters, digits, '-', '_', '.')"),
                         );
@@ -347,7 +347,7 @@ pub fn check_spec(
             ok.then_some(out)
         }
         Some(other) => {
-            v.push(
+            v.issue(
                 format!("{path}.regions"),
                 format!("expected a list of region names, found {other}"),
             );
@@ -360,7 +360,7 @@ pub fn check_spec(
             &format!("{path}.quorum"),
             raw,
             regions.as_ref().map(Vec::len),
-            &mut v.0,
+            &mut v,
         )
     });
     let mut table: Map<String, Value> = obj.clone();
@@ -376,19 +376,19 @@ pub fn check_spec(
     let name = match probe {
         Ok(c) => Some(c.name),
         Err(issues) => {
-            v.0.extend(issues);
+            v.extend(issues);
             None
         }
     };
     match (name, interval, regions) {
-        (Some(name), Some(interval), Some(regions)) if v.0.is_empty() => Ok(CheckSpec {
+        (Some(name), Some(interval), Some(regions)) if v.is_empty() => Ok(CheckSpec {
             name,
             table,
             interval,
             regions,
             quorum: quorum.flatten(),
         }),
-        _ => Err(v.0),
+        _ => Err(v),
     }
 }
 
@@ -417,201 +417,66 @@ fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
     }
 }
 
-#[derive(Default)]
-struct Issues(Vec<ConfigIssue>);
-
-impl Issues {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(issue(path, message));
+fn addr(
+    v: &mut Vec<ConfigIssue>,
+    t: &mut Table<'_>,
+    key: &'static str,
+    default: &str,
+) -> Option<SocketAddr> {
+    let text = t.string(v, key)?.unwrap_or_else(|| default.to_string());
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            v.issue(
+                t.path_of(key),
+                format!("{text:?} is not ip:port (e.g. \"127.0.0.1:7443\", \"[::]:7443\")"),
+            );
+            None
+        }
     }
 }
 
-/// A table being read; keys not taken are reported as unknown by `finish`.
-struct Table<'a> {
-    path: String,
-    map: &'a Map<String, Value>,
-    used: HashSet<&'static str>,
-}
-
-impl<'a> Table<'a> {
-    fn new(
-        v: &mut Issues,
-        path: &str,
-        value: Option<&'a Value>,
-        empty: &'a Map<String, Value>,
-    ) -> Option<Table<'a>> {
-        match value {
-            None => Some(Table {
-                path: path.into(),
-                map: empty,
-                used: HashSet::new(),
-            }),
-            Some(Value::Object(map)) => Some(Table {
-                path: path.into(),
-                map,
-                used: HashSet::new(),
-            }),
-            Some(_) => {
-                v.push(path, "expected a table");
-                None
-            }
+/// Reads a file named by `key`; `Some(None)` when the key is absent.
+fn file(
+    v: &mut Vec<ConfigIssue>,
+    t: &mut Table<'_>,
+    key: &'static str,
+) -> Option<Option<(PathBuf, Vec<u8>)>> {
+    let Some(path) = t.string(v, key)? else {
+        return Some(None);
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+            v.issue(t.path_of(key), format!("{path} is empty"));
+            None
         }
-    }
-
-    fn key(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.used.insert(key);
-        self.map.get(key)
-    }
-
-    fn finish(self, v: &mut Issues) {
-        for key in self.map.keys() {
-            if !self.used.contains(key.as_str()) {
-                v.push(self.key(key), "unknown key");
-            }
-        }
-    }
-
-    /// `Some(None)`: absent; `None`: present but bad (issue recorded).
-    fn string(&mut self, v: &mut Issues, key: &'static str) -> Option<Option<String>> {
-        match self.get(key) {
-            None => Some(None),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                v.push(self.key(key), "must not be empty");
-                None
-            }
-            Some(Value::String(s)) => Some(Some(s.clone())),
-            Some(other) => {
-                v.push(self.key(key), format!("expected a string, found {other}"));
-                None
-            }
-        }
-    }
-
-    fn flag(&mut self, v: &mut Issues, key: &'static str, default: bool) -> Option<bool> {
-        match self.get(key) {
-            None => Some(default),
-            Some(Value::Bool(b)) => Some(*b),
-            Some(other) => {
-                v.push(
-                    self.key(key),
-                    format!("expected true or false, found {other}"),
-                );
-                None
-            }
-        }
-    }
-
-    fn number(
-        &mut self,
-        v: &mut Issues,
-        key: &'static str,
-        default: u64,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Option<u64> {
-        match self.get(key) {
-            None => Some(default),
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| range.contains(&n)) => n.as_u64(),
-            Some(other) => {
-                v.push(
-                    self.key(key),
-                    format!(
-                        "{other} is not a whole number from {} to {}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn duration(
-        &mut self,
-        v: &mut Issues,
-        key: &'static str,
-        default: Duration,
-        min: Duration,
-    ) -> Option<Duration> {
-        match self.get(key) {
-            None => Some(default),
-            Some(raw) => match duration_value(raw) {
-                Ok(d) if d < min => {
-                    v.push(
-                        self.key(key),
-                        format!("{raw} is shorter than {}", humantime::format_duration(min)),
-                    );
-                    None
-                }
-                Ok(d) => Some(d),
-                Err(m) => {
-                    v.push(self.key(key), m);
-                    None
-                }
-            },
-        }
-    }
-
-    fn addr(&mut self, v: &mut Issues, key: &'static str, default: &str) -> Option<SocketAddr> {
-        let text = self.string(v, key)?.unwrap_or_else(|| default.to_string());
-        match text.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                v.push(
-                    self.key(key),
-                    format!("{text:?} is not ip:port (e.g. \"127.0.0.1:7443\", \"[::]:7443\")"),
-                );
-                None
-            }
-        }
-    }
-
-    /// Reads a file named by `key`; `Some(None)` when the key is absent.
-    fn file(&mut self, v: &mut Issues, key: &'static str) -> Option<Option<(PathBuf, Vec<u8>)>> {
-        let Some(path) = self.string(v, key)? else {
-            return Some(None);
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
-                v.push(self.key(key), format!("{path} is empty"));
-                None
-            }
-            Ok(bytes) => Some(Some((PathBuf::from(path), bytes))),
-            Err(e) => {
-                v.push(self.key(key), format!("cannot read {path}: {e}"));
-                None
-            }
+        Ok(bytes) => Some(Some((PathBuf::from(path), bytes))),
+        Err(e) => {
+            v.issue(t.path_of(key), format!("cannot read {path}: {e}"));
+            None
         }
     }
 }
 
 fn server(
-    v: &mut Issues,
+    v: &mut Vec<ConfigIssue>,
     raw: Option<&Value>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<ServerConfig> {
-    let empty = Map::new();
     if raw.is_none() {
-        v.push(
+        v.issue(
             "server",
             "required table is missing (at least data_dir and an admin token)",
         );
     }
-    let mut t = Table::new(v, "server", raw, &empty)?;
-    let grpc_listen = t.addr(v, "grpc_listen", DEFAULT_GRPC_LISTEN);
-    let http_listen = t.addr(v, "http_listen", DEFAULT_HTTP_LISTEN);
+    let mut t = Table::or_empty(v, "server", raw)?;
+    let grpc_listen = addr(v, &mut t, "grpc_listen", DEFAULT_GRPC_LISTEN);
+    let http_listen = addr(v, &mut t, "http_listen", DEFAULT_HTTP_LISTEN);
     let data_dir = match t.string(v, "data_dir") {
         Some(Some(d)) => {
             let p = PathBuf::from(d);
             if p.exists() && !p.is_dir() {
-                v.push(
+                v.issue(
                     "server.data_dir",
                     format!("{} exists and is not a directory", p.display()),
                 );
@@ -622,7 +487,7 @@ fn server(
         }
         Some(None) => {
             if raw.is_some() {
-                v.push("server.data_dir", "required: the directory SQLite lives in");
+                v.issue("server.data_dir", "required: the directory SQLite lives in");
             }
             None
         }
@@ -631,8 +496,9 @@ fn server(
     let admin_token = admin_token(v, &mut t, env, raw.is_some());
     let tls = tls(v, &mut t);
     let allow_plaintext = t.flag(v, "allow_plaintext", false);
-    let retention = t.duration(v, "retention", DEFAULT_RETENTION, Duration::from_secs(3600));
-    let aggregate_retention = t.duration(
+    let retention =
+        t.duration_at_least(v, "retention", DEFAULT_RETENTION, Duration::from_secs(3600));
+    let aggregate_retention = t.duration_at_least(
         v,
         "aggregate_retention",
         DEFAULT_AGGREGATE_RETENTION,
@@ -643,7 +509,7 @@ fn server(
     if let (Some(r), Some(a)) = (retention, aggregate_retention)
         && a < r
     {
-        v.push(
+        v.issue(
             "server.aggregate_retention",
             format!(
                 "{} is shorter than retention ({}): aggregates must outlive the reports they summarise",
@@ -654,7 +520,7 @@ fn server(
     }
     let allow_inline_passwords = t.flag(v, "allow_inline_passwords", false);
     let test_mode = t.flag(v, "test_mode", false);
-    let heartbeat = t.duration(v, "heartbeat", DEFAULT_HEARTBEAT, Duration::from_secs(1));
+    let heartbeat = t.duration_at_least(v, "heartbeat", DEFAULT_HEARTBEAT, Duration::from_secs(1));
     let spool_max_reports = t.number(v, "spool_max_reports", 0, 0..=u32::MAX as u64);
     let max_message_bytes = t.number(
         v,
@@ -668,7 +534,7 @@ fn server(
         DEFAULT_MAX_STREAMS as u64,
         2..=1000,
     );
-    let shutdown_grace = t.duration(
+    let shutdown_grace = t.duration_at_least(
         v,
         "shutdown_grace",
         DEFAULT_SHUTDOWN_GRACE,
@@ -679,7 +545,7 @@ fn server(
     if let (Some(None), Some(false)) = (&tls, allow_plaintext) {
         for (key, addr) in [("grpc_listen", grpc_listen), ("http_listen", http_listen)] {
             if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
-                v.push(
+                v.issue(
                     format!("server.{key}"),
                     format!("{a} is not a loopback address and there is no TLS: set tls_cert and tls_key, or allow_plaintext = true"),
                 );
@@ -706,16 +572,16 @@ fn server(
 }
 
 fn admin_token(
-    v: &mut Issues,
+    v: &mut Vec<ConfigIssue>,
     t: &mut Table<'_>,
     env: &dyn Fn(&str) -> Option<String>,
     present: bool,
 ) -> Option<Secret> {
-    let file = t.file(v, "admin_token_file");
+    let file = file(v, t, "admin_token_file");
     let var = t.string(v, "admin_token_env");
     let token = match (file?, var?) {
         (Some(_), Some(_)) => {
-            v.push(
+            v.issue(
                 "server.admin_token_file",
                 "set only one of admin_token_file and admin_token_env",
             );
@@ -728,7 +594,7 @@ fn admin_token(
                 path.display().to_string(),
             ),
             Err(_) => {
-                v.push(
+                v.issue(
                     "server.admin_token_file",
                     format!("{} is not text", path.display()),
                 );
@@ -742,7 +608,7 @@ fn admin_token(
                 format!("${name}"),
             ),
             _ => {
-                v.push(
+                v.issue(
                     "server.admin_token_env",
                     format!("environment variable {name} is not set"),
                 );
@@ -751,14 +617,14 @@ fn admin_token(
         },
         (None, None) => {
             if present {
-                v.push("server.admin_token_file", "required: admin_token_file or admin_token_env (the bearer token for API writes)");
+                v.issue("server.admin_token_file", "required: admin_token_file or admin_token_env (the bearer token for API writes)");
             }
             return None;
         }
     };
     let (token, key, source) = token;
     if token.len() < MIN_TOKEN_LEN {
-        v.push(
+        v.issue(
             key,
             format!("the token in {source} is shorter than {MIN_TOKEN_LEN} characters"),
         );
@@ -768,21 +634,22 @@ fn admin_token(
 }
 
 /// `Some(None)`: no TLS configured; `None`: something is wrong (reported).
-fn tls(v: &mut Issues, t: &mut Table<'_>) -> Option<Option<TlsMaterial>> {
-    let cert = t.file(v, "tls_cert");
-    let key = t.file(v, "tls_key");
-    let ca = t.file(v, "client_ca");
+fn tls(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<Option<TlsMaterial>> {
+    let cert = file(v, t, "tls_cert");
+    let key = file(v, t, "tls_key");
+    let ca = file(v, t, "client_ca");
     let (cert, key, ca) = (cert?, key?, ca?);
     let mut ok = true;
-    let mut pem_check = |v: &mut Issues, name: &str, bytes: &[u8], what: &str, marker: &str| {
-        if !String::from_utf8_lossy(bytes).contains(marker) {
-            v.push(
-                format!("server.{name}"),
-                format!("no {what} found (expected PEM with {marker})"),
-            );
-            ok = false;
-        }
-    };
+    let mut pem_check =
+        |v: &mut Vec<ConfigIssue>, name: &str, bytes: &[u8], what: &str, marker: &str| {
+            if !String::from_utf8_lossy(bytes).contains(marker) {
+                v.issue(
+                    format!("server.{name}"),
+                    format!("no {what} found (expected PEM with {marker})"),
+                );
+                ok = false;
+            }
+        };
     if let Some((_, b)) = &cert {
         pem_check(
             v,
@@ -812,7 +679,7 @@ fn tls(v: &mut Issues, t: &mut Table<'_>) -> Option<Option<TlsMaterial>> {
         })),
         (None, None) => {
             if ca.is_some() {
-                v.push(
+                v.issue(
                     "server.client_ca",
                     "mutual TLS needs tls_cert and tls_key too",
                 );
@@ -821,50 +688,49 @@ fn tls(v: &mut Issues, t: &mut Table<'_>) -> Option<Option<TlsMaterial>> {
             Some(None)
         }
         (Some(_), None) => {
-            v.push("server.tls_key", "tls_cert is set but tls_key is not");
+            v.issue("server.tls_key", "tls_cert is set but tls_key is not");
             None
         }
         (None, Some(_)) => {
-            v.push("server.tls_cert", "tls_key is set but tls_cert is not");
+            v.issue("server.tls_cert", "tls_key is set but tls_cert is not");
             None
         }
     }
 }
 
-fn array<'a>(v: &mut Issues, key: &str, raw: Option<&'a Value>) -> &'a [Value] {
+fn array<'a>(v: &mut Vec<ConfigIssue>, key: &str, raw: Option<&'a Value>) -> &'a [Value] {
     match raw {
         None => &[],
         Some(Value::Array(list)) => list,
         Some(Value::Object(_)) => {
-            v.push(
+            v.issue(
                 key,
                 format!("must be an array of tables: write [[{key}]], not [{key}]"),
             );
             &[]
         }
         Some(_) => {
-            v.push(key, format!("must be an array of tables ([[{key}]])"));
+            v.issue(key, format!("must be an array of tables ([[{key}]])"));
             &[]
         }
     }
 }
 
-fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
+fn agents(v: &mut Vec<ConfigIssue>, raw: Option<&Value>) -> Vec<AgentDecl> {
     let mut out: Vec<AgentDecl> = Vec::new();
-    let empty = Map::new();
     for (i, item) in array(v, "agent", raw).iter().enumerate() {
         let path = format!("agent[{i}]");
-        let Some(mut t) = Table::new(v, &path, Some(item), &empty) else {
+        let Some(mut t) = Table::or_empty(v, &path, Some(item)) else {
             continue;
         };
         let name = named(v, &mut t, "name");
         let region = named(v, &mut t, "region");
-        let file = t.file(v, "token_file");
+        let file = file(v, &mut t, "token_file");
         let hash = t.string(v, "token_sha256");
         t.finish(v);
         let token_sha256 = match (file, hash) {
             (Some(Some(_)), Some(Some(_))) => {
-                v.push(
+                v.issue(
                     format!("{path}.token_file"),
                     "set only one of token_file and token_sha256",
                 );
@@ -873,7 +739,7 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
             (Some(Some((p, bytes))), Some(None)) => {
                 let token = String::from_utf8_lossy(&bytes).trim().to_string();
                 if token.len() < MIN_TOKEN_LEN {
-                    v.push(
+                    v.issue(
                         format!("{path}.token_file"),
                         format!(
                             "the token in {} is shorter than {MIN_TOKEN_LEN} characters",
@@ -890,7 +756,7 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
                 if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
                     Some(h)
                 } else {
-                    v.push(
+                    v.issue(
                         format!("{path}.token_sha256"),
                         "expected 64 hex digits (sha256sum of the token)",
                     );
@@ -898,7 +764,7 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
                 }
             }
             (Some(None), Some(None)) => {
-                v.push(
+                v.issue(
                     format!("{path}.token_file"),
                     "required: token_file or token_sha256",
                 );
@@ -908,12 +774,12 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
         };
         if let (Some(name), Some(region), Some(token_sha256)) = (name, region, token_sha256) {
             if out.iter().any(|a| a.name == name) {
-                v.push(
+                v.issue(
                     format!("{path}.name"),
                     format!("duplicate agent name {name:?}"),
                 );
             } else if out.iter().any(|a| a.token_sha256 == token_sha256) {
-                v.push(
+                v.issue(
                     format!("{path}.token_sha256"),
                     "the same token is already given to another agent",
                 );
@@ -929,31 +795,31 @@ fn agents(v: &mut Issues, raw: Option<&Value>) -> Vec<AgentDecl> {
     out
 }
 
-fn named(v: &mut Issues, t: &mut Table<'_>, key: &'static str) -> Option<String> {
+fn named(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>, key: &'static str) -> Option<String> {
     match t.string(v, key)? {
         Some(s) if is_name(&s) => Some(s),
         Some(s) => {
-            v.push(
-                t.key(key),
+            v.issue(
+                t.path_of(key),
                 format!("{s:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
             );
             None
         }
         None => {
-            v.push(t.key(key), "required");
+            v.issue(t.path_of(key), "required");
             None
         }
     }
 }
 
-fn checks(v: &mut Issues, raw: Option<&Value>, rules: CheckRules) -> Vec<CheckSpec> {
+fn checks(v: &mut Vec<ConfigIssue>, raw: Option<&Value>, rules: CheckRules) -> Vec<CheckSpec> {
     let mut out: Vec<CheckSpec> = Vec::new();
     for (i, item) in array(v, "check", raw).iter().enumerate() {
         let path = format!("check[{i}]");
         match check_spec(&path, item, rules) {
             Ok(spec) => {
                 if out.iter().any(|c| c.name == spec.name) {
-                    v.push(
+                    v.issue(
                         format!("{path}.name"),
                         format!("duplicate check name {:?}", spec.name),
                     );
@@ -961,7 +827,7 @@ fn checks(v: &mut Issues, raw: Option<&Value>, rules: CheckRules) -> Vec<CheckSp
                     out.push(spec);
                 }
             }
-            Err(issues) => v.0.extend(issues),
+            Err(issues) => v.extend(issues),
         }
     }
     out
