@@ -333,6 +333,25 @@ pub fn apply_env_overrides(value: &mut Value, vars: impl Iterator<Item = (String
     }
 }
 
+/// Applies `MAILLOOP_<SECTION>__<key path>` overrides to the top-level table
+/// `section` (`"agent"`: `MAILLOOP_AGENT__REGION=eu-west` sets
+/// `agent.region`), creating the table if the file has none. Key names are
+/// lowercased; values are read as a whole number, `true`/`false`, or else a
+/// string, then validated like the file's. For settings that differ per host
+/// (a container's region, a token variable) without editing the file.
+pub fn apply_section_env_overrides(value: &mut Value, section: &str, vars: impl Iterator<Item = (String, String)>) {
+    let prefix = format!("MAILLOOP_{}__", section.to_ascii_uppercase());
+    for (key, val) in vars {
+        let Some(rest) = key.strip_prefix(&prefix) else { continue };
+        let mut path = vec![section.to_string()];
+        path.extend(rest.split("__").map(|p| p.to_ascii_lowercase()));
+        if path.iter().any(String::is_empty) {
+            continue;
+        }
+        set_path(value, &path, scalar(&val));
+    }
+}
+
 fn set_path(node: &mut Value, path: &[String], new: Value) {
     let Some((last, parents)) = path.split_last() else { return };
     let mut cur = node;
@@ -882,6 +901,20 @@ mod tests {
         );
         let c = ProbeConfig::from_value(&v, &env).unwrap();
         assert_eq!(c.checks[0].smtp.endpoint.port, 2525);
+    }
+
+    #[test]
+    fn section_overrides_set_nested_keys_and_ignore_others() {
+        let mut v = json!({"agent": {"region": "eu-west"}});
+        let vars = [
+            ("MAILLOOP_AGENT__REGION", "us-east"),
+            ("MAILLOOP_AGENT__SPOOL_MAX_REPORTS", "5"),
+            ("MAILLOOP_AGENT__TLS__VERIFY", "false"),
+            ("MAILLOOP_AGENT__", "ignored"),
+            ("MAILLOOP_CHECK__corp__SMTP__PORT", "2525"),
+        ];
+        apply_section_env_overrides(&mut v, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(v, json!({"agent": {"region": "us-east", "spool_max_reports": 5, "tls": {"verify": false}}}));
     }
 
     #[test]
