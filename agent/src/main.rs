@@ -53,7 +53,9 @@ enum Command {
     /// probe each check on its round schedule, spool and stream every report.
     /// Stops gracefully on SIGTERM or SIGINT (exit 0).
     Run {
-        /// Agent config file (TOML: [agent], [dns]).
+        /// Agent config file (TOML: [agent], [dns]). Any [agent] key can be
+        /// set from the environment instead, winning over the file:
+        /// MAILLOOP_AGENT__<KEY>, e.g. MAILLOOP_AGENT__REGION=eu-west.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },

@@ -28,10 +28,15 @@
 //! [dns]
 //! nameservers = ["127.0.0.53:53"]                    # passed to every check's prober
 //! ```
+//!
+//! Every `[agent]` key can be set from the environment instead, which wins
+//! over the file: `MAILLOOP_AGENT__<KEY>`, e.g. `MAILLOOP_AGENT__REGION=eu-west`
+//! or `MAILLOOP_AGENT__TOKEN_ENV=MY_TOKEN` (a whole number or `true`/`false`
+//! is read as such; lists such as `connect_to` only from the file).
 
 use crate::transport::{ConnectRule, ConnectTo};
 use mailloop_common::Secret;
-use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, Table};
+use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, Table, apply_section_env_overrides};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -94,7 +99,8 @@ impl fmt::Debug for ClientIdentity {
 }
 
 impl AgentConfig {
-    /// Reads `path` (TOML) and validates it whole.
+    /// Reads `path` (TOML), applies `MAILLOOP_AGENT__<KEY>` environment
+    /// overrides, and validates it whole.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let shown = path.display().to_string();
         let unreadable = |message: String| ConfigError::Unreadable { path: shown.clone(), message };
@@ -105,7 +111,8 @@ impl AgentConfig {
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .build()
             .map_err(|e| unreadable(e.to_string()))?;
-        let raw: Value = built.try_deserialize().map_err(|e| unreadable(e.to_string()))?;
+        let mut raw: Value = built.try_deserialize().map_err(|e| unreadable(e.to_string()))?;
+        apply_section_env_overrides(&mut raw, "agent", std::env::vars());
         Self::from_value(&raw, &|name| std::env::var(name).ok())
             .map_err(|issues| ConfigError::Invalid { path: shown, issues })
     }
@@ -567,6 +574,27 @@ mod tests {
         let paths: Vec<&str> = issues.iter().map(|s| s.split(':').next().unwrap()).collect();
         assert_eq!(paths, ["agent.connect_to[1]", "agent.connect_to[2]", "agent.connect_to[3]", "agent.connect_to[4]"], "{issues:#?}");
         assert!(issue_of(with("connect_to", json!("a:1=b:2"))).starts_with("agent.connect_to: expected a list"));
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file_and_are_validated_alike() {
+        let mut v = good();
+        let vars = [
+            ("MAILLOOP_AGENT__REGION", "us-east"),
+            ("MAILLOOP_AGENT__SPOOL_MAX_REPORTS", "500"),
+            ("MAILLOOP_AGENT__SHUTDOWN_GRACE", "0s"),
+            ("MAILLOOP_CHECK__corp__SMTP__PORT", "2525"),
+        ];
+        apply_section_env_overrides(&mut v, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let c = load(v).unwrap();
+        assert_eq!((c.region.as_str(), c.spool_max_reports, c.shutdown_grace), ("us-east", 500, Duration::ZERO));
+        let mut bad = good();
+        let vars = [("MAILLOOP_AGENT__ALLOW_PLAINTEXT", "yes"), ("MAILLOOP_AGENT__COLOUR", "blue")];
+        apply_section_env_overrides(&mut bad, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(
+            load(bad).unwrap_err(),
+            ["agent.allow_plaintext: expected true or false, found \"yes\"", "agent.colour: unknown key"]
+        );
     }
 
     #[test]
