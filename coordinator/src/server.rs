@@ -169,7 +169,13 @@ impl Coordinator {
             shutdown.clone(),
         ));
         if let Some(path) = config_path {
-            tokio::spawn(reload_loop(path, config, control.clone(), shutdown.clone()));
+            tokio::spawn(reload_loop(
+                path,
+                config,
+                control.clone(),
+                judge.clone(),
+                shutdown.clone(),
+            ));
         }
 
         let grpc_addr = listeners.grpc_addr();
@@ -433,11 +439,14 @@ async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Sh
 }
 
 /// On SIGHUP: re-read the config; apply it if it is valid as a whole,
-/// otherwise log every bad key and keep running the old one.
+/// otherwise log every bad key and keep running the old one. Checks,
+/// agents, the admin token, `[incidents]`/`[baselines]` (the judge) and
+/// `[[alert]]` channels follow; the rest of `[server]` waits for a restart.
 async fn reload_loop(
     path: PathBuf,
     mut current: CoordinatorConfig,
     control: Arc<Control>,
+    judge: Arc<crate::judge::run::Judge>,
     mut shutdown: Shutdown,
 ) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -478,9 +487,27 @@ async fn reload_loop(
             || old.heartbeat != fresh.heartbeat
         {
             tracing::warn!(
-                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents and the admin token are applied now"
+                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token, [incidents], [baselines] and [[alert]] are applied now"
             );
         }
+        // The judge and the alert channels cannot fail to apply (the file
+        // was validated whole): they follow even if a check below does not.
+        let judge_changes = new.judge.changes_from(&current.judge);
+        if new.judge != current.judge {
+            judge.reconfigure(new.judge.clone()).await;
+            current.judge = new.judge.clone();
+        }
+        let alerts_changes = if new.alerts != current.alerts {
+            let summary = judge
+                .alerts()
+                .reload(new.alerts.clone(), shutdown.clone())
+                .await;
+            current.alerts = new.alerts.clone();
+            summary.describe()
+        } else {
+            "unchanged".to_string()
+        };
+        tracing::info!(judge = %judge_changes, alerts = %alerts_changes, "judge and alert settings reloaded");
         match control.apply_config(&new).await {
             Ok(summary) => {
                 tracing::info!(?summary, "config reloaded");

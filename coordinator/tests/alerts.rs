@@ -732,6 +732,72 @@ async fn shutdown_delivers_what_is_queued_then_stops_within_the_grace() {
     drop(stuck);
 }
 
+// ---------------------------------------------------------------- reload
+
+#[tokio::test]
+async fn a_reload_moves_a_changed_channels_queue_in_order_and_drops_a_removed_ones() {
+    let mut stuck = Receiver::start(Answer::Hang, vec![]).await;
+    let mut fine = Receiver::ok().await;
+    let mut other = Receiver::ok().await;
+    let mut slow = webhook("tickets", &stuck.url);
+    slow["timeout"] = json!("60s");
+    let mut gone = webhook("old", &stuck.url);
+    gone["timeout"] = json!("60s");
+    let (trigger, shutdown) = shutdown::channel();
+    let alerts = Alerts::start(channels(json!([slow, gone])), shutdown.clone());
+    alerts.notify(outage(AlertEventKind::Opened));
+    alerts.notify(outage(AlertEventKind::Acknowledged));
+    // Both channels hold their first event in flight, the second queued.
+    stuck.next().await;
+    stuck.next().await;
+    status_until(&alerts, "tickets", |s| s["pending"] == 2).await;
+
+    // Same name and type, another URL: the queue moves; "old" is removed.
+    let summary = alerts
+        .reload(
+            channels(json!([
+                webhook("tickets", &fine.url),
+                webhook("new", &other.url)
+            ])),
+            shutdown.clone(),
+        )
+        .await;
+    assert_eq!(
+        (
+            summary.added,
+            summary.removed,
+            summary.changed,
+            summary.dropped_events
+        ),
+        (
+            vec!["new".to_string()],
+            vec!["old".to_string()],
+            vec!["tickets".to_string()],
+            2
+        )
+    );
+    alerts.notify(outage(AlertEventKind::Resolved));
+    // The interrupted event first, then the queued one, then the new one.
+    for want in ["opened", "acknowledged", "resolved"] {
+        assert_eq!(fine.next().await.body["event"], want);
+    }
+    // A channel added by the reload gets only what came after it.
+    assert_eq!(other.next().await.body["event"], "resolved");
+    status_until(&alerts, "tickets", |s| {
+        s["delivered"] == 3 && s["pending"] == 0
+    })
+    .await;
+    status_until(&alerts, "new", |s| s["delivered"] == 1).await;
+    let names: Vec<Value> = alerts.status()["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("tickets"), json!("new")]);
+    drop((shutdown, trigger));
+}
+
 // ---------------------------------------------------------------- config
 
 fn parse_errors(tables: Value, env: &dyn Fn(&str) -> Option<String>) -> Vec<ConfigIssue> {

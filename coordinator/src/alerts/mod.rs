@@ -11,6 +11,14 @@
 //! A failing channel is logged and shown by [`Alerts::status`], and never
 //! delays a verdict.
 //!
+//! A SIGHUP reload replaces the channels ([`Alerts::reload`]): a channel
+//! whose config is unchanged keeps running untouched; one that changed
+//! under the same name and type keeps its queue (the event being delivered
+//! goes back to its front, so it may be sent twice but never lost or
+//! reordered) and its status counters, and gets a new worker; a removed
+//! channel, or one whose type changed, is stopped and its queued events are
+//! dropped (logged with their count).
+//!
 //! Layers: [`config`] (validation), `payload.rs` (what is sent, pure),
 //! `http.rs` and `email.rs` (one delivery attempt each), this file (queues,
 //! workers, retries, status, shutdown).
@@ -27,7 +35,7 @@ use crate::judge::AlertEvent;
 use crate::shutdown::Shutdown;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -47,7 +55,48 @@ pub enum Delivery {
 /// The alert dispatcher. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Alerts {
-    channels: Vec<Channel>,
+    /// Replaced whole by [`Alerts::reload`]; `notify` holds the lock only
+    /// to queue, never across an await.
+    channels: Mutex<Vec<Channel>>,
+}
+
+/// What [`Alerts::reload`] changed, by channel name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same name and type, other settings: queue and counters kept.
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    /// Queued events of removed (or retyped) channels, dropped.
+    pub dropped_events: usize,
+}
+
+impl ReloadSummary {
+    /// One line for the reload log: `added [a], changed [b]` or `unchanged`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} [{}]", names.join(", ")));
+            }
+        }
+        if self.dropped_events > 0 {
+            parts.push(format!(
+                "{} queued event(s) of removed channels dropped",
+                self.dropped_events
+            ));
+        }
+        if parts.is_empty() {
+            "unchanged".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// A channel as the dispatcher sees it: its routes, queue and counters.
@@ -56,12 +105,17 @@ struct Channel {
     config: ChannelConfig,
     queue: Arc<Queue>,
     stats: Arc<Mutex<Stats>>,
+    /// Its worker (None: the channel could not start, or a test's `disabled`).
+    worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A bounded FIFO the worker waits on.
 #[derive(Debug)]
 struct Queue {
     items: Mutex<VecDeque<AlertEvent>>,
+    /// The event the worker is delivering, so a reload that replaces the
+    /// worker can put it back at the front of the queue.
+    current: Mutex<Option<AlertEvent>>,
     capacity: usize,
     ready: Notify,
 }
@@ -91,59 +145,120 @@ impl Alerts {
     /// holds a clone of `shutdown`: when it fires, the worker keeps
     /// delivering its queue for the channel's `drain_grace`, then stops.
     pub fn start(channels: Vec<ChannelConfig>, shutdown: Shutdown) -> Arc<Alerts> {
-        let mut out = Vec::new();
-        for config in channels {
-            let queue = Arc::new(Queue {
-                items: Mutex::new(VecDeque::new()),
-                capacity: config.queue_capacity.max(1),
-                ready: Notify::new(),
-            });
-            let stats = Arc::new(Mutex::new(Stats::default()));
-            let sender = match Sender::new(&config) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    // Only an unreadable CA file gets here (the config checked
-                    // it exists): keep the channel visible, failing.
-                    tracing::error!(
-                        channel = config.name,
-                        error = e,
-                        "alert channel cannot start"
-                    );
-                    let mut s = stats.lock().unwrap();
-                    s.last_error = Some(format!("cannot start: {e}"));
-                    s.last_error_at_ms = Some(now_ms());
-                    None
+        let out = channels
+            .into_iter()
+            .map(|config| {
+                let queue = Arc::new(Queue::new(config.queue_capacity));
+                open_channel(config, queue, Arc::default(), &shutdown)
+            })
+            .collect();
+        Arc::new(Alerts {
+            channels: Mutex::new(out),
+        })
+    }
+
+    fn channels(&self) -> MutexGuard<'_, Vec<Channel>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the channels with `configs` (a SIGHUP reload; see the
+    /// module doc for what happens to each channel's queue). New workers
+    /// hold a clone of `shutdown`, like those of [`Alerts::start`].
+    pub async fn reload(&self, configs: Vec<ChannelConfig>, shutdown: Shutdown) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        // Channels whose worker must stop: removed ones, and changed ones
+        // (with their successor, whose worker starts once the old one stopped).
+        let mut retired = Vec::new();
+        let mut replaced = Vec::new();
+        {
+            // Swapped at once, so `notify` never sees a half-built list and
+            // events arriving from now on go to the new queues.
+            let mut live = self.channels();
+            let mut old = std::mem::take(&mut *live);
+            for config in configs {
+                let same = old.iter().position(|c| c.config.name == config.name);
+                match same.map(|i| old.remove(i)) {
+                    Some(ch) if ch.config == config => {
+                        summary.unchanged += 1;
+                        live.push(ch);
+                    }
+                    Some(ch) if ch.config.type_name() == config.type_name() => {
+                        summary.changed.push(config.name.clone());
+                        let queue = Arc::new(Queue::new(config.queue_capacity));
+                        live.push(Channel {
+                            config,
+                            queue,
+                            stats: ch.stats.clone(),
+                            worker: None,
+                        });
+                        replaced.push(ch);
+                    }
+                    other => {
+                        if let Some(ch) = other {
+                            // Another type: its queued events were routed for the old one.
+                            summary.removed.push(ch.config.name.clone());
+                            retired.push(ch);
+                        }
+                        summary.added.push(config.name.clone());
+                        let queue = Arc::new(Queue::new(config.queue_capacity));
+                        live.push(open_channel(config, queue, Arc::default(), &shutdown));
+                    }
                 }
-            };
-            if let Some(sender) = sender {
-                let worker = Worker {
-                    endpoint: endpoint_of(&config),
-                    config: config.clone(),
-                    queue: queue.clone(),
-                    stats: stats.clone(),
-                    sender,
-                };
-                tokio::spawn(worker.run(shutdown.clone()));
             }
-            tracing::info!(
-                channel = config.name,
-                r#type = config.type_name(),
-                "alert channel ready"
-            );
-            out.push(Channel {
-                config,
-                queue,
-                stats,
-            });
+            for ch in old {
+                summary.removed.push(ch.config.name.clone());
+                retired.push(ch);
+            }
         }
-        Arc::new(Alerts { channels: out })
+        for ch in retired {
+            summary.dropped_events += retire(ch).await;
+        }
+        for old in replaced {
+            if let Some(w) = old.worker {
+                w.abort();
+                let _ = w.await;
+            }
+            let mut live = self.channels();
+            let Some(ch) = live.iter_mut().find(|c| c.config.name == old.config.name) else {
+                continue;
+            };
+            // Oldest first: the interrupted event, what was queued, then
+            // what arrived since the swap.
+            let mut items = ch.queue.items.lock().unwrap();
+            let arrived = std::mem::take(&mut *items);
+            items.extend(old.queue.current.lock().unwrap().take());
+            items.extend(std::mem::take(&mut *old.queue.items.lock().unwrap()));
+            items.extend(arrived);
+            let over = items.len().saturating_sub(ch.queue.capacity);
+            if over > 0 {
+                items.drain(..over);
+                ch.stats.lock().unwrap().dropped += over as u64;
+                tracing::warn!(
+                    channel = ch.config.name,
+                    dropped = over,
+                    capacity = ch.queue.capacity,
+                    "alert queue smaller after the reload: dropped its oldest events"
+                );
+            }
+            drop(items);
+            ch.stats.lock().unwrap().in_flight = 0;
+            let started = open_channel(
+                ch.config.clone(),
+                ch.queue.clone(),
+                ch.stats.clone(),
+                &shutdown,
+            );
+            ch.worker = started.worker;
+            ch.queue.ready.notify_one();
+        }
+        summary
     }
 
     /// Queues an event for every channel whose routes match it. Never
     /// blocks: a full queue loses its oldest event (logged).
     pub fn notify(&self, event: AlertEvent) {
         let mut routed = 0;
-        for ch in &self.channels {
+        for ch in self.channels().iter() {
             if !ch.config.routes(&event) {
                 continue;
             }
@@ -190,7 +305,7 @@ impl Alerts {
     /// Each channel's health, as `GET /api/v1/alerts` shows it.
     pub fn status(&self) -> Value {
         let channels: Vec<Value> = self
-            .channels
+            .channels()
             .iter()
             .map(|ch| {
                 let s = ch.stats.lock().unwrap().clone();
@@ -210,6 +325,82 @@ impl Alerts {
             .collect();
         json!({ "channels": channels })
     }
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue {
+            items: Mutex::new(VecDeque::new()),
+            current: Mutex::new(None),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+        }
+    }
+}
+
+/// Starts a channel's worker on `queue`, counting into `stats`.
+fn open_channel(
+    config: ChannelConfig,
+    queue: Arc<Queue>,
+    stats: Arc<Mutex<Stats>>,
+    shutdown: &Shutdown,
+) -> Channel {
+    let sender = match Sender::new(&config) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Only an unreadable CA file gets here (the config checked
+            // it exists): keep the channel visible, failing.
+            tracing::error!(
+                channel = config.name,
+                error = e,
+                "alert channel cannot start"
+            );
+            let mut s = stats.lock().unwrap();
+            s.last_error = Some(format!("cannot start: {e}"));
+            s.last_error_at_ms = Some(now_ms());
+            None
+        }
+    };
+    let worker = sender.map(|sender| {
+        let worker = Worker {
+            endpoint: endpoint_of(&config),
+            config: config.clone(),
+            queue: queue.clone(),
+            stats: stats.clone(),
+            sender,
+        };
+        tokio::spawn(worker.run(shutdown.clone()))
+    });
+    tracing::info!(
+        channel = config.name,
+        r#type = config.type_name(),
+        "alert channel ready"
+    );
+    Channel {
+        config,
+        queue,
+        stats,
+        worker,
+    }
+}
+
+/// Stops a removed channel's worker; how many events it had not delivered
+/// (they are dropped, and logged).
+async fn retire(ch: Channel) -> usize {
+    if let Some(w) = ch.worker {
+        w.abort();
+        let _ = w.await;
+    }
+    let left = ch.queue.items.lock().unwrap().len()
+        + usize::from(ch.queue.current.lock().unwrap().is_some());
+    if left > 0 {
+        tracing::warn!(
+            channel = ch.config.name,
+            dropped = left,
+            "alert channel removed by a reload: its undelivered events are dropped"
+        );
+    }
+    left
 }
 
 /// Where a channel delivers, safe to log.
@@ -271,6 +462,7 @@ impl Worker {
                     }
                 }
             };
+            *self.queue.current.lock().unwrap() = Some(event.clone());
             self.stats.lock().unwrap().in_flight = 1;
             let delivery = self.deliver(&event);
             tokio::pin!(delivery);
@@ -290,6 +482,7 @@ impl Worker {
                 }
             };
             self.stats.lock().unwrap().in_flight = 0;
+            self.queue.current.lock().unwrap().take();
             if !done {
                 let left = 1 + std::mem::take(&mut *self.queue.items.lock().unwrap()).len();
                 self.give_up_at_shutdown(&event, left);

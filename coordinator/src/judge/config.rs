@@ -54,6 +54,83 @@ impl JudgeSettings {
     }
 }
 
+impl JudgeSettings {
+    /// What differs from `old`, one `key old -> new` per changed setting
+    /// (`unchanged` if nothing does): the reload's log line.
+    pub fn changes_from(&self, old: &JudgeSettings) -> String {
+        let (o, n) = (&old.policy, &self.policy);
+        let (ob, nb) = (&o.baselines, &n.baselines);
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        let pairs = [
+            (
+                "incidents.quorum",
+                quorum_value(o.quorum).to_string(),
+                quorum_value(n.quorum).to_string(),
+            ),
+            (
+                "incidents.confirm_rounds",
+                o.confirm_rounds.to_string(),
+                n.confirm_rounds.to_string(),
+            ),
+            (
+                "incidents.transit_rounds",
+                o.transit_rounds.to_string(),
+                n.transit_rounds.to_string(),
+            ),
+            (
+                "incidents.degraded_rounds",
+                o.degraded_rounds.to_string(),
+                n.degraded_rounds.to_string(),
+            ),
+            (
+                "incidents.resolve_rounds",
+                o.resolve_rounds.to_string(),
+                n.resolve_rounds.to_string(),
+            ),
+            (
+                "incidents.defer_grace",
+                dur(o.defer_grace),
+                dur(n.defer_grace),
+            ),
+            (
+                "incidents.round_slack",
+                dur(old.round_slack),
+                dur(self.round_slack),
+            ),
+            (
+                "baselines.window",
+                ob.window.to_string(),
+                nb.window.to_string(),
+            ),
+            (
+                "baselines.min_samples",
+                ob.min_samples.to_string(),
+                nb.min_samples.to_string(),
+            ),
+            (
+                "baselines.factor",
+                ob.factor.to_string(),
+                nb.factor.to_string(),
+            ),
+            (
+                "baselines.floor",
+                format!("{}ms", ob.floor_ms),
+                format!("{}ms", nb.floor_ms),
+            ),
+        ];
+        let changed: Vec<String> = pairs
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(k, a, b)| format!("{k} {a} -> {b}"))
+            .collect();
+        if changed.is_empty() {
+            "unchanged".into()
+        } else {
+            changed.join(", ")
+        }
+    }
+}
+
 /// Streak lengths (`confirm_rounds`, ...) outside this range are refused:
 /// zero would open incidents before any evidence, more than 100 would never.
 const ROUNDS: std::ops::RangeInclusive<u64> = 1..=100;
@@ -348,6 +425,19 @@ mod tests {
                 "baselines.factor",
                 "baselines.floor",
             ]
+        );
+    }
+
+    #[test]
+    fn changes_name_each_setting_that_moved() {
+        let old = JudgeSettings::default();
+        assert_eq!(old.changes_from(&old), "unchanged");
+        let mut new = old.clone();
+        new.policy.confirm_rounds = 1;
+        new.policy.quorum = Quorum::Count(2);
+        assert_eq!(
+            new.changes_from(&old),
+            "incidents.quorum \"majority\" -> 2, incidents.confirm_rounds 2 -> 1"
         );
     }
 

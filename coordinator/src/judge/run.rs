@@ -27,6 +27,10 @@
 //! rounds are in flight at once, and none of them may be skipped.) Round 0 is the
 //! on-demand run's and is never judged.
 //!
+//! - settings ([`Judge::reconfigure`], a SIGHUP reload of `[incidents]` and
+//!   `[baselines]`): applied between rounds, so every round decided after
+//!   the call returns uses them; learned baselines and open incidents stay.
+//!
 //! On start each judge is restored from storage (recent verdicts and the
 //! incidents still open, so a restart neither re-opens nor forgets them)
 //! and its baselines warmed with the recent delivered reports.
@@ -135,6 +139,8 @@ impl JudgeFeed {
 /// baselines it published, and acknowledgements (which alert).
 pub struct Judge {
     feed: JudgeFeed,
+    /// New settings for the task, each with the reply sent once they are in force.
+    settings: mpsc::Sender<(JudgeSettings, tokio::sync::oneshot::Sender<()>)>,
     storage: Arc<Storage>,
     alerts: Arc<Alerts>,
     baselines: Mutex<HashMap<String, Vec<BaselineView>>>,
@@ -153,6 +159,18 @@ impl Judge {
     /// The learned baselines of a check the judge follows (None: it does not, yet).
     pub fn baselines(&self, check_id: &str) -> Option<Vec<BaselineView>> {
         self.lock().get(check_id).cloned()
+    }
+
+    /// Puts new `[incidents]`/`[baselines]` settings in force for every
+    /// round decided after this returns: each followed check's judge gets
+    /// the new policy (its own `quorum` still wins); what it learned and
+    /// the incidents it has open are kept. Returns at once if the judge
+    /// has stopped (shutdown).
+    pub async fn reconfigure(&self, settings: JudgeSettings) {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if self.settings.send((settings, done)).await.is_ok() {
+            let _ = applied.await;
+        }
     }
 
     /// Reports dropped because the feed was full (their rounds were read from storage).
@@ -202,11 +220,13 @@ pub fn start(
     shutdown: Shutdown,
 ) -> (Arc<Judge>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(FEED_CAPACITY);
+    let (settings_tx, settings_rx) = mpsc::channel(1);
     let judge = Arc::new(Judge {
         feed: JudgeFeed {
             tx,
             dropped: Arc::default(),
         },
+        settings: settings_tx,
         storage: storage.clone(),
         alerts: alerts.clone(),
         baselines: Mutex::default(),
@@ -219,7 +239,7 @@ pub fn start(
         shared: judge.clone(),
         checks: BTreeMap::new(),
     };
-    let handle = tokio::spawn(task.run(rx, shutdown));
+    let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
 }
 
@@ -328,13 +348,22 @@ fn region_report(row: &ReportRow) -> Option<RegionReport> {
 }
 
 impl Task {
-    async fn run(mut self, mut feed: mpsc::Receiver<NewReport>, mut shutdown: Shutdown) {
+    async fn run(
+        mut self,
+        mut feed: mpsc::Receiver<NewReport>,
+        mut settings: mpsc::Receiver<(JudgeSettings, tokio::sync::oneshot::Sender<()>)>,
+        mut shutdown: Shutdown,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.recv() => break,
                 Some(r) = feed.recv() => self.take(r),
+                Some((new, applied)) = settings.recv() => {
+                    self.apply_settings(new);
+                    let _ = applied.send(());
+                }
                 _ = tick.tick() => {
                     self.sync().await;
                     self.decide_due().await;
@@ -364,6 +393,25 @@ impl Task {
             Err(e) => {
                 tracing::warn!(check = %r.check_id, round = r.round, error = %e, "report is not a probe report; the judge skips it")
             }
+        }
+    }
+
+    /// New settings for every followed check. A check whose hub revision
+    /// moved since it was followed is left to [`Task::sync`], which
+    /// reconfigures it with these settings on its next tick.
+    fn apply_settings(&mut self, new: JudgeSettings) {
+        self.settings = new;
+        for (id, live) in self.checks.iter_mut() {
+            let Some(c) = self.hub.check(id) else {
+                continue;
+            };
+            if c.revision != live.revision {
+                continue;
+            }
+            let policy = self.settings.policy_for(c.spec.quorum);
+            live.judge
+                .reconfigure(&c.spec.regions, policy, &c.spec.table);
+            live.wait_ms = round_wait(&c, &self.settings).as_millis() as u64;
         }
     }
 
