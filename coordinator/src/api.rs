@@ -345,33 +345,28 @@ pub(crate) fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     )))
 }
 
+/// An optional `since`/`until` bound, read as [`time_param`] does.
+pub(crate) fn time_bound(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|v| time_param(name, v)).transpose()
+}
+
+/// A `ms:key` cursor handed out with a previous page (parameter `name`).
+pub(crate) fn page_cursor(name: &str, c: Option<&str>) -> Result<Option<(i64, String)>, ApiError> {
+    let Some(c) = c else { return Ok(None) };
+    let parsed = c.split_once(':').and_then(|(ms, key)| Some((ms.parse::<i64>().ok()?, key.to_string())));
+    parsed
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest(format!("{name}={c:?} is not a cursor from a previous page")))
+}
+
 fn query(p: ResultParams) -> Result<ResultQuery, ApiError> {
-    let after = match &p.cursor {
-        None => None,
-        Some(c) => {
-            let parsed = c
-                .split_once(':')
-                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())));
-            Some(parsed.ok_or_else(|| {
-                ApiError::BadRequest(format!("cursor={c:?} is not a cursor from a previous page"))
-            })?)
-        }
-    };
     Ok(ResultQuery {
+        after: page_cursor("cursor", p.cursor.as_deref())?,
+        since_ms: time_bound("since", p.since.as_deref())?,
+        until_ms: time_bound("until", p.until.as_deref())?,
         check_id: p.check,
         region: p.region,
-        since_ms: p
-            .since
-            .as_deref()
-            .map(|v| time_param("since", v))
-            .transpose()?,
-        until_ms: p
-            .until
-            .as_deref()
-            .map(|v| time_param("until", v))
-            .transpose()?,
         limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
-        after,
     })
 }
 

@@ -6,7 +6,7 @@
 //! admin token. Bodies keep the model's `*_ms` fields and add RFC 3339
 //! strings (`round_start`, `opened_at`, ...) for people.
 
-use crate::api::{ApiError, ApiState, admin, rfc3339, time_param};
+use crate::api::{ApiError, ApiState, admin, page_cursor, rfc3339, time_bound};
 use crate::judge::{Incident, IncidentKind, IncidentState, Verdict};
 use crate::storage::{AckOutcome, IncidentQuery, VerdictQuery};
 use axum::Router;
@@ -72,32 +72,12 @@ struct VerdictParams {
 }
 
 async fn verdicts(State(state): State<ApiState>, Query(p): Query<VerdictParams>) -> ApiResult {
-    let after = match &p.after {
-        None => None,
-        Some(c) => Some(
-            c.split_once(':')
-                .and_then(|(ms, check)| Some((ms.parse::<i64>().ok()?, check.to_string())))
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "after={c:?} is not a cursor from a previous page"
-                    ))
-                })?,
-        ),
-    };
     let q = VerdictQuery {
+        after: page_cursor("after", p.after.as_deref())?,
+        since_ms: time_bound("since", p.since.as_deref())?,
+        until_ms: time_bound("until", p.until.as_deref())?,
         check_id: p.check,
-        since_ms: p
-            .since
-            .as_deref()
-            .map(|v| time_param("since", v))
-            .transpose()?,
-        until_ms: p
-            .until
-            .as_deref()
-            .map(|v| time_param("until", v))
-            .transpose()?,
         limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
-        after,
     };
     let page = state.storage.query_verdicts(q).await?;
     let verdicts: Vec<Value> = page.verdicts.iter().map(verdict_json).collect();
