@@ -6,23 +6,20 @@
 //! region × hour for `aggregate_retention` (400 days by default). The
 //! rollup itself is written by [`Storage`]'s writer as each report is
 //! stored (see the "Hourly aggregates" section of `storage.rs` for why
-//! there and not in the pruner); this module is its edges: the API route
-//! `GET /api/v1/checks/{id}/aggregates` and the background pruning.
+//! there and not in the pruner); this module is its API route,
+//! `GET /api/v1/checks/{id}/aggregates`. The server's retention loop prunes
+//! them with the reports.
 
 use crate::api::{ApiError, ApiState, rfc3339};
 use crate::control::now_ms;
-use crate::shutdown::Shutdown;
-use crate::storage::{AggregateQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, Storage};
+use crate::storage::{AggregateQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
 
-/// How often old aggregates are pruned (they are hourly: more often is moot).
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Without `since`, this much history is returned.
 pub const DEFAULT_SINCE: Duration = Duration::from_secs(7 * 86_400);
 
@@ -94,26 +91,4 @@ pub fn aggregate_json(a: &HourAggregate) -> Value {
             "max": round(a.delivery.max_ms),
         },
     })
-}
-
-/// Prunes aggregates of hours that ended more than `retention` ago, hourly
-/// (and once at start), until shutdown.
-pub async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.recv() => return,
-        }
-        let cutoff = now_ms() - retention.as_millis() as i64;
-        match storage.prune_aggregates(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                deleted = n,
-                retention = %humantime::format_duration(retention),
-                "old hourly aggregates pruned"
-            ),
-            Err(e) => tracing::error!(error = %e, "pruning old hourly aggregates failed"),
-        }
-    }
 }

@@ -161,10 +161,6 @@ impl Coordinator {
         tokio::spawn(prune_loop(
             storage.clone(),
             server.retention,
-            shutdown.clone(),
-        ));
-        tokio::spawn(crate::aggregates::prune_loop(
-            storage.clone(),
             server.aggregate_retention,
             shutdown.clone(),
         ));
@@ -414,7 +410,15 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Shutdown) {
+/// Hourly (and once at start) until shutdown: reports and the verdicts
+/// judged from them older than `retention`, hourly aggregates older than
+/// `aggregate_retention`.
+async fn prune_loop(
+    storage: Arc<Storage>,
+    retention: Duration,
+    aggregate_retention: Duration,
+    mut shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
@@ -422,18 +426,25 @@ async fn prune_loop(storage: Arc<Storage>, retention: Duration, mut shutdown: Sh
             _ = shutdown.recv() => return,
         }
         let cutoff = now_ms() - retention.as_millis() as i64;
-        match storage.prune(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(deleted = n, retention = %humantime::format_duration(retention), "old reports pruned")
+        let aggregate_cutoff = now_ms() - aggregate_retention.as_millis() as i64;
+        let pruned = [
+            ("reports", storage.prune(cutoff).await, retention),
+            // Verdicts follow the reports they were judged from.
+            ("verdicts", storage.prune_verdicts(cutoff).await, retention),
+            (
+                "hourly aggregates",
+                storage.prune_aggregates(aggregate_cutoff).await,
+                aggregate_retention,
+            ),
+        ];
+        for (what, result, kept) in pruned {
+            match result {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, retention = %humantime::format_duration(kept), "old {what} pruned")
+                }
+                Err(e) => tracing::error!(error = %e, "pruning old {what} failed"),
             }
-            Err(e) => tracing::error!(error = %e, "pruning old reports failed"),
-        }
-        // Verdicts follow the reports they were judged from.
-        match storage.prune_verdicts(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "old verdicts pruned"),
-            Err(e) => tracing::error!(error = %e, "pruning old verdicts failed"),
         }
     }
 }
