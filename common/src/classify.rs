@@ -32,6 +32,19 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// Every class (for tables that must cover them all, like the judge's advice).
+    pub const ALL: [FailureClass; 9] = [
+        FailureClass::Deferred,
+        FailureClass::RateLimited,
+        FailureClass::Permanent,
+        FailureClass::Auth,
+        FailureClass::Tls,
+        FailureClass::Timeout,
+        FailureClass::Connect,
+        FailureClass::Protocol,
+        FailureClass::NotDelivered,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::Deferred => "deferred",
@@ -110,6 +123,25 @@ fn looks_rate_limited(enhanced: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_class_once_in_order() {
+        // Exhaustive: a new class does not compile here until it is in ALL too.
+        for (i, c) in FailureClass::ALL.iter().enumerate() {
+            let position = match c {
+                FailureClass::Deferred => 0,
+                FailureClass::RateLimited => 1,
+                FailureClass::Permanent => 2,
+                FailureClass::Auth => 3,
+                FailureClass::Tls => 4,
+                FailureClass::Timeout => 5,
+                FailureClass::Connect => 6,
+                FailureClass::Protocol => 7,
+                FailureClass::NotDelivered => 8,
+            };
+            assert_eq!(i, position, "{c:?}");
+        }
+    }
 
     fn class(code: u16, enhanced: &str, text: &str, auth: bool) -> FailureClass {
         SmtpReplyCode {

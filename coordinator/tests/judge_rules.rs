@@ -863,19 +863,8 @@ fn the_performance_summary_names_step_region_and_baseline() {
 
 #[test]
 fn advice_covers_every_step_and_class_and_tells_them_apart() {
-    let classes = [
-        FailureClass::Deferred,
-        FailureClass::RateLimited,
-        FailureClass::Permanent,
-        FailureClass::Auth,
-        FailureClass::Tls,
-        FailureClass::Timeout,
-        FailureClass::Connect,
-        FailureClass::Protocol,
-        FailureClass::NotDelivered,
-    ];
     for &step in StepName::ALL {
-        for class in classes {
+        for class in FailureClass::ALL {
             let a = advice(step, class);
             assert!(
                 !a.cause.trim().is_empty() && !a.check.trim().is_empty(),

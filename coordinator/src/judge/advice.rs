@@ -363,19 +363,8 @@ mod tests {
 
     #[test]
     fn every_pair_has_a_cause_and_a_check() {
-        const CLASSES: [FailureClass; 9] = [
-            FailureClass::Deferred,
-            FailureClass::RateLimited,
-            FailureClass::Permanent,
-            FailureClass::Auth,
-            FailureClass::Tls,
-            FailureClass::Timeout,
-            FailureClass::Connect,
-            FailureClass::Protocol,
-            FailureClass::NotDelivered,
-        ];
         for &step in StepName::ALL {
-            for class in CLASSES {
+            for class in FailureClass::ALL {
                 let adv = advice(step, class);
                 assert!(
                     adv.cause.len() > 20 && adv.check.len() > 10,
