@@ -409,40 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("\n{}: no report for this round", text(&region["region"]));
                     continue;
                 }
-                println!(
-                    "\n{}: {} by {}  probe {}  rtt {}",
-                    text(&region["region"]),
-                    text(&r["outcome"]).to_uppercase(),
-                    text(&r["agent"]),
-                    text(&r["probe_id"]),
-                    ms(&r["rtt_ms"])
-                );
-                let steps = r["report"]["steps"].as_array().cloned().unwrap_or_default();
-                let rows = steps
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            text(&s["name"]),
-                            ms(&s["ms"]),
-                            if s["ok"] == true {
-                                "ok".into()
-                            } else {
-                                "FAIL".into()
-                            },
-                            text(&s["code"]),
-                            text(&s["detail"]),
-                        ]
-                    })
-                    .collect();
-                table(&["  step", "time", "ok", "code", "detail"], rows);
-                if let Some(f) = r["report"]["failure"].as_object() {
-                    println!(
-                        "  failed at {} ({}): {}",
-                        text(&f["step"]),
-                        text(&f["class"]),
-                        text(&f["message"])
-                    );
-                }
+                print_region_report(&text(&region["region"]), r);
             }
         }
     }
@@ -576,7 +543,7 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
                         continue;
                     }
                     if table_out {
-                        print_run_result(&region, result);
+                        print_region_report(&region, result);
                     }
                     arrived.insert(region, result.clone());
                 }
@@ -634,8 +601,8 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
     code
 }
 
-/// One region's report of an on-demand run: its verdict line and steps.
-fn print_run_result(region: &str, r: &Value) {
+/// One region's report (of a round, or an on-demand run): its outcome line and steps.
+fn print_region_report(region: &str, r: &Value) {
     println!(
         "\n{region}: {} by {}  probe {}  rtt {}  delivery {}",
         text(&r["outcome"]).to_uppercase(),
