@@ -293,6 +293,12 @@ fn the_quick_start_runs_as_written() {
         located(run.file("stderr"))
     );
 
+    // A panic inside a pipeline (`mailloopctl … | grep`) would not fail the script.
+    let stderr = run.file("stderr");
+    assert!(
+        !stderr.contains("panicked"),
+        "a quick-start command panicked:\n{stderr}"
+    );
     let stdout = run.file("stdout");
     let missing: Vec<&String> = q
         .expected
