@@ -106,13 +106,15 @@ fn shows(expected: &str, line: &str) -> bool {
     true
 }
 
-/// A free loopback port (bound and released; the README's coordinator binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports (bound together, then released; the
+/// README's coordinator binds them next).
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// The script's process group: killed whole on drop; on a failure, first
@@ -257,13 +259,14 @@ fn the_quick_start_runs_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let (grpc_port, http_port) = free_ports();
     let mut cmd = Command::new("bash");
     cmd.arg(&script_path)
         .current_dir(dir.path())
         .env("PATH", path)
         .env("WORK", &work)
-        .env("GRPC_PORT", free_port().to_string())
-        .env("HTTP_PORT", free_port().to_string())
+        .env("GRPC_PORT", grpc_port.to_string())
+        .env("HTTP_PORT", http_port.to_string())
         .env("MAILSTACK_STATE", stack.var("MAILSTACK_STATE"))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
