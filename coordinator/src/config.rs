@@ -42,6 +42,18 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Default HTTP/2 streams per agent connection.
 pub const DEFAULT_MAX_STREAMS: u32 = 16;
+/// Default largest admin API request body (a check definition is a few KiB).
+pub const DEFAULT_HTTP_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default cap on open admin API connections, all clients together.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
+/// Default cap on open admin API connections from one client address.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT: usize = 32;
+/// Default time for a request's headers (and a TLS handshake) to arrive.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time from a request's headers to its response.
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time an admin API connection may go without a byte either way.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default grace period at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Tokens shorter than this are refused: they would be guessable.
@@ -92,6 +104,40 @@ pub struct ServerConfig {
     pub max_streams_per_connection: u32,
     /// How long shutdown may wait for in-flight work.
     pub shutdown_grace: Duration,
+    /// What one admin API request and connection may cost.
+    pub http_limits: HttpLimits,
+}
+
+/// The admin API listener's bounds (`[server] http_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Open connections, all clients together; more are refused with 503.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// A request's line and headers (and a TLS handshake, and the wait for
+    /// the next request on a kept-alive connection) must arrive within this.
+    pub header_timeout: Duration,
+    /// From the headers to the response (reading the body, running the
+    /// handler); over it: 503.
+    pub request_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: DEFAULT_HTTP_MAX_BODY_BYTES,
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT,
+            header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -540,6 +586,7 @@ fn server(
         DEFAULT_SHUTDOWN_GRACE,
         Duration::from_millis(100),
     );
+    let http_limits = http_limits(v, &mut t);
     t.finish(v);
     // Plaintext only where nobody else can listen, unless explicitly allowed.
     if let (Some(None), Some(false)) = (&tls, allow_plaintext) {
@@ -568,6 +615,64 @@ fn server(
         max_message_bytes: max_message_bytes? as usize,
         max_streams_per_connection: max_streams? as u32,
         shutdown_grace: shutdown_grace?,
+        http_limits: http_limits?,
+    })
+}
+
+/// The admin listener's `http_*` keys of `[server]`.
+fn http_limits(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<HttpLimits> {
+    let d = HttpLimits::default();
+    let max_body_bytes = t.number(
+        v,
+        "http_max_body_bytes",
+        d.max_body_bytes as u64,
+        1024..=64 * 1024 * 1024,
+    );
+    let max_connections = t.number(
+        v,
+        "http_max_connections",
+        d.max_connections as u64,
+        1..=65_536,
+    );
+    let per_client = t.number(
+        v,
+        "http_max_connections_per_client",
+        d.max_connections_per_client as u64,
+        1..=65_536,
+    );
+    let min = Duration::from_millis(100);
+    let header_timeout = t.duration_at_least(v, "http_header_timeout", d.header_timeout, min);
+    let request_timeout = t.duration_at_least(v, "http_request_timeout", d.request_timeout, min);
+    let idle_timeout = t.duration_at_least(v, "http_idle_timeout", d.idle_timeout, min);
+    if let (Some(per), Some(all)) = (per_client, max_connections)
+        && per > all
+    {
+        v.issue(
+            t.path_of("http_max_connections_per_client"),
+            format!("{per} is more than http_max_connections ({all})"),
+        );
+    }
+    // A handler still inside its request timeout reads and writes nothing:
+    // the idle timer must not cut it off first.
+    if let (Some(request), Some(idle)) = (request_timeout, idle_timeout)
+        && idle <= request
+    {
+        v.issue(
+            t.path_of("http_idle_timeout"),
+            format!(
+                "{} must be longer than http_request_timeout ({})",
+                humantime::format_duration(idle),
+                humantime::format_duration(request)
+            ),
+        );
+    }
+    Some(HttpLimits {
+        max_body_bytes: max_body_bytes? as usize,
+        max_connections: max_connections? as usize,
+        max_connections_per_client: per_client? as usize,
+        header_timeout: header_timeout?,
+        request_timeout: request_timeout?,
+        idle_timeout: idle_timeout?,
     })
 }
 
@@ -899,6 +1004,37 @@ mod tests {
                 "check[0].regions[0]",
                 "check[0].smtp.port",
                 "check[0].imap.password",
+            ]
+        );
+    }
+
+    #[test]
+    fn admin_listener_limits_have_defaults_and_are_validated_together() {
+        let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
+        assert_eq!(c.server.http_limits, HttpLimits::default());
+        assert_eq!(c.server.http_limits.max_body_bytes, 1024 * 1024);
+
+        let mut v = good();
+        v["server"]["http_max_body_bytes"] = json!(65536);
+        v["server"]["http_header_timeout"] = json!("2s");
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(c.server.http_limits.max_body_bytes, 65536);
+        assert_eq!(c.server.http_limits.header_timeout, Duration::from_secs(2));
+
+        let mut v = good();
+        v["server"]["http_max_body_bytes"] = json!(10);
+        v["server"]["http_max_connections"] = json!(8);
+        v["server"]["http_max_connections_per_client"] = json!(9);
+        v["server"]["http_header_timeout"] = json!("soon");
+        v["server"]["http_request_timeout"] = json!("1m");
+        v["server"]["http_idle_timeout"] = json!("30s");
+        assert_eq!(
+            paths(v),
+            [
+                "server.http_max_body_bytes",
+                "server.http_header_timeout",
+                "server.http_max_connections_per_client",
+                "server.http_idle_timeout",
             ]
         );
     }

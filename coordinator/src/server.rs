@@ -11,26 +11,24 @@
 //!    the storage writer — all within `shutdown_grace`.
 
 use crate::api::{self, ApiState};
-use crate::config::{CoordinatorConfig, ServerConfig, TlsMaterial};
+use crate::config::{CoordinatorConfig, HttpLimits, ServerConfig, TlsMaterial};
 use crate::control::{Control, now_ms};
 use crate::grpc::{AgentApi, AgentApiSettings};
 use crate::hub::Hub;
 use crate::shutdown::{self, Shutdown};
 use crate::storage::{Storage, StorageError};
 use mailloop_proto::pb::agent_service_server::AgentServiceServer;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 /// How often retention pruning runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// A TLS handshake on the admin API must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the coordinator could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +192,7 @@ impl Coordinator {
         let mut http = tokio::spawn(serve_http(
             listeners.http,
             server.tls.clone(),
+            server.http_limits,
             state,
             shutdown.clone(),
         )?);
@@ -301,29 +300,15 @@ fn serve_grpc(
 fn serve_http(
     listener: TcpListener,
     tls: Option<TlsMaterial>,
+    limits: HttpLimits,
     state: ApiState,
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
-    let app = api::router(state);
+    let app = bounded(api::router(state), limits);
     let tls = tls.map(|t| http_tls(&t)).transpose()?;
     Ok(async move {
-        let mut stop = shutdown.clone();
-        let stopped = async move { stop.recv().await };
-        let result = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            }
-            Some(acceptor) => {
-                let listener = TlsListener::new(listener, acceptor, shutdown.clone());
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            }
-        };
-        drop(shutdown);
-        result.map_err(ServeError::Http)
+        accept_loop(listener, tls, app, limits, shutdown).await;
+        Ok(())
     })
 }
 
@@ -345,68 +330,383 @@ fn http_tls(t: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The admin API's TLS listener: handshakes run in their own tasks, so a
-/// slow client cannot hold up the others.
-struct TlsListener {
-    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
+// ---------------------------------------------------------------------------
+// The admin listener's bounds. Every connection is counted before anything
+// is read from it (total and per client address; over either cap it gets a
+// 503 and is closed); its TLS handshake and each request's headers must
+// arrive within `header_timeout` (which also closes a kept-alive connection
+// that sends no next request); a request must be answered within
+// `request_timeout`; a connection that moves no byte for `idle_timeout` is
+// closed (a client that stops reading its response); bodies are capped at
+// `max_body_bytes` (413), headers at `MAX_HEADER_BYTES` (431). HTTP/1.1
+// only, so one connection runs one request at a time.
+// ---------------------------------------------------------------------------
+
+/// Request line and headers of one request, at most.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Refused connections are logged at most this often (a flood is one line).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The router with the request-level bounds around it.
+fn bounded(app: axum::Router, limits: HttpLimits) -> axum::Router {
+    app.layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(limits, bound_request))
 }
 
-impl TlsListener {
-    fn new(
-        listener: TcpListener,
-        acceptor: tokio_rustls::TlsAcceptor,
-        mut shutdown: Shutdown,
-    ) -> TlsListener {
-        let addr = listener.local_addr().expect("bound");
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = tx.closed() => return,
-                    _ = shutdown.recv() => return,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin API accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "admin API TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "admin API TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener { ready, addr }
+/// Refuses a declared oversized body before reading it, answers 503 when
+/// the handler runs past `request_timeout`, and makes every 413 JSON (the
+/// body extractor's own is plain text).
+async fn bound_request(
+    axum::extract::State(limits): axum::extract::State<HttpLimits>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let too_large = || {
+        let body = serde_json::json!({"error": format!(
+            "the request body is larger than {} bytes (http_max_body_bytes)",
+            limits.max_body_bytes
+        )});
+        (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return too_large();
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    match tokio::time::timeout(limits.request_timeout, next.run(req)).await {
+        Ok(resp) if resp.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let json = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if json { resp } else { too_large() }
+        }
+        Ok(resp) => resp,
+        Err(_) => {
+            let limit = humantime::format_duration(limits.request_timeout);
+            tracing::warn!(%method, path, %limit, "admin API request took longer than http_request_timeout; answered 503");
+            let body = serde_json::json!({"error": format!(
+                "the request was not answered within {limit} (http_request_timeout); try a narrower query"
+            )});
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+/// Accepts admin API connections until shutdown; each runs in its own task.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: HttpLimits,
+    mut shutdown: Shutdown,
+) {
+    let gate = Gate::new(limits);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait rather than spin.
+                    tracing::warn!(error = %e, "admin API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => return,
+        };
+        let admitted = match gate.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(cap) => {
+                gate.log_refusal(peer, cap);
+                refuse(tcp, tls.is_none(), cap);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            tls.clone(),
+            app.clone(),
+            limits,
+            admitted,
+            shutdown.clone(),
+        ));
+    }
+}
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task only ends at shutdown; wait for axum to notice.
-            None => std::future::pending().await,
+/// Answers a connection over a cap: a 503 if it fits in the socket buffer
+/// now (plain HTTP only), then close. Never waits on the client.
+fn refuse(tcp: TcpStream, plain: bool, cap: &'static str) {
+    if plain {
+        let body = format!(
+            r#"{{"error":"too many open connections to the admin API ({cap}); close idle ones or try again"}}"#
+        );
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tcp.try_write(resp.as_bytes());
+    }
+}
+
+/// The connection caps: a semaphore for the total, a count per address.
+struct Gate {
+    total: Arc<tokio::sync::Semaphore>,
+    per_client: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    max_per_client: usize,
+    last_refusal_log: std::sync::Mutex<Option<Instant>>,
+    refused: AtomicUsize,
+}
+
+/// An admitted connection's place under both caps; given back on drop.
+struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    per_client: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Gate {
+    fn new(limits: HttpLimits) -> Gate {
+        Gate {
+            total: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            per_client: Arc::default(),
+            max_per_client: limits.max_connections_per_client,
+            last_refusal_log: std::sync::Mutex::new(None),
+            refused: AtomicUsize::new(0),
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
+    /// A place for one more connection from `ip`, or the name of the cap it hits.
+    fn admit(&self, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "http_max_connections")?;
+        let mut open = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.max_per_client {
+            return Err("http_max_connections_per_client");
+        }
+        *n += 1;
+        Ok(Admitted {
+            _permit: permit,
+            per_client: self.per_client.clone(),
+            ip,
+        })
+    }
+
+    fn log_refusal(&self, peer: SocketAddr, cap: &'static str) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self
+            .last_refusal_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            *last = Some(Instant::now());
+            self.refused.store(0, Ordering::Relaxed);
+            tracing::warn!(%peer, cap, refused, "admin API connection refused: too many open connections (raise [server] {cap} if this is expected)");
+        }
+    }
+}
+
+/// One admitted connection: TLS handshake (bounded), then HTTP/1.1 until
+/// the client closes, a timeout fires, or shutdown.
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: HttpLimits,
+    admitted: Admitted,
+    shutdown: Shutdown,
+) {
+    let activity = Activity::default();
+    let io = Watched {
+        inner: tcp,
+        activity: activity.clone(),
+    };
+    match tls {
+        None => serve_connection(io, peer, app, limits, activity, shutdown).await,
+        Some(acceptor) => {
+            let mut stop = shutdown.clone();
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(io));
+            tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(stream)) => {
+                        serve_connection(stream, peer, app, limits, activity, shutdown).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin API TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "admin API TLS handshake timed out (http_header_timeout)"),
+                },
+                // A half-done handshake does not hold up shutdown.
+                _ = stop.recv() => {}
+            }
+        }
+    }
+    drop(admitted);
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: HttpLimits,
+    activity: Activity,
+    mut shutdown: Shutdown,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let router = hyper_util::service::TowerToHyperService::new(app);
+    // Handlers can ask for the client's address (`ConnectInfo<SocketAddr>`).
+    let service =
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            hyper::service::Service::call(&router, req)
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let quiet = activity.quiet_for();
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "admin API connection closed");
+                }
+                return;
+            }
+            _ = shutdown.recv(), if !stopping => {
+                // Finishes the request in hand, then closes.
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+            _ = tokio::time::sleep(limits.idle_timeout.saturating_sub(quiet)) => {
+                if activity.quiet_for() >= limits.idle_timeout {
+                    tracing::debug!(%peer, idle = %humantime::format_duration(limits.idle_timeout), "admin API connection closed: no byte either way for http_idle_timeout");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte.
+#[derive(Clone)]
+struct Activity {
+    since: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            since: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that records every read or write that moved bytes.
+struct Watched<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -496,6 +796,7 @@ async fn reload_loop(
             || old.retention != fresh.retention
             || old.aggregate_retention != fresh.aggregate_retention
             || old.heartbeat != fresh.heartbeat
+            || old.http_limits != fresh.http_limits
         {
             tracing::warn!(
                 "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token, [incidents], [baselines] and [[alert]] are applied now"
