@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// Default and largest page of verdicts or incidents.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -215,25 +216,22 @@ async fn baselines(State(state): State<ApiState>, Path(id): Path<String>) -> Api
 }
 
 /// Every live check's latest verdict, per region, and its active incidents.
+/// Two queries whatever the number of checks (`Storage::status_snapshot`).
 async fn status(State(state): State<ApiState>) -> ApiResult {
+    let live = state.hub.checks();
+    let ids = live.iter().map(|c| c.spec.name.clone()).collect();
+    let (latest, active) = state.storage.status_snapshot(ids).await?;
+    let mut by_check: HashMap<&str, Vec<Value>> = HashMap::new();
+    for i in &active {
+        by_check.entry(i.check_id.as_str()).or_default().push(
+            json!({"id": i.id, "kind": i.kind, "severity": i.severity, "state": i.state, "summary": i.summary}),
+        );
+    }
     let mut checks = Vec::new();
-    for c in state.hub.checks() {
+    for c in live.iter() {
         let id = c.spec.name.clone();
-        let latest = state.storage.recent_verdicts(id.clone(), 1).await?;
-        let active = state
-            .storage
-            .list_incidents(IncidentQuery {
-                states: vec![IncidentState::Open, IncidentState::Acknowledged],
-                kind: None,
-                check_id: Some(id.clone()),
-                limit: MAX_LIMIT,
-            })
-            .await?;
-        let incidents: Vec<Value> = active
-            .iter()
-            .map(|i| json!({"id": i.id, "kind": i.kind, "severity": i.severity, "state": i.state, "summary": i.summary}))
-            .collect();
-        let entry = match latest.last() {
+        let incidents = by_check.remove(id.as_str()).unwrap_or_default();
+        let entry = match latest.get(&id) {
             Some(v) => json!({
                 "check": id,
                 "verdict": v.verdict,

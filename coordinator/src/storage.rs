@@ -17,6 +17,7 @@
 
 use crate::config::CheckSpec;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,6 +148,9 @@ pub struct ResultQuery {
     pub limit: u32,
     /// Continue after this (started_at_ms, probe_id), from a previous page.
     pub after: Option<(i64, String)>,
+    /// Stop adding rows once their report JSON adds up to this many bytes
+    /// (the page then ends early, with a cursor); None: rows only.
+    pub max_bytes: Option<usize>,
 }
 
 /// Rows and where the next page starts.
@@ -481,23 +485,31 @@ impl Storage {
                    AND (?5 IS NULL OR started_at < ?5 OR (started_at = ?5 AND probe_id < ?6))
                  ORDER BY started_at DESC, probe_id DESC LIMIT ?7"
             ))?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        q.check_id,
-                        q.region,
-                        q.since_ms,
-                        q.until_ms,
-                        after_ms,
-                        after_id,
-                        limit + 1
-                    ],
-                    report_row,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut rows = rows;
-            let next = if rows.len() as i64 > limit {
-                rows.truncate(limit as usize);
+            let mut found = stmt.query(params![
+                q.check_id,
+                q.region,
+                q.since_ms,
+                q.until_ms,
+                after_ms,
+                after_id,
+                limit + 1
+            ])?;
+            // Rows are read one at a time and the reading stops at the
+            // first that does not fit, so a page of large reports never
+            // holds more than its byte budget (plus one report).
+            let (mut rows, mut bytes, mut more) = (Vec::new(), 0usize, false);
+            while let Some(r) = found.next()? {
+                let full =
+                    rows.len() as i64 == limit || q.max_bytes.is_some_and(|max| bytes >= max);
+                if full {
+                    more = true;
+                    break;
+                }
+                let row = report_row(r)?;
+                bytes += row.report_json.len();
+                rows.push(row);
+            }
+            let next = if more {
                 rows.last().map(|r| (r.started_at_ms, r.probe_id.clone()))
             } else {
                 None
@@ -1258,6 +1270,37 @@ impl Storage {
                 .collect::<Result<Vec<_>, _>>()?;
             out.reverse();
             Ok(out)
+        })
+        .await
+    }
+
+    /// What `/status` shows, in two statements whatever the number of
+    /// checks: the latest verdict of each of `check_ids` (absent: none yet)
+    /// and every open or acknowledged incident, newest first, without
+    /// timelines.
+    pub async fn status_snapshot(
+        &self,
+        check_ids: Vec<String>,
+    ) -> Result<(HashMap<String, Verdict>, Vec<Incident>), StorageError> {
+        self.read(move |conn| {
+            let ids = serde_json::to_string(&check_ids).expect("strings");
+            // One index seek per check (verdicts' key is check_id, round).
+            let mut stmt = conn.prepare_cached(
+                "SELECT (SELECT evidence FROM verdicts WHERE check_id = ids.value ORDER BY round DESC LIMIT 1)
+                 FROM json_each(?1) AS ids",
+            )?;
+            let mut latest = HashMap::new();
+            for evidence in stmt.query_map([&ids], |r| r.get::<_, Option<String>>(0))? {
+                if let Some(e) = evidence? {
+                    let v = verdict_from(&e)?;
+                    latest.insert(v.check_id.clone(), v);
+                }
+            }
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE state != 'resolved' ORDER BY id DESC"
+            ))?;
+            let active = stmt.query_map([], incident_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok((latest, active))
         })
         .await
     }
@@ -2029,6 +2072,42 @@ mod tests {
         );
         let (round, rows) = s.latest_round("c".into()).await.unwrap().unwrap();
         assert_eq!((round, rows.len()), (4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_page_ends_at_its_byte_budget_and_the_cursor_takes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for i in 0..10u64 {
+            let mut r = report(&format!("r{i}"), "c", "eu", i, 1000 * i as i64);
+            r.report_json = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+            s.insert_report(r).await.unwrap();
+        }
+        let q = ResultQuery {
+            limit: 1000,
+            max_bytes: Some(2500),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .query_results(ResultQuery {
+                    after: after.clone(),
+                    ..q.clone()
+                })
+                .await
+                .unwrap();
+            // Rows are added until the page passes 2,500 bytes: 3 of ~1 KB.
+            assert!(page.rows.len() <= 3, "{} rows", page.rows.len());
+            seen.extend(page.rows.iter().map(|r| r.probe_id.clone()));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..10).rev().map(|i| format!("r{i}")).collect();
+        assert_eq!(seen, expected, "every row exactly once, newest first");
     }
 
     #[tokio::test]
