@@ -150,13 +150,22 @@ impl AgentService for AgentApi {
         let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
         let req = request.into_inner();
         Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
-        if self.hub.sessions(&agent.name) >= self.settings.max_streams_per_agent {
+        // Subscribed before the session counts: once it is in the map the
+        // API may pick this agent for an on-demand run, and that order must
+        // not be missed.
+        let orders = self.hub.on_demand().subscribe();
+        // Checked and counted in one step, so concurrent calls cannot pass
+        // the cap together.
+        let Some((session, epoch)) = self
+            .hub
+            .try_connect(&agent, self.settings.max_streams_per_agent)
+        else {
             tracing::warn!(agent = %agent.name, region = %agent.region, "too many assignment streams from one agent");
             return Err(Status::resource_exhausted(format!(
                 "agent {} already has {} assignment streams open",
                 agent.name, self.settings.max_streams_per_agent
             )));
-        }
+        };
         let held: HashMap<String, u64> = req
             .known
             .into_iter()
@@ -171,7 +180,7 @@ impl AgentService for AgentApi {
             held,
             tx,
         };
-        tokio::spawn(watch.run());
+        tokio::spawn(watch.run(session, epoch, orders));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -260,12 +269,15 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run(mut self) {
+    /// Runs the stream of the session `watch_assignments` opened (`epoch`:
+    /// the first map that includes it; `orders` subscribed before it).
+    async fn run(
+        mut self,
+        session: crate::hub::Session,
+        epoch: u64,
+        mut orders: broadcast::Receiver<Arc<RunOrder>>,
+    ) {
         let agent = self.agent.clone();
-        // Before connecting: once the session is in the map the API may
-        // pick this agent for an on-demand run, and that order must not be missed.
-        let mut orders = self.hub.on_demand().subscribe();
-        let (session, epoch) = self.hub.connect(&agent);
         let now = now_ms();
         self.hub.seen(&agent.name, now, None);
         let _ = self

@@ -172,9 +172,24 @@ impl Hub {
     /// connected, and gets checks, until the returned guard is dropped.
     /// Also returns the first map epoch that will include the session.
     pub fn connect(self: &Arc<Self>, agent: &AgentIdentity) -> (Session, u64) {
+        self.try_connect(agent, usize::MAX)
+            .expect("no cap is reached at usize::MAX sessions")
+    }
+
+    /// [`Hub::connect`], unless the agent already has `max` sessions open:
+    /// the count is checked and taken under one lock, so concurrent calls
+    /// can never open more than `max`. None when the cap is reached.
+    pub fn try_connect(
+        self: &Arc<Self>,
+        agent: &AgentIdentity,
+        max: usize,
+    ) -> Option<(Session, u64)> {
         let epoch = {
             let mut inner = self.lock();
             if let Some(a) = inner.agents.get_mut(&agent.name) {
+                if a.sessions >= max {
+                    return None;
+                }
                 a.sessions += 1;
                 a.stored.connected = true;
             }
@@ -182,13 +197,13 @@ impl Hub {
             inner.epoch + 1
         };
         self.changed();
-        (
+        Some((
             Session {
                 hub: self.clone(),
                 agent: agent.name.clone(),
             },
             epoch,
-        )
+        ))
     }
 
     /// Sessions the agent has open.
