@@ -445,6 +445,15 @@ async fn accept_loop(
 /// Answers a connection over a cap: a 503 if it fits in the socket buffer
 /// now (plain HTTP only), then close. Never waits on the client.
 fn refuse(tcp: TcpStream, plain: bool, cap: &'static str) {
+    // What the client already sent is read first: closing a socket with
+    // unread data resets it, and the client would never see the answer.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match tcp.try_read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
     if plain {
         let body = format!(
             r#"{{"error":"too many open connections to the admin API ({cap}); close idle ones or try again"}}"#

@@ -168,6 +168,46 @@ async fn a_body_that_stops_arriving_gets_503_at_the_request_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_cut_off_at_the_idle_timeout() {
+    let c = Coordinator::start(
+        "http_request_timeout = \"1s\"\nhttp_idle_timeout = \"2s\"\n",
+        &check_toml("corp", &["eu-west"], "1m"),
+    );
+    // Five reports of 950 KiB: a 4.6 MiB page, more than the kernel
+    // buffers on both sides (4 MiB to send, a few KiB to receive) hold.
+    let mut eu1 = c.agent("eu-1").await;
+    let mut reports = Reports::open(&mut eu1).await;
+    for i in 0..5 {
+        let mut r = result(&format!("big-{i}"), "corp", i + 1);
+        let mut report: serde_json::Value = serde_json::from_str(&r.report_json).unwrap();
+        report["steps"][0]["detail"] = serde_json::Value::String("x".repeat(950 * 1024));
+        r.report_json = report.to_string();
+        let ack = reports.send(r).await;
+        assert!(ack.stored, "{ack:?}");
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(c.http).await.unwrap();
+    s.write_all(b"GET /api/v1/results?check=corp&limit=5 HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    // Read nothing until the coordinator has given up on the connection.
+    let deadline = Instant::now() + GENEROUS;
+    while !c.log().contains("no byte either way for http_idle_timeout") {
+        assert!(Instant::now() < deadline, "a stalled reader was kept for {GENEROUS:?}:\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
+    let got = until_closed(&mut s, GENEROUS).await.expect("the connection is closed");
+    assert!(got.starts_with("HTTP/1.1 200"), "{}", &got[..got.len().min(200)]);
+    let (head, body) = got.split_once("\r\n\r\n").expect("the headers arrived");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    assert!(body.len() < length, "only part of the answer was sent ({} of {length} bytes)", body.len());
+    println!("stalled reader: {} of {length} bytes delivered before the close", body.len());
+}
+
+#[tokio::test]
 async fn connections_beyond_the_caps_are_refused_and_memory_stays_flat() {
     let c = Coordinator::start(
         "http_max_connections = 24\nhttp_max_connections_per_client = 24\nhttp_header_timeout = \"5m\"\nhttp_idle_timeout = \"10m\"\n",
