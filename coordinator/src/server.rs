@@ -342,7 +342,9 @@ fn http_tls(t: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
 // only, so one connection runs one request at a time.
 // ---------------------------------------------------------------------------
 
-/// Request line and headers of one request, at most.
+/// Request line and headers of one request, at most (hyper checks it
+/// between reads, so a header block arriving in one burst may pass it by
+/// one read; the read buffer never grows past about twice this).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Refused connections are logged at most this often (a flood is one line).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -114,6 +114,17 @@ async fn a_declared_oversized_body_gets_413_json_without_being_read() {
 }
 
 #[tokio::test]
+async fn headers_far_past_64_kib_get_431() {
+    let c = Coordinator::start(TIGHT, "");
+    let mut s = TcpStream::connect(c.http).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: test\r\nx-pad: {}\r\n\r\n", "y".repeat(256 * 1024));
+    let _ = s.write_all(request.as_bytes()).await; // the server may hang up part way
+    let answer = until_closed(&mut s, GENEROUS).await.expect("the connection is closed");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_chunked_body_past_the_limit_gets_413_json() {
     let c = Coordinator::start(TIGHT, "");
     let mut s = TcpStream::connect(c.http).await.unwrap();
