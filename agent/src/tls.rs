@@ -1,26 +1,56 @@
-//! TLS trust and certificate capture.
+//! TLS trust, certificate capture, and failures explained in words.
 //!
-//! [`TlsClient`] holds the trust roots of one check (the system store plus
-//! the config's `ca_file`) and builds, per handshake, a rustls config whose
-//! verifier records the server's leaf certificate before judging it. So the
-//! certificate is reported even when the handshake fails because it expired
-//! or names another host: that is when an SRE most wants to see it.
+//! [`TlsClient`] holds the trust of one check side: the system store, the
+//! config's `ca_file`, or its `pin_sha256` pins. Per handshake it builds a
+//! rustls config whose verifier records the server's leaf certificate
+//! before judging it, so the certificate is reported even when the
+//! handshake fails because it expired or names another host: that is when
+//! an SRE most wants to see it.
+//!
+//! Trust, in the order the verifier applies it:
+//! - with pins, the leaf must match one (SHA-256 of the certificate or of
+//!   its SubjectPublicKeyInfo); no CA is consulted;
+//! - else webpki against the `ca_file` roots, then the system roots;
+//! - a leaf byte-identical to a certificate in `ca_file` is trusted as it is
+//!   when webpki refuses it only for being a CA (`openssl req -x509` makes
+//!   self-signed certificates `CA:TRUE`) or for its unknown issuer, as
+//!   OpenSSL does.
+//!
+//! Pinned and byte-identical certificates still have their name and their
+//! validity period checked here, and the handshake signature is always
+//! checked with the certificate's key.
+//!
+//! [`explain`] turns a refused handshake into a sentence that says what is
+//! wrong and what to do; the rustls text is kept beside it as the raw reason.
 
 use mailloop_common::TlsCert;
-use rustls::DigitallySignedStruct;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::{CertificateError, DigitallySignedStruct, OtherError};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio_rustls::TlsConnector;
 
-/// Trust roots and crypto provider for one check's connections.
+/// Trust roots and crypto provider for one check side's connections.
 #[derive(Clone)]
 pub struct TlsClient {
     /// A verifier over the config's `ca_file` roots, when there is one.
     extra: Option<Arc<WebPkiServerVerifier>>,
+    /// What the checks beside webpki need, shared by every handshake.
+    trust: Arc<Trust>,
     provider: Arc<CryptoProvider>,
+}
+
+/// The `ca_file` certificates as given and the pins: what the
+/// byte-identical and pinned paths compare against, and what the
+/// explanations name.
+#[derive(Debug, Default)]
+struct Trust {
+    ca_file: Option<PathBuf>,
+    ca_certs: Vec<CertificateDer<'static>>,
+    pins: Vec<[u8; 32]>,
 }
 
 /// Where a handshake leaves the certificate it saw.
@@ -51,8 +81,10 @@ fn system_verifier() -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
 }
 
 impl TlsClient {
-    /// System roots plus the PEM certificates of `ca_file`.
-    pub fn new(ca_file: Option<&std::path::Path>) -> Result<TlsClient, String> {
+    /// System roots plus the PEM certificates of `ca_file`; with `pins`,
+    /// only a leaf that matches one of them.
+    pub fn new(ca_file: Option<&Path>, pins: &[[u8; 32]]) -> Result<TlsClient, String> {
+        let mut trust = Trust { ca_file: ca_file.map(Path::to_path_buf), pins: pins.to_vec(), ..Trust::default() };
         let extra = match ca_file {
             None => None,
             Some(path) => {
@@ -63,8 +95,9 @@ impl TlsClient {
                 for cert in certs {
                     let cert = cert.map_err(|e| format!("bad PEM in ca_file {}: {e}", path.display()))?;
                     roots
-                        .add(cert)
+                        .add(cert.clone())
                         .map_err(|e| format!("unusable certificate in ca_file {}: {e}", path.display()))?;
+                    trust.ca_certs.push(cert);
                 }
                 if roots.is_empty() {
                     return Err(format!("ca_file {} holds no certificate", path.display()));
@@ -75,13 +108,18 @@ impl TlsClient {
                 Some(verifier)
             }
         };
-        Ok(TlsClient { extra, provider: provider() })
+        Ok(TlsClient { extra, trust: Arc::new(trust), provider: provider() })
     }
 
     /// A connector for one handshake and the slot its certificate lands in.
     pub fn connector(&self) -> Result<(TlsConnector, CertSlot), String> {
         let slot = CertSlot::default();
-        let verifier = Arc::new(Capture { extra: self.extra.clone(), provider: self.provider.clone(), slot: slot.clone() });
+        let verifier = Arc::new(Capture {
+            extra: self.extra.clone(),
+            trust: self.trust.clone(),
+            provider: self.provider.clone(),
+            slot: slot.clone(),
+        });
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -92,15 +130,21 @@ impl TlsClient {
         config.resumption = rustls::client::Resumption::disabled();
         Ok((TlsConnector::from(Arc::new(config)), slot))
     }
+
+    /// A refused handshake in words, with what to do ([`explain`]).
+    pub fn explain(&self, error: &rustls::Error, cert: Option<&CertificateDer<'_>>, name: &ServerName<'_>) -> String {
+        explain(error, cert, name, self.trust.ca_file.as_deref(), chrono::Utc::now())
+    }
 }
 
-/// Records the leaf certificate, then lets webpki decide: against the
-/// `ca_file` roots first, and against the system roots when those do not
-/// know the issuer. A chain ends in one anchor, so this accepts exactly
-/// what one store holding both would. Verification is never weakened.
+/// Records the leaf certificate, then decides as the module doc says.
+/// webpki is asked first whenever there are no pins; the byte-identical
+/// path only ever accepts what webpki refused for being a CA or having an
+/// unknown issuer, and every other refusal stands.
 #[derive(Debug)]
 struct Capture {
     extra: Option<Arc<WebPkiServerVerifier>>,
+    trust: Arc<Trust>,
     provider: Arc<CryptoProvider>,
     slot: CertSlot,
 }
@@ -117,9 +161,19 @@ impl ServerCertVerifier for Capture {
         if let Ok(mut slot) = self.slot.lock() {
             *slot = Some(end_entity.clone().into_owned());
         }
+        if !self.trust.pins.is_empty() {
+            let (cert_hash, key_hash) = hashes(end_entity)?;
+            if !self.trust.pins.iter().any(|p| *p == cert_hash || *p == key_hash) {
+                return Err(other(PinMismatch { cert_hash, key_hash }));
+            }
+            return name_and_validity(end_entity, server_name, now);
+        }
         if let Some(extra) = &self.extra {
             match extra.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {}
+                Err(e) if trusted_as_is(&e) && self.trust.ca_certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                    return name_and_validity(end_entity, server_name, now);
+                }
+                Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {}
                 verdict => return verdict,
             }
         }
@@ -149,6 +203,283 @@ impl ServerCertVerifier for Capture {
     }
 }
 
+/// The refusals a certificate given verbatim in `ca_file` overrides: it is
+/// a CA (self-signed with `CA:TRUE`), or webpki found no issuer for it.
+fn trusted_as_is(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => true,
+        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => {
+            matches!(o.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity))
+        }
+        _ => false,
+    }
+}
+
+/// What webpki checks besides the chain, for a leaf trusted without one:
+/// the validity period, then the name (the order webpki reports them in).
+fn name_and_validity(
+    end_entity: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<ServerCertVerified, rustls::Error> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| CertificateError::BadEncoding)?;
+    let unix = |t: ASN1Time| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.timestamp().max(0) as u64));
+    let (not_before, not_after) = (unix(cert.validity().not_before), unix(cert.validity().not_after));
+    if now.as_secs() > not_after.as_secs() {
+        return Err(CertificateError::ExpiredContext { time: now, not_after }.into());
+    }
+    if now.as_secs() < not_before.as_secs() {
+        return Err(CertificateError::NotValidYetContext { time: now, not_before }.into());
+    }
+    let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+    rustls::client::verify_server_name(&parsed, server_name)?;
+    Ok(ServerCertVerified::assertion())
+}
+
+/// SHA-256 of the certificate and of its SubjectPublicKeyInfo.
+fn hashes(der: &CertificateDer<'_>) -> Result<([u8; 32], [u8; 32]), rustls::Error> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| CertificateError::BadEncoding)?;
+    Ok((sha256(der), sha256(cert.public_key().raw)))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// The leaf matched no `pin_sha256`; carries what it would have matched.
+#[derive(Debug)]
+struct PinMismatch {
+    cert_hash: [u8; 32],
+    key_hash: [u8; 32],
+}
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "certificate matches no pin_sha256: it has certificate sha256 {} and public key sha256//{}; \
+             if the server's certificate or key changed on purpose, pin the new one",
+            hex(&self.cert_hash),
+            b64(&self.key_hash)
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A refused TLS handshake as a sentence: what is wrong, with the
+/// certificate's own dates, names or issuer, and what to do about it.
+/// `cert` is the leaf the server presented, if it got that far; `ca_file`
+/// the check's. Never a `Debug` dump: an error this does not know gets a
+/// plain sentence around rustls's own words.
+pub fn explain(
+    error: &rustls::Error,
+    cert: Option<&CertificateDer<'_>>,
+    name: &ServerName<'_>,
+    ca_file: Option<&Path>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use rustls::Error as E;
+    let facts = cert.and_then(|c| Facts::of(c));
+    let host = name.to_str();
+    let cert_error = match error {
+        E::InvalidCertificate(c) => c,
+        E::NoCertificatesPresented => return "the server sent no certificate".into(),
+        E::AlertReceived(alert) => {
+            return format!(
+                "the server refused the TLS handshake (alert {}): it may need a TLS version or cipher this client does not offer (TLS 1.2 and 1.3 with modern ciphers), or a client certificate",
+                alert_name(*alert)
+            );
+        }
+        E::PeerIncompatible(_) => {
+            return format!("the server's TLS offers nothing this client supports (TLS 1.2 or 1.3 with modern ciphers): {error}");
+        }
+        E::InvalidMessage(_) | E::PeerMisbehaved(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            return format!("the server broke the TLS protocol (is this port really TLS?): {error}");
+        }
+        _ => return format!("TLS handshake failed: {error}"),
+    };
+    let subject = facts.as_ref().map(|f| f.subject.clone()).unwrap_or_else(|| "(unreadable)".into());
+    use CertificateError as C;
+    match cert_error {
+        C::Expired | C::ExpiredContext { .. } => match &facts {
+            Some(f) => format!(
+                "certificate expired on {} ({}): the server needs a renewed certificate",
+                f.not_after.format("%Y-%m-%d"),
+                ago(now - f.not_after)
+            ),
+            None => "certificate has expired: the server needs a renewed certificate".into(),
+        },
+        C::NotValidYet | C::NotValidYetContext { .. } => match &facts {
+            Some(f) => format!(
+                "certificate is not valid before {} ({}): check this machine's clock, or the server installed it too early",
+                f.not_before.format("%Y-%m-%d %H:%M UTC"),
+                ago(f.not_before - now).replace(" ago", " from now")
+            ),
+            None => "certificate is not valid yet: check this machine's clock".into(),
+        },
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            let names = match (cert_error, &facts) {
+                (C::NotValidForNameContext { presented, .. }, _) if !presented.is_empty() => presented.join(", "),
+                (_, Some(f)) if !f.names.is_empty() => f.names.join(", "),
+                _ => format!("no DNS name or address (subject {subject})"),
+            };
+            format!(
+                "certificate is for {names}, not {host}: connect by one of those names, set server_name to the name the certificate carries, or fix the server's certificate"
+            )
+        }
+        C::UnknownIssuer => match &facts {
+            Some(f) if f.self_signed => match ca_file {
+                Some(path) => format!(
+                    "self-signed certificate not in ca_file {}: {subject}; add this very certificate to ca_file, or pin it with pin_sha256 = [\"{}\"]",
+                    path.display(),
+                    hex(&f.cert_hash)
+                ),
+                None => format!(
+                    "self-signed certificate {subject}: give this very certificate as ca_file, or pin it with pin_sha256 = [\"{}\"]",
+                    hex(&f.cert_hash)
+                ),
+            },
+            Some(f) => format!(
+                "unknown issuer {}: give its CA in ca_file (or pin the server's certificate with pin_sha256), or have the server send its intermediate certificates",
+                f.issuer
+            ),
+            None => "unknown issuer: give the CA in ca_file (or pin the server's certificate with pin_sha256)".into(),
+        },
+        C::Revoked => format!("certificate {subject} was revoked by its CA: the server needs a new certificate"),
+        C::UnknownRevocationStatus | C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+            format!("the revocation status of certificate {subject} is unknown")
+        }
+        C::BadSignature => format!(
+            "a signature does not verify: certificate {subject} is not signed by the issuer it names, or the server signed the handshake with a key that is not the certificate's (a damaged, forged or mismatched certificate)"
+        ),
+        #[allow(deprecated)]
+        C::UnsupportedSignatureAlgorithm
+        | C::UnsupportedSignatureAlgorithmContext { .. }
+        | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => format!(
+            "certificate {subject} is signed with an algorithm this client does not accept (it takes ECDSA P-256/P-384, Ed25519 and RSA with SHA-256 or stronger): the server needs a certificate signed with one of those"
+        ),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => format!(
+            "certificate {subject} is not for TLS servers (its extended key usage lacks serverAuth): the server needs a server certificate"
+        ),
+        C::BadEncoding => "the server's certificate is not valid X.509 (bad DER)".into(),
+        C::UnhandledCriticalExtension => format!("certificate {subject} has a critical extension this client cannot process"),
+        C::Other(o) => {
+            if let Some(p) = o.0.downcast_ref::<PinMismatch>() {
+                return p.to_string();
+            }
+            match o.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::CaUsedAsEndEntity) => match ca_file {
+                    Some(path) => format!(
+                        "the server presents a CA certificate (CA:TRUE) as its own, {subject}, and it is not byte-identical to one in ca_file {}: add this very certificate to ca_file, or pin it with pin_sha256",
+                        path.display()
+                    ),
+                    None => format!(
+                        "the server presents a CA certificate (CA:TRUE) as its own, {subject} (as `openssl req -x509` makes them): give this very certificate as ca_file to trust it as it is, or pin it with pin_sha256"
+                    ),
+                },
+                Some(webpki::Error::UnsupportedCertVersion) => {
+                    format!("certificate {subject} is an old X.509 version 1 certificate: give this very certificate as ca_file, or pin it with pin_sha256")
+                }
+                Some(webpki::Error::NameConstraintViolation) => {
+                    format!("certificate {subject} names a host its CA is not allowed to certify (name constraints)")
+                }
+                Some(webpki::Error::PathLenConstraintViolated | webpki::Error::EndEntityUsedAsCa) => {
+                    "the certificate chain is malformed: a certificate acts as a CA it is not allowed to be".into()
+                }
+                _ => format!("certificate {subject} refused: {o}"),
+            }
+        }
+        _ => format!("certificate {subject} refused: {error}"),
+    }
+}
+
+/// What an explanation quotes from the presented certificate.
+struct Facts {
+    subject: String,
+    issuer: String,
+    self_signed: bool,
+    /// DNS names and addresses of subjectAltName, else the subject's CN.
+    names: Vec<String>,
+    not_before: chrono::DateTime<chrono::Utc>,
+    not_after: chrono::DateTime<chrono::Utc>,
+    cert_hash: [u8; 32],
+}
+
+impl Facts {
+    fn of(der: &CertificateDer<'_>) -> Option<Facts> {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut names = sans(&cert);
+        if names.is_empty() {
+            names.extend(cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_string));
+        }
+        let at = |t: ASN1Time| chrono::DateTime::from_timestamp(t.timestamp(), 0);
+        Some(Facts {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
+            names,
+            not_before: at(cert.validity().not_before)?,
+            not_after: at(cert.validity().not_after)?,
+            cert_hash: sha256(der),
+        })
+    }
+}
+
+fn sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let mut out = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => out.push(d.to_string()),
+                GeneralName::IPAddress(b) => out.push(ip_string(b)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// `12 days ago`, `1 day ago`, `3 hours ago`, `less than an hour ago`.
+fn ago(d: chrono::TimeDelta) -> String {
+    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit} ago") } else { format!("{n} {unit}s ago") };
+    match (d.num_days(), d.num_hours()) {
+        (days, _) if days >= 1 => plural(days, "day"),
+        (_, hours) if hours >= 1 => plural(hours, "hour"),
+        _ => "less than an hour ago".into(),
+    }
+}
+
+/// An alert's name as RFC 8446 spells it (`handshake_failure`).
+fn alert_name(alert: rustls::AlertDescription) -> String {
+    let camel = format!("{alert:?}");
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 /// Describes a certificate for the report; `None` if it does not parse.
 pub fn describe(
     der: &[u8],
@@ -160,16 +491,7 @@ pub fn describe(
 ) -> Option<TlsCert> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let mut sans = Vec::new();
-    if let Ok(Some(ext)) = cert.subject_alternative_name() {
-        for name in &ext.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => sans.push(d.to_string()),
-                GeneralName::IPAddress(b) => sans.push(ip_string(b)),
-                _ => {}
-            }
-        }
-    }
+    let sans = sans(&cert);
     let not_after = cert.validity().not_after.timestamp();
     let not_after_dt = chrono::DateTime::from_timestamp(not_after, 0)?;
     let secs_left = not_after - now.timestamp();

@@ -57,9 +57,19 @@ pub struct Endpoint {
     pub security: Security,
     /// Name to verify the certificate against (default: `host`).
     pub server_name: Option<String>,
-    /// Extra trust root(s), PEM, on top of the system store.
+    /// Extra trust root(s), PEM, on top of the system store. A certificate
+    /// byte-identical to one in this file is trusted as it is (a self-signed
+    /// server certificate), its name and validity period still checked.
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 pins of the server's certificate or of its public key
+    /// (SubjectPublicKeyInfo). When set, the leaf certificate must match
+    /// one, instead of chaining to a trusted CA; name and validity period
+    /// are still checked.
+    pub pin_sha256: Vec<[u8; 32]>,
     pub credentials: Option<Credentials>,
+    /// `security = "none"` with credentials to a host that is not loopback
+    /// was allowed explicitly (the report then carries a warning).
+    pub allow_plaintext_auth: bool,
 }
 
 impl Endpoint {
@@ -67,6 +77,52 @@ impl Endpoint {
     pub fn tls_name(&self) -> &str {
         self.server_name.as_deref().unwrap_or(&self.host)
     }
+
+    /// The warning a report carries when this endpoint sends a password in
+    /// clear text to a host that is not loopback (only possible with
+    /// `allow_plaintext_auth = true`). `side` is `smtp` or `imap`.
+    pub fn plaintext_auth_warning(&self, side: &str) -> Option<String> {
+        // No user name: reports are read by people who must not learn logins.
+        let plaintext = self.credentials.is_some() && self.security == Security::None && !is_loopback_host(&self.host);
+        plaintext.then(|| {
+            format!(
+                "{side}: the login goes to {}:{} in clear text (security = \"none\", allow_plaintext_auth = true)",
+                self.host, self.port
+            )
+        })
+    }
+}
+
+/// A host that never leaves the machine: `localhost`, 127.0.0.0/8, `::1`
+/// (brackets allowed). Names are not resolved.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads one `pin_sha256` entry: the SHA-256 of a DER certificate or of its
+/// SubjectPublicKeyInfo, as 64 hex digits (colons allowed, as `openssl x509
+/// -fingerprint -sha256` prints them) or as base64 (44 characters, as
+/// `curl --pinnedpubkey` takes them, with or without its `sha256//` prefix).
+pub fn parse_pin_sha256(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let t = text.trim();
+    let t = t.strip_prefix("sha256//").unwrap_or(t);
+    let hex: String = t.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digits")).collect()
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(t).map_err(|_| {
+            format!("{text:?} is neither 64 hex digits nor base64 of a SHA-256 hash")
+        })?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{text:?} decodes to {} bytes, a SHA-256 hash has 32", bytes.len()))
 }
 
 /// How the receiver notices the probe's arrival.
@@ -565,6 +621,11 @@ impl Validator<'_> {
                 self.issue(t.path_of("ca_file"), format!("cannot read {}: {e}", f.display()));
             }
         }
+        let pin_sha256 = self.pins(t);
+        if t.get("tls").is_some() {
+            self.issue(t.path_of("tls"), "no tls sub-table here: write pin_sha256, ca_file and server_name directly in this table");
+        }
+        let allow_plaintext_auth = t.flag(&mut self.issues, "allow_plaintext_auth", false);
         let username = t.string(&mut self.issues, "username");
         let password = self.password(t);
         let credentials = match (username?, password?) {
@@ -587,14 +648,58 @@ impl Validator<'_> {
             return None;
         }
         let security = security?;
+        let host = host?;
+        let allow_plaintext_auth = allow_plaintext_auth?;
+        if security == Security::None && credentials.is_some() && !allow_plaintext_auth && !is_loopback_host(&host) {
+            self.issue(
+                t.path_of("security"),
+                format!(
+                    "\"none\" would send the password in clear text to {host}, which is not a loopback address: \
+                     use \"starttls\" or \"tls\", or set allow_plaintext_auth = true if the network to it is trusted"
+                ),
+            );
+            return None;
+        }
+        let pin_sha256 = pin_sha256?;
+        if security == Security::None && !pin_sha256.is_empty() {
+            self.issue(t.path_of("pin_sha256"), "set, but security = \"none\": there is no certificate to pin");
+            return None;
+        }
         Some(Endpoint {
-            host: host?,
             port: port?.unwrap_or_else(|| default_port(security)),
+            host,
             security,
             server_name: server_name?,
             ca_file: ca_file?,
+            pin_sha256,
             credentials,
+            allow_plaintext_auth,
         })
+    }
+
+    /// `pin_sha256`: one pin or a list of them (see [`parse_pin_sha256`]).
+    fn pins(&mut self, t: &mut Table<'_>) -> Option<Vec<[u8; 32]>> {
+        let items: Vec<&Value> = match t.get("pin_sha256") {
+            None => return Some(Vec::new()),
+            Some(Value::Array(list)) if !list.is_empty() => list.iter().collect(),
+            Some(one @ Value::String(_)) => vec![one],
+            Some(other) => {
+                self.issue(t.path_of("pin_sha256"), format!("expected a list of SHA-256 hashes (hex or base64), found {other}"));
+                return None;
+            }
+        };
+        let mut pins = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str().ok_or_else(|| format!("expected a string, found {item}")).and_then(parse_pin_sha256) {
+                Ok(p) => pins.push(p),
+                Err(m) => {
+                    self.issue(format!("{}[{i}]", t.path_of("pin_sha256")), m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(pins)
     }
 
     /// `Some(None)`: no password given; `None`: given but bad (issue recorded).
