@@ -334,27 +334,17 @@ pub fn explain(
             None => "certificate is not valid yet: check this machine's clock".into(),
         },
         C::NotValidForName | C::NotValidForNameContext { .. } => {
-            let names = match (cert_error, &facts) {
-                (C::NotValidForNameContext { presented, .. }, _) if !presented.is_empty() => presented.join(", "),
-                (_, Some(f)) if !f.names.is_empty() => f.names.join(", "),
+            // The certificate's own names: webpki's list reads `DnsName("...")`.
+            let names = match &facts {
+                Some(f) if !f.names.is_empty() => f.names.join(", "),
                 _ => format!("no DNS name or address (subject {subject})"),
             };
             format!(
-                "certificate is for {names}, not {host}: connect by one of those names, set server_name to the name the certificate carries, or fix the server's certificate"
+                "certificate is for {names}, not {host}: connect by a name it carries or set server_name to one, or give the server a certificate for {host}"
             )
         }
         C::UnknownIssuer => match &facts {
-            Some(f) if f.self_signed => match ca_file {
-                Some(path) => format!(
-                    "self-signed certificate not in ca_file {}: {subject}; add this very certificate to ca_file, or pin it with pin_sha256 = [\"{}\"]",
-                    path.display(),
-                    hex(&f.cert_hash)
-                ),
-                None => format!(
-                    "self-signed certificate {subject}: give this very certificate as ca_file, or pin it with pin_sha256 = [\"{}\"]",
-                    hex(&f.cert_hash)
-                ),
-            },
+            Some(f) if f.self_signed => self_signed(f, ca_file),
             Some(f) => format!(
                 "unknown issuer {}: give its CA in ca_file (or pin the server's certificate with pin_sha256), or have the server send its intermediate certificates",
                 f.issuer
@@ -384,13 +374,11 @@ pub fn explain(
                 return p.to_string();
             }
             match o.0.downcast_ref::<webpki::Error>() {
-                Some(webpki::Error::CaUsedAsEndEntity) => match ca_file {
-                    Some(path) => format!(
-                        "the server presents a CA certificate (CA:TRUE) as its own, {subject}, and it is not byte-identical to one in ca_file {}: add this very certificate to ca_file, or pin it with pin_sha256",
-                        path.display()
-                    ),
-                    None => format!(
-                        "the server presents a CA certificate (CA:TRUE) as its own, {subject} (as `openssl req -x509` makes them): give this very certificate as ca_file to trust it as it is, or pin it with pin_sha256"
+                // `openssl req -x509` marks what it makes CA:TRUE.
+                Some(webpki::Error::CaUsedAsEndEntity) => match &facts {
+                    Some(f) if f.self_signed => self_signed(f, ca_file),
+                    _ => format!(
+                        "the server presents a CA certificate (CA:TRUE) as its own, {subject}: put this very certificate in ca_file to trust it as it is, or pin it with pin_sha256"
                     ),
                 },
                 Some(webpki::Error::UnsupportedCertVersion) => {
@@ -406,6 +394,22 @@ pub fn explain(
             }
         }
         _ => format!("certificate {subject} refused: {error}"),
+    }
+}
+
+/// A self-signed leaf nobody vouched for: say how to trust exactly it.
+fn self_signed(f: &Facts, ca_file: Option<&Path>) -> String {
+    let pin = hex(&f.cert_hash);
+    match ca_file {
+        Some(path) => format!(
+            "self-signed certificate not in ca_file {}: {}; add this very certificate to ca_file, or pin it with pin_sha256 = [\"{pin}\"]",
+            path.display(),
+            f.subject
+        ),
+        None => format!(
+            "self-signed certificate {}: give this very certificate as ca_file, or pin it with pin_sha256 = [\"{pin}\"]",
+            f.subject
+        ),
     }
 }
 
@@ -517,5 +521,114 @@ fn ip_string(b: &[u8]) -> String {
             std::net::Ipv6Addr::from(a).to_string()
         }
         _ => format!("{b:02x?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    const NOW: &str = "2026-06-15T12:00:00Z";
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        NOW.parse().unwrap()
+    }
+
+    /// A self-signed certificate for `names`, valid between two dates.
+    fn cert(names: &[&str], ca: bool, from: &str, to: &str) -> CertificateDer<'static> {
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let at = |d: &str| {
+            let ymd: Vec<u16> = d[..10].split('-').map(|n| n.parse().unwrap()).collect();
+            rcgen::date_time_ymd(ymd[0].into(), ymd[1] as u8, ymd[2] as u8)
+        };
+        p.not_before = at(from);
+        p.not_after = at(to);
+        p.self_signed(&KeyPair::generate().unwrap()).unwrap().der().clone()
+    }
+
+    fn leaf() -> CertificateDer<'static> {
+        cert(&["mail.example.com", "*.example.com"], false, "2026-01-01T00:00:00Z", "2026-06-03T00:00:00Z")
+    }
+
+    fn explained(e: impl Into<rustls::Error>, cert: &CertificateDer<'_>, ca_file: Option<&str>) -> String {
+        let name = ServerName::try_from("imap.example.org").unwrap();
+        explain(&e.into(), Some(cert), &name, ca_file.map(Path::new), now())
+    }
+
+    #[test]
+    fn certificate_refusals_read_as_sentences_with_what_to_do() {
+        let c = leaf();
+        let expired = CertificateError::ExpiredContext { time: UnixTime::now(), not_after: UnixTime::now() };
+        assert_eq!(explained(expired, &c, None), "certificate expired on 2026-06-03 (12 days ago): the server needs a renewed certificate");
+        assert_eq!(
+            explained(CertificateError::NotValidForName, &c, None),
+            "certificate is for mail.example.com, *.example.com, not imap.example.org: connect by a name it carries or set server_name to one, or give the server a certificate for imap.example.org"
+        );
+        let early = cert(&["imap.example.org"], false, "2026-06-18", "2027-01-01");
+        let text = explained(CertificateError::NotValidYet, &early, None);
+        assert!(text.starts_with("certificate is not valid before 2026-06-18 00:00 UTC (2 days from now): check this machine's clock"), "{text}");
+        assert!(explained(CertificateError::Revoked, &c, None).starts_with("certificate CN=mail.example.com was revoked by its CA"));
+        assert!(explained(CertificateError::BadSignature, &c, None).starts_with("a signature does not verify"));
+        assert!(explained(CertificateError::InvalidPurpose, &c, None).contains("not for TLS servers"));
+    }
+
+    #[test]
+    fn self_signed_and_unknown_issuers_say_how_to_trust_them() {
+        let ca_true = cert(&["imap.example.org"], true, "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z");
+        let pin = hex(&sha256(&ca_true));
+        let as_leaf = CertificateError::Other(OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity)));
+        assert_eq!(
+            explained(as_leaf, &ca_true, Some("/etc/ca.pem")),
+            format!("self-signed certificate not in ca_file /etc/ca.pem: CN=imap.example.org; add this very certificate to ca_file, or pin it with pin_sha256 = [\"{pin}\"]")
+        );
+        assert_eq!(
+            explained(CertificateError::UnknownIssuer, &ca_true, None),
+            format!("self-signed certificate CN=imap.example.org: give this very certificate as ca_file, or pin it with pin_sha256 = [\"{pin}\"]")
+        );
+        // Issued by someone else.
+        let issuer_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "Corp Root");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(ca, issuer_key);
+        let issued = CertificateParams::new(vec!["imap.example.org".to_string()])
+            .unwrap()
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        assert!(
+            explained(CertificateError::UnknownIssuer, issued.der(), None)
+                .starts_with("unknown issuer CN=Corp Root: give its CA in ca_file (or pin the server's certificate with pin_sha256)")
+        );
+    }
+
+    #[test]
+    fn other_failures_are_words_too() {
+        let c = leaf();
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert!(explained(alert, &c, None).starts_with("the server refused the TLS handshake (alert handshake_failure)"));
+        let mismatch = PinMismatch { cert_hash: [0xab; 32], key_hash: [0; 32] };
+        let text = mismatch.to_string();
+        assert_eq!(explained(other(mismatch), &c, None), text);
+        assert!(text.contains(&"ab".repeat(32)) && text.contains("sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="), "{text}");
+    }
+
+    #[test]
+    fn a_leaf_trusted_as_is_still_has_its_dates_and_name_checked() {
+        let c = leaf();
+        let name = ServerName::try_from("mail.example.com").unwrap();
+        let at = |s: &str| UnixTime::since_unix_epoch(std::time::Duration::from_secs(s.parse::<chrono::DateTime<chrono::Utc>>().unwrap().timestamp() as u64));
+        assert!(name_and_validity(&c, &name, at("2026-03-01T00:00:00Z")).is_ok());
+        let wild = ServerName::try_from("imap.example.com").unwrap();
+        assert!(name_and_validity(&c, &wild, at("2026-03-01T00:00:00Z")).is_ok(), "the wildcard covers it");
+        let err = |n: &ServerName<'_>, t| name_and_validity(&c, n, at(t)).unwrap_err();
+        assert!(matches!(err(&name, "2026-07-01T00:00:00Z"), rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })));
+        assert!(matches!(err(&name, "2025-12-01T00:00:00Z"), rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })));
+        let other_name = ServerName::try_from("imap.example.org").unwrap();
+        assert!(matches!(err(&other_name, "2026-03-01T00:00:00Z"), rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })));
     }
 }

@@ -998,6 +998,70 @@ mod tests {
     }
 
     #[test]
+    fn a_clear_text_login_goes_only_to_loopback_unless_allowed() {
+        let plain = |host: &str, allow: Option<bool>| {
+            let mut v = good()["check"][0].clone();
+            v["smtp"]["host"] = json!(host);
+            v["smtp"]["security"] = json!("none");
+            if let Some(a) = allow {
+                v["smtp"]["allow_plaintext_auth"] = json!(a);
+            }
+            v
+        };
+        let err = check_from_value("check[0]", &plain("mail.example.com", None), &env, Secrets::Resolve).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:#?}");
+        assert_eq!(err[0].path, "check[0].smtp.security");
+        assert!(err[0].message.contains("clear text to mail.example.com") && err[0].message.contains("allow_plaintext_auth = true"), "{err:#?}");
+        // The coordinator validates checks with the same code.
+        let refs = Secrets::ReferencesOnly { allow_inline: true };
+        assert_eq!(check_from_value("api", &plain("mail.example.com", Some(false)), &env, refs).unwrap_err()[0].path, "api.smtp.security");
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST."] {
+            let c = check_from_value("check[0]", &plain(host, None), &env, Secrets::Resolve).unwrap_or_else(|e| panic!("{host}: {e:#?}"));
+            assert_eq!(c.smtp.endpoint.plaintext_auth_warning("smtp"), None, "{host}");
+        }
+        let allowed = check_from_value("check[0]", &plain("mail.example.com", Some(true)), &env, Secrets::Resolve).unwrap();
+        assert_eq!(
+            allowed.smtp.endpoint.plaintext_auth_warning("smtp").as_deref(),
+            Some("smtp: the login goes to mail.example.com:25 in clear text (security = \"none\", allow_plaintext_auth = true)")
+        );
+        // Without a login there is nothing to protect.
+        let mut no_login = plain("mx.example.com", None);
+        no_login["smtp"].as_object_mut().unwrap().retain(|k, _| !k.starts_with("user") && !k.starts_with("pass"));
+        assert!(check_from_value("check[0]", &no_login, &env, Secrets::Resolve).is_ok());
+    }
+
+    #[test]
+    fn pins_read_as_hex_or_base64() {
+        let hash: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let colons: Vec<String> = hash.iter().map(|b| format!("{b:02X}")).collect();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(hash);
+        for text in [hex.clone(), colons.join(":"), b64.clone(), format!("sha256//{b64}")] {
+            assert_eq!(parse_pin_sha256(&text), Ok(hash), "{text}");
+        }
+        assert!(parse_pin_sha256(&hex[..62]).unwrap_err().contains("neither 64 hex digits nor base64"));
+        assert!(parse_pin_sha256("AAAA").unwrap_err().contains("decodes to 3 bytes"));
+
+        let mut v = good()["check"][0].clone();
+        v["imap"]["pin_sha256"] = json!([hex, "nope"]);
+        v["smtp"]["pin_sha256"] = json!(b64);
+        v["smtp"]["security"] = json!("tls");
+        let err = check_from_value("check[0]", &v, &env, Secrets::Resolve).unwrap_err();
+        assert_eq!(err.iter().map(|i| i.path.as_str()).collect::<Vec<_>>(), ["check[0].imap.pin_sha256[1]"]);
+        v["imap"]["pin_sha256"] = json!([hex]);
+        let c = check_from_value("check[0]", &v, &env, Secrets::Resolve).unwrap();
+        assert_eq!((c.smtp.endpoint.pin_sha256.clone(), c.imap.endpoint.pin_sha256.clone()), (vec![hash], vec![hash]));
+        // Nothing to pin without TLS; and no [check.smtp.tls] table.
+        v["smtp"]["security"] = json!("none");
+        v["imap"]["tls"] = json!({"pin_sha256": []});
+        let err = check_from_value("check[0]", &v, &env, Secrets::Resolve).unwrap_err();
+        let got: Vec<String> = err.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+        assert!(got.iter().any(|s| s.starts_with("check[0].smtp.pin_sha256: set, but security = \"none\"")), "{got:#?}");
+        assert!(got.iter().any(|s| s.starts_with("check[0].imap.tls: no tls sub-table here")), "{got:#?}");
+    }
+
+    #[test]
     fn env_overrides_address_checks_by_name() {
         let mut v = good();
         apply_env_overrides(
