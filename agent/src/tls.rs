@@ -306,11 +306,12 @@ pub fn explain(
                 alert_name(*alert)
             );
         }
+        // The details of these two are rustls enum names: they stay in `raw`.
         E::PeerIncompatible(_) => {
-            return format!("the server's TLS offers nothing this client supports (TLS 1.2 or 1.3 with modern ciphers): {error}");
+            return "the server's TLS offers nothing this client supports (it speaks TLS 1.2 and 1.3 with modern ciphers)".into();
         }
         E::InvalidMessage(_) | E::PeerMisbehaved(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
-            return format!("the server broke the TLS protocol (is this port really TLS?): {error}");
+            return "the server broke the TLS protocol: is this port really TLS (security = \"tls\" on a STARTTLS port?)".into();
         }
         _ => return format!("TLS handshake failed: {error}"),
     };

@@ -214,6 +214,20 @@ async fn an_expired_self_signed_certificate_says_when_it_expired() {
     );
 }
 
+/// ...and the server must hold its key: a copy of the (public)
+/// certificate is not enough.
+#[tokio::test]
+async fn a_copied_certificate_without_its_key_is_refused() {
+    let cert = SelfSigned::openssl(&["localhost", "127.0.0.1"]);
+    let impostor = SelfSigned::openssl(&["localhost", "127.0.0.1"]);
+    let front = imap_front(cert.server_config_signing_with(&impostor)).await;
+    let r = through("tls_selfsigned_impostor", &front, &cert.cert_file.display().to_string(), &[])
+        .probe()
+        .await;
+    let f = assert_refused(&r);
+    assert!(f.message.starts_with("a signature does not verify"), "{}", f.message);
+}
+
 #[tokio::test]
 async fn a_certificate_from_an_unknown_ca_names_the_issuer_and_what_to_do() {
     let pki = TestPki::new();

@@ -189,6 +189,29 @@ impl SelfSigned {
         CertificateDer::from_pem_file(&self.cert_file).expect("certificate PEM")
     }
 
+    /// A server that presents this certificate but signs the handshake with
+    /// `impostor`'s key: what someone who copied the (public) certificate
+    /// can do without its private key.
+    pub fn server_config_signing_with(&self, impostor: &SelfSigned) -> Arc<ServerConfig> {
+        #[derive(Debug)]
+        struct Always(Arc<rustls::sign::CertifiedKey>);
+        impl rustls::server::ResolvesServerCert for Always {
+            fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::from_pem_file(&impostor.key_file).expect("key PEM");
+        let signer = provider.key_provider.load_private_key(key).expect("a usable key");
+        let certified = rustls::sign::CertifiedKey::new(vec![self.der()], signer);
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Always(Arc::new(certified))));
+        Arc::new(config)
+    }
+
     /// A rustls server config presenting this certificate (ring provider).
     pub fn server_config(&self) -> Arc<ServerConfig> {
         let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("key PEM");
