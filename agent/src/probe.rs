@@ -43,6 +43,9 @@ impl Prober {
             TlsClient::new(imap.ca_file.as_deref(), &imap.pin_sha256)
                 .map_err(|e| format!("check {}: imap: {e}", check.name))?
         };
+        for warning in [smtp.plaintext_auth_warning("smtp"), imap.plaintext_auth_warning("imap")].into_iter().flatten() {
+            tracing::warn!(check = %check.name, "{warning}");
+        }
         let dns = if check.verify_dkim || check.spf.enabled {
             Some(Arc::new(Dns::new(dns).map_err(|e| format!("check {}: dns: {e}", check.name))?))
         } else {
