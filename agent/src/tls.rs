@@ -253,10 +253,17 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
 }
 
 /// The leaf matched no `pin_sha256`; carries what it would have matched.
-#[derive(Debug)]
 struct PinMismatch {
     cert_hash: [u8; 32],
     key_hash: [u8; 32],
+}
+
+/// rustls shows a custom error with `Debug` in its own text (the raw
+/// reason): hashes, not byte lists.
+impl std::fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinMismatch(certificate sha256 {}, public key sha256//{})", hex(&self.cert_hash), b64(&self.key_hash))
+    }
 }
 
 impl std::fmt::Display for PinMismatch {
@@ -616,6 +623,8 @@ mod tests {
         let text = mismatch.to_string();
         assert_eq!(explained(other(mismatch), &c, None), text);
         assert!(text.contains(&"ab".repeat(32)) && text.contains("sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="), "{text}");
+        let raw = other(PinMismatch { cert_hash: [0xab; 32], key_hash: [0; 32] }).to_string();
+        assert!(raw.contains(&format!("PinMismatch(certificate sha256 {}, public key sha256//AAAA", "ab".repeat(32))), "{raw}");
     }
 
     #[test]
