@@ -681,7 +681,11 @@ impl Validator<'_> {
     fn pins(&mut self, t: &mut Table<'_>) -> Option<Vec<[u8; 32]>> {
         let items: Vec<&Value> = match t.get("pin_sha256") {
             None => return Some(Vec::new()),
-            Some(Value::Array(list)) if !list.is_empty() => list.iter().collect(),
+            Some(Value::Array(list)) if list.is_empty() => {
+                self.issue(t.path_of("pin_sha256"), "an empty list pins nothing: list SHA-256 hashes, or remove the key");
+                return None;
+            }
+            Some(Value::Array(list)) => list.iter().collect(),
             Some(one @ Value::String(_)) => vec![one],
             Some(other) => {
                 self.issue(t.path_of("pin_sha256"), format!("expected a list of SHA-256 hashes (hex or base64), found {other}"));
