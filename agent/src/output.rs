@@ -73,6 +73,9 @@ pub fn table(r: &ProbeReport) -> String {
     for reason in &r.reasons {
         let _ = writeln!(out, "  degraded: {reason}");
     }
+    for warning in &r.warnings {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
     for line in diagnostics(r) {
         let _ = writeln!(out, "  {line}");
     }

@@ -34,14 +34,18 @@ pub struct Prober {
 impl Prober {
     /// Fails if a `ca_file` cannot be used or the resolver cannot be built.
     pub fn new(check: CheckConfig, dns: &DnsConfig) -> Result<Prober, String> {
-        let smtp_tls = TlsClient::new(check.smtp.endpoint.ca_file.as_deref())
+        let (smtp, imap) = (&check.smtp.endpoint, &check.imap.endpoint);
+        let smtp_tls = TlsClient::new(smtp.ca_file.as_deref(), &smtp.pin_sha256)
             .map_err(|e| format!("check {}: smtp: {e}", check.name))?;
-        let imap_tls = if check.imap.endpoint.ca_file == check.smtp.endpoint.ca_file {
+        let imap_tls = if (&imap.ca_file, &imap.pin_sha256) == (&smtp.ca_file, &smtp.pin_sha256) {
             smtp_tls.clone()
         } else {
-            TlsClient::new(check.imap.endpoint.ca_file.as_deref())
+            TlsClient::new(imap.ca_file.as_deref(), &imap.pin_sha256)
                 .map_err(|e| format!("check {}: imap: {e}", check.name))?
         };
+        for warning in [smtp.plaintext_auth_warning("smtp"), imap.plaintext_auth_warning("imap")].into_iter().flatten() {
+            tracing::warn!(check = %check.name, "{warning}");
+        }
         let dns = if check.verify_dkim || check.spf.enabled {
             Some(Arc::new(Dns::new(dns).map_err(|e| format!("check {}: dns: {e}", check.name))?))
         } else {
@@ -124,6 +128,10 @@ impl Prober {
             message_id,
             queue_id: result.queue_id,
             reasons: result.reasons,
+            warnings: [check.smtp.endpoint.plaintext_auth_warning("smtp"), check.imap.endpoint.plaintext_auth_warning("imap")]
+                .into_iter()
+                .flatten()
+                .collect(),
             greylisted: retried && outcome != Outcome::Failed,
             greylist_ms: retried.then(|| ms(attempt_start - first_start)),
             attempts,
@@ -189,7 +197,7 @@ impl Prober {
                     None
                 }
                 Ok(None) => None,
-                Err(message) => Some(Failure { step: StepName::DnsSpf, class: FailureClass::Permanent, code: None, enhanced: None, message }),
+                Err(message) => Some(Failure { step: StepName::DnsSpf, class: FailureClass::Permanent, code: None, enhanced: None, message, raw: None }),
             },
             None => None,
         };

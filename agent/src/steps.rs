@@ -41,11 +41,13 @@ pub struct StepError {
     pub code: Option<u16>,
     pub enhanced: Option<String>,
     pub message: String,
+    /// The library's own words when `message` rephrases them (TLS refusals).
+    pub raw: Option<String>,
 }
 
 impl StepError {
     pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
-        StepError { class, code: None, enhanced: None, message: message.into() }
+        StepError { class, code: None, enhanced: None, message: message.into(), raw: None }
     }
 
     /// A negative SMTP reply, classified in one place (`SmtpReplyCode::classify`).
@@ -55,6 +57,7 @@ impl StepError {
             code: Some(reply.code),
             enhanced: reply.enhanced.clone(),
             message: reply.text.clone(),
+            raw: None,
         }
     }
 
@@ -63,12 +66,16 @@ impl StepError {
     /// protocol".
     pub fn transport(e: TransportError, before_greeting: bool) -> Self {
         let class = match &e {
-            TransportError::Tls(_) | TransportError::BytesBeforeTls(_) => FailureClass::Tls,
+            TransportError::Tls(_) | TransportError::TlsRefused { .. } | TransportError::BytesBeforeTls(_) => FailureClass::Tls,
             TransportError::LineTooLong(_) => FailureClass::Protocol,
             TransportError::Closed | TransportError::Io(_) if before_greeting => FailureClass::Connect,
             TransportError::Closed | TransportError::Io(_) => FailureClass::Protocol,
         };
-        StepError::new(class, e.to_string())
+        let raw = match &e {
+            TransportError::TlsRefused { raw, .. } => Some(raw.clone()),
+            _ => None,
+        };
+        StepError { raw, ..StepError::new(class, e.to_string()) }
     }
 }
 
@@ -113,7 +120,7 @@ impl Recorder {
         self.record_span(name, start, end, &result);
         match result {
             Ok(done) => Ok(done.value),
-            Err(e) => Err(Failure { step: name, class: e.class, code: e.code, enhanced: e.enhanced, message: e.message }),
+            Err(e) => Err(Failure { step: name, class: e.class, code: e.code, enhanced: e.enhanced, message: e.message, raw: e.raw }),
         }
     }
 

@@ -29,6 +29,10 @@ pub enum TransportError {
     Io(#[from] io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    /// A handshake refused by rustls, explained (`message`, see
+    /// [`crate::tls::explain`]) with rustls's own words kept in `raw`.
+    #[error("{message}")]
+    TlsRefused { message: String, raw: String },
     #[error("server sent {0} bytes before the TLS handshake (possible STARTTLS injection)")]
     BytesBeforeTls(usize),
 }
@@ -193,9 +197,19 @@ impl Conn {
     /// certificate is kept in `peer_cert` whether or not it was accepted.
     pub async fn start_tls(&mut self, tls: &TlsClient, name: ServerName<'static>) -> Result<TlsInfo, TransportError> {
         let (connector, slot) = tls.connector().map_err(TransportError::Tls)?;
-        let result = self.handshake(&connector, name).await;
+        let result = self.handshake(&connector, name.clone()).await;
         self.peer_cert = slot.lock().ok().and_then(|mut s| s.take());
-        result
+        // A refusal becomes a sentence about the certificate just seen.
+        result.map_err(|e| match e {
+            TransportError::Io(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                Some(refused) => TransportError::TlsRefused {
+                    message: tls.explain(refused, self.peer_cert.as_ref(), &name),
+                    raw: refused.to_string(),
+                },
+                None => tls_error(e),
+            },
+            other => other,
+        })
     }
 
     async fn handshake(
@@ -203,6 +217,7 @@ impl Conn {
         connector: &tokio_rustls::TlsConnector,
         name: ServerName<'static>,
     ) -> Result<TlsInfo, TransportError> {
+        // The handshake's own failure comes back as `Io`, for `start_tls` to explain.
         let buffered = self.buf.len() - self.pos;
         if buffered > 0 {
             return Err(TransportError::BytesBeforeTls(buffered));
@@ -210,7 +225,7 @@ impl Conn {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             return Err(TransportError::Tls("TLS is already active".into()));
         };
-        let tls = connector.connect(name, tcp).await.map_err(tls_error)?;
+        let tls = connector.connect(name, tcp).await?;
         let (_, session) = tls.get_ref();
         let info = TlsInfo {
             version: session

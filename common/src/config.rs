@@ -57,9 +57,19 @@ pub struct Endpoint {
     pub security: Security,
     /// Name to verify the certificate against (default: `host`).
     pub server_name: Option<String>,
-    /// Extra trust root(s), PEM, on top of the system store.
+    /// Extra trust root(s), PEM, on top of the system store. A certificate
+    /// byte-identical to one in this file is trusted as it is (a self-signed
+    /// server certificate), its name and validity period still checked.
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 pins of the server's certificate or of its public key
+    /// (SubjectPublicKeyInfo). When set, the leaf certificate must match
+    /// one, instead of chaining to a trusted CA; name and validity period
+    /// are still checked.
+    pub pin_sha256: Vec<[u8; 32]>,
     pub credentials: Option<Credentials>,
+    /// `security = "none"` with credentials to a host that is not loopback
+    /// was allowed explicitly (the report then carries a warning).
+    pub allow_plaintext_auth: bool,
 }
 
 impl Endpoint {
@@ -67,6 +77,52 @@ impl Endpoint {
     pub fn tls_name(&self) -> &str {
         self.server_name.as_deref().unwrap_or(&self.host)
     }
+
+    /// The warning a report carries when this endpoint sends a password in
+    /// clear text to a host that is not loopback (only possible with
+    /// `allow_plaintext_auth = true`). `side` is `smtp` or `imap`.
+    pub fn plaintext_auth_warning(&self, side: &str) -> Option<String> {
+        // No user name: reports are read by people who must not learn logins.
+        let plaintext = self.credentials.is_some() && self.security == Security::None && !is_loopback_host(&self.host);
+        plaintext.then(|| {
+            format!(
+                "{side}: the login goes to {}:{} in clear text (security = \"none\", allow_plaintext_auth = true)",
+                self.host, self.port
+            )
+        })
+    }
+}
+
+/// A host that never leaves the machine: `localhost`, 127.0.0.0/8, `::1`
+/// (brackets allowed). Names are not resolved.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads one `pin_sha256` entry: the SHA-256 of a DER certificate or of its
+/// SubjectPublicKeyInfo, as 64 hex digits (colons allowed, as `openssl x509
+/// -fingerprint -sha256` prints them) or as base64 (44 characters, as
+/// `curl --pinnedpubkey` takes them, with or without its `sha256//` prefix).
+pub fn parse_pin_sha256(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let t = text.trim();
+    let t = t.strip_prefix("sha256//").unwrap_or(t);
+    let hex: String = t.chars().filter(|c| *c != ':').collect();
+    let bytes = if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digits")).collect()
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(t).map_err(|_| {
+            format!("{text:?} is neither 64 hex digits nor base64 of a SHA-256 hash")
+        })?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{text:?} decodes to {} bytes, a SHA-256 hash has 32", bytes.len()))
 }
 
 /// How the receiver notices the probe's arrival.
@@ -565,6 +621,11 @@ impl Validator<'_> {
                 self.issue(t.path_of("ca_file"), format!("cannot read {}: {e}", f.display()));
             }
         }
+        let pin_sha256 = self.pins(t);
+        if t.get("tls").is_some() {
+            self.issue(t.path_of("tls"), "no tls sub-table here: write pin_sha256, ca_file and server_name directly in this table");
+        }
+        let allow_plaintext_auth = t.flag(&mut self.issues, "allow_plaintext_auth", false);
         let username = t.string(&mut self.issues, "username");
         let password = self.password(t);
         let credentials = match (username?, password?) {
@@ -587,14 +648,62 @@ impl Validator<'_> {
             return None;
         }
         let security = security?;
+        let host = host?;
+        let allow_plaintext_auth = allow_plaintext_auth?;
+        if security == Security::None && credentials.is_some() && !allow_plaintext_auth && !is_loopback_host(&host) {
+            self.issue(
+                t.path_of("security"),
+                format!(
+                    "\"none\" would send the password in clear text to {host}, which is not a loopback address: \
+                     use \"starttls\" or \"tls\", or set allow_plaintext_auth = true if the network to it is trusted"
+                ),
+            );
+            return None;
+        }
+        let pin_sha256 = pin_sha256?;
+        if security == Security::None && !pin_sha256.is_empty() {
+            self.issue(t.path_of("pin_sha256"), "set, but security = \"none\": there is no certificate to pin");
+            return None;
+        }
         Some(Endpoint {
-            host: host?,
             port: port?.unwrap_or_else(|| default_port(security)),
+            host,
             security,
             server_name: server_name?,
             ca_file: ca_file?,
+            pin_sha256,
             credentials,
+            allow_plaintext_auth,
         })
+    }
+
+    /// `pin_sha256`: one pin or a list of them (see [`parse_pin_sha256`]).
+    fn pins(&mut self, t: &mut Table<'_>) -> Option<Vec<[u8; 32]>> {
+        let items: Vec<&Value> = match t.get("pin_sha256") {
+            None => return Some(Vec::new()),
+            Some(Value::Array(list)) if list.is_empty() => {
+                self.issue(t.path_of("pin_sha256"), "an empty list pins nothing: list SHA-256 hashes, or remove the key");
+                return None;
+            }
+            Some(Value::Array(list)) => list.iter().collect(),
+            Some(one @ Value::String(_)) => vec![one],
+            Some(other) => {
+                self.issue(t.path_of("pin_sha256"), format!("expected a list of SHA-256 hashes (hex or base64), found {other}"));
+                return None;
+            }
+        };
+        let mut pins = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str().ok_or_else(|| format!("expected a string, found {item}")).and_then(parse_pin_sha256) {
+                Ok(p) => pins.push(p),
+                Err(m) => {
+                    self.issue(format!("{}[{i}]", t.path_of("pin_sha256")), m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(pins)
     }
 
     /// `Some(None)`: no password given; `None`: given but bad (issue recorded).
@@ -890,6 +999,70 @@ mod tests {
         let err = check_from_value("check[0]", &inline, &env, refs).unwrap_err();
         assert_eq!(err[0].path, "check[0].imap.password");
         assert!(check_from_value("check[0]", &inline, &env, Secrets::ReferencesOnly { allow_inline: true }).is_ok());
+    }
+
+    #[test]
+    fn a_clear_text_login_goes_only_to_loopback_unless_allowed() {
+        let plain = |host: &str, allow: Option<bool>| {
+            let mut v = good()["check"][0].clone();
+            v["smtp"]["host"] = json!(host);
+            v["smtp"]["security"] = json!("none");
+            if let Some(a) = allow {
+                v["smtp"]["allow_plaintext_auth"] = json!(a);
+            }
+            v
+        };
+        let err = check_from_value("check[0]", &plain("mail.example.com", None), &env, Secrets::Resolve).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:#?}");
+        assert_eq!(err[0].path, "check[0].smtp.security");
+        assert!(err[0].message.contains("clear text to mail.example.com") && err[0].message.contains("allow_plaintext_auth = true"), "{err:#?}");
+        // The coordinator validates checks with the same code.
+        let refs = Secrets::ReferencesOnly { allow_inline: true };
+        assert_eq!(check_from_value("api", &plain("mail.example.com", Some(false)), &env, refs).unwrap_err()[0].path, "api.smtp.security");
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST."] {
+            let c = check_from_value("check[0]", &plain(host, None), &env, Secrets::Resolve).unwrap_or_else(|e| panic!("{host}: {e:#?}"));
+            assert_eq!(c.smtp.endpoint.plaintext_auth_warning("smtp"), None, "{host}");
+        }
+        let allowed = check_from_value("check[0]", &plain("mail.example.com", Some(true)), &env, Secrets::Resolve).unwrap();
+        assert_eq!(
+            allowed.smtp.endpoint.plaintext_auth_warning("smtp").as_deref(),
+            Some("smtp: the login goes to mail.example.com:25 in clear text (security = \"none\", allow_plaintext_auth = true)")
+        );
+        // Without a login there is nothing to protect.
+        let mut no_login = plain("mx.example.com", None);
+        no_login["smtp"].as_object_mut().unwrap().retain(|k, _| !k.starts_with("user") && !k.starts_with("pass"));
+        assert!(check_from_value("check[0]", &no_login, &env, Secrets::Resolve).is_ok());
+    }
+
+    #[test]
+    fn pins_read_as_hex_or_base64() {
+        let hash: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let colons: Vec<String> = hash.iter().map(|b| format!("{b:02X}")).collect();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(hash);
+        for text in [hex.clone(), colons.join(":"), b64.clone(), format!("sha256//{b64}")] {
+            assert_eq!(parse_pin_sha256(&text), Ok(hash), "{text}");
+        }
+        assert!(parse_pin_sha256(&hex[..62]).unwrap_err().contains("neither 64 hex digits nor base64"));
+        assert!(parse_pin_sha256("AAAA").unwrap_err().contains("decodes to 3 bytes"));
+
+        let mut v = good()["check"][0].clone();
+        v["imap"]["pin_sha256"] = json!([hex, "nope"]);
+        v["smtp"]["pin_sha256"] = json!(b64);
+        v["smtp"]["security"] = json!("tls");
+        let err = check_from_value("check[0]", &v, &env, Secrets::Resolve).unwrap_err();
+        assert_eq!(err.iter().map(|i| i.path.as_str()).collect::<Vec<_>>(), ["check[0].imap.pin_sha256[1]"]);
+        v["imap"]["pin_sha256"] = json!([hex]);
+        let c = check_from_value("check[0]", &v, &env, Secrets::Resolve).unwrap();
+        assert_eq!((c.smtp.endpoint.pin_sha256.clone(), c.imap.endpoint.pin_sha256.clone()), (vec![hash], vec![hash]));
+        // Nothing to pin without TLS; and no [check.smtp.tls] table.
+        v["smtp"]["security"] = json!("none");
+        v["imap"]["tls"] = json!({"pin_sha256": []});
+        let err = check_from_value("check[0]", &v, &env, Secrets::Resolve).unwrap_err();
+        let got: Vec<String> = err.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+        assert!(got.iter().any(|s| s.starts_with("check[0].smtp.pin_sha256: set, but security = \"none\"")), "{got:#?}");
+        assert!(got.iter().any(|s| s.starts_with("check[0].imap.tls: no tls sub-table here")), "{got:#?}");
     }
 
     #[test]

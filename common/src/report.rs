@@ -69,7 +69,13 @@ pub struct Failure {
     /// Enhanced status code (RFC 3463), e.g. `5.1.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enhanced: Option<String>,
+    /// What happened and what to do, in words (a TLS failure names the
+    /// certificate's dates, names or issuer).
     pub message: String,
+    /// The library's own words for the same failure (rustls/webpki for
+    /// TLS), when `message` rephrases them; for bug reports and searches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 /// The full result of one round trip.
@@ -94,6 +100,10 @@ pub struct ProbeReport {
     /// Why the outcome is `degraded` (empty otherwise).
     #[serde(default)]
     pub reasons: Vec<String>,
+    /// Risks the check was configured to accept, such as a login sent in
+    /// clear text (`allow_plaintext_auth`). They do not change the outcome.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Every submission attempt, oldest first; more than one when a
     /// deferral (greylisting, rate limit) was retried.
     #[serde(default)]

@@ -77,6 +77,7 @@ fn base_report(outcome: Outcome) -> ProbeReport {
         message_id: "<m@test>".into(),
         queue_id: None,
         reasons: Vec::new(),
+        warnings: Vec::new(),
         attempts: Vec::new(),
         greylisted: false,
         greylist_ms: None,
@@ -152,6 +153,7 @@ fn failed(
         code,
         enhanced: enhanced.map(str::to_string),
         message: text.into(),
+        raw: None,
     });
     r
 }

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod fake;
 pub mod regions;
+pub mod tls_front;
 
 use mailloop_common::ProbeReport;
 use mailloop_common::config::ProbeConfig;
@@ -71,6 +72,10 @@ pub struct Check {
     pub smtp_login: Option<(String, String)>,
     pub imap_port: u16,
     pub imap_security: &'static str,
+    /// The IMAP side's `host` (default 127.0.0.1).
+    pub imap_host: String,
+    /// The IMAP side's `ca_file`: the stack's CA by default; empty: none.
+    pub imap_ca_file: String,
     pub imap_user: String,
     pub imap_pass: String,
     pub deadline: &'static str,
@@ -95,6 +100,8 @@ impl Check {
             smtp_login: Some((s.var("MAILSTACK_SMTP_USER").into(), s.var("MAILSTACK_SMTP_PASS").into())),
             imap_port: s.port("MAILSTACK_PORT_IMAPS"),
             imap_security: "tls",
+            imap_host: "127.0.0.1".into(),
+            imap_ca_file: s.var("MAILSTACK_CA_FILE").into(),
             imap_user: mailbox,
             imap_pass: s.var("MAILSTACK_IMAP_PASS").into(),
             deadline: "30s",
@@ -115,7 +122,7 @@ impl Check {
         let mut out = format!(
             "[[check]]\nname = {name:?}\nfrom = {from:?}\nto = {to:?}\ndeadline = {deadline:?}\nstep_timeout = \"10s\"\n{check_extra}\
              [check.smtp]\nhost = \"127.0.0.1\"\nport = {sp}\nsecurity = {ss:?}\nca_file = {ca:?}\n{login}\
-             [check.imap]\nhost = \"127.0.0.1\"\nport = {ip}\nsecurity = {is:?}\nca_file = {ca:?}\nusername = {iu:?}\npassword = {ipw:?}\n{extra}",
+             [check.imap]\nhost = {ih:?}\nport = {ip}\nsecurity = {is:?}\n{ica}username = {iu:?}\npassword = {ipw:?}\n{extra}",
             name = self.name,
             to = self.to,
             deadline = self.deadline,
@@ -123,6 +130,8 @@ impl Check {
             ss = self.smtp_security,
             ip = self.imap_port,
             is = self.imap_security,
+            ih = self.imap_host,
+            ica = if self.imap_ca_file.is_empty() { String::new() } else { format!("ca_file = {:?}\n", self.imap_ca_file) },
             iu = self.imap_user,
             ipw = self.imap_pass,
             extra = self.imap_extra.iter().map(|l| format!("{l}\n")).collect::<String>(),
@@ -149,9 +158,19 @@ impl Check {
 
     /// Runs the probe in-process, through the same config loader as the CLI.
     pub async fn probe(&self) -> ProbeReport {
+        self.probe_via(&[]).await
+    }
+
+    /// Like [`Check::probe`], with the agent's `connect_to` rules
+    /// (`"imap.example.net:143=127.0.0.1:40143"`): a check can name a host
+    /// that is not loopback and still reach the stack.
+    pub async fn probe_via(&self, connect_to: &[&str]) -> ProbeReport {
         let f = self.file();
         let cfg = ProbeConfig::load(f.path()).unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
-        let prober = mailloop_agent::probe::Prober::new(cfg.checks.into_iter().next().unwrap(), &cfg.dns).unwrap();
+        let rules = connect_to.iter().map(|r| r.parse().expect("a connect_to rule")).collect();
+        let prober = mailloop_agent::probe::Prober::new(cfg.checks.into_iter().next().unwrap(), &cfg.dns)
+            .unwrap()
+            .with_connect_to(mailloop_agent::transport::ConnectTo::new(rules));
         prober.run().await
     }
 }

@@ -390,7 +390,7 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
             let now = Instant::now();
             let class = e.class;
             rec.record_span::<()>(StepName::ImapWait, wait_start, now, &Err(e.clone()));
-            Err(Failure { step: StepName::ImapWait, class, code: None, enhanced: None, message: e.message })
+            Err(Failure { step: StepName::ImapWait, class, code: None, enhanced: None, message: e.message, raw: e.raw })
         }
     }
 }

@@ -84,6 +84,7 @@ fn expect(reply: Reply, expected: &[u16], during_auth: bool) -> Result<Done<Repl
             code: Some(reply.code),
             enhanced: reply.enhanced(),
             message: format!("unexpected reply {} {}", reply.code, reply.text()),
+            raw: None,
         })
     } else {
         Err(StepError::smtp(&reply.code(), during_auth))
@@ -132,6 +133,7 @@ pub async fn send(
         code: None,
         enhanced: None,
         message: m,
+        raw: None,
     });
 
     if ep.security == Security::Tls {

@@ -1,6 +1,8 @@
 //! A throwaway certificate authority and the server certificates TLS faults
 //! need: one that is right, one for another name, one that has expired and
-//! one that expires in five days.
+//! one that expires in five days. And [`SelfSigned`]: a certificate that is
+//! its own issuer, made as users make them (`openssl req -x509`, which marks
+//! it `CA:TRUE`).
 //!
 //! Everything is generated fresh (rcgen, ECDSA P-256) into a temporary
 //! directory that lives as long as the [`TestPki`]; a check trusts the CA
@@ -11,6 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,6 +128,98 @@ impl Identity {
             .expect("ring supports the default protocol versions")
             .with_no_client_auth()
             .with_single_cert(vec![self.cert_der.clone()], key)
+            .expect("certificate and key match");
+        Arc::new(config)
+    }
+}
+
+/// A self-signed server certificate and its key, as files in a temporary
+/// directory that lives as long as this value.
+pub struct SelfSigned {
+    _dir: tempfile::TempDir,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl SelfSigned {
+    /// What a user types: `openssl req -x509 -newkey ec ... -subj /CN=<first
+    /// name> -addext subjectAltName=...`, valid for 30 days. OpenSSL's
+    /// default configuration marks the result `CA:TRUE`.
+    pub fn openssl(names: &[&str]) -> SelfSigned {
+        let dir = tempfile::Builder::new().prefix("mailloop-selfsigned").tempdir().expect("temp dir");
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let san = names
+            .iter()
+            .map(|n| if n.parse::<std::net::IpAddr>().is_ok() { format!("IP:{n}") } else { format!("DNS:{n}") })
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+            .arg("-keyout")
+            .arg(&key_file)
+            .arg("-out")
+            .arg(&cert_file)
+            .args(["-subj", &format!("/CN={}", names[0]), "-addext", &format!("subjectAltName={san}")])
+            .output()
+            .expect("openssl is missing: apt-get install openssl");
+        assert!(out.status.success(), "openssl req -x509 failed: {}", String::from_utf8_lossy(&out.stderr));
+        SelfSigned { _dir: dir, cert_file, key_file }
+    }
+
+    /// A self-signed `CA:TRUE` certificate (as `openssl req -x509` makes
+    /// them) valid from `not_before` to `not_after`: for dates openssl 3.0
+    /// cannot write, such as an expiry in the past.
+    pub fn ca_true_valid(names: &[&str], not_before: OffsetDateTime, not_after: OffsetDateTime) -> SelfSigned {
+        let dir = tempfile::Builder::new().prefix("mailloop-selfsigned").tempdir().expect("temp dir");
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        std::fs::write(&cert_file, cert.pem()).expect("write certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        SelfSigned { _dir: dir, cert_file, key_file }
+    }
+
+    /// The certificate, DER.
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(&self.cert_file).expect("certificate PEM")
+    }
+
+    /// A server that presents this certificate but signs the handshake with
+    /// `impostor`'s key: what someone who copied the (public) certificate
+    /// can do without its private key.
+    pub fn server_config_signing_with(&self, impostor: &SelfSigned) -> Arc<ServerConfig> {
+        #[derive(Debug)]
+        struct Always(Arc<rustls::sign::CertifiedKey>);
+        impl rustls::server::ResolvesServerCert for Always {
+            fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                Some(self.0.clone())
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::from_pem_file(&impostor.key_file).expect("key PEM");
+        let signer = provider.key_provider.load_private_key(key).expect("a usable key");
+        let certified = rustls::sign::CertifiedKey::new(vec![self.der()], signer);
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Always(Arc::new(certified))));
+        Arc::new(config)
+    }
+
+    /// A rustls server config presenting this certificate (ring provider).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        let key = PrivateKeyDer::from_pem_file(&self.key_file).expect("key PEM");
+        let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.der()], key)
             .expect("certificate and key match");
         Arc::new(config)
     }

@@ -19,7 +19,7 @@ pub mod check;
 pub mod imap;
 pub mod smtp;
 
-pub use certs::{Identity, TestPki};
+pub use certs::{Identity, SelfSigned, TestPki};
 pub use check::{FakeCheck, Run, Scenario};
 
 use std::collections::VecDeque;
