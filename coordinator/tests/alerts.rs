@@ -1008,3 +1008,61 @@ async fn failures_are_logged_with_what_a_person_needs_and_no_secret() {
         "secret in logs:\n{text}"
     );
 }
+
+#[test]
+fn email_takes_a_password_or_an_oauth2_token_never_both() {
+    let env = |v: &str| (v == "TOKEN").then(|| "ya29.token".to_string());
+    let base = json!({"type": "email", "smtp_host": "smtp.example.net",
+                      "from": "a@b.test", "to": ["c@d.test"]});
+    let with = |name: &str, extra: Value| {
+        let mut t = base.clone();
+        t["name"] = json!(name);
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        t
+    };
+    let mut issues = Vec::new();
+    let chs = config::parse(
+        Some(&json!([
+            with(
+                "token",
+                json!({"username": "u", "oauth2_token_env": "TOKEN"})
+            ),
+            with(
+                "both",
+                json!({"username": "u", "password": "p", "oauth2_token": "t"})
+            ),
+            with("nouser", json!({"oauth2_token": "t"})),
+            with("nothing", json!({"username": "u"})),
+        ])),
+        &env,
+        &mut issues,
+    );
+    let got: Vec<(&str, &str)> = issues
+        .iter()
+        .map(|i| (i.path.as_str(), i.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 3, "{issues:#?}");
+    assert!(
+        got[0].0 == "alert[1].oauth2_token" && got[0].1.contains("not both"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].0 == "alert[2].username" && got[1].1.contains("oauth2_token"),
+        "{got:?}"
+    );
+    assert!(
+        got[2].0 == "alert[3].password" && got[2].1.contains("oauth2_token"),
+        "{got:?}"
+    );
+    assert_eq!(chs.len(), 1);
+    match &chs[0].target {
+        config::Target::Email(e) => {
+            assert_eq!(e.oauth2_token.as_ref().unwrap().expose(), "ya29.token");
+            assert!(e.password.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{chs:?}").contains("ya29"), "token in Debug");
+}

@@ -81,11 +81,14 @@ fn outage(check: &str, summary: &str) -> AlertEvent {
     }
 }
 
-/// Every message in `user`'s INBOX, whole, read over IMAPS with imaplib.
+/// Every message in `user`'s INBOX, read over IMAPS with imaplib and
+/// decoded by Python's `email` package, independently of mailloop's and
+/// lettre's code: the header block as delivered, then `Decoded-Subject:`
+/// (RFC 2047 undone) and the body with its transfer encoding undone.
 fn messages(user: &str) -> Vec<String> {
     let s = Stack::get();
     let script = format!(
-        "import imaplib, ssl\n\
+        "import imaplib, ssl, email, email.policy\n\
          ctx = ssl.create_default_context(cafile={ca:?})\n\
          m = imaplib.IMAP4_SSL('127.0.0.1', {port}, ssl_context=ctx)\n\
          m.login({user:?}, {pw:?})\n\
@@ -93,7 +96,12 @@ fn messages(user: &str) -> Vec<String> {
          typ, data = m.uid('SEARCH', None, 'ALL')\n\
          for uid in data[0].split():\n    \
              typ, d = m.uid('FETCH', uid, '(BODY.PEEK[])')\n    \
-             print(d[0][1].decode('utf-8', 'replace'))\n    \
+             raw = d[0][1]\n    \
+             msg = email.message_from_bytes(raw, policy=email.policy.default)\n    \
+             print(raw.split(b'\\r\\n\\r\\n', 1)[0].decode('utf-8', 'replace'))\n    \
+             print('Decoded-Subject: ' + str(msg['subject']))\n    \
+             print()\n    \
+             print(msg.get_content())\n    \
              print('\\x00')\n\
          m.logout()\n",
         ca = s.var("MAILSTACK_CA_FILE"),
@@ -154,14 +162,21 @@ async fn status_until(alerts: &Alerts, cond: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// Sends one outage through `security` on `port_key` and checks what arrives.
-async fn delivers(port_key: &str, security: &str) {
-    let s = Stack::get();
-    let to = s.mailbox(&unique("alert-"));
-    let check = unique("corp-");
+async fn delivers(port_key: &str, security: &str) -> String {
     let summary = format!(
         "Since 01:02 UTC all 2 regions fail at smtp.rcpt_to with 550 5.1.1 'User unknown' (permanent). Marker {}.",
         unique("")
     );
+    delivers_outage(port_key, security, &unique("corp-"), &summary).await
+}
+
+/// Sends one outage of `check` with `summary` and checks what arrives;
+/// returns the message as `messages` shows it.
+async fn delivers_outage(port_key: &str, security: &str, check: &str, summary: &str) -> String {
+    let s = Stack::get();
+    let to = s.mailbox(&unique("alert-"));
+    let check = check.to_string();
+    let summary = summary.to_string();
     let ch = channel(email_table(
         &to,
         port_key,
@@ -203,11 +218,49 @@ async fn delivers(port_key: &str, security: &str) {
     ] {
         assert!(unfolded.contains(needle), "{needle:?} missing:\n{msg}");
     }
+    msg
 }
 
 #[tokio::test]
 async fn email_alert_is_delivered_over_submission_with_starttls_and_auth() {
     delivers("MAILSTACK_PORT_SUBMISSION", "starttls").await;
+}
+
+#[tokio::test]
+async fn a_non_ascii_alert_arrives_as_proper_mime() {
+    // Non-ASCII in the subject (the check id) and the body, and a line
+    // longer than SMTP allows: a reader decodes it back to the same text.
+    let check = unique("zürich-café-");
+    let summary = format!(
+        "Seit 01:02 UTC schlagen beide Regionen bei smtp.rcpt_to fehl: 550 5.1.1 „Benutzer unbekannt“ — {} {}",
+        "très long ".repeat(120),
+        unique("Marke ")
+    );
+    let msg = delivers_outage("MAILSTACK_PORT_SUBMISSION", "starttls", &check, &summary).await;
+    let headers = msg.split("\nDecoded-Subject:").next().unwrap();
+    assert!(
+        headers.is_ascii(),
+        "8-bit bytes in the header block:\n{headers}"
+    );
+    assert!(
+        headers.contains("Content-Type: text/plain; charset=utf-8"),
+        "{headers}"
+    );
+    let subject = headers
+        .lines()
+        .skip_while(|l| !l.starts_with("Subject:"))
+        .take_while(|l| l.starts_with("Subject:") || l.starts_with(' '))
+        .collect::<String>();
+    assert!(
+        subject.to_ascii_lowercase().contains("=?utf-8?"),
+        "subject is not an encoded word: {subject}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "Decoded-Subject: [mailloop] OUTAGE opened: {check}\n"
+        )),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -234,7 +287,7 @@ async fn a_wrong_password_is_permanent_and_shown_in_status() {
     alerts.notify(outage("corp", "never sent"));
     let st = status_until(&alerts, |s| s["failed"] == 1).await;
     let err = st["last_error"].as_str().unwrap();
-    assert!(err.contains("AUTH: 535"), "{err}");
+    assert!(err.contains("AUTH PLAIN: 535"), "{err}");
     assert!(!err.contains("not-the-password"), "{err}");
     assert_eq!(st["delivered"], 0);
     assert_eq!(st["pending"], 0, "{st}");

@@ -27,13 +27,14 @@
 //! security = "starttls"           # starttls | tls | none (none: loopback hosts only)
 //! username = "alerts@example.net"
 //! password_env = "ALERT_SMTP_PASS" # or password / password_file
+//! # oauth2_token_env = "ALERT_SMTP_TOKEN" # instead of a password: AUTH XOAUTH2
 //! from = "alerts@example.net"
 //! to = ["oncall@example.net"]
 //! ```
 //!
 //! Every bad key is pushed with its path (`alert[1].url`) and validation
 //! carries on, so one run of `check-config` names them all. Secrets
-//! (`routing_key*`, `password*`, and webhook URLs, which carry their token in
+//! (`routing_key*`, `password*`, `oauth2_token*`, and webhook URLs, which carry their token in
 //! the path) are held as [`Secret`] and never appear in `Debug` or logs.
 
 use crate::judge::{AlertEvent, AlertEventKind, IncidentKind, Severity};
@@ -160,7 +161,10 @@ pub struct EmailTarget {
     pub security: Security,
     /// Without it AUTH is skipped.
     pub username: Option<String>,
+    /// AUTH PLAIN or LOGIN, whichever the server offers.
     pub password: Option<Secret>,
+    /// An OAuth2 bearer token instead of a password: AUTH XOAUTH2.
+    pub oauth2_token: Option<Secret>,
     pub from: String,
     pub to: Vec<String>,
     pub ca_file: Option<PathBuf>,
@@ -191,6 +195,9 @@ const EMAIL_KEYS: &[&str] = &[
     "password",
     "password_env",
     "password_file",
+    "oauth2_token",
+    "oauth2_token_env",
+    "oauth2_token_file",
     "from",
     "to",
     "ca_file",
@@ -659,20 +666,36 @@ impl Reader<'_> {
         };
         let username = self.opt_str(map, "username");
         let password = self.secret(map, "password", false);
-        // Keep going on a bad pair: `from` and `to` are still checked.
-        let credentials = match (username, password) {
-            (Ok(Some(_)), Some(None)) => {
+        let token = self.secret(map, "oauth2_token", false);
+        // Keep going on a bad combination: `from` and `to` are still checked.
+        let credentials = match (username, password, token) {
+            (Ok(_), Some(Some(_)), Some(Some(_))) => {
                 self.push(
-                    self.key("password"),
-                    "username is set but none of password, password_env, password_file is",
+                    self.key("oauth2_token"),
+                    "set a password or an oauth2_token, not both",
                 );
                 None
             }
-            (Ok(None), Some(Some(_))) => {
-                self.push(self.key("username"), "a password is set but no username");
+            (Ok(Some(_)), Some(None), Some(None)) => {
+                self.push(
+                    self.key("password"),
+                    "username is set but none of password, password_env, password_file, oauth2_token, oauth2_token_env, oauth2_token_file is",
+                );
                 None
             }
-            (Ok(u), Some(p)) => Some((u, p)),
+            (Ok(None), Some(p), Some(t)) if p.is_some() || t.is_some() => {
+                let what = if p.is_some() {
+                    "a password"
+                } else {
+                    "an oauth2_token"
+                };
+                self.push(
+                    self.key("username"),
+                    format!("{what} is set but no username"),
+                );
+                None
+            }
+            (Ok(u), Some(p), Some(t)) => Some((u, p, t)),
             _ => None,
         };
         let from = match self.opt_str(map, "from") {
@@ -718,7 +741,8 @@ impl Reader<'_> {
             port: port?,
             security: security?,
             username: credentials.clone()?.0,
-            password: credentials?.1,
+            password: credentials.clone()?.1,
+            oauth2_token: credentials?.2,
             from: from?,
             to: to?,
             ca_file: ca_file.ok()?,

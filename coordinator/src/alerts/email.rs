@@ -1,27 +1,28 @@
-//! The email channel: a small SMTP submission client of its own (EHLO,
-//! STARTTLS or implicit TLS, AUTH PLAIN, MAIL, RCPT, DATA with
-//! dot-stuffing, QUIT) over tokio-rustls with ring.
+//! The email channel: one alert, one SMTP submission through `lettre`
+//! (tokio, rustls with ring): STARTTLS or implicit TLS, the AUTH mechanism
+//! the server offers in EHLO (PLAIN or LOGIN with a password, XOAUTH2 with
+//! an OAuth2 token), and a MIME message lettre builds (text/plain UTF-8,
+//! RFC 2047 headers, a transfer encoding chosen for the body).
 //!
-//! Why not lettre: the project carries no SMTP library on purpose (see
-//! ARCHITECTURE.md, "Absent on purpose"); the dialogue an alert needs is a
-//! few commands, and owning it keeps every read bounded (8 KiB per reply
-//! line, 100 lines per reply) and the dependency tree free of a second TLS
-//! stack. This is not the probe: nothing here is timed or diagnosed, a
-//! reply is only delivered (2xx/3xx as expected), retry (4xx, connection
-//! and TLS trouble, timeouts) or permanent (5xx).
+//! This is not the probe, which keeps its own client to time every step:
+//! here nothing is timed or diagnosed. An attempt is delivered, retry (4xx,
+//! connection and TLS trouble, timeouts, garbled replies) or permanent (5xx,
+//! or a server that cannot do what the channel needs: no STARTTLS, no AUTH
+//! mechanism in common). Each error names the step it happened in
+//! (`AUTH: 535 5.7.8 ...`) and never carries a credential.
 
 use super::Delivery;
 use super::config::EmailTarget;
-use base64::Engine;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MessageBuilder, SinglePart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
+};
+use lettre::transport::smtp::extension::ClientId;
 use mailloop_common::config::Security;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-/// Longest reply line read (RFC 5321 says 512; servers send more).
-const MAX_LINE: usize = 8 * 1024;
-/// Most lines in one multi-line reply.
-const MAX_LINES: usize = 100;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A message ready to send: headers and body already rendered.
 pub struct Message {
@@ -35,42 +36,64 @@ pub struct Message {
 /// Sends through one submission server.
 pub struct EmailSender {
     target: EmailTarget,
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// Built once (the system roots plus `ca_file`); None for `security = "none"`.
+    tls: Option<TlsParameters>,
 }
 
-/// Why one SMTP attempt did not deliver.
-struct SmtpError {
+/// Why one attempt did not deliver, already classified.
+struct Failure {
     permanent: bool,
     message: String,
 }
 
-impl SmtpError {
-    fn retry(message: impl Into<String>) -> SmtpError {
-        SmtpError {
+impl Failure {
+    fn retry(message: impl Into<String>) -> Failure {
+        Failure {
             permanent: false,
             message: message.into(),
         }
     }
-}
 
-/// One server reply: the code and its text lines joined.
-struct Reply {
-    code: u16,
-    text: String,
+    fn permanent(message: impl Into<String>) -> Failure {
+        Failure {
+            permanent: true,
+            message: message.into(),
+        }
+    }
+
+    /// A lettre error in step `step`: 5xx and client-side refusals are
+    /// permanent, everything else (4xx, network, TLS, parse) is retried.
+    fn smtp(step: &str, e: lettre::transport::smtp::Error) -> Failure {
+        let message = match e.status() {
+            // "535 5.7.8 Error: authentication failed", as the server said it.
+            Some(code) => {
+                let text = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                let first = text.lines().next().unwrap_or("");
+                format!("{step}: {code} {first}")
+            }
+            None => format!("{step}: {e}"),
+        };
+        Failure {
+            permanent: e.is_permanent() || e.is_client(),
+            message,
+        }
+    }
 }
 
 impl EmailSender {
     pub fn new(target: EmailTarget) -> Result<EmailSender, String> {
         let tls = match target.security {
             Security::None => None,
-            _ => Some(super::tls::connector(target.ca_file.as_deref())?),
+            _ => Some(tls_parameters(&target)?),
         };
         Ok(EmailSender { target, tls })
     }
 
     /// One attempt, bounded by `timeout` as a whole.
     pub async fn send(&self, message: &Message, timeout: Duration) -> Delivery {
-        match tokio::time::timeout(timeout, self.exchange(message)).await {
+        match tokio::time::timeout(timeout, self.exchange(message, timeout)).await {
             Ok(Ok(())) => Delivery::Delivered,
             Ok(Err(e)) if e.permanent => Delivery::Permanent(e.message),
             Ok(Err(e)) => Delivery::Retry(e.message),
@@ -78,266 +101,234 @@ impl EmailSender {
         }
     }
 
-    async fn exchange(&self, message: &Message) -> Result<(), SmtpError> {
+    async fn exchange(&self, message: &Message, timeout: Duration) -> Result<(), Failure> {
         let t = &self.target;
+        // Built first: a message lettre refuses is a config problem, not
+        // worth a connection (and not worth a retry).
+        let mail = build(t, message).map_err(Failure::permanent)?;
         let addr = format!("{}:{}", t.host, t.port);
-        let tcp =
-            TcpStream::connect((t.host.trim_start_matches('[').trim_end_matches(']'), t.port))
-                .await
-                .map_err(|e| SmtpError::retry(format!("connect to {addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        // EHLO with our address literal: always valid, no DNS needed.
-        let helo = match tcp.local_addr() {
-            Ok(a) if a.is_ipv6() => format!("[IPv6:{}]", a.ip()),
-            Ok(a) => format!("[{}]", a.ip()),
-            Err(_) => "[127.0.0.1]".to_string(),
-        };
-        let data = render(t, message);
-        match t.security {
-            Security::None => {
-                let mut s = Session::new(tcp);
-                s.expect(220, "banner").await?;
-                s.command(&format!("EHLO {helo}"), 250).await?;
-                s.transaction(t, &data).await
-            }
-            Security::Tls => {
-                let tls = self.handshake(tcp).await?;
-                let mut s = Session::new(tls);
-                s.expect(220, "banner").await?;
-                s.command(&format!("EHLO {helo}"), 250).await?;
-                s.transaction(t, &data).await
-            }
-            Security::Starttls => {
-                let mut s = Session::new(tcp);
-                s.expect(220, "banner").await?;
-                let ehlo = s.command(&format!("EHLO {helo}"), 250).await?;
-                if !has_extension(&ehlo.text, "STARTTLS") {
-                    return Err(SmtpError {
-                        permanent: true,
-                        message: format!("{addr} does not offer STARTTLS"),
-                    });
-                }
-                s.command("STARTTLS", 220).await?;
-                // Anything buffered past the 220 was sent before TLS and
-                // would be read as if protected: refuse (STARTTLS injection).
-                if !s.reader.buffer().is_empty() {
-                    return Err(SmtpError::retry(
-                        "the server sent data after its STARTTLS reply",
-                    ));
-                }
-                let tls = self.handshake(s.reader.into_inner()).await?;
-                let mut s = Session::new(tls);
-                s.command(&format!("EHLO {helo}"), 250).await?;
-                s.transaction(t, &data).await
-            }
-        }
-    }
-
-    async fn handshake(
-        &self,
-        tcp: TcpStream,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SmtpError> {
-        let connector = self.tls.as_ref().expect("TLS connector for a TLS channel");
-        let host = self
-            .target
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let name = rustls_pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| SmtpError::retry(format!("TLS name {host}: {e}")))?;
-        connector
-            .connect(name, tcp)
+        let host = t.host.trim_start_matches('[').trim_end_matches(']');
+        let targets: Vec<SocketAddr> = tokio::net::lookup_host((host, t.port))
             .await
-            .map_err(|e| SmtpError::retry(format!("TLS with {host}: {e}")))
-    }
-}
-
-/// An SMTP dialogue over one stream.
-struct Session<S> {
-    reader: BufReader<S>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    fn new(stream: S) -> Session<S> {
-        Session {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    /// Reads one (possibly multi-line) reply, bounded in line length and count.
-    async fn read_reply(&mut self) -> Result<Reply, SmtpError> {
-        let mut text = Vec::new();
-        for _ in 0..MAX_LINES {
-            let mut line = Vec::new();
-            let n = (&mut self.reader)
-                .take(MAX_LINE as u64)
-                .read_until(b'\n', &mut line)
-                .await
-                .map_err(|e| SmtpError::retry(format!("reading the reply: {e}")))?;
-            if n == 0 {
-                return Err(SmtpError::retry("the server closed the connection"));
+            .map_err(|e| Failure::retry(format!("resolve {addr}: {e}")))?
+            .collect();
+        let implicit = match t.security {
+            Security::Tls => self.tls.clone(),
+            _ => None,
+        };
+        let mut last = Failure::retry(format!("resolve {addr}: no address"));
+        let mut conn = None;
+        for target in targets {
+            // EHLO with our own address literal: always valid, no DNS
+            // needed. Binding that address makes sure it is the one used.
+            let local = local_ip_towards(target);
+            let helo = match local {
+                Some(IpAddr::V4(ip)) => ClientId::Ipv4(ip),
+                Some(IpAddr::V6(ip)) => ClientId::Ipv6(ip),
+                None => ClientId::default(),
+            };
+            match AsyncSmtpConnection::connect_tokio1(
+                target,
+                Some(timeout),
+                &helo,
+                implicit.clone(),
+                local,
+            )
+            .await
+            {
+                Ok(c) => {
+                    conn = Some((c, helo));
+                    break;
+                }
+                Err(e) => {
+                    let step = if implicit.is_some() {
+                        format!("connect to {target} (implicit TLS)")
+                    } else {
+                        format!("connect to {target}")
+                    };
+                    last = Failure::smtp(&step, e);
+                    // A 5xx banner is an answer; trying the next address
+                    // would only ask the same server again.
+                    if last.permanent {
+                        return Err(last);
+                    }
+                }
             }
-            if !line.ends_with(b"\n") {
-                return Err(SmtpError::retry(format!(
-                    "a reply line longer than {MAX_LINE} bytes"
+        }
+        let Some((mut conn, helo)) = conn else {
+            return Err(last);
+        };
+        let result = self.transaction(&mut conn, &helo, &mail).await;
+        match &result {
+            // The message is accepted: a failed QUIT changes nothing.
+            Ok(()) => {
+                let _ = conn.quit().await;
+            }
+            Err(_) => conn.abort().await,
+        }
+        result
+    }
+
+    /// STARTTLS (when asked for), AUTH, MAIL/RCPT/DATA on a connection
+    /// that has read the banner and sent EHLO.
+    async fn transaction(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        helo: &ClientId,
+        mail: &lettre::Message,
+    ) -> Result<(), Failure> {
+        let t = &self.target;
+        if t.security == Security::Starttls {
+            if !conn.can_starttls() {
+                return Err(Failure::permanent(format!(
+                    "{}:{} does not offer STARTTLS",
+                    t.host, t.port
                 )));
             }
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end();
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| SmtpError::retry(format!("not an SMTP reply: {line:?}")))?;
-            text.push(line.get(4..).unwrap_or("").to_string());
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(Reply {
-                    code,
-                    text: text.join("\n"),
-                });
-            }
+            let params = self.tls.clone().expect("TLS parameters for a TLS channel");
+            conn.starttls(params, helo)
+                .await
+                .map_err(|e| Failure::smtp("STARTTLS", e))?;
         }
-        Err(SmtpError::retry(format!(
-            "a reply of more than {MAX_LINES} lines"
-        )))
-    }
-
-    /// Reads a reply and checks its code: 4xx retry, 5xx permanent.
-    async fn expect(&mut self, want: u16, what: &str) -> Result<Reply, SmtpError> {
-        let reply = self.read_reply().await?;
-        if reply.code == want || (want == 250 && reply.code == 251) {
-            return Ok(reply);
+        if let Some(user) = &t.username {
+            let (credentials, offered_by_us) = match (&t.password, &t.oauth2_token) {
+                (_, Some(token)) => (
+                    Credentials::new(user.clone(), token.expose().to_string()),
+                    &[Mechanism::Xoauth2][..],
+                ),
+                (Some(pass), None) => (
+                    Credentials::new(user.clone(), pass.expose().to_string()),
+                    // PLAIN first: one round trip; LOGIN for relays that
+                    // offer only that.
+                    &[Mechanism::Plain, Mechanism::Login][..],
+                ),
+                (None, None) => unreachable!("config requires a password or a token"),
+            };
+            let Some(mechanism) = conn.server_info().get_auth_mechanism(offered_by_us) else {
+                return Err(Failure::permanent(no_common_mechanism(
+                    t,
+                    conn,
+                    offered_by_us,
+                )));
+            };
+            conn.auth(&[mechanism], &credentials).await.map_err(|e| {
+                if e.is_client() && mechanism == Mechanism::Xoauth2 {
+                    // The server answered the token with a challenge: its
+                    // way of saying no (an expired token, a wrong scope).
+                    Failure::permanent("AUTH XOAUTH2: the server refused the token (expired, or not valid for this user or scope)")
+                } else {
+                    Failure::smtp(&format!("AUTH {mechanism}"), e)
+                }
+            })?;
         }
-        let text = reply.text.lines().next().unwrap_or("").to_string();
-        Err(SmtpError {
-            permanent: (500..600).contains(&reply.code),
-            message: format!("{what}: {} {text}", reply.code),
-        })
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), SmtpError> {
-        let w = self.reader.get_mut();
-        w.write_all(bytes)
+        conn.send(mail.envelope(), &mail.formatted())
             .await
-            .map_err(|e| SmtpError::retry(format!("writing: {e}")))?;
-        w.flush()
-            .await
-            .map_err(|e| SmtpError::retry(format!("writing: {e}")))
-    }
-
-    /// Sends one command line; the error names the verb only (AUTH carries a secret).
-    async fn command(&mut self, line: &str, want: u16) -> Result<Reply, SmtpError> {
-        self.write(format!("{line}\r\n").as_bytes()).await?;
-        let verb = line.split(' ').next().unwrap_or(line);
-        self.expect(want, verb).await
-    }
-
-    /// AUTH, MAIL, RCPT, DATA, QUIT.
-    async fn transaction(&mut self, t: &EmailTarget, data: &[u8]) -> Result<(), SmtpError> {
-        if let (Some(user), Some(pass)) = (&t.username, &t.password) {
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("\0{user}\0{}", pass.expose()));
-            self.command(&format!("AUTH PLAIN {token}"), 235).await?;
-        }
-        self.command(&format!("MAIL FROM:<{}>", t.from), 250)
-            .await?;
-        for rcpt in &t.to {
-            self.command(&format!("RCPT TO:<{rcpt}>"), 250).await?;
-        }
-        self.command("DATA", 354).await?;
-        self.write(data).await?;
-        self.expect(250, "end of data").await?;
-        // The message is accepted: a failed QUIT changes nothing.
-        let _ = self.command("QUIT", 221).await;
+            .map_err(|e| Failure::smtp("send (MAIL, RCPT, DATA)", e))?;
         Ok(())
     }
 }
 
-fn has_extension(ehlo: &str, name: &str) -> bool {
-    ehlo.lines().any(|l| {
-        l.split_whitespace()
-            .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case(name))
-    })
+/// Why no AUTH can happen, naming what the server offers and what to set.
+fn no_common_mechanism(t: &EmailTarget, conn: &AsyncSmtpConnection, ours: &[Mechanism]) -> String {
+    let offered: Vec<String> = [Mechanism::Plain, Mechanism::Login, Mechanism::Xoauth2]
+        .into_iter()
+        .filter(|m| conn.server_info().supports_auth_mechanism(*m))
+        .map(|m| m.to_string())
+        .collect();
+    let ours: Vec<String> = ours.iter().map(|m| m.to_string()).collect();
+    let offered = if offered.is_empty() {
+        "no AUTH mechanism mailloop knows (PLAIN, LOGIN, XOAUTH2)".to_string()
+    } else {
+        format!("only AUTH {}", offered.join(" "))
+    };
+    let hint = if t.oauth2_token.is_some() {
+        "use a password instead of oauth2_token"
+    } else {
+        "this server needs oauth2_token (XOAUTH2) instead of a password"
+    };
+    let hint = if conn
+        .server_info()
+        .supports_auth_mechanism(Mechanism::Xoauth2)
+        || t.oauth2_token.is_some()
+    {
+        hint
+    } else {
+        "check smtp_port and security (submission usually offers AUTH only after TLS)"
+    };
+    format!(
+        "AUTH: {}:{} offers {offered}, the channel can use {}: {hint}",
+        t.host,
+        t.port,
+        ours.join(" ")
+    )
 }
 
-/// The message as sent after DATA: headers, a blank line, the body with
-/// CRLF line ends and dot-stuffing, and the terminating `.`.
-fn render(t: &EmailTarget, m: &Message) -> Vec<u8> {
-    let date = chrono::DateTime::from_timestamp_millis(m.date_ms)
-        .unwrap_or_default()
-        .to_rfc2822();
-    let mut out = String::new();
-    out.push_str(&format!("Date: {date}\r\n"));
-    out.push_str(&format!("From: {}\r\n", t.from));
-    out.push_str(&format!("To: {}\r\n", t.to.join(", ")));
-    out.push_str(&format!("Subject: {}\r\n", encode_header(&m.subject)));
-    out.push_str(&format!("Message-ID: {}\r\n", m.message_id));
-    out.push_str("MIME-Version: 1.0\r\n");
-    out.push_str("Content-Type: text/plain; charset=utf-8\r\n");
-    out.push_str("Content-Transfer-Encoding: 8bit\r\n");
-    out.push_str("Auto-Submitted: auto-generated\r\n");
-    out.push_str("\r\n");
-    for line in m.body.lines() {
-        for piece in wrap(line, 900) {
-            if piece.starts_with('.') {
-                out.push('.');
-            }
-            out.push_str(piece);
-            out.push_str("\r\n");
-        }
+/// TLS for this channel: the system roots and the channel's `ca_file`
+/// (lettre's own root bundle is not compiled in), server name = smtp_host.
+fn tls_parameters(t: &EmailTarget) -> Result<TlsParameters, String> {
+    let host = t.host.trim_start_matches('[').trim_end_matches(']');
+    let mut builder =
+        TlsParameters::builder(host.to_string()).certificate_store(CertificateStore::None);
+    for der in super::tls::roots(t.ca_file.as_deref())? {
+        let cert =
+            Certificate::from_der(der.to_vec()).map_err(|e| format!("a trust anchor: {e}"))?;
+        builder = builder.add_root_certificate(cert);
     }
-    out.push_str(".\r\n");
-    out.into_bytes()
+    builder
+        .build_rustls()
+        .map_err(|e| format!("TLS settings for {host}: {e}"))
 }
 
-/// Header text: as is when printable ASCII, else one RFC 2047 base64 word
-/// per chunk (CR and LF never reach a header either way).
-fn encode_header(s: &str) -> String {
-    let s: String = s
+/// The local address the kernel would use to reach `target` (a UDP
+/// `connect` sends nothing).
+fn local_ip_towards(target: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if target.is_ipv6() {
+        "[::]:0".parse().ok()?
+    } else {
+        "0.0.0.0:0".parse().ok()?
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// The message as lettre renders it: From, To, Subject (an RFC 2047
+/// encoded word when not ASCII), Date, Message-ID, MIME-Version,
+/// `text/plain; charset=utf-8` with a transfer encoding that fits the body
+/// (7bit, or quoted-printable/base64 for non-ASCII and long lines), and
+/// `Auto-Submitted: auto-generated` (RFC 3834: no auto-replies to alerts).
+fn build(t: &EmailTarget, m: &Message) -> Result<lettre::Message, String> {
+    let from: Mailbox = t
+        .from
+        .parse()
+        .map_err(|e| format!("from {:?}: {e}", t.from))?;
+    let date = UNIX_EPOCH + Duration::from_millis(m.date_ms.max(0) as u64);
+    // Control characters have no place in a header line.
+    let subject: String = m
+        .subject
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if s.is_ascii() {
-        return s;
-    }
-    let mut words = Vec::new();
-    let mut chunk = String::new();
-    for c in s.chars() {
-        if chunk.len() + c.len_utf8() > 45 {
-            words.push(std::mem::take(&mut chunk));
-        }
-        chunk.push(c);
-    }
-    words.push(chunk);
-    words
-        .iter()
-        .map(|w| {
-            format!(
-                "=?utf-8?b?{}?=",
-                base64::engine::general_purpose::STANDARD.encode(w)
-            )
+    let mut b: MessageBuilder = lettre::Message::builder()
+        .from(from)
+        .subject(subject)
+        .date(if m.date_ms > 0 {
+            date
+        } else {
+            SystemTime::now()
         })
-        .collect::<Vec<_>>()
-        .join("\r\n ")
-}
-
-/// Splits a line longer than `max` bytes (SMTP allows 998) at char boundaries.
-fn wrap(line: &str, max: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = line;
-    while rest.len() > max {
-        let mut cut = max;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        if let Some(space) = rest[..cut].rfind(' ').filter(|&s| s > 0) {
-            cut = space;
-        }
-        out.push(&rest[..cut]);
-        rest = rest[cut..].trim_start_matches(' ');
+        .message_id(Some(m.message_id.clone()))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_string(),
+        ));
+    for to in &t.to {
+        let mbox: Mailbox = to.parse().map_err(|e| format!("to {to:?}: {e}"))?;
+        b = b.to(mbox);
     }
-    out.push(rest);
-    out
+    // A single MIME part (MIME-Version: 1.0), text/plain; charset=utf-8.
+    b.singlepart(SinglePart::plain(m.body.clone()))
+        .map_err(|e| format!("building the message: {e}"))
 }
 
 #[cfg(test)]
@@ -351,30 +342,43 @@ mod tests {
             security: Security::Starttls,
             username: None,
             password: None,
+            oauth2_token: None,
             from: "alerts@example.test".into(),
             to: vec!["a@example.test".into(), "b@example.test".into()],
             ca_file: None,
         }
     }
 
-    #[test]
-    fn data_is_dot_stuffed_with_crlf_and_terminated() {
-        let m = Message {
-            subject: "[mailloop] OUTAGE opened: corp".into(),
-            body: "first\n.leading dot\n..two\nlast".into(),
+    fn render(m: &Message) -> String {
+        String::from_utf8(build(&target(), m).unwrap().formatted()).unwrap()
+    }
+
+    fn message(subject: &str, body: &str) -> Message {
+        Message {
+            subject: subject.into(),
+            body: body.into(),
             message_id: "<x@example.test>".into(),
-            date_ms: 0,
-        };
-        let data = String::from_utf8(render(&target(), &m)).unwrap();
-        assert!(
-            data.contains("\r\n\r\nfirst\r\n..leading dot\r\n...two\r\nlast\r\n.\r\n"),
-            "{data}"
-        );
-        assert!(data.contains("To: a@example.test, b@example.test\r\n"));
-        assert!(
-            data.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n"),
-            "{data}"
-        );
+            date_ms: 86_400_000,
+        }
+    }
+
+    #[test]
+    fn headers_are_the_alert_s_own() {
+        let data = render(&message("[mailloop] OUTAGE opened: corp", "first\nlast"));
+        for needle in [
+            "From: alerts@example.test\r\n",
+            "To: a@example.test, b@example.test\r\n",
+            "Subject: [mailloop] OUTAGE opened: corp\r\n",
+            "Message-ID: <x@example.test>\r\n",
+            "Date: Fri, 02 Jan 1970 00:00:00 +0000\r\n",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: text/plain; charset=utf-8\r\n",
+            "Content-Transfer-Encoding: 7bit\r\n",
+            "Auto-Submitted: auto-generated\r\n",
+            "\r\n\r\nfirst\r\nlast",
+        ] {
+            assert!(data.contains(needle), "{needle:?} missing in\n{data}");
+        }
         assert!(
             !data.replace("\r\n", "").contains('\n'),
             "bare LF in {data:?}"
@@ -382,19 +386,34 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_are_wrapped_below_the_smtp_limit() {
-        let line = "word ".repeat(500);
-        let pieces = wrap(&line, 900);
-        assert!(pieces.len() > 1);
-        assert!(pieces.iter().all(|p| p.len() <= 900));
-        assert_eq!(pieces.join(" ").split_whitespace().count(), 500);
+    fn non_ascii_subject_is_an_encoded_word_and_no_header_can_be_injected() {
+        let data = render(&message(
+            "[mailloop] OUTAGE opened: café\r\nBcc: x@evil.test",
+            "b",
+        ));
+        let subject = data
+            .split("\r\n")
+            .skip_while(|l| !l.starts_with("Subject:"))
+            .take_while(|l| l.starts_with("Subject:") || l.starts_with(' '))
+            .collect::<Vec<_>>()
+            .join("");
+        assert!(subject.contains("=?utf-8?"), "{subject}");
+        assert!(!data.contains("\r\nBcc:"), "{data}");
     }
 
     #[test]
-    fn non_ascii_subjects_are_encoded_words() {
-        let s = encode_header("[mailloop] OUTAGE opened: café\r\nBcc: x");
-        assert!(s.starts_with("=?utf-8?b?"), "{s}");
-        assert!(!s.contains("Bcc: x\r\n"));
-        assert_eq!(encode_header("plain"), "plain");
+    fn non_ascii_and_long_lines_get_a_transfer_encoding() {
+        let long = "word ".repeat(400);
+        let data = render(&message("s", &format!("Zürich\n{long}")));
+        assert!(
+            data.contains("Content-Transfer-Encoding: quoted-printable")
+                || data.contains("Content-Transfer-Encoding: base64"),
+            "{data}"
+        );
+        assert!(data.is_ascii(), "8-bit bytes sent: {data}");
+        assert!(
+            data.split("\r\n").all(|l| l.len() <= 998),
+            "a line over SMTP's limit"
+        );
     }
 }
