@@ -2,7 +2,8 @@
 # up.sh - bring up the mailloop test/demo mail stack (no systemd needed).
 #
 #   Postfix   MX (receiver.test), MX-hop, greylisted MX, submission (STARTTLS
-#             + AUTH), submissions (implicit TLS + AUTH), DKIM signing
+#             + AUTH), submissions (implicit TLS + AUTH), a submission that
+#             offers only AUTH LOGIN, DKIM signing
 #   Dovecot   IMAP (STARTTLS), IMAPS, LMTP delivery, SASL for Postfix
 #   OpenDKIM  sign (submission) / verify (MX), OpenDMARC, policyd-spf
 #   postgrey  greylisting, dnsmasq the fake .test zone, a syslog sink
@@ -16,7 +17,7 @@
 #   MAILSTACK_STATE       state dir (default /var/lib/mailloop-mailstack)
 #   MAILSTACK_PORT_SUBMISSION MAILSTACK_PORT_SUBMISSIONS MAILSTACK_PORT_MX
 #   MAILSTACK_PORT_MXHOP MAILSTACK_PORT_GREY MAILSTACK_PORT_IMAP
-#   MAILSTACK_PORT_IMAPS MAILSTACK_PORT_POSTGREY
+#   MAILSTACK_PORT_IMAPS MAILSTACK_PORT_POSTGREY MAILSTACK_PORT_SUBMISSION_LOGIN
 #                         TCP ports on 127.0.0.1; unset = free port picked at
 #                         first start and kept in $MAILSTACK_STATE/ports.env
 #   MAILSTACK_DNS         loopback address for dnsmasq (default 127.53.53.53)
@@ -124,9 +125,10 @@ done
 # fresh free port. Fresh ports are drawn at random below the kernel's
 # ephemeral range, so they never collide with outgoing connections.
 # ---------------------------------------------------------------------------
-PORT_NAMES=(SUBMISSION SUBMISSIONS MX MXHOP GREY IMAP IMAPS POSTGREY)
+PORT_NAMES=(SUBMISSION SUBMISSIONS MX MXHOP GREY IMAP IMAPS POSTGREY SUBMISSION_LOGIN)
 declare -A PORT_OWNER=([SUBMISSION]=postfix [SUBMISSIONS]=postfix [MX]=postfix
-  [MXHOP]=postfix [GREY]=postfix [IMAP]=dovecot [IMAPS]=dovecot [POSTGREY]=postgrey)
+  [MXHOP]=postfix [GREY]=postfix [IMAP]=dovecot [IMAPS]=dovecot [POSTGREY]=postgrey
+  [SUBMISSION_LOGIN]=postfix)
 declare -A STORED=()
 if [[ -r $S/ports.env ]]; then
   while IFS='=' read -r k v; do
@@ -252,10 +254,11 @@ P_GREY=${P[MAILSTACK_PORT_GREY]}
 P_IMAP=${P[MAILSTACK_PORT_IMAP]}
 P_IMAPS=${P[MAILSTACK_PORT_IMAPS]}
 P_PG=${P[MAILSTACK_PORT_POSTGREY]}
+P_SUBL=${P[MAILSTACK_PORT_SUBMISSION_LOGIN]}
 DNS=${P[MAILSTACK_DNS]}
 # All ports must differ from each other.
 declare -A seen_port=()
-for p in "$P_SUB" "$P_SUBS" "$P_MX" "$P_HOP" "$P_GREY" "$P_IMAP" "$P_IMAPS" "$P_PG"; do
+for p in "$P_SUB" "$P_SUBS" "$P_MX" "$P_HOP" "$P_GREY" "$P_IMAP" "$P_IMAPS" "$P_PG" "$P_SUBL"; do
   [[ -z ${seen_port[$p]-} ]] || die "port $p is used twice (check the MAILSTACK_PORT_* variables)"
   seen_port[$p]=1
 done
@@ -843,6 +846,10 @@ $HOST:$P_SUB     inet  n       -       n       -       -       smtpd
 $HOST:$P_SUBS    inet  n       -       n       -       -       smtpd
   -o syslog_name=postfix/submissions
   -o smtpd_tls_wrappermode=yes$SUBMIT_OPTS
+# Like submission, but EHLO offers AUTH LOGIN only (a relay that knows no PLAIN).
+$HOST:$P_SUBL    inet  n       -       n       -       -       smtpd
+  -o syslog_name=postfix/submission-login$SUBMIT_OPTS
+  -o smtpd_sasl_mechanism_filter=login
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -1065,6 +1072,7 @@ MAILSTACK_PORT_GREY=$P_GREY
 MAILSTACK_PORT_IMAP=$P_IMAP
 MAILSTACK_PORT_IMAPS=$P_IMAPS
 MAILSTACK_PORT_POSTGREY=$P_PG
+MAILSTACK_PORT_SUBMISSION_LOGIN=$P_SUBL
 MAILSTACK_CA_FILE=$CA_FILE
 MAILSTACK_SMTP_USER=$SMTP_USER
 MAILSTACK_SMTP_PASS=$SMTP_PASS
@@ -1090,6 +1098,7 @@ cat <<EOF
 up.sh: mail stack up in $(elapsed) ($what)
   submission   $HOST:$P_SUB  (STARTTLS + AUTH, user $SMTP_USER / $SMTP_PASS)
   submissions  $HOST:$P_SUBS  (implicit TLS + AUTH)
+  submission   $HOST:$P_SUBL  (as above, AUTH LOGIN only)
   MX           $HOST:$P_MX  (receiver.test, no auth)   MX-hop $HOST:$P_HOP
   greylist MX  $HOST:$P_GREY  (451 for ${GREY_DELAY}s per new triplet; postgrey $HOST:$P_PG)
   IMAP         $HOST:$P_IMAP (STARTTLS)   IMAPS $HOST:$P_IMAPS   password $IMAP_PASS

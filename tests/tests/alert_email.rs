@@ -268,6 +268,60 @@ async fn email_alert_is_delivered_over_implicit_tls() {
     delivers("MAILSTACK_PORT_SUBMISSIONS", "tls").await;
 }
 
+/// The SASL mechanism Postfix logged for the submission of `msg` (found
+/// through its Message-ID: cleanup logs it with the queue id, smtpd logs
+/// `sasl_method=` with the same queue id).
+async fn sasl_method_of(msg: &str) -> String {
+    let id = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .unwrap_or_else(|| panic!("no Message-ID in\n{msg}"))
+        .trim()
+        .to_string();
+    let log_path = Stack::get().var("MAILSTACK_POSTFIX_LOG").to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let queue_ids: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("message-id={id}")))
+            .filter_map(|l| l.split(": ").nth(1))
+            .collect();
+        let method = log.lines().find_map(|l| {
+            let (_, rest) = l.split_once("]: ")?;
+            let (qid, rest) = rest.split_once(": client=")?;
+            if !queue_ids.contains(&qid) {
+                return None;
+            }
+            let m = rest.split("sasl_method=").nth(1)?;
+            Some(m.split(',').next()?.trim().to_string())
+        });
+        if let Some(m) = method {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sasl_method for {id} in {log_path} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn email_alert_uses_auth_login_where_the_relay_offers_only_login() {
+    // This submission service's EHLO says `AUTH LOGIN`. Postfix would still
+    // take a blind AUTH PLAIN, so the log, not the delivery, shows that the
+    // mechanism was picked from what the server offered.
+    let msg = delivers("MAILSTACK_PORT_SUBMISSION_LOGIN", "starttls").await;
+    assert_eq!(sasl_method_of(&msg).await, "LOGIN");
+}
+
+#[tokio::test]
+async fn email_alert_prefers_plain_where_the_relay_offers_both() {
+    let msg = delivers("MAILSTACK_PORT_SUBMISSIONS", "tls").await;
+    assert_eq!(sasl_method_of(&msg).await, "PLAIN");
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_permanent_and_shown_in_status() {
     let s = Stack::get();
