@@ -1090,11 +1090,74 @@ mod tests {
         assert_eq!(again, c.checks[0]);
     }
 
+    /// What config keeps of an agent token is its SHA-256 (lowercase hex,
+    /// from `token_file` or given as `token_sha256` in any case), never the
+    /// token; the hub then lets in exactly that token: not a wrong one, not
+    /// one differing in case or by whitespace, and not the stored hash
+    /// presented as if it were the token.
     #[test]
-    fn tokens_are_stored_as_sha256() {
-        assert_eq!(
-            token_sha256("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    fn agent_tokens_are_kept_only_as_their_hash_and_only_the_token_opens() {
+        use crate::hub::{AuthError, Hub};
+        use crate::storage::{Source, StoredAgent};
+        let eu_token = "agent-eu-1-token-0123456789";
+        let us_token = "agent-us-1-token-9876543210";
+        // `sha256sum` of each token, computed outside this code.
+        let eu_hash = "e93589f0f274320fadbdaeb1f0ec44ba0bcabba76d68ca49297535df2bdc93d6";
+        let us_hash_upper = "9D414FF9DE82CE2DEBADC07C63BD1BBCD1D2C8C1B78B6B692E07C1D8F8AEC03A";
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("eu-1.token");
+        std::fs::write(&token_file, format!("{eu_token}\n")).unwrap();
+        let mut v = good();
+        v["agent"] = json!([
+            {"name": "eu-1", "region": "eu-west", "token_file": token_file.to_str().unwrap()},
+            {"name": "us-1", "region": "us-east", "token_sha256": us_hash_upper},
+        ]);
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(c.agents[0].token_sha256, eu_hash);
+        assert_eq!(c.agents[1].token_sha256, us_hash_upper.to_ascii_lowercase());
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains(eu_token),
+            "the token itself is kept: {debug}"
         );
+
+        let stored = c
+            .agents
+            .iter()
+            .map(|a| StoredAgent {
+                name: a.name.clone(),
+                region: a.region.clone(),
+                token_sha256: a.token_sha256.clone(),
+                source: Source::Config,
+                revoked: false,
+                version: None,
+                last_seen_ms: None,
+                connected: false,
+                created_at_ms: 0,
+            })
+            .collect();
+        let hub = Hub::new(vec![], stored);
+        let who = hub.authenticate(Some(eu_token)).unwrap();
+        assert_eq!(
+            (who.name.as_str(), who.region.as_str()),
+            ("eu-1", "eu-west")
+        );
+        assert_eq!(hub.authenticate(Some(us_token)).unwrap().name, "us-1");
+        for wrong in [
+            "agent-eu-1-token-0123456788",
+            "AGENT-EU-1-TOKEN-0123456789",
+            "agent-eu-1-token-0123456789\n",
+            eu_hash,
+        ] {
+            assert!(
+                matches!(hub.authenticate(Some(wrong)), Err(AuthError::Unknown)),
+                "{wrong:?} let in"
+            );
+        }
+        assert!(matches!(hub.authenticate(None), Err(AuthError::Missing)));
+        assert!(matches!(
+            hub.authenticate(Some("")),
+            Err(AuthError::Missing)
+        ));
     }
 }

@@ -277,7 +277,7 @@ impl CheckTask {
         let rounds = Rounds::new(a.interval_ms, a.phase_ms);
         let mut round = rounds.first_at_or_after(now_ms());
         loop {
-            let start = rounds.start_ms(round) + random_below(rounds.max_jitter_ms() + 1) as i64;
+            let start = rounds.jittered_start_ms(round);
             let wait = Duration::from_millis((start - now_ms()).max(0) as u64);
             tokio::select! {
                 _ = &mut stopped => return,
@@ -420,6 +420,13 @@ impl Rounds {
     pub fn max_jitter_ms(&self) -> u64 {
         (self.interval_ms / 20).min(1000)
     }
+
+    /// When round `round` actually starts: its moment plus a uniformly
+    /// random jitter of up to [`Rounds::max_jitter_ms`], so checks of the
+    /// same interval do not all fire in the same millisecond.
+    pub fn jittered_start_ms(&self, round: u64) -> i64 {
+        self.start_ms(round) + random_below(self.max_jitter_ms() + 1) as i64
+    }
 }
 
 /// A uniformly random number in `0..n` (0 when n is 0).
@@ -530,13 +537,44 @@ mod tests {
     }
 
     #[test]
-    fn jitter_is_small() {
+    fn jitter_is_a_twentieth_of_the_interval_at_most_a_second() {
         assert_eq!(Rounds::new(1000, 0).max_jitter_ms(), 50);
         assert_eq!(Rounds::new(300_000, 0).max_jitter_ms(), 1000);
-        for _ in 0..100 {
-            assert!(random_below(51) <= 50);
+    }
+
+    /// Every run starts inside its round's jitter window, and the starts
+    /// spread over the whole window (no constant offset, no clumping): a
+    /// missing or broken jitter fails one of the two. The bucket floor is
+    /// half the expected count, more than 7 standard deviations away.
+    #[test]
+    fn runs_start_within_the_jitter_window_and_spread_over_it() {
+        let r = Rounds::new(60_000, 15_000);
+        let max = r.max_jitter_ms() as i64;
+        assert_eq!(max, 1000);
+        let draws = 2000;
+        let mut buckets = [0u32; 10];
+        for _ in 0..draws {
+            let offset = r.jittered_start_ms(7) - r.start_ms(7);
+            assert!((0..=max).contains(&offset), "offset {offset} outside 0..={max}");
+            buckets[(offset.min(max - 1) * 10 / max) as usize] += 1;
         }
+        let floor = draws / buckets.len() as u32 / 2;
+        assert!(buckets.iter().all(|&b| b >= floor), "uneven jitter: {buckets:?}");
+    }
+
+    /// `random_below(n)` stays in `0..n` and reaches every value of it.
+    #[test]
+    fn random_below_covers_exactly_its_range() {
         assert_eq!(random_below(0), 0);
+        assert_eq!(random_below(1), 0);
+        let mut seen = [false; 51];
+        for _ in 0..5000 {
+            let v = random_below(51);
+            assert!(v < 51, "{v} out of 0..51");
+            seen[v as usize] = true;
+        }
+        let missing: Vec<usize> = (0..51).filter(|&i| !seen[i]).collect();
+        assert!(missing.is_empty(), "never drawn in 5000 tries: {missing:?}");
     }
 
     #[test]
