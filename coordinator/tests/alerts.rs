@@ -1066,3 +1066,82 @@ fn email_takes_a_password_or_an_oauth2_token_never_both() {
     }
     assert!(!format!("{chs:?}").contains("ya29"), "token in Debug");
 }
+
+/// A man in the middle appends a reply to the server's `220` to STARTTLS
+/// (the "250" the client would read as its EHLO reply once TLS is up). The
+/// email channel must not read it: the extra bytes break the handshake, the
+/// attempt fails at STARTTLS, and nothing is sent under TLS.
+#[tokio::test]
+async fn email_refuses_replies_injected_before_starttls() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (acceptor, ca) = tls_acceptor();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, seen) = (acceptor.clone(), seen_tx.clone());
+            tokio::spawn(async move {
+                let mut r = BufReader::new(tcp);
+                r.get_mut().write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.trim_end().to_ascii_uppercase();
+                    let _ = seen.send(format!("plain: {cmd}"));
+                    if cmd.starts_with("EHLO") {
+                        r.get_mut()
+                            .write_all(b"250-fake\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n")
+                            .await
+                            .unwrap();
+                    } else if cmd == "STARTTLS" {
+                        // The injected reply rides in the same segment.
+                        r.get_mut()
+                            .write_all(b"220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n")
+                            .await
+                            .unwrap();
+                        break;
+                    }
+                }
+                let Ok(tls) = acceptor.accept(r.into_inner()).await else {
+                    let _ = seen.send("handshake failed".into());
+                    return;
+                };
+                let mut r = BufReader::new(tls);
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let _ = seen.send(format!("tls: {}", line.trim_end()));
+                    r.get_mut().write_all(b"250 ok\r\n").await.unwrap();
+                }
+            });
+        }
+    });
+    let mut table = json!({"name": "mail", "type": "email", "smtp_host": "127.0.0.1",
+        "smtp_port": port, "security": "starttls", "username": "u", "password": "secret-pw",
+        "from": "a@b.test", "to": ["c@d.test"], "ca_file": ca.path().to_str().unwrap(),
+        "retries": 0});
+    table["timeout"] = json!("10s");
+    let (_trigger, shutdown) = shutdown::channel();
+    let alerts = Alerts::start(vec![channel(table)], shutdown);
+    alerts.notify(outage(AlertEventKind::Opened));
+    let st = status_until(&alerts, "mail", |s| s["failed"] == 1).await;
+    let err = st["last_error"].as_str().unwrap();
+    assert!(err.contains(": STARTTLS: "), "{err}");
+    assert_eq!(st["delivered"], 0, "{st}");
+    let mut seen = Vec::new();
+    while let Ok(l) = seen_rx.try_recv() {
+        seen.push(l);
+    }
+    assert!(
+        seen.iter().all(|l| !l.starts_with("tls:")),
+        "commands sent under TLS: {seen:?}"
+    );
+    assert!(!format!("{seen:?}{err}").contains("secret-pw"));
+}

@@ -17,12 +17,16 @@ use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MessageBuilder, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
 };
 use lettre::transport::smtp::extension::ClientId;
 use mailloop_common::config::Security;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// A message ready to send: headers and body already rendered.
 pub struct Message {
@@ -44,6 +48,9 @@ pub struct EmailSender {
 struct Failure {
     permanent: bool,
     message: String,
+    /// The connection must not be written to any more: lettre leaves it
+    /// without a stream after a failed TLS upgrade, and a QUIT would panic.
+    unusable: bool,
 }
 
 impl Failure {
@@ -51,6 +58,7 @@ impl Failure {
         Failure {
             permanent: false,
             message: message.into(),
+            unusable: false,
         }
     }
 
@@ -58,6 +66,7 @@ impl Failure {
         Failure {
             permanent: true,
             message: message.into(),
+            unusable: false,
         }
     }
 
@@ -78,6 +87,7 @@ impl Failure {
         Failure {
             permanent: e.is_permanent() || e.is_client(),
             message,
+            unusable: false,
         }
     }
 }
@@ -112,41 +122,16 @@ impl EmailSender {
             .await
             .map_err(|e| Failure::retry(format!("resolve {addr}: {e}")))?
             .collect();
-        let implicit = match t.security {
-            Security::Tls => self.tls.clone(),
-            _ => None,
-        };
         let mut last = Failure::retry(format!("resolve {addr}: no address"));
         let mut conn = None;
         for target in targets {
-            // EHLO with our own address literal: always valid, no DNS
-            // needed. Binding that address makes sure it is the one used.
-            let local = local_ip_towards(target);
-            let helo = match local {
-                Some(IpAddr::V4(ip)) => ClientId::Ipv4(ip),
-                Some(IpAddr::V6(ip)) => ClientId::Ipv6(ip),
-                None => ClientId::default(),
-            };
-            match AsyncSmtpConnection::connect_tokio1(
-                target,
-                Some(timeout),
-                &helo,
-                implicit.clone(),
-                local,
-            )
-            .await
-            {
+            match self.connect(target, timeout).await {
                 Ok(c) => {
-                    conn = Some((c, helo));
+                    conn = Some(c);
                     break;
                 }
                 Err(e) => {
-                    let step = if implicit.is_some() {
-                        format!("connect to {target} (implicit TLS)")
-                    } else {
-                        format!("connect to {target}")
-                    };
-                    last = Failure::smtp(&step, e);
+                    last = e;
                     // A 5xx banner is an answer; trying the next address
                     // would only ask the same server again.
                     if last.permanent {
@@ -164,9 +149,46 @@ impl EmailSender {
             Ok(()) => {
                 let _ = conn.quit().await;
             }
-            Err(_) => conn.abort().await,
+            Err(e) if !e.unusable => conn.abort().await,
+            Err(_) => {}
         }
         result
+    }
+
+    /// Connects to one address and reads the banner and the EHLO reply;
+    /// for implicit TLS after the handshake.
+    async fn connect(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(AsyncSmtpConnection, ClientId), Failure> {
+        if self.target.security == Security::Tls {
+            // EHLO with our own address literal (always valid, no DNS):
+            // the address the kernel picks towards the server, bound so
+            // that it is the one used.
+            let local = local_ip_towards(target);
+            let helo = client_id(local);
+            let step = format!("connect to {target} (implicit TLS)");
+            return AsyncSmtpConnection::connect_tokio1(
+                target,
+                Some(timeout),
+                &helo,
+                self.tls.clone(),
+                local,
+            )
+            .await
+            .map(|c| (c, helo))
+            .map_err(|e| Failure::smtp(&step, e));
+        }
+        let tcp = TcpStream::connect(target)
+            .await
+            .map_err(|e| Failure::retry(format!("connect to {target}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let helo = client_id(tcp.local_addr().ok().map(|a| a.ip()));
+        AsyncSmtpConnection::connect_with_transport(Box::new(LineReads::new(tcp)), &helo)
+            .await
+            .map(|c| (c, helo))
+            .map_err(|e| Failure::smtp(&format!("banner and EHLO of {target}"), e))
     }
 
     /// STARTTLS (when asked for), AUTH, MAIL/RCPT/DATA on a connection
@@ -186,9 +208,10 @@ impl EmailSender {
                 )));
             }
             let params = self.tls.clone().expect("TLS parameters for a TLS channel");
-            conn.starttls(params, helo)
-                .await
-                .map_err(|e| Failure::smtp("STARTTLS", e))?;
+            conn.starttls(params, helo).await.map_err(|e| Failure {
+                unusable: true,
+                ..Failure::smtp("STARTTLS", e)
+            })?;
         }
         if let Some(user) = &t.username {
             let (credentials, offered_by_us) = match (&t.password, &t.oauth2_token) {
@@ -290,6 +313,94 @@ fn local_ip_towards(target: SocketAddr) -> Option<IpAddr> {
     let socket = std::net::UdpSocket::bind(bind).ok()?;
     socket.connect(target).ok()?;
     Some(socket.local_addr().ok()?.ip())
+}
+
+/// EHLO's argument: our address as a literal (`[192.0.2.1]`,
+/// `[IPv6:2001:db8::1]`), or lettre's default when it is unknown.
+fn client_id(local: Option<IpAddr>) -> ClientId {
+    match local {
+        Some(IpAddr::V4(ip)) => ClientId::Ipv4(ip),
+        Some(IpAddr::V6(ip)) => ClientId::Ipv6(ip),
+        None => ClientId::default(),
+    }
+}
+
+/// The plaintext TCP stream under lettre, handing out at most one line per
+/// read. lettre reads replies through a `BufReader` that it keeps across
+/// STARTTLS; with this below it, nothing past the end of the `220` to
+/// STARTTLS is ever in that buffer. Bytes a man in the middle appends to
+/// the `220` stay here, reach rustls as the first "TLS" bytes and fail the
+/// handshake, instead of being read as the server's replies once TLS is up
+/// (response injection; RFC 3207 section 6). Short reads are fine for TLS.
+#[derive(Debug)]
+struct LineReads {
+    inner: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl LineReads {
+    fn new(inner: TcpStream) -> LineReads {
+        LineReads {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl AsyncRead for LineReads {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos == this.buf.len() {
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            this.buf.clear();
+            this.buf.extend_from_slice(rb.filled());
+            this.pos = 0;
+            if this.buf.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        let rest = &this.buf[this.pos..];
+        let line = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let n = line.min(out.remaining());
+        out.put_slice(&rest[..n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for LineReads {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for LineReads {
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
 }
 
 /// The message as lettre renders it: From, To, Subject (an RFC 2047
