@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 const REGIONS: [&str; 2] = ["eu-west", "us-east"];
 /// Long enough for a few 2 s rounds and an agent's reconnect backoff.
 const DEADLINE: Duration = Duration::from_secs(45);
+/// The bound on anything a loaded machine can only delay (a probe's start
+/// after its round's moment, a kill noticed): generous, the measured value
+/// is printed. How fast these are is `make bench`'s business, not a test's.
+const SLACK_MS: i64 = 20_000;
 
 fn region_of(agent: &str) -> &'static str {
     AGENTS.iter().find(|(n, _)| *n == agent).map(|(_, r)| *r).expect("a cluster agent")
@@ -230,24 +234,45 @@ fn checks_changed_and_deleted_with_mailloopctl_are_followed() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("updated (revision 2)"), "{out}");
     let changed_ms = now_ms();
+    // When each agent took the change (its own log says so), seen from here.
+    let mut reached_ms = vec![None; c.agents.len()];
     let runs = wait_until(DEADLINE, "three revision-2 runs in each agent", || {
+        for (a, reached) in c.agents.iter().zip(reached_ms.iter_mut()) {
+            if reached.is_none() && a.log().contains(&format!("assignment changed: check {id} revision 1 -> 2")) {
+                *reached = Some(now_ms());
+            }
+        }
         let l = logs(&c, &id);
         l.iter().all(|l| l.iter().filter(|r| r.revision == 2).count() >= 3).then_some(l)
     });
-    for (agent, log) in c.agents.iter().zip(&runs) {
+    let (interval_ms, phase_ms) = schedule_of(&c, &id);
+    assert_eq!(interval_ms, 3000, "revision 2's interval");
+    for ((agent, log), reached_ms) in c.agents.iter().zip(&runs).zip(&reached_ms) {
+        let reached_ms = reached_ms.unwrap_or_else(|| panic!("{}: no 'assignment changed' in its log", agent.name));
         let rev2: Vec<&ProbeRun> = log.iter().filter(|r| r.revision == 2).collect();
-        // The first revision-2 run starts within a second and an interval of the change.
-        assert!(rev2[0].started_ms - changed_ms < 4500, "{}: first revision-2 run {} ms after the change", agent.name, rev2[0].started_ms - changed_ms);
-        // No revision-1 run started after the change reached it.
+        eprintln!(
+            "{}: change seen in its log {} ms after apply; first revision-2 run {} ms after apply",
+            agent.name,
+            reached_ms - changed_ms,
+            rev2[0].started_ms - changed_ms
+        );
+        // Revision 1 stops where revision 2 begins: no revision-1 run
+        // starts after the agent's first revision-2 run, nor after the
+        // change was in its log.
         for r in log.iter().filter(|r| r.revision == 1) {
-            assert!(r.started_ms < changed_ms + 1000, "{}: revision-1 run {r:?} after the change", agent.name);
+            assert!(r.started_ms < rev2[0].started_ms, "{}: revision-1 run {r:?} after the first revision-2 run", agent.name);
+            assert!(r.started_ms < reached_ms, "{}: revision-1 run {r:?} after the change was in its log", agent.name);
         }
-        // Runs are whole 3 s intervals apart (jitter is at most 150 ms; a
-        // probe that overruns its interval skips rounds), at least once
-        // exactly one interval.
-        let gaps: Vec<i64> = rev2.windows(2).map(|w| w[1].started_ms - w[0].started_ms).collect();
-        assert!(gaps.iter().all(|g| *g >= 2600 && (g + 400) % 3000 <= 800), "{}: revision-2 runs {gaps:?} ms apart", agent.name);
-        assert!(gaps.iter().any(|g| *g < 3400), "{}: revision-2 runs {gaps:?} ms apart", agent.name);
+        // Revision-2 runs are on the 3 s rounds: each starts at or after its
+        // round's moment (never early, whatever the load), each round once;
+        // a probe that overruns its interval skips rounds, but on this stack
+        // at least two of three rounds follow each other.
+        let late: Vec<i64> = rev2.iter().map(|r| r.started_ms - (r.round as i64 * interval_ms + phase_ms)).collect();
+        eprintln!("{}: revision-2 runs started {late:?} ms after their rounds' moments", agent.name);
+        assert!(late.iter().all(|l| (0..SLACK_MS).contains(l)), "{}: revision-2 runs {late:?} ms after their moments", agent.name);
+        let rounds: Vec<u64> = rev2.iter().map(|r| r.round).collect();
+        assert!(rounds.windows(2).all(|w| w[1] > w[0]), "{}: revision-2 rounds {rounds:?}", agent.name);
+        assert!(rounds.windows(2).any(|w| w[1] == w[0] + 1), "{}: revision-2 rounds {rounds:?}", agent.name);
     }
     wait_until(DEADLINE, "revision-2 results stored in both regions", || {
         let stored = c.coordinator.results(&id);
@@ -258,18 +283,25 @@ fn checks_changed_and_deleted_with_mailloopctl_are_followed() {
     let (code, out, err) = c.coordinator.ctl(&["checks", "delete", &id]);
     assert_eq!(code, 0, "{out}{err}");
     let deleted_ms = now_ms();
-    wait_until(Duration::from_secs(5), "no check assigned to any agent", || {
+    wait_until(DEADLINE, "no check assigned to any agent", || {
         let agents = c.coordinator.get_ok("/api/v1/agents");
         agents["agents"].as_array()?.iter().all(|a| a["assigned_checks"] == 0).then_some(())
     });
-    // Watch for two intervals (an observation window, not a synchronisation).
+    // Each agent's log says when it dropped the check: no probe starts after.
+    let removed = format!("assignment removed: check {id}");
+    wait_until(DEADLINE, "every agent to log the removal", || c.agents.iter().all(|a| a.log().contains(&removed)).then_some(()));
+    let noticed_ms = now_ms();
+    eprintln!("delete: every agent had logged it {} ms after mailloopctl returned", noticed_ms - deleted_ms);
+    // Watch for two intervals (an observation window, not a synchronisation:
+    // a probe started in it fails the test, a quiet window proves nothing
+    // more than the log line already does).
     let watch_until = Instant::now() + Duration::from_secs(6);
     let mut newest = None;
     while Instant::now() < watch_until {
         let stored = c.coordinator.results(&id);
         newest = stored.iter().filter_map(|r| r["round"].as_u64()).max();
         for run in c.probe_log(&id) {
-            assert!(run.started_ms < deleted_ms + 1000, "a probe of the deleted check started {} ms after the delete: {run:?}", run.started_ms - deleted_ms);
+            assert!(run.started_ms < noticed_ms, "a probe of the deleted check started {} ms after every agent had dropped it: {run:?}", run.started_ms - noticed_ms);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -353,8 +385,10 @@ fn mailloopctl_probe_runs_now_in_both_regions_and_the_rounds_go_on() {
     for r in stored.iter().filter(|r| r["round"] != 0) {
         let k = r["round"].as_i64().unwrap();
         let late = started[r["probe_id"].as_str().unwrap()] - (k * interval_ms + phase_ms);
-        // Jitter is at most interval/20 (150 ms); allow for a loaded machine.
-        assert!((0..1000).contains(&late), "round {k} started {late} ms after its moment: {r:#}");
+        // Never early (a run that moved the rounds would make some early);
+        // how late is up to the machine's load: printed, generously bounded.
+        eprintln!("round {k} in {} started {late} ms after its moment", r["region"]);
+        assert!((0..SLACK_MS).contains(&late), "round {k} started {late} ms after its moment: {r:#}");
         assert!(r["request_id"].is_null(), "{r:#}");
     }
     assert_eq!(stored.iter().filter(|r| r["round"] == 0).count(), 2, "exactly the run's two probes are round 0");
@@ -450,15 +484,17 @@ fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent() {
     let i = c.agents.iter().position(|a| a.name == owner).unwrap();
     c.agents[i].kill9();
     let killed_ms = now_ms();
-    wait_until(Duration::from_secs(10), "the check moved to the other agent", || {
+    wait_until(DEADLINE, "the check moved to the other agent", || {
         let spec = c.coordinator.get_ok(&format!("/api/v1/checks/{id}"));
         (spec["assigned"]["eu-west"] == other).then_some(())
     });
     let noticed_ms = now_ms() - killed_ms;
-    assert!(noticed_ms < interval_ms, "the coordinator took {noticed_ms} ms to notice a killed agent");
+    // A kill -9 closes the agent's stream at once; how soon the coordinator
+    // acts on it depends on the load: printed below, generously bounded.
+    assert!(noticed_ms < SLACK_MS, "the coordinator took {noticed_ms} ms to notice a killed agent");
 
-    // The first round that starts after the kill and has a report is at
-    // most two intervals later, and it is the other agent's.
+    // The first round that starts after the kill and has a report is the
+    // other agent's, soon after the move (generously bounded: printed).
     let first_round_after = ((killed_ms - phase_ms) as f64 / interval_ms as f64).ceil() as u64;
     let first = wait_until(DEADLINE, "a stored round after the kill", || {
         c.coordinator.results(&id).into_iter().filter(|r| r["round"].as_u64().is_some_and(|k| k >= first_round_after)).min_by_key(|r| r["round"].as_u64())
@@ -466,7 +502,11 @@ fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent() {
     let k = first["round"].as_u64().unwrap();
     eprintln!("killed {owner}: the coordinator moved the check in {noticed_ms} ms; first round reported after the kill: {k} (round {first_round_after} was the first to start after it), by {}", first["agent"]);
     assert_eq!(first["agent"], other, "{first:#}");
-    assert!(k <= first_round_after + 1, "the first round reported after the kill is {k}, the kill was before round {first_round_after}");
+    let moved_round = ((killed_ms + noticed_ms - phase_ms) as f64 / interval_ms as f64).ceil() as u64;
+    assert!(
+        (k as i64 - moved_round as i64) * interval_ms < SLACK_MS,
+        "the first round reported after the kill is {k}, the check moved before round {moved_round}"
+    );
     assert_eq!(first["outcome"], "ok", "{first:#}");
     // One report per round in the region, before and after the move.
     let stored = c.coordinator.results(&id);
