@@ -10,13 +10,15 @@ export MAILSTACK_STATE ?= /var/lib/mailloop-mailstack
 STACK_ENV := $(MAILSTACK_STATE)/stack.env
 DEMO_CONFIG := target/demo/mailloop.toml
 
-.PHONY: help deps toolchain build release demo demo-stop test bench mailstack-up mailstack-down mailstack-purge clean
+.PHONY: help deps toolchain build release demo demo-stop test deny bench mailstack-up mailstack-down mailstack-purge clean
 
 help:
 	@echo "make demo            bring up the local mail stack, build, run one probe per check (table),"
 	@echo "                     then leave a coordinator and two agents (two regions) probing it"
 	@echo "make demo-stop       stop the demo's coordinator and agents"
-	@echo "make test            install deps, bring the stack up, run every test, bring it down"
+	@echo "make test            install deps, bring the stack up, run every test, bring it down;"
+	@echo "                     then cargo deny (licences, bans, sources; advisories when reachable)"
+	@echo "make deny            only the cargo deny step (installs cargo-deny when missing)"
 	@echo "make bench           mailloop vs. check_email_delivery on the same stack"
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
@@ -61,13 +63,19 @@ demo-stop:
 	@bash scripts/demo-cluster.sh stop
 
 # Every test: unit tests, then the integration tests against the real stack.
-# The stack comes down afterwards whether the tests passed or not.
+# The stack comes down afterwards whether the tests passed or not. Then the
+# supply-chain check (deny.toml), which also runs when a test failed.
 test: deps build
 	@bash $(MAILSTACK)/up.sh
 	@status=0; \
 	  $(CARGO) test --workspace --no-fail-fast || status=$$?; \
 	  bash $(MAILSTACK)/down.sh || true; \
+	  CARGO=$(CARGO) bash scripts/deny.sh || status=$$?; \
 	  exit $$status
+
+# cargo deny against deny.toml (installs cargo-deny from crates.io when missing).
+deny: toolchain
+	@CARGO=$(CARGO) bash scripts/deny.sh
 
 bench: mailstack-up release
 	@bash scripts/bench.sh $(STACK_ENV)
