@@ -1145,3 +1145,76 @@ async fn email_refuses_replies_injected_before_starttls() {
     );
     assert!(!format!("{seen:?}{err}").contains("secret-pw"));
 }
+
+/// A relay that offers XOAUTH2 and refuses the token the way Dovecot does
+/// (a `334` carrying a JSON error, then `535` after the client's empty
+/// answer): the channel picks XOAUTH2 for an `oauth2_token`, sends the
+/// token in the SASL form, and fails permanently with a sentence, not a
+/// retry loop. (Fault injection: a real relay's acceptance is not needed
+/// to show the refusal path.)
+#[tokio::test]
+async fn email_with_an_oauth2_token_uses_xoauth2_and_a_refused_token_is_permanent() {
+    use base64::Engine;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut r = BufReader::new(tcp);
+        let _ = r.get_mut().write_all(b"220 fake ESMTP\r\n").await;
+        let mut line = String::new();
+        while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let cmd = line.trim_end().to_string();
+            line.clear();
+            let _ = seen_tx.send(cmd.clone());
+            let reply: &[u8] = if cmd.starts_with("EHLO") {
+                b"250-fake\r\n250 AUTH PLAIN LOGIN XOAUTH2\r\n"
+            } else if cmd.starts_with("AUTH XOAUTH2") {
+                // base64 of {"status":"401","schemes":"bearer","scope":"mail"}
+                b"334 eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJtYWlsIn0=\r\n"
+            } else if cmd.is_empty() {
+                b"535 5.7.8 Error: authentication failed\r\n"
+            } else {
+                b"503 5.5.1 unexpected\r\n"
+            };
+            let _ = r.get_mut().write_all(reply).await;
+        }
+    });
+    let table = json!({"name": "mail", "type": "email", "smtp_host": "127.0.0.1",
+        "smtp_port": port, "security": "none", "username": "alerts@b.test",
+        "oauth2_token": "ya29.expired-token", "from": "alerts@b.test", "to": ["c@d.test"],
+        "retries": 3});
+    let (_trigger, shutdown) = shutdown::channel();
+    let mut ch = channel(table);
+    // A retry would wait a minute, past WAIT: failing in time proves none.
+    ch.backoff_base = Duration::from_secs(60);
+    let alerts = Alerts::start(vec![ch], shutdown);
+    alerts.notify(outage(AlertEventKind::Opened));
+    let st = status_until(&alerts, "mail", |s| s["failed"] == 1).await;
+    let err = st["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("AUTH XOAUTH2") && err.contains("refused the token"),
+        "{err}"
+    );
+    assert!(!err.contains("ya29"), "{err}");
+    let mut seen = Vec::new();
+    while let Ok(l) = seen_rx.try_recv() {
+        seen.push(l);
+    }
+    let auth = seen
+        .iter()
+        .find(|l| l.starts_with("AUTH "))
+        .expect("an AUTH command");
+    let sasl = auth
+        .strip_prefix("AUTH XOAUTH2 ")
+        .unwrap_or_else(|| panic!("not XOAUTH2: {auth}"));
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(sasl)
+        .unwrap();
+    assert_eq!(
+        decoded,
+        b"user=alerts@b.test\x01auth=Bearer ya29.expired-token\x01\x01"
+    );
+    assert!(!seen.iter().any(|l| l.starts_with("MAIL")), "{seen:?}");
+}
