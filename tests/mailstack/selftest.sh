@@ -13,6 +13,7 @@
 #   6. greylist port: a new triplet gets 451 at RCPT
 #   7. IMAP capabilities after login include IDLE and UIDPLUS
 #   8. spoofed.test via the MX: spf=fail, dmarc=fail (still delivered)
+#   9. the LOGIN-only submission offers AUTH LOGIN and nothing else; LOGIN works
 # Exit status: 0 when all passed. Prints "N passed, N failed" at the end.
 set -euo pipefail
 
@@ -188,6 +189,15 @@ if grep -q '<~ *235' "$TMP/goodauth.log" && ((t_bad < 1000 && t_good < 1000)); t
   ok "good SMTP AUTH right after a failed one: 235 in ${t_good} ms (no auth penalty)"
 else
   bad "good SMTP AUTH after a failed one: ${t_good} ms (bad one ${t_bad} ms)"; show goodauth
+fi
+
+# --- 9. LOGIN-only submission: EHLO after TLS says AUTH LOGIN, LOGIN works --
+swaks_run loginonly --port "$MAILSTACK_PORT_SUBMISSION_LOGIN" --tls --quit-after AUTH \
+  --auth LOGIN --auth-user "$MAILSTACK_SMTP_USER" --auth-password "$MAILSTACK_SMTP_PASS" || true
+if grep -q '<~ *250[- ]AUTH LOGIN *$' <(tr -d '\r' <"$TMP/loginonly.log") && grep -q '<~ *235' "$TMP/loginonly.log"; then
+  ok "LOGIN-only submission: offers AUTH LOGIN only, LOGIN gets 235"
+else
+  bad "LOGIN-only submission: no 'AUTH LOGIN' alone in EHLO, or no 235"; show loginonly 14
 fi
 
 # --- 4. wrong IMAP password -> NO, then a good login is fast --------------
