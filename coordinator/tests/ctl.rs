@@ -46,10 +46,10 @@ async fn apply_list_show_delete_checks() {
     std::fs::write(&again, &shown).unwrap();
     assert!(ctl.ok(&["checks", "apply", "-f", again.to_str().unwrap()]).contains("corp: unchanged"));
 
-    // Bad checks are refused with their place in the file; exit 1.
+    // Bad checks are refused with their place in the file; exit 4.
     std::fs::write(&file, check_toml("bad", &["eu-west"], "1m").replace("port = 2525", "port = 99999")).unwrap();
     let (code, _, stderr) = ctl.run(&["checks", "apply", "-f", file.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4);
     assert!(stderr.contains("check[0].smtp.port"), "{stderr}");
 
     assert!(ctl.ok(&["checks", "delete", "shop"]).contains("shop: deleted"));
@@ -71,7 +71,7 @@ async fn add_list_and_revoke_agents() {
     assert!(ctl.ok(&["agents", "revoke", "ap-1"]).contains("revoked"));
     assert_eq!(agent.register(reg).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let (code, _, stderr) = ctl.run(&["agents", "revoke", "eu-1"]);
-    assert_eq!(code, 1, "config-declared agents are owned by the file");
+    assert_eq!(code, 4, "config-declared agents are owned by the file");
     assert!(stderr.contains("config file"), "{stderr}");
 }
 
@@ -91,7 +91,7 @@ async fn results_as_table_and_json() {
     assert_eq!(first["probe_id"], "ml-1");
     let latest = ctl.ok(&["latest", "corp"]);
     assert!(latest.contains("round 4") && latest.contains("smtp.banner"), "{latest}");
-    // Unreachable coordinator: a local problem, exit 3.
+    // Unreachable coordinator: exit 6.
     let out = Command::new(env!("CARGO_BIN_EXE_mailloopctl")).args(["--url", "http://127.0.0.1:1", "checks", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(6));
 }

@@ -245,8 +245,9 @@ impl Coordinator {
     /// Runs `mailloopctl` against this coordinator: (exit code, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(bin("mailloopctl"))
-            .args(["--url", &format!("http://{}", self.http), "--token", ADMIN_TOKEN])
+            .args(["--url", &format!("http://{}", self.http)])
             .args(args)
+            .env("MAILLOOP_TOKEN", ADMIN_TOKEN)
             .output()
             .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())

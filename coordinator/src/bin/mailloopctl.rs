@@ -1,23 +1,65 @@
 //! `mailloopctl`: the SRE's CLI over the coordinator's admin API.
 //!
-//! Exit codes: 0 done, 1 the coordinator refused or failed the request,
-//! 3 a local problem (bad arguments, unreadable file, unreachable coordinator).
+//! Every table says why: a degraded report's reasons, a failure's step,
+//! class and reply, the judge's note for a verdict that is not `up` — the
+//! same content as `-o json`, never less. Fields a newer coordinator adds
+//! (a region's `detail`) are shown when present.
+//!
+//! The token comes from `$MAILLOOP_TOKEN` or `--token-file`, never from the
+//! command line, and never goes over plain HTTP to a host that is not
+//! loopback. One exit-code table for every subcommand: see [`AFTER_HELP`].
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use mailloop_coordinator::client::{ApiResponse, Client};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use mailloop_common::Secret;
+use mailloop_coordinator::client::{ApiResponse, Client, ClientError};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// Exit codes, the same for every subcommand.
+mod exit {
+    /// `probe`: a region delivered, but degraded.
+    pub const DEGRADED: u8 = 1;
+    /// `probe`: a region failed, timed out or has no agent.
+    pub const FAILED: u8 = 2;
+    /// Bad arguments or local configuration (file, URL, token source).
+    pub const USAGE: u8 = 3;
+    /// The coordinator refused or failed the request.
+    pub const REFUSED: u8 = 4;
+    /// No token, or the coordinator refused the token or its role.
+    pub const AUTH: u8 = 5;
+    /// The coordinator could not be reached or is not the admin API.
+    pub const UNREACHABLE: u8 = 6;
+}
+
+const AFTER_HELP: &str = "\
+Token: from $MAILLOOP_TOKEN or --token-file FILE (which wins), never from the
+command line (--token is refused: it would show in the process list). A token
+is never sent over http:// to a host that is not loopback: use https://.
+
+Exit codes (every subcommand):
+  0  done; for `probe`, every region delivered
+  1  `probe`: a region delivered but was degraded
+  2  `probe`: a region failed, timed out or has no agent
+  3  usage or local configuration: bad arguments, unreadable or invalid file,
+     bad URL, --token given, a token that would go over http:// off loopback
+  4  the coordinator refused or failed the request (the reason is printed)
+  5  no token, or the coordinator refused the token (401) or its role (403)
+  6  the coordinator could not be reached, or the URL is not its admin API
+     (wrong port, TLS mismatch, timeout, answer over 64 MiB)
+A closed stdout (`mailloopctl ... | head`) ends mailloopctl quietly with 0.";
 
 #[derive(Parser)]
 #[command(
     name = "mailloopctl",
     version,
-    about = "Manage a mailloop coordinator: checks, agents, results, incidents, status"
+    about = "Manage a mailloop coordinator: checks, agents, results, incidents, status",
+    after_help = AFTER_HELP
 )]
 struct Cli {
-    /// The coordinator's admin API.
+    /// The coordinator's admin API (its http_listen, not the agents' grpc_listen).
     #[arg(
         long,
         env = "MAILLOOP_URL",
@@ -25,9 +67,18 @@ struct Cli {
         global = true
     )]
     url: String,
-    /// Admin bearer token (needed for changes).
-    #[arg(long, env = "MAILLOOP_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    /// Read the admin token from FILE (its first line). Without it: $MAILLOOP_TOKEN.
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Refused with a hint: a token on the command line is in the process list.
+    #[arg(
+        long,
+        hide = true,
+        global = true,
+        num_args = 0..=1,
+        allow_hyphen_values = true
+    )]
+    token: Option<Option<String>>,
     /// Extra CA certificate (PEM) to trust for an https:// URL.
     #[arg(long, env = "MAILLOOP_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
@@ -52,7 +103,7 @@ enum Command {
     /// Agents: list, add, revoke.
     #[command(subcommand)]
     Agents(AgentsCmd),
-    /// Recent results of a check, newest first.
+    /// Recent results of a check, newest first, each with why it was not ok.
     Results {
         check: String,
         #[arg(long)]
@@ -63,12 +114,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// The latest round of a check in every region, with each region's steps.
+    /// The latest round of a check in every region, with each region's steps
+    /// and why it was degraded or failed.
     Latest { check: String },
     /// Run a check now in every region and print each region's steps as its
     /// report arrives. Exits 0 if every region delivered, 1 if any was
-    /// degraded, 2 if any failed, timed out or has no agent, 3 if the run
-    /// could not be asked for.
+    /// degraded, 2 if any failed, timed out or has no agent (3 to 6 as for
+    /// every subcommand when the run could not be asked for).
     Probe {
         check: String,
         /// How long to wait for the regions' reports.
@@ -78,7 +130,7 @@ enum Command {
     /// Incidents the judge opened: list, show (summary and timeline), ack.
     #[command(subcommand)]
     Incidents(IncidentsCmd),
-    /// Every check's current verdict, region by region, and its active
+    /// Every check's current verdict, region by region, why, and its active
     /// incidents: one screen.
     Status,
 }
@@ -86,12 +138,15 @@ enum Command {
 #[derive(Subcommand)]
 enum ChecksCmd {
     List,
-    /// Print a check as a `[[check]]` table (re-appliable with `apply`).
+    /// Print a check as a file `checks apply -f` takes back unchanged
+    /// (TOML `[[check]]`; with `-o json`, JSON).
     Show {
         id: String,
     },
-    /// Create or update every `[[check]]` of a TOML file (with interval and regions).
+    /// Create or update every check of a file (TOML or JSON).
+    #[command(after_help = APPLY_HELP)]
     Apply {
+        /// The file: `.toml` or `.json` (otherwise told apart by its content).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
@@ -100,14 +155,47 @@ enum ChecksCmd {
     },
 }
 
+const APPLY_HELP: &str = r#"File format: the checks of coordinator.toml, that is the probe's [[check]]
+table plus `interval` and `regions`. Passwords only as password_env or
+password_file (resolved by the agents).
+
+TOML, one [[check]] per check:
+  [[check]]
+  name = "corp"
+  interval = "1m"
+  regions = ["eu-west", "us-east"]
+  from = "probe@sender.example"
+  to = "probe@receiver.example"
+  [check.smtp]
+  host = "smtp.sender.example"
+  username = "probe@sender.example"
+  password_env = "SMTP_PASS"
+  [check.imap]
+  host = "imap.receiver.example"
+  username = "probe@receiver.example"
+  password_env = "IMAP_PASS"
+
+JSON, the same tables: {"check": [{"name": "corp", "interval": "1m",
+  "regions": ["eu-west"], "smtp": {...}, "imap": {...}, ...}]}, a single
+  check object, or an array of them.
+
+`mailloopctl checks show ID` prints a check in this format (TOML; JSON with
+-o json), ready to edit and apply again. A check that is unchanged keeps its
+revision; one declared in coordinator.toml is refused (edit the file)."#;
+
 #[derive(Subcommand)]
 enum AgentsCmd {
     List,
-    /// Create an agent and print its token (shown only this once).
+    /// Create an agent and print its token (shown only this once), or write
+    /// it to a file with --write-token.
     Add {
         name: String,
         #[arg(long)]
         region: String,
+        /// Write the token to FILE instead of printing it: created with mode
+        /// 0600 (replacing FILE if it exists), ready as the agent's token_file.
+        #[arg(long, value_name = "FILE")]
+        write_token: Option<PathBuf>,
     },
     /// Revoke an agent's token; its checks move to the region's other agents.
     Revoke {
@@ -115,59 +203,264 @@ enum AgentsCmd {
     },
 }
 
-/// The coordinator answered, but not with success.
+/// Why mailloopctl stops: an exit code from [`exit`] and one message.
 #[derive(Debug)]
-struct Refused(String);
+struct Fail {
+    code: u8,
+    message: String,
+}
 
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl Fail {
+    fn new(code: u8, message: impl Into<String>) -> Fail {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn usage(message: impl Into<String>) -> Fail {
+        Fail::new(exit::USAGE, message)
+    }
+
+    fn refused(message: impl Into<String>) -> Fail {
+        Fail::new(exit::REFUSED, message)
     }
 }
 
-impl std::error::Error for Refused {}
+// ---------------------------------------------------------------------------
+// Output: a closed stdout ends the program quietly; stderr never panics.
+// ---------------------------------------------------------------------------
+
+/// `println!` that exits quietly when stdout is closed (`| head`).
+macro_rules! out {
+    () => { emit(String::from("\n")) };
+    ($($arg:tt)*) => { emit(format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` that never panics (a closed stderr loses the message).
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+fn emit(text: String) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader has what it wanted; nothing to say.
+            std::process::exit(0);
+        }
+        warn!("mailloopctl: cannot write to stdout: {e}");
+        std::process::exit(exit::USAGE.into());
+    }
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            // --help and --version go to stdout and are not errors.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    let url_source = match matches.value_source("url") {
+        Some(ValueSource::CommandLine) => "--url",
+        Some(ValueSource::EnvVariable) => "$MAILLOOP_URL",
+        _ => "the default (set MAILLOOP_URL or --url)",
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<ProbeVerdict>().is_some() => {
-            ExitCode::from(e.downcast_ref::<ProbeVerdict>().map_or(3, |v| v.0))
+    match runtime.block_on(run(cli, url_source)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            warn!("mailloopctl: {}", f.message);
+            ExitCode::from(f.code)
         }
-        Err(e) => match e.downcast_ref::<Refused>() {
-            Some(r) => {
-                eprintln!("mailloopctl: {}", r.0);
-                ExitCode::from(1)
-            }
-            None => {
-                eprintln!("mailloopctl: {e:#}");
-                ExitCode::from(3)
-            }
-        },
     }
 }
 
-fn success(r: ApiResponse) -> Result<Value, Refused> {
-    if r.is_success() {
-        Ok(r.body)
-    } else {
-        Err(Refused(r.error_text()))
+/// Where the token came from, as messages name it.
+struct Token {
+    secret: Secret,
+    source: String,
+}
+
+/// The token: `--token-file` if given, else `$MAILLOOP_TOKEN`; `--token` is refused.
+fn token(cli: &Cli) -> Result<Option<Token>, Fail> {
+    if cli.token.is_some() {
+        return Err(Fail::usage(
+            "--token is refused: a token on the command line is visible to every user in the process list (ps, /proc/PID/cmdline); set MAILLOOP_TOKEN or use --token-file FILE (mode 0600)",
+        ));
+    }
+    if let Some(path) = &cli.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Fail::usage(format!("--token-file {}: {e}", path.display())))?;
+        let value = text.lines().next().unwrap_or("").trim().to_string();
+        if value.is_empty() {
+            return Err(Fail::usage(format!(
+                "--token-file {}: the file is empty",
+                path.display()
+            )));
+        }
+        return Ok(Some(Token {
+            secret: Secret::new(value),
+            source: format!("--token-file {}", path.display()),
+        }));
+    }
+    match std::env::var("MAILLOOP_TOKEN") {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(Token {
+            secret: Secret::new(v.trim().to_string()),
+            source: "$MAILLOOP_TOKEN".into(),
+        })),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Fail::usage(
+            "$MAILLOOP_TOKEN is not valid UTF-8; a token is printable text",
+        )),
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Client::new(&cli.url, cli.token.clone(), cli.ca_file.as_deref())?;
+/// The API client with what error messages need to say where things came from.
+struct Ctl {
+    api: Client,
+    token_source: Option<String>,
+    url_source: &'static str,
+}
+
+impl Ctl {
+    /// A request's answer, whatever its status; a failure to get one (or a
+    /// refused token) is a [`Fail`].
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<ApiResponse, Fail> {
+        let method = method.parse().expect("a valid method");
+        let r = self
+            .api
+            .send(method, path, body)
+            .await
+            .map_err(|e| self.client_fail(e))?;
+        match r.status {
+            401 => Err(Fail::new(
+                exit::AUTH,
+                match &self.token_source {
+                    None => format!(
+                        "no token: set MAILLOOP_TOKEN or --token-file (the coordinator answered 401: {})",
+                        api_error(&r)
+                    ),
+                    Some(src) => format!(
+                        "the coordinator refused the token from {src} (401): {}",
+                        api_error(&r)
+                    ),
+                },
+            )),
+            403 => Err(Fail::new(
+                exit::AUTH,
+                format!(
+                    "the token from {} may not do this (403): {}",
+                    self.token_source.as_deref().unwrap_or("?"),
+                    api_error(&r)
+                ),
+            )),
+            _ => Ok(r),
+        }
+    }
+
+    /// The body of a successful answer; any other status is a [`Fail`].
+    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
+        let r = self.send(method, path, body).await?;
+        if r.is_success() {
+            Ok(r.body)
+        } else {
+            Err(Fail::refused(r.error_text()))
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Fail> {
+        self.call("GET", path, None).await
+    }
+
+    fn client_fail(&self, e: ClientError) -> Fail {
+        if e.is_local() {
+            return Fail::usage(e.to_string());
+        }
+        let hint = match e {
+            ClientError::Connect { .. } | ClientError::WrongPort(_) | ClientError::Tls { .. } => {
+                format!(" [URL from {}]", self.url_source)
+            }
+            _ => String::new(),
+        };
+        Fail::new(exit::UNREACHABLE, format!("{e}{hint}"))
+    }
+}
+
+/// The API's `error` text alone (without the status).
+fn api_error(r: &ApiResponse) -> String {
+    r.body
+        .get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| text(&r.body), str::to_string)
+}
+
+async fn run(cli: Cli, url_source: &'static str) -> Result<u8, Fail> {
+    let token = token(&cli)?;
+    let token_source = token.as_ref().map(|t| t.source.clone());
+    let label = token_source
+        .as_ref()
+        .map_or_else(String::new, |s| format!("the token from {s}"));
+    let api = Client::with_token(
+        &cli.url,
+        token.map(|t| t.secret),
+        &label,
+        cli.ca_file.as_deref(),
+    )
+    .map_err(|e| Fail::usage(e.to_string()))?;
+    let ctl = Ctl {
+        api,
+        token_source,
+        url_source,
+    };
     let out = cli.output;
     match cli.command {
-        Command::Checks(ChecksCmd::List) => {
-            let body = success(api.get("/api/v1/checks").await?)?;
+        Command::Checks(cmd) => checks(&ctl, cmd, out).await?,
+        Command::Agents(cmd) => agents(&ctl, cmd, out).await?,
+        Command::Results {
+            check,
+            region,
+            since,
+            limit,
+        } => results(&ctl, &check, region, &since, limit, out).await?,
+        Command::Incidents(cmd) => incidents(&ctl, cmd, out).await?,
+        Command::Status => status(&ctl, out).await?,
+        Command::Probe { check, timeout } => return probe(&ctl, &check, timeout, out).await,
+        Command::Latest { check } => latest(&ctl, &check, out).await?,
+    }
+    Ok(0)
+}
+
+async fn checks(ctl: &Ctl, cmd: ChecksCmd, out: Output) -> Result<(), Fail> {
+    match cmd {
+        ChecksCmd::List => {
+            let body = ctl.get("/api/v1/checks").await?;
             let checks = body["checks"].as_array().cloned().unwrap_or_default();
             if out == Output::Json {
-                return print_json(&Value::Array(checks));
+                print_json(&Value::Array(checks));
+                return Ok(());
             }
             let rows = checks
                 .iter()
@@ -195,76 +488,144 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rows,
             );
         }
-        Command::Checks(ChecksCmd::Show { id }) => {
-            let body = success(api.get(&format!("/api/v1/checks/{}", seg(&id))).await?)?;
+        ChecksCmd::Show { id } => {
+            let body = ctl.get(&format!("/api/v1/checks/{}", seg(&id))).await?;
             if out == Output::Json {
-                return print_json(&body);
+                print_json(&body);
+                return Ok(());
             }
-            println!(
+            out!(
                 "# revision {}, {} (updated {})",
                 text(&body["revision"]),
                 text(&body["source"]),
                 text(&body["updated_at"])
             );
             let doc = json!({"check": [body["check"].clone()]});
-            let toml_value: toml::Value =
-                serde_json::from_value(doc).context("the check is not representable as TOML")?;
-            print!(
-                "{}",
-                toml::to_string_pretty(&toml_value).context("rendering TOML")?
+            let rendered = serde_json::from_value::<toml::Value>(doc)
+                .map_err(|e| e.to_string())
+                .and_then(|v| toml::to_string_pretty(&v).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    Fail::refused(format!(
+                        "the check is not representable as TOML ({e}); use -o json"
+                    ))
+                })?;
+            emit(rendered);
+        }
+        ChecksCmd::Apply { file } => apply(ctl, &file).await?,
+        ChecksCmd::Delete { id } => {
+            let body = ctl
+                .call("DELETE", &format!("/api/v1/checks/{}", seg(&id)), None)
+                .await?;
+            out!("{id}: deleted (revision {})", text(&body["revision"]));
+        }
+    }
+    Ok(())
+}
+
+/// `checks apply -f FILE`: every check of a TOML or JSON file, one PUT each.
+async fn apply(ctl: &Ctl, file: &Path) -> Result<(), Fail> {
+    let content = std::fs::read_to_string(file)
+        .map_err(|e| Fail::usage(format!("cannot read {}: {e}", file.display())))?;
+    let checks = checks_of_file(file, &content)
+        .map_err(|e| Fail::usage(format!("{}: {e}", file.display())))?;
+    let mut failed = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let Some(name) = check.get("name").and_then(Value::as_str) else {
+            failed.push(format!("check[{i}].name: required"));
+            continue;
+        };
+        let r = ctl
+            .send("PUT", &format!("/api/v1/checks/{}", seg(name)), Some(check))
+            .await?;
+        if r.is_success() {
+            out!(
+                "{name}: {} (revision {})",
+                text(&r.body["change"]),
+                text(&r.body["revision"])
+            );
+        } else {
+            // The API says "body.smtp.port"; say where it is in the file.
+            failed.push(
+                r.error_text()
+                    .replace("body.", &format!("check[{i}]."))
+                    .replace("body:", &format!("check[{i}]:")),
             );
         }
-        Command::Checks(ChecksCmd::Apply { file }) => {
-            let text_ = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let doc = mailloop_coordinator::config::parse_toml(&text_)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let Some(checks) = doc.get("check").and_then(Value::as_array) else {
-                bail!("{}: no [[check]] tables", file.display());
-            };
-            let mut failed = Vec::new();
-            for (i, check) in checks.iter().enumerate() {
-                let Some(name) = check.get("name").and_then(Value::as_str) else {
-                    failed.push(format!("check[{i}].name: required"));
-                    continue;
-                };
-                let r = api
-                    .put(&format!("/api/v1/checks/{}", seg(name)), check)
-                    .await?;
-                if r.is_success() {
-                    println!(
-                        "{name}: {} (revision {})",
-                        text(&r.body["change"]),
-                        text(&r.body["revision"])
-                    );
-                } else {
-                    // The API says "body.smtp.port"; say where it is in the file.
-                    failed.push(
-                        r.error_text()
-                            .replace("body.", &format!("check[{i}]."))
-                            .replace("body:", &format!("check[{i}]:")),
-                    );
-                }
-            }
-            if !failed.is_empty() {
-                return Err(Refused(format!(
-                    "{} of {} checks refused:\n{}",
-                    failed.len(),
-                    checks.len(),
-                    failed.join("\n")
-                ))
-                .into());
-            }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Fail::refused(format!(
+        "{} of {} checks refused:\n{}",
+        failed.len(),
+        checks.len(),
+        failed.join("\n")
+    )))
+}
+
+/// The check tables of a file: JSON when it is named `.json` or looks like
+/// JSON (`{`, or `[` followed by `{` or `]`), TOML otherwise.
+fn checks_of_file(file: &Path, content: &str) -> Result<Vec<Value>, String> {
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let trimmed = content.trim_start();
+    let looks_json = trimmed.starts_with('{')
+        || trimmed
+            .strip_prefix('[')
+            .is_some_and(|rest| rest.trim_start().starts_with(['{', ']']));
+    let is_json = match ext.as_deref() {
+        Some("json") => true,
+        Some("toml") => false,
+        _ => looks_json,
+    };
+    if is_json {
+        let doc: Value =
+            serde_json::from_str(content).map_err(|e| format!("not valid JSON: {e}"))?;
+        return checks_of_json(doc);
+    }
+    let doc = mailloop_coordinator::config::parse_toml(content)
+        .map_err(|e| format!("not valid TOML: {e}"))?;
+    match doc.get("check") {
+        Some(Value::Array(list)) => Ok(list.clone()),
+        _ => Err("no [[check]] tables (see `mailloopctl checks apply --help`)".into()),
+    }
+}
+
+/// `{"check": [...]}`, `{"check": {...}}` (what `checks show -o json`
+/// prints), one check object, or an array of either.
+fn checks_of_json(doc: Value) -> Result<Vec<Value>, String> {
+    let shape = "expected {\"check\": [{...}, ...]}, one check object, or an array of checks (see `mailloopctl checks apply --help`)";
+    let one = |v: Value| -> Result<Value, String> {
+        match v {
+            Value::Object(ref m) if m.contains_key("name") => Ok(v),
+            Value::Object(mut m) => match m.remove("check") {
+                Some(c @ Value::Object(_)) => Ok(c),
+                _ => Err(shape.to_string()),
+            },
+            _ => Err(shape.to_string()),
         }
-        Command::Checks(ChecksCmd::Delete { id }) => {
-            let body = success(api.delete(&format!("/api/v1/checks/{}", seg(&id))).await?)?;
-            println!("{id}: deleted (revision {})", text(&body["revision"]));
-        }
-        Command::Agents(AgentsCmd::List) => {
-            let body = success(api.get("/api/v1/agents").await?)?;
+    };
+    match doc {
+        Value::Object(mut m) if m.get("check").is_some_and(Value::is_array) => Ok(m
+            .remove("check")
+            .and_then(|c| c.as_array().cloned())
+            .unwrap_or_default()),
+        Value::Array(list) if list.is_empty() => Err("no checks in the file".into()),
+        Value::Array(list) => list.into_iter().map(one).collect(),
+        other => one(other).map(|c| vec![c]),
+    }
+}
+
+async fn agents(ctl: &Ctl, cmd: AgentsCmd, out: Output) -> Result<(), Fail> {
+    match cmd {
+        AgentsCmd::List => {
+            let body = ctl.get("/api/v1/agents").await?;
             let agents = body["agents"].as_array().cloned().unwrap_or_default();
             if out == Output::Json {
-                return print_json(&Value::Array(agents));
+                print_json(&Value::Array(agents));
+                return Ok(());
             }
             let rows = agents
                 .iter()
@@ -302,123 +663,288 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rows,
             );
         }
-        Command::Agents(AgentsCmd::Add { name, region }) => {
-            let body = success(
-                api.post("/api/v1/agents", &json!({"name": name, "region": region}))
-                    .await?,
-            )?;
-            if out == Output::Json {
-                return print_json(&body);
-            }
-            println!(
-                "agent {name} added in region {region}. Its token (shown only now; put it in the agent's token_file):"
-            );
-            println!("{}", text(&body["token"]));
-        }
-        Command::Agents(AgentsCmd::Revoke { name }) => {
-            success(
-                api.post(&format!("/api/v1/agents/{}/revoke", seg(&name)), &json!({}))
-                    .await?,
-            )?;
-            println!("{name}: revoked");
-        }
-        Command::Results {
-            check,
+        AgentsCmd::Add {
+            name,
             region,
-            since,
-            limit,
+            write_token,
         } => {
-            let mut path = format!(
-                "/api/v1/checks/{}/results?since={}&limit={limit}",
-                seg(&check),
-                seg(&since)
-            );
-            if let Some(r) = &region {
-                path.push_str(&format!("&region={}", seg(r)));
-            }
-            let body = success(api.get(&path).await?)?;
-            let results = body["results"].as_array().cloned().unwrap_or_default();
-            if out == Output::Json {
-                // One result per line, like `mailloop-agent probe --output json`.
-                for r in &results {
-                    println!("{r}");
+            // The file is made before the agent, so a token is never issued
+            // that cannot be kept.
+            let pending = write_token.as_deref().map(TokenFile::create).transpose()?;
+            let body = ctl
+                .call(
+                    "POST",
+                    "/api/v1/agents",
+                    Some(&json!({"name": name, "region": region})),
+                )
+                .await?;
+            let token = text(&body["token"]);
+            let Some(pending) = pending else {
+                if out == Output::Json {
+                    print_json(&body);
+                } else {
+                    out!(
+                        "agent {name} added in region {region}. Its token (shown only now; put it in the agent's token_file):"
+                    );
+                    out!("{token}");
                 }
                 return Ok(());
-            }
-            if results.is_empty() {
-                println!(
-                    "no results for {check} since {since}{}",
-                    region.map(|r| format!(" in {r}")).unwrap_or_default()
+            };
+            let path = pending.commit(&token).map_err(|e| {
+                Fail::usage(format!(
+                    "agent {name} was added, but its token could not be written: {e}; revoke it (mailloopctl agents revoke {name}) and add it again"
+                ))
+            })?;
+            if out == Output::Json {
+                let mut shown = body.clone();
+                if let Some(m) = shown.as_object_mut() {
+                    m.remove("token");
+                    m.insert("token_file".into(), json!(path.display().to_string()));
+                }
+                print_json(&shown);
+            } else {
+                out!(
+                    "agent {name} added in region {region}; its token is in {} (mode 0600): the agent's token_file",
+                    path.display()
                 );
-                return Ok(());
-            }
-            let rows = results
-                .iter()
-                .map(|r| {
-                    let failure = match r["failure"].as_object() {
-                        Some(f) => format!("{} ({})", text(&f["step"]), text(&f["class"])),
-                        None => String::new(),
-                    };
-                    vec![
-                        text(&r["started_at"]),
-                        text(&r["region"]),
-                        text(&r["agent"]),
-                        text(&r["round"]),
-                        text(&r["outcome"]),
-                        ms(&r["rtt_ms"]),
-                        ms(&r["delivery_ms"]),
-                        failure,
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "STARTED", "REGION", "AGENT", "ROUND", "OUTCOME", "RTT", "DELIVERY", "FAILURE",
-                ],
-                rows,
-            );
-        }
-        Command::Incidents(cmd) => incidents(&api, cmd, out).await?,
-        Command::Status => status(&api, out).await?,
-        Command::Probe { check, timeout } => {
-            let code = probe(&api, &check, timeout, out).await;
-            if code != 0 {
-                return Err(ProbeVerdict(code).into());
             }
         }
-        Command::Latest { check } => {
-            let body = success(
-                api.get(&format!("/api/v1/checks/{}/latest", seg(&check)))
-                    .await?,
-            )?;
-            if out == Output::Json {
-                return print_json(&body);
-            }
-            if body["round"].is_null() {
-                println!("{check}: no results yet");
-                return Ok(());
-            }
-            println!(
-                "check {check}  round {}  started {}",
-                text(&body["round"]),
-                text(&body["round_started_at"])
-            );
-            for region in body["regions"].as_array().into_iter().flatten() {
-                let r = &region["result"];
-                if r.is_null() {
-                    println!("\n{}: no report for this round", text(&region["region"]));
-                    continue;
-                }
-                print_region_report(&text(&region["region"]), r);
-            }
+        AgentsCmd::Revoke { name } => {
+            ctl.call(
+                "POST",
+                &format!("/api/v1/agents/{}/revoke", seg(&name)),
+                Some(&json!({})),
+            )
+            .await?;
+            out!("{name}: revoked");
         }
     }
     Ok(())
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+/// A token file on its way: a mode-0600 temporary file beside the target,
+/// renamed over it once the token is written (removed if never committed).
+struct TokenFile {
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl TokenFile {
+    fn create(target: &Path) -> Result<TokenFile, Fail> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target.file_name().ok_or_else(|| {
+            Fail::usage(format!(
+                "--write-token {}: not a file name",
+                target.display()
+            ))
+        })?;
+        let temp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| Fail::usage(format!("--write-token {}: {e}", target.display())))?;
+        Ok(TokenFile {
+            target: target.to_path_buf(),
+            temp,
+            file: Some(file),
+        })
+    }
+
+    fn commit(mut self, token: &str) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut file = self.file.take().expect("not committed yet");
+        file.write_all(format!("{token}\n").as_bytes())?;
+        // The umask can only take bits away; make sure nothing else was given.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.sync_all()?;
+        std::fs::rename(&self.temp, &self.target)?;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+async fn results(
+    ctl: &Ctl,
+    check: &str,
+    region: Option<String>,
+    since: &str,
+    limit: u32,
+    out: Output,
+) -> Result<(), Fail> {
+    let mut path = format!(
+        "/api/v1/checks/{}/results?since={}&limit={limit}",
+        seg(check),
+        seg(since)
+    );
+    if let Some(r) = &region {
+        path.push_str(&format!("&region={}", seg(r)));
+    }
+    let body = ctl.get(&path).await?;
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    if out == Output::Json {
+        // One result per line, like `mailloop-agent probe --output json`.
+        for r in &results {
+            out!("{r}");
+        }
+        return Ok(());
+    }
+    if results.is_empty() {
+        out!(
+            "no results for {check} since {since}{}",
+            region.map(|r| format!(" in {r}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["started_at"]),
+                text(&r["region"]),
+                text(&r["agent"]),
+                text(&r["round"]),
+                text(&r["outcome"]),
+                ms(&r["rtt_ms"]),
+                ms(&r["delivery_ms"]),
+                why(r),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STARTED", "REGION", "AGENT", "ROUND", "OUTCOME", "RTT", "DELIVERY", "WHY",
+        ],
+        rows,
+    );
     Ok(())
+}
+
+/// Why a stored result is not ok, in one line: the failure (step, class,
+/// reply) or the degraded report's reasons. Empty for an ok result.
+fn why(result: &Value) -> String {
+    let report = &result["report"];
+    if let Some(f) = report["failure"].as_object() {
+        return failure_text(f);
+    }
+    if let Some(f) = result["failure"].as_object() {
+        // A report the coordinator could not parse still has its columns.
+        return format!("failed at {} ({})", text(&f["step"]), text(&f["class"]));
+    }
+    strings(&report["reasons"]).join("; ")
+}
+
+/// `failed at smtp.rcpt_to (permanent 550 5.1.1): <reply>`.
+fn failure_text(f: &serde_json::Map<String, Value>) -> String {
+    let get = |k: &str| f.get(k).map(text).unwrap_or_default();
+    let mut class = get("class");
+    for k in ["code", "enhanced"] {
+        let v = get(k);
+        if !v.is_empty() {
+            class.push(' ');
+            class.push_str(&v);
+        }
+    }
+    format!(
+        "failed at {} ({class}): {}",
+        get("step"),
+        one_line(&get("message"))
+    )
+}
+
+/// The strings of a JSON array (empty when absent).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A server reply or note on one line.
+fn one_line(s: &str) -> String {
+    s.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+async fn latest(ctl: &Ctl, check: &str, out: Output) -> Result<(), Fail> {
+    let body = ctl
+        .get(&format!("/api/v1/checks/{}/latest", seg(check)))
+        .await?;
+    if out == Output::Json {
+        print_json(&body);
+        return Ok(());
+    }
+    if body["round"].is_null() {
+        let detail = detail_of(&body)
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        out!("{check}: no results yet{detail}");
+        return Ok(());
+    }
+    let round = if body["round"] == 0 {
+        "on-demand run".to_string()
+    } else {
+        format!("round {}", text(&body["round"]))
+    };
+    out!(
+        "check {check}  {round}  started {}",
+        text(&body["round_started_at"])
+    );
+    if let Some(d) = detail_of(&body) {
+        out!("{d}");
+    }
+    for region in body["regions"].as_array().into_iter().flatten() {
+        let r = &region["result"];
+        if r.is_null() {
+            let detail = detail_of(region)
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
+            out!(
+                "\n{}: no report for this round{detail}",
+                text(&region["region"])
+            );
+            continue;
+        }
+        print_region_report(&text(&region["region"]), r);
+    }
+    Ok(())
+}
+
+/// A `detail`, `reason` or `note` string the API gives for an object
+/// (newer coordinators explain missing regions this way).
+fn detail_of(v: &Value) -> Option<String> {
+    ["detail", "reason", "note"]
+        .iter()
+        .filter_map(|k| v.get(*k).and_then(Value::as_str))
+        .find(|s| !s.trim().is_empty())
+        .map(one_line)
+}
+
+fn print_json(v: &Value) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a JSON value serializes")
+    );
 }
 
 /// A JSON scalar as plain text ("" for null).
@@ -460,7 +986,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        out!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -472,42 +998,26 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 // `mailloopctl probe CHECK`: an on-demand run in every region.
 // ---------------------------------------------------------------------------
 
-/// The exit code of `probe` (Nagios convention, like `mailloop-agent probe`).
-#[derive(Debug)]
-struct ProbeVerdict(u8);
-
-impl std::fmt::Display for ProbeVerdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "probe verdict {}", self.0)
-    }
-}
-
-impl std::error::Error for ProbeVerdict {}
-
 /// How often `probe` asks for the run's reports.
 const PROBE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Orders the run, then prints each region's report as it is stored.
 /// Returns the exit code: 0 every region ok, 1 some degraded, 2 some
-/// failed, timed out or without an agent, 3 the run could not be ordered.
-async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Output) -> u8 {
-    let ordered = match api
-        .post(&format!("/api/v1/checks/{}/run", seg(check)), &json!({}))
+/// failed, timed out or without an agent.
+async fn probe(
+    ctl: &Ctl,
+    check: &str,
+    timeout: std::time::Duration,
+    out: Output,
+) -> Result<u8, Fail> {
+    let ordered = ctl
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{}/run", seg(check)),
+            Some(&json!({})),
+        )
         .await
-    {
-        Ok(r) if r.is_success() => r.body,
-        Ok(r) => {
-            eprintln!(
-                "mailloopctl: the coordinator refused the run: {}",
-                r.error_text()
-            );
-            return 3;
-        }
-        Err(e) => {
-            eprintln!("mailloopctl: {e}");
-            return 3;
-        }
-    };
+        .map_err(|f| Fail::new(f.code, format!("the run was not started: {}", f.message)))?;
     let request_id = text(&ordered["request_id"]);
     let regions: Vec<(String, Option<String>)> = ordered["regions"]
         .as_object()
@@ -517,27 +1027,23 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
         .collect();
     let table_out = out == Output::Table;
     if table_out {
-        println!("check {check}  on-demand run {request_id}");
+        out!("check {check}  on-demand run {request_id}");
         for (region, agent) in &regions {
             match agent {
-                Some(a) => println!("  {region}: asked {a}"),
+                Some(a) => out!("  {region}: asked {a}"),
                 None => {
-                    println!("  {region}: NO AGENT connected in this region; it will not run there")
+                    out!("  {region}: NO AGENT connected in this region; it will not run there")
                 }
             }
         }
     }
-    let waiting_for: Vec<&str> = regions
-        .iter()
-        .filter(|(_, a)| a.is_some())
-        .map(|(r, _)| r.as_str())
-        .collect();
+    let waiting_for = regions.iter().filter(|(_, a)| a.is_some()).count();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut arrived: std::collections::BTreeMap<String, Value> = Default::default();
-    while arrived.len() < waiting_for.len() && tokio::time::Instant::now() < deadline {
-        match api.get(&format!("/api/v1/runs/{}", seg(&request_id))).await {
-            Ok(r) if r.is_success() => {
-                for result in r.body["results"].as_array().into_iter().flatten() {
+    while arrived.len() < waiting_for && tokio::time::Instant::now() < deadline {
+        match ctl.get(&format!("/api/v1/runs/{}", seg(&request_id))).await {
+            Ok(body) => {
+                for result in body["results"].as_array().into_iter().flatten() {
                     let region = text(&result["region"]);
                     if arrived.contains_key(&region) {
                         continue;
@@ -549,10 +1055,9 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
                 }
             }
             // A hiccup is not the end of the run: keep asking until the deadline.
-            Ok(r) => eprintln!("mailloopctl: reading the run's reports: {}", r.error_text()),
-            Err(e) => eprintln!("mailloopctl: reading the run's reports: {e}"),
+            Err(f) => warn!("mailloopctl: reading the run's reports: {}", f.message),
         }
-        if arrived.len() < waiting_for.len() {
+        if arrived.len() < waiting_for {
             tokio::time::sleep(PROBE_POLL).await;
         }
     }
@@ -566,11 +1071,11 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
         };
         code = code.max(match verdict.as_str() {
             "ok" => 0,
-            "degraded" => 1,
-            _ => 2,
+            "degraded" => exit::DEGRADED,
+            _ => exit::FAILED,
         });
         if table_out && agent.is_some() && !arrived.contains_key(region) {
-            println!(
+            out!(
                 "\n{region}: NO REPORT within {} (agent {})",
                 humantime::format_duration(timeout),
                 agent.as_deref().unwrap_or("?")
@@ -583,7 +1088,7 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
             .iter()
             .map(|(r, v)| format!("{r}={}", text(v)))
             .collect();
-        println!(
+        out!(
             "\nresult: {}  {}",
             ["OK", "DEGRADED", "FAILED"][code as usize],
             summary.join(" ")
@@ -596,22 +1101,31 @@ async fn probe(api: &Client, check: &str, timeout: std::time::Duration, out: Out
             "verdicts": verdicts,
             "results": arrived.values().collect::<Vec<_>>(),
         });
-        println!("{body}");
+        out!("{body}");
     }
-    code
+    Ok(code)
 }
 
-/// One region's report (of a round, or an on-demand run): its outcome line and steps.
+/// One region's report (of a round, or an on-demand run): its outcome
+/// line, its steps, then why — the failure with its reply, every reason it
+/// is degraded, and the diagnostics that qualify it (greylisting, an
+/// authentication warning, an SPF walk that stopped).
 fn print_region_report(region: &str, r: &Value) {
-    println!(
-        "\n{region}: {} by {}  probe {}  rtt {}  delivery {}",
+    let run = r["request_id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|id| format!("  (on-demand run {id})"))
+        .unwrap_or_default();
+    out!(
+        "\n{region}: {} by {}  probe {}  rtt {}  delivery {}{run}",
         text(&r["outcome"]).to_uppercase(),
         text(&r["agent"]),
         text(&r["probe_id"]),
         ms(&r["rtt_ms"]),
         ms(&r["delivery_ms"])
     );
-    let steps = r["report"]["steps"].as_array().cloned().unwrap_or_default();
+    let report = &r["report"];
+    let steps = report["steps"].as_array().cloned().unwrap_or_default();
     let rows = steps
         .iter()
         .map(|s| {
@@ -629,14 +1143,48 @@ fn print_region_report(region: &str, r: &Value) {
         })
         .collect();
     table(&["  step", "time", "ok", "code", "detail"], rows);
-    if let Some(f) = r["report"]["failure"].as_object() {
-        println!(
-            "  failed at {} ({}): {}",
-            text(&f["step"]),
-            text(&f["class"]),
-            text(&f["message"])
-        );
+    for line in report_why(r) {
+        out!("  {line}");
     }
+}
+
+/// The lines under a report's steps that say why it is what it is.
+fn report_why(r: &Value) -> Vec<String> {
+    let report = &r["report"];
+    let mut lines = Vec::new();
+    match report["failure"].as_object() {
+        Some(f) => lines.push(failure_text(f)),
+        None => {
+            if let Some(f) = r["failure"].as_object() {
+                lines.push(format!(
+                    "failed at {} ({})",
+                    text(&f["step"]),
+                    text(&f["class"])
+                ));
+            }
+        }
+    }
+    for reason in strings(&report["reasons"]) {
+        lines.push(format!("degraded: {reason}"));
+    }
+    if report["greylisted"] == true || report["greylist_ms"].is_number() {
+        let attempts = report["attempts"].as_array().map_or(0, Vec::len);
+        lines.push(format!(
+            "greylist: {attempts} attempts, waited {}",
+            ms(&report["greylist_ms"])
+        ));
+    }
+    if let Some(w) = report["auth"]["warning"].as_str() {
+        lines.push(format!("auth warning: {}", one_line(w)));
+    }
+    if let Some(e) = report["spf"]["error"].as_str() {
+        lines.push(format!(
+            "spf: {}: {}",
+            text(&report["spf"]["domain"]),
+            one_line(e)
+        ));
+    }
+    lines
 }
 
 // ---------------------------------------------------------------------------
@@ -679,7 +1227,7 @@ fn when(v: &Value) -> String {
     }
 }
 
-async fn incidents(api: &Client, cmd: IncidentsCmd, out: Output) -> anyhow::Result<()> {
+async fn incidents(ctl: &Ctl, cmd: IncidentsCmd, out: Output) -> Result<(), Fail> {
     match cmd {
         IncidentsCmd::List {
             state,
@@ -693,13 +1241,14 @@ async fn incidents(api: &Client, cmd: IncidentsCmd, out: Output) -> anyhow::Resu
                     path.push_str(&format!("&{key}={}", seg(v)));
                 }
             }
-            let body = success(api.get(&path).await?)?;
+            let body = ctl.get(&path).await?;
             let list = body["incidents"].as_array().cloned().unwrap_or_default();
             if out == Output::Json {
-                return print_json(&Value::Array(list));
+                print_json(&Value::Array(list));
+                return Ok(());
             }
             if list.is_empty() {
-                println!("no incidents");
+                out!("no incidents");
                 return Ok(());
             }
             let rows = list
@@ -718,20 +1267,23 @@ async fn incidents(api: &Client, cmd: IncidentsCmd, out: Output) -> anyhow::Resu
                         when(&i["opened_at"]),
                         regions,
                         text(&i["step"]),
+                        one_line(&text(&i["summary"])),
                     ]
                 })
                 .collect();
             table(
                 &[
                     "ID", "CHECK", "KIND", "SEVERITY", "STATE", "OPENED", "REGIONS", "STEP",
+                    "SUMMARY",
                 ],
                 rows,
             );
         }
         IncidentsCmd::Show { id } => {
-            let i = success(api.get(&format!("/api/v1/incidents/{id}")).await?)?;
+            let i = ctl.get(&format!("/api/v1/incidents/{id}")).await?;
             if out == Output::Json {
-                return print_json(&i);
+                print_json(&i);
+                return Ok(());
             }
             print_incident(&i);
         }
@@ -740,21 +1292,21 @@ async fn incidents(api: &Client, cmd: IncidentsCmd, out: Output) -> anyhow::Resu
                 Some(name) => json!({"by": name}),
                 None => json!({}),
             };
-            let i = success(
-                api.post(&format!("/api/v1/incidents/{id}/ack"), &body)
-                    .await?,
-            )?;
+            let i = ctl
+                .call("POST", &format!("/api/v1/incidents/{id}/ack"), Some(&body))
+                .await?;
             if out == Output::Json {
-                return print_json(&i);
+                print_json(&i);
+                return Ok(());
             }
             if i["change"] == "unchanged" {
-                println!(
+                out!(
                     "incident {id} was already acknowledged by {} at {}",
                     text(&i["acknowledged_by"]),
                     when(&i["acknowledged_at"])
                 );
             } else {
-                println!("incident {id} acknowledged");
+                out!("incident {id} acknowledged");
             }
         }
     }
@@ -762,7 +1314,7 @@ async fn incidents(api: &Client, cmd: IncidentsCmd, out: Output) -> anyhow::Resu
 }
 
 fn print_incident(i: &Value) {
-    println!(
+    out!(
         "incident {}  {} {} ({})  check {}  {}",
         text(&i["id"]),
         text(&i["severity"]).to_uppercase(),
@@ -771,26 +1323,26 @@ fn print_incident(i: &Value) {
         text(&i["check_id"]),
         text(&i["key"]),
     );
-    println!(
+    out!(
         "opened {} (round {})",
         when(&i["opened_at"]),
         text(&i["first_round"])
     );
     if !i["acknowledged_at"].is_null() {
-        println!(
+        out!(
             "acknowledged {} by {}",
             when(&i["acknowledged_at"]),
             text(&i["acknowledged_by"])
         );
     }
     if !i["resolved_at"].is_null() {
-        println!(
+        out!(
             "resolved {} (last round {})",
             when(&i["resolved_at"]),
             text(&i["last_round"])
         );
     }
-    println!("\n{}\n", text(&i["summary"]));
+    out!("\n{}\n", text(&i["summary"]));
     let rows = i["timeline"]
         .as_array()
         .map(|t| {
@@ -801,7 +1353,7 @@ fn print_incident(i: &Value) {
                         text(&e["round"]),
                         text(&e["event"]),
                         text(&e["verdict"]),
-                        text(&e["note"]),
+                        one_line(&text(&e["note"])),
                     ]
                 })
                 .collect()
@@ -810,17 +1362,19 @@ fn print_incident(i: &Value) {
     table(&["AT", "ROUND", "EVENT", "VERDICT", "NOTE"], rows);
 }
 
-async fn status(api: &Client, out: Output) -> anyhow::Result<()> {
-    let body = success(api.get("/api/v1/status").await?)?;
+async fn status(ctl: &Ctl, out: Output) -> Result<(), Fail> {
+    let body = ctl.get("/api/v1/status").await?;
     if out == Output::Json {
-        return print_json(&body);
+        print_json(&body);
+        return Ok(());
     }
     let checks = body["checks"].as_array().cloned().unwrap_or_default();
     if checks.is_empty() {
-        println!("no checks");
+        out!("no checks");
         return Ok(());
     }
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     for c in &checks {
         let incidents = c["incidents"]
             .as_array()
@@ -843,13 +1397,15 @@ async fn status(api: &Client, out: Output) -> anyhow::Result<()> {
         } else {
             text(&c["verdict"]).to_uppercase()
         };
+        // The judge's note says why for the whole check (which regions are
+        // missing, which fail); an `up` check's note adds nothing.
+        if c["verdict"] != "up"
+            && let Some(note) = c["note"].as_str().filter(|n| !n.is_empty())
+        {
+            notes.push(format!("{}: {}", text(&c["check"]), one_line(note)));
+        }
         // One line per region; the check's own columns only on the first.
         for (n, r) in c["regions"].as_array().into_iter().flatten().enumerate() {
-            let detail = match (r["step"].as_str(), r["code"].as_u64()) {
-                (Some(step), Some(code)) => format!("{step} {code} {}", text(&r["class"])),
-                (Some(step), None) => format!("{step} {}", text(&r["class"])),
-                _ => String::new(),
-            };
             let first = |cell: String| if n == 0 { cell } else { String::new() };
             let state = if r["state"].is_null() {
                 "-".into()
@@ -863,7 +1419,7 @@ async fn status(api: &Client, out: Output) -> anyhow::Result<()> {
                 first(when(&c["round_start"])),
                 text(&r["region"]),
                 state,
-                detail,
+                region_detail(r),
                 first(incidents.clone()),
             ]);
         }
@@ -881,5 +1437,50 @@ async fn status(api: &Client, out: Output) -> anyhow::Result<()> {
         ],
         rows,
     );
+    if !notes.is_empty() {
+        out!();
+        for n in notes {
+            out!("{n}");
+        }
+    }
     Ok(())
+}
+
+/// Why one region of a verdict is in its state: the coordinator's own
+/// `detail` when it gives one; else the failing step, reply code, class and
+/// text; the reasons and slow steps of a degraded region; or what a missing
+/// region lacks.
+fn region_detail(r: &Value) -> String {
+    if let Some(d) = r["detail"].as_str().filter(|d| !d.trim().is_empty()) {
+        return one_line(d);
+    }
+    let mut parts = Vec::new();
+    if let Some(step) = r["step"].as_str() {
+        let mut s = step.to_string();
+        for k in ["code", "enhanced", "class"] {
+            let v = text(&r[k]);
+            if !v.is_empty() {
+                s.push(' ');
+                s.push_str(&v);
+            }
+        }
+        if let Some(t) = r["text"].as_str().filter(|t| !t.trim().is_empty()) {
+            s.push_str(&format!(": {}", one_line(t)));
+        }
+        parts.push(s);
+    }
+    for slow in r["slow"].as_array().into_iter().flatten() {
+        parts.push(format!(
+            "{} {} over {} threshold {}",
+            text(&slow["step"]),
+            ms(&slow["ms"]),
+            text(&slow["source"]),
+            ms(&slow["threshold_ms"])
+        ));
+    }
+    parts.extend(strings(&r["reasons"]));
+    if parts.is_empty() && r["state"] == "missing" {
+        parts.push("no report for this round".into());
+    }
+    parts.join("; ")
 }
