@@ -56,10 +56,14 @@ pub enum ClientError {
     #[error("HTTP with {addr}: {reason}")]
     Http { addr: String, reason: String },
     #[error(
-        "the answer to {method} {path} is larger than {} MiB; ask for less (--limit, --since)",
-        MAX_RESPONSE_BYTES >> 20
+        "the answer to {method} {path} is larger than {}; ask for less (--limit, --since)",
+        size(*limit)
     )]
-    TooLarge { method: Method, path: String },
+    TooLarge {
+        method: Method,
+        path: String,
+        limit: usize,
+    },
     #[error("{method} {path}: no answer within {}s", TIMEOUT.as_secs())]
     Timeout { method: Method, path: String },
 }
@@ -118,6 +122,7 @@ pub struct Client {
     prefix: String,
     token: Option<Secret>,
     tls: Option<tokio_rustls::TlsConnector>,
+    limit: usize,
 }
 
 impl Client {
@@ -175,7 +180,14 @@ impl Client {
             prefix,
             token,
             tls,
+            limit: MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// Reads answers up to `bytes` instead of [`MAX_RESPONSE_BYTES`].
+    pub fn response_limit(mut self, bytes: usize) -> Client {
+        self.limit = bytes;
+        self
     }
 
     /// Whether requests carry a token.
@@ -258,7 +270,7 @@ impl Client {
         // exchange fails, it tells a gRPC port from a plain-HTTP one.
         let (raw, raw_seen) = Sniff::new(tcp);
         let Some(tls) = &self.tls else {
-            return request(raw, req, &method, path)
+            return request(raw, req, &method, path, self.limit)
                 .await
                 .map_err(|e| self.explain(e, &raw_seen, None));
         };
@@ -273,7 +285,7 @@ impl Client {
             .await
             .map_err(|e| self.explain(tls_error(tls_reason(&e)), &raw_seen, None))?;
         let (app, app_seen) = Sniff::new(stream);
-        request(app, req, &method, path)
+        request(app, req, &method, path, self.limit)
             .await
             .map_err(|e| self.explain(e, &raw_seen, Some(&app_seen)))
     }
@@ -309,6 +321,15 @@ impl Client {
             _ => return e,
         };
         ClientError::WrongPort(message)
+    }
+}
+
+/// `64 MiB`, `512 bytes`.
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -441,6 +462,7 @@ async fn request<S>(
     req: Request<Full<Bytes>>,
     method: &Method,
     path: &str,
+    limit: usize,
 ) -> Result<ApiResponse, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -466,16 +488,17 @@ where
     let too_large = || ClientError::TooLarge {
         method: method.clone(),
         path: path.to_string(),
+        limit,
     };
     let declared = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+    let bytes = Limited::new(resp.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
@@ -518,4 +541,152 @@ fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, Clien
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_decided_from_the_url_alone() {
+        for host in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "[::1]",
+            "::1",
+            "localhost",
+            "LOCALHOST.",
+            "api.localhost",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "192.0.2.1",
+            "coordinator.example",
+            "localhost.example.com",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_token_for_a_remote_plain_http_url_is_refused_before_connecting() {
+        let remote = Client::with_token(
+            "http://192.0.2.1:7480",
+            Some(Secret::new("t")),
+            "the token from $X",
+            None,
+        );
+        assert!(matches!(remote, Err(ClientError::PlaintextToken { .. })));
+        assert!(
+            Client::with_token("http://192.0.2.1:7480", None, "", None).is_ok(),
+            "no token, nothing to protect"
+        );
+        assert!(Client::with_token("http://[::1]:7480", Some(Secret::new("t")), "", None).is_ok());
+    }
+
+    /// A one-shot HTTP server on loopback that answers `head` then `body`.
+    async fn answer(head: &'static str, body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_are_refused_not_buffered() {
+        let chunk = |n: usize| format!("{n:x}\r\n{}\r\n", "x".repeat(n)).into_bytes();
+        let mut chunked = chunk(600);
+        chunked.extend(chunk(600));
+        chunked.extend(b"0\r\n\r\n");
+        let url = answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            chunked,
+        )
+        .await;
+        let e = Client::new(&url, None, None)
+            .unwrap()
+            .response_limit(1000)
+            .get("/api/v1/results")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the answer to GET /api/v1/results is larger than 1000 bytes; ask for less (--limit, --since)"
+        );
+        // A declared length over the limit is refused before the body is read.
+        let url = answer(
+            "HTTP/1.1 200 OK\r\ncontent-length: 70000000\r\n\r\n",
+            Vec::new(),
+        )
+        .await;
+        let e = Client::new(&url, None, None)
+            .unwrap()
+            .get("/x")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the answer to GET /x is larger than 64 MiB; ask for less (--limit, --since)"
+        );
+        // Under the limit: read whole.
+        let url = answer(
+            "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n",
+            b"{\"ok\":true}".to_vec(),
+        )
+        .await;
+        assert_eq!(
+            Client::new(&url, None, None)
+                .unwrap()
+                .response_limit(11)
+                .get("/y")
+                .await
+                .unwrap()
+                .body["ok"],
+            true
+        );
+    }
+
+    #[test]
+    fn the_first_bytes_tell_what_answered() {
+        // tonic's server preface: an empty SETTINGS frame, then more.
+        assert_eq!(
+            Speaks::of(&[0, 0, 0x12, 0x04, 0, 0, 0, 0, 0, 0, 3]),
+            Some(Speaks::Http2)
+        );
+        assert_eq!(
+            Speaks::of(&[0, 0, 8, 0x07, 0, 0, 0, 0, 0]),
+            Some(Speaks::Http2)
+        );
+        assert_eq!(
+            Speaks::of(b"HTTP/1.1 400 Bad Request\r\n"),
+            Some(Speaks::Http1)
+        );
+        assert_eq!(
+            Speaks::of(&[0x15, 0x03, 0x03, 0, 2, 2, 70]),
+            Some(Speaks::Tls)
+        );
+        assert_eq!(
+            Speaks::of(b"220 mx.example ESMTP\r\n"),
+            Some(Speaks::Mail("220 mx.example ESMTP".into()))
+        );
+        assert_eq!(
+            Speaks::of(b"* OK [CAPABILITY IMAP4rev1] ready\r\n"),
+            Some(Speaks::Mail("* OK [CAPABILITY IMAP4rev1] ready".into()))
+        );
+        assert_eq!(Speaks::of(b""), None);
+        assert_eq!(Speaks::of(b"{\"error\":1}"), None);
+    }
 }

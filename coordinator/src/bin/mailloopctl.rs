@@ -960,6 +960,11 @@ fn ms(v: &Value) -> String {
     v.as_f64().map(|m| format!("{m:.1} ms")).unwrap_or_default()
 }
 
+/// [`ms`], or `-` where there is no figure (a failed probe's round trip).
+fn ms_or_dash(v: &Value) -> String {
+    if v.is_number() { ms(v) } else { "-".into() }
+}
+
 /// Percent-encodes a path segment or query value.
 fn seg(s: &str) -> String {
     s.bytes()
@@ -1121,8 +1126,8 @@ fn print_region_report(region: &str, r: &Value) {
         text(&r["outcome"]).to_uppercase(),
         text(&r["agent"]),
         text(&r["probe_id"]),
-        ms(&r["rtt_ms"]),
-        ms(&r["delivery_ms"])
+        ms_or_dash(&r["rtt_ms"]),
+        ms_or_dash(&r["delivery_ms"])
     );
     let report = &r["report"];
     let steps = report["steps"].as_array().cloned().unwrap_or_default();
