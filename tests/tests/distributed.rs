@@ -515,3 +515,51 @@ fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent() {
         assert!(rounds.insert(r["round"].as_u64().unwrap()), "round {} stored twice: {stored:#?}", r["round"]);
     }
 }
+
+#[test]
+fn a_degraded_round_says_why_in_every_mailloopctl_table() {
+    let check = Check::new("dist-why");
+    let id = check.name.clone();
+    // Delivered, but the receiver's DMARC pass is not the "fail" expected.
+    let c = Cluster::start(&format!("{}[check.expect]\ndmarc = \"fail\"\n", check_toml(&check, "2s", &REGIONS)));
+    const WHY: &str = "DMARC pass, expected fail";
+    wait_until(DEADLINE, "a degraded round reported by both regions", || {
+        let latest = c.coordinator.get_ok(&format!("/api/v1/checks/{id}/latest"));
+        let regions = latest["regions"].as_array()?;
+        (regions.len() == 2 && regions.iter().all(|r| r["result"]["outcome"] == "degraded")).then_some(())
+    });
+
+    let (code, out, err) = c.coordinator.ctl(&["latest", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("mailloopctl latest {id}:\n{out}");
+    for (agent, region) in AGENTS {
+        assert!(out.contains(&format!("\n{region}: DEGRADED by {agent}")), "{out}");
+    }
+    assert_eq!(out.lines().filter(|l| *l == format!("  degraded: {WHY}")).count(), 2, "{out}");
+
+    let (code, out, err) = c.coordinator.ctl(&["results", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert!(!rows.is_empty() && rows.iter().all(|l| l.contains("degraded") && l.ends_with(WHY)), "{out}");
+
+    // The judge's verdict, and why, on the one screen.
+    wait_until(DEADLINE, "a degraded verdict", || {
+        let status = c.coordinator.get_ok("/api/v1/status");
+        status["checks"].as_array()?.iter().any(|s| s["check"] == id.as_str() && s["verdict"] == "degraded").then_some(())
+    });
+    let (code, out, err) = c.coordinator.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("mailloopctl status:\n{out}");
+    let note = out.lines().find(|l| l.starts_with(&format!("{id}: degraded: "))).unwrap_or_else(|| panic!("no note for {id}:\n{out}"));
+    for region in REGIONS {
+        assert!(note.contains(&format!("{region}: {WHY}")), "{note}");
+        let row = out.lines().find(|l| l.contains(&format!("  {region}  degraded"))).unwrap_or_else(|| panic!("no {region} row:\n{out}"));
+        assert!(row.contains(&format!("degraded  {WHY}")), "the DETAIL column says why: {row}");
+    }
+
+    // `probe` exits 1 for degraded, each region with its reason.
+    let (code, out, err) = c.coordinator.ctl(&["probe", &id, "--timeout", "60s"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out.lines().filter(|l| *l == format!("  degraded: {WHY}")).count(), 2, "{out}");
+    assert!(out.contains("result: DEGRADED"), "{out}");
+}

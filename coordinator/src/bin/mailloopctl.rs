@@ -371,11 +371,16 @@ impl Ctl {
             )),
             403 => Err(Fail::new(
                 exit::AUTH,
-                format!(
-                    "the token from {} may not do this (403): {}",
-                    self.token_source.as_deref().unwrap_or("?"),
-                    api_error(&r)
-                ),
+                match &self.token_source {
+                    None => format!(
+                        "no token: set MAILLOOP_TOKEN or --token-file (the coordinator answered 403: {})",
+                        api_error(&r)
+                    ),
+                    Some(src) => format!(
+                        "the token from {src} may not do this (403): {}",
+                        api_error(&r)
+                    ),
+                },
             )),
             _ => Ok(r),
         }
@@ -1409,8 +1414,13 @@ async fn status(ctl: &Ctl, out: Output) -> Result<(), Fail> {
         {
             notes.push(format!("{}: {}", text(&c["check"]), one_line(note)));
         }
+        let evidence = evidence_for(ctl, c).await;
         // One line per region; the check's own columns only on the first.
         for (n, r) in c["regions"].as_array().into_iter().flatten().enumerate() {
+            let detail = match evidence.iter().find(|e| e["region"] == r["region"]) {
+                Some(e) if region_detail(r).is_empty() => region_detail(e),
+                _ => region_detail(r),
+            };
             let first = |cell: String| if n == 0 { cell } else { String::new() };
             let state = if r["state"].is_null() {
                 "-".into()
@@ -1424,7 +1434,7 @@ async fn status(ctl: &Ctl, out: Output) -> Result<(), Fail> {
                 first(when(&c["round_start"])),
                 text(&r["region"]),
                 state,
-                region_detail(r),
+                detail,
                 first(incidents.clone()),
             ]);
         }
@@ -1449,6 +1459,30 @@ async fn status(ctl: &Ctl, out: Output) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// The verdict's full per-region evidence, when `/status` leaves a region
+/// that is not ok without a why (a degraded region's reasons and slow
+/// steps are in the verdict, not in `/status`, on older coordinators).
+async fn evidence_for(ctl: &Ctl, c: &Value) -> Vec<Value> {
+    let unexplained = c["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| !r["state"].is_null() && r["state"] != "ok" && region_detail(r).is_empty());
+    if !unexplained {
+        return Vec::new();
+    }
+    let path = format!("/api/v1/verdicts?check={}&limit=1", seg(&text(&c["check"])));
+    let Ok(body) = ctl.get(&path).await else {
+        return Vec::new();
+    };
+    body["verdicts"]
+        .as_array()
+        .and_then(|v| v.first())
+        .filter(|v| v["round"] == c["round"])
+        .and_then(|v| v["regions"].as_array().cloned())
+        .unwrap_or_default()
 }
 
 /// Why one region of a verdict is in its state: the coordinator's own
