@@ -211,6 +211,19 @@ async fn a_url_at_the_wrong_port_says_which_port_it_is() {
         format!("mailloopctl: https:// to a server that answered in plain HTTP ({0}): use http://{0}, or enable tls_cert on the coordinator [URL from $MAILLOOP_URL]\n", c.http)
     );
 
+    // Some other web server: its 404 page is not the API's JSON.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let web_addr = web.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = web.accept().unwrap();
+        let _ = s.read(&mut [0u8; 4096]);
+        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 22\r\n\r\n<h1>Not Found</h1>\r\n\r\n");
+    });
+    let (code, stderr) = at_url(&format!("http://{web_addr}"), &["checks", "list"]);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("answered 404 with a body that is not JSON: is it mailloop's admin API (http_listen)?"), "{stderr}");
+
     // Nothing listening: said once, on one line.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let (code, stderr) = at_url(&format!("http://{closed}"), &["checks", "list"]);
@@ -260,6 +273,7 @@ async fn a_missing_token_and_a_wrong_one_read_differently_with_one_exit_code() {
     let (code, _, stderr) = with_env(&c, &[("MAILLOOP_TOKEN", ADMIN_TOKEN)], &["--token-file", wrong_arg, "checks", "delete", "corp"]);
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains(&format!("refused the token from --token-file {wrong_arg} (401)")), "{stderr}");
+    assert!(stderr.contains(&format!("warning: --token-file {wrong_arg} is readable by others (mode 644): chmod 600 {wrong_arg}")), "{stderr}");
     let right = c.dir.path().join("admin.token");
     let (code, stdout, stderr) = with_env(&c, &[], &["--token-file", right.to_str().unwrap(), "checks", "delete", "corp"]);
     assert_eq!(code, 0, "{stderr}");

@@ -309,6 +309,7 @@ fn token(cli: &Cli) -> Result<Option<Token>, Fail> {
     if let Some(path) = &cli.token_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Fail::usage(format!("--token-file {}: {e}", path.display())))?;
+        warn_if_others_read(path);
         let value = text.lines().next().unwrap_or("").trim().to_string();
         if value.is_empty() {
             return Err(Fail::usage(format!(
@@ -330,6 +331,21 @@ fn token(cli: &Cli) -> Result<Option<Token>, Fail> {
         Err(std::env::VarError::NotUnicode(_)) => Err(Fail::usage(
             "$MAILLOOP_TOKEN is not valid UTF-8; a token is printable text",
         )),
+    }
+}
+
+/// A token file others can read is a leak waiting to happen: say so (once,
+/// on stderr) and go on.
+fn warn_if_others_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warn!(
+                "mailloopctl: warning: --token-file {0} is readable by others (mode {mode:o}): chmod 600 {0}",
+                path.display()
+            );
+        }
     }
 }
 
@@ -381,6 +397,15 @@ impl Ctl {
                         api_error(&r)
                     ),
                 },
+            )),
+            // The admin API answers an unknown path in JSON; a page that is
+            // not JSON comes from some other server.
+            404 if r.body.is_string() => Err(Fail::new(
+                exit::UNREACHABLE,
+                format!(
+                    "{path}: the server at the URL answered 404 with a body that is not JSON: is it mailloop's admin API (http_listen)? [URL from {}]",
+                    self.url_source
+                ),
             )),
             _ => Ok(r),
         }
