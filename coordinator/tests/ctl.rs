@@ -372,3 +372,34 @@ async fn agents_add_writes_its_token_to_a_file_only_the_owner_reads() {
     assert_eq!(code, 3, "{stderr}");
     assert!(!ctl.ok(&["agents", "list"]).contains("lab-2"), "no agent whose token was lost");
 }
+
+#[tokio::test]
+async fn status_says_why_for_a_failing_and_a_missing_region() {
+    use mailloop_coordinator::schedule;
+    let c = Coordinator::start("", &format!("{}\n[incidents]\nround_slack = \"1s\"\n", check_toml("corp", &["eu-west", "us-east"], "1s")));
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    let round = schedule::round_at(now, 1000, schedule::phase_ms("corp", 1000));
+    // eu-west fails at RCPT TO; us-east never reports.
+    let failed = report("ml-f", "corp", round, |v| {
+        v["outcome"] = "failed".into();
+        v["rtt_ms"] = serde_json::Value::Null;
+        v["delivery_ms"] = serde_json::Value::Null;
+        v["failure"] = serde_json::json!({"step": "smtp.rcpt_to", "class": "permanent", "code": 550, "enhanced": "5.1.1", "message": "550 5.1.1 User unknown"});
+    });
+    let mut eu1 = c.agent("eu-1").await;
+    assert!(Reports::open(&mut eu1).await.send(failed).await.stored);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c.api().get("/api/v1/status").await.unwrap().body["checks"][0]["verdict"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "no verdict for round {round}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let status = Ctl(&c).ok(&["status"]);
+    eprintln!("{status}");
+    let row = |region: &str| status.lines().find(|l| l.contains(&format!("  {region}  "))).unwrap_or_else(|| panic!("{region}:\n{status}")).to_string();
+    let cells = |region: &str| row(region).split_whitespace().skip_while(|w| *w != region).skip(1).collect::<Vec<_>>().join(" ");
+    assert_eq!(cells("eu-west"), "failed smtp.rcpt_to 550 permanent: 550 5.1.1 User unknown", "{status}");
+    assert_eq!(cells("us-east"), "missing no report for this round", "{status}");
+    let note = status.lines().find(|l| l.starts_with("corp: unknown: ")).unwrap_or_else(|| panic!("the judge's note:\n{status}"));
+    assert!(note.contains("failing: eu-west at smtp.rcpt_to (permanent 550 5.1.1)") && note.ends_with("missing: us-east (agents offline?)"), "{note}");
+}
