@@ -357,11 +357,33 @@ fn connect_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// rustls' error, without the `io::Error` wrapper's repetition.
+/// rustls' error as a sentence that says what to do, without the
+/// `io::Error` wrapper's repetition.
 fn tls_reason(e: &std::io::Error) -> String {
-    match e.get_ref() {
-        Some(inner) => inner.to_string(),
-        None => e.to_string(),
+    use rustls::CertificateError as C;
+    let Some(inner) = e.get_ref() else {
+        return e.to_string();
+    };
+    let Some(rustls::Error::InvalidCertificate(cert)) = inner.downcast_ref::<rustls::Error>()
+    else {
+        return inner.to_string();
+    };
+    match cert {
+        C::UnknownIssuer | C::BadSignature => {
+            "its certificate is not signed by a CA this machine trusts: give that CA with --ca-file (MAILLOOP_CA_FILE)".into()
+        }
+        C::NotValidForNameContext { expected, presented } => format!(
+            "its certificate is issued for {}, not {}: use a name it covers in the URL",
+            presented.join(", "),
+            expected.to_str()
+        ),
+        C::NotValidForName => {
+            "its certificate is not issued for the URL's host name: use a name it covers in the URL".into()
+        }
+        C::Expired | C::ExpiredContext { .. } => {
+            "its certificate has expired: renew the coordinator's tls_cert".into()
+        }
+        _ => inner.to_string(),
     }
 }
 

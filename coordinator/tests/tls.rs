@@ -91,3 +91,29 @@ async fn mutual_tls_refuses_agents_without_a_client_certificate() {
     };
     assert!(refused, "an agent without a client certificate must not get in");
 }
+
+#[tokio::test]
+async fn mailloopctl_says_which_side_of_tls_a_url_is_on() {
+    let p = pki();
+    let c = Coordinator::start(&tls_server(&p, false), "");
+    let ctl = |url: String, ca: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailloopctl"));
+        cmd.args(["checks", "list"]).env("MAILLOOP_URL", url).env("MAILLOOP_TOKEN", ADMIN_TOKEN);
+        if ca {
+            cmd.env("MAILLOOP_CA_FILE", &p.ca);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = ctl(format!("https://{}", c.http), true);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    let (code, stderr) = ctl(format!("http://{}", c.http), false);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains(&format!("http:// to a server that answered with TLS ({0}): use https://{0}", c.http)), "{stderr}");
+    let (code, stderr) = ctl(format!("https://{}", c.grpc), true);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("speaks HTTP/2 gRPC: that is the agents' port (grpc_listen)"), "{stderr}");
+    let (code, stderr) = ctl(format!("https://{}", c.http), false);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("--ca-file"), "an untrusted certificate says how to trust it: {stderr}");
+}
