@@ -446,6 +446,10 @@ async fn mailloopctl_shows_status_and_lists_shows_and_acks_incidents() {
         "{status}"
     );
     assert!(status.contains(&format!("#{id} outage (open)")), "{status}");
+    // Under the table: the judge's note and the incident's summary, as in the JSON.
+    assert!(status.contains(&format!("\n{CHECK}: down: ")), "{status}");
+    let summary = opened["summary"].as_str().unwrap();
+    assert!(status.contains(&format!("\n{CHECK}: #{id} outage (open): {summary}")), "{status}");
 
     let (code, list) = ctl(&c, &["incidents", "list", "--state", "active"]);
     assert_eq!(code, 0, "{list}");

@@ -1439,6 +1439,18 @@ async fn status(ctl: &Ctl, out: Output) -> Result<(), Fail> {
         {
             notes.push(format!("{}: {}", text(&c["check"]), one_line(note)));
         }
+        for i in c["incidents"].as_array().into_iter().flatten() {
+            if let Some(summary) = i["summary"].as_str().filter(|s| !s.is_empty()) {
+                notes.push(format!(
+                    "{}: #{} {} ({}): {}",
+                    text(&c["check"]),
+                    text(&i["id"]),
+                    text(&i["kind"]),
+                    text(&i["state"]),
+                    one_line(summary)
+                ));
+            }
+        }
         let evidence = evidence_for(ctl, c).await;
         // One line per region; the check's own columns only on the first.
         for (n, r) in c["regions"].as_array().into_iter().flatten().enumerate() {
