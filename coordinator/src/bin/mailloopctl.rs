@@ -674,7 +674,20 @@ async fn agents(ctl: &Ctl, cmd: AgentsCmd, out: Output) -> Result<(), Fail> {
                         text(&a["assigned_checks"]),
                         text(&a["spooled"]),
                         text(&a["version"]),
-                        text(&a["last_seen"]),
+                        match a["disconnected_at"].as_str() {
+                            Some(d) if a["connected"] != true => {
+                                format!(
+                                    "{} (disconnected {})",
+                                    text(&a["last_seen"]),
+                                    when(&json!(d))
+                                )
+                            }
+                            _ => text(&a["last_seen"]),
+                        },
+                        a["clock_skew_ms"]
+                            .as_f64()
+                            .map(|ms| format!("{:+.1} s", ms / 1000.0))
+                            .unwrap_or_default(),
                         text(&a["source"]),
                     ]
                 })
@@ -688,6 +701,7 @@ async fn agents(ctl: &Ctl, cmd: AgentsCmd, out: Output) -> Result<(), Fail> {
                     "SPOOLED",
                     "VERSION",
                     "LAST SEEN",
+                    "CLOCK",
                     "SOURCE",
                 ],
                 rows,
@@ -848,7 +862,11 @@ async fn results(
                 text(&r["started_at"]),
                 text(&r["region"]),
                 text(&r["agent"]),
-                text(&r["round"]),
+                match r["out_of_window"].as_str() {
+                    // Round sanity: stored as evidence, never judged.
+                    Some(w) => format!("{} ({w})", text(&r["round"])),
+                    None => text(&r["round"]),
+                },
                 text(&r["outcome"]),
                 ms(&r["rtt_ms"]),
                 ms(&r["delivery_ms"]),
@@ -924,25 +942,52 @@ async fn latest(ctl: &Ctl, check: &str, out: Output) -> Result<(), Fail> {
         print_json(&body);
         return Ok(());
     }
-    if body["round"].is_null() {
+    // Coordinators that keep on-demand runs apart give the newest one
+    // beside the round (`on_demand`), and say which came last (`newest`).
+    let run = body.get("on_demand").filter(|r| r.is_object());
+    if body["round"].is_null() && run.is_none() {
         let detail = detail_of(&body)
             .map(|d| format!(" ({d})"))
             .unwrap_or_default();
         out!("{check}: no results yet{detail}");
         return Ok(());
     }
-    let round = if body["round"] == 0 {
-        "on-demand run".to_string()
-    } else {
-        format!("round {}", text(&body["round"]))
-    };
-    out!(
-        "check {check}  {round}  started {}",
-        text(&body["round_started_at"])
-    );
-    if let Some(d) = detail_of(&body) {
-        out!("{d}");
+    if !body["round"].is_null() {
+        let round = if body["round"] == 0 {
+            "on-demand run".to_string()
+        } else {
+            format!("round {}", text(&body["round"]))
+        };
+        out!(
+            "check {check}  {round}  started {}",
+            text(&body["round_started_at"])
+        );
+        if let Some(d) = detail_of(&body) {
+            out!("{d}");
+        }
+        print_regions(&body);
     }
+    if let Some(run) = run {
+        let order = match body["newest"].as_str() {
+            Some("on_demand") if !body["round"].is_null() => "  (newer than the round)",
+            Some("round") => "  (older than the round)",
+            _ => "",
+        };
+        if !body["round"].is_null() {
+            out!();
+        }
+        out!(
+            "check {check}  on-demand run {}  started {}{order}",
+            text(&run["request_id"]),
+            text(&run["started_at"])
+        );
+        print_regions(run);
+    }
+    Ok(())
+}
+
+/// Each region of a round or run: its report, or why there is none.
+fn print_regions(body: &Value) {
     for region in body["regions"].as_array().into_iter().flatten() {
         let r = &region["result"];
         if r.is_null() {
@@ -957,7 +1002,6 @@ async fn latest(ctl: &Ctl, check: &str, out: Output) -> Result<(), Fail> {
         }
         print_region_report(&text(&region["region"]), r);
     }
-    Ok(())
 }
 
 /// A `detail`, `reason` or `note` string the API gives for an object
@@ -1233,7 +1277,7 @@ enum IncidentsCmd {
         /// open, acknowledged, resolved, or active (open or acknowledged).
         #[arg(long)]
         state: Option<String>,
-        /// outage, regional, performance, authentication or certificate.
+        /// outage, regional, performance, authentication, certificate, coverage or clock.
         #[arg(long)]
         kind: Option<String>,
         #[arg(long)]
