@@ -965,7 +965,7 @@ async fn latest(ctl: &Ctl, check: &str, out: Output) -> Result<(), Fail> {
         if let Some(d) = detail_of(&body) {
             out!("{d}");
         }
-        print_regions(&body);
+        print_regions(&body, "round");
     }
     if let Some(run) = run {
         let order = match body["newest"].as_str() {
@@ -981,13 +981,13 @@ async fn latest(ctl: &Ctl, check: &str, out: Output) -> Result<(), Fail> {
             text(&run["request_id"]),
             text(&run["started_at"])
         );
-        print_regions(run);
+        print_regions(run, "run");
     }
     Ok(())
 }
 
 /// Each region of a round or run: its report, or why there is none.
-fn print_regions(body: &Value) {
+fn print_regions(body: &Value, what: &str) {
     for region in body["regions"].as_array().into_iter().flatten() {
         let r = &region["result"];
         if r.is_null() {
@@ -995,7 +995,7 @@ fn print_regions(body: &Value) {
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default();
             out!(
-                "\n{}: no report for this round{detail}",
+                "\n{}: no report for this {what}{detail}",
                 text(&region["region"])
             );
             continue;
