@@ -125,7 +125,8 @@ async fn latest_and_results_tables_say_why_a_report_is_degraded_or_failed() {
         v["steps"][1]["ok"] = false.into();
         v["steps"][1]["code"] = 550.into();
         v["failure"] = serde_json::json!({"step": "smtp.rcpt_to", "class": "permanent", "code": 550, "enhanced": "5.1.1",
-            "message": "<probe@receiver.test>: Recipient address rejected:\r\n User unknown in virtual mailbox table"});
+            "message": "<probe@receiver.test>: Recipient address rejected:\r\n User unknown in virtual mailbox table", "raw": "550-5.1.1 first line"});
+        v["warnings"] = serde_json::json!(["the login went in clear text (allow_plaintext_auth)"]);
     });
     let mut eu1 = c.agent("eu-1").await;
     assert!(Reports::open(&mut eu1).await.send(degraded).await.stored);
@@ -142,6 +143,8 @@ async fn latest_and_results_tables_say_why_a_report_is_degraded_or_failed() {
         "  auth warning: no trusted_authserv_id: any host could have written these verdicts",
         "us-east: FAILED by us-1",
         "  failed at smtp.rcpt_to (permanent 550 5.1.1): <probe@receiver.test>: Recipient address rejected: / User unknown in virtual mailbox table",
+        "    raw: 550-5.1.1 first line",
+        "  warning: the login went in clear text (allow_plaintext_auth)",
     ] {
         assert!(latest.lines().any(|l| l.trim_end() == line.trim_end() || l.starts_with(line)), "missing {line:?} in:\n{latest}");
     }

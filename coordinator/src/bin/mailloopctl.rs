@@ -1232,7 +1232,13 @@ fn report_why(r: &Value) -> Vec<String> {
     let report = &r["report"];
     let mut lines = Vec::new();
     match report["failure"].as_object() {
-        Some(f) => lines.push(failure_text(f)),
+        Some(f) => {
+            lines.push(failure_text(f));
+            // The library's own words, when the message rephrases them.
+            if let Some(raw) = f.get("raw").and_then(Value::as_str) {
+                lines.push(format!("  raw: {}", one_line(raw)));
+            }
+        }
         None => {
             if let Some(f) = r["failure"].as_object() {
                 lines.push(format!(
@@ -1245,6 +1251,9 @@ fn report_why(r: &Value) -> Vec<String> {
     }
     for reason in strings(&report["reasons"]) {
         lines.push(format!("degraded: {reason}"));
+    }
+    for warning in strings(&report["warnings"]) {
+        lines.push(format!("warning: {}", one_line(&warning)));
     }
     if report["greylisted"] == true || report["greylist_ms"].is_number() {
         let attempts = report["attempts"].as_array().map_or(0, Vec::len);
