@@ -20,6 +20,18 @@ pub struct Inspection {
     pub reasons: Vec<String>,
 }
 
+/// True the first time this process sees a trust warning for `check` with
+/// its current `trusted_authserv_id`: a missing setting is a configuration
+/// fact, not news every round, so the log says it once (the report still
+/// carries it every time).
+fn first_warning(check: &CheckConfig) -> bool {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+    static WARNED: LazyLock<Mutex<HashSet<(String, Option<String>)>>> = LazyLock::new(Default::default);
+    let key = (check.name.clone(), check.trusted_authserv_id.clone());
+    WARNED.lock().map(|mut seen| seen.insert(key)).unwrap_or(true)
+}
+
 /// Every value of header `name` in the message's header block, top first,
 /// as raw text (folding kept).
 fn header_values<'a>(msg: &'a mail_parser::Message<'a>, name: &str) -> Vec<&'a str> {
@@ -48,7 +60,9 @@ pub async fn inspect(check: &CheckConfig, raw: &[u8], dns: Option<&Dns>, sent_at
 
     let summary = auth_results::summarize(&ar_values, check.trusted_authserv_id.as_deref());
     if let Some(w) = &summary.warning {
-        tracing::warn!(check = %check.name, "{w}");
+        if first_warning(check) {
+            tracing::warn!(check = %check.name, "{w} (said once per check; every report carries it in auth.warning)");
+        }
     }
     let from = from_domain.clone().unwrap_or_default();
     let align = |d: &Option<String>| d.as_deref().map(|d| alignment(d, &from)).unwrap_or(Alignment::None);

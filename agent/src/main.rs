@@ -5,8 +5,8 @@ use mailloop_agent::output::{self, Format};
 use mailloop_agent::probe::Prober;
 use mailloop_agent::run::config::AgentConfig;
 use mailloop_agent::transport::{ConnectRule, ConnectTo};
-use mailloop_common::config::ProbeConfig;
-use std::path::PathBuf;
+use mailloop_common::config::{ConfigError, ConfigIssue, ProbeConfig};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit code for a config or internal error (Nagios UNKNOWN).
@@ -18,7 +18,9 @@ const EXIT_CONFIG: u8 = 3;
     version,
     about = "End-to-end email delivery probe: sends a tagged message over SMTP, finds it over IMAP, times every protocol step.",
     after_help = "Exit codes (every output mode): 0 ok, 1 degraded, 2 failed, 3 config or internal error.\n\
-                  Logs go to stderr; set MAILLOOP_LOG (e.g. MAILLOOP_LOG=debug) for more."
+                  Logs go to stderr. Default level: warn for probe and check-config (the table is the output), \
+                  info for run (connections, assignments, one line per probe). MAILLOOP_LOG overrides it, \
+                  e.g. MAILLOOP_LOG=debug or MAILLOOP_LOG=warn."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,6 +47,9 @@ enum Command {
         connect_to: Vec<ConnectRule>,
     },
     /// Validate a config file and print every problem; nothing is contacted.
+    /// A probe config ([[check]] tables) is loaded as `probe` loads it,
+    /// trust roots (ca_file) included; an agent.toml ([agent]) as `run`
+    /// loads it, its ca_file, client_cert and client_key included.
     CheckConfig {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A long-running agent says what it connects to and what it runs: one
     // line per probe from the scheduler, not one per step from the engine.
+    // A one-shot command prints its result; its log says only what is wrong.
     let default_level = if matches!(cli.command, Command::Run { .. }) {
         "info,mailloop_agent::steps=warn,mailloop_agent::probe=warn"
     } else {
@@ -79,19 +85,43 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
-        Command::CheckConfig { config } => match ProbeConfig::load(&config) {
-            Ok(c) => {
-                println!("{}: {} check(s) ok", config.display(), c.checks.len());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
     }
+}
+
+fn check_config(config: &Path) -> ExitCode {
+    let checked = if AgentConfig::is_agent_file(config) {
+        AgentConfig::load(config).map(|c| format!("agent {} in region {} ok", c.name, c.region))
+    } else {
+        load_probers(config).map(|p| format!("{} check(s) ok", p.len()))
+    };
+    match checked {
+        Ok(summary) => {
+            println!("{}: {summary}", config.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// The probe config validated whole, then every check's prober built (its
+/// trust roots loaded): each problem named with its path, all at once.
+fn load_probers(config: &Path) -> Result<Vec<Prober>, ConfigError> {
+    let cfg = ProbeConfig::load(config)?;
+    let mut probers = Vec::new();
+    let mut issues = Vec::new();
+    for (i, check) in cfg.checks.into_iter().enumerate() {
+        match Prober::build(check, &cfg.dns) {
+            Ok(p) => probers.push(p),
+            Err(bad) => issues.extend(bad.into_iter().map(|b| ConfigIssue { path: format!("check[{i}].{}", b.path), ..b })),
+        }
+    }
+    if issues.is_empty() { Ok(probers) } else { Err(ConfigError::Invalid { path: config.display().to_string(), issues }) }
 }
 
 fn run(config: PathBuf) -> ExitCode {
@@ -144,22 +174,20 @@ fn unknown(format: Format, message: &str) -> ExitCode {
 }
 
 fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: ConnectTo) -> ExitCode {
-    let cfg = match ProbeConfig::load(&config) {
-        Ok(c) => c,
+    let all = match load_probers(&config) {
+        Ok(p) => p,
         Err(e) => return unknown(format, &e.to_string()),
     };
-    let missing: Vec<&String> = names.iter().filter(|n| !cfg.checks.iter().any(|c| &c.name == *n)).collect();
+    let missing: Vec<&String> = names.iter().filter(|n| !all.iter().any(|p| &p.check().name == *n)).collect();
     if !missing.is_empty() {
-        let known: Vec<&str> = cfg.checks.iter().map(|c| c.name.as_str()).collect();
+        let known: Vec<&str> = all.iter().map(|p| p.check().name.as_str()).collect();
         return unknown(format, &format!("no check named {missing:?} in {} (checks: {})", config.display(), known.join(", ")));
     }
-    let mut probers = Vec::new();
-    for check in cfg.checks.into_iter().filter(|c| names.is_empty() || names.contains(&c.name)) {
-        match Prober::new(check, &cfg.dns) {
-            Ok(p) => probers.push(p.with_connect_to(connect_to.clone())),
-            Err(e) => return unknown(format, &e),
-        }
-    }
+    let probers: Vec<Prober> = all
+        .into_iter()
+        .filter(|p| names.is_empty() || names.contains(&p.check().name))
+        .map(|p| p.with_connect_to(connect_to.clone()))
+        .collect();
     tracing::debug!(checks = probers.len(), "config loaded");
 
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -164,9 +164,8 @@ pub fn nagios(reports: &[ProbeReport]) -> String {
         if let Some(d) = r.delivery_ms {
             perf.push(format!("{}={:.6}s", label("delivery"), d / 1000.0));
         }
-        if let Some(g) = r.greylist_ms {
-            perf.push(format!("{}={:.3}s", label("greylist"), g / 1000.0));
-        }
+        // Always there (0 without a deferral), so a graph never has holes.
+        perf.push(format!("{}={:.3}s", label("greylist"), r.greylist_ms.unwrap_or(0.0) / 1000.0));
         if let Some(days) = r.tls.iter().map(|c| c.days_left).min() {
             perf.push(format!("{}={days};14;0", label("cert_days")));
         }

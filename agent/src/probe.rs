@@ -16,7 +16,7 @@ use crate::inspect;
 use crate::spf;
 use crate::tls::TlsClient;
 use crate::transport::ConnectTo;
-use mailloop_common::config::DnsConfig;
+use mailloop_common::config::{ConfigIssue, DnsConfig};
 use mailloop_common::{FailureClass, SpfBudget};
 use std::sync::Arc;
 
@@ -32,26 +32,54 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Fails if a `ca_file` cannot be used or the resolver cannot be built.
+    /// Fails if a `ca_file` cannot be used or the resolver cannot be built;
+    /// the message names the check and every bad key.
     pub fn new(check: CheckConfig, dns: &DnsConfig) -> Result<Prober, String> {
+        let name = check.name.clone();
+        Prober::build(check, dns).map_err(|issues| {
+            let list: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+            format!("check {name}: {}", list.join("; "))
+        })
+    }
+
+    /// [`Prober::new`] with every problem as a [`ConfigIssue`] whose path
+    /// is relative to the check (`smtp.ca_file`, `dns`). What `check-config`
+    /// runs too, so a `ca_file` holding a key or garbage is found before
+    /// any probe, by the very code the probe would load it with.
+    pub fn build(check: CheckConfig, dns: &DnsConfig) -> Result<Prober, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
         let (smtp, imap) = (&check.smtp.endpoint, &check.imap.endpoint);
-        let smtp_tls = TlsClient::new(smtp.ca_file.as_deref(), &smtp.pin_sha256)
-            .map_err(|e| format!("check {}: smtp: {e}", check.name))?;
+        let mut trust = |key: &str, e: &mailloop_common::config::Endpoint| {
+            TlsClient::new(e.ca_file.as_deref(), &e.pin_sha256)
+                .map_err(|message| issues.push(ConfigIssue { path: key.to_string(), message }))
+                .ok()
+        };
+        let smtp_tls = trust("smtp.ca_file", smtp);
         let imap_tls = if (&imap.ca_file, &imap.pin_sha256) == (&smtp.ca_file, &smtp.pin_sha256) {
             smtp_tls.clone()
         } else {
-            TlsClient::new(imap.ca_file.as_deref(), &imap.pin_sha256)
-                .map_err(|e| format!("check {}: imap: {e}", check.name))?
+            trust("imap.ca_file", imap)
         };
         for warning in [smtp.plaintext_auth_warning("smtp"), imap.plaintext_auth_warning("imap")].into_iter().flatten() {
             tracing::warn!(check = %check.name, "{warning}");
         }
         let dns = if check.verify_dkim || check.spf.enabled {
-            Some(Arc::new(Dns::new(dns).map_err(|e| format!("check {}: dns: {e}", check.name))?))
+            match Dns::new(dns) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    issues.push(ConfigIssue { path: "dns".into(), message: e.to_string() });
+                    None
+                }
+            }
         } else {
             None
         };
-        Ok(Prober { check, smtp_tls, imap_tls, dns, connect_to: ConnectTo::default() })
+        match (smtp_tls, imap_tls) {
+            (Some(smtp_tls), Some(imap_tls)) if issues.is_empty() => {
+                Ok(Prober { check, smtp_tls, imap_tls, dns, connect_to: ConnectTo::default() })
+            }
+            _ => Err(issues),
+        }
     }
 
     /// Sends this check's SMTP and IMAP connections where the agent's
@@ -147,17 +175,29 @@ impl Prober {
         report
     }
 
-    /// The `dns.spf` step, when enabled.
-    async fn spf_walk(&self, rec: &mut Recorder) -> Option<SpfBudget> {
+    /// The `dns.spf` step, when enabled. A walk that could not read a
+    /// record (no SPF record, a DNS error, a loop) is a failed step whose
+    /// detail says why, never "ok, 0 lookups"; the step's timeout is
+    /// returned as `Err` so the probe can give it as a reason.
+    async fn spf_walk(&self, rec: &mut Recorder) -> Option<Result<SpfBudget, Failure>> {
         let (Some(dns), true) = (&self.dns, self.check.spf.enabled) else { return None };
         let domain = &self.check.spf.domain;
-        rec.run(StepName::DnsSpf, self.check.timeout(StepName::DnsSpf), async {
-            let b = spf::walk(dns, domain).await;
-            let detail = format!("{}: {} lookups, {} void", b.domain, b.lookups, b.void_lookups);
-            Ok(crate::steps::Done::new(b).detail(detail))
-        })
-        .await
-        .ok()
+        let walked = rec
+            .run(StepName::DnsSpf, self.check.timeout(StepName::DnsSpf), async {
+                let b = spf::walk(dns, domain).await;
+                let detail = format!("{}: {} lookups, {} void", b.domain, b.lookups, b.void_lookups);
+                Ok(crate::steps::Done::new(b).detail(detail))
+            })
+            .await;
+        if let Ok(b) = &walked {
+            if let Some(e) = &b.error {
+                if let Some(step) = rec.steps.iter_mut().rev().find(|s| s.name == StepName::DnsSpf) {
+                    step.ok = false;
+                    step.detail = Some(format!("{}: {e} ({} lookups, {} void before it)", b.domain, b.lookups, b.void_lookups));
+                }
+            }
+        }
+        Some(walked)
     }
 
     /// One attempt: submit and, if that worked, find the probe.
@@ -190,6 +230,14 @@ impl Prober {
         );
 
         let mut r = AttemptResult::default();
+        let spf_budget = match spf_budget {
+            Some(Err(f)) => {
+                r.reasons.push(format!("SPF walk of {} did not finish ({}): {}", check.spf.domain, f.class, f.message));
+                None
+            }
+            Some(Ok(b)) => Some(b),
+            None => None,
+        };
         let spf_failure = match &spf_budget {
             Some(b) => match spf::verdict(b) {
                 Ok(Some(reason)) => {

@@ -100,7 +100,9 @@ impl TlsClient {
                     trust.ca_certs.push(cert);
                 }
                 if roots.is_empty() {
-                    return Err(format!("ca_file {} holds no certificate", path.display()));
+                    let key = std::fs::read_to_string(path).is_ok_and(|t| t.contains("PRIVATE KEY-----"));
+                    let hint = if key { " (it holds a private key: point ca_file at the CA's certificate)" } else { "" };
+                    return Err(format!("ca_file {} holds no certificate{hint}", path.display()));
                 }
                 let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                     .build()

@@ -303,12 +303,12 @@ impl ProbeConfig {
     /// validates it whole.
     pub fn load(path: &Path) -> Result<ProbeConfig, ConfigError> {
         let shown = path.display().to_string();
-        let raw = read_raw(path).map_err(|message| ConfigError::Unreadable {
+        let (raw, overrides) = read_raw(path).map_err(|message| ConfigError::Unreadable {
             path: shown.clone(),
             message,
         })?;
-        Self::from_value(&raw, &|name| std::env::var(name).ok())
-            .map_err(|issues| ConfigError::Invalid { path: shown, issues })
+        let validated = Self::from_value(&raw, &|name| std::env::var(name).ok());
+        overrides.finish(validated).map_err(|issues| ConfigError::Invalid { path: shown, issues })
     }
 
     /// Validates an already-parsed config tree. `env` looks up environment
@@ -353,7 +353,7 @@ pub fn check_from_value(
 /// top-level tables (reserved for agent settings); per-check overrides go by
 /// check name: `MAILLOOP_CHECK__<name>__<section>__<key>`, e.g.
 /// `MAILLOOP_CHECK__corp__SMTP__PORT=2525`.
-fn read_raw(path: &Path) -> Result<Value, String> {
+fn read_raw(path: &Path) -> Result<(Value, EnvOverrides), String> {
     if !path.exists() {
         return Err("no such file".into());
     }
@@ -362,31 +362,93 @@ fn read_raw(path: &Path) -> Result<Value, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let mut value: Value = built.try_deserialize().map_err(|e| e.to_string())?;
-    apply_env_overrides(&mut value, std::env::vars());
-    Ok(value)
+    let overrides = apply_env_overrides(&mut value, std::env::vars());
+    Ok((value, overrides))
 }
 
-/// Applies `MAILLOOP_CHECK__<name>__<key path>` overrides to matching checks.
-pub fn apply_env_overrides(value: &mut Value, vars: impl Iterator<Item = (String, String)>) {
-    for (key, val) in vars {
-        let Some(rest) = key.strip_prefix("MAILLOOP_CHECK__") else { continue };
-        let mut parts = rest.split("__");
-        let Some(check_name) = parts.next() else { continue };
-        let path: Vec<String> = parts.map(|p| p.to_ascii_lowercase()).collect();
-        if path.is_empty() {
-            continue;
+/// What environment overrides did to a config tree: the config path each
+/// variable set, so an issue at that path can name the variable behind it
+/// (the file does not hold the bad value), and the variables that could
+/// not be applied at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvOverrides {
+    /// (config path as issues spell it, e.g. `check[0].smtp.port`, variable).
+    pub applied: Vec<(String, String)>,
+    /// Variables that address nothing: an unknown check, an empty key.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl EnvOverrides {
+    /// Adds "(from environment variable X)" to every issue at or under a
+    /// path a variable set.
+    pub fn explain(&self, mut issues: Vec<ConfigIssue>) -> Vec<ConfigIssue> {
+        for issue in &mut issues {
+            let var = self.applied.iter().find(|(path, _)| {
+                issue.path == *path || issue.path.strip_prefix(path.as_str()).is_some_and(|rest| rest.starts_with('.'))
+            });
+            if let Some((_, var)) = var {
+                issue.message.push_str(&format!(" (from environment variable {var})"));
+            }
         }
-        let Some(checks) = value.get_mut("check").and_then(Value::as_array_mut) else { continue };
-        for check in checks.iter_mut() {
-            let matches = check
-                .get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| n.eq_ignore_ascii_case(check_name));
-            if matches {
-                set_path(check, &path, scalar(&val));
+        issues
+    }
+
+    /// A validation result with the variables named: every issue of the
+    /// tree explained, plus the variables that addressed nothing (an error
+    /// even when the tree itself is fine: a mistyped override must not be
+    /// silently ignored).
+    pub fn finish<T>(&self, validated: Result<T, Vec<ConfigIssue>>) -> Result<T, Vec<ConfigIssue>> {
+        match validated {
+            Ok(v) if self.issues.is_empty() => Ok(v),
+            Ok(_) => Err(self.issues.clone()),
+            Err(issues) => {
+                let mut all = self.explain(issues);
+                all.extend(self.issues.iter().cloned());
+                Err(all)
             }
         }
     }
+}
+
+/// Applies `MAILLOOP_CHECK__<name>__<key path>` overrides to matching
+/// checks; a variable naming no check is an issue (path: the variable).
+pub fn apply_env_overrides(value: &mut Value, vars: impl Iterator<Item = (String, String)>) -> EnvOverrides {
+    let mut out = EnvOverrides::default();
+    let mut vars: Vec<(String, String)> = vars.filter(|(k, _)| k.starts_with("MAILLOOP_CHECK__")).collect();
+    vars.sort();
+    for (key, val) in vars {
+        let rest = &key["MAILLOOP_CHECK__".len()..];
+        let mut parts = rest.split("__");
+        let check_name = parts.next().unwrap_or_default();
+        let path: Vec<String> = parts.map(|p| p.to_ascii_lowercase()).collect();
+        if check_name.is_empty() || path.is_empty() || path.iter().any(String::is_empty) {
+            out.issues.push(ConfigIssue {
+                path: key.clone(),
+                message: "environment override names no check key: write MAILLOOP_CHECK__<check name>__<section>__<key>, e.g. MAILLOOP_CHECK__corp__SMTP__PORT=2525".into(),
+            });
+            continue;
+        }
+        let checks = value.get_mut("check").and_then(Value::as_array_mut).map(|c| c.as_mut_slice()).unwrap_or_default();
+        let mut names = Vec::new();
+        let mut matched = false;
+        for (i, check) in checks.iter_mut().enumerate() {
+            let name = check.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            if name.eq_ignore_ascii_case(check_name) {
+                set_path(check, &path, scalar(&val));
+                out.applied.push((format!("check[{i}].{}", path.join(".")), key.clone()));
+                matched = true;
+            }
+            names.push(name);
+        }
+        if !matched {
+            let known = if names.is_empty() { "none defined".to_string() } else { names.join(", ") };
+            out.issues.push(ConfigIssue {
+                path: key.clone(),
+                message: format!("environment override for check {check_name:?}, but no check has that name (checks: {known})"),
+            });
+        }
+    }
+    out
 }
 
 /// Applies `MAILLOOP_<SECTION>__<key path>` overrides to the top-level table
@@ -395,17 +457,30 @@ pub fn apply_env_overrides(value: &mut Value, vars: impl Iterator<Item = (String
 /// lowercased; values are read as a whole number, `true`/`false`, or else a
 /// string, then validated like the file's. For settings that differ per host
 /// (a container's region, a token variable) without editing the file.
-pub fn apply_section_env_overrides(value: &mut Value, section: &str, vars: impl Iterator<Item = (String, String)>) {
+///
+/// The returned [`EnvOverrides`] ties each set path to its variable, so a
+/// typo in a variable's key (`MAILLOOP_AGENT__REGOIN`) is reported as
+/// `agent.regoin: unknown key (from environment variable MAILLOOP_AGENT__REGOIN)`.
+pub fn apply_section_env_overrides(value: &mut Value, section: &str, vars: impl Iterator<Item = (String, String)>) -> EnvOverrides {
     let prefix = format!("MAILLOOP_{}__", section.to_ascii_uppercase());
+    let mut out = EnvOverrides::default();
+    let mut vars: Vec<(String, String)> = vars.filter(|(k, _)| k.starts_with(&prefix)).collect();
+    vars.sort();
     for (key, val) in vars {
-        let Some(rest) = key.strip_prefix(&prefix) else { continue };
+        let rest = &key[prefix.len()..];
         let mut path = vec![section.to_string()];
         path.extend(rest.split("__").map(|p| p.to_ascii_lowercase()));
         if path.iter().any(String::is_empty) {
+            out.issues.push(ConfigIssue {
+                path: key.clone(),
+                message: format!("environment override names no key: write {prefix}<KEY>, e.g. {prefix}REGION"),
+            });
             continue;
         }
         set_path(value, &path, scalar(&val));
+        out.applied.push((path.join("."), key.clone()));
     }
+    out
 }
 
 fn set_path(node: &mut Value, path: &[String], new: Value) {
@@ -435,6 +510,28 @@ fn scalar(s: &str) -> Value {
     }
 }
 
+/// `[[checks]]`, `[[Check]]`, `[[chek]]`: a mistyped `[[check]]` (one
+/// edit away, case aside).
+fn is_check_typo(key: &str) -> bool {
+    edit_distance(&key.to_ascii_lowercase(), "check") <= 1
+}
+
+/// Levenshtein distance of two short strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 struct Validator<'e> {
     issues: Vec<ConfigIssue>,
     env: &'e dyn Fn(&str) -> Option<String>,
@@ -462,12 +559,20 @@ impl Validator<'_> {
             self.issue("(root)", "expected a table");
             return Vec::new();
         };
+        let mut misspelt_check = false;
         for key in root.keys() {
             if key != "check" && key != "dns" {
-                self.issue(key.clone(), "unknown key (expected [[check]] tables and [dns])");
+                if is_check_typo(key) {
+                    misspelt_check = true;
+                    self.issue(key.clone(), "unknown key: the table is spelt [[check]] (one per round trip to monitor)");
+                } else {
+                    self.issue(key.clone(), "unknown key (expected [[check]] tables and [dns])");
+                }
             }
         }
         let list = match root.get("check") {
+            // The misspelt table said it all: no second error about the same mistake.
+            None if misspelt_check => return Vec::new(),
             None => {
                 self.issue("check", "no [[check]] defined");
                 return Vec::new();
@@ -1083,11 +1188,44 @@ mod tests {
             ("MAILLOOP_AGENT__REGION", "us-east"),
             ("MAILLOOP_AGENT__SPOOL_MAX_REPORTS", "5"),
             ("MAILLOOP_AGENT__TLS__VERIFY", "false"),
-            ("MAILLOOP_AGENT__", "ignored"),
+            ("MAILLOOP_AGENT__", "not applied"),
             ("MAILLOOP_CHECK__corp__SMTP__PORT", "2525"),
         ];
-        apply_section_env_overrides(&mut v, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let o = apply_section_env_overrides(&mut v, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         assert_eq!(v, json!({"agent": {"region": "us-east", "spool_max_reports": 5, "tls": {"verify": false}}}));
+        assert_eq!(o.applied.iter().find(|(p, _)| p == "agent.tls.verify").map(|(_, var)| var.as_str()), Some("MAILLOOP_AGENT__TLS__VERIFY"));
+        assert_eq!(o.issues.len(), 1, "{o:#?}");
+        assert_eq!(o.issues[0].path, "MAILLOOP_AGENT__");
+    }
+
+    #[test]
+    fn an_override_names_its_variable_and_one_for_no_check_is_an_error() {
+        let mut v = good();
+        let vars = [("MAILLOOP_CHECK__corp__SMTP__PROT", "2525"), ("MAILLOOP_CHECK__crop__SMTP__PORT", "2525")];
+        let o = apply_env_overrides(&mut v, vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let got: Vec<String> = o.finish(ProbeConfig::from_value(&v, &env)).unwrap_err().into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+        assert_eq!(
+            got,
+            [
+                "check[0].smtp.prot: unknown key (from environment variable MAILLOOP_CHECK__corp__SMTP__PROT)",
+                "MAILLOOP_CHECK__crop__SMTP__PORT: environment override for check \"crop\", but no check has that name (checks: corp)",
+            ]
+        );
+        // Alone, the override for no check still fails a config that is otherwise fine.
+        let mut v = good();
+        let o = apply_env_overrides(&mut v, vars[1..].iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(o.finish(ProbeConfig::from_value(&v, &env)).unwrap_err().len(), 1);
+    }
+
+    #[test]
+    fn a_misspelt_check_table_is_one_error_with_the_right_spelling() {
+        for typo in ["checks", "Check", "chek"] {
+            let mut v = good();
+            let checks = v.as_object_mut().unwrap().remove("check").unwrap();
+            v[typo] = checks;
+            assert_eq!(issues(v), [format!("{typo}: unknown key: the table is spelt [[check]] (one per round trip to monitor)")]);
+        }
+        assert_eq!(issues(json!({"dns": {}})), ["check: no [[check]] defined"]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! A failed probe is data, not an `Err`: the mail server's misbehaviour is
 //! what mailloop exists to report. The JSON form of [`ProbeReport`] is a
 //! contract (`mailloop-agent probe --output json`); fields may be added,
-//! never renamed.
+//! never renamed. Every field is always present: an `Option` that does not
+//! apply is `null`, never omitted, so a consumer can tell "not applicable"
+//! from "this producer is too old to know the field".
 
 use crate::alignment::Alignment;
 use crate::received::HopDelay;
@@ -50,10 +52,10 @@ pub struct StepReport {
     pub ms: f64,
     pub ok: bool,
     /// SMTP reply code of the step's final reply, when there was one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub code: Option<u16>,
     /// Human detail: the server's text, TLS version, the UID found...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub detail: Option<String>,
     /// When the step started, in milliseconds after the probe started.
     pub start_ms: f64,
@@ -64,10 +66,10 @@ pub struct StepReport {
 pub struct Failure {
     pub step: StepName,
     pub class: FailureClass,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub code: Option<u16>,
     /// Enhanced status code (RFC 3463), e.g. `5.1.1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub enhanced: Option<String>,
     /// What happened and what to do, in words (a TLS failure names the
     /// certificate's dates, names or issuer).
@@ -113,7 +115,7 @@ pub struct ProbeReport {
     pub greylisted: bool,
     /// Time spent waiting out deferrals: from the first attempt's start to
     /// the last attempt's start. Not part of `rtt_ms` or any step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub greylist_ms: Option<f64>,
     /// The leaf certificate of every TLS handshake (successful or not).
     #[serde(default)]
@@ -154,7 +156,7 @@ pub struct AuthReport {
     /// Headers ignored because another authserv-id wrote them.
     pub ignored: usize,
     /// Why these verdicts deserve less trust, if they do.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub warning: Option<String>,
 }
 
@@ -177,7 +179,7 @@ pub struct SpfBudget {
     /// Every domain whose record was read, in walk order.
     pub chain: Vec<String>,
     /// Why the walk stopped early or the record is broken (loop, syntax, DNS error).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub error: Option<String>,
 }
 
@@ -197,9 +199,9 @@ pub struct TlsCert {
     /// Whole days until `not_after` (negative once expired).
     pub days_left: i64,
     /// Negotiated protocol version and cipher suite; absent when the handshake failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cipher: Option<String>,
 }
 

@@ -17,7 +17,7 @@
 //! ca_file = "/etc/mailloop/ca.pem"                   # extra trust root (system roots are always trusted)
 //! client_cert = "/etc/mailloop/agent.pem"            # optional mutual TLS (with client_key)
 //! client_key = "/etc/mailloop/agent.key"
-//! spool = "/var/lib/mailloop-agent/spool.db"
+//! spool = "/var/lib/mailloop-agent/spool.db"              # its directory is created (0700) if missing
 //! spool_max_reports = 100000
 //! shutdown_grace = "30s"
 //! # Open the TCP connection to a check's "host:port" at another address
@@ -112,9 +112,18 @@ impl AgentConfig {
             .build()
             .map_err(|e| unreadable(e.to_string()))?;
         let mut raw: Value = built.try_deserialize().map_err(|e| unreadable(e.to_string()))?;
-        apply_section_env_overrides(&mut raw, "agent", std::env::vars());
-        Self::from_value(&raw, &|name| std::env::var(name).ok())
+        let overrides = apply_section_env_overrides(&mut raw, "agent", std::env::vars());
+        overrides
+            .finish(Self::from_value(&raw, &|name| std::env::var(name).ok()))
             .map_err(|issues| ConfigError::Invalid { path: shown, issues })
+    }
+
+    /// Whether `path` reads as an agent.toml (it has an `[agent]` table)
+    /// rather than a probe config; false when it does not parse (the
+    /// probe loader then says why).
+    pub fn is_agent_file(path: &Path) -> bool {
+        let raw = config::Config::builder().add_source(config::File::from(path).format(config::FileFormat::Toml)).build();
+        raw.ok().and_then(|c| c.try_deserialize::<Value>().ok()).is_some_and(|v| v.get("agent").is_some())
     }
 
     /// Validates an already-parsed tree. `env` looks up `token_env` (a
@@ -145,7 +154,9 @@ impl Validator<'_> {
             return None;
         };
         for key in root.keys() {
-            if key != "agent" && key != "dns" {
+            if key == "check" {
+                self.issue(key.clone(), "unknown key: an agent takes its checks from the coordinator (put [[check]] in coordinator.toml; `mailloop-agent probe` reads a file of them)");
+            } else if key != "agent" && key != "dns" {
                 self.issue(key.clone(), "unknown key (expected [agent] and [dns])");
             }
         }
@@ -341,24 +352,46 @@ impl Validator<'_> {
             self.issue(path, "set, but coordinator_url is http:// (no TLS)");
             return None;
         }
-        match std::fs::read(&file) {
-            Ok(pem) if contains_pem(&pem, label) => Some(Some(pem)),
-            Ok(_) => {
-                self.issue(path, format!("{file} holds no PEM {label}"));
-                None
+        let pem = match std::fs::read(&file) {
+            Ok(pem) if contains_pem(&pem, label) => pem,
+            Ok(pem) => {
+                let found = if contains_pem(&pem, "PRIVATE KEY") {
+                    " (it holds a private key)"
+                } else if contains_pem(&pem, "CERTIFICATE") {
+                    " (it holds a certificate)"
+                } else {
+                    ""
+                };
+                self.issue(path, format!("{file} holds no PEM {label}{found}"));
+                return None;
             }
             Err(e) => {
                 self.issue(path, format!("cannot read {file}: {e}"));
-                None
+                return None;
+            }
+        };
+        // The trust roots are loaded by the probe's own loader: a PEM block
+        // that is not a usable certificate fails here, not at connect time.
+        if key == "ca_file" {
+            if let Err(e) = crate::tls::TlsClient::new(Some(Path::new(&file)), &[]) {
+                self.issue(path, e);
+                return None;
             }
         }
+        Some(Some(pem))
     }
 
     fn identity(&mut self, t: &mut Table<'_>, tls: Option<bool>) -> Option<Option<ClientIdentity>> {
         let cert = self.pem_file(t, "client_cert", "CERTIFICATE", tls);
         let key = self.pem_file(t, "client_key", "PRIVATE KEY", tls);
         match (cert?, key?) {
-            (Some(cert_pem), Some(key_pem)) => Some(Some(ClientIdentity { cert_pem, key_pem })),
+            (Some(cert_pem), Some(key_pem)) => match check_identity(&cert_pem, &key_pem) {
+                Ok(()) => Some(Some(ClientIdentity { cert_pem, key_pem })),
+                Err((key, message)) => {
+                    self.issue(format!("agent.{key}"), message);
+                    None
+                }
+            },
             (None, None) => Some(None),
             (Some(_), None) => {
                 self.issue("agent.client_key", "required with client_cert (mutual TLS needs both)");
@@ -377,11 +410,18 @@ impl Validator<'_> {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if dir.is_dir() {
-            Some(path)
-        } else {
-            self.issue("agent.spool", format!("directory {} does not exist (create it for the spool database)", dir.display()));
-            None
+        // A missing directory is created at start (mode 0700); something
+        // else in its place is a mistake to name now.
+        match dir.ancestors().find(|a| a.exists()) {
+            Some(a) if !a.is_dir() => {
+                self.issue("agent.spool", format!("{} is not a directory, so the spool cannot live under it", a.display()));
+                None
+            }
+            _ if path.is_dir() => {
+                self.issue("agent.spool", format!("{} is a directory: name the database file in it, e.g. {}", path.display(), path.join("spool.db").display()));
+                None
+            }
+            _ => Some(path),
         }
     }
 
@@ -434,6 +474,31 @@ fn contains_pem(pem: &[u8], label: &str) -> bool {
     let text = String::from_utf8_lossy(pem);
     // "PRIVATE KEY" also matches "RSA PRIVATE KEY" and "EC PRIVATE KEY".
     text.lines().any(|l| l.starts_with("-----BEGIN ") && l.ends_with(&format!("{label}-----")))
+}
+
+/// The client certificate and key as the TLS stack will use them: every
+/// certificate is X.509, the key parses, and it is the certificate's key
+/// (rustls checks the pair). `Err` names the key at fault.
+fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ("client_cert", format!("bad PEM: {e}")))?;
+    for (i, c) in certs.iter().enumerate() {
+        if let Err(e) = x509_parser::parse_x509_certificate(c) {
+            return Err(("client_cert", format!("certificate {} is not X.509: {e}", i + 1)));
+        }
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| ("client_key", format!("no usable private key (PKCS#8, RSA or EC PEM): {e}")))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("client_key", e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| ("client_key", format!("does not fit client_cert: {e}")))?;
+    Ok(())
 }
 
 /// The machine's host name (the agent's default name).
@@ -518,17 +583,17 @@ mod tests {
             "agent": {
                 "name": "eu 1", "coordinator_url": "ftp://coord", "token_file": "/nonexistent/token",
                 "ca_file": "/nonexistent/ca.pem", "client_cert": "/nonexistent/cert.pem",
-                "spool": "/nonexistent/dir/spool.db", "spool_max_reports": 0, "shutdown_grace": "soon", "colour": "blue"
+                "spool": "/proc/version/spool.db", "spool_max_reports": 0, "shutdown_grace": "soon", "colour": "blue"
             },
             "dns": {"nameservers": ["not-an-ip"]},
-            "check": []
+            "checks": []
         });
         let issues = load(v).unwrap_err();
         let paths: Vec<&str> = issues.iter().map(|s| s.split(':').next().unwrap()).collect();
         assert_eq!(
             paths,
             [
-                "check",
+                "checks",
                 "dns.nameservers[0]",
                 "agent.name",
                 "agent.region",
@@ -549,7 +614,9 @@ mod tests {
     fn tls_files_need_https() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = rcgen::CertificateParams::new(vec!["test CA".to_string()]).unwrap().self_signed(&ca_key).unwrap();
+        std::fs::write(&ca, ca_cert.pem()).unwrap();
         let mut v = with("ca_file", json!(ca));
         assert!(load(v.clone()).unwrap().coordinator.ca_pem.is_some());
         v["agent"]["coordinator_url"] = json!("http://127.0.0.1:7000");
@@ -558,6 +625,37 @@ mod tests {
         std::fs::write(&not_pem, "hello").unwrap();
         assert!(issue_of(with("ca_file", json!(not_pem))).ends_with("holds no PEM CERTIFICATE"));
         assert_eq!(issue_of(with("client_cert", json!(ca))), "agent.client_key: required with client_cert (mutual TLS needs both)");
+    }
+
+    #[test]
+    fn tls_material_is_parsed_as_the_connection_would_and_each_bad_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["agent".to_string()]).unwrap().self_signed(&key).unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let (cert_pem, key_pem) = (write("agent.pem", &cert.pem()), write("agent.key", &key.serialize_pem()));
+        let garbage = write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+
+        let mut good_pair = with("client_cert", json!(cert_pem));
+        good_pair["agent"]["client_key"] = json!(key_pem);
+        assert!(load(good_pair).unwrap().coordinator.identity.is_some());
+
+        let key_as_ca = issue_of(with("ca_file", json!(key_pem)));
+        assert!(key_as_ca.starts_with("agent.ca_file: ") && key_as_ca.contains("private key"), "{key_as_ca}");
+        let garbage_ca = issue_of(with("ca_file", json!(garbage)));
+        assert!(garbage_ca.starts_with("agent.ca_file: ") && garbage_ca.contains(&garbage.display().to_string()), "{garbage_ca}");
+
+        let mut garbage_cert = with("client_cert", json!(garbage));
+        garbage_cert["agent"]["client_key"] = json!(key_pem);
+        assert!(issue_of(garbage_cert).starts_with("agent.client_cert: certificate 1 is not X.509"));
+        let mut wrong_key = with("client_cert", json!(cert_pem));
+        wrong_key["agent"]["client_key"] = json!(write("other.key", &other_key.serialize_pem()));
+        assert!(issue_of(wrong_key).starts_with("agent.client_key: does not fit client_cert"));
     }
 
     #[test]
@@ -590,10 +688,14 @@ mod tests {
         assert_eq!((c.region.as_str(), c.spool_max_reports, c.shutdown_grace), ("us-east", 500, Duration::ZERO));
         let mut bad = good();
         let vars = [("MAILLOOP_AGENT__ALLOW_PLAINTEXT", "yes"), ("MAILLOOP_AGENT__COLOUR", "blue")];
-        apply_section_env_overrides(&mut bad, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let o = apply_section_env_overrides(&mut bad, "agent", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let issues = o.finish(AgentConfig::from_value(&bad, &env)).unwrap_err();
         assert_eq!(
-            load(bad).unwrap_err(),
-            ["agent.allow_plaintext: expected true or false, found \"yes\"", "agent.colour: unknown key"]
+            issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect::<Vec<_>>(),
+            [
+                "agent.allow_plaintext: expected true or false, found \"yes\" (from environment variable MAILLOOP_AGENT__ALLOW_PLAINTEXT)",
+                "agent.colour: unknown key (from environment variable MAILLOOP_AGENT__COLOUR)"
+            ]
         );
     }
 

@@ -37,6 +37,8 @@ pub enum SpoolError {
     NewerSchema { path: String, found: i64 },
     #[error("spool {path} is in use by another mailloop-agent (lock file {lock})")]
     InUse { path: String, lock: String },
+    #[error("cannot create the spool directory {dir}: {source}")]
+    CreateDir { dir: String, source: std::io::Error },
     #[error("spool lock file {lock}: {source}")]
     Lock { lock: String, source: std::io::Error },
     #[error("spool: a blocking task failed: {0}")]
@@ -104,10 +106,13 @@ struct Inner {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `path`. Blocking: call at
-    /// start-up, before the runtime is busy.
+    /// Opens (creating if needed) the spool at `path`, and its directory
+    /// (mode 0700: reports name servers, mailboxes and replies) as the
+    /// coordinator creates its data_dir. Blocking: call at start-up, before
+    /// the runtime is busy.
     pub fn open(path: &Path, max: u64) -> Result<Spool, SpoolError> {
         let shown: Arc<str> = path.display().to_string().into();
+        create_dir(path)?;
         let lock = lock(path)?;
         let err = |source| SpoolError::Sqlite { path: shown.to_string(), source };
         let conn = Connection::open(path).map_err(err)?;
@@ -386,6 +391,23 @@ fn add_request_id(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Creates and locks `<spool>.lock` (released when the process exits).
+/// Creates the spool's directory (and missing parents) with mode 0700 when
+/// it does not exist; an existing one is left as it is.
+fn create_dir(spool: &Path) -> Result<(), SpoolError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = spool.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| SpoolError::CreateDir { dir: dir.display().to_string(), source })?;
+    tracing::info!("created the spool directory {} (mode 0700)", dir.display());
+    Ok(())
+}
+
 fn lock(spool: &Path) -> Result<std::fs::File, SpoolError> {
     let mut name = spool.as_os_str().to_owned();
     name.push(".lock");
