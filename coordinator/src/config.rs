@@ -267,7 +267,12 @@ impl CoordinatorConfig {
             ]
             .contains(&key.as_str())
             {
-                v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[check]], [incidents], [baselines] and [[alert]])");
+                if key == "dns" {
+                    // Agents resolve in their own region; the coordinator asks no DNS question.
+                    v.issue(key.clone(), "unknown key: [dns] is an agent setting (each agent resolves in its region) — put it in agent.toml");
+                } else {
+                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[check]], [incidents], [baselines] and [[alert]])");
+                }
             }
         }
         let server = server(&mut v, root.get("server"), env);

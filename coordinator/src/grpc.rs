@@ -47,8 +47,38 @@ pub struct AgentApi {
     settings: AgentApiSettings,
     shutdown: Shutdown,
     report_streams: Arc<Mutex<HashMap<String, usize>>>,
+    /// Open WatchAssignments streams per agent name: (stream id, the
+    /// agent process's `mailloop-instance`, peer address).
+    watchers: Watchers,
     /// Where newly stored reports go to be judged (None: no judge).
     judge: Option<crate::judge::run::JudgeFeed>,
+}
+
+type Watchers = Arc<Mutex<HashMap<String, Vec<(u64, String, String)>>>>;
+
+/// The header an agent process sends with a random id of its own, so a
+/// second process with the same token is told apart from a reconnect.
+const INSTANCE_HEADER: &str = "mailloop-instance";
+/// The header of an answer that carries a warning the agent logs.
+const WARNING_HEADER: &str = "mailloop-warning";
+
+/// Keeps a WatchAssignments stream in [`AgentApi::watchers`] while it runs.
+struct WatchSlot {
+    open: Watchers,
+    agent: String,
+    id: u64,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = open.get_mut(&self.agent) {
+            list.retain(|(id, _, _)| *id != self.id);
+            if list.is_empty() {
+                open.remove(&self.agent);
+            }
+        }
+    }
 }
 
 impl AgentApi {
@@ -71,6 +101,7 @@ impl AgentApi {
             settings,
             shutdown,
             report_streams: Arc::default(),
+            watchers: Arc::default(),
             judge: None,
         }
     }
@@ -84,6 +115,38 @@ impl AgentApi {
             tracing::warn!(call, error = %e, "agent call refused");
             Status::unauthenticated(e.to_string())
         })
+    }
+
+    /// Another process (another `mailloop-instance`) holding an open
+    /// assignment stream under `agent`'s identity: logged with both peers,
+    /// and returned as the warning for the newcomer's answer. Both would
+    /// run the agent's checks and their reports would mix.
+    fn second_process(&self, agent: &AgentIdentity, metadata: &MetadataMap, peer: &str, call: &str) -> Option<String> {
+        let instance = metadata.get(INSTANCE_HEADER)?.to_str().ok()?;
+        let open = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let others: Vec<&str> = open
+            .get(&agent.name)?
+            .iter()
+            .filter(|(_, other, _)| !other.is_empty() && other != instance)
+            .map(|(_, _, p)| p.as_str())
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let others = others.join(", ");
+        tracing::warn!(
+            call,
+            agent = %agent.name,
+            region = %agent.region,
+            connected_peer = %others,
+            new_peer = %peer,
+            "a second process uses the identity (token) of agent {}: one is connected from {others}, another calls from {peer}; both would run its checks — stop one, or give it its own [[agent]] and token",
+            agent.name
+        );
+        Some(format!(
+            "another process with this agent's identity ({}) is already connected from {others}; this one calls from {peer}. Both would run the same checks: stop one, or give each its own [[agent]] name and token",
+            agent.name
+        ))
     }
 
     fn same_agent(agent: &AgentIdentity, agent_id: &str, call: &'static str) -> Result<(), Status> {
@@ -112,6 +175,8 @@ impl AgentService for AgentApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let agent = self.authenticate(request.metadata(), "Register")?;
+        let peer = peer_of(&request);
+        let warning = self.second_process(&agent, request.metadata(), &peer, "Register");
         let r = request.into_inner();
         if r.region != agent.region {
             tracing::warn!(agent = %agent.name, region = %agent.region, claimed_region = %r.region, "agent registered with another region than its token's");
@@ -134,11 +199,13 @@ impl AgentService for AgentApi {
             tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
         }
         tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
-        Ok(Response::new(pb::RegisterResponse {
+        let mut response = Response::new(pb::RegisterResponse {
             agent_id: agent.name,
             heartbeat_seconds: self.settings.heartbeat_seconds,
             spool_max_reports: self.settings.spool_max_reports,
-        }))
+        });
+        warn_in(&mut response, warning);
+        Ok(response)
     }
 
     type WatchAssignmentsStream = ReceiverStream<Result<pb::AssignmentChange, Status>>;
@@ -148,6 +215,14 @@ impl AgentService for AgentApi {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
+        let peer = peer_of(&request);
+        let warning = self.second_process(&agent, request.metadata(), &peer, "WatchAssignments");
+        let instance = request
+            .metadata()
+            .get(INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let req = request.into_inner();
         Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
         // Subscribed before the session counts: once it is in the map the
@@ -172,7 +247,21 @@ impl AgentService for AgentApi {
             .map(|k| (k.check_id, k.revision))
             .collect();
         let (tx, rx) = mpsc::channel(256);
+        static NEXT_WATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_WATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(agent.name.clone())
+            .or_default()
+            .push((id, instance, peer));
+        let slot = WatchSlot {
+            open: self.watchers.clone(),
+            agent: agent.name.clone(),
+            id,
+        };
         let watch = Watch {
+            _slot: slot,
             hub: self.hub.clone(),
             storage: self.storage.clone(),
             shutdown: self.shutdown.clone(),
@@ -181,7 +270,9 @@ impl AgentService for AgentApi {
             tx,
         };
         tokio::spawn(watch.run(session, epoch, orders));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut response = Response::new(ReceiverStream::new(rx));
+        warn_in(&mut response, warning);
+        Ok(response)
     }
 
     type ReportResultsStream = ReceiverStream<Result<pb::ResultAck, Status>>;
@@ -257,8 +348,25 @@ impl AgentService for AgentApi {
     }
 }
 
+/// The caller's address, for logs.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
+}
+
+/// Puts `warning` (if any) into the answer's [`WARNING_HEADER`].
+fn warn_in<T>(response: &mut Response<T>, warning: Option<String>) {
+    let value = warning.and_then(|w| w.replace(['\r', '\n'], " ").parse().ok());
+    if let Some(v) = value {
+        response.metadata_mut().insert(WARNING_HEADER, v);
+    }
+}
+
 /// One WatchAssignments stream: the agent is connected while it runs.
 struct Watch {
+    /// Removes the stream from the watchers when it ends.
+    _slot: WatchSlot,
     hub: Arc<Hub>,
     storage: Arc<Storage>,
     shutdown: Shutdown,

@@ -68,16 +68,76 @@ pub struct Identification {
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot connect: {0}")]
+    #[error("{0}")]
     Connect(String),
     #[error("{call} failed: {}", status_text(.status))]
     Call { call: &'static str, status: Status },
+    #[error("{0}")]
+    NotGrpc(String),
     #[error("{call} took longer than {}s", CALL_TIMEOUT.as_secs())]
     Timeout { call: &'static str },
     #[error("the coordinator ended the {0} stream")]
     Ended(&'static str),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+/// Header every call carries: a random id of this agent process, so the
+/// coordinator can tell a reconnecting agent from a second process that
+/// uses the same identity (token).
+pub const INSTANCE_HEADER: &str = "mailloop-instance";
+/// Header the coordinator puts on a Register or WatchAssignments answer
+/// to tell the agent something it must log (another process with its identity).
+pub const WARNING_HEADER: &str = "mailloop-warning";
+
+/// A failed call, with the cases an operator causes said in words: a
+/// `coordinator_url` at the coordinator's HTTP API port answers JSON, not
+/// gRPC (tonic's own words: "invalid compression flag: 123", `{` being 123).
+fn call_error(call: &'static str, status: Status) -> SessionError {
+    let json = status
+        .metadata()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || status.message().contains("invalid compression flag: 123") {
+        return SessionError::NotGrpc(format!(
+            "it answered {call} with JSON, not gRPC: this is mailloop's HTTP API port (http_listen); agents connect to the gRPC port (grpc_listen) — fix coordinator_url"
+        ));
+    }
+    SessionError::Call { call, status }
+}
+
+/// An https:// URL at a port that answers the handshake in plaintext.
+const NOT_TLS: &str = "the port does not speak TLS (it answered the TLS handshake in plaintext): coordinator_url says https://, so either use http:// (a coordinator without tls_cert/tls_key, on loopback) or give the coordinator a certificate";
+
+/// Why a connection could not be made, in one sentence: a plaintext port
+/// behind an https:// URL and a refused connection are named as such;
+/// anything else is the error chain, each part once.
+fn connect_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            if matches!(tls, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) {
+                return NOT_TLS.to_string();
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return "connection refused: nothing listens there (is the coordinator running, and is this its grpc_listen port?)".to_string();
+            }
+            if let Some(inner) = io.get_ref() {
+                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                    if matches!(tls, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) {
+                        return NOT_TLS.to_string();
+                    }
+                }
+            }
+        }
+        cur = err.source();
+    }
+    let text = chain(e);
+    // tonic says "transport error" above the cause; the cause says it all.
+    text.strip_prefix("transport error: ").map(str::to_string).unwrap_or(text)
 }
 
 impl SessionError {
@@ -154,14 +214,32 @@ pub fn endpoint(c: &CoordinatorConfig) -> Result<Endpoint, String> {
     Ok(ep)
 }
 
-/// Puts `authorization: Bearer <token>` on every call.
+/// Puts `authorization: Bearer <token>` and this process's instance id
+/// ([`INSTANCE_HEADER`]) on every call.
 #[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
+struct Bearer(MetadataValue<Ascii>, MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         req.metadata_mut().insert("authorization", self.0.clone());
+        req.metadata_mut().insert(INSTANCE_HEADER, self.1.clone());
         Ok(req)
+    }
+}
+
+/// This process's instance id: random, fixed for its lifetime.
+fn instance_id() -> MetadataValue<Ascii> {
+    use std::sync::OnceLock;
+    static ID: OnceLock<String> = OnceLock::new();
+    let id = ID.get_or_init(|| format!("{:016x}{:016x}", random_below(u64::MAX), random_below(u64::MAX)));
+    id.parse().expect("hex is a valid header value")
+}
+
+/// Logs what the coordinator asked this agent to hear (a second process
+/// with its identity), once per answer that carries it.
+fn log_warning(call: &str, meta: &tonic::metadata::MetadataMap) {
+    if let Some(w) = meta.get(WARNING_HEADER).and_then(|v| v.to_str().ok()) {
+        tracing::warn!("the coordinator warns on {call}: {w}");
     }
 }
 
@@ -267,8 +345,8 @@ impl Connection {
     }
 
     async fn session(&self, scheduler: &mut Scheduler, registered: &mut bool) -> Result<(), SessionError> {
-        let channel = self.endpoint.connect().await.map_err(|e| SessionError::Connect(chain(&e)))?;
-        let mut client: Client = AgentServiceClient::with_interceptor(channel, Bearer(self.token.clone()));
+        let channel = self.endpoint.connect().await.map_err(|e| SessionError::Connect(connect_error(&e)))?;
+        let mut client: Client = AgentServiceClient::with_interceptor(channel, Bearer(self.token.clone(), instance_id()));
         let reg = timed(
             "Register",
             client.register(pb::RegisterRequest {
@@ -300,13 +378,14 @@ impl Connection {
         let changes = client
             .watch_assignments(pb::WatchRequest { agent_id: reg.agent_id.clone(), known })
             .await
-            .map_err(|status| SessionError::Call { call: "WatchAssignments", status })?
-            .into_inner();
+            .map_err(|status| call_error("WatchAssignments", status))?;
+        log_warning("WatchAssignments", changes.metadata());
+        let changes = changes.into_inner();
         let (outgoing, outgoing_rx) = mpsc::channel(64);
         let acks = client
             .report_results(ReceiverStream::new(outgoing_rx))
             .await
-            .map_err(|status| SessionError::Call { call: "ReportResults", status })?
+            .map_err(|status| call_error("ReportResults", status))?
             .into_inner();
         self.connected.send_replace(true);
         tracing::info!(
@@ -332,8 +411,11 @@ async fn timed<T>(
     f: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, SessionError> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(status)) => Err(SessionError::Call { call, status }),
+        Ok(Ok(r)) => {
+            log_warning(call, r.metadata());
+            Ok(r.into_inner())
+        }
+        Ok(Err(status)) => Err(call_error(call, status)),
         Err(_) => Err(SessionError::Timeout { call }),
     }
 }
