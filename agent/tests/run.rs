@@ -33,7 +33,7 @@ async fn a_bad_config_is_reported_whole_and_nothing_is_contacted() {
          token = \"abc\"\n\
          token_env = \"SOME_VAR\"\n\
          ca_file = \"/nonexistent/ca.pem\"\n\
-         spool = \"/nonexistent/dir/spool.db\"\n\
+         spool = \"/proc/version/spool.db\"\n\
          spool_max_reports = -1\n\
          shutdown_grace = \"soon\"\n\
          colour = \"blue\"\n\
@@ -51,7 +51,7 @@ async fn a_bad_config_is_reported_whole_and_nothing_is_contacted() {
         "agent.coordinator_url: \"http://coord.example",
         "agent.token: set only one of token, token_file, token_env",
         "agent.ca_file:",
-        "agent.spool: directory /nonexistent/dir does not exist",
+        "agent.spool: /proc/version is not a directory",
         "agent.spool_max_reports:",
         "agent.shutdown_grace:",
         "agent.colour: unknown key",
@@ -383,4 +383,38 @@ async fn a_second_agent_on_the_same_spool_refuses_to_start() {
     assert_eq!(code, 3, "{log}");
     assert!(log.contains("is in use by another mailloop-agent"), "{log}");
     first.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_spool_directory_is_created_private() {
+    let coord = FakeCoordinator::start(Script::default());
+    let dir = AgentDir::new();
+    let spool = dir.file("var/lib/agent/spool.db");
+    dir.config_text(&format!(
+        "[agent]\nname = \"test-agent\"\nregion = \"eu-west\"\ncoordinator_url = \"http://127.0.0.1:{}\"\ntoken_file = {:?}\nspool = {:?}\n",
+        coord.port(),
+        dir.file("token"),
+        spool,
+    ));
+    let mut agent = dir.start();
+    agent.wait_line("created the spool directory").await;
+    coord.wait_for("Register", SOON, |r| r.registers.first().cloned()).await;
+    use std::os::unix::fs::PermissionsExt;
+    for created in [dir.file("var"), dir.file("var/lib"), dir.file("var/lib/agent")] {
+        let mode = std::fs::metadata(&created).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} has mode {mode:o}", created.display());
+    }
+    assert!(spool.exists());
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_environment_override_with_a_typo_names_its_variable() {
+    let coord = FakeCoordinator::start(Script::default());
+    let dir = AgentDir::new();
+    let config = dir.config(coord.port(), "");
+    let (code, log) = Agent::start(&config, &[("MAILLOOP_AGENT__REGOIN", "us-east")]).exit_code().await;
+    assert_eq!(code, 3, "{log}");
+    assert!(log.contains("  agent.regoin: unknown key (from environment variable MAILLOOP_AGENT__REGOIN)"), "{log}");
+    assert!(coord.record().auth.is_empty(), "a bad config contacts nobody");
 }
