@@ -277,5 +277,6 @@ fn a_one_shot_probe_logs_nothing_by_default_and_help_says_the_levels() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "an OK probe at the default level (warn) logs nothing");
     let (_, help, _) = run_agent(&["--help"]);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(help.contains("warn for probe and check-config") && help.contains("info for run"), "{help}");
 }
