@@ -128,8 +128,11 @@ fn diagnostics(r: &ProbeReport) -> Vec<String> {
         lines.push(format!("tls:      {} {} {} days left (until {}), issuer {}", c.protocol, c.endpoint, c.days_left, c.not_after, c.issuer));
     }
     if let Some(b) = &r.spf {
-        let err = b.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default();
-        lines.push(format!("spf:      {} needs {}/{} lookups, {} void{err}", b.domain, b.lookups, b.limit, b.void_lookups));
+        lines.push(match &b.error {
+            // A walk that stopped early has no total to give: say why it stopped.
+            Some(e) => format!("spf:      {} walk stopped: {e} ({}/{} lookups, {} void counted before that)", b.domain, b.lookups, b.limit, b.void_lookups),
+            None => format!("spf:      {} needs {}/{} lookups, {} void", b.domain, b.lookups, b.limit, b.void_lookups),
+        });
     }
     lines
 }

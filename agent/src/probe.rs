@@ -193,7 +193,7 @@ impl Prober {
             if let Some(e) = &b.error {
                 if let Some(step) = rec.steps.iter_mut().rev().find(|s| s.name == StepName::DnsSpf) {
                     step.ok = false;
-                    step.detail = Some(format!("{}: {e} ({} lookups, {} void before it)", b.domain, b.lookups, b.void_lookups));
+                    step.detail = Some(format!("{e} ({} lookups, {} void counted before that)", b.lookups, b.void_lookups));
                 }
             }
         }

@@ -64,10 +64,12 @@ impl Walk<'_> {
             let records = match self.dns.txt(&d).await {
                 Answer::Records(r) => r,
                 Answer::Void => {
-                    if !top {
+                    if top {
+                        self.fail(format!("{d} has no TXT record, so no SPF record (receivers answer spf=none)"));
+                    } else {
                         self.void += 1;
+                        self.fail(format!("{d} has no TXT record (an include of it is a permerror)"));
                     }
-                    self.fail(format!("{d} has no TXT record (an include of it is a permerror)"));
                     return;
                 }
                 Answer::Error(e) => {

@@ -215,7 +215,8 @@ fn a_degraded_table_says_why_and_a_failed_spf_lookup_is_not_ok() {
     let (code, out, _) = probe(&check, "table");
     assert_eq!(code, 1, "{out}");
     let spf = out.lines().find(|l| l.trim_start().starts_with("dns.spf")).unwrap_or_else(|| panic!("no dns.spf row:\n{out}"));
-    assert!(spf.contains("FAIL") && spf.contains("no-such-domain.test: "), "{spf}");
+    assert!(spf.contains("FAIL") && spf.contains("no-such-domain.test has no TXT record"), "{spf}");
+    assert!(out.contains("spf:      no-such-domain.test walk stopped: "), "{out}");
     assert!(!spf.contains(" ok "), "{spf}");
     assert!(out.contains("result: DEGRADED"), "{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("degraded: SPF walk of no-such-domain.test")), "no reason under the steps:\n{out}");
