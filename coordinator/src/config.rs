@@ -238,13 +238,15 @@ impl CoordinatorConfig {
             path: shown.clone(),
             message,
         })?;
-        apply_env_overrides(&mut raw, std::env::vars());
-        Self::from_value(&raw, &|name| std::env::var(name).ok()).map_err(|issues| {
-            ConfigError::Invalid {
+        // A bad value set by a variable names the variable; a variable
+        // naming no check is an error, not silently ignored.
+        let overrides = apply_env_overrides(&mut raw, std::env::vars());
+        overrides
+            .finish(Self::from_value(&raw, &|name| std::env::var(name).ok()))
+            .map_err(|issues| ConfigError::Invalid {
                 path: shown,
                 issues,
-            }
-        })
+            })
     }
 
     /// Validates an already-parsed tree.

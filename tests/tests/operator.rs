@@ -138,3 +138,29 @@ fn a_check_without_trusted_authserv_id_warns_once_not_every_round() {
     let said = log.lines().filter(|l| l.contains("no trusted authserv-id configured")).count();
     assert_eq!(said, 1, "the warning should be logged once per check; the log:\n{log}");
 }
+
+#[test]
+fn the_coordinator_refuses_an_override_for_no_check_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), mailloop_tests::cluster::ADMIN_TOKEN).unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nadmin_token_file = {:?}\n",
+            dir.path().join("data"),
+            dir.path().join("admin.token"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin("mailloop-coordinator"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("MAILLOOP_CHECK__corp__SMTP__PORT", "2525")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("MAILLOOP_CHECK__corp__SMTP__PORT: environment override for check \"corp\", but no check has that name"), "{err}");
+    assert!(out.stdout.is_empty(), "it started listening: {}", String::from_utf8_lossy(&out.stdout));
+}
