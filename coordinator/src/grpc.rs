@@ -121,7 +121,13 @@ impl AgentApi {
     /// assignment stream under `agent`'s identity: logged with both peers,
     /// and returned as the warning for the newcomer's answer. Both would
     /// run the agent's checks and their reports would mix.
-    fn second_process(&self, agent: &AgentIdentity, metadata: &MetadataMap, peer: &str, call: &str) -> Option<String> {
+    fn second_process(
+        &self,
+        agent: &AgentIdentity,
+        metadata: &MetadataMap,
+        peer: &str,
+        call: &str,
+    ) -> Option<String> {
         let instance = metadata.get(INSTANCE_HEADER)?.to_str().ok()?;
         let open = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         let others: Vec<&str> = open
