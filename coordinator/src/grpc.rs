@@ -59,7 +59,7 @@ type Watchers = Arc<Mutex<HashMap<String, Vec<(u64, String, String)>>>>;
 /// The header an agent process sends with a random id of its own, so a
 /// second process with the same token is told apart from a reconnect.
 const INSTANCE_HEADER: &str = "mailloop-instance";
-/// The header of an answer that carries a warning the agent logs.
+/// The header of a WatchAssignments answer that carries a warning the agent logs.
 const WARNING_HEADER: &str = "mailloop-warning";
 
 /// Keeps a WatchAssignments stream in [`AgentApi::watchers`] while it runs.
@@ -126,7 +126,6 @@ impl AgentApi {
         agent: &AgentIdentity,
         metadata: &MetadataMap,
         peer: &str,
-        call: &str,
     ) -> Option<String> {
         let instance = metadata.get(INSTANCE_HEADER)?.to_str().ok()?;
         let open = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +140,6 @@ impl AgentApi {
         }
         let others = others.join(", ");
         tracing::warn!(
-            call,
             agent = %agent.name,
             region = %agent.region,
             connected_peer = %others,
@@ -181,8 +179,6 @@ impl AgentService for AgentApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let agent = self.authenticate(request.metadata(), "Register")?;
-        let peer = peer_of(&request);
-        let warning = self.second_process(&agent, request.metadata(), &peer, "Register");
         let r = request.into_inner();
         if r.region != agent.region {
             tracing::warn!(agent = %agent.name, region = %agent.region, claimed_region = %r.region, "agent registered with another region than its token's");
@@ -205,13 +201,11 @@ impl AgentService for AgentApi {
             tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
         }
         tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
-        let mut response = Response::new(pb::RegisterResponse {
+        Ok(Response::new(pb::RegisterResponse {
             agent_id: agent.name,
             heartbeat_seconds: self.settings.heartbeat_seconds,
             spool_max_reports: self.settings.spool_max_reports,
-        });
-        warn_in(&mut response, warning);
-        Ok(response)
+        }))
     }
 
     type WatchAssignmentsStream = ReceiverStream<Result<pb::AssignmentChange, Status>>;
@@ -222,7 +216,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
         let peer = peer_of(&request);
-        let warning = self.second_process(&agent, request.metadata(), &peer, "WatchAssignments");
+        let warning = self.second_process(&agent, request.metadata(), &peer);
         let instance = request
             .metadata()
             .get(INSTANCE_HEADER)

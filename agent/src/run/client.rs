@@ -86,8 +86,8 @@ pub enum SessionError {
 /// coordinator can tell a reconnecting agent from a second process that
 /// uses the same identity (token).
 pub const INSTANCE_HEADER: &str = "mailloop-instance";
-/// Header the coordinator puts on a Register or WatchAssignments answer
-/// to tell the agent something it must log (another process with its identity).
+/// Header the coordinator puts on an answer (WatchAssignments) to tell the
+/// agent something it must log (another process with its identity).
 pub const WARNING_HEADER: &str = "mailloop-warning";
 
 /// A failed call, with the cases an operator causes said in words: a
