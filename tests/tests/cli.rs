@@ -281,3 +281,27 @@ fn a_one_shot_probe_logs_nothing_by_default_and_help_says_the_levels() {
     let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(help.contains("warn for probe and check-config") && help.contains("info for run"), "{help}");
 }
+
+#[test]
+fn check_config_validates_an_agent_toml_as_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "agent-token-for-check-config").unwrap();
+    let key = std::path::Path::new(Stack::get().var("MAILSTACK_CA_FILE")).with_file_name("server.key");
+    let agent = |ca: &std::path::Path| {
+        format!(
+            "[agent]\nname = \"eu-1\"\nregion = \"eu-west\"\ncoordinator_url = \"https://127.0.0.1:7443\"\ntoken_file = {token:?}\nca_file = {ca:?}\nspool = {:?}\n",
+            dir.path().join("spool/spool.db")
+        )
+    };
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, agent(&key)).unwrap();
+    let (code, out, err) = check_config(&path, &[]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("  agent.ca_file: ") && err.contains("private key"), "{err}");
+    std::fs::write(&path, agent(std::path::Path::new(Stack::get().var("MAILSTACK_CA_FILE")))).unwrap();
+    let (code, out, err) = check_config(&path, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("agent eu-1 in region eu-west ok"), "{out}");
+    assert!(!dir.path().join("spool").exists(), "check-config creates nothing");
+}
