@@ -115,23 +115,17 @@ const NOT_TLS: &str = "the port does not speak TLS (it answered the TLS handshak
 /// anything else is the error chain, each part once.
 fn connect_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // A record that is not TLS: the server answered the handshake in plaintext.
+    let plaintext = |e: &(dyn std::error::Error + 'static)| {
+        matches!(e.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)))
+    };
     while let Some(err) = cur {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            if matches!(tls, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) {
-                return NOT_TLS.to_string();
-            }
+        let io = err.downcast_ref::<std::io::Error>();
+        if plaintext(err) || io.and_then(|io| io.get_ref()).is_some_and(|inner| plaintext(inner)) {
+            return NOT_TLS.to_string();
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return "connection refused: nothing listens there (is the coordinator running, and is this its grpc_listen port?)".to_string();
-            }
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    if matches!(tls, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) {
-                        return NOT_TLS.to_string();
-                    }
-                }
-            }
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return "connection refused: nothing listens there (is the coordinator running, and is this its grpc_listen port?)".to_string();
         }
         cur = err.source();
     }
