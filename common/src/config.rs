@@ -565,6 +565,8 @@ impl Validator<'_> {
                 if is_check_typo(key) {
                     misspelt_check = true;
                     self.issue(key.clone(), "unknown key: the table is spelt [[check]] (one per round trip to monitor)");
+                } else if key == "agent" {
+                    self.issue(key.clone(), "unknown key: [agent] belongs in agent.toml, read by `mailloop-agent run`; a probe config holds [[check]] tables and [dns]");
                 } else {
                     self.issue(key.clone(), "unknown key (expected [[check]] tables and [dns])");
                 }
@@ -1226,6 +1228,8 @@ mod tests {
             assert_eq!(issues(v), [format!("{typo}: unknown key: the table is spelt [[check]] (one per round trip to monitor)")]);
         }
         assert_eq!(issues(json!({"dns": {}})), ["check: no [[check]] defined"]);
+        let agent_toml = issues(json!({"agent": {"region": "eu-west"}}));
+        assert!(agent_toml[0].starts_with("agent: unknown key: [agent] belongs in agent.toml"), "{agent_toml:?}");
     }
 
     #[test]
