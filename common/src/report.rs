@@ -76,7 +76,7 @@ pub struct Failure {
     pub message: String,
     /// The library's own words for the same failure (rustls/webpki for
     /// TLS), when `message` rephrases them; for bug reports and searches.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub raw: Option<String>,
 }
 

@@ -65,6 +65,14 @@ fn a_failed_probe_exits_2_and_says_where() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("result: FAILED"), "{out}");
     assert!(out.contains("failed at smtp.rcpt_to (permanent): 550 5.1.1 "), "{out}");
+    // The failure object gives every documented field, null when not applicable.
+    let (code, out, _) = probe(&check, "json");
+    assert_eq!(code, 2, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for field in ["step", "class", "code", "enhanced", "message", "raw"] {
+        assert!(v["failure"].as_object().unwrap().contains_key(field), "failure.{field} missing: {}", v["failure"]);
+    }
+    assert!(v["failure"]["raw"].is_null() && v["rtt_ms"].is_null() && v["auth"].is_null(), "{v:#}");
 }
 
 #[test]
@@ -168,7 +176,7 @@ fn help_explains_outputs_and_exit_codes() {
 /// field, `a[].b` a field of every element of list `a`.
 const DOCUMENTED_FIELDS: &[&str] = &[
     "probe_id", "check", "started_at", "outcome", "rtt_ms", "delivery_ms", "steps", "steps[].name", "steps[].ms",
-    "steps[].ok", "steps[].code", "steps[].detail", "steps[].start_ms", "failure", "message_id", "queue_id", "reasons",
+    "steps[].ok", "steps[].code", "steps[].detail", "steps[].start_ms", "failure", "message_id", "queue_id", "reasons", "warnings",
     "attempts", "attempts[].started_at", "attempts[].failure", "greylisted", "greylist_ms", "tls", "tls[].protocol",
     "tls[].endpoint", "tls[].subject", "tls[].sans", "tls[].issuer", "tls[].not_after", "tls[].days_left", "tls[].version",
     "tls[].cipher", "auth", "auth.spf", "auth.dkim", "auth.dmarc", "auth.dkim_domain", "auth.spf_domain",

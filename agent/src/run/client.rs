@@ -100,11 +100,36 @@ fn call_error(call: &'static str, status: Status) -> SessionError {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if json || status.message().contains("invalid compression flag: 123") {
-        return SessionError::NotGrpc(format!(
-            "it answered {call} with JSON, not gRPC: this is mailloop's HTTP API port (http_listen); agents connect to the gRPC port (grpc_listen) — fix coordinator_url"
-        ));
+        return SessionError::NotGrpc(http_api_port(call));
     }
     SessionError::Call { call, status }
+}
+
+fn http_api_port(call: &str) -> String {
+    format!(
+        "it answered {call} with HTTP/JSON, not gRPC: this is mailloop's HTTP API port (http_listen); agents connect to the gRPC port (grpc_listen) — fix coordinator_url"
+    )
+}
+
+/// Whether `uri`'s host:port answers a plain HTTP/1.1 request with JSON,
+/// as the coordinator's admin API does (it refuses the HTTP/2 that gRPC
+/// speaks, so a gRPC call there fails without a word about why). One short
+/// request, asked only after a call failed.
+async fn http_api_at(uri: &tonic::transport::Uri) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(authority) = uri.authority() else { return false };
+    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        let mut head = vec![0u8; 1024];
+        let n = s.read(&mut head).await.ok()?;
+        Some(String::from_utf8_lossy(&head[..n]).to_ascii_lowercase())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Some(head)) => head.starts_with("http/1.") && head.contains("content-type: application/json"),
+        _ => false,
+    }
 }
 
 /// An https:// URL at a port that answers the handshake in plaintext.
@@ -349,7 +374,14 @@ impl Connection {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             }),
         )
-        .await?;
+        .await;
+        let reg = match reg {
+            Err(SessionError::Call { status, .. }) if !self.endpoint.uri().scheme_str().is_some_and(|s| s == "https") && http_api_at(self.endpoint.uri()).await => {
+                tracing::debug!("Register failed with {}; the port answers HTTP/1.1 with JSON", status_text(&status));
+                return Err(SessionError::NotGrpc(http_api_port("Register")));
+            }
+            other => other?,
+        };
         *registered = true;
         if scheduler.is_suspended() {
             let n = scheduler.resume_probing();
