@@ -139,7 +139,7 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match runtime.block_on(mailloop_agent::run::run(cfg, shutdown_signal())) {
+    match runtime.block_on(mailloop_agent::run::run(cfg, shutdown_signal(&runtime))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailloop-agent: {e}");
@@ -148,20 +148,24 @@ fn run(config: PathBuf) -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed now, not
+/// when the future is first polled: a SIGTERM that arrives while the agent
+/// is still starting must stop it gracefully, not kill it.
+fn shutdown_signal(runtime: &tokio::runtime::Runtime) -> impl Future<Output = ()> + use<> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM ({e}); stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let _in = runtime.enter();
+    let signals = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+    async move {
+        match signals {
+            Ok((mut term, mut int)) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            },
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM or SIGINT ({e}): stop this agent with SIGKILL");
+                std::future::pending::<()>().await
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 
