@@ -9,6 +9,7 @@
 //! file (`source = config`): a reload replaces or removes it, and the API
 //! refuses to change it (it would silently come back on the next reload).
 
+use crate::auth::{Role, TokenDecl, Tokens};
 use crate::config::{
     AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256,
 };
@@ -65,11 +66,12 @@ pub struct Control {
     storage: Arc<Storage>,
     lock: tokio::sync::Mutex<()>,
     settings: Mutex<Settings>,
+    /// The admin API's tokens (the admin token and `[[token]]`).
+    tokens: Arc<Tokens>,
 }
 
 struct Settings {
     rules: CheckRules,
-    admin_token_sha256: String,
 }
 
 impl Control {
@@ -77,35 +79,32 @@ impl Control {
         hub: Arc<Hub>,
         storage: Arc<Storage>,
         rules: CheckRules,
-        admin_token: &Secret,
+        tokens: &[TokenDecl],
     ) -> Control {
         Control {
             hub,
             storage,
             lock: tokio::sync::Mutex::new(()),
-            settings: Mutex::new(Settings {
-                rules,
-                admin_token_sha256: token_sha256(admin_token.expose()),
-            }),
+            settings: Mutex::new(Settings { rules }),
+            tokens: Arc::new(Tokens::new(tokens)),
         }
+    }
+
+    /// The admin API's tokens in force.
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.tokens.clone()
     }
 
     fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
         self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True if `bearer` is the admin token (compared as SHA-256 digests,
-    /// so the comparison time says nothing about the token).
+    /// True if `bearer` is a token with the admin role (compared as
+    /// SHA-256 digests in constant time).
     pub fn is_admin(&self, bearer: Option<&str>) -> bool {
-        let Some(b) = bearer else { return false };
-        let given = token_sha256(b);
-        let want = self.settings().admin_token_sha256.clone();
-        given.len() == want.len()
-            && given
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        bearer
+            .and_then(|b| self.tokens.find(b))
+            .is_some_and(|(_, role)| role == Role::Admin)
     }
 
     /// Validates a check table given through the API.
@@ -277,8 +276,8 @@ impl Control {
         {
             let mut s = self.settings();
             s.rules = cfg.server.check_rules();
-            s.admin_token_sha256 = token_sha256(cfg.server.admin_token.expose());
         }
+        self.tokens.replace(&cfg.api_tokens());
         let mut summary = ApplySummary::default();
         for spec in &cfg.checks {
             let (_, outcome) = self

@@ -111,7 +111,7 @@ impl Coordinator {
             hub.clone(),
             storage.clone(),
             config.server.check_rules(),
-            &config.server.admin_token,
+            &config.api_tokens(),
         ));
         let summary = control
             .apply_config(&config)
@@ -722,8 +722,8 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
 }
 
 /// Hourly (and once at start) until shutdown: reports and the verdicts
-/// judged from them older than `retention`, hourly aggregates older than
-/// `aggregate_retention`.
+/// judged from them older than `retention`, hourly aggregates and audit
+/// entries older than `aggregate_retention`.
 async fn prune_loop(
     storage: Arc<Storage>,
     retention: Duration,
@@ -745,6 +745,12 @@ async fn prune_loop(
             (
                 "hourly aggregates",
                 storage.prune_aggregates(aggregate_cutoff).await,
+                aggregate_retention,
+            ),
+            // Who changed what is worth as long a memory as the graphs.
+            (
+                "audit entries",
+                storage.prune_audit(aggregate_cutoff).await,
                 aggregate_retention,
             ),
         ];
