@@ -76,8 +76,11 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(get.clone(), "/api/v1/agents", Read, list_agents)
         .route(post.clone(), "/api/v1/agents", audited("agent", Fixed("created"), Body("/agent/name")), add_agent)
         .route(get.clone(), "/api/v1/agents/{name}", Read, get_agent)
-        .route(delete, "/api/v1/agents/{name}", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
-        .route(post, "/api/v1/agents/{name}/revoke", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
+        .route(delete.clone(), "/api/v1/agents/{name}", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
+        .route(post.clone(), "/api/v1/agents/{name}/revoke", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
+        .route(get.clone(), "/api/v1/tokens", Admin, list_tokens)
+        .route(post.clone(), "/api/v1/tokens", audited("token", Fixed("created"), Body("/name")), add_token)
+        .route(delete.clone(), "/api/v1/tokens/{name}", audited("token", Fixed("revoked"), InPath("name")), revoke_token)
         .route(get, "/api/v1/audit", Admin, audit_log)
         .merge(crate::api_judge::routes())
 }
@@ -686,4 +689,55 @@ async fn audit_log(State(state): State<ApiState>, Query(p): Query<AuditParams>) 
         StatusCode::OK,
         json!({"entries": entries, "next": page.next.map(|n| n.to_string())}),
     )
+}
+
+fn token_json(t: &crate::control::TokenView) -> Value {
+    json!({
+        "name": t.name,
+        "role": t.role.as_str(),
+        "source": t.source,
+        "created_at": t.created_at_ms.map(rfc3339),
+        "created_by": t.created_by,
+        "revoked_at": t.revoked_at_ms.map(rfc3339),
+    })
+}
+
+/// `GET /api/v1/tokens` (admin): names, roles and provenance; never a digest.
+async fn list_tokens(State(state): State<ApiState>) -> ApiResult {
+    let tokens: Vec<Value> = state.control.list_tokens().iter().map(token_json).collect();
+    ok(StatusCode::OK, json!({"tokens": tokens}))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+/// `POST /api/v1/tokens` (admin), body `{"name", "role"}`: 201 with the
+/// token, shown only here.
+async fn add_token(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult {
+    let req: NewToken = serde_json::from_value(json_body(&body)?).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"name\": ..., \"role\": \"read\" or \"admin\"}}: {e}"
+        ))
+    })?;
+    let (view, token) = state
+        .control
+        .add_token(&req.name, &req.role, &caller.principal.name())
+        .await?;
+    let mut body = token_json(&view);
+    // The one and only time the token leaves the coordinator.
+    body["token"] = json!(token.expose());
+    ok(StatusCode::CREATED, body)
+}
+
+/// `DELETE /api/v1/tokens/{name}` (admin): the token stops working at once.
+async fn revoke_token(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
+    let view = state.control.revoke_token(&name).await?;
+    ok(StatusCode::OK, token_json(&view))
 }

@@ -105,6 +105,7 @@ impl Coordinator {
         storage.reset_connections().await?;
         let checks = storage.load_checks().await?;
         let agents = storage.load_agents().await?;
+        let api_tokens = storage.load_api_tokens().await?;
         tracing::info!(db = %storage.path().display(), checks = checks.iter().filter(|c| !c.deleted).count(), agents = agents.len(), "storage opened");
         let hub = Hub::new(checks, agents);
         let control = Arc::new(Control::new(
@@ -112,6 +113,7 @@ impl Coordinator {
             storage.clone(),
             config.server.check_rules(),
             &config.api_tokens(),
+            api_tokens,
         ));
         let summary = control
             .apply_config(&config)

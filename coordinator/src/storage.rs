@@ -1952,7 +1952,7 @@ impl Storage {
 
 // ─────────────────────── end of hourly aggregates ───────────────────────
 
-// ─────────────────── Numbered migrations; the audit log ───────────────────
+// ────────────── Numbered migrations; the audit log; API tokens ──────────────
 //
 // Version 1 is everything above (tables created with IF NOT EXISTS, and
 // the in-place `request_id` and aggregate upgrades), which every database
@@ -1961,10 +1961,11 @@ impl Storage {
 // a crash mid-migration leaves the database at the previous version. Append
 // new ones; never edit one that has shipped.
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    2,
-    "audit log",
-    "CREATE TABLE audit_log (
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        2,
+        "audit log",
+        "CREATE TABLE audit_log (
         seq       INTEGER PRIMARY KEY,
         at_ms     INTEGER NOT NULL,
         actor     TEXT NOT NULL,
@@ -1976,7 +1977,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
         detail    TEXT
     );
     CREATE INDEX audit_log_by_age ON audit_log (at_ms);",
-)];
+    ),
+    (
+        3,
+        "API tokens",
+        "CREATE TABLE api_tokens (
+        name         TEXT PRIMARY KEY,
+        role         TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        revoked_at   INTEGER
+    );",
+    ),
+];
 
 /// Applies the numbered migrations this database has not had yet.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -2099,6 +2113,57 @@ impl Storage {
             "DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log WHERE at_ms < ?1 LIMIT ?2)",
             cutoff_ms,
         )
+        .await
+    }
+}
+
+/// An API token made through the API (`POST /api/v1/tokens`). Only its
+/// SHA-256 is kept; a revoked one stays as a record until its name is reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub name: String,
+    /// `read` or `admin`.
+    pub role: String,
+    pub token_sha256: String,
+    pub created_at_ms: i64,
+    /// The name of the token that made it.
+    pub created_by: String,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl Storage {
+    /// Inserts or replaces (a revoked name reused) an API token.
+    pub async fn put_api_token(&self, t: StoredToken) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO api_tokens (name, role, token_sha256, created_at, created_by, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET role = ?2, token_sha256 = ?3, created_at = ?4, created_by = ?5, revoked_at = ?6",
+                params![t.name, t.role, t.token_sha256, t.created_at_ms, t.created_by, t.revoked_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every API token made through the API, revoked ones included.
+    pub async fn load_api_tokens(&self) -> Result<Vec<StoredToken>, StorageError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, role, token_sha256, created_at, created_by, revoked_at FROM api_tokens ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StoredToken {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    token_sha256: r.get(2)?,
+                    created_at_ms: r.get(3)?,
+                    created_by: r.get(4)?,
+                    revoked_at_ms: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
         .await
     }
 }

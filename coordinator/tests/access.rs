@@ -204,6 +204,9 @@ async fn every_route_answers_each_role_as_its_policy_says_and_leaks_nothing() {
         case(M::GET, "/api/v1/agents/{name}", "read", "/api/v1/agents/eu-1", 200),
         case(M::DELETE, "/api/v1/agents/{name}", "admin", "/api/v1/agents/lab-1", 200),
         case(M::POST, "/api/v1/agents/{name}/revoke", "admin", "/api/v1/agents/lab-1/revoke", 200).with(json!({})),
+        case(M::GET, "/api/v1/tokens", "admin", "/api/v1/tokens", 200),
+        case(M::POST, "/api/v1/tokens", "admin", "/api/v1/tokens", 201).with(json!({"name": "wall", "role": "read"})),
+        case(M::DELETE, "/api/v1/tokens/{name}", "admin", "/api/v1/tokens/wall", 200),
         case(M::GET, "/api/v1/audit", "admin", "/api/v1/audit", 200),
         case(M::GET, "/api/v1/verdicts", "read", "/api/v1/verdicts", 200),
         case(M::GET, "/api/v1/incidents", "read", "/api/v1/incidents", 200),
@@ -251,14 +254,18 @@ async fn every_route_answers_each_role_as_its_policy_says_and_leaks_nothing() {
     assert!(wrong.is_empty(), "{} of {} answers were wrong:\n{}", wrong.len(), answers.len(), wrong.join("\n"));
     println!("route table: {} routes x {} callers = {} answers checked", cases.len(), EVERYONE.len(), answers.len());
 
-    // The secret scan. The token created through the API is shown once, to the admin.
-    let lab_token = answers
-        .iter()
-        .find(|a| a.who == Who::Admin && a.request == "POST /api/v1/agents")
-        .and_then(|a| serde_json::from_str::<Value>(&a.body).ok())
-        .and_then(|b| b["token"].as_str().map(str::to_string))
-        .expect("the new agent's token");
-    let mut tokens = vec![ADMIN_TOKEN.to_string(), READ_TOKEN.into(), OPS_TOKEN.into(), lab_token.clone()];
+    // The secret scan. Tokens made through the API are shown once, to the admin.
+    let made = |request: &str| -> String {
+        answers
+            .iter()
+            .find(|a| a.who == Who::Admin && a.request == request)
+            .and_then(|a| serde_json::from_str::<Value>(&a.body).ok())
+            .and_then(|b| b["token"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("a token from {request}"))
+    };
+    let lab_token = made("POST /api/v1/agents");
+    let wall_token = made("POST /api/v1/tokens");
+    let mut tokens = vec![ADMIN_TOKEN.to_string(), READ_TOKEN.into(), OPS_TOKEN.into(), lab_token.clone(), wall_token.clone()];
     tokens.extend(AGENTS.iter().map(|(_, _, t)| t.to_string()));
     let digests: Vec<String> = tokens.iter().map(|t| token_sha256(t)).collect();
     let credentials: Vec<&str> = [INLINE_PASSWORD, PASSWORD_ENV, PASSWORD_FILE]
@@ -280,6 +287,7 @@ async fn every_route_answers_each_role_as_its_policy_says_and_leaks_nothing() {
                 .copied()
                 .filter(|m| ![PASSWORD_ENV, PASSWORD_FILE].contains(m))
                 .filter(|m| !(*m == lab_token && a.request == "POST /api/v1/agents"))
+                .filter(|m| !(*m == wall_token && a.request == "POST /api/v1/tokens"))
                 .collect(),
         };
         for marker in forbidden {
@@ -396,6 +404,46 @@ async fn a_shown_check_applies_again_without_its_password_and_a_placeholder_is_n
     let refused = admin.put("/api/v1/checks/fresh", &fresh).await.unwrap();
     assert_eq!(refused.status, 422, "{refused:?}");
     assert!(refused.error_text().contains("body.smtp.password"), "{}", refused.error_text());
+}
+
+#[tokio::test]
+async fn a_token_made_through_the_api_works_as_its_role_until_revoked_across_restarts() {
+    let mut c = Coordinator::start("", "");
+    let made = expect_ok(c.api().post("/api/v1/tokens", &json!({"name": "wall", "role": "read"})).await);
+    let wall = made["token"].as_str().unwrap().to_string();
+    assert_eq!((&made["name"], &made["role"], &made["created_by"]), (&json!("wall"), &json!("read"), &json!("admin")));
+    assert_eq!(c.api_as(&wall).get("/api/v1/checks").await.unwrap().status, 200);
+    assert_eq!(c.api_as(&wall).post("/api/v1/checks", &check_table("x", &["eu-west"], "1m")).await.unwrap().status, 403);
+    // Names are unique, the config file's are its own, and roles are two.
+    assert_eq!(c.api().post("/api/v1/tokens", &json!({"name": "wall", "role": "read"})).await.unwrap().status, 409);
+    assert_eq!(c.api().post("/api/v1/tokens", &json!({"name": "grafana", "role": "read"})).await.unwrap().status, 409);
+    assert_eq!(c.api().post("/api/v1/tokens", &json!({"name": "x", "role": "root"})).await.unwrap().status, 422);
+    assert_eq!(c.api().delete("/api/v1/tokens/admin").await.unwrap().status, 409);
+    let listed = expect_ok(c.api().get("/api/v1/tokens").await);
+    let names: Vec<(&str, &str, &str)> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["role"].as_str().unwrap(), t["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("admin", "admin", "config"), ("grafana", "read", "config"), ("wall", "read", "api")]);
+    assert!(!listed.to_string().contains(&token_sha256(&wall)), "never a digest");
+
+    c.kill();
+    c.launch();
+    assert_eq!(c.api_as(&wall).get("/api/v1/checks").await.unwrap().status, 200, "kept across a restart");
+    expect_ok(c.api().delete("/api/v1/tokens/wall").await);
+    assert_eq!(c.api_as(&wall).get("/api/v1/checks").await.unwrap().status, 401, "revoked at once");
+    c.kill();
+    c.launch();
+    assert_eq!(c.api_as(&wall).get("/api/v1/checks").await.unwrap().status, 401, "and after a restart");
+    // A revoked name may be given a new token.
+    let again = expect_ok(c.api().post("/api/v1/tokens", &json!({"name": "wall", "role": "admin"})).await);
+    assert_eq!(c.api_as(again["token"].as_str().unwrap()).get("/api/v1/audit").await.unwrap().status, 200);
+    let log = expect_ok(c.api().get("/api/v1/audit?object=token").await);
+    let actions: Vec<&str> = log["entries"].as_array().unwrap().iter().rev().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["created", "revoked", "created"]);
+    assert!(!c.log().contains(&wall));
 }
 
 #[tokio::test]
