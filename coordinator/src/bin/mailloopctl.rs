@@ -81,6 +81,41 @@ enum Command {
     /// Every check's current verdict, region by region, and its active
     /// incidents: one screen.
     Status,
+    /// API tokens (admin): list, add (written to a new 0600 file), revoke.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The audit log (admin): who changed what, from where, newest first.
+    Audit {
+        /// Only this token name's changes.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only changes to check, agent, incident or token objects.
+        #[arg(long)]
+        object: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Every API token: name, role, where it comes from (config or api).
+    List,
+    /// Make a token with a role and write it to a new file only you can
+    /// read (0600); it is never printed, and the coordinator keeps only its
+    /// SHA-256.
+    Add {
+        name: String,
+        /// read: every read, no secrets (dashboards); admin: everything.
+        #[arg(long, value_parser = ["read", "admin"])]
+        role: String,
+        /// The file to write (default NAME.token); an existing file is
+        /// never overwritten.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a token made with `add`: it stops working at once.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -380,6 +415,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Incidents(cmd) => incidents(&api, cmd, out).await?,
         Command::Status => status(&api, out).await?,
+        Command::Tokens(cmd) => tokens(&api, cmd, out).await?,
+        Command::Audit {
+            actor,
+            object,
+            limit,
+        } => audit(&api, actor, object, limit, out).await?,
         Command::Probe { check, timeout } => {
             let code = probe(&api, &check, timeout, out).await;
             if code != 0 {
@@ -881,5 +922,137 @@ async fn status(api: &Client, out: Output) -> anyhow::Result<()> {
         ],
         rows,
     );
+    Ok(())
+}
+
+async fn tokens(api: &Client, cmd: TokensCmd, out: Output) -> anyhow::Result<()> {
+    match cmd {
+        TokensCmd::List => {
+            let body = success(api.get("/api/v1/tokens").await?)?;
+            let tokens = body["tokens"].as_array().cloned().unwrap_or_default();
+            if out == Output::Json {
+                return print_json(&Value::Array(tokens));
+            }
+            let rows = tokens
+                .iter()
+                .map(|t| {
+                    let state = if t["revoked_at"].is_null() {
+                        "active".to_string()
+                    } else {
+                        format!("revoked {}", text(&t["revoked_at"]))
+                    };
+                    vec![
+                        text(&t["name"]),
+                        text(&t["role"]),
+                        text(&t["source"]),
+                        state,
+                        text(&t["created_by"]),
+                        text(&t["created_at"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["TOKEN", "ROLE", "SOURCE", "STATE", "MADE BY", "MADE AT"],
+                rows,
+            );
+        }
+        TokensCmd::Add {
+            name,
+            role,
+            out: file,
+        } => {
+            let path = file.unwrap_or_else(|| PathBuf::from(format!("{name}.token")));
+            // The file first: a token the coordinator made but nobody could
+            // keep would be lost (it is never shown again).
+            let mut f = new_private_file(&path)?;
+            let answer = api
+                .post("/api/v1/tokens", &json!({"name": name, "role": role}))
+                .await;
+            let body = match answer
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(success(r)?))
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            use std::io::Write;
+            writeln!(f, "{}", text(&body["token"]))
+                .and_then(|()| f.sync_all())
+                .with_context(|| {
+                    format!(
+                        "writing the token to {} (revoke it: mailloopctl tokens revoke {name})",
+                        path.display()
+                    )
+                })?;
+            if out == Output::Json {
+                return print_json(&json!({"name": name, "role": role, "file": path}));
+            }
+            println!(
+                "token {name} ({role}) written to {} (mode 0600); the coordinator keeps only its SHA-256",
+                path.display()
+            );
+        }
+        TokensCmd::Revoke { name } => {
+            success(
+                api.delete(&format!("/api/v1/tokens/{}", seg(&name)))
+                    .await?,
+            )?;
+            println!("{name}: revoked");
+        }
+    }
+    Ok(())
+}
+
+/// A new file only its owner can read or write.
+fn new_private_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} for the token (an existing file is never overwritten)",
+                path.display()
+            )
+        })
+}
+
+async fn audit(
+    api: &Client,
+    actor: Option<String>,
+    object: Option<String>,
+    limit: u32,
+    out: Output,
+) -> anyhow::Result<()> {
+    let mut path = format!("/api/v1/audit?limit={limit}");
+    for (key, value) in [("actor", &actor), ("object", &object)] {
+        if let Some(v) = value {
+            path.push_str(&format!("&{key}={}", seg(v)));
+        }
+    }
+    let body = success(api.get(&path).await?)?;
+    let entries = body["entries"].as_array().cloned().unwrap_or_default();
+    if out == Output::Json {
+        return print_json(&Value::Array(entries));
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["at"]),
+                text(&e["actor"]),
+                text(&e["source"]),
+                text(&e["action"]),
+                format!("{} {}", text(&e["object"]), text(&e["id"])),
+                text(&e["detail"]),
+            ]
+        })
+        .collect();
+    table(&["AT", "WHO", "FROM", "ACTION", "OBJECT", "DETAIL"], rows);
     Ok(())
 }
