@@ -1315,4 +1315,23 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_token_file_is_kept_only_as_the_sha256sum_of_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grafana.token");
+        // As `head -c 24 /dev/urandom | base64 > file` leaves it: a newline at the end.
+        std::fs::write(&file, "grafana-token-0123456789\n").unwrap();
+        let mut v = good();
+        v["token"] = json!([{"name": "grafana", "role": "read", "token_file": file}]);
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        // `printf %s grafana-token-0123456789 | sha256sum`: what token_sha256 = takes too.
+        let sum = "0baf21be76cc9f463e9d4a2eac315952da8c4c568916430b0813db17cb3be5aa";
+        assert_eq!(c.tokens[0].sha256, sum);
+        v["token"] = json!([{"name": "grafana", "role": "read", "token_sha256": sum.to_uppercase()}]);
+        let by_sum = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(by_sum.tokens, c.tokens, "the same token either way");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("grafana-token") && !shown.contains("an-admin-token"), "{shown}");
+    }
 }
