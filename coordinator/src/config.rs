@@ -1328,10 +1328,14 @@ mod tests {
         // `printf %s grafana-token-0123456789 | sha256sum`: what token_sha256 = takes too.
         let sum = "0baf21be76cc9f463e9d4a2eac315952da8c4c568916430b0813db17cb3be5aa";
         assert_eq!(c.tokens[0].sha256, sum);
-        v["token"] = json!([{"name": "grafana", "role": "read", "token_sha256": sum.to_uppercase()}]);
+        v["token"] =
+            json!([{"name": "grafana", "role": "read", "token_sha256": sum.to_uppercase()}]);
         let by_sum = CoordinatorConfig::from_value(&v, &env).unwrap();
         assert_eq!(by_sum.tokens, c.tokens, "the same token either way");
         let shown = format!("{c:?}");
-        assert!(!shown.contains("grafana-token") && !shown.contains("an-admin-token"), "{shown}");
+        assert!(
+            !shown.contains("grafana-token") && !shown.contains("an-admin-token"),
+            "{shown}"
+        );
     }
 }
