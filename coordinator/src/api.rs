@@ -634,7 +634,7 @@ async fn revoke_agent(State(state): State<ApiState>, Path(name): Path<String>) -
 struct AuditParams {
     /// A token name.
     actor: Option<String>,
-    /// `check`, `agent`, `incident`.
+    /// `check`, `agent`, `incident`, `token`.
     object: Option<String>,
     id: Option<String>,
     since: Option<String>,

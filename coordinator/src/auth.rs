@@ -235,7 +235,7 @@ impl Access {
 /// How a write is recorded in the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Audit {
-    /// `check`, `agent`, `incident`.
+    /// `check`, `agent`, `incident`, `token`.
     pub object: &'static str,
     pub action: Action,
     /// Where the object's id is found.

@@ -770,8 +770,9 @@ async fn prune_loop(
 
 /// On SIGHUP: re-read the config; apply it if it is valid as a whole,
 /// otherwise log every bad key and keep running the old one. Checks,
-/// agents, the admin token, `[incidents]`/`[baselines]` (the judge) and
-/// `[[alert]]` channels follow; the rest of `[server]` waits for a restart.
+/// agents, the admin token and `[[token]]`s, `[incidents]`/`[baselines]`
+/// (the judge) and `[[alert]]` channels follow; the rest of `[server]`
+/// waits for a restart.
 async fn reload_loop(
     path: PathBuf,
     mut current: CoordinatorConfig,
@@ -818,7 +819,7 @@ async fn reload_loop(
             || old.http_limits != fresh.http_limits
         {
             tracing::warn!(
-                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token, [incidents], [baselines] and [[alert]] are applied now"
+                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
             );
         }
         // The judge and the alert channels cannot fail to apply (the file

@@ -2027,7 +2027,7 @@ pub struct AuditEntry {
     pub source: Option<String>,
     /// `created`, `changed`, `deleted`, `acknowledged`, `revoked`, `run`.
     pub action: String,
-    /// `check`, `agent`, `incident`.
+    /// `check`, `agent`, `incident`, `token`.
     pub object: String,
     pub object_id: String,
     /// `revision 3`, `request_id r-...`.
