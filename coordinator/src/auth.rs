@@ -688,6 +688,51 @@ mod tests {
         assert_eq!(status(Access::Admin, &admin), None);
     }
 
+    /// A router with one declared route and one added behind the table's
+    /// back, served on 127.0.0.1:0 with the gate over both.
+    #[tokio::test]
+    async fn a_route_that_skipped_the_policy_serves_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Gate {
+            tokens: Arc::new(Tokens::new(&[decl(
+                "admin",
+                Role::Admin,
+                "the-admin-token-0123456789",
+            )])),
+            hub: Hub::new(vec![], vec![]),
+            storage: Arc::new(Storage::open(dir.path()).unwrap()),
+        };
+        let declared =
+            ApiRouter::<()>::new().route(Method::GET, "/declared", Access::Read, || async { "ok" });
+        assert_eq!(declared.table().len(), 1);
+        let app = declared
+            .into_router()
+            .route("/sneaked-in", axum::routing::get(|| async { "secret" }))
+            .layer(axum::middleware::from_fn_with_state(gate, super::gate));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let admin =
+            crate::client::Client::new(&url, Some("the-admin-token-0123456789".into()), None)
+                .unwrap();
+        assert_eq!(admin.get("/declared").await.unwrap().status, 200);
+        let sneaked = admin.get("/sneaked-in").await.unwrap();
+        assert_eq!(sneaked.status, 500, "{sneaked:?}");
+        assert!(
+            sneaked.error_text().contains("no access policy"),
+            "{}",
+            sneaked.error_text()
+        );
+        let anonymous = crate::client::Client::new(&url, None, None).unwrap();
+        assert_eq!(anonymous.get("/declared").await.unwrap().status, 401);
+        assert_eq!(anonymous.get("/sneaked-in").await.unwrap().status, 500);
+        assert_eq!(
+            anonymous.get("/nowhere").await.unwrap().status,
+            404,
+            "unmatched paths are not policed"
+        );
+    }
+
     #[test]
     fn redaction_reaches_every_depth_and_leaves_nulls() {
         let mut v = json!({"check": {"smtp": {"password_env": "X", "username": "u"}, "imap": {"password": "p", "password_file": null}},
