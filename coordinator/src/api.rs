@@ -1,21 +1,26 @@
 //! The admin HTTP API: JSON under `/api/v1`, plus `/healthz` and `/readyz`.
 //!
-//! Reads are open; every write needs `Authorization: Bearer <admin token>`.
-//! Handlers only translate: validation and changes go through
+//! Every route is declared in [`routes`] with what it needs (see [`auth`]):
+//! `/healthz` and `/readyz` are public, reads need a `read` or `admin`
+//! token, writes and the audit log an `admin` token; every write is
+//! recorded in the audit log. Handlers only translate: validation and changes go through
 //! [`Control`], state comes from the [`Hub`], history from [`Storage`].
 //! Errors are JSON too: `{"error": "...", "issues": [{"path", "message"}]}`.
 
+use crate::auth::{
+    self, Access, Action, ApiRouter, Audit, Caller, Gate, IdFrom, REDACTED, Role, RouteSpec,
+};
 use crate::config::CheckSpec;
 use crate::control::{Control, ControlError, PutMode, PutOutcome, now_ms};
 use crate::hub::{AgentView, Hub};
 use crate::schedule;
 use crate::storage::{ReportRow, ResultQuery, Source, Storage, StoredCheck};
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -41,27 +46,61 @@ pub struct ApiState {
     pub judge: Arc<crate::judge::run::Judge>,
 }
 
-/// The admin API's routes.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/checks", get(list_checks).post(create_check))
-        .route(
-            "/api/v1/checks/{id}",
-            get(get_check).put(put_check).delete(delete_check),
-        )
-        .route("/api/v1/checks/{id}/results", get(check_results))
-        .route("/api/v1/checks/{id}/latest", get(latest_round))
-        .route("/api/v1/checks/{id}/aggregates", get(crate::aggregates::check_aggregates))
-        .route("/api/v1/checks/{id}/run", post(run_check))
-        .route("/api/v1/runs/{request_id}", get(get_run))
-        .route("/api/v1/results", get(results))
-        .route("/api/v1/agents", get(list_agents).post(add_agent))
-        .route("/api/v1/agents/{name}", get(get_agent).delete(revoke_agent))
-        .route("/api/v1/agents/{name}/revoke", post(revoke_agent))
+/// How a write to a check, agent or incident is recorded in the audit log.
+pub const fn audited(object: &'static str, action: Action, id: IdFrom) -> Access {
+    Access::Write(Audit { object, action, id })
+}
+
+/// Every route of the admin API with what it needs: the one table both
+/// [`router`] serves and [`route_table`] lists.
+#[rustfmt::skip]
+pub fn routes() -> ApiRouter<ApiState> {
+    use Access::{Admin, Public, Read};
+    use Action::{Fixed, FromChange};
+    use IdFrom::{Body, Path as InPath};
+    let (get, post, put, delete) = (Method::GET, Method::POST, Method::PUT, Method::DELETE);
+    ApiRouter::new()
+        .route(get.clone(), "/healthz", Public, healthz)
+        .route(get.clone(), "/readyz", Public, readyz)
+        .route(get.clone(), "/api/v1/checks", Read, list_checks)
+        .route(post.clone(), "/api/v1/checks", audited("check", Fixed("created"), Body("/id")), create_check)
+        .route(get.clone(), "/api/v1/checks/{id}", Read, get_check)
+        .route(put, "/api/v1/checks/{id}", audited("check", FromChange, InPath("id")), put_check)
+        .route(delete.clone(), "/api/v1/checks/{id}", audited("check", Fixed("deleted"), InPath("id")), delete_check)
+        .route(get.clone(), "/api/v1/checks/{id}/results", Read, check_results)
+        .route(get.clone(), "/api/v1/checks/{id}/latest", Read, latest_round)
+        .route(get.clone(), "/api/v1/checks/{id}/aggregates", Read, crate::aggregates::check_aggregates)
+        .route(post.clone(), "/api/v1/checks/{id}/run", audited("check", Fixed("run"), InPath("id")), run_check)
+        .route(get.clone(), "/api/v1/runs/{request_id}", Read, get_run)
+        .route(get.clone(), "/api/v1/results", Read, results)
+        .route(get.clone(), "/api/v1/agents", Read, list_agents)
+        .route(post.clone(), "/api/v1/agents", audited("agent", Fixed("created"), Body("/agent/name")), add_agent)
+        .route(get.clone(), "/api/v1/agents/{name}", Read, get_agent)
+        .route(delete.clone(), "/api/v1/agents/{name}", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
+        .route(post.clone(), "/api/v1/agents/{name}/revoke", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
+        .route(get.clone(), "/api/v1/tokens", Admin, list_tokens)
+        .route(post.clone(), "/api/v1/tokens", audited("token", Fixed("created"), Body("/name")), add_token)
+        .route(delete.clone(), "/api/v1/tokens/{name}", audited("token", Fixed("revoked"), InPath("name")), revoke_token)
+        .route(get, "/api/v1/audit", Admin, audit_log)
         .merge(crate::api_judge::routes())
+}
+
+/// Every route with its method and access (what the route-table test walks).
+pub fn route_table() -> Vec<RouteSpec> {
+    routes().table().to_vec()
+}
+
+/// The admin API: [`routes`] behind the authentication gate.
+pub fn router(state: ApiState) -> Router {
+    let gate = Gate {
+        tokens: state.control.tokens(),
+        hub: state.hub.clone(),
+        storage: state.storage.clone(),
+    };
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(gate, auth::gate))
         .with_state(state)
 }
 
@@ -132,14 +171,10 @@ fn ok(status: StatusCode, body: Value) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 
+/// Refuses unless the request carries a token with the admin role (the
+/// route table already enforces this; kept for handlers that check again).
 pub(crate) fn admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    if state.control.is_admin(token) {
+    if state.control.is_admin(auth::bearer(headers)) {
         Ok(())
     } else {
         tracing::warn!("admin API write refused: missing or wrong admin token");
@@ -174,8 +209,18 @@ async fn readyz(State(state): State<ApiState>) -> ApiResult {
     }
 }
 
-/// A check as the API shows it.
-fn check_json(hub: &Hub, c: &StoredCheck) -> Value {
+/// Keys of a check table only the admin role sees.
+const PASSWORD_REFERENCES: [&str; 2] = ["password_env", "password_file"];
+
+/// A check as the API shows it to `role`. An inline password is never
+/// shown (`"<redacted>"`, which a `PUT` takes to mean "keep the stored
+/// one"); password references only to admins.
+fn check_json(hub: &Hub, c: &StoredCheck, role: Option<Role>) -> Value {
+    let mut table = c.spec.full_table();
+    auth::redact_keys(&mut table, &["password"]);
+    if role != Some(Role::Admin) {
+        auth::redact_keys(&mut table, &PASSWORD_REFERENCES);
+    }
     let interval_ms = c.spec.interval.as_millis() as u64;
     let owners: BTreeMap<String, Option<String>> = hub.owners(&c.spec.name, &c.spec.regions);
     json!({
@@ -188,42 +233,86 @@ fn check_json(hub: &Hub, c: &StoredCheck) -> Value {
         "phase_ms": schedule::phase_ms(&c.spec.name, interval_ms),
         "regions": c.spec.regions,
         "assigned": owners,
-        "check": c.spec.full_table(),
+        "check": table,
     })
 }
 
-async fn list_checks(State(state): State<ApiState>) -> ApiResult {
+async fn list_checks(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
+    let role = caller.principal.role();
     let checks: Vec<Value> = state
         .hub
         .checks()
         .iter()
-        .map(|c| check_json(&state.hub, c))
+        .map(|c| check_json(&state.hub, c, role))
         .collect();
     ok(StatusCode::OK, json!({"checks": checks}))
 }
 
-async fn get_check(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+async fn get_check(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let c = state
         .hub
         .check(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
-    ok(StatusCode::OK, check_json(&state.hub, &c))
+    ok(
+        StatusCode::OK,
+        check_json(&state.hub, &c, caller.principal.role()),
+    )
 }
 
-async fn create_check(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    admin(&state, &headers)?;
-    let spec = state.control.validate_check("body", &json_body(&body)?)?;
+async fn create_check(State(state): State<ApiState>, body: Bytes) -> ApiResult {
+    let mut table = json_body(&body)?;
+    keep_stored_passwords(&mut table, None)?;
+    let spec = state.control.validate_check("body", &table)?;
     store_check(&state, spec, PutMode::Create).await
+}
+
+/// A password given as `"<redacted>"` (what `GET` shows, so a shown check
+/// can be applied again) stands for the one stored in `existing`'s same
+/// section; without one it is refused rather than stored as a password.
+fn keep_stored_passwords(table: &mut Value, existing: Option<&CheckSpec>) -> Result<(), ApiError> {
+    let mut issues = Vec::new();
+    let Some(sections) = table.as_object_mut() else {
+        return Ok(());
+    };
+    for (section, body) in sections.iter_mut() {
+        let Some(fields) = body.as_object_mut() else {
+            continue;
+        };
+        if fields.get("password").and_then(Value::as_str) != Some(REDACTED) {
+            continue;
+        }
+        let stored = existing.and_then(|c| c.table.get(section)?.get("password")?.as_str());
+        match stored {
+            Some(p) => {
+                fields.insert("password".into(), Value::String(p.to_string()));
+            }
+            None => issues.push(mailloop_common::config::ConfigIssue {
+                path: format!("body.{section}.password"),
+                message: format!("{REDACTED:?} stands for the stored password, and there is none: give the password, or password_env / password_file"),
+            }),
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(issues))
+    }
 }
 
 async fn put_check(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    admin(&state, &headers)?;
     let mut table = json_body(&body)?;
+    keep_stored_passwords(&mut table, state.hub.check(&id).as_ref().map(|c| &c.spec))?;
     match table.get("name") {
         None => {
             if let Some(obj) = table.as_object_mut() {
@@ -246,7 +335,8 @@ async fn put_check(
 
 async fn store_check(state: &ApiState, spec: CheckSpec, mode: PutMode) -> ApiResult {
     let (stored, outcome) = state.control.put_check(spec, Source::Api, mode).await?;
-    let mut body = check_json(&state.hub, &stored);
+    // Only admins write, and they see password references.
+    let mut body = check_json(&state.hub, &stored, Some(Role::Admin));
     body["change"] = json!(match outcome {
         PutOutcome::Created => "created",
         PutOutcome::Updated => "updated",
@@ -260,12 +350,7 @@ async fn store_check(state: &ApiState, spec: CheckSpec, mode: PutMode) -> ApiRes
     ok(status, body)
 }
 
-async fn delete_check(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    admin(&state, &headers)?;
+async fn delete_check(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let c = state.control.delete_check(&id, Source::Api).await?;
     ok(
         StatusCode::OK,
@@ -273,12 +358,7 @@ async fn delete_check(
     )
 }
 
-async fn run_check(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    admin(&state, &headers)?;
+async fn run_check(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     let run = state
         .hub
         .order_run(&id)
@@ -356,10 +436,12 @@ pub(crate) fn time_bound(name: &str, v: Option<&str>) -> Result<Option<i64>, Api
 /// A `ms:key` cursor handed out with a previous page (parameter `name`).
 pub(crate) fn page_cursor(name: &str, c: Option<&str>) -> Result<Option<(i64, String)>, ApiError> {
     let Some(c) = c else { return Ok(None) };
-    let parsed = c.split_once(':').and_then(|(ms, key)| Some((ms.parse::<i64>().ok()?, key.to_string())));
-    parsed
-        .map(Some)
-        .ok_or_else(|| ApiError::BadRequest(format!("{name}={c:?} is not a cursor from a previous page")))
+    let parsed = c
+        .split_once(':')
+        .and_then(|(ms, key)| Some((ms.parse::<i64>().ok()?, key.to_string())));
+    parsed.map(Some).ok_or_else(|| {
+        ApiError::BadRequest(format!("{name}={c:?} is not a cursor from a previous page"))
+    })
 }
 
 fn query(p: ResultParams) -> Result<ResultQuery, ApiError> {
@@ -522,8 +604,7 @@ struct NewAgent {
     region: String,
 }
 
-async fn add_agent(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    admin(&state, &headers)?;
+async fn add_agent(State(state): State<ApiState>, body: Bytes) -> ApiResult {
     let req: NewAgent = serde_json::from_value(json_body(&body)?).map_err(|e| {
         ApiError::BadRequest(format!("expected {{\"name\": ..., \"region\": ...}}: {e}"))
     })?;
@@ -539,16 +620,124 @@ async fn add_agent(State(state): State<ApiState>, headers: HeaderMap, body: Byte
     )
 }
 
-async fn revoke_agent(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
-    admin(&state, &headers)?;
+async fn revoke_agent(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
     state.control.revoke_agent(&name, Source::Api).await?;
     let view = state
         .hub
         .agent(&name)
         .ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
     ok(StatusCode::OK, agent_json(&view))
+}
+
+/// Query parameters of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize, Default)]
+struct AuditParams {
+    /// A token name.
+    actor: Option<String>,
+    /// `check`, `agent`, `incident`, `token`.
+    object: Option<String>,
+    id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+    /// The previous page's `next`.
+    after: Option<String>,
+}
+
+/// `GET /api/v1/audit` (admin): who changed what, newest first.
+async fn audit_log(State(state): State<ApiState>, Query(p): Query<AuditParams>) -> ApiResult {
+    let before_seq = p
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("after={a:?} is not a cursor from a previous page"))
+            })
+        })
+        .transpose()?;
+    let page = state
+        .storage
+        .query_audit(crate::storage::AuditQuery {
+            actor: p.actor,
+            object: p.object,
+            object_id: p.id,
+            since_ms: time_bound("since", p.since.as_deref())?,
+            until_ms: time_bound("until", p.until.as_deref())?,
+            before_seq,
+            limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        })
+        .await?;
+    let entries: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "at": rfc3339(e.at_ms),
+                "at_ms": e.at_ms,
+                "actor": e.actor,
+                "role": e.role,
+                "source": e.source,
+                "action": e.action,
+                "object": e.object,
+                "id": e.object_id,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({"entries": entries, "next": page.next.map(|n| n.to_string())}),
+    )
+}
+
+fn token_json(t: &crate::control::TokenView) -> Value {
+    json!({
+        "name": t.name,
+        "role": t.role.as_str(),
+        "source": t.source,
+        "created_at": t.created_at_ms.map(rfc3339),
+        "created_by": t.created_by,
+        "revoked_at": t.revoked_at_ms.map(rfc3339),
+    })
+}
+
+/// `GET /api/v1/tokens` (admin): names, roles and provenance; never a digest.
+async fn list_tokens(State(state): State<ApiState>) -> ApiResult {
+    let tokens: Vec<Value> = state.control.list_tokens().iter().map(token_json).collect();
+    ok(StatusCode::OK, json!({"tokens": tokens}))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+/// `POST /api/v1/tokens` (admin), body `{"name", "role"}`: 201 with the
+/// token, shown only here.
+async fn add_token(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult {
+    let req: NewToken = serde_json::from_value(json_body(&body)?).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"name\": ..., \"role\": \"read\" or \"admin\"}}: {e}"
+        ))
+    })?;
+    let (view, token) = state
+        .control
+        .add_token(&req.name, &req.role, &caller.principal.name())
+        .await?;
+    let mut body = token_json(&view);
+    // The one and only time the token leaves the coordinator.
+    body["token"] = json!(token.expose());
+    ok(StatusCode::CREATED, body)
+}
+
+/// `DELETE /api/v1/tokens/{name}` (admin): the token stops working at once.
+async fn revoke_token(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
+    let view = state.control.revoke_token(&name).await?;
+    ok(StatusCode::OK, token_json(&view))
 }

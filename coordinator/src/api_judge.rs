@@ -2,19 +2,19 @@
 //! acknowledgement), learned baselines, a one-screen status, and the alert
 //! channels' health.
 //!
-//! Like the rest of the API: reads are open, the one write (`ack`) needs the
-//! admin token. Bodies keep the model's `*_ms` fields and add RFC 3339
-//! strings (`round_start`, `opened_at`, ...) for people.
+//! Like the rest of the API: reads need a read or admin token, the one
+//! write (`ack`) the admin token, and is audited (see `auth.rs`). Bodies
+//! keep the model's `*_ms` fields and add RFC 3339 strings (`round_start`,
+//! `opened_at`, ...) for people.
 
-use crate::api::{ApiError, ApiState, admin, page_cursor, rfc3339, time_bound};
+use crate::api::{ApiError, ApiState, admin, audited, page_cursor, rfc3339, time_bound};
+use crate::auth::{Access, Action, ApiRouter, IdFrom};
 use crate::judge::{Incident, IncidentKind, IncidentState, Verdict};
 use crate::storage::{AckOutcome, IncidentQuery, VerdictQuery};
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -29,16 +29,18 @@ fn ok(body: Value) -> ApiResult {
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
-/// The judge's routes, merged into [`crate::api::router`].
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/verdicts", get(verdicts))
-        .route("/api/v1/incidents", get(incidents))
-        .route("/api/v1/incidents/{id}", get(incident))
-        .route("/api/v1/incidents/{id}/ack", post(acknowledge))
-        .route("/api/v1/checks/{id}/baselines", get(baselines))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/alerts", get(alerts))
+/// The judge's routes and what each needs, merged into [`crate::api::routes`].
+#[rustfmt::skip]
+pub fn routes() -> ApiRouter<ApiState> {
+    let ack = audited("incident", Action::FromChange, IdFrom::Path("id"));
+    ApiRouter::new()
+        .route(Method::GET, "/api/v1/verdicts", Access::Read, verdicts)
+        .route(Method::GET, "/api/v1/incidents", Access::Read, incidents)
+        .route(Method::GET, "/api/v1/incidents/{id}", Access::Read, incident)
+        .route(Method::POST, "/api/v1/incidents/{id}/ack", ack, acknowledge)
+        .route(Method::GET, "/api/v1/checks/{id}/baselines", Access::Read, baselines)
+        .route(Method::GET, "/api/v1/status", Access::Read, status)
+        .route(Method::GET, "/api/v1/alerts", Access::Read, alerts)
 }
 
 /// A verdict as the API shows it: the stored evidence plus readable times.

@@ -8,6 +8,7 @@
 //! `regions`; [`check_spec`] is also what the admin API uses, so a check
 //! given through the API obeys exactly the same rules as one in the file.
 
+pub use crate::auth::{Role, TokenDecl};
 use mailloop_common::Secret;
 use mailloop_common::config::{
     ConfigError, ConfigIssue, IssueList, Secrets, Table, apply_env_overrides, check_from_value,
@@ -65,6 +66,9 @@ pub struct CoordinatorConfig {
     pub server: ServerConfig,
     /// Agents declared in the file (config as code).
     pub agents: Vec<AgentDecl>,
+    /// `[[token]]`: named API tokens with a role (the `[server]` admin token
+    /// is not among them; see [`CoordinatorConfig::api_tokens`]).
+    pub tokens: Vec<TokenDecl>,
     /// Checks declared in the file (config as code).
     pub checks: Vec<CheckSpec>,
     /// `[incidents]` and `[baselines]`: how rounds are judged.
@@ -266,6 +270,7 @@ impl CoordinatorConfig {
                 "incidents",
                 "baselines",
                 "alert",
+                "token",
             ]
             .contains(&key.as_str())
             {
@@ -273,12 +278,13 @@ impl CoordinatorConfig {
                     // Agents resolve in their own region; the coordinator asks no DNS question.
                     v.issue(key.clone(), "unknown key: [dns] is an agent setting (each agent resolves in its region) — put it in agent.toml");
                 } else {
-                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[check]], [incidents], [baselines] and [[alert]])");
+                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines] and [[alert]])");
                 }
             }
         }
         let server = server(&mut v, root.get("server"), env);
         let agents = agents(&mut v, root.get("agent"));
+        let tokens = api_tokens(&mut v, root.get("token"), server.as_ref(), &agents);
         let rules = match &server {
             Some(s) => s.check_rules(),
             // Keep validating the checks with the strictest reading, so their
@@ -311,6 +317,7 @@ impl CoordinatorConfig {
             Some(server) if v.is_empty() => Ok(CoordinatorConfig {
                 server,
                 agents,
+                tokens,
                 checks,
                 judge,
                 alerts,
@@ -318,6 +325,98 @@ impl CoordinatorConfig {
             _ => Err(v),
         }
     }
+}
+
+impl CoordinatorConfig {
+    /// Every API token in force: the `[server]` admin token, named `admin`
+    /// with the admin role, then the `[[token]]` entries.
+    pub fn api_tokens(&self) -> Vec<TokenDecl> {
+        let mut all = vec![TokenDecl {
+            name: ADMIN_TOKEN_NAME.into(),
+            role: Role::Admin,
+            sha256: token_sha256(self.server.admin_token.expose()),
+        }];
+        all.extend(self.tokens.iter().cloned());
+        all
+    }
+}
+
+/// The name the `[server]` admin token goes by (in the audit log).
+pub const ADMIN_TOKEN_NAME: &str = "admin";
+
+/// `[[token]]`: `name`, `role` (`read` or `admin`), and `token_file` or
+/// `token_sha256`. A token may not also be the admin token or an agent's.
+fn api_tokens(
+    v: &mut Vec<ConfigIssue>,
+    raw: Option<&Value>,
+    server: Option<&ServerConfig>,
+    agents: &[AgentDecl],
+) -> Vec<TokenDecl> {
+    let admin = server.map(|s| token_sha256(s.admin_token.expose()));
+    let mut out: Vec<TokenDecl> = Vec::new();
+    for (i, item) in array(v, "token", raw).iter().enumerate() {
+        let path = format!("token[{i}]");
+        let Some(mut t) = Table::or_empty(v, &path, Some(item)) else {
+            continue;
+        };
+        let name = named(v, &mut t, "name");
+        let role = match t.string(v, "role") {
+            Some(Some(r)) => match Role::parse(&r) {
+                Some(role) => Some(role),
+                None => {
+                    v.issue(
+                        format!("{path}.role"),
+                        format!("{r:?}: expected \"read\" or \"admin\""),
+                    );
+                    None
+                }
+            },
+            Some(None) => {
+                v.issue(
+                    format!("{path}.role"),
+                    "required: \"read\" (every read, no secrets) or \"admin\"",
+                );
+                None
+            }
+            None => None,
+        };
+        let file = file(v, &mut t, "token_file");
+        let hash = t.string(v, "token_sha256");
+        t.finish(v);
+        let sha256 = token_digest(v, &path, file, hash);
+        let (Some(name), Some(role), Some(sha256)) = (name, role, sha256) else {
+            continue;
+        };
+        if name == ADMIN_TOKEN_NAME {
+            v.issue(
+                format!("{path}.name"),
+                "\"admin\" is the [server] admin token's name; choose another",
+            );
+        } else if out.iter().any(|d| d.name == name) {
+            v.issue(
+                format!("{path}.name"),
+                format!("duplicate token name {name:?}"),
+            );
+        } else if admin.as_deref() == Some(sha256.as_str()) {
+            v.issue(
+                format!("{path}.token_file"),
+                "this is the [server] admin token; give each token its own value",
+            );
+        } else if out.iter().any(|d| d.sha256 == sha256) {
+            v.issue(
+                format!("{path}.token_file"),
+                "the same token is already given to another [[token]]",
+            );
+        } else if agents.iter().any(|a| a.token_sha256 == sha256) {
+            v.issue(
+                format!("{path}.token_file"),
+                "this token belongs to an [[agent]]; an API token must be its own",
+            );
+        } else {
+            out.push(TokenDecl { name, role, sha256 });
+        }
+    }
+    out
 }
 
 /// TOML text to a JSON tree (the form every validator reads).
@@ -840,50 +939,7 @@ fn agents(v: &mut Vec<ConfigIssue>, raw: Option<&Value>) -> Vec<AgentDecl> {
         let file = file(v, &mut t, "token_file");
         let hash = t.string(v, "token_sha256");
         t.finish(v);
-        let token_sha256 = match (file, hash) {
-            (Some(Some(_)), Some(Some(_))) => {
-                v.issue(
-                    format!("{path}.token_file"),
-                    "set only one of token_file and token_sha256",
-                );
-                None
-            }
-            (Some(Some((p, bytes))), Some(None)) => {
-                let token = String::from_utf8_lossy(&bytes).trim().to_string();
-                if token.len() < MIN_TOKEN_LEN {
-                    v.issue(
-                        format!("{path}.token_file"),
-                        format!(
-                            "the token in {} is shorter than {MIN_TOKEN_LEN} characters",
-                            p.display()
-                        ),
-                    );
-                    None
-                } else {
-                    Some(token_sha256(&token))
-                }
-            }
-            (Some(None), Some(Some(h))) => {
-                let h = h.to_ascii_lowercase();
-                if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
-                    Some(h)
-                } else {
-                    v.issue(
-                        format!("{path}.token_sha256"),
-                        "expected 64 hex digits (sha256sum of the token)",
-                    );
-                    None
-                }
-            }
-            (Some(None), Some(None)) => {
-                v.issue(
-                    format!("{path}.token_file"),
-                    "required: token_file or token_sha256",
-                );
-                None
-            }
-            _ => None,
-        };
+        let token_sha256 = token_digest(v, &path, file, hash);
         if let (Some(name), Some(region), Some(token_sha256)) = (name, region, token_sha256) {
             if out.iter().any(|a| a.name == name) {
                 v.issue(
@@ -905,6 +961,60 @@ fn agents(v: &mut Vec<ConfigIssue>, raw: Option<&Value>) -> Vec<AgentDecl> {
         }
     }
     out
+}
+
+/// The SHA-256 (hex) of a token given as exactly one of `token_file` (read
+/// now, at least [`MIN_TOKEN_LEN`] characters) and `token_sha256`.
+fn token_digest(
+    v: &mut Vec<ConfigIssue>,
+    path: &str,
+    file: Option<Option<(PathBuf, Vec<u8>)>>,
+    hash: Option<Option<String>>,
+) -> Option<String> {
+    match (file, hash) {
+        (Some(Some(_)), Some(Some(_))) => {
+            v.issue(
+                format!("{path}.token_file"),
+                "set only one of token_file and token_sha256",
+            );
+            None
+        }
+        (Some(Some((p, bytes))), Some(None)) => {
+            let token = String::from_utf8_lossy(&bytes).trim().to_string();
+            if token.len() < MIN_TOKEN_LEN {
+                v.issue(
+                    format!("{path}.token_file"),
+                    format!(
+                        "the token in {} is shorter than {MIN_TOKEN_LEN} characters",
+                        p.display()
+                    ),
+                );
+                None
+            } else {
+                Some(token_sha256(&token))
+            }
+        }
+        (Some(None), Some(Some(h))) => {
+            let h = h.to_ascii_lowercase();
+            if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
+                Some(h)
+            } else {
+                v.issue(
+                    format!("{path}.token_sha256"),
+                    "expected 64 hex digits (sha256sum of the token)",
+                );
+                None
+            }
+        }
+        (Some(None), Some(None)) => {
+            v.issue(
+                format!("{path}.token_file"),
+                "required: token_file or token_sha256",
+            );
+            None
+        }
+        _ => None,
+    }
 }
 
 fn named(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>, key: &'static str) -> Option<String> {
@@ -1166,5 +1276,73 @@ mod tests {
             hub.authenticate(Some("")),
             Err(AuthError::Missing)
         ));
+    }
+
+    #[test]
+    fn api_tokens_have_a_name_a_role_and_their_own_value() {
+        let mut v = good();
+        let grafana = "cd".repeat(32);
+        v["token"] = json!([
+            {"name": "grafana", "role": "read", "token_sha256": grafana},
+            {"name": "ops", "role": "admin", "token_sha256": "ef".repeat(32)},
+        ]);
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        let all = c.api_tokens();
+        assert_eq!(
+            all.iter()
+                .map(|t| (t.name.as_str(), t.role))
+                .collect::<Vec<_>>(),
+            [
+                ("admin", Role::Admin),
+                ("grafana", Role::Read),
+                ("ops", Role::Admin)
+            ]
+        );
+        assert_eq!(all[0].sha256, token_sha256("an-admin-token-long-enough"));
+
+        // Every bad key at once.
+        v["token"] = json!([
+            {"name": "admin", "role": "read", "token_sha256": "01".repeat(32)},
+            {"name": "grafana", "role": "viewer", "token_sha256": grafana, "colour": "blue"},
+            {"name": "a", "role": "read"},
+            {"name": "b", "role": "read", "token_sha256": "ab".repeat(32)},
+            {"name": "c", "role": "read", "token_sha256": token_sha256("an-admin-token-long-enough")},
+            {"name": "d", "token_sha256": "02".repeat(32)},
+        ]);
+        assert_eq!(
+            paths(v),
+            [
+                "token[0].name",
+                "token[1].role",
+                "token[1].colour",
+                "token[2].token_file",
+                "token[3].token_file",
+                "token[4].token_file",
+                "token[5].role",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_token_file_is_kept_only_as_the_sha256sum_of_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grafana.token");
+        // As `head -c 24 /dev/urandom | base64 > file` leaves it: a newline at the end.
+        std::fs::write(&file, "grafana-token-0123456789\n").unwrap();
+        let mut v = good();
+        v["token"] = json!([{"name": "grafana", "role": "read", "token_file": file}]);
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        // `printf %s grafana-token-0123456789 | sha256sum`: what token_sha256 = takes too.
+        let sum = "0baf21be76cc9f463e9d4a2eac315952da8c4c568916430b0813db17cb3be5aa";
+        assert_eq!(c.tokens[0].sha256, sum);
+        v["token"] =
+            json!([{"name": "grafana", "role": "read", "token_sha256": sum.to_uppercase()}]);
+        let by_sum = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(by_sum.tokens, c.tokens, "the same token either way");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("grafana-token") && !shown.contains("an-admin-token"),
+            "{shown}"
+        );
     }
 }

@@ -9,11 +9,12 @@
 //! file (`source = config`): a reload replaces or removes it, and the API
 //! refuses to change it (it would silently come back on the next reload).
 
+use crate::auth::{Role, TokenDecl, Tokens};
 use crate::config::{
     AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256,
 };
 use crate::hub::Hub;
-use crate::storage::{Source, Storage, StorageError, StoredAgent, StoredCheck};
+use crate::storage::{Source, Storage, StorageError, StoredAgent, StoredCheck, StoredToken};
 use mailloop_common::Secret;
 use mailloop_common::config::ConfigIssue;
 use serde_json::Value;
@@ -65,11 +66,27 @@ pub struct Control {
     storage: Arc<Storage>,
     lock: tokio::sync::Mutex<()>,
     settings: Mutex<Settings>,
+    /// The admin API's tokens (the admin token and `[[token]]`).
+    tokens: Arc<Tokens>,
 }
 
 struct Settings {
     rules: CheckRules,
-    admin_token_sha256: String,
+    /// The config file's tokens (the admin token and `[[token]]`).
+    config_tokens: Vec<TokenDecl>,
+    /// Tokens made through the API, revoked ones included.
+    api_tokens: Vec<StoredToken>,
+}
+
+/// An API token as `GET /api/v1/tokens` shows it (never its digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenView {
+    pub name: String,
+    pub role: Role,
+    pub source: Source,
+    pub created_at_ms: Option<i64>,
+    pub created_by: Option<String>,
+    pub revoked_at_ms: Option<i64>,
 }
 
 impl Control {
@@ -77,35 +94,179 @@ impl Control {
         hub: Arc<Hub>,
         storage: Arc<Storage>,
         rules: CheckRules,
-        admin_token: &Secret,
+        config_tokens: &[TokenDecl],
+        api_tokens: Vec<StoredToken>,
     ) -> Control {
-        Control {
+        let control = Control {
             hub,
             storage,
             lock: tokio::sync::Mutex::new(()),
             settings: Mutex::new(Settings {
                 rules,
-                admin_token_sha256: token_sha256(admin_token.expose()),
+                config_tokens: config_tokens.to_vec(),
+                api_tokens,
             }),
+            tokens: Arc::new(Tokens::default()),
+        };
+        control.refresh_tokens();
+        control
+    }
+
+    /// Puts the config file's tokens and the API's live ones in force. A
+    /// name the config file also declares is the file's (the API refuses to
+    /// make one, but a later reload may add it).
+    fn refresh_tokens(&self) {
+        let s = self.settings();
+        let mut all = s.config_tokens.clone();
+        for t in s.api_tokens.iter().filter(|t| t.revoked_at_ms.is_none()) {
+            if all.iter().any(|c| c.name == t.name) {
+                tracing::warn!(token = %t.name, "an API-made token has the name of a config-file token; the file's is in force");
+                continue;
+            }
+            match Role::parse(&t.role) {
+                Some(role) => all.push(TokenDecl {
+                    name: t.name.clone(),
+                    role,
+                    sha256: t.token_sha256.clone(),
+                }),
+                None => {
+                    tracing::error!(token = %t.name, role = %t.role, "stored API token has an unknown role; ignored")
+                }
+            }
         }
+        self.tokens.replace(&all);
+    }
+
+    /// Every API token: the config file's, then those made through the API.
+    pub fn list_tokens(&self) -> Vec<TokenView> {
+        let s = self.settings();
+        let from_file = s.config_tokens.iter().map(|t| TokenView {
+            name: t.name.clone(),
+            role: t.role,
+            source: Source::Config,
+            created_at_ms: None,
+            created_by: None,
+            revoked_at_ms: None,
+        });
+        let from_api = s.api_tokens.iter().map(|t| TokenView {
+            name: t.name.clone(),
+            role: Role::parse(&t.role).unwrap_or(Role::Read),
+            source: Source::Api,
+            created_at_ms: Some(t.created_at_ms),
+            created_by: Some(t.created_by.clone()),
+            revoked_at_ms: t.revoked_at_ms,
+        });
+        from_file.chain(from_api).collect()
+    }
+
+    /// Makes an API token (shown once; only its SHA-256 is kept). `by` is
+    /// the name of the token asking. A revoked token's name may be reused.
+    pub async fn add_token(
+        &self,
+        name: &str,
+        role: &str,
+        by: &str,
+    ) -> Result<(TokenView, Secret), ControlError> {
+        let mut issues = Vec::new();
+        if !crate::config::is_name(name) {
+            issues.push(ConfigIssue {
+                path: "name".into(),
+                message: "use 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            });
+        }
+        let parsed = Role::parse(role);
+        if parsed.is_none() {
+            issues.push(ConfigIssue {
+                path: "role".into(),
+                message: format!("{role:?}: expected \"read\" or \"admin\""),
+            });
+        }
+        let Some(role) = parsed.filter(|_| issues.is_empty()) else {
+            return Err(ControlError::Invalid(issues));
+        };
+        let _serial = self.lock.lock().await;
+        {
+            let s = self.settings();
+            if s.config_tokens.iter().any(|t| t.name == name) {
+                return Err(owned_by_config("token", name));
+            }
+            if s.api_tokens
+                .iter()
+                .any(|t| t.name == name && t.revoked_at_ms.is_none())
+            {
+                return Err(ControlError::Conflict(format!(
+                    "token {name:?} exists; revoke it first to make a new one"
+                )));
+            }
+        }
+        let secret = Secret::new(new_token("mla"));
+        let stored = StoredToken {
+            name: name.into(),
+            role: role.as_str().into(),
+            token_sha256: token_sha256(secret.expose()),
+            created_at_ms: now_ms(),
+            created_by: by.into(),
+            revoked_at_ms: None,
+        };
+        self.storage.put_api_token(stored.clone()).await?;
+        {
+            let mut s = self.settings();
+            s.api_tokens.retain(|t| t.name != name);
+            s.api_tokens.push(stored);
+        }
+        self.refresh_tokens();
+        tracing::info!(token = %name, role = role.as_str(), by = %by, "API token made; its value was returned once");
+        let view = self
+            .list_tokens()
+            .into_iter()
+            .find(|t| t.name == name && t.source == Source::Api);
+        Ok((view.expect("just stored"), secret))
+    }
+
+    /// Revokes an API token made through the API: it stops working at once.
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenView, ControlError> {
+        let _serial = self.lock.lock().await;
+        let stored = {
+            let s = self.settings();
+            if s.config_tokens.iter().any(|t| t.name == name) {
+                return Err(owned_by_config("token", name));
+            }
+            s.api_tokens.iter().find(|t| t.name == name).cloned()
+        };
+        let Some(mut stored) = stored else {
+            return Err(ControlError::NotFound(format!("no token {name:?}")));
+        };
+        if stored.revoked_at_ms.is_none() {
+            stored.revoked_at_ms = Some(now_ms());
+            self.storage.put_api_token(stored.clone()).await?;
+            let mut s = self.settings();
+            s.api_tokens.retain(|t| t.name != name);
+            s.api_tokens.push(stored);
+        }
+        self.refresh_tokens();
+        tracing::warn!(token = %name, "API token revoked");
+        let view = self
+            .list_tokens()
+            .into_iter()
+            .find(|t| t.name == name && t.source == Source::Api);
+        Ok(view.expect("just stored"))
+    }
+
+    /// The admin API's tokens in force.
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.tokens.clone()
     }
 
     fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
         self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True if `bearer` is the admin token (compared as SHA-256 digests,
-    /// so the comparison time says nothing about the token).
+    /// True if `bearer` is a token with the admin role (compared as
+    /// SHA-256 digests in constant time).
     pub fn is_admin(&self, bearer: Option<&str>) -> bool {
-        let Some(b) = bearer else { return false };
-        let given = token_sha256(b);
-        let want = self.settings().admin_token_sha256.clone();
-        given.len() == want.len()
-            && given
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        bearer
+            .and_then(|b| self.tokens.find(b))
+            .is_some_and(|(_, role)| role == Role::Admin)
     }
 
     /// Validates a check table given through the API.
@@ -227,7 +388,7 @@ impl Control {
                 return Err(owned_by_config("agent", name));
             }
         }
-        let token = Secret::new(new_token());
+        let token = Secret::new(new_token("mlt"));
         let agent = StoredAgent {
             name: name.into(),
             region: region.into(),
@@ -277,8 +438,9 @@ impl Control {
         {
             let mut s = self.settings();
             s.rules = cfg.server.check_rules();
-            s.admin_token_sha256 = token_sha256(cfg.server.admin_token.expose());
+            s.config_tokens = cfg.api_tokens();
         }
+        self.refresh_tokens();
         let mut summary = ApplySummary::default();
         for spec in &cfg.checks {
             let (_, outcome) = self
@@ -354,11 +516,12 @@ fn owned_by_config(what: &str, name: &str) -> ControlError {
     ))
 }
 
-/// A fresh agent token: 32 random bytes, hex, with a recognisable prefix.
-fn new_token() -> String {
+/// A fresh token: 32 random bytes, hex, with a recognisable prefix
+/// (`mlt` an agent's, `mla` an API token).
+fn new_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source works");
-    format!("mlt_{}", hex(&bytes))
+    format!("{prefix}_{}", hex(&bytes))
 }
 
 /// Milliseconds since the unix epoch.

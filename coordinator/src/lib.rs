@@ -8,7 +8,8 @@
 //! - [`schedule`]: rounds, phases, rendezvous placement (pure).
 //! - [`hub`]: live state in memory and the assignment map agents follow.
 //! - [`control`]: every change to checks and agents (config file or API).
-//! - [`grpc`]: the agent API edge; [`api`]: the admin HTTP edge.
+//! - [`grpc`]: the agent API edge; [`api`]: the admin HTTP edge, whose
+//!   roles, route policies and audit log are in [`auth`].
 //! - [`server`]: start-up, serving, reload and graceful shutdown.
 //! - [`judge`]: round verdicts, baselines, incidents; [`alerts`]: channels.
 //! - [`client`]: the admin API client `mailloopctl` uses.
@@ -17,6 +18,7 @@ pub mod aggregates;
 pub mod alerts;
 pub mod api;
 pub mod api_judge;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -105,13 +105,15 @@ impl Coordinator {
         storage.reset_connections().await?;
         let checks = storage.load_checks().await?;
         let agents = storage.load_agents().await?;
+        let api_tokens = storage.load_api_tokens().await?;
         tracing::info!(db = %storage.path().display(), checks = checks.iter().filter(|c| !c.deleted).count(), agents = agents.len(), "storage opened");
         let hub = Hub::new(checks, agents);
         let control = Arc::new(Control::new(
             hub.clone(),
             storage.clone(),
             config.server.check_rules(),
-            &config.server.admin_token,
+            &config.api_tokens(),
+            api_tokens,
         ));
         let summary = control
             .apply_config(&config)
@@ -722,8 +724,8 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
 }
 
 /// Hourly (and once at start) until shutdown: reports and the verdicts
-/// judged from them older than `retention`, hourly aggregates older than
-/// `aggregate_retention`.
+/// judged from them older than `retention`, hourly aggregates and audit
+/// entries older than `aggregate_retention`.
 async fn prune_loop(
     storage: Arc<Storage>,
     retention: Duration,
@@ -747,6 +749,12 @@ async fn prune_loop(
                 storage.prune_aggregates(aggregate_cutoff).await,
                 aggregate_retention,
             ),
+            // Who changed what is worth as long a memory as the graphs.
+            (
+                "audit entries",
+                storage.prune_audit(aggregate_cutoff).await,
+                aggregate_retention,
+            ),
         ];
         for (what, result, kept) in pruned {
             match result {
@@ -762,8 +770,9 @@ async fn prune_loop(
 
 /// On SIGHUP: re-read the config; apply it if it is valid as a whole,
 /// otherwise log every bad key and keep running the old one. Checks,
-/// agents, the admin token, `[incidents]`/`[baselines]` (the judge) and
-/// `[[alert]]` channels follow; the rest of `[server]` waits for a restart.
+/// agents, the admin token and `[[token]]`s, `[incidents]`/`[baselines]`
+/// (the judge) and `[[alert]]` channels follow; the rest of `[server]`
+/// waits for a restart.
 async fn reload_loop(
     path: PathBuf,
     mut current: CoordinatorConfig,
@@ -810,7 +819,7 @@ async fn reload_loop(
             || old.http_limits != fresh.http_limits
         {
             tracing::warn!(
-                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token, [incidents], [baselines] and [[alert]] are applied now"
+                "listen addresses, data_dir, TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
             );
         }
         // The judge and the alert channels cannot fail to apply (the file

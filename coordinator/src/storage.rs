@@ -215,7 +215,6 @@ CREATE INDEX IF NOT EXISTS reports_by_check ON reports (check_id, started_at DES
 CREATE INDEX IF NOT EXISTS reports_by_round ON reports (check_id, round DESC);
 CREATE INDEX IF NOT EXISTS reports_by_age ON reports (received_at);
 CREATE INDEX IF NOT EXISTS reports_by_time ON reports (started_at DESC, probe_id DESC);
-PRAGMA user_version = 1;
 ";
 
 impl Storage {
@@ -242,6 +241,7 @@ impl Storage {
         open_aggregates(&conn).map_err(open_err)?;
         conn.execute_batch(JUDGE_SCHEMA).map_err(open_err)?;
         migrate_request_ids(&conn).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -1951,6 +1951,323 @@ impl Storage {
 }
 
 // ─────────────────────── end of hourly aggregates ───────────────────────
+
+// ────────────── Numbered migrations; the audit log; API tokens ──────────────
+//
+// Version 1 is everything above (tables created with IF NOT EXISTS, and
+// the in-place `request_id` and aggregate upgrades), which every database
+// has once opened. Later schema changes are numbered: each runs once, in
+// order, in its own transaction, which also sets `PRAGMA user_version`, so
+// a crash mid-migration leaves the database at the previous version. Append
+// new ones; never edit one that has shipped.
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        2,
+        "audit log",
+        "CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        role      TEXT NOT NULL,
+        source    TEXT,
+        action    TEXT NOT NULL,
+        object    TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        detail    TEXT
+    );
+    CREATE INDEX audit_log_by_age ON audit_log (at_ms);",
+    ),
+    (
+        3,
+        "API tokens",
+        "CREATE TABLE api_tokens (
+        name         TEXT PRIMARY KEY,
+        role         TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        revoked_at   INTEGER
+    );",
+    ),
+];
+
+/// Applies the numbered migrations this database has not had yet.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut version = found.max(1);
+    for (number, what, sql) in MIGRATIONS {
+        if *number <= version {
+            continue;
+        }
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", number)?;
+        tx.commit()?;
+        tracing::debug!(migration = number, what, "storage: schema migrated");
+        version = *number;
+    }
+    if found < version {
+        conn.pragma_update(None, "user_version", version)?;
+    }
+    Ok(())
+}
+
+/// One entry of the audit log: who changed what, from where, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Assigned on insert (0 before); also the paging cursor.
+    pub seq: u64,
+    pub at_ms: i64,
+    /// The API token's name (`admin`, `grafana`, ...).
+    pub actor: String,
+    /// Its role.
+    pub role: String,
+    /// The caller's IP address.
+    pub source: Option<String>,
+    /// `created`, `changed`, `deleted`, `acknowledged`, `revoked`, `run`.
+    pub action: String,
+    /// `check`, `agent`, `incident`, `token`.
+    pub object: String,
+    pub object_id: String,
+    /// `revision 3`, `request_id r-...`.
+    pub detail: Option<String>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub object: Option<String>,
+    pub object_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Entries older than this `seq` (the previous page's `next`).
+    pub before_seq: Option<u64>,
+    pub limit: u32,
+}
+
+/// Entries and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next: Option<u64>,
+}
+
+impl Storage {
+    /// Appends one entry; answers once it is committed.
+    pub async fn append_audit(&self, e: AuditEntry) -> Result<u64, StorageError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO audit_log (at_ms, actor, role, source, action, object, object_id, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![e.at_ms, e.actor, e.role, e.source, e.action, e.object, e.object_id, e.detail])?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
+        .await
+    }
+
+    /// The audit log, newest first, filtered and paged.
+    pub async fn query_audit(&self, q: AuditQuery) -> Result<AuditPage, StorageError> {
+        self.read(move |conn| {
+            let limit = q.limit.clamp(1, 1000) as i64;
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at_ms, actor, role, source, action, object, object_id, detail FROM audit_log
+                 WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR object = ?2) AND (?3 IS NULL OR object_id = ?3)
+                   AND (?4 IS NULL OR at_ms >= ?4) AND (?5 IS NULL OR at_ms < ?5) AND (?6 IS NULL OR seq < ?6)
+                 ORDER BY seq DESC LIMIT ?7",
+            )?;
+            let mut entries = stmt
+                .query_map(
+                    params![q.actor, q.object, q.object_id, q.since_ms, q.until_ms, q.before_seq.map(|s| s as i64), limit + 1],
+                    |r| {
+                        Ok(AuditEntry {
+                            seq: r.get::<_, i64>(0)? as u64,
+                            at_ms: r.get(1)?,
+                            actor: r.get(2)?,
+                            role: r.get(3)?,
+                            source: r.get(4)?,
+                            action: r.get(5)?,
+                            object: r.get(6)?,
+                            object_id: r.get(7)?,
+                            detail: r.get(8)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if entries.len() as i64 > limit {
+                entries.truncate(limit as usize);
+                entries.last().map(|e| e.seq)
+            } else {
+                None
+            };
+            Ok(AuditPage { entries, next })
+        })
+        .await
+    }
+
+    /// Deletes audit entries older than `cutoff_ms`; returns how many.
+    pub async fn prune_audit(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        self.delete_in_chunks(
+            "DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log WHERE at_ms < ?1 LIMIT ?2)",
+            cutoff_ms,
+        )
+        .await
+    }
+}
+
+/// An API token made through the API (`POST /api/v1/tokens`). Only its
+/// SHA-256 is kept; a revoked one stays as a record until its name is reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub name: String,
+    /// `read` or `admin`.
+    pub role: String,
+    pub token_sha256: String,
+    pub created_at_ms: i64,
+    /// The name of the token that made it.
+    pub created_by: String,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl Storage {
+    /// Inserts or replaces (a revoked name reused) an API token.
+    pub async fn put_api_token(&self, t: StoredToken) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO api_tokens (name, role, token_sha256, created_at, created_by, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET role = ?2, token_sha256 = ?3, created_at = ?4, created_by = ?5, revoked_at = ?6",
+                params![t.name, t.role, t.token_sha256, t.created_at_ms, t.created_by, t.revoked_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every API token made through the API, revoked ones included.
+    pub async fn load_api_tokens(&self) -> Result<Vec<StoredToken>, StorageError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, role, token_sha256, created_at, created_by, revoked_at FROM api_tokens ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StoredToken {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    token_sha256: r.get(2)?,
+                    created_at_ms: r.get(3)?,
+                    created_by: r.get(4)?,
+                    revoked_at_ms: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    fn entry(at_ms: i64, actor: &str, action: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at_ms,
+            actor: actor.into(),
+            role: "admin".into(),
+            source: Some("127.0.0.1".into()),
+            action: action.into(),
+            object: "check".into(),
+            object_id: "corp".into(),
+            detail: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_pages_newest_first_filters_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for (i, actor) in ["admin", "alice", "admin", "admin"].iter().enumerate() {
+            s.append_audit(entry(1000 * (i as i64 + 1), actor, "changed"))
+                .await
+                .unwrap();
+        }
+        let page = |q: AuditQuery| {
+            let s = &s;
+            async move { s.query_audit(q).await.unwrap() }
+        };
+        let first = page(AuditQuery {
+            limit: 2,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            first.entries.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            [4000, 3000]
+        );
+        let second = page(AuditQuery {
+            limit: 2,
+            before_seq: first.next,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            second.entries.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            [2000, 1000]
+        );
+        assert_eq!(second.next, None);
+        let alice = page(AuditQuery {
+            limit: 10,
+            actor: Some("alice".into()),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(alice.entries.len(), 1);
+        assert_eq!(alice.entries[0].source.as_deref(), Some("127.0.0.1"));
+        assert_eq!(s.prune_audit(2500).await.unwrap(), 2);
+        assert_eq!(
+            page(AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .entries
+            .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_gains_the_audit_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What a database written before numbered migrations looks like.
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        for _ in 0..2 {
+            let s = Storage::open(dir.path()).unwrap();
+            s.append_audit(entry(1, "admin", "created")).await.unwrap();
+            s.close().await;
+        }
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.last().unwrap().0);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            n, 2,
+            "reopening neither re-ran the migration nor lost an entry"
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

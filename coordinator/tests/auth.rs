@@ -95,8 +95,29 @@ async fn admin_writes_need_the_admin_token() {
     assert_eq!(anonymous.status, 401);
     let wrong = mailloop_coordinator::client::Client::new(&format!("http://{}", c.http), Some("wrong-admin-token-xxxx".into()), None).unwrap();
     assert_eq!(wrong.post("/api/v1/agents", &serde_json::json!({"name": "a", "region": "b"})).await.unwrap().status, 401);
-    // Reads are open.
-    assert_eq!(c.api_without_token().get("/api/v1/checks").await.unwrap().status, 200);
+    // A read token does not write either.
+    let read = c.api_as(READ_TOKEN).post("/api/v1/checks", &table).await.unwrap();
+    assert_eq!(read.status, 403, "{read:?}");
+    assert!(read.error_text().contains("read role"), "{}", read.error_text());
+    assert!(c.api().get("/api/v1/checks/shop").await.unwrap().status == 404, "nothing was created");
+}
+
+#[tokio::test]
+async fn reads_need_a_read_or_admin_token() {
+    let c = Coordinator::start("", &check_toml("corp", &["eu-west"], "1m"));
+    let anonymous = c.api_without_token().get("/api/v1/checks").await.unwrap();
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.error_text().contains("Authorization: Bearer"), "{}", anonymous.error_text());
+    assert_eq!(c.api_as("not-a-token-anyone-was-given").get("/api/v1/checks").await.unwrap().status, 401);
+    let agent = c.api_as(token("eu-1")).get("/api/v1/checks").await.unwrap();
+    assert_eq!(agent.status, 403);
+    assert!(agent.error_text().contains("gRPC agent API"), "{}", agent.error_text());
+    let read = expect_ok(c.api_as(READ_TOKEN).get("/api/v1/checks").await);
+    assert_eq!(read["checks"][0]["id"], "corp");
+    // Health stays open for load balancers and orchestrators.
+    assert_eq!(c.api_without_token().get("/healthz").await.unwrap().status, 200);
+    assert_eq!(c.api_without_token().get("/readyz").await.unwrap().status, 200);
+    assert!(!c.log().contains(READ_TOKEN), "tokens never reach the log");
 }
 
 #[tokio::test]

@@ -199,7 +199,7 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_at_the_idle_timeout()
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(c.http).await.unwrap();
-    s.write_all(b"GET /api/v1/results?check=corp&limit=5 HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    s.write_all(format!("GET /api/v1/results?check=corp&limit=5 HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\r\n").as_bytes()).await.unwrap();
     // Read nothing until the coordinator has given up on the connection.
     let deadline = Instant::now() + GENEROUS;
     while !c.log().contains("no byte either way for http_idle_timeout") {

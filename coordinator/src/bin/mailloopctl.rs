@@ -133,6 +133,41 @@ enum Command {
     /// Every check's current verdict, region by region, why, and its active
     /// incidents: one screen.
     Status,
+    /// API tokens (admin): list, add (written to a new 0600 file), revoke.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The audit log (admin): who changed what, from where, newest first.
+    Audit {
+        /// Only this token name's changes.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only changes to check, agent, incident or token objects.
+        #[arg(long)]
+        object: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Every API token: name, role, where it comes from (config or api).
+    List,
+    /// Make a token with a role and write it to a new file only you can
+    /// read (0600); it is never printed, and the coordinator keeps only its
+    /// SHA-256.
+    Add {
+        name: String,
+        /// read: every read, no secrets (dashboards); admin: everything.
+        #[arg(long, value_parser = ["read", "admin"])]
+        role: String,
+        /// The file to write (default NAME.token); an existing file is
+        /// never overwritten.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a token made with `add`: it stops working at once.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -479,6 +514,12 @@ async fn run(cli: Cli, url_source: &'static str) -> Result<u8, Fail> {
         Command::Status => status(&ctl, out).await?,
         Command::Probe { check, timeout } => return probe(&ctl, &check, timeout, out).await,
         Command::Latest { check } => latest(&ctl, &check, out).await?,
+        Command::Tokens(cmd) => tokens(&ctl, cmd, out).await?,
+        Command::Audit {
+            actor,
+            object,
+            limit,
+        } => audit(&ctl, actor, object, limit, out).await?,
     }
     Ok(0)
 }
@@ -1613,3 +1654,133 @@ fn region_detail(r: &Value) -> String {
     }
     parts.join("; ")
 }
+
+async fn tokens(ctl: &Ctl, cmd: TokensCmd, out: Output) -> Result<(), Fail> {
+    match cmd {
+        TokensCmd::List => {
+            let body = ctl.get("/api/v1/tokens").await?;
+            let tokens = body["tokens"].as_array().cloned().unwrap_or_default();
+            if out == Output::Json {
+                print_json(&Value::Array(tokens));
+                return Ok(());
+            }
+            let rows = tokens
+                .iter()
+                .map(|t| {
+                    let state = if t["revoked_at"].is_null() {
+                        "active".to_string()
+                    } else {
+                        format!("revoked {}", text(&t["revoked_at"]))
+                    };
+                    vec![
+                        text(&t["name"]),
+                        text(&t["role"]),
+                        text(&t["source"]),
+                        state,
+                        text(&t["created_by"]),
+                        text(&t["created_at"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["TOKEN", "ROLE", "SOURCE", "STATE", "MADE BY", "MADE AT"],
+                rows,
+            );
+        }
+        TokensCmd::Add {
+            name,
+            role,
+            out: file,
+        } => {
+            let path = file.unwrap_or_else(|| PathBuf::from(format!("{name}.token")));
+            // The file first: a token the coordinator made but nobody could
+            // keep would be lost (it is never shown again).
+            let mut f = new_private_file(&path)?;
+            let body = match ctl
+                .call("POST", "/api/v1/tokens", Some(&json!({"name": name, "role": role})))
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            writeln!(f, "{}", text(&body["token"]))
+                .and_then(|()| f.sync_all())
+                .map_err(|e| {
+                    Fail::usage(format!(
+                        "writing the token to {}: {e} (revoke it: mailloopctl tokens revoke {name})",
+                        path.display()
+                    ))
+                })?;
+            if out == Output::Json {
+                print_json(&json!({"name": name, "role": role, "file": path}));
+                return Ok(());
+            }
+            out!(
+                "token {name} ({role}) written to {} (mode 0600); the coordinator keeps only its SHA-256",
+                path.display()
+            );
+        }
+        TokensCmd::Revoke { name } => {
+            ctl.call("DELETE", &format!("/api/v1/tokens/{}", seg(&name)), None)
+                .await?;
+            out!("{name}: revoked");
+        }
+    }
+    Ok(())
+}
+
+/// A new file only its owner can read or write.
+fn new_private_file(path: &Path) -> Result<std::fs::File, Fail> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Fail::usage(format!(
+                "cannot create {} for the token: {e} (an existing file is never overwritten)",
+                path.display()
+            ))
+        })
+}
+
+async fn audit(
+    ctl: &Ctl,
+    actor: Option<String>,
+    object: Option<String>,
+    limit: u32,
+    out: Output,
+) -> Result<(), Fail> {
+    let mut path = format!("/api/v1/audit?limit={limit}");
+    for (key, value) in [("actor", &actor), ("object", &object)] {
+        if let Some(v) = value {
+            path.push_str(&format!("&{key}={}", seg(v)));
+        }
+    }
+    let body = ctl.get(&path).await?;
+    let entries = body["entries"].as_array().cloned().unwrap_or_default();
+    if out == Output::Json {
+        print_json(&Value::Array(entries));
+        return Ok(());
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["at"]),
+                text(&e["actor"]),
+                text(&e["source"]),
+                text(&e["action"]),
+                format!("{} {}", text(&e["object"]), text(&e["id"])),
+                text(&e["detail"]),
+            ]
+        })
+        .collect();
+    table(&["AT", "WHO", "FROM", "ACTION", "OBJECT", "DETAIL"], rows);
+    Ok(())
+}
+

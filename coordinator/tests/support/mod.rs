@@ -17,6 +17,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+/// A `[[token]]` with the read role, named `grafana`.
+pub const READ_TOKEN: &str = "read-token-for-tests-0123456789";
 /// Config-declared agents: name, region, token.
 pub const AGENTS: [(&str, &str, &str); 3] = [
     ("eu-1", "eu-west", "token-eu-1-0123456789abcdef"),
@@ -131,6 +133,9 @@ impl Coordinator {
             std::fs::write(&file, token).unwrap();
             agents.push_str(&format!("\n[[agent]]\nname = \"{name}\"\nregion = \"{region}\"\ntoken_file = {:?}\n", file));
         }
+        let read_token = dir.path().join("grafana.token");
+        std::fs::write(&read_token, READ_TOKEN).unwrap();
+        agents.push_str(&format!("\n[[token]]\nname = \"grafana\"\nrole = \"read\"\ntoken_file = {read_token:?}\n"));
         let config = format!(
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nadmin_token_file = {:?}\ntest_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n{server_extra}\n{agents}\n{extra}",
             dir.path().join("data"),
@@ -240,6 +245,11 @@ impl Coordinator {
 
     pub fn api_without_token(&self) -> Client {
         Client::new(&format!("http://{}", self.http), None, None).unwrap()
+    }
+
+    /// The admin API as the holder of `token` (a read token, an agent's, ...).
+    pub fn api_as(&self, token: &str) -> Client {
+        Client::new(&format!("http://{}", self.http), Some(token.into()), None).unwrap()
     }
 
     /// An agent's gRPC client carrying `token` (None: no authorization metadata).
