@@ -22,13 +22,13 @@ fn ctl(c: &Coordinator, token: Option<&str>, args: &[&str]) -> (i32, String, Str
 async fn reads_carry_the_token_and_a_read_token_reads_but_does_not_write() {
     let c = Coordinator::start("", &check_toml("corp", &["eu-west"], "1m"));
     let (code, _, err) = ctl(&c, None, &["checks", "list"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 5, "no token is exit 5: {err}");
     assert!(err.contains("Authorization: Bearer"), "the refusal says what is missing: {err}");
     let (code, out, err) = ctl(&c, Some(READ_TOKEN), &["checks", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l.starts_with("corp")), "{out}");
     let (code, _, err) = ctl(&c, Some(READ_TOKEN), &["checks", "delete", "corp"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5, "a role that may not do this is exit 5: {err}");
     assert!(err.contains("read role"), "{err}");
 }
 
@@ -55,7 +55,7 @@ async fn tokens_add_writes_a_private_file_and_audit_shows_who_did_it() {
     assert_eq!(code, 0);
     assert!(list.lines().any(|l| l.starts_with("wall") && l.contains("read") && l.contains("api") && l.contains("active")), "{list}");
     assert_eq!(ctl(&c, Some(ADMIN_TOKEN), &["tokens", "revoke", "wall"]).0, 0);
-    assert_eq!(ctl(&c, Some(&token), &["agents", "list"]).0, 1, "revoked");
+    assert_eq!(ctl(&c, Some(&token), &["agents", "list"]).0, 5, "revoked");
 
     let (code, audit, err) = ctl(&c, Some(ADMIN_TOKEN), &["audit"]);
     assert_eq!(code, 0, "{err}");
@@ -63,5 +63,5 @@ async fn tokens_add_writes_a_private_file_and_audit_shows_who_did_it() {
     assert!(lines[0].starts_with("AT"), "{audit}");
     assert!(lines[1].contains("admin") && lines[1].contains("127.0.0.1") && lines[1].contains("revoked") && lines[1].contains("token wall"), "{audit}");
     assert!(lines[2].contains("created") && lines[2].contains("token wall"), "{audit}");
-    assert_eq!(ctl(&c, Some(READ_TOKEN), &["audit"]).0, 1, "the audit log is the admin's");
+    assert_eq!(ctl(&c, Some(READ_TOKEN), &["audit"]).0, 5, "the audit log is the admin's");
 }
