@@ -64,7 +64,7 @@ async fn add_list_and_revoke_agents() {
     let token = added.lines().last().unwrap().trim().to_string();
     assert!(token.starts_with("mlt_"), "{added}");
     let mut agent = c.agent_with(Some(&token)).await;
-    let reg = mailloop_proto::pb::RegisterRequest { name: "ap-1".into(), region: "ap-south".into(), version: "9.9".into() };
+    let reg = mailloop_proto::pb::RegisterRequest { name: "ap-1".into(), region: "ap-south".into(), version: "9.9".into(), ..Default::default() };
     agent.register(reg.clone()).await.unwrap();
     let list = ctl.ok(&["agents", "list"]);
     assert!(list.lines().any(|l| l.starts_with("ap-1") && l.contains("ap-south") && l.contains("9.9")), "{list}");

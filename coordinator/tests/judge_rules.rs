@@ -41,6 +41,10 @@ fn policy(quorum: Quorum) -> Policy {
             factor: 3.0,
             floor_ms: 25.0,
         },
+        coverage_rounds: 3,
+        coverage_severity: Severity::Warning,
+        clock_skew_max: Duration::from_secs(30),
+        clock_severity: Severity::Warning,
     }
 }
 

@@ -36,7 +36,7 @@
 //! and its baselines warmed with the recent delivered reports.
 
 use super::{
-    AlertEvent, AlertEventKind, BaselineView, CheckJudge, RegionReport, VerdictKind,
+    AgentSeen, AlertEvent, AlertEventKind, BaselineView, CheckJudge, RegionReport, VerdictKind,
     config::JudgeSettings,
 };
 use crate::alerts::Alerts;
@@ -120,9 +120,10 @@ impl Offer {
 
 impl JudgeFeed {
     /// Prepares the offer of a report about to be stored (None for round 0,
-    /// an on-demand run's, which the judge ignores).
+    /// an on-demand run's, and for a round outside its schedule window,
+    /// both of which the judge ignores).
     pub fn prepare(&self, row: &ReportRow) -> Option<Offer> {
-        (row.round != 0).then(|| Offer {
+        (row.round != 0 && row.out_of_window.is_none()).then(|| Offer {
             feed: self.clone(),
             report: NewReport {
                 check_id: row.check_id.clone(),
@@ -238,6 +239,7 @@ pub fn start(
         settings,
         shared: judge.clone(),
         checks: BTreeMap::new(),
+        swept: false,
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -250,6 +252,9 @@ struct Task {
     settings: JudgeSettings,
     shared: Arc<Judge>,
     checks: BTreeMap<String, Live>,
+    /// Whether incidents of checks deleted while the coordinator was down
+    /// have been resolved (once, on the first sync).
+    swept: bool,
 }
 
 /// One live check's judge and its round bookkeeping.
@@ -322,15 +327,19 @@ impl Live {
     }
 }
 
+/// How long one probe of `check` may take: its `deadline` plus its
+/// `greylist_grace` (an interval for a stored check that no longer validates).
+pub fn probe_budget(check: &StoredCheck) -> Duration {
+    let secrets = Secrets::ReferencesOnly { allow_inline: true };
+    match check_from_value("check", &check.spec.table, &|_| None, secrets) {
+        Ok(c) => c.deadline + c.greylist_grace,
+        Err(_) => check.spec.interval,
+    }
+}
+
 /// How long after its start a round of `check` is decided at the latest.
 pub fn round_wait(check: &StoredCheck, settings: &JudgeSettings) -> Duration {
-    let secrets = Secrets::ReferencesOnly { allow_inline: true };
-    let budget = match check_from_value("check", &check.spec.table, &|_| None, secrets) {
-        Ok(c) => c.deadline + c.greylist_grace,
-        // Stored checks were validated; if one no longer is, wait an interval.
-        Err(_) => check.spec.interval,
-    };
-    check.spec.interval.min(budget) + settings.round_slack
+    check.spec.interval.min(probe_budget(check)) + settings.round_slack
 }
 
 fn region_report(row: &ReportRow) -> Option<RegionReport> {
@@ -429,7 +438,22 @@ impl Task {
         for id in gone {
             self.checks.remove(&id);
             self.shared.forget(&id);
-            tracing::info!(check = %id, "check deleted; its judge is dropped (verdicts and incidents stay)");
+            tracing::info!(check = %id, "check deleted; its judge is dropped (verdicts stay, open incidents are resolved)");
+            self.resolve_deleted(&id).await;
+        }
+        if !self.swept {
+            // Checks deleted while the coordinator was down.
+            match self.storage.checks_with_active_incidents().await {
+                Ok(with) => {
+                    self.swept = true;
+                    for id in with.iter().filter(|id| !ids.contains(&id.as_str())) {
+                        self.resolve_deleted(id).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list the checks with open incidents; retrying")
+                }
+            }
         }
         for c in live {
             match self.checks.get_mut(&c.spec.name) {
@@ -459,6 +483,31 @@ impl Task {
                         tracing::error!(check = %c.spec.name, error = %e, "cannot restore the judge from storage; retrying")
                     }
                 },
+            }
+        }
+    }
+
+    /// Resolves a deleted check's open incidents ("check deleted") and
+    /// sends each channel its last alert.
+    async fn resolve_deleted(&self, id: &str) {
+        let at_ms = now_ms();
+        match self
+            .storage
+            .resolve_incidents_of(id.to_string(), at_ms, "check deleted".into())
+            .await
+        {
+            Ok(resolved) => {
+                for incident in resolved {
+                    tracing::warn!(incident = incident.id, check = %incident.check_id, kind = %incident.kind.as_str(), "incident resolved: check deleted");
+                    self.alerts.notify(AlertEvent {
+                        event: AlertEventKind::Resolved,
+                        at_ms,
+                        incident,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(check = %id, error = %e, "cannot resolve the deleted check's incidents")
             }
         }
     }
@@ -582,7 +631,12 @@ impl Task {
     async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
         let now = now_ms();
         let live = self.checks.get_mut(id).expect("a followed check");
-        let (verdict, changes) = live.judge.judge(round, start, &reports, now);
+        let agents: BTreeMap<String, Vec<AgentSeen>> = live
+            .regions
+            .iter()
+            .map(|r| (r.clone(), self.hub.region_agents(r)))
+            .collect();
+        let (verdict, changes) = live.judge.judge_with(round, start, &reports, &agents, now);
         let kind = verdict.verdict;
         let previous = live.last_verdict.replace(kind);
         let baselines = live.judge.baselines();

@@ -267,7 +267,7 @@ impl Drop for Coordinator {
 pub async fn register(agent: &mut Agent, name: &str) -> pb::RegisterResponse {
     let region = AGENTS.iter().find(|(n, _, _)| *n == name).unwrap().1;
     agent
-        .register(pb::RegisterRequest { name: name.into(), region: region.into(), version: "test".into() })
+        .register(pb::RegisterRequest { name: name.into(), region: region.into(), version: "test".into(), ..Default::default() })
         .await
         .expect("register")
         .into_inner()
