@@ -42,9 +42,10 @@ pub fn round_at(now_ms: u64, interval_ms: u64, phase_ms: u64) -> u64 {
     now_ms.saturating_sub(phase_ms) / interval_ms.max(1)
 }
 
-/// When round `k` starts.
+/// When round `k` starts (saturating: a round number from a confused
+/// agent must not overflow).
 pub fn round_start_ms(round: u64, interval_ms: u64, phase_ms: u64) -> u64 {
-    round * interval_ms + phase_ms
+    round.saturating_mul(interval_ms).saturating_add(phase_ms)
 }
 
 /// Where a reported round sits against the coordinator's clock.
