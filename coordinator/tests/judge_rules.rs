@@ -1134,3 +1134,14 @@ fn coverage_streaks_and_open_incidents_survive_a_restart() {
             .contains("no report from r2 since 13:55 UTC")
     );
 }
+
+#[test]
+fn a_region_removed_from_the_check_resolves_its_coverage_incident() {
+    let mut sim = Sim::new(2, policy(Majority));
+    let (_, changes) = sim.round_seen(&["ok", "missing"], &[R1_UP, &["agent-2:down@0"]]);
+    assert_eq!(opened(&changes), vec![Coverage]);
+    sim.judge
+        .reconfigure(&["r1".into()], policy(Majority), &json!({}));
+    let (_, changes) = sim.round_seen(&["ok"], &[R1_UP]);
+    assert_eq!(resolved(&changes), vec![Coverage]);
+}

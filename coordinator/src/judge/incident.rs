@@ -692,8 +692,28 @@ impl IncidentBook {
 }
 
 impl IncidentBook {
+    /// Resolves `kind` incidents of regions the check no longer has.
+    fn drop_removed_regions(
+        &mut self,
+        kind: IncidentKind,
+        v: &Verdict,
+        changes: &mut Vec<IncidentChange>,
+    ) {
+        let gone: Vec<String> = self
+            .open
+            .keys()
+            .filter(|(k, key)| *k == kind && !v.regions.iter().any(|e| e.region == *key))
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in gone {
+            let note = format!("{key} is no longer one of the check's regions");
+            self.resolve(changes, kind, &key, entry(v, "resolved", note));
+        }
+    }
+
     fn coverage(&mut self, v: &Verdict, policy: &Policy, changes: &mut Vec<IncidentChange>) {
         let kind = IncidentKind::Coverage;
+        self.drop_removed_regions(kind, v, changes);
         for e in &v.regions {
             let key = e.region.clone();
             let open = self.is_open(kind, &key);
@@ -746,6 +766,7 @@ impl IncidentBook {
 
     fn clock(&mut self, v: &Verdict, policy: &Policy, changes: &mut Vec<IncidentChange>) {
         let kind = IncidentKind::Clock;
+        self.drop_removed_regions(kind, v, changes);
         let max = i64::try_from(policy.clock_skew_max.as_millis()).unwrap_or(i64::MAX);
         for e in &v.regions {
             let (Some(skew), Some(agent)) = (e.clock_skew_ms, e.agent.as_deref()) else {
