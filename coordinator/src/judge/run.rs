@@ -45,7 +45,7 @@ use crate::hub::Hub;
 use crate::schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::{AckOutcome, ReportRow, Storage, StorageError, StoredCheck};
-use mailloop_common::config::{Secrets, check_from_value};
+use mailloop_common::config::{DEFAULT_DEADLINE, DEFAULT_GREYLIST_GRACE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -328,13 +328,19 @@ impl Live {
 }
 
 /// How long one probe of `check` may take: its `deadline` plus its
-/// `greylist_grace` (an interval for a stored check that no longer validates).
+/// `greylist_grace`, the defaults where it sets none. Read from the two keys
+/// alone (stored checks were validated), since ingest asks for every report.
 pub fn probe_budget(check: &StoredCheck) -> Duration {
-    let secrets = Secrets::ReferencesOnly { allow_inline: true };
-    match check_from_value("check", &check.spec.table, &|_| None, secrets) {
-        Ok(c) => c.deadline + c.greylist_grace,
-        Err(_) => check.spec.interval,
-    }
+    let key = |name: &str, default: Duration| {
+        check
+            .spec
+            .table
+            .get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(default)
+    };
+    key("deadline", DEFAULT_DEADLINE) + key("greylist_grace", DEFAULT_GREYLIST_GRACE)
 }
 
 /// How long after its start a round of `check` is decided at the latest.
