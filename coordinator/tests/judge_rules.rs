@@ -1038,18 +1038,24 @@ fn a_silent_region_with_a_connected_agent_opens_coverage_after_coverage_rounds()
 }
 
 #[test]
-fn coverage_without_agent_knowledge_counts_rounds_and_its_severity_is_configurable() {
+fn rounds_the_coordinator_could_not_watch_never_count_and_severity_is_configurable() {
     let mut p = policy(Majority);
     p.coverage_rounds = 2;
     p.coverage_severity = Severity::Critical;
     let mut sim = Sim::new(2, p);
-    assert_eq!(opened(&sim.rounds(1, &["ok", "missing"])), vec![]);
-    let changes = sim.rounds(1, &["ok", "missing"]);
+    // Decided without knowing the agents (for a time the coordinator was down).
+    assert_eq!(opened(&sim.rounds(5, &["ok", "missing"])), vec![]);
+    let up: &[&[&str]] = &[R1_UP, R2_UP];
+    assert_eq!(opened(&sim.round_seen(&["ok", "missing"], up).1), vec![]);
+    let (_, changes) = sim.round_seen(&["ok", "missing"], up);
     assert_eq!(
         opened_incident(&changes, Coverage).severity,
         Severity::Critical
     );
-    assert_eq!(resolved(&sim.rounds(1, &["ok", "ok"])), vec![Coverage]);
+    assert_eq!(
+        resolved(&sim.round_seen(&["ok", "ok"], up).1),
+        vec![Coverage]
+    );
 }
 
 #[test]
@@ -1114,8 +1120,10 @@ fn a_drifting_agent_clock_opens_a_clock_incident_until_it_is_back_within_the_bou
 #[test]
 fn coverage_streaks_and_open_incidents_survive_a_restart() {
     let mut sim = Sim::new(2, policy(Majority));
-    sim.rounds(1, &["ok", "ok"]);
-    sim.rounds(2, &["ok", "missing"]);
+    let up: &[&[&str]] = &[R1_UP, R2_UP];
+    sim.round_seen(&["ok", "ok"], up);
+    sim.round_seen(&["ok", "missing"], up);
+    sim.round_seen(&["ok", "missing"], up);
     // A restarted judge replays the stored verdicts: one more silent round opens it.
     let mut again = CheckJudge::new(
         "corp",
@@ -1126,7 +1134,7 @@ fn coverage_streaks_and_open_incidents_survive_a_restart() {
     again.restore(&sim.verdicts, &[]);
     let start = sim.start_ms();
     let reports = with_regions(vec![report("ok"), None]);
-    let (_, changes) = again.judge(sim.round, start, &reports, start + 30_000);
+    let (_, changes) = again.judge_with(sim.round, start, &reports, &agents_of(up), start + 30_000);
     assert_eq!(opened(&changes), vec![Coverage]);
     assert!(
         opened_incident(&changes, Coverage)

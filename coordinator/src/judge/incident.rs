@@ -42,6 +42,9 @@
 //!   region): the monitor is blind in a region. Opens in the first round in
 //!   which the region is `missing` and has no connected agent, or after
 //!   `coverage_rounds` `missing` rounds in a row whatever its agents do.
+//!   Only rounds in which the coordinator knew the region's agents count
+//!   (`agents_connected` set): one decided for a time it was down neither
+//!   counts nor ends a streak, so a coordinator restart opens nothing.
 //!   The summary names the region, its agents and when each was last seen
 //!   or disconnected. Resolved by the first round the region reports again.
 //!   Independent of the verdict: `unknown` is never counted as up, and a
@@ -724,6 +727,12 @@ impl IncidentBook {
                     let note = format!("{key} reports again ({by}, round {})", v.round);
                     self.resolve(changes, kind, &key, entry(v, "resolved", note));
                 }
+                continue;
+            }
+            if e.agents_connected.is_none() {
+                // A round the coordinator could not watch (decided for a time
+                // it was down, or before its agents could reconnect): it
+                // neither counts toward coverage nor ends the streak.
                 continue;
             }
             let (rounds, was) = self.blind.get(&key).copied().unwrap_or((0, None));

@@ -240,6 +240,7 @@ pub fn start(
         shared: judge.clone(),
         checks: BTreeMap::new(),
         swept: false,
+        started_ms: now_ms(),
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -255,6 +256,39 @@ struct Task {
     /// Whether incidents of checks deleted while the coordinator was down
     /// have been resolved (once, on the first sync).
     swept: bool,
+    /// When this task started: what the hub knows of agents begins here.
+    started_ms: i64,
+}
+
+/// How long after a start agents not seen yet are given to reconnect
+/// before "no connected agent" counts (their reconnect backoff is capped at 30 s).
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(45);
+
+/// The regions' agents as the judge may use them for a round starting at
+/// `start`: none for a round that started before the coordinator did (it
+/// could not watch it), and, during [`RECONNECT_GRACE`] after the start,
+/// none for a region whose agents have not connected since.
+fn watched_agents(
+    hub: &Hub,
+    regions: &[String],
+    start: i64,
+    started_ms: i64,
+    now: i64,
+) -> BTreeMap<String, Vec<AgentSeen>> {
+    if start < started_ms {
+        return BTreeMap::new();
+    }
+    let settling = now < started_ms + RECONNECT_GRACE.as_millis() as i64;
+    regions
+        .iter()
+        .map(|r| (r.clone(), hub.region_agents(r)))
+        .filter(|(_, agents)| {
+            !settling
+                || agents
+                    .iter()
+                    .any(|a| a.connected || a.disconnected_at_ms.is_some())
+        })
+        .collect()
 }
 
 /// One live check's judge and its round bookkeeping.
@@ -637,11 +671,7 @@ impl Task {
     async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
         let now = now_ms();
         let live = self.checks.get_mut(id).expect("a followed check");
-        let agents: BTreeMap<String, Vec<AgentSeen>> = live
-            .regions
-            .iter()
-            .map(|r| (r.clone(), self.hub.region_agents(r)))
-            .collect();
+        let agents = watched_agents(&self.hub, &live.regions, start, self.started_ms, now);
         let (verdict, changes) = live.judge.judge_with(round, start, &reports, &agents, now);
         let kind = verdict.verdict;
         let previous = live.last_verdict.replace(kind);
