@@ -370,7 +370,7 @@ async fn agents_add_writes_its_token_to_a_file_only_the_owner_reads() {
     assert!(out.contains("(mode 0600)") && !out.contains(token.trim()), "the token is not printed: {out}");
     // The agent can use it.
     let mut agent = c.agent_with(Some(token.trim())).await;
-    agent.register(mailloop_proto::pb::RegisterRequest { name: "lab-1".into(), region: "lab".into(), version: "t".into() }).await.unwrap();
+    agent.register(mailloop_proto::pb::RegisterRequest { name: "lab-1".into(), region: "lab".into(), version: "t".into(), ..Default::default() }).await.unwrap();
     assert!(c.dir.path().read_dir().unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp")), "no temporary file left");
 
     // A file that cannot be written: refused before the agent exists.
