@@ -479,6 +479,7 @@ fn result_json_without_report(r: &ReportRow) -> Value {
         "failure": r.failure_step.as_ref().map(|s| json!({"step": s, "class": r.failure_class})),
         "received_at": rfc3339(r.received_at_ms),
         "request_id": r.request_id,
+        "out_of_window": r.out_of_window,
     })
 }
 
@@ -542,30 +543,59 @@ async fn latest_round(State(state): State<ApiState>, Path(id): Path<String>) -> 
         .hub
         .check_any(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
-    let Some((round, rows)) = state.storage.latest_round(id.clone()).await? else {
-        return ok(
-            StatusCode::OK,
-            json!({"check": id, "round": null, "regions": []}),
-        );
-    };
+    let latest = state.storage.latest_round(id.clone()).await?;
+    let run = state.storage.latest_run(id.clone()).await?;
     let mut regions: Vec<String> = check.spec.regions.clone();
-    for r in &rows {
+    let extra = latest
+        .iter()
+        .flat_map(|(_, rows)| rows)
+        .chain(run.iter().flat_map(|(_, rows)| rows));
+    for r in extra {
         if !regions.contains(&r.region) {
             regions.push(r.region.clone());
         }
     }
+    let per_region = |rows: &[ReportRow]| -> Vec<Value> {
+        regions
+            .iter()
+            .map(|region| {
+                let result = rows.iter().find(|r| r.region == *region).map(result_json);
+                json!({"region": region, "result": result})
+            })
+            .collect()
+    };
+    let newest_at = |rows: &[ReportRow]| rows.iter().map(|r| r.received_at_ms).max();
+    // The newest evidence: the latest round, or an on-demand run that arrived after it.
+    let newest = match (&latest, &run) {
+        (None, None) => None,
+        (Some(_), None) => Some("round"),
+        (None, Some(_)) => Some("on_demand"),
+        (Some((_, rows)), Some((_, run_rows))) => Some(if newest_at(run_rows) > newest_at(rows) {
+            "on_demand"
+        } else {
+            "round"
+        }),
+    };
+    let on_demand = run.as_ref().map(|(request_id, rows)| {
+        json!({
+            "request_id": request_id,
+            "round": 0,
+            "started_at": rows.iter().map(|r| r.started_at_ms).min().map(rfc3339),
+            "regions": per_region(rows),
+        })
+    });
+    let Some((round, rows)) = latest else {
+        return ok(
+            StatusCode::OK,
+            json!({"check": id, "round": null, "round_started_at": null, "regions": [], "on_demand": on_demand, "newest": newest}),
+        );
+    };
     let interval_ms = check.spec.interval.as_millis() as u64;
     let start = schedule::round_start_ms(round, interval_ms, schedule::phase_ms(&id, interval_ms));
-    let per_region: Vec<Value> = regions
-        .iter()
-        .map(|region| {
-            let result = rows.iter().find(|r| r.region == *region).map(result_json);
-            json!({"region": region, "result": result})
-        })
-        .collect();
     ok(
         StatusCode::OK,
-        json!({"check": id, "round": round, "round_started_at": rfc3339(start as i64), "regions": per_region}),
+        json!({"check": id, "round": round, "round_started_at": rfc3339(start as i64), "regions": per_region(&rows),
+               "on_demand": on_demand, "newest": newest}),
     )
 }
 
@@ -581,6 +611,8 @@ fn agent_json(a: &AgentView) -> Value {
         "spooled": a.spooled,
         "version": a.stored.version,
         "last_seen": a.stored.last_seen_ms.map(rfc3339),
+        "disconnected_at": a.disconnected_at_ms.map(rfc3339),
+        "clock_skew_ms": a.clock_skew_ms,
         "created_at": rfc3339(a.stored.created_at_ms),
     })
 }

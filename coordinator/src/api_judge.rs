@@ -9,7 +9,7 @@
 
 use crate::api::{ApiError, ApiState, admin, audited, page_cursor, rfc3339, time_bound};
 use crate::auth::{Access, Action, ApiRouter, IdFrom};
-use crate::judge::{Incident, IncidentKind, IncidentState, Verdict};
+use crate::judge::{Incident, IncidentKind, IncidentState, Verdict, summary};
 use crate::storage::{AckOutcome, IncidentQuery, VerdictQuery};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -123,7 +123,7 @@ async fn incidents(State(state): State<ApiState>, Query(p): Query<IncidentParams
             parse_enum::<IncidentKind>(
                 "kind",
                 k,
-                "outage, regional, performance, authentication, certificate",
+                "outage, regional, performance, authentication, certificate, coverage, clock",
             )
         })
         .transpose()?;
@@ -217,6 +217,24 @@ async fn baselines(State(state): State<ApiState>, Path(id): Path<String>) -> Api
     ok(json!({"check": id, "baselines": views}))
 }
 
+/// A region's `detail` in `/status`: the evidence's own why, and, when no
+/// agent of the region is connected now, that first (the verdict may be
+/// from before the agent went away).
+fn live_detail(state: &ApiState, region: &str, evidence: Option<&str>) -> Option<String> {
+    let agents = state.hub.region_agents(region);
+    if agents.iter().any(|a| a.connected) {
+        return evidence.map(str::to_string);
+    }
+    let now = format!(
+        "no agent connected in {region} now ({})",
+        summary::agents_text(region, &agents)
+    );
+    Some(match evidence {
+        Some(e) => format!("{now}; last round: {e}"),
+        None => now,
+    })
+}
+
 /// Every live check's latest verdict, per region, and its active incidents.
 /// Two queries whatever the number of checks (`Storage::status_snapshot`).
 async fn status(State(state): State<ApiState>) -> ApiResult {
@@ -244,6 +262,9 @@ async fn status(State(state): State<ApiState>) -> ApiResult {
                 "regions": v.regions.iter().map(|r| json!({
                     "region": r.region, "state": r.state, "step": r.step, "class": r.class,
                     "code": r.code, "text": r.text,
+                    "detail": live_detail(&state, &r.region, r.detail.as_deref()),
+                    "agent": r.agent,
+                    "clock_skew_ms": r.clock_skew_ms,
                 })).collect::<Vec<_>>(),
                 "incidents": incidents,
             }),
@@ -256,6 +277,9 @@ async fn status(State(state): State<ApiState>) -> ApiResult {
                 "note": "no round decided yet",
                 "regions": c.spec.regions.iter().map(|r| json!({
                     "region": r, "state": null, "step": null, "class": null, "code": null, "text": null,
+                    "detail": live_detail(&state, r, Some("no round decided yet")),
+                    "agent": null,
+                    "clock_skew_ms": null,
                 })).collect::<Vec<_>>(),
                 "incidents": incidents,
             }),

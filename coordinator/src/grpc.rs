@@ -13,9 +13,9 @@
 use crate::control::now_ms;
 use crate::hub::{AgentIdentity, Hub};
 use crate::ondemand::{MAX_REQUEST_ID, RunOrder};
-use crate::schedule::Assignment;
+use crate::schedule::{self, Assignment, RoundFit};
 use crate::shutdown::Shutdown;
-use crate::storage::{Inserted, ReportRow, Storage, StorageError};
+use crate::storage::{Inserted, ReportRow, Storage, StorageError, StoredCheck};
 use mailloop_common::ProbeReport;
 use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_server::AgentService;
@@ -193,6 +193,7 @@ impl AgentService for AgentApi {
         let now = now_ms();
         let version = (!r.version.is_empty()).then_some(r.version);
         self.hub.seen(&agent.name, now, version.as_deref());
+        self.hub.clock(&agent, r.sent_at_ms, now);
         if let Err(e) = self
             .storage
             .touch_agent(agent.name.clone(), now, version.clone(), None)
@@ -333,6 +334,7 @@ impl AgentService for AgentApi {
         Self::same_agent(&agent, &r.agent_id, "Heartbeat")?;
         let now = now_ms();
         self.hub.seen(&agent.name, now, None);
+        self.hub.clock(&agent, r.sent_at_ms, now);
         self.hub.spooled(&agent.name, r.spooled);
         if r.spooled > 0 {
             tracing::info!(agent = %agent.name, region = %agent.region, spooled = r.spooled, "agent has reports waiting in its spool");
@@ -575,6 +577,8 @@ enum Pending {
         commit: oneshot::Receiver<Result<Inserted, StorageError>>,
         /// Offered to the judge once the commit says it is new.
         judge: Option<crate::judge::run::Offer>,
+        /// Stored but kept out of judging: why (see [`round_warning`]).
+        warning: String,
     },
     /// The stream must end with this status (after the acks before it).
     End(Status),
@@ -631,7 +635,7 @@ impl Reader {
         }
         let probe_id = result.probe_id.clone();
         let check_id = result.check_id.clone();
-        let row = match self.row(result) {
+        let (row, warning) = match self.row(result) {
             Ok(row) => row,
             Err(error) => {
                 tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
@@ -639,6 +643,8 @@ impl Reader {
                     probe_id,
                     stored: false,
                     error,
+                    warning: String::new(),
+                    coordinator_time_ms: now_ms(),
                 });
             }
         };
@@ -649,6 +655,7 @@ impl Reader {
                 check_id,
                 commit,
                 judge,
+                warning,
             },
             Err(e) => Pending::End(Status::unavailable(format!(
                 "cannot store reports now: {e}"
@@ -656,8 +663,10 @@ impl Reader {
         }
     }
 
-    /// Checks one report and turns it into a row, or says why not.
-    fn row(&self, r: pb::ProbeResult) -> Result<ReportRow, String> {
+    /// Checks one report and turns it into a row, or says why not. A row
+    /// whose round is outside its schedule window is marked (and the
+    /// returned warning says why) so it is kept out of judging.
+    fn row(&self, r: pb::ProbeResult) -> Result<(ReportRow, String), String> {
         if r.probe_id.is_empty() || r.probe_id.len() > MAX_PROBE_ID {
             return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
         }
@@ -684,7 +693,15 @@ impl Reader {
         let started_at_ms = chrono::DateTime::parse_from_rfc3339(&report.started_at)
             .map_err(|e| format!("started_at {:?} is not RFC 3339: {e}", report.started_at))?
             .timestamp_millis();
-        Ok(ReportRow {
+        let received_at_ms = now_ms();
+        let (fit, warning) = match self.hub.check_any(&r.check_id) {
+            Some(check) if r.round != 0 => round_warning(&check, r.round, received_at_ms),
+            _ => (RoundFit::InWindow, String::new()),
+        };
+        if !warning.is_empty() {
+            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %r.check_id, round = r.round, probe = %r.probe_id, "{warning}");
+        }
+        let row = ReportRow {
             probe_id: r.probe_id,
             check_id: r.check_id,
             revision: r.revision,
@@ -701,10 +718,43 @@ impl Reader {
                 .as_ref()
                 .map(|f| f.class.as_str().to_string()),
             report_json: r.report_json,
-            received_at_ms: now_ms(),
+            received_at_ms,
             request_id: (!r.request_id.is_empty()).then_some(r.request_id),
-        })
+            out_of_window: fit.label().map(str::to_string),
+        };
+        Ok((row, warning))
     }
+}
+
+/// Round sanity at ingest: whether `round` of `check` starts within one
+/// interval plus the probe's budget of the coordinator's clock, and if not,
+/// the sentence the agent gets in its ack (empty when it does).
+fn round_warning(check: &StoredCheck, round: u64, now: i64) -> (RoundFit, String) {
+    let interval_ms = check.spec.interval.as_millis() as u64;
+    let phase = schedule::phase_ms(&check.spec.name, interval_ms);
+    let window = check.spec.interval + crate::judge::run::probe_budget(check);
+    let fit = schedule::round_fit(round, interval_ms, phase, window.as_millis() as u64, now);
+    let start = schedule::round_start_ms(round, interval_ms, phase).min(i64::MAX as u64) as i64;
+    let starts = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(start).map_or_else(
+        || format!("{start} ms"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let window = humantime::format_duration(std::time::Duration::from_secs(window.as_secs()));
+    let secs = |ms: i64| format!("{:.0} s", ms as f64 / 1000.0);
+    let warning = match fit {
+        RoundFit::InWindow => String::new(),
+        RoundFit::Early { by_ms } => format!(
+            "round {round} of check {:?} starts at {starts}, {} after the coordinator's clock, outside its window of ±{window}: stored as early evidence, kept out of verdicts and /latest; is this agent's clock ahead?",
+            check.spec.name,
+            secs(by_ms)
+        ),
+        RoundFit::Late { by_ms } => format!(
+            "round {round} of check {:?} started at {starts}, {} before the coordinator's clock, outside its window of ±{window}: stored as late evidence, kept out of verdicts and /latest (a report replayed long after its round, or this agent's clock is behind)",
+            check.spec.name,
+            secs(by_ms)
+        ),
+    };
+    (fit, warning)
 }
 
 /// Sends each ack once its report is durable, in arrival order.
@@ -723,6 +773,7 @@ async fn acknowledge(
                 check_id,
                 commit,
                 judge,
+                warning,
             } => match commit.await {
                 Ok(Ok(inserted)) => {
                     if let (Inserted::New, Some(offer)) = (inserted, judge) {
@@ -738,6 +789,8 @@ async fn acknowledge(
                         probe_id,
                         stored: true,
                         error: String::new(),
+                        warning,
+                        coordinator_time_ms: now_ms(),
                     })
                 }
                 Ok(Err(e)) => {

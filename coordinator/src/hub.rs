@@ -22,6 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
+/// A clock skew beyond this is logged when an agent's Register or Heartbeat
+/// shows it (the judge's clock incidents use `[incidents].clock_skew`).
+pub const CLOCK_WARN_MS: i64 = 5_000;
+
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentIdentity {
@@ -50,12 +54,20 @@ pub struct AgentView {
     pub assigned: usize,
     /// Reports waiting in its spool, as of its last heartbeat.
     pub spooled: Option<u64>,
+    /// When its last session closed, if it is disconnected (since this start).
+    pub disconnected_at_ms: Option<i64>,
+    /// Its clock minus the coordinator's (ms), from its last Register or Heartbeat.
+    pub clock_skew_ms: Option<i64>,
 }
 
 struct AgentState {
     stored: StoredAgent,
     sessions: usize,
     spooled: Option<u64>,
+    /// When its last session closed (in memory: a restart forgets it).
+    disconnected_at_ms: Option<i64>,
+    /// Its clock minus ours (ms), from its last Register or Heartbeat.
+    clock_skew_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -97,6 +109,8 @@ impl Hub {
                     stored: a,
                     sessions: 0,
                     spooled: None,
+                    disconnected_at_ms: None,
+                    clock_skew_ms: None,
                 },
             );
         }
@@ -192,6 +206,7 @@ impl Hub {
                 }
                 a.sessions += 1;
                 a.stored.connected = true;
+                a.disconnected_at_ms = None;
             }
             // Any recomputation that starts after this lock is released sees the session.
             inner.epoch + 1
@@ -219,6 +234,45 @@ impl Hub {
                 a.stored.version = Some(v.to_string());
             }
         }
+    }
+
+    /// Records the agent's clock skew from the time it says it sent a call
+    /// (`sent_at_ms`, 0 when it does not say) and when it arrived; logs
+    /// once when it crosses [`CLOCK_WARN_MS`] either way.
+    pub fn clock(&self, agent: &AgentIdentity, sent_at_ms: i64, now_ms: i64) {
+        if sent_at_ms == 0 {
+            return;
+        }
+        let skew = sent_at_ms.saturating_sub(now_ms);
+        let before = {
+            let mut inner = self.lock();
+            let Some(a) = inner.agents.get_mut(&agent.name) else {
+                return;
+            };
+            a.clock_skew_ms.replace(skew)
+        };
+        let off = |s: Option<i64>| s.is_some_and(|s| s.abs() > CLOCK_WARN_MS);
+        if off(Some(skew)) && !off(before) {
+            tracing::warn!(agent = %agent.name, region = %agent.region, skew_ms = skew, "agent clock is {:.1} s {} the coordinator's; check time synchronisation on its host", skew.abs() as f64 / 1000.0, if skew > 0 { "ahead of" } else { "behind" });
+        } else if off(before) && !off(Some(skew)) {
+            tracing::info!(agent = %agent.name, region = %agent.region, skew_ms = skew, "agent clock agrees with the coordinator's again");
+        }
+    }
+
+    /// The agents of `region` as the judge sees them, by name.
+    pub fn region_agents(&self, region: &str) -> Vec<crate::judge::AgentSeen> {
+        self.lock()
+            .agents
+            .values()
+            .filter(|a| a.stored.region == region && !a.stored.revoked)
+            .map(|a| crate::judge::AgentSeen {
+                name: a.stored.name.clone(),
+                connected: a.sessions > 0,
+                last_seen_ms: a.stored.last_seen_ms,
+                disconnected_at_ms: a.disconnected_at_ms,
+                clock_skew_ms: a.clock_skew_ms,
+            })
+            .collect()
     }
 
     /// Records the spool size an agent's heartbeat reported.
@@ -353,6 +407,8 @@ impl Hub {
                 .insert(a.token_sha256.clone(), a.name.clone());
             let sessions = inner.agents.get(&a.name).map_or(0, |s| s.sessions);
             let spooled = inner.agents.get(&a.name).and_then(|s| s.spooled);
+            let disconnected_at_ms = inner.agents.get(&a.name).and_then(|s| s.disconnected_at_ms);
+            let clock_skew_ms = inner.agents.get(&a.name).and_then(|s| s.clock_skew_ms);
             let mut stored = a;
             if let Some(old) = inner.agents.get(&stored.name) {
                 stored.last_seen_ms = stored.last_seen_ms.or(old.stored.last_seen_ms);
@@ -365,6 +421,8 @@ impl Hub {
                     stored,
                     sessions,
                     spooled,
+                    disconnected_at_ms,
+                    clock_skew_ms,
                 },
             );
         }
@@ -379,6 +437,8 @@ fn view(a: &AgentState, map: &AssignmentMap) -> AgentView {
         sessions: a.sessions,
         assigned: map.for_agent(&a.stored.name).map_or(0, |m| m.len()),
         spooled: a.spooled,
+        disconnected_at_ms: a.disconnected_at_ms,
+        clock_skew_ms: a.clock_skew_ms,
     }
 }
 
@@ -427,6 +487,9 @@ impl Drop for Session {
         if let Some(a) = self.hub.lock().agents.get_mut(&self.agent) {
             a.sessions = a.sessions.saturating_sub(1);
             a.stored.connected = a.sessions > 0;
+            if a.sessions == 0 {
+                a.disconnected_at_ms = Some(crate::control::now_ms());
+            }
         }
         self.hub.changed();
     }

@@ -42,9 +42,55 @@ pub fn round_at(now_ms: u64, interval_ms: u64, phase_ms: u64) -> u64 {
     now_ms.saturating_sub(phase_ms) / interval_ms.max(1)
 }
 
-/// When round `k` starts.
+/// When round `k` starts (saturating: a round number from a confused
+/// agent must not overflow).
 pub fn round_start_ms(round: u64, interval_ms: u64, phase_ms: u64) -> u64 {
-    round * interval_ms + phase_ms
+    round.saturating_mul(interval_ms).saturating_add(phase_ms)
+}
+
+/// Where a reported round sits against the coordinator's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundFit {
+    /// Its start is within the window of now: judged as usual.
+    InWindow,
+    /// It starts more than the window after now (a clock ahead, or a bug).
+    Early { by_ms: i64 },
+    /// It started more than the window before now (a clock behind, or a
+    /// report replayed long after its round).
+    Late { by_ms: i64 },
+}
+
+impl RoundFit {
+    /// `early`, `late`, or None in the window: what storage keeps.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            RoundFit::InWindow => None,
+            RoundFit::Early { .. } => Some("early"),
+            RoundFit::Late { .. } => Some("late"),
+        }
+    }
+}
+
+/// Whether round `round` starts within `window_ms` of `now_ms` (either way).
+/// Ingest uses one interval plus the probe's budget as the window: a
+/// report is sent at most that long after its round started.
+pub fn round_fit(
+    round: u64,
+    interval_ms: u64,
+    phase_ms: u64,
+    window_ms: u64,
+    now_ms: i64,
+) -> RoundFit {
+    let start = round_start_ms(round, interval_ms, phase_ms).min(i64::MAX as u64) as i64;
+    let window = window_ms.min(i64::MAX as u64) as i64;
+    let offset = start.saturating_sub(now_ms);
+    if offset > window {
+        RoundFit::Early { by_ms: offset }
+    } else if -offset > window {
+        RoundFit::Late { by_ms: -offset }
+    } else {
+        RoundFit::InWindow
+    }
 }
 
 /// The agent that runs `check_id` among `candidates` (rendezvous hashing;
@@ -169,6 +215,30 @@ mod tests {
         assert_eq!(round_start_ms(10, 60_000, 1_234), 601_234);
         assert_eq!(round_at(601_234, 60_000, 1_234), 10);
         assert_eq!(round_at(601_233, 60_000, 1_234), 9);
+    }
+
+    #[test]
+    fn a_round_fits_within_one_window_either_side_of_the_clock() {
+        // 60 s rounds, phase 5 s, window 80 s: round 10 starts at 605 s.
+        let fit = |now_s: i64| round_fit(10, 60_000, 5_000, 80_000, now_s * 1000);
+        assert_eq!(fit(605), RoundFit::InWindow);
+        assert_eq!(
+            fit(685),
+            RoundFit::InWindow,
+            "a whole window late is still in"
+        );
+        assert_eq!(fit(686), RoundFit::Late { by_ms: 81_000 });
+        assert_eq!(
+            fit(525),
+            RoundFit::InWindow,
+            "a whole window early is still in"
+        );
+        assert_eq!(fit(524), RoundFit::Early { by_ms: 81_000 });
+        assert_eq!(
+            round_fit(u64::MAX / 2, 60_000, 0, 80_000, 0).label(),
+            Some("early")
+        );
+        assert_eq!(RoundFit::InWindow.label(), None);
     }
 
     #[test]

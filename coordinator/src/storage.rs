@@ -127,6 +127,10 @@ pub struct ReportRow {
     pub received_at_ms: i64,
     /// The on-demand run this report answers (round 0); None for scheduled rounds.
     pub request_id: Option<String>,
+    /// `early` or `late` when the report's round was outside the check's
+    /// schedule window of the coordinator's clock at ingest: kept as
+    /// evidence, but it never moves `/latest`, a verdict or a baseline.
+    pub out_of_window: Option<String>,
 }
 
 /// Whether an insert stored a new row or found the probe id already there.
@@ -300,8 +304,8 @@ impl Storage {
         self.submit(move |conn| {
             let n = conn.prepare_cached(
                 "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, region, agent, round, started_at, outcome,
-                 rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at, request_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at, request_id, out_of_window)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 row.probe_id,
@@ -318,7 +322,8 @@ impl Storage {
                 row.failure_class,
                 row.report_json,
                 row.received_at_ms,
-                row.request_id
+                row.request_id,
+                row.out_of_window
             ])?;
             if n == 1 {
                 add_to_aggregate(conn, &row)?;
@@ -526,12 +531,12 @@ impl Storage {
     ) -> Result<Option<(u64, Vec<ReportRow>)>, StorageError> {
         self.read(move |conn| {
             let round: Option<i64> = conn
-                .query_row("SELECT MAX(round) FROM reports WHERE check_id = ?1 AND round > 0", [&check_id], |r| r.get(0))
+                .query_row("SELECT MAX(round) FROM reports WHERE check_id = ?1 AND round > 0 AND out_of_window IS NULL", [&check_id], |r| r.get(0))
                 .optional()?
                 .flatten();
             let Some(round) = round else { return Ok(None) };
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 ORDER BY region, started_at"
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 AND out_of_window IS NULL ORDER BY region, started_at"
             ))?;
             let rows = stmt.query_map(params![check_id, round], report_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(Some((round as u64, rows)))
@@ -616,7 +621,7 @@ impl Storage {
 
 const REPORT_COLUMNS: &str =
     "probe_id, check_id, revision, region, agent, round, started_at, outcome, rtt_ms, delivery_ms,
-    failure_step, failure_class, report_json, received_at, request_id";
+    failure_step, failure_class, report_json, received_at, request_id, out_of_window";
 
 fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     Ok(ReportRow {
@@ -635,6 +640,7 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         report_json: r.get(12)?,
         received_at_ms: r.get(13)?,
         request_id: r.get(14)?,
+        out_of_window: r.get(15)?,
     })
 }
 
@@ -796,6 +802,33 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// The newest on-demand run of a check that has a stored report (by
+    /// the newest report's arrival), with all of that run's reports.
+    pub async fn latest_run(
+        &self,
+        check_id: String,
+    ) -> Result<Option<(String, Vec<ReportRow>)>, StorageError> {
+        self.read(move |conn| {
+            let request: Option<String> = conn
+                .query_row(
+                    "SELECT request_id FROM reports WHERE check_id = ?1 AND round = 0 AND request_id IS NOT NULL
+                     ORDER BY received_at DESC, probe_id DESC LIMIT 1",
+                    [&check_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(request) = request else { return Ok(None) };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE request_id = ?1 AND check_id = ?2 ORDER BY region, received_at"
+            ))?;
+            let rows = stmt.query_map(params![request, check_id], report_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((request, rows)))
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod request_id_tests {
     use super::*;
@@ -817,6 +850,7 @@ mod request_id_tests {
             report_json: "{}".into(),
             received_at_ms: 2_000,
             request_id: request_id.map(str::to_string),
+            out_of_window: None,
         }
     }
 
@@ -1356,6 +1390,47 @@ impl Storage {
         .await
     }
 
+    /// Resolves every open or acknowledged incident of a check that is gone
+    /// (deleted), in one transaction, each with a `resolved` timeline entry
+    /// saying `note`. Returns them as stored, for the last alert.
+    pub async fn resolve_incidents_of(
+        &self,
+        check_id: String,
+        at_ms: i64,
+        note: String,
+    ) -> Result<Vec<Incident>, StorageError> {
+        self.write(move |conn| {
+            let ids = conn
+                .prepare_cached("SELECT id FROM incidents WHERE check_id = ?1 AND state != 'resolved' ORDER BY id")?
+                .query_map([&check_id], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            for id in ids {
+                let entry = TimelineEntry { at_ms, round: None, event: "resolved".into(), verdict: None, note: note.clone() };
+                add_event(conn, id as u64, &entry)?;
+                conn.prepare_cached("UPDATE incidents SET state = 'resolved', resolved_at_ms = ?2 WHERE id = ?1")?
+                    .execute(params![id, at_ms])?;
+                if let Some(i) = incident_by_id(conn, id as u64)? {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The checks that have open or acknowledged incidents.
+    pub async fn checks_with_active_incidents(&self) -> Result<Vec<String>, StorageError> {
+        self.read(|conn| {
+            let ids = conn
+                .prepare_cached("SELECT DISTINCT check_id FROM incidents WHERE state != 'resolved' ORDER BY check_id")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// Acknowledges an open incident (idempotent; a resolved one is refused).
     pub async fn acknowledge(
         &self,
@@ -1402,7 +1477,7 @@ impl Storage {
     ) -> Result<Vec<ReportRow>, StorageError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 ORDER BY received_at, probe_id"
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 AND out_of_window IS NULL ORDER BY received_at, probe_id"
             ))?;
             let rows = stmt.query_map(params![check_id, round as i64], report_row)?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
@@ -1421,7 +1496,7 @@ impl Storage {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {REPORT_COLUMNS} FROM reports
-                 WHERE check_id = ?1 AND region = ?2 AND outcome != 'failed' AND round > 0
+                 WHERE check_id = ?1 AND region = ?2 AND outcome != 'failed' AND round > 0 AND out_of_window IS NULL
                  ORDER BY started_at DESC, probe_id DESC LIMIT ?3"
             ))?;
             let mut rows = stmt
@@ -1990,6 +2065,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         revoked_at   INTEGER
     );",
     ),
+    (
+        4,
+        "round sanity: reports of a round far from the coordinator's clock",
+        "ALTER TABLE reports ADD COLUMN out_of_window TEXT;",
+    ),
 ];
 
 /// Applies the numbered migrations this database has not had yet.
@@ -2291,6 +2371,7 @@ mod tests {
             report_json: json!({"probe_id": id}).to_string(),
             received_at_ms: started + 100,
             request_id: None,
+            out_of_window: None,
         }
     }
 

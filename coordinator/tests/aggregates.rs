@@ -52,6 +52,7 @@ fn row(probe_id: &str, started_ms: i64, received_ms: i64, rtt: f64) -> ReportRow
         report_json: "{}".into(),
         received_at_ms: received_ms,
         request_id: None,
+        out_of_window: None,
     }
 }
 

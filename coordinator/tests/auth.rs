@@ -6,7 +6,7 @@ use support::*;
 use tonic::Code;
 
 async fn register_code(agent: &mut Agent, region: &str) -> Code {
-    let req = pb::RegisterRequest { name: "x".into(), region: region.into(), version: "test".into() };
+    let req = pb::RegisterRequest { name: "x".into(), region: region.into(), version: "test".into(), ..Default::default() };
     agent.register(req).await.expect_err("refused").code()
 }
 
@@ -35,7 +35,7 @@ async fn a_revoked_token_is_unauthenticated_and_its_streams_end() {
     let created = expect_ok(c.api().post("/api/v1/agents", &serde_json::json!({"name": "eu-9", "region": "eu-west"})).await);
     let token = created["token"].as_str().unwrap().to_string();
     let mut eu9 = c.agent_with(Some(&token)).await;
-    let ok = eu9.register(pb::RegisterRequest { name: "eu-9".into(), region: "eu-west".into(), version: "t".into() }).await;
+    let ok = eu9.register(pb::RegisterRequest { name: "eu-9".into(), region: "eu-west".into(), version: "t".into(), ..Default::default() }).await;
     assert_eq!(ok.unwrap().into_inner().agent_id, "eu-9");
     let mut watch = Watch::open(&mut eu9, &[]).await;
     assert_eq!(watch.next().await.upserted().check_id, "corp");
@@ -124,11 +124,11 @@ async fn reads_need_a_read_or_admin_token() {
 async fn an_agent_cannot_speak_for_another() {
     let c = Coordinator::start("", "");
     let mut eu1 = c.agent("eu-1").await;
-    let err = eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-2".into(), spooled: 0 }).await.unwrap_err();
+    let err = eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-2".into(), spooled: 0, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = eu1.watch_assignments(pb::WatchRequest { agent_id: "us-1".into(), known: vec![] }).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-1".into(), spooled: 3 }).await.is_ok());
+    assert!(eu1.heartbeat(pb::HeartbeatRequest { agent_id: "eu-1".into(), spooled: 3, ..Default::default() }).await.is_ok());
     let agent = expect_ok(c.api().get("/api/v1/agents/eu-1").await);
     assert_eq!(agent["spooled"], 3, "the spool size from the last heartbeat is shown");
     assert!(agent["last_seen"].is_string());

@@ -64,7 +64,7 @@ async fn add_list_and_revoke_agents() {
     let token = added.lines().last().unwrap().trim().to_string();
     assert!(token.starts_with("mlt_"), "{added}");
     let mut agent = c.agent_with(Some(&token)).await;
-    let reg = mailloop_proto::pb::RegisterRequest { name: "ap-1".into(), region: "ap-south".into(), version: "9.9".into() };
+    let reg = mailloop_proto::pb::RegisterRequest { name: "ap-1".into(), region: "ap-south".into(), version: "9.9".into(), ..Default::default() };
     agent.register(reg.clone()).await.unwrap();
     let list = ctl.ok(&["agents", "list"]);
     assert!(list.lines().any(|l| l.starts_with("ap-1") && l.contains("ap-south") && l.contains("9.9")), "{list}");
@@ -80,7 +80,10 @@ async fn results_as_table_and_json() {
     let c = Coordinator::start("", &check_toml("corp", &["eu-west"], "1m"));
     let mut eu1 = c.agent("eu-1").await;
     let mut reports = Reports::open(&mut eu1).await;
-    let mut r = result("ml-1", "corp", 4);
+    // The round running now: a round far from the clock is never `latest` (round sanity).
+    let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+    let k = mailloop_coordinator::schedule::round_at(now_ms, 60_000, mailloop_coordinator::schedule::phase_ms("corp", 60_000));
+    let mut r = result("ml-1", "corp", k);
     r.report_json = report_json("ml-1", "corp").replace("2026-11-27T23:17:08.596634Z", &chrono::Utc::now().to_rfc3339());
     assert!(reports.send(r).await.stored);
     let ctl = Ctl(&c);
@@ -90,7 +93,7 @@ async fn results_as_table_and_json() {
     let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     assert_eq!(first["probe_id"], "ml-1");
     let latest = ctl.ok(&["latest", "corp"]);
-    assert!(latest.contains("round 4") && latest.contains("smtp.banner"), "{latest}");
+    assert!(latest.contains(&format!("round {k}")) && latest.contains("smtp.banner"), "{latest}");
     // Unreachable coordinator: exit 6.
     let out = Command::new(env!("CARGO_BIN_EXE_mailloopctl")).args(["--url", "http://127.0.0.1:1", "checks", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(6));
@@ -367,7 +370,7 @@ async fn agents_add_writes_its_token_to_a_file_only_the_owner_reads() {
     assert!(out.contains("(mode 0600)") && !out.contains(token.trim()), "the token is not printed: {out}");
     // The agent can use it.
     let mut agent = c.agent_with(Some(token.trim())).await;
-    agent.register(mailloop_proto::pb::RegisterRequest { name: "lab-1".into(), region: "lab".into(), version: "t".into() }).await.unwrap();
+    agent.register(mailloop_proto::pb::RegisterRequest { name: "lab-1".into(), region: "lab".into(), version: "t".into(), ..Default::default() }).await.unwrap();
     assert!(c.dir.path().read_dir().unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp")), "no temporary file left");
 
     // A file that cannot be written: refused before the agent exists.

@@ -94,7 +94,7 @@ async fn every_acknowledged_write_survives_kill_9_between_the_ack_and_the_next_w
     // The agent added before the crash still gets in with its token.
     let mut eu9 = c.agent_with(Some(&token)).await;
     let r = eu9
-        .register(pb::RegisterRequest { name: "eu-9".into(), region: "eu-west".into(), version: "test".into() })
+        .register(pb::RegisterRequest { name: "eu-9".into(), region: "eu-west".into(), version: "test".into(), ..Default::default() })
         .await
         .expect("the added agent's token is still accepted")
         .into_inner();

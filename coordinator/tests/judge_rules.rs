@@ -41,6 +41,10 @@ fn policy(quorum: Quorum) -> Policy {
             factor: 3.0,
             floor_ms: 25.0,
         },
+        coverage_rounds: 3,
+        coverage_severity: Severity::Warning,
+        clock_skew_max: Duration::from_secs(30),
+        clock_severity: Severity::Warning,
     }
 }
 
@@ -902,4 +906,250 @@ fn advice_covers_every_step_and_class_and_tells_them_apart() {
             .cause
             .contains("probe mailbox's login")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Coverage and clock (issue 17): the monitor's own blindness is an incident.
+// Agents are written `name:up`, `name:down@MIN` (disconnected MIN minutes
+// after START_MS) or `name:up:skew=MS`, one list per region.
+
+fn agents_of(specs: &[&[&str]]) -> std::collections::BTreeMap<String, Vec<AgentSeen>> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, list)| {
+            let seen = list
+                .iter()
+                .map(|spec| {
+                    let parts: Vec<&str> = spec.split(':').collect();
+                    let (connected, gone) = match parts[1] {
+                        "up" => (true, None),
+                        down => {
+                            let min: i64 = down.trim_start_matches("down@").parse().unwrap();
+                            (false, Some(START_MS + min * MINUTE))
+                        }
+                    };
+                    let skew = parts
+                        .get(2)
+                        .map(|s| s.trim_start_matches("skew=").parse().unwrap());
+                    AgentSeen {
+                        name: parts[0].into(),
+                        connected,
+                        last_seen_ms: Some(gone.unwrap_or(START_MS)),
+                        disconnected_at_ms: gone,
+                        clock_skew_ms: skew,
+                    }
+                })
+                .collect();
+            (region(i), seen)
+        })
+        .collect()
+}
+
+impl Sim {
+    /// One round from the notation, with the regions' agents as given.
+    fn round_seen(
+        &mut self,
+        specs: &[&str],
+        agents: &[&[&str]],
+    ) -> (VerdictKind, Vec<IncidentChange>) {
+        let start = self.start_ms();
+        let reports = with_regions(specs.iter().map(|s| report(s)).collect());
+        let (v, changes) = self.judge.judge_with(
+            self.round,
+            start,
+            &reports,
+            &agents_of(agents),
+            start + 30_000,
+        );
+        self.round += 1;
+        let kind = v.verdict;
+        self.verdicts.push(v);
+        (kind, changes)
+    }
+}
+
+fn opened_incident(changes: &[IncidentChange], kind: IncidentKind) -> &Incident {
+    changes
+        .iter()
+        .find_map(|c| match c {
+            IncidentChange::Open(i) if i.kind == kind => Some(i),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {kind:?} opened in {changes:?}"))
+}
+
+const R1_UP: &[&str] = &["agent-1:up"];
+const R2_UP: &[&str] = &["agent-2:up"];
+
+#[test]
+fn a_region_without_a_live_agent_opens_coverage_at_once_and_its_report_resolves_it() {
+    let mut sim = Sim::new(2, policy(Majority));
+    let (v, changes) = sim.round_seen(&["ok", "ok"], &[R1_UP, R2_UP]);
+    assert_eq!((v, opened(&changes)), (Up, vec![]));
+    let (v, changes) = sim.round_seen(&["ok", "missing"], &[R1_UP, &["agent-2:down@1"]]);
+    assert_eq!((v, opened(&changes)), (Unknown, vec![Coverage]));
+    let i = opened_incident(&changes, Coverage);
+    assert_eq!(
+        (i.key.as_str(), i.regions.clone(), i.severity),
+        ("r2", vec!["r2".to_string()], Severity::Warning)
+    );
+    assert!(i.summary.starts_with("The monitor is blind in r2: no report from r2 since 13:55 UTC (agent agent-2 disconnected 13:56 UTC); 1 round without a report."), "{}", i.summary);
+    assert!(
+        i.summary.contains("unknown never counts as up"),
+        "{}",
+        i.summary
+    );
+    // Still blind: no second incident.
+    let (_, changes) = sim.round_seen(&["ok", "missing"], &[R1_UP, &["agent-2:down@1"]]);
+    assert_eq!(opened(&changes), vec![]);
+    let (v, changes) = sim.round_seen(&["ok", "ok"], &[R1_UP, R2_UP]);
+    assert_eq!((v, resolved(&changes)), (Up, vec![Coverage]));
+}
+
+#[test]
+fn a_silent_region_with_a_connected_agent_opens_coverage_after_coverage_rounds() {
+    let mut sim = Sim::new(3, policy(Majority));
+    let agents: &[&[&str]] = &[R1_UP, R2_UP, &["agent-3:up"]];
+    assert_eq!(
+        opened(&sim.round_seen(&["ok", "ok", "missing"], agents).1),
+        vec![]
+    );
+    assert_eq!(
+        opened(&sim.round_seen(&["ok", "ok", "missing"], agents).1),
+        vec![]
+    );
+    let (v, changes) = sim.round_seen(&["ok", "ok", "missing"], agents);
+    assert_eq!(
+        (v, opened(&changes)),
+        (Up, vec![Coverage]),
+        "up without r3 still leaves r3 blind"
+    );
+    assert!(
+        opened_incident(&changes, Coverage)
+            .summary
+            .contains("3 rounds in a row without a report")
+    );
+    assert!(
+        opened_incident(&changes, Coverage)
+            .summary
+            .contains("agent agent-3 connected")
+    );
+}
+
+#[test]
+fn rounds_the_coordinator_could_not_watch_never_count_and_severity_is_configurable() {
+    let mut p = policy(Majority);
+    p.coverage_rounds = 2;
+    p.coverage_severity = Severity::Critical;
+    let mut sim = Sim::new(2, p);
+    // Decided without knowing the agents (for a time the coordinator was down).
+    assert_eq!(opened(&sim.rounds(5, &["ok", "missing"])), vec![]);
+    let up: &[&[&str]] = &[R1_UP, R2_UP];
+    assert_eq!(opened(&sim.round_seen(&["ok", "missing"], up).1), vec![]);
+    let (_, changes) = sim.round_seen(&["ok", "missing"], up);
+    assert_eq!(
+        opened_incident(&changes, Coverage).severity,
+        Severity::Critical
+    );
+    assert_eq!(
+        resolved(&sim.round_seen(&["ok", "ok"], up).1),
+        vec![Coverage]
+    );
+}
+
+#[test]
+fn every_region_that_is_not_ok_says_why() {
+    let mut sim = Sim::new(4, policy(Count(4)));
+    sim.round_seen(
+        &[
+            "ok",
+            "missing",
+            "fail:smtp.rcpt_to:permanent:550:5.1.1",
+            "degraded",
+        ],
+        &[
+            R1_UP,
+            &["agent-2:down@2", "agent-9:down@1"],
+            &["agent-3:up"],
+            &["agent-4:up"],
+        ],
+    );
+    let detail = |i: usize| sim.last().regions[i].detail.clone();
+    assert_eq!(detail(0), None);
+    assert_eq!(
+        detail(1).unwrap(),
+        "no report from r2 yet (agent agent-2 disconnected 13:57 UTC, agent agent-9 disconnected 13:56 UTC)"
+    );
+    assert_eq!(
+        detail(2).unwrap(),
+        "fails at smtp.rcpt_to with 550 5.1.1 'failed' (permanent)"
+    );
+    assert_eq!(detail(3).unwrap(), "imap certificate expires in 9 days");
+    assert_eq!(sim.last().regions[1].agents_connected, Some(0));
+    assert!(
+        sim.last()
+            .note
+            .contains("missing: no report from r2 yet (agent agent-2 disconnected"),
+        "{}",
+        sim.last().note
+    );
+}
+
+#[test]
+fn a_drifting_agent_clock_opens_a_clock_incident_until_it_is_back_within_the_bound() {
+    let mut sim = Sim::new(2, policy(Majority));
+    let (_, changes) = sim.round_seen(&["ok", "ok"], &[&["agent-1:up:skew=29000"], R2_UP]);
+    assert_eq!(opened(&changes), vec![], "29 s is inside the 30 s bound");
+    let (_, changes) = sim.round_seen(&["ok", "ok"], &[&["agent-1:up:skew=-45000"], R2_UP]);
+    let i = opened_incident(&changes, Clock);
+    assert_eq!((i.key.as_str(), i.severity), ("r1", Severity::Warning));
+    assert!(i.summary.starts_with("The clock of agent agent-1 (r1) is 45.0 s behind the coordinator's, more than the 30s allowed."), "{}", i.summary);
+    assert_eq!(sim.last().regions[0].clock_skew_ms, Some(-45_000));
+    assert_eq!(
+        opened(
+            &sim.round_seen(&["ok", "ok"], &[&["agent-1:up:skew=-46000"], R2_UP])
+                .1
+        ),
+        vec![]
+    );
+    let (_, changes) = sim.round_seen(&["ok", "ok"], &[&["agent-1:up:skew=100"], R2_UP]);
+    assert_eq!(resolved(&changes), vec![Clock]);
+}
+
+#[test]
+fn coverage_streaks_and_open_incidents_survive_a_restart() {
+    let mut sim = Sim::new(2, policy(Majority));
+    let up: &[&[&str]] = &[R1_UP, R2_UP];
+    sim.round_seen(&["ok", "ok"], up);
+    sim.round_seen(&["ok", "missing"], up);
+    sim.round_seen(&["ok", "missing"], up);
+    // A restarted judge replays the stored verdicts: one more silent round opens it.
+    let mut again = CheckJudge::new(
+        "corp",
+        &["r1".into(), "r2".into()],
+        policy(Majority),
+        &json!({}),
+    );
+    again.restore(&sim.verdicts, &[]);
+    let start = sim.start_ms();
+    let reports = with_regions(vec![report("ok"), None]);
+    let (_, changes) = again.judge_with(sim.round, start, &reports, &agents_of(up), start + 30_000);
+    assert_eq!(opened(&changes), vec![Coverage]);
+    assert!(
+        opened_incident(&changes, Coverage)
+            .summary
+            .contains("no report from r2 since 13:55 UTC")
+    );
+}
+
+#[test]
+fn a_region_removed_from_the_check_resolves_its_coverage_incident() {
+    let mut sim = Sim::new(2, policy(Majority));
+    let (_, changes) = sim.round_seen(&["ok", "missing"], &[R1_UP, &["agent-2:down@0"]]);
+    assert_eq!(opened(&changes), vec![Coverage]);
+    sim.judge
+        .reconfigure(&["r1".into()], policy(Majority), &json!({}));
+    let (_, changes) = sim.round_seen(&["ok"], &[R1_UP]);
+    assert_eq!(resolved(&changes), vec![Coverage]);
 }

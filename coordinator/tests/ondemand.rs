@@ -86,10 +86,14 @@ async fn the_regions_agent_gets_run_now_and_its_report_is_found_by_request_id() 
     let mut result = result("ml-run-1", "corp", 0);
     result.request_id = request_id.clone();
     assert!(reports.send(result).await.stored);
-    // And a scheduled round, which is not part of the run.
+    // And a scheduled round (the one running now), which is not part of the run.
+    let check = expect_ok(api.get("/api/v1/checks/corp").await);
+    let (interval, phase) = (check["interval_ms"].as_u64().unwrap(), check["phase_ms"].as_u64().unwrap());
+    let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+    let k = mailloop_coordinator::schedule::round_at(now_ms, interval, phase);
     assert!(
         reports
-            .send(support::result("ml-round-7", "corp", 7))
+            .send(support::result("ml-round-k", "corp", k))
             .await
             .stored
     );
@@ -101,9 +105,11 @@ async fn the_regions_agent_gets_run_now_and_its_report_is_found_by_request_id() 
     assert_eq!(results[0]["round"], 0);
     assert_eq!(results[0]["region"], "eu-west");
     assert_eq!(results[0]["request_id"], request_id.as_str());
-    // A run is not a round: /latest shows the scheduled round.
+    // A run is not a round: /latest shows the scheduled round, and the run beside it.
     let latest = expect_ok(api.get("/api/v1/checks/corp/latest").await);
-    assert_eq!(latest["round"], 7, "{latest}");
+    assert_eq!(latest["round"], k, "{latest}");
+    assert_eq!(latest["newest"], "round", "stored after the run: {latest}");
+    assert_eq!(latest["on_demand"]["request_id"], request_id.as_str(), "{latest}");
 }
 
 #[tokio::test]

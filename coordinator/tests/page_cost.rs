@@ -63,6 +63,7 @@ async fn large_results_page_and_many_check_status() {
                     report_json: report.to_string(),
                     received_at_ms: 1_700_000_000_000 + i as i64,
                     request_id: None,
+                    out_of_window: None,
                 })
                 .await
                 .unwrap();

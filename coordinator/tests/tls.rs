@@ -62,7 +62,7 @@ async fn agent_over_tls(c: &Coordinator, ca: &Path, identity: Option<&(String, S
 }
 
 fn register_req() -> pb::RegisterRequest {
-    pb::RegisterRequest { name: "eu-1".into(), region: "eu-west".into(), version: "t".into() }
+    pb::RegisterRequest { name: "eu-1".into(), region: "eu-west".into(), version: "t".into(), ..Default::default() }
 }
 
 #[tokio::test]

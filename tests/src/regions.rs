@@ -436,8 +436,9 @@ impl Default for Settings {
 }
 
 /// A coordinator, one agent per region of [`REGIONS`] each behind its own
-/// proxies, and two alert receivers: `pager` (outages) and `tickets`
-/// (regional, performance, authentication, certificate).
+/// proxies, and three alert receivers: `pager` (outages), `tickets`
+/// (regional, performance, authentication, certificate) and `watch`
+/// (coverage and clock: the monitor's own blindness).
 pub struct RegionCluster {
     // Field order is drop order: agents and coordinator die before the
     // proxies, receivers and runtime they talk to, and before the files.
@@ -446,6 +447,7 @@ pub struct RegionCluster {
     pub regions: Vec<Region>,
     pub pager: WebhookReceiver,
     pub tickets: WebhookReceiver,
+    pub watch: WebhookReceiver,
     /// The agents' DNS server (unless `Settings::agent_dns` names another).
     pub dns: DnsRelay,
     pub check_id: String,
@@ -466,6 +468,7 @@ impl RegionCluster {
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
         let pager = WebhookReceiver::start(&handle);
         let tickets = WebhookReceiver::start(&handle);
+        let watch = WebhookReceiver::start(&handle);
         let dns =
             DnsRelay::start(&handle, format!("{}:53", s.var("MAILSTACK_DNS")).parse().expect("MAILSTACK_DNS is an IP"));
 
@@ -507,13 +510,16 @@ impl RegionCluster {
              [[alert]]\nname = \"pager\"\ntype = \"webhook\"\nurl = {pager:?}\nkinds = [\"outage\"]\nmin_severity = \"info\"\n\
              events = [\"opened\", \"acknowledged\", \"resolved\"]\nretries = 3\ntimeout = \"5s\"\n\n\
              [[alert]]\nname = \"tickets\"\ntype = \"webhook\"\nurl = {tickets:?}\nkinds = {tickets_kinds}\nmin_severity = \"info\"\n\
-             events = [\"opened\", \"acknowledged\", \"resolved\"]\nretries = 3\ntimeout = \"5s\"\n\
+             events = [\"opened\", \"acknowledged\", \"resolved\"]\nretries = 3\ntimeout = \"5s\"\n\n\
+             [[alert]]\nname = \"watch\"\ntype = \"webhook\"\nurl = {watch:?}\nkinds = [\"coverage\", \"clock\"]\n\
+             min_severity = \"info\"\nretries = 3\ntimeout = \"5s\"\n\
              {agent_tables}\n{check_table}",
             data = dir.path().join("data"),
             admin = dir.path().join("admin.token"),
             incidents = settings.incidents.join("\n"),
             pager = pager.url("/pager"),
             tickets = tickets.url("/tickets"),
+            watch = watch.url("/watch"),
         );
         let coordinator = Coordinator::start_with_config(dir.path(), &config);
 
@@ -540,18 +546,7 @@ impl RegionCluster {
                 ),
             )
             .unwrap();
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&region.log).unwrap();
-            let child = Command::new(bin("mailloop-agent"))
-                .args(["run", "--config"])
-                .arg(&config_path)
-                .env("MAILLOOP_LOG", "info,h2=info,tower=info,hyper=info,rustls=info")
-                .env(SMTP_PASS_ENV, s.var("MAILSTACK_SMTP_PASS"))
-                .env(IMAP_PASS_ENV, s.var("MAILSTACK_IMAP_PASS"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            agents.push(Proc::new(child));
+            agents.push(spawn_agent(dir.path(), region));
         }
         let cluster = RegionCluster {
             agents,
@@ -559,6 +554,7 @@ impl RegionCluster {
             regions,
             pager,
             tickets,
+            watch,
             dns,
             check_id: check.name.clone(),
             started: Instant::now(),
@@ -654,6 +650,43 @@ impl Drop for RegionCluster {
         }
         self.agents.clear();
         self.coordinator.proc.take();
+    }
+}
+
+/// Starts `region`'s agent (`mailloop-agent run`) with the config file
+/// [`RegionCluster::start`] wrote for it in `dir`, its log appended to.
+fn spawn_agent(dir: &std::path::Path, region: &Region) -> Proc {
+    let s = Stack::get();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&region.log).unwrap();
+    let child = Command::new(bin("mailloop-agent"))
+        .args(["run", "--config"])
+        .arg(dir.join(format!("{}.toml", region.agent_name)))
+        .env("MAILLOOP_LOG", "info,h2=info,tower=info,hyper=info,rustls=info")
+        .env(SMTP_PASS_ENV, s.var("MAILSTACK_SMTP_PASS"))
+        .env(IMAP_PASS_ENV, s.var("MAILSTACK_IMAP_PASS"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc::new(child)
+}
+
+impl RegionCluster {
+    fn agent_index(&self, region: &str) -> usize {
+        self.regions.iter().position(|r| r.name == region).unwrap_or_else(|| panic!("no region {region}"))
+    }
+
+    /// Kills `region`'s agent (SIGKILL: a crash, nothing said to the coordinator).
+    pub fn kill_agent(&mut self, region: &str) {
+        let i = self.agent_index(region);
+        self.agents[i].kill();
+    }
+
+    /// Starts `region`'s agent again, with the same config and spool.
+    pub fn restart_agent(&mut self, region: &str) {
+        let i = self.agent_index(region);
+        self.agents[i].kill();
+        self.agents[i] = spawn_agent(self.dir.path(), &self.regions[i]);
     }
 }
 

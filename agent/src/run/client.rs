@@ -372,6 +372,7 @@ impl Connection {
                 name: self.who.name.clone(),
                 region: self.who.region.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                sent_at_ms: epoch_ms(),
             }),
         )
         .await;
@@ -521,7 +522,14 @@ async fn send_reports(
                     tracing::debug!("acknowledgement for probe {}, which was not waiting for one", ack.probe_id);
                 }
                 spool.remove(ack.probe_id.clone()).await?;
-                if ack.stored {
+                if ack.stored && !ack.warning.is_empty() {
+                    // Stored, but its round is outside the check's window of the coordinator's clock.
+                    let skew = match ack.coordinator_time_ms {
+                        0 => "unknown".to_string(),
+                        t => format!("{:+.1} s", (epoch_ms() - t) as f64 / 1000.0),
+                    };
+                    tracing::warn!("report {} stored but not judged: {}; this agent's clock minus the coordinator's: {skew}", ack.probe_id, ack.warning);
+                } else if ack.stored {
                     tracing::info!("report {} acked: stored by the coordinator ({} waiting)", ack.probe_id, spool.waiting());
                 } else {
                     let why = if ack.error.is_empty() { "no reason given" } else { ack.error.as_str() };
@@ -541,13 +549,18 @@ async fn send_reports(
     }
 }
 
+/// This host's clock, for the coordinator's skew measurement.
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 async fn heartbeats(mut client: Client, agent_id: String, every: Duration, spool: &Spool) -> Result<(), SessionError> {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let spooled = spool.waiting();
-        timed("Heartbeat", client.heartbeat(pb::HeartbeatRequest { agent_id: agent_id.clone(), spooled })).await?;
+        timed("Heartbeat", client.heartbeat(pb::HeartbeatRequest { agent_id: agent_id.clone(), spooled, sent_at_ms: epoch_ms() })).await?;
         tracing::debug!("heartbeat sent ({spooled} report(s) spooled)");
     }
 }

@@ -264,8 +264,8 @@ impl AgentService for Service {
                 let probe_id = result.probe_id.clone();
                 state.note(|r| r.reports.push(result));
                 let ack = match &state.script.acks {
-                    Acks::Store => pb::ResultAck { probe_id, stored: true, error: String::new() },
-                    Acks::Reject(why) => pb::ResultAck { probe_id, stored: false, error: why.clone() },
+                    Acks::Store => pb::ResultAck { probe_id, stored: true, error: String::new(), ..Default::default() },
+                    Acks::Reject(why) => pb::ResultAck { probe_id, stored: false, error: why.clone(), ..Default::default() },
                     Acks::Never => continue,
                 };
                 if acks.send(Ok(ack)).await.is_err() {

@@ -451,6 +451,8 @@ impl Reader<'_> {
                 ("performance", IncidentKind::Performance),
                 ("authentication", IncidentKind::Authentication),
                 ("certificate", IncidentKind::Certificate),
+                ("coverage", IncidentKind::Coverage),
+                ("clock", IncidentKind::Clock),
             ],
         )
     }

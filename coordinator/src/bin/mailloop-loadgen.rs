@@ -439,6 +439,7 @@ async fn load_run(args: &Args, n: usize) -> anyhow::Result<Value> {
             name: name.clone(),
             region: region.clone(),
             version: "loadgen".into(),
+            ..Default::default()
         })
         .await?;
         let mut watch = c

@@ -5,7 +5,7 @@
 //! its path (`incidents.confirm_rounds`, `check[1].quorum`) and nothing
 //! stops at the first one.
 
-use super::model::{BaselineSettings, Policy, Quorum};
+use super::model::{BaselineSettings, Policy, Quorum, Severity};
 use mailloop_common::config::{ConfigIssue, duration_value};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -37,6 +37,10 @@ impl Default for JudgeSettings {
                     factor: 3.0,
                     floor_ms: 25.0,
                 },
+                coverage_rounds: 3,
+                coverage_severity: Severity::Warning,
+                clock_skew_max: Duration::from_secs(30),
+                clock_severity: Severity::Warning,
             },
             round_slack: Duration::from_secs(10),
         }
@@ -98,6 +102,26 @@ impl JudgeSettings {
                 dur(self.round_slack),
             ),
             (
+                "incidents.coverage_rounds",
+                o.coverage_rounds.to_string(),
+                n.coverage_rounds.to_string(),
+            ),
+            (
+                "incidents.coverage_severity",
+                severity_name(o.coverage_severity).to_string(),
+                severity_name(n.coverage_severity).to_string(),
+            ),
+            (
+                "incidents.clock_skew",
+                dur(o.clock_skew_max),
+                dur(n.clock_skew_max),
+            ),
+            (
+                "incidents.clock_severity",
+                severity_name(o.clock_severity).to_string(),
+                severity_name(n.clock_severity).to_string(),
+            ),
+            (
                 "baselines.window",
                 ob.window.to_string(),
                 nb.window.to_string(),
@@ -157,6 +181,16 @@ pub fn parse(
         t.rounds("resolve_rounds", &mut p.resolve_rounds, issues);
         t.duration("defer_grace", &mut p.defer_grace, Duration::ZERO, issues);
         t.duration("round_slack", &mut s.round_slack, Duration::ZERO, issues);
+        let p = &mut s.policy;
+        t.rounds("coverage_rounds", &mut p.coverage_rounds, issues);
+        t.severity("coverage_severity", &mut p.coverage_severity, issues);
+        t.duration(
+            "clock_skew",
+            &mut p.clock_skew_max,
+            Duration::from_secs(1),
+            issues,
+        );
+        t.severity("clock_severity", &mut p.clock_severity, issues);
         t.finish(issues);
     }
     if let Some(mut t) = Keys::new("baselines", baselines, issues) {
@@ -249,6 +283,15 @@ pub fn quorum_value(q: Quorum) -> Value {
     }
 }
 
+/// `critical`, `warning` or `info`.
+pub fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "critical",
+        Severity::Warning => "warning",
+        Severity::Info => "info",
+    }
+}
+
 fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
     ConfigIssue {
         path: path.into(),
@@ -323,6 +366,19 @@ impl<'a> Keys<'a> {
         }
     }
 
+    fn severity(&mut self, key: &'static str, into: &mut Severity, issues: &mut Vec<ConfigIssue>) {
+        let Some(raw) = self.take(key) else { return };
+        match raw.as_str() {
+            Some("critical") => *into = Severity::Critical,
+            Some("warning") => *into = Severity::Warning,
+            Some("info") => *into = Severity::Info,
+            _ => issues.push(issue(
+                self.path(key),
+                format!("{raw}: expected \"critical\", \"warning\" or \"info\""),
+            )),
+        }
+    }
+
     /// True if the key was present and good.
     fn duration(
         &mut self,
@@ -338,6 +394,14 @@ impl<'a> Keys<'a> {
             Ok(d) if d >= min && d <= Duration::from_secs(86_400) => {
                 *into = d;
                 true
+            }
+            Ok(d) if d < min => {
+                let min = humantime::format_duration(min);
+                issues.push(issue(
+                    self.path(key),
+                    format!("{raw} is shorter than {min}"),
+                ));
+                false
             }
             Ok(_) => {
                 issues.push(issue(self.path(key), format!("{raw} is longer than 24h")));
@@ -383,7 +447,8 @@ mod tests {
         let s = parse(
             Some(
                 &json!({"quorum": 0.5, "confirm_rounds": 3, "transit_rounds": 4, "degraded_rounds": 5,
-                "resolve_rounds": 6, "defer_grace": "5m", "round_slack": "2s"}),
+                "resolve_rounds": 6, "defer_grace": "5m", "round_slack": "2s", "coverage_rounds": 4,
+                "coverage_severity": "critical", "clock_skew": "1m", "clock_severity": "info"}),
             ),
             Some(&json!({"window": 50, "min_samples": 10, "factor": 2.5, "floor": "40ms"})),
             &mut issues,
@@ -401,6 +466,14 @@ mod tests {
         );
         assert_eq!(s.policy.defer_grace, Duration::from_secs(300));
         assert_eq!(s.round_slack, Duration::from_secs(2));
+        assert_eq!(
+            (s.policy.coverage_rounds, s.policy.coverage_severity),
+            (4, Severity::Critical)
+        );
+        assert_eq!(
+            (s.policy.clock_skew_max, s.policy.clock_severity),
+            (Duration::from_secs(60), Severity::Info)
+        );
         let b = &s.policy.baselines;
         assert_eq!(
             (b.window, b.min_samples, b.factor, b.floor_ms),
@@ -412,7 +485,8 @@ mod tests {
     fn every_bad_key_is_named_at_once() {
         assert_eq!(
             paths(
-                json!({"quorum": "most", "confirm_rounds": 0, "resolve_rounds": 101, "defer_grace": "soon", "colour": 1}),
+                json!({"quorum": "most", "confirm_rounds": 0, "resolve_rounds": 101, "defer_grace": "soon",
+                    "coverage_severity": "loud", "clock_skew": "10ms", "colour": 1}),
                 json!({"factor": 1.0, "window": 3, "floor": -1}),
             ),
             [
@@ -420,6 +494,8 @@ mod tests {
                 "incidents.confirm_rounds",
                 "incidents.resolve_rounds",
                 "incidents.defer_grace",
+                "incidents.coverage_severity",
+                "incidents.clock_skew",
                 "incidents.colour",
                 "baselines.window",
                 "baselines.factor",

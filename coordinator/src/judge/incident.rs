@@ -38,6 +38,23 @@
 //!   older than the replayed verdicts). Resolved when the same endpoint
 //!   presents a different certificate with enough days left.
 //!
+//! - **coverage** (`coverage_severity`, warning by default; key = the
+//!   region): the monitor is blind in a region. Opens in the first round in
+//!   which the region is `missing` and has no connected agent, or after
+//!   `coverage_rounds` `missing` rounds in a row whatever its agents do.
+//!   Only rounds in which the coordinator knew the region's agents count
+//!   (`agents_connected` set): one decided for a time it was down neither
+//!   counts nor ends a streak, so a coordinator restart opens nothing.
+//!   The summary names the region, its agents and when each was last seen
+//!   or disconnected. Resolved by the first round the region reports again.
+//!   Independent of the verdict: `unknown` is never counted as up, and a
+//!   round that is `up` without a region still leaves that region blind.
+//! - **clock** (`clock_severity`, warning by default; key = the region):
+//!   the agent that reported for a region has a clock off by more than
+//!   `clock_skew` (measured by the coordinator from the timestamp the agent
+//!   sends with Register and Heartbeat, kept in the evidence). Resolved by
+//!   a round whose reporting agent's clock is within the bound.
+//!
 //! Timelines stay short: an incident opens with the rounds of its opening
 //! streak, then gains an entry only for a round that changes what is seen
 //! (another verdict, other failing regions or steps) or counts toward
@@ -96,6 +113,9 @@ pub struct IncidentBook {
     auth_clean: u32,
     auth_sig: String,
     certs_seen: BTreeSet<String>,
+    /// Per region: `missing` rounds in a row, and what the last one said of
+    /// the agents (connected count), to update the summary when it changes.
+    blind: BTreeMap<String, (u32, Option<u32>)>,
 }
 
 fn entry(v: &Verdict, event: &str, note: String) -> TimelineEntry {
@@ -161,6 +181,8 @@ impl IncidentBook {
         self.performance(v, policy, &mut changes);
         self.authentication(v, policy, &mut changes);
         self.certificates(v, cert_min_days, &mut changes);
+        self.coverage(v, policy, &mut changes);
+        self.clock(v, policy, &mut changes);
         if matches!(v.verdict, VerdictKind::Up | VerdictKind::Degraded) {
             self.last_good_ms = Some(v.round_start_ms);
         }
@@ -668,6 +690,121 @@ impl IncidentBook {
                 summary,
                 timeline,
             );
+        }
+    }
+}
+
+impl IncidentBook {
+    /// Resolves `kind` incidents of regions the check no longer has.
+    fn drop_removed_regions(
+        &mut self,
+        kind: IncidentKind,
+        v: &Verdict,
+        changes: &mut Vec<IncidentChange>,
+    ) {
+        let gone: Vec<String> = self
+            .open
+            .keys()
+            .filter(|(k, key)| *k == kind && !v.regions.iter().any(|e| e.region == *key))
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in gone {
+            let note = format!("{key} is no longer one of the check's regions");
+            self.resolve(changes, kind, &key, entry(v, "resolved", note));
+        }
+    }
+
+    fn coverage(&mut self, v: &Verdict, policy: &Policy, changes: &mut Vec<IncidentChange>) {
+        let kind = IncidentKind::Coverage;
+        self.drop_removed_regions(kind, v, changes);
+        for e in &v.regions {
+            let key = e.region.clone();
+            let open = self.is_open(kind, &key);
+            if e.state != RegionState::Missing {
+                self.blind.remove(&key);
+                if open {
+                    let by = e.agent.as_deref().unwrap_or("an agent");
+                    let note = format!("{key} reports again ({by}, round {})", v.round);
+                    self.resolve(changes, kind, &key, entry(v, "resolved", note));
+                }
+                continue;
+            }
+            if e.agents_connected.is_none() {
+                // A round the coordinator could not watch (decided for a time
+                // it was down, or before its agents could reconnect): it
+                // neither counts toward coverage nor ends the streak.
+                continue;
+            }
+            let (rounds, was) = self.blind.get(&key).copied().unwrap_or((0, None));
+            let rounds = rounds + 1;
+            self.blind.insert(key.clone(), (rounds, e.agents_connected));
+            let detail = e
+                .detail
+                .clone()
+                .unwrap_or_else(|| format!("no report from {key}"));
+            let summary = summary::coverage(&key, &detail, rounds, e.agents_connected);
+            if open {
+                if was != e.agents_connected {
+                    let note = format!("still blind: {detail}");
+                    self.update(
+                        changes,
+                        kind,
+                        &key,
+                        entry(v, "round", note),
+                        Some(summary),
+                        None,
+                    );
+                }
+            } else if e.agents_connected == Some(0) || rounds >= policy.coverage_rounds.max(1) {
+                let timeline = vec![entry(v, "opened", detail)];
+                self.open(
+                    changes,
+                    v,
+                    kind,
+                    key.clone(),
+                    policy.coverage_severity,
+                    vec![key],
+                    None,
+                    None,
+                    summary,
+                    timeline,
+                );
+            }
+        }
+    }
+
+    fn clock(&mut self, v: &Verdict, policy: &Policy, changes: &mut Vec<IncidentChange>) {
+        let kind = IncidentKind::Clock;
+        self.drop_removed_regions(kind, v, changes);
+        let max = i64::try_from(policy.clock_skew_max.as_millis()).unwrap_or(i64::MAX);
+        for e in &v.regions {
+            let (Some(skew), Some(agent)) = (e.clock_skew_ms, e.agent.as_deref()) else {
+                continue;
+            };
+            let key = e.region.clone();
+            let open = self.is_open(kind, &key);
+            let summary = summary::clock(&key, agent, skew, policy.clock_skew_max);
+            if skew.abs() > max {
+                let note = format!("agent {agent} clock off by {skew} ms");
+                if !open {
+                    let timeline = vec![entry(v, "opened", note)];
+                    self.open(
+                        changes,
+                        v,
+                        kind,
+                        key.clone(),
+                        policy.clock_severity,
+                        vec![key],
+                        None,
+                        None,
+                        summary,
+                        timeline,
+                    );
+                }
+            } else if open {
+                let note = format!("agent {agent} clock within the bound ({skew} ms)");
+                self.resolve(changes, kind, &key, entry(v, "resolved", note));
+            }
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct CheckJudge {
     /// Per region: `round_start_ms` of the first round of its current
     /// streak of deferrals (absent when it is not in one).
     deferred_since: BTreeMap<String, i64>,
+    /// Per region: `round_start_ms` of the last round it reported.
+    last_report_ms: BTreeMap<String, i64>,
     incidents: IncidentBook,
 }
 
@@ -92,6 +94,7 @@ impl CheckJudge {
             policy,
             baselines: Baselines::default(),
             deferred_since: BTreeMap::new(),
+            last_report_ms: BTreeMap::new(),
             incidents: IncidentBook::new(check_id),
         }
     }
@@ -123,6 +126,10 @@ impl CheckJudge {
         self.deferred_since.clear();
         for v in recent {
             for e in &v.regions {
+                if e.state != RegionState::Missing {
+                    self.last_report_ms
+                        .insert(e.region.clone(), v.round_start_ms);
+                }
                 match (e.state, e.deferred_since_ms) {
                     (_, Some(since)) => {
                         self.deferred_since.insert(e.region.clone(), since);
@@ -138,14 +145,29 @@ impl CheckJudge {
             .restore(recent, open, &self.policy, self.cert_min_days);
     }
 
-    /// Judges one round. `reports`: at most one per region (the caller
-    /// keeps the first stored). Returns the verdict and what it did to
-    /// incidents; also learns from the round's delivered reports.
+    /// Judges one round without knowing the agents (see [`CheckJudge::judge_with`]).
     pub fn judge(
         &mut self,
         round: u64,
         round_start_ms: i64,
         reports: &[RegionReport],
+        now_ms: i64,
+    ) -> (Verdict, Vec<IncidentChange>) {
+        self.judge_with(round, round_start_ms, reports, &BTreeMap::new(), now_ms)
+    }
+
+    /// Judges one round. `reports`: at most one per region (the caller
+    /// keeps the first stored). `agents`: each region's agents as the
+    /// coordinator sees them now (a region absent from it: not known), for
+    /// coverage and clock incidents and the `detail` of a missing region.
+    /// Returns the verdict and what it did to incidents; also learns from
+    /// the round's delivered reports.
+    pub fn judge_with(
+        &mut self,
+        round: u64,
+        round_start_ms: i64,
+        reports: &[RegionReport],
+        agents: &BTreeMap<String, Vec<AgentSeen>>,
         now_ms: i64,
     ) -> (Verdict, Vec<IncidentChange>) {
         let quorum = verdict::quorum(self.policy.quorum, self.regions.len());
@@ -159,7 +181,32 @@ impl CheckJudge {
                 deferred_since_ms: self.deferred_since.get(region).copied(),
                 round_start_ms,
             };
-            let ev = verdict::region_evidence(region, report, &cx);
+            let mut ev = verdict::region_evidence(region, report, &cx);
+            let known = agents.get(region);
+            ev.agents_connected = known.map(|a| a.iter().filter(|a| a.connected).count() as u32);
+            ev.clock_skew_ms = report.and_then(|r| {
+                known?
+                    .iter()
+                    .find(|a| a.name == r.agent)
+                    .and_then(|a| a.clock_skew_ms)
+            });
+            ev.detail = match ev.state {
+                RegionState::Missing => Some(summary::missing_detail(
+                    region,
+                    self.last_report_ms.get(region).copied(),
+                    known.map(Vec::as_slice),
+                )),
+                RegionState::Failed => Some(format!("fails {}", summary::failure_text(&ev))),
+                RegionState::Deferred => Some(format!(
+                    "deferred {} (inside the grace window)",
+                    summary::failure_text(&ev)
+                )),
+                RegionState::Degraded => Some(verdict::degraded_why(&ev)),
+                RegionState::Ok => None,
+            };
+            if report.is_some() {
+                self.last_report_ms.insert(region.clone(), round_start_ms);
+            }
             match (ev.deferred_since_ms, ev.state) {
                 (Some(since), _) => {
                     self.deferred_since.insert(region.clone(), since);

@@ -79,6 +79,37 @@ pub struct RegionEvidence {
     /// The server certificates the probe saw (for certificate warnings).
     #[serde(default)]
     pub certs: Vec<CertSeen>,
+    /// Why the region is in its state, in one line a person reads: for
+    /// `missing`, since when nothing came and what the region's agents were
+    /// doing (`no report from us-east since 14:05 UTC (agent us-1
+    /// disconnected 14:04 UTC)`); for a failure or deferral, the step, reply
+    /// and class; for `degraded`, its reasons; null for `ok`.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// Agents of the region connected when the round was decided (null:
+    /// not known, e.g. a verdict from before this was recorded).
+    #[serde(default)]
+    pub agents_connected: Option<u32>,
+    /// The reporting agent's clock minus the coordinator's, in ms, as last
+    /// measured (null: not measured).
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// What the coordinator knows about one agent of a region when it decides
+/// a round: the judge's window on the agents (it has no clock of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSeen {
+    pub name: String,
+    /// Has an open assignment stream now.
+    pub connected: bool,
+    /// Last Register, Heartbeat or stream start (epoch ms).
+    pub last_seen_ms: Option<i64>,
+    /// When its last session closed (epoch ms), if it is disconnected.
+    pub disconnected_at_ms: Option<i64>,
+    /// Its clock minus the coordinator's (ms), from the timestamp it sends
+    /// with Register and Heartbeat; None for an agent that sends none.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// The part of a delivered probe's [`mailloop_common::AuthReport`] that
@@ -185,6 +216,13 @@ pub struct Policy {
     /// A certificate with fewer days left opens a certificate warning.
     pub cert_min_days: u32,
     pub baselines: BaselineSettings,
+    /// Coverage: rounds in a row a region has no report before a coverage
+    /// incident opens (at once when the region has no connected agent).
+    pub coverage_rounds: u32,
+    pub coverage_severity: Severity,
+    /// Clock: an agent whose clock is off by more than this opens a clock incident.
+    pub clock_skew_max: Duration,
+    pub clock_severity: Severity,
 }
 
 /// Learned baselines: robust rolling median and MAD per check × region × step.
@@ -223,9 +261,25 @@ pub enum IncidentKind {
     Performance,
     Authentication,
     Certificate,
+    /// The monitor is blind in a region: no live agent, or no report for
+    /// `coverage_rounds` rounds.
+    Coverage,
+    /// An agent's clock is off by more than `clock_skew`.
+    Clock,
 }
 
 impl IncidentKind {
+    /// Every kind, in the order the API and docs list them.
+    pub const ALL: [IncidentKind; 7] = [
+        IncidentKind::Outage,
+        IncidentKind::Regional,
+        IncidentKind::Performance,
+        IncidentKind::Authentication,
+        IncidentKind::Certificate,
+        IncidentKind::Coverage,
+        IncidentKind::Clock,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             IncidentKind::Outage => "outage",
@@ -233,6 +287,8 @@ impl IncidentKind {
             IncidentKind::Performance => "performance",
             IncidentKind::Authentication => "authentication",
             IncidentKind::Certificate => "certificate",
+            IncidentKind::Coverage => "coverage",
+            IncidentKind::Clock => "clock",
         }
     }
 }

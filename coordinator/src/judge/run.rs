@@ -36,7 +36,7 @@
 //! and its baselines warmed with the recent delivered reports.
 
 use super::{
-    AlertEvent, AlertEventKind, BaselineView, CheckJudge, RegionReport, VerdictKind,
+    AgentSeen, AlertEvent, AlertEventKind, BaselineView, CheckJudge, RegionReport, VerdictKind,
     config::JudgeSettings,
 };
 use crate::alerts::Alerts;
@@ -45,7 +45,7 @@ use crate::hub::Hub;
 use crate::schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::{AckOutcome, ReportRow, Storage, StorageError, StoredCheck};
-use mailloop_common::config::{Secrets, check_from_value};
+use mailloop_common::config::{DEFAULT_DEADLINE, DEFAULT_GREYLIST_GRACE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,9 +120,10 @@ impl Offer {
 
 impl JudgeFeed {
     /// Prepares the offer of a report about to be stored (None for round 0,
-    /// an on-demand run's, which the judge ignores).
+    /// an on-demand run's, and for a round outside its schedule window,
+    /// both of which the judge ignores).
     pub fn prepare(&self, row: &ReportRow) -> Option<Offer> {
-        (row.round != 0).then(|| Offer {
+        (row.round != 0 && row.out_of_window.is_none()).then(|| Offer {
             feed: self.clone(),
             report: NewReport {
                 check_id: row.check_id.clone(),
@@ -238,6 +239,8 @@ pub fn start(
         settings,
         shared: judge.clone(),
         checks: BTreeMap::new(),
+        swept: false,
+        started_ms: now_ms(),
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -250,6 +253,42 @@ struct Task {
     settings: JudgeSettings,
     shared: Arc<Judge>,
     checks: BTreeMap<String, Live>,
+    /// Whether incidents of checks deleted while the coordinator was down
+    /// have been resolved (once, on the first sync).
+    swept: bool,
+    /// When this task started: what the hub knows of agents begins here.
+    started_ms: i64,
+}
+
+/// How long after a start agents not seen yet are given to reconnect
+/// before "no connected agent" counts (their reconnect backoff is capped at 30 s).
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(45);
+
+/// The regions' agents as the judge may use them for a round starting at
+/// `start`: none for a round that started before the coordinator did (it
+/// could not watch it), and, during [`RECONNECT_GRACE`] after the start,
+/// none for a region whose agents have not connected since.
+fn watched_agents(
+    hub: &Hub,
+    regions: &[String],
+    start: i64,
+    started_ms: i64,
+    now: i64,
+) -> BTreeMap<String, Vec<AgentSeen>> {
+    if start < started_ms {
+        return BTreeMap::new();
+    }
+    let settling = now < started_ms + RECONNECT_GRACE.as_millis() as i64;
+    regions
+        .iter()
+        .map(|r| (r.clone(), hub.region_agents(r)))
+        .filter(|(_, agents)| {
+            !settling
+                || agents
+                    .iter()
+                    .any(|a| a.connected || a.disconnected_at_ms.is_some())
+        })
+        .collect()
 }
 
 /// One live check's judge and its round bookkeeping.
@@ -322,15 +361,25 @@ impl Live {
     }
 }
 
+/// How long one probe of `check` may take: its `deadline` plus its
+/// `greylist_grace`, the defaults where it sets none. Read from the two keys
+/// alone (stored checks were validated), since ingest asks for every report.
+pub fn probe_budget(check: &StoredCheck) -> Duration {
+    let key = |name: &str, default: Duration| {
+        check
+            .spec
+            .table
+            .get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(default)
+    };
+    key("deadline", DEFAULT_DEADLINE) + key("greylist_grace", DEFAULT_GREYLIST_GRACE)
+}
+
 /// How long after its start a round of `check` is decided at the latest.
 pub fn round_wait(check: &StoredCheck, settings: &JudgeSettings) -> Duration {
-    let secrets = Secrets::ReferencesOnly { allow_inline: true };
-    let budget = match check_from_value("check", &check.spec.table, &|_| None, secrets) {
-        Ok(c) => c.deadline + c.greylist_grace,
-        // Stored checks were validated; if one no longer is, wait an interval.
-        Err(_) => check.spec.interval,
-    };
-    check.spec.interval.min(budget) + settings.round_slack
+    check.spec.interval.min(probe_budget(check)) + settings.round_slack
 }
 
 fn region_report(row: &ReportRow) -> Option<RegionReport> {
@@ -429,7 +478,22 @@ impl Task {
         for id in gone {
             self.checks.remove(&id);
             self.shared.forget(&id);
-            tracing::info!(check = %id, "check deleted; its judge is dropped (verdicts and incidents stay)");
+            tracing::info!(check = %id, "check deleted; its judge is dropped (verdicts stay, open incidents are resolved)");
+            self.resolve_deleted(&id).await;
+        }
+        if !self.swept {
+            // Checks deleted while the coordinator was down.
+            match self.storage.checks_with_active_incidents().await {
+                Ok(with) => {
+                    self.swept = true;
+                    for id in with.iter().filter(|id| !ids.contains(&id.as_str())) {
+                        self.resolve_deleted(id).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list the checks with open incidents; retrying")
+                }
+            }
         }
         for c in live {
             match self.checks.get_mut(&c.spec.name) {
@@ -459,6 +523,31 @@ impl Task {
                         tracing::error!(check = %c.spec.name, error = %e, "cannot restore the judge from storage; retrying")
                     }
                 },
+            }
+        }
+    }
+
+    /// Resolves a deleted check's open incidents ("check deleted") and
+    /// sends each channel its last alert.
+    async fn resolve_deleted(&self, id: &str) {
+        let at_ms = now_ms();
+        match self
+            .storage
+            .resolve_incidents_of(id.to_string(), at_ms, "check deleted".into())
+            .await
+        {
+            Ok(resolved) => {
+                for incident in resolved {
+                    tracing::warn!(incident = incident.id, check = %incident.check_id, kind = %incident.kind.as_str(), "incident resolved: check deleted");
+                    self.alerts.notify(AlertEvent {
+                        event: AlertEventKind::Resolved,
+                        at_ms,
+                        incident,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(check = %id, error = %e, "cannot resolve the deleted check's incidents")
             }
         }
     }
@@ -582,7 +671,8 @@ impl Task {
     async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
         let now = now_ms();
         let live = self.checks.get_mut(id).expect("a followed check");
-        let (verdict, changes) = live.judge.judge(round, start, &reports, now);
+        let agents = watched_agents(&self.hub, &live.regions, start, self.started_ms, now);
+        let (verdict, changes) = live.judge.judge_with(round, start, &reports, &agents, now);
         let kind = verdict.verdict;
         let previous = live.last_verdict.replace(kind);
         let baselines = live.judge.baselines();

@@ -8,7 +8,7 @@
 //! name order.
 
 use super::advice::{Advice, advice, auth_drift_advice, slow_advice};
-use super::model::{CertSeen, RegionEvidence};
+use super::model::{AgentSeen, CertSeen, RegionEvidence};
 use mailloop_common::{FailureClass, StepName};
 
 /// `14:05 UTC` for a moment in milliseconds since the epoch.
@@ -56,7 +56,7 @@ fn and_list(items: &[&str]) -> String {
 }
 
 /// How a failure reads: `at smtp.rcpt_to with 550 5.1.1 'User unknown' (permanent)`.
-fn failure_text(e: &RegionEvidence) -> String {
+pub fn failure_text(e: &RegionEvidence) -> String {
     let step = e.step.as_deref().unwrap_or("an unknown step");
     let class = e.class.as_deref().unwrap_or("unclassified");
     let mut with = Vec::new();
@@ -292,6 +292,81 @@ pub fn certificate(cert: &CertSeen, min_days: u32, regions: &[String]) -> String
         if cert.days_left == 1 { "" } else { "s" },
         and_list(&regions.iter().map(String::as_str).collect::<Vec<_>>()),
         cert.protocol.to_uppercase(),
+    )
+}
+
+/// What a region's agents were doing, one clause per agent:
+/// `agent us-1 disconnected 14:04 UTC`, `agent us-2 connected, last seen 14:06 UTC`.
+pub fn agents_text(region: &str, agents: &[AgentSeen]) -> String {
+    if agents.is_empty() {
+        return format!("no agent is registered in {region}");
+    }
+    let parts: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            let n = &a.name;
+            match (a.connected, a.disconnected_at_ms, a.last_seen_ms) {
+                (true, _, Some(seen)) => {
+                    format!("agent {n} connected, last seen {}", fmt_time(seen))
+                }
+                (true, _, None) => format!("agent {n} connected"),
+                (false, Some(gone), _) => format!("agent {n} disconnected {}", fmt_time(gone)),
+                (false, None, Some(seen)) => {
+                    format!("agent {n} not connected, last seen {}", fmt_time(seen))
+                }
+                (false, None, None) => format!("agent {n} never connected"),
+            }
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// Why a region has no report:
+/// `no report from us-east since 14:05 UTC (agent us-1 disconnected 14:04 UTC)`.
+/// `last_report_ms`: the start of the last round it reported;
+/// `agents`: the region's agents, when the caller knows them.
+pub fn missing_detail(
+    region: &str,
+    last_report_ms: Option<i64>,
+    agents: Option<&[AgentSeen]>,
+) -> String {
+    let mut s = match last_report_ms {
+        Some(ms) => format!("no report from {region} since {}", fmt_time(ms)),
+        None => format!("no report from {region} yet"),
+    };
+    if let Some(agents) = agents {
+        s.push_str(&format!(" ({})", agents_text(region, agents)));
+    }
+    s
+}
+
+/// The coverage summary: the monitor cannot see `region`.
+pub fn coverage(region: &str, detail: &str, rounds: u32, connected: Option<u32>) -> String {
+    let rounds = if rounds == 1 {
+        "1 round".to_string()
+    } else {
+        format!("{rounds} rounds in a row")
+    };
+    let check = match connected {
+        Some(0) => format!(
+            "Likely cause: no agent of {region} is running or can reach the coordinator. Check: `mailloopctl agents list`, start or restart an agent of {region}, its logs and its token."
+        ),
+        _ => format!(
+            "Likely cause: the agent of {region} is connected but its reports do not arrive or are refused for judging. Check: its logs (spool, report acks), its clock, and its connection to the gRPC port."
+        ),
+    };
+    format!(
+        "The monitor is blind in {region}: {detail}; {rounds} without a report. Mail from {region} is not being checked; unknown never counts as up. {check}"
+    )
+}
+
+/// The clock summary for an agent whose clock is off.
+pub fn clock(region: &str, agent: &str, skew_ms: i64, max: std::time::Duration) -> String {
+    let way = if skew_ms > 0 { "ahead of" } else { "behind" };
+    format!(
+        "The clock of agent {agent} ({region}) is {} {way} the coordinator's, more than the {} allowed. Its rounds start at the wrong moments and its reports may be kept out of verdicts. Likely cause: time synchronisation stopped on its host. Check: NTP or chrony there (`timedatectl`, `chronyc tracking`).",
+        fmt_ms(skew_ms.unsigned_abs() as f64),
+        humantime::format_duration(max),
     )
 }
 

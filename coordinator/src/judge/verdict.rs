@@ -87,6 +87,9 @@ pub fn region_evidence(
             deferred_since_ms: None,
             auth: None,
             certs: Vec::new(),
+            detail: None,
+            agents_connected: None,
+            clock_skew_ms: None,
         };
     };
     let r = &rr.report;
@@ -107,6 +110,9 @@ pub fn region_evidence(
         deferred_since_ms: None,
         auth: None,
         certs: certs_of(r),
+        detail: None,
+        agents_connected: None,
+        clock_skew_ms: None,
     };
     match (r.outcome, &r.failure) {
         (Outcome::Failed, Some(f)) if f.class.is_transient() => {
@@ -224,8 +230,14 @@ pub fn decide(regions: &[RegionEvidence], quorum: u32, policy: &Policy) -> (Verd
         .collect();
     let reporting = regions.len() - missing.len();
     let n = regions.len();
+    let details: Vec<&str> = of(RegionState::Missing)
+        .filter(|e| e.agents_connected.is_some())
+        .filter_map(|e| e.detail.as_deref())
+        .collect();
     let missing_note = if missing.is_empty() {
         String::new()
+    } else if details.len() == missing.len() {
+        format!("; missing: {}", details.join("; "))
     } else {
         format!("; missing: {} (agents offline?)", missing.join(", "))
     };

@@ -29,7 +29,11 @@ pub const AGENTS: [(&str, &str, &str); 3] = [
 pub const PROMPTLY: Duration = Duration::from_secs(2);
 
 pub fn token(agent: &str) -> &'static str {
-    AGENTS.iter().find(|(n, _, _)| *n == agent).map(|(_, _, t)| *t).expect("a declared agent")
+    AGENTS
+        .iter()
+        .find(|(n, _, _)| *n == agent)
+        .map(|(_, _, t)| *t)
+        .expect("a declared agent")
 }
 
 /// A `[[check]]` table (as the API takes it).
@@ -47,7 +51,11 @@ pub fn check_table(name: &str, regions: &[&str], interval: &str) -> Value {
 
 /// The same check in TOML, for config files.
 pub fn check_toml(name: &str, regions: &[&str], interval: &str) -> String {
-    let regions = regions.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+    let regions = regions
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"
 [[check]]
@@ -90,7 +98,14 @@ pub fn report_json(probe_id: &str, check: &str) -> String {
 }
 
 pub fn result(probe_id: &str, check: &str, round: u64) -> pb::ProbeResult {
-    pb::ProbeResult { probe_id: probe_id.into(), check_id: check.into(), revision: 1, round, report_json: report_json(probe_id, check), request_id: String::new() }
+    pb::ProbeResult {
+        probe_id: probe_id.into(),
+        check_id: check.into(),
+        revision: 1,
+        round,
+        report_json: report_json(probe_id, check),
+        request_id: String::new(),
+    }
 }
 
 /// A coordinator process and its files.
@@ -115,7 +130,10 @@ impl Bearer {
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(t) = &self.0 {
-            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
         }
         Ok(req)
     }
@@ -131,7 +149,10 @@ impl Coordinator {
         for (name, region, token) in AGENTS {
             let file = dir.path().join(format!("{name}.token"));
             std::fs::write(&file, token).unwrap();
-            agents.push_str(&format!("\n[[agent]]\nname = \"{name}\"\nregion = \"{region}\"\ntoken_file = {:?}\n", file));
+            agents.push_str(&format!(
+                "\n[[agent]]\nname = \"{name}\"\nregion = \"{region}\"\ntoken_file = {:?}\n",
+                file
+            ));
         }
         let read_token = dir.path().join("grafana.token");
         std::fs::write(&read_token, READ_TOKEN).unwrap();
@@ -142,7 +163,12 @@ impl Coordinator {
             dir.path().join("admin.token"),
         );
         std::fs::write(dir.path().join("coordinator.toml"), config).unwrap();
-        let mut c = Coordinator { dir, child: None, grpc: "0.0.0.0:0".parse().unwrap(), http: "0.0.0.0:0".parse().unwrap() };
+        let mut c = Coordinator {
+            dir,
+            child: None,
+            grpc: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+        };
         c.launch();
         c
     }
@@ -157,7 +183,11 @@ impl Coordinator {
 
     /// (Re)starts the process on the same config and data_dir.
     pub fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mailloop-coordinator"))
             .args(["serve", "--config"])
             .arg(self.config_path())
@@ -173,7 +203,9 @@ impl Coordinator {
                 let _ = tx.send(line);
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("coordinator did not start:\n{}", self.log()));
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("coordinator did not start:\n{}", self.log()));
         let addr = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -219,7 +251,10 @@ impl Coordinator {
 
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -233,14 +268,22 @@ impl Coordinator {
             }
             if std::time::Instant::now() > deadline {
                 child.kill().unwrap();
-                panic!("coordinator did not exit within {within:?}:\n{}", self.log());
+                panic!(
+                    "coordinator did not exit within {within:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn api(&self) -> Client {
-        Client::new(&format!("http://{}", self.http), Some(ADMIN_TOKEN.into()), None).unwrap()
+        Client::new(
+            &format!("http://{}", self.http),
+            Some(ADMIN_TOKEN.into()),
+            None,
+        )
+        .unwrap()
     }
 
     pub fn api_without_token(&self) -> Client {
@@ -254,7 +297,11 @@ impl Coordinator {
 
     /// An agent's gRPC client carrying `token` (None: no authorization metadata).
     pub async fn agent_with(&self, token: Option<&str>) -> Agent {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         AgentServiceClient::with_interceptor(channel, Bearer(token.map(str::to_string)))
     }
 
@@ -277,7 +324,12 @@ impl Drop for Coordinator {
 pub async fn register(agent: &mut Agent, name: &str) -> pb::RegisterResponse {
     let region = AGENTS.iter().find(|(n, _, _)| *n == name).unwrap().1;
     agent
-        .register(pb::RegisterRequest { name: name.into(), region: region.into(), version: "test".into() })
+        .register(pb::RegisterRequest {
+            name: name.into(),
+            region: region.into(),
+            version: "test".into(),
+            ..Default::default()
+        })
         .await
         .expect("register")
         .into_inner()
@@ -288,8 +340,23 @@ pub struct Watch(pub tonic::Streaming<pb::AssignmentChange>);
 
 impl Watch {
     pub async fn open(agent: &mut Agent, known: &[(&str, u64)]) -> Watch {
-        let known = known.iter().map(|(id, rev)| pb::KnownCheck { check_id: id.to_string(), revision: *rev }).collect();
-        Watch(agent.watch_assignments(pb::WatchRequest { agent_id: String::new(), known }).await.expect("watch").into_inner())
+        let known = known
+            .iter()
+            .map(|(id, rev)| pb::KnownCheck {
+                check_id: id.to_string(),
+                revision: *rev,
+            })
+            .collect();
+        Watch(
+            agent
+                .watch_assignments(pb::WatchRequest {
+                    agent_id: String::new(),
+                    known,
+                })
+                .await
+                .expect("watch")
+                .into_inner(),
+        )
     }
 
     /// The next change, which must arrive within [`PROMPTLY`].
@@ -340,7 +407,11 @@ pub struct Reports {
 impl Reports {
     pub async fn open(agent: &mut Agent) -> Reports {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let acks = agent.report_results(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report stream").into_inner();
+        let acks = agent
+            .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("report stream")
+            .into_inner();
         Reports { tx, acks }
     }
 
@@ -361,7 +432,10 @@ impl Reports {
 
 /// Results the API shows for `check`.
 pub async fn results(api: &Client, check: &str) -> Vec<Value> {
-    let r = api.get(&format!("/api/v1/checks/{check}/results")).await.unwrap();
+    let r = api
+        .get(&format!("/api/v1/checks/{check}/results"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     r.body["results"].as_array().unwrap().clone()
 }
