@@ -49,6 +49,7 @@ pub struct AgentApi {
     report_streams: Arc<Mutex<HashMap<String, usize>>>,
     /// Where newly stored reports go to be judged (None: no judge).
     judge: Option<crate::judge::run::JudgeFeed>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl AgentApi {
@@ -56,6 +57,12 @@ impl AgentApi {
     /// without ever waiting on the judge).
     pub fn with_judge(mut self, feed: crate::judge::run::JudgeFeed) -> AgentApi {
         self.judge = Some(feed);
+        self
+    }
+
+    /// Counts reports received, rejected and stored, and observes new ones.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> AgentApi {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -72,6 +79,7 @@ impl AgentApi {
             shutdown,
             report_streams: Arc::default(),
             judge: None,
+            metrics: None,
         }
     }
 
@@ -220,12 +228,14 @@ impl AgentService for AgentApi {
             agent: agent.clone(),
             pending: pending_tx,
             judge: self.judge.clone(),
+            metrics: self.metrics.clone(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
         tokio::spawn(reader.run(inbound));
         tokio::spawn(acknowledge(
             agent,
+            self.metrics.clone(),
             pending_rx,
             ack_tx,
             self.shutdown.clone(),
@@ -467,6 +477,8 @@ enum Pending {
         commit: oneshot::Receiver<Result<Inserted, StorageError>>,
         /// Offered to the judge once the commit says it is new.
         judge: Option<crate::judge::run::Offer>,
+        /// Observed by the metrics once the commit says it is new (the report JSON).
+        observe: Option<String>,
     },
     /// The stream must end with this status (after the acks before it).
     End(Status),
@@ -480,6 +492,7 @@ struct Reader {
     agent: AgentIdentity,
     pending: mpsc::Sender<Pending>,
     judge: Option<crate::judge::run::JudgeFeed>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     _slot: Slot,
 }
 
@@ -523,9 +536,15 @@ impl Reader {
         }
         let probe_id = result.probe_id.clone();
         let check_id = result.check_id.clone();
+        self.metrics
+            .as_ref()
+            .inspect(|m| m.received(&self.agent.region));
         let row = match self.row(result) {
             Ok(row) => row,
             Err(error) => {
+                self.metrics
+                    .as_ref()
+                    .inspect(|m| m.rejected(&self.agent.region));
                 tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
                 return Pending::Rejected(pb::ResultAck {
                     probe_id,
@@ -535,12 +554,14 @@ impl Reader {
             }
         };
         let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
+        let observe = self.metrics.is_some().then(|| row.report_json.clone());
         match self.storage.submit_report(row).await {
             Ok(commit) => Pending::Storing {
                 probe_id,
                 check_id,
                 commit,
                 judge,
+                observe,
             },
             Err(e) => Pending::End(Status::unavailable(format!(
                 "cannot store reports now: {e}"
@@ -602,6 +623,7 @@ impl Reader {
 /// Sends each ack once its report is durable, in arrival order.
 async fn acknowledge(
     agent: AgentIdentity,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     mut pending: mpsc::Receiver<Pending>,
     acks: mpsc::Sender<Result<pb::ResultAck, Status>>,
     _shutdown: Shutdown,
@@ -615,8 +637,12 @@ async fn acknowledge(
                 check_id,
                 commit,
                 judge,
+                observe,
             } => match commit.await {
                 Ok(Ok(inserted)) => {
+                    if let (Some(m), Some(json)) = (&metrics, &observe) {
+                        m.stored(&agent.region, inserted == Inserted::New, json);
+                    }
                     if let (Inserted::New, Some(offer)) = (inserted, judge) {
                         offer.deliver();
                     }

@@ -11,6 +11,7 @@
 //! - [`grpc`]: the agent API edge; [`api`]: the admin HTTP edge.
 //! - [`server`]: start-up, serving, reload and graceful shutdown.
 //! - [`judge`]: round verdicts, baselines, incidents; [`alerts`]: channels.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`client`]: the admin API client `mailloopctl` uses.
 
 pub mod aggregates;
@@ -23,6 +24,7 @@ pub mod control;
 pub mod grpc;
 pub mod hub;
 pub mod judge;
+pub mod metrics;
 pub mod ondemand;
 pub mod schedule;
 pub mod server;

@@ -217,6 +217,7 @@ pub fn start(
     storage: Arc<Storage>,
     alerts: Arc<Alerts>,
     settings: JudgeSettings,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: Shutdown,
 ) -> (Arc<Judge>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(FEED_CAPACITY);
@@ -238,6 +239,7 @@ pub fn start(
         settings,
         shared: judge.clone(),
         checks: BTreeMap::new(),
+        metrics,
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -250,6 +252,7 @@ struct Task {
     settings: JudgeSettings,
     shared: Arc<Judge>,
     checks: BTreeMap<String, Live>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One live check's judge and its round bookkeeping.
@@ -580,9 +583,11 @@ impl Task {
     }
 
     async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
+        let _timed = self.metrics.judge_round();
         let now = now_ms();
         let live = self.checks.get_mut(id).expect("a followed check");
         let (verdict, changes) = live.judge.judge(round, start, &reports, now);
+        self.metrics.judged(&verdict, &live.judge.open_incidents());
         let kind = verdict.verdict;
         let previous = live.last_verdict.replace(kind);
         let baselines = live.judge.baselines();
