@@ -23,7 +23,8 @@ help:
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
 
-# Debian packages of the mail stack (idempotent; fast when already installed).
+# Debian packages of the mail stack, and prometheus/promtool for the metrics
+# tests (idempotent; fast when already installed; no service is started).
 deps: toolchain
 	@bash $(MAILSTACK)/install.sh
 

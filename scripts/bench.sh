@@ -10,6 +10,10 @@
 #    count (100 and 1,000 simulated agents over gRPC, no mail traffic) and a
 #    real agent holding 1,000 checks; prints a table with the goals beside
 #    the figures and writes target/bench/load-<UTC timestamp>.json.
+#    Then the /metrics scrape (issue 10): a coordinator with 1,000 checks x 5
+#    regions, every check x region with stored reports; scrape time, size and
+#    series count, OpenMetrics and classic text (--metrics-checks,
+#    --metrics-regions in BENCH_LOAD_ARGS; --metrics-only for just this).
 #
 #   bash scripts/bench.sh STACK_ENV
 #

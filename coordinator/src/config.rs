@@ -110,6 +110,17 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// What one admin API request and connection may cost.
     pub http_limits: HttpLimits,
+    /// `/metrics`: on the admin listener, or on its own address; optional bearer token.
+    pub metrics: MetricsEndpoint,
+}
+
+/// Where `/metrics` is served (`metrics_listen`, `metrics_token_file`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsEndpoint {
+    /// Its own plain-HTTP listener; None: `/metrics` on the admin listener.
+    pub listen: Option<SocketAddr>,
+    /// Scrapes must send `Authorization: Bearer <token>`; None: open, as scrapers expect.
+    pub token: Option<Secret>,
 }
 
 /// The admin API listener's bounds (`[server] http_*`).
@@ -693,7 +704,14 @@ fn server(
         Duration::from_millis(100),
     );
     let http_limits = http_limits(v, &mut t);
+    let metrics = metrics_endpoint(v, &mut t);
     t.finish(v);
+    // The metrics listener is plain HTTP even with TLS on the others.
+    if let (Some(m), Some(false)) = (&metrics, allow_plaintext)
+        && let Some(a) = m.listen.filter(|a| !a.ip().is_loopback())
+    {
+        v.issue("server.metrics_listen", format!("{a} is not a loopback address and the metrics listener is plain HTTP: set allow_plaintext = true to serve it there"));
+    }
     // Plaintext only where nobody else can listen, unless explicitly allowed.
     if let (Some(None), Some(false)) = (&tls, allow_plaintext) {
         for (key, addr) in [("grpc_listen", grpc_listen), ("http_listen", http_listen)] {
@@ -722,6 +740,7 @@ fn server(
         max_streams_per_connection: max_streams? as u32,
         shutdown_grace: shutdown_grace?,
         http_limits: http_limits?,
+        metrics: metrics?,
     })
 }
 
@@ -779,6 +798,44 @@ fn http_limits(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<HttpLimits
         header_timeout: header_timeout?,
         request_timeout: request_timeout?,
         idle_timeout: idle_timeout?,
+    })
+}
+
+/// `metrics_listen` and `metrics_token_file`.
+fn metrics_endpoint(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<MetricsEndpoint> {
+    let listen = match t.string(v, "metrics_listen") {
+        Some(Some(_)) => Some(Some(addr(v, t, "metrics_listen", "")?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let token = match file(v, t, "metrics_token_file")? {
+        None => Some(None),
+        Some((path, bytes)) => match String::from_utf8(bytes) {
+            Ok(s) if s.trim().len() >= MIN_TOKEN_LEN => {
+                Some(Some(Secret::new(s.trim().to_string())))
+            }
+            Ok(_) => {
+                v.issue(
+                    "server.metrics_token_file",
+                    format!(
+                        "the token in {} is shorter than {MIN_TOKEN_LEN} characters",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(_) => {
+                v.issue(
+                    "server.metrics_token_file",
+                    format!("{} is not text", path.display()),
+                );
+                None
+            }
+        },
+    };
+    Some(MetricsEndpoint {
+        listen: listen?,
+        token: token?,
     })
 }
 

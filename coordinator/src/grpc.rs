@@ -52,6 +52,7 @@ pub struct AgentApi {
     watchers: Watchers,
     /// Where newly stored reports go to be judged (None: no judge).
     judge: Option<crate::judge::run::JudgeFeed>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 type Watchers = Arc<Mutex<HashMap<String, Vec<(u64, String, String)>>>>;
@@ -89,6 +90,12 @@ impl AgentApi {
         self
     }
 
+    /// Counts reports received, rejected and stored, and observes new ones.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> AgentApi {
+        self.metrics = Some(metrics);
+        self
+    }
+
     pub fn new(
         hub: Arc<Hub>,
         storage: Arc<Storage>,
@@ -103,6 +110,7 @@ impl AgentApi {
             report_streams: Arc::default(),
             watchers: Arc::default(),
             judge: None,
+            metrics: None,
         }
     }
 
@@ -312,12 +320,14 @@ impl AgentService for AgentApi {
             agent: agent.clone(),
             pending: pending_tx,
             judge: self.judge.clone(),
+            metrics: self.metrics.clone(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
         tokio::spawn(reader.run(inbound));
         tokio::spawn(acknowledge(
             agent,
+            self.metrics.clone(),
             pending_rx,
             ack_tx,
             self.shutdown.clone(),
@@ -579,6 +589,8 @@ enum Pending {
         judge: Option<crate::judge::run::Offer>,
         /// Stored but kept out of judging: why (see [`round_warning`]).
         warning: String,
+        /// Observed by the metrics once the commit says it is new (the report JSON).
+        observe: Option<String>,
     },
     /// The stream must end with this status (after the acks before it).
     End(Status),
@@ -592,6 +604,7 @@ struct Reader {
     agent: AgentIdentity,
     pending: mpsc::Sender<Pending>,
     judge: Option<crate::judge::run::JudgeFeed>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     _slot: Slot,
 }
 
@@ -635,9 +648,15 @@ impl Reader {
         }
         let probe_id = result.probe_id.clone();
         let check_id = result.check_id.clone();
+        self.metrics
+            .as_ref()
+            .inspect(|m| m.received(&self.agent.region));
         let (row, warning) = match self.row(result) {
             Ok(row) => row,
             Err(error) => {
+                self.metrics
+                    .as_ref()
+                    .inspect(|m| m.rejected(&self.agent.region));
                 tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
                 return Pending::Rejected(pb::ResultAck {
                     probe_id,
@@ -649,6 +668,7 @@ impl Reader {
             }
         };
         let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
+        let observe = self.metrics.is_some().then(|| row.report_json.clone());
         match self.storage.submit_report(row).await {
             Ok(commit) => Pending::Storing {
                 probe_id,
@@ -656,6 +676,7 @@ impl Reader {
                 commit,
                 judge,
                 warning,
+                observe,
             },
             Err(e) => Pending::End(Status::unavailable(format!(
                 "cannot store reports now: {e}"
@@ -760,6 +781,7 @@ fn round_warning(check: &StoredCheck, round: u64, now: i64) -> (RoundFit, String
 /// Sends each ack once its report is durable, in arrival order.
 async fn acknowledge(
     agent: AgentIdentity,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     mut pending: mpsc::Receiver<Pending>,
     acks: mpsc::Sender<Result<pb::ResultAck, Status>>,
     _shutdown: Shutdown,
@@ -774,8 +796,12 @@ async fn acknowledge(
                 commit,
                 judge,
                 warning,
+                observe,
             } => match commit.await {
                 Ok(Ok(inserted)) => {
+                    if let (Some(m), Some(json)) = (&metrics, &observe) {
+                        m.stored(&agent.region, inserted == Inserted::New, json);
+                    }
                     if let (Inserted::New, Some(offer)) = (inserted, judge) {
                         offer.deliver();
                     }

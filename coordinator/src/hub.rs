@@ -308,6 +308,11 @@ impl Hub {
         inner.revision
     }
 
+    /// The newest revision handed out (the assignment revision).
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
     /// A live (not deleted) check.
     pub fn check(&self, id: &str) -> Option<StoredCheck> {
         self.lock().checks.get(id).filter(|c| !c.deleted).cloned()

@@ -12,6 +12,7 @@
 //!   roles, route policies and audit log are in [`auth`].
 //! - [`server`]: start-up, serving, reload and graceful shutdown.
 //! - [`judge`]: round verdicts, baselines, incidents; [`alerts`]: channels.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`client`]: the admin API client `mailloopctl` uses.
 
 pub mod aggregates;
@@ -25,6 +26,7 @@ pub mod control;
 pub mod grpc;
 pub mod hub;
 pub mod judge;
+pub mod metrics;
 pub mod ondemand;
 pub mod schedule;
 pub mod server;

@@ -93,9 +93,10 @@ async fn serve(cfg: CoordinatorConfig, path: PathBuf) -> anyhow::Result<()> {
     let listeners = server::bind(&cfg.server).await?;
     // One line on stdout with the real addresses (port 0 in tests and demos).
     println!(
-        "mailloop-coordinator listening grpc={} http={}",
+        "mailloop-coordinator listening grpc={} http={} metrics={}",
         listeners.grpc_addr(),
-        listeners.http_addr()
+        listeners.http_addr(),
+        listeners.metrics_addr()
     );
     coordinator
         .serve(listeners, Some(path), stop_signal())

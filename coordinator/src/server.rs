@@ -51,10 +51,12 @@ pub enum ServeError {
     Http(std::io::Error),
 }
 
-/// The two bound listeners.
+/// The bound listeners.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    /// `metrics_listen`, when `/metrics` has its own address.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -66,6 +68,15 @@ impl Listeners {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served (the admin listener unless `metrics_listen` is set).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .as_ref()
+            .unwrap_or(&self.http)
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -87,7 +98,23 @@ pub async fn bind(server: &ServerConfig) -> Result<Listeners, ServeError> {
             addr: server.http_listen,
             source,
         })?;
-    Ok(Listeners { grpc, http })
+    let metrics = match server.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "metrics_listen",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    Ok(Listeners {
+        grpc,
+        http,
+        metrics,
+    })
 }
 
 /// An opened coordinator, ready to serve.
@@ -150,11 +177,13 @@ impl Coordinator {
         // The judge decides rounds and alerts; it stops at shutdown after
         // storing the round in hand, before the storage writer closes.
         let alerts = crate::alerts::Alerts::start(config.alerts.clone(), shutdown.clone());
+        let metrics = crate::metrics::Metrics::new(hub.clone(), alerts.clone());
         let (judge, _judged) = crate::judge::run::start(
             hub.clone(),
             storage.clone(),
             alerts,
             config.judge.clone(),
+            metrics.clone(),
             shutdown.clone(),
         );
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
@@ -176,12 +205,22 @@ impl Coordinator {
 
         let grpc_addr = listeners.grpc_addr();
         let http_addr = listeners.http_addr();
+        let metrics_addr = listeners.metrics_addr();
+        let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
+        let metrics_app = match listeners.metrics {
+            Some(l) => {
+                tokio::spawn(serve_metrics(l, metrics_app, shutdown.clone()));
+                None
+            }
+            None => Some(metrics_app),
+        };
         let mut grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
             &server,
             hub.clone(),
             storage.clone(),
             judge.feed(),
+            metrics.clone(),
             shutdown.clone(),
         )?);
         let state = ApiState {
@@ -196,10 +235,11 @@ impl Coordinator {
             server.tls.clone(),
             server.http_limits,
             state,
+            metrics_app,
             shutdown.clone(),
         )?);
         ready.store(true, Ordering::SeqCst);
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, metrics = %metrics_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
 
         let mut failure = None;
         tokio::select! {
@@ -253,6 +293,7 @@ fn serve_grpc(
     hub: Arc<Hub>,
     storage: Arc<Storage>,
     judge: crate::judge::run::JudgeFeed,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let settings = AgentApiSettings {
@@ -260,7 +301,9 @@ fn serve_grpc(
         spool_max_reports: server.spool_max_reports,
         max_streams_per_agent: 4,
     };
-    let api = AgentApi::new(hub, storage, settings, shutdown.clone()).with_judge(judge);
+    let api = AgentApi::new(hub, storage, settings, shutdown.clone())
+        .with_judge(judge)
+        .with_metrics(metrics);
     let service = AgentServiceServer::new(api).max_decoding_message_size(server.max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut builder = tonic::transport::Server::builder()
@@ -304,14 +347,30 @@ fn serve_http(
     tls: Option<TlsMaterial>,
     limits: HttpLimits,
     state: ApiState,
+    metrics: Option<axum::Router>,
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
-    let app = bounded(api::router(state), limits);
+    let app = bounded(
+        api::router(state).merge(metrics.unwrap_or_default()),
+        limits,
+    );
     let tls = tls.map(|t| http_tls(&t)).transpose()?;
     Ok(async move {
         accept_loop(listener, tls, app, limits, shutdown).await;
         Ok(())
     })
+}
+
+/// `/metrics` on its own plain-HTTP listener (`metrics_listen`), until shutdown.
+async fn serve_metrics(listener: TcpListener, app: axum::Router, shutdown: Shutdown) {
+    let mut stop = shutdown.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.recv().await })
+        .await;
+    drop(shutdown);
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the metrics listener failed; /metrics is unavailable");
+    }
 }
 
 fn http_tls(t: &TlsMaterial) -> Result<tokio_rustls::TlsAcceptor, ServeError> {

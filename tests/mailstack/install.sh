@@ -13,6 +13,9 @@ set -euo pipefail
 # --no-install-recommends would otherwise skip them (monitoring-plugins-contrib
 # recommends ~40 unrelated packages). dbconfig-no-thanks satisfies opendmarc's
 # "dbconfig-mysql | dbconfig-no-thanks" dependency without pulling MySQL.
+# prometheus (2.42, with promtool) is not part of the stack: tests/tests/metrics.rs
+# lints the /metrics output with promtool and scrapes it with a real prometheus,
+# started by the test itself (its service is blocked like the others).
 PACKAGES=(
   postfix dovecot-core dovecot-imapd dovecot-lmtpd postgrey
   opendkim opendkim-tools opendmarc dbconfig-no-thanks
@@ -20,6 +23,7 @@ PACKAGES=(
   libmail-imapclient-perl libnet-smtp-tls-perl libnet-smtp-ssl-perl
   libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
   openssl python3 iproute2 procps util-linux ca-certificates
+  prometheus
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -111,6 +111,8 @@ pub struct Coordinator {
     pub proc: Option<Proc>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// Where `/metrics` is served (`http` unless `metrics_listen` is set).
+    pub metrics: SocketAddr,
     checks: String,
     /// The `[[agent]]`s its config declares: (name, region).
     agents: Vec<(String, String)>,
@@ -126,6 +128,7 @@ impl Coordinator {
             proc: None,
             grpc: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
+            metrics: "0.0.0.0:0".parse().unwrap(),
             checks: String::new(),
             agents: AGENTS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect(),
         };
@@ -188,6 +191,7 @@ impl Coordinator {
         };
         self.grpc = addr("grpc=");
         self.http = addr("http=");
+        self.metrics = addr("metrics=");
         self.proc = Some(proc);
     }
 
@@ -280,7 +284,7 @@ impl Agent {
             &config,
             format!(
                 "[agent]\nname = {:?}\nregion = {:?}\ncoordinator_url = \"http://{coordinator}\"\ntoken_file = {:?}\n\
-                 spool = {:?}\nshutdown_grace = \"5s\"\n[dns]\nnameservers = [\"{}:53\"]\n",
+                 spool = {:?}\nshutdown_grace = \"5s\"\nmetrics_listen = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}:53\"]\n",
                 self.name,
                 self.region,
                 self.dir.join(format!("{}.token", self.name)),
@@ -301,6 +305,16 @@ impl Agent {
             .spawn()
             .unwrap();
         self.proc = Some(Proc { child: Some(child) });
+    }
+
+    /// Where this run of the agent serves `/metrics` (every test agent
+    /// has `metrics_listen = "127.0.0.1:0"`; the address is in its log).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        wait_until(Duration::from_secs(30), &format!("agent {} to serve /metrics", self.name), || {
+            let log = self.log();
+            let line = log.lines().rev().find(|l| l.contains("serving /metrics on http://"))?;
+            line.split("http://").nth(1)?.split('/').next()?.parse().ok()
+        })
     }
 
     /// The agent's own account of what it ran (the spool's `probe_log`), oldest first.
@@ -387,6 +401,7 @@ impl Cluster {
             proc: None,
             grpc: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
+            metrics: "0.0.0.0:0".parse().unwrap(),
             checks: checks.to_string(),
             agents: declared.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect(),
         };

@@ -28,6 +28,8 @@ use super::spool::{AssignedCheck, Spool, SpoolError, SpooledReport};
 use mailloop_proto::pb;
 use pb::agent_service_client::AgentServiceClient;
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -300,6 +302,8 @@ pub struct Connection {
     pub spool: Spool,
     /// True while a session is registered.
     pub connected: watch::Sender<bool>,
+    /// Reports sent and not yet acknowledged (the metrics read it).
+    pub unacked: Arc<AtomicU64>,
 }
 
 impl Connection {
@@ -308,7 +312,7 @@ impl Connection {
             .parse()
             .map_err(|_| "the token cannot go into an HTTP header".to_string())?;
         token.set_sensitive(true);
-        Ok(Connection { who, url: c.url.clone(), endpoint, token, spool, connected })
+        Ok(Connection { who, url: c.url.clone(), endpoint, token, spool, connected, unacked: Arc::default() })
     }
 
     /// Runs sessions, reconnecting with backoff, until `stop` turns true.
@@ -424,11 +428,14 @@ impl Connection {
             heartbeat.as_secs(),
             self.spool.waiting()
         );
-        tokio::select! {
+        let ended = tokio::select! {
             r = follow_assignments(changes, scheduler) => r,
-            r = send_reports(&self.spool, outgoing, acks) => r,
+            r = send_reports(&self.spool, outgoing, acks, &self.unacked) => r,
             r = heartbeats(client.clone(), reg.agent_id.clone(), heartbeat, &self.spool) => r,
-        }
+        };
+        // What was sent and not acknowledged is in the spool, for the next session.
+        self.unacked.store(0, std::sync::atomic::Ordering::Relaxed);
+        ended
     }
 }
 
@@ -498,6 +505,7 @@ async fn send_reports(
     spool: &Spool,
     outgoing: mpsc::Sender<pb::ProbeResult>,
     mut acks: tonic::Streaming<pb::ResultAck>,
+    unacked_gauge: &AtomicU64,
 ) -> Result<(), SessionError> {
     // Highest spool seq handed to the stream in this session.
     let mut cursor = 0i64;
@@ -511,6 +519,7 @@ async fn send_reports(
             }
         }
         let room = unacked.len() < SEND_WINDOW;
+        unacked_gauge.store(unacked.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             ack = acks.next() => {
                 let ack = match ack {

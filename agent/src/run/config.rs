@@ -24,6 +24,7 @@
 //! # (curl's --connect-to): NAT, an egress relay, or a test proxy per region.
 //! # TLS server name, SNI and the reported endpoint stay the check's.
 //! connect_to = ["smtp.example.com:587=10.0.0.5:587", "imap.example.com:993=10.0.0.5:993"]
+//! metrics_listen = "127.0.0.1:9464"                  # optional: Prometheus /metrics (plain HTTP)
 //!
 //! [dns]
 //! nameservers = ["127.0.0.53:53"]                    # passed to every check's prober
@@ -66,6 +67,8 @@ pub struct AgentConfig {
     pub dns: DnsConfig,
     /// Per-agent connection overrides, handed to every check's prober.
     pub connect_to: ConnectTo,
+    /// `/metrics` (plain HTTP) on this address; None: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How to reach and authenticate to the coordinator.
@@ -201,6 +204,7 @@ impl Validator<'_> {
         let spool_max_reports = t.number(&mut self.issues, "spool_max_reports", DEFAULT_SPOOL_MAX_REPORTS, 1..=MAX_SPOOL_MAX_REPORTS);
         let shutdown_grace = t.duration_or_zero(&mut self.issues, "shutdown_grace", DEFAULT_SHUTDOWN_GRACE);
         let connect_to = self.connect_to(&mut t);
+        let metrics_listen = self.metrics_listen(&mut t, allow_plaintext.unwrap_or(false));
         t.finish(&mut self.issues);
         let (url, host, tls) = url?;
         Some(AgentConfig {
@@ -212,7 +216,24 @@ impl Validator<'_> {
             shutdown_grace: shutdown_grace?,
             dns: DnsConfig::default(),
             connect_to: connect_to?,
+            metrics_listen: metrics_listen?,
         })
+    }
+
+    /// `metrics_listen = "127.0.0.1:9464"`: plain HTTP, so off loopback only with `allow_plaintext`.
+    fn metrics_listen(&mut self, t: &mut Table<'_>, allow_plaintext: bool) -> Option<Option<SocketAddr>> {
+        let Some(text) = t.string(&mut self.issues, "metrics_listen")? else { return Some(None) };
+        match text.parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() && !allow_plaintext => {
+                self.issue("agent.metrics_listen", format!("{a} is not a loopback address and /metrics is plain HTTP: set allow_plaintext = true to serve it there"));
+                None
+            }
+            Ok(a) => Some(Some(a)),
+            Err(_) => {
+                self.issue("agent.metrics_listen", format!("{text:?} is not ip:port (e.g. \"127.0.0.1:9464\")"));
+                None
+            }
+        }
     }
 
     /// `connect_to = ["host:port=host:port", ...]`: each rule checked, every

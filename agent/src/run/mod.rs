@@ -16,6 +16,7 @@
 //! - [`schedule`] holds the per-check tasks, the round arithmetic, and the
 //!   gate that stops new probes at shutdown.
 //! - [`client`] runs the gRPC sessions, reconnects and replays.
+//! - [`metrics`] serves `/metrics` on `metrics_listen` (spool, acks, probes in flight).
 //!
 //! **Invariant:** a report is in the spool before it is sent, and leaves it
 //! only when the coordinator acknowledges it (stored or rejected) or the
@@ -23,6 +24,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod schedule;
 pub mod spool;
 
@@ -45,6 +47,8 @@ pub enum RunError {
     Spool(#[from] SpoolError),
     #[error("coordinator connection settings: {0}")]
     Coordinator(String),
+    #[error("cannot listen on {addr} (metrics_listen): {source}")]
+    MetricsListen { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Runs the agent until `shutdown` completes, then stops gracefully: no
@@ -79,6 +83,23 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
     let connection = client::Connection::new(who, &config.coordinator, endpoint, spool.clone(), connected_tx)
         .map_err(RunError::Coordinator)?;
+    let (metrics_stop, metrics_task) = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::MetricsListen { addr, source })?;
+            tracing::info!("serving /metrics on http://{}/metrics", listener.local_addr().unwrap_or(addr));
+            let m = metrics::AgentMetrics::new(metrics::Sources {
+                spool: spool.clone(),
+                spool_max_reports: config.spool_max_reports,
+                gate: gate.clone(),
+                connected: connected.clone(),
+                unacked: connection.unacked.clone(),
+                region: config.region.clone(),
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            (Some(tx), Some(tokio::spawn(metrics::serve(listener, m, async move { let _ = rx.await; }))))
+        }
+        None => (None, None),
+    };
     let (stop_tx, stop) = watch::channel(false);
     let client_task = tokio::spawn(connection.run(scheduler, stop));
     let pruner = tokio::spawn(prune_probe_log(spool.clone()));
@@ -97,6 +118,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     flush(&spool, &connected).await;
     stop_tx.send_replace(true);
     pruner.abort();
+    drop(metrics_stop);
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
     if tokio::time::timeout(Duration::from_secs(1), client_task).await.is_err() {
         tracing::debug!("the coordinator session did not end within 1 s; dropped");
     }

@@ -19,6 +19,11 @@
 //! - the coordinator's CPU time (utime + stime) and peak RSS (VmHWM, reset
 //!   per phase through `clear_refs`) in each phase.
 //!
+//! The scrape (issue 10): a coordinator with `--metrics-checks` checks in
+//! `--metrics-regions` regions, each check × region with reports of 21
+//! steps ingested; `/metrics` is then scraped as Prometheus does
+//! (OpenMetrics) and as curl does (classic text): time, size, series.
+//!
 //! The footprint: one agent holding 1,000 checks whose SMTP and IMAP
 //! servers are a local port that answers `554` and hangs up, so the probe
 //! engine runs for real and fails at once. Idle (hourly checks) and busy
@@ -82,6 +87,15 @@ struct Args {
     /// Seconds each footprint window lasts (idle, then busy).
     #[arg(long, default_value_t = 15)]
     footprint_seconds: u64,
+    /// Checks of the /metrics scrape measurement (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    metrics_checks: usize,
+    /// Regions (one simulated agent each) of the /metrics scrape measurement.
+    #[arg(long, default_value_t = 5)]
+    metrics_regions: usize,
+    /// Only the /metrics scrape measurement (no load runs, no footprint).
+    #[arg(long)]
+    metrics_only: bool,
     /// Smaller runs (20,000 reports, 10 changes, 5 s windows): a smoke test.
     #[arg(long)]
     quick: bool,
@@ -108,7 +122,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    for bin in [&args.coordinator_bin, &args.agent_bin] {
+    let needed = if args.metrics_only {
+        vec![&args.coordinator_bin]
+    } else {
+        vec![&args.coordinator_bin, &args.agent_bin]
+    };
+    for bin in needed {
         anyhow::ensure!(
             bin.is_file(),
             "{} not found (cargo build --release)",
@@ -116,13 +135,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let mut runs = Vec::new();
-    for &n in &args.agents {
+    for &n in args.agents.iter().filter(|_| !args.metrics_only) {
         eprintln!("loadgen: {n} simulated agents ...");
         let r = load_run(&args, n).await?;
         eprintln!("loadgen: {}", serde_json::to_string(&r)?);
         runs.push(r);
     }
-    let footprint = if args.footprint_checks > 0 {
+    let footprint = if args.footprint_checks > 0 && !args.metrics_only {
         eprintln!(
             "loadgen: agent footprint with {} checks ...",
             args.footprint_checks
@@ -133,9 +152,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    print_table(&runs, footprint.as_ref());
+    if !args.metrics_only {
+        print_table(&runs, footprint.as_ref());
+    }
+    let scrape = if args.metrics_checks > 0 {
+        eprintln!(
+            "loadgen: /metrics with {} checks x {} regions ...",
+            args.metrics_checks, args.metrics_regions
+        );
+        let s = metrics_run(&args).await?;
+        eprintln!("loadgen: {}", serde_json::to_string(&s)?);
+        print_scrape(&s);
+        Some(s)
+    } else {
+        None
+    };
     if let Some(path) = &args.json {
-        let all = json!({"load": runs, "footprint": footprint, "loadavg": loadavg()});
+        let all =
+            json!({"load": runs, "footprint": footprint, "metrics": scrape, "loadavg": loadavg()});
         std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
     }
     let acked_equals_stored = runs.iter().all(|r| r["acked"] == r["stored_rows"]);
@@ -971,4 +1005,203 @@ fn format_num(x: f64) -> String {
     } else {
         format!("{x:.2}")
     }
+}
+
+// ───────────────────────────── /metrics ─────────────────────────────
+
+/// GET `/metrics` on `addr` with `accept`: (whole response time, body).
+fn scrape_once(addr: SocketAddr, accept: &str) -> anyhow::Result<(Duration, String)> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let took = started.elapsed();
+    let raw = String::from_utf8(raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no end of headers"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "/metrics: {head}"
+    );
+    Ok((took, body.to_string()))
+}
+
+/// /metrics of a coordinator holding `metrics_checks` checks in
+/// `metrics_regions` regions, each check × region with stored reports.
+async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
+    let (checks, regions) = (args.metrics_checks, args.metrics_regions.max(1));
+    let agents: Vec<(String, String, String)> = (0..regions)
+        .map(|i| {
+            (
+                format!("m-{i}"),
+                format!("region-{i}"),
+                format!("loadgen-metrics-token-{i}-0123456789"),
+            )
+        })
+        .collect();
+    let mut coord = Coordinator::start(&args.coordinator_bin, &agents)?;
+    let pid = coord.pid();
+    let api = coord.api()?;
+    let names: Vec<&str> = agents.iter().map(|a| a.1.as_str()).collect();
+    let slots = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(checks);
+    for i in 0..checks {
+        let (api, slots) = (api.clone(), slots.clone());
+        let body = json!({
+            "from": "probe@sender.test", "to": "probe@receiver.test", "interval": "1h",
+            "regions": names, "step_timeout": "30s",
+            "smtp": {"host": "127.0.0.1", "port": 2525, "security": "none"},
+            "imap": {"host": "127.0.0.1", "security": "none", "username": "probe@receiver.test", "password_env": "IMAP_PASS"},
+            "spf": {"enabled": false},
+        });
+        tasks.push(tokio::spawn(async move {
+            let _permit = slots.acquire_owned().await?;
+            let r = api.put(&format!("/api/v1/checks/mc-{i:04}"), &body).await?;
+            anyhow::ensure!(r.is_success(), "check mc-{i:04}: {}", r.error_text());
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    // Every region reports every check twice (two rounds).
+    let rounds = 2u64;
+    let mut tasks = Vec::new();
+    for (name, region, token) in agents.clone() {
+        let grpc = coord.grpc;
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(grpc, &token).await?;
+            c.register(pb::RegisterRequest {
+                name,
+                region,
+                version: "loadgen".into(),
+                ..Default::default()
+            })
+            .await?;
+            let total = checks as u64 * rounds;
+            let (tx, rx) = mpsc::channel::<pb::ProbeResult>(64);
+            let mut acks = c
+                .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let sender = tokio::spawn(async move {
+                for round in 1..=rounds {
+                    for i in 0..checks {
+                        let check = format!("mc-{i:04}");
+                        let id = format!("lgm-{token}-{i}-{round}");
+                        let r = pb::ProbeResult {
+                            probe_id: id.clone(),
+                            check_id: check.clone(),
+                            revision: 1,
+                            round,
+                            report_json: report_template(&check).replace("__ID__", &id),
+                            ..Default::default()
+                        };
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            for _ in 0..total {
+                let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no ack within 60 s"))??
+                    .ok_or_else(|| anyhow::anyhow!("the report stream closed"))?;
+                anyhow::ensure!(ack.stored, "report not stored: {}", ack.error);
+            }
+            sender.await?;
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    // Scrape as Prometheus (OpenMetrics) and as curl (classic text).
+    let addr = coord.http;
+    let runs = 10;
+    let before = proc_stats(pid);
+    let started = Instant::now();
+    let mut figures = serde_json::Map::new();
+    for (label, accept) in [
+        (
+            "openmetrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ),
+        ("classic", "text/plain"),
+    ] {
+        let (addr, accept) = (addr, accept.to_string());
+        let (times, body) = tokio::task::spawn_blocking(move || {
+            let mut times = Vec::new();
+            let mut body = String::new();
+            for _ in 0..=runs {
+                let (t, b) = scrape_once(addr, &accept)?;
+                times.push(t.as_secs_f64() * 1000.0);
+                body = b;
+            }
+            times.remove(0); // the first one warms up
+            times.sort_by(f64::total_cmp);
+            Ok::<_, anyhow::Error>((times, body))
+        })
+        .await??;
+        let series = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+        let step_series = body
+            .lines()
+            .filter(|l| l.starts_with("mailloop_step_duration_seconds_count{"))
+            .count();
+        figures.insert(
+            label.into(),
+            json!({
+                "scrape_ms": {"p50": round3(percentile(&times, 0.5)), "max": round3(times.last().copied().unwrap_or(f64::NAN))},
+                "bytes": body.len(),
+                "series": series,
+                "step_histograms": step_series,
+            }),
+        );
+    }
+    let cost = phase(pid, before, started.elapsed());
+    coord.stop()?;
+    Ok(json!({
+        "checks": checks,
+        "regions": regions,
+        "reports": checks as u64 * regions as u64 * rounds,
+        "scrapes_per_format": runs,
+        "formats": figures,
+        "coordinator_during_scrapes": cost,
+        "loadavg": loadavg(),
+    }))
+}
+
+fn print_scrape(s: &Value) {
+    let mut out = format!(
+        "\n/metrics scrape (real coordinator, {} checks x {} regions, each with reports of 21 steps)\n",
+        s["checks"], s["regions"]
+    );
+    out.push_str(&format!(
+        "{:<14} {:>12} {:>12} {:>12} {:>10} {:>16}   goal (issue 10)\n",
+        "format", "p50 ms", "max ms", "MB", "series", "step histograms"
+    ));
+    for label in ["openmetrics", "classic"] {
+        let f = &s["formats"][label];
+        out.push_str(&format!(
+            "{:<14} {:>12} {:>12} {:>12.1} {:>10} {:>16}   < 100 ms\n",
+            label,
+            f["scrape_ms"]["p50"],
+            f["scrape_ms"]["max"],
+            f["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            f["series"],
+            f["step_histograms"],
+        ));
+    }
+    out.push_str(&format!("machine load: {}\n", s["loadavg"]));
+    print!("{out}");
 }

@@ -218,6 +218,7 @@ pub fn start(
     storage: Arc<Storage>,
     alerts: Arc<Alerts>,
     settings: JudgeSettings,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: Shutdown,
 ) -> (Arc<Judge>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(FEED_CAPACITY);
@@ -241,6 +242,7 @@ pub fn start(
         checks: BTreeMap::new(),
         swept: false,
         started_ms: now_ms(),
+        metrics,
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -258,6 +260,7 @@ struct Task {
     swept: bool,
     /// When this task started: what the hub knows of agents begins here.
     started_ms: i64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How long after a start agents not seen yet are given to reconnect
@@ -669,10 +672,12 @@ impl Task {
     }
 
     async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
+        let _timed = self.metrics.judge_round();
         let now = now_ms();
         let live = self.checks.get_mut(id).expect("a followed check");
         let agents = watched_agents(&self.hub, &live.regions, start, self.started_ms, now);
         let (verdict, changes) = live.judge.judge_with(round, start, &reports, &agents, now);
+        self.metrics.judged(&verdict, &live.judge.open_incidents());
         let kind = verdict.verdict;
         let previous = live.last_verdict.replace(kind);
         let baselines = live.judge.baselines();
