@@ -5,7 +5,7 @@
 # certificate verification against the stack's own CA (never disabled):
 #   1. 587-style submission (STARTTLS + AUTH) -> IMAPS fetch; the delivered
 #      message carries spf=pass, dkim=pass, dmarc=pass from mx.receiver.test,
-#      and Dovecot logged "msgid=<...>: saved mail to INBOX"
+#      and Dovecot logged its delivery of msgid=<...> into INBOX
 #   2. 465-style submissions (implicit TLS + AUTH) -> IMAP STARTTLS fetch
 #   3. wrong SMTP password -> 535, and the next good AUTH is not slowed down
 #   4. wrong IMAP password -> NO, and the next good LOGIN is not slowed down
@@ -140,11 +140,12 @@ if swaks_run sub587 --port "$MAILSTACK_PORT_SUBMISSION" --tls \
       bad "587 message has no DKIM-Signature d=sender.test"
     fi
     msgid=$(grep -i '^Message-Id:' "$TMP/h587" | head -n1 | sed 's/^[^:]*: *//' | tr -d '\r')
-    if grep -qF "msgid=$msgid: saved mail to INBOX" "$MAILSTACK_DOVECOT_LOG"; then
-      ok "Dovecot log has the LMTP saved line with msgid=$msgid"
-      grep -F "msgid=$msgid: saved mail to" "$MAILSTACK_DOVECOT_LOG" | tail -n1 | sed 's/^/      /'
+    # without Sieve "saved mail to INBOX", with it "stored mail into mailbox 'INBOX'"
+    if grep -F "msgid=$msgid: " "$MAILSTACK_DOVECOT_LOG" | grep -qE ": (saved mail to INBOX|stored mail into mailbox 'INBOX')"; then
+      ok "Dovecot log has the LMTP delivery line with msgid=$msgid"
+      grep -F "msgid=$msgid: " "$MAILSTACK_DOVECOT_LOG" | tail -n1 | sed 's/^/      /'
     else
-      bad "no 'msgid=$msgid: saved mail to' line in $MAILSTACK_DOVECOT_LOG"
+      bad "no 'msgid=$msgid: saved mail to / stored mail into' line in $MAILSTACK_DOVECOT_LOG"
     fi
   else
     bad "587 message not found via IMAPS"; sed 's/^/      /' "$TMP/e587"
