@@ -1232,6 +1232,30 @@ mod tests {
     }
 
     #[test]
+    fn junk_folders_and_probe_body() {
+        let c = ProbeConfig::from_value(&good(), &env).unwrap();
+        assert_eq!((c.checks[0].imap.junk.clone(), c.checks[0].probe_body), (None, ProbeBody::Normal));
+        for (junk, want) in [(json!("Spam"), vec!["Spam"]), (json!(["Junk", "[Gmail]/Spam"]), vec!["Junk", "[Gmail]/Spam"]), (json!(false), vec![])] {
+            let mut v = good();
+            v["check"][0]["imap"]["junk"] = junk;
+            v["check"][0]["probe_body"] = json!("gtube");
+            let c = ProbeConfig::from_value(&v, &env).unwrap();
+            assert_eq!(c.checks[0].imap.junk, Some(want.iter().map(|s| s.to_string()).collect()));
+            assert_eq!(c.checks[0].probe_body, ProbeBody::Gtube);
+        }
+        let mut v = good();
+        v["check"][0]["imap"]["junk"] = json!(["Junk", "a\"b", 3]);
+        v["check"][0]["probe_body"] = json!("spammy");
+        let got = issues(v);
+        assert!(got.iter().any(|s| s.starts_with("check[0].imap.junk[1]: ")), "{got:#?}");
+        assert!(got.iter().any(|s| s.starts_with("check[0].imap.junk[2]: ")), "{got:#?}");
+        assert!(got.contains(&"check[0].probe_body: \"spammy\": expected \"normal\" or \"gtube\"".to_string()), "{got:#?}");
+        let mut v = good();
+        v["check"][0]["imap"]["junk"] = json!(true);
+        assert!(issues(v).iter().any(|s| s.starts_with("check[0].imap.junk: expected a folder name")));
+    }
+
+    #[test]
     fn env_overrides_address_checks_by_name() {
         let mut v = good();
         apply_env_overrides(
