@@ -386,7 +386,15 @@ async fn watch_junk(check: &CheckConfig, s: &mut Session) -> Result<String, Step
             // Dovecot and most servers show special-use attributes in a plain
             // LIST too; LIST (SPECIAL-USE) asks for only those folders.
             let cmd = if s.has("SPECIAL-USE") { "LIST (SPECIAL-USE) \"\" \"*\"" } else { "LIST \"\" \"*\"" };
-            let (untagged, _) = s.command(cmd, FailureClass::Protocol).await?;
+            // A server that refuses LIST still gets probed, in its mailbox only.
+            let untagged = match s.command(cmd, FailureClass::Protocol).await {
+                Ok((untagged, _)) => untagged,
+                Err(e) if e.class == FailureClass::Protocol => {
+                    s.junk_problems.push(format!("junk folders not watched: {cmd} failed: {}", e.message));
+                    return Ok("none (LIST failed)".into());
+                }
+                Err(e) => return Err(e),
+            };
             let mut lists: Vec<(Vec<String>, String)> = untagged.iter().filter_map(Response::list).collect();
             if lists.is_empty() && cmd.contains("SPECIAL-USE") {
                 let (untagged, _) = s.command("LIST \"\" \"*\"", FailureClass::Protocol).await?;
