@@ -55,11 +55,12 @@ show() { sed 's/^/      /' "$TMP/$1.log" | tail -n "${2:-8}"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # imap_fetch PORT MODE USER PASS TOKEN : wait (up to 15 s) for the message
-# with header X-Selftest-Token: TOKEN, print its header block.
+# with header X-Selftest-Token: TOKEN, print its header block. The folder
+# is $FOLDER (default INBOX).
 imap_fetch() {
-  "$PY" - "$H" "$@" "$CA" <<'PY'
+  "$PY" - "$H" "$@" "$CA" "${FOLDER:-INBOX}" <<'PY'
 import imaplib, ssl, sys, time
-host, port, mode, user, password, token, ca = sys.argv[1:8]
+host, port, mode, user, password, token, ca, folder = sys.argv[1:9]
 ctx = ssl.create_default_context(cafile=ca)      # verifies chain + 127.0.0.1 SAN
 if mode == "imaps":
     imap = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
@@ -69,7 +70,7 @@ else:
 imap.login(user, password)
 deadline = time.time() + 15
 while True:
-    imap.select("INBOX")
+    imap.select(folder)
     typ, data = imap.uid("SEARCH", None, "HEADER", "X-Selftest-Token", token)
     uids = data[0].split()
     if uids:
@@ -269,6 +270,29 @@ if swaks_run spoof --port "$MAILSTACK_PORT_MX" --tls \
   fi
 else
   bad "spoofed.test message refused by the MX"; show spoof 12
+fi
+
+# --- 9. GTUBE via the MX: SpamAssassin flags it, Sieve files it into Junk ---
+RCPT8="t-selftest-junk@receiver.test"
+GTUBE='XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
+if swaks_run junk --port "$MAILSTACK_PORT_MX" --tls --from probe@sender.test --to "$RCPT8" \
+  --header "Subject: selftest junk $TOKEN" --header "X-Selftest-Token: $TOKEN-junk" --body "$GTUBE"; then
+  if FOLDER=Junk imap_fetch "$MAILSTACK_PORT_IMAPS" imaps "$RCPT8" "$MAILSTACK_IMAP_PASS" "$TOKEN-junk" >"$TMP/hjunk" 2>"$TMP/ejunk"; then
+    if grep -q '^X-Spam-Flag: YES' "$TMP/hjunk" && grep -q '^X-Spam-Status: Yes, score=.*GTUBE' "$TMP/hjunk"; then
+      ok "GTUBE message filed into Junk with X-Spam-Flag: YES (SpamAssassin + Sieve)"
+    else
+      bad "GTUBE message in Junk lacks SpamAssassin's verdict"; grep -i '^X-Spam' "$TMP/hjunk" | sed 's/^/      /'
+    fi
+  else
+    bad "GTUBE message not found in Junk"; sed 's/^/      /' "$TMP/ejunk"
+  fi
+else
+  bad "GTUBE message refused by the MX"; show junk 12
+fi
+if grep -q '^X-Spam-Status: No, score=' "$TMP/h587" 2>/dev/null; then
+  ok "normal mail scored by SpamAssassin and kept in INBOX ($(grep -o '^X-Spam-Status: No, score=[^ ]*' "$TMP/h587"))"
+else
+  bad "normal mail (587) has no 'X-Spam-Status: No' header"
 fi
 
 echo "selftest: $PASS passed, $FAIL failed"
