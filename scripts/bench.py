@@ -191,9 +191,10 @@ def measure(cmd, env, timeout):
 
 
 class DovecotLog:
-    """Finds the LMTP 'saved mail' line of a Message-ID in Dovecot's log."""
+    """Finds the LMTP delivery line of a Message-ID in Dovecot's log ("saved mail
+    to INBOX", or with Sieve "sieve: msgid=<..>: stored mail into mailbox 'INBOX'")."""
 
-    LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) lmtp\(([^)]*)\)\S*: Info: msgid=(<[^>]*>): saved mail to ")
+    LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) lmtp\(([^)]*)\)\S*: Info: (?:sieve: )?msgid=(<[^>]*>): (?:saved mail to |stored mail into mailbox )")
 
     def __init__(self, path, tz):
         self.path, self.tz = path, tz

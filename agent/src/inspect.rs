@@ -16,6 +16,8 @@ use mailloop_common::{AlignmentReport, AuthReport, auth_results};
 pub struct Inspection {
     pub auth: AuthReport,
     pub hops: Vec<HopDelay>,
+    /// The receiver's spam verdict, if it wrote one.
+    pub spam: Option<mailloop_common::spam::SpamReport>,
     /// Unmet expectations and findings: each makes the outcome `degraded`.
     pub reasons: Vec<String>,
 }
@@ -45,6 +47,10 @@ fn header_values<'a>(msg: &'a mail_parser::Message<'a>, name: &str) -> Vec<&'a s
 
 pub async fn inspect(check: &CheckConfig, raw: &[u8], dns: Option<&Dns>, sent_at: chrono::DateTime<chrono::Utc>) -> Inspection {
     let parsed = mail_parser::MessageParser::default().parse(raw);
+    let spam_headers: Vec<(&str, Vec<&str>)> = match &parsed {
+        Some(msg) => mailloop_common::spam::HEADERS.iter().map(|n| (*n, header_values(msg, n))).collect(),
+        None => Vec::new(),
+    };
     let (ar_values, received, from_domain) = match &parsed {
         Some(msg) => (
             header_values(msg, "Authentication-Results"),
@@ -111,7 +117,13 @@ pub async fn inspect(check: &CheckConfig, raw: &[u8], dns: Option<&Dns>, sent_at
     }
 
     let hops = hop_delays(&received, Some(sent_at));
+    // Verdicts are believed only when the trusted receiver's
+    // Authentication-Results show the probe went through it.
+    let trusted = check.trusted_authserv_id.is_some() && !summary.raw.is_empty();
+    let spam_pairs: Vec<(&str, &str)> = spam_headers.iter().flat_map(|(n, vs)| vs.iter().map(move |v| (*n, *v))).collect();
+    let spam = mailloop_common::spam::summarize(&spam_pairs, trusted);
     Inspection {
+        spam,
         auth: AuthReport {
             spf: summary.spf,
             dkim: summary.dkim,

@@ -2,6 +2,7 @@
 
 use crate::imap::{CHECK_HEADER, PROBE_HEADER};
 use chrono::{DateTime, Utc};
+use mailloop_common::config::ProbeBody;
 
 /// A probe id: sortable by time, unique by 64 random bits.
 /// `ml-20261127T225651-3f9a2c1d77e0b4a5`
@@ -20,7 +21,15 @@ pub fn message_id(probe_id: &str, from: &str) -> String {
 }
 
 /// The RFC 5322 message, LF line ends (the SMTP layer makes them CRLF).
-pub fn build(check: &str, probe_id: &str, message_id: &str, from: &str, to: &str, now: DateTime<Utc>) -> Vec<u8> {
+/// The GTUBE test string (SpamAssassin's "Generic Test for Unsolicited Bulk
+/// Email"): spam filters score a message carrying it as certain spam.
+pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+pub fn build(check: &str, probe_id: &str, message_id: &str, from: &str, to: &str, now: DateTime<Utc>, body: ProbeBody) -> Vec<u8> {
+    let spam_test = match body {
+        ProbeBody::Normal => String::new(),
+        ProbeBody::Gtube => format!("\nThis probe tests the spam filter on purpose (probe_body = \"gtube\"):\n\n{GTUBE}\n"),
+    };
     format!(
         "Date: {date}\n\
          From: <{from}>\n\
@@ -35,7 +44,8 @@ pub fn build(check: &str, probe_id: &str, message_id: &str, from: &str, to: &str
          Auto-Submitted: auto-generated\n\
          \n\
          This is a mailloop delivery probe (check {check}, probe {probe_id}).\n\
-         It measures how long mail takes to arrive and is deleted once found.\n",
+         It measures how long mail takes to arrive and is deleted once found.\n\
+         {spam_test}",
         date = now.to_rfc2822(),
     )
     .into_bytes()
@@ -52,7 +62,7 @@ mod tests {
         let b = new_probe_id(now);
         assert_ne!(a, b);
         assert!(a.starts_with("ml-") && a.len() == "ml-20261127T225651-".len() + 16, "{a}");
-        let msg = String::from_utf8(build("corp", &a, &message_id(&a, "p@sender.test"), "p@sender.test", "q@receiver.test", now)).unwrap();
+        let msg = String::from_utf8(build("corp", &a, &message_id(&a, "p@sender.test"), "p@sender.test", "q@receiver.test", now, ProbeBody::Normal)).unwrap();
         assert!(msg.contains(&format!("\nX-Mailloop-Probe: {a}\n")));
         assert!(msg.contains(&format!("\nMessage-ID: <{a}@sender.test>\n")));
         assert!(msg.contains("\nX-Mailloop-Check: corp\n"));

@@ -101,7 +101,7 @@ impl Prober {
         let first_start = Instant::now();
         let probe_id = message::new_probe_id(first_now);
         let message_id = message::message_id(&probe_id, &check.from);
-        let body = message::build(&check.name, &probe_id, &message_id, &check.from, &check.to, first_now);
+        let body = message::build(&check.name, &probe_id, &message_id, &check.from, &check.to, first_now, check.probe_body);
         tracing::info!(check = %check.name, probe_id = %probe_id, "probe starting");
 
         let grace_end = first_start + check.greylist_grace;
@@ -167,6 +167,9 @@ impl Prober {
             auth: result.auth,
             hops: result.hops,
             spf: result.spf,
+            placement: result.placement,
+            placement_folder: result.placement_folder,
+            spam: result.spam,
         };
         match &report.failure {
             None => tracing::info!(check = %check.name, probe_id = %report.probe_id, outcome = report.outcome.as_str(), rtt_ms = ?report.rtt_ms, "probe finished"),
@@ -265,6 +268,15 @@ impl Prober {
             }
             (Ok(sent), Ok(mut s)) => {
                 r.queue_id = sent.queue_id.clone();
+                // Junk folders that could not be watched: a reason when the
+                // check named them, a log line when they were guessed.
+                for p in std::mem::take(&mut s.junk_problems) {
+                    if check.imap.junk.is_some() {
+                        r.reasons.push(p);
+                    } else {
+                        tracing::warn!(check = %check.name, "{p}");
+                    }
+                }
                 let found = imap::find(check, &mut s, probe_id, &mut imap_rec).await;
                 let uid = match found {
                     Ok(found) => {
@@ -278,6 +290,12 @@ impl Prober {
                         r.reasons.extend(seen.reasons);
                         r.auth = Some(seen.auth);
                         r.hops = seen.hops;
+                        r.placement = Some(if found.junk_folder.is_some() { "junk" } else { "inbox" }.to_string());
+                        if let Some(folder) = &found.junk_folder {
+                            r.reasons.push(format!("probe delivered to junk folder {folder:?}{}", spam_evidence(seen.spam.as_ref())));
+                        }
+                        r.placement_folder = found.junk_folder;
+                        r.spam = seen.spam;
                         Some(found.uid)
                     }
                     Err(f) => {
@@ -345,6 +363,9 @@ struct AttemptResult {
     auth: Option<mailloop_common::AuthReport>,
     hops: Vec<mailloop_common::received::HopDelay>,
     spf: Option<SpfBudget>,
+    placement: Option<String>,
+    placement_folder: Option<String>,
+    spam: Option<mailloop_common::spam::SpamReport>,
 }
 
 /// The steps whose 4xx replies are retried: the transaction, not the
@@ -353,6 +374,32 @@ const RETRY_STEPS: [StepName; 4] = [StepName::SmtpMailFrom, StepName::SmtpRcptTo
 
 fn is_retryable(f: &Failure) -> bool {
     f.class.is_transient() && RETRY_STEPS.contains(&f.step)
+}
+
+/// The spam verdict in words, for a junk placement's reason.
+fn spam_evidence(spam: Option<&mailloop_common::spam::SpamReport>) -> String {
+    let Some(v) = spam else { return " (no spam verdict header)".into() };
+    let mut parts = Vec::new();
+    if let Some(score) = v.score {
+        parts.push(match v.threshold {
+            Some(t) => format!("score {score} / {t}"),
+            None => format!("score {score}"),
+        });
+    }
+    if let Some(scl) = v.scl {
+        parts.push(format!("SCL {scl}"));
+    }
+    if let Some(a) = &v.action {
+        parts.push(format!("action {a}"));
+    }
+    if !v.rules.is_empty() {
+        let shown: Vec<&str> = v.rules.iter().take(8).map(String::as_str).collect();
+        parts.push(format!("rules {}", shown.join(",")));
+    }
+    if !v.trusted {
+        parts.push("unverified: no trusted Authentication-Results".into());
+    }
+    format!(" ({}: {})", v.filters.join("+"), parts.join(", "))
 }
 
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {

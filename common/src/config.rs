@@ -150,6 +150,21 @@ pub struct ImapConfig {
     /// For this long after the send, poll with NOOP every few milliseconds
     /// before settling into IDLE or `poll_interval` (zero: never).
     pub fast_window: Duration,
+    /// Folders where a probe filed as spam may land, watched besides
+    /// `mailbox` (`junk`): `None` finds them (RFC 6154 `\Junk`, then the
+    /// usual names); an empty list watches none.
+    pub junk: Option<Vec<String>>,
+}
+
+/// What the probe's body says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbeBody {
+    /// A plain text note.
+    #[default]
+    Normal,
+    /// The note plus the GTUBE test string every spam filter flags: checks
+    /// that the filter and the junk-folder detection work.
+    Gtube,
 }
 
 /// What a threshold applies to.
@@ -200,6 +215,8 @@ pub struct CheckConfig {
     pub verify_dkim: bool,
     pub expect: Expect,
     pub spf: SpfCheck,
+    /// `probe_body`: `"normal"` or `"gtube"`.
+    pub probe_body: ProbeBody,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
 }
@@ -623,6 +640,18 @@ impl Validator<'_> {
         let cert_min_days = t.number(&mut self.issues, "cert_min_days", DEFAULT_CERT_MIN_DAYS.into(), 0..=3650).map(|n| n as u32);
         let trusted_authserv_id = t.string(&mut self.issues, "trusted_authserv_id");
         let verify_dkim = t.flag(&mut self.issues, "verify_dkim", true);
+        let probe_body = match t.string(&mut self.issues, "probe_body") {
+            Some(None) => Some(ProbeBody::Normal),
+            Some(Some(b)) => match b.as_str() {
+                "normal" => Some(ProbeBody::Normal),
+                "gtube" => Some(ProbeBody::Gtube),
+                _ => {
+                    self.issue(t.path_of("probe_body"), format!("{b:?}: expected \"normal\" or \"gtube\""));
+                    None
+                }
+            },
+            None => None,
+        };
         let expect = self.expect(&mut t);
         let spf = self.spf(&mut t, from.as_deref());
         let smtp = t.sub(&mut self.issues, "smtp", true).and_then(|s| self.smtp(s));
@@ -646,6 +675,7 @@ impl Validator<'_> {
             verify_dkim: verify_dkim?,
             expect: expect?,
             spf: spf?,
+            probe_body: probe_body?,
             smtp: smtp?,
             imap: imap?,
         })
@@ -692,6 +722,7 @@ impl Validator<'_> {
         };
         let poll_interval = t.duration(&mut self.issues, "poll_interval", DEFAULT_POLL_INTERVAL);
         let fast_window = t.duration_or_zero(&mut self.issues, "fast_window", DEFAULT_FAST_WINDOW);
+        let junk = self.junk(&mut t);
         t.finish(&mut self.issues);
         Some(ImapConfig {
             endpoint: endpoint?,
@@ -699,7 +730,35 @@ impl Validator<'_> {
             wait: wait?,
             poll_interval: poll_interval?,
             fast_window: fast_window?,
+            junk: junk?,
         })
+    }
+
+    /// `junk`: absent (find the folder), a folder name, a list of them, or
+    /// `false` / `[]` (watch no junk folder).
+    fn junk(&mut self, t: &mut Table<'_>) -> Option<Option<Vec<String>>> {
+        let items: Vec<&Value> = match t.get("junk") {
+            None => return Some(None),
+            Some(Value::Bool(false)) => return Some(Some(Vec::new())),
+            Some(Value::Array(list)) => list.iter().collect(),
+            Some(one @ Value::String(_)) => vec![one],
+            Some(other) => {
+                self.issue(t.path_of("junk"), format!("expected a folder name, a list of them, or false; found {other}"));
+                return None;
+            }
+        };
+        let mut folders = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(f) if !f.is_empty() && !f.contains(['\r', '\n', '"', '\\']) => folders.push(f.to_string()),
+                _ => {
+                    self.issue(format!("{}[{i}]", t.path_of("junk")), format!("{item}: expected a folder name without quotes, backslashes or line breaks"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(Some(folders))
     }
 
     fn endpoint(
@@ -1170,6 +1229,30 @@ mod tests {
         let got: Vec<String> = err.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
         assert!(got.iter().any(|s| s.starts_with("check[0].smtp.pin_sha256: set, but security = \"none\"")), "{got:#?}");
         assert!(got.iter().any(|s| s.starts_with("check[0].imap.tls: no tls sub-table here")), "{got:#?}");
+    }
+
+    #[test]
+    fn junk_folders_and_probe_body() {
+        let c = ProbeConfig::from_value(&good(), &env).unwrap();
+        assert_eq!((c.checks[0].imap.junk.clone(), c.checks[0].probe_body), (None, ProbeBody::Normal));
+        for (junk, want) in [(json!("Spam"), vec!["Spam"]), (json!(["Junk", "[Gmail]/Spam"]), vec!["Junk", "[Gmail]/Spam"]), (json!(false), vec![])] {
+            let mut v = good();
+            v["check"][0]["imap"]["junk"] = junk;
+            v["check"][0]["probe_body"] = json!("gtube");
+            let c = ProbeConfig::from_value(&v, &env).unwrap();
+            assert_eq!(c.checks[0].imap.junk, Some(want.iter().map(|s| s.to_string()).collect()));
+            assert_eq!(c.checks[0].probe_body, ProbeBody::Gtube);
+        }
+        let mut v = good();
+        v["check"][0]["imap"]["junk"] = json!(["Junk", "a\"b", 3]);
+        v["check"][0]["probe_body"] = json!("spammy");
+        let got = issues(v);
+        assert!(got.iter().any(|s| s.starts_with("check[0].imap.junk[1]: ")), "{got:#?}");
+        assert!(got.iter().any(|s| s.starts_with("check[0].imap.junk[2]: ")), "{got:#?}");
+        assert!(got.contains(&"check[0].probe_body: \"spammy\": expected \"normal\" or \"gtube\"".to_string()), "{got:#?}");
+        let mut v = good();
+        v["check"][0]["imap"]["junk"] = json!(true);
+        assert!(issues(v).iter().any(|s| s.starts_with("check[0].imap.junk: expected a folder name")));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod received;
 pub mod report;
 pub mod secret;
+pub mod spam;
 pub mod step;
 
 pub use classify::{FailureClass, SmtpReplyCode};

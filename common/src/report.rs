@@ -130,6 +130,17 @@ pub struct ProbeReport {
     /// The sender domain's SPF lookup budget.
     #[serde(default)]
     pub spf: Option<SpfBudget>,
+    /// Where the probe was found: `inbox` (the check's `mailbox`) or `junk`
+    /// (a junk folder: the outcome is `degraded`); absent when not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// The folder of a `junk` placement, as the server names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_folder: Option<String>,
+    /// The receiver's spam verdict (X-Spam-*, X-Spamd-Result, Forefront);
+    /// absent when the probe carried none or was not fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam: Option<crate::spam::SpamReport>,
 }
 
 /// Authentication verdicts of the delivered probe.

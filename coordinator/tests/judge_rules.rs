@@ -89,6 +89,9 @@ fn base_report(outcome: Outcome) -> ProbeReport {
         auth: None,
         hops: Vec::new(),
         spf: None,
+        placement: None,
+        placement_folder: None,
+        spam: None,
     }
 }
 

@@ -26,6 +26,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = r.exists();
         let _ = r.search();
         let _ = r.capabilities();
+        let _ = r.status_uidnext();
+        if let Some((_, name)) = r.list() {
+            assert!(!name.is_empty() || r.text.contains("\"\""), "empty LIST name from {:?}", r.text);
+        }
         if let Some(q) = quote(&r.text) {
             assert!(q.starts_with('"') && q.ends_with('"'));
         }

@@ -45,7 +45,7 @@ if [[ -d $S ]]; then
   for c in "${MS_COMPONENTS[@]}"; do
     if ms_pid "$c"; then
       case $c in
-        opendkim | opendmarc) pids+=("$MS_PID:$MILTER_TIMEOUT") ;;
+        opendkim | opendmarc | spamass) pids+=("$MS_PID:$MILTER_TIMEOUT") ;;
         *) pids+=("$MS_PID") ;;
       esac
       names+=("$c")
@@ -72,6 +72,7 @@ fi
 # Leftover sockets and pid files (the daemons normally remove their own).
 if [[ -d $S/run ]]; then
   rm -f "$S/run/opendkim/opendkim.sock" "$S/run/opendmarc/opendmarc.sock" \
+    "$S/run/spamass/spamass.sock" "$S/run/spamd/spamd.sock" \
     "$S/run/"*.pid "$S/run/"*/*.pid
 fi
 

@@ -11,13 +11,15 @@ set -euo pipefail
 
 # Packages of the stack. The Perl modules are named explicitly because
 # --no-install-recommends would otherwise skip them (monitoring-plugins-contrib
-# recommends ~40 unrelated packages). dbconfig-no-thanks satisfies opendmarc's
+# recommends ~40 unrelated packages). SpamAssassin (spamd + spamass-milter)
+# is the stack's spam filter, dovecot-sieve files what it marks into Junk. dbconfig-no-thanks satisfies opendmarc's
 # "dbconfig-mysql | dbconfig-no-thanks" dependency without pulling MySQL.
 # prometheus (2.42, with promtool) is not part of the stack: tests/tests/metrics.rs
 # lints the /metrics output with promtool and scrapes it with a real prometheus,
 # started by the test itself (its service is blocked like the others).
 PACKAGES=(
-  postfix dovecot-core dovecot-imapd dovecot-lmtpd postgrey
+  postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve postgrey
+  spamassassin spamd spamc spamass-milter
   opendkim opendkim-tools opendmarc dbconfig-no-thanks
   postfix-policyd-spf-python dnsmasq-base swaks monitoring-plugins-contrib
   libmail-imapclient-perl libnet-smtp-tls-perl libnet-smtp-ssl-perl

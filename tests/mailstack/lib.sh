@@ -26,7 +26,7 @@ MS_POSTFIX_SPOOL=$MS_STATE/postfix/spool
 MS_DOVECOT_RUN=$MS_STATE/dovecot/run
 
 # The components, in start order. down.sh stops all of them at once.
-MS_COMPONENTS=(syslog dnsmasq opendkim opendmarc postgrey dovecot postfix)
+MS_COMPONENTS=(syslog dnsmasq opendkim opendmarc spamd spamass postgrey dovecot postfix)
 
 # Pid file of each component, and a word that must appear in the command
 # line of its pid, so that a stale pid file whose pid was recycled is never
@@ -36,13 +36,15 @@ declare -A MS_PIDFILE=(
   [dnsmasq]=$MS_RUN/dnsmasq.pid
   [opendkim]=$MS_RUN/opendkim/opendkim.pid
   [opendmarc]=$MS_RUN/opendmarc/opendmarc.pid
+  [spamd]=$MS_RUN/spamd/spamd.pid
+  [spamass]=$MS_RUN/spamass/spamass-milter.pid
   [postgrey]=$MS_RUN/postgrey/postgrey.pid
   [dovecot]=$MS_DOVECOT_RUN/master.pid
   [postfix]=$MS_POSTFIX_SPOOL/pid/master.pid
 )
 declare -A MS_CMDPAT=(
   [syslog]=syslog-sink [dnsmasq]=dnsmasq [opendkim]=opendkim
-  [opendmarc]=opendmarc [postgrey]=postgrey [dovecot]=dovecot
+  [opendmarc]=opendmarc [spamd]=spamd [spamass]=spamass-milter [postgrey]=postgrey [dovecot]=dovecot
   [postfix]=postfix/sbin/master
 )
 

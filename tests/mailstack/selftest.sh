@@ -5,7 +5,7 @@
 # certificate verification against the stack's own CA (never disabled):
 #   1. 587-style submission (STARTTLS + AUTH) -> IMAPS fetch; the delivered
 #      message carries spf=pass, dkim=pass, dmarc=pass from mx.receiver.test,
-#      and Dovecot logged "msgid=<...>: saved mail to INBOX"
+#      and Dovecot logged its delivery of msgid=<...> into INBOX
 #   2. 465-style submissions (implicit TLS + AUTH) -> IMAP STARTTLS fetch
 #   3. wrong SMTP password -> 535, and the next good AUTH is not slowed down
 #   4. wrong IMAP password -> NO, and the next good LOGIN is not slowed down
@@ -55,11 +55,12 @@ show() { sed 's/^/      /' "$TMP/$1.log" | tail -n "${2:-8}"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # imap_fetch PORT MODE USER PASS TOKEN : wait (up to 15 s) for the message
-# with header X-Selftest-Token: TOKEN, print its header block.
+# with header X-Selftest-Token: TOKEN, print its header block. The folder
+# is $FOLDER (default INBOX).
 imap_fetch() {
-  "$PY" - "$H" "$@" "$CA" <<'PY'
+  "$PY" - "$H" "$@" "$CA" "${FOLDER:-INBOX}" <<'PY'
 import imaplib, ssl, sys, time
-host, port, mode, user, password, token, ca = sys.argv[1:8]
+host, port, mode, user, password, token, ca, folder = sys.argv[1:9]
 ctx = ssl.create_default_context(cafile=ca)      # verifies chain + 127.0.0.1 SAN
 if mode == "imaps":
     imap = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
@@ -69,7 +70,7 @@ else:
 imap.login(user, password)
 deadline = time.time() + 15
 while True:
-    imap.select("INBOX")
+    imap.select(folder)
     typ, data = imap.uid("SEARCH", None, "HEADER", "X-Selftest-Token", token)
     uids = data[0].split()
     if uids:
@@ -140,11 +141,12 @@ if swaks_run sub587 --port "$MAILSTACK_PORT_SUBMISSION" --tls \
       bad "587 message has no DKIM-Signature d=sender.test"
     fi
     msgid=$(grep -i '^Message-Id:' "$TMP/h587" | head -n1 | sed 's/^[^:]*: *//' | tr -d '\r')
-    if grep -qF "msgid=$msgid: saved mail to INBOX" "$MAILSTACK_DOVECOT_LOG"; then
-      ok "Dovecot log has the LMTP saved line with msgid=$msgid"
-      grep -F "msgid=$msgid: saved mail to" "$MAILSTACK_DOVECOT_LOG" | tail -n1 | sed 's/^/      /'
+    # without Sieve "saved mail to INBOX", with it "stored mail into mailbox 'INBOX'"
+    if grep -F "msgid=$msgid: " "$MAILSTACK_DOVECOT_LOG" | grep -qE ": (saved mail to INBOX|stored mail into mailbox 'INBOX')"; then
+      ok "Dovecot log has the LMTP delivery line with msgid=$msgid"
+      grep -F "msgid=$msgid: " "$MAILSTACK_DOVECOT_LOG" | tail -n1 | sed 's/^/      /'
     else
-      bad "no 'msgid=$msgid: saved mail to' line in $MAILSTACK_DOVECOT_LOG"
+      bad "no 'msgid=$msgid: saved mail to / stored mail into' line in $MAILSTACK_DOVECOT_LOG"
     fi
   else
     bad "587 message not found via IMAPS"; sed 's/^/      /' "$TMP/e587"
@@ -268,6 +270,29 @@ if swaks_run spoof --port "$MAILSTACK_PORT_MX" --tls \
   fi
 else
   bad "spoofed.test message refused by the MX"; show spoof 12
+fi
+
+# --- 9. GTUBE via the MX: SpamAssassin flags it, Sieve files it into Junk ---
+RCPT8="t-selftest-junk@receiver.test"
+GTUBE='XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
+if swaks_run junk --port "$MAILSTACK_PORT_MX" --tls --from probe@sender.test --to "$RCPT8" \
+  --header "Subject: selftest junk $TOKEN" --header "X-Selftest-Token: $TOKEN-junk" --body "$GTUBE"; then
+  if FOLDER=Junk imap_fetch "$MAILSTACK_PORT_IMAPS" imaps "$RCPT8" "$MAILSTACK_IMAP_PASS" "$TOKEN-junk" >"$TMP/hjunk" 2>"$TMP/ejunk"; then
+    if grep -q '^X-Spam-Flag: YES' "$TMP/hjunk" && grep -q '^X-Spam-Status: Yes, score=.*GTUBE' "$TMP/hjunk"; then
+      ok "GTUBE message filed into Junk with X-Spam-Flag: YES (SpamAssassin + Sieve)"
+    else
+      bad "GTUBE message in Junk lacks SpamAssassin's verdict"; grep -i '^X-Spam' "$TMP/hjunk" | sed 's/^/      /'
+    fi
+  else
+    bad "GTUBE message not found in Junk"; sed 's/^/      /' "$TMP/ejunk"
+  fi
+else
+  bad "GTUBE message refused by the MX"; show junk 12
+fi
+if grep -q '^X-Spam-Status: No, score=' "$TMP/h587" 2>/dev/null; then
+  ok "normal mail scored by SpamAssassin and kept in INBOX ($(grep -o '^X-Spam-Status: No, score=[^ ]*' "$TMP/h587"))"
+else
+  bad "normal mail (587) has no 'X-Spam-Status: No' header"
 fi
 
 echo "selftest: $PASS passed, $FAIL failed"

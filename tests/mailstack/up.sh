@@ -6,6 +6,8 @@
 #             offers only AUTH LOGIN, DKIM signing
 #   Dovecot   IMAP (STARTTLS), IMAPS, LMTP delivery, SASL for Postfix
 #   OpenDKIM  sign (submission) / verify (MX), OpenDMARC, policyd-spf
+#   SpamAssassin (spamd + spamass-milter) on the inbound ports; Dovecot's
+#             Sieve files mail it flags as spam into Junk (\Junk special use)
 #   postgrey  greylisting, dnsmasq the fake .test zone, a syslog sink
 #
 # Everything listens on 127.0.0.1 (dnsmasq on 127.53.53.53:53) and lives
@@ -63,7 +65,7 @@ elapsed() { echo "$(((${EPOCHREALTIME/./} - T0) / 1000)) ms"; }
 [[ $EUID -eq 0 ]] || die "must run as root"
 [[ $GREY_DELAY =~ ^[0-9]+$ ]] || die "MAILSTACK_GREY_DELAY must be an integer (seconds)"
 for cmd in postfix postconf dovecot doveconf opendkim opendmarc postgrey dnsmasq \
-  openssl unshare mount ss setsid flock /usr/bin/policyd-spf; do
+  spamd spamc spamass-milter sievec setpriv openssl unshare mount ss setsid flock /usr/bin/policyd-spf; do
   command -v "$cmd" >/dev/null || die "'$cmd' not found - run tests/mailstack/install.sh first"
 done
 
@@ -108,6 +110,10 @@ mkdir_as "$S/dkim" opendkim:opendkim 700
 mkdir_as "$MS_RUN/opendkim" opendkim:opendkim 755
 mkdir_as "$MS_RUN/opendmarc" opendmarc:opendmarc 755
 mkdir_as "$MS_RUN/postgrey" postgrey:postgrey 755
+mkdir_as "$MS_RUN/spamd" debian-spamd:debian-spamd 755
+mkdir_as "$MS_RUN/spamass" spamass-milter:spamass-milter 755
+mkdir_as "$S/spamd" debian-spamd:debian-spamd 700
+mkdir_as "$MS_ETC/spamassassin" root:root 755
 mkdir_as "$S/postgrey" postgrey:postgrey 700
 mkdir_as "$S/mail" mail:mail 700
 [[ -e $MS_LOG/daemons.out ]] || : >"$MS_LOG/daemons.out"
@@ -577,6 +583,38 @@ RequiredHeaders         false
 EOF
 
 # ---------------------------------------------------------------------------
+# SpamAssassin: spamd (local tests only: -L, no DNS/network rules) behind
+# spamass-milter on the inbound smtpd ports. The milter only adds the
+# X-Spam-* headers (-m: body, Subject and Content-Type untouched) and never
+# rejects; Dovecot's Sieve files X-Spam-Flag: YES into Junk. The site config
+# is the Debian one (plugin .pre files) plus our local.cf: no Bayes, no
+# auto-learning, nothing written to disk.
+# ---------------------------------------------------------------------------
+for f in /etc/spamassassin/*.pre; do
+  write_file spamd "$MS_ETC/spamassassin/${f##*/}" <"$f"
+done
+write_file spamd "$MS_ETC/spamassassin/local.cf" <<EOF
+required_score 5.0
+report_safe 0
+use_bayes 0
+bayes_auto_learn 0
+EOF
+SPAMD_ARGS=(
+  -L -x -u debian-spamd -H "$S/spamd" --siteconfigpath="$MS_ETC/spamassassin"
+  --socketpath="$MS_RUN/spamd/spamd.sock" --socketowner=debian-spamd --socketmode=0666
+  -r "${MS_PIDFILE[spamd]}" -s "$MS_LOG/spamd.log" -d
+  --min-children=1 --max-children=3 --min-spare=1 --max-spare=2
+)
+SPAMASS_ARGS=(
+  -p "$MS_RUN/spamass/spamass.sock" -P "${MS_PIDFILE[spamass]}" -f -m
+  -- -U "$MS_RUN/spamd/spamd.sock"
+)
+printf -v sa_args '%s\n' "${SPAMD_ARGS[@]}"
+write_file spamd "$MS_ETC/spamassassin/spamd.args" <<<"$sa_args"
+printf -v sa_args '%s\n' "${SPAMASS_ARGS[@]}"
+write_file spamass "$MS_ETC/spamassassin/spamass-milter.args" <<<"$sa_args"
+
+# ---------------------------------------------------------------------------
 # policyd-spf: annotate only (never reject), Authentication-Results header
 # with our authserv-id; do not skip loopback (default skip_addresses does).
 # An empty skip_addresses crashes it, hence a TEST-NET address.
@@ -613,6 +651,22 @@ write_file postgrey "$MS_ETC/postgrey/args" <<<"$pg_args"
 # ---------------------------------------------------------------------------
 # Dovecot
 # ---------------------------------------------------------------------------
+mkdir_as "$MS_ETC/sieve" root:root 755
+write_file dovecot "$MS_ETC/sieve/junk.sieve" <<'EOF'
+# mailloop test stack: file what SpamAssassin flagged as spam into Junk.
+require ["fileinto"];
+if header :contains "X-Spam-Flag" "YES" {
+  fileinto "Junk";
+  stop;
+}
+EOF
+# Dovecot cannot write the compiled script here (the delivering user is
+# "mail"): compile it now, readable by everyone.
+if [[ ! -s $MS_ETC/sieve/junk.svbin || $MS_ETC/sieve/junk.sieve -nt $MS_ETC/sieve/junk.svbin ]]; then
+  sievec "$MS_ETC/sieve/junk.sieve" >>"$MS_LOG/daemons.out" 2>&1 || die "sievec $MS_ETC/sieve/junk.sieve failed (see $MS_LOG/daemons.out)"
+  chmod 644 "$MS_ETC/sieve/junk.svbin"
+fi
+
 write_file dovecot "$MS_ETC/dovecot.conf" <<EOF
 # Dovecot for the mailloop test stack (own instance, own base_dir).
 instance_name = mailloop-mailstack
@@ -627,7 +681,8 @@ log_path = $MS_LOG/dovecot.log
 info_log_path = $MS_LOG/dovecot.log
 debug_log_path = $MS_LOG/dovecot.log
 log_timestamp = "%Y-%m-%d %H:%M:%S.%{usecs} "
-# LMTP: "msgid=<...>: saved mail to INBOX" (Dovecot's default format)
+# LMTP: "msgid=<...>: saved mail to INBOX" (Dovecot's default format;
+# Sieve deliveries log "sieve: msgid=<...>: stored mail into mailbox 'INBOX'")
 deliver_log_format = msgid=%m: %\$
 auth_verbose = yes
 
@@ -675,6 +730,24 @@ last_valid_uid = 8
 first_valid_gid = 8
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 200
+# Junk: created and subscribed on first login, RFC 6154 \Junk special use
+# (LIST answers "(\HasNoChildren \Junk) "." Junk").
+namespace inbox {
+  inbox = yes
+  mailbox Junk {
+    special_use = \Junk
+    auto = subscribe
+  }
+}
+# Sieve at LMTP delivery: a site script run before any user script files
+# mail SpamAssassin flagged (X-Spam-Flag: YES) into Junk. With Sieve the
+# delivery log line reads "sieve: msgid=<...>: stored mail into mailbox 'X'".
+protocol lmtp {
+  mail_plugins = \$mail_plugins sieve
+}
+plugin {
+  sieve_before = $MS_ETC/sieve/junk.sieve
+}
 
 service imap-login {
   inet_listener imap {
@@ -798,8 +871,8 @@ smtpd_soft_error_limit = 1000
 smtpd_hard_error_limit = 1000
 disable_vrfy_command = yes
 
-# Milters over UNIX sockets: DKIM verify + DMARC inbound.
-smtpd_milters = unix:$MS_RUN/opendkim/opendkim.sock, unix:$MS_RUN/opendmarc/opendmarc.sock
+# Milters over UNIX sockets: DKIM verify + DMARC + SpamAssassin inbound.
+smtpd_milters = unix:$MS_RUN/opendkim/opendkim.sock, unix:$MS_RUN/opendmarc/opendmarc.sock, unix:$MS_RUN/spamass/spamass.sock
 non_smtpd_milters =
 milter_default_action = tempfail
 
@@ -908,6 +981,16 @@ start_opendmarc() {
   rm -f "$MS_RUN/opendmarc/opendmarc.sock" "$MS_RUN/opendmarc/opendmarc.pid"
   run_in_ns opendmarc -c "$MS_ETC/opendmarc.conf" </dev/null >>"$DAEMONS_OUT" 2>&1 9>&-
 }
+start_spamd() {
+  rm -f "$MS_RUN/spamd/spamd.sock" "${MS_PIDFILE[spamd]}"
+  spamd "${SPAMD_ARGS[@]}" </dev/null >>"$DAEMONS_OUT" 2>&1 9>&-
+}
+start_spamass() {
+  rm -f "$MS_RUN/spamass/spamass.sock" "${MS_PIDFILE[spamass]}"
+  # umask 000: Postfix (another user) must connect to the socket
+  (umask 000 && exec setpriv --reuid=spamass-milter --regid=spamass-milter --init-groups \
+    spamass-milter "${SPAMASS_ARGS[@]}" </dev/null >>"$DAEMONS_OUT" 2>&1 9>&-)
+}
 start_postgrey() {
   rm -f "${MS_PIDFILE[postgrey]}"
   postgrey "${POSTGREY_ARGS[@]}" </dev/null >>"$DAEMONS_OUT" 2>&1 9>&-
@@ -940,7 +1023,7 @@ if [[ -z ${RUNNING[dnsmasq]-} ]]; then start_dnsmasq; started+=(dnsmasq); fi
 
 # 2. milters, postgrey, dovecot, postfix - in parallel (each daemonizes).
 bg=()
-for c in opendkim opendmarc postgrey; do
+for c in opendkim opendmarc spamd spamass postgrey; do
   if [[ -n ${RUNNING[$c]-} && -n ${CHANGED[$c]-} ]]; then stop_component "$c"; fi
   if [[ -z ${RUNNING[$c]-} ]]; then
     "start_$c" &
@@ -984,6 +1067,8 @@ declare -A EXPECT=(
   [dnsmasq]="tcp:$DNS:53 udp:$DNS:53"
   [opendkim]="unix:$MS_RUN/opendkim/opendkim.sock"
   [opendmarc]="unix:$MS_RUN/opendmarc/opendmarc.sock"
+  [spamd]="unix:$MS_RUN/spamd/spamd.sock"
+  [spamass]="unix:$MS_RUN/spamass/spamass.sock"
   [postgrey]="tcp:$HOST:$P_PG"
   [dovecot]="tcp:$HOST:$P_IMAP tcp:$HOST:$P_IMAPS unix:$MS_DOVECOT_RUN/auth-postfix unix:$MS_DOVECOT_RUN/lmtp-postfix"
   [postfix]="tcp:$HOST:$P_MX tcp:$HOST:$P_HOP tcp:$HOST:$P_GREY tcp:$HOST:$P_SUB tcp:$HOST:$P_SUBS"
@@ -993,6 +1078,7 @@ declare -A EXPECT=(
 declare -A LOG_OF=(
   [syslog]=$DAEMONS_OUT [dnsmasq]=$MS_LOG/dnsmasq.log [opendkim]=$MS_LOG/syslog.log
   [opendmarc]=$MS_LOG/syslog.log [postgrey]=$MS_LOG/syslog.log
+  [spamd]=$MS_LOG/spamd.log [spamass]=$MS_LOG/syslog.log
   [dovecot]=$MS_LOG/dovecot.log [postfix]=$MS_LOG/postfix.log
 )
 # refresh_listen: LISTEN = " tcp:ADDR:PORT udp:ADDR:PORT ... " (one ss call)
@@ -1087,6 +1173,7 @@ MAILSTACK_GREY_DELAY=$GREY_DELAY
 MAILSTACK_DOVECOT_LOG=$MS_LOG/dovecot.log
 MAILSTACK_POSTFIX_LOG=$MS_LOG/postfix.log
 MAILSTACK_SYSLOG_LOG=$MS_LOG/syslog.log
+MAILSTACK_SPAMD_LOG=$MS_LOG/spamd.log
 MAILSTACK_DNSMASQ_LOG=$MS_LOG/dnsmasq.log
 MAILSTACK_MAIL_DIR=$S/mail
 EOF

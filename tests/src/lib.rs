@@ -204,11 +204,18 @@ pub fn run_agent(args: &[&str]) -> (i32, String, String) {
 /// agent's own IMAP code), over IMAPS with the stack's CA.
 pub struct Mailbox {
     pub user: String,
+    /// The folder looked at (INBOX unless [`Mailbox::folder`]).
+    pub folder: String,
 }
 
 impl Mailbox {
     pub fn new(user: &str) -> Mailbox {
-        Mailbox { user: user.to_string() }
+        Mailbox { user: user.to_string(), folder: "INBOX".into() }
+    }
+
+    /// The same account, looking at another folder (e.g. `Junk`).
+    pub fn folder(&self, folder: &str) -> Mailbox {
+        Mailbox { user: self.user.clone(), folder: folder.to_string() }
     }
 
     fn python(&self, body: &str, args: &[&str]) -> String {
@@ -218,10 +225,12 @@ impl Mailbox {
              ctx = ssl.create_default_context(cafile={ca:?})\n\
              m = imaplib.IMAP4_SSL('127.0.0.1', {port}, ssl_context=ctx)\n\
              m.login({user:?}, {pw:?})\n\
-             m.select('INBOX')\n{body}\nm.logout()\n",
+             typ, _ = m.select({folder:?})\n\
+             assert typ == 'OK', 'SELECT failed'\n{body}\nm.logout()\n",
             ca = s.var("MAILSTACK_CA_FILE"),
             port = s.port("MAILSTACK_PORT_IMAPS"),
             user = self.user,
+            folder = format!("\"{}\"", self.folder),
             pw = s.var("MAILSTACK_IMAP_PASS"),
         );
         let out = Command::new("python3").arg("-c").arg(&script).args(args).output().unwrap();
@@ -229,7 +238,7 @@ impl Mailbox {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Subjects of every message in INBOX.
+    /// Subjects of every message in the folder.
     pub fn subjects(&self) -> Vec<String> {
         let out = self.python(
             "typ, data = m.uid('SEARCH', None, 'ALL')\n\
@@ -245,12 +254,12 @@ impl Mailbox {
     /// (e.g. `"01-Jan-2026 00:00:00 +0000"`).
     pub fn append(&self, message: &str, internal_date: &str) {
         self.python(
-            "m.append('INBOX', None, '\"' + sys.argv[2] + '\"', sys.argv[1].replace('\\n', '\\r\\n').encode())",
-            &[message, internal_date],
+            "m.append(m._quote(sys.argv[3]), None, '\"' + sys.argv[2] + '\"', sys.argv[1].replace('\\n', '\\r\\n').encode())",
+            &[message, internal_date, &self.folder],
         );
     }
 
-    /// Deletes everything in INBOX (a test's fresh start).
+    /// Deletes everything in the folder (a test's fresh start).
     pub fn clear(&self) {
         self.python(
             "typ, data = m.uid('SEARCH', None, 'ALL')\n\

@@ -30,12 +30,28 @@ pub const CHECK_HEADER: &str = "X-Mailloop-Check";
 /// RFC 2177: re-issue IDLE at least every 29 minutes.
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
 
+/// Folder names that usually hold spam, tried when no folder carries the
+/// RFC 6154 `\Junk` attribute (compared case-insensitively).
+pub const JUNK_NAMES: [&str; 6] = ["Junk", "Spam", "Junk Email", "[Gmail]/Spam", "INBOX.Junk", "INBOX/Junk"];
+
 /// A logged-in, selected IMAP connection.
 pub struct Session {
     conn: Conn,
     next_tag: u32,
     caps: Vec<String>,
     logging_out: bool,
+    /// Junk folders watched besides the mailbox.
+    junk: Vec<JunkWatch>,
+    /// Junk folders that could not be watched, and why (become reasons).
+    pub junk_problems: Vec<String>,
+}
+
+/// A junk folder and its last seen `UIDNEXT`: a `STATUS` showing a higher
+/// one means something arrived there.
+struct JunkWatch {
+    name: String,
+    quoted: String,
+    uidnext: u32,
 }
 
 /// The probe as found in the mailbox.
@@ -44,6 +60,8 @@ pub struct Found {
     pub uid: u32,
     pub found_at: Instant,
     pub raw: Vec<u8>,
+    /// The junk folder it was found in; `None`: the check's mailbox.
+    pub junk_folder: Option<String>,
 }
 
 impl Session {
@@ -151,9 +169,58 @@ impl Session {
             if untagged.iter().any(|r| r.exists().is_some()) {
                 return Ok(true);
             }
+            if answered(reply_within, "STATUS", self.junk_changed()).await?.is_some() {
+                return Ok(true);
+            }
             interval = (interval * 5 / 4).min(Duration::from_millis(25));
         }
         Ok(false)
+    }
+
+    /// One `STATUS (UIDNEXT)` per watched junk folder (all sent at once,
+    /// one round trip): the index of the first whose UIDNEXT moved.
+    async fn junk_changed(&mut self) -> Result<Option<usize>, StepError> {
+        if self.junk.is_empty() {
+            return Ok(None);
+        }
+        let mut tags = Vec::with_capacity(self.junk.len());
+        for i in 0..self.junk.len() {
+            let line = format!("STATUS {} (UIDNEXT)", self.junk[i].quoted);
+            tags.push(self.send_line(&line).await?);
+        }
+        let mut changed = None;
+        for (i, tag) in tags.iter().enumerate() {
+            let (untagged, _) = self.finish(tag, FailureClass::Protocol).await?;
+            let next = untagged.iter().find_map(Response::status_uidnext);
+            if changed.is_none() && next.is_some_and(|n| n != self.junk[i].uidnext) {
+                changed = Some(i);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Looks for the probe in the junk folders whose UIDNEXT moved. Found:
+    /// that folder stays selected (fetch and cleanup happen there). Not
+    /// found: the new UIDNEXT is remembered and `mailbox` selected again.
+    async fn search_junk(&mut self, mailbox: &str, probe_id: &str) -> Result<Option<(u32, String)>, StepError> {
+        while let Some(i) = self.junk_changed().await? {
+            let quoted = self.junk[i].quoted.clone();
+            let (untagged, _) = self.command(&format!("SELECT {quoted}"), FailureClass::Protocol).await?;
+            let uidnext = untagged.iter().find_map(|r| r.code()?.strip_prefix("UIDNEXT ")?.trim().parse().ok());
+            if let Some(uid) = self.search_probe(probe_id).await?.first() {
+                return Ok(Some((*uid, self.junk[i].name.clone())));
+            }
+            // Without a UIDNEXT in the SELECT answer, stop watching rather than loop.
+            match uidnext {
+                Some(n) => self.junk[i].uidnext = n,
+                None => {
+                    let w = self.junk.remove(i);
+                    self.junk_problems.push(format!("junk folder {:?} not watched: SELECT gave no UIDNEXT", w.name));
+                }
+            }
+            self.command(&format!("SELECT {mailbox}"), FailureClass::Protocol).await?;
+        }
+        Ok(None)
     }
 
     /// IDLE until the server announces a new message or `until` passes.
@@ -235,7 +302,7 @@ pub async fn open(
                 .map_err(|e| StepError::transport(e, true))
         })
         .await?;
-    let mut s = Session { conn, next_tag: 0, caps: Vec::new(), logging_out: false };
+    let mut s = Session { conn, next_tag: 0, caps: Vec::new(), logging_out: false, junk: Vec::new(), junk_problems: Vec::new() };
 
     if ep.security == Security::Tls {
         let r = rec
@@ -301,10 +368,84 @@ pub async fn open(
     rec.run(StepName::ImapSelect, t(StepName::ImapSelect), async {
         let (untagged, _) = s.command(&format!("SELECT {mailbox}"), FailureClass::Protocol).await?;
         let exists = untagged.iter().find_map(Response::exists).unwrap_or(0);
-        Ok(Done::new(()).detail(format!("{exists} messages")))
+        let junk = watch_junk(check, &mut s).await?;
+        Ok(Done::new(()).detail(format!("{exists} messages; junk: {junk}")))
     })
     .await?;
     Ok(s)
+}
+
+/// Finds the junk folders to watch (configured, else the `\Junk` special
+/// use, else the usual names) and takes their UIDNEXT. Returns a summary
+/// for the step detail.
+async fn watch_junk(check: &CheckConfig, s: &mut Session) -> Result<String, StepError> {
+    let names: Vec<String> = match &check.imap.junk {
+        Some(list) if list.is_empty() => return Ok("not watched (junk = false)".into()),
+        Some(list) => list.clone(),
+        None => {
+            // Dovecot and most servers show special-use attributes in a plain
+            // LIST too; LIST (SPECIAL-USE) asks for only those folders.
+            let cmd = if s.has("SPECIAL-USE") { "LIST (SPECIAL-USE) \"\" \"*\"" } else { "LIST \"\" \"*\"" };
+            // A server that refuses LIST still gets probed, in its mailbox only.
+            let untagged = match s.command(cmd, FailureClass::Protocol).await {
+                Ok((untagged, _)) => untagged,
+                Err(e) if e.class == FailureClass::Protocol => {
+                    s.junk_problems.push(format!("junk folders not watched: {cmd} failed: {}", e.message));
+                    return Ok("none (LIST failed)".into());
+                }
+                Err(e) => return Err(e),
+            };
+            let mut lists: Vec<(Vec<String>, String)> = untagged.iter().filter_map(Response::list).collect();
+            if lists.is_empty() && cmd.contains("SPECIAL-USE") {
+                let (untagged, _) = s.command("LIST \"\" \"*\"", FailureClass::Protocol).await?;
+                lists = untagged.iter().filter_map(Response::list).collect();
+            }
+            let special: Vec<String> = lists
+                .iter()
+                .filter(|(flags, _)| flags.iter().any(|f| f.eq_ignore_ascii_case("\\Junk")))
+                .map(|(_, n)| n.clone())
+                .collect();
+            if !special.is_empty() {
+                special
+            } else {
+                if cmd.contains("SPECIAL-USE") {
+                    let (untagged, _) = s.command("LIST \"\" \"*\"", FailureClass::Protocol).await?;
+                    lists = untagged.iter().filter_map(Response::list).collect();
+                }
+                lists
+                    .into_iter()
+                    .filter(|(flags, n)| {
+                        JUNK_NAMES.iter().any(|j| j.eq_ignore_ascii_case(n))
+                            && !flags.iter().any(|f| f.eq_ignore_ascii_case("\\Noselect") || f.eq_ignore_ascii_case("\\NonExistent"))
+                    })
+                    .map(|(_, n)| n)
+                    .collect()
+            }
+        }
+    };
+    let mut watched = Vec::new();
+    for name in names {
+        if name.eq_ignore_ascii_case(&check.imap.mailbox) {
+            continue;
+        }
+        let Some(quoted) = response::quote(&name) else {
+            s.junk_problems.push(format!("junk folder {name:?} not watched: its name needs an IMAP literal"));
+            continue;
+        };
+        match s.command(&format!("STATUS {quoted} (UIDNEXT)"), FailureClass::Protocol).await {
+            Ok((untagged, _)) => match untagged.iter().find_map(Response::status_uidnext) {
+                Some(uidnext) => s.junk.push(JunkWatch { name, quoted, uidnext }),
+                None => s.junk_problems.push(format!("junk folder {name:?} not watched: STATUS gave no UIDNEXT")),
+            },
+            // a configured folder that does not exist: say so, keep probing
+            Err(e) if e.class == FailureClass::Protocol && e.message.len() < 400 => {
+                s.junk_problems.push(format!("junk folder {name:?} not watched: {}", e.message));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    watched.extend(s.junk.iter().map(|w| w.name.as_str()));
+    Ok(if watched.is_empty() { "none found".into() } else { watched.join(", ") })
 }
 
 /// Waits for the probe, finds it and fetches it: `imap.wait`, `imap.search`,
@@ -323,7 +464,11 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
 
     // One loop: search, and if absent, wait for news. The last, successful
     // search is reported as `imap.search`; everything before it is the wait.
-    let outcome: Result<(u32, Instant, Instant), StepError> = async {
+    let mailbox = response::quote(&check.imap.mailbox).unwrap_or_else(|| "INBOX".into());
+    // IDLE watches the selected mailbox only: with junk folders, wake up
+    // every poll_interval to look at them too.
+    let watching_junk = !s.junk.is_empty();
+    let outcome: Result<(u32, Option<String>, Instant, Instant), StepError> = async {
         loop {
             let search_start = Instant::now();
             let search_timeout = check.timeout(StepName::ImapSearch);
@@ -337,15 +482,24 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
                 }
             };
             if let Some(uid) = uids.first() {
-                return Ok((*uid, search_start, Instant::now()));
+                return Ok((*uid, None, search_start, Instant::now()));
+            }
+            if let Some((uid, folder)) = s.search_junk(&mailbox, probe_id).await? {
+                via = "STATUS";
+                return Ok((uid, Some(folder), search_start, Instant::now()));
             }
             rounds += 1;
             if Instant::now() >= deadline {
                 return Err(StepError::new(
                     FailureClass::NotDelivered,
                     format!(
-                        "probe not in {} by the deadline (waited {} with {mode}, {rounds} searches)",
+                        "probe not in {}{} by the deadline (waited {} with {mode}, {rounds} searches)",
                         check.imap.mailbox,
+                        if s.junk.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" nor in {}", s.junk.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", "))
+                        },
                         crate::steps::fmt_duration(wait_start.elapsed())
                     ),
                 ));
@@ -355,7 +509,8 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
                 s.nudge_until(fast_until.min(deadline), reply_within).await?;
             } else if use_idle {
                 via = "IDLE";
-                s.idle(deadline, reply_within).await?;
+                let until = if watching_junk { deadline.min(Instant::now() + check.imap.poll_interval) } else { deadline };
+                s.idle(until, reply_within).await?;
             } else {
                 via = "polling";
                 tokio::time::sleep_until(deadline.min(Instant::now() + check.imap.poll_interval).into()).await;
@@ -365,9 +520,11 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
     .await;
 
     match outcome {
-        Ok((uid, search_start, found_at)) => {
+        Ok((uid, junk_folder, search_start, found_at)) => {
             let waited = search_start - wait_start;
-            rec.record_span(StepName::ImapWait, wait_start, search_start, &Ok(Done::new(()).detail(if rounds == 0 {
+            rec.record_span(StepName::ImapWait, wait_start, search_start, &Ok(Done::new(()).detail(if let Some(f) = &junk_folder {
+                format!("seen in junk folder {f} via {via} after {rounds} empty search(es), {:.1} ms", ms(waited))
+            } else if rounds == 0 {
                 "already in the mailbox".to_string()
             } else {
                 format!("seen via {via} after {rounds} empty search(es), {:.1} ms", ms(waited))
@@ -384,7 +541,7 @@ pub async fn find(check: &CheckConfig, s: &mut Session, probe_id: &str, rec: &mu
                     Ok(Done::new(raw).detail(format!("{n} bytes")))
                 })
                 .await?;
-            Ok(Found { uid, found_at, raw })
+            Ok(Found { uid, found_at, raw, junk_folder })
         }
         Err(e) => {
             let now = Instant::now();

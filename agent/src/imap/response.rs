@@ -102,6 +102,49 @@ impl Response {
         Some(nums.split_whitespace().filter_map(|n| n.parse().ok()).collect())
     }
 
+    /// `* LIST (\\HasNoChildren \\Junk) "." Junk` → (["\\HasNoChildren",
+    /// "\\Junk"], "Junk"); a quoted name is unquoted. Names sent as
+    /// literals are not handled (`None`).
+    pub fn list(&self) -> Option<(Vec<String>, String)> {
+        let rest = self.text.strip_prefix("* ")?;
+        let (word, rest) = rest.split_once(' ')?;
+        if !word.eq_ignore_ascii_case("LIST") {
+            return None;
+        }
+        let rest = rest.strip_prefix('(')?;
+        let (flags, rest) = rest.split_once(')')?;
+        let rest = rest.strip_prefix(' ')?;
+        // the hierarchy delimiter: "x" or NIL
+        let rest = if let Some(r) = rest.strip_prefix("NIL ").or_else(|| rest.strip_prefix("nil ")) {
+            r
+        } else {
+            let r = rest.strip_prefix('"')?;
+            let r = r.strip_prefix('\\').unwrap_or(r);
+            r.get(1..)?.strip_prefix("\" ")?
+        };
+        let name = unquote(rest)?;
+        Some((flags.split_whitespace().map(str::to_string).collect(), name))
+    }
+
+    /// `* STATUS Junk (MESSAGES 3 UIDNEXT 9)` → the UIDNEXT value.
+    pub fn status_uidnext(&self) -> Option<u32> {
+        let rest = self.text.strip_prefix("* ")?;
+        let (word, rest) = rest.split_once(' ')?;
+        if !word.eq_ignore_ascii_case("STATUS") {
+            return None;
+        }
+        let items = &rest[rest.rfind('(')? + 1..];
+        let items = items.strip_suffix(')').unwrap_or(items);
+        let mut it = items.split_whitespace();
+        while let Some(k) = it.next() {
+            let v = it.next()?;
+            if k.eq_ignore_ascii_case("UIDNEXT") {
+                return v.parse().ok();
+            }
+        }
+        None
+    }
+
     /// Capabilities from `* CAPABILITY ...` or a `[CAPABILITY ...]` code.
     pub fn capabilities(&self) -> Option<Vec<String>> {
         let list = if let Some(rest) = self.text.strip_prefix("* CAPABILITY ") {
@@ -111,6 +154,24 @@ impl Response {
         };
         Some(list.split_whitespace().map(|c| c.to_ascii_uppercase()).collect())
     }
+}
+
+/// A mailbox name as sent by the server: an atom, or a quoted string with
+/// `\\"` and `\\\\` escapes (the whole rest of the line).
+fn unquote(s: &str) -> Option<String> {
+    let Some(inner) = s.strip_prefix('"') else {
+        return (!s.is_empty() && !s.starts_with('{') && !s.contains(' ')).then(|| s.to_string());
+    };
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return chars.as_str().is_empty().then_some(out),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 /// Quotes a string for a command, or `None` if it needs a literal
@@ -160,6 +221,22 @@ mod tests {
         assert_eq!(literal_len(b"* 1 FETCH (BODY[] {4294967296}"), Some(Ok(4_294_967_296)));
         assert!(matches!(literal_len(b"* x {12a}"), Some(Err(_))));
         assert!(matches!(literal_len(b"* x {99999999999999999999}"), Some(Err(_))));
+    }
+
+    #[test]
+    fn list_and_status() {
+        assert_eq!(r("* LIST (\\HasNoChildren \\Junk) \".\" Junk").list(), Some((vec!["\\HasNoChildren".into(), "\\Junk".into()], "Junk".into())));
+        assert_eq!(r("* LIST () \"/\" \"Junk Email\"").list(), Some((vec![], "Junk Email".into())));
+        assert_eq!(r("* LIST (\\Junk) \"/\" \"[Gmail]/Spam\"").list().unwrap().1, "[Gmail]/Spam");
+        assert_eq!(r("* LIST (\\Noselect) NIL \"a\\\"b\"").list().unwrap().1, "a\"b");
+        assert_eq!(r("* LIST () \"\\\\\" INBOX").list().unwrap().1, "INBOX");
+        assert_eq!(r("* LIST () \".\" {5}").list(), None);
+        assert_eq!(r("* LIST () \".\" \"open").list(), None);
+        assert_eq!(r("* LSUB () \".\" Junk").list(), None);
+        assert_eq!(r("* STATUS Junk (MESSAGES 3 UIDNEXT 9)").status_uidnext(), Some(9));
+        assert_eq!(r("* STATUS \"Junk (old)\" (UIDNEXT 12)").status_uidnext(), Some(12));
+        assert_eq!(r("* STATUS Junk (MESSAGES 3)").status_uidnext(), None);
+        assert_eq!(r("* 3 EXISTS").status_uidnext(), None);
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub fn greeting() -> Script {
     Script::new([say("* OK [CAPABILITY IMAP4rev1 IDLE] fake IMAP ready")])
 }
 
-/// Greeting, LOGIN and SELECT of an empty INBOX, in that order: ready for
+/// Greeting, LOGIN, SELECT of an empty INBOX and the LIST that looks for a
+/// junk folder (none), in that order: ready for
 /// the next command, which the test scripts.
 pub fn selected() -> Script {
     greeting().then([
@@ -18,6 +19,10 @@ pub fn selected() -> Script {
         say("* 0 EXISTS"),
         say("* OK [UIDVALIDITY 1] UIDs valid"),
         tagged("OK [READ-WRITE] SELECT completed"),
+        // looking for a junk folder: there is none
+        expect("LIST"),
+        say("* LIST (\\HasNoChildren) \".\" INBOX"),
+        tagged("OK LIST completed"),
     ])
 }
 
@@ -30,6 +35,7 @@ pub fn mailbox() -> Script {
         on("LOGIN", [tagged("OK LOGIN completed")]),
         on("CAPABILITY", [say("* CAPABILITY IMAP4rev1 IDLE"), tagged("OK CAPABILITY completed")]),
         on("SELECT", [say("* 0 EXISTS"), tagged("OK [READ-WRITE] SELECT completed")]),
+        on("LIST", [say("* LIST (\\HasNoChildren) \".\" INBOX"), tagged("OK LIST completed")]),
         on("UID SEARCH", [say("* SEARCH 1"), tagged("OK SEARCH completed")]),
         on("UID FETCH", [fetch_probe(1), tagged("OK FETCH completed")]),
         on("UID STORE", [tagged("OK STORE completed")]),
