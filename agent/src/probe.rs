@@ -167,6 +167,8 @@ impl Prober {
             auth: result.auth,
             hops: result.hops,
             spf: result.spf,
+            trace_id: None,
+            span_id: None,
         };
         match &report.failure {
             None => tracing::info!(check = %check.name, probe_id = %report.probe_id, outcome = report.outcome.as_str(), rtt_ms = ?report.rtt_ms, "probe finished"),

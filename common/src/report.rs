@@ -130,6 +130,13 @@ pub struct ProbeReport {
     /// The sender domain's SPF lookup budget.
     #[serde(default)]
     pub spf: Option<SpfBudget>,
+    /// The OpenTelemetry trace of this probe (32 hex digits), when the agent
+    /// exports traces: the coordinator links its verdicts to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The trace's root span (`probe`), 16 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 /// Authentication verdicts of the delivered probe.

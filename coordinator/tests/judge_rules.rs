@@ -85,6 +85,8 @@ fn base_report(outcome: Outcome) -> ProbeReport {
         auth: None,
         hops: Vec::new(),
         spf: None,
+        trace_id: None,
+        span_id: None,
     }
 }
 
