@@ -401,7 +401,7 @@ pub fn record(tracer: &SdkTracer, report: &ProbeReport, check: &CheckConfig, reg
         .with_attributes(attrs)
         .start_with_context(tracer, &Context::new());
     if let Some(f) = &report.failure {
-        root.set_status(Status::error(format!("{} at {}: {}", f.class, f.step, f.message)));
+        root.set_status(Status::error(format!("{} at {}: {}", f.class, f.step, reply(f))));
     }
     // Every deferred submission, at the moment it started.
     let deferred = report.attempts.len().saturating_sub(1);
@@ -433,7 +433,7 @@ pub fn record(tracer: &SdkTracer, report: &ProbeReport, check: &CheckConfig, reg
             .with_attributes(step_attributes(report, check, step))
             .start_with_context(tracer, &parent);
         match &report.failure {
-            Some(f) if f.step == step.name => span.set_status(Status::error(format!("{}: {}", f.class, f.message))),
+            Some(f) if f.step == step.name => span.set_status(Status::error(format!("{}: {}", f.class, reply(f)))),
             _ if !step.ok => span.set_status(Status::error(step.detail.clone().unwrap_or_else(|| "step failed".into()))),
             _ => {}
         }
@@ -441,6 +441,19 @@ pub fn record(tracer: &SdkTracer, report: &ProbeReport, check: &CheckConfig, reg
     }
     root.end_with_timestamp(ended);
     ids
+}
+
+/// The server's reply as it said it: `550 5.1.1 <x@y>: Recipient address rejected`.
+fn reply(f: &mailloop_common::Failure) -> String {
+    let mut out = String::new();
+    if let Some(c) = f.code.filter(|c| !f.message.starts_with(&c.to_string())) {
+        out.push_str(&format!("{c} "));
+        if let Some(e) = f.enhanced.as_deref().filter(|e| !f.message.starts_with(e)) {
+            out.push_str(&format!("{e} "));
+        }
+    }
+    out.push_str(&f.message);
+    out
 }
 
 fn step_attributes(report: &ProbeReport, check: &CheckConfig, step: &mailloop_common::StepReport) -> Vec<KeyValue> {
