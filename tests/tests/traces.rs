@@ -426,3 +426,85 @@ fn bad_trace_settings_are_config_errors() {
         assert!(err.contains(key), "{key} not named in: {err}");
     }
 }
+
+#[test]
+fn a_greylisted_probe_keeps_its_deferred_attempts_as_events() {
+    let st = Stack::get();
+    // A fresh triplet on the greylisting MX: postgrey answers 451 until its delay has passed.
+    let name = mailloop_tests::unique("trgrey");
+    let mut check = Check::new(&name);
+    check.to = format!("t-{name}@{}", st.var("MAILSTACK_GREY_DOMAIN"));
+    check.smtp_port = st.port("MAILSTACK_PORT_GREY");
+    check.smtp_security = "none";
+    check.smtp_login = None;
+    check.check_extra = vec!["greylist_retry = \"4s\"".into(), "greylist_grace = \"2m\"".into()];
+    let collector = Collector::grpc();
+    let (code, report, err) = probe(&check, &exporting_to(&collector, "grpc"));
+    assert_eq!(code, 0, "{err}");
+    assert!(report.greylisted && report.attempts.len() >= 2, "{:#?}", report.attempts);
+    // The tree checks the steps against the last attempt, the one that went through.
+    let (root, _) = tree(&collector.received, &report);
+    let a = attrs(&root.span.attributes);
+    assert_eq!(a["mailloop.greylisted"], Val::B(true));
+    assert_eq!(a["mailloop.attempts"], Val::I(report.attempts.len() as i64));
+    assert_eq!(a["mailloop.greylist_ms"], Val::F(report.greylist_ms.unwrap()));
+    let events = &root.span.events;
+    assert_eq!(events.len(), report.attempts.len() - 1, "one event per deferred attempt: {events:#?}");
+    for (i, (ev, attempt)) in events.iter().zip(&report.attempts).enumerate() {
+        assert_eq!(ev.name, "mailloop.attempt.deferred");
+        assert_eq!(ev.time_unix_nano, unix_nanos(&attempt.started_at), "event {i} is when the attempt started");
+        let ea = attrs(&ev.attributes);
+        let f = attempt.failure.as_ref().expect("a deferred attempt failed");
+        assert_eq!(ea["mailloop.attempt"], Val::I(i as i64 + 1));
+        assert_eq!(ea["error.type"], s("deferred"));
+        assert_eq!(ea["mailloop.failure.step"], s("smtp.rcpt_to"));
+        assert_eq!(ea["mailloop.smtp.reply.code"], Val::I(451));
+        assert_eq!(ea["mailloop.smtp.enhanced_status"], s(f.enhanced.as_deref().unwrap()));
+    }
+    assert_eq!(status(&root).0, StatusCode::Unset, "delivered in the end: not an error");
+}
+
+/// With a collector that accepts connections but never answers, a flood of
+/// traces is held in a bounded queue: memory stays flat and recording never
+/// waits for the exporter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_collector_holds_bounded_memory() {
+    use mailloop_agent::telemetry::{Identity, Telemetry, TelemetryConfig};
+    // Accepts, reads nothing, answers nothing.
+    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", blackhole.local_addr().unwrap());
+    let _held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in blackhole.incoming().take(64) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(3600));
+    });
+
+    let check = Check::new("traces-flood");
+    let report = check.probe().await;
+    let f = check.file();
+    let cfg = mailloop_common::config::ProbeConfig::load(f.path()).unwrap();
+    let check_cfg = cfg.checks.into_iter().next().unwrap();
+    let config = TelemetryConfig { endpoint: Some(url), ..Default::default() };
+    let telemetry = Telemetry::start(&config, &Identity { instance: "flood".into(), region: None }).unwrap().expect("exporting");
+
+    let rss = || -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+    };
+    // Warm up past the queue's capacity, then measure a flood thirty times as large.
+    let per_trace = report.steps.len() + 1;
+    let fill = mailloop_agent::telemetry::MAX_QUEUED_SPANS / per_trace + 1;
+    for _ in 0..fill * 2 {
+        telemetry.record(&report, &check_cfg);
+    }
+    let before = rss();
+    for _ in 0..fill * 60 {
+        telemetry.record(&report, &check_cfg);
+    }
+    let grown = rss().saturating_sub(before);
+    // Unbounded, these ~250,000 spans hold about 100 MiB (measured).
+    assert!(grown < 16 * 1024 * 1024, "memory grew by {} MiB while the collector was stuck", grown / (1024 * 1024));
+    drop(telemetry);
+}
