@@ -508,3 +508,58 @@ async fn a_stuck_collector_holds_bounded_memory() {
     assert!(grown < 16 * 1024 * 1024, "memory grew by {} MiB while the collector was stuck", grown / (1024 * 1024));
     drop(telemetry);
 }
+
+/// `mailloop-agent run` with a `[telemetry]` table: every scheduled probe is
+/// a trace, the resource names the agent and its region, and the report the
+/// coordinator stores carries the trace's id (so a verdict can point at it).
+#[test]
+fn the_long_running_agent_traces_every_probe_it_runs() {
+    use mailloop_tests::cluster::{Cluster, IMAP_PASS_ENV, Proc, SMTP_PASS_ENV, check_toml, wait_until};
+    let collector = Collector::grpc();
+    let check = Check::new("traces-run");
+    let mut c = Cluster::start_with_agents(&check_toml(&check, "2s", &["eu-trace"]), &[("tr-eu", "eu-trace")]);
+    // The harness's agent, restarted by hand with a [telemetry] table.
+    c.agents[0].kill9();
+    let st = Stack::get();
+    let config = c.dir.path().join("tr-eu-traced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nname = \"tr-eu\"\nregion = \"eu-trace\"\ncoordinator_url = \"http://{}\"\ntoken_file = {:?}\nspool = {:?}\n\
+             shutdown_grace = \"5s\"\n[dns]\nnameservers = [\"{}:53\"]\n\
+             [telemetry]\nendpoint = \"{}\"\nservice_name = \"agent-under-test\"\nresource_attributes = {{ \"deployment.environment\" = \"ci\" }}\n",
+            c.coordinator.grpc,
+            c.dir.path().join("tr-eu.token"),
+            c.agents[0].spool_path(),
+            st.var("MAILSTACK_DNS"),
+            collector.url(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(c.dir.path().join("tr-eu-traced.log")).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env(SMTP_PASS_ENV, st.var("MAILSTACK_SMTP_PASS"))
+        .env(IMAP_PASS_ENV, st.var("MAILSTACK_IMAP_PASS"));
+    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"] {
+        cmd.env_remove(var);
+    }
+    let mut agent = Proc::new(cmd.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap());
+
+    // A stored report with a trace id, from the traced agent.
+    let stored = wait_until(Duration::from_secs(60), "a traced report stored by the coordinator", || {
+        c.coordinator.results(&check.name).into_iter().find(|r| r["report"]["trace_id"].is_string())
+    });
+    let report: ProbeReport = serde_json::from_value(stored["report"].clone()).unwrap();
+    assert_eq!(report.outcome, mailloop_common::Outcome::Ok);
+    let (root, _) = tree(&collector.received, &report);
+    assert_eq!(root.resource["service.name"], s("agent-under-test"));
+    assert_eq!(root.resource["service.instance.id"], s("tr-eu"));
+    assert_eq!(root.resource["mailloop.region"], s("eu-trace"));
+    assert_eq!(root.resource["deployment.environment"], s("ci"));
+    assert_eq!(attrs(&root.span.attributes)["mailloop.region"], s("eu-trace"));
+    secrets_absent(&collector.received);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0), "the agent stops cleanly with its exporter");
+}
