@@ -323,6 +323,20 @@ fn grpc_trace_of_a_real_probe_matches_its_report() {
         assert_eq!(status(c).0, StatusCode::Unset, "{} is not in error", c.span.name);
     }
     secrets_absent(&collector.received);
+
+    // The table names the trace, so a user can look it up.
+    let f = check.file();
+    let out = Command::new(agent_bin())
+        .args(["probe", "--config", f.path().to_str().unwrap()])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let id =
+        table.lines().find_map(|l| l.trim().strip_prefix("trace:")).map(str::trim).unwrap_or_else(|| panic!("no trace line in\n{table}"));
+    assert_eq!(id.len(), 32, "{table}");
+    assert!(!collector.received.trace(id, 1).is_empty(), "the printed trace id is the exported trace");
 }
 
 #[test]
