@@ -573,3 +573,85 @@ impl<E: SpanExporter> SpanExporter for Logged<E> {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(table: Value, env: &[(&str, &str)]) -> Result<TelemetryConfig, Vec<String>> {
+        let map = table.as_object().unwrap().clone();
+        let mut issues = Vec::new();
+        let mut t = Table::new("telemetry", &map);
+        let c = TelemetryConfig::from_table(&mut t, &mut issues);
+        t.finish(&mut issues);
+        let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let c = c.map(|mut c| {
+            c.apply_env(&lookup, &mut issues);
+            c
+        });
+        match c {
+            Some(c) if issues.is_empty() => Ok(c),
+            _ => Err(issues.into_iter().map(|i| format!("{}: {}", i.path, i.message)).collect()),
+        }
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_table() {
+        let table = json!({
+            "endpoint": "http://10.0.0.1:4317", "protocol": "grpc", "service_name": "from-file",
+            "headers": {"x-api-key": "k3y"}, "resource_attributes": {"team": "mail", "site": "a"}
+        });
+        let c = read(table.clone(), &[]).unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://10.0.0.1:4317"));
+        assert_eq!(c.protocol, Some(Protocol::Grpc));
+        assert_eq!(c.service_name.as_deref(), Some("from-file"));
+        assert_eq!(format!("{:?}", c.headers), "[(\"x-api-key\", <redacted>)]", "header values are secrets");
+
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "from-env"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "site=b,env=prod%2Feu"),
+        ];
+        let c = read(table, &env).unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(c.protocol, Some(Protocol::HttpProtobuf));
+        assert_eq!(c.service_name.as_deref(), Some("from-env"));
+        let attrs: HashMap<_, _> = c.resource_attributes.into_iter().collect();
+        assert_eq!((attrs["team"].as_str(), attrs["site"].as_str(), attrs["env"].as_str()), ("mail", "b", "prod/eu"));
+    }
+
+    #[test]
+    fn off_unless_an_endpoint_is_set() {
+        let c = read(json!({"service_name": "x"}), &[]).unwrap();
+        assert!(c.endpoint.is_none());
+        assert!(Telemetry::start(&c, &Identity { instance: "i".into(), region: None }).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let issues = read(
+            json!({"endpoint": "collector:4317", "protocol": "thrift", "headers": {"a": 1}, "colour": "red"}),
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_RESOURCE_ATTRIBUTES", "novalue")],
+        )
+        .unwrap_err();
+        for key in ["telemetry.endpoint", "telemetry.protocol", "telemetry.headers.a", "telemetry.colour"] {
+            assert!(issues.iter().any(|i| i.starts_with(key)), "{key} not in {issues:?}");
+        }
+        // The table was bad, so the environment is not read over it; alone it is checked too.
+        let env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/json".to_string()),
+            "OTEL_RESOURCE_ATTRIBUTES" => Some("novalue".to_string()),
+            _ => None,
+        };
+        let issues = TelemetryConfig::from_env(&env).unwrap_err();
+        assert_eq!(issues.len(), 2, "{issues:?}");
+    }
+
+    #[test]
+    fn tls_versions_in_semantic_convention_form() {
+        assert_eq!(tls_version("TLSv1_3"), "1.3");
+        assert_eq!(tls_version("TLSv1.2"), "1.2");
+    }
+}

@@ -671,7 +671,7 @@ mod tests {
         let check = check_from_value("x", &check, &|_| None, Secrets::Resolve).unwrap();
         let prober = Arc::new(Prober::new(check, &DnsConfig::default()).unwrap());
         let assignment = AssignedCheck { check_id: "x".into(), revision: 1, check_json: "{}".into(), interval_ms: 1000, phase_ms: 0 };
-        let task = CheckTask { assignment, prober, spool, gate: ProbeGate::default() };
+        let task = CheckTask { assignment, prober, spool, gate: ProbeGate::default(), telemetry: None };
         let (_stop, stopped) = oneshot::channel();
         let size = std::mem::size_of_val(&task.run(stopped));
         assert!(size < 4096, "an idle check task holds {size} bytes");
