@@ -130,12 +130,12 @@ pub struct ProbeReport {
     /// The sender domain's SPF lookup budget.
     #[serde(default)]
     pub spf: Option<SpfBudget>,
-    /// The OpenTelemetry trace of this probe (32 hex digits), when the agent
-    /// exports traces: the coordinator links its verdicts to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The OpenTelemetry trace of this probe (32 hex digits); null unless the
+    /// agent exports traces. Stored with the report, so a verdict can point at it.
+    #[serde(default)]
     pub trace_id: Option<String>,
     /// The trace's root span (`probe`), 16 hex digits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub span_id: Option<String>,
 }
 
