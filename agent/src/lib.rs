@@ -16,5 +16,6 @@ pub mod run;
 pub mod smtp;
 pub mod spf;
 pub mod steps;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -3,11 +3,13 @@
 use clap::{Parser, Subcommand};
 use mailloop_agent::output::{self, Format};
 use mailloop_agent::probe::Prober;
+use mailloop_agent::telemetry::{Identity, Telemetry, TelemetryConfig};
 use mailloop_agent::run::config::AgentConfig;
 use mailloop_agent::transport::{ConnectRule, ConnectTo};
 use mailloop_common::config::{ConfigError, ConfigIssue, ProbeConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Exit code for a config or internal error (Nagios UNKNOWN).
 const EXIT_CONFIG: u8 = 3;
@@ -187,6 +189,14 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
         let known: Vec<&str> = all.iter().map(|p| p.check().name.as_str()).collect();
         return unknown(format, &format!("no check named {missing:?} in {} (checks: {})", config.display(), known.join(", ")));
     }
+    // Traces: the standard OTEL_* variables only (a probe config has no [telemetry]).
+    let telemetry = match TelemetryConfig::from_env(&|name| std::env::var(name).ok()) {
+        Ok(t) => t,
+        Err(issues) => {
+            let list: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+            return unknown(format, &format!("bad trace export settings: {}", list.join("; ")));
+        }
+    };
     let probers: Vec<Prober> = all
         .into_iter()
         .filter(|p| names.is_empty() || names.contains(&p.check().name))
@@ -194,6 +204,11 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
         .collect();
     tracing::debug!(checks = probers.len(), "config loaded");
 
+    let who = Identity { instance: hostname(), region: None };
+    let telemetry = match Telemetry::start(&telemetry, &who) {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => return unknown(format, &e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return unknown(format, &format!("cannot start the async runtime: {e}")),
@@ -202,7 +217,16 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
     let reports = runtime.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (i, p) in probers.into_iter().enumerate() {
-            set.spawn(async move { (i, p.run().await) });
+            let telemetry = telemetry.clone();
+            set.spawn(async move {
+                let mut report = p.run().await;
+                if let Some(t) = telemetry {
+                    let ids = t.record(&report, p.check());
+                    report.trace_id = Some(ids.trace_id);
+                    report.span_id = Some(ids.span_id);
+                }
+                (i, report)
+            });
         }
         let mut out = Vec::new();
         while let Some(joined) = set.join_next().await {
@@ -214,6 +238,17 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
     });
+    if let Some(t) = telemetry {
+        // Ships the traces before exiting (bounded by EXPORT_TIMEOUT).
+        t.shutdown();
+    }
     print!("{}", output::render(format, &reports));
     ExitCode::from(output::exit_code(&reports) as u8)
+}
+
+/// `service.instance.id` of a one-shot probe.
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "mailloop-agent".to_string() } else { name.to_string() }
 }

@@ -79,6 +79,9 @@ pub fn table(r: &ProbeReport) -> String {
     for line in diagnostics(r) {
         let _ = writeln!(out, "  {line}");
     }
+    if let Some(t) = &r.trace_id {
+        let _ = writeln!(out, "  trace:    {t}");
+    }
     out
 }
 

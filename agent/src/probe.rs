@@ -170,6 +170,8 @@ impl Prober {
             placement: result.placement,
             placement_folder: result.placement_folder,
             spam: result.spam,
+            trace_id: None,
+            span_id: None,
         };
         match &report.failure {
             None => tracing::info!(check = %check.name, probe_id = %report.probe_id, outcome = report.outcome.as_str(), rtt_ms = ?report.rtt_ms, "probe finished"),

@@ -132,15 +132,22 @@ pub struct ProbeReport {
     pub spf: Option<SpfBudget>,
     /// Where the probe was found: `inbox` (the check's `mailbox`) or `junk`
     /// (a junk folder: the outcome is `degraded`); absent when not found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub placement: Option<String>,
     /// The folder of a `junk` placement, as the server names it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub placement_folder: Option<String>,
     /// The receiver's spam verdict (X-Spam-*, X-Spamd-Result, Forefront);
     /// absent when the probe carried none or was not fetched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub spam: Option<crate::spam::SpamReport>,
+    /// The OpenTelemetry trace of this probe (32 hex digits); null unless the
+    /// agent exports traces. Stored with the report, so a verdict can point at it.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// The trace's root span (`probe`), 16 hex digits.
+    #[serde(default)]
+    pub span_id: Option<String>,
 }
 
 /// Authentication verdicts of the delivered probe.

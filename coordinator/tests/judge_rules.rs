@@ -92,6 +92,8 @@ fn base_report(outcome: Outcome) -> ProbeReport {
         placement: None,
         placement_folder: None,
         spam: None,
+        trace_id: None,
+        span_id: None,
     }
 }
 

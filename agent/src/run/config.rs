@@ -28,6 +28,13 @@
 //!
 //! [dns]
 //! nameservers = ["127.0.0.53:53"]                    # passed to every check's prober
+//!
+//! [telemetry]                                        # OTLP traces of every probe; off without an endpoint
+//! endpoint = "http://127.0.0.1:4317"                 # OTEL_EXPORTER_OTLP_ENDPOINT wins over it
+//! protocol = "grpc"                                  # or "http/protobuf" (OTEL_EXPORTER_OTLP_PROTOCOL)
+//! service_name = "mailloop-agent"                    # OTEL_SERVICE_NAME
+//! headers = { "x-api-key" = "..." }                  # OTEL_EXPORTER_OTLP_HEADERS adds to these
+//! resource_attributes = { "deployment.environment" = "prod" }   # OTEL_RESOURCE_ATTRIBUTES
 //! ```
 //!
 //! Every `[agent]` key can be set from the environment instead, which wins
@@ -35,6 +42,7 @@
 //! or `MAILLOOP_AGENT__TOKEN_ENV=MY_TOKEN` (a whole number or `true`/`false`
 //! is read as such; lists such as `connect_to` only from the file).
 
+use crate::telemetry::TelemetryConfig;
 use crate::transport::{ConnectRule, ConnectTo};
 use mailloop_common::Secret;
 use mailloop_common::config::{ConfigError, ConfigIssue, DnsConfig, Table, apply_section_env_overrides};
@@ -69,6 +77,8 @@ pub struct AgentConfig {
     pub connect_to: ConnectTo,
     /// `/metrics` (plain HTTP) on this address; None: no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[telemetry]` with the `OTEL_*` environment applied.
+    pub telemetry: TelemetryConfig,
 }
 
 /// How to reach and authenticate to the coordinator.
@@ -159,8 +169,8 @@ impl Validator<'_> {
         for key in root.keys() {
             if key == "check" {
                 self.issue(key.clone(), "unknown key: an agent takes its checks from the coordinator (put [[check]] in coordinator.toml; `mailloop-agent probe` reads a file of them)");
-            } else if key != "agent" && key != "dns" {
-                self.issue(key.clone(), "unknown key (expected [agent] and [dns])");
+            } else if key != "agent" && key != "dns" && key != "telemetry" {
+                self.issue(key.clone(), "unknown key (expected [agent], [dns] and [telemetry])");
             }
         }
         let agent = match root.get("agent") {
@@ -175,8 +185,9 @@ impl Validator<'_> {
             }
         };
         let dns = self.dns(root.get("dns"));
+        let telemetry = self.telemetry(root.get("telemetry"));
         let agent = self.agent(agent?);
-        Some(AgentConfig { dns: dns?, ..agent? })
+        Some(AgentConfig { dns: dns?, telemetry: telemetry?, ..agent? })
     }
 
     fn agent(&mut self, map: &Map<String, Value>) -> Option<AgentConfig> {
@@ -217,6 +228,7 @@ impl Validator<'_> {
             dns: DnsConfig::default(),
             connect_to: connect_to?,
             metrics_listen: metrics_listen?,
+            telemetry: TelemetryConfig::default(),
         })
     }
 
@@ -234,6 +246,16 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// `[telemetry]`, then the standard `OTEL_*` variables over it.
+    fn telemetry(&mut self, value: Option<&Value>) -> Option<TelemetryConfig> {
+        let mut t = Table::or_empty(&mut self.issues, "telemetry", value)?;
+        let config = TelemetryConfig::from_table(&mut t, &mut self.issues);
+        t.finish(&mut self.issues);
+        let mut config = config?;
+        config.apply_env(self.env, &mut self.issues);
+        Some(config)
     }
 
     /// `connect_to = ["host:port=host:port", ...]`: each rule checked, every

@@ -28,9 +28,11 @@ pub mod metrics;
 pub mod schedule;
 pub mod spool;
 
+use crate::telemetry::{Identity, Telemetry};
 use config::AgentConfig;
 use schedule::{ProbeGate, Scheduler};
 use spool::{Spool, SpoolError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -49,6 +51,8 @@ pub enum RunError {
     Coordinator(String),
     #[error("cannot listen on {addr} (metrics_listen): {source}")]
     MetricsListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("trace export: {0}")]
+    Telemetry(String),
 }
 
 /// Runs the agent until `shutdown` completes, then stops gracefully: no
@@ -70,9 +74,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         spool.waiting()
     );
 
+    let who = Identity { instance: config.name.clone(), region: Some(config.region.clone()) };
+    let telemetry = Telemetry::start(&config.telemetry, &who).map_err(RunError::Telemetry)?.map(Arc::new);
+
     let gate = ProbeGate::default();
     let mut scheduler = Scheduler::new(spool.clone(), config.dns.clone(), gate.clone());
     scheduler.connect_to = config.connect_to.clone();
+    scheduler.telemetry = telemetry.clone();
     scheduler.resume().await?;
 
     let (connected_tx, connected) = watch::channel(false);
@@ -124,6 +132,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     if tokio::time::timeout(Duration::from_secs(1), client_task).await.is_err() {
         tracing::debug!("the coordinator session did not end within 1 s; dropped");
+    }
+    if let Some(t) = telemetry {
+        // Ships the last probes' traces (bounded by EXPORT_TIMEOUT).
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
     tracing::info!("stopped; {} report(s) left in the spool", spool.waiting());
     Ok(())

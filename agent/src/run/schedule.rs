@@ -26,6 +26,7 @@
 
 use super::spool::{AssignedCheck, Spool, SpooledReport, now_ms};
 use crate::probe::Prober;
+use crate::telemetry::Telemetry;
 use mailloop_common::config::{DnsConfig, Secrets, check_from_value};
 use mailloop_common::{Outcome, ProbeReport};
 use std::collections::BTreeMap;
@@ -49,6 +50,8 @@ pub struct Scheduler {
     gate: ProbeGate,
     /// The agent's `connect_to` rules, handed to every prober.
     pub connect_to: crate::transport::ConnectTo,
+    /// Where finished probes go as traces (none: export off).
+    pub telemetry: Option<Arc<Telemetry>>,
     /// True while the coordinator refuses this agent: nothing runs.
     suspended: bool,
 }
@@ -64,7 +67,7 @@ struct Held {
 
 impl Scheduler {
     pub fn new(spool: Spool, dns: DnsConfig, gate: ProbeGate) -> Scheduler {
-        Scheduler { held: BTreeMap::new(), spool, dns, gate, connect_to: Default::default(), suspended: false }
+        Scheduler { held: BTreeMap::new(), spool, dns, gate, connect_to: Default::default(), telemetry: None, suspended: false }
     }
 
     /// Starts the assignments saved in the spool (the last ones the
@@ -158,9 +161,11 @@ impl Scheduler {
         };
         tracing::info!("on-demand run {request_id} of check {check_id}: starting now");
         let (assignment, spool, request_id) = (held.assignment.clone(), self.spool.clone(), request_id.to_string());
+        let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
             let started_ms = now_ms();
-            let report = Box::pin(prober.run()).await;
+            let mut report = Box::pin(prober.run()).await;
+            trace(telemetry.as_deref(), &prober, &mut report);
             spool_report(&spool, &assignment, 0, Some(request_id), &report, started_ms).await;
             drop(in_flight);
         });
@@ -252,6 +257,7 @@ impl Scheduler {
             prober,
             spool: self.spool.clone(),
             gate: self.gate.clone(),
+            telemetry: self.telemetry.clone(),
         };
         tokio::spawn(task.run(stopped));
         Some(stop)
@@ -269,6 +275,7 @@ struct CheckTask {
     prober: Arc<Prober>,
     spool: Spool,
     gate: ProbeGate,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl CheckTask {
@@ -288,7 +295,8 @@ impl CheckTask {
             let started_ms = now_ms();
             // Boxed: a probe's state is ~40 KiB, and an idle task should not
             // carry it between rounds (1,000 checks would hold 40 MiB).
-            let report = Box::pin(self.prober.run()).await;
+            let mut report = Box::pin(self.prober.run()).await;
+            trace(self.telemetry.as_deref(), &self.prober, &mut report);
             spool_report(&self.spool, a, round, None, &report, started_ms).await;
             drop(in_flight);
             let next = rounds.first_at_or_after(now_ms()).max(round + 1);
@@ -301,6 +309,16 @@ impl CheckTask {
             }
             round = next;
         }
+    }
+}
+
+/// Queues the probe's trace for export (never waits) and notes its ids in
+/// the report, so the coordinator can link its verdict to it.
+fn trace(telemetry: Option<&Telemetry>, prober: &Prober, report: &mut ProbeReport) {
+    if let Some(t) = telemetry {
+        let ids = t.record(report, prober.check());
+        report.trace_id = Some(ids.trace_id);
+        report.span_id = Some(ids.span_id);
     }
 }
 
@@ -653,7 +671,7 @@ mod tests {
         let check = check_from_value("x", &check, &|_| None, Secrets::Resolve).unwrap();
         let prober = Arc::new(Prober::new(check, &DnsConfig::default()).unwrap());
         let assignment = AssignedCheck { check_id: "x".into(), revision: 1, check_json: "{}".into(), interval_ms: 1000, phase_ms: 0 };
-        let task = CheckTask { assignment, prober, spool, gate: ProbeGate::default() };
+        let task = CheckTask { assignment, prober, spool, gate: ProbeGate::default(), telemetry: None };
         let (_stop, stopped) = oneshot::channel();
         let size = std::mem::size_of_val(&task.run(stopped));
         assert!(size < 4096, "an idle check task holds {size} bytes");
