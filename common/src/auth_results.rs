@@ -271,11 +271,12 @@ pub fn summarize(headers: &[&str], trusted_authserv_id: Option<&str>) -> AuthSum
 }
 
 /// The domain of `local@domain`, `@domain` or `domain`, lowercased,
-/// without angle brackets or a trailing dot.
+/// without angle brackets or a trailing dot. Microsoft writes
+/// `header.d=none` for "no signature": that is no domain.
 fn domain_part(value: &str) -> Option<String> {
     let v = value.trim().trim_start_matches('<').trim_end_matches('>');
     let d = v.rsplit_once('@').map_or(v, |(_, d)| d).trim_end_matches('.');
-    (!d.is_empty()).then(|| d.to_ascii_lowercase())
+    (!d.is_empty() && !d.eq_ignore_ascii_case("none")).then(|| d.to_ascii_lowercase())
 }
 
 /// Reads the results in one `;`-separated segment into `out`.
