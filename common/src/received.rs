@@ -158,6 +158,15 @@ pub fn parse(value: &str) -> Hop {
             }
         }
     }
+    // RFC 3848 (and Zoho's SMTPS): the protocol name alone says the
+    // session used TLS, even where nothing names the version.
+    const TLS_PROTOCOLS: [&str; 7] = ["ESMTPS", "ESMTPSA", "UTF8SMTPS", "UTF8SMTPSA", "LMTPS", "LMTPSA", "SMTPS"];
+    if tls.version.is_none()
+        && tls.cipher.is_none()
+        && hop.with.as_deref().is_some_and(|w| TLS_PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(w)))
+    {
+        tls.version = Some("TLS".to_string());
+    }
     hop.tls = tls.describe();
     hop
 }
@@ -764,6 +773,10 @@ mod tests {
             "from a by b (version=TLSv1/SSLv3 cipher=DHE-RSA-AES256-SHA bits=256 verify=NOT) with ESMTP; Mon, 06 Jan 2025 07:53:55 +0000",
             "TLSv1.0 DHE-RSA-AES256-SHA",
         );
+        // RFC 3848's protocol names say TLS without a version.
+        tls_of("from a by b with ESMTPSA id 1; Mon, 06 Jan 2025 07:53:55 +0000", "TLS");
+        tls_of("by mx.zohomail.com with SMTPS id 1; Mon, 06 Jan 2025 07:53:55 +0000", "TLS");
+        assert_eq!(parse("from a by b with ESMTPA id 1; Mon, 06 Jan 2025 07:53:55 +0000").tls, None);
         // No TLS words: no TLS.
         assert_eq!(parse("from a (Cipher) by b with SMTP; Mon, 06 Jan 2025 07:53:55 +0000").tls, None);
         assert_eq!(parse("from a by b with ESMTP/TLSX; Mon, 06 Jan 2025 07:53:55 +0000").tls, None);

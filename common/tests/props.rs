@@ -124,7 +124,9 @@ proptest! {
         prop_assert_eq!(hop.by.as_deref(), Some(s.by.as_str()));
         prop_assert_eq!(hop.with.as_deref(), Some(s.with));
         prop_assert_eq!(hop.id.as_deref(), Some(s.id.as_str()));
-        prop_assert_eq!(hop.tls, s.tls.map(|(v, c)| format!("{v} {c}")));
+        // Without a TLS comment, RFC 3848's ESMTPS/ESMTPSA still say TLS.
+        let implied = ["ESMTPS", "ESMTPSA"].contains(&s.with).then(|| "TLS".to_string());
+        prop_assert_eq!(hop.tls, s.tls.map(|(v, c)| format!("{v} {c}")).or(implied));
         prop_assert_eq!(hop.at, Some(s.at));
     }
 
