@@ -9,9 +9,13 @@
 //! followed loosely, because every MTA decorates it its own way: Postfix's
 //! `(using TLSv1.3 with cipher ...)` comment, Exim's `(TLS1.3) tls CIPHER`,
 //! Sendmail's and Gmail's `(version=... cipher=...)`, Exchange's
-//! `with Microsoft SMTP Server (version=TLS1_2, cipher=...)`, Dovecot
-//! LMTP's bare `from host by host with LMTP`. Nothing here fails: a clause
-//! that is not there is `None`.
+//! `with Microsoft SMTP Server (version=TLS1_2, cipher=...)`, Courier's
+//! `(TLS: TLS1.3,128bits,CIPHER)`, OpenSMTPD's `(TLSv1.3:CIPHER:256:NO)`,
+//! IronPort's `with ESMTP/TLS/CIPHER`, qmail's `with CIPHER encrypted SMTP`,
+//! Dovecot LMTP's bare `from host by host with LMTP`, Exchange's and
+//! MailEnable's `from ([192.0.2.1]) by ...` (a clause with only a comment:
+//! a keyword is never a clause's value) and SendGrid's date without its
+//! `;`. Nothing here fails: a clause that is not there is `None`.
 
 use crate::auth_results::take_comment;
 use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, SubsecRound, TimeZone, Utc};
