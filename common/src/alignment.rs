@@ -21,7 +21,7 @@ pub enum Alignment {
     Strict,
     /// Different names with the same organizational domain.
     Relaxed,
-    /// Unrelated, or one of the names is empty.
+    /// Unrelated, or one of the names is empty or not a domain name.
     None,
 }
 
@@ -33,7 +33,15 @@ pub enum Alignment {
 /// assert_eq!(alignment("mail.sender.test", "sender.test"), Alignment::Relaxed);
 /// assert_eq!(alignment("other.test", "sender.test"), Alignment::None);
 /// ```
+///
+/// A name that is not a valid domain name (`.example.com`, an empty label,
+/// a character a host name cannot hold) is never aligned, not even with
+/// itself: a malformed identifier must not turn a broken or hostile
+/// signature into a pass.
 pub fn alignment(domain: &str, from_domain: &str) -> Alignment {
+    if !is_domain_name(domain) || !is_domain_name(from_domain) {
+        return Alignment::None;
+    }
     let (a, b) = (normalize(domain), normalize(from_domain));
     if a.is_empty() || b.is_empty() {
         Alignment::None
@@ -62,6 +70,27 @@ pub fn organizational_domain(d: &str) -> String {
         Some(org) => org.to_string(),
         None => d,
     }
+}
+
+/// Whether `d` is a domain name as DKIM's `d=`, SPF and `From:` use it
+/// (RFC 5321 `Domain`, RFC 6376 `domain-name`), surrounding whitespace and
+/// one trailing dot allowed: dot-separated labels of 1 to 63 letters,
+/// digits and inner hyphens (a U-label's letters may be non-ASCII), at most
+/// 253 characters in all.
+pub fn is_domain_name(d: &str) -> bool {
+    let d = d.trim();
+    let d = d.strip_suffix('.').unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c == '-' || c.is_ascii_alphanumeric() || (!c.is_ascii() && c.is_alphanumeric()))
+        })
 }
 
 /// Lowercase, without surrounding whitespace and trailing dots (in any
@@ -106,6 +135,26 @@ mod tests {
         check("sender.test", "", None);
         check("", "", None);
         check("evil-sender.test", "sender.test", None);
+    }
+
+    #[test]
+    fn malformed_names_never_align() {
+        // Issue 16: a leading dot was relaxed-aligned with the bare name.
+        check(".example.com", "example.com", None);
+        check(".example.com", "mail.example.com", None);
+        check(".example.com", ".example.com", None);
+        check("example..com", "example.com", None);
+        check("example.com..", "example.com", None);
+        check("exa mple.com", "example.com", None);
+        check("ex_ample.com", "mail.ex_ample.com", None);
+        check("-example.com", "example.com", None);
+        check("example-.com", "example.com", None);
+        check("exa\u{0}mple.com", "example.com", None);
+        check(".", ".", None);
+        check(&format!("{}.com", "a".repeat(64)), "com", None);
+        // Still fine: one trailing dot, surrounding space, IDN U-labels.
+        check("bücher.example.", "bücher.example", Strict);
+        check("xn--bcher-kva.example", "mail.xn--bcher-kva.example", Relaxed);
     }
 
     #[test]

@@ -271,11 +271,12 @@ pub fn summarize(headers: &[&str], trusted_authserv_id: Option<&str>) -> AuthSum
 }
 
 /// The domain of `local@domain`, `@domain` or `domain`, lowercased,
-/// without angle brackets or a trailing dot.
+/// without angle brackets or a trailing dot. Microsoft writes
+/// `header.d=none` for "no signature": that is no domain.
 fn domain_part(value: &str) -> Option<String> {
     let v = value.trim().trim_start_matches('<').trim_end_matches('>');
     let d = v.rsplit_once('@').map_or(v, |(_, d)| d).trim_end_matches('.');
-    (!d.is_empty()).then(|| d.to_ascii_lowercase())
+    (!d.is_empty() && !d.eq_ignore_ascii_case("none")).then(|| d.to_ascii_lowercase())
 }
 
 /// Reads the results in one `;`-separated segment into `out`.
@@ -292,6 +293,7 @@ fn resinfo(tokens: &[Token], out: &mut AuthResults) {
     let mut pending: Vec<String> = Vec::new();
     let mut i = 0;
     while i < tokens.len() {
+        let mut comments = Vec::new();
         let key = match &tokens[i].kind {
             Kind::Comment(c) => {
                 match current.as_mut() {
@@ -301,15 +303,14 @@ fn resinfo(tokens: &[Token], out: &mut AuthResults) {
                 i += 1;
                 continue;
             }
-            Kind::Word(w) => w,
+            Kind::Word(_) => read_key(tokens, &mut i, &mut comments),
             // Stray `=`, `/` or quoted strings carry nothing we can use.
             _ => {
                 i += 1;
                 continue;
             }
         };
-        i += 1;
-        let mut comments = Vec::new();
+        let key = &key;
         // An optional method version: `dkim/1`.
         let mut version = None;
         if next_significant(tokens, &mut i, &mut comments) == Some(&Kind::Slash) {
@@ -370,6 +371,31 @@ fn resinfo(tokens: &[Token], out: &mut AuthResults) {
     }
     if let Some(done) = current {
         out.results.push(done);
+    }
+}
+
+/// Reads a method or property name at `i` (a word): `ptype CFWS "." CFWS
+/// property` may have comments and whitespace around its dot (RFC 8601
+/// §2.2; Appendix B writes `policy (A dot can go here) . (like that)
+/// expired`), so words that meet at a dot are one name. Comments inside go
+/// to `comments`.
+fn read_key(tokens: &[Token], i: &mut usize, comments: &mut Vec<String>) -> String {
+    let Some(Kind::Word(first)) = tokens.get(*i).map(|t| &t.kind) else {
+        return String::new();
+    };
+    let mut key = first.clone();
+    *i += 1;
+    loop {
+        let mut j = *i;
+        let mut inner = Vec::new();
+        match next_significant(tokens, &mut j, &mut inner) {
+            Some(Kind::Word(w)) if key.ends_with('.') || w.starts_with('.') => {
+                key.push_str(w);
+                comments.append(&mut inner);
+                *i = j + 1;
+            }
+            _ => return key,
+        }
     }
 }
 
@@ -560,7 +586,10 @@ mod tests {
     /// `key=value` pairs of each result: `method=result` first, then
     /// `reason=...`, then every property, so a case reads like the header.
     fn shape(value: &str) -> Vec<String> {
-        let ar = parse(value).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        shape_of(&parse(value).unwrap_or_else(|e| panic!("{value:?}: {e}")))
+    }
+
+    fn shape_of(ar: &AuthResults) -> Vec<String> {
         ar.results
             .iter()
             .map(|r| {
@@ -605,6 +634,24 @@ mod tests {
         assert_eq!((r.method.as_str(), r.result.as_str()), ("spf", "pass"));
         assert_eq!(r.comments, ["before", "after", "x ) y; z"]);
         assert_eq!(r.prop("smtp.mailfrom"), Some("a@b.example"));
+    }
+
+    #[test]
+    fn comments_around_the_dot_of_a_property() {
+        // RFC 8601 Appendix B's comment-heavy example (issue 16: the
+        // property lost its type).
+        let ar = parse(
+            "foo.example.net (foobar) 1 (baz);\n    dkim (Because I like it) / 1 (One yay) = (wait for it) fail\n      \
+             policy (A dot can go here) . (like that) expired\n      (this surprised me) = (as I wasn't expecting it) 1362471462",
+        )
+        .unwrap();
+        assert_eq!((ar.authserv_id.as_str(), ar.version), ("foo.example.net", Some(1)));
+        assert_eq!(shape_of(&ar), ["dkim/1=fail policy.expired=1362471462"]);
+        assert_eq!(ar.results[0].prop("policy.expired"), Some("1362471462"));
+        assert!(ar.results[0].comments.iter().any(|c| c == "like that"), "{:?}", ar.results[0].comments);
+        assert_eq!(shape("mx.example; spf=pass smtp . mailfrom=a@b.example"), ["spf=pass smtp.mailfrom=a@b.example"]);
+        assert_eq!(shape("mx.example; spf=pass smtp. mailfrom=a@b.example"), ["spf=pass smtp.mailfrom=a@b.example"]);
+        assert_eq!(shape("mx.example; spf=pass smtp .mailfrom=a@b.example"), ["spf=pass smtp.mailfrom=a@b.example"]);
     }
 
     #[test]

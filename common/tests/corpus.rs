@@ -10,6 +10,9 @@
 //!   without it, `summarize` trusts every header and warns.
 //! - `# sent_at: <RFC 3339>` (received): the send time the first hop is
 //!   measured from.
+//! - `# independent: yes` (received): the values are unrelated samples
+//!   (one MTA's headers from several messages), not one message's route:
+//!   each is parsed, no delays are computed between them.
 //!
 //! Beside each sample, `NNN-<source>.expected.json` holds what the parsers
 //! make of it. `UPDATE_EXPECT=1 cargo test -p mailloop-common --test corpus`
@@ -72,7 +75,12 @@ fn received_corpus() {
         });
         let values: Vec<&str> = sample.values.iter().map(String::as_str).collect();
         let hops = values.iter().map(|v| received::parse(v)).collect();
-        pretty(&ReceivedOut { hops, delays: received::hop_delays(&values, sent_at) })
+        let delays = match sample.directive("independent").as_deref() {
+            Some("yes") => Vec::new(),
+            None => received::hop_delays(&values, sent_at),
+            Some(other) => panic!("independent: {other:?}, expected `yes`"),
+        };
+        pretty(&ReceivedOut { hops, delays })
     });
 }
 
