@@ -24,6 +24,24 @@ pub const AGENTS: [(&str, &str); 2] = [("eu-1", "eu-west"), ("us-1", "us-east")]
 
 /// A workspace binary, built by `cargo build --workspace --bins` beside the
 /// test binary (target/<profile>/deps/<test> → target/<profile>/<name>).
+/// Starts `mailloop-agent run --config CONFIG` with the stack's passwords in
+/// the environment the test checks name, its stderr appended to `log` at
+/// `level` (protocol crates kept at info).
+pub fn spawn_agent_run(config: &Path, log: &Path, level: &str) -> Child {
+    let s = Stack::get();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(bin("mailloop-agent"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("MAILLOOP_LOG", format!("{level},h2=info,tower=info,hyper=info,rustls=info"))
+        .env(SMTP_PASS_ENV, s.var("MAILSTACK_SMTP_PASS"))
+        .env(IMAP_PASS_ENV, s.var("MAILSTACK_IMAP_PASS"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
@@ -293,17 +311,7 @@ impl Agent {
             ),
         )
         .unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let child = Command::new(bin("mailloop-agent"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("MAILLOOP_LOG", "debug,h2=info,tower=info,hyper=info,rustls=info")
-            .env(SMTP_PASS_ENV, s.var("MAILSTACK_SMTP_PASS"))
-            .env(IMAP_PASS_ENV, s.var("MAILSTACK_IMAP_PASS"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_agent_run(&config, &self.log_path(), "debug");
         self.proc = Some(Proc { child: Some(child) });
     }
 

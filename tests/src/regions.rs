@@ -16,11 +16,10 @@
 //! inside a tokio runtime.
 
 use crate::Stack;
-use crate::cluster::{ADMIN_TOKEN, Coordinator, IMAP_PASS_ENV, Proc, SMTP_PASS_ENV, bin};
+use crate::cluster::{ADMIN_TOKEN, Coordinator, IMAP_PASS_ENV, Proc};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -656,19 +655,8 @@ impl Drop for RegionCluster {
 /// Starts `region`'s agent (`mailloop-agent run`) with the config file
 /// [`RegionCluster::start`] wrote for it in `dir`, its log appended to.
 fn spawn_agent(dir: &std::path::Path, region: &Region) -> Proc {
-    let s = Stack::get();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&region.log).unwrap();
-    let child = Command::new(bin("mailloop-agent"))
-        .args(["run", "--config"])
-        .arg(dir.join(format!("{}.toml", region.agent_name)))
-        .env("MAILLOOP_LOG", "info,h2=info,tower=info,hyper=info,rustls=info")
-        .env(SMTP_PASS_ENV, s.var("MAILSTACK_SMTP_PASS"))
-        .env(IMAP_PASS_ENV, s.var("MAILSTACK_IMAP_PASS"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc::new(child)
+    let config = dir.join(format!("{}.toml", region.agent_name));
+    Proc::new(crate::cluster::spawn_agent_run(&config, &region.log, "info"))
 }
 
 impl RegionCluster {
