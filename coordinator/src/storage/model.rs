@@ -1,0 +1,379 @@
+//! The plain Rust types that go in and out of [`Storage`](super::Storage):
+//! rows, queries, pages and errors. No SQL and no backend type in here.
+
+use crate::config::CheckSpec;
+use crate::judge::{AlertEventKind, Incident, IncidentKind, IncidentState, Verdict};
+use std::path::PathBuf;
+
+/// What went wrong in storage (our failure, never the mail server's).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("storage is closed (shutting down)")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Who owns a check or agent: the config file (replaced on reload) or the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Config,
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Api => "api",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Source {
+        if s == "config" {
+            Source::Config
+        } else {
+            Source::Api
+        }
+    }
+}
+
+/// A check as stored: its spec, revision and fate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCheck {
+    pub spec: CheckSpec,
+    /// Global, increasing with every change of any check.
+    pub revision: u64,
+    pub source: Source,
+    /// Deleted checks stay, so late reports of theirs can still be judged.
+    pub deleted: bool,
+    pub updated_at_ms: i64,
+}
+
+/// An agent as stored. Only the token's SHA-256 is ever kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAgent {
+    pub name: String,
+    pub region: String,
+    pub token_sha256: String,
+    pub source: Source,
+    pub revoked: bool,
+    pub version: Option<String>,
+    pub last_seen_ms: Option<i64>,
+    pub connected: bool,
+    pub created_at_ms: i64,
+}
+
+/// One probe report row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRow {
+    pub probe_id: String,
+    pub check_id: String,
+    pub revision: u64,
+    pub region: String,
+    pub agent: String,
+    pub round: u64,
+    pub started_at_ms: i64,
+    pub outcome: String,
+    pub rtt_ms: Option<f64>,
+    pub delivery_ms: Option<f64>,
+    pub failure_step: Option<String>,
+    pub failure_class: Option<String>,
+    /// The full `ProbeReport` JSON as the agent sent it.
+    pub report_json: String,
+    pub received_at_ms: i64,
+    /// The on-demand run this report answers (round 0); None for scheduled rounds.
+    pub request_id: Option<String>,
+    /// `early` or `late` when the report's round was outside the check's
+    /// schedule window of the coordinator's clock at ingest: kept as
+    /// evidence, but it never moves `/latest`, a verdict or a baseline.
+    pub out_of_window: Option<String>,
+}
+
+/// Whether an insert stored a new row or found the probe id already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Duplicate,
+}
+
+/// A page of results, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ResultQuery {
+    pub check_id: Option<String>,
+    pub region: Option<String>,
+    /// Inclusive lower bound on `started_at` (epoch ms).
+    pub since_ms: Option<i64>,
+    /// Exclusive upper bound on `started_at` (epoch ms).
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+    /// Continue after this (started_at_ms, probe_id), from a previous page.
+    pub after: Option<(i64, String)>,
+    /// Stop adding rows once their report JSON adds up to this many bytes
+    /// (the page then ends early, with a cursor); None: rows only.
+    pub max_bytes: Option<usize>,
+}
+
+/// Rows and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct ResultPage {
+    pub rows: Vec<ReportRow>,
+    pub next: Option<(i64, String)>,
+}
+
+/// Database file name inside `data_dir`.
+pub const DB_FILE: &str = "coordinator.db";
+
+/// A page of verdicts, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct VerdictQuery {
+    pub check_id: Option<String>,
+    /// Inclusive lower bound on the round's start (epoch ms).
+    pub since_ms: Option<i64>,
+    /// Exclusive upper bound on the round's start (epoch ms).
+    pub until_ms: Option<i64>,
+    pub limit: u32,
+    /// Continue after this (round_start_ms, check_id), from a previous page.
+    pub after: Option<(i64, String)>,
+}
+
+/// Verdicts and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct VerdictPage {
+    pub verdicts: Vec<Verdict>,
+    pub next: Option<(i64, String)>,
+}
+
+/// Which incidents to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct IncidentQuery {
+    /// Any of these states (empty: all).
+    pub states: Vec<IncidentState>,
+    pub kind: Option<IncidentKind>,
+    pub check_id: Option<String>,
+    pub limit: u32,
+}
+
+/// What storing one round did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundStored {
+    /// False when the round already had a verdict (nothing was changed).
+    pub stored: bool,
+    /// Incidents opened or resolved by it, as stored (with ids and timeline).
+    pub events: Vec<(AlertEventKind, Incident)>,
+}
+
+/// What an acknowledgement found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AckOutcome {
+    /// It was open and is now acknowledged.
+    Acknowledged(Incident),
+    /// It was already acknowledged: nothing changed (acks are idempotent).
+    AlreadyAcknowledged(Incident),
+    /// It is resolved: too late to acknowledge.
+    Resolved(Incident),
+    NotFound,
+}
+
+/// Upper bounds (ms) of the round-trip histogram's buckets; a last bucket
+/// takes everything slower. Fixed, so hours can be merged into days.
+pub const RTT_BUCKETS_MS: [f64; 11] = [
+    25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0,
+];
+
+/// Length of one aggregate bucket.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Minimum, sum and maximum of one timing over an hour (reports without it
+/// are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimingStats {
+    pub count: u64,
+    pub sum_ms: f64,
+    pub min_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+impl TimingStats {
+    pub(crate) fn add(&mut self, ms: Option<f64>) {
+        let Some(ms) = ms.filter(|m| m.is_finite()) else {
+            return;
+        };
+        self.count += 1;
+        self.sum_ms += ms;
+        self.min_ms = Some(self.min_ms.map_or(ms, |m| m.min(ms)));
+        self.max_ms = Some(self.max_ms.map_or(ms, |m| m.max(ms)));
+    }
+
+    /// The mean, when anything was counted.
+    pub fn avg_ms(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_ms / self.count as f64)
+    }
+}
+
+/// One check in one region over one hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourAggregate {
+    pub check_id: String,
+    pub region: String,
+    /// Epoch ms of the hour's start (reports are placed by `started_at`).
+    pub hour_ms: i64,
+    pub ok: u64,
+    pub degraded: u64,
+    pub failed: u64,
+    pub rtt: TimingStats,
+    /// Counts per [`RTT_BUCKETS_MS`] bucket, plus one for slower.
+    pub rtt_buckets: [u64; RTT_BUCKETS_MS.len() + 1],
+    pub delivery: TimingStats,
+}
+
+impl HourAggregate {
+    pub(crate) fn empty(check_id: &str, region: &str, hour_ms: i64) -> HourAggregate {
+        HourAggregate {
+            check_id: check_id.to_string(),
+            region: region.to_string(),
+            hour_ms,
+            ok: 0,
+            degraded: 0,
+            failed: 0,
+            rtt: TimingStats::default(),
+            rtt_buckets: [0; RTT_BUCKETS_MS.len() + 1],
+            delivery: TimingStats::default(),
+        }
+    }
+
+    /// Folds one report in.
+    pub(crate) fn add(&mut self, outcome: &str, rtt_ms: Option<f64>, delivery_ms: Option<f64>) {
+        match outcome {
+            "ok" => self.ok += 1,
+            "degraded" => self.degraded += 1,
+            // `Outcome` has three values; anything else is not a success.
+            _ => self.failed += 1,
+        }
+        if let Some(ms) = rtt_ms.filter(|m| m.is_finite()) {
+            let i = RTT_BUCKETS_MS
+                .iter()
+                .position(|&le| ms <= le)
+                .unwrap_or(RTT_BUCKETS_MS.len());
+            self.rtt_buckets[i] += 1;
+        }
+        self.rtt.add(rtt_ms);
+        self.delivery.add(delivery_ms);
+    }
+
+    /// Reports counted in this hour.
+    pub fn reports(&self) -> u64 {
+        self.ok + self.degraded + self.failed
+    }
+
+    /// The `q` quantile (0..=1) of the round trip, estimated from the
+    /// histogram the way Prometheus does (linear inside the bucket), and
+    /// clamped to the hour's real minimum and maximum. `None` without data.
+    pub fn rtt_quantile(&self, q: f64) -> Option<f64> {
+        let (min, max) = (self.rtt.min_ms?, self.rtt.max_ms?);
+        let total: u64 = self.rtt_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &n) in self.rtt_buckets.iter().enumerate() {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let lo = if i == 0 {
+                    min
+                } else {
+                    RTT_BUCKETS_MS[i - 1].max(min)
+                };
+                let hi = RTT_BUCKETS_MS.get(i).copied().unwrap_or(max).min(max);
+                let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+                return Some((lo + (hi - lo) * within).clamp(min, max));
+            }
+            seen += n;
+        }
+        Some(max)
+    }
+}
+
+/// Which aggregates to read.
+#[derive(Debug, Clone, Default)]
+pub struct AggregateQuery {
+    pub check_id: String,
+    pub region: Option<String>,
+    /// Hours starting at or after the hour containing this (epoch ms).
+    pub since_ms: Option<i64>,
+}
+
+/// The start of the hour containing `ms`.
+pub fn hour_of(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// One entry of the audit log: who changed what, from where, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Assigned on insert (0 before); also the paging cursor.
+    pub seq: u64,
+    pub at_ms: i64,
+    /// The API token's name (`admin`, `grafana`, ...).
+    pub actor: String,
+    /// Its role.
+    pub role: String,
+    /// The caller's IP address.
+    pub source: Option<String>,
+    /// `created`, `changed`, `deleted`, `acknowledged`, `revoked`, `run`.
+    pub action: String,
+    /// `check`, `agent`, `incident`, `token`.
+    pub object: String,
+    pub object_id: String,
+    /// `revision 3`, `request_id r-...`.
+    pub detail: Option<String>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub object: Option<String>,
+    pub object_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Entries older than this `seq` (the previous page's `next`).
+    pub before_seq: Option<u64>,
+    pub limit: u32,
+}
+
+/// Entries and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub next: Option<u64>,
+}
+
+/// An API token made through the API (`POST /api/v1/tokens`). Only its
+/// SHA-256 is kept; a revoked one stays as a record until its name is reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub name: String,
+    /// `read` or `admin`.
+    pub role: String,
+    pub token_sha256: String,
+    pub created_at_ms: i64,
+    /// The name of the token that made it.
+    pub created_by: String,
+    pub revoked_at_ms: Option<i64>,
+}

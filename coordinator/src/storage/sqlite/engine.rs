@@ -1,0 +1,211 @@
+//! The SQLite engine: one writer thread that batches jobs into a
+//! transaction and answers each after the commit, and a small pool of
+//! read-only connections for queries (WAL lets them run while it writes).
+
+use super::super::model::StorageError;
+use rusqlite::{Connection, params};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 1024;
+/// Jobs waiting for the writer before senders are made to wait (backpressure).
+pub(super) const QUEUE: usize = 8192;
+/// Read connections.
+pub(super) const READERS: usize = 4;
+/// Rows deleted per retention transaction, so pruning never holds the writer long.
+pub(super) const PRUNE_CHUNK: usize = 5000;
+
+/// The coordinator's storage. Cheap to share behind an `Arc`.
+pub struct Storage {
+    pub(super) writer: mpsc::Sender<Msg>,
+    pub(super) readers: Arc<Readers>,
+    pub(super) done: Mutex<Option<oneshot::Receiver<()>>>,
+    pub(super) path: PathBuf,
+}
+
+impl Storage {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lets the writer commit everything already queued, then stops it.
+    /// Later writes fail with [`StorageError::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Msg::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let done = self.done.lock().expect("storage lock").take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+
+    /// Runs `sql` (a DELETE of at most `?2` rows older than `?1`) until it
+    /// deletes fewer than a chunk: each chunk is its own transaction, so
+    /// pruning never holds the writer long. Returns how many rows went.
+    pub(super) async fn delete_in_chunks(&self, sql: &'static str, cutoff_ms: i64) -> Result<usize, StorageError> {
+        let mut total = 0;
+        loop {
+            let n = self.write(move |conn| Ok(conn.execute(sql, params![cutoff_ms, PRUNE_CHUNK as i64])?)).await?;
+            total += n;
+            if n < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs `f` in the writer's next transaction and waits for the commit.
+    pub(super) async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        self.submit(f)
+            .await?
+            .await
+            .map_err(|_| StorageError::Closed)?
+    }
+
+    pub(super) async fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<R, StorageError>>, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(Typed {
+            f: Some(f),
+            result: None,
+            reply: tx,
+        });
+        self.writer
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        Ok(rx)
+    }
+
+    pub(super) async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = readers.next.fetch_add(1, Ordering::Relaxed) % readers.conns.len();
+            let conn = readers.conns[i].lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StorageError::Commit(format!("read task failed: {e}")))?
+    }
+}
+
+pub(super) fn corrupt(message: String) -> StorageError {
+    StorageError::Corrupt(message)
+}
+
+pub(super) struct Readers {
+    pub(super) conns: Vec<Mutex<Connection>>,
+    pub(super) next: AtomicUsize,
+}
+
+pub(super) enum Msg {
+    Job(Box<dyn WriteJob>),
+    Close(oneshot::Sender<()>),
+}
+
+/// One write: run inside the batch's transaction, answered after the commit.
+pub(super) trait WriteJob: Send {
+    /// Runs the write; false if it failed (its savepoint is rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the sender once the batch's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct Typed<F, R> {
+    f: Option<F>,
+    result: Option<Result<R, StorageError>>,
+    reply: oneshot::Sender<Result<R, StorageError>>,
+}
+
+impl<F, R> WriteJob for Typed<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R, StorageError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("a job runs once");
+        let result = f(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), String>) {
+        let answer = match (commit, self.result) {
+            (Err(e), _) => Err(StorageError::Commit(e)),
+            (Ok(()), Some(r)) => r,
+            (Ok(()), None) => Err(StorageError::Commit("the write did not run".into())),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+    let mut closing = None;
+    while closing.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch = Vec::new();
+        match first {
+            Msg::Job(j) => batch.push(j),
+            Msg::Close(tx) => closing = Some(tx),
+        }
+        while closing.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Close(tx)) => closing = Some(tx),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let commit = run_batch(&mut conn, &mut batch);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = batch.len(), "storage commit failed; the batch is answered with the error");
+        }
+        for job in batch {
+            job.finish(commit.clone());
+        }
+    }
+    // Refuse whatever arrives after close; answer it so nobody waits forever.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Job(j) => j.finish(Err("storage is closed".into())),
+            Msg::Close(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+    drop(conn);
+    if let Some(tx) = closing {
+        let _ = tx.send(());
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
+    for job in batch.iter_mut() {
+        let sp = tx.savepoint().map_err(|e| e.to_string())?;
+        if job.run(&sp) {
+            sp.commit().map_err(|e| e.to_string())?;
+        }
+        // A failed job's savepoint rolls back on drop; the rest of the batch stands.
+    }
+    tx.commit().map_err(|e| e.to_string())
+}

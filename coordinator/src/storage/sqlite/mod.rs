@@ -1,0 +1,78 @@
+//! The embedded backend: SQLite (rusqlite, bundled) in WAL, one writer
+//! thread ([`engine`]), one file per thing stored, and the schema with its
+//! numbered migrations ([`migrations`]).
+
+mod agents;
+mod aggregates;
+mod audit;
+mod checks;
+mod engine;
+mod incidents;
+mod migrations;
+mod reports;
+mod tokens;
+mod verdicts;
+
+pub use engine::{MAX_BATCH, Storage};
+
+use super::model::{DB_FILE, StorageError};
+use engine::{QUEUE, READERS, Readers, writer_loop};
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+impl Storage {
+    /// Opens (creating if needed) `data_dir/coordinator.db` and starts the writer thread.
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let open_err = |source| StorageError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        // FULL: a commit is on disk before the writer answers (the ack rule).
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations::apply(&conn).map_err(open_err)?;
+        let mut readers = Vec::new();
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
+            r.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+            readers.push(Mutex::new(r));
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("storage-writer".into())
+            .spawn(move || {
+                writer_loop(conn, rx);
+                let _ = done_tx.send(());
+            })
+            .expect("spawn the storage writer thread");
+        Ok(Storage {
+            writer: tx,
+            readers: Arc::new(Readers {
+                conns: readers,
+                next: AtomicUsize::new(0),
+            }),
+            done: Mutex::new(Some(done_rx)),
+            path,
+        })
+    }
+
+}

@@ -1,0 +1,511 @@
+//! Probe reports: exactly-once ingest (the probe id is the key), result
+//! pages, rounds, on-demand runs, retention.
+
+use super::aggregates::add_to_aggregate;
+use super::engine::Storage;
+use super::super::model::{Inserted, ReportRow, ResultPage, ResultQuery, StorageError};
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::oneshot;
+
+impl Storage {
+    /// Queues one report; the returned receiver answers after the commit.
+    /// Awaiting this only waits for room in the queue, so a caller can keep
+    /// many reports in flight and acknowledge each as its answer arrives.
+    pub async fn submit_report(
+        &self,
+        row: ReportRow,
+    ) -> Result<oneshot::Receiver<Result<Inserted, StorageError>>, StorageError> {
+        self.submit(move |conn| {
+            let n = conn.prepare_cached(
+                "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, region, agent, round, started_at, outcome,
+                 rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at, request_id, out_of_window)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?
+            .execute(params![
+                row.probe_id,
+                row.check_id,
+                row.revision as i64,
+                row.region,
+                row.agent,
+                row.round as i64,
+                row.started_at_ms,
+                row.outcome,
+                row.rtt_ms,
+                row.delivery_ms,
+                row.failure_step,
+                row.failure_class,
+                row.report_json,
+                row.received_at_ms,
+                row.request_id,
+                row.out_of_window
+            ])?;
+            if n == 1 {
+                add_to_aggregate(conn, &row)?;
+            }
+            Ok(if n == 1 { Inserted::New } else { Inserted::Duplicate })
+        })
+        .await
+    }
+
+    /// Stores one report and waits until it is durable.
+    pub async fn insert_report(&self, row: ReportRow) -> Result<Inserted, StorageError> {
+        self.submit_report(row)
+            .await?
+            .await
+            .map_err(|_| StorageError::Closed)?
+    }
+
+    /// Results, newest first, filtered and paged.
+    pub async fn query_results(&self, q: ResultQuery) -> Result<ResultPage, StorageError> {
+        self.read(move |conn| {
+            let limit = q.limit.clamp(1, 1000) as i64;
+            let (after_ms, after_id) = q.after.clone().unzip();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports
+                 WHERE (?1 IS NULL OR check_id = ?1) AND (?2 IS NULL OR region = ?2)
+                   AND (?3 IS NULL OR started_at >= ?3) AND (?4 IS NULL OR started_at < ?4)
+                   AND (?5 IS NULL OR started_at < ?5 OR (started_at = ?5 AND probe_id < ?6))
+                 ORDER BY started_at DESC, probe_id DESC LIMIT ?7"
+            ))?;
+            let mut found = stmt.query(params![
+                q.check_id,
+                q.region,
+                q.since_ms,
+                q.until_ms,
+                after_ms,
+                after_id,
+                limit + 1
+            ])?;
+            // Rows are read one at a time and the reading stops at the
+            // first that does not fit, so a page of large reports never
+            // holds more than its byte budget (plus one report).
+            let (mut rows, mut bytes, mut more) = (Vec::new(), 0usize, false);
+            while let Some(r) = found.next()? {
+                let full =
+                    rows.len() as i64 == limit || q.max_bytes.is_some_and(|max| bytes >= max);
+                if full {
+                    more = true;
+                    break;
+                }
+                let row = report_row(r)?;
+                bytes += row.report_json.len();
+                rows.push(row);
+            }
+            let next = if more {
+                rows.last().map(|r| (r.started_at_ms, r.probe_id.clone()))
+            } else {
+                None
+            };
+            Ok(ResultPage { rows, next })
+        })
+        .await
+    }
+
+    /// The highest round with any report of `check_id`, and its reports.
+    pub async fn latest_round(
+        &self,
+        check_id: String,
+    ) -> Result<Option<(u64, Vec<ReportRow>)>, StorageError> {
+        self.read(move |conn| {
+            let round: Option<i64> = conn
+                .query_row("SELECT MAX(round) FROM reports WHERE check_id = ?1 AND round > 0 AND out_of_window IS NULL", [&check_id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            let Some(round) = round else { return Ok(None) };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 AND out_of_window IS NULL ORDER BY region, started_at"
+            ))?;
+            let rows = stmt.query_map(params![check_id, round], report_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((round as u64, rows)))
+        })
+        .await
+    }
+
+    /// Number of stored reports (for tests and the readiness page).
+    pub async fn count_reports(&self) -> Result<u64, StorageError> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
+    /// Deletes reports received before `cutoff_ms`, in small transactions.
+    /// Returns how many went.
+    pub async fn prune(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        self.delete_in_chunks(
+            "DELETE FROM reports WHERE probe_id IN (SELECT probe_id FROM reports WHERE received_at < ?1 LIMIT ?2)",
+            cutoff_ms,
+        )
+        .await
+    }
+
+
+    /// The reports of one round of a check, in the order they were received.
+    pub async fn round_reports(
+        &self,
+        check_id: String,
+        round: u64,
+    ) -> Result<Vec<ReportRow>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE check_id = ?1 AND round = ?2 AND out_of_window IS NULL ORDER BY received_at, probe_id"
+            ))?;
+            let rows = stmt.query_map(params![check_id, round as i64], report_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// A region's latest delivered (not failed) reports of a check, oldest
+    /// first: what warms the learned baselines after a restart.
+    pub async fn recent_delivered(
+        &self,
+        check_id: String,
+        region: String,
+        limit: u32,
+    ) -> Result<Vec<ReportRow>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports
+                 WHERE check_id = ?1 AND region = ?2 AND outcome != 'failed' AND round > 0 AND out_of_window IS NULL
+                 ORDER BY started_at DESC, probe_id DESC LIMIT ?3"
+            ))?;
+            let mut rows = stmt
+                .query_map(params![check_id, region, limit as i64], report_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+pub(super) const REPORT_COLUMNS: &str =
+    "probe_id, check_id, revision, region, agent, round, started_at, outcome, rtt_ms, delivery_ms,
+    failure_step, failure_class, report_json, received_at, request_id, out_of_window";
+
+pub(super) fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
+    Ok(ReportRow {
+        probe_id: r.get(0)?,
+        check_id: r.get(1)?,
+        revision: r.get::<_, i64>(2)? as u64,
+        region: r.get(3)?,
+        agent: r.get(4)?,
+        round: r.get::<_, i64>(5)? as u64,
+        started_at_ms: r.get(6)?,
+        outcome: r.get(7)?,
+        rtt_ms: r.get(8)?,
+        delivery_ms: r.get(9)?,
+        failure_step: r.get(10)?,
+        failure_class: r.get(11)?,
+        report_json: r.get(12)?,
+        received_at_ms: r.get(13)?,
+        request_id: r.get(14)?,
+        out_of_window: r.get(15)?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// On-demand runs: the request id of a report.
+//
+// `reports.request_id` came after the first schema, so it is added in place
+// to an existing database: a nullable column (every earlier report is a
+// scheduled round, which answers no request), plus a partial index that
+// holds only the few on-demand rows. Kept in this one section so other
+// tables can be added elsewhere in the file without touching it.
+// ---------------------------------------------------------------------------
+
+impl Storage {
+    /// The reports of one on-demand run, by region.
+    pub async fn results_of_request(
+        &self,
+        request_id: String,
+    ) -> Result<Vec<ReportRow>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE request_id = ?1 ORDER BY region, received_at"
+            ))?;
+            let rows = stmt
+                .query_map([request_id], report_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// The newest on-demand run of a check that has a stored report (by
+    /// the newest report's arrival), with all of that run's reports.
+    pub async fn latest_run(
+        &self,
+        check_id: String,
+    ) -> Result<Option<(String, Vec<ReportRow>)>, StorageError> {
+        self.read(move |conn| {
+            let request: Option<String> = conn
+                .query_row(
+                    "SELECT request_id FROM reports WHERE check_id = ?1 AND round = 0 AND request_id IS NOT NULL
+                     ORDER BY received_at DESC, probe_id DESC LIMIT 1",
+                    [&check_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(request) = request else { return Ok(None) };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE request_id = ?1 AND check_id = ?2 ORDER BY region, received_at"
+            ))?;
+            let rows = stmt.query_map(params![request, check_id], report_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((request, rows)))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+    use crate::storage::DB_FILE;
+    use rusqlite::Connection;
+
+    fn row(id: &str, request_id: Option<&str>) -> ReportRow {
+        ReportRow {
+            probe_id: id.into(),
+            check_id: "corp".into(),
+            revision: 1,
+            region: "eu-west".into(),
+            agent: "eu-1".into(),
+            round: if request_id.is_some() { 0 } else { 7 },
+            started_at_ms: 1_000,
+            outcome: "ok".into(),
+            rtt_ms: None,
+            delivery_ms: None,
+            failure_step: None,
+            failure_class: None,
+            report_json: "{}".into(),
+            received_at_ms: 2_000,
+            request_id: request_id.map(str::to_string),
+            out_of_window: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_request_ids_gains_the_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The reports table as the first release created it.
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE reports (probe_id TEXT PRIMARY KEY, check_id TEXT NOT NULL, revision INTEGER NOT NULL,
+                 region TEXT NOT NULL, agent TEXT NOT NULL, round INTEGER NOT NULL, started_at INTEGER NOT NULL,
+                 outcome TEXT NOT NULL, rtt_ms REAL, delivery_ms REAL, failure_step TEXT, failure_class TEXT,
+                 report_json TEXT NOT NULL, received_at INTEGER NOT NULL);
+                 INSERT INTO reports VALUES ('ml-old', 'corp', 1, 'eu-west', 'eu-1', 5, 1000, 'ok', NULL, NULL, NULL, NULL, '{}', 2000);",
+            )
+            .unwrap();
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        s.insert_report(row("ml-run", Some("run-1-abcd"))).await.unwrap();
+        s.insert_report(row("ml-round", None)).await.unwrap();
+        let found = s.results_of_request("run-1-abcd".into()).await.unwrap();
+        assert_eq!(found, [row("ml-run", Some("run-1-abcd"))]);
+        assert_eq!(s.count_reports().await.unwrap(), 3);
+        let (round, rows) = s.latest_round("corp".into()).await.unwrap().unwrap();
+        assert_eq!(round, 7, "an on-demand run (round 0) is not a round");
+        assert_eq!(rows[0].request_id, None);
+        s.close().await;
+        // Opening again finds the column there and changes nothing.
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.results_of_request("run-1-abcd".into()).await.unwrap().len(), 1);
+        s.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
+        ReportRow {
+            probe_id: id.into(),
+            check_id: check.into(),
+            revision: 1,
+            region: region.into(),
+            agent: format!("{region}-1"),
+            round,
+            started_at_ms: started,
+            outcome: "ok".into(),
+            rtt_ms: Some(12.5),
+            delivery_ms: Some(3.0),
+            failure_step: None,
+            failure_class: None,
+            report_json: json!({"probe_id": id}).to_string(),
+            received_at_ms: started + 100,
+            request_id: None,
+            out_of_window: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_report_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(
+            s.insert_report(report("p1", "c", "eu", 1, 1000))
+                .await
+                .unwrap(),
+            Inserted::New
+        );
+        assert_eq!(
+            s.insert_report(report("p1", "c", "eu", 1, 1000))
+                .await
+                .unwrap(),
+            Inserted::Duplicate
+        );
+        assert_eq!(s.count_reports().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn many_reports_in_flight_are_batched_and_each_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let mut pending = Vec::new();
+        for i in 0..3000 {
+            pending.push(
+                s.submit_report(report(&format!("p{i}"), "c", "eu", i, i as i64))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for p in pending {
+            assert_eq!(p.await.unwrap().unwrap(), Inserted::New);
+        }
+        assert_eq!(s.count_reports().await.unwrap(), 3000);
+    }
+
+    #[tokio::test]
+    async fn results_page_newest_first_and_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for i in 0..5 {
+            s.insert_report(report(&format!("eu{i}"), "c", "eu", i, 1000 * i as i64))
+                .await
+                .unwrap();
+            s.insert_report(report(&format!("us{i}"), "c", "us", i, 1000 * i as i64 + 1))
+                .await
+                .unwrap();
+        }
+        let q = ResultQuery {
+            check_id: Some("c".into()),
+            region: Some("eu".into()),
+            limit: 2,
+            ..Default::default()
+        };
+        let p1 = s.query_results(q.clone()).await.unwrap();
+        assert_eq!(
+            p1.rows
+                .iter()
+                .map(|r| r.probe_id.as_str())
+                .collect::<Vec<_>>(),
+            ["eu4", "eu3"]
+        );
+        let p2 = s
+            .query_results(ResultQuery {
+                after: p1.next,
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            p2.rows
+                .iter()
+                .map(|r| r.probe_id.as_str())
+                .collect::<Vec<_>>(),
+            ["eu2", "eu1"]
+        );
+        let since = s
+            .query_results(ResultQuery {
+                since_ms: Some(3000),
+                region: None,
+                ..q
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            since
+                .rows
+                .iter()
+                .map(|r| r.probe_id.as_str())
+                .collect::<Vec<_>>(),
+            ["us4", "eu4"]
+        );
+        let (round, rows) = s.latest_round("c".into()).await.unwrap().unwrap();
+        assert_eq!((round, rows.len()), (4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_page_ends_at_its_byte_budget_and_the_cursor_takes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for i in 0..10u64 {
+            let mut r = report(&format!("r{i}"), "c", "eu", i, 1000 * i as i64);
+            r.report_json = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+            s.insert_report(r).await.unwrap();
+        }
+        let q = ResultQuery {
+            limit: 1000,
+            max_bytes: Some(2500),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .query_results(ResultQuery {
+                    after: after.clone(),
+                    ..q.clone()
+                })
+                .await
+                .unwrap();
+            // Rows are added until the page passes 2,500 bytes: 3 of ~1 KB.
+            assert!(page.rows.len() <= 3, "{} rows", page.rows.len());
+            seen.extend(page.rows.iter().map(|r| r.probe_id.clone()));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..10).rev().map(|i| format!("r{i}")).collect();
+        assert_eq!(seen, expected, "every row exactly once, newest first");
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_old_reports_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        s.insert_report(report("old", "c", "eu", 1, 0))
+            .await
+            .unwrap();
+        s.insert_report(report("new", "c", "eu", 2, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(s.prune(5_000).await.unwrap(), 1);
+        assert_eq!(s.count_reports().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn everything_acked_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path()).unwrap();
+            s.insert_report(report("p1", "c", "eu", 1, 1))
+                .await
+                .unwrap();
+            s.close().await;
+            assert!(matches!(
+                s.insert_report(report("p2", "c", "eu", 1, 1)).await,
+                Err(StorageError::Closed)
+            ));
+        }
+        let s = Storage::open(dir.path()).unwrap();
+        assert_eq!(s.count_reports().await.unwrap(), 1);
+    }
+}
