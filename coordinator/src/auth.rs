@@ -32,7 +32,8 @@
 //! name), from where (source IP), what (`created`, `changed`, `deleted`,
 //! `acknowledged`, `revoked`, `run`), on which object, when.
 
-use crate::hub::{AuthError, Hub};
+use crate::cluster::hub::{AuthError, Hub};
+pub use crate::config::tokens::{Role, TokenDecl};
 use crate::storage::{AuditEntry, Storage};
 use axum::Router;
 use axum::body::Body;
@@ -64,41 +65,6 @@ const READ_HIDDEN_KEYS: [&str; 5] = [
 /// defence behind the handlers, which already leave secrets out, and it
 /// parses only answers that mention one of [`READ_HIDDEN_KEYS`].
 const SCRUB_MAX_BYTES: usize = 64 * 1024 * 1024;
-
-/// What an API token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Every read except the audit log; no secrets.
-    Read,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Read => "read",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "read" => Some(Role::Read),
-            _ => None,
-        }
-    }
-}
-
-/// One API token as configured: a name (what the audit log shows), a role
-/// and the SHA-256 of the token (lowercase hex).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenDecl {
-    pub name: String,
-    pub role: Role,
-    pub sha256: String,
-}
 
 struct TokenEntry {
     name: String,
@@ -540,7 +506,7 @@ async fn write(audit: Audit, caller: &Caller, req: Request, next: Next) -> Respo
             .join(", ");
         let entry = AuditEntry {
             seq: 0,
-            at_ms: crate::control::now_ms(),
+            at_ms: crate::clock::now_ms(),
             actor: caller.principal.name(),
             role: caller.principal.role().map_or("", Role::as_str).to_string(),
             source: caller.source.map(|ip| ip.to_string()),
@@ -622,7 +588,7 @@ mod tests {
         TokenDecl {
             name: name.into(),
             role,
-            sha256: crate::config::token_sha256(token),
+            sha256: crate::config::names::token_sha256(token),
         }
     }
 

@@ -19,7 +19,7 @@
 //! the same families in the classic text format (see [`classic`]).
 
 use crate::alerts::Alerts;
-use crate::hub::Hub;
+use crate::cluster::hub::Hub;
 use crate::judge::{Incident, RegionState, Verdict, VerdictKind};
 use mailloop_common::ProbeReport;
 use prometheus_client::collector::Collector;
@@ -233,7 +233,7 @@ impl Metrics {
 pub fn router(metrics: Arc<Metrics>, token: Option<&mailloop_common::Secret>) -> axum::Router {
     let state = Scrape {
         metrics,
-        token_sha256: token.map(|t| crate::config::token_sha256(t.expose())),
+        token_sha256: token.map(|t| crate::config::names::token_sha256(t.expose())),
     };
     axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
@@ -257,7 +257,7 @@ async fn scrape(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| crate::config::token_sha256(t.trim()));
+            .map(|(_, t)| crate::config::names::token_sha256(t.trim()));
         if given.as_ref() != Some(want) {
             return (
                 StatusCode::UNAUTHORIZED,

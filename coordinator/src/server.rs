@@ -12,9 +12,10 @@
 
 use crate::api::{self, ApiState};
 use crate::config::{CoordinatorConfig, HttpLimits, ServerConfig, TlsMaterial};
-use crate::control::{Control, now_ms};
-use crate::grpc::{AgentApi, AgentApiSettings};
-use crate::hub::Hub;
+use crate::cluster::control::{Control};
+use crate::clock::now_ms;
+use crate::cluster::grpc::{AgentApi, AgentApiSettings};
+use crate::cluster::hub::Hub;
 use crate::shutdown::{self, Shutdown};
 use crate::storage::{Storage, StorageError};
 use mailloop_proto::pb::agent_service_server::AgentServiceServer;

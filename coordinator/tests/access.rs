@@ -10,7 +10,7 @@ use axum::http::Method;
 use mailloop_coordinator::api::route_table;
 use mailloop_coordinator::client::Client;
 use mailloop_coordinator::config::token_sha256;
-use mailloop_coordinator::schedule;
+use mailloop_coordinator::cluster::schedule;
 use mailloop_proto::pb;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

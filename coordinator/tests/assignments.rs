@@ -2,7 +2,7 @@
 //! within a second; checks move between the agents of a region.
 
 mod support;
-use mailloop_coordinator::schedule::pick_agent;
+use mailloop_coordinator::cluster::schedule::pick_agent;
 use std::time::Duration;
 use support::*;
 

@@ -82,7 +82,7 @@ async fn results_as_table_and_json() {
     let mut reports = Reports::open(&mut eu1).await;
     // The round running now: a round far from the clock is never `latest` (round sanity).
     let now_ms = chrono::Utc::now().timestamp_millis() as u64;
-    let k = mailloop_coordinator::schedule::round_at(now_ms, 60_000, mailloop_coordinator::schedule::phase_ms("corp", 60_000));
+    let k = mailloop_coordinator::cluster::schedule::round_at(now_ms, 60_000, mailloop_coordinator::cluster::schedule::phase_ms("corp", 60_000));
     let mut r = result("ml-1", "corp", k);
     r.report_json = report_json("ml-1", "corp").replace("2026-11-27T23:17:08.596634Z", &chrono::Utc::now().to_rfc3339());
     assert!(reports.send(r).await.stored);
@@ -116,7 +116,7 @@ async fn latest_and_results_tables_say_why_a_report_is_degraded_or_failed() {
     let c = Coordinator::start("", &check_toml("corp", &["eu-west", "us-east"], "1m"));
     // The round running now: one far from the coordinator's clock is kept out of `latest`.
     let now_ms = chrono::Utc::now().timestamp_millis() as u64;
-    let k = mailloop_coordinator::schedule::round_at(now_ms, 60_000, mailloop_coordinator::schedule::phase_ms("corp", 60_000));
+    let k = mailloop_coordinator::cluster::schedule::round_at(now_ms, 60_000, mailloop_coordinator::cluster::schedule::phase_ms("corp", 60_000));
     let degraded = report("ml-deg", "corp", k, |v| {
         v["outcome"] = "degraded".into();
         v["reasons"] = serde_json::json!(["SPF absent, expected pass", "DMARC pass, expected fail"]);
@@ -384,7 +384,7 @@ async fn agents_add_writes_its_token_to_a_file_only_the_owner_reads() {
 
 #[tokio::test]
 async fn status_says_why_for_a_failing_and_a_missing_region() {
-    use mailloop_coordinator::schedule;
+    use mailloop_coordinator::cluster::schedule;
     let c = Coordinator::start("", &format!("{}\n[incidents]\nround_slack = \"1s\"\n", check_toml("corp", &["eu-west", "us-east"], "1s")));
     let now = chrono::Utc::now().timestamp_millis() as u64;
     let round = schedule::round_at(now, 1000, schedule::phase_ms("corp", 1000));

@@ -13,7 +13,7 @@
 mod support;
 use axum::extract::State;
 use mailloop_coordinator::client::Client;
-use mailloop_coordinator::schedule;
+use mailloop_coordinator::cluster::schedule;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

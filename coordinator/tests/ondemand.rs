@@ -90,7 +90,7 @@ async fn the_regions_agent_gets_run_now_and_its_report_is_found_by_request_id() 
     let check = expect_ok(api.get("/api/v1/checks/corp").await);
     let (interval, phase) = (check["interval_ms"].as_u64().unwrap(), check["phase_ms"].as_u64().unwrap());
     let now_ms = chrono::Utc::now().timestamp_millis() as u64;
-    let k = mailloop_coordinator::schedule::round_at(now_ms, interval, phase);
+    let k = mailloop_coordinator::cluster::schedule::round_at(now_ms, interval, phase);
     assert!(
         reports
             .send(support::result("ml-round-k", "corp", k))

@@ -6,7 +6,7 @@
 
 mod support;
 use mailloop_coordinator::client::Client;
-use mailloop_coordinator::schedule;
+use mailloop_coordinator::cluster::schedule;
 use mailloop_proto::pb;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@ async fn a_report_is_acked_after_it_is_stored_and_visible_in_the_api() {
     let mut reports = Reports::open(&mut eu1).await;
     // The round running now: one far from the coordinator's clock is never `latest`.
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let k = mailloop_coordinator::schedule::round_at(now_ms, 60_000, mailloop_coordinator::schedule::phase_ms("corp", 60_000));
+    let k = mailloop_coordinator::cluster::schedule::round_at(now_ms, 60_000, mailloop_coordinator::cluster::schedule::phase_ms("corp", 60_000));
     let ack = reports.send(result("ml-1", "corp", k)).await;
     assert_eq!((ack.probe_id.as_str(), ack.stored, ack.error.as_str()), ("ml-1", true, ""));
 

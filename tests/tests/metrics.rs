@@ -456,7 +456,7 @@ fn promtool_accepts_the_alerting_rules() {
 
 /// Every family the coordinator and the agent can expose: (name, type, help).
 fn families() -> Vec<(String, String, String)> {
-    let hub = mailloop_coordinator::hub::Hub::new(Vec::new(), Vec::new());
+    let hub = mailloop_coordinator::cluster::hub::Hub::new(Vec::new(), Vec::new());
     let alerts = std::sync::Arc::new(mailloop_coordinator::alerts::Alerts::default());
     let m = mailloop_coordinator::metrics::Metrics::new(hub, alerts);
     let mut out = mailloop_coordinator::metrics::families(&mailloop_coordinator::metrics::classic(

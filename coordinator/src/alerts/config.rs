@@ -388,7 +388,7 @@ impl Reader<'_> {
                 self.push(self.key("name"), "required: a unique channel name");
                 None
             }
-            Some(Value::String(s)) if crate::config::is_name(s) => Some(s.clone()),
+            Some(Value::String(s)) if crate::config::names::is_name(s) => Some(s.clone()),
             Some(other) => {
                 self.push(
                     self.key("name"),

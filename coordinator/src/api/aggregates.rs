@@ -5,13 +5,13 @@
 //! degraded or failed, and how the round trip moved — is kept per check ×
 //! region × hour for `aggregate_retention` (400 days by default). The
 //! rollup itself is written by [`Storage`]'s writer as each report is
-//! stored (see the "Hourly aggregates" section of `storage.rs` for why
+//! stored (see the "Hourly aggregates" section of `storage/sqlite/aggregates.rs` for why
 //! there and not in the pruner); this module is its API route,
 //! `GET /api/v1/checks/{id}/aggregates`. The server's retention loop prunes
 //! them with the reports.
 
-use crate::api::{ApiError, ApiState, rfc3339};
-use crate::control::now_ms;
+use super::state::{ApiError, ApiState, rfc3339};
+use crate::clock::now_ms;
 use crate::storage::{AggregateQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -43,7 +43,7 @@ pub async fn check_aggregates(
         .check_any(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
     let since_ms = match p.since.as_deref() {
-        Some(v) => crate::api::time_param("since", v)?,
+        Some(v) => super::state::time_param("since", v)?,
         None => now_ms() - DEFAULT_SINCE.as_millis() as i64,
     };
     let hours = state

@@ -7,7 +7,7 @@
 //! keep the model's `*_ms` fields and add RFC 3339 strings (`round_start`,
 //! `opened_at`, ...) for people.
 
-use crate::api::{ApiError, ApiState, admin, audited, page_cursor, rfc3339, time_bound};
+use super::state::{ApiError, ApiState, admin, audited, page_cursor, rfc3339, time_bound};
 use crate::auth::{Access, Action, ApiRouter, IdFrom};
 use crate::judge::{Incident, IncidentKind, IncidentState, Verdict, summary};
 use crate::storage::{AckOutcome, IncidentQuery, VerdictQuery};
@@ -29,7 +29,7 @@ fn ok(body: Value) -> ApiResult {
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
-/// The judge's routes and what each needs, merged into [`crate::api::routes`].
+/// The judge's routes and what each needs, merged into `api::routes`.
 #[rustfmt::skip]
 pub fn routes() -> ApiRouter<ApiState> {
     let ack = audited("incident", Action::FromChange, IdFrom::Path("id"));

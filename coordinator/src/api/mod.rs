@@ -8,48 +8,30 @@
 //! Errors are JSON too: `{"error": "...", "issues": [{"path", "message"}]}`.
 
 use crate::auth::{
-    self, Access, Action, ApiRouter, Audit, Caller, Gate, IdFrom, REDACTED, Role, RouteSpec,
+    self, Access, Action, ApiRouter, Caller, Gate, IdFrom, REDACTED, Role, RouteSpec,
 };
 use crate::config::CheckSpec;
-use crate::control::{Control, ControlError, PutMode, PutOutcome, now_ms};
-use crate::hub::{AgentView, Hub};
-use crate::schedule;
-use crate::storage::{ReportRow, ResultQuery, Source, Storage, StoredCheck};
+use crate::cluster::control::{PutMode, PutOutcome};
+use crate::cluster::hub::{AgentView, Hub};
+use crate::cluster::schedule;
+use crate::storage::{ReportRow, ResultQuery, Source, StoredCheck};
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-/// Default and largest page of results.
-pub const DEFAULT_LIMIT: u32 = 100;
-pub const MAX_LIMIT: u32 = 1000;
-/// A results page stops adding reports once their JSON passes this many
-/// bytes; `next` then continues where it stopped.
-pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub mod aggregates;
+pub mod judge;
+pub mod state;
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct ApiState {
-    pub hub: Arc<Hub>,
-    pub storage: Arc<Storage>,
-    pub control: Arc<Control>,
-    /// False while starting and once shutdown has begun.
-    pub ready: Arc<AtomicBool>,
-    /// Verdicts, incidents, baselines (routes in `api_judge.rs`).
-    pub judge: Arc<crate::judge::run::Judge>,
-}
-
-/// How a write to a check, agent or incident is recorded in the audit log.
-pub const fn audited(object: &'static str, action: Action, id: IdFrom) -> Access {
-    Access::Write(Audit { object, action, id })
-}
+pub use state::{ApiError, ApiState, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_BYTES, audited, rfc3339};
+use state::{ApiResult, json_body, ok, page_cursor, time_bound};
 
 /// Every route of the admin API with what it needs: the one table both
 /// [`router`] serves and [`route_table`] lists.
@@ -69,7 +51,7 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(delete.clone(), "/api/v1/checks/{id}", audited("check", Fixed("deleted"), InPath("id")), delete_check)
         .route(get.clone(), "/api/v1/checks/{id}/results", Read, check_results)
         .route(get.clone(), "/api/v1/checks/{id}/latest", Read, latest_round)
-        .route(get.clone(), "/api/v1/checks/{id}/aggregates", Read, crate::aggregates::check_aggregates)
+        .route(get.clone(), "/api/v1/checks/{id}/aggregates", Read, aggregates::check_aggregates)
         .route(post.clone(), "/api/v1/checks/{id}/run", audited("check", Fixed("run"), InPath("id")), run_check)
         .route(get.clone(), "/api/v1/runs/{request_id}", Read, get_run)
         .route(get.clone(), "/api/v1/results", Read, results)
@@ -82,7 +64,7 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(post.clone(), "/api/v1/tokens", audited("token", Fixed("created"), Body("/name")), add_token)
         .route(delete.clone(), "/api/v1/tokens/{name}", audited("token", Fixed("revoked"), InPath("name")), revoke_token)
         .route(get, "/api/v1/audit", Admin, audit_log)
-        .merge(crate::api_judge::routes())
+        .merge(judge::routes())
 }
 
 /// Every route with its method and access (what the route-table test walks).
@@ -104,95 +86,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// An API failure, rendered as JSON with the matching status.
-#[derive(Debug)]
-pub enum ApiError {
-    Unauthorized,
-    BadRequest(String),
-    Invalid(Vec<mailloop_common::config::ConfigIssue>),
-    NotFound(String),
-    Conflict(String),
-    NotImplemented(String),
-    Internal(String),
-}
 
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Invalid(issues) => ApiError::Invalid(issues),
-            ControlError::NotFound(m) => ApiError::NotFound(m),
-            ControlError::Conflict(m) => ApiError::Conflict(m),
-            ControlError::Storage(e) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::storage::StorageError> for ApiError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, body) = match self {
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "this needs the admin token: Authorization: Bearer <token>"}),
-            ),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
-            ApiError::Invalid(issues) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({
-                    "error": format!("{} invalid key(s)", issues.len()),
-                    "issues": issues.iter().map(|i| json!({"path": i.path, "message": i.message})).collect::<Vec<_>>(),
-                }),
-            ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": m})),
-            ApiError::NotImplemented(m) => (StatusCode::NOT_IMPLEMENTED, json!({"error": m})),
-            ApiError::Internal(m) => {
-                tracing::error!(error = %m, "admin API request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": m}))
-            }
-        };
-        let mut resp = (status, axum::Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
-    }
-}
-
-type ApiResult = Result<Response, ApiError>;
-
-fn ok(status: StatusCode, body: Value) -> ApiResult {
-    Ok((status, axum::Json(body)).into_response())
-}
-
-/// Refuses unless the request carries a token with the admin role (the
-/// route table already enforces this; kept for handlers that check again).
-pub(crate) fn admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.control.is_admin(auth::bearer(headers)) {
-        Ok(())
-    } else {
-        tracing::warn!("admin API write refused: missing or wrong admin token");
-        Err(ApiError::Unauthorized)
-    }
-}
-
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 async fn healthz() -> ApiResult {
     ok(StatusCode::OK, json!({"status": "ok"}))
@@ -369,7 +263,7 @@ async fn run_check(State(state): State<ApiState>, Path(id): Path<String>) -> Api
 }
 
 /// An on-demand run: who was asked, and (when known) the reports so far.
-fn run_json(run: &crate::ondemand::RunStarted, results: Option<&[ReportRow]>) -> Value {
+fn run_json(run: &crate::cluster::ondemand::RunStarted, results: Option<&[ReportRow]>) -> Value {
     let mut body = json!({
         "request_id": run.request_id,
         "check": run.check_id,
@@ -416,33 +310,6 @@ struct ResultParams {
     cursor: Option<String>,
 }
 
-pub(crate) fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        return Ok(t.timestamp_millis());
-    }
-    if let Ok(d) = humantime::parse_duration(v) {
-        return Ok(now_ms() - d.as_millis() as i64);
-    }
-    Err(ApiError::BadRequest(format!(
-        "{name}={v:?}: expected RFC 3339 (2026-01-31T12:00:00Z) or a duration back from now (1h)"
-    )))
-}
-
-/// An optional `since`/`until` bound, read as [`time_param`] does.
-pub(crate) fn time_bound(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
-    v.map(|v| time_param(name, v)).transpose()
-}
-
-/// A `ms:key` cursor handed out with a previous page (parameter `name`).
-pub(crate) fn page_cursor(name: &str, c: Option<&str>) -> Result<Option<(i64, String)>, ApiError> {
-    let Some(c) = c else { return Ok(None) };
-    let parsed = c
-        .split_once(':')
-        .and_then(|(ms, key)| Some((ms.parse::<i64>().ok()?, key.to_string())));
-    parsed.map(Some).ok_or_else(|| {
-        ApiError::BadRequest(format!("{name}={c:?} is not a cursor from a previous page"))
-    })
-}
 
 fn query(p: ResultParams) -> Result<ResultQuery, ApiError> {
     Ok(ResultQuery {
@@ -723,7 +590,7 @@ async fn audit_log(State(state): State<ApiState>, Query(p): Query<AuditParams>) 
     )
 }
 
-fn token_json(t: &crate::control::TokenView) -> Value {
+fn token_json(t: &crate::cluster::control::TokenView) -> Value {
     json!({
         "name": t.name,
         "role": t.role.as_str(),

@@ -13,7 +13,8 @@ use crate::auth::{Role, TokenDecl, Tokens};
 use crate::config::{
     AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256,
 };
-use crate::hub::Hub;
+use crate::clock::now_ms;
+use crate::cluster::hub::Hub;
 use crate::storage::{Source, Storage, StorageError, StoredAgent, StoredCheck, StoredToken};
 use mailloop_common::Secret;
 use mailloop_common::config::ConfigIssue;
@@ -168,7 +169,7 @@ impl Control {
         by: &str,
     ) -> Result<(TokenView, Secret), ControlError> {
         let mut issues = Vec::new();
-        if !crate::config::is_name(name) {
+        if !crate::config::names::is_name(name) {
             issues.push(ConfigIssue {
                 path: "name".into(),
                 message: "use 1 to 64 letters, digits, '-', '_' or '.'".into(),
@@ -362,13 +363,13 @@ impl Control {
         region: &str,
     ) -> Result<(StoredAgent, Secret), ControlError> {
         let mut issues = Vec::new();
-        if !crate::config::is_name(name) {
+        if !crate::config::names::is_name(name) {
             issues.push(ConfigIssue {
                 path: "name".into(),
                 message: "use 1 to 64 letters, digits, '-', '_' or '.'".into(),
             });
         }
-        if !crate::config::is_name(region) {
+        if !crate::config::names::is_name(region) {
             issues.push(ConfigIssue {
                 path: "region".into(),
                 message: "use 1 to 64 letters, digits, '-', '_' or '.'".into(),
@@ -524,9 +525,3 @@ fn new_token(prefix: &str) -> String {
     format!("{prefix}_{}", hex(&bytes))
 }
 
-/// Milliseconds since the unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

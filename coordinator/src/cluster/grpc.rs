@@ -10,10 +10,10 @@
 //! order they arrived. If storage fails, the stream ends with `Unavailable`
 //! instead of a rejection, so the agent keeps the report in its spool.
 
-use crate::control::now_ms;
-use crate::hub::{AgentIdentity, Hub};
-use crate::ondemand::{MAX_REQUEST_ID, RunOrder};
-use crate::schedule::{self, Assignment, RoundFit};
+use crate::clock::now_ms;
+use crate::cluster::hub::{AgentIdentity, Hub};
+use crate::cluster::ondemand::{MAX_REQUEST_ID, RunOrder};
+use crate::cluster::schedule::{self, Assignment, RoundFit};
 use crate::shutdown::Shutdown;
 use crate::storage::{Inserted, ReportRow, Storage, StorageError, StoredCheck};
 use mailloop_common::ProbeReport;
@@ -393,7 +393,7 @@ impl Watch {
     /// the first map that includes it; `orders` subscribed before it).
     async fn run(
         mut self,
-        session: crate::hub::Session,
+        session: crate::cluster::hub::Session,
         epoch: u64,
         mut orders: broadcast::Receiver<Arc<RunOrder>>,
     ) {
@@ -433,7 +433,7 @@ impl Watch {
 
     async fn follow(
         &mut self,
-        maps: &mut tokio::sync::watch::Receiver<Arc<crate::schedule::AssignmentMap>>,
+        maps: &mut tokio::sync::watch::Receiver<Arc<crate::cluster::schedule::AssignmentMap>>,
         orders: &mut broadcast::Receiver<Arc<RunOrder>>,
     ) -> &'static str {
         // On-demand runs for this agent, sent after the map's changes so the

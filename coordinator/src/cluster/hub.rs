@@ -13,9 +13,9 @@
 //! follows. Bursts of changes (a thousand agents connecting) coalesce into
 //! a few recomputations.
 
-use crate::config::token_sha256;
-use crate::ondemand::{OnDemand, RunStarted};
-use crate::schedule::{self, Assignment, AssignmentMap, Schedulable};
+use crate::config::names::token_sha256;
+use crate::cluster::ondemand::{OnDemand, RunStarted};
+use crate::cluster::schedule::{self, Assignment, AssignmentMap, Schedulable};
 use crate::shutdown::Shutdown;
 use crate::storage::{StoredAgent, StoredCheck};
 use std::collections::{BTreeMap, HashMap};
@@ -493,7 +493,7 @@ impl Drop for Session {
             a.sessions = a.sessions.saturating_sub(1);
             a.stored.connected = a.sessions > 0;
             if a.sessions == 0 {
-                a.disconnected_at_ms = Some(crate::control::now_ms());
+                a.disconnected_at_ms = Some(crate::clock::now_ms());
             }
         }
         self.hub.changed();

@@ -1,7 +1,7 @@
 //! On-demand runs: "run this check now, in every region" (`POST
 //! /api/v1/checks/{id}/run`, `mailloopctl probe CHECK`).
 //!
-//! The API asks the [`Hub`](crate::hub::Hub) which agent runs the check in
+//! The API asks the hub (`Hub`) which agent runs the check in
 //! each of its regions and places a [`RunOrder`] here. Every open
 //! `WatchAssignments` stream follows the orders ([`OnDemand::subscribe`])
 //! and turns an order naming its agent into a `RunNow` change, sent after
@@ -60,14 +60,14 @@ impl Default for OnDemand {
 
 impl OnDemand {
     /// Orders a run of `check_id` from the agents in `regions` (as
-    /// [`Hub::owners`](crate::hub::Hub::owners) answered) and returns it
+    /// `Hub::owners` answered) and returns it
     /// with a fresh request id.
     pub fn order(&self, check_id: &str, regions: BTreeMap<String, Option<String>>) -> RunStarted {
         let started = RunStarted {
             request_id: new_request_id(),
             check_id: check_id.to_string(),
             regions,
-            requested_at_ms: crate::control::now_ms(),
+            requested_at_ms: crate::clock::now_ms(),
         };
         let agents: Vec<String> = started.regions.values().flatten().cloned().collect();
         if !agents.is_empty() {
@@ -108,7 +108,7 @@ pub fn new_request_id() -> String {
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).expect("the OS random source works");
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("run-{}-{hex}", crate::control::now_ms())
+    format!("run-{}-{hex}", crate::clock::now_ms())
 }
 
 /// Longest request id an agent may echo back.

@@ -8,7 +8,11 @@
 //! `regions`; [`check_spec`] is also what the admin API uses, so a check
 //! given through the API obeys exactly the same rules as one in the file.
 
-pub use crate::auth::{Role, TokenDecl};
+pub mod names;
+pub mod tokens;
+
+pub use names::{hex, is_name, token_sha256};
+pub use tokens::{Role, TokenDecl};
 use mailloop_common::Secret;
 use mailloop_common::config::{
     ConfigError, ConfigIssue, IssueList, Secrets, Table, apply_env_overrides, check_from_value,
@@ -553,24 +557,6 @@ pub fn check_spec(
         }),
         _ => Err(v),
     }
-}
-
-/// Letters, digits, `-`, `_`, `.`; 1 to 64 characters (agent, region and check names).
-pub fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
-/// SHA-256 of a token, lowercase hex: the only form a token is stored in.
-pub fn token_sha256(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
@@ -1271,7 +1257,7 @@ mod tests {
     /// presented as if it were the token.
     #[test]
     fn agent_tokens_are_kept_only_as_their_hash_and_only_the_token_opens() {
-        use crate::hub::{AuthError, Hub};
+        use crate::cluster::hub::{AuthError, Hub};
         use crate::storage::{Source, StoredAgent};
         let eu_token = "agent-eu-1-token-0123456789";
         let us_token = "agent-us-1-token-9876543210";

@@ -40,9 +40,9 @@ use super::{
     config::JudgeSettings,
 };
 use crate::alerts::Alerts;
-use crate::control::now_ms;
-use crate::hub::Hub;
-use crate::schedule;
+use crate::clock::now_ms;
+use crate::cluster::hub::Hub;
+use crate::cluster::schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::{AckOutcome, ReportRow, Storage, StorageError, StoredCheck};
 use mailloop_common::config::{DEFAULT_DEADLINE, DEFAULT_GREYLIST_GRACE};

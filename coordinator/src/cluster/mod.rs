@@ -1,0 +1,13 @@
+//! The agents' side of the coordinator: who is connected and runs what.
+//!
+//! Bottom up: [`schedule`] (rounds, phases, rendezvous placement; pure),
+//! [`ondemand`] ("run now" orders), [`hub`] (live agents and the assignment
+//! map they follow), [`control`] (every change to checks, agents and API
+//! tokens: validated, stored, then pushed to the hub), [`grpc`] (the agent
+//! API edge).
+
+pub mod control;
+pub mod grpc;
+pub mod hub;
+pub mod ondemand;
+pub mod schedule;
