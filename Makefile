@@ -79,6 +79,7 @@ deny: toolchain
 	@CARGO=$(CARGO) bash scripts/deny.sh
 
 bench: mailstack-up release
+	$(CARGO) build --release -p mailloop-bench
 	@bash scripts/bench.sh $(STACK_ENV)
 
 clean:

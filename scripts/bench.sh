@@ -6,7 +6,7 @@
 #    Prints a table and writes every run's raw numbers to
 #    target/bench/bench-<UTC timestamp>.json. The work is in scripts/bench.py.
 # 2. The coordinator load test and agent footprint (issue 4): 
-#    target/release/mailloop-loadgen starts a real coordinator per agent
+#    target/release/mailloop-loadgen (crate bench/, mailloop-bench) starts a real coordinator per agent
 #    count (100 and 1,000 simulated agents over gRPC, no mail traffic) and a
 #    real agent holding 1,000 checks; prints a table with the goals beside
 #    the figures and writes target/bench/load-<UTC timestamp>.json.
@@ -42,7 +42,7 @@ bin=${MAILLOOP_BIN:-target/release/mailloop-agent}
 [[ -x $bin ]] || fail "$bin not found: run 'cargo build --release -p mailloop-agent' (make release)"
 
 loadgen=target/release/mailloop-loadgen
-[[ ${BENCH_LOAD:-1} == 0 || -x $loadgen ]] || fail "$loadgen not found: run 'cargo build --release -p mailloop-coordinator' (make release)"
+[[ ${BENCH_LOAD:-1} == 0 || -x $loadgen ]] || fail "$loadgen not found: run 'cargo build --release -p mailloop-coordinator -p mailloop-bench' (make bench builds both)"
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
   export BENCH_RUNS=${BENCH_RUNS:-3}
