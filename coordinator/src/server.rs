@@ -134,7 +134,7 @@ impl Coordinator {
         let checks = storage.load_checks().await?;
         let agents = storage.load_agents().await?;
         let api_tokens = storage.load_api_tokens().await?;
-        tracing::info!(db = %storage.path().display(), checks = checks.iter().filter(|c| !c.deleted).count(), agents = agents.len(), "storage opened");
+        tracing::info!(db = %storage.describe(), checks = checks.iter().filter(|c| !c.deleted).count(), agents = agents.len(), "storage opened");
         let hub = Hub::new(checks, agents);
         let control = Arc::new(Control::new(
             hub.clone(),

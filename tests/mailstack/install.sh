@@ -17,6 +17,9 @@ set -euo pipefail
 # prometheus (2.42, with promtool) is not part of the stack: tests/tests/metrics.rs
 # lints the /metrics output with promtool and scrapes it with a real prometheus,
 # started by the test itself (its service is blocked like the others).
+# postgresql (15 on Debian 12) is not part of the stack either: the storage
+# tests and the coordinator's PostgreSQL backend tests start a throwaway
+# server of their own (tests/src/postgres.rs), as the postgres user.
 PACKAGES=(
   postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve postgrey
   spamassassin spamd spamc spamass-milter
@@ -26,6 +29,7 @@ PACKAGES=(
   libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
   openssl python3 iproute2 procps util-linux ca-certificates
   prometheus
+  postgresql
 )
 
 if [[ $(id -u) -ne 0 ]]; then

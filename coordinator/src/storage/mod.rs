@@ -1,27 +1,186 @@
 //! Storage: every byte the coordinator keeps goes through [`Storage`].
 //!
-//! The embedded backend is SQLite (rusqlite, bundled, WAL). Its API is the
-//! interface the rest of the coordinator sees — plain Rust types in, plain
-//! Rust types out, no SQL or rusqlite type crosses it — so a server
-//! database can later stand behind the same methods.
+//! Two backends stand behind it: SQLite (`sqlite/`, the embedded default:
+//! one file, one writer thread, WAL) and PostgreSQL (`postgres/`, for
+//! several coordinator replicas sharing one database). Plain Rust types go
+//! in and out ([`model`]); no SQL and no driver type crosses this door.
+//! [`Storage`] is a struct over a private enum of the two, and every
+//! operation is declared once below ([`storage_api!`]) and dispatched by a
+//! `match`: an enum, not a trait object, because the operations are async
+//! (a `dyn` trait would box every future) and there are exactly two
+//! backends, both in this crate; the compiler then checks that each
+//! operation exists on both, with one signature.
 //!
-//! Two paths, so reads never block ingest:
-//! - **Writes** go to one dedicated writer thread over a bounded channel.
-//!   It takes whatever is queued (up to [`MAX_BATCH`]), runs each job in its
-//!   own savepoint inside one transaction, commits, and only then answers
-//!   each sender through its oneshot: an `Ok` means the row is durable
-//!   (`synchronous = FULL`). This is the ack-after-durable rule the agents'
-//!   spools rely on.
-//! - **Reads** run on a small pool of read-only connections through
-//!   `spawn_blocking`; WAL lets them proceed while the writer commits.
+//! The contract both keep: an acknowledgement means committed, a replayed
+//! report (same probe id) is stored once, a round's verdict and its
+//! incident changes commit together, and the schema is versioned, migrated
+//! at start, and refused when newer than this build knows.
 //!
-//! One file per thing stored inside the backend's folder (`sqlite/`):
-//! reports, checks, agents, verdicts, incidents, aggregates, the audit log,
-//! API tokens, and the schema's migrations; the types they take and give
-//! are in [`model`].
+//! One file per thing stored inside each backend's folder: reports,
+//! checks, agents, verdicts, incidents, aggregates, the audit log, API
+//! tokens, and the schema's migrations.
 
 mod model;
+mod postgres;
+pub mod settings;
 mod sqlite;
 
 pub use model::*;
-pub use sqlite::{MAX_BATCH, Storage};
+pub use settings::{PgSettings, StorageSettings};
+
+use crate::judge::{Incident, IncidentChange, Verdict};
+use std::collections::HashMap;
+use std::path::Path;
+use tokio::sync::oneshot;
+
+/// Most reports committed in one transaction (either backend).
+pub const MAX_BATCH: usize = sqlite::MAX_BATCH;
+
+/// The coordinator's storage. Cheap to share behind an `Arc`.
+pub struct Storage(Backend);
+
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+impl Storage {
+    /// Opens (creating if needed) `data_dir/coordinator.db`: the SQLite backend.
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        Ok(Storage(Backend::Sqlite(sqlite::Sqlite::open(data_dir)?)))
+    }
+
+    /// Opens the configured backend, migrating its schema (or refusing a
+    /// newer one).
+    pub async fn connect(settings: &StorageSettings) -> Result<Storage, StorageError> {
+        match settings {
+            StorageSettings::Sqlite { data_dir } => Storage::open(data_dir),
+            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(postgres::Postgres::connect(pg).await?))),
+        }
+    }
+
+    /// Where the data is, for logs: a file path or `postgres://user@host/db`
+    /// (never a password).
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            Backend::Sqlite(db) => db.path().display().to_string(),
+            Backend::Postgres(db) => db.describe(),
+        }
+    }
+
+    /// The schema version this build writes, per backend (`migrate` prints it).
+    pub fn schema_version(&self) -> i64 {
+        match &self.0 {
+            Backend::Sqlite(_) => sqlite::schema_version(),
+            Backend::Postgres(_) => postgres::migrations::latest() as i64,
+        }
+    }
+
+    /// Lets the writers commit everything already queued, then stops them.
+    /// Later writes fail with [`StorageError::Closed`].
+    pub async fn close(&self) {
+        match &self.0 {
+            Backend::Sqlite(db) => db.close().await,
+            Backend::Postgres(db) => db.close().await,
+        }
+    }
+}
+
+/// Declares each operation once: a method of [`Storage`] that runs the
+/// backend's method of the same name and signature.
+macro_rules! storage_api {
+    ($( $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        impl Storage {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StorageError> {
+                    match &self.0 {
+                        Backend::Sqlite(db) => db.$name($($arg),*).await,
+                        Backend::Postgres(db) => db.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+storage_api! {
+    // Reports.
+    /// Queues one report; the returned receiver answers after the commit.
+    /// Awaiting this only waits for room in the queue, so a caller can keep
+    /// many reports in flight and acknowledge each as its answer arrives.
+    fn submit_report(&self, row: ReportRow) -> oneshot::Receiver<Result<Inserted, StorageError>>;
+    /// Stores one report and waits until it is durable (a replay: `Duplicate`).
+    fn insert_report(&self, row: ReportRow) -> Inserted;
+    /// Results, newest first, filtered and paged.
+    fn query_results(&self, q: ResultQuery) -> ResultPage;
+    /// The highest round with any report of `check_id`, and its reports.
+    fn latest_round(&self, check_id: String) -> Option<(u64, Vec<ReportRow>)>;
+    /// Number of stored reports.
+    fn count_reports(&self) -> u64;
+    /// Deletes reports received before `cutoff_ms`, in small transactions.
+    fn prune(&self, cutoff_ms: i64) -> usize;
+    /// The reports of one on-demand run, by region.
+    fn results_of_request(&self, request_id: String) -> Vec<ReportRow>;
+    /// The newest on-demand run of a check with a stored report, and its reports.
+    fn latest_run(&self, check_id: String) -> Option<(String, Vec<ReportRow>)>;
+    /// The reports of one round of a check, in the order they were received.
+    fn round_reports(&self, check_id: String, round: u64) -> Vec<ReportRow>;
+    /// A region's latest delivered reports of a check, oldest first.
+    fn recent_delivered(&self, check_id: String, region: String, limit: u32) -> Vec<ReportRow>;
+
+    // Checks and agents.
+    /// Inserts or replaces a check.
+    fn put_check(&self, c: StoredCheck) -> ();
+    /// Every check ever stored, deleted ones included.
+    fn load_checks(&self) -> Vec<StoredCheck>;
+    /// Inserts or replaces an agent (its name, region, token hash, source, revocation).
+    fn put_agent(&self, a: StoredAgent) -> ();
+    /// Records that an agent was seen (and, when given, its version and connection state).
+    fn touch_agent(&self, name: String, at_ms: i64, version: Option<String>, connected: Option<bool>) -> ();
+    /// At start nobody is connected yet.
+    fn reset_connections(&self) -> ();
+    /// Every agent, revoked ones included.
+    fn load_agents(&self) -> Vec<StoredAgent>;
+
+    // Verdicts and incidents.
+    /// Stores a round's verdict and what it did to incidents in one
+    /// transaction; a round that already has a verdict is left as it was.
+    fn store_round(&self, verdict: Verdict, changes: Vec<IncidentChange>) -> RoundStored;
+    /// Verdicts, newest round first, filtered and paged.
+    fn query_verdicts(&self, q: VerdictQuery) -> VerdictPage;
+    /// The last `n` verdicts of a check, oldest first.
+    fn recent_verdicts(&self, check_id: String, n: u32) -> Vec<Verdict>;
+    /// The latest verdict of each of `check_ids` and every active incident.
+    fn status_snapshot(&self, check_ids: Vec<String>) -> (HashMap<String, Verdict>, Vec<Incident>);
+    /// Deletes verdicts decided before `cutoff_ms`.
+    fn prune_verdicts(&self, cutoff_ms: i64) -> usize;
+    /// Incidents, newest first (without their timelines).
+    fn list_incidents(&self, q: IncidentQuery) -> Vec<Incident>;
+    /// One incident with its timeline.
+    fn incident(&self, id: u64) -> Option<Incident>;
+    /// The incidents of a check still open or acknowledged, with timelines.
+    fn active_incidents(&self, check_id: String) -> Vec<Incident>;
+    /// Resolves every active incident of a deleted check, in one transaction.
+    fn resolve_incidents_of(&self, check_id: String, at_ms: i64, note: String) -> Vec<Incident>;
+    /// The checks that have open or acknowledged incidents.
+    fn checks_with_active_incidents(&self) -> Vec<String>;
+    /// Acknowledges an open incident (idempotent; a resolved one is refused).
+    fn acknowledge(&self, id: u64, by: Option<String>, at_ms: i64) -> AckOutcome;
+
+    // Aggregates, audit, tokens.
+    /// Hourly aggregates of one check, oldest hour first (then by region).
+    fn aggregates(&self, q: AggregateQuery) -> Vec<HourAggregate>;
+    /// Deletes the aggregates of hours that ended before `cutoff_ms`.
+    fn prune_aggregates(&self, cutoff_ms: i64) -> usize;
+    /// Appends one audit entry; answers once it is committed.
+    fn append_audit(&self, e: AuditEntry) -> u64;
+    /// The audit log, newest first, filtered and paged.
+    fn query_audit(&self, q: AuditQuery) -> AuditPage;
+    /// Deletes audit entries older than `cutoff_ms`.
+    fn prune_audit(&self, cutoff_ms: i64) -> usize;
+    /// Inserts or replaces (a revoked name reused) an API token.
+    fn put_api_token(&self, t: StoredToken) -> ();
+    /// Every API token made through the API, revoked ones included.
+    fn load_api_tokens(&self) -> Vec<StoredToken>;
+}

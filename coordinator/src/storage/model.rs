@@ -26,6 +26,14 @@ pub enum StorageError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage config: {0}")]
+    Config(String),
+    #[error("the database schema is version {found}, newer than this coordinator knows ({known}): upgrade the coordinator")]
+    NewerSchema { found: i64, known: i64 },
 }
 
 /// Who owns a check or agent: the config file (replaced on reload) or the API.

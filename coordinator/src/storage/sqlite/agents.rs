@@ -1,10 +1,10 @@
 //! Agents: name, region, token hash, revocation, last seen.
 
-use super::engine::Storage;
+use super::engine::Sqlite;
 use super::super::model::{Source, StorageError, StoredAgent};
 use rusqlite::params;
 
-impl Storage {
+impl Sqlite {
     /// Inserts or replaces an agent (its name, region, token hash, source, revocation).
     pub async fn put_agent(&self, a: StoredAgent) -> Result<(), StorageError> {
         self.write(move |conn| {

@@ -13,7 +13,7 @@
 // rows. The cost is one primary-key lookup and one upsert per report in a
 // batch that is already open; `make bench` measures ingest with it on.
 
-use super::engine::Storage;
+use super::engine::Sqlite;
 use super::super::model::{AggregateQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, ReportRow, StorageError, TimingStats, hour_of};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -162,7 +162,7 @@ pub(super) fn open_aggregates(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl Storage {
+impl Sqlite {
     /// Hourly aggregates of one check, oldest hour first (then by region).
     pub async fn aggregates(&self, q: AggregateQuery) -> Result<Vec<HourAggregate>, StorageError> {
         self.read(move |conn| {

@@ -1,10 +1,10 @@
 //! The audit log: who changed what, from where, when.
 
-use super::engine::Storage;
+use super::engine::Sqlite;
 use super::super::model::{AuditEntry, AuditPage, AuditQuery, StorageError};
 use rusqlite::params;
 
-impl Storage {
+impl Sqlite {
     /// Appends one entry; answers once it is committed.
     pub async fn append_audit(&self, e: AuditEntry) -> Result<u64, StorageError> {
         self.write(move |conn| {
@@ -91,7 +91,7 @@ mod audit_tests {
     #[tokio::test]
     async fn the_audit_log_pages_newest_first_filters_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Sqlite::open(dir.path()).unwrap();
         for (i, actor) in ["admin", "alice", "admin", "admin"].iter().enumerate() {
             s.append_audit(entry(1000 * (i as i64 + 1), actor, "changed"))
                 .await
@@ -152,7 +152,7 @@ mod audit_tests {
             conn.pragma_update(None, "user_version", 1).unwrap();
         }
         for _ in 0..2 {
-            let s = Storage::open(dir.path()).unwrap();
+            let s = Sqlite::open(dir.path()).unwrap();
             s.append_audit(entry(1, "admin", "created")).await.unwrap();
             s.close().await;
         }

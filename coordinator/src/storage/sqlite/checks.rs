@@ -1,12 +1,12 @@
 //! Checks: their spec, revision and fate (deleted ones stay).
 
-use super::engine::{Storage, corrupt};
+use super::engine::{Sqlite, corrupt};
 use super::super::model::{Source, StorageError, StoredCheck};
 use crate::config::CheckSpec;
 use rusqlite::params;
 use std::time::Duration;
 
-impl Storage {
+impl Sqlite {
     /// Inserts or replaces a check.
     pub async fn put_check(&self, c: StoredCheck) -> Result<(), StorageError> {
         // The check's own quorum rides in the stored table (agents get

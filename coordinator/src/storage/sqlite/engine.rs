@@ -18,15 +18,15 @@ pub(super) const READERS: usize = 4;
 /// Rows deleted per retention transaction, so pruning never holds the writer long.
 pub(super) const PRUNE_CHUNK: usize = 5000;
 
-/// The coordinator's storage. Cheap to share behind an `Arc`.
-pub struct Storage {
+/// The SQLite backend: a writer thread and a pool of read connections.
+pub struct Sqlite {
     pub(super) writer: mpsc::Sender<Msg>,
     pub(super) readers: Arc<Readers>,
     pub(super) done: Mutex<Option<oneshot::Receiver<()>>>,
     pub(super) path: PathBuf,
 }
 
-impl Storage {
+impl Sqlite {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,6 +1,6 @@
 //! Incidents and their timelines; acknowledgement; resolution of a deleted check's.
 
-use super::engine::{Storage, corrupt};
+use super::engine::{Sqlite, corrupt};
 use super::super::model::{AckOutcome, IncidentQuery, StorageError};
 use crate::judge::{Incident, IncidentKind, IncidentState, TimelineEntry};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -110,7 +110,7 @@ pub(super) fn active_id(
         .map(|id| id as u64))
 }
 
-impl Storage {
+impl Sqlite {
     /// Incidents, newest first (without their timelines).
     pub async fn list_incidents(&self, q: IncidentQuery) -> Result<Vec<Incident>, StorageError> {
         self.read(move |conn| {

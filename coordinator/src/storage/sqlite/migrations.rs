@@ -183,6 +183,16 @@ fn migrate_request_ids(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// The schema version this build writes (`PRAGMA user_version`).
+pub fn schema_version() -> i64 {
+    MIGRATIONS.last().map_or(1, |m| m.0)
+}
+
+/// The version a database file says it has (0: new).
+pub(super) fn found_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
 /// Brings a freshly opened database's schema up to date.
 pub(super) fn apply(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;

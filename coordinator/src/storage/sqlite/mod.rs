@@ -13,7 +13,8 @@ mod reports;
 mod tokens;
 mod verdicts;
 
-pub use engine::{MAX_BATCH, Storage};
+pub use engine::{MAX_BATCH, Sqlite};
+pub use migrations::schema_version;
 
 use super::model::{DB_FILE, StorageError};
 use engine::{QUEUE, READERS, Readers, writer_loop};
@@ -24,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-impl Storage {
+impl Sqlite {
     /// Opens (creating if needed) `data_dir/coordinator.db` and starts the writer thread.
-    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+    pub fn open(data_dir: &Path) -> Result<Sqlite, StorageError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StorageError::CreateDir {
             path: data_dir.to_path_buf(),
             source,
@@ -44,6 +45,11 @@ impl Storage {
             .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
+        // A database written by a newer coordinator is refused, not written into.
+        let found = migrations::found_version(&conn).map_err(open_err)?;
+        if found > schema_version() {
+            return Err(StorageError::NewerSchema { found, known: schema_version() });
+        }
         migrations::apply(&conn).map_err(open_err)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
@@ -64,7 +70,7 @@ impl Storage {
                 let _ = done_tx.send(());
             })
             .expect("spawn the storage writer thread");
-        Ok(Storage {
+        Ok(Sqlite {
             writer: tx,
             readers: Arc::new(Readers {
                 conns: readers,

@@ -2,12 +2,12 @@
 //! pages, rounds, on-demand runs, retention.
 
 use super::aggregates::add_to_aggregate;
-use super::engine::Storage;
+use super::engine::Sqlite;
 use super::super::model::{Inserted, ReportRow, ResultPage, ResultQuery, StorageError};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::oneshot;
 
-impl Storage {
+impl Sqlite {
     /// Queues one report; the returned receiver answers after the commit.
     /// Awaiting this only waits for room in the queue, so a caller can keep
     /// many reports in flight and acknowledge each as its answer arrives.
@@ -215,7 +215,7 @@ pub(super) fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
 // tables can be added elsewhere in the file without touching it.
 // ---------------------------------------------------------------------------
 
-impl Storage {
+impl Sqlite {
     /// The reports of one on-demand run, by region.
     pub async fn results_of_request(
         &self,
@@ -301,7 +301,7 @@ mod request_id_tests {
             )
             .unwrap();
         }
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Sqlite::open(dir.path()).unwrap();
         s.insert_report(row("ml-run", Some("run-1-abcd"))).await.unwrap();
         s.insert_report(row("ml-round", None)).await.unwrap();
         let found = s.results_of_request("run-1-abcd".into()).await.unwrap();
@@ -312,200 +312,8 @@ mod request_id_tests {
         assert_eq!(rows[0].request_id, None);
         s.close().await;
         // Opening again finds the column there and changes nothing.
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Sqlite::open(dir.path()).unwrap();
         assert_eq!(s.results_of_request("run-1-abcd".into()).await.unwrap().len(), 1);
         s.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
-        ReportRow {
-            probe_id: id.into(),
-            check_id: check.into(),
-            revision: 1,
-            region: region.into(),
-            agent: format!("{region}-1"),
-            round,
-            started_at_ms: started,
-            outcome: "ok".into(),
-            rtt_ms: Some(12.5),
-            delivery_ms: Some(3.0),
-            failure_step: None,
-            failure_class: None,
-            report_json: json!({"probe_id": id}).to_string(),
-            received_at_ms: started + 100,
-            request_id: None,
-            out_of_window: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_replayed_report_is_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
-        assert_eq!(
-            s.insert_report(report("p1", "c", "eu", 1, 1000))
-                .await
-                .unwrap(),
-            Inserted::New
-        );
-        assert_eq!(
-            s.insert_report(report("p1", "c", "eu", 1, 1000))
-                .await
-                .unwrap(),
-            Inserted::Duplicate
-        );
-        assert_eq!(s.count_reports().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn many_reports_in_flight_are_batched_and_each_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
-        let mut pending = Vec::new();
-        for i in 0..3000 {
-            pending.push(
-                s.submit_report(report(&format!("p{i}"), "c", "eu", i, i as i64))
-                    .await
-                    .unwrap(),
-            );
-        }
-        for p in pending {
-            assert_eq!(p.await.unwrap().unwrap(), Inserted::New);
-        }
-        assert_eq!(s.count_reports().await.unwrap(), 3000);
-    }
-
-    #[tokio::test]
-    async fn results_page_newest_first_and_filter() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
-        for i in 0..5 {
-            s.insert_report(report(&format!("eu{i}"), "c", "eu", i, 1000 * i as i64))
-                .await
-                .unwrap();
-            s.insert_report(report(&format!("us{i}"), "c", "us", i, 1000 * i as i64 + 1))
-                .await
-                .unwrap();
-        }
-        let q = ResultQuery {
-            check_id: Some("c".into()),
-            region: Some("eu".into()),
-            limit: 2,
-            ..Default::default()
-        };
-        let p1 = s.query_results(q.clone()).await.unwrap();
-        assert_eq!(
-            p1.rows
-                .iter()
-                .map(|r| r.probe_id.as_str())
-                .collect::<Vec<_>>(),
-            ["eu4", "eu3"]
-        );
-        let p2 = s
-            .query_results(ResultQuery {
-                after: p1.next,
-                ..q.clone()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            p2.rows
-                .iter()
-                .map(|r| r.probe_id.as_str())
-                .collect::<Vec<_>>(),
-            ["eu2", "eu1"]
-        );
-        let since = s
-            .query_results(ResultQuery {
-                since_ms: Some(3000),
-                region: None,
-                ..q
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            since
-                .rows
-                .iter()
-                .map(|r| r.probe_id.as_str())
-                .collect::<Vec<_>>(),
-            ["us4", "eu4"]
-        );
-        let (round, rows) = s.latest_round("c".into()).await.unwrap().unwrap();
-        assert_eq!((round, rows.len()), (4, 2));
-    }
-
-    #[tokio::test]
-    async fn a_page_ends_at_its_byte_budget_and_the_cursor_takes_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
-        for i in 0..10u64 {
-            let mut r = report(&format!("r{i}"), "c", "eu", i, 1000 * i as i64);
-            r.report_json = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
-            s.insert_report(r).await.unwrap();
-        }
-        let q = ResultQuery {
-            limit: 1000,
-            max_bytes: Some(2500),
-            ..Default::default()
-        };
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = s
-                .query_results(ResultQuery {
-                    after: after.clone(),
-                    ..q.clone()
-                })
-                .await
-                .unwrap();
-            // Rows are added until the page passes 2,500 bytes: 3 of ~1 KB.
-            assert!(page.rows.len() <= 3, "{} rows", page.rows.len());
-            seen.extend(page.rows.iter().map(|r| r.probe_id.clone()));
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        let expected: Vec<String> = (0..10).rev().map(|i| format!("r{i}")).collect();
-        assert_eq!(seen, expected, "every row exactly once, newest first");
-    }
-
-    #[tokio::test]
-    async fn pruning_removes_old_reports_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
-        s.insert_report(report("old", "c", "eu", 1, 0))
-            .await
-            .unwrap();
-        s.insert_report(report("new", "c", "eu", 2, 10_000))
-            .await
-            .unwrap();
-        assert_eq!(s.prune(5_000).await.unwrap(), 1);
-        assert_eq!(s.count_reports().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn everything_acked_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Storage::open(dir.path()).unwrap();
-            s.insert_report(report("p1", "c", "eu", 1, 1))
-                .await
-                .unwrap();
-            s.close().await;
-            assert!(matches!(
-                s.insert_report(report("p2", "c", "eu", 1, 1)).await,
-                Err(StorageError::Closed)
-            ));
-        }
-        let s = Storage::open(dir.path()).unwrap();
-        assert_eq!(s.count_reports().await.unwrap(), 1);
     }
 }

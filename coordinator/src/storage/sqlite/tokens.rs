@@ -1,10 +1,10 @@
 //! API tokens made through the API (only their SHA-256).
 
-use super::engine::Storage;
+use super::engine::Sqlite;
 use super::super::model::{StorageError, StoredToken};
 use rusqlite::params;
 
-impl Storage {
+impl Sqlite {
     /// Inserts or replaces (a revoked name reused) an API token.
     pub async fn put_api_token(&self, t: StoredToken) -> Result<(), StorageError> {
         self.write(move |conn| {

@@ -8,7 +8,7 @@
 // a partial unique index here, so a bug upstream cannot create duplicates.
 // ---------------------------------------------------------------------------
 
-use super::engine::{Storage, corrupt};
+use super::engine::{Sqlite, corrupt};
 use super::incidents::{INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row};
 use super::super::model::{RoundStored, StorageError, VerdictPage, VerdictQuery};
 use crate::judge::{AlertEventKind, Incident, IncidentChange, TimelineEntry, Verdict};
@@ -153,7 +153,7 @@ fn verdict_from(evidence: &str) -> Result<Verdict, StorageError> {
     serde_json::from_str(evidence).map_err(|e| corrupt(format!("verdict evidence: {e}")))
 }
 
-impl Storage {
+impl Sqlite {
     /// Stores a round's verdict and what it did to incidents in one
     /// transaction; answers after the commit. A round that already has a
     /// verdict is left as it was (`stored: false`).
@@ -314,7 +314,7 @@ mod judge_tests {
     #[tokio::test]
     async fn a_round_is_stored_once_with_its_incident_and_never_a_second_open_one() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Sqlite::open(dir.path()).unwrap();
         let first = s
             .store_round(verdict(1, VerdictKind::Down), vec![outage(1)])
             .await
@@ -389,7 +389,7 @@ mod judge_tests {
     #[tokio::test]
     async fn acknowledge_then_resolve() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Sqlite::open(dir.path()).unwrap();
         s.store_round(verdict(1, VerdictKind::Down), vec![outage(1)])
             .await
             .unwrap();

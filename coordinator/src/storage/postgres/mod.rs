@@ -1,0 +1,160 @@
+//! The server backend: PostgreSQL through tokio-postgres, a deadpool pool,
+//! TLS with rustls. Same operations as `sqlite/`, one file per thing
+//! stored; the schema is numbered migrations run under an advisory lock.
+//!
+//! Ingest is batched like SQLite's writer: reports queue for a few writer
+//! tasks, each takes what is queued (up to [`MAX_BATCH`]), inserts it in one
+//! transaction (`ON CONFLICT (probe_id) DO NOTHING`, so a replayed report is
+//! stored once even when two replicas receive it) together with the hourly
+//! rollups, and answers each sender only after the commit.
+
+mod agents;
+mod aggregates;
+mod audit;
+mod checks;
+mod incidents;
+pub(crate) mod migrations;
+mod reports;
+mod tokens;
+mod verdicts;
+
+use super::model::StorageError;
+use super::settings::PgSettings;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Most reports committed in one transaction.
+pub const MAX_BATCH: usize = 1024;
+/// Reports waiting for a writer before senders are made to wait.
+const QUEUE: usize = 8192;
+/// Report writer tasks: batches commit concurrently, each on its own connection.
+const WRITERS: usize = 2;
+/// Rows deleted per retention transaction.
+const PRUNE_CHUNK: i64 = 5000;
+
+/// A pool of connections to one PostgreSQL database, and the report writers.
+pub struct Postgres {
+    pool: Pool,
+    writer: Mutex<Option<mpsc::Sender<reports::Job>>>,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    describe: String,
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StorageError::Postgres(e),
+            other => StorageError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl Postgres {
+    /// Connects, brings the schema up to date (or refuses a newer one) and
+    /// starts the report writers.
+    pub async fn connect(s: &PgSettings) -> Result<Postgres, StorageError> {
+        let pool = pool(s)?;
+        let (found, now) = migrations::run(&pool).await?;
+        if found != now {
+            tracing::info!(from = found, to = now, "storage: schema migrated");
+        }
+        let (tx, handles) = reports::start_writers(pool.clone(), WRITERS, QUEUE);
+        Ok(Postgres {
+            pool,
+            writer: Mutex::new(Some(tx)),
+            writers: Mutex::new(handles),
+            describe: s.describe(),
+        })
+    }
+
+    /// Where this is, for logs: `postgres://user@host:port/db`, never a password.
+    pub fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    /// Lets the writers commit what is queued, then closes the pool.
+    pub async fn close(&self) {
+        drop(self.writer.lock().expect("writer lock").take());
+        let handles = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
+        for h in handles {
+            let _ = h.await;
+        }
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        if self.pool.is_closed() {
+            return Err(StorageError::Closed);
+        }
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs `sql` (a DELETE of at most `$2` rows older than `$1`) until it
+    /// deletes fewer than a chunk. Returns how many rows went.
+    async fn delete_in_chunks(&self, sql: &str, cutoff_ms: i64) -> Result<usize, StorageError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        let mut total = 0;
+        loop {
+            let n = client.execute(&stmt, &[&cutoff_ms, &PRUNE_CHUNK]).await?;
+            total += n as usize;
+            if (n as i64) < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// The pool (connections are opened lazily, on first use).
+fn pool(s: &PgSettings) -> Result<Pool, StorageError> {
+    let config = s.config().map_err(StorageError::Config)?;
+    let tls = tls(s).map_err(StorageError::Config)?;
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(s.pool_size)
+        .build()
+        .map_err(|e| StorageError::Config(e.to_string()))
+}
+
+/// rustls with ring: the system roots, or only the configured CA file's.
+/// Used when the URL's `sslmode` asks for TLS (`prefer`, `require`).
+fn tls(s: &PgSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &s.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("storage.ca_file {}: {e}", path.display()))?;
+            let mut n = 0;
+            for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                let cert: rustls_pki_types::CertificateDer<'static> =
+                    cert.map_err(|e| format!("storage.ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("storage.ca_file {}: {e}", path.display()))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(format!("storage.ca_file {}: no PEM certificate in it", path.display()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}

@@ -1,0 +1,396 @@
+//! The storage conformance suite: every case runs on both backends, SQLite
+//! in a temporary directory and PostgreSQL in a database of its own on the
+//! throwaway server of `mailloop_tests::postgres` (started once for this
+//! binary). Each case is written once (`async fn case(db: &Db)`); `both!`
+//! makes a `sqlite` and a `postgres` test of it.
+
+use mailloop_coordinator::judge::{
+    Incident, IncidentChange, IncidentKind, IncidentState, Severity, Verdict, VerdictKind,
+};
+use mailloop_coordinator::storage::{
+    AggregateQuery, AuditEntry, AuditQuery, IncidentQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
+    StorageError, StorageSettings, StoredToken,
+};
+use mailloop_tests::postgres::Postgres;
+use serde_json::json;
+
+/// Where one case keeps its data; `open` can be called again to reopen it.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    async fn open(&self) -> Storage {
+        match self {
+            Db::Sqlite(dir) => Storage::open(dir.path()).unwrap(),
+            Db::Postgres(url) => Storage::connect(&StorageSettings::Postgres(PgSettings::new(url.clone())))
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(&super::Db::Sqlite(tempfile::tempdir().unwrap())).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let url = super::Postgres::get().database(stringify!($case));
+                super::$case(&super::Db::Postgres(url)).await;
+            }
+        }
+    )*};
+}
+
+both! {
+    a_replayed_report_is_stored_once,
+    many_reports_in_flight_are_batched_and_each_answered,
+    results_page_newest_first_and_filter,
+    a_page_ends_at_its_byte_budget_and_the_cursor_takes_the_rest,
+    pruning_removes_old_reports_only,
+    everything_acked_survives_a_reopen,
+    two_handles_on_one_database_store_a_replay_once,
+    a_round_opens_one_incident_and_an_ack_is_idempotent,
+    a_report_counts_once_in_its_hour,
+    audit_and_tokens_round_trip,
+}
+
+fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
+    ReportRow {
+        probe_id: id.into(),
+        check_id: check.into(),
+        revision: 1,
+        region: region.into(),
+        agent: format!("{region}-1"),
+        round,
+        started_at_ms: started,
+        outcome: "ok".into(),
+        rtt_ms: Some(12.5),
+        delivery_ms: Some(3.0),
+        failure_step: None,
+        failure_class: None,
+        report_json: json!({"probe_id": id}).to_string(),
+        received_at_ms: started + 100,
+        request_id: None,
+        out_of_window: None,
+    }
+}
+
+async fn a_replayed_report_is_stored_once(db: &Db) {
+    let s = db.open().await;
+    assert_eq!(
+        s.insert_report(report("p1", "c", "eu", 1, 1000))
+            .await
+            .unwrap(),
+        Inserted::New
+    );
+    assert_eq!(
+        s.insert_report(report("p1", "c", "eu", 1, 1000))
+            .await
+            .unwrap(),
+        Inserted::Duplicate
+    );
+    assert_eq!(s.count_reports().await.unwrap(), 1);
+}
+
+async fn many_reports_in_flight_are_batched_and_each_answered(db: &Db) {
+    let s = db.open().await;
+    let mut pending = Vec::new();
+    for i in 0..3000 {
+        pending.push(
+            s.submit_report(report(&format!("p{i}"), "c", "eu", i, i as i64))
+                .await
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap().unwrap(), Inserted::New);
+    }
+    assert_eq!(s.count_reports().await.unwrap(), 3000);
+}
+
+async fn results_page_newest_first_and_filter(db: &Db) {
+    let s = db.open().await;
+    for i in 0..5 {
+        s.insert_report(report(&format!("eu{i}"), "c", "eu", i, 1000 * i as i64))
+            .await
+            .unwrap();
+        s.insert_report(report(&format!("us{i}"), "c", "us", i, 1000 * i as i64 + 1))
+            .await
+            .unwrap();
+    }
+    let q = ResultQuery {
+        check_id: Some("c".into()),
+        region: Some("eu".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    let p1 = s.query_results(q.clone()).await.unwrap();
+    assert_eq!(
+        p1.rows
+            .iter()
+            .map(|r| r.probe_id.as_str())
+            .collect::<Vec<_>>(),
+        ["eu4", "eu3"]
+    );
+    let p2 = s
+        .query_results(ResultQuery {
+            after: p1.next,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        p2.rows
+            .iter()
+            .map(|r| r.probe_id.as_str())
+            .collect::<Vec<_>>(),
+        ["eu2", "eu1"]
+    );
+    let since = s
+        .query_results(ResultQuery {
+            since_ms: Some(3000),
+            region: None,
+            ..q
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        since
+            .rows
+            .iter()
+            .map(|r| r.probe_id.as_str())
+            .collect::<Vec<_>>(),
+        ["us4", "eu4"]
+    );
+    let (round, rows) = s.latest_round("c".into()).await.unwrap().unwrap();
+    assert_eq!((round, rows.len()), (4, 2));
+}
+
+async fn a_page_ends_at_its_byte_budget_and_the_cursor_takes_the_rest(db: &Db) {
+    let s = db.open().await;
+    for i in 0..10u64 {
+        let mut r = report(&format!("r{i}"), "c", "eu", i, 1000 * i as i64);
+        r.report_json = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+        s.insert_report(r).await.unwrap();
+    }
+    let q = ResultQuery {
+        limit: 1000,
+        max_bytes: Some(2500),
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .query_results(ResultQuery {
+                after: after.clone(),
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        // Rows are added until the page passes 2,500 bytes: 3 of ~1 KB.
+        assert!(page.rows.len() <= 3, "{} rows", page.rows.len());
+        seen.extend(page.rows.iter().map(|r| r.probe_id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..10).rev().map(|i| format!("r{i}")).collect();
+    assert_eq!(seen, expected, "every row exactly once, newest first");
+}
+
+async fn pruning_removes_old_reports_only(db: &Db) {
+    let s = db.open().await;
+    s.insert_report(report("old", "c", "eu", 1, 0))
+        .await
+        .unwrap();
+    s.insert_report(report("new", "c", "eu", 2, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(s.prune(5_000).await.unwrap(), 1);
+    assert_eq!(s.count_reports().await.unwrap(), 1);
+}
+
+async fn everything_acked_survives_a_reopen(db: &Db) {
+    {
+        let s = db.open().await;
+        s.insert_report(report("p1", "c", "eu", 1, 1))
+            .await
+            .unwrap();
+        s.close().await;
+        assert!(matches!(
+            s.insert_report(report("p2", "c", "eu", 1, 1)).await,
+            Err(StorageError::Closed)
+        ));
+    }
+    let s = db.open().await;
+    assert_eq!(s.count_reports().await.unwrap(), 1);
+}
+
+/// Two coordinators on one database (on SQLite: two handles on one file)
+/// receiving the same report at once store it once, and say so.
+async fn two_handles_on_one_database_store_a_replay_once(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let mut answers = Vec::new();
+    for i in 0..200 {
+        let r = report(&format!("p{i}"), "c", "eu", i, i as i64);
+        answers.push(a.submit_report(r.clone()).await.unwrap());
+        answers.push(b.submit_report(r).await.unwrap());
+    }
+    let mut new = 0;
+    for x in answers {
+        if x.await.unwrap().unwrap() == Inserted::New {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 200, "each report is new exactly once");
+    assert_eq!(a.count_reports().await.unwrap(), 200);
+    a.close().await;
+    b.close().await;
+}
+
+fn verdict(round: u64, kind: VerdictKind) -> Verdict {
+    Verdict {
+        check_id: "corp".into(),
+        round,
+        round_start_ms: round as i64 * 1000,
+        decided_at_ms: round as i64 * 1000 + 500,
+        verdict: kind,
+        quorum: 1,
+        regions: Vec::new(),
+        note: String::new(),
+    }
+}
+
+fn outage(round: u64) -> IncidentChange {
+    IncidentChange::Open(Incident {
+        id: 0,
+        check_id: "corp".into(),
+        kind: IncidentKind::Outage,
+        severity: Severity::Critical,
+        state: IncidentState::Open,
+        key: String::new(),
+        regions: vec!["eu".into()],
+        step: None,
+        class: None,
+        opened_at_ms: round as i64 * 1000,
+        first_round: round,
+        last_round: round,
+        acknowledged_at_ms: None,
+        acknowledged_by: None,
+        resolved_at_ms: None,
+        summary: "down".into(),
+        timeline: Vec::new(),
+    })
+}
+
+async fn a_round_opens_one_incident_and_an_ack_is_idempotent(db: &Db) {
+    let s = db.open().await;
+    let first = s.store_round(verdict(1, VerdictKind::Down), vec![outage(1)]).await.unwrap();
+    assert!(first.stored);
+    assert_eq!(first.events.len(), 1);
+    let again = s.store_round(verdict(1, VerdictKind::Down), vec![outage(1)]).await.unwrap();
+    assert!(!again.stored, "a decided round stays decided");
+    // The judge lost track and opens it again: still one incident, a new line.
+    s.store_round(verdict(2, VerdictKind::Down), vec![outage(2)]).await.unwrap();
+    let all = s.list_incidents(IncidentQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].last_round, 2);
+    let id = all[0].id;
+    let acked = s.acknowledge(id, Some("alice".into()), 5).await.unwrap();
+    assert!(matches!(acked, mailloop_coordinator::storage::AckOutcome::Acknowledged(_)));
+    let twice = s.acknowledge(id, Some("bob".into()), 6).await.unwrap();
+    assert!(matches!(twice, mailloop_coordinator::storage::AckOutcome::AlreadyAcknowledged(_)));
+    let one = s.incident(id).await.unwrap().unwrap();
+    assert_eq!(one.timeline.iter().filter(|e| e.event == "acknowledged").count(), 1);
+    let (latest, active) = s.status_snapshot(vec!["corp".into(), "other".into()]).await.unwrap();
+    assert_eq!(latest["corp"].round, 2);
+    assert_eq!(active.len(), 1);
+    let gone = s.resolve_incidents_of("corp".into(), 9, "check deleted".into()).await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(s.checks_with_active_incidents().await.unwrap().is_empty());
+    assert_eq!(s.recent_verdicts("corp".into(), 5).await.unwrap().len(), 2);
+    s.close().await;
+}
+
+async fn a_report_counts_once_in_its_hour(db: &Db) {
+    let s = db.open().await;
+    let mut slow = report("p-slow", "c", "eu", 2, 60_000);
+    slow.rtt_ms = Some(700.0);
+    slow.outcome = "degraded".into();
+    for r in [report("p1", "c", "eu", 1, 1_000), slow.clone(), slow] {
+        s.insert_report(r).await.unwrap();
+    }
+    let hours = s.aggregates(AggregateQuery { check_id: "c".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(hours.len(), 1);
+    let h = &hours[0];
+    assert_eq!((h.ok, h.degraded, h.failed), (1, 1, 0), "the replay was not counted");
+    assert_eq!(h.rtt.count, 2);
+    assert_eq!((h.rtt.min_ms, h.rtt.max_ms), (Some(12.5), Some(700.0)));
+    assert_eq!(h.rtt_buckets.iter().sum::<u64>(), 2);
+    assert_eq!(s.prune_aggregates(10 * 3_600_000).await.unwrap(), 1);
+    s.close().await;
+}
+
+async fn audit_and_tokens_round_trip(db: &Db) {
+    let s = db.open().await;
+    for i in 0..5 {
+        let e = AuditEntry {
+            seq: 0,
+            at_ms: i,
+            actor: "admin".into(),
+            role: "admin".into(),
+            source: Some("127.0.0.1".into()),
+            action: "created".into(),
+            object: "check".into(),
+            object_id: format!("c{i}"),
+            detail: None,
+        };
+        s.append_audit(e).await.unwrap();
+    }
+    let page = s.query_audit(AuditQuery { limit: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.object_id.as_str()).collect::<Vec<_>>(), ["c4", "c3", "c2"]);
+    let rest = s.query_audit(AuditQuery { limit: 3, before_seq: page.next, ..Default::default() }).await.unwrap();
+    assert_eq!(rest.entries.len(), 2);
+    assert_eq!(rest.next, None);
+    assert_eq!(s.prune_audit(2).await.unwrap(), 2);
+    let t = StoredToken {
+        name: "grafana".into(),
+        role: "read".into(),
+        token_sha256: "ab".repeat(32),
+        created_at_ms: 1,
+        created_by: "admin".into(),
+        revoked_at_ms: None,
+    };
+    s.put_api_token(t.clone()).await.unwrap();
+    s.put_api_token(StoredToken { revoked_at_ms: Some(2), ..t.clone() }).await.unwrap();
+    assert_eq!(s.load_api_tokens().await.unwrap(), [StoredToken { revoked_at_ms: Some(2), ..t }]);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_newer_schema_and_migrates_once() {
+    let pg = Postgres::get();
+    let url = pg.database("newer_schema");
+    let settings = StorageSettings::Postgres(PgSettings::new(url.clone()));
+    // Two replicas starting together: the advisory lock lets one migrate.
+    let (a, b) = tokio::join!(Storage::connect(&settings), Storage::connect(&settings));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    a.close().await;
+    b.close().await;
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM mailloop_schema"), "1");
+    pg.psql(&db, "INSERT INTO mailloop_schema (version, what) VALUES (999, 'from the future')");
+    match Storage::connect(&settings).await {
+        Err(StorageError::NewerSchema { found: 999, .. }) => {}
+        Err(e) => panic!("expected a refusal of schema 999, got {e}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}
