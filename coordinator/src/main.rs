@@ -29,6 +29,13 @@ enum Command {
         #[arg(short, long, env = "MAILLOOP_COORDINATOR_CONFIG")]
         config: PathBuf,
     },
+    /// Bring the database's schema up to date and exit (serve does this at
+    /// start too; replicas starting together take turns on a lock). Refuses
+    /// a database newer than this build.
+    Migrate {
+        #[arg(short, long, env = "MAILLOOP_COORDINATOR_CONFIG")]
+        config: PathBuf,
+    },
     /// Validate a config file, report every bad key, and exit (0 valid, 3 not).
     CheckConfig {
         #[arg(short, long)]
@@ -61,6 +68,23 @@ fn main() -> ExitCode {
             }
             None => ExitCode::from(EXIT_CONFIG),
         },
+        Command::Migrate { config } => {
+            let Some(cfg) = load(&config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+            match runtime.block_on(mailloop_coordinator::storage::Storage::connect(&cfg.storage)) {
+                Ok(storage) => {
+                    println!("{}: schema version {}", storage.describe(), storage.schema_version());
+                    runtime.block_on(storage.close());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mailloop-coordinator migrate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             // Validate everything before any port is bound or file created.
             let Some(cfg) = load(&config) else {

@@ -129,7 +129,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens storage, loads what it holds, and applies the config's checks and agents.
     pub async fn open(config: CoordinatorConfig) -> Result<Coordinator, ServeError> {
-        let storage = Arc::new(Storage::open(&config.server.data_dir)?);
+        let storage = Arc::new(Storage::connect(&config.storage).await?);
         storage.reset_connections().await?;
         let checks = storage.load_checks().await?;
         let agents = storage.load_agents().await?;

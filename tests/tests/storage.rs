@@ -394,3 +394,48 @@ async fn postgres_refuses_a_newer_schema_and_migrates_once() {
         Ok(_) => panic!("a newer schema was accepted"),
     }
 }
+
+/// `mailloop-coordinator migrate` on a `[storage] url` config: the schema
+/// is created, the password given through `password_env` is used and never
+/// printed, and a bad key of `[storage]` is a config error (exit 3).
+#[test]
+fn the_migrate_command_prepares_a_postgres_database() {
+    let pg = Postgres::get();
+    let url = pg.database("migrate_command");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "the-admin-token-0123456789").unwrap();
+    let config = dir.path().join("coordinator.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndata_dir = {:?}\nadmin_token_file = {:?}\n\n[storage]\nurl = {url:?}\npassword_env = \"PGPASS_TEST\"\n{extra}",
+                dir.path().join("data"),
+                token
+            ),
+        )
+        .unwrap()
+    };
+    let run = || {
+        std::process::Command::new(mailloop_tests::cluster::bin("mailloop-coordinator"))
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .env("PGPASS_TEST", "s3cret-never-shown")
+            .output()
+            .unwrap()
+    };
+    write("");
+    let out = run();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("schema version 1"), "{stdout}");
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "1");
+    write("pool_size = 0\ncolour = \"blue\"\n");
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("storage.pool_size") && stderr.contains("storage.colour"), "{stderr}");
+}

@@ -9,6 +9,7 @@
 //! given through the API obeys exactly the same rules as one in the file.
 
 pub mod names;
+pub mod storage;
 pub mod tokens;
 
 pub use names::{hex, is_name, token_sha256};
@@ -79,6 +80,8 @@ pub struct CoordinatorConfig {
     pub judge: crate::judge::config::JudgeSettings,
     /// `[[alert]]`: where incident events go.
     pub alerts: Vec<crate::alerts::ChannelConfig>,
+    /// `[storage]`: SQLite in `data_dir` (the default) or PostgreSQL.
+    pub storage: crate::storage::StorageSettings,
 }
 
 /// `[server]`.
@@ -286,6 +289,7 @@ impl CoordinatorConfig {
                 "baselines",
                 "alert",
                 "token",
+                "storage",
             ]
             .contains(&key.as_str())
             {
@@ -293,7 +297,7 @@ impl CoordinatorConfig {
                     // Agents resolve in their own region; the coordinator asks no DNS question.
                     v.issue(key.clone(), "unknown key: [dns] is an agent setting (each agent resolves in its region) — put it in agent.toml");
                 } else {
-                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines] and [[alert]])");
+                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines], [[alert]] and [storage])");
                 }
             }
         }
@@ -328,14 +332,21 @@ impl CoordinatorConfig {
             }
         }
         let alerts = crate::alerts::config::parse(root.get("alert"), env, &mut v);
-        match server {
-            Some(server) if v.is_empty() => Ok(CoordinatorConfig {
+        let storage = storage::parse(
+            &mut v,
+            root.get("storage"),
+            env,
+            server.as_ref().map(|s| s.data_dir.as_path()),
+        );
+        match (server, storage) {
+            (Some(server), Some(storage)) if v.is_empty() => Ok(CoordinatorConfig {
                 server,
                 agents,
                 tokens,
                 checks,
                 judge,
                 alerts,
+                storage,
             }),
             _ => Err(v),
         }
