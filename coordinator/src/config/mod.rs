@@ -81,7 +81,7 @@ pub struct CoordinatorConfig {
     /// `[[alert]]`: where incident events go.
     pub alerts: Vec<crate::alerts::ChannelConfig>,
     /// `[storage]`: SQLite in `data_dir` (the default) or PostgreSQL.
-    pub storage: crate::storage::StorageSettings,
+    pub storage: crate::storage::settings::StorageSettings,
 }
 
 /// `[server]`.
