@@ -26,6 +26,9 @@ PACKAGES=(
   libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
   openssl python3 iproute2 procps util-linux ca-certificates
   prometheus
+  # The OAuth2 identity provider of tests/tests/oauth2.rs (oauth2_idp.py, run
+  # with Debian's /usr/bin/python3): Authlib's authorization server.
+  python3-authlib
 )
 
 if [[ $(id -u) -ne 0 ]]; then

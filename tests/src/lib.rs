@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod oauth2;
 pub mod regions;
 pub mod tls_front;
 
