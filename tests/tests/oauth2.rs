@@ -297,3 +297,48 @@ async fn device_code_login_stores_a_refresh_token_the_probe_then_uses() {
     assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
     assert!(step(&r, StepName::Oauth2Token).unwrap().detail.as_deref().unwrap().contains("imap: refresh_token grant"));
 }
+
+/// Microsoft 365 offers only XOAUTH2 and answers a refused token with its
+/// own challenge; the stack's servers offer both mechanisms, so this one
+/// dialogue is a fake (the token is real, from the IdP).
+#[tokio::test]
+async fn xoauth2_where_it_is_the_only_mechanism_and_a_microsoft_style_refusal() {
+    use base64::Engine;
+    use mailloop_tests::fake::{Scenario, close, expect, say};
+    let idp = Idp::start();
+    idp.client("m365", Some(SECRET), "probe@sender.invalid").await;
+    let challenge = base64::engine::general_purpose::STANDARD.encode(r#"{"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}"#);
+    let smtp = mailloop_tests::fake::Script::new([
+        say("220 fake-smtp.invalid Microsoft ESMTP MAIL Service ready"),
+        expect("EHLO"),
+        say("250-fake-smtp.invalid Hello"),
+        say("250 AUTH LOGIN XOAUTH2"),
+        // A JWT makes the initial response too long for SMTP's 512-octet
+        // line (RFC 4954 §4): the agent waits for the empty challenge.
+        expect("AUTH XOAUTH2"),
+        say("334 "),
+        expect("dXNlcj1"), // base64 of "user="
+        say(&format!("334 {challenge}")),
+        expect(""),
+        say("535 5.7.3 Authentication unsuccessful"),
+        expect("QUIT"),
+        say("221 2.0.0 Service closing transmission channel"),
+        close(),
+    ]);
+    let ca = Stack::get().var("MAILSTACK_CA_FILE");
+    let oauth2 = serde_json::json!({"token_url": idp.token_url(), "client_id": "m365", "client_secret_file": secret_file(), "scope": "mail", "ca_file": ca});
+    let run = Scenario::smtp_fault(smtp).configure(|c| c.smtp("username", "probe@sender.invalid").smtp("oauth2", oauth2)).run().await;
+    let f = run.report.failure.as_ref().expect("refused");
+    assert_eq!((f.step, f.class, f.code), (StepName::SmtpAuth, FailureClass::Auth, Some(535)), "{f:#?}");
+    assert_eq!(
+        f.message,
+        "Authentication unsuccessful (XOAUTH2; server's challenge: status=401, schemes=bearer, scope=https://outlook.office365.com/.default)"
+    );
+    // The initial response carried the user and the token the IdP issued.
+    assert!(run.smtp.received.iter().any(|l| l == "AUTH XOAUTH2"), "{:?}", run.smtp.received);
+    let auth = run.smtp.received.iter().find(|l| l.starts_with("dXNlcj1")).unwrap();
+    let sent = base64::engine::general_purpose::STANDARD.decode(auth.trim()).unwrap();
+    let token = idp.issued().await.remove(0);
+    assert_eq!(String::from_utf8(sent).unwrap(), format!("user=probe@sender.invalid\x01auth=Bearer {token}\x01\x01"));
+    assert!(run.smtp.received.iter().any(|l| l.is_empty()), "the challenge was acknowledged with an empty line: {:?}", run.smtp.received);
+}
