@@ -66,6 +66,32 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// OAuth2 mailboxes (Microsoft 365, Gmail).
+    Oauth2 {
+        #[command(subcommand)]
+        command: Oauth2Command,
+    },
+}
+
+#[derive(Subcommand)]
+enum Oauth2Command {
+    /// Sign in once for a check whose [check.imap.oauth2] / [check.smtp.oauth2]
+    /// uses a refresh token (delegated access): prints a URL and a code to
+    /// enter there (device-code flow), waits, and stores the refresh token in
+    /// the side's refresh_token_file with mode 0600. The agent renews it from
+    /// then on. Both sides are signed in at once when they share the file.
+    Login {
+        /// Probe config file (TOML) holding the check.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The check to sign in for.
+        #[arg(long = "check", value_name = "NAME")]
+        check: String,
+        /// Which side's [oauth2] to use when both have one with different
+        /// refresh_token_file values (default: imap, then smtp).
+        #[arg(long, value_parser = ["imap", "smtp"])]
+        side: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +116,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
+        Command::Oauth2 { command: Oauth2Command::Login { config, check, side } } => oauth2_login(&config, &check, side.as_deref()),
     }
 }
 
@@ -244,6 +271,64 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
     }
     print!("{}", output::render(format, &reports));
     ExitCode::from(output::exit_code(&reports) as u8)
+}
+
+fn oauth2_login(config: &Path, name: &str, side: Option<&str>) -> ExitCode {
+    use mailloop_common::config::Grant;
+    let cfg = match ProbeConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(check) = cfg.checks.iter().find(|c| c.name == name) else {
+        let known: Vec<&str> = cfg.checks.iter().map(|c| c.name.as_str()).collect();
+        eprintln!("no check named {name:?} in {} (checks: {})", config.display(), known.join(", "));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let oauth = |e: &mailloop_common::config::Endpoint| e.credentials.as_ref().and_then(|c| c.oauth2()).cloned();
+    let (imap, smtp) = (oauth(&check.imap.endpoint), oauth(&check.smtp.endpoint));
+    let delegated = |o: &Option<mailloop_common::config::OAuth2Config>| o.clone().filter(|o| matches!(o.grant, Grant::RefreshToken { .. }));
+    let chosen = match side {
+        Some("smtp") => delegated(&smtp),
+        Some(_) => delegated(&imap),
+        None => delegated(&imap).or_else(|| delegated(&smtp)),
+    };
+    let Some(chosen) = chosen else {
+        eprintln!("check {name} has no [oauth2] with a refresh token{}: nothing to sign in for", side.map(|s| format!(" on its {s} side")).unwrap_or_default());
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    // Both sides share the refresh token file: one sign-in covering both scopes.
+    let mut scopes: Vec<&str> = chosen.scope.split_whitespace().collect();
+    for other in [&imap, &smtp].into_iter().flatten() {
+        if other.grant == chosen.grant && other.token_url == chosen.token_url && other.client_id == chosen.client_id {
+            for s in other.scope.split_whitespace() {
+                if !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+        }
+    }
+    let scope = scopes.join(" ");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(mailloop_agent::oauth2::login::device_login(&chosen, &scope, &mut out)) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailloop-agent oauth2 login: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `service.instance.id` of a one-shot probe.

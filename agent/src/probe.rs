@@ -17,8 +17,15 @@ use crate::spf;
 use crate::tls::TlsClient;
 use crate::transport::ConnectTo;
 use mailloop_common::config::{ConfigIssue, DnsConfig};
-use mailloop_common::{FailureClass, SpfBudget};
+use mailloop_common::{FailureClass, Secret, SpfBudget};
+use crate::oauth2::{self, Clock, TokenSource};
 use std::sync::Arc;
+
+/// Where one side's bearer token comes from.
+struct SideToken {
+    source: Arc<TokenSource>,
+    scope: String,
+}
 
 /// Runs probes for one check. Built once; TLS trust is loaded at construction.
 pub struct Prober {
@@ -29,6 +36,12 @@ pub struct Prober {
     dns: Option<Arc<Dns>>,
     /// The agent's `connect_to` rules: where the TCP connections really go.
     connect_to: ConnectTo,
+    /// OAuth2 token sources of the sides that log in with a token (one
+    /// shared source when both name the same client).
+    smtp_token: Option<SideToken>,
+    imap_token: Option<SideToken>,
+    /// "Now" for token expiry (tests move it).
+    clock: Clock,
 }
 
 impl Prober {
@@ -63,6 +76,27 @@ impl Prober {
         for warning in [smtp.plaintext_auth_warning("smtp"), imap.plaintext_auth_warning("imap")].into_iter().flatten() {
             tracing::warn!(check = %check.name, "{warning}");
         }
+        let mut sources: Vec<Arc<TokenSource>> = Vec::new();
+        let mut token_for = |side: &str, e: &mailloop_common::config::Endpoint| -> Option<SideToken> {
+            let cfg = e.credentials.as_ref()?.oauth2()?;
+            let source = match sources.iter().find(|s| s.serves(cfg)) {
+                Some(s) => s.clone(),
+                None => match TokenSource::new(cfg) {
+                    Ok(s) => {
+                        let s = Arc::new(s);
+                        sources.push(s.clone());
+                        s
+                    }
+                    Err((key, message)) => {
+                        issues.push(ConfigIssue { path: format!("{side}.oauth2.{key}"), message });
+                        return None;
+                    }
+                },
+            };
+            Some(SideToken { source, scope: cfg.scope.clone() })
+        };
+        let smtp_token = token_for("smtp", smtp);
+        let imap_token = token_for("imap", imap);
         let dns = if check.verify_dkim || check.spf.enabled {
             match Dns::new(dns) {
                 Ok(d) => Some(Arc::new(d)),
@@ -76,7 +110,7 @@ impl Prober {
         };
         match (smtp_tls, imap_tls) {
             (Some(smtp_tls), Some(imap_tls)) if issues.is_empty() => {
-                Ok(Prober { check, smtp_tls, imap_tls, dns, connect_to: ConnectTo::default() })
+                Ok(Prober { check, smtp_tls, imap_tls, dns, connect_to: ConnectTo::default(), smtp_token, imap_token, clock: oauth2::system_clock() })
             }
             _ => Err(issues),
         }
@@ -86,6 +120,13 @@ impl Prober {
     /// `connect_to` rules say; names, SNI and reported endpoints stay the check's.
     pub fn with_connect_to(mut self, connect_to: ConnectTo) -> Prober {
         self.connect_to = connect_to;
+        self
+    }
+
+    /// Uses `clock` for token expiry instead of the real one (tests that
+    /// expire a token without waiting an hour).
+    pub fn with_token_clock(mut self, clock: Clock) -> Prober {
+        self.clock = clock;
         self
     }
 
@@ -205,6 +246,52 @@ impl Prober {
         Some(walked)
     }
 
+    /// The bearer tokens of the sides that use OAuth2: cached ones while
+    /// they are good, else fetched in one `oauth2.token` step (one request
+    /// per client and scope, in turn, so a rotated refresh token is used by
+    /// the next request).
+    async fn tokens(&self, rec: &mut Recorder) -> Result<(Option<Secret>, Option<Secret>), Failure> {
+        let now = (self.clock)();
+        let cached = |t: &Option<SideToken>| t.as_ref().map(|t| t.source.cached(&t.scope, now));
+        let (smtp, imap) = (cached(&self.smtp_token), cached(&self.imap_token));
+        if !matches!(smtp, Some(None)) && !matches!(imap, Some(None)) {
+            return Ok((smtp.flatten(), imap.flatten()));
+        }
+        let step = StepName::Oauth2Token;
+        let sides = [("smtp", &self.smtp_token, smtp), ("imap", &self.imap_token, imap)];
+        let connect_to = &self.connect_to;
+        let clock = &self.clock;
+        rec.run(step, self.check.timeout(step), async move {
+            let mut got: Vec<Option<Secret>> = Vec::new();
+            let mut details = Vec::new();
+            let mut code = None;
+            for (i, (side, token, cached)) in sides.iter().enumerate() {
+                let (Some(t), Some(None)) = (token, cached) else {
+                    got.push(cached.clone().flatten());
+                    continue;
+                };
+                // The other side asked for the same client and scope already.
+                if let (1, Some(first), Some(Some(tok))) = (i, &self.smtp_token, got.first()) {
+                    if Arc::ptr_eq(&first.source, &t.source) && first.scope == t.scope {
+                        got.push(Some(tok.clone()));
+                        continue;
+                    }
+                }
+                let done = t.source.fetch(&t.scope, connect_to, clock()).await.map_err(|mut e| {
+                    e.message = format!("{side}: {}", e.message);
+                    e
+                })?;
+                details.push(format!("{side}: {}", done.detail.unwrap_or_default()));
+                code = done.code;
+                got.push(Some(done.value));
+            }
+            let mut done = crate::steps::Done::new((got[0].clone(), got[1].clone())).detail(details.join("; "));
+            done.code = code;
+            Ok(done)
+        })
+        .await
+    }
+
     /// One attempt: submit and, if that worked, find the probe.
     async fn attempt(&self, probe_id: &str, body: &[u8], origin: Instant) -> AttemptResult {
         let check = &self.check;
@@ -213,19 +300,30 @@ impl Prober {
         let mut smtp_rec = Recorder::new(origin, deadline);
         let mut imap_rec = Recorder::new(origin, deadline);
         let mut dns_rec = Recorder::new(origin, deadline);
+        let mut token_rec = Recorder::new(origin, deadline);
+        // Tokens first: without them neither side can log in. A fetch is a
+        // step of its own (the provider's time is not the mail server's),
+        // and the round trip is timed from after it.
+        let (smtp_token, imap_token) = match self.tokens(&mut token_rec).await {
+            Ok(t) => t,
+            Err(f) => {
+                return AttemptResult { steps: token_rec.steps, failure: Some(f), ..AttemptResult::default() };
+            }
+        };
+        let (origin, wall_origin) = if token_rec.steps.is_empty() { (origin, wall_origin) } else { (Instant::now(), chrono::Utc::now()) };
         // The SPF walk runs beside the delivery but is not waited for once
         // submission failed: the round is failed already, and a dead DNS
         // server would otherwise hold the failure back for the walk's timeout.
         let submission_failed = tokio::sync::Notify::new();
         let (sent, opened, spf_budget) = tokio::join!(
             async {
-                let sent = smtp::send(check, &self.smtp_tls, &self.connect_to, body, &mut smtp_rec).await;
+                let sent = smtp::send(check, &self.smtp_tls, &self.connect_to, body, smtp_token.as_ref(), &mut smtp_rec).await;
                 if sent.is_err() {
                     submission_failed.notify_one();
                 }
                 sent
             },
-            imap::open(check, &self.imap_tls, &self.connect_to, &mut imap_rec),
+            imap::open(check, &self.imap_tls, &self.connect_to, imap_token.as_ref(), &mut imap_rec),
             async {
                 tokio::select! {
                     budget = self.spf_walk(&mut dns_rec) => budget,
@@ -234,6 +332,14 @@ impl Prober {
             },
         );
 
+        // A token the server refused is not used again: the next round fetches one.
+        for (side, failure) in [(&self.smtp_token, sent.as_ref().err()), (&self.imap_token, opened.as_ref().err())] {
+            if let (Some(t), Some(f)) = (side, failure) {
+                if f.class == FailureClass::Auth && matches!(f.step, StepName::SmtpAuth | StepName::ImapLogin) {
+                    t.source.invalidate(&t.scope);
+                }
+            }
+        }
         let mut r = AttemptResult::default();
         let spf_budget = match spf_budget {
             Some(Err(f)) => {
@@ -323,7 +429,8 @@ impl Prober {
             }
         }
 
-        r.steps = smtp_rec.steps;
+        r.steps = token_rec.steps;
+        r.steps.extend(smtp_rec.steps);
         r.steps.extend(imap_rec.steps);
         r.steps.extend(dns_rec.steps);
         r.tls = smtp_rec.tls;

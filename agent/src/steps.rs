@@ -50,6 +50,12 @@ impl StepError {
         StepError { class, code: None, enhanced: None, message: message.into(), raw: None }
     }
 
+    /// The same error with the reply (or HTTP status) code that came with it.
+    pub fn with_code(mut self, code: u16) -> Self {
+        self.code = Some(code);
+        self
+    }
+
     /// A negative SMTP reply, classified in one place (`SmtpReplyCode::classify`).
     pub fn smtp(reply: &SmtpReplyCode, during_auth: bool) -> Self {
         StepError {

@@ -241,6 +241,16 @@ impl Conn {
         Ok(info)
     }
 
+    /// The TLS stream itself, for a protocol spoken by a library (the
+    /// OAuth2 token request over hyper). `None` before TLS, or when bytes
+    /// are already buffered (they would be lost).
+    pub fn into_tls_stream(self) -> Option<TlsStream<TcpStream>> {
+        match self.stream {
+            Stream::Tls(s) if self.pos == self.buf.len() => Some(*s),
+            _ => None,
+        }
+    }
+
     /// Reads one line, without its CRLF (or bare LF). Fails rather than
     /// buffering more than `max` bytes.
     pub async fn read_line(&mut self, max: usize) -> Result<Vec<u8>, TransportError> {

@@ -17,7 +17,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod oauth2;
 mod table;
+pub use oauth2::{Grant, HttpsUrl, OAuth2Config, Provider, parse_https_url};
 pub use table::{IssueList, Table};
 
 /// Transport security of one connection.
@@ -42,11 +44,37 @@ impl Security {
     }
 }
 
-/// A user name and its resolved password.
+/// A user name and how it proves itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
-    pub password: Secret,
+    pub login: Login,
+}
+
+/// What goes with the user name: a resolved password, or the settings to
+/// fetch an OAuth2 bearer token (XOAUTH2 / OAUTHBEARER).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    Password(Secret),
+    OAuth2(Box<OAuth2Config>),
+}
+
+impl Credentials {
+    /// The password, when this login uses one.
+    pub fn password(&self) -> Option<&Secret> {
+        match &self.login {
+            Login::Password(p) => Some(p),
+            Login::OAuth2(_) => None,
+        }
+    }
+
+    /// The token settings, when this login uses OAuth2.
+    pub fn oauth2(&self) -> Option<&OAuth2Config> {
+        match &self.login {
+            Login::OAuth2(o) => Some(o),
+            Login::Password(_) => None,
+        }
+    }
 }
 
 /// How to reach and trust one server.
@@ -696,7 +724,7 @@ impl Validator<'_> {
             Security::Starttls => 587,
             Security::Tls => 465,
             Security::None => 25,
-        }, false);
+        }, false, "smtp");
         let helo = t.string(&mut self.issues, "helo");
         t.finish(&mut self.issues);
         Some(SmtpConfig { endpoint: endpoint?, helo: helo? })
@@ -706,7 +734,7 @@ impl Validator<'_> {
         let endpoint = self.endpoint(&mut t, Security::Tls, |s| match s {
             Security::Tls => 993,
             Security::Starttls | Security::None => 143,
-        }, true);
+        }, true, "imap");
         let mailbox = t.string(&mut self.issues, "mailbox").map(|m| m.unwrap_or_else(|| "INBOX".into()));
         let wait = match t.string(&mut self.issues, "wait") {
             Some(None) => Some(WaitMode::Idle),
@@ -767,6 +795,7 @@ impl Validator<'_> {
         default_security: Security,
         default_port: fn(Security) -> u16,
         login_required: bool,
+        side: &str,
     ) -> Option<Endpoint> {
         let host = t.required_string(&mut self.issues, "host");
         let security = match t.string(&mut self.issues, "security")? {
@@ -794,19 +823,34 @@ impl Validator<'_> {
         let allow_plaintext_auth = t.flag(&mut self.issues, "allow_plaintext_auth", false);
         let username = t.string(&mut self.issues, "username");
         let password = self.password(t);
-        let credentials = match (username?, password?) {
-            (Some(username), Some(password)) => Some(Credentials { username, password }),
+        let oauth2 = match t.sub(&mut self.issues, "oauth2", false) {
+            Some(sub) => self.oauth2(sub, side).map(Some),
+            None if t.is_non_table("oauth2") => None,
+            None => Some(None),
+        };
+        let password = password?;
+        if password.is_some() && t.get("oauth2").is_some() {
+            self.issue(t.path_of("oauth2"), "set either a password or [oauth2], not both");
+            return None;
+        }
+        let login = match (password, oauth2?) {
+            (Some(p), _) => Some(Login::Password(p)),
+            (None, Some(o)) => Some(Login::OAuth2(Box::new(o))),
+            (None, None) => None,
+        };
+        let credentials = match (username?, login) {
+            (Some(username), Some(login)) => Some(Credentials { username, login }),
             (None, None) if login_required => {
                 self.issue(t.path_of("username"), "required: the mailbox login");
                 None
             }
             (None, None) => None,
             (Some(_), None) => {
-                self.issue(t.path_of("password"), "username is set but none of password, password_env, password_file is");
+                self.issue(t.path_of("password"), "username is set but none of password, password_env, password_file, [oauth2] is");
                 return None;
             }
             (None, Some(_)) => {
-                self.issue(t.path_of("username"), "a password is set but no username");
+                self.issue(t.path_of("username"), "a password or [oauth2] is set but no username");
                 return None;
             }
         };
@@ -1098,7 +1142,7 @@ mod tests {
         assert_eq!(check.imap.endpoint.port, 993);
         assert_eq!(check.imap.mailbox, "INBOX");
         assert_eq!(check.deadline, DEFAULT_DEADLINE);
-        assert_eq!(check.smtp.endpoint.credentials.as_ref().unwrap().password.expose(), "s3cret");
+        assert_eq!(check.smtp.endpoint.credentials.as_ref().unwrap().password().unwrap().expose(), "s3cret");
         assert_eq!(check.thresholds[&ThresholdKey::Step(StepName::SmtpAuth)], Duration::from_secs(1));
         assert_eq!(check.thresholds[&ThresholdKey::Rtt], Duration::from_secs(30));
     }
@@ -1350,5 +1394,69 @@ rtt = "30s"
         assert_eq!(check.imap.wait, WaitMode::Poll);
         assert_eq!(check.deadline, Duration::from_secs(60));
         assert_eq!(check.thresholds.len(), 2);
+    }
+
+    fn oauth2_check(smtp_oauth2: Value, imap_oauth2: Value) -> Value {
+        json!({"check": [{
+            "name": "m365", "from": "probe@contoso.com", "to": "probe@contoso.com",
+            "smtp": {"host": "smtp.office365.com", "username": "probe@contoso.com", "oauth2": smtp_oauth2},
+            "imap": {"host": "outlook.office365.com", "username": "probe@contoso.com", "oauth2": imap_oauth2},
+        }]})
+    }
+
+    #[test]
+    fn oauth2_presets_fill_endpoints_and_scopes() {
+        let app = json!({"provider": "microsoft", "tenant": "contoso.onmicrosoft.com", "client_id": "app", "client_secret_env": "SMTP_PASS"});
+        let delegated = json!({"provider": "microsoft", "tenant": "contoso.onmicrosoft.com", "client_id": "app", "refresh_token_file": "/var/lib/mailloop/m365.token"});
+        let c = ProbeConfig::from_value(&oauth2_check(app, delegated), &env).unwrap();
+        let smtp = c.checks[0].smtp.endpoint.credentials.as_ref().unwrap().oauth2().unwrap().clone();
+        assert_eq!(smtp.token_url, "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+        assert_eq!(smtp.scope, "https://outlook.office365.com/.default");
+        assert_eq!(smtp.grant, Grant::ClientCredentials);
+        assert_eq!(smtp.client_secret.as_ref().unwrap().expose(), "s3cret");
+        let imap = c.checks[0].imap.endpoint.credentials.as_ref().unwrap().oauth2().unwrap().clone();
+        assert_eq!(imap.scope, "https://outlook.office.com/IMAP.AccessAsUser.All offline_access");
+        assert_eq!(imap.grant, Grant::RefreshToken { file: "/var/lib/mailloop/m365.token".into() });
+        assert_eq!(imap.device_authorization_url.as_deref(), Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"));
+        assert!(imap.client_secret.is_none(), "a public client has no secret");
+
+        let google = json!({"provider": "google", "client_id": "x.apps.googleusercontent.com", "client_secret_env": "SMTP_PASS", "refresh_token_file": "/t"});
+        let c = ProbeConfig::from_value(&oauth2_check(google.clone(), google), &env).unwrap();
+        let g = c.checks[0].imap.endpoint.credentials.as_ref().unwrap().oauth2().unwrap().clone();
+        assert_eq!((g.token_url.as_str(), g.scope.as_str()), ("https://oauth2.googleapis.com/token", "https://mail.google.com/"));
+    }
+
+    #[test]
+    fn every_bad_oauth2_key_is_named_at_once() {
+        let smtp = json!({"provider": "microsoft", "client_id": "app", "client_secret": "inline", "grant": "password"});
+        let imap = json!({"provider": "google", "client_id": "g", "token_url": "http://idp/token", "tenant": "t", "client_secret_env": "NOPE", "colour": 1});
+        let got = issues(oauth2_check(smtp, imap));
+        for expected in [
+            "check[0].smtp.oauth2.client_secret: an inline client secret",
+            "check[0].smtp.oauth2.grant: \"password\": expected",
+            "check[0].smtp.oauth2.tenant: required with provider = \"microsoft\"",
+            "check[0].imap.oauth2.colour: unknown key",
+            "check[0].imap.oauth2.client_secret_env: environment variable NOPE is not set",
+            "check[0].imap.oauth2.grant: Google has no client-credentials grant",
+            "check[0].imap.oauth2.tenant: only with provider = \"microsoft\"",
+            "check[0].imap.oauth2.token_url: \"http://idp/token\": only https://",
+        ] {
+            assert!(got.iter().any(|g| g.starts_with(expected)), "missing {expected:?} in {got:#?}");
+        }
+        let both = json!({"check": [{"name": "x", "from": "a@b", "to": "a@b",
+            "smtp": {"host": "h", "username": "u", "password": "p", "oauth2": {"token_url": "https://idp/t", "scope": "s", "client_id": "c", "client_secret_env": "SMTP_PASS"}},
+            "imap": {"host": "h", "username": "u", "oauth2": {"token_url": "https://idp/t", "client_id": "c", "grant": "refresh_token"}}}]});
+        let got = issues(both);
+        assert!(got.iter().any(|g| g.starts_with("check[0].smtp.oauth2: set either a password or [oauth2]")), "{got:#?}");
+        assert!(got.iter().any(|g| g.starts_with("check[0].imap.oauth2.scope: required without a provider")), "{got:#?}");
+        assert!(got.iter().any(|g| g.starts_with("check[0].imap.oauth2.refresh_token_file: required")), "{got:#?}");
+    }
+
+    #[test]
+    fn oauth2_secrets_stay_references_for_the_coordinator() {
+        let side = json!({"token_url": "https://idp.example/token", "scope": "mail", "client_id": "c", "client_secret_env": "ONLY_ON_THE_AGENT"});
+        let v = oauth2_check(side.clone(), side);
+        let check = check_from_value("assignment", &v["check"][0], &|_: &str| None, Secrets::ReferencesOnly { allow_inline: false }).unwrap();
+        assert_eq!(check.imap.endpoint.credentials.unwrap().oauth2().unwrap().client_secret.as_ref().unwrap().expose(), "");
     }
 }

@@ -38,13 +38,14 @@ macro_rules! steps {
 }
 
 steps! {
+    Oauth2Token => "oauth2.token", "Fetching an OAuth2 access token from the identity provider (absent while a cached one is valid).";
     SmtpConnect => "smtp.connect", "TCP connect to the SMTP server.";
     SmtpTls => "smtp.tls", "Implicit TLS handshake (`security = \"tls\"`).";
     SmtpBanner => "smtp.banner", "Waiting for the 220 greeting.";
     SmtpEhlo => "smtp.ehlo", "EHLO before TLS (or the only EHLO).";
     SmtpStarttls => "smtp.starttls", "STARTTLS command plus the TLS handshake.";
     SmtpEhloTls => "smtp.ehlo_tls", "EHLO again inside TLS.";
-    SmtpAuth => "smtp.auth", "SASL AUTH (PLAIN or LOGIN).";
+    SmtpAuth => "smtp.auth", "SASL AUTH (PLAIN or LOGIN; XOAUTH2 or OAUTHBEARER with a token).";
     SmtpMailFrom => "smtp.mail_from", "MAIL FROM.";
     SmtpRcptTo => "smtp.rcpt_to", "RCPT TO.";
     SmtpData => "smtp.data", "DATA command to the 354 go-ahead.";
@@ -54,7 +55,7 @@ steps! {
     ImapTls => "imap.tls", "Implicit TLS handshake.";
     ImapGreeting => "imap.greeting", "Waiting for the `* OK` greeting.";
     ImapStarttls => "imap.starttls", "STARTTLS command plus the TLS handshake.";
-    ImapLogin => "imap.login", "LOGIN.";
+    ImapLogin => "imap.login", "LOGIN, or AUTHENTICATE XOAUTH2 / OAUTHBEARER with a token.";
     ImapSelect => "imap.select", "SELECT of the probe mailbox.";
     ImapWait => "imap.wait", "IDLE (or polling) until the probe arrives.";
     ImapSearch => "imap.search", "UID SEARCH that finds the probe by its header.";

@@ -52,10 +52,14 @@ use subtle::ConstantTimeEq;
 pub const REDACTED: &str = "<redacted>";
 
 /// Keys whose values a `read` token never sees, at any depth of an answer.
-const READ_HIDDEN_KEYS: [&str; 5] = [
+const READ_HIDDEN_KEYS: [&str; 8] = [
     "password",
     "password_env",
     "password_file",
+    // A check's [oauth2] references, hidden like the password ones.
+    "client_secret_env",
+    "client_secret_file",
+    "refresh_token_file",
     "token",
     "last_error",
 ];

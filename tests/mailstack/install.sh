@@ -30,6 +30,9 @@ PACKAGES=(
   openssl python3 iproute2 procps util-linux ca-certificates
   prometheus
   postgresql
+  # The OAuth2 identity provider of tests/tests/oauth2.rs (oauth2_idp.py, run
+  # with Debian's /usr/bin/python3): Authlib's authorization server.
+  python3-authlib
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -667,6 +667,26 @@ if [[ ! -s $MS_ETC/sieve/junk.svbin || $MS_ETC/sieve/junk.sieve -nt $MS_ETC/siev
   chmod 644 "$MS_ETC/sieve/junk.svbin"
 fi
 
+# ---------------------------------------------------------------------------
+# OAuth2 bearer tokens (XOAUTH2, OAUTHBEARER) for IMAP and, through Dovecot
+# SASL, for submission. Tokens are JWTs validated locally: the key of a JWT
+# whose header names kid K (and no azp) is read from
+# $OAUTH2_KEYS/default/<alg>/K, base64 of the secret. The stack creates no
+# key: each test writes its own (a random kid), so tests cannot accept each
+# other's tokens. The directories are setgid dovecot: a key written by root
+# is readable by the auth process and by nobody else.
+# ---------------------------------------------------------------------------
+OAUTH2_KEYS=$S/dovecot/oauth2-keys
+mkdir_as "$OAUTH2_KEYS" root:dovecot 2750
+mkdir_as "$OAUTH2_KEYS/default" root:dovecot 2750
+mkdir_as "$OAUTH2_KEYS/default/HS256" root:dovecot 2750
+write_file dovecot "$MS_ETC/dovecot-oauth2.conf.ext" <<EOF
+# The token's "email" claim must be the login name; exp/nbf/iat are checked.
+introspection_mode = local
+local_validation_key_dict = fs:posix:prefix=$OAUTH2_KEYS/
+username_attribute = email
+EOF
+
 write_file dovecot "$MS_ETC/dovecot.conf" <<EOF
 # Dovecot for the mailloop test stack (own instance, own base_dir).
 instance_name = mailloop-mailstack
@@ -702,10 +722,24 @@ ssl_min_protocol = TLSv1.2
 # "finds" any user (nopassword) and returns nodelay: a wrong password or an
 # unknown user fails at once, without penalty. Clients still see the normal
 # "NO [AUTHENTICATIONFAILED]" / SMTP 535; only the log says "user disabled".
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 auth_failure_delay = 0
 auth_cache_size = 0
 auth_username_format = %Lu
+# OAuth2 bearer tokens: the oauth2 passdb answers XOAUTH2/OAUTHBEARER only,
+# and a token it refused ends in its own nodelay deny (no auth penalty), so
+# a token is never compared with the static passwords below.
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $MS_ETC/dovecot-oauth2.conf.ext
+}
+passdb {
+  driver = static
+  mechanisms = xoauth2 oauthbearer
+  args = nopassword=yes nodelay=yes
+  deny = yes
+}
 passdb {
   driver = static
   args = password=$SMTP_PASS
@@ -1176,6 +1210,7 @@ MAILSTACK_SYSLOG_LOG=$MS_LOG/syslog.log
 MAILSTACK_SPAMD_LOG=$MS_LOG/spamd.log
 MAILSTACK_DNSMASQ_LOG=$MS_LOG/dnsmasq.log
 MAILSTACK_MAIL_DIR=$S/mail
+MAILSTACK_OAUTH2_KEY_DIR=$OAUTH2_KEYS/default/HS256
 EOF
 
 what="already up"

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod fake;
 pub mod postgres;
+pub mod oauth2;
 pub mod regions;
 pub mod tls_front;
 

@@ -10,7 +10,8 @@ pub mod response;
 use crate::steps::{Done, Recorder, StepError, ms};
 use crate::transport::{self, Conn};
 use mailloop_common::config::{CheckConfig, Security, WaitMode};
-use mailloop_common::{Failure, FailureClass, StepName};
+use mailloop_common::{Failure, FailureClass, Secret, StepName};
+use crate::oauth2::sasl;
 use response::{Response, Status};
 use std::time::{Duration, Instant};
 use crate::tls::TlsClient;
@@ -140,6 +141,66 @@ impl Session {
                 return Err(StepError::new(FailureClass::Protocol, "too many untagged responses"));
             }
             untagged.push(r);
+        }
+    }
+
+    /// `AUTHENTICATE` with a bearer token (XOAUTH2 or OAUTHBEARER, as
+    /// offered; the initial response inline when SASL-IR is offered). A
+    /// refused token comes as a `+` error challenge: acknowledged, then
+    /// decoded into the failure's message with the server's `NO` text.
+    async fn authenticate(&mut self, user: &str, token: &Secret, host: &str, port: u16) -> Result<&'static str, StepError> {
+        if self.caps.is_empty() {
+            self.command("CAPABILITY", FailureClass::Protocol).await?;
+        }
+        let offered: Vec<String> = self.caps.iter().filter_map(|c| c.strip_prefix("AUTH=")).map(str::to_string).collect();
+        let Some(mech) = sasl::choose(&offered) else {
+            return Err(StepError::new(
+                FailureClass::Auth,
+                format!("no AUTH= mechanism takes a token (offered: {}; an OAuth2 login needs XOAUTH2 or OAUTHBEARER)", if offered.is_empty() { "none".into() } else { offered.join(" ") }),
+            ));
+        };
+        let initial = sasl::initial_response(mech, user, host, port, token.expose());
+        let mut initial_sent = self.has("SASL-IR");
+        let tag = if initial_sent {
+            self.send_line(&format!("AUTHENTICATE {} {initial}", mech.as_str())).await?
+        } else {
+            self.send_line(&format!("AUTHENTICATE {}", mech.as_str())).await?
+        };
+        let mut challenge = None;
+        loop {
+            let r = self.read_response(false).await?;
+            self.note(&r);
+            if r.is_continuation() {
+                let answer = if !initial_sent {
+                    initial_sent = true;
+                    initial.as_str()
+                } else if challenge.is_none() {
+                    challenge = Some(sasl::describe_challenge(r.text.trim_start_matches('+').trim()));
+                    mech.error_ack()
+                } else {
+                    return Err(StepError::new(FailureClass::Protocol, "a second challenge after the error challenge"));
+                };
+                self.conn.write_all_parts(&[answer.as_bytes(), b"\r\n"]).await.map_err(|e| StepError::transport(e, false))?;
+                continue;
+            }
+            if r.tag() != Some(tag.as_str()) {
+                if let Some((Status::Bye, text)) = r.status().filter(|_| r.is_untagged()) {
+                    return Err(StepError::new(FailureClass::Protocol, format!("server closed the session: {text}")));
+                }
+                continue;
+            }
+            return match (r.status(), challenge) {
+                (Some((Status::Ok, _)), None) => Ok(mech.as_str()),
+                (Some((Status::Ok, _)), Some(c)) => Err(StepError::new(FailureClass::Protocol, format!("OK after an error challenge ({c})"))),
+                (Some((_, text)), c) => Err(StepError::new(
+                    FailureClass::Auth,
+                    match c {
+                        Some(c) => format!("{text} ({}; {c})", mech.as_str()),
+                        None => format!("{text} ({})", mech.as_str()),
+                    },
+                )),
+                (None, _) => Err(StepError::new(FailureClass::Protocol, format!("malformed tagged reply {:?}", r.text))),
+            };
         }
     }
 
@@ -283,11 +344,13 @@ async fn answered<T>(
     }
 }
 
-/// Connects, logs in and selects the probe mailbox.
+/// Connects, logs in (with `token` when the side uses OAuth2) and selects
+/// the probe mailbox.
 pub async fn open(
     check: &CheckConfig,
     tls: &TlsClient,
     connect_to: &transport::ConnectTo,
+    token: Option<&Secret>,
     rec: &mut Recorder,
 ) -> Result<Session, Failure> {
     let ep = &check.imap.endpoint;
@@ -352,15 +415,25 @@ pub async fn open(
 
     let creds = ep.credentials.as_ref().expect("validated: IMAP needs a login");
     rec.run(StepName::ImapLogin, t(StepName::ImapLogin), async {
-        let line = match (response::quote(&creds.username), response::quote(creds.password.expose())) {
-            (Some(u), Some(p)) => format!("LOGIN {u} {p}"),
-            _ => return Err(StepError::new(FailureClass::Auth, "user name or password needs an IMAP literal, which mailloop does not send yet")),
-        };
-        s.command(&line, FailureClass::Auth).await?;
+        let mut done = Done::new(());
+        match (token, creds.password()) {
+            (Some(token), _) => {
+                let mech = s.authenticate(&creds.username, token, ep.tls_name(), ep.port).await?;
+                done = done.detail(mech);
+            }
+            (None, Some(password)) => {
+                let line = match (response::quote(&creds.username), response::quote(password.expose())) {
+                    (Some(u), Some(p)) => format!("LOGIN {u} {p}"),
+                    _ => return Err(StepError::new(FailureClass::Auth, "user name or password needs an IMAP literal, which mailloop does not send yet")),
+                };
+                s.command(&line, FailureClass::Auth).await?;
+            }
+            (None, None) => return Err(StepError::new(FailureClass::Auth, "this side logs in with an OAuth2 token, and none was fetched")),
+        }
         if s.caps.is_empty() || !s.caps.iter().any(|c| c.starts_with("IMAP4")) {
             s.command("CAPABILITY", FailureClass::Protocol).await?;
         }
-        Ok(Done::new(()))
+        Ok(done)
     })
     .await?;
 

@@ -13,7 +13,8 @@ use crate::steps::{Done, Recorder, StepError};
 use crate::transport::{self, Conn};
 use base64::Engine;
 use mailloop_common::config::{CheckConfig, Credentials, Security};
-use mailloop_common::{Failure, FailureClass, StepName};
+use mailloop_common::{Failure, FailureClass, Secret, StepName};
+use crate::oauth2::sasl;
 use reply::{Reply, ReplyBuilder};
 use std::time::Instant;
 use crate::tls::TlsClient;
@@ -107,12 +108,14 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Submits `message` for `check`, recording each step in `rec`.
+/// Submits `message` for `check`, recording each step in `rec`. `token`:
+/// the bearer token when the side logs in with OAuth2.
 pub async fn send(
     check: &CheckConfig,
     tls: &TlsClient,
     connect_to: &transport::ConnectTo,
     message: &[u8],
+    token: Option<&Secret>,
     rec: &mut Recorder,
 ) -> Result<Sent, Failure> {
     let ep = &check.smtp.endpoint;
@@ -149,7 +152,7 @@ pub async fn send(
         r?;
     }
 
-    let result = session(check, tls, message, rec, &mut s, name).await;
+    let result = session(check, tls, message, token, rec, &mut s, name).await;
     // QUIT whenever the server is still talking to us; a failure here is
     // recorded but does not change a delivered probe into a failed one.
     let close = match &result {
@@ -172,6 +175,7 @@ async fn session(
     check: &CheckConfig,
     tls: &TlsClient,
     message: &[u8],
+    token: Option<&Secret>,
     rec: &mut Recorder,
     s: &mut Session,
     name: Result<rustls_pki_types::ServerName<'static>, Failure>,
@@ -239,7 +243,13 @@ async fn session(
 
     if let Some(creds) = &ep.credentials {
         let mechs = s.auth_mechanisms();
-        rec.run(StepName::SmtpAuth, t(StepName::SmtpAuth), auth(s, creds, &mechs)).await?;
+        match token {
+            Some(token) => {
+                let login = auth_bearer(s, &creds.username, token, &mechs, ep.tls_name(), ep.port);
+                rec.run(StepName::SmtpAuth, t(StepName::SmtpAuth), login).await?
+            }
+            None => rec.run(StepName::SmtpAuth, t(StepName::SmtpAuth), auth(s, creds, &mechs)).await?,
+        }
     }
 
     let from = format!("MAIL FROM:<{}>", check.from);
@@ -283,8 +293,11 @@ async fn session(
 async fn auth(s: &mut Session, creds: &Credentials, mechs: &[String]) -> Result<Done<()>, StepError> {
     let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
     let has = |m: &str| mechs.iter().any(|x| x.eq_ignore_ascii_case(m));
+    let Some(password) = creds.password() else {
+        return Err(StepError::new(FailureClass::Auth, "this side logs in with an OAuth2 token, and none was fetched"));
+    };
     if has("PLAIN") {
-        let token = b64(format!("\0{}\0{}", creds.username, creds.password.expose()).as_bytes());
+        let token = b64(format!("\0{}\0{}", creds.username, password.expose()).as_bytes());
         let r = s.command(&format!("AUTH PLAIN {token}")).await?;
         return expect(r, &[235], true).map(|d| Done::new(()).code(d.value.code).detail("PLAIN"));
     }
@@ -293,7 +306,7 @@ async fn auth(s: &mut Session, creds: &Credentials, mechs: &[String]) -> Result<
         expect(r, &[334], true)?;
         let r = s.command(&b64(creds.username.as_bytes())).await?;
         expect(r, &[334], true)?;
-        let r = s.command(&b64(creds.password.expose().as_bytes())).await?;
+        let r = s.command(&b64(password.expose().as_bytes())).await?;
         return expect(r, &[235], true).map(|d| Done::new(()).code(d.value.code).detail("LOGIN"));
     }
     let offered = if mechs.is_empty() { "none".to_string() } else { mechs.join(" ") };
@@ -301,6 +314,48 @@ async fn auth(s: &mut Session, creds: &Credentials, mechs: &[String]) -> Result<
         FailureClass::Auth,
         format!("no usable AUTH mechanism (offered: {offered}; mailloop speaks PLAIN and LOGIN)"),
     ))
+}
+
+/// RFC 4954 §4: an AUTH command with its initial response must stay within
+/// SMTP's 512-octet line; a longer one (a large JWT) waits for the 334.
+const MAX_AUTH_LINE: usize = 512;
+
+/// SASL XOAUTH2 or OAUTHBEARER (whichever the server offers, OAUTHBEARER
+/// first) with a bearer token. A refused token comes back as a 334 error
+/// challenge; it is acknowledged so the server sends its final reply, and
+/// decoded into the failure's message.
+async fn auth_bearer(s: &mut Session, user: &str, token: &Secret, mechs: &[String], host: &str, port: u16) -> Result<Done<()>, StepError> {
+    let Some(mech) = sasl::choose(mechs) else {
+        let offered = if mechs.is_empty() { "none".to_string() } else { mechs.join(" ") };
+        return Err(StepError::new(
+            FailureClass::Auth,
+            format!("no AUTH mechanism takes a token (offered: {offered}; an OAuth2 login needs XOAUTH2 or OAUTHBEARER)"),
+        ));
+    };
+    let initial = sasl::initial_response(mech, user, host, port, token.expose());
+    let with_ir = format!("AUTH {} {initial}", mech.as_str());
+    let mut r = if with_ir.len() + 2 <= MAX_AUTH_LINE {
+        s.command(&with_ir).await?
+    } else {
+        let r = s.command(&format!("AUTH {}", mech.as_str())).await?;
+        expect(r, &[334], true)?;
+        s.command(&initial).await?
+    };
+    let mut challenge = None;
+    if r.code == 334 {
+        challenge = Some(sasl::describe_challenge(&r.text()));
+        r = s.command(mech.error_ack()).await?;
+    }
+    match expect(r, &[235], true) {
+        Ok(d) if challenge.is_none() => Ok(Done::new(()).code(d.value.code).detail(mech.as_str())),
+        Ok(d) => Err(StepError::new(FailureClass::Protocol, format!("235 after an error challenge ({})", challenge.unwrap_or_default())).with_code(d.value.code)),
+        Err(mut e) => {
+            if let Some(c) = challenge {
+                e.message = format!("{} ({}; {c})", e.message, mech.as_str());
+            }
+            Err(e)
+        }
+    }
 }
 
 /// `host:port`, as the report names an endpoint.

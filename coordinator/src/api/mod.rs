@@ -104,7 +104,7 @@ async fn readyz(State(state): State<ApiState>) -> ApiResult {
 }
 
 /// Keys of a check table only the admin role sees.
-const PASSWORD_REFERENCES: [&str; 2] = ["password_env", "password_file"];
+const PASSWORD_REFERENCES: [&str; 5] = ["password_env", "password_file", "client_secret_env", "client_secret_file", "refresh_token_file"];
 
 /// A check as the API shows it to `role`. An inline password is never
 /// shown (`"<redacted>"`, which a `PUT` takes to mean "keep the stored

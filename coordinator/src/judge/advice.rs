@@ -34,6 +34,7 @@ enum Family {
     ImapMailbox,
     ImapWait,
     DnsSpf,
+    Oauth2Token,
 }
 
 fn family(step: StepName) -> Family {
@@ -54,6 +55,7 @@ fn family(step: StepName) -> Family {
         ImapSelect | ImapSearch | ImapFetch | ImapCleanup | ImapLogout => Family::ImapMailbox,
         ImapWait => Family::ImapWait,
         DnsSpf => Family::DnsSpf,
+        Oauth2Token => Family::Oauth2Token,
     }
 }
 
@@ -67,6 +69,7 @@ fn server(f: Family) -> &'static str {
         | Family::ImapMailbox
         | Family::ImapWait => "the IMAP server",
         Family::DnsSpf => "the DNS resolver",
+        Family::Oauth2Token => "the identity provider's token endpoint",
         _ => "the SMTP server",
     }
 }
@@ -284,6 +287,18 @@ pub fn advice(step: StepName, class: FailureClass) -> Advice {
             format!("the sender domain's SPF record is broken or over its lookup limit ({class})"),
             "the SPF record: syntax, include loops, and the 10-lookup limit",
         ),
+        (F::Oauth2Token, C::Auth) => a(
+            "the identity provider refuses to issue a token (client secret expired or revoked, consent withdrawn, refresh token revoked or expired)",
+            "the app registration's secret and API permissions, and re-run `mailloop-agent oauth2 login` for a refresh token",
+        ),
+        (F::Oauth2Token, C::Connect | C::Timeout | C::Tls) => a(
+            format!("{srv} cannot be reached in time ({class}): the provider is down or the agent's egress to it is blocked"),
+            "the agent's outbound HTTPS to the token endpoint (proxy, firewall, DNS) and the provider's status page",
+        ),
+        (F::Oauth2Token, _) => a(
+            format!("{srv} answers, but not with a token ({class}): an outage or a wrong token_url"),
+            "the configured token_url and the provider's status page",
+        ),
     }
 }
 
@@ -322,6 +337,10 @@ pub fn slow_advice(step: &str) -> Advice {
         Some(Family::ImapMailbox | Family::SmtpQuit) => a(
             "mailbox operations are slow: the mail store's disk or index is slow",
             "the mail store's disk latency and the probe mailbox's size",
+        ),
+        Some(Family::Oauth2Token) => a(
+            "fetching the OAuth2 token is slow: the identity provider answers slowly",
+            "the provider's status page and the agent's path to the token endpoint",
         ),
         Some(Family::DnsSpf) => a(
             "SPF lookups are slow: the resolver or the sender domain's name servers answer slowly",
