@@ -72,12 +72,19 @@ tls_certificate = $EXIM_ETC/tls.pem
 tls_privatekey = $EXIM_ETC/tls.key
 tls_advertise_hosts = *
 acl_smtp_rcpt = acl_check_rcpt
+acl_smtp_data = acl_check_data
 
 begin acl
 acl_check_rcpt:
   accept authenticated = *
          domains = $RCPT_DOMAIN : $GREY_DOMAIN
   deny   message = relay not permitted (authenticate first)
+# Exim's own Authentication-Results (auth=pass smtp.auth=...), as relays
+# that authenticate their senders write it: a header from an authserv-id
+# (relay.sender.test) a receiver must not trust.
+acl_check_data:
+  warn   add_header = :at_start:\${authresults {\$primary_hostname}}
+  accept
 
 begin routers
 # Everything the stack knows goes to Postfix's MX-hop; bounces to

@@ -71,6 +71,7 @@ for cmd in postfix postconf dovecot doveconf opendkim opendmarc postgrey dnsmasq
   command -v "$cmd" >/dev/null || die "'$cmd' not found - run tests/mailstack/install.sh first"
 done
 [[ -x $MS_EXIM ]] || die "'$MS_EXIM' (Exim, unpacked from its .deb) not found - run tests/mailstack/install.sh first"
+getent passwd Debian-exim >/dev/null || die "user Debian-exim (Exim's) missing - run tests/mailstack/install.sh first"
 
 # The state dir must be reachable by the unprivileged daemons (postfix,
 # dovecot, opendkim... so every directory above it needs o+x), and OpenDKIM

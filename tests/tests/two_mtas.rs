@@ -17,6 +17,8 @@ async fn a_probe_through_exim_then_postfix_names_every_hop() {
     let s = Stack::get();
     let mut check = Check::new("two-mtas");
     check.smtp_port = s.port("MAILSTACK_PORT_EXIM");
+    let receiver = s.var("MAILSTACK_AUTHSERV_ID");
+    check.check_extra = vec![format!("trusted_authserv_id = {receiver:?}")];
     let r = check.probe().await;
     assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
 
@@ -52,10 +54,13 @@ async fn a_probe_through_exim_then_postfix_names_every_hop() {
     let total: i64 = r.hops.iter().map(|h| h.delay_ms.unwrap()).sum();
     assert_eq!(total, at(r.hops[2].at.as_deref().unwrap()) - sent, "{:#?}", r.hops);
 
-    // The receivers' verdicts: Exim DKIM-signed for sender.test, Postfix's
-    // milters verified it.
+    // The receiver's verdicts: Exim DKIM-signed for sender.test, Postfix's
+    // milters verified it. Exim's own `auth=pass` header (authserv-id
+    // relay.sender.test) is a relay's word, not the receiver's: ignored.
     let a = r.auth.as_ref().expect("auth report");
     assert_eq!((a.spf.as_deref(), a.dkim.as_deref(), a.dmarc.as_deref()), (Some("pass"), Some("pass"), Some("pass")));
+    assert_eq!((a.raw.len(), a.ignored, a.authserv_id.as_deref()), (3, 1, Some(receiver)), "{a:#?}");
+    assert!(a.warning.is_none(), "{:?}", a.warning);
 
     // Exim's own log tells the same story: it received this probe (the
     // queue id the agent read from its 250) authenticated over TLS 1.3, and
