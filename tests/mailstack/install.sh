@@ -34,6 +34,48 @@ PACKAGES=(
   # with Debian's /usr/bin/python3): Authlib's authorization server.
   python3-authlib
 )
+# Exim's shared libraries: Exim itself is not installed as a package (see
+# install_exim below), only unpacked, so its dependencies are named here.
+PACKAGES+=(libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 libcrypt1)
+
+# --- Exim: the stack's second MTA, unpacked, not installed ------------------
+# up.sh runs Exim as a relay in front of Postfix, so a probe crosses two MTA
+# implementations. Debian's exim4-daemon-light (like every MTA package)
+# conflicts with postfix through the mail-transport-agent virtual package:
+# installing it would remove Postfix. So its .deb is fetched with
+# `apt-get download` and unpacked with dpkg-deb -x into EXIM_ROOT, outside
+# dpkg's database; up.sh runs $EXIM_ROOT/usr/sbin/exim4 with its own config
+# (-C). The binary looks its user up by name at start, so the system user
+# Debian-exim is created as the package's postinst would.
+EXIM_ROOT=/usr/local/lib/mailloop-mailstack/exim4
+install_exim() {
+  if [[ -x $EXIM_ROOT/usr/sbin/exim4 ]] && getent passwd Debian-exim >/dev/null; then
+    return 0
+  fi
+  if ! getent passwd Debian-exim >/dev/null; then
+    echo "install.sh: creating system user Debian-exim (Exim's compiled-in user)"
+    useradd --system --user-group --home-dir /var/spool/exim4 --no-create-home \
+      --shell /usr/sbin/nologin Debian-exim
+  fi
+  if [[ ! -x $EXIM_ROOT/usr/sbin/exim4 ]]; then
+    echo "install.sh: unpacking exim4-daemon-light into $EXIM_ROOT"
+    local tmp
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"    # apt's _apt user downloads into it
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root exim4-daemon-light) || {
+      apt-get update -q
+      (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root exim4-daemon-light)
+    }
+    rm -rf "$EXIM_ROOT.new"
+    mkdir -p "$EXIM_ROOT.new"
+    dpkg-deb -x "$tmp"/exim4-daemon-light_*.deb "$EXIM_ROOT.new"
+    # up.sh starts it as root; it needs no setuid bit
+    chmod u-s "$EXIM_ROOT.new/usr/sbin/exim4"
+    dpkg-deb -f "$tmp"/exim4-daemon-light_*.deb Version >"$EXIM_ROOT.new/VERSION"
+    rm -rf "$tmp" "$EXIM_ROOT"
+    mv "$EXIM_ROOT.new" "$EXIM_ROOT"
+  fi
+}
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "install.sh: must run as root" >&2
@@ -53,6 +95,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
+  install_exim
   echo "install.sh: all ${#PACKAGES[@]} packages already installed, nothing to do"
   exit 0
 fi
@@ -93,4 +136,5 @@ if ! apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
 fi
+install_exim
 echo "install.sh: done"

@@ -26,7 +26,11 @@ MS_POSTFIX_SPOOL=$MS_STATE/postfix/spool
 MS_DOVECOT_RUN=$MS_STATE/dovecot/run
 
 # The components, in start order. down.sh stops all of them at once.
-MS_COMPONENTS=(syslog dnsmasq opendkim opendmarc spamd spamass postgrey dovecot postfix)
+MS_COMPONENTS=(syslog dnsmasq opendkim opendmarc spamd spamass postgrey dovecot postfix exim)
+
+# Exim, the second MTA (exim.sh), unpacked from its .deb by install.sh.
+MS_EXIM_ROOT=/usr/local/lib/mailloop-mailstack/exim4
+MS_EXIM=$MS_EXIM_ROOT/usr/sbin/exim4
 
 # Pid file of each component, and a word that must appear in the command
 # line of its pid, so that a stale pid file whose pid was recycled is never
@@ -41,11 +45,13 @@ declare -A MS_PIDFILE=(
   [postgrey]=$MS_RUN/postgrey/postgrey.pid
   [dovecot]=$MS_DOVECOT_RUN/master.pid
   [postfix]=$MS_POSTFIX_SPOOL/pid/master.pid
+  [exim]=$MS_RUN/exim/exim.pid
 )
 declare -A MS_CMDPAT=(
   [syslog]=syslog-sink [dnsmasq]=dnsmasq [opendkim]=opendkim
   [opendmarc]=opendmarc [spamd]=spamd [spamass]=spamass-milter [postgrey]=postgrey [dovecot]=dovecot
   [postfix]=postfix/sbin/master
+  [exim]=sbin/exim4
 )
 
 # ms_alive PID: true when the process exists and is not a zombie. PID 1 of

@@ -14,6 +14,8 @@
 #   7. IMAP capabilities after login include IDLE and UIDPLUS
 #   8. spoofed.test via the MX: spf=fail, dmarc=fail (still delivered)
 #   9. the LOGIN-only submission offers AUTH LOGIN and nothing else; LOGIN works
+#  10. the Exim relay: STARTTLS + AUTH -> Exim -> Postfix -> Dovecot, both
+#      MTAs' Received: headers, spf/dkim/dmarc pass (Exim DKIM-signs)
 # Exit status: 0 when all passed. Prints "N passed, N failed" at the end.
 set -euo pipefail
 
@@ -293,6 +295,30 @@ if grep -q '^X-Spam-Status: No, score=' "$TMP/h587" 2>/dev/null; then
   ok "normal mail scored by SpamAssassin and kept in INBOX ($(grep -o '^X-Spam-Status: No, score=[^ ]*' "$TMP/h587"))"
 else
   bad "normal mail (587) has no 'X-Spam-Status: No' header"
+fi
+
+# --- 10. Exim relay: STARTTLS + AUTH -> Exim -> Postfix MX-hop -> Dovecot ---
+RCPT9="t-selftest-exim@receiver.test"
+if swaks_run exim --port "$MAILSTACK_PORT_EXIM" --tls \
+  --auth LOGIN --auth-user "$MAILSTACK_SMTP_USER" --auth-password "$MAILSTACK_SMTP_PASS" \
+  --from "$MAILSTACK_SMTP_USER" --to "$RCPT9" \
+  --header "Subject: selftest exim $TOKEN" --header "X-Selftest-Token: $TOKEN-exim"; then
+  if imap_fetch "$MAILSTACK_PORT_IMAPS" imaps "$RCPT9" "$MAILSTACK_IMAP_PASS" "$TOKEN-exim" >"$TMP/hexim" 2>"$TMP/eexim"; then
+    # unfolded Received: headers, top first: Dovecot, Postfix, Exim
+    recv=$(awk '/^[^ \t]/ { if (h != "") print h; h = $0; next } { sub(/^[ \t]+/, " "); h = h $0 } END { print h }' "$TMP/hexim" |
+      grep '^Received:' || true)
+    if grep -q 'by mx.receiver.test (Postfix) with ESMTPS' <<<"$recv" &&
+      grep -q 'by relay.sender.test with esmtpsa  *(TLS1.3) tls .*(Exim ' <<<"$recv"; then
+      ok "Exim relay: delivered via Exim (esmtpsa, TLS1.3) then Postfix (ESMTPS)"
+    else
+      bad "Exim relay: Received chain lacks the Exim or Postfix hop"; printf '      %s\n' "${recv//$'\n'/$'\n'      }"
+    fi
+    check_ar "Exim relay" "$TMP/hexim" "spf=pass" "dkim=pass" "dmarc=pass"
+  else
+    bad "Exim relay: message not delivered"; sed 's/^/      /' "$TMP/eexim"; ms_tail "$MAILSTACK_EXIM_LOG" 8
+  fi
+else
+  bad "Exim relay refused the submission"; show exim 12
 fi
 
 echo "selftest: $PASS passed, $FAIL failed"

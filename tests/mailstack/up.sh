@@ -9,6 +9,7 @@
 #   SpamAssassin (spamd + spamass-milter) on the inbound ports; Dovecot's
 #             Sieve files mail it flags as spam into Junk (\Junk special use)
 #   postgrey  greylisting, dnsmasq the fake .test zone, a syslog sink
+#   Exim      a second MTA: STARTTLS + AUTH relay into the MX-hop (exim.sh)
 #
 # Everything listens on 127.0.0.1 (dnsmasq on 127.53.53.53:53) and lives
 # under $MAILSTACK_STATE. Idempotent: when the stack is already up and its
@@ -20,6 +21,7 @@
 #   MAILSTACK_PORT_SUBMISSION MAILSTACK_PORT_SUBMISSIONS MAILSTACK_PORT_MX
 #   MAILSTACK_PORT_MXHOP MAILSTACK_PORT_GREY MAILSTACK_PORT_IMAP
 #   MAILSTACK_PORT_IMAPS MAILSTACK_PORT_POSTGREY MAILSTACK_PORT_SUBMISSION_LOGIN
+#   MAILSTACK_PORT_EXIM
 #                         TCP ports on 127.0.0.1; unset = free port picked at
 #                         first start and kept in $MAILSTACK_STATE/ports.env
 #   MAILSTACK_DNS         loopback address for dnsmasq (default 127.53.53.53)
@@ -68,6 +70,8 @@ for cmd in postfix postconf dovecot doveconf opendkim opendmarc postgrey dnsmasq
   spamd spamc spamass-milter sievec setpriv openssl unshare mount ss setsid flock /usr/bin/policyd-spf; do
   command -v "$cmd" >/dev/null || die "'$cmd' not found - run tests/mailstack/install.sh first"
 done
+[[ -x $MS_EXIM ]] || die "'$MS_EXIM' (Exim, unpacked from its .deb) not found - run tests/mailstack/install.sh first"
+getent passwd Debian-exim >/dev/null || die "user Debian-exim (Exim's) missing - run tests/mailstack/install.sh first"
 
 # The state dir must be reachable by the unprivileged daemons (postfix,
 # dovecot, opendkim... so every directory above it needs o+x), and OpenDKIM
@@ -135,6 +139,8 @@ PORT_NAMES=(SUBMISSION SUBMISSIONS MX MXHOP GREY IMAP IMAPS POSTGREY SUBMISSION_
 declare -A PORT_OWNER=([SUBMISSION]=postfix [SUBMISSIONS]=postfix [MX]=postfix
   [MXHOP]=postfix [GREY]=postfix [IMAP]=dovecot [IMAPS]=dovecot [POSTGREY]=postgrey
   [SUBMISSION_LOGIN]=postfix)
+PORT_NAMES+=(EXIM)
+PORT_OWNER[EXIM]=exim
 declare -A STORED=()
 if [[ -r $S/ports.env ]]; then
   while IFS='=' read -r k v; do
@@ -261,10 +267,11 @@ P_IMAP=${P[MAILSTACK_PORT_IMAP]}
 P_IMAPS=${P[MAILSTACK_PORT_IMAPS]}
 P_PG=${P[MAILSTACK_PORT_POSTGREY]}
 P_SUBL=${P[MAILSTACK_PORT_SUBMISSION_LOGIN]}
+P_EXIM=${P[MAILSTACK_PORT_EXIM]}
 DNS=${P[MAILSTACK_DNS]}
 # All ports must differ from each other.
 declare -A seen_port=()
-for p in "$P_SUB" "$P_SUBS" "$P_MX" "$P_HOP" "$P_GREY" "$P_IMAP" "$P_IMAPS" "$P_PG" "$P_SUBL"; do
+for p in "$P_SUB" "$P_SUBS" "$P_MX" "$P_HOP" "$P_GREY" "$P_IMAP" "$P_IMAPS" "$P_PG" "$P_SUBL" "$P_EXIM"; do
   [[ -z ${seen_port[$p]-} ]] || die "port $p is used twice (check the MAILSTACK_PORT_* variables)"
   seen_port[$p]=1
 done
@@ -989,6 +996,14 @@ policyd-spf unix -      n       n       -       0       spawn
 EOF
 
 # ---------------------------------------------------------------------------
+# Exim, the second MTA, relaying into the MX-hop (see exim.sh)
+# ---------------------------------------------------------------------------
+# shellcheck source=exim.sh
+. "$HERE/exim.sh"
+exim_layout
+exim_config
+
+# ---------------------------------------------------------------------------
 # Start / restart
 # ---------------------------------------------------------------------------
 DAEMONS_OUT=$MS_LOG/daemons.out
@@ -1057,7 +1072,7 @@ if [[ -z ${RUNNING[dnsmasq]-} ]]; then start_dnsmasq; started+=(dnsmasq); fi
 
 # 2. milters, postgrey, dovecot, postfix - in parallel (each daemonizes).
 bg=()
-for c in opendkim opendmarc spamd spamass postgrey; do
+for c in opendkim opendmarc spamd spamass postgrey exim; do
   if [[ -n ${RUNNING[$c]-} && -n ${CHANGED[$c]-} ]]; then stop_component "$c"; fi
   if [[ -z ${RUNNING[$c]-} ]]; then
     "start_$c" &
@@ -1107,6 +1122,7 @@ declare -A EXPECT=(
   [dovecot]="tcp:$HOST:$P_IMAP tcp:$HOST:$P_IMAPS unix:$MS_DOVECOT_RUN/auth-postfix unix:$MS_DOVECOT_RUN/lmtp-postfix"
   [postfix]="tcp:$HOST:$P_MX tcp:$HOST:$P_HOP tcp:$HOST:$P_GREY tcp:$HOST:$P_SUB tcp:$HOST:$P_SUBS"
 )
+EXPECT[exim]="tcp:$HOST:$P_EXIM"
 [[ -f $MS_RUN/devlog.created ]] && EXPECT[syslog]="unix:/dev/log"
 # the log to show when a component fails
 declare -A LOG_OF=(
@@ -1115,6 +1131,7 @@ declare -A LOG_OF=(
   [spamd]=$MS_LOG/spamd.log [spamass]=$MS_LOG/syslog.log
   [dovecot]=$MS_LOG/dovecot.log [postfix]=$MS_LOG/postfix.log
 )
+LOG_OF[exim]=$EXIM_LOG_DIR/mainlog
 # refresh_listen: LISTEN = " tcp:ADDR:PORT udp:ADDR:PORT ... " (one ss call)
 refresh_listen() {
   local netid local_addr rest
@@ -1211,6 +1228,8 @@ MAILSTACK_SPAMD_LOG=$MS_LOG/spamd.log
 MAILSTACK_DNSMASQ_LOG=$MS_LOG/dnsmasq.log
 MAILSTACK_MAIL_DIR=$S/mail
 MAILSTACK_OAUTH2_KEY_DIR=$OAUTH2_KEYS/default/HS256
+MAILSTACK_PORT_EXIM=$P_EXIM
+MAILSTACK_EXIM_LOG=$EXIM_LOG_DIR/mainlog
 EOF
 
 what="already up"
@@ -1224,6 +1243,7 @@ up.sh: mail stack up in $(elapsed) ($what)
   MX           $HOST:$P_MX  (receiver.test, no auth)   MX-hop $HOST:$P_HOP
   greylist MX  $HOST:$P_GREY  (451 for ${GREY_DELAY}s per new triplet; postgrey $HOST:$P_PG)
   IMAP         $HOST:$P_IMAP (STARTTLS)   IMAPS $HOST:$P_IMAPS   password $IMAP_PASS
+  Exim relay   $HOST:$P_EXIM  (STARTTLS + AUTH; relays to the MX-hop, DKIM-signs)
   DNS          $DNS:53    CA $CA_FILE
   env          $S/stack.env
 EOF
