@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod message;
 pub mod output;
 pub mod probe;
+pub mod reputation;
 pub mod run;
 pub mod smtp;
 pub mod spf;
