@@ -207,9 +207,10 @@ def measure(cmd, env, timeout):
 
 class DovecotLog:
     """Finds the LMTP delivery line of a Message-ID in Dovecot's log ("saved mail
-    to INBOX", or with Sieve "sieve: msgid=<..>: stored mail into mailbox 'INBOX'")."""
+    to INBOX", or with Sieve "sieve: msgid=<..>: stored mail into mailbox 'INBOX'", or
+    "sieve: msgid=<..>: fileinto action: stored mail into mailbox 'Junk'")."""
 
-    LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) lmtp\(([^)]*)\)\S*: Info: (?:sieve: )?msgid=(<[^>]*>): (?:saved mail to |stored mail into mailbox )")
+    LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) lmtp\(([^)]*)\)\S*: Info: (?:sieve: )?msgid=(<[^>]*>): (?:fileinto action: )?(?:saved mail to |stored mail into mailbox )")
 
     def __init__(self, path, tz):
         self.path, self.tz = path, tz
