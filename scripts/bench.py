@@ -10,6 +10,12 @@ process. For mailloop we also match its probe to Dovecot's "saved mail"
 log line to measure how late arrival is noticed and what the stack itself
 needs (the floors).
 
+Two more mailloop variants run interleaved with those (issue 19, inbox
+placement): the same probe with junk-folder watching off (`junk = false`:
+INBOX only), for the cost of watching INBOX and Junk together, and a GTUBE
+probe that SpamAssassin flags and Sieve files into Junk, for how late a
+junk-filed probe is noticed.
+
 Usage: bench.py STACK_ENV   (called by scripts/bench.sh; python3 stdlib only)
 Environment: BENCH_RUNS (default 10), BENCH_MAX_SECONDS (total budget,
 default 60 s per round), MAILLOOP_BIN, BENCH_PEER.
@@ -42,6 +48,15 @@ PEER_TIMEOUT_S = 240  # its own alarms: 60 s per plugin, plus waits
 GOAL_CPU_MIN, GOAL_CPU_AIM = 10.0, 25.0
 GOAL_WALL_OVER_FLOOR_MS = 100.0
 GOAL_LAG_MS = 10.0
+
+ML_INBOX_ONLY_LOCAL = "probe-benchinbox"
+ML_JUNK_LOCAL = "probe-benchjunk"
+# The placement variants (mailloop only): key, label, mailbox, [[check]] and
+# [check.imap] extra lines, the outcome a good run ends with.
+PLACEMENT = [
+    ("ml_inbox_only", "INBOX only (junk = false)", ML_INBOX_ONLY_LOCAL, "", "junk = false\n", "ok"),
+    ("ml_junk", "GTUBE probe, filed to Junk", ML_JUNK_LOCAL, 'probe_body = "gtube"\n', "", "degraded"),
+]
 
 VARIANTS = [
     # key, label
@@ -83,9 +98,9 @@ def toml_str(s):
     return json.dumps(s)  # a JSON string is a valid TOML basic string
 
 
-def mailloop_config(env):
+def mailloop_config(env, local=ML_MAILBOX_LOCAL, check_extra="", imap_extra=""):
     host, ca = env["MAILSTACK_HOST"], env["MAILSTACK_CA_FILE"]
-    user = f"{ML_MAILBOX_LOCAL}@{env['MAILSTACK_RCPT_DOMAIN']}"
+    user = f"{local}@{env['MAILSTACK_RCPT_DOMAIN']}"
     return f"""# Written by scripts/bench.py for the local mail stack.
 [[check]]
 name = "bench"
@@ -93,7 +108,7 @@ from = {toml_str(env["MAILSTACK_SMTP_USER"])}
 to = {toml_str(user)}
 deadline = "1m"
 trusted_authserv_id = {toml_str(env["MAILSTACK_AUTHSERV_ID"])}
-[check.smtp]
+{check_extra}[check.smtp]
 host = {toml_str(host)}
 port = {int(env["MAILSTACK_PORT_SUBMISSION"])}
 security = "starttls"
@@ -107,27 +122,27 @@ security = "tls"
 username = {toml_str(user)}
 password = {toml_str(env["MAILSTACK_IMAP_PASS"])}
 ca_file = {toml_str(ca)}
-
+{imap_extra}
 [dns]
 nameservers = [{toml_str(env["MAILSTACK_DNS"] + ":53")}]
 """
 
 
-def empty_mailbox(env, user):
-    """Deletes every message in user's INBOX over IMAPS; returns how many."""
+def empty_mailbox(env, user, folder="INBOX"):
+    """Deletes every message in user's folder over IMAPS; returns how many."""
     try:
-        return _empty_mailbox(env, user)
+        return _empty_mailbox(env, user, folder)
     except (OSError, imaplib.IMAP4.error, RuntimeError, ValueError) as e:
         die(f"could not empty the mailbox {user} over IMAPS: {e}")
 
 
-def _empty_mailbox(env, user):
+def _empty_mailbox(env, user, folder="INBOX"):
     ctx = ssl.create_default_context(cafile=env["MAILSTACK_CA_FILE"])
     with imaplib.IMAP4_SSL(env["MAILSTACK_HOST"], int(env["MAILSTACK_PORT_IMAPS"]), ssl_context=ctx, timeout=30) as m:
         m.login(user, env["MAILSTACK_IMAP_PASS"])
-        typ, data = m.select("INBOX")
+        typ, data = m.select(folder)
         if typ != "OK":
-            raise RuntimeError(f"SELECT INBOX for {user}: {data}")
+            raise RuntimeError(f"SELECT {folder} for {user}: {data}")
         n = int(data[0])
         if n:
             m.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
@@ -192,9 +207,10 @@ def measure(cmd, env, timeout):
 
 class DovecotLog:
     """Finds the LMTP delivery line of a Message-ID in Dovecot's log ("saved mail
-    to INBOX", or with Sieve "sieve: msgid=<..>: stored mail into mailbox 'INBOX'")."""
+    to INBOX", or with Sieve "sieve: msgid=<..>: stored mail into mailbox 'INBOX'", or
+    "sieve: msgid=<..>: fileinto action: stored mail into mailbox 'Junk'")."""
 
-    LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) lmtp\(([^)]*)\)\S*: Info: (?:sieve: )?msgid=(<[^>]*>): (?:saved mail to |stored mail into mailbox )")
+    LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) lmtp\(([^)]*)\)\S*: Info: (?:sieve: )?msgid=(<[^>]*>): (?:fileinto action: )?(?:saved mail to |stored mail into mailbox )")
 
     def __init__(self, path, tz):
         self.path, self.tz = path, tz
@@ -261,17 +277,19 @@ def parse_time(s):
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
-def mailloop_details(run, dlog):
-    """Adds the report's figures and the Dovecot-based lags to a mailloop run."""
+def mailloop_details(run, dlog, want="ok"):
+    """Adds the report's figures and the Dovecot-based lags to a mailloop run
+    (one whose outcome is `want`)."""
     try:
         rep = json.loads(run["stdout"].strip().splitlines()[0])
     except (ValueError, IndexError):
         run["error"] = "no JSON report on stdout"
         return
     run["report"] = {k: rep.get(k) for k in ("probe_id", "started_at", "outcome", "rtt_ms", "delivery_ms",
-                                            "message_id", "queue_id", "reasons", "failure", "attempts")}
+                                            "message_id", "queue_id", "reasons", "failure", "attempts",
+                                            "placement", "placement_folder")}
     run["outcome"] = rep.get("outcome")
-    if rep.get("outcome") != "ok" or rep.get("rtt_ms") is None:
+    if rep.get("outcome") != want or rep.get("rtt_ms") is None:
         return
     attempts = rep.get("attempts") or []
     start = parse_time(attempts[-1]["started_at"] if attempts else rep["started_at"])
@@ -359,6 +377,13 @@ def main():
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(mailloop_config(env))
+        pl_cmds = {}
+        for key, _label, local, check_extra, imap_extra, _want in PLACEMENT:
+            pcfg = os.path.join(tmp, f"{key}.toml")
+            fd = os.open(pcfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(mailloop_config(env, local, check_extra, imap_extra))
+            pl_cmds[key] = [ml_bin, "probe", "--config", pcfg, "--output", "json"]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILLOOP_")}
         base_env["LC_ALL"] = "C"
         peer_env = dict(base_env, SSL_CERT_FILE=ca)  # the peer has no CA option
@@ -382,6 +407,9 @@ def main():
         overhead = [measure(["/bin/true"], base_env, 10)["rusage_cpu_ms"] for _ in range(5)]
 
         cleared = {"mailloop": empty_mailbox(env, ml_user)}
+        for key, _label, local, *_ in PLACEMENT:
+            cleared[key] = empty_mailbox(env, f"{local}@{rcpt}")
+            cleared[key + "_junk"] = empty_mailbox(env, f"{local}@{rcpt}", "Junk")
         records, failures, aborted = [], [], None
         progress(f"bench: {runs} runs of each + 1 warm-up, interleaved; budget {budget:.0f} s")
         for rnd in range(runs + 1):
@@ -412,6 +440,16 @@ def main():
                     if key == "mailloop":
                         aborted = "mailloop run failed"
                         break
+            for key, _label, _local, _c, _i, want in ([] if aborted else PLACEMENT):
+                rec = {"variant": key, "round": rnd, "warmup": warm}
+                rec.update(measure(pl_cmds[key], base_env, ML_TIMEOUT_S))
+                mailloop_details(rec, dlog, want)
+                rec["ok"] = rec.get("outcome") == want and rec.get("report", {}).get("rtt_ms") is not None
+                lag = rec.get("detection_lag_ms")
+                line.append(f"{key} {rec['wall_ms']:.0f} ms" + (f" (lag {lag:.1f} ms)" if lag is not None else ""))
+                records.append(rec)
+                if not rec["ok"]:
+                    failures.append(rec)
             progress(" ".join(line))
             if aborted:
                 break
@@ -449,6 +487,17 @@ def main():
         "connect_to_visible_floor_ms": stats([r.get("connect_to_visible_floor_ms") for r in ml]),
         "wall_minus_rtt_ms": stats([r["wall_ms"] - r["report"]["rtt_ms"] for r in ml]),
     }
+    pl_good = {key: [r for r in counted if r["variant"] == key and r["ok"]] for key, *_ in PLACEMENT}
+    PL = {}
+    for key, rs in [("mailloop", ml)] + list(pl_good.items()):
+        PL[key] = {
+            "wall_ms": stats([r["wall_ms"] for r in rs]),
+            "cpu_ms": stats([r["rusage_cpu_ms"] for r in rs]),
+            "rtt_ms": stats([r["report"]["rtt_ms"] for r in rs]),
+            "delivery_ms": stats([r["report"]["delivery_ms"] for r in rs]),
+            "detection_lag_ms": stats([r.get("detection_lag_ms") for r in rs]),
+            "n": len(rs),
+        }
     ovh = statistics.median(overhead)
     med = lambda k, f: S[k][f]["median"] if S[k][f] else None
 
@@ -495,6 +544,23 @@ def main():
         P(f"  {name:<56} {fmt(s):>20}" if s is not None or not name.endswith(":") else f"  {name}")
     P("")
 
+    P("inbox placement (issue 19): the default watches INBOX and the Junk folder (found by \\Junk), one STATUS")
+    P("per poll for Junk; ms, median (min..max)")
+    P(f"  {'':<40} {'wall':>22} {'CPU':>22} {'delivery_ms':>22} {'detection lag':>20}  ok")
+    pl_rows = [("mailloop", "INBOX + Junk (default), INBOX probe")] + [(k, label) for k, label, *_ in PLACEMENT]
+    for key, label in pl_rows:
+        f_ = PL[key]
+        total = len(by["mailloop"]) if key == "mailloop" else len([r for r in counted if r["variant"] == key])
+        P(f"  {label:<40} {fmt(f_['wall_ms']):>22} {fmt(f_['cpu_ms']):>22} {fmt(f_['delivery_ms']):>22}"
+          f" {fmt(f_['detection_lag_ms']):>20}  {f_['n']}/{total}")
+    two, one = PL["mailloop"], PL["ml_inbox_only"]
+    d = lambda f: (two[f]["median"] - one[f]["median"]) if two[f] and one[f] else None
+    show_d = lambda x: "n/a" if x is None else f"{x:+.1f} ms"
+    P(f"  added by watching Junk too (medians): wall {show_d(d('wall_ms'))}, CPU {show_d(d('cpu_ms'))},"
+      f" detection lag {show_d(d('detection_lag_ms'))}")
+    P("  the junk-filed probe's lag is found - Dovecot's 'stored mail into mailbox Junk' line")
+    P("")
+
     # ---- goals -------------------------------------------------------------
     P("goals (on the medians)")
     verdicts = []
@@ -529,6 +595,13 @@ def main():
         goal(lag["median"] <= GOAL_LAG_MS,
              f"arrival detected within 10 ms of Dovecot saving it: lag {lag['median']:.1f} ms"
              f" (min {lag['min']:.1f}, max {lag['max']:.1f}; {sum(1 for r in ml if r.get('detection_lag_ms', 1e9) <= GOAL_LAG_MS)}/{len(ml)} runs within)")
+    two_lag, one_lag = PL["mailloop"]["detection_lag_ms"], PL["ml_inbox_only"]["detection_lag_ms"]
+    if two_lag is None or one_lag is None:
+        goal(None, "INBOX arrival detection with Junk watched too as fast as INBOX only: not measured")
+    else:
+        goal(two_lag["median"] <= max(one_lag["median"] + 2.0, GOAL_LAG_MS),
+             f"INBOX arrival detection with Junk watched too within 2 ms of INBOX only (or within 10 ms):"
+             f" {two_lag['median']:.1f} vs {one_lag['median']:.1f} ms")
     P("")
 
     # ---- legend --------------------------------------------------------------
@@ -554,9 +627,10 @@ def main():
     # ---- problems and the JSON -------------------------------------------------
     problems, notes = [], []
     for r in failures:
-        who = "mailloop" if r["variant"] == "mailloop" else f"peer ({r['variant']})"
+        ml_variant = r["variant"] == "mailloop" or r["variant"].startswith("ml_")
+        who = r["variant"] if ml_variant else f"peer ({r['variant']})"
         why = r.get("peer_summary") or ""
-        if r["variant"] == "mailloop":
+        if ml_variant:
             rep = r.get("report") or {}
             why = f"outcome {rep.get('outcome')}, exit {r['exit']}"
             if rep.get("failure"):
@@ -597,7 +671,7 @@ def main():
         "time_format": TIME_FMT,
         "gnu_time_overhead_cpu_ms": overhead,
         "cleared_at_start": cleared,
-        "summary": {"per_tool": S, "mailloop": M},
+        "summary": {"per_tool": S, "mailloop": M, "placement": PL},
         "goals": {"cpu_ratio_min": GOAL_CPU_MIN, "cpu_ratio_aim": GOAL_CPU_AIM, "wall_over_floor_ms": GOAL_WALL_OVER_FLOOR_MS,
                   "detection_lag_ms": GOAL_LAG_MS, "met": verdicts},
         "problems": problems,
@@ -617,7 +691,7 @@ def main():
             P("")
     P(f"raw per-run numbers: {os.path.relpath(out_path, os.getcwd()) if out_path.startswith(os.getcwd()) else out_path}")
 
-    if any(r["variant"] == "mailloop" and not r["ok"] for r in records):
+    if any(r["variant"] in ["mailloop"] + [k for k, *_ in PLACEMENT] and not r["ok"] for r in records):
         die("a mailloop run did not end ok (see problems above); figures are incomplete", 2)
     if aborted:
         die(aborted, 1)

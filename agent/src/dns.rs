@@ -94,6 +94,26 @@ impl Dns {
         }
     }
 
+    /// IPv4 addresses of `name` (a blocklist's answer codes) and until when
+    /// the answer may be kept (its TTL).
+    pub async fn a_records(&self, name: &str) -> (Answer<Vec<std::net::Ipv4Addr>>, Option<std::time::Instant>) {
+        match self.auth.resolver().ipv4_lookup(fqdn(name)).await {
+            Ok(lookup) => {
+                let addrs: Vec<std::net::Ipv4Addr> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0),
+                        _ => None,
+                    })
+                    .collect();
+                let until = Some(lookup.valid_until());
+                if addrs.is_empty() { (Answer::Void, until) } else { (Answer::Records(addrs), until) }
+            }
+            Err(e) => (classify(e), None),
+        }
+    }
+
     /// MX host names of `name`.
     pub async fn mx(&self, name: &str) -> Answer<Vec<String>> {
         match self.auth.resolver().mx_lookup(fqdn(name)).await {

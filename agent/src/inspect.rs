@@ -20,6 +20,8 @@ pub struct Inspection {
     pub spam: Option<mailloop_common::spam::SpamReport>,
     /// Unmet expectations and findings: each makes the outcome `degraded`.
     pub reasons: Vec<String>,
+    /// The address of the hop that entered the receiver (for blocklists).
+    pub entering: Option<std::net::IpAddr>,
 }
 
 /// True the first time this process sees a trust warning for `check` with
@@ -117,6 +119,7 @@ pub async fn inspect(check: &CheckConfig, raw: &[u8], dns: Option<&Dns>, sent_at
     }
 
     let hops = hop_delays(&received, Some(sent_at));
+    let entering = mailloop_common::reputation::entering_address(&received);
     // Verdicts are believed only when the trusted receiver's
     // Authentication-Results show the probe went through it.
     let trusted = check.trusted_authserv_id.is_some() && !summary.raw.is_empty();
@@ -140,6 +143,7 @@ pub async fn inspect(check: &CheckConfig, raw: &[u8], dns: Option<&Dns>, sent_at
         },
         hops,
         reasons,
+        entering,
     }
 }
 

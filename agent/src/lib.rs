@@ -14,6 +14,7 @@ pub mod message;
 pub mod oauth2;
 pub mod output;
 pub mod probe;
+pub mod reputation;
 pub mod run;
 pub mod smtp;
 pub mod spf;

@@ -137,6 +137,23 @@ fn diagnostics(r: &ProbeReport) -> Vec<String> {
             None => format!("spf:      {} needs {}/{} lookups, {} void", b.domain, b.lookups, b.limit, b.void_lookups),
         });
     }
+    if let Some(rep) = &r.reputation {
+        for l in &rep.lookups {
+            let state = match (&l.error, l.listed) {
+                (_, true) => {
+                    let reason = l.reason.as_deref().map(|t| format!(": {t:?}")).unwrap_or_default();
+                    format!("LISTED ({}, {}){reason}", l.lists.join(", "), l.codes.join(" "))
+                }
+                (Some(e), false) => format!("not answered: {e}"),
+                (None, false) => "not listed".into(),
+            };
+            let cached = if l.cached { " (cached)" } else { "" };
+            lines.push(format!("blocklist: {} in {}: {state}{cached}", l.name, l.zone));
+        }
+        for n in &rep.notes {
+            lines.push(format!("blocklist: {n}"));
+        }
+    }
     lines
 }
 

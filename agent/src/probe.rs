@@ -97,7 +97,7 @@ impl Prober {
         };
         let smtp_token = token_for("smtp", smtp);
         let imap_token = token_for("imap", imap);
-        let dns = if check.verify_dkim || check.spf.enabled {
+        let dns = if check.verify_dkim || check.spf.enabled || check.blocklists.is_some() {
             match Dns::new(dns) {
                 Ok(d) => Some(Arc::new(d)),
                 Err(e) => {
@@ -211,6 +211,7 @@ impl Prober {
             placement: result.placement,
             placement_folder: result.placement_folder,
             spam: result.spam,
+            reputation: result.reputation,
             trace_id: None,
             span_id: None,
         };
@@ -341,6 +342,7 @@ impl Prober {
             }
         }
         let mut r = AttemptResult::default();
+        let mut entering = None;
         let spf_budget = match spf_budget {
             Some(Err(f)) => {
                 r.reasons.push(format!("SPF walk of {} did not finish ({}): {}", check.spf.domain, f.class, f.message));
@@ -400,10 +402,11 @@ impl Prober {
                         r.hops = seen.hops;
                         r.placement = Some(if found.junk_folder.is_some() { "junk" } else { "inbox" }.to_string());
                         if let Some(folder) = &found.junk_folder {
-                            r.reasons.push(format!("probe delivered to junk folder {folder:?}{}", spam_evidence(seen.spam.as_ref())));
+                            r.reasons.push(format!("{} {folder:?}{}", mailloop_common::spam::JUNK_REASON, spam_evidence(seen.spam.as_ref())));
                         }
                         r.placement_folder = found.junk_folder;
                         r.spam = seen.spam;
+                        entering = seen.entering;
                         Some(found.uid)
                     }
                     Err(f) => {
@@ -429,6 +432,11 @@ impl Prober {
             }
         }
 
+        // Blocklists last: the probe is already timed and cleaned up, and a
+        // slow list delays nothing that is measured.
+        if let (Some(cfg), Some(dns)) = (&check.blocklists, &self.dns) {
+            r.reputation = Some(crate::reputation::check(cfg, dns, entering).await);
+        }
         r.steps = token_rec.steps;
         r.steps.extend(smtp_rec.steps);
         r.steps.extend(imap_rec.steps);
@@ -475,6 +483,7 @@ struct AttemptResult {
     placement: Option<String>,
     placement_folder: Option<String>,
     spam: Option<mailloop_common::spam::SpamReport>,
+    reputation: Option<mailloop_common::reputation::ReputationReport>,
 }
 
 /// The steps whose 4xx replies are retried: the transaction, not the

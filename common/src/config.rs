@@ -245,6 +245,9 @@ pub struct CheckConfig {
     pub spf: SpfCheck,
     /// `probe_body`: `"normal"` or `"gtube"`.
     pub probe_body: ProbeBody,
+    /// `[check.blocklists]`: DNSBL and DBL lookups of the sending path (off
+    /// when absent).
+    pub blocklists: Option<Blocklists>,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
 }
@@ -295,6 +298,26 @@ pub struct SpfCheck {
     pub enabled: bool,
     /// Domain whose record is walked; default the domain of `from`.
     pub domain: String,
+}
+
+/// Default `blocklists.interval`: at most one lookup per zone and name this often.
+pub const DEFAULT_BLOCKLIST_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// `[check.blocklists]`: where the sending path's address and domain are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocklists {
+    /// DNSBL zones for addresses (`zen.spamhaus.org`).
+    pub dnsbl: Vec<String>,
+    /// Domain blocklist zones (`dbl.spamhaus.org`).
+    pub dbl: Vec<String>,
+    /// Addresses to look up; empty: the address that entered the receiver,
+    /// from the delivered probe's `Received:` headers.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Domains to look up in `dbl`; default the domain of `from`.
+    pub domains: Vec<String>,
+    /// A zone is asked about one name at most once per this interval (or
+    /// the answer's TTL, if longer).
+    pub interval: Duration,
 }
 
 /// One bad key.
@@ -682,6 +705,7 @@ impl Validator<'_> {
         };
         let expect = self.expect(&mut t);
         let spf = self.spf(&mut t, from.as_deref());
+        let blocklists = self.blocklists(&mut t, from.as_deref());
         let smtp = t.sub(&mut self.issues, "smtp", true).and_then(|s| self.smtp(s));
         let imap = t.sub(&mut self.issues, "imap", true).and_then(|s| self.imap(s));
         let thresholds = self.thresholds(&mut t);
@@ -704,6 +728,7 @@ impl Validator<'_> {
             expect: expect?,
             spf: spf?,
             probe_body: probe_body?,
+            blocklists: blocklists?,
             smtp: smtp?,
             imap: imap?,
         })
@@ -1094,6 +1119,61 @@ impl Validator<'_> {
         Some(SpfCheck { enabled: enabled?, domain: domain? })
     }
 
+    fn blocklists(&mut self, t: &mut Table<'_>, from: Option<&str>) -> Option<Option<Blocklists>> {
+        let from_domain = from.and_then(|f| f.rsplit_once('@')).map(|(_, d)| d.to_string()).unwrap_or_default();
+        let Some(mut sub) = t.sub(&mut self.issues, "blocklists", false) else {
+            return (!t.is_non_table("blocklists")).then_some(None);
+        };
+        let path = sub.path().to_string();
+        fn words(
+            issues: &mut Vec<ConfigIssue>,
+            sub: &mut Table<'_>,
+            key: &'static str,
+            check: &dyn Fn(&str) -> bool,
+            what: &str,
+        ) -> Option<Vec<String>> {
+            let path = sub.path_of(key);
+            let items: Vec<Value> = match sub.get(key) {
+                None => return Some(Vec::new()),
+                Some(Value::Array(list)) => list.clone(),
+                Some(other) => {
+                    issues.push(ConfigIssue { path, message: format!("expected a list of {what}, found {other}") });
+                    return None;
+                }
+            };
+            let mut out = Vec::new();
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().map(str::trim) {
+                    Some(w) if check(w) => out.push(w.trim_end_matches('.').to_ascii_lowercase()),
+                    _ => {
+                        issues.push(ConfigIssue { path: format!("{path}[{i}]"), message: format!("{item}: expected {what}") });
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(out)
+        }
+        let is_name = |w: &str| crate::reputation::query_name(crate::reputation::Subject::Domain, w, "zone").is_some() && w.contains('.');
+        let is_ip = |w: &str| w.parse::<std::net::IpAddr>().is_ok();
+        let dnsbl = words(&mut self.issues, &mut sub, "dnsbl", &is_name, "a DNS zone name (\"zen.spamhaus.org\")");
+        let dbl = words(&mut self.issues, &mut sub, "dbl", &is_name, "a DNS zone name (\"dbl.spamhaus.org\")");
+        let addresses = words(&mut self.issues, &mut sub, "addresses", &is_ip, "an IP address");
+        let domains = words(&mut self.issues, &mut sub, "domains", &is_name, "a domain name");
+        let interval = sub.duration(&mut self.issues, "interval", DEFAULT_BLOCKLIST_INTERVAL);
+        sub.finish(&mut self.issues);
+        let (dnsbl, dbl, addresses, mut domains, interval) = (dnsbl?, dbl?, addresses?, domains?, interval?);
+        if dnsbl.is_empty() && dbl.is_empty() {
+            self.issue(path, "names no zone: add dnsbl = [\"…\"] or dbl = [\"…\"], or remove the table");
+            return None;
+        }
+        if domains.is_empty() && !from_domain.is_empty() {
+            domains.push(from_domain.to_ascii_lowercase());
+        }
+        let addresses = addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        Some(Some(Blocklists { dnsbl, dbl, addresses, domains, interval }))
+    }
+
 }
 
 /// Parses `"30s"`, `"2m"`, `"1h 30m"`, `"250ms"`; zero is refused.
@@ -1273,6 +1353,33 @@ mod tests {
         let got: Vec<String> = err.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
         assert!(got.iter().any(|s| s.starts_with("check[0].smtp.pin_sha256: set, but security = \"none\"")), "{got:#?}");
         assert!(got.iter().any(|s| s.starts_with("check[0].imap.tls: no tls sub-table here")), "{got:#?}");
+    }
+
+    #[test]
+    fn blocklists_default_off_and_every_bad_key_named() {
+        let c = ProbeConfig::from_value(&good(), &env).unwrap();
+        assert_eq!(c.checks[0].blocklists, None);
+        let mut v = good();
+        v["check"][0]["blocklists"] = json!({"dnsbl": ["zen.spamhaus.org."], "dbl": ["DBL.spamhaus.org"]});
+        let b = ProbeConfig::from_value(&v, &env).unwrap().checks[0].blocklists.clone().unwrap();
+        assert_eq!(b.dnsbl, ["zen.spamhaus.org"]);
+        assert_eq!(b.dbl, ["dbl.spamhaus.org"]);
+        assert_eq!(b.domains, ["sender.test"], "from's domain by default");
+        assert_eq!((b.addresses.len(), b.interval), (0, DEFAULT_BLOCKLIST_INTERVAL));
+        v["check"][0]["blocklists"] =
+            json!({"dnsbl": ["zen", "ok.test"], "addresses": ["1.2.3.4", "nope"], "domains": "x.test", "interval": "0s", "dbll": []});
+        let got = issues(v.clone());
+        for want in [
+            "check[0].blocklists.dnsbl[0]: ",
+            "check[0].blocklists.addresses[1]: ",
+            "check[0].blocklists.domains: ",
+            "check[0].blocklists.interval: ",
+            "check[0].blocklists.dbll: unknown key",
+        ] {
+            assert!(got.iter().any(|s| s.starts_with(want)), "{want} in {got:#?}");
+        }
+        v["check"][0]["blocklists"] = json!({"interval": "1m"});
+        assert!(issues(v).iter().any(|s| s.starts_with("check[0].blocklists: names no zone")));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod classify;
 pub mod config;
 pub mod received;
 pub mod report;
+pub mod reputation;
 pub mod secret;
 pub mod spam;
 pub mod step;

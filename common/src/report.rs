@@ -141,6 +141,10 @@ pub struct ProbeReport {
     /// absent when the probe carried none or was not fetched.
     #[serde(default)]
     pub spam: Option<crate::spam::SpamReport>,
+    /// Blocklist lookups of the sending path (`dnsbl`, `dbl`); absent when
+    /// the check configures none.
+    #[serde(default)]
+    pub reputation: Option<crate::reputation::ReputationReport>,
     /// The OpenTelemetry trace of this probe (32 hex digits); null unless the
     /// agent exports traces. Stored with the report, so a verdict can point at it.
     #[serde(default)]

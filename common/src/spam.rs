@@ -30,6 +30,10 @@ pub const HEADERS: [&str; 8] = [
     "x-ms-exchange-organization-scl",
 ];
 
+/// How a junk placement's reason starts (`probe delivered to junk folder
+/// "Junk" (SpamAssassin ...)`): the judge tells it from other reasons by it.
+pub const JUNK_REASON: &str = "probe delivered to junk folder";
+
 /// Most rule names kept per verdict.
 const MAX_RULES: usize = 64;
 

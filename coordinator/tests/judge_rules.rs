@@ -45,6 +45,7 @@ fn policy(quorum: Quorum) -> Policy {
         coverage_severity: Severity::Warning,
         clock_skew_max: Duration::from_secs(30),
         clock_severity: Severity::Warning,
+        placement_rounds: 2,
     }
 }
 
@@ -92,6 +93,7 @@ fn base_report(outcome: Outcome) -> ProbeReport {
         placement: None,
         placement_folder: None,
         spam: None,
+        reputation: None,
         trace_id: None,
         span_id: None,
     }

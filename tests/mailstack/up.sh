@@ -471,6 +471,7 @@ SPF_ZONES=$(
 )
 
 # DKIM public key as TXT; dnsmasq splits long strings into 255-byte chunks.
+mkdir_as "$MS_ETC/dnsbl.d" root:root 755
 write_file dnsmasq "$MS_ETC/dnsmasq.conf" <<EOF
 # dnsmasq for the mailloop test stack: authoritative-ish fake .test zone.
 port=53
@@ -504,6 +505,18 @@ txt-record=spoofed.test,"v=spf1 ip4:192.0.2.1 -all"
 txt-record=_dmarc.spoofed.test,"v=DMARC1; p=reject"
 # SPF lookup budgets (see spf_budget_zone above)
 $SPF_ZONES
+# Blocklists (mailloop's [check.blocklists]): dnsbl.test for addresses,
+# dbl.test for domains. 127.0.0.2, the address every DNSBL lists as its
+# test point, and the domain listed.test are listed for good; the listing
+# codes of anything else come from files in hostsdir, which dnsmasq reads
+# again by itself when one is added, changed or removed, so a test lists
+# and delists an address by writing and removing its own file there.
+host-record=2.0.0.127.dnsbl.test,127.0.0.2
+txt-record=2.0.0.127.dnsbl.test,"Listed by the mailloop test stack: the DNSBL test point"
+host-record=listed.test.dbl.test,127.0.1.2
+txt-record=listed.test.dbl.test,"Listed by the mailloop test stack: a test domain"
+txt-record=1.0.0.127.dnsbl.test,"Listed by the mailloop test stack: its outbound relay 127.0.0.1"
+hostsdir=$MS_ETC/dnsbl.d
 EOF
 
 write_file resolv "$MS_ETC/resolv.conf" <<EOF
@@ -605,6 +618,12 @@ required_score 5.0
 report_safe 0
 use_bayes 0
 bayes_auto_learn 0
+# One sending path with a bad reputation: mail submitted from 127.0.0.66
+# (a test region's own submission address) scores as spam. It stands in
+# for the DNS blocklist rules that -L switches off.
+header MAILSTACK_BAD_PATH Received =~ /\[127\.0\.0\.66\]/
+describe MAILSTACK_BAD_PATH Submitted from the test stack's bad-reputation address 127.0.0.66
+score MAILSTACK_BAD_PATH 10.0
 EOF
 SPAMD_ARGS=(
   -L -x -u debian-spamd -H "$S/spamd" --siteconfigpath="$MS_ETC/spamassassin"
@@ -1226,6 +1245,7 @@ MAILSTACK_POSTFIX_LOG=$MS_LOG/postfix.log
 MAILSTACK_SYSLOG_LOG=$MS_LOG/syslog.log
 MAILSTACK_SPAMD_LOG=$MS_LOG/spamd.log
 MAILSTACK_DNSMASQ_LOG=$MS_LOG/dnsmasq.log
+MAILSTACK_DNSBL_DIR=$MS_ETC/dnsbl.d
 MAILSTACK_MAIL_DIR=$S/mail
 MAILSTACK_OAUTH2_KEY_DIR=$OAUTH2_KEYS/default/HS256
 MAILSTACK_PORT_EXIM=$P_EXIM

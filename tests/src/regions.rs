@@ -54,6 +54,10 @@ pub struct Proxy {
     /// The mode the proxy task has finished applying.
     applied: watch::Receiver<PathMode>,
     accepted: Arc<AtomicUsize>,
+    /// The local address new connections to the target come from (None:
+    /// the kernel's choice, 127.0.0.1), so a region can have a sending
+    /// address of its own.
+    source: Arc<Mutex<Option<std::net::IpAddr>>>,
     handle: Handle,
 }
 
@@ -65,8 +69,15 @@ impl Proxy {
         let (control, control_rx) = watch::channel(PathMode::Open);
         let (applied_tx, applied) = watch::channel(PathMode::Open);
         let accepted = Arc::new(AtomicUsize::new(0));
-        handle.spawn(serve(Some(listener), addr, target, control_rx, applied_tx, accepted.clone()));
-        Proxy { addr, target, control, applied, accepted, handle: handle.clone() }
+        let source = Arc::new(Mutex::new(None));
+        handle.spawn(serve(Some(listener), addr, target, control_rx, applied_tx, accepted.clone(), source.clone()));
+        Proxy { addr, target, control, applied, accepted, source, handle: handle.clone() }
+    }
+
+    /// Connections from now on come from `source` (a 127.0.0.0/8 address),
+    /// or from the kernel's choice again with None.
+    pub fn set_source(&self, source: Option<std::net::IpAddr>) {
+        *self.source.lock().unwrap() = source;
     }
 
     /// Where agents connect.
@@ -114,6 +125,7 @@ async fn serve(
     mut control: watch::Receiver<PathMode>,
     applied: watch::Sender<PathMode>,
     accepted: Arc<AtomicUsize>,
+    source: Arc<Mutex<Option<std::net::IpAddr>>>,
 ) {
     loop {
         let mode = *control.borrow_and_update();
@@ -134,7 +146,8 @@ async fn serve(
                 conn = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
                     let Ok((client, _)) = conn else { continue };
                     accepted.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(carry(client, mode, control.clone(), target));
+                    let from = *source.lock().unwrap();
+                    tokio::spawn(carry(client, mode, control.clone(), target, from));
                 }
             }
         }
@@ -160,10 +173,25 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
 
 /// One accepted connection, in the mode it was accepted in; closed as soon
 /// as the mode changes.
-async fn carry(mut client: TcpStream, mode: PathMode, mut control: watch::Receiver<PathMode>, target: SocketAddr) {
+async fn carry(
+    mut client: TcpStream,
+    mode: PathMode,
+    mut control: watch::Receiver<PathMode>,
+    target: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) {
     match mode {
         PathMode::Open => {
-            let Ok(mut server) = TcpStream::connect(target).await else { return };
+            let connected = match source {
+                None => TcpStream::connect(target).await,
+                Some(ip) => async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(target).await
+                }
+                .await,
+            };
+            let Ok(mut server) = connected else { return };
             let _ = server.set_nodelay(true);
             let _ = client.set_nodelay(true);
             tokio::select! {
@@ -436,7 +464,8 @@ impl Default for Settings {
 
 /// A coordinator, one agent per region of [`REGIONS`] each behind its own
 /// proxies, and three alert receivers: `pager` (outages), `tickets`
-/// (regional, performance, authentication, certificate) and `watch`
+/// (regional, performance, authentication, certificate, placement,
+/// reputation) and `watch`
 /// (coverage and clock: the monitor's own blindness).
 pub struct RegionCluster {
     // Field order is drop order: agents and coordinator die before the
@@ -496,7 +525,7 @@ impl RegionCluster {
         let mut c = check.clone();
         c.check_extra.extend(settings.check_extra.iter().cloned());
         let check_table = check_table(&c, &settings.interval);
-        let tickets_kinds = r#"["regional", "performance", "authentication", "certificate"]"#;
+        let tickets_kinds = r#"["regional", "performance", "authentication", "certificate", "placement", "reputation"]"#;
         let baselines = if settings.baselines.is_empty() {
             String::new()
         } else {

@@ -183,7 +183,7 @@ const DOCUMENTED_FIELDS: &[&str] = &[
     "auth.from_domain", "auth.alignment", "auth.alignment.dkim", "auth.alignment.spf", "auth.authserv_id",
     "auth.own_dkim", "auth.raw", "auth.ignored", "auth.warning", "hops", "hops[].from", "hops[].by", "hops[].with",
     "hops[].tls", "hops[].at", "hops[].delay_ms", "hops[].note", "spf", "spf.domain", "spf.lookups",
-    "spf.void_lookups", "spf.limit", "spf.chain", "spf.error",
+    "spf.void_lookups", "spf.limit", "spf.chain", "spf.error", "placement", "placement_folder", "spam", "reputation",
 ];
 
 /// Whether `path` exists in `v` (null counts); for `a[]`, in every element.

@@ -137,3 +137,45 @@ async fn with_junk_watching_off_a_junk_filed_probe_is_not_delivered() {
     }
     junk.clear();
 }
+
+#[tokio::test]
+async fn blocklist_lookups_decode_listings_and_reasons_through_the_stacks_dns() {
+    let mut c = check("blocklists", &[]);
+    c.check_extra.push(
+        "blocklists = { dnsbl = [\"dnsbl.test\"], dbl = [\"dbl.test\"], addresses = [\"127.0.0.2\", \"127.0.0.3\"], \
+         domains = [\"listed.test\", \"sender.test\"], interval = \"1s\" }"
+            .into(),
+    );
+    let r = c.probe().await;
+    assert_eq!(r.outcome, Outcome::Ok, "a listing is a reputation finding, not a degraded delivery: {r:#?}");
+    let rep = r.reputation.as_ref().expect("a reputation section");
+    assert_eq!(rep.address_source.as_deref(), Some("config"));
+    let find = |name: &str| {
+        rep.lookups.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no lookup of {name}: {rep:#?}"))
+    };
+    let test_point = find("127.0.0.2");
+    assert_eq!((test_point.zone.as_str(), test_point.listed), ("dnsbl.test", true), "{test_point:?}");
+    assert_eq!(test_point.codes, ["127.0.0.2"]);
+    assert_eq!(test_point.lists, ["listed"]);
+    assert!(test_point.reason.as_deref().unwrap_or("").contains("DNSBL test point"), "{test_point:?}");
+    let clean = find("127.0.0.3");
+    assert!(!clean.listed && clean.codes.is_empty() && clean.error.is_none(), "{clean:?}");
+    let domain = find("listed.test");
+    assert_eq!((domain.zone.as_str(), domain.listed, domain.codes.clone()), ("dbl.test", true, vec!["127.0.1.2".to_string()]));
+    assert!(!find("sender.test").listed);
+    assert_eq!(rep.lookups.len(), 4, "two addresses in one zone, two domains in the other: {rep:#?}");
+}
+
+#[tokio::test]
+async fn without_configured_addresses_the_one_that_entered_the_receiver_is_looked_up() {
+    let mut c = check("blocklists-learned", &[]);
+    c.check_extra.push("blocklists = { dnsbl = [\"dnsbl.test\"], interval = \"1s\" }".into());
+    let r = c.probe().await;
+    let rep = r.reputation.as_ref().expect("a reputation section");
+    assert_eq!(rep.address_source.as_deref(), Some("received"), "{rep:#?}");
+    // the stack's relay enters its MX hop from 127.0.0.1
+    assert_eq!(rep.addresses, ["127.0.0.1"], "{:#?}", r.hops);
+    assert_eq!(rep.domains, [Stack::get().var("MAILSTACK_SENDER_DOMAIN")], "the from domain by default");
+    assert_eq!(rep.lookups.len(), 1, "no dbl zone: no domain lookup");
+    assert_eq!(rep.lookups[0].zone, "dnsbl.test");
+}

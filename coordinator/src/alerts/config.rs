@@ -453,6 +453,8 @@ impl Reader<'_> {
                 ("certificate", IncidentKind::Certificate),
                 ("coverage", IncidentKind::Coverage),
                 ("clock", IncidentKind::Clock),
+                ("placement", IncidentKind::Placement),
+                ("reputation", IncidentKind::Reputation),
             ],
         )
     }

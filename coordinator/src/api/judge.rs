@@ -123,7 +123,7 @@ async fn incidents(State(state): State<ApiState>, Query(p): Query<IncidentParams
             parse_enum::<IncidentKind>(
                 "kind",
                 k,
-                "outage, regional, performance, authentication, certificate, coverage, clock",
+                "outage, regional, performance, authentication, certificate, coverage, clock, placement, reputation",
             )
         })
         .transpose()?;

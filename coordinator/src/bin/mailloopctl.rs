@@ -1327,7 +1327,8 @@ enum IncidentsCmd {
         /// open, acknowledged, resolved, or active (open or acknowledged).
         #[arg(long)]
         state: Option<String>,
-        /// outage, regional, performance, authentication, certificate, coverage or clock.
+        /// outage, regional, performance, authentication, certificate, coverage, clock,
+        /// placement or reputation.
         #[arg(long)]
         kind: Option<String>,
         #[arg(long)]

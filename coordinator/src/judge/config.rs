@@ -41,6 +41,7 @@ impl Default for JudgeSettings {
                 coverage_severity: Severity::Warning,
                 clock_skew_max: Duration::from_secs(30),
                 clock_severity: Severity::Warning,
+                placement_rounds: 2,
             },
             round_slack: Duration::from_secs(10),
         }
@@ -122,6 +123,11 @@ impl JudgeSettings {
                 severity_name(n.clock_severity).to_string(),
             ),
             (
+                "incidents.placement_rounds",
+                o.placement_rounds.to_string(),
+                n.placement_rounds.to_string(),
+            ),
+            (
                 "baselines.window",
                 ob.window.to_string(),
                 nb.window.to_string(),
@@ -191,6 +197,7 @@ pub fn parse(
             issues,
         );
         t.severity("clock_severity", &mut p.clock_severity, issues);
+        t.rounds("placement_rounds", &mut p.placement_rounds, issues);
         t.finish(issues);
     }
     if let Some(mut t) = Keys::new("baselines", baselines, issues) {

@@ -49,6 +49,7 @@
 //!   or disconnected. Resolved by the first round the region reports again.
 //!   Independent of the verdict: `unknown` is never counted as up, and a
 //!   round that is `up` without a region still leaves that region blind.
+//! - **placement** and **reputation**: see `incident/placement.rs`.
 //! - **clock** (`clock_severity`, warning by default; key = the region):
 //!   the agent that reported for a region has a clock off by more than
 //!   `clock_skew` (measured by the coordinator from the timestamp the agent
@@ -69,6 +70,8 @@ use super::summary::{self, Drift};
 use super::verdict::is_hard;
 use mailloop_common::alignment::Alignment;
 use std::collections::{BTreeMap, BTreeSet};
+
+mod placement;
 
 /// Most timeline entries an incident gets from the judge.
 pub const TIMELINE_CAP: usize = 32;
@@ -116,6 +119,8 @@ pub struct IncidentBook {
     /// Per region: `missing` rounds in a row, and what the last one said of
     /// the agents (connected count), to update the summary when it changes.
     blind: BTreeMap<String, (u32, Option<u32>)>,
+    /// Streaks of the placement and reputation rules.
+    placement: placement::PlacementState,
 }
 
 fn entry(v: &Verdict, event: &str, note: String) -> TimelineEntry {
@@ -183,6 +188,8 @@ impl IncidentBook {
         self.certificates(v, cert_min_days, &mut changes);
         self.coverage(v, policy, &mut changes);
         self.clock(v, policy, &mut changes);
+        self.placement(v, policy, &mut changes);
+        self.reputation(v, policy, &mut changes);
         if matches!(v.verdict, VerdictKind::Up | VerdictKind::Degraded) {
             self.last_good_ms = Some(v.round_start_ms);
         }
@@ -466,7 +473,20 @@ impl IncidentBook {
 
     fn performance(&mut self, v: &Verdict, policy: &Policy, changes: &mut Vec<IncidentChange>) {
         let kind = IncidentKind::Performance;
-        match v.verdict {
+        // A round degraded only because probes landed in junk is the
+        // placement rule's, not a performance problem.
+        let verdict = match v.verdict {
+            VerdictKind::Degraded
+                if v.regions
+                    .iter()
+                    .filter(|e| e.state == RegionState::Degraded)
+                    .all(placement::junk_only) =>
+            {
+                VerdictKind::Up
+            }
+            other => other,
+        };
+        match verdict {
             VerdictKind::Unknown => {}
             VerdictKind::Degraded => {
                 let s = &mut self.degraded;
@@ -482,7 +502,7 @@ impl IncidentBook {
                 let degraded: Vec<&RegionEvidence> = v
                     .regions
                     .iter()
-                    .filter(|e| e.state == RegionState::Degraded)
+                    .filter(|e| e.state == RegionState::Degraded && !placement::junk_only(e))
                     .collect();
                 let names: Vec<String> = degraded.iter().map(|e| e.region.clone()).collect();
                 let sig = degraded

@@ -94,7 +94,24 @@ pub struct RegionEvidence {
     /// measured (null: not measured).
     #[serde(default)]
     pub clock_skew_ms: Option<i64>,
+    /// Where the delivered probe was found: `inbox` or `junk` (null: not
+    /// found, or an agent that does not report it).
+    #[serde(default)]
+    pub placement: Option<String>,
+    /// The junk folder's name, for a `junk` placement.
+    #[serde(default)]
+    pub placement_folder: Option<String>,
+    /// The receiver's spam verdict on the probe (at most
+    /// [`EVIDENCE_RULES`] rule names kept), the placement incident's evidence.
+    #[serde(default)]
+    pub spam: Option<mailloop_common::spam::SpamReport>,
+    /// The blocklist lookups of the sending path (null: none configured).
+    #[serde(default)]
+    pub reputation: Option<mailloop_common::reputation::ReputationReport>,
 }
+
+/// Most spam rule names a region's evidence keeps.
+pub const EVIDENCE_RULES: usize = 10;
 
 /// What the coordinator knows about one agent of a region when it decides
 /// a round: the judge's window on the agents (it has no clock of its own).
@@ -223,6 +240,9 @@ pub struct Policy {
     /// Clock: an agent whose clock is off by more than this opens a clock incident.
     pub clock_skew_max: Duration,
     pub clock_severity: Severity,
+    /// Rounds in a row with a region's probe in a junk folder that open a
+    /// placement incident.
+    pub placement_rounds: u32,
 }
 
 /// Learned baselines: robust rolling median and MAD per check × region × step.
@@ -266,11 +286,15 @@ pub enum IncidentKind {
     Coverage,
     /// An agent's clock is off by more than `clock_skew`.
     Clock,
+    /// The probe lands in a junk folder (in some regions or all).
+    Placement,
+    /// The sending path's address or domain is on a blocklist.
+    Reputation,
 }
 
 impl IncidentKind {
     /// Every kind, in the order the API and docs list them.
-    pub const ALL: [IncidentKind; 7] = [
+    pub const ALL: [IncidentKind; 9] = [
         IncidentKind::Outage,
         IncidentKind::Regional,
         IncidentKind::Performance,
@@ -278,6 +302,8 @@ impl IncidentKind {
         IncidentKind::Certificate,
         IncidentKind::Coverage,
         IncidentKind::Clock,
+        IncidentKind::Placement,
+        IncidentKind::Reputation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -289,6 +315,8 @@ impl IncidentKind {
             IncidentKind::Certificate => "certificate",
             IncidentKind::Coverage => "coverage",
             IncidentKind::Clock => "clock",
+            IncidentKind::Placement => "placement",
+            IncidentKind::Reputation => "reputation",
         }
     }
 }

@@ -90,6 +90,10 @@ pub fn region_evidence(
             detail: None,
             agents_connected: None,
             clock_skew_ms: None,
+            placement: None,
+            placement_folder: None,
+            spam: None,
+            reputation: None,
         };
     };
     let r = &rr.report;
@@ -113,6 +117,13 @@ pub fn region_evidence(
         detail: None,
         agents_connected: None,
         clock_skew_ms: None,
+        placement: r.placement.clone(),
+        placement_folder: r.placement_folder.clone(),
+        spam: r.spam.clone().map(|mut s| {
+            s.rules.truncate(super::model::EVIDENCE_RULES);
+            s
+        }),
+        reputation: r.reputation.clone(),
     };
     match (r.outcome, &r.failure) {
         (Outcome::Failed, Some(f)) if f.class.is_transient() => {
