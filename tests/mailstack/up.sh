@@ -557,6 +557,12 @@ Syslog                  yes
 SyslogSuccess           yes
 LogWhy                  yes
 Background              yes
+# A filter that dies takes every message of its ports with it (Postfix
+# answers 451 4.7.1 "Service unavailable" while milter_default_action is
+# tempfail), so a crash is restarted by the filter's own parent and logged
+# ("automatic restart"); more than 10 a minute and it gives up.
+AutoRestart             yes
+AutoRestartRate         10/1m
 UserID                  opendkim:opendkim
 UMask                   000
 Socket                  local:$MS_RUN/opendkim/opendkim.sock
@@ -587,6 +593,9 @@ write_file opendmarc "$MS_ETC/opendmarc.conf" <<EOF
 Syslog                  true
 SyslogFacility          mail
 Background              true
+# Restarted by its own parent when it dies, as OpenDKIM above.
+AutoRestart             true
+AutoRestartRate         10/1m
 UserID                  opendmarc:opendmarc
 UMask                   000
 Socket                  local:$MS_RUN/opendmarc/opendmarc.sock
