@@ -51,13 +51,19 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `within`
 /// naming `what` (and the last value seen, via `f`'s own message).
+///
+/// `within` is stretched by [`crate::patience`]; the panic message says how
+/// the mail stack is doing, so a dead fixture is not mistaken for a bug.
 pub fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let within = crate::patience(within);
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}\n{}", crate::stack_health());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -63,6 +63,73 @@ impl Stack {
     pub fn mailbox(&self, test: &str) -> String {
         format!("t-{test}@{}", self.var("MAILSTACK_RCPT_DOMAIN"))
     }
+
+    /// What is wrong with the stack right now, in words, for a test that
+    /// timed out waiting on it: every listener that refuses a connection
+    /// (the milters' sockets included: a dead milter makes Postfix answer
+    /// `451 4.7.1 Service unavailable` to every message), and the newest
+    /// warnings of Postfix and of the milters' syslog. Empty when every
+    /// listener answers and nothing was logged.
+    pub fn health(&self) -> String {
+        use std::os::unix::net::UnixStream;
+        let mut out = Vec::new();
+        let host = self.var("MAILSTACK_HOST");
+        for (key, v) in self.vars.iter().filter(|(k, _)| k.starts_with("MAILSTACK_PORT_")) {
+            let addr = format!("{host}:{v}");
+            let ok = addr.parse().is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok());
+            if !ok {
+                out.push(format!("{key} {addr}: connection refused"));
+            }
+        }
+        let run = Path::new(self.var("MAILSTACK_STATE")).join("run");
+        for milter in ["opendkim/opendkim.sock", "opendmarc/opendmarc.sock", "spamass/spamass.sock"] {
+            if let Err(e) = UnixStream::connect(run.join(milter)) {
+                out.push(format!("milter {milter}: {e}"));
+            }
+        }
+        let tail = |key: &str, words: &[&str], n: usize| -> Vec<String> {
+            let text = self.vars.get(key).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+            // Greylisting's 451s are the stack working as designed.
+            let hits: Vec<&str> =
+                text.lines().filter(|l| words.iter().any(|w| l.contains(w)) && !l.contains("Greylisted")).collect();
+            hits[hits.len().saturating_sub(n)..].iter().map(|l| format!("  {l}")).collect()
+        };
+        let postfix = tail("MAILSTACK_POSTFIX_LOG", &["warning:", "error:", "fatal:", "panic:", " 451 "], 12);
+        if !postfix.is_empty() {
+            out.push("newest Postfix warnings:".into());
+            out.extend(postfix);
+        }
+        let milters = tail("MAILSTACK_SYSLOG_LOG", &["restart", "error", "failed", "unavailable", "exited", "signal"], 12);
+        if !milters.is_empty() {
+            out.push("newest milter errors (syslog):".into());
+            out.extend(milters);
+        }
+        out.join("\n")
+    }
+}
+
+/// How many times longer than its nominal deadline a test waits for the
+/// stack or a cluster before it gives up (`MAILLOOP_TEST_PATIENCE`,
+/// default 3). The deadlines only detect a failure: a passing test never
+/// waits them out, and a machine loaded by a parallel build must not turn
+/// a slow pass into a failure.
+pub fn patience(nominal: std::time::Duration) -> std::time::Duration {
+    let factor: u32 = std::env::var("MAILLOOP_TEST_PATIENCE").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    nominal * factor
+}
+
+/// [`Stack::health`] when a stack is described where the tests look for
+/// it, without panicking when none is (for messages of failing waits).
+pub fn stack_health() -> String {
+    let described = std::env::var("MAILSTACK_ENV")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("MAILSTACK_STATE").map(|s| Path::new(&s).join("stack.env")))
+        .unwrap_or_else(|_| PathBuf::from(DEFAULT_ENV));
+    if !described.exists() {
+        return String::new();
+    }
+    let h = Stack::get().health();
+    if h.is_empty() { "the mail stack: every listener answers, no warnings logged".into() } else { format!("the mail stack:\n{h}") }
 }
 
 /// Builds a probe config for the stack; every knob a test turns is a method.

@@ -761,7 +761,7 @@ pub fn describe(verdicts: &[Value]) -> String {
 /// Like [`crate::cluster::wait_until`], but None at the deadline, so the
 /// caller can say what it saw.
 pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
+    let deadline = Instant::now() + crate::patience(within);
     loop {
         if let Some(v) = f() {
             return Some(v);

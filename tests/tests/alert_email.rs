@@ -128,7 +128,7 @@ fn messages(user: &str) -> Vec<String> {
 
 /// Polls the mailbox until a message with `subject` arrives.
 async fn wait_for(user: &str, subject: &str) -> String {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + mailloop_tests::patience(WAIT);
     loop {
         let owned = user.to_string();
         let found = tokio::task::spawn_blocking(move || messages(&owned))
@@ -150,7 +150,7 @@ fn status(alerts: &Alerts) -> Value {
 }
 
 async fn status_until(alerts: &Alerts, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + mailloop_tests::patience(WAIT);
     loop {
         let s = status(alerts);
         if cond(&s) {
@@ -279,7 +279,7 @@ async fn sasl_method_of(msg: &str) -> String {
         .trim()
         .to_string();
     let log_path = Stack::get().var("MAILSTACK_POSTFIX_LOG").to_string();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + mailloop_tests::patience(WAIT);
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let queue_ids: Vec<&str> = log

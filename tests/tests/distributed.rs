@@ -55,7 +55,7 @@ fn assert_ok_with_timings(r: &Value) {
 fn assert_stored_exactly_once(c: &Cluster, check: &str) -> Vec<Value> {
     let ran = c.probe_log(check);
     assert!(!ran.is_empty());
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + mailloop_tests::patience(DEADLINE);
     let stored = loop {
         let stored = c.coordinator.results(check);
         let ids: HashSet<&str> = stored.iter().map(|r| r["probe_id"].as_str().unwrap()).collect();

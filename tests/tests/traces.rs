@@ -39,7 +39,7 @@ struct Got {
 impl Received {
     /// Every span of `trace_id` (hex), once `want` of them have arrived.
     fn trace(&self, trace_id: &str, want: usize) -> Vec<Got> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + mailloop_tests::patience(Duration::from_secs(30));
         loop {
             let spans = self.spans(trace_id);
             if spans.len() >= want || Instant::now() > deadline {
