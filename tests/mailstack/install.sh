@@ -28,6 +28,8 @@ PACKAGES=(
   libmail-imapclient-perl libnet-smtp-tls-perl libnet-smtp-ssl-perl
   libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
   openssl python3 iproute2 procps util-linux ca-certificates
+  # ub_config_lock.c, preloaded into OpenDKIM (see there), is built by up.sh
+  gcc libc6-dev diffutils
   prometheus
   postgresql
   # The OAuth2 identity provider of tests/tests/oauth2.rs (oauth2_idp.py, run

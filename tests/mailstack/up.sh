@@ -67,7 +67,7 @@ elapsed() { echo "$(((${EPOCHREALTIME/./} - T0) / 1000)) ms"; }
 [[ $EUID -eq 0 ]] || die "must run as root"
 [[ $GREY_DELAY =~ ^[0-9]+$ ]] || die "MAILSTACK_GREY_DELAY must be an integer (seconds)"
 for cmd in postfix postconf dovecot doveconf opendkim opendmarc postgrey dnsmasq \
-  spamd spamc spamass-milter sievec setpriv openssl unshare mount ss setsid flock /usr/bin/policyd-spf; do
+  spamd spamc spamass-milter sievec setpriv openssl unshare mount ss setsid flock gcc cmp /usr/bin/policyd-spf; do
   command -v "$cmd" >/dev/null || die "'$cmd' not found - run tests/mailstack/install.sh first"
 done
 [[ -x $MS_EXIM ]] || die "'$MS_EXIM' (Exim, unpacked from its .deb) not found - run tests/mailstack/install.sh first"
@@ -581,6 +581,20 @@ ResolverConfiguration   $MS_ETC/unbound.conf
 # key marker (a new key restarts opendkim): ${DKIM_PUB: -24}
 EOF
 
+# OpenDKIM loads ResolverConfiguration into a new libunbound context for
+# every message, and libunbound's config parser is not thread-safe: under
+# parallel submissions the filter segfaulted or tempfailed everything (see
+# ub_config_lock.c). A preloaded mutex serialises those parses.
+UB_LOCK=$S/lib/ub_config_lock.so
+mkdir_as "$S/lib" root:root 755
+if [[ ! -s $UB_LOCK ]] || ! cmp -s "$HERE/ub_config_lock.c" "$S/lib/ub_config_lock.c"; then
+  gcc -shared -fPIC -O2 -Wall -o "$UB_LOCK.new" "$HERE/ub_config_lock.c" -ldl -lpthread \
+    || die "cannot build $UB_LOCK (gcc and libc6-dev: run tests/mailstack/install.sh)"
+  cp "$HERE/ub_config_lock.c" "$S/lib/ub_config_lock.c"
+  mv -f "$UB_LOCK.new" "$UB_LOCK"
+  CHANGED[opendkim]=1
+fi
+
 # ---------------------------------------------------------------------------
 # OpenDMARC: reads the SPF (policyd-spf) and DKIM (OpenDKIM) results from
 # Authentication-Results headers with our authserv-id. Loopback is ignored
@@ -1052,7 +1066,7 @@ start_dnsmasq() {
 }
 start_opendkim() {
   rm -f "$MS_RUN/opendkim/opendkim.sock" "$MS_RUN/opendkim/opendkim.pid"
-  run_in_ns opendkim -x "$MS_ETC/opendkim.conf" </dev/null >>"$DAEMONS_OUT" 2>&1 9>&-
+  run_in_ns env LD_PRELOAD="$UB_LOCK" opendkim -x "$MS_ETC/opendkim.conf" </dev/null >>"$DAEMONS_OUT" 2>&1 9>&-
 }
 start_opendmarc() {
   rm -f "$MS_RUN/opendmarc/opendmarc.sock" "$MS_RUN/opendmarc/opendmarc.pid"
