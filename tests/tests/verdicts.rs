@@ -199,9 +199,15 @@ fn greylisting_on_the_path_is_deferred_then_up_and_no_incident() {
             }
         }
     }
+    // A round whose every report came in after the judge closed it is
+    // `unknown` (no data; on a loaded machine the first delivered round
+    // trips after the greylisting can be that late): never up, never down.
+    let late = |v: &Value| {
+        v["verdict"] == "unknown" && v["regions"].as_array().unwrap().iter().all(|r| r["state"] == "missing" || r["state"] == "ok")
+    };
     let first_up_at = all.iter().position(|v| v["verdict"] == "up").unwrap();
     assert!(
-        all[..first_up_at].iter().all(|v| v["verdict"] == "deferred" || v["verdict"] == "up"),
+        all[..first_up_at].iter().all(|v| v["verdict"] == "deferred" || v["verdict"] == "up" || late(v)),
         "{}",
         describe(&all)
     );
@@ -209,12 +215,12 @@ fn greylisting_on_the_path_is_deferred_then_up_and_no_incident() {
     // over a threshold on the busy shared machine is not a failure and not
     // an incident (one such round was seen in another test).
     assert!(
-        all[first_up_at..].iter().all(|v| v["verdict"] == "up" || v["verdict"] == "degraded"),
+        all[first_up_at..].iter().all(|v| v["verdict"] == "up" || v["verdict"] == "degraded" || late(v)),
         "up once delivered:\n{}",
         describe(&all)
     );
     assert!(
-        all.iter().all(|v| !matches!(v["verdict"].as_str(), Some("down" | "transit" | "unknown"))),
+        all.iter().all(|v| !matches!(v["verdict"].as_str(), Some("down" | "transit")) && (v["verdict"] != "unknown" || late(v))),
         "{}",
         describe(&all)
     );
