@@ -534,11 +534,12 @@ def main():
         P(f"{label:<{w}} {fmt(s['wall_ms']):>25} {fmt(s['cpu_ms']):>22} {gt:>11}"
           f" {fmt(s['rss_kb'], 1 / 1024):>19}  {len(good[k])}/{len(by[k])}")
     P("")
-    P(f"{'peer / mailloop':<{w}} {'wall':>8} {'CPU':>8} {'peak RSS':>9}   (ratios of the medians)")
-    for k, label in variants[1:]:
-        r = [ratio(med(k, f), med("mailloop", f)) for f in ("wall_ms", "cpu_ms", "rss_kb")]
-        P(f"{label:<{w}} " + " ".join(f"{('n/a' if x is None else f'{x:.1f}x'):>{n}}" for x, n in zip(r, (8, 8, 9))))
-    P("")
+    if variants[1:]:
+        P(f"{'peer / mailloop':<{w}} {'wall':>8} {'CPU':>8} {'peak RSS':>9}   (ratios of the medians)")
+        for k, label in variants[1:]:
+            r = [ratio(med(k, f), med("mailloop", f)) for f in ("wall_ms", "cpu_ms", "rss_kb")]
+            P(f"{label:<{w}} " + " ".join(f"{('n/a' if x is None else f'{x:.1f}x'):>{n}}" for x, n in zip(r, (8, 8, 9))))
+        P("")
     P("mailloop's own figures, ms: median (min..max)")
     rows = [
         ("rtt_ms          smtp.connect start -> probe found", M["rtt_ms"]),
