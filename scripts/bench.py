@@ -18,7 +18,9 @@ junk-filed probe is noticed.
 
 Usage: bench.py STACK_ENV   (called by scripts/bench.sh; python3 stdlib only)
 Environment: BENCH_RUNS (default 10), BENCH_MAX_SECONDS (total budget,
-default 60 s per round), MAILLOOP_BIN, BENCH_PEER.
+default 60 s per round), MAILLOOP_BIN, BENCH_PEER, BENCH_ONLY=placement
+(mailloop's three runs only - INBOX + Junk, INBOX only, GTUBE to Junk -
+without the peer, which then need not be installed).
 """
 
 import datetime as dt
@@ -353,14 +355,18 @@ def main():
     if runs < 1:
         die("BENCH_RUNS must be at least 1", 3)
     budget = float(os.environ.get("BENCH_MAX_SECONDS", str(60 * (runs + 1))))
+    only = os.environ.get("BENCH_ONLY", "")
+    if only not in ("", "placement"):
+        die(f"BENCH_ONLY={only!r}: the only part that runs alone is 'placement'", 3)
+    variants = VARIANTS[:1] if only == "placement" else VARIANTS
     ml_bin = os.environ.get("MAILLOOP_BIN", os.path.join(REPO, "target", "release", "mailloop-agent"))
     peer = os.environ.get("BENCH_PEER", "/usr/lib/nagios/plugins/check_email_delivery")
     if not os.access(ml_bin, os.X_OK):
         die(f"{ml_bin} not found: build it first (cargo build --release -p mailloop-agent)")
-    if not os.access(peer, os.X_OK):
+    if only != "placement" and not os.access(peer, os.X_OK):
         die(f"peer {peer} not found: apt-get install monitoring-plugins-contrib")
     for sub in ("check_smtp_send", "check_imap_receive"):
-        if not os.access(os.path.join(os.path.dirname(peer), sub), os.X_OK):
+        if only != "placement" and not os.access(os.path.join(os.path.dirname(peer), sub), os.X_OK):
             die(f"peer helper {sub} missing next to {peer}: reinstall monitoring-plugins-contrib")
     if not os.access(GNU_TIME, os.X_OK):
         die(f"{GNU_TIME} not found: apt-get install time")
@@ -415,7 +421,7 @@ def main():
         for rnd in range(runs + 1):
             warm = rnd == 0
             line = [f"  {'warm-up' if warm else f'run {rnd:2d}/{runs}'}:"]
-            for key, _label in VARIANTS:
+            for key, _label in variants:
                 cmd, cenv, tmo = cmds[key]
                 rec = {"variant": key, "round": rnd, "warmup": warm}
                 if key != "mailloop":
@@ -467,7 +473,7 @@ def main():
 
     # ---- figures -------------------------------------------------------
     counted = [r for r in records if not r["warmup"]]
-    by = {k: [r for r in counted if r["variant"] == k] for k, _ in VARIANTS}
+    by = {k: [r for r in counted if r["variant"] == k] for k, _ in variants}
     good = {k: [r for r in v if r["ok"]] for k, v in by.items()}
     S = {}
     for k, rs in good.items():
@@ -499,7 +505,7 @@ def main():
             "n": len(rs),
         }
     ovh = statistics.median(overhead)
-    med = lambda k, f: S[k][f]["median"] if S[k][f] else None
+    med = lambda k, f: S[k][f]["median"] if k in S and S[k][f] else None
 
     # ---- table -----------------------------------------------------------
     P = print
@@ -513,23 +519,27 @@ def main():
         P("  note: the machine was busy with other work: CPU and wall times inflate under contention (for both")
         P("  tools, hence the interleaving); rerun on an idle machine for figures to quote")
     P(f"  mailloop             {os.path.relpath(ml_bin, REPO) if ml_bin.startswith(REPO) else ml_bin} probe --output json ({git or 'no git'})")
-    P(f"  peer                 {peer} (monitoring-plugins-contrib), SSL_CERT_FILE=<stack CA>")
-    P("  peer, defaults       --wait 5 s before its first IMAP look, then every 5 s (--imap-check-interval)")
-    P("  peer, shortest waits --wait 1 --imap-check-interval 1 --hires")
+    if only == "placement":
+        P("  peer                 not run (BENCH_ONLY=placement)")
+    else:
+        P(f"  peer                 {peer} (monitoring-plugins-contrib), SSL_CERT_FILE=<stack CA>")
+        P("  peer, defaults       --wait 5 s before its first IMAP look, then every 5 s (--imap-check-interval)")
+        P("  peer, shortest waits --wait 1 --imap-check-interval 1 --hires")
     P("")
     w = 22
     P(f"{'median (min..max)':<{w}} {'wall ms':>25} {'CPU ms':>22} {'(GNU time)':>11} {'peak RSS MiB':>19}  ok")
-    for k, label in VARIANTS:
+    for k, label in variants:
         s = S[k]
         gt = f"{S[k]['time_cpu_ms']['median']:.0f}" if S[k]["time_cpu_ms"] else "n/a"
         P(f"{label:<{w}} {fmt(s['wall_ms']):>25} {fmt(s['cpu_ms']):>22} {gt:>11}"
           f" {fmt(s['rss_kb'], 1 / 1024):>19}  {len(good[k])}/{len(by[k])}")
     P("")
-    P(f"{'peer / mailloop':<{w}} {'wall':>8} {'CPU':>8} {'peak RSS':>9}   (ratios of the medians)")
-    for k, label in VARIANTS[1:]:
-        r = [ratio(med(k, f), med("mailloop", f)) for f in ("wall_ms", "cpu_ms", "rss_kb")]
-        P(f"{label:<{w}} " + " ".join(f"{('n/a' if x is None else f'{x:.1f}x'):>{n}}" for x, n in zip(r, (8, 8, 9))))
-    P("")
+    if variants[1:]:
+        P(f"{'peer / mailloop':<{w}} {'wall':>8} {'CPU':>8} {'peak RSS':>9}   (ratios of the medians)")
+        for k, label in variants[1:]:
+            r = [ratio(med(k, f), med("mailloop", f)) for f in ("wall_ms", "cpu_ms", "rss_kb")]
+            P(f"{label:<{w}} " + " ".join(f"{('n/a' if x is None else f'{x:.1f}x'):>{n}}" for x, n in zip(r, (8, 8, 9))))
+        P("")
     P("mailloop's own figures, ms: median (min..max)")
     rows = [
         ("rtt_ms          smtp.connect start -> probe found", M["rtt_ms"]),
@@ -575,7 +585,8 @@ def main():
              for k in ("peer_default", "peer_fast")]
     have = [x for x in cpu_r if x is not None]
     if not have:
-        goal(None, "CPU per round trip >= 10x less than the peer (aim 25x): no successful peer run to compare")
+        why = "the peer was not run (BENCH_ONLY=placement)" if only == "placement" else "no successful peer run to compare"
+        goal(None, f"CPU per round trip >= 10x less than the peer (aim 25x): {why}")
     else:
         worst = min(have)
         show = lambda xs: " / ".join("n/a" if x is None else f"{x:.1f}x" for x in xs)
@@ -660,7 +671,7 @@ def main():
     out_path = os.path.join(outdir, f"bench-{stamp}.json")
     secret = lambda a: "<password>" if a in (env["MAILSTACK_IMAP_PASS"], env["MAILSTACK_SMTP_PASS"]) else a
     doc = {
-        "started_at": started.isoformat(), "duration_s": total_s, "runs": runs, "git": git,
+        "started_at": started.isoformat(), "duration_s": total_s, "runs": runs, "only": only or None, "git": git,
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "stack": {"host": host, "submission_port": int(sub_port), "imaps_port": int(imaps_port), "dovecot_log_zone": tz_note},
         "commands": {

@@ -21,7 +21,10 @@
 # run each is not counted), BENCH_MAX_SECONDS (total budget, default 60 s per
 # round), MAILLOOP_BIN (default target/release/mailloop-agent), BENCH_PEER
 # (default /usr/lib/nagios/plugins/check_email_delivery), BENCH_LOAD=0 (skip
-# part 2), BENCH_LOAD_ARGS (extra mailloop-loadgen arguments; see its --help).
+# part 2), BENCH_LOAD_ARGS (extra mailloop-loadgen arguments; see its --help),
+# BENCH_ONLY=placement (only mailloop's placement runs of part 1 - INBOX +
+# Junk, INBOX only, a GTUBE probe filed to Junk -, no peer, no part 2:
+#   BENCH_ONLY=placement bash scripts/bench.sh STACK_ENV).
 #
 # Exit status: 0 done; 1 setup problem (stack down, peer or tool missing) or
 # the time budget ran out; 2 a mailloop run did not end ok. A failed peer run
@@ -37,7 +40,11 @@ command -v python3 >/dev/null || fail "python3 not found"
 time_version=$(/usr/bin/time --version 2>&1 || true)
 [[ $time_version == *GNU* ]] || fail "GNU time not found at /usr/bin/time (apt-get install time)"
 peer=${BENCH_PEER:-/usr/lib/nagios/plugins/check_email_delivery}
-[[ -x $peer ]] || fail "the peer $peer is missing (apt-get install monitoring-plugins-contrib)"
+if [[ ${BENCH_ONLY:-} == placement ]]; then
+  export BENCH_LOAD=0
+else
+  [[ -x $peer ]] || fail "the peer $peer is missing (apt-get install monitoring-plugins-contrib)"
+fi
 bin=${MAILLOOP_BIN:-target/release/mailloop-agent}
 [[ -x $bin ]] || fail "$bin not found: run 'cargo build --release -p mailloop-agent' (make release)"
 

@@ -50,7 +50,10 @@ fn header_values<'a>(msg: &'a mail_parser::Message<'a>, name: &str) -> Vec<&'a s
 pub async fn inspect(check: &CheckConfig, raw: &[u8], dns: Option<&Dns>, sent_at: chrono::DateTime<chrono::Utc>) -> Inspection {
     let parsed = mail_parser::MessageParser::default().parse(raw);
     let spam_headers: Vec<(&str, Vec<&str>)> = match &parsed {
-        Some(msg) => mailloop_common::spam::HEADERS.iter().map(|n| (*n, header_values(msg, n))).collect(),
+        Some(msg) => {
+            let names = mailloop_common::spam::HEADERS.iter().chain(&mailloop_common::spam::MARKERS);
+            names.map(|n| (*n, header_values(msg, n))).collect()
+        }
         None => Vec::new(),
     };
     let (ar_values, received, from_domain) = match &parsed {

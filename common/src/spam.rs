@@ -1,7 +1,22 @@
 //! Spam verdicts a receiver wrote into the delivered probe: SpamAssassin
 //! (`X-Spam-Status`, `X-Spam-Score`, `X-Spam-Flag`), rspamd
-//! (`X-Spamd-Result`, `X-Rspamd-Score`, `X-Spam-Action`) and Microsoft
-//! (`X-Forefront-Antispam-Report`, `X-MS-Exchange-Organization-SCL`).
+//! (`X-Spamd-Result`, `X-Rspamd-Score`, `X-Spam-Action`, `X-Rspamd-Action`)
+//! and Microsoft (`X-Forefront-Antispam-Report`,
+//! `X-MS-Exchange-Organization-SCL`).
+//!
+//! **Whose `X-Spam-*` headers.** rspamd writes SpamAssassin's names too (its
+//! milter_headers `x-spam-status` routine: `Yes, score=6.09`, no
+//! `required=`; some setups add `X-Spam-Score`/`X-Spam-Flag`), so those three
+//! names are credited to rspamd when the message carries an rspamd header
+//! ([`MARKERS`], or one of rspamd's own verdict headers) and no
+//! `X-Spam-Checker-Version: SpamAssassin ...`; otherwise to SpamAssassin.
+//!
+//! **Spam or not.** Each filter's yes/no counts, and the probe is spam when
+//! any believed filter says so. rspamd's `default: True` means the action was
+//! `reject` (and `False` only that it was not: an `add header` message says
+//! `False` too), so `False` alone decides nothing; its action does (`no
+//! action` and `greylist` are ham, every other action spam, as rspamd's own
+//! `X-Spam-Status` routine decides).
 //!
 //! Pure and total: any input gives a [`SpamReport`] (unreadable parts are
 //! left out), never a panic. The values are untrusted text from the Internet.
@@ -18,17 +33,26 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The header names this module reads, lower case.
-pub const HEADERS: [&str; 8] = [
+/// The verdict header names this module reads, lower case.
+pub const HEADERS: [&str; 9] = [
     "x-spam-status",
     "x-spam-score",
     "x-spam-flag",
     "x-spamd-result",
     "x-rspamd-score",
     "x-spam-action",
+    "x-rspamd-action",
     "x-forefront-antispam-report",
     "x-ms-exchange-organization-scl",
 ];
+
+/// Headers that carry no verdict but say which filter wrote the shared
+/// `X-Spam-*` names (see the module docs); callers pass them along with
+/// [`HEADERS`]. Alone they make no report.
+pub const MARKERS: [&str; 4] = ["x-spam-checker-version", "x-rspamd-server", "x-rspamd-queue-id", "x-spamd-bar"];
+
+/// rspamd's own verdict headers: their presence also marks rspamd.
+const RSPAMD_VERDICTS: [&str; 4] = ["x-spamd-result", "x-rspamd-score", "x-spam-action", "x-rspamd-action"];
 
 /// How a junk placement's reason starts (`probe delivered to junk folder
 /// "Junk" (SpamAssassin ...)`): the judge tells it from other reasons by it.
@@ -42,10 +66,12 @@ const MAX_RULES: usize = 64;
 pub struct SpamReport {
     /// `spamassassin`, `rspamd`, `microsoft`: each filter whose headers were read.
     pub filters: Vec<String>,
-    /// The filter's yes/no (SpamAssassin `Yes`/`No`, `X-Spam-Flag`, rspamd
-    /// `[True]`/`[False]`, Microsoft SCL ≥ 5 or SFV:SPM).
+    /// The filters' yes/no, true when any says spam (SpamAssassin `Yes`/`No`,
+    /// `X-Spam-Flag`; rspamd's action, or `default: True` = reject;
+    /// Microsoft SFV, else SCL ≥ 5).
     pub is_spam: Option<bool>,
-    /// Score and the filter's spam threshold (SpamAssassin `required=`, rspamd `/ 15.00`).
+    /// Score and the filter's threshold: SpamAssassin `required=` (spam);
+    /// rspamd `[score / threshold]`, its **reject** threshold.
     pub score: Option<f64>,
     pub threshold: Option<f64>,
     /// rspamd's action (`no action`, `add header`, `reject`...).
@@ -75,6 +101,24 @@ pub fn summarize(headers: &[(&str, &str)], trusted: bool) -> Option<SpamReport> 
         trusted,
         ..SpamReport::default()
     };
+    let once = |name: &str| {
+        let mut vs = headers.iter().filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+        match (vs.next(), vs.next()) {
+            (Some(v), None) => Some(v),
+            _ => None,
+        }
+    };
+    let by_spamassassin = once("x-spam-checker-version").is_some_and(|v| {
+        v.trim_start()
+            .get(..12)
+            .is_some_and(|w| w.eq_ignore_ascii_case("spamassassin"))
+    });
+    let by_rspamd = MARKERS
+        .iter()
+        .filter(|n| **n != "x-spam-checker-version")
+        .chain(&RSPAMD_VERDICTS)
+        .any(|n| headers.iter().any(|(h, _)| h.trim().eq_ignore_ascii_case(n)));
+    let shared = if by_rspamd && !by_spamassassin { "rspamd" } else { "spamassassin" };
     let mut found = false;
     for name in HEADERS {
         let values: Vec<&str> = headers
@@ -86,7 +130,7 @@ pub fn summarize(headers: &[(&str, &str)], trusted: bool) -> Option<SpamReport> 
             [] => continue,
             [one] => {
                 found = true;
-                apply(&mut r, name, &unfold(one));
+                apply(&mut r, name, &unfold(one), shared);
             }
             many => {
                 found = true;
@@ -107,6 +151,11 @@ fn filter(r: &mut SpamReport, name: &str) {
     }
 }
 
+/// One filter's yes/no: spam wins over ham, whatever the order.
+fn vote(r: &mut SpamReport, spam: bool) {
+    r.is_spam = Some(spam || r.is_spam == Some(true));
+}
+
 fn number(s: &str) -> Option<f64> {
     let n: f64 = s.trim().parse().ok()?;
     n.is_finite().then_some(n)
@@ -123,20 +172,22 @@ fn add_rule(r: &mut SpamReport, rule: &str) {
     }
 }
 
-fn apply(r: &mut SpamReport, name: &str, v: &str) {
+/// `shared`: who wrote the SpamAssassin-named headers (see the module docs).
+fn apply(r: &mut SpamReport, name: &str, v: &str, shared: &str) {
     match name {
-        "x-spam-status" => spamassassin_status(r, v),
+        "x-spam-status" => spamassassin_status(r, v, shared),
         "x-spam-score" => {
-            filter(r, "spamassassin");
+            filter(r, shared);
             if r.score.is_none() {
-                r.score = number(v);
+                // `6.8` or MIMEDefang's `6.8 (******) RULE,RULE`
+                r.score = v.split_whitespace().next().and_then(number);
             }
         }
         "x-spam-flag" => {
-            filter(r, "spamassassin");
+            filter(r, shared);
             match v.trim().to_ascii_uppercase().as_str() {
-                "YES" => r.is_spam = Some(true),
-                "NO" => r.is_spam = r.is_spam.or(Some(false)),
+                "YES" => vote(r, true),
+                "NO" => vote(r, false),
                 _ => {}
             }
         }
@@ -147,21 +198,22 @@ fn apply(r: &mut SpamReport, name: &str, v: &str) {
                 r.score = number(v);
             }
         }
-        "x-spam-action" => {
+        "x-spam-action" | "x-rspamd-action" => {
             filter(r, "rspamd");
             let a = v.trim().to_ascii_lowercase();
-            if !a.is_empty() && a.len() <= 40 {
+            if !a.is_empty() && a.len() <= 40 && r.action.is_none() {
+                vote(r, !matches!(a.as_str(), "no action" | "greylist"));
                 r.action = Some(a);
             }
         }
         "x-forefront-antispam-report" => forefront(r, v),
         "x-ms-exchange-organization-scl" => {
             filter(r, "microsoft");
-            if let Ok(scl) = v.trim().parse::<i32>() {
-                if (-1..=9).contains(&scl) {
-                    r.scl = Some(scl);
-                    r.is_spam = r.is_spam.or(Some(scl >= 5));
-                }
+            if let Ok(scl) = v.trim().parse::<i32>()
+                && (-1..=9).contains(&scl)
+            {
+                r.scl.get_or_insert(scl);
+                vote(r, scl >= 5);
             }
         }
         _ => {}
@@ -169,13 +221,13 @@ fn apply(r: &mut SpamReport, name: &str, v: &str) {
 }
 
 /// `Yes, score=1003.3 required=5.0 tests=GTUBE,MISSING_DATE autolearn=no version=4.0.1`
-/// (also `hits=` of SpamAssassin 2).
-fn spamassassin_status(r: &mut SpamReport, v: &str) {
-    filter(r, "spamassassin");
+/// (also `hits=` of SpamAssassin 2; rspamd writes `Yes, score=6.09`).
+fn spamassassin_status(r: &mut SpamReport, v: &str, by: &str) {
+    filter(r, by);
     let (word, rest) = v.split_once(',').unwrap_or((v, ""));
     match word.trim().to_ascii_lowercase().as_str() {
-        "yes" => r.is_spam = Some(true),
-        "no" => r.is_spam = Some(false),
+        "yes" => vote(r, true),
+        "no" => vote(r, false),
         _ => {}
     }
     // tests= may be followed by more key=value pairs; rule names have no '='
@@ -198,46 +250,49 @@ fn spamassassin_status(r: &mut SpamReport, v: &str) {
     }
 }
 
-/// `default: True [16.20 / 15.00]; GTUBE(0.00)[]; R_SPF_ALLOW(-0.20)[+ip4:1.2.3.4]`
+/// `default: False [16.20 / 15.00]; GTUBE(0.00)[]; R_SPF_ALLOW(-0.20)[+ip4:1.2.3.4]`;
+/// rmilter-era rspamd wrote the symbols without `;` and options
+/// (`default: False [-0.70 / 15.00] HFILTER_MID_NOT_FQDN(0.50) R_SPF_ALLOW(-1.10)`).
 fn rspamd_result(r: &mut SpamReport, v: &str) {
     filter(r, "rspamd");
     let mut parts = v.split(';');
     if let Some(head) = parts.next() {
         let head = head.split_once(':').map_or(head, |(_, h)| h).trim();
         let (word, rest) = head.split_once(' ').unwrap_or((head, ""));
-        match word.to_ascii_lowercase().as_str() {
-            "true" => r.is_spam = Some(true),
-            "false" => r.is_spam = Some(false),
-            _ => {}
+        // True only when the action was reject; False says no more than "not rejected".
+        if word.eq_ignore_ascii_case("true") {
+            vote(r, true);
         }
-        if let Some(inner) = rest
-            .trim()
-            .strip_prefix('[')
-            .and_then(|x| x.split(']').next())
-        {
+        let rest = rest.trim();
+        if let Some(inner) = rest.strip_prefix('[').and_then(|x| x.split(']').next()) {
             let (s, t) = inner.split_once('/').unwrap_or((inner, ""));
             r.score = number(s);
             r.threshold = number(t);
         }
+        let after = rest.split_once(']').map_or("", |(_, a)| a);
+        after.split_whitespace().for_each(|sym| rspamd_symbol(r, sym));
     }
-    for sym in parts {
-        let sym = sym.trim();
-        // SYMBOL(score)[options]: keep "SYMBOL(score)"
-        let end = sym.find(')').map_or(sym.len(), |i| i + 1);
-        let name = sym[..end].trim();
-        if name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        {
-            add_rule(r, name);
-        }
+    parts.for_each(|sym| rspamd_symbol(r, sym));
+}
+
+/// `SYMBOL(score)[options]`: keeps `SYMBOL(score)`.
+fn rspamd_symbol(r: &mut SpamReport, sym: &str) {
+    let sym = sym.trim();
+    let end = sym.find(')').map_or(sym.len(), |i| i + 1);
+    let name = sym[..end].trim();
+    if name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
+        add_rule(r, name);
     }
 }
 
 /// `CIP:1.2.3.4;CTRY:;LANG:en;SCL:1;SRV:;IPV:NLI;SFV:NSPM;H:...;CAT:NONE;SFS:(...);DIR:INB;`
 fn forefront(r: &mut SpamReport, v: &str) {
     filter(r, "microsoft");
+    let mut forefront_scl = None;
     for part in v.split(';') {
         let Some((k, val)) = part.split_once(':') else {
             continue;
@@ -245,10 +300,11 @@ fn forefront(r: &mut SpamReport, v: &str) {
         let val = val.trim();
         match k.trim().to_ascii_uppercase().as_str() {
             "SCL" => {
-                if let Ok(scl) = val.parse::<i32>() {
-                    if (-1..=9).contains(&scl) {
-                        r.scl = Some(scl);
-                    }
+                if let Ok(scl) = val.parse::<i32>()
+                    && (-1..=9).contains(&scl)
+                {
+                    r.scl = Some(scl);
+                    forefront_scl = Some(scl);
                 }
             }
             "SFV" if !val.is_empty() && val.len() <= 16 => r.sfv = Some(val.to_ascii_uppercase()),
@@ -256,12 +312,18 @@ fn forefront(r: &mut SpamReport, v: &str) {
             _ => {}
         }
     }
+    // Microsoft Learn, "Anti-spam message headers": SPM marked by the
+    // filter, SKS by a mail flow rule, SKB/BLK blocked senders; NSPM not
+    // spam, SKA/SKN/SFE allowed or bypassed. Others (SKQ, SKI...) say
+    // nothing here: the SCL decides.
     let by_sfv = match r.sfv.as_deref() {
-        Some("SPM") => Some(true),
-        Some("NSPM" | "SKA" | "SKN") => Some(false),
+        Some("SPM" | "SKS" | "SKB" | "BLK") => Some(true),
+        Some("NSPM" | "SKA" | "SKN" | "SFE") => Some(false),
         _ => None,
     };
-    r.is_spam = by_sfv.or(r.scl.map(|s| s >= 5)).or(r.is_spam);
+    if let Some(spam) = by_sfv.or(forefront_scl.map(|s| s >= 5)) {
+        vote(r, spam);
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +424,37 @@ mod tests {
         assert_eq!(r.sfv.as_deref(), Some("NSPM"));
         assert_eq!(r.cat.as_deref(), Some("NONE"));
         assert_eq!(r.is_spam, Some(false));
+    }
+
+    /// rspamd's milter_headers writes SpamAssassin's X-Spam-Status (its
+    /// `x-spam-status` routine); beside an rspamd header it is rspamd's.
+    #[test]
+    fn spamassassin_names_written_by_rspamd_are_rspamd_s() {
+        let h = [("X-Spam-Status", "Yes, score=6.09"), ("X-Rspamd-Server", "rspamd2")];
+        let r = summarize(&h, true).unwrap();
+        assert_eq!(r.filters, ["rspamd"]);
+        assert_eq!((r.is_spam, r.score, r.threshold), (Some(true), Some(6.09), None));
+        // ...unless SpamAssassin says it wrote them
+        let h = [
+            ("X-Spam-Status", "No, score=0.1 required=5.0"),
+            ("X-Spam-Checker-Version", "SpamAssassin 4.0.1 (2024-03-25) on mx"),
+            ("X-Spamd-Result", "default: False [0.50 / 15.00]"),
+        ];
+        assert_eq!(summarize(&h, true).unwrap().filters, ["spamassassin", "rspamd"]);
+    }
+
+    /// `default: False` is written for every action but reject, so a message
+    /// rspamd wants in junk (`add header`) says False: the action decides.
+    #[test]
+    fn rspamd_false_with_add_header_is_spam() {
+        let h = [
+            ("X-Spamd-Result", "default: False [7.10 / 15.00]; BAYES_SPAM(5.10)[99.99%]"),
+            ("X-Rspamd-Action", "add header"),
+        ];
+        let r = summarize(&h, true).unwrap();
+        assert_eq!((r.is_spam, r.action.as_deref()), (Some(true), Some("add header")));
+        let only_false = summarize(&h[..1], true).unwrap();
+        assert_eq!(only_false.is_spam, None, "False alone only says: not rejected");
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! - `# independent: yes` (received): the values are unrelated samples
 //!   (one MTA's headers from several messages), not one message's route:
 //!   each is parsed, no delays are computed between them.
+//! - `# trusted: yes` (spam): the caller vouches for the path (default no).
+//!
+//! The spam corpus holds whole header fields (`Name: value`), because the
+//! verdict depends on which names occur and how often.
 //!
 //! Beside each sample, `NNN-<source>.expected.json` holds what the parsers
 //! make of it. `UPDATE_EXPECT=1 cargo test -p mailloop-common --test corpus`
@@ -21,6 +25,7 @@
 
 use mailloop_common::auth_results::{self, AuthResults, AuthSummary};
 use mailloop_common::received::{self, Hop, HopDelay};
+use mailloop_common::spam;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -81,6 +86,23 @@ fn received_corpus() {
             Some(other) => panic!("independent: {other:?}, expected `yes`"),
         };
         pretty(&ReceivedOut { hops, delays })
+    });
+}
+
+#[test]
+fn spam_corpus() {
+    run_corpus("spam", |sample| {
+        let trusted = match sample.directive("trusted").as_deref() {
+            None | Some("no") => false,
+            Some("yes") => true,
+            Some(other) => panic!("trusted: {other:?}, expected `yes` or `no`"),
+        };
+        let fields: Vec<(&str, &str)> = sample
+            .values
+            .iter()
+            .map(|f| f.split_once(':').unwrap_or_else(|| panic!("not a header field: {f:?}")))
+            .collect();
+        pretty(&spam::summarize(&fields, trusted))
     });
 }
 
