@@ -31,7 +31,7 @@ pub use settings::{PgSettings, StorageSettings};
 use crate::judge::{Incident, IncidentChange, Verdict};
 use std::collections::HashMap;
 use std::path::Path;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Most reports committed in one transaction (either backend).
 pub const MAX_BATCH: usize = sqlite::MAX_BATCH;
@@ -73,6 +73,26 @@ impl Storage {
         match &self.0 {
             Backend::Sqlite(_) => sqlite::schema_version(),
             Backend::Postgres(_) => postgres::migrations::latest() as i64,
+        }
+    }
+
+    /// Campaigns for the leadership of the replicas sharing this database
+    /// until `stop` resolves; the receiver follows this replica's
+    /// [`ReplicaRole`]. SQLite has one coordinator: it always leads.
+    /// PostgreSQL: a session-level advisory lock on a dedicated connection
+    /// (`postgres/leader.rs`); a follower asks again every few seconds and
+    /// takes over when the leader's connection closes.
+    pub fn campaign(&self, stop: impl Future<Output = ()> + Send + 'static) -> watch::Receiver<ReplicaRole> {
+        match &self.0 {
+            Backend::Sqlite(_) => {
+                let (tx, rx) = watch::channel(ReplicaRole::Leader);
+                tokio::spawn(async move {
+                    stop.await;
+                    drop(tx);
+                });
+                rx
+            }
+            Backend::Postgres(db) => db.campaign(stop),
         }
     }
 
