@@ -195,6 +195,8 @@ impl Coordinator {
             shutdown.clone(),
         );
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
+        // Changes made through other replicas sharing the database.
+        tokio::spawn(control.clone().follow_storage(shutdown.clone()));
         tokio::spawn(prune_loop(
             storage.clone(),
             role.clone(),

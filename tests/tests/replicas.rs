@@ -3,6 +3,8 @@
 //! replica in `coordinator_urls`, and two `mailloop-coordinator serve`
 //! sharing one database of the throwaway server in `mailloop_tests::postgres`.
 //!
+//! - A check made through one replica reaches the agents connected to the
+//!   other, and is judged.
 //! - A replica killed with `kill -9`: its agents fail over to the other, and
 //!   every probe they ran is stored exactly once (counted by probe id in the
 //!   database itself, against the agents' own probe logs).
@@ -15,7 +17,7 @@
 //! belongs to `make bench`.
 
 use mailloop_tests::Check;
-use mailloop_tests::cluster::{Coordinator, http_get, wait_until};
+use mailloop_tests::cluster::{Coordinator, check_toml, http_get, wait_until};
 use mailloop_tests::postgres::Postgres;
 use mailloop_tests::regions::{REGIONS, RegionCluster, Settings, describe, now_ms};
 use std::collections::{HashMap, HashSet};
@@ -79,6 +81,23 @@ fn agents_fail_over_to_the_next_replica_and_no_report_is_lost_or_stored_twice() 
             *by_round.entry(r["round"].as_u64().unwrap_or(0)).or_default() += 1;
         }
         (by_round.values().filter(|n| **n >= REGIONS.len()).count() >= 2).then_some(())
+    });
+
+    // A check created through the second replica reaches the agents
+    // connected to the first, and the leader (whichever it is) judges it.
+    let added = Check::new("replica-added");
+    let added_id = added.name.clone();
+    let file = c.dir.path().join("added.toml");
+    std::fs::write(&file, check_toml(&added, "2s", &REGIONS)).unwrap();
+    let (code, out, err) = c.others[0].ctl(&["checks", "apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "every agent (on the first replica) assigned the check made through the second", || {
+        let line = format!("assignment added: check {added_id} ");
+        c.regions.iter().all(|r| std::fs::read_to_string(&r.log).unwrap_or_default().contains(&line)).then_some(())
+    });
+    wait_until(DEADLINE, "a verdict of the check made through the second replica", || {
+        let (status, body) = c.coordinator.get(&format!("/api/v1/verdicts?check={added_id}"));
+        (status == 200 && body["verdicts"].as_array().is_some_and(|v| !v.is_empty())).then_some(())
     });
 
     let second = c.others[0].grpc;
