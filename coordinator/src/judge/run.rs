@@ -31,6 +31,12 @@
 //!   `[baselines]`): applied between rounds, so every round decided after
 //!   the call returns uses them; learned baselines and open incidents stay.
 //!
+//! Only the leader judges (`ReplicaRole`, from `Storage::campaign`): a
+//! follower replica's task ticks but decides nothing and follows no check;
+//! when it takes the lead it restores every check's judge from storage as
+//! at a start, and rounds whose reports another replica ingested are read
+//! back from storage at their deadline.
+//!
 //! On start each judge is restored from storage (recent verdicts and the
 //! incidents still open, so a restart neither re-opens nor forgets them)
 //! and its baselines warmed with the recent delivered reports.

@@ -41,7 +41,8 @@ pub struct Storage(Backend);
 
 enum Backend {
     Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
+    // Boxed: its connection settings make it several times SQLite's size.
+    Postgres(Box<postgres::Postgres>),
 }
 
 impl Storage {
@@ -55,7 +56,7 @@ impl Storage {
     pub async fn connect(settings: &StorageSettings) -> Result<Storage, StorageError> {
         match settings {
             StorageSettings::Sqlite { data_dir } => Storage::open(data_dir),
-            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(postgres::Postgres::connect(pg).await?))),
+            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(Box::new(postgres::Postgres::connect(pg).await?)))),
         }
     }
 
