@@ -687,8 +687,8 @@ impl RegionCluster {
             lines[lines.len().saturating_sub(40)..].join("\n")
         };
         eprintln!("---- coordinator log (tail) ----\n{}", tail(self.coordinator.log_path()));
-        for (i, o) in self.others.iter().enumerate() {
-            eprintln!("---- coordinator replica {} log (tail) ----\n{}", i + 1, tail(o.log_path()));
+        for o in &self.others {
+            eprintln!("---- coordinator {} log (tail) ----\n{}", o.dir.display(), tail(o.log_path()));
         }
         for r in &self.regions {
             eprintln!("---- agent {} log (tail) ----\n{}", r.agent_name, tail(r.log.clone()));
@@ -707,6 +707,11 @@ impl Drop for RegionCluster {
                     if f.path().extension().is_some_and(|e| e == "log") {
                         let _ = std::fs::copy(f.path(), keep.join(f.file_name()));
                     }
+                }
+                // Replicas other than the first keep their logs in a directory of their own.
+                for o in std::iter::once(&self.coordinator).chain(&self.others).filter(|o| o.dir != self.dir.path()) {
+                    let name = o.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let _ = std::fs::copy(o.log_path(), keep.join(format!("coordinator-{name}.log")));
                 }
                 eprintln!("---- full logs kept in {} ----", keep.display());
             }
