@@ -436,6 +436,9 @@ pub struct Settings {
     /// agents get every replica's address in `coordinator_urls`, the first
     /// replica first.
     pub replicas: usize,
+    /// The replica (0: the first started) listed first in the agents'
+    /// `coordinator_urls`, so the one they connect to; the rest follow in order.
+    pub agents_on: usize,
 }
 
 impl Settings {
@@ -460,6 +463,7 @@ impl Settings {
             agent_dns: None,
             storage_url: None,
             replicas: 1,
+            agents_on: 0,
         }
     }
 }
@@ -574,8 +578,9 @@ impl RegionCluster {
                 Coordinator::start_with_config(&own, &config)
             })
             .collect();
-        let urls: Vec<String> =
+        let mut urls: Vec<String> =
             std::iter::once(&coordinator).chain(&others).map(|c| format!("\"http://{}\"", c.grpc)).collect();
+        urls.rotate_left(settings.agents_on);
         let coordinator_line = if urls.len() == 1 {
             format!("coordinator_url = {}", urls[0])
         } else {
@@ -621,8 +626,9 @@ impl RegionCluster {
             runtime,
             dir,
         };
+        let agents_on = if settings.agents_on == 0 { &cluster.coordinator } else { &cluster.others[settings.agents_on - 1] };
         crate::cluster::wait_until(Duration::from_secs(30), "three agents connected", || {
-            let body = cluster.coordinator.get_ok("/api/v1/agents");
+            let body = agents_on.get_ok("/api/v1/agents");
             let n = body["agents"].as_array()?.iter().filter(|a| a["connected"] == true).count();
             (n == REGIONS.len()).then_some(())
         });
