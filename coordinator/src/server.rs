@@ -17,7 +17,7 @@ use crate::clock::now_ms;
 use crate::cluster::grpc::{AgentApi, AgentApiSettings};
 use crate::cluster::hub::Hub;
 use crate::shutdown::{self, Shutdown};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ReplicaRole, Storage, StorageError};
 use mailloop_proto::pb::agent_service_server::AgentServiceServer;
 use std::collections::HashMap;
 use std::future::Future;
@@ -174,6 +174,12 @@ impl Coordinator {
         let server = config.server.clone();
         let (mut trigger, shutdown) = shutdown::channel();
         let ready = Arc::new(AtomicBool::new(false));
+        // Leadership: work that must happen once among replicas (judging,
+        // alerts, retention) runs only while this replica leads.
+        let role = {
+            let mut stop = shutdown.clone();
+            storage.campaign(async move { stop.recv().await })
+        };
 
         // The judge decides rounds and alerts; it stops at shutdown after
         // storing the round in hand, before the storage writer closes.
@@ -185,11 +191,15 @@ impl Coordinator {
             alerts,
             config.judge.clone(),
             metrics.clone(),
+            role.clone(),
             shutdown.clone(),
         );
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
+        // Changes made through other replicas sharing the database.
+        tokio::spawn(control.clone().follow_storage(shutdown.clone()));
         tokio::spawn(prune_loop(
             storage.clone(),
+            role.clone(),
             server.retention,
             server.aggregate_retention,
             shutdown.clone(),
@@ -229,6 +239,7 @@ impl Coordinator {
             storage: storage.clone(),
             control: control.clone(),
             ready: ready.clone(),
+            role: role.clone(),
             judge: judge.clone(),
         };
         let mut http = tokio::spawn(serve_http(
@@ -783,11 +794,12 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
     }
 }
 
-/// Hourly (and once at start) until shutdown: reports and the verdicts
-/// judged from them older than `retention`, hourly aggregates and audit
-/// entries older than `aggregate_retention`.
+/// Hourly (and once at start) until shutdown, on the leader only:
+/// reports and the verdicts judged from them older than `retention`,
+/// hourly aggregates and audit entries older than `aggregate_retention`.
 async fn prune_loop(
     storage: Arc<Storage>,
+    role: tokio::sync::watch::Receiver<ReplicaRole>,
     retention: Duration,
     aggregate_retention: Duration,
     mut shutdown: Shutdown,
@@ -797,6 +809,10 @@ async fn prune_loop(
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.recv() => return,
+        }
+        if *role.borrow() != ReplicaRole::Leader {
+            tracing::debug!("not the leader: retention is the leader's work");
+            continue;
         }
         let cutoff = now_ms() - retention.as_millis() as i64;
         let aggregate_cutoff = now_ms() - aggregate_retention.as_millis() as i64;

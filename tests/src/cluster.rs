@@ -191,7 +191,7 @@ impl Coordinator {
         let mut child = Command::new(bin("mailloop-coordinator"))
             .args(["serve", "--config"])
             .arg(self.config_path())
-            .env("MAILLOOP_LOG", "debug,h2=info,tower=info,hyper=info")
+            .env("MAILLOOP_LOG", "debug,h2=info,tower=info,hyper=info,tokio_postgres=info")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -430,6 +430,15 @@ pub struct Settings {
     pub check_extra: Vec<String>,
     /// The agents' `[dns]` nameserver (`ip:port`); default: the stack's.
     pub agent_dns: Option<String>,
+    /// `[storage] url` of every coordinator (None: SQLite in the tempdir).
+    pub storage_url: Option<String>,
+    /// Coordinator processes sharing `storage_url` (1 without one). The
+    /// agents get every replica's address in `coordinator_urls`, the first
+    /// replica first.
+    pub replicas: usize,
+    /// The replica (0: the first started) listed first in the agents'
+    /// `coordinator_urls`, so the one they connect to; the rest follow in order.
+    pub agents_on: usize,
 }
 
 impl Settings {
@@ -452,6 +461,9 @@ impl Settings {
             baselines: Vec::new(),
             check_extra: Vec::new(),
             agent_dns: None,
+            storage_url: None,
+            replicas: 1,
+            agents_on: 0,
         }
     }
 }
@@ -471,7 +483,11 @@ pub struct RegionCluster {
     // Field order is drop order: agents and coordinator die before the
     // proxies, receivers and runtime they talk to, and before the files.
     pub agents: Vec<Proc>,
+    /// The replica the API helpers read through (the first one started,
+    /// until [`RegionCluster::kill9_coordinator`] kills it).
     pub coordinator: Coordinator,
+    /// The other replicas (`Settings::replicas`), in start order.
+    pub others: Vec<Coordinator>,
     pub regions: Vec<Region>,
     pub pager: WebhookReceiver,
     pub tickets: WebhookReceiver,
@@ -531,9 +547,14 @@ impl RegionCluster {
         } else {
             format!("[baselines]\n{}\n", settings.baselines.join("\n"))
         };
+        let storage = match &settings.storage_url {
+            Some(url) => format!("[storage]\nurl = {url:?}\n\n"),
+            None => String::new(),
+        };
+        assert!(settings.replicas == 1 || settings.storage_url.is_some(), "replicas share a PostgreSQL storage_url");
         let config = format!(
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\nadmin_token_file = {admin:?}\n\
-             test_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n\n\
+             test_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n\n{storage}\
              [incidents]\n{incidents}\n\n{baselines}\
              [[alert]]\nname = \"pager\"\ntype = \"webhook\"\nurl = {pager:?}\nkinds = [\"outage\"]\nmin_severity = \"info\"\n\
              events = [\"opened\", \"acknowledged\", \"resolved\"]\nretries = 3\ntimeout = \"5s\"\n\n\
@@ -550,6 +571,21 @@ impl RegionCluster {
             watch = watch.url("/watch"),
         );
         let coordinator = Coordinator::start_with_config(dir.path(), &config);
+        let others: Vec<Coordinator> = (1..settings.replicas)
+            .map(|i| {
+                let own = dir.path().join(format!("replica{i}"));
+                std::fs::create_dir_all(&own).unwrap();
+                Coordinator::start_with_config(&own, &config)
+            })
+            .collect();
+        let mut urls: Vec<String> =
+            std::iter::once(&coordinator).chain(&others).map(|c| format!("\"http://{}\"", c.grpc)).collect();
+        urls.rotate_left(settings.agents_on);
+        let coordinator_line = if urls.len() == 1 {
+            format!("coordinator_url = {}", urls[0])
+        } else {
+            format!("coordinator_urls = [{}]", urls.join(", "))
+        };
 
         let mut agents = Vec::new();
         for region in &regions {
@@ -562,11 +598,11 @@ impl RegionCluster {
             std::fs::write(
                 &config_path,
                 format!(
-                    "[agent]\nname = {:?}\nregion = {:?}\ncoordinator_url = \"http://{}\"\ntoken_file = {:?}\n\
+                    "[agent]\nname = {:?}\nregion = {:?}\n{}\ntoken_file = {:?}\n\
                      spool = {:?}\nshutdown_grace = \"5s\"\nconnect_to = [{}]\n[dns]\nnameservers = [\"{}\"]\n",
                     region.agent_name,
                     region.name,
-                    coordinator.grpc,
+                    coordinator_line,
                     dir.path().join(format!("{}.token", region.agent_name)),
                     dir.path().join(format!("{}.spool.db", region.agent_name)),
                     connect_to.join(", "),
@@ -579,6 +615,7 @@ impl RegionCluster {
         let cluster = RegionCluster {
             agents,
             coordinator,
+            others,
             regions,
             pager,
             tickets,
@@ -589,8 +626,9 @@ impl RegionCluster {
             runtime,
             dir,
         };
+        let agents_on = if settings.agents_on == 0 { &cluster.coordinator } else { &cluster.others[settings.agents_on - 1] };
         crate::cluster::wait_until(Duration::from_secs(30), "three agents connected", || {
-            let body = cluster.coordinator.get_ok("/api/v1/agents");
+            let body = agents_on.get_ok("/api/v1/agents");
             let n = body["agents"].as_array()?.iter().filter(|a| a["connected"] == true).count();
             (n == REGIONS.len()).then_some(())
         });
@@ -655,6 +693,9 @@ impl RegionCluster {
             lines[lines.len().saturating_sub(40)..].join("\n")
         };
         eprintln!("---- coordinator log (tail) ----\n{}", tail(self.coordinator.log_path()));
+        for o in &self.others {
+            eprintln!("---- coordinator {} log (tail) ----\n{}", o.dir.display(), tail(o.log_path()));
+        }
         for r in &self.regions {
             eprintln!("---- agent {} log (tail) ----\n{}", r.agent_name, tail(r.log.clone()));
         }
@@ -673,11 +714,19 @@ impl Drop for RegionCluster {
                         let _ = std::fs::copy(f.path(), keep.join(f.file_name()));
                     }
                 }
+                // Replicas other than the first keep their logs in a directory of their own.
+                for o in std::iter::once(&self.coordinator).chain(&self.others).filter(|o| o.dir != self.dir.path()) {
+                    let name = o.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let _ = std::fs::copy(o.log_path(), keep.join(format!("coordinator-{name}.log")));
+                }
                 eprintln!("---- full logs kept in {} ----", keep.display());
             }
         }
         self.agents.clear();
         self.coordinator.proc.take();
+        for o in &mut self.others {
+            o.proc.take();
+        }
     }
 }
 
@@ -697,6 +746,38 @@ impl RegionCluster {
     pub fn kill_agent(&mut self, region: &str) {
         let i = self.agent_index(region);
         self.agents[i].kill();
+    }
+
+    /// `kill -9` of replica `i` (0: `coordinator`, then `others` in order);
+    /// a surviving replica becomes `coordinator`, so the API helpers read
+    /// through it from now on.
+    pub fn kill9_coordinator(&mut self, i: usize) {
+        if i > 0 {
+            std::mem::swap(&mut self.coordinator, &mut self.others[i - 1]);
+        }
+        self.coordinator.kill9();
+        let survivor = self.others.iter().position(|o| o.proc.is_some()).expect("a surviving replica");
+        std::mem::swap(&mut self.coordinator, &mut self.others[survivor]);
+    }
+
+    /// Every probe of the check the agents ran: (probe id, region, round,
+    /// start in epoch ms), from their spools' own log (`probe_log`).
+    pub fn probe_log(&self) -> Vec<(String, String, u64, i64)> {
+        let mut out = Vec::new();
+        for r in &self.regions {
+            let path = self.dir.path().join(format!("{}.spool.db", r.agent_name));
+            if !path.exists() {
+                continue;
+            }
+            let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            let mut stmt = conn.prepare("SELECT probe_id, round, started_ms FROM probe_log WHERE check_id = ?1 ORDER BY seq").unwrap();
+            let rows = stmt
+                .query_map([&self.check_id], |row| Ok((row.get::<_, String>(0)?, r.name.clone(), row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)?)))
+                .unwrap();
+            out.extend(rows.map(Result::unwrap));
+        }
+        out
     }
 
     /// Starts `region`'s agent again, with the same config and spool.

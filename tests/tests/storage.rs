@@ -395,6 +395,69 @@ async fn postgres_refuses_a_newer_schema_and_migrates_once() {
     }
 }
 
+/// Leadership: SQLite's one coordinator always leads; on PostgreSQL, of
+/// two replicas campaigning on one database exactly one leads, and when its
+/// campaign stops (its dedicated connection closes, as when the process
+/// dies) the other takes over. Waits on the roles, never on a clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_another_takes_over_when_it_stops() {
+    use mailloop_coordinator::storage::ReplicaRole::{Follower, Leader};
+    use tokio::sync::{oneshot, watch};
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Storage::open(dir.path()).unwrap();
+    let (_keep, stop) = oneshot::channel::<()>();
+    let role = sqlite.campaign(async move {
+        let _ = stop.await;
+    });
+    assert_eq!(*role.borrow(), Leader, "SQLite: one coordinator, always the leader");
+    sqlite.close().await;
+
+    let url = Postgres::get().database("leadership");
+    let settings = StorageSettings::Postgres(PgSettings::new(url));
+    let (a, b) = (Storage::connect(&settings).await.unwrap(), Storage::connect(&settings).await.unwrap());
+    let (stop_a, stop_a_rx) = oneshot::channel::<()>();
+    let (_stop_b, stop_b_rx) = oneshot::channel::<()>();
+    let mut role_a = a.campaign(async move {
+        let _ = stop_a_rx.await;
+    });
+    let mut role_b = b.campaign(async move {
+        let _ = stop_b_rx.await;
+    });
+    let settled = |a: &watch::Receiver<_>, b: &watch::Receiver<_>| {
+        let (a, b) = (*a.borrow(), *b.borrow());
+        matches!((a, b), (Leader, Follower) | (Follower, Leader))
+    };
+    tokio::time::timeout(WITHIN, async {
+        while !settled(&role_a, &role_b) {
+            tokio::select! {
+                _ = role_a.changed() => {}
+                _ = role_b.changed() => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no single leader: a {:?}, b {:?}", *role_a.borrow(), *role_b.borrow()));
+    // The leader steps down (its connection closes); the follower takes over.
+    let (mut leader, mut follower, stop) = if *role_a.borrow() == Leader {
+        (role_a, role_b, Some(stop_a))
+    } else {
+        (role_b, role_a, None)
+    };
+    match stop {
+        Some(stop) => drop(stop),
+        None => drop(_stop_b),
+    }
+    tokio::time::timeout(WITHIN, follower.wait_for(|r| *r == Leader))
+        .await
+        .expect("the follower took over within the deadline")
+        .unwrap();
+    assert_ne!(*leader.borrow_and_update(), Leader, "the stopped replica no longer leads");
+    a.close().await;
+    b.close().await;
+}
+
 /// `mailloop-coordinator migrate` on a `[storage] url` config: the schema
 /// is created, the password given through `password_env` is used and never
 /// printed, and a bad key of `[storage]` is a config error (exit 3).

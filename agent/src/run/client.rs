@@ -14,7 +14,11 @@
 //! Every call carries `authorization: Bearer <token>`. Between sessions the
 //! client waits a capped exponential backoff with jitter (0.5 s doubling to
 //! 30 s, each wait drawn from its upper half); a session that stayed up for
-//! 10 s resets it. The scheduler keeps probing all the while — except when
+//! 10 s resets it. With several coordinator replicas (`coordinator_urls`)
+//! each failed or ended session moves on to the next URL, round robin, so
+//! an agent whose replica died is on another one after one backoff; the
+//! spool is replayed to whichever answers (every replica shares one
+//! database, which stores a replayed report once). The scheduler keeps probing all the while — except when
 //! the coordinator refuses the token itself (`Unauthenticated`: revoked or
 //! unknown). Then probing stops (reports of an agent nobody accepts would
 //! pile up in the spool for nothing), the assignments and the spool are
@@ -22,7 +26,7 @@
 //! token is accepted again (an agent put back in the coordinator's config);
 //! a registration that succeeds starts probing again.
 
-use super::config::CoordinatorConfig;
+use super::config::{CoordinatorConfig, CoordinatorUrl};
 use super::schedule::{Origin, Scheduler, random_below};
 use super::spool::{AssignedCheck, Spool, SpoolError, SpooledReport};
 use mailloop_proto::pb;
@@ -210,10 +214,22 @@ fn append(text: &mut String, more: &str) {
     }
 }
 
-/// Builds the endpoint once, at start-up: bad TLS material fails here.
-pub fn endpoint(c: &CoordinatorConfig) -> Result<Endpoint, String> {
-    let mut ep = Endpoint::from_shared(c.url.clone())
-        .map_err(|e| format!("coordinator_url {}: {}", c.url, chain(&e)))?
+/// One coordinator replica: its URL (for logs) and its endpoint.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub endpoint: Endpoint,
+}
+
+/// Builds the endpoint of every coordinator URL once, at start-up: bad TLS
+/// material fails here.
+pub fn endpoints(c: &CoordinatorConfig) -> Result<Vec<Target>, String> {
+    c.urls.iter().map(|u| Ok(Target { url: u.url.clone(), endpoint: endpoint(c, u)? })).collect()
+}
+
+fn endpoint(c: &CoordinatorConfig, u: &CoordinatorUrl) -> Result<Endpoint, String> {
+    let mut ep = Endpoint::from_shared(u.url.clone())
+        .map_err(|e| format!("coordinator_url {}: {}", u.url, chain(&e)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // A coordinator host that vanishes without a FIN is noticed in ~30 s.
@@ -223,14 +239,14 @@ pub fn endpoint(c: &CoordinatorConfig) -> Result<Endpoint, String> {
         .user_agent(format!("mailloop-agent/{}", env!("CARGO_PKG_VERSION")))
         .map_err(|e| chain(&e))?;
     if c.tls {
-        let mut tls = ClientTlsConfig::new().with_native_roots().domain_name(c.host.clone());
+        let mut tls = ClientTlsConfig::new().with_native_roots().domain_name(u.host.clone());
         if let Some(ca) = &c.ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(ca));
         }
         if let Some(id) = &c.identity {
             tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
         }
-        ep = ep.tls_config(tls).map_err(|e| format!("TLS settings for {}: {}", c.url, chain(&e)))?;
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS settings for {}: {}", u.url, chain(&e)))?;
     }
     Ok(ep)
 }
@@ -296,8 +312,10 @@ impl Backoff {
 /// The client's side of the process: sessions until `stop` turns true.
 pub struct Connection {
     pub who: Identification,
-    pub url: String,
-    pub endpoint: Endpoint,
+    /// The coordinator replicas, tried in order (never empty).
+    pub targets: Vec<Target>,
+    /// Index in `targets` of the replica the current or next session talks to.
+    current: usize,
     pub token: MetadataValue<Ascii>,
     pub spool: Spool,
     /// True while a session is registered.
@@ -307,16 +325,19 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(who: Identification, c: &CoordinatorConfig, endpoint: Endpoint, spool: Spool, connected: watch::Sender<bool>) -> Result<Connection, String> {
+    pub fn new(who: Identification, c: &CoordinatorConfig, targets: Vec<Target>, spool: Spool, connected: watch::Sender<bool>) -> Result<Connection, String> {
+        if targets.is_empty() {
+            return Err("no coordinator URL".to_string());
+        }
         let mut token: MetadataValue<Ascii> = format!("Bearer {}", c.token.expose())
             .parse()
             .map_err(|_| "the token cannot go into an HTTP header".to_string())?;
         token.set_sensitive(true);
-        Ok(Connection { who, url: c.url.clone(), endpoint, token, spool, connected, unacked: Arc::default() })
+        Ok(Connection { who, targets, current: 0, token, spool, connected, unacked: Arc::default() })
     }
 
     /// Runs sessions, reconnecting with backoff, until `stop` turns true.
-    pub async fn run(self, mut scheduler: Scheduler, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut scheduler: Scheduler, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
         loop {
             if *stop.borrow() {
@@ -340,25 +361,32 @@ impl Connection {
             if err.is_refused_token() {
                 wait = REFUSED_RETRY;
             }
-            let retry = format!("retrying in {:.1} s", wait.as_secs_f64());
+            // Several replicas: the next session goes to the next one.
+            let url = self.url().to_string();
+            self.current = (self.current + 1) % self.targets.len();
+            let retry = if self.targets.len() > 1 {
+                format!("trying {} in {:.1} s", self.url(), wait.as_secs_f64())
+            } else {
+                format!("retrying in {:.1} s", wait.as_secs_f64())
+            };
             if err.is_refused_token() {
                 if scheduler.is_suspended() {
-                    tracing::warn!("the coordinator at {} still refuses this agent's token: {err}; {retry}", self.url);
+                    tracing::warn!("the coordinator at {} still refuses this agent's token: {err}; {retry}", url);
                 } else {
                     let n = scheduler.suspend();
                     tracing::error!(
                         "token revoked or unknown: the coordinator at {} refused this agent's token ({err}); this agent stops probing its {n} check(s); {} report(s) stay in the spool; registration is retried every {}s in case the token is accepted again",
-                        self.url,
+                        url,
                         self.spool.waiting(),
                         REFUSED_RETRY.as_secs()
                     );
                 }
             } else if err.is_auth() {
-                tracing::error!("the coordinator at {} refused this agent: {err}; check the token and region; {retry}", self.url);
+                tracing::error!("the coordinator at {} refused this agent: {err}; check the token and region; {retry}", url);
             } else if registered {
-                tracing::warn!("disconnected from the coordinator at {}: {err}; {retry}", self.url);
+                tracing::warn!("disconnected from the coordinator at {}: {err}; {retry}", url);
             } else {
-                tracing::warn!("cannot reach the coordinator at {}: {err}; {retry}", self.url);
+                tracing::warn!("cannot reach the coordinator at {}: {err}; {retry}", url);
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -367,8 +395,14 @@ impl Connection {
         }
     }
 
+    /// The URL of the replica the current or next session talks to.
+    fn url(&self) -> &str {
+        &self.targets[self.current].url
+    }
+
     async fn session(&self, scheduler: &mut Scheduler, registered: &mut bool) -> Result<(), SessionError> {
-        let channel = self.endpoint.connect().await.map_err(|e| SessionError::Connect(connect_error(&e)))?;
+        let endpoint = &self.targets[self.current].endpoint;
+        let channel = endpoint.connect().await.map_err(|e| SessionError::Connect(connect_error(&e)))?;
         let mut client: Client = AgentServiceClient::with_interceptor(channel, Bearer(self.token.clone(), instance_id()));
         let reg = timed(
             "Register",
@@ -381,7 +415,7 @@ impl Connection {
         )
         .await;
         let reg = match reg {
-            Err(SessionError::Call { status, .. }) if !self.endpoint.uri().scheme_str().is_some_and(|s| s == "https") && http_api_at(self.endpoint.uri()).await => {
+            Err(SessionError::Call { status, .. }) if !endpoint.uri().scheme_str().is_some_and(|s| s == "https") && http_api_at(endpoint.uri()).await => {
                 tracing::debug!("Register failed with {}; the port answers HTTP/1.1 with JSON", status_text(&status));
                 return Err(SessionError::NotGrpc(http_api_port("Register")));
             }
@@ -390,7 +424,7 @@ impl Connection {
         *registered = true;
         if scheduler.is_suspended() {
             let n = scheduler.resume_probing();
-            tracing::warn!("the coordinator at {} accepts this agent's token again: probing its {n} check(s) again", self.url);
+            tracing::warn!("the coordinator at {} accepts this agent's token again: probing its {n} check(s) again", self.url());
         }
         let max = match reg.spool_max_reports {
             0 => self.who.spool_max_reports,
@@ -421,7 +455,7 @@ impl Connection {
         self.connected.send_replace(true);
         tracing::info!(
             "connected to the coordinator at {} as {} (region {}, agent id {}); heartbeat every {}s; {} report(s) to send",
-            self.url,
+            self.url(),
             self.who.name,
             self.who.region,
             reg.agent_id,

@@ -12,6 +12,9 @@
 //! name = "eu-1"                                      # default: the host name
 //! region = "eu-west"                                 # required
 //! coordinator_url = "https://coord.example:7443"     # http:// only for loopback or with allow_plaintext
+//! # or several replicas, tried in order; on a disconnect the agent fails
+//! # over to the next (one of the two keys, not both):
+//! # coordinator_urls = ["https://coord-a.example:7443", "https://coord-b.example:7443"]
 //! allow_plaintext = false
 //! token_file = "/etc/mailloop/agent.token"           # or token_env = "VAR", or token = "..."
 //! ca_file = "/etc/mailloop/ca.pem"                   # extra trust root (system roots are always trusted)
@@ -84,11 +87,10 @@ pub struct AgentConfig {
 /// How to reach and authenticate to the coordinator.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// `https://host:port` (or `http://` on loopback / with `allow_plaintext`).
-    pub url: String,
-    /// The host part of `url`, for logs.
-    pub host: String,
-    /// True for `https://`.
+    /// Where the coordinator replicas listen, in the order they are tried
+    /// (`coordinator_urls`, or the one `coordinator_url`); never empty.
+    pub urls: Vec<CoordinatorUrl>,
+    /// True for `https://` (every URL has the same scheme).
     pub tls: bool,
     /// Sent as `authorization: Bearer <token>` on every call.
     pub token: Secret,
@@ -96,6 +98,15 @@ pub struct CoordinatorConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// PEM certificate chain and key for mutual TLS.
     pub identity: Option<ClientIdentity>,
+}
+
+/// One coordinator replica's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorUrl {
+    /// `https://host:port` (or `http://` on loopback / with `allow_plaintext`).
+    pub url: String,
+    /// The host part of `url`: the TLS server name, and for logs.
+    pub host: String,
 }
 
 /// A client certificate and its private key (PEM).
@@ -206,8 +217,8 @@ impl Validator<'_> {
             None => None,
         };
         let allow_plaintext = t.flag(&mut self.issues, "allow_plaintext", false);
-        let url = self.coordinator_url(&mut t, allow_plaintext.unwrap_or(false));
-        let tls = url.as_ref().map(|(_, _, tls)| *tls);
+        let urls = self.coordinator_urls(&mut t, allow_plaintext.unwrap_or(false));
+        let tls = urls.as_ref().map(|(_, tls)| *tls);
         let token = self.token(&mut t);
         let ca_pem = self.pem_file(&mut t, "ca_file", "CERTIFICATE", tls);
         let identity = self.identity(&mut t, tls);
@@ -217,11 +228,11 @@ impl Validator<'_> {
         let connect_to = self.connect_to(&mut t);
         let metrics_listen = self.metrics_listen(&mut t, allow_plaintext.unwrap_or(false));
         t.finish(&mut self.issues);
-        let (url, host, tls) = url?;
+        let (urls, tls) = urls?;
         Some(AgentConfig {
             name: name?,
             region: region?,
-            coordinator: CoordinatorConfig { url, host, tls, token: token?, ca_pem: ca_pem?, identity: identity? },
+            coordinator: CoordinatorConfig { urls, tls, token: token?, ca_pem: ca_pem?, identity: identity? },
             spool: spool?,
             spool_max_reports: spool_max_reports?,
             shutdown_grace: shutdown_grace?,
@@ -303,44 +314,98 @@ impl Validator<'_> {
         }
     }
 
-    /// The URL, its host, and whether it is TLS.
-    fn coordinator_url(&mut self, t: &mut Table<'_>, allow_plaintext: bool) -> Option<(String, String, bool)> {
-        const PATH: &str = "agent.coordinator_url";
-        let url = match t.string(&mut self.issues, "coordinator_url")? {
-            Some(u) => u,
-            None => {
-                self.issue(PATH, "required: where the coordinator listens, e.g. \"https://coord.example:7443\"");
+    /// `coordinator_url` or `coordinator_urls` (exactly one): every URL
+    /// checked, and whether they are TLS (one scheme for all of them).
+    fn coordinator_urls(&mut self, t: &mut Table<'_>, allow_plaintext: bool) -> Option<(Vec<CoordinatorUrl>, bool)> {
+        let one = t.string(&mut self.issues, "coordinator_url");
+        let list = t.get("coordinator_urls").cloned();
+        let one = one?;
+        let items: Vec<(String, Value)> = match (one, list) {
+            (Some(_), Some(_)) => {
+                self.issue("agent.coordinator_urls", "set only one of coordinator_url and coordinator_urls");
+                return None;
+            }
+            (None, None) => {
+                self.issue(
+                    "agent.coordinator_url",
+                    "required: where the coordinator listens, e.g. \"https://coord.example:7443\" (or coordinator_urls = [...] for several replicas)",
+                );
+                return None;
+            }
+            (Some(url), None) => vec![("agent.coordinator_url".to_string(), Value::String(url))],
+            (None, Some(Value::Array(items))) if !items.is_empty() => {
+                items.into_iter().enumerate().map(|(i, item)| (format!("agent.coordinator_urls[{i}]"), item)).collect()
+            }
+            (None, Some(other)) => {
+                self.issue("agent.coordinator_urls", format!("expected a non-empty list of URLs, found {other}"));
                 return None;
             }
         };
+        let mut urls: Vec<CoordinatorUrl> = Vec::new();
+        let mut schemes = Vec::new();
+        let mut ok = true;
+        for (path, item) in items {
+            let parsed = match &item {
+                Value::String(url) => self.coordinator_url(&path, url, allow_plaintext),
+                other => {
+                    self.issue(&path, format!("expected a URL string, found {other}"));
+                    None
+                }
+            };
+            match parsed {
+                Some((u, _)) if urls.contains(&u) => {
+                    self.issue(path, format!("{:?} is listed twice", u.url));
+                    ok = false;
+                }
+                Some((u, tls)) => {
+                    urls.push(u);
+                    schemes.push(tls);
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let tls = schemes[0];
+        if schemes.iter().any(|s| *s != tls) {
+            self.issue("agent.coordinator_urls", "mixes https:// and http://: give every replica the same scheme (the token and TLS settings are shared)");
+            return None;
+        }
+        Some((urls, tls))
+    }
+
+    /// One URL (at `path`), its host, and whether it is TLS.
+    fn coordinator_url(&mut self, path: &str, url: &str, allow_plaintext: bool) -> Option<(CoordinatorUrl, bool)> {
         let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
-            self.issue(PATH, format!("{url:?} is not a URL; write e.g. \"https://coord.example:7443\""));
+            self.issue(path, format!("{url:?} is not a URL; write e.g. \"https://coord.example:7443\""));
             return None;
         };
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => {
-                self.issue(PATH, format!("{url:?}: use https:// (or http:// on loopback)"));
+                self.issue(path, format!("{url:?}: use https:// (or http:// on loopback)"));
                 return None;
             }
         };
         let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-            self.issue(PATH, format!("{url:?} names no host"));
+            self.issue(path, format!("{url:?} names no host"));
             return None;
         };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            self.issue(PATH, format!("{url:?}: give only scheme, host and port (no path)"));
+            self.issue(path, format!("{url:?}: give only scheme, host and port (no path)"));
             return None;
         }
         if !tls && !allow_plaintext && !is_loopback(host) {
             self.issue(
-                PATH,
+                path,
                 format!("{url:?}: plaintext http:// sends the agent token unencrypted; it is allowed only for loopback hosts or with allow_plaintext = true"),
             );
             return None;
         }
-        Some((url.trim_end_matches('/').to_string(), host.trim_matches(['[', ']']).to_string(), tls))
+        let url = CoordinatorUrl { url: url.trim_end_matches('/').to_string(), host: host.trim_matches(['[', ']']).to_string() };
+        Some((url, tls))
     }
 
     /// Exactly one of `token`, `token_file`, `token_env`.
@@ -585,8 +650,7 @@ mod tests {
         let c = load(good()).unwrap();
         assert_eq!(c.region, "eu-west");
         assert!(!c.name.is_empty());
-        assert_eq!(c.coordinator.url, "https://coord.example:7443");
-        assert_eq!(c.coordinator.host, "coord.example");
+        assert_eq!(c.coordinator.urls, [CoordinatorUrl { url: "https://coord.example:7443".into(), host: "coord.example".into() }]);
         assert!(c.coordinator.tls);
         assert_eq!(c.coordinator.token.expose(), "t0ken");
         assert_eq!(c.spool_max_reports, DEFAULT_SPOOL_MAX_REPORTS);
@@ -604,6 +668,37 @@ mod tests {
         let mut allowed = with("coordinator_url", json!("http://coord.example:7000"));
         allowed["agent"]["allow_plaintext"] = json!(true);
         assert!(!load(allowed).unwrap().coordinator.tls);
+    }
+
+    #[test]
+    fn several_coordinator_urls_in_order_and_exactly_one_of_the_two_keys() {
+        let mut v = good();
+        v["agent"].as_object_mut().unwrap().remove("coordinator_url");
+        v["agent"]["coordinator_urls"] = json!(["https://a.example:7443", "https://b.example:7443/"]);
+        let c = load(v.clone()).unwrap();
+        let urls: Vec<(&str, &str)> = c.coordinator.urls.iter().map(|u| (u.url.as_str(), u.host.as_str())).collect();
+        assert_eq!(urls, [("https://a.example:7443", "a.example"), ("https://b.example:7443", "b.example")]);
+        assert!(c.coordinator.tls);
+
+        let mut both = v.clone();
+        both["agent"]["coordinator_url"] = json!("https://a.example:7443");
+        assert_eq!(issue_of(both), "agent.coordinator_urls: set only one of coordinator_url and coordinator_urls");
+        let mut neither = v.clone();
+        neither["agent"].as_object_mut().unwrap().remove("coordinator_urls");
+        assert!(issue_of(neither).starts_with("agent.coordinator_url: required"));
+        let mut empty = v.clone();
+        empty["agent"]["coordinator_urls"] = json!([]);
+        assert!(issue_of(empty).starts_with("agent.coordinator_urls: expected a non-empty list"));
+        let mut mixed = v.clone();
+        mixed["agent"]["coordinator_urls"] = json!(["https://a.example:7443", "http://127.0.0.1:7000"]);
+        assert!(issue_of(mixed).starts_with("agent.coordinator_urls: mixes https:// and http://"));
+
+        // Every bad entry is named, each by its index.
+        let mut bad = v;
+        bad["agent"]["coordinator_urls"] = json!(["ftp://a", "https://b.example:1", 7, "https://b.example:1", "http://c.example:2"]);
+        let issues = load(bad).unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["agent.coordinator_urls[0]", "agent.coordinator_urls[2]", "agent.coordinator_urls[3]", "agent.coordinator_urls[4]"], "{issues:#?}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum RunError {
 /// are spooled), the spool gets [`FLUSH_TIMEOUT`] to reach the coordinator.
 /// Whatever is not acknowledged stays in the spool for the next start.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let endpoint = client::endpoint(&config.coordinator).map_err(RunError::Coordinator)?;
+    let targets = client::endpoints(&config.coordinator).map_err(RunError::Coordinator)?;
     let spool = {
         let (path, max) = (config.spool.clone(), config.spool_max_reports);
         tokio::task::spawn_blocking(move || Spool::open(&path, max)).await.map_err(SpoolError::from)??
@@ -89,7 +89,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         region: config.region.clone(),
         spool_max_reports: config.spool_max_reports,
     };
-    let connection = client::Connection::new(who, &config.coordinator, endpoint, spool.clone(), connected_tx)
+    let connection = client::Connection::new(who, &config.coordinator, targets, spool.clone(), connected_tx)
         .map_err(RunError::Coordinator)?;
     let (metrics_stop, metrics_task) = match config.metrics_listen {
         Some(addr) => {

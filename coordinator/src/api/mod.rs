@@ -14,7 +14,7 @@ use crate::config::CheckSpec;
 use crate::cluster::control::{PutMode, PutOutcome};
 use crate::cluster::hub::{AgentView, Hub};
 use crate::cluster::schedule;
-use crate::storage::{ReportRow, ResultQuery, Source, StoredCheck};
+use crate::storage::{ReplicaRole, ReportRow, ResultQuery, Source, StoredCheck};
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
@@ -92,14 +92,23 @@ async fn healthz() -> ApiResult {
     ok(StatusCode::OK, json!({"status": "ok"}))
 }
 
+/// 200 while serving, with this replica's role (`leader` or `follower`);
+/// 503 while starting, shutting down, or cut off from the database (a
+/// load balancer then sends nobody here).
 async fn readyz(State(state): State<ApiState>) -> ApiResult {
-    if state.ready.load(Ordering::SeqCst) {
-        ok(StatusCode::OK, json!({"status": "ready"}))
-    } else {
+    let role = *state.role.borrow();
+    if !state.ready.load(Ordering::SeqCst) {
         ok(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not ready"}),
+            json!({"status": "not ready", "role": role.as_str()}),
         )
+    } else if role == ReplicaRole::CutOff {
+        ok(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "cut off from the database", "role": role.as_str()}),
+        )
+    } else {
+        ok(StatusCode::OK, json!({"status": "ready", "role": role.as_str()}))
     }
 }
 

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub control: Arc<Control>,
     /// False while starting and once shutdown has begun.
     pub ready: Arc<AtomicBool>,
+    /// This replica's part among replicas (leader, follower, cut off from the database).
+    pub role: tokio::sync::watch::Receiver<crate::storage::ReplicaRole>,
     /// Verdicts, incidents, baselines (routes in `api/judge.rs`).
     pub judge: Arc<crate::judge::run::Judge>,
 }

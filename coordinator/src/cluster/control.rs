@@ -5,6 +5,15 @@
 //! then installed in the hub (which pushes it to the agents). One async
 //! lock serialises changes, so revisions are handed out in commit order.
 //!
+//! Replicas: coordinators sharing one PostgreSQL database each hold a hub
+//! of their own. [`Control::follow_storage`] reads the stored checks and
+//! agents every [`FOLLOW_EVERY`] and installs what another replica changed
+//! (a check with a newer revision than this hub holds; an agent whose
+//! region, token or revocation differs), so the agents connected here, and
+//! the judge when this replica leads, follow a change made through any
+//! replica. A poll, not LISTEN/NOTIFY: it needs no connection of its own,
+//! and on SQLite, with one coordinator, it finds nothing to do.
+//!
 //! Ownership: a check or agent declared in the config file is owned by the
 //! file (`source = config`): a reload replaces or removes it, and the API
 //! refuses to change it (it would silently come back on the next reload).
@@ -20,6 +29,10 @@ use mailloop_common::Secret;
 use mailloop_common::config::ConfigIssue;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often a replica reads the checks and agents other replicas may have changed.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +336,47 @@ impl Control {
     }
 
     /// Deletes a check: agents drop it; its reports stay.
+    /// Until shutdown, every [`FOLLOW_EVERY`]: installs the checks and
+    /// agents another replica changed in the shared database.
+    pub async fn follow_storage(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.recv() => return,
+            }
+            if let Err(e) = self.follow_once().await {
+                tracing::debug!(error = %e, "cannot read the stored checks and agents; trying again");
+            }
+        }
+    }
+
+    /// One read of the stored checks and agents; installs what differs.
+    /// Under the change lock, so a change made here in the meantime is not
+    /// overwritten by the older row this read saw.
+    async fn follow_once(&self) -> Result<(), StorageError> {
+        let _serial = self.lock.lock().await;
+        for c in self.storage.load_checks().await? {
+            let newer = self.hub.check_any(&c.spec.name).is_none_or(|held| c.revision > held.revision);
+            if newer {
+                tracing::info!(check = %c.spec.name, revision = c.revision, deleted = c.deleted, "check changed through another replica; following it");
+                self.hub.put_check(c);
+            }
+        }
+        for a in self.storage.load_agents().await? {
+            let differs = self.hub.agent(&a.name).is_none_or(|held| {
+                let h = &held.stored;
+                (&h.region, &h.token_sha256, h.revoked, h.source) != (&a.region, &a.token_sha256, a.revoked, a.source)
+            });
+            if differs {
+                tracing::info!(agent = %a.name, region = %a.region, revoked = a.revoked, "agent changed through another replica; following it");
+                self.hub.put_agent(a);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn delete_check(
         &self,
         id: &str,

@@ -31,6 +31,12 @@
 //!   `[baselines]`): applied between rounds, so every round decided after
 //!   the call returns uses them; learned baselines and open incidents stay.
 //!
+//! Only the leader judges (`ReplicaRole`, from `Storage::campaign`): a
+//! follower replica's task ticks but decides nothing and follows no check;
+//! when it takes the lead it restores every check's judge from storage as
+//! at a start, and rounds whose reports another replica ingested are read
+//! back from storage at their deadline.
+//!
 //! On start each judge is restored from storage (recent verdicts and the
 //! incidents still open, so a restart neither re-opens nor forgets them)
 //! and its baselines warmed with the recent delivered reports.
@@ -44,13 +50,13 @@ use crate::clock::now_ms;
 use crate::cluster::hub::Hub;
 use crate::cluster::schedule;
 use crate::shutdown::Shutdown;
-use crate::storage::{AckOutcome, ReportRow, Storage, StorageError, StoredCheck};
+use crate::storage::{AckOutcome, ReplicaRole, ReportRow, Storage, StorageError, StoredCheck};
 use mailloop_common::config::{DEFAULT_DEADLINE, DEFAULT_GREYLIST_GRACE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Reports waiting for the judge before the edge starts dropping them.
 pub const FEED_CAPACITY: usize = 4096;
@@ -219,6 +225,7 @@ pub fn start(
     alerts: Arc<Alerts>,
     settings: JudgeSettings,
     metrics: Arc<crate::metrics::Metrics>,
+    role: watch::Receiver<ReplicaRole>,
     shutdown: Shutdown,
 ) -> (Arc<Judge>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(FEED_CAPACITY);
@@ -243,6 +250,8 @@ pub fn start(
         swept: false,
         started_ms: now_ms(),
         metrics,
+        role,
+        leading: None,
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -261,6 +270,10 @@ struct Task {
     /// When this task started: what the hub knows of agents begins here.
     started_ms: i64,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This replica's role: only the leader judges.
+    role: watch::Receiver<ReplicaRole>,
+    /// Whether this task judged at the last tick (None before the first).
+    leading: Option<bool>,
 }
 
 /// How long after a start agents not seen yet are given to reconnect
@@ -416,13 +429,36 @@ impl Task {
                     self.apply_settings(new);
                     let _ = applied.send(());
                 }
-                _ = tick.tick() => {
+                _ = tick.tick() => if self.lead() {
                     self.sync().await;
                     self.decide_due().await;
                 }
             }
         }
         tracing::debug!("judge stopped");
+    }
+
+    /// Whether this replica leads now. Taking over starts afresh: every
+    /// check's judge is restored from storage (the verdicts and incidents
+    /// the previous leader stored), and the agents' view starts now (they
+    /// are moving over from the replica that died). Giving up drops the
+    /// judges, so a follower holds no stale state.
+    fn lead(&mut self) -> bool {
+        let leader = *self.role.borrow() == ReplicaRole::Leader;
+        match self.leading.replace(leader) {
+            Some(was) if was == leader => {}
+            None if leader => {}
+            _ if leader => {
+                tracing::info!("leader now: judging rounds here, restored from storage");
+                self.started_ms = now_ms();
+                self.swept = false;
+            }
+            _ => {
+                tracing::warn!(role = %self.role.borrow().as_str(), "not the leader: this replica does not judge (the leader judges every round, whichever replica stored its reports)");
+                self.checks.clear();
+            }
+        }
+        leader
     }
 
     fn take(&mut self, r: NewReport) {

@@ -31,7 +31,7 @@ pub use settings::{PgSettings, StorageSettings};
 use crate::judge::{Incident, IncidentChange, Verdict};
 use std::collections::HashMap;
 use std::path::Path;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Most reports committed in one transaction (either backend).
 pub const MAX_BATCH: usize = sqlite::MAX_BATCH;
@@ -41,7 +41,8 @@ pub struct Storage(Backend);
 
 enum Backend {
     Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
+    // Boxed: its connection settings make it several times SQLite's size.
+    Postgres(Box<postgres::Postgres>),
 }
 
 impl Storage {
@@ -55,7 +56,7 @@ impl Storage {
     pub async fn connect(settings: &StorageSettings) -> Result<Storage, StorageError> {
         match settings {
             StorageSettings::Sqlite { data_dir } => Storage::open(data_dir),
-            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(postgres::Postgres::connect(pg).await?))),
+            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(Box::new(postgres::Postgres::connect(pg).await?)))),
         }
     }
 
@@ -73,6 +74,26 @@ impl Storage {
         match &self.0 {
             Backend::Sqlite(_) => sqlite::schema_version(),
             Backend::Postgres(_) => postgres::migrations::latest() as i64,
+        }
+    }
+
+    /// Campaigns for the leadership of the replicas sharing this database
+    /// until `stop` resolves; the receiver follows this replica's
+    /// [`ReplicaRole`]. SQLite has one coordinator: it always leads.
+    /// PostgreSQL: a session-level advisory lock on a dedicated connection
+    /// (`postgres/leader.rs`); a follower asks again every few seconds and
+    /// takes over when the leader's connection closes.
+    pub fn campaign(&self, stop: impl Future<Output = ()> + Send + 'static) -> watch::Receiver<ReplicaRole> {
+        match &self.0 {
+            Backend::Sqlite(_) => {
+                let (tx, rx) = watch::channel(ReplicaRole::Leader);
+                tokio::spawn(async move {
+                    stop.await;
+                    drop(tx);
+                });
+                rx
+            }
+            Backend::Postgres(db) => db.campaign(stop),
         }
     }
 

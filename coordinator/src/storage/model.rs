@@ -385,3 +385,26 @@ pub struct StoredToken {
     pub created_by: String,
     pub revoked_at_ms: Option<i64>,
 }
+
+/// This replica's part in the work that must happen once in a cluster
+/// (judging rounds, opening incidents, sending alerts, retention), as
+/// `/readyz` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaRole {
+    /// Does that work (SQLite: always; PostgreSQL: holds the leader lock).
+    Leader,
+    /// Another replica leads; this one serves agents and the API.
+    Follower,
+    /// Cannot reach the database: leads nothing.
+    CutOff,
+}
+
+impl ReplicaRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReplicaRole::Leader => "leader",
+            ReplicaRole::Follower => "follower",
+            ReplicaRole::CutOff => "cut_off",
+        }
+    }
+}

@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 
 /// The advisory lock key of migrations ("mailloop" read as bytes; any
 /// constant works as long as every replica uses the same).
-const MIGRATION_LOCK: i64 = 0x6d61_696c_6c6f_6f70;
+pub(super) const MIGRATION_LOCK: i64 = 0x6d61_696c_6c6f_6f70;
 
 /// (version, what, SQL). Append; never edit one that has shipped.
 const MIGRATIONS: &[(i32, &str, &str)] = &[(

@@ -13,6 +13,7 @@ mod aggregates;
 mod audit;
 mod checks;
 mod incidents;
+mod leader;
 pub(crate) mod migrations;
 mod reports;
 mod tokens;
@@ -39,6 +40,9 @@ pub struct Postgres {
     writer: Mutex<Option<mpsc::Sender<reports::Job>>>,
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     describe: String,
+    /// For connections of its own outside the pool (leadership).
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
@@ -54,7 +58,9 @@ impl Postgres {
     /// Connects, brings the schema up to date (or refuses a newer one) and
     /// starts the report writers.
     pub async fn connect(s: &PgSettings) -> Result<Postgres, StorageError> {
-        let pool = pool(s)?;
+        let config = s.config().map_err(StorageError::Config)?;
+        let tls = tls(s).map_err(StorageError::Config)?;
+        let pool = pool(config.clone(), tls.clone(), s.pool_size)?;
         let (found, now) = migrations::run(&pool).await?;
         if found != now {
             tracing::info!(from = found, to = now, "storage: schema migrated");
@@ -65,6 +71,8 @@ impl Postgres {
             writer: Mutex::new(Some(tx)),
             writers: Mutex::new(handles),
             describe: s.describe(),
+            config,
+            tls,
         })
     }
 
@@ -107,9 +115,11 @@ impl Postgres {
 }
 
 /// The pool (connections are opened lazily, on first use).
-fn pool(s: &PgSettings) -> Result<Pool, StorageError> {
-    let config = s.config().map_err(StorageError::Config)?;
-    let tls = tls(s).map_err(StorageError::Config)?;
+fn pool(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    pool_size: usize,
+) -> Result<Pool, StorageError> {
     let manager = Manager::from_config(
         config,
         tls,
@@ -118,7 +128,7 @@ fn pool(s: &PgSettings) -> Result<Pool, StorageError> {
         },
     );
     Pool::builder(manager)
-        .max_size(s.pool_size)
+        .max_size(pool_size)
         .build()
         .map_err(|e| StorageError::Config(e.to_string()))
 }
