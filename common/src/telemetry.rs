@@ -371,6 +371,13 @@ pub fn host_name(fallback: &str) -> String {
 /// The span context a W3C `traceparent` value names (remote, sampled or
 /// not as it says); None when it is not a valid `traceparent`.
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    // The SDK's propagator reads the ids as numbers of any length ("abc"
+    // would pass): the W3C shape is checked here first.
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if parts.len() != 4 || !hex_of(parts[0], 2) || !hex_of(parts[1], 32) || !hex_of(parts[2], 16) || !hex_of(parts[3], 2) {
+        return None;
+    }
     let carrier: HashMap<String, String> = [("traceparent".to_string(), value.trim().to_string())].into();
     let cx = TraceContextPropagator::new().extract(&carrier);
     let sc = cx.span().span_context().clone();
@@ -533,7 +540,13 @@ mod tests {
         assert_eq!(traceparent(&sc), tp);
         assert_eq!(tp.len(), 55, "{tp}");
         assert_ne!(new_traceparent(), tp);
-        for bad in ["", "00-abc-def-01", "00-00000000000000000000000000000000-0000000000000001-01", "zz"] {
+        for bad in [
+            "",
+            "00-abc-def-01",
+            "00-00000000000000000000000000000000-0000000000000001-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "zz",
+        ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }
     }
