@@ -14,6 +14,11 @@
 #    regions, every check x region with stored reports; scrape time, size and
 #    series count, OpenMetrics and classic text (--metrics-checks,
 #    --metrics-regions in BENCH_LOAD_ARGS; --metrics-only for just this).
+#    Then the coordinator's ingest with its traces exported vs off
+#    (--traces-agents, default 100; 0 skips it), goal >= 95 %.
+# Between the two: the CPU of a one-shot probe with trace export on vs off
+#    (scripts/bench_traces.py, interleaved, medians), goal <= 5 % more;
+#    BENCH_TRACES=0 skips it.
 #
 #   bash scripts/bench.sh STACK_ENV
 #
@@ -58,6 +63,9 @@ else
   quick=()
 fi
 python3 "$repo/scripts/bench.py" "$env_file"
+if [[ ${BENCH_TRACES:-1} != 0 ]]; then
+  MAILLOOP_BIN=$bin python3 "$repo/scripts/bench_traces.py" "$env_file"
+fi
 
 [[ ${BENCH_LOAD:-1} == 0 ]] && exit 0
 mkdir -p target/bench

@@ -231,7 +231,7 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
         .collect();
     tracing::debug!(checks = probers.len(), "config loaded");
 
-    let who = Identity { instance: hostname(), region: None };
+    let who = Identity { instance: mailloop_common::telemetry::host_name("mailloop-agent"), region: None };
     let telemetry = match Telemetry::start(&telemetry, &who) {
         Ok(t) => t.map(Arc::new),
         Err(e) => return unknown(format, &e),
@@ -331,9 +331,3 @@ fn oauth2_login(config: &Path, name: &str, side: Option<&str>) -> ExitCode {
     }
 }
 
-/// `service.instance.id` of a one-shot probe.
-fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = name.trim();
-    if name.is_empty() { "mailloop-agent".to_string() } else { name.to_string() }
-}

@@ -24,6 +24,13 @@
 //! steps ingested; `/metrics` is then scraped as Prometheus does
 //! (OpenMetrics) and as curl does (classic text): time, size, series.
 //!
+//! Tracing overhead (issue 10): `--traces-agents` simulated agents stream
+//! the same load twice, first with the coordinator's traces off, then with
+//! a `[telemetry]` table sending them to an in-process OTLP/gRPC receiver
+//! (the `opentelemetry-proto` tonic server, counting what arrives); the
+//! metrics registry is on in both (it is always built). Reports/s of the
+//! second over the first; the goal is at least 95 %.
+//!
 //! The footprint: one agent holding 1,000 checks whose SMTP and IMAP
 //! servers are a local port that answers `554` and hangs up, so the probe
 //! engine runs for real and fails at once. Idle (hourly checks) and busy
@@ -35,6 +42,12 @@ use mailloop_coordinator::config::token_sha256;
 use mailloop_coordinator::storage::Storage;
 use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_client::AgentServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -96,6 +109,9 @@ struct Args {
     /// Only the /metrics scrape measurement (no load runs, no footprint).
     #[arg(long)]
     metrics_only: bool,
+    /// Simulated agents of the tracing-overhead comparison (0: skip it).
+    #[arg(long, default_value_t = 100)]
+    traces_agents: usize,
     /// Smaller runs (20,000 reports, 10 changes, 5 s windows): a smoke test.
     #[arg(long)]
     quick: bool,
@@ -137,10 +153,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for &n in args.agents.iter().filter(|_| !args.metrics_only) {
         eprintln!("loadgen: {n} simulated agents ...");
-        let r = load_run(&args, n).await?;
+        let r = load_run(&args, n, None).await?;
         eprintln!("loadgen: {}", serde_json::to_string(&r)?);
         runs.push(r);
     }
+    let traces = if args.traces_agents > 0 && !args.metrics_only {
+        let n = args.traces_agents;
+        eprintln!("loadgen: {n} simulated agents, coordinator traces off ...");
+        let off = load_run(&args, n, None).await?;
+        eprintln!("loadgen: {}", serde_json::to_string(&off)?);
+        let sink = Sink::start().await?;
+        eprintln!("loadgen: {n} simulated agents, coordinator traces exported to {} ...", sink.url);
+        let on = load_run(&args, n, Some(&sink.url)).await?;
+        eprintln!("loadgen: {}", serde_json::to_string(&on)?);
+        let spans = sink.spans.load(Ordering::Relaxed);
+        let t = json!({
+            "agents": n,
+            "off_reports_per_s": off["reports_per_s"],
+            "on_reports_per_s": on["reports_per_s"],
+            "ratio": round3(f(&on["reports_per_s"]) / f(&off["reports_per_s"])),
+            "spans_received": spans,
+            "off": off,
+            "on": on,
+        });
+        print_traces(&t);
+        runs.push(t["off"].clone());
+        runs.push(t["on"].clone());
+        Some(t)
+    } else {
+        None
+    };
     let footprint = if args.footprint_checks > 0 && !args.metrics_only {
         eprintln!(
             "loadgen: agent footprint with {} checks ...",
@@ -169,7 +211,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(path) = &args.json {
         let all =
-            json!({"load": runs, "footprint": footprint, "metrics": scrape, "loadavg": loadavg()});
+            json!({"load": runs, "footprint": footprint, "metrics": scrape, "traces": traces, "loadavg": loadavg()});
         std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
     }
     let acked_equals_stored = runs.iter().all(|r| r["acked"] == r["stored_rows"]);
@@ -191,8 +233,13 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts `bin` with `agents` declared as (name, region, token).
-    fn start(bin: &Path, agents: &[(String, String, String)]) -> anyhow::Result<Coordinator> {
+    /// Starts `bin` with `agents` declared as (name, region, token), and
+    /// `extra` (more top-level tables) appended to its config.
+    fn start(
+        bin: &Path,
+        agents: &[(String, String, String)],
+        extra: &str,
+    ) -> anyhow::Result<Coordinator> {
         let dir = std::env::temp_dir().join(format!(
             "mailloop-loadgen-{}-{}",
             std::process::id(),
@@ -212,6 +259,7 @@ impl Coordinator {
                 token_sha256(token)
             ));
         }
+        config.push_str(extra);
         std::fs::write(dir.join("coordinator.toml"), config)?;
         let log = std::fs::File::create(dir.join("coordinator.log"))?;
         let mut child = Command::new(bin)
@@ -430,6 +478,9 @@ fn report_template(check: &str) -> String {
         "failure": null,
         "message_id": "<__ID__@sender.test>",
         "queue_id": "93118BC5C0",
+        // As an exporting agent sends them (the coordinator links to them).
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
     })
     .to_string()
 }
@@ -449,7 +500,9 @@ struct Seen {
 }
 
 /// One run with `n` simulated agents, each alone in its region.
-async fn load_run(args: &Args, n: usize) -> anyhow::Result<Value> {
+/// One load run with `n` agents; `traces_to`: the coordinator exports its
+/// traces to this OTLP/gRPC endpoint.
+async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Result<Value> {
     let agents: Vec<(String, String, String)> = (0..n)
         .map(|i| {
             (
@@ -459,7 +512,10 @@ async fn load_run(args: &Args, n: usize) -> anyhow::Result<Value> {
             )
         })
         .collect();
-    let mut coord = Coordinator::start(&args.coordinator_bin, &agents)?;
+    let telemetry = traces_to
+        .map(|url| format!("\n[telemetry]\nendpoint = \"{url}\"\n"))
+        .unwrap_or_default();
+    let mut coord = Coordinator::start(&args.coordinator_bin, &agents, &telemetry)?;
     let pid = coord.pid();
     let api = coord.api()?;
 
@@ -638,6 +694,7 @@ async fn load_run(args: &Args, n: usize) -> anyhow::Result<Value> {
             "p99_from_call": round3(percentile(&after_call, 0.99)),
         },
         "propagation": propagation_cost,
+        "traces": traces_to.is_some(),
         "loadavg": loadavg(),
     }))
 }
@@ -690,6 +747,7 @@ async fn footprint(args: &Args) -> anyhow::Result<Value> {
     let mut coord = Coordinator::start(
         &args.coordinator_bin,
         &[("fp-1".into(), "fp".into(), token.into())],
+        "",
     )?;
     let api = coord.api()?;
     let port = refusing_server()?;
@@ -1007,6 +1065,73 @@ fn format_num(x: f64) -> String {
     }
 }
 
+// ───────────────────────────── traces ─────────────────────────────
+
+/// An OTLP/gRPC trace receiver (the official `opentelemetry-proto` tonic
+/// service) that counts the spans it decodes and keeps nothing.
+struct Sink {
+    url: String,
+    spans: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+struct Counting(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Counting {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Sink {
+    async fn start() -> anyhow::Result<Sink> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let spans = Arc::new(AtomicU64::new(0));
+        let service = TraceServiceServer::new(Counting(spans.clone()));
+        tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Ok(Sink { url, spans })
+    }
+}
+
+fn print_traces(t: &Value) {
+    println!(
+        "\nCoordinator ingest with traces exported vs off ({} simulated agents; metrics on in both)\n",
+        t["agents"]
+    );
+    println!("  traces off      {:>10} reports/s", format_num(f(&t["off_reports_per_s"])));
+    println!("  traces on       {:>10} reports/s  ({} spans received)", format_num(f(&t["on_reports_per_s"])), t["spans_received"]);
+    println!(
+        "  on / off        {:>9.1} %   goal >= 95 %  {}",
+        f(&t["ratio"]) * 100.0,
+        if f(&t["ratio"]) >= 0.95 { "met" } else { "NOT met" }
+    );
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
 // ───────────────────────────── /metrics ─────────────────────────────
 
 /// GET `/metrics` on `addr` with `accept`: (whole response time, body).
@@ -1045,7 +1170,7 @@ async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
             )
         })
         .collect();
-    let mut coord = Coordinator::start(&args.coordinator_bin, &agents)?;
+    let mut coord = Coordinator::start(&args.coordinator_bin, &agents, "")?;
     let pid = coord.pid();
     let api = coord.api()?;
     let names: Vec<&str> = agents.iter().map(|a| a.1.as_str()).collect();

@@ -16,6 +16,8 @@ pub mod reputation;
 pub mod secret;
 pub mod spam;
 pub mod step;
+#[cfg(feature = "otlp")]
+pub mod telemetry;
 
 pub use classify::{FailureClass, SmtpReplyCode};
 pub use report::{AlignmentReport, Attempt, AuthReport, Failure, Outcome, ProbeReport, SpfBudget, StepReport, TlsCert};

@@ -123,6 +123,8 @@ pub struct Client {
     token: Option<Secret>,
     tls: Option<tokio_rustls::TlsConnector>,
     limit: usize,
+    /// A W3C `traceparent` sent with every request (`mailloopctl probe`).
+    traceparent: Option<String>,
 }
 
 impl Client {
@@ -181,12 +183,20 @@ impl Client {
             token,
             tls,
             limit: MAX_RESPONSE_BYTES,
+            traceparent: None,
         })
     }
 
     /// Reads answers up to `bytes` instead of [`MAX_RESPONSE_BYTES`].
     pub fn response_limit(mut self, bytes: usize) -> Client {
         self.limit = bytes;
+        self
+    }
+
+    /// Sends `traceparent` (W3C trace context) with every request, so the
+    /// coordinator's work for them joins the caller's trace.
+    pub fn with_traceparent(mut self, traceparent: String) -> Client {
+        self.traceparent = Some(traceparent);
         self
     }
 
@@ -252,6 +262,9 @@ impl Client {
             .header(header::ACCEPT, "application/json");
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {}", t.expose()));
+        }
+        if let Some(tp) = &self.traceparent {
+            req = req.header("traceparent", tp);
         }
         let payload = match body {
             Some(v) => {

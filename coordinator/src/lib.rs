@@ -5,7 +5,9 @@
 //! Layers, bottom up (a module imports only from the ones above it in
 //! this list, never back):
 //! - [`clock`]: `now_ms`; [`config`]: `coordinator.toml`, validated whole.
-//! - [`judge`]'s model (verdicts, incidents) and rules; [`alerts`]: channels.
+//! - [`judge`]'s model (verdicts, incidents) and rules; [`telemetry`]: the
+//!   coordinator's own OTLP spans (ingest, verdicts, alert deliveries, runs);
+//!   [`alerts`]: channels.
 //! - [`storage`]: the database behind one API ([`storage::Storage`]).
 //! - [`cluster`]: rounds and rendezvous placement, the hub of live agents,
 //!   every change to checks and agents, on-demand runs, the gRPC agent edge.
@@ -26,3 +28,4 @@ pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod telemetry;

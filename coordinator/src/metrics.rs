@@ -201,6 +201,8 @@ impl Metrics {
         RoundTimer {
             metrics: self,
             started: Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            done: false,
         }
     }
 
@@ -285,13 +287,34 @@ async fn scrape(
 pub struct RoundTimer<'a> {
     metrics: &'a Metrics,
     started: Instant,
+    /// The same start on the wall clock, for the round's `verdict` span.
+    started_at: std::time::SystemTime,
+    done: bool,
+}
+
+impl RoundTimer<'_> {
+    /// When the round's judging started (wall clock).
+    pub fn started_at(&self) -> std::time::SystemTime {
+        self.started_at
+    }
+
+    /// Observes the round's duration now and returns (start, duration):
+    /// the `verdict` span records exactly this measurement.
+    pub fn finish(mut self) -> (std::time::SystemTime, std::time::Duration) {
+        let took = self.started.elapsed();
+        self.metrics.judge_round.observe(took.as_secs_f64());
+        self.done = true;
+        (self.started_at, took)
+    }
 }
 
 impl Drop for RoundTimer<'_> {
     fn drop(&mut self) {
-        self.metrics
-            .judge_round
-            .observe(self.started.elapsed().as_secs_f64());
+        if !self.done {
+            self.metrics
+                .judge_round
+                .observe(self.started.elapsed().as_secs_f64());
+        }
     }
 }
 

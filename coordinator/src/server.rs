@@ -50,6 +50,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("[telemetry]: {0}")]
+    Telemetry(String),
 }
 
 /// The bound listeners.
@@ -124,11 +126,19 @@ pub struct Coordinator {
     storage: Arc<Storage>,
     hub: Arc<Hub>,
     control: Arc<Control>,
+    /// The coordinator's own traces (off without a `[telemetry]` endpoint).
+    traces: crate::telemetry::Traces,
 }
 
 impl Coordinator {
-    /// Opens storage, loads what it holds, and applies the config's checks and agents.
+    /// Opens storage, loads what it holds, and applies the config's checks
+    /// and agents; starts the trace exporter when one is configured.
     pub async fn open(config: CoordinatorConfig) -> Result<Coordinator, ServeError> {
+        let traces = crate::telemetry::Traces::start(
+            &config.telemetry,
+            mailloop_common::telemetry::host_name(crate::telemetry::SERVICE),
+        )
+            .map_err(ServeError::Telemetry)?;
         let storage = Arc::new(Storage::connect(&config.storage).await?);
         storage.reset_connections().await?;
         let checks = storage.load_checks().await?;
@@ -154,6 +164,7 @@ impl Coordinator {
             storage,
             hub,
             control,
+            traces,
         })
     }
 
@@ -170,6 +181,7 @@ impl Coordinator {
             storage,
             hub,
             control,
+            traces,
         } = self;
         let server = config.server.clone();
         let (mut trigger, shutdown) = shutdown::channel();
@@ -183,7 +195,11 @@ impl Coordinator {
 
         // The judge decides rounds and alerts; it stops at shutdown after
         // storing the round in hand, before the storage writer closes.
-        let alerts = crate::alerts::Alerts::start(config.alerts.clone(), shutdown.clone());
+        let alerts = crate::alerts::Alerts::start_traced(
+            config.alerts.clone(),
+            shutdown.clone(),
+            traces.clone(),
+        );
         let metrics = crate::metrics::Metrics::new(hub.clone(), alerts.clone());
         let (judge, _judged) = crate::judge::run::start(
             hub.clone(),
@@ -192,6 +208,7 @@ impl Coordinator {
             config.judge.clone(),
             metrics.clone(),
             role.clone(),
+            traces.clone(),
             shutdown.clone(),
         );
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
@@ -232,6 +249,7 @@ impl Coordinator {
             storage.clone(),
             judge.feed(),
             metrics.clone(),
+            traces.clone(),
             shutdown.clone(),
         )?);
         let state = ApiState {
@@ -241,6 +259,7 @@ impl Coordinator {
             ready: ready.clone(),
             role: role.clone(),
             judge: judge.clone(),
+            traces: traces.clone(),
         };
         let mut http = tokio::spawn(serve_http(
             listeners.http,
@@ -279,6 +298,8 @@ impl Coordinator {
         if tokio::time::timeout(grace, storage.close()).await.is_err() {
             tracing::error!("the storage writer did not finish within the grace period");
         }
+        // The last spans (the verdicts of the rounds in hand) go out.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         tracing::info!("coordinator stopped");
         match failure {
             Some(Err(e)) => Err(e),
@@ -299,6 +320,8 @@ fn flatten(
     }
 }
 
+// Each argument is one thing the gRPC edge is wired to; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn serve_grpc(
     listener: TcpListener,
     server: &ServerConfig,
@@ -306,6 +329,7 @@ fn serve_grpc(
     storage: Arc<Storage>,
     judge: crate::judge::run::JudgeFeed,
     metrics: Arc<crate::metrics::Metrics>,
+    traces: crate::telemetry::Traces,
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let settings = AgentApiSettings {
@@ -315,7 +339,8 @@ fn serve_grpc(
     };
     let api = AgentApi::new(hub, storage, settings, shutdown.clone())
         .with_judge(judge)
-        .with_metrics(metrics);
+        .with_metrics(metrics)
+        .with_traces(traces);
     let service = AgentServiceServer::new(api).max_decoding_message_size(server.max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut builder = tonic::transport::Server::builder()
@@ -894,9 +919,10 @@ async fn reload_loop(
             || old.heartbeat != fresh.heartbeat
             || old.http_limits != fresh.http_limits
             || current.storage != new.storage
+            || current.telemetry != new.telemetry
         {
             tracing::warn!(
-                "listen addresses, data_dir, [storage], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
+                "listen addresses, data_dir, [storage], [telemetry], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
             );
         }
         // The judge and the alert channels cannot fail to apply (the file

@@ -269,6 +269,7 @@ fn event(kind: IncidentKind, severity: Severity, what: AlertEventKind) -> AlertE
         event: what,
         at_ms: 1_764_291_724_500,
         incident: incident(kind, severity),
+        traceparent: None,
     }
 }
 

@@ -288,6 +288,8 @@ pub struct Agent {
     pub region: String,
     pub proc: Option<Proc>,
     dir: PathBuf,
+    /// Appended to the agent's config (a `[telemetry]` table).
+    extra: String,
 }
 
 impl Agent {
@@ -308,12 +310,13 @@ impl Agent {
             &config,
             format!(
                 "[agent]\nname = {:?}\nregion = {:?}\ncoordinator_url = \"http://{coordinator}\"\ntoken_file = {:?}\n\
-                 spool = {:?}\nshutdown_grace = \"5s\"\nmetrics_listen = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}:53\"]\n",
+                 spool = {:?}\nshutdown_grace = \"5s\"\nmetrics_listen = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}:53\"]\n{}",
                 self.name,
                 self.region,
                 self.dir.join(format!("{}.token", self.name)),
                 self.spool_path(),
                 s.var("MAILSTACK_DNS"),
+                self.extra,
             ),
         )
         .unwrap();
@@ -405,6 +408,13 @@ impl Cluster {
     /// Like [`Cluster::start`], with these agents (name, region) declared
     /// in the coordinator's config and started (e.g. two in one region).
     pub fn start_with_agents(checks: &str, declared: &[(&str, &str)]) -> Cluster {
+        Cluster::start_configured(checks, declared, "")
+    }
+
+    /// Like [`Cluster::start_with_agents`]; `checks` may hold other
+    /// top-level tables of the coordinator's config too (`[telemetry]`),
+    /// and `agent_extra` is appended to every agent's config.
+    pub fn start_configured(checks: &str, declared: &[(&str, &str)], agent_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
         for (name, _) in declared {
@@ -423,7 +433,13 @@ impl Cluster {
         coordinator.launch();
         let mut agents = Vec::new();
         for (name, region) in declared {
-            let mut a = Agent { name: name.to_string(), region: region.to_string(), proc: None, dir: dir.path().to_path_buf() };
+            let mut a = Agent {
+                name: name.to_string(),
+                region: region.to_string(),
+                proc: None,
+                dir: dir.path().to_path_buf(),
+                extra: agent_extra.to_string(),
+            };
             a.launch(coordinator.grpc);
             agents.push(a);
         }
@@ -436,7 +452,7 @@ impl Cluster {
     /// add` issued) and waits until it is connected; its index in `agents`.
     pub fn launch_agent(&mut self, name: &str, region: &str, token: &str) -> usize {
         std::fs::write(self.dir.path().join(format!("{name}.token")), token).unwrap();
-        let mut a = Agent { name: name.into(), region: region.into(), proc: None, dir: self.dir.path().to_path_buf() };
+        let mut a = Agent { name: name.into(), region: region.into(), proc: None, dir: self.dir.path().to_path_buf(), extra: String::new() };
         a.launch(self.coordinator.grpc);
         self.agents.push(a);
         self.wait_connected();

@@ -78,6 +78,7 @@ fn outage(check: &str, summary: &str) -> AlertEvent {
                 note: "down in eu-west, us-east".into(),
             }],
         },
+        traceparent: None,
     }
 }
 

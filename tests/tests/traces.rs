@@ -66,6 +66,25 @@ impl Received {
         out
     }
 
+    /// Every span received so far.
+    fn all(&self) -> Vec<Got> {
+        let mut out = Vec::new();
+        for req in self.0.lock().unwrap().iter() {
+            for rs in &req.resource_spans {
+                let resource = rs.resource.as_ref().map(|r| attrs(&r.attributes)).unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    out.extend(ss.spans.iter().map(|s| Got { span: s.clone(), resource: resource.clone() }));
+                }
+            }
+        }
+        out
+    }
+
+    /// The first span `matches` accepts, once one has arrived (deadline 120 s).
+    fn wait_for(&self, what: &str, matches: impl Fn(&Got) -> bool) -> Got {
+        mailloop_tests::cluster::wait_until(Duration::from_secs(120), what, || self.all().into_iter().find(|g| matches(g)))
+    }
+
     fn all_debug(&self) -> String {
         format!("{:?}", self.0.lock().unwrap())
     }
@@ -177,6 +196,11 @@ fn s(v: &str) -> Val {
 
 fn unix_nanos(rfc3339: &str) -> u64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_nanos_opt().unwrap() as u64
+}
+
+/// Whether span `g` is `name` with attribute `key` = `value`.
+fn named(g: &Got, name: &str, key: &str, value: &Val) -> bool {
+    g.span.name == name && attrs(&g.span.attributes).get(key) == Some(value)
 }
 
 /// Microseconds, rounded: the report's resolution.
@@ -576,4 +600,293 @@ fn the_long_running_agent_traces_every_probe_it_runs() {
     secrets_absent(&collector.received);
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0), "the agent stops cleanly with its exporter");
+}
+
+// ---------------------------------------------------------------------------
+// The coordinator's own traces.
+
+/// The `[telemetry]` table that sends to `c` (coordinator and agents alike).
+fn telemetry_table(c: &Collector) -> String {
+    format!("\n[telemetry]\nendpoint = \"{}\"\n", c.url())
+}
+
+/// Nothing the cluster was configured with as a secret was exported: the
+/// stack's passwords, the admin token and the agents' tokens.
+fn cluster_secrets_absent(received: &Received) {
+    use mailloop_tests::cluster::{ADMIN_TOKEN, AGENTS};
+    secrets_absent(received);
+    let everything = received.all_debug();
+    assert!(!everything.contains(ADMIN_TOKEN), "the admin token was exported");
+    for (name, _) in AGENTS {
+        let token = format!("token-{name}-for-distributed-tests");
+        assert!(!everything.contains(&token), "agent {name}'s token was exported");
+    }
+}
+
+/// A coordinator and two agents exporting to one collector: every round's
+/// `verdict` span links to exactly the probe spans of the reports it
+/// judged (the trace and span ids the stored reports carry), each report's
+/// ingest is a `report.ingest` span linked to its probe, and the
+/// coordinator names itself in its resource.
+#[test]
+fn each_verdict_links_to_the_probes_it_judged() {
+    use mailloop_tests::cluster::{AGENTS, Cluster, check_toml, wait_until};
+    let collector = Collector::grpc();
+    let check = Check::new("traces-verdict");
+    let telemetry = telemetry_table(&collector);
+    let regions: Vec<&str> = AGENTS.iter().map(|(_, r)| *r).collect();
+    let config = format!("{}{telemetry}", check_toml(&check, "5s", &regions));
+    let c = Cluster::start_configured(&config, &AGENTS, &telemetry);
+
+    // A decided round with a traced report from every region.
+    let (round, verdict, reports) = wait_until(Duration::from_secs(120), "a verdict on traced reports of both regions", || {
+        let body = c.coordinator.get_ok(&format!("/api/v1/verdicts?check={}&limit=100", check.name));
+        let rounds = c.rounds(&check.name);
+        body["verdicts"].as_array()?.iter().find_map(|v| {
+            let round = v["round"].as_u64()?;
+            let reports: Vec<ProbeReport> = regions
+                .iter()
+                .map(|r| rounds.get(&(r.to_string(), round))?.first().map(|row| serde_json::from_value(row["report"].clone()).unwrap()))
+                .collect::<Option<_>>()?;
+            reports.iter().all(|r| r.trace_id.is_some()).then(|| (round, v["verdict"].as_str().unwrap().to_string(), reports))
+        })
+    });
+
+    let name = s(&check.name);
+    let got = collector.received.wait_for(&format!("the verdict span of round {round}"), |g| {
+        named(g, "verdict", "mailloop.round", &Val::I(round as i64)) && attrs(&g.span.attributes).get("mailloop.check") == Some(&name)
+    });
+    let a = attrs(&got.span.attributes);
+    assert_eq!(a["mailloop.verdict"], s(&verdict), "the span says what the judge stored");
+    assert_eq!(a["mailloop.reports"], Val::I(regions.len() as i64));
+    let linked: std::collections::BTreeSet<(String, String)> = got.span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect();
+    let judged: std::collections::BTreeSet<(String, String)> =
+        reports.iter().map(|r| (r.trace_id.clone().unwrap(), r.span_id.clone().unwrap())).collect();
+    assert_eq!(linked, judged, "one link per judged report, to its probe span");
+    for l in &got.span.links {
+        let la = attrs(&l.attributes);
+        let report = reports.iter().find(|r| r.trace_id.as_deref() == Some(&hex(&l.trace_id))).unwrap();
+        assert_eq!(la["mailloop.probe.id"], s(&report.probe_id));
+        assert!(matches!(&la["mailloop.region"], Val::S(r) if regions.contains(&r.as_str())), "{la:?}");
+    }
+    // What a link points at exists: each agent's probe span, in its own trace.
+    for (trace_id, span_id) in &judged {
+        let probe = collector.received.wait_for("the linked probe span", |g| hex(&g.span.span_id) == *span_id);
+        assert_eq!((probe.span.name.as_str(), &hex(&probe.span.trace_id)), ("probe", trace_id));
+        assert_eq!(probe.resource["service.name"], s("mailloop-agent"));
+    }
+    // The verdict span is the judge's measurement: it starts after the round did.
+    let round_start = c.coordinator.get_ok(&format!("/api/v1/verdicts?check={}&limit=100", check.name))["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["round"] == round)
+        .map(|v| unix_nanos(v["round_start"].as_str().unwrap()))
+        .unwrap();
+    assert!(got.span.start_time_unix_nano >= round_start && got.span.end_time_unix_nano >= got.span.start_time_unix_nano);
+
+    // The coordinator's resource.
+    let r = &got.resource;
+    assert_eq!(r["service.name"], s("mailloop-coordinator"));
+    assert_eq!(r["service.version"], s(env!("CARGO_PKG_VERSION")));
+    assert!(matches!(&r["service.instance.id"], Val::S(h) if !h.is_empty()), "{r:?}");
+
+    // Ingest: one server span per report, linked to the probe it carried.
+    let eu = &reports[0];
+    let ingest = collector
+        .received
+        .wait_for("the ingest span of a judged report", |g| named(g, "report.ingest", "mailloop.probe.id", &s(&eu.probe_id)));
+    let ia = attrs(&ingest.span.attributes);
+    assert_eq!(ia["mailloop.ingest.result"], s("stored"));
+    assert_eq!(ia["mailloop.round"], Val::I(round as i64));
+    assert_eq!(ia["rpc.method"], s("ReportResults"));
+    assert_eq!(ia["mailloop.region"], s(regions[0]));
+    assert_eq!(ingest.resource["service.name"], s("mailloop-coordinator"));
+    assert!(
+        ingest.span.links.iter().any(|l| Some(hex(&l.trace_id)) == eu.trace_id && Some(hex(&l.span_id)) == eu.span_id),
+        "the ingest span links to the probe: {:?}",
+        ingest.span.links
+    );
+    cluster_secrets_absent(&collector.received);
+}
+
+/// `mailloopctl probe` prints a trace id, and that trace holds the whole
+/// run: the coordinator's `run.order` span (child of the CLI's context)
+/// and, below it, each region's `probe` span with its steps; the stored
+/// reports name the same trace.
+#[test]
+fn an_on_demand_run_is_one_trace_from_the_cli_to_the_agents() {
+    use mailloop_tests::cluster::{AGENTS, Cluster, check_toml};
+    let collector = Collector::grpc();
+    let check = Check::new("traces-ondemand");
+    let telemetry = telemetry_table(&collector);
+    let regions: Vec<&str> = AGENTS.iter().map(|(_, r)| *r).collect();
+    let config = format!("{}{telemetry}", check_toml(&check, "30m", &regions));
+    let c = Cluster::start_configured(&config, &AGENTS, &telemetry);
+
+    let (code, out, err) = c.coordinator.ctl(&["probe", &check.name, "--timeout", "120s"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let trace_id = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("trace:"))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|| panic!("no trace line in\n{out}"));
+    assert_eq!(trace_id.len(), 32, "{out}");
+
+    // The stored reports of the run are in the CLI's trace.
+    let run: Vec<ProbeReport> = c
+        .coordinator
+        .results(&check.name)
+        .into_iter()
+        .filter(|r| r["request_id"].is_string())
+        .map(|r| serde_json::from_value(r["report"].clone()).unwrap())
+        .collect();
+    assert_eq!(run.len(), regions.len(), "one report per region");
+    for r in &run {
+        assert_eq!(r.trace_id.as_deref(), Some(trace_id.as_str()), "{} is in the CLI's trace", r.probe_id);
+    }
+
+    // The trace: run.order → probe (one per region) → steps.
+    let want = 1 + run.iter().map(|r| r.steps.len() + 1).sum::<usize>();
+    let spans = collector.received.trace(&trace_id, want);
+    assert_eq!(spans.len(), want, "{spans:#?}");
+    let order: Vec<&Got> = spans.iter().filter(|g| g.span.name == "run.order").collect();
+    assert_eq!(order.len(), 1, "one order span");
+    let order = order[0];
+    assert_eq!(order.resource["service.name"], s("mailloop-coordinator"));
+    assert_eq!(attrs(&order.span.attributes)["mailloop.check"], s(&check.name));
+    assert_eq!(order.span.parent_span_id.len(), 8, "a child of the CLI's span context");
+    for r in &run {
+        let probe = spans.iter().find(|g| Some(hex(&g.span.span_id)) == r.span_id).expect("the report's probe span");
+        assert_eq!(probe.span.name, "probe");
+        assert_eq!(probe.span.parent_span_id, order.span.span_id, "the probe is a child of the order");
+        assert_eq!(probe.resource["service.name"], s("mailloop-agent"));
+        let steps = spans.iter().filter(|g| g.span.parent_span_id == probe.span.span_id).count();
+        assert_eq!(steps, r.steps.len(), "each step of {} under its probe", r.probe_id);
+    }
+
+    // JSON output names the trace too.
+    let (code, out, err) = c.coordinator.ctl(&["--output", "json", "probe", &check.name, "--timeout", "120s"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let body: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let json_trace = body["trace_id"].as_str().expect("trace_id in the JSON output");
+    assert_ne!(json_trace, trace_id, "each run is its own trace");
+    for r in body["results"].as_array().unwrap() {
+        assert_eq!(r["report"]["trace_id"], json_trace);
+    }
+    cluster_secrets_absent(&collector.received);
+}
+
+/// With the coordinator not exporting, the CLI's trace context still
+/// reaches the agents: their probe spans are in the trace it printed.
+#[test]
+fn the_trace_context_passes_through_a_coordinator_that_does_not_export() {
+    use mailloop_tests::cluster::{AGENTS, Cluster, check_toml};
+    let collector = Collector::http();
+    let check = Check::new("traces-passthrough");
+    let telemetry = format!("{}protocol = \"http/protobuf\"\n", telemetry_table(&collector));
+    let regions: Vec<&str> = AGENTS.iter().map(|(_, r)| *r).collect();
+    let c = Cluster::start_configured(&check_toml(&check, "30m", &regions), &AGENTS, &telemetry);
+    let (code, out, err) = c.coordinator.ctl(&["probe", &check.name, "--timeout", "120s"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let trace_id = out.lines().find_map(|l| l.trim().strip_prefix("trace:")).map(|t| t.trim().to_string()).expect("a trace line");
+    // Every region's probe span arrives in the CLI's trace (each agent exports on its own).
+    mailloop_tests::cluster::wait_until(Duration::from_secs(120), "a probe span per region in the CLI's trace", || {
+        let probes = collector.received.spans(&trace_id).into_iter().filter(|g| g.span.name == "probe").count();
+        assert!(probes <= regions.len(), "{probes} probe spans");
+        (probes == regions.len()).then_some(())
+    });
+    assert!(collector.received.all().iter().all(|g| g.resource["service.name"] == s("mailloop-agent")), "the coordinator exported nothing");
+}
+
+/// Each alert delivery is an `alert.deliver` span, a child of the verdict
+/// that raised it (its `traceparent` travels with the event), with the
+/// channel, the incident and the result; a refused delivery is in error.
+/// The webhook URLs (secrets: they carry tokens) are not exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_deliveries_are_spans_under_their_verdict() {
+    use mailloop_common::telemetry::{TelemetryConfig, new_traceparent, parse_traceparent};
+    use mailloop_coordinator::alerts::{Alerts, config};
+    use mailloop_coordinator::judge::{AlertEvent, AlertEventKind, Incident, IncidentKind, IncidentState, Severity};
+    use mailloop_coordinator::telemetry::Traces;
+
+    let collector = Collector::grpc();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hooks = axum::Router::new()
+        .route("/ok/{secret}", axum::routing::post(|| async { "ok" }))
+        .route("/gone/{secret}", axum::routing::post(|| async { (axum::http::StatusCode::NOT_FOUND, "no such hook") }));
+    tokio::spawn(async move { axum::serve(listener, hooks).await.unwrap() });
+    let mut issues = Vec::new();
+    let channels = config::parse(
+        Some(&serde_json::json!([
+            {"name": "team-hook", "type": "webhook", "url": format!("http://{addr}/ok/hook-secret-123")},
+            {"name": "old-hook", "type": "webhook", "url": format!("http://{addr}/gone/hook-secret-456")},
+        ])),
+        &|_| None,
+        &mut issues,
+    );
+    assert!(issues.is_empty(), "{issues:?}");
+    let config = TelemetryConfig { endpoint: Some(collector.url()), ..Default::default() };
+    let traces = Traces::start(&config, "alert-test".into()).unwrap();
+    assert!(traces.is_on());
+    let (_trigger, shutdown) = mailloop_coordinator::shutdown::channel();
+    let alerts = Alerts::start_traced(channels, shutdown, traces.clone());
+
+    let verdict = new_traceparent();
+    let now = chrono::Utc::now().timestamp_millis();
+    alerts.notify(AlertEvent {
+        event: AlertEventKind::Opened,
+        at_ms: now,
+        incident: Incident {
+            id: 4711,
+            check_id: "corp".into(),
+            kind: IncidentKind::Outage,
+            severity: Severity::Critical,
+            state: IncidentState::Open,
+            key: String::new(),
+            regions: vec!["eu-west".into()],
+            step: Some("smtp.rcpt_to".into()),
+            class: Some("permanent".into()),
+            opened_at_ms: now,
+            first_round: 1,
+            last_round: 1,
+            acknowledged_at_ms: None,
+            acknowledged_by: None,
+            resolved_at_ms: None,
+            summary: "eu-west fails at smtp.rcpt_to".into(),
+            timeline: Vec::new(),
+        },
+        traceparent: Some(verdict.clone()),
+    });
+    let parent = parse_traceparent(&verdict).unwrap();
+    let received = collector.received.clone();
+    let (ok, gone) = tokio::task::spawn_blocking(move || {
+        let ok = received.wait_for("the delivered alert's span", |g| named(g, "alert.deliver", "mailloop.alert.channel", &s("team-hook")));
+        let gone = received.wait_for("the refused alert's span", |g| named(g, "alert.deliver", "mailloop.alert.channel", &s("old-hook")));
+        (ok, gone)
+    })
+    .await
+    .unwrap();
+    for g in [&ok, &gone] {
+        assert_eq!(hex(&g.span.trace_id), parent.trace_id().to_string(), "in the verdict's trace");
+        assert_eq!(hex(&g.span.parent_span_id), parent.span_id().to_string(), "a child of the verdict span");
+        let a = attrs(&g.span.attributes);
+        assert_eq!(a["mailloop.incident.id"], Val::I(4711));
+        assert_eq!(a["mailloop.incident.event"], s("opened"));
+        assert_eq!(a["mailloop.alert.type"], s("webhook"));
+        assert_eq!(g.resource["service.name"], s("mailloop-coordinator"));
+    }
+    let a = attrs(&ok.span.attributes);
+    assert_eq!((a["mailloop.alert.result"].clone(), a["mailloop.alert.attempts"].clone()), (s("delivered"), Val::I(1)));
+    assert_eq!(status(&ok).0, StatusCode::Unset);
+    let a = attrs(&gone.span.attributes);
+    assert_eq!(a["mailloop.alert.result"], s("failed"));
+    let (code, message) = status(&gone);
+    assert_eq!(code, StatusCode::Error);
+    assert!(message.contains("404"), "{message}");
+    assert_eq!(gone.span.events.len(), 1, "the failed attempt is an event: {:?}", gone.span.events);
+    let everything = collector.received.all_debug();
+    assert!(!everything.contains("hook-secret-123") && !everything.contains("hook-secret-456"), "a webhook URL was exported");
+    tokio::task::spawn_blocking(move || traces.shutdown()).await.unwrap();
 }

@@ -500,7 +500,7 @@ async fn follow_assignments(mut changes: tonic::Streaming<pb::AssignmentChange>,
             Some(Change::Upsert(a)) => scheduler.upsert(assigned(a), Origin::Coordinator).await,
             Some(Change::Remove(check_id)) => scheduler.remove(&check_id).await,
             Some(Change::RunNow(r)) => {
-                scheduler.run_now(&r.check_id, &r.request_id);
+                scheduler.run_now(&r.check_id, &r.request_id, Some(r.traceparent.as_str()).filter(|t| !t.is_empty()));
             }
             // Also what a change from a newer coordinator that this agent
             // does not know decodes to (protobuf skips unknown fields).

@@ -261,12 +261,7 @@ impl Validator<'_> {
 
     /// `[telemetry]`, then the standard `OTEL_*` variables over it.
     fn telemetry(&mut self, value: Option<&Value>) -> Option<TelemetryConfig> {
-        let mut t = Table::or_empty(&mut self.issues, "telemetry", value)?;
-        let config = TelemetryConfig::from_table(&mut t, &mut self.issues);
-        t.finish(&mut self.issues);
-        let mut config = config?;
-        config.apply_env(self.env, &mut self.issues);
-        Some(config)
+        TelemetryConfig::parse(value, self.env, &mut self.issues)
     }
 
     /// `connect_to = ["host:port=host:port", ...]`: each rule checked, every

@@ -140,9 +140,10 @@ impl Scheduler {
     }
 
     /// Runs a held check once, now, outside its rounds (an on-demand run):
-    /// its report has round 0 and `request_id`. Returns false (and says
-    /// why in the log) when it cannot run.
-    pub fn run_now(&self, check_id: &str, request_id: &str) -> bool {
+    /// its report has round 0 and `request_id`, and its trace is a child of
+    /// `traceparent` (the caller's W3C trace context) when given. Returns
+    /// false (and says why in the log) when it cannot run.
+    pub fn run_now(&self, check_id: &str, request_id: &str, traceparent: Option<&str>) -> bool {
         let Some(held) = self.held.get(check_id) else {
             tracing::warn!("on-demand run {request_id} of check {check_id} not run: this agent does not hold the check");
             return false;
@@ -162,10 +163,11 @@ impl Scheduler {
         tracing::info!("on-demand run {request_id} of check {check_id}: starting now");
         let (assignment, spool, request_id) = (held.assignment.clone(), self.spool.clone(), request_id.to_string());
         let telemetry = self.telemetry.clone();
+        let traceparent = traceparent.map(str::to_string);
         tokio::spawn(async move {
             let started_ms = now_ms();
             let mut report = Box::pin(prober.run()).await;
-            trace(telemetry.as_deref(), &prober, &mut report);
+            trace(telemetry.as_deref(), &prober, &mut report, traceparent.as_deref());
             spool_report(&spool, &assignment, 0, Some(request_id), &report, started_ms).await;
             drop(in_flight);
         });
@@ -296,7 +298,7 @@ impl CheckTask {
             // Boxed: a probe's state is ~40 KiB, and an idle task should not
             // carry it between rounds (1,000 checks would hold 40 MiB).
             let mut report = Box::pin(self.prober.run()).await;
-            trace(self.telemetry.as_deref(), &self.prober, &mut report);
+            trace(self.telemetry.as_deref(), &self.prober, &mut report, None);
             spool_report(&self.spool, a, round, None, &report, started_ms).await;
             drop(in_flight);
             let next = rounds.first_at_or_after(now_ms()).max(round + 1);
@@ -313,10 +315,11 @@ impl CheckTask {
 }
 
 /// Queues the probe's trace for export (never waits) and notes its ids in
-/// the report, so the coordinator can link its verdict to it.
-fn trace(telemetry: Option<&Telemetry>, prober: &Prober, report: &mut ProbeReport) {
+/// the report, so the coordinator can link its verdict to it. An on-demand
+/// run's probe span is a child of the caller's `traceparent`.
+fn trace(telemetry: Option<&Telemetry>, prober: &Prober, report: &mut ProbeReport, traceparent: Option<&str>) {
     if let Some(t) = telemetry {
-        let ids = t.record(report, prober.check());
+        let ids = t.record_in(report, prober.check(), traceparent);
         report.trace_id = Some(ids.trace_id);
         report.span_id = Some(ids.span_id);
     }
@@ -640,8 +643,8 @@ mod tests {
         s.upsert(a, Origin::Coordinator).await;
         assert_eq!(s.running(), 1);
 
-        assert!(!s.run_now("nope", "run-1"), "a check it does not hold is not run");
-        assert!(s.run_now("x", "run-2"));
+        assert!(!s.run_now("nope", "run-1", None), "a check it does not hold is not run");
+        assert!(s.run_now("x", "run-2", None));
         let mut waiting = spool.watch_waiting();
         tokio::time::timeout(Duration::from_secs(10), waiting.wait_for(|n| *n == 1)).await.unwrap().unwrap();
         let (_, r) = spool.after(0, 10).await.unwrap().pop().unwrap();
@@ -651,7 +654,7 @@ mod tests {
         assert_eq!(s.suspend(), 1);
         assert!(s.is_suspended() && s.running() == 0);
         assert_eq!(s.known(), [("x".to_string(), 3)], "suspended, the assignment is kept");
-        assert!(!s.run_now("x", "run-3"), "no on-demand run while suspended");
+        assert!(!s.run_now("x", "run-3", None), "no on-demand run while suspended");
         assert_eq!(s.resume_probing(), 1);
         assert_eq!(s.running(), 1);
         assert_eq!(s.resume_probing(), 0, "resuming twice starts nothing more");

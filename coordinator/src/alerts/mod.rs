@@ -58,6 +58,8 @@ pub struct Alerts {
     /// Replaced whole by [`Alerts::reload`]; `notify` holds the lock only
     /// to queue, never across an await.
     channels: Mutex<Vec<Channel>>,
+    /// An `alert.deliver` span per event and channel, when the coordinator traces.
+    traces: crate::telemetry::Traces,
 }
 
 /// What [`Alerts::reload`] changed, by channel name.
@@ -145,15 +147,26 @@ impl Alerts {
     /// holds a clone of `shutdown`: when it fires, the worker keeps
     /// delivering its queue for the channel's `drain_grace`, then stops.
     pub fn start(channels: Vec<ChannelConfig>, shutdown: Shutdown) -> Arc<Alerts> {
+        Alerts::start_traced(channels, shutdown, crate::telemetry::Traces::off())
+    }
+
+    /// [`Alerts::start`], tracing every delivery (an `alert.deliver` span
+    /// per event and channel, child of the verdict that raised it).
+    pub fn start_traced(
+        channels: Vec<ChannelConfig>,
+        shutdown: Shutdown,
+        traces: crate::telemetry::Traces,
+    ) -> Arc<Alerts> {
         let out = channels
             .into_iter()
             .map(|config| {
                 let queue = Arc::new(Queue::new(config.queue_capacity));
-                open_channel(config, queue, Arc::default(), &shutdown)
+                open_channel(config, queue, Arc::default(), &shutdown, &traces)
             })
             .collect();
         Arc::new(Alerts {
             channels: Mutex::new(out),
+            traces,
         })
     }
 
@@ -201,7 +214,13 @@ impl Alerts {
                         }
                         summary.added.push(config.name.clone());
                         let queue = Arc::new(Queue::new(config.queue_capacity));
-                        live.push(open_channel(config, queue, Arc::default(), &shutdown));
+                        live.push(open_channel(
+                            config,
+                            queue,
+                            Arc::default(),
+                            &shutdown,
+                            &self.traces,
+                        ));
                     }
                 }
             }
@@ -247,6 +266,7 @@ impl Alerts {
                 ch.queue.clone(),
                 ch.stats.clone(),
                 &shutdown,
+                &self.traces,
             );
             ch.worker = started.worker;
             ch.queue.ready.notify_one();
@@ -344,6 +364,7 @@ fn open_channel(
     queue: Arc<Queue>,
     stats: Arc<Mutex<Stats>>,
     shutdown: &Shutdown,
+    traces: &crate::telemetry::Traces,
 ) -> Channel {
     let sender = match Sender::new(&config) {
         Ok(s) => Some(s),
@@ -368,6 +389,7 @@ fn open_channel(
             queue: queue.clone(),
             stats: stats.clone(),
             sender,
+            traces: traces.clone(),
         };
         tokio::spawn(worker.run(shutdown.clone()))
     });
@@ -442,6 +464,7 @@ struct Worker {
     queue: Arc<Queue>,
     stats: Arc<Mutex<Stats>>,
     sender: Sender,
+    traces: crate::telemetry::Traces,
 }
 
 impl Worker {
@@ -514,6 +537,17 @@ impl Worker {
         let attempts = c.retries + 1;
         // Built once so every retry of the event is the same message.
         let body = self.body(event);
+        let parent = event
+            .traceparent
+            .as_deref()
+            .and_then(mailloop_common::telemetry::parse_traceparent);
+        let mut span = self.traces.alert(
+            &c.name,
+            c.type_name(),
+            event.incident.id,
+            event.event.as_str(),
+            parent.as_ref(),
+        );
         for attempt in 1..=attempts {
             let outcome = match (&self.sender, &body) {
                 (Sender::Http(h), Body::Json(v)) => h.post(v, c.timeout).await,
@@ -533,12 +567,14 @@ impl Worker {
                         attempt,
                         "alert delivered"
                     );
+                    crate::telemetry::end_alert(span, attempt, None);
                     return;
                 }
                 Delivery::Retry(e) => (e, false, None),
                 Delivery::RetryAfter(e, after) => (e, false, Some(after)),
                 Delivery::Permanent(e) => (e, true, None),
             };
+            crate::telemetry::alert_attempt_failed(span.as_mut(), attempt, &error);
             {
                 let mut s = self.stats.lock().unwrap();
                 s.last_error = Some(format!(
@@ -565,6 +601,7 @@ impl Worker {
                     error,
                     "alert NOT delivered: {why}"
                 );
+                crate::telemetry::end_alert(span, attempt, Some(&format!("{why}: {error}")));
                 return;
             }
             let mut wait = backoff(c.backoff_base, c.backoff_cap, attempt);

@@ -261,10 +261,22 @@ async fn delete_check(State(state): State<ApiState>, Path(id): Path<String>) -> 
     )
 }
 
-async fn run_check(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+/// `POST /api/v1/checks/{id}/run`: with a W3C `traceparent` header, the
+/// run joins the caller's trace (the agents' probe spans are in it).
+async fn run_check(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult {
+    let caller = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let run = state
         .hub
-        .order_run(&id)
+        .order_traced_run(&id, |request_id| {
+            state.traces.run_order(&id, request_id, caller.as_deref())
+        })
         .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
     let asked: Vec<&str> = run.regions.values().flatten().map(String::as_str).collect();
     tracing::info!(check = %id, request = %run.request_id, agents = ?asked, "on-demand run ordered");
@@ -279,6 +291,9 @@ fn run_json(run: &crate::cluster::ondemand::RunStarted, results: Option<&[Report
         "requested_at": rfc3339(run.requested_at_ms),
         "regions": run.regions,
     });
+    if let Some(t) = &run.trace_id {
+        body["trace_id"] = json!(t);
+    }
     if let Some(rows) = results {
         body["results"] = rows.iter().map(result_json).collect();
     }

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub role: tokio::sync::watch::Receiver<crate::storage::ReplicaRole>,
     /// Verdicts, incidents, baselines (routes in `api/judge.rs`).
     pub judge: Arc<crate::judge::run::Judge>,
+    /// The coordinator's traces: an on-demand run's `run.order` span.
+    pub traces: crate::telemetry::Traces,
 }
 
 /// How a write to a check, agent or incident is recorded in the audit log.

@@ -1124,13 +1124,25 @@ const PROBE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Orders the run, then prints each region's report as it is stored.
 /// Returns the exit code: 0 every region ok, 1 some degraded, 2 some
 /// failed, timed out or without an agent.
+///
+/// The run is one trace: a fresh W3C `traceparent` goes with the order, the
+/// coordinator passes it on to the agents, and their probe spans are in
+/// it; its trace id is printed so the whole run can be found in the
+/// tracing backend (when the coordinator or the agents export traces).
 async fn probe(
     ctl: &Ctl,
     check: &str,
     timeout: std::time::Duration,
     out: Output,
 ) -> Result<u8, Fail> {
-    let ordered = ctl
+    let traceparent = mailloop_common::telemetry::new_traceparent();
+    let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_string();
+    let traced = Ctl {
+        api: ctl.api.clone().with_traceparent(traceparent),
+        token_source: ctl.token_source.clone(),
+        url_source: ctl.url_source,
+    };
+    let ordered = traced
         .call(
             "POST",
             &format!("/api/v1/checks/{}/run", seg(check)),
@@ -1148,6 +1160,7 @@ async fn probe(
     let table_out = out == Output::Table;
     if table_out {
         out!("check {check}  on-demand run {request_id}");
+        out!("  trace: {trace_id}");
         for (region, agent) in &regions {
             match agent {
                 Some(a) => out!("  {region}: asked {a}"),
@@ -1216,6 +1229,7 @@ async fn probe(
     } else {
         let body = json!({
             "request_id": request_id,
+            "trace_id": trace_id,
             "check": check,
             "regions": ordered["regions"],
             "verdicts": verdicts,

@@ -16,6 +16,7 @@ use crate::cluster::ondemand::{MAX_REQUEST_ID, RunOrder};
 use crate::cluster::schedule::{self, Assignment, RoundFit};
 use crate::shutdown::Shutdown;
 use crate::storage::{Inserted, ReportRow, Storage, StorageError, StoredCheck};
+use crate::telemetry::{OpenSpan, end_ingest};
 use mailloop_common::ProbeReport;
 use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_server::AgentService;
@@ -53,6 +54,8 @@ pub struct AgentApi {
     /// Where newly stored reports go to be judged (None: no judge).
     judge: Option<crate::judge::run::JudgeFeed>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// A `report.ingest` span per report, when the coordinator traces.
+    traces: crate::telemetry::Traces,
 }
 
 type Watchers = Arc<Mutex<HashMap<String, Vec<(u64, String, String)>>>>;
@@ -96,6 +99,12 @@ impl AgentApi {
         self
     }
 
+    /// Traces every report from its arrival to its acknowledgement.
+    pub fn with_traces(mut self, traces: crate::telemetry::Traces) -> AgentApi {
+        self.traces = traces;
+        self
+    }
+
     pub fn new(
         hub: Arc<Hub>,
         storage: Arc<Storage>,
@@ -111,6 +120,7 @@ impl AgentApi {
             watchers: Arc::default(),
             judge: None,
             metrics: None,
+            traces: crate::telemetry::Traces::off(),
         }
     }
 
@@ -321,6 +331,7 @@ impl AgentService for AgentApi {
             pending: pending_tx,
             judge: self.judge.clone(),
             metrics: self.metrics.clone(),
+            traces: self.traces.clone(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
@@ -500,6 +511,7 @@ fn run_now(
         change: Some(pb::assignment_change::Change::RunNow(pb::RunNow {
             check_id: order.check_id.clone(),
             request_id: order.request_id.clone(),
+            traceparent: order.traceparent.clone().unwrap_or_default(),
         })),
     })
 }
@@ -579,7 +591,7 @@ impl Drop for Slot {
 /// A report on its way to an ack.
 enum Pending {
     /// Refused before storage: acknowledged at once with the reason.
-    Rejected(pb::ResultAck),
+    Rejected(pb::ResultAck, Option<OpenSpan>),
     /// Waiting for its commit.
     Storing {
         probe_id: String,
@@ -591,6 +603,8 @@ enum Pending {
         warning: String,
         /// Observed by the metrics once the commit says it is new (the report JSON).
         observe: Option<String>,
+        /// Its `report.ingest` span, ended at the ack.
+        span: Option<OpenSpan>,
     },
     /// The stream must end with this status (after the acks before it).
     End(Status),
@@ -605,6 +619,7 @@ struct Reader {
     pending: mpsc::Sender<Pending>,
     judge: Option<crate::judge::run::JudgeFeed>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    traces: crate::telemetry::Traces,
     _slot: Slot,
 }
 
@@ -651,20 +666,26 @@ impl Reader {
         self.metrics
             .as_ref()
             .inspect(|m| m.received(&self.agent.region));
-        let (row, warning) = match self.row(result) {
+        let mut span =
+            self.traces
+                .ingest(&self.agent.name, &self.agent.region, &check_id, &probe_id);
+        let (row, warning) = match self.row(result, span.as_mut()) {
             Ok(row) => row,
             Err(error) => {
                 self.metrics
                     .as_ref()
                     .inspect(|m| m.rejected(&self.agent.region));
                 tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
-                return Pending::Rejected(pb::ResultAck {
-                    probe_id,
-                    stored: false,
-                    error,
-                    warning: String::new(),
-                    coordinator_time_ms: now_ms(),
-                });
+                return Pending::Rejected(
+                    pb::ResultAck {
+                        probe_id,
+                        stored: false,
+                        error,
+                        warning: String::new(),
+                        coordinator_time_ms: now_ms(),
+                    },
+                    span,
+                );
             }
         };
         let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
@@ -677,17 +698,24 @@ impl Reader {
                 judge,
                 warning,
                 observe,
+                span,
             },
-            Err(e) => Pending::End(Status::unavailable(format!(
-                "cannot store reports now: {e}"
-            ))),
+            Err(e) => {
+                let error = format!("cannot store reports now: {e}");
+                end_ingest(span, "error", Some(&error));
+                Pending::End(Status::unavailable(error))
+            }
         }
     }
 
     /// Checks one report and turns it into a row, or says why not. A row
     /// whose round is outside its schedule window is marked (and the
     /// returned warning says why) so it is kept out of judging.
-    fn row(&self, r: pb::ProbeResult) -> Result<(ReportRow, String), String> {
+    fn row(
+        &self,
+        r: pb::ProbeResult,
+        span: Option<&mut OpenSpan>,
+    ) -> Result<(ReportRow, String), String> {
         if r.probe_id.is_empty() || r.probe_id.len() > MAX_PROBE_ID {
             return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
         }
@@ -711,6 +739,7 @@ impl Reader {
                 report.check, r.check_id
             ));
         }
+        crate::telemetry::ingest_read(span, r.round, &r.request_id, &report);
         let started_at_ms = chrono::DateTime::parse_from_rfc3339(&report.started_at)
             .map_err(|e| format!("started_at {:?} is not RFC 3339: {e}", report.started_at))?
             .timestamp_millis();
@@ -789,7 +818,10 @@ async fn acknowledge(
     let (mut stored, mut duplicates) = (0u64, 0u64);
     while let Some(p) = pending.recv().await {
         let item = match p {
-            Pending::Rejected(ack) => Ok(ack),
+            Pending::Rejected(ack, span) => {
+                end_ingest(span, "rejected", Some(&ack.error));
+                Ok(ack)
+            }
             Pending::Storing {
                 probe_id,
                 check_id,
@@ -797,8 +829,14 @@ async fn acknowledge(
                 judge,
                 warning,
                 observe,
+                span,
             } => match commit.await {
                 Ok(Ok(inserted)) => {
+                    let result = match inserted {
+                        Inserted::New => "stored",
+                        Inserted::Duplicate => "duplicate",
+                    };
+                    end_ingest(span, result, None);
                     if let (Some(m), Some(json)) = (&metrics, &observe) {
                         m.stored(&agent.region, inserted == Inserted::New, json);
                     }
@@ -820,12 +858,16 @@ async fn acknowledge(
                     })
                 }
                 Ok(Err(e)) => {
+                    end_ingest(span, "error", Some(&e.to_string()));
                     tracing::error!(agent = %agent.name, region = %agent.region, check = %check_id, probe = %probe_id, error = %e, "cannot store report; the agent keeps it and sends it again");
                     Err(Status::unavailable(format!(
                         "cannot store report {probe_id} now: {e}"
                     )))
                 }
-                Err(_) => Err(Status::unavailable("storage is closed (shutting down)")),
+                Err(_) => {
+                    end_ingest(span, "error", Some("storage is closed (shutting down)"));
+                    Err(Status::unavailable("storage is closed (shutting down)"))
+                }
             },
             Pending::End(status) => Err(status),
         };
@@ -906,6 +948,7 @@ mod tests {
             change: Some(pb::assignment_change::Change::RunNow(pb::RunNow {
                 check_id: "corp".into(),
                 request_id: "run-1-ab".into(),
+                traceparent: String::new(),
             })),
         };
         let mut bytes = run.encode_to_vec();

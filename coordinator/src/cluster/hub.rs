@@ -381,9 +381,24 @@ impl Hub {
     /// Orders an on-demand run of a live check from the agent that runs it
     /// in each of its regions now; None if there is no such check.
     pub fn order_run(&self, check_id: &str) -> Option<RunStarted> {
+        self.order_traced_run(check_id, |_| None)
+    }
+
+    /// [`Hub::order_run`] in a trace: `trace` gets the fresh request id and
+    /// answers the W3C `traceparent` the agents' probe spans join.
+    pub fn order_traced_run(
+        &self,
+        check_id: &str,
+        trace: impl FnOnce(&str) -> Option<String>,
+    ) -> Option<RunStarted> {
         let check = self.check(check_id)?;
         let owners = self.owners(check_id, &check.spec.regions);
-        Some(self.on_demand.order(check_id, owners))
+        let request_id = crate::cluster::ondemand::new_request_id();
+        let traceparent = trace(&request_id);
+        Some(
+            self.on_demand
+                .order_as(request_id, check_id, owners, traceparent),
+        )
     }
 
     /// The on-demand runs: for the assignment streams and the API.

@@ -31,6 +31,8 @@ pub struct RunOrder {
     pub check_id: String,
     /// The agents that should run it: one per region that has one.
     pub agents: Vec<String>,
+    /// The W3C `traceparent` the agents' probe spans become children of.
+    pub traceparent: Option<String>,
 }
 
 /// What an on-demand run was asked of, for the API.
@@ -41,6 +43,9 @@ pub struct RunStarted {
     /// Region → the agent asked to run it (None: no agent connected there).
     pub regions: BTreeMap<String, Option<String>>,
     pub requested_at_ms: i64,
+    /// The trace the run is part of (32 hex digits), when the caller sent
+    /// a `traceparent` or the coordinator traces.
+    pub trace_id: Option<String>,
 }
 
 /// The orders in flight and the recent ones.
@@ -63,11 +68,27 @@ impl OnDemand {
     /// `Hub::owners` answered) and returns it
     /// with a fresh request id.
     pub fn order(&self, check_id: &str, regions: BTreeMap<String, Option<String>>) -> RunStarted {
+        self.order_as(new_request_id(), check_id, regions, None)
+    }
+
+    /// [`OnDemand::order`] with the request id chosen by the caller and the
+    /// W3C `traceparent` the agents' probe spans join.
+    pub fn order_as(
+        &self,
+        request_id: String,
+        check_id: &str,
+        regions: BTreeMap<String, Option<String>>,
+        traceparent: Option<String>,
+    ) -> RunStarted {
         let started = RunStarted {
-            request_id: new_request_id(),
+            request_id,
             check_id: check_id.to_string(),
             regions,
             requested_at_ms: crate::clock::now_ms(),
+            trace_id: traceparent
+                .as_deref()
+                .and_then(|t| t.split('-').nth(1))
+                .map(str::to_string),
         };
         let agents: Vec<String> = started.regions.values().flatten().cloned().collect();
         if !agents.is_empty() {
@@ -77,6 +98,7 @@ impl OnDemand {
                 request_id: started.request_id.clone(),
                 check_id: started.check_id.clone(),
                 agents,
+                traceparent,
             }));
         }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());

@@ -82,6 +82,9 @@ pub struct CoordinatorConfig {
     pub alerts: Vec<crate::alerts::ChannelConfig>,
     /// `[storage]`: SQLite in `data_dir` (the default) or PostgreSQL.
     pub storage: crate::storage::settings::StorageSettings,
+    /// `[telemetry]` with the standard `OTEL_*` variables over it: where
+    /// the coordinator's own traces go (off without an endpoint).
+    pub telemetry: mailloop_common::telemetry::TelemetryConfig,
 }
 
 /// `[server]`.
@@ -290,6 +293,7 @@ impl CoordinatorConfig {
                 "alert",
                 "token",
                 "storage",
+                "telemetry",
             ]
             .contains(&key.as_str())
             {
@@ -297,7 +301,7 @@ impl CoordinatorConfig {
                     // Agents resolve in their own region; the coordinator asks no DNS question.
                     v.issue(key.clone(), "unknown key: [dns] is an agent setting (each agent resolves in its region) — put it in agent.toml");
                 } else {
-                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines], [[alert]] and [storage])");
+                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines], [[alert]], [storage] and [telemetry])");
                 }
             }
         }
@@ -338,8 +342,10 @@ impl CoordinatorConfig {
             env,
             server.as_ref().map(|s| s.data_dir.as_path()),
         );
-        match (server, storage) {
-            (Some(server), Some(storage)) if v.is_empty() => Ok(CoordinatorConfig {
+        let telemetry =
+            mailloop_common::telemetry::TelemetryConfig::parse(root.get("telemetry"), env, &mut v);
+        match (server, storage, telemetry) {
+            (Some(server), Some(storage), Some(telemetry)) if v.is_empty() => Ok(CoordinatorConfig {
                 server,
                 agents,
                 tokens,
@@ -347,6 +353,7 @@ impl CoordinatorConfig {
                 judge,
                 alerts,
                 storage,
+                telemetry,
             }),
             _ => Err(v),
         }
@@ -1151,6 +1158,32 @@ mod tests {
         );
         assert_eq!(c.agents[0].region, "eu-west");
         assert_eq!(format!("{:?}", c.server.admin_token), "<redacted>");
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_the_environment_wins_over_the_table() {
+        let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
+        assert!(c.telemetry.endpoint.is_none(), "no endpoint: no traces");
+
+        let mut v = good();
+        v["telemetry"] = json!({"endpoint": "http://127.0.0.1:4317", "service_name": "coord", "headers": {"x-key": "k3y"}});
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(c.telemetry.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert!(!format!("{c:?}").contains("k3y"), "header values are secrets");
+        let with_env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4318".to_string()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_string()),
+            other => env(other),
+        };
+        let c = CoordinatorConfig::from_value(&v, &with_env).unwrap();
+        assert_eq!(c.telemetry.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+
+        v["telemetry"] = json!({"endpoint": "collector:4317", "protocol": "thrift", "colour": "red"});
+        v["server"]["colour"] = json!("blue");
+        let p = paths(v);
+        for key in ["telemetry.endpoint", "telemetry.protocol", "telemetry.colour", "server.colour"] {
+            assert!(p.iter().any(|x| x == key), "{key} not in {p:?}");
+        }
     }
 
     #[test]

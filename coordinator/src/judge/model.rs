@@ -428,4 +428,8 @@ pub struct AlertEvent {
     pub event: AlertEventKind,
     pub at_ms: i64,
     pub incident: Incident,
+    /// The W3C `traceparent` of the verdict span that raised it (when the
+    /// coordinator traces): its delivery spans are children of it.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }

@@ -199,6 +199,7 @@ impl Judge {
                 event: AlertEventKind::Acknowledged,
                 at_ms,
                 incident: incident.clone(),
+                traceparent: None,
             });
         }
         Ok(outcome)
@@ -226,6 +227,7 @@ pub fn start(
     settings: JudgeSettings,
     metrics: Arc<crate::metrics::Metrics>,
     role: watch::Receiver<ReplicaRole>,
+    traces: crate::telemetry::Traces,
     shutdown: Shutdown,
 ) -> (Arc<Judge>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(FEED_CAPACITY);
@@ -252,6 +254,7 @@ pub fn start(
         metrics,
         role,
         leading: None,
+        traces,
     };
     let handle = tokio::spawn(task.run(rx, settings_rx, shutdown));
     (judge, handle)
@@ -274,6 +277,8 @@ struct Task {
     role: watch::Receiver<ReplicaRole>,
     /// Whether this task judged at the last tick (None before the first).
     leading: Option<bool>,
+    /// A `verdict` span per decided round, when the coordinator traces.
+    traces: crate::telemetry::Traces,
 }
 
 /// How long after a start agents not seen yet are given to reconnect
@@ -582,6 +587,7 @@ impl Task {
                         event: AlertEventKind::Resolved,
                         at_ms,
                         incident,
+                        traceparent: None,
                     });
                 }
             }
@@ -708,7 +714,13 @@ impl Task {
     }
 
     async fn decide(&mut self, id: &str, round: u64, start: i64, reports: Vec<RegionReport>) {
-        let _timed = self.metrics.judge_round();
+        let timed = self.metrics.judge_round();
+        // The verdict span is the round timer's measurement, linked to the
+        // probe spans of the reports it judges.
+        let mut span = self.traces.verdict(id, round, timed.started_at(), &reports);
+        let traceparent = crate::telemetry::context_of(span.as_ref())
+            .map(|cx| mailloop_common::telemetry::traceparent(&cx));
+        let mut incidents = Vec::new();
         let now = now_ms();
         let live = self.checks.get_mut(id).expect("a followed check");
         let agents = watched_agents(&self.hub, &live.regions, start, self.started_ms, now);
@@ -723,9 +735,17 @@ impl Task {
         } else {
             tracing::debug!(check = %id, round, verdict = %kind.as_str(), "round decided");
         }
+        crate::telemetry::verdict_decided(span.as_mut(), &verdict);
         match self.storage.store_round(verdict, changes).await {
             Ok(stored) => {
                 for (event, incident) in stored.events {
+                    if span.is_some() {
+                        incidents.push((
+                            event.as_str().to_string(),
+                            incident.id,
+                            incident.kind.as_str().to_string(),
+                        ));
+                    }
                     tracing::warn!(incident = incident.id, check = %incident.check_id, kind = %incident.kind.as_str(), severity = %format!("{:?}", incident.severity).to_lowercase(), summary = %incident.summary, "incident {}", event.as_str());
                     let at_ms = match event {
                         AlertEventKind::Resolved => incident.resolved_at_ms.unwrap_or(now),
@@ -735,6 +755,7 @@ impl Task {
                         event,
                         at_ms,
                         incident,
+                        traceparent: traceparent.clone(),
                     });
                 }
             }
@@ -742,6 +763,8 @@ impl Task {
                 tracing::error!(check = %id, round, error = %e, "cannot store the round's verdict; it is lost, judging goes on")
             }
         }
+        let (started_at, took) = timed.finish();
+        crate::telemetry::end_verdict(span, started_at, took, &incidents);
     }
 }
 
