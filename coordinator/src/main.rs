@@ -73,9 +73,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             };
             let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
-            match runtime.block_on(mailloop_coordinator::storage::Storage::connect(&cfg.storage)) {
+            match runtime.block_on(mailloop_coordinator::storage::Storage::connect(
+                &cfg.storage,
+            )) {
                 Ok(storage) => {
-                    println!("{}: schema version {}", storage.describe(), storage.schema_version());
+                    println!(
+                        "{}: schema version {}",
+                        storage.describe(),
+                        storage.schema_version()
+                    );
                     runtime.block_on(storage.close());
                     ExitCode::SUCCESS
                 }
@@ -114,13 +120,14 @@ fn load(path: &Path) -> Option<CoordinatorConfig> {
 
 async fn serve(cfg: CoordinatorConfig, path: PathBuf) -> anyhow::Result<()> {
     let coordinator = Coordinator::open(cfg.clone()).await?;
-    let listeners = server::bind(&cfg.server).await?;
+    let listeners = server::bind(&cfg.server, &cfg.status).await?;
     // One line on stdout with the real addresses (port 0 in tests and demos).
     println!(
-        "mailloop-coordinator listening grpc={} http={} metrics={}",
+        "mailloop-coordinator listening grpc={} http={} metrics={} status={}",
         listeners.grpc_addr(),
         listeners.http_addr(),
-        listeners.metrics_addr()
+        listeners.metrics_addr(),
+        listeners.status_addr()
     );
     coordinator
         .serve(listeners, Some(path), stop_signal())

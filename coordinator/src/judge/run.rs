@@ -772,6 +772,7 @@ mod tests {
                 interval,
                 regions: vec!["eu-west".into()],
                 quorum: None,
+                public: None,
             },
             revision: 1,
             source: Source::Api,

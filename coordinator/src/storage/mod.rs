@@ -55,7 +55,9 @@ impl Storage {
     pub async fn connect(settings: &StorageSettings) -> Result<Storage, StorageError> {
         match settings {
             StorageSettings::Sqlite { data_dir } => Storage::open(data_dir),
-            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(postgres::Postgres::connect(pg).await?))),
+            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(
+                postgres::Postgres::connect(pg).await?,
+            ))),
         }
     }
 
@@ -153,6 +155,9 @@ storage_api! {
     fn recent_verdicts(&self, check_id: String, n: u32) -> Vec<Verdict>;
     /// The latest verdict of each of `check_ids` and every active incident.
     fn status_snapshot(&self, check_ids: Vec<String>) -> (HashMap<String, Verdict>, Vec<Incident>);
+    /// Rounds per verdict of each of `q.check_ids`, bucketed by round start
+    /// (the public status page's uptime; one statement whatever the count).
+    fn verdict_counts(&self, q: VerdictCountQuery) -> Vec<VerdictCount>;
     /// Deletes verdicts decided before `cutoff_ms`.
     fn prune_verdicts(&self, cutoff_ms: i64) -> usize;
     /// Incidents, newest first (without their timelines).
