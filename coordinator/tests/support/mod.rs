@@ -114,6 +114,8 @@ pub struct Coordinator {
     child: Option<Child>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// Where the public status page is (the admin listener unless `[status] listen`).
+    pub status: SocketAddr,
 }
 
 pub type Agent = AgentServiceClient<InterceptedService<Channel, Bearer>>;
@@ -156,7 +158,9 @@ impl Coordinator {
         }
         let read_token = dir.path().join("grafana.token");
         std::fs::write(&read_token, READ_TOKEN).unwrap();
-        agents.push_str(&format!("\n[[token]]\nname = \"grafana\"\nrole = \"read\"\ntoken_file = {read_token:?}\n"));
+        agents.push_str(&format!(
+            "\n[[token]]\nname = \"grafana\"\nrole = \"read\"\ntoken_file = {read_token:?}\n"
+        ));
         let config = format!(
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nadmin_token_file = {:?}\ntest_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n{server_extra}\n{agents}\n{extra}",
             dir.path().join("data"),
@@ -168,6 +172,7 @@ impl Coordinator {
             child: None,
             grpc: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
+            status: "0.0.0.0:0".parse().unwrap(),
         };
         c.launch();
         c
@@ -214,6 +219,7 @@ impl Coordinator {
         };
         self.grpc = addr("grpc=");
         self.http = addr("http=");
+        self.status = addr("status=");
         self.child = Some(child);
     }
 
