@@ -528,3 +528,94 @@ fn display_name_is_required_with_public_and_every_issue_is_named() {
         assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
     }
 }
+
+/// `tests/browser/`: the Node script and its node_modules.
+fn browser_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+}
+
+/// Fails (never skips) with the install hint when the browser tooling is
+/// missing.
+fn require_browser() {
+    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
+        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: {HINT}"
+    );
+    for module in ["playwright-core", "axe-core"] {
+        assert!(
+            browser_dir()
+                .join("node_modules")
+                .join(module)
+                .join("package.json")
+                .exists(),
+            "tests/browser/node_modules/{module} is missing: {HINT}"
+        );
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing (apt-get install nodejs npm): {HINT}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
+    require_browser();
+    let c = seeded().await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = format!("http://{}/status", c.status);
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .arg(&url)
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for scheme in ["light", "dark"] {
+        let s = &seen["schemes"][scheme];
+        assert_eq!(s["status"], 200, "{scheme}");
+        assert_eq!(
+            s["violations"],
+            json!([]),
+            "axe violations in the {scheme} scheme: {:#}",
+            s["violations"]
+        );
+        assert_eq!(s["scripts"], 0, "the page needs no JavaScript");
+        // Nothing but the page itself is requested (no CDN, no font, no image).
+        assert_eq!(s["requests"], json!([url]), "{scheme}");
+        let checks = s["checks"].as_array().unwrap();
+        let state = |name: &str| {
+            checks
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("{name} rendered: {checks:?}"))["state"]
+                .clone()
+        };
+        assert_eq!(state("Webmail"), "Operational");
+        assert_eq!(state("Broken Mail"), "Outage");
+        assert_eq!(state("Far Mail"), "Regional delivery delays (eu-west)");
+        assert_eq!(state("<script>alert(1)</script>"), "Operational");
+        for c in checks {
+            assert_eq!(c["cells"], 90, "{c}");
+            assert_eq!(c["cell_labels"], 90, "every day cell has its text: {c}");
+            assert_eq!(c["uptime"].as_array().unwrap().len(), 4, "{c}");
+        }
+        assert_eq!(s["incidents"], json!(["Broken Mail: Outage"]));
+        assert_no_secrets("the rendered page", &s.to_string());
+    }
+    assert_ne!(
+        seen["schemes"]["light"]["background"], seen["schemes"]["dark"]["background"],
+        "prefers-color-scheme: dark applies"
+    );
+    assert!(shots.join("status-light.png").exists() && shots.join("status-dark.png").exists());
+}
