@@ -945,9 +945,10 @@ async fn reload_loop(
             || old.heartbeat != fresh.heartbeat
             || old.http_limits != fresh.http_limits
             || current.storage != new.storage
+            || current.status != new.status
         {
             tracing::warn!(
-                "listen addresses, data_dir, [storage], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
+                "listen addresses, data_dir, [storage], [status], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
             );
         }
         // The judge and the alert channels cannot fail to apply (the file
