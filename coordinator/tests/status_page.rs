@@ -319,7 +319,7 @@ async fn the_public_page_tells_states_in_words_and_leaks_nothing_private() {
 
     // 90 day cells per check, with the day's uptime in words.
     assert_eq!(html.matches("<li class=\"day ").count(), 6 * 90);
-    assert!(html.contains("no data</span>"));
+    assert!(html.contains(": no data</span>"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,9 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 /// The page's whole stylesheet, inline (no external request), allowed by
 /// its hash in the Content-Security-Policy. Text is always in the body
 /// colour; state colours are on dots, borders and bar cells, each with
-/// the state in words beside or inside it.
+/// the state in words beside or inside it. A day cell's text is hidden
+/// but read by screen readers, and shown as a tooltip on hover (no
+/// `title` attribute: the text would be sent twice for 90 cells a check).
 pub const CSS: &str = "\
 :root{color-scheme:light dark;--bg:#fff;--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--card:#f6f8fa;\
 --up:#1a7f37;--degraded:#9a6700;--regional:#bc4c00;--down:#cf222e;--nodata:#818b98}\
@@ -31,11 +33,13 @@ h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.2rem;margin:1.5rem 0 .5rem}h3{
 .dot.up,.day.up{background:var(--up)}.dot.degraded,.day.degraded{background:var(--degraded)}\
 .dot.regional,.day.regional{background:var(--regional)}.dot.down,.day.down{background:var(--down)}\
 .bar{display:flex;gap:1px;padding:0;margin:.75rem 0 .25rem;height:2rem;list-style:none}\
-.day{flex:1;background:var(--nodata);border-radius:1px;min-width:1px}.day:hover{opacity:.7}\
+.day{flex:1;background:var(--nodata);border-radius:1px;min-width:1px;position:relative}.day:hover{outline:2px solid var(--fg)}\
+.day span{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}\
+.day:hover span{clip:auto;width:auto;height:auto;overflow:visible;bottom:2.3rem;left:50%;transform:translateX(-50%);z-index:1;\
+background:var(--fg);color:var(--bg);padding:.2rem .5rem;border-radius:.2rem;font-size:.85rem;opacity:1}\
 .axis{display:flex;justify-content:space-between;font-size:.85rem;margin:0}\
 .uptime{display:flex;flex-wrap:wrap;gap:.25rem 1.5rem;margin:.5rem 0 0}.uptime div{display:flex;gap:.4rem}\
 .uptime dt{color:var(--muted)}.uptime dd{margin:0;font-variant-numeric:tabular-nums}\
-.vh{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}\
 a{color:inherit}footer{font-size:.9rem}\
 @media (max-width:30rem){.bar{height:1.5rem}}";
 
@@ -116,7 +120,7 @@ fn check(n: usize, c: &CheckView) -> Markup {
                         Some(_) => format!("{}: {} uptime, {}", fmt_date(*day), fmt_uptime(tally.uptime()), cell.words()),
                         None => format!("{}: no data", fmt_date(*day)),
                     };
-                    li class={ "day " (cell.class()) } title=(text) { span class="vh" { (text) } }
+                    li class={ "day " (cell.class()) } { span { (text) } }
                 }
             }
             p class="axis muted" aria-hidden="true" { span { (BAR_DAYS) " days ago" } span { "Today" } }
