@@ -11,25 +11,13 @@ use std::time::Instant;
 use support::*;
 
 fn env(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// `curl` the URL: (status, bytes, seconds).
 fn fetch(url: &str) -> (u16, u64, f64) {
     let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download} %{time_total}",
-            "-H",
-            &format!("authorization: Bearer {ADMIN_TOKEN}"),
-            url,
-        ])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}", "-H", &format!("authorization: Bearer {ADMIN_TOKEN}"), url])
         .output()
         .expect("curl is installed (apt-get install curl)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -56,8 +44,7 @@ async fn large_results_page_and_many_check_status() {
         let storage = Storage::open(&data_dir(&c)).unwrap();
         let filler = "x".repeat(kib * 1024);
         for i in 0..reports {
-            let mut report: serde_json::Value =
-                serde_json::from_str(&report_json(&format!("big-{i}"), "c0")).unwrap();
+            let mut report: serde_json::Value = serde_json::from_str(&report_json(&format!("big-{i}"), "c0")).unwrap();
             report["steps"][0]["detail"] = serde_json::Value::String(filler.clone());
             storage
                 .insert_report(ReportRow {
