@@ -73,15 +73,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             };
             let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
-            match runtime.block_on(mailloop_coordinator::storage::Storage::connect(
-                &cfg.storage,
-            )) {
+            match runtime.block_on(mailloop_coordinator::storage::Storage::connect(&cfg.storage)) {
                 Ok(storage) => {
-                    println!(
-                        "{}: schema version {}",
-                        storage.describe(),
-                        storage.schema_version()
-                    );
+                    println!("{}: schema version {}", storage.describe(), storage.schema_version());
                     runtime.block_on(storage.close());
                     ExitCode::SUCCESS
                 }

@@ -55,9 +55,7 @@ impl Storage {
     pub async fn connect(settings: &StorageSettings) -> Result<Storage, StorageError> {
         match settings {
             StorageSettings::Sqlite { data_dir } => Storage::open(data_dir),
-            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(
-                postgres::Postgres::connect(pg).await?,
-            ))),
+            StorageSettings::Postgres(pg) => Ok(Storage(Backend::Postgres(postgres::Postgres::connect(pg).await?))),
         }
     }
 

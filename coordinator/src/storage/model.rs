@@ -32,9 +32,7 @@ pub enum StorageError {
     Unavailable(String),
     #[error("storage config: {0}")]
     Config(String),
-    #[error(
-        "the database schema is version {found}, newer than this coordinator knows ({known}): upgrade the coordinator"
-    )]
+    #[error("the database schema is version {found}, newer than this coordinator knows ({known}): upgrade the coordinator")]
     NewerSchema { found: i64, known: i64 },
 }
 

@@ -158,9 +158,7 @@ impl Coordinator {
         }
         let read_token = dir.path().join("grafana.token");
         std::fs::write(&read_token, READ_TOKEN).unwrap();
-        agents.push_str(&format!(
-            "\n[[token]]\nname = \"grafana\"\nrole = \"read\"\ntoken_file = {read_token:?}\n"
-        ));
+        agents.push_str(&format!("\n[[token]]\nname = \"grafana\"\nrole = \"read\"\ntoken_file = {read_token:?}\n"));
         let config = format!(
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nadmin_token_file = {:?}\ntest_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n{server_extra}\n{agents}\n{extra}",
             dir.path().join("data"),

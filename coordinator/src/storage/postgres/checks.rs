@@ -52,8 +52,8 @@ impl Postgres {
             let id: String = r.get(0);
             let json: String = r.get(2);
             let regions: String = r.get(4);
-            let mut table: serde_json::Value = serde_json::from_str(&json)
-                .map_err(|e| StorageError::Corrupt(format!("check {id}: {e}")))?;
+            let mut table: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| StorageError::Corrupt(format!("check {id}: {e}")))?;
             let quorum = table
                 .as_object_mut()
                 .and_then(|o| o.remove("quorum"))

@@ -5,15 +5,12 @@ use super::super::model::{
     RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage, VerdictQuery,
 };
 use super::Postgres;
-use super::incidents::{
-    INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row,
-};
+use super::incidents::{INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row};
 use crate::judge::{AlertEventKind, Incident, IncidentChange, TimelineEntry, Verdict};
 use std::collections::HashMap;
 
 fn verdict_from(evidence: &str) -> Result<Verdict, StorageError> {
-    serde_json::from_str(evidence)
-        .map_err(|e| StorageError::Corrupt(format!("verdict evidence: {e}")))
+    serde_json::from_str(evidence).map_err(|e| StorageError::Corrupt(format!("verdict evidence: {e}")))
 }
 
 async fn store_round_tx(
@@ -31,10 +28,7 @@ async fn store_round_tx(
         .await?;
     if n == 0 {
         // Decided before (a restart or another leader raced): the first decision stands.
-        return Ok(RoundStored {
-            stored: false,
-            events: Vec::new(),
-        });
+        return Ok(RoundStored { stored: false, events: Vec::new() });
     }
     let mut events = Vec::new();
     for change in changes {
@@ -95,22 +89,13 @@ async fn store_round_tx(
                     events.push((AlertEventKind::Opened, stored));
                 }
             }
-            IncidentChange::Update {
-                kind,
-                key,
-                entry,
-                summary,
-                regions,
-                last_round,
-            } => {
+            IncidentChange::Update { kind, key, entry, summary, regions, last_round } => {
                 let Some(id) = active_id(tx, &v.check_id, *kind, key).await? else {
                     tracing::warn!(check = %v.check_id, kind = kind.as_str(), %key, "update of an incident that is not open; ignored");
                     continue;
                 };
                 add_event(tx, id, entry).await?;
-                let regions = regions
-                    .as_ref()
-                    .map(|r| serde_json::to_string(r).expect("strings serialize"));
+                let regions = regions.as_ref().map(|r| serde_json::to_string(r).expect("strings serialize"));
                 tx.execute(
                     "UPDATE incidents SET last_round = GREATEST(last_round, $2), summary = COALESCE($3, summary),
                      regions = COALESCE($4, regions) WHERE id = $1",
@@ -135,19 +120,12 @@ async fn store_round_tx(
             }
         }
     }
-    Ok(RoundStored {
-        stored: true,
-        events,
-    })
+    Ok(RoundStored { stored: true, events })
 }
 
 impl Postgres {
     /// Stores a round's verdict and what it did to incidents in one transaction.
-    pub async fn store_round(
-        &self,
-        verdict: Verdict,
-        changes: Vec<IncidentChange>,
-    ) -> Result<RoundStored, StorageError> {
+    pub async fn store_round(&self, verdict: Verdict, changes: Vec<IncidentChange>) -> Result<RoundStored, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stored = store_round_tx(&tx, &verdict, &changes).await?;
@@ -177,18 +155,11 @@ impl Postgres {
             verdicts.push(verdict_from(r.get(2))?);
             next = Some((r.get::<_, i64>(0), r.get::<_, String>(1)));
         }
-        Ok(VerdictPage {
-            verdicts,
-            next: if more { next } else { None },
-        })
+        Ok(VerdictPage { verdicts, next: if more { next } else { None } })
     }
 
     /// The last `n` verdicts of a check, oldest first.
-    pub async fn recent_verdicts(
-        &self,
-        check_id: String,
-        n: u32,
-    ) -> Result<Vec<Verdict>, StorageError> {
+    pub async fn recent_verdicts(&self, check_id: String, n: u32) -> Result<Vec<Verdict>, StorageError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -196,10 +167,7 @@ impl Postgres {
                 &[&check_id, &(n as i64)],
             )
             .await?;
-        let mut out = rows
-            .iter()
-            .map(|r| verdict_from(r.get(0)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = rows.iter().map(|r| verdict_from(r.get(0))).collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
     }
@@ -230,10 +198,7 @@ impl Postgres {
                 &[],
             )
             .await?;
-        let active = rows
-            .iter()
-            .map(incident_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let active = rows.iter().map(incident_row).collect::<Result<Vec<_>, _>>()?;
         Ok((latest, active))
     }
 
