@@ -619,3 +619,14 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
     );
     assert!(shots.join("status-light.png").exists() && shots.join("status-dark.png").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enabled_false_removes_the_page() {
+    let c = Coordinator::start(
+        "",
+        &format!("[status]\nenabled = false\n{}", public_check("web-up", "Webmail")),
+    );
+    for path in ["/status", "/status.json", "/badge/web-up.svg"] {
+        assert_eq!(get(c.http, path, "").0, 404, "{path}");
+    }
+}
