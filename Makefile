@@ -27,6 +27,12 @@ help:
 # tests (idempotent; fast when already installed; no service is started).
 deps: toolchain
 	@bash $(MAILSTACK)/install.sh
+	@# playwright-core and axe-core (about 18 MB, no browser download: the
+	@# tests drive Debian's /usr/bin/chromium); skipped when the lock is met.
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ with npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	@cmp -s tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json 2>/dev/null || { \
+	  npm ci --prefix tests/browser --no-audit --no-fund --ignore-scripts && \
+	  cp tests/browser/package-lock.json tests/browser/node_modules/.installed-lock.json; }
 
 toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust through rustup (see rust-toolchain.toml)" >&2; exit 1; }

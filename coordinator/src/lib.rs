@@ -12,7 +12,8 @@
 //! - [`cluster`]: rounds and rendezvous placement, the hub of live agents,
 //!   every change to checks and agents, on-demand runs, the gRPC agent edge.
 //! - [`auth`]: roles, route policies, the audit log; [`metrics`]: `/metrics`.
-//! - [`api`]: the admin HTTP edge, one file per group of routes.
+//! - [`api`]: the admin HTTP edge, one file per group of routes; [`web`]:
+//!   the public status page, its JSON and badges.
 //! - [`server`]: start-up, serving, reload and graceful shutdown.
 //! - [`client`]: the admin API client `mailloopctl` uses.
 
@@ -29,3 +30,4 @@ pub mod server;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod web;

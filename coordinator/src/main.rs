@@ -114,13 +114,14 @@ fn load(path: &Path) -> Option<CoordinatorConfig> {
 
 async fn serve(cfg: CoordinatorConfig, path: PathBuf) -> anyhow::Result<()> {
     let coordinator = Coordinator::open(cfg.clone()).await?;
-    let listeners = server::bind(&cfg.server).await?;
+    let listeners = server::bind(&cfg.server, &cfg.status).await?;
     // One line on stdout with the real addresses (port 0 in tests and demos).
     println!(
-        "mailloop-coordinator listening grpc={} http={} metrics={}",
+        "mailloop-coordinator listening grpc={} http={} metrics={} status={}",
         listeners.grpc_addr(),
         listeners.http_addr(),
-        listeners.metrics_addr()
+        listeners.metrics_addr(),
+        listeners.status_addr()
     );
     coordinator
         .serve(listeners, Some(path), stop_signal())

@@ -11,11 +11,12 @@
 //!    the storage writer — all within `shutdown_grace`.
 
 use crate::api::{self, ApiState};
-use crate::config::{CoordinatorConfig, HttpLimits, ServerConfig, TlsMaterial};
-use crate::cluster::control::{Control};
 use crate::clock::now_ms;
+use crate::cluster::control::Control;
 use crate::cluster::grpc::{AgentApi, AgentApiSettings};
 use crate::cluster::hub::Hub;
+use crate::config::status::StatusPageSettings;
+use crate::config::{CoordinatorConfig, HttpLimits, ServerConfig, TlsMaterial};
 use crate::shutdown::{self, Shutdown};
 use crate::storage::{ReplicaRole, Storage, StorageError};
 use mailloop_proto::pb::agent_service_server::AgentServiceServer;
@@ -60,6 +61,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// `metrics_listen`, when `/metrics` has its own address.
     pub metrics: Option<TcpListener>,
+    /// `[status] listen`, when the public status page has its own address.
+    pub status: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -83,10 +86,23 @@ impl Listeners {
             .local_addr()
             .expect("a bound listener has an address")
     }
+
+    /// Where the status page is served (the admin listener unless `[status] listen` is set).
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status
+            .as_ref()
+            .unwrap_or(&self.http)
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
 }
 
-/// Binds the gRPC and admin listeners of `server`.
-pub async fn bind(server: &ServerConfig) -> Result<Listeners, ServeError> {
+/// Binds the gRPC and admin listeners of `server`, and the status page's
+/// own when `status` has one.
+pub async fn bind(
+    server: &ServerConfig,
+    status: &StatusPageSettings,
+) -> Result<Listeners, ServeError> {
     let grpc = TcpListener::bind(server.grpc_listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -113,10 +129,23 @@ pub async fn bind(server: &ServerConfig) -> Result<Listeners, ServeError> {
         ),
         None => None,
     };
+    let status = match status.listen.filter(|_| status.enabled) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "status.listen",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     Ok(Listeners {
         grpc,
         http,
         metrics,
+        status,
     })
 }
 
@@ -184,6 +213,7 @@ impl Coordinator {
             traces,
         } = self;
         let server = config.server.clone();
+        let status_settings = config.status.clone();
         let (mut trigger, shutdown) = shutdown::channel();
         let ready = Arc::new(AtomicBool::new(false));
         // Leadership: work that must happen once among replicas (judging,
@@ -234,6 +264,7 @@ impl Coordinator {
         let grpc_addr = listeners.grpc_addr();
         let http_addr = listeners.http_addr();
         let metrics_addr = listeners.metrics_addr();
+        let status_addr = listeners.status_addr();
         let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
         let metrics_app = match listeners.metrics {
             Some(l) => {
@@ -241,6 +272,28 @@ impl Coordinator {
                 None
             }
             None => Some(metrics_app),
+        };
+        let status_app = status_settings.enabled.then(|| {
+            crate::web::router(crate::web::StatusPage::new(
+                hub.clone(),
+                storage.clone(),
+                status_settings.clone(),
+            ))
+        });
+        let status_app = match (listeners.status, status_app) {
+            (Some(l), Some(app)) => {
+                tokio::spawn(serve_public(
+                    l,
+                    bounded(app, server.http_limits),
+                    shutdown.clone(),
+                ));
+                None
+            }
+            (_, app) => app,
+        };
+        let extra_app = match (metrics_app, status_app) {
+            (Some(m), Some(s)) => Some(m.merge(s)),
+            (m, s) => m.or(s),
         };
         let mut grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
@@ -266,11 +319,11 @@ impl Coordinator {
             server.tls.clone(),
             server.http_limits,
             state,
-            metrics_app,
+            extra_app,
             shutdown.clone(),
         )?);
         ready.store(true, Ordering::SeqCst);
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, metrics = %metrics_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, metrics = %metrics_addr, status = %status_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
 
         let mut failure = None;
         tokio::select! {
@@ -407,6 +460,20 @@ async fn serve_metrics(listener: TcpListener, app: axum::Router, shutdown: Shutd
     drop(shutdown);
     if let Err(e) = result {
         tracing::error!(error = %e, "the metrics listener failed; /metrics is unavailable");
+    }
+}
+
+/// The public status page on its own plain-HTTP listener (`[status]
+/// listen`), with the admin listener's request bounds (body size,
+/// timeouts), until shutdown.
+async fn serve_public(listener: TcpListener, app: axum::Router, shutdown: Shutdown) {
+    let mut stop = shutdown.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.recv().await })
+        .await;
+    drop(shutdown);
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the status page listener failed; /status is unavailable");
     }
 }
 
@@ -920,9 +987,10 @@ async fn reload_loop(
             || old.http_limits != fresh.http_limits
             || current.storage != new.storage
             || current.telemetry != new.telemetry
+            || current.status != new.status
         {
             tracing::warn!(
-                "listen addresses, data_dir, [storage], [telemetry], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
+                "listen addresses, data_dir, [storage], [telemetry], [status], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
             );
         }
         // The judge and the alert channels cannot fail to apply (the file

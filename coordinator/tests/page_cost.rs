@@ -108,3 +108,69 @@ async fn large_results_page_and_many_check_status() {
         times[2].1, times[2].0, times[0].0, times[4].0
     );
 }
+
+/// The public status page with `COST_PUBLIC_CHECKS` public checks (100)
+/// and one verdict per check per hour for 90 days: bytes, the first
+/// request (a build) and cached requests.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn public_status_page_cost() {
+    let checks = env("COST_PUBLIC_CHECKS", 100);
+    let mut config = String::new();
+    for i in 0..checks {
+        config.push_str(&check_toml(&format!("p{i}"), &["eu-west"], "1h").replacen(
+            "interval = \"1h\"",
+            &format!("interval = \"1h\"\npublic = true\ndisplay_name = \"Service {i}\""),
+            1,
+        ));
+    }
+    let mut c = Coordinator::start("", &config);
+    c.kill();
+    let now = mailloop_coordinator::clock::now_ms();
+    let hours = 90 * 24;
+    {
+        let storage = std::sync::Arc::new(Storage::open(&data_dir(&c)).unwrap());
+        let mut pending = tokio::task::JoinSet::new();
+        for i in 0..checks {
+            for h in 0..hours {
+                // Far-ahead round numbers: the judge has nothing of its own to decide.
+                let verdict = Verdict {
+                    check_id: format!("p{i}"),
+                    round: 1_000_000_000 + h as u64,
+                    round_start_ms: now - (hours - h) as i64 * 3_600_000,
+                    decided_at_ms: now - (hours - h) as i64 * 3_600_000 + 500,
+                    verdict: if h % 97 == 0 {
+                        VerdictKind::Down
+                    } else {
+                        VerdictKind::Up
+                    },
+                    quorum: 1,
+                    regions: Vec::new(),
+                    note: "up".into(),
+                };
+                let s = storage.clone();
+                pending.spawn(async move { s.store_round(verdict, Vec::new()).await.unwrap() });
+                if pending.len() == 256 {
+                    while let Some(r) = pending.join_next().await {
+                        r.unwrap();
+                    }
+                }
+            }
+        }
+        while let Some(r) = pending.join_next().await {
+            r.unwrap();
+        }
+        storage.close().await;
+    }
+    c.launch();
+    let url = format!("http://{}/status", c.status);
+    let (status, bytes, first) = fetch(&url);
+    assert_eq!(status, 200);
+    let mut times: Vec<f64> = (0..20).map(|_| fetch(&url).2).collect();
+    times.sort_by(f64::total_cmp);
+    let (_, json_bytes, _) = fetch(&format!("{url}.json"));
+    println!(
+        "/status with {checks} public checks x {hours} hourly verdicts: {bytes} bytes HTML, {json_bytes} bytes JSON; first request (build) {first:.3}s, cached median {:.4}s, max {:.4}s over 20 (curl, one at a time)",
+        times[10], times[19]
+    );
+}

@@ -32,6 +32,10 @@ PACKAGES=(
   gcc libc6-dev diffutils
   prometheus
   postgresql
+  # The status page's browser test (coordinator/tests/status_page.rs) drives
+  # Debian's headless Chromium with playwright-core (tests/browser/, whose
+  # two npm packages `make deps` installs with the node/npm already there).
+  chromium
   # The OAuth2 identity provider of tests/tests/oauth2.rs (oauth2_idp.py, run
   # with Debian's /usr/bin/python3): Authlib's authorization server.
   python3-authlib

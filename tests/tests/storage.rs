@@ -9,7 +9,7 @@ use mailloop_coordinator::judge::{
 };
 use mailloop_coordinator::storage::{
     AggregateQuery, AuditEntry, AuditQuery, IncidentQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
-    StorageError, StorageSettings, StoredToken,
+    StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery,
 };
 use mailloop_tests::postgres::Postgres;
 use serde_json::json;
@@ -58,6 +58,8 @@ both! {
     a_round_opens_one_incident_and_an_ack_is_idempotent,
     a_report_counts_once_in_its_hour,
     audit_and_tokens_round_trip,
+    verdicts_are_counted_per_check_bucket_and_kind,
+    a_public_check_keeps_its_display_name,
 }
 
 fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
@@ -317,6 +319,70 @@ async fn a_round_opens_one_incident_and_an_ack_is_idempotent(db: &Db) {
     assert_eq!(gone.len(), 1);
     assert!(s.checks_with_active_incidents().await.unwrap().is_empty());
     assert_eq!(s.recent_verdicts("corp".into(), 5).await.unwrap().len(), 2);
+    s.close().await;
+}
+
+async fn verdicts_are_counted_per_check_bucket_and_kind(db: &Db) {
+    let s = db.open().await;
+    // Rounds start every second (`verdict`); buckets of 10 s.
+    for (round, kind) in [(3, VerdictKind::Up), (5, VerdictKind::Up), (7, VerdictKind::Down), (12, VerdictKind::Transit), (25, VerdictKind::Unknown)] {
+        s.store_round(verdict(round, kind), Vec::new()).await.unwrap();
+    }
+    let mut other = verdict(4, VerdictKind::Down);
+    other.check_id = "other".into();
+    s.store_round(other, Vec::new()).await.unwrap();
+    let count = |check: &str, bucket: i64, kind: VerdictKind, rounds: u64| VerdictCount {
+        check_id: check.into(),
+        bucket_start_ms: bucket,
+        verdict: kind,
+        rounds,
+    };
+    let mut got = s
+        .verdict_counts(VerdictCountQuery { check_ids: vec!["corp".into()], since_ms: 4_000, bucket_ms: 10_000 })
+        .await
+        .unwrap();
+    got.sort_by_key(|c| (c.bucket_start_ms, c.verdict.as_str()));
+    // Round 3 starts before `since`; "other" is not asked for.
+    assert_eq!(
+        got,
+        vec![
+            count("corp", 0, VerdictKind::Down, 1),
+            count("corp", 0, VerdictKind::Up, 1),
+            count("corp", 10_000, VerdictKind::Transit, 1),
+            count("corp", 20_000, VerdictKind::Unknown, 1),
+        ]
+    );
+    let both = s
+        .verdict_counts(VerdictCountQuery { check_ids: vec!["corp".into(), "other".into()], since_ms: 0, bucket_ms: 86_400_000 })
+        .await
+        .unwrap();
+    assert_eq!(both.iter().map(|c| c.rounds).sum::<u64>(), 6);
+    assert!(s.verdict_counts(VerdictCountQuery { check_ids: vec![], since_ms: 0, bucket_ms: 1 }).await.unwrap().is_empty());
+    s.close().await;
+}
+
+async fn a_public_check_keeps_its_display_name(db: &Db) {
+    use mailloop_coordinator::config::{CheckRules, check_spec};
+    use mailloop_coordinator::storage::{Source, StoredCheck};
+    let s = db.open().await;
+    let mut table = json!({
+        "name": "webmail", "from": "a@example.test", "to": "b@example.test", "interval": "5m",
+        "regions": ["eu"], "public": true, "display_name": "Webmail <beta>",
+        "smtp": {"host": "127.0.0.1", "security": "none"},
+        "imap": {"host": "127.0.0.1", "security": "none", "username": "b@example.test", "password_env": "P"},
+    });
+    let rules = CheckRules { allow_inline_passwords: false, min_interval: std::time::Duration::from_secs(30) };
+    let spec = check_spec("check", &table, rules).unwrap();
+    assert_eq!(spec.public.as_ref().unwrap().display_name, "Webmail <beta>");
+    assert!(spec.table.get("public").is_none(), "agents never get it");
+    s.put_check(StoredCheck { spec: spec.clone(), revision: 1, source: Source::Api, deleted: false, updated_at_ms: 1 })
+        .await
+        .unwrap();
+    let loaded = s.load_checks().await.unwrap();
+    assert_eq!(loaded[0].spec, spec);
+    table["public"] = json!(false);
+    let private = check_spec("check", &table, rules).unwrap();
+    assert_eq!(private.public, None);
     s.close().await;
 }
 

@@ -9,21 +9,22 @@
 //! given through the API obeys exactly the same rules as one in the file.
 
 pub mod names;
+pub mod status;
 pub mod storage;
 pub mod tokens;
 
-pub use names::{hex, is_name, token_sha256};
-pub use tokens::{Role, TokenDecl};
 use mailloop_common::Secret;
 use mailloop_common::config::{
     ConfigError, ConfigIssue, IssueList, Secrets, Table, apply_env_overrides, check_from_value,
     duration_value,
 };
+pub use names::{hex, is_name, token_sha256};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use tokens::{Role, TokenDecl};
 
 /// Default gRPC listen address (agents).
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
@@ -85,6 +86,8 @@ pub struct CoordinatorConfig {
     /// `[telemetry]` with the standard `OTEL_*` variables over it: where
     /// the coordinator's own traces go (off without an endpoint).
     pub telemetry: mailloop_common::telemetry::TelemetryConfig,
+    /// `[status]`: the public status page.
+    pub status: status::StatusPageSettings,
 }
 
 /// `[server]`.
@@ -221,6 +224,90 @@ pub struct CheckSpec {
     /// The check's own `quorum` (regions that must fail for `down`); None:
     /// `[incidents].quorum`. Not part of `table`: agents never see it.
     pub quorum: Option<crate::judge::Quorum>,
+    /// `public = true` and `display_name`: shown on the public status page
+    /// under that name. None: private (the default). Not part of `table`.
+    pub public: Option<PublicListing>,
+}
+
+/// How a public check appears on the status page: its display name and
+/// nothing else from its config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicListing {
+    pub display_name: String,
+}
+
+/// Longest `display_name`, in characters.
+pub const MAX_DISPLAY_NAME: usize = 100;
+
+impl PublicListing {
+    /// Writes `public` and `display_name` into a check table (as written).
+    pub fn insert_into(listing: Option<&PublicListing>, table: &mut Value) {
+        if let (Some(l), Some(obj)) = (listing, table.as_object_mut()) {
+            obj.insert("public".into(), Value::Bool(true));
+            obj.insert("display_name".into(), Value::String(l.display_name.clone()));
+        }
+    }
+
+    /// Takes `public` and `display_name` out of a check table, validating
+    /// them (issues under `path`); what is left is the probe's table.
+    pub fn take_from(
+        path: &str,
+        table: &mut Map<String, Value>,
+        v: &mut Vec<ConfigIssue>,
+    ) -> Option<PublicListing> {
+        let public = table.remove("public");
+        let display_name = table.remove("display_name");
+        let public = match public {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(other) => {
+                v.issue(
+                    format!("{path}.public"),
+                    format!("expected true or false, found {other}"),
+                );
+                false
+            }
+        };
+        let name = match display_name {
+            None => None,
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                v.issue(format!("{path}.display_name"), "must not be empty");
+                None
+            }
+            Some(Value::String(s))
+                if s.chars().count() > MAX_DISPLAY_NAME || s.chars().any(char::is_control) =>
+            {
+                v.issue(
+                    format!("{path}.display_name"),
+                    format!("at most {MAX_DISPLAY_NAME} characters on one line"),
+                );
+                None
+            }
+            Some(Value::String(s)) => Some(s.trim().to_string()),
+            Some(other) => {
+                v.issue(
+                    format!("{path}.display_name"),
+                    format!("expected a string, found {other}"),
+                );
+                None
+            }
+        };
+        if !public {
+            return None;
+        }
+        match name {
+            Some(display_name) => Some(PublicListing { display_name }),
+            None => {
+                if !v.iter().any(|i| i.path == format!("{path}.display_name")) {
+                    v.issue(
+                        format!("{path}.display_name"),
+                        "required with public = true: the name visitors of the status page see (the check's own name, hosts and mailboxes are never shown)",
+                    );
+                }
+                None
+            }
+        }
+    }
 }
 
 impl CheckSpec {
@@ -238,6 +325,7 @@ impl CheckSpec {
                 obj.insert("quorum".into(), crate::judge::config::quorum_value(q));
             }
         }
+        PublicListing::insert_into(self.public.as_ref(), &mut t);
         t
     }
 }
@@ -294,6 +382,7 @@ impl CoordinatorConfig {
                 "token",
                 "storage",
                 "telemetry",
+                "status",
             ]
             .contains(&key.as_str())
             {
@@ -301,7 +390,7 @@ impl CoordinatorConfig {
                     // Agents resolve in their own region; the coordinator asks no DNS question.
                     v.issue(key.clone(), "unknown key: [dns] is an agent setting (each agent resolves in its region) — put it in agent.toml");
                 } else {
-                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines], [[alert]], [storage] and [telemetry])");
+                    v.issue(key.clone(), "unknown key (expected [server], [[agent]], [[token]], [[check]], [incidents], [baselines], [[alert]], [storage], [telemetry] and [status])");
                 }
             }
         }
@@ -344,6 +433,16 @@ impl CoordinatorConfig {
         );
         let telemetry =
             mailloop_common::telemetry::TelemetryConfig::parse(root.get("telemetry"), env, &mut v);
+        let status = status::parse(&mut v, root.get("status"));
+        if let (Some(listen), Some(s)) = (status.listen, &server)
+            && listen.port() != 0
+            && [s.http_listen, s.grpc_listen].contains(&listen)
+        {
+            v.issue(
+                "status.listen",
+                format!("{listen} is already the admin or gRPC listener"),
+            );
+        }
         match (server, storage, telemetry) {
             (Some(server), Some(storage), Some(telemetry)) if v.is_empty() => Ok(CoordinatorConfig {
                 server,
@@ -354,6 +453,7 @@ impl CoordinatorConfig {
                 alerts,
                 storage,
                 telemetry,
+                status,
             }),
             _ => Err(v),
         }
@@ -552,6 +652,7 @@ pub fn check_spec(
     table.remove("interval");
     table.remove("regions");
     table.remove("quorum");
+    let public = PublicListing::take_from(path, &mut table, &mut v);
     let table = Value::Object(table);
     let secrets = Secrets::ReferencesOnly {
         allow_inline: rules.allow_inline_passwords,
@@ -572,6 +673,7 @@ pub fn check_spec(
             interval,
             regions,
             quorum: quorum.flatten(),
+            public,
         }),
         _ => Err(v),
     }

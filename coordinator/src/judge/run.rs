@@ -831,6 +831,7 @@ mod tests {
                 interval,
                 regions: vec!["eu-west".into()],
                 quorum: None,
+                public: None,
             },
             revision: 1,
             source: Source::Api,

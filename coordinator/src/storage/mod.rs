@@ -174,6 +174,9 @@ storage_api! {
     fn recent_verdicts(&self, check_id: String, n: u32) -> Vec<Verdict>;
     /// The latest verdict of each of `check_ids` and every active incident.
     fn status_snapshot(&self, check_ids: Vec<String>) -> (HashMap<String, Verdict>, Vec<Incident>);
+    /// Rounds per verdict of each of `q.check_ids`, bucketed by round start
+    /// (the public status page's uptime; one statement whatever the count).
+    fn verdict_counts(&self, q: VerdictCountQuery) -> Vec<VerdictCount>;
     /// Deletes verdicts decided before `cutoff_ms`.
     fn prune_verdicts(&self, cutoff_ms: i64) -> usize;
     /// Incidents, newest first (without their timelines).

@@ -160,6 +160,28 @@ pub struct VerdictQuery {
     pub after: Option<(i64, String)>,
 }
 
+/// How many rounds of each verdict some checks had, per time bucket: what
+/// the public status page's uptime figures and day bars are made of.
+#[derive(Debug, Clone)]
+pub struct VerdictCountQuery {
+    pub check_ids: Vec<String>,
+    /// Inclusive lower bound on the round's start (epoch ms).
+    pub since_ms: i64,
+    /// Bucket width in ms; buckets start at multiples of it since the epoch
+    /// (86 400 000: UTC days).
+    pub bucket_ms: i64,
+}
+
+/// Rounds of one check with one verdict in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictCount {
+    pub check_id: String,
+    /// The bucket's start (epoch ms, a multiple of the query's `bucket_ms`).
+    pub bucket_start_ms: i64,
+    pub verdict: crate::judge::VerdictKind,
+    pub rounds: u64,
+}
+
 /// Verdicts and where the next page starts.
 #[derive(Debug, Clone)]
 pub struct VerdictPage {

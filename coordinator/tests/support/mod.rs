@@ -114,6 +114,8 @@ pub struct Coordinator {
     child: Option<Child>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// Where the public status page is (the admin listener unless `[status] listen`).
+    pub status: SocketAddr,
 }
 
 pub type Agent = AgentServiceClient<InterceptedService<Channel, Bearer>>;
@@ -168,6 +170,7 @@ impl Coordinator {
             child: None,
             grpc: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
+            status: "0.0.0.0:0".parse().unwrap(),
         };
         c.launch();
         c
@@ -214,6 +217,7 @@ impl Coordinator {
         };
         self.grpc = addr("grpc=");
         self.http = addr("http=");
+        self.status = addr("status=");
         self.child = Some(child);
     }
 

@@ -13,6 +13,7 @@ impl Postgres {
         if let (Some(q), Some(obj)) = (c.spec.quorum, stored_table.as_object_mut()) {
             obj.insert("quorum".into(), crate::judge::config::quorum_value(q));
         }
+        crate::config::PublicListing::insert_into(c.spec.public.as_ref(), &mut stored_table);
         let table = serde_json::to_string(&stored_table).expect("a JSON value serializes");
         let regions = serde_json::to_string(&c.spec.regions).expect("strings serialize");
         let client = self.client().await?;
@@ -56,7 +57,12 @@ impl Postgres {
             let quorum = table
                 .as_object_mut()
                 .and_then(|o| o.remove("quorum"))
-                .and_then(|raw| crate::judge::config::quorum("quorum", &raw, None, &mut Vec::new()));
+                .and_then(|raw| {
+                    crate::judge::config::quorum("quorum", &raw, None, &mut Vec::new())
+                });
+            let public = table
+                .as_object_mut()
+                .and_then(|o| crate::config::PublicListing::take_from("check", o, &mut Vec::new()));
             let regions = serde_json::from_str(&regions)
                 .map_err(|e| StorageError::Corrupt(format!("check {id} regions: {e}")))?;
             out.push(StoredCheck {
@@ -66,6 +72,7 @@ impl Postgres {
                     interval: Duration::from_millis(r.get::<_, i64>(3) as u64),
                     regions,
                     quorum,
+                    public,
                 },
                 revision: r.get::<_, i64>(1) as u64,
                 source: Source::parse(r.get(5)),

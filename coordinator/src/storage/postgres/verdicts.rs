@@ -1,7 +1,9 @@
 //! Round verdicts on PostgreSQL: a round's verdict and what it did to
 //! incidents are written in ONE transaction (`store_round`), as on SQLite.
 
-use super::super::model::{RoundStored, StorageError, VerdictPage, VerdictQuery};
+use super::super::model::{
+    RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage, VerdictQuery,
+};
 use super::Postgres;
 use super::incidents::{INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row};
 use crate::judge::{AlertEventKind, Incident, IncidentChange, TimelineEntry, Verdict};
@@ -198,6 +200,43 @@ impl Postgres {
             .await?;
         let active = rows.iter().map(incident_row).collect::<Result<Vec<_>, _>>()?;
         Ok((latest, active))
+    }
+
+    /// Rounds per verdict, check and bucket of round start, from `since_ms`.
+    pub async fn verdict_counts(
+        &self,
+        q: VerdictCountQuery,
+    ) -> Result<Vec<VerdictCount>, StorageError> {
+        if q.bucket_ms <= 0 {
+            return Err(StorageError::Corrupt("bucket_ms must be positive".into()));
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT check_id, (round_start_ms / $3) * $3 AS bucket, verdict, COUNT(*)
+                 FROM verdicts
+                 WHERE check_id = ANY($1::text[]) AND round_start_ms >= $2
+                 GROUP BY check_id, bucket, verdict
+                 ORDER BY check_id, bucket",
+                &[&q.check_ids, &q.since_ms, &q.bucket_ms],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let verdict: &str = r.get(2);
+                Ok(VerdictCount {
+                    check_id: r.get(0),
+                    bucket_start_ms: r.get(1),
+                    verdict: serde_json::from_value(serde_json::Value::String(verdict.to_string()))
+                        .map_err(|_| {
+                            StorageError::Corrupt(format!(
+                                "unknown verdict {verdict:?} in verdicts"
+                            ))
+                        })?,
+                    rounds: r.get::<_, i64>(3).max(0) as u64,
+                })
+            })
+            .collect()
     }
 
     /// Deletes verdicts decided before `cutoff_ms`.

@@ -1,7 +1,7 @@
 //! Checks: their spec, revision and fate (deleted ones stay).
 
-use super::engine::{Sqlite, corrupt};
 use super::super::model::{Source, StorageError, StoredCheck};
+use super::engine::{Sqlite, corrupt};
 use crate::config::CheckSpec;
 use rusqlite::params;
 use std::time::Duration;
@@ -15,6 +15,7 @@ impl Sqlite {
         if let (Some(q), Some(obj)) = (c.spec.quorum, stored_table.as_object_mut()) {
             obj.insert("quorum".into(), crate::judge::config::quorum_value(q));
         }
+        crate::config::PublicListing::insert_into(c.spec.public.as_ref(), &mut stored_table);
         let table = serde_json::to_string(&stored_table).expect("a JSON value serializes");
         let regions = serde_json::to_string(&c.spec.regions).expect("strings serialize");
         self.write(move |conn| {
@@ -65,9 +66,12 @@ impl Sqlite {
                     .as_object_mut()
                     .and_then(|o| o.remove("quorum"))
                     .and_then(|raw| crate::judge::config::quorum("quorum", &raw, None, &mut Vec::new()));
+                let public = table
+                    .as_object_mut()
+                    .and_then(|o| crate::config::PublicListing::take_from("check", o, &mut Vec::new()));
                 let regions = serde_json::from_str(&regions).map_err(|e| corrupt(format!("check {id} regions: {e}")))?;
                 out.push(StoredCheck {
-                    spec: CheckSpec { name: id, table, interval: Duration::from_millis(interval_ms as u64), regions, quorum },
+                    spec: CheckSpec { name: id, table, interval: Duration::from_millis(interval_ms as u64), regions, quorum, public },
                     revision: revision as u64,
                     source: Source::parse(&source),
                     deleted,

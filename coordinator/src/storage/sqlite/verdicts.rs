@@ -8,9 +8,13 @@
 // a partial unique index here, so a bug upstream cannot create duplicates.
 // ---------------------------------------------------------------------------
 
+use super::super::model::{
+    RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage, VerdictQuery,
+};
 use super::engine::{Sqlite, corrupt};
-use super::incidents::{INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row};
-use super::super::model::{RoundStored, StorageError, VerdictPage, VerdictQuery};
+use super::incidents::{
+    INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row,
+};
 use crate::judge::{AlertEventKind, Incident, IncidentChange, TimelineEntry, Verdict};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
@@ -149,6 +153,12 @@ fn store_round_tx(
     })
 }
 
+/// A stored `verdict` column back into its kind.
+fn verdict_kind(s: &str) -> Result<crate::judge::VerdictKind, StorageError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| corrupt(format!("unknown verdict {s:?} in verdicts")))
+}
+
 fn verdict_from(evidence: &str) -> Result<Verdict, StorageError> {
     serde_json::from_str(evidence).map_err(|e| corrupt(format!("verdict evidence: {e}")))
 }
@@ -253,6 +263,47 @@ impl Sqlite {
         .await
     }
 
+    /// Rounds per verdict, check and bucket of round start, from `since_ms`.
+    pub async fn verdict_counts(
+        &self,
+        q: VerdictCountQuery,
+    ) -> Result<Vec<VerdictCount>, StorageError> {
+        if q.bucket_ms <= 0 {
+            return Err(StorageError::Corrupt("bucket_ms must be positive".into()));
+        }
+        self.read(move |conn| {
+            let ids = serde_json::to_string(&q.check_ids).expect("strings");
+            let mut stmt = conn.prepare_cached(
+                "SELECT check_id, (round_start_ms / ?3) * ?3 AS bucket, verdict, COUNT(*)
+                 FROM verdicts
+                 WHERE check_id IN (SELECT value FROM json_each(?1)) AND round_start_ms >= ?2
+                 GROUP BY check_id, bucket, verdict
+                 ORDER BY check_id, bucket",
+            )?;
+            let rows = stmt
+                .query_map(params![ids, q.since_ms, q.bucket_ms], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(check_id, bucket_start_ms, verdict, n)| {
+                    Ok(VerdictCount {
+                        check_id,
+                        bucket_start_ms,
+                        verdict: verdict_kind(&verdict)?,
+                        rounds: n.max(0) as u64,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// Deletes verdicts decided before `cutoff_ms` (the same retention as reports).
     pub async fn prune_verdicts(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
         self.delete_in_chunks(
@@ -267,8 +318,8 @@ impl Sqlite {
 mod judge_tests {
     use super::*;
     use crate::judge::IncidentState;
-    use crate::storage::*;
     use crate::judge::{IncidentKind, Severity, VerdictKind};
+    use crate::storage::*;
 
     fn verdict(round: u64, kind: VerdictKind) -> Verdict {
         Verdict {

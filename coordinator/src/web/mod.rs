@@ -1,0 +1,338 @@
+//! The public status page: `/status` (HTML, no JavaScript), `/status.json`
+//! (the Statuspage summary shape) and `/badge/{check}.svg`, for checks
+//! configured with `public = true` and a `display_name`.
+//!
+//! Served on the admin listener or on `[status] listen`, outside `/api/v1`
+//! and without a token: everything here is public by construction. Only
+//! a check's name (the badge URL and the JSON id), its display name, its
+//! regions' names and counts of verdicts are read into [`view`]; hosts,
+//! users, mailboxes, reply texts, agents and the judge's own summaries
+//! never are.
+//!
+//! Everything is built at once into a [`Snapshot`] (page, JSON, badges,
+//! their ETags) and served from memory: rebuilt when the checks change, or
+//! once the fastest public check's round has passed (at most once a
+//! minute), however many visitors arrive. Storage reads: one
+//! `status_snapshot` and two `verdict_counts` per build.
+
+pub mod json;
+pub mod model;
+pub mod page;
+pub mod view;
+
+use crate::cluster::hub::Hub;
+use crate::config::status::StatusPageSettings;
+use crate::storage::{Storage, StorageError, VerdictCountQuery};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use model::{DAY_MS, HOUR_MS, History, PublicState, Tally, Window};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use view::{CheckView, IncidentView, PageData};
+
+/// Longest a snapshot is served (the windows move even without rounds).
+const MAX_AGE: Duration = Duration::from_secs(60);
+/// Shortest: a test-mode check may run every second.
+const MIN_AGE: Duration = Duration::from_secs(1);
+
+/// The page's state: where its data comes from and the current snapshot.
+pub struct StatusPage {
+    hub: Arc<Hub>,
+    storage: Arc<Storage>,
+    settings: StatusPageSettings,
+    current: Mutex<Option<Arc<Snapshot>>>,
+    /// Held while building, so a flood of visitors causes one build.
+    building: tokio::sync::Mutex<()>,
+}
+
+/// One body with its ETag.
+struct Body {
+    bytes: axum::body::Bytes,
+    etag: HeaderValue,
+}
+
+impl Body {
+    fn new(bytes: Vec<u8>) -> Body {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]);
+        Body {
+            bytes: bytes.into(),
+            etag: HeaderValue::from_str(&format!("\"{tag}\"")).expect("base64 is a valid header"),
+        }
+    }
+}
+
+/// Everything the public routes serve, built at one moment.
+struct Snapshot {
+    /// The hub's revision when built (a change to checks rebuilds).
+    revision: u64,
+    expires_ms: i64,
+    max_age: Duration,
+    html: Body,
+    json: Body,
+    /// Badge per public check name.
+    badges: HashMap<String, Body>,
+}
+
+impl StatusPage {
+    pub fn new(
+        hub: Arc<Hub>,
+        storage: Arc<Storage>,
+        settings: StatusPageSettings,
+    ) -> Arc<StatusPage> {
+        Arc::new(StatusPage {
+            hub,
+            storage,
+            settings,
+            current: Mutex::new(None),
+            building: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn fresh(&self) -> Option<Arc<Snapshot>> {
+        let cur = self.current.lock().expect("not poisoned").clone()?;
+        (cur.revision == self.hub.revision() && crate::clock::now_ms() < cur.expires_ms)
+            .then_some(cur)
+    }
+
+    async fn snapshot(&self) -> Result<Arc<Snapshot>, StorageError> {
+        if let Some(s) = self.fresh() {
+            return Ok(s);
+        }
+        let _building = self.building.lock().await;
+        if let Some(s) = self.fresh() {
+            return Ok(s);
+        }
+        let s = Arc::new(self.build().await?);
+        *self.current.lock().expect("not poisoned") = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Reads storage and renders everything.
+    async fn build(&self) -> Result<Snapshot, StorageError> {
+        let revision = self.hub.revision();
+        let now = crate::clock::now_ms();
+        let mut public: Vec<(String, String, Duration)> = self
+            .hub
+            .checks()
+            .into_iter()
+            .filter_map(|c| {
+                let listing = c.spec.public?;
+                Some((c.spec.name, listing.display_name, c.spec.interval))
+            })
+            .collect();
+        public.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        let ids: Vec<String> = public.iter().map(|p| p.0.clone()).collect();
+        let (latest, active) = self.storage.status_snapshot(ids.clone()).await?;
+        let mut histories: HashMap<String, History> = HashMap::new();
+        for (window, bucket_ms, is_days) in [
+            (Window::Days(model::BAR_DAYS as u32), DAY_MS, true),
+            (Window::Hours(24), HOUR_MS, false),
+        ] {
+            let counts = self
+                .storage
+                .verdict_counts(VerdictCountQuery {
+                    check_ids: ids.clone(),
+                    since_ms: window.since_ms(now),
+                    bucket_ms,
+                })
+                .await?;
+            let mut grouped: HashMap<(String, i64), Tally> = HashMap::new();
+            for c in counts {
+                grouped
+                    .entry((c.check_id, c.bucket_start_ms))
+                    .or_default()
+                    .add(c.verdict, c.rounds);
+            }
+            for ((check, start), tally) in grouped {
+                let h = histories.entry(check).or_default();
+                if is_days {
+                    h.days.push((start, tally));
+                } else {
+                    h.hours.push((start, tally));
+                }
+            }
+        }
+        let empty = History::default();
+        let checks: Vec<CheckView> = public
+            .iter()
+            .map(|(id, name, _)| {
+                let v = latest.get(id);
+                CheckView::new(
+                    id.clone(),
+                    name.clone(),
+                    PublicState::of(v),
+                    v.map(|v| v.decided_at_ms),
+                    histories.get(id).unwrap_or(&empty),
+                    now,
+                )
+            })
+            .collect();
+        let names: HashMap<&str, &str> = public
+            .iter()
+            .map(|(id, name, _)| (id.as_str(), name.as_str()))
+            .collect();
+        let mut incidents: Vec<IncidentView> = active
+            .iter()
+            .filter_map(|i| IncidentView::of(i, names.get(i.check_id.as_str())?))
+            .collect();
+        incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
+        let data = PageData {
+            title: self.settings.title.clone(),
+            path: self.settings.path.clone(),
+            now_ms: now,
+            checks,
+            incidents,
+        };
+        let badges = data
+            .checks
+            .iter()
+            .map(|c| {
+                let (message, colour) = badge_text(&c.state);
+                let svg = page::badge(&c.display_name, message, colour).into_string();
+                (c.id.clone(), Body::new(svg.into_bytes()))
+            })
+            .collect();
+        let max_age = public
+            .iter()
+            .map(|p| p.2)
+            .min()
+            .unwrap_or(MAX_AGE)
+            .clamp(MIN_AGE, MAX_AGE);
+        Ok(Snapshot {
+            revision,
+            expires_ms: now + max_age.as_millis() as i64,
+            max_age,
+            html: Body::new(page::page(&data).into_string().into_bytes()),
+            json: Body::new(serde_json::to_vec(&json::summary(&data)).expect("JSON serializes")),
+            badges,
+        })
+    }
+}
+
+/// The badge's words and colour (white text on each passes WCAG AA).
+fn badge_text(s: &PublicState) -> (&'static str, &'static str) {
+    match s {
+        PublicState::Operational => ("operational", "#1a7f37"),
+        PublicState::Degraded => ("degraded", "#8a5c00"),
+        PublicState::Regional(_) => ("regional delays", "#a64200"),
+        PublicState::Outage => ("outage", "#c8202b"),
+        PublicState::NoData => ("no data", "#59636e"),
+    }
+}
+
+/// The routes: the page at `[status] path`, its JSON beside it, badges.
+pub fn router(page: Arc<StatusPage>) -> axum::Router {
+    let path = page.settings.path.clone();
+    axum::Router::new()
+        .route(&path, get(html))
+        .route(&format!("{path}.json"), get(summary))
+        .route("/badge/{file}", get(badge))
+        .with_state(page)
+}
+
+/// `style-src` allows exactly the page's stylesheet (by hash); no script
+/// runs, nothing is fetched, nothing may frame the page.
+fn csp() -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, page::CSS.as_bytes());
+    let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    format!(
+        "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
+fn respond(
+    body: &Body,
+    content_type: &'static str,
+    max_age: Duration,
+    req: &HeaderMap,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())).expect("ascii"),
+    );
+    headers.insert(header::ETAG, body.etag.clone());
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_str(&csp()).expect("ascii"),
+    );
+    let matches = req
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == body.etag.to_str().unwrap_or(""))
+        });
+    if matches {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    (StatusCode::OK, headers, body.bytes.clone()).into_response()
+}
+
+fn unavailable(e: StorageError) -> Response {
+    // The reason goes to the log, not to the public.
+    tracing::error!(error = %e, "status page: cannot read storage");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::RETRY_AFTER, "30"),
+        ],
+        "The status page is temporarily unavailable.\n",
+    )
+        .into_response()
+}
+
+async fn html(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
+    match page.snapshot().await {
+        Ok(s) => respond(&s.html, "text/html; charset=utf-8", s.max_age, &req),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn summary(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
+    match page.snapshot().await {
+        Ok(s) => respond(&s.json, "application/json", s.max_age, &req),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn badge(
+    State(page): State<Arc<StatusPage>>,
+    Path(file): Path<String>,
+    req: HeaderMap,
+) -> Response {
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "no such badge\n",
+        )
+            .into_response()
+    };
+    let Some(check) = file.strip_suffix(".svg") else {
+        return not_found();
+    };
+    match page.snapshot().await {
+        Ok(s) => match s.badges.get(check) {
+            Some(b) => respond(b, "image/svg+xml", s.max_age, &req),
+            None => not_found(),
+        },
+        Err(e) => unavailable(e),
+    }
+}

@@ -1,0 +1,177 @@
+//! What the public renderings are made of: public checks and incidents
+//! with every internal detail already left out. Built by `mod.rs` from
+//! storage, read by `page.rs`, `json.rs` and the badges; nothing here can
+//! reach a host, user, mailbox or reply text because none is copied in.
+
+use super::model::{History, PublicState, Tally, WINDOWS};
+use crate::judge::{Incident, IncidentKind, IncidentState, Severity};
+
+/// The whole page's data at one moment.
+pub struct PageData {
+    pub title: String,
+    /// The HTML page's path (`/status`); the JSON is at `{path}.json`.
+    pub path: String,
+    pub now_ms: i64,
+    pub checks: Vec<CheckView>,
+    pub incidents: Vec<IncidentView>,
+}
+
+impl PageData {
+    /// Statuspage's `status.indicator` and its description.
+    pub fn overall(&self) -> (&'static str, &'static str) {
+        let states: Vec<PublicState> = self.checks.iter().map(|c| c.state.clone()).collect();
+        super::model::overall(&states)
+    }
+}
+
+/// One public check: its check name (the badge's and the JSON's id), its
+/// display name, state and history.
+pub struct CheckView {
+    pub id: String,
+    pub display_name: String,
+    pub state: PublicState,
+    /// When the latest verdict was decided (epoch ms).
+    pub updated_ms: Option<i64>,
+    /// Per window of [`WINDOWS`]: its label and uptime (None: no data).
+    pub uptimes: Vec<(&'static str, Option<f64>)>,
+    /// [`super::model::BAR_DAYS`] days, oldest first.
+    pub bar: Vec<(i64, Tally)>,
+}
+
+impl CheckView {
+    pub fn new(
+        id: String,
+        display_name: String,
+        state: PublicState,
+        updated_ms: Option<i64>,
+        history: &History,
+        now_ms: i64,
+    ) -> CheckView {
+        CheckView {
+            id,
+            display_name,
+            state,
+            updated_ms,
+            uptimes: WINDOWS
+                .iter()
+                .map(|(label, w)| (*label, history.window(*w, now_ms).uptime()))
+                .collect(),
+            bar: history.bar(now_ms),
+        }
+    }
+}
+
+/// An open or acknowledged incident of a public check, in public words.
+pub struct IncidentView {
+    pub id: u64,
+    pub check_id: String,
+    pub display_name: String,
+    /// `Outage`, `Delivery delays in eu-west`, ...
+    pub headline: String,
+    /// One sentence: what and since when (UTC).
+    pub body: String,
+    /// Statuspage `impact`: `critical`, `major`, `minor`, `none`.
+    pub impact: &'static str,
+    /// Statuspage `status`: `investigating` (open), `identified` (acknowledged).
+    pub status: &'static str,
+    pub opened_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl IncidentView {
+    /// The public form of `i`, or None for kinds that are about the monitor
+    /// itself (coverage, agent clocks), not about the service.
+    ///
+    /// The judge's own summary is not shown: it quotes reply texts and
+    /// names the step, the cause and what to check, which are for the
+    /// operator. The public text is made only of the kind, the region
+    /// names and the time it began.
+    pub fn of(i: &Incident, display_name: &str) -> Option<IncidentView> {
+        let regions = if i.regions.is_empty() {
+            String::new()
+        } else {
+            i.regions.join(", ")
+        };
+        let (headline, what) = match i.kind {
+            IncidentKind::Outage => (
+                "Outage".to_string(),
+                "Mail is not being delivered".to_string(),
+            ),
+            IncidentKind::Regional if !regions.is_empty() => (
+                format!("Delivery delays in {regions}"),
+                format!("Mail sent from {regions} is delayed or not delivered"),
+            ),
+            IncidentKind::Regional => (
+                "Regional delivery delays".into(),
+                "Mail from some regions is delayed".into(),
+            ),
+            IncidentKind::Performance => (
+                "Degraded performance".into(),
+                "Mail is delivered more slowly than usual".into(),
+            ),
+            IncidentKind::Authentication => (
+                "Email authentication problem".into(),
+                "Messages no longer pass an email authentication check (SPF, DKIM or DMARC)".into(),
+            ),
+            IncidentKind::Certificate => (
+                "TLS certificate expiring".into(),
+                "A server certificate of the service expires soon".into(),
+            ),
+            IncidentKind::Placement => (
+                "Mail filed as junk".into(),
+                "Delivered mail lands in a junk folder".into(),
+            ),
+            IncidentKind::Reputation => (
+                "Sender on a blocklist".into(),
+                "The sending path is listed on a public blocklist".into(),
+            ),
+            IncidentKind::Coverage | IncidentKind::Clock => return None,
+        };
+        let body = format!("{what} since {}.", fmt_datetime(i.opened_at_ms));
+        Some(IncidentView {
+            id: i.id,
+            check_id: i.check_id.clone(),
+            display_name: display_name.to_string(),
+            headline,
+            body,
+            impact: match (i.kind, i.severity) {
+                (IncidentKind::Outage, _) | (_, Severity::Critical) => "critical",
+                (IncidentKind::Regional, _) => "major",
+                (_, Severity::Warning) => "minor",
+                (_, Severity::Info) => "none",
+            },
+            status: match i.state {
+                IncidentState::Acknowledged => "identified",
+                _ => "investigating",
+            },
+            opened_ms: i.opened_at_ms,
+            updated_ms: i
+                .acknowledged_at_ms
+                .unwrap_or(i.opened_at_ms)
+                .max(i.opened_at_ms),
+        })
+    }
+}
+
+/// `2026-12-03 14:05 UTC`.
+pub fn fmt_datetime(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        None => "an unknown time".into(),
+    }
+}
+
+/// `2026-12-03`.
+pub fn fmt_date(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m-%d").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC (what Statuspage writes).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,632 @@
+//! The public status page of a real coordinator process, over stored
+//! verdicts and incidents: states in words, uptime arithmetic, what a
+//! private check leaks (nothing), escaping, the JSON summary and badges.
+//!
+//! Verdicts are written into the coordinator's database before it starts
+//! (with round numbers far ahead of the clock, so the judge has no round
+//! of its own to decide while the test reads the page).
+
+mod support;
+use mailloop_coordinator::judge::{
+    Incident, IncidentChange, IncidentKind, IncidentState, RegionEvidence, RegionState, Severity,
+    Verdict, VerdictKind,
+};
+use mailloop_coordinator::storage::Storage;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use support::*;
+
+const DAY: i64 = 86_400_000;
+/// Distinctive strings of the private check and of failure replies: none
+/// may appear on any public answer.
+const SECRETS: [&str; 7] = [
+    "hidden-check",
+    "secret-smtp.internal.test",
+    "secret-imap.internal.test",
+    "hidden-user@internal.test",
+    "hidden-mailbox@internal.test",
+    "REPLY-MARKER-4711",
+    "JUDGE-SUMMARY-MARKER",
+];
+
+fn public_check(name: &str, display: &str) -> String {
+    check_toml(name, &["eu-west", "us-east"], "1h").replacen(
+        "interval = \"1h\"",
+        &format!(
+            "interval = \"1h\"\npublic = true\ndisplay_name = {}",
+            toml_str(display)
+        ),
+        1,
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn private_check() -> String {
+    r#"
+[[check]]
+name = "hidden-check"
+from = "probe@internal.test"
+to = "hidden-mailbox@internal.test"
+interval = "1h"
+regions = ["eu-west"]
+[check.smtp]
+host = "secret-smtp.internal.test"
+port = 2525
+security = "tls"
+[check.imap]
+host = "secret-imap.internal.test"
+security = "tls"
+username = "hidden-user@internal.test"
+password_env = "IMAP_PASS"
+"#
+    .to_string()
+}
+
+fn evidence(region: &str, state: RegionState) -> RegionEvidence {
+    let failed = matches!(state, RegionState::Failed);
+    let mut e: RegionEvidence = serde_json::from_value(json!({
+        "region": region, "state": "ok", "probe_id": "p", "agent": "eu-1", "outcome": "ok",
+        "step": if failed { Some("smtp.rcpt_to") } else { None },
+        "class": if failed { Some("permanent") } else { None },
+        "code": if failed { Some(550) } else { None },
+        "enhanced": null,
+        "text": if failed { Some("550 hidden-mailbox@internal.test REPLY-MARKER-4711") } else { None },
+        "slow": [], "reasons": [], "rtt_ms": 30.0,
+        "detail": if failed { Some("secret-smtp.internal.test said REPLY-MARKER-4711") } else { None },
+    }))
+    .unwrap();
+    e.state = state;
+    e
+}
+
+/// Rounds far ahead of the clock's round, in the order they are stored.
+struct Seeder {
+    storage: Storage,
+    round: u64,
+}
+
+impl Seeder {
+    async fn verdict(
+        &mut self,
+        check: &str,
+        start_ms: i64,
+        kind: VerdictKind,
+        regions: Vec<RegionEvidence>,
+    ) {
+        self.verdict_with(check, start_ms, kind, regions, Vec::new())
+            .await;
+    }
+
+    async fn verdict_with(
+        &mut self,
+        check: &str,
+        start_ms: i64,
+        kind: VerdictKind,
+        regions: Vec<RegionEvidence>,
+        changes: Vec<IncidentChange>,
+    ) {
+        self.round += 1;
+        let v = Verdict {
+            check_id: check.into(),
+            round: self.round,
+            round_start_ms: start_ms,
+            decided_at_ms: start_ms + 1000,
+            verdict: kind,
+            quorum: 1,
+            regions,
+            note: "JUDGE-SUMMARY-MARKER secret-smtp.internal.test".into(),
+        };
+        assert!(self.storage.store_round(v, changes).await.unwrap().stored);
+    }
+}
+
+fn incident(
+    check: &str,
+    kind: IncidentKind,
+    regions: &[&str],
+    opened_ms: i64,
+    round: u64,
+) -> IncidentChange {
+    IncidentChange::Open(Incident {
+        id: 0,
+        check_id: check.into(),
+        kind,
+        severity: Severity::Critical,
+        state: IncidentState::Open,
+        key: String::new(),
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+        step: Some("smtp.rcpt_to".into()),
+        class: Some("permanent".into()),
+        opened_at_ms: opened_ms,
+        first_round: round,
+        last_round: round,
+        acknowledged_at_ms: None,
+        acknowledged_by: None,
+        resolved_at_ms: None,
+        summary: "JUDGE-SUMMARY-MARKER: 550 REPLY-MARKER-4711 from secret-smtp.internal.test"
+            .into(),
+        timeline: Vec::new(),
+    })
+}
+
+/// One plain HTTP/1.1 GET: (status, head with lowercased names, body).
+fn get(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: status.test\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // Header names lowercased, values as sent.
+    let head = head
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{value}", name.to_lowercase()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (status, head, body.to_string())
+}
+
+fn assert_no_secrets(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "{what} leaks {s:?}:\n{text}");
+    }
+}
+
+/// A coordinator with six public checks in the states the page must
+/// tell apart, one private check, and history for the uptime figures.
+async fn seeded() -> Coordinator {
+    let mut config = private_check();
+    for (name, display) in [
+        ("web-up", "Webmail"),
+        ("web-degraded", "Slow Mail"),
+        ("web-down", "Broken Mail"),
+        ("web-transit", "Far Mail"),
+        ("web-nodata", "Quiet Mail"),
+        ("web-script", "<script>alert(1)</script>"),
+    ] {
+        config.push_str(&public_check(name, display));
+    }
+    let mut c = Coordinator::start("", &config);
+    c.kill();
+    let now = mailloop_coordinator::clock::now_ms();
+    let today = now - now.rem_euclid(DAY);
+    let mut s = Seeder {
+        storage: Storage::open(&data_dir(&c)).unwrap(),
+        round: 1_000_000_000,
+    };
+    use RegionState::{Failed, Ok as Good};
+    use VerdictKind::*;
+    let ok = || vec![evidence("eu-west", Good), evidence("us-east", Good)];
+    // web-up: 3 up, 1 down and 4 unknown ten days ago; 2 transit and 1 up
+    // today: 7 d shows 100 % (transit is not downtime), 30 d 83.33 %
+    // (5 of 6 known rounds; unknown left out).
+    for kind in [Up, Up, Up, Down, Unknown, Unknown, Unknown, Unknown] {
+        s.verdict("web-up", today - 10 * DAY + 3_600_000, kind, ok())
+            .await;
+    }
+    for kind in [Transit, Transit, Up] {
+        s.verdict("web-up", today + 60_000, kind, ok()).await;
+    }
+    s.verdict("web-degraded", today + 60_000, Degraded, ok())
+        .await;
+    let round = s.round + 1;
+    s.verdict_with(
+        "web-down",
+        today + 60_000,
+        Down,
+        vec![evidence("eu-west", Failed), evidence("us-east", Failed)],
+        vec![incident(
+            "web-down",
+            IncidentKind::Outage,
+            &["eu-west", "us-east"],
+            today + 60_000,
+            round,
+        )],
+    )
+    .await;
+    s.verdict(
+        "web-transit",
+        today + 60_000,
+        Transit,
+        vec![evidence("eu-west", Failed), evidence("us-east", Good)],
+    )
+    .await;
+    s.verdict("web-nodata", today + 60_000, Unknown, Vec::new())
+        .await;
+    s.verdict("web-script", today + 60_000, Up, ok()).await;
+    let round = s.round + 1;
+    s.verdict_with(
+        "hidden-check",
+        today + 60_000,
+        Down,
+        vec![evidence("eu-west", Failed)],
+        vec![incident(
+            "hidden-check",
+            IncidentKind::Outage,
+            &["eu-west"],
+            today + 60_000,
+            round,
+        )],
+    )
+    .await;
+    s.storage.close().await;
+    c.launch();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_public_page_tells_states_in_words_and_leaks_nothing_private() {
+    let c = seeded().await;
+    let (status, head, html) = get(c.http, "/status", "");
+    assert_eq!(status, 200, "{head}\n{html}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(!head.contains("unsafe-inline"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(head.contains("etag: \""), "{head}");
+    assert_no_secrets("/status", &html);
+
+    // Each check's state in words, next to its display name.
+    let state_of = |display: &str| -> String {
+        let at = html
+            .find(&format!(">{display}</h3>"))
+            .unwrap_or_else(|| panic!("{display} is listed:\n{html}"));
+        let rest = &html[at..];
+        let p = rest.find("class=\"state\"").unwrap();
+        let text = &rest[p..];
+        let text = &text[text.find("</span>").unwrap() + 7..];
+        text[..text.find("</p>").unwrap()].to_string()
+    };
+    assert_eq!(state_of("Webmail"), "Operational");
+    assert_eq!(state_of("Slow Mail"), "Degraded performance");
+    assert_eq!(state_of("Broken Mail"), "Outage");
+    assert_eq!(state_of("Far Mail"), "Regional delivery delays (eu-west)");
+    assert_eq!(state_of("Quiet Mail"), "No data");
+
+    // The open outage at the top, in public words, not the judge's summary.
+    let incidents = &html[..html.find("id=\"checks-heading\"").unwrap()];
+    assert!(incidents.contains("Broken Mail: Outage"), "{incidents}");
+    assert!(
+        incidents.contains("Mail is not being delivered since"),
+        "{incidents}"
+    );
+    assert!(html.find("Broken Mail: Outage") < html.find(">Webmail</h3>"));
+
+    // A display name is text, never markup.
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+
+    // 90 day cells per check, with the day's uptime in words.
+    assert_eq!(html.matches("<li class=\"day ").count(), 6 * 90);
+    assert!(html.contains(": no data</span>"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
+    let c = seeded().await;
+    let (_, _, html) = get(c.http, "/status", "");
+    let uptimes = |display: &str| -> Vec<String> {
+        let at = html.find(&format!(">{display}</h3>")).unwrap();
+        let rest = &html[at..];
+        let rest = &rest[..rest.find("</article>").unwrap()];
+        rest.split("<dd>")
+            .skip(1)
+            .map(|d| d[..d.find("</dd>").unwrap()].to_string())
+            .collect()
+    };
+    // 24 h: transit, transit, up: 100 % (transit is not downtime); 7 d
+    // the same; 30 and 90 d add ten days ago's 3 up, 1 down and 4 unknown:
+    // 6 of 7 known rounds up (unknown left out, not counted as up).
+    assert_eq!(
+        uptimes("Webmail"),
+        ["100.00 %", "100.00 %", "85.71 %", "85.71 %"]
+    );
+    assert_eq!(
+        uptimes("Broken Mail"),
+        ["0.00 %", "0.00 %", "0.00 %", "0.00 %"]
+    );
+    assert_eq!(
+        uptimes("Quiet Mail"),
+        ["No data", "No data", "No data", "No data"]
+    );
+    // Today's cell for Webmail: regional delays (its worst), 100 % uptime.
+    let at = html.find(">Webmail</h3>").unwrap();
+    let cells = &html[at..];
+    let last_cell = cells[..cells.find("</ol>").unwrap()]
+        .rsplit("<li ")
+        .next()
+        .unwrap();
+    assert!(
+        last_cell.starts_with("class=\"day regional\""),
+        "{last_cell}"
+    );
+    assert!(
+        last_cell.contains("100.00 % uptime, regional delivery delays"),
+        "{last_cell}"
+    );
+    // Ten days ago: one down round colours the day, 3 of 4 known rounds up.
+    let ten_days_ago = cells[..cells.find("</ol>").unwrap()]
+        .rsplit("<li ")
+        .nth(10)
+        .unwrap();
+    assert!(
+        ten_days_ago.starts_with("class=\"day down\""),
+        "{ten_days_ago}"
+    );
+    assert!(
+        ten_days_ago.contains("75.00 % uptime, outage"),
+        "{ten_days_ago}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_json_and_badges_show_public_checks_only() {
+    let c = seeded().await;
+    let (status, head, body) = get(c.http, "/status.json", "");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_no_secrets("/status.json", &body);
+    let j: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["status"]["indicator"], "critical");
+    assert_eq!(j["status"]["description"], "Major System Outage");
+    assert!(j["page"]["updated_at"].is_string());
+    let component = |id: &str| -> Value {
+        j["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(j["components"].as_array().unwrap().len(), 6);
+    assert_eq!(component("web-up")["status"], "operational");
+    assert_eq!(component("web-up")["name"], "Webmail");
+    assert_eq!(component("web-degraded")["status"], "degraded_performance");
+    assert_eq!(component("web-transit")["status"], "partial_outage");
+    assert_eq!(component("web-down")["status"], "major_outage");
+    assert_eq!(component("web-nodata")["description"], "No data");
+    assert_eq!(component("web-script")["name"], "<script>alert(1)</script>");
+    let incidents = j["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["name"], "Broken Mail: Outage");
+    assert_eq!(incidents[0]["impact"], "critical");
+    assert_eq!(incidents[0]["status"], "investigating");
+    assert_eq!(incidents[0]["components"][0]["id"], "web-down");
+
+    let (status, head, svg) = get(c.http, "/badge/web-down.svg", "");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: image/svg+xml"), "{head}");
+    assert!(svg.contains("aria-label=\"Broken Mail: outage\""), "{svg}");
+    let (_, _, svg) = get(c.http, "/badge/web-script.svg", "");
+    assert!(
+        !svg.contains("<script>") && svg.contains("&lt;script&gt;"),
+        "{svg}"
+    );
+    let (_, _, svg) = get(c.http, "/badge/web-up.svg", "");
+    assert!(svg.contains("Webmail: operational"), "{svg}");
+    for path in [
+        "/badge/hidden-check.svg",
+        "/badge/nope.svg",
+        "/badge/web-up",
+        "/badge/web-up.png",
+    ] {
+        let (status, _, body) = get(c.http, path, "");
+        assert_eq!(status, 404, "{path}");
+        assert_no_secrets(path, &body);
+    }
+
+    // A repeat with the ETag is answered with 304 and no body, unless the
+    // snapshot was rebuilt in between (then the ETag is new: try again).
+    let mut not_modified = false;
+    for _ in 0..5 {
+        let etag = head_value(&get(c.http, "/status.json", "").1, "etag");
+        let (status, head, body) = get(
+            c.http,
+            "/status.json",
+            &format!("If-None-Match: {etag}\r\n"),
+        );
+        if status == 304 {
+            assert!(body.is_empty());
+            not_modified = true;
+            break;
+        }
+        assert_eq!(status, 200);
+        assert_ne!(head_value(&head, "etag"), etag, "a 200 for a matching ETag");
+    }
+    assert!(not_modified, "never answered 304 to its own ETag");
+}
+
+fn head_value(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {head}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_moves_to_its_own_listener_and_path() {
+    let c = Coordinator::start(
+        "",
+        &format!(
+            "[status]\npath = \"/health\"\nlisten = \"127.0.0.1:0\"\ntitle = \"Example Mail status\"\n{}",
+            public_check("web-up", "Webmail")
+        ),
+    );
+    let addr = c.status;
+    assert_ne!(addr, c.http);
+    let (status, _, html) = get(addr, "/health", "");
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("<title>Example Mail status</title>"),
+        "{html}"
+    );
+    assert!(html.contains(">Webmail</h3>"));
+    assert_eq!(get(addr, "/health.json", "").0, 200);
+    assert_eq!(get(addr, "/badge/web-up.svg", "").0, 200);
+    // Only the page is there: no admin API on the public listener, and
+    // no page on the admin listener.
+    assert_eq!(get(addr, "/api/v1/checks", "").0, 404);
+    assert_eq!(get(c.http, "/health", "").0, 404);
+}
+
+#[test]
+fn display_name_is_required_with_public_and_every_issue_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = check_toml("needs-name", &["eu-west"], "1h").replacen(
+        "interval = \"1h\"",
+        "interval = \"1h\"\npublic = true",
+        1,
+    ) + &check_toml("bad-types", &["eu-west"], "1h").replacen(
+        "interval = \"1h\"",
+        "interval = \"1h\"\npublic = \"yes\"\ndisplay_name = 7",
+        1,
+    );
+    std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
+    let config = format!(
+        "[server]\ndata_dir = {:?}\nadmin_token_file = {:?}\n[status]\npath = \"/api/status\"\n{bad}",
+        dir.path().join("data"),
+        dir.path().join("admin.token"),
+    );
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailloop-coordinator"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for key in [
+        "check[0].display_name",
+        "check[1].public",
+        "check[1].display_name",
+        "status.path",
+    ] {
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+}
+
+/// `tests/browser/`: the Node script and its node_modules.
+fn browser_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+}
+
+/// Fails (never skips) with the install hint when the browser tooling is
+/// missing.
+fn require_browser() {
+    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
+        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: {HINT}"
+    );
+    for module in ["playwright-core", "axe-core"] {
+        assert!(
+            browser_dir()
+                .join("node_modules")
+                .join(module)
+                .join("package.json")
+                .exists(),
+            "tests/browser/node_modules/{module} is missing: {HINT}"
+        );
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing (apt-get install nodejs npm): {HINT}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
+    require_browser();
+    let c = seeded().await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = format!("http://{}/status", c.status);
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .arg(&url)
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for scheme in ["light", "dark"] {
+        let s = &seen["schemes"][scheme];
+        assert_eq!(s["status"], 200, "{scheme}");
+        assert_eq!(
+            s["violations"],
+            json!([]),
+            "axe violations in the {scheme} scheme: {:#}",
+            s["violations"]
+        );
+        assert_eq!(s["scripts"], 0, "the page needs no JavaScript");
+        // Nothing but the page itself is requested (no CDN, no font, no image).
+        assert_eq!(s["requests"], json!([url]), "{scheme}");
+        let checks = s["checks"].as_array().unwrap();
+        let state = |name: &str| {
+            checks
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("{name} rendered: {checks:?}"))["state"]
+                .clone()
+        };
+        assert_eq!(state("Webmail"), "Operational");
+        assert_eq!(state("Broken Mail"), "Outage");
+        assert_eq!(state("Far Mail"), "Regional delivery delays (eu-west)");
+        assert_eq!(state("<script>alert(1)</script>"), "Operational");
+        for c in checks {
+            assert_eq!(c["cells"], 90, "{c}");
+            assert_eq!(c["cell_labels"], 90, "every day cell has its text: {c}");
+            assert_eq!(c["uptime"].as_array().unwrap().len(), 4, "{c}");
+        }
+        assert_eq!(s["incidents"], json!(["Broken Mail: Outage"]));
+        assert_no_secrets("the rendered page", &s.to_string());
+    }
+    assert_ne!(
+        seen["schemes"]["light"]["background"], seen["schemes"]["dark"]["background"],
+        "prefers-color-scheme: dark applies"
+    );
+    assert!(shots.join("status-light.png").exists() && shots.join("status-dark.png").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enabled_false_removes_the_page() {
+    let c = Coordinator::start(
+        "",
+        &format!("[status]\nenabled = false\n{}", public_check("web-up", "Webmail")),
+    );
+    for path in ["/status", "/status.json", "/badge/web-up.svg"] {
+        assert_eq!(get(c.http, path, "").0, 404, "{path}");
+    }
+}

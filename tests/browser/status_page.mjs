@@ -1,0 +1,79 @@
+// Loads a status page in a real headless Chromium (Debian's, never a
+// downloaded one), runs axe-core on it in the light and the dark colour
+// scheme, reads what a visitor sees, and prints one JSON object on stdout
+// for coordinator/tests/status_page.rs to assert on.
+//
+//   node tests/browser/status_page.mjs URL SCREENSHOT_DIR
+import { chromium } from "playwright-core";
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+const [url, shots] = process.argv.slice(2);
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+  ],
+});
+const out = { schemes: {} };
+try {
+  for (const colorScheme of ["light", "dark"]) {
+    // The page's CSP allows no script; axe is injected by the test, so
+    // this context alone bypasses it. JavaScript on the page itself: none.
+    const context = await browser.newContext({ bypassCSP: true, colorScheme });
+    const page = await context.newPage();
+    const requests = [];
+    page.on("request", (r) => requests.push(r.url()));
+    const response = await page.goto(url, { waitUntil: "load" });
+    // Counted before axe is injected: the page itself ships no script.
+    const scripts = await page.evaluate(() => document.querySelectorAll("script").length);
+    await page.addScriptTag({ content: axeSource });
+    const result = await page.evaluate(() =>
+      // eslint-disable-next-line no-undef
+      axe.run(document, {
+        runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] },
+        resultTypes: ["violations"],
+      }),
+    );
+    const seen = await page.evaluate(() => ({
+      title: document.title,
+      overall: document.querySelector(".overall")?.innerText ?? null,
+      checks: [...document.querySelectorAll("article.check")].map((a) => ({
+        name: a.querySelector("h3")?.innerText ?? null,
+        state: a.querySelector(".state")?.innerText ?? null,
+        cells: a.querySelectorAll("ol.bar > li").length,
+        cell_labels: [...a.querySelectorAll("ol.bar > li")].filter((li) => li.innerText.trim() !== "").length,
+        uptime: [...a.querySelectorAll(".uptime dd")].map((d) => d.innerText),
+      })),
+      incidents: [...document.querySelectorAll(".incident h3")].map((h) => h.innerText),
+      background: getComputedStyle(document.body).backgroundColor,
+    }));
+    await page.screenshot({ path: join(shots, `status-${colorScheme}.png`), fullPage: true });
+    out.schemes[colorScheme] = {
+      status: response.status(),
+      violations: result.violations.map((v) => ({
+        id: v.id,
+        impact: v.impact,
+        help: v.help,
+        nodes: v.nodes.slice(0, 3).map((n) => n.target.join(" ")),
+      })),
+      scripts,
+      requests,
+      ...seen,
+    };
+    await context.close();
+  }
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));
