@@ -331,8 +331,8 @@ fn aggregate_retention_is_validated_with_retention() {
         let mut server = server;
         server["data_dir"] = json!("/tmp/mailloop-test-nonexistent");
         server["admin_token_env"] = json!("ADMIN");
-        CoordinatorConfig::from_value(&json!({"server": server}), &|_| {
-            Some("admin-token-0123456789".into())
+        CoordinatorConfig::from_value(&json!({"server": server}), &|name| {
+            (name == "ADMIN").then(|| "admin-token-0123456789".into())
         })
     };
     let issues = |server: Value| -> Vec<(String, String)> {
