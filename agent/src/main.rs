@@ -66,6 +66,24 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Join a coordinator with the one-line command `mailloopctl agents add`
+    /// printed: exchanges the single-use join token for this agent's token
+    /// (pinning the coordinator's certificate by the fingerprint the token
+    /// carries), then writes the agent config (mode 0600), the token file
+    /// beside it (<config>.token, 0600) and the pinned certificate
+    /// (<config>.coordinator.pem). Nothing existing is overwritten.
+    /// Credentials of probed mailboxes are never sent: the checks name them
+    /// (password_env, password_file) and this machine provides them.
+    Enroll {
+        /// The join token, `mlj1.…`.
+        token: String,
+        /// Where to write the agent config.
+        #[arg(long, short, value_name = "FILE", default_value = "/etc/mailloop/agent.toml")]
+        config: PathBuf,
+        /// The agent's spool (default: /var/lib/mailloop-agent/spool.db).
+        #[arg(long, value_name = "FILE")]
+        spool: Option<PathBuf>,
+    },
     /// OAuth2 mailboxes (Microsoft 365, Gmail).
     Oauth2 {
         #[command(subcommand)]
@@ -116,6 +134,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
+        Command::Enroll { token, config, spool } => enroll(&token, config, spool),
         Command::Oauth2 { command: Oauth2Command::Login { config, check, side } } => oauth2_login(&config, &check, side.as_deref()),
     }
 }
@@ -172,6 +191,35 @@ fn run(config: PathBuf) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailloop-agent: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>) -> ExitCode {
+    use mailloop_agent::run::enroll::{Paths, enroll};
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match runtime.block_on(enroll(token, Paths::new(config, spool))) {
+        Ok(e) => {
+            println!(
+                "enrolled as agent {} in region {} with the coordinator at {}; wrote {} and {}.\nStart it: mailloop-agent run --config {}   (or: systemctl enable --now mailloop-agent)",
+                e.name,
+                e.region,
+                e.url,
+                e.paths.config.display(),
+                e.paths.token.display(),
+                e.paths.config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailloop-agent enroll: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
     }

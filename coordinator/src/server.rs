@@ -11,11 +11,11 @@
 //!    the storage writer — all within `shutdown_grace`.
 
 use crate::api::{self, ApiState};
-use crate::config::{CoordinatorConfig, HttpLimits, ServerConfig, TlsMaterial};
-use crate::cluster::control::{Control};
 use crate::clock::now_ms;
+use crate::cluster::control::{Control, EnrollSettings};
 use crate::cluster::grpc::{AgentApi, AgentApiSettings};
 use crate::cluster::hub::Hub;
+use crate::config::{CoordinatorConfig, HttpLimits, ServerConfig, TlsMaterial};
 use crate::shutdown::{self, Shutdown};
 use crate::storage::{Storage, StorageError};
 use mailloop_proto::pb::agent_service_server::AgentServiceServer;
@@ -207,6 +207,7 @@ impl Coordinator {
         let grpc_addr = listeners.grpc_addr();
         let http_addr = listeners.http_addr();
         let metrics_addr = listeners.metrics_addr();
+        control.set_enrollment(enroll_settings(&server, grpc_addr));
         let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
         let metrics_app = match listeners.metrics {
             Some(l) => {
@@ -222,6 +223,7 @@ impl Coordinator {
             storage.clone(),
             judge.feed(),
             metrics.clone(),
+            control.clone(),
             shutdown.clone(),
         )?);
         let state = ApiState {
@@ -276,6 +278,38 @@ impl Coordinator {
     }
 }
 
+/// What join tokens carry: `public_urls`, or the bound gRPC address when
+/// it is a specific one; the SHA-256 of the last certificate of `tls_cert`.
+fn enroll_settings(server: &ServerConfig, grpc: SocketAddr) -> EnrollSettings {
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let urls = if !server.public_urls.is_empty() {
+        server.public_urls.clone()
+    } else if grpc.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![format!("{scheme}://{grpc}")]
+    };
+    let sha256 = server.tls.as_ref().and_then(|t| {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let last = CertificateDer::pem_slice_iter(&t.cert_pem)
+            .filter_map(Result::ok)
+            .last()?;
+        Some(crate::config::hex(
+            ring::digest::digest(&ring::digest::SHA256, &last).as_ref(),
+        ))
+    });
+    EnrollSettings {
+        urls,
+        sha256,
+        ttl: server.join_token_ttl,
+    }
+}
+
 fn flatten(
     r: Result<Result<(), ServeError>, tokio::task::JoinError>,
     what: &str,
@@ -295,14 +329,17 @@ fn serve_grpc(
     storage: Arc<Storage>,
     judge: crate::judge::run::JudgeFeed,
     metrics: Arc<crate::metrics::Metrics>,
+    control: Arc<Control>,
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let settings = AgentApiSettings {
         heartbeat_seconds: server.heartbeat.as_secs().max(1) as u32,
         spool_max_reports: server.spool_max_reports,
         max_streams_per_agent: 4,
+        min_agent_protocol: server.min_agent_protocol,
     };
     let api = AgentApi::new(hub, storage, settings, shutdown.clone())
+        .with_control(control)
         .with_judge(judge)
         .with_metrics(metrics);
     let service = AgentServiceServer::new(api).max_decoding_message_size(server.max_message_bytes);

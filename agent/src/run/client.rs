@@ -187,7 +187,7 @@ fn status_text(s: &Status) -> String {
 
 /// An error and its sources, "a: b: c" (tonic's transport errors say
 /// little at the top).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -377,6 +377,7 @@ impl Connection {
                 region: self.who.region.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 sent_at_ms: epoch_ms(),
+                protocol_version: mailloop_proto::PROTOCOL_VERSION,
             }),
         )
         .await;

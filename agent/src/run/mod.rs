@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod config;
+pub mod enroll;
 pub mod metrics;
 pub mod schedule;
 pub mod spool;
