@@ -172,6 +172,11 @@ impl SessionError {
     fn is_refused_token(&self) -> bool {
         matches!(self, SessionError::Call { status, .. } if status.code() == Code::Unauthenticated)
     }
+
+    /// The coordinator needs a newer agent protocol ("upgrade the agent").
+    fn is_too_old(&self) -> bool {
+        matches!(self, SessionError::Call { call: "Register", status } if status.code() == Code::FailedPrecondition)
+    }
 }
 
 fn status_text(s: &Status) -> String {
@@ -337,7 +342,7 @@ impl Connection {
                 Ok(()) => return,
                 Err(e) => e,
             };
-            if err.is_refused_token() {
+            if err.is_refused_token() || err.is_too_old() {
                 wait = REFUSED_RETRY;
             }
             let retry = format!("retrying in {:.1} s", wait.as_secs_f64());
@@ -353,6 +358,8 @@ impl Connection {
                         REFUSED_RETRY.as_secs()
                     );
                 }
+            } else if err.is_too_old() {
+                tracing::error!("the coordinator at {} refused this agent's protocol (this agent speaks {}): {err}; {retry}", self.url, mailloop_proto::PROTOCOL_VERSION);
             } else if err.is_auth() {
                 tracing::error!("the coordinator at {} refused this agent: {err}; check the token and region; {retry}", self.url);
             } else if registered {
