@@ -25,8 +25,18 @@ const EXIT_CONFIG: u8 = 3;
                   e.g. MAILLOOP_LOG=debug or MAILLOOP_LOG=warn."
 )]
 struct Cli {
+    /// Log lines as text (default; coloured on a terminal) or as one JSON
+    /// object per line (journald, Loki).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "MAILLOOP_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -122,13 +132,15 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| default_level.into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
 
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),

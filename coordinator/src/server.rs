@@ -242,6 +242,9 @@ impl Coordinator {
             shutdown.clone(),
         )?);
         ready.store(true, Ordering::SeqCst);
+        // systemd (Type=notify): both listeners bound and served. A no-op
+        // outside systemd (no NOTIFY_SOCKET).
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, metrics = %metrics_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
 
         let mut failure = None;
@@ -251,6 +254,7 @@ impl Coordinator {
             r = &mut http => failure = Some(flatten(r, "http")),
         }
         ready.store(false, Ordering::SeqCst);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         trigger.fire();
         drop(shutdown);
         let grace = server.shutdown_grace;

@@ -403,7 +403,7 @@ fn write_files(
             r.agent_name
         )
     };
-    write_new(&paths.token, format!("{}\n", r.token).as_bytes())
+    write_new(&paths.token, format!("{}\n", r.token).as_bytes(), 0o600)
         .map_err(|e| lost(&paths.token, e))?;
     let mut toml = format!(
         "# Written by `mailloop-agent enroll`. Run: mailloop-agent run --config {}\n[agent]\nname = {}\nregion = {}\ncoordinator_url = {}\ntoken_file = {}\n",
@@ -414,7 +414,7 @@ fn write_files(
         quoted(&paths.token.display().to_string()),
     );
     if let Some(pem) = ca_pem {
-        write_new(&paths.ca, pem).map_err(|e| lost(&paths.ca, e))?;
+        write_new(&paths.ca, pem, 0o644).map_err(|e| lost(&paths.ca, e))?;
         toml.push_str(&format!(
             "# The coordinator certificate pinned at enrollment.\nca_file = {}\n",
             quoted(&paths.ca.display().to_string())
@@ -426,15 +426,16 @@ fn write_files(
             quoted(&spool.display().to_string())
         ));
     }
-    write_new(&paths.config, toml.as_bytes()).map_err(|e| lost(&paths.config, e))
+    write_new(&paths.config, toml.as_bytes(), 0o600).map_err(|e| lost(&paths.config, e))
 }
 
-/// Creates `path` with mode 0600, refusing to replace anything.
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` with `mode` (the certificate is public: 0644, so a
+/// service's own user can read it; the rest 0600), refusing to replace anything.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
