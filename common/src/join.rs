@@ -100,7 +100,7 @@ mod tests {
         let t = JoinToken {
             urls: vec!["https://127.0.0.1:7443".into()],
             sha256: Some("ab".repeat(32)),
-            secret: Secret::new("mlj_0123".into()),
+            secret: Secret::new("mlj_0123"),
         };
         let text = t.encode();
         assert!(text.expose().starts_with(PREFIX));
