@@ -198,6 +198,14 @@ fn an_agent_added_at_run_time_enrolls_in_one_command_and_reports() {
     println!(
         "enrollment: `agents add` to the first stored report of the new region: {elapsed:.1?} (10 s check interval)"
     );
+
+    // An enrolled agent is revoked like any other, at once: its stream ends
+    // and it stops probing.
+    let (code, out, err) = coord.ctl(&["agents", "revoke", "ap-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the revoked agent to say its token was refused", || {
+        std::fs::read_to_string(vm.join("agent.log")).ok()?.contains("token revoked or unknown").then_some(())
+    });
 }
 
 #[test]
