@@ -216,14 +216,14 @@ impl Coordinator {
             }
             None => Some(metrics_app),
         };
+        let agent_api = agent_api(&server, hub.clone(), storage.clone(), shutdown.clone())
+            .with_control(control.clone())
+            .with_judge(judge.feed())
+            .with_metrics(metrics.clone());
         let mut grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
             &server,
-            hub.clone(),
-            storage.clone(),
-            judge.feed(),
-            metrics.clone(),
-            control.clone(),
+            agent_api,
             shutdown.clone(),
         )?);
         let state = ApiState {
@@ -326,26 +326,28 @@ fn flatten(
     }
 }
 
-fn serve_grpc(
-    listener: TcpListener,
+/// The agent API with the settings `[server]` hands to and applies on agents.
+fn agent_api(
     server: &ServerConfig,
     hub: Arc<Hub>,
     storage: Arc<Storage>,
-    judge: crate::judge::run::JudgeFeed,
-    metrics: Arc<crate::metrics::Metrics>,
-    control: Arc<Control>,
     shutdown: Shutdown,
-) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
+) -> AgentApi {
     let settings = AgentApiSettings {
         heartbeat_seconds: server.heartbeat.as_secs().max(1) as u32,
         spool_max_reports: server.spool_max_reports,
         max_streams_per_agent: 4,
         min_agent_protocol: server.min_agent_protocol,
     };
-    let api = AgentApi::new(hub, storage, settings, shutdown.clone())
-        .with_control(control)
-        .with_judge(judge)
-        .with_metrics(metrics);
+    AgentApi::new(hub, storage, settings, shutdown)
+}
+
+fn serve_grpc(
+    listener: TcpListener,
+    server: &ServerConfig,
+    api: AgentApi,
+    shutdown: Shutdown,
+) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let service = AgentServiceServer::new(api).max_decoding_message_size(server.max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut builder = tonic::transport::Server::builder()
