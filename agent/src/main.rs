@@ -25,8 +25,18 @@ const EXIT_CONFIG: u8 = 3;
                   e.g. MAILLOOP_LOG=debug or MAILLOOP_LOG=warn."
 )]
 struct Cli {
+    /// Log lines as text (default; coloured on a terminal) or as one JSON
+    /// object per line (journald, Loki).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "MAILLOOP_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +76,24 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Join a coordinator with the one-line command `mailloopctl agents add`
+    /// printed: exchanges the single-use join token for this agent's token
+    /// (pinning the coordinator's certificate by the fingerprint the token
+    /// carries), then writes the agent config (mode 0600), the token file
+    /// beside it (<config>.token, 0600) and the pinned certificate
+    /// (<config>.coordinator.pem). Nothing existing is overwritten.
+    /// Credentials of probed mailboxes are never sent: the checks name them
+    /// (password_env, password_file) and this machine provides them.
+    Enroll {
+        /// The join token, `mlj1.…`.
+        token: String,
+        /// Where to write the agent config.
+        #[arg(long, short, value_name = "FILE", default_value = "/etc/mailloop/agent.toml")]
+        config: PathBuf,
+        /// The agent's spool (default: /var/lib/mailloop-agent/spool.db).
+        #[arg(long, value_name = "FILE")]
+        spool: Option<PathBuf>,
+    },
     /// OAuth2 mailboxes (Microsoft 365, Gmail).
     Oauth2 {
         #[command(subcommand)]
@@ -104,18 +132,21 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG").unwrap_or_else(|_| default_level.into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
 
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
+        Command::Enroll { token, config, spool } => enroll(&token, config, spool),
         Command::Oauth2 { command: Oauth2Command::Login { config, check, side } } => oauth2_login(&config, &check, side.as_deref()),
     }
 }
@@ -172,6 +203,35 @@ fn run(config: PathBuf) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailloop-agent: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>) -> ExitCode {
+    use mailloop_agent::run::enroll::{Paths, enroll};
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match runtime.block_on(enroll(token, Paths::new(config, spool))) {
+        Ok(e) => {
+            println!(
+                "enrolled as agent {} in region {} with the coordinator at {}; wrote {} and {}.\nStart it: mailloop-agent run --config {}   (or: systemctl enable --now mailloop-agent)",
+                e.name,
+                e.region,
+                e.url,
+                e.paths.config.display(),
+                e.paths.token.display(),
+                e.paths.config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailloop-agent enroll: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
     }

@@ -56,7 +56,7 @@ struct Trust {
 /// Where a handshake leaves the certificate it saw.
 pub type CertSlot = Arc<Mutex<Option<CertificateDer<'static>>>>;
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
 }
@@ -219,7 +219,7 @@ fn trusted_as_is(e: &rustls::Error) -> bool {
 
 /// What webpki checks besides the chain, for a leaf trusted without one:
 /// the validity period, then the name (the order webpki reports them in).
-fn name_and_validity(
+pub(crate) fn name_and_validity(
     end_entity: &CertificateDer<'_>,
     server_name: &ServerName<'_>,
     now: UnixTime,

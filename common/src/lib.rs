@@ -10,6 +10,7 @@ pub mod alignment;
 pub mod auth_results;
 pub mod classify;
 pub mod config;
+pub mod join;
 pub mod received;
 pub mod report;
 pub mod reputation;

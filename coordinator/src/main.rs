@@ -17,8 +17,18 @@ use std::process::ExitCode;
     about = "Assigns mail round-trip checks to agents and stores their reports"
 )]
 struct Cli {
+    /// Log lines as text (default; coloured on a terminal) or as one JSON
+    /// object per line (journald, Loki).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "MAILLOOP_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -47,14 +57,18 @@ const EXIT_CONFIG: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAILLOOP_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
             Some(c) => {
@@ -124,16 +138,22 @@ async fn serve(cfg: CoordinatorConfig, path: PathBuf) -> anyhow::Result<()> {
         listeners.status_addr()
     );
     coordinator
-        .serve(listeners, Some(path), stop_signal())
+        .serve(listeners, Some(path), stop_signal()?)
         .await?;
     Ok(())
 }
 
-async fn stop_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed now, before
+/// the coordinator says READY=1 (systemd may send SIGTERM right after it),
+/// not when the future is first polled.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("listen for SIGTERM");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

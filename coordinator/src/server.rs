@@ -12,7 +12,7 @@
 
 use crate::api::{self, ApiState};
 use crate::clock::now_ms;
-use crate::cluster::control::Control;
+use crate::cluster::control::{Control, EnrollSettings};
 use crate::cluster::grpc::{AgentApi, AgentApiSettings};
 use crate::cluster::hub::Hub;
 use crate::config::status::StatusPageSettings;
@@ -265,6 +265,7 @@ impl Coordinator {
         let http_addr = listeners.http_addr();
         let metrics_addr = listeners.metrics_addr();
         let status_addr = listeners.status_addr();
+        control.set_enrollment(enroll_settings(&server, grpc_addr));
         let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
         let metrics_app = match listeners.metrics {
             Some(l) => {
@@ -295,14 +296,15 @@ impl Coordinator {
             (Some(m), Some(s)) => Some(m.merge(s)),
             (m, s) => m.or(s),
         };
+        let agent_api = agent_api(&server, hub.clone(), storage.clone(), shutdown.clone())
+            .with_control(control.clone())
+            .with_judge(judge.feed())
+            .with_metrics(metrics.clone())
+            .with_traces(traces.clone());
         let mut grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
             &server,
-            hub.clone(),
-            storage.clone(),
-            judge.feed(),
-            metrics.clone(),
-            traces.clone(),
+            agent_api,
             shutdown.clone(),
         )?);
         let state = ApiState {
@@ -323,6 +325,9 @@ impl Coordinator {
             shutdown.clone(),
         )?);
         ready.store(true, Ordering::SeqCst);
+        // systemd (Type=notify): both listeners bound and served. A no-op
+        // outside systemd (no NOTIFY_SOCKET).
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, metrics = %metrics_addr, status = %status_addr, tls = server.tls.is_some(), mutual_tls = server.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "coordinator serving");
 
         let mut failure = None;
@@ -332,6 +337,7 @@ impl Coordinator {
             r = &mut http => failure = Some(flatten(r, "http")),
         }
         ready.store(false, Ordering::SeqCst);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         trigger.fire();
         drop(shutdown);
         let grace = server.shutdown_grace;
@@ -361,6 +367,38 @@ impl Coordinator {
     }
 }
 
+/// What join tokens carry: `public_urls`, or the bound gRPC address when
+/// it is a specific one; the SHA-256 of the last certificate of `tls_cert`.
+fn enroll_settings(server: &ServerConfig, grpc: SocketAddr) -> EnrollSettings {
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let urls = if !server.public_urls.is_empty() {
+        server.public_urls.clone()
+    } else if grpc.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![format!("{scheme}://{grpc}")]
+    };
+    let sha256 = server.tls.as_ref().and_then(|t| {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let last = CertificateDer::pem_slice_iter(&t.cert_pem)
+            .filter_map(Result::ok)
+            .last()?;
+        Some(crate::config::hex(
+            ring::digest::digest(&ring::digest::SHA256, &last).as_ref(),
+        ))
+    });
+    EnrollSettings {
+        urls,
+        sha256,
+        ttl: server.join_token_ttl,
+    }
+}
+
 fn flatten(
     r: Result<Result<(), ServeError>, tokio::task::JoinError>,
     what: &str,
@@ -373,27 +411,28 @@ fn flatten(
     }
 }
 
-// Each argument is one thing the gRPC edge is wired to; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
-fn serve_grpc(
-    listener: TcpListener,
+/// The agent API with the settings `[server]` hands to and applies on agents.
+fn agent_api(
     server: &ServerConfig,
     hub: Arc<Hub>,
     storage: Arc<Storage>,
-    judge: crate::judge::run::JudgeFeed,
-    metrics: Arc<crate::metrics::Metrics>,
-    traces: crate::telemetry::Traces,
     shutdown: Shutdown,
-) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
+) -> AgentApi {
     let settings = AgentApiSettings {
         heartbeat_seconds: server.heartbeat.as_secs().max(1) as u32,
         spool_max_reports: server.spool_max_reports,
         max_streams_per_agent: 4,
+        min_agent_protocol: server.min_agent_protocol,
     };
-    let api = AgentApi::new(hub, storage, settings, shutdown.clone())
-        .with_judge(judge)
-        .with_metrics(metrics)
-        .with_traces(traces);
+    AgentApi::new(hub, storage, settings, shutdown)
+}
+
+fn serve_grpc(
+    listener: TcpListener,
+    server: &ServerConfig,
+    api: AgentApi,
+    shutdown: Shutdown,
+) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let service = AgentServiceServer::new(api).max_decoding_message_size(server.max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut builder = tonic::transport::Server::builder()

@@ -60,7 +60,7 @@ async fn apply_list_show_delete_checks() {
 async fn add_list_and_revoke_agents() {
     let c = Coordinator::start("", "");
     let ctl = Ctl(&c);
-    let added = ctl.ok(&["agents", "add", "ap-1", "--region", "ap-south"]);
+    let added = ctl.ok(&["agents", "add", "ap-1", "--region", "ap-south", "--show-token"]);
     let token = added.lines().last().unwrap().trim().to_string();
     assert!(token.starts_with("mlt_"), "{added}");
     let mut agent = c.agent_with(Some(&token)).await;
@@ -73,6 +73,11 @@ async fn add_list_and_revoke_agents() {
     let (code, _, stderr) = ctl.run(&["agents", "revoke", "eu-1"]);
     assert_eq!(code, 4, "config-declared agents are owned by the file");
     assert!(stderr.contains("config file"), "{stderr}");
+    // Without --show-token: one line, the command for the agent's machine.
+    let added = ctl.ok(&["agents", "add", "ap-2", "--region", "ap-south"]);
+    assert_eq!(added.lines().count(), 1, "{added}");
+    assert!(added.starts_with("mailloop-agent enroll 'mlj1.") && added.trim_end().ends_with('\''), "{added}");
+    assert!(!added.contains("mlt_"), "no agent token before enrollment: {added}");
 }
 
 #[tokio::test]

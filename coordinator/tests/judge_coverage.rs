@@ -407,6 +407,7 @@ async fn an_agent_clock_off_by_minutes_opens_a_clock_incident_and_agreeing_again
             region: "eu-west".into(),
             version: "test".into(),
             sent_at_ms: epoch_ms() + 120_000,
+            ..Default::default()
         })
         .await
         .unwrap();

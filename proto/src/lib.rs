@@ -7,3 +7,7 @@
 pub mod pb {
     tonic::include_proto!("mailloop.v1");
 }
+
+/// The agent API protocol this build speaks (see `mailloop.proto`): sent in
+/// `RegisterRequest.protocol_version` and `RegisterResponse.protocol_version`.
+pub const PROTOCOL_VERSION: u32 = 1;

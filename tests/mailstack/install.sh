@@ -39,6 +39,9 @@ PACKAGES=(
   # The OAuth2 identity provider of tests/tests/oauth2.rs (oauth2_idp.py, run
   # with Debian's /usr/bin/python3): Authlib's authorization server.
   python3-authlib
+  # systemd-analyze (verify, security --offline) for tests/tests/systemd.rs,
+  # which checks deploy/systemd/'s units.
+  systemd
 )
 # Exim's shared libraries: Exim itself is not installed as a package (see
 # install_exim below), only unpacked, so its dependencies are named here.

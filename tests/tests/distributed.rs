@@ -406,7 +406,7 @@ fn a_revoked_agent_stops_probing_and_keeps_its_spool() {
     let mut c = Cluster::start(&checks);
 
     // An agent the API issued (config agents are revoked by editing the config).
-    let (code, out, err) = c.coordinator.ctl(&["agents", "add", "lab-1", "--region", "lab"]);
+    let (code, out, err) = c.coordinator.ctl(&["agents", "add", "lab-1", "--region", "lab", "--show-token"]);
     assert_eq!(code, 0, "{out}{err}");
     let token = out.lines().nth(1).expect("the token line").trim().to_string();
     let lab1 = c.launch_agent("lab-1", "lab", &token);

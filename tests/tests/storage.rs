@@ -9,7 +9,7 @@ use mailloop_coordinator::judge::{
 };
 use mailloop_coordinator::storage::{
     AggregateQuery, AuditEntry, AuditQuery, IncidentQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
-    StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery,
+    StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, JoinToken, JoinUse,
 };
 use mailloop_tests::postgres::Postgres;
 use serde_json::json;
@@ -60,6 +60,7 @@ both! {
     audit_and_tokens_round_trip,
     verdicts_are_counted_per_check_bucket_and_kind,
     a_public_check_keeps_its_display_name,
+    a_join_token_is_granted_once_and_never_after_it_expires,
 }
 
 fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
@@ -441,6 +442,32 @@ async fn audit_and_tokens_round_trip(db: &Db) {
     s.close().await;
 }
 
+async fn a_join_token_is_granted_once_and_never_after_it_expires(db: &Db) {
+    let s = db.open().await;
+    let join = |hash: &str, expires_at_ms| JoinToken {
+        token_sha256: hash.into(),
+        agent: "eu-1".into(),
+        agent_token_sha256: "cd".repeat(32),
+        created_at_ms: 1_000,
+        expires_at_ms,
+    };
+    s.put_join_token(join("aa", 5_000)).await.unwrap();
+    s.put_join_token(join("bb", 5_000)).await.unwrap();
+    assert_eq!(s.use_join_token("zz".into(), 2_000).await.unwrap(), JoinUse::Unknown);
+    // Expiry is exclusive: at expires_at the token is already expired.
+    assert_eq!(s.use_join_token("bb".into(), 5_000).await.unwrap(), JoinUse::Expired { agent: "eu-1".into(), at_ms: 5_000 });
+    assert_eq!(
+        s.use_join_token("aa".into(), 2_000).await.unwrap(),
+        JoinUse::Granted { agent: "eu-1".into(), agent_token_sha256: "cd".repeat(32) }
+    );
+    assert_eq!(s.use_join_token("aa".into(), 3_000).await.unwrap(), JoinUse::Used { agent: "eu-1".into(), at_ms: 2_000 });
+    // Still used after a reopen, and still "used" (not "expired") after expiry.
+    s.close().await;
+    let s = db.open().await;
+    assert_eq!(s.use_join_token("aa".into(), 9_000).await.unwrap(), JoinUse::Used { agent: "eu-1".into(), at_ms: 2_000 });
+    s.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_a_newer_schema_and_migrates_once() {
     let pg = Postgres::get();
@@ -449,10 +476,12 @@ async fn postgres_refuses_a_newer_schema_and_migrates_once() {
     // Two replicas starting together: the advisory lock lets one migrate.
     let (a, b) = tokio::join!(Storage::connect(&settings), Storage::connect(&settings));
     let (a, b) = (a.unwrap(), b.unwrap());
+    // One row per migration, each applied once although two replicas ran.
+    let migrations = a.schema_version().to_string();
     a.close().await;
     b.close().await;
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
-    assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM mailloop_schema"), "1");
+    assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM mailloop_schema"), migrations);
     pg.psql(&db, "INSERT INTO mailloop_schema (version, what) VALUES (999, 'from the future')");
     match Storage::connect(&settings).await {
         Err(StorageError::NewerSchema { found: 999, .. }) => {}
@@ -558,10 +587,11 @@ fn the_migrate_command_prepares_a_postgres_database() {
     let out = run();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("schema version 1"), "{stdout}");
+    // Version 2 added the join tokens of agent enrollment.
+    assert!(stdout.contains("schema version 2"), "{stdout}");
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "1");
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "2");
     write("pool_size = 0\ncolour = \"blue\"\n");
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -176,6 +176,11 @@ impl SessionError {
     fn is_refused_token(&self) -> bool {
         matches!(self, SessionError::Call { status, .. } if status.code() == Code::Unauthenticated)
     }
+
+    /// The coordinator needs a newer agent protocol ("upgrade the agent").
+    fn is_too_old(&self) -> bool {
+        matches!(self, SessionError::Call { call: "Register", status } if status.code() == Code::FailedPrecondition)
+    }
 }
 
 fn status_text(s: &Status) -> String {
@@ -191,7 +196,7 @@ fn status_text(s: &Status) -> String {
 
 /// An error and its sources, "a: b: c" (tonic's transport errors say
 /// little at the top).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -358,7 +363,7 @@ impl Connection {
                 Ok(()) => return,
                 Err(e) => e,
             };
-            if err.is_refused_token() {
+            if err.is_refused_token() || err.is_too_old() {
                 wait = REFUSED_RETRY;
             }
             // Several replicas: the next session goes to the next one.
@@ -381,6 +386,8 @@ impl Connection {
                         REFUSED_RETRY.as_secs()
                     );
                 }
+            } else if err.is_too_old() {
+                tracing::error!("the coordinator at {} refused this agent's protocol (this agent speaks {}): {err}; {retry}", self.url(), mailloop_proto::PROTOCOL_VERSION);
             } else if err.is_auth() {
                 tracing::error!("the coordinator at {} refused this agent: {err}; check the token and region; {retry}", url);
             } else if registered {
@@ -411,6 +418,7 @@ impl Connection {
                 region: self.who.region.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 sent_at_ms: epoch_ms(),
+                protocol_version: mailloop_proto::PROTOCOL_VERSION,
             }),
         )
         .await;

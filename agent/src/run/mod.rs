@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod config;
+pub mod enroll;
 pub mod metrics;
 pub mod schedule;
 pub mod spool;
@@ -111,8 +112,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let (stop_tx, stop) = watch::channel(false);
     let client_task = tokio::spawn(connection.run(scheduler, stop));
     let pruner = tokio::spawn(prune_probe_log(spool.clone()));
+    // systemd (Type=notify): config valid, spool open, /metrics bound,
+    // probing under way. A no-op outside systemd (no NOTIFY_SOCKET).
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     shutdown.await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
     let in_flight = gate.close();
     let grace = humantime::format_duration(config.shutdown_grace);

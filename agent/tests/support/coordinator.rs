@@ -222,6 +222,7 @@ impl AgentService for Service {
             agent_id: "agent-1".into(),
             heartbeat_seconds: self.0.script.heartbeat_seconds,
             spool_max_reports: self.0.script.spool_max_reports,
+            protocol_version: mailloop_proto::PROTOCOL_VERSION,
         }))
     }
 
@@ -281,5 +282,9 @@ impl AgentService for Service {
         let req = req.into_inner();
         self.0.note(|r| r.heartbeats.push(req));
         Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    async fn enroll(&self, _req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        Err(Status::unimplemented("the scripted coordinator does not enroll agents"))
     }
 }

@@ -10,10 +10,10 @@
 use crate::auth::{
     self, Access, Action, ApiRouter, Caller, Gate, IdFrom, REDACTED, Role, RouteSpec,
 };
-use crate::config::CheckSpec;
 use crate::cluster::control::{PutMode, PutOutcome};
 use crate::cluster::hub::{AgentView, Hub};
 use crate::cluster::schedule;
+use crate::config::CheckSpec;
 use crate::storage::{ReplicaRole, ReportRow, ResultQuery, Source, StoredCheck};
 use axum::Extension;
 use axum::Router;
@@ -86,8 +86,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-
-
 async fn healthz() -> ApiResult {
     ok(StatusCode::OK, json!({"status": "ok"}))
 }
@@ -113,7 +111,13 @@ async fn readyz(State(state): State<ApiState>) -> ApiResult {
 }
 
 /// Keys of a check table only the admin role sees.
-const PASSWORD_REFERENCES: [&str; 5] = ["password_env", "password_file", "client_secret_env", "client_secret_file", "refresh_token_file"];
+const PASSWORD_REFERENCES: [&str; 5] = [
+    "password_env",
+    "password_file",
+    "client_secret_env",
+    "client_secret_file",
+    "refresh_token_file",
+];
 
 /// A check as the API shows it to `role`. An inline password is never
 /// shown (`"<redacted>"`, which a `PUT` takes to mean "keep the stored
@@ -334,7 +338,6 @@ struct ResultParams {
     cursor: Option<String>,
 }
 
-
 fn query(p: ResultParams) -> Result<ResultQuery, ApiError> {
     Ok(ResultQuery {
         after: page_cursor("cursor", p.cursor.as_deref())?,
@@ -522,15 +525,66 @@ async fn get_agent(State(state): State<ApiState>, Path(name): Path<String>) -> A
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewAgent {
     name: String,
     region: String,
+    /// Answer with a join token for `mailloop-agent enroll` instead of the
+    /// agent's token.
+    #[serde(default)]
+    enroll: bool,
+    /// The join token's lifetime ("1h", "15m"; default `join_token_ttl`).
+    #[serde(default)]
+    ttl: Option<String>,
 }
 
 async fn add_agent(State(state): State<ApiState>, body: Bytes) -> ApiResult {
     let req: NewAgent = serde_json::from_value(json_body(&body)?).map_err(|e| {
-        ApiError::BadRequest(format!("expected {{\"name\": ..., \"region\": ...}}: {e}"))
+        ApiError::BadRequest(format!("expected {{\"name\": ..., \"region\": ..., \"enroll\": true|false, \"ttl\": \"1h\"}}: {e}"))
     })?;
+    if !req.enroll && req.ttl.is_some() {
+        return Err(ApiError::BadRequest(
+            "ttl is the join token's lifetime: set \"enroll\": true".into(),
+        ));
+    }
+    if req.enroll {
+        let ttl = req
+            .ttl
+            .as_deref()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .ok()
+                    .filter(|d| {
+                        *d >= std::time::Duration::from_secs(1)
+                            && *d <= crate::config::MAX_JOIN_TOKEN_TTL
+                    })
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "ttl {t:?}: a duration from 1s to 7d, e.g. \"1h\""
+                        ))
+                    })
+            })
+            .transpose()?;
+        let (agent, issued) = state
+            .control
+            .add_agent_to_enroll(&req.name, &req.region, ttl)
+            .await?;
+        let view = state
+            .hub
+            .agent(&agent.name)
+            .ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
+        // The one and only time the join token leaves the coordinator.
+        let join = issued.join_token.expose();
+        return ok(
+            StatusCode::CREATED,
+            json!({
+                "agent": agent_json(&view),
+                "join_token": join,
+                "join_expires_at_ms": issued.expires_at_ms,
+                "command": format!("mailloop-agent enroll '{join}'"),
+            }),
+        );
+    }
     let (agent, token) = state.control.add_agent(&req.name, &req.region).await?;
     let view = state
         .hub

@@ -221,14 +221,25 @@ revision; one declared in coordinator.toml is refused (edit the file)."#;
 #[derive(Subcommand)]
 enum AgentsCmd {
     List,
-    /// Create an agent and print its token (shown only this once), or write
-    /// it to a file with --write-token.
+    /// Create an agent and print the one command to run on its machine:
+    /// `mailloop-agent enroll 'mlj1.…'` (a single-use join token that
+    /// carries the coordinator's URL and certificate fingerprint). With
+    /// --show-token or --write-token, the agent's token itself instead.
     Add {
         name: String,
         #[arg(long)]
         region: String,
-        /// Write the token to FILE instead of printing it: created with mode
-        /// 0600 (replacing FILE if it exists), ready as the agent's token_file.
+        /// How long the join token stays valid (default: the coordinator's
+        /// join_token_ttl, 1h).
+        #[arg(long, value_name = "DURATION", conflicts_with_all = ["write_token", "show_token"])]
+        ttl: Option<String>,
+        /// Print the agent's token (shown only this once) instead of an
+        /// enroll command, for an agent.toml written by hand.
+        #[arg(long, conflicts_with = "write_token")]
+        show_token: bool,
+        /// Write the agent's token to FILE instead of an enroll command:
+        /// created with mode 0600 (replacing FILE if it exists), ready as
+        /// the agent's token_file.
         #[arg(long, value_name = "FILE")]
         write_token: Option<PathBuf>,
     },
@@ -751,8 +762,33 @@ async fn agents(ctl: &Ctl, cmd: AgentsCmd, out: Output) -> Result<(), Fail> {
         AgentsCmd::Add {
             name,
             region,
+            ttl,
+            show_token,
             write_token,
         } => {
+            if !show_token && write_token.is_none() {
+                let mut req = json!({"name": name, "region": region, "enroll": true});
+                if let Some(ttl) = &ttl {
+                    req["ttl"] = json!(ttl);
+                }
+                let body = ctl.call("POST", "/api/v1/agents", Some(&req)).await?;
+                if out == Output::Json {
+                    print_json(&body);
+                } else {
+                    let expires = body["join_expires_at_ms"]
+                        .as_i64()
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map_or_else(
+                            || "?".to_string(),
+                            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                        );
+                    warn!(
+                        "agent {name} added in region {region}. On its machine, run this once before {expires} (it works once; keep it secret until then):"
+                    );
+                    out!("{}", text(&body["command"]));
+                }
+                return Ok(());
+            }
             // The file is made before the agent, so a token is never issued
             // that cannot be kept.
             let pending = write_token.as_deref().map(TokenFile::create).transpose()?;
@@ -1712,7 +1748,11 @@ async fn tokens(ctl: &Ctl, cmd: TokensCmd, out: Output) -> Result<(), Fail> {
             // keep would be lost (it is never shown again).
             let mut f = new_private_file(&path)?;
             let body = match ctl
-                .call("POST", "/api/v1/tokens", Some(&json!({"name": name, "role": role})))
+                .call(
+                    "POST",
+                    "/api/v1/tokens",
+                    Some(&json!({"name": name, "role": role})),
+                )
                 .await
             {
                 Ok(b) => b,
@@ -1798,4 +1838,3 @@ async fn audit(
     table(&["AT", "WHO", "FROM", "ACTION", "OBJECT", "DETAIL"], rows);
     Ok(())
 }
-

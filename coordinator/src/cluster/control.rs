@@ -19,12 +19,14 @@
 //! refuses to change it (it would silently come back on the next reload).
 
 use crate::auth::{Role, TokenDecl, Tokens};
+use crate::clock::now_ms;
+use crate::cluster::hub::Hub;
 use crate::config::{
     AgentDecl, CheckRules, CheckSpec, CoordinatorConfig, check_spec, hex, token_sha256,
 };
-use crate::clock::now_ms;
-use crate::cluster::hub::Hub;
-use crate::storage::{Source, Storage, StorageError, StoredAgent, StoredCheck, StoredToken};
+use crate::storage::{
+    JoinToken, JoinUse, Source, Storage, StorageError, StoredAgent, StoredCheck, StoredToken,
+};
 use mailloop_common::Secret;
 use mailloop_common::config::ConfigIssue;
 use serde_json::Value;
@@ -82,6 +84,30 @@ pub struct Control {
     settings: Mutex<Settings>,
     /// The admin API's tokens (the admin token and `[[token]]`).
     tokens: Arc<Tokens>,
+    /// What join tokens carry; set once the gRPC listener is bound.
+    enrollment: Mutex<EnrollSettings>,
+}
+
+/// What a join token carries and how long it lasts (`[server]`
+/// `public_urls`, `join_token_ttl`, and the certificate of `tls_cert`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnrollSettings {
+    /// The coordinator's gRPC URLs as agents reach them; empty: none known
+    /// (the listener is on an unspecified address and `public_urls` is unset).
+    pub urls: Vec<String>,
+    /// SHA-256 (hex) of the certificate agents pin: the last one of
+    /// `tls_cert` (its CA when the file holds the chain); None without TLS.
+    pub sha256: Option<String>,
+    /// Default lifetime of a join token.
+    pub ttl: std::time::Duration,
+}
+
+/// A join token issued by [`Control::add_agent_to_enroll`].
+#[derive(Debug)]
+pub struct Issued {
+    /// `mlj1.…`, shown once.
+    pub join_token: Secret,
+    pub expires_at_ms: i64,
 }
 
 struct Settings {
@@ -121,6 +147,7 @@ impl Control {
                 api_tokens,
             }),
             tokens: Arc::new(Tokens::default()),
+            enrollment: Mutex::new(EnrollSettings::default()),
         };
         control.refresh_tokens();
         control
@@ -409,6 +436,130 @@ impl Control {
         Ok(stored)
     }
 
+    /// Sets what join tokens carry (once the listeners are bound).
+    pub fn set_enrollment(&self, e: EnrollSettings) {
+        *self.enrollment.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    fn enrollment(&self) -> EnrollSettings {
+        self.enrollment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Creates an agent through the API and returns a single-use join token
+    /// for `mailloop-agent enroll` (valid for `ttl`, default `join_token_ttl`).
+    /// The agent's own token is made at enrollment; until then nobody holds
+    /// one (the stored hash is of a token that was never shown).
+    pub async fn add_agent_to_enroll(
+        &self,
+        name: &str,
+        region: &str,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(StoredAgent, Issued), ControlError> {
+        let e = self.enrollment();
+        if e.urls.is_empty() {
+            return Err(ControlError::Conflict(
+                "the coordinator does not know the URL agents reach it at (grpc_listen is an unspecified address): set server.public_urls, e.g. [\"https://coord.example:7443\"]".into(),
+            ));
+        }
+        let ttl = ttl.unwrap_or(e.ttl);
+        let (agent, _never_shown) = self.add_agent(name, region).await?;
+        let secret = Secret::new(new_token("mlj"));
+        let now = now_ms();
+        let expires_at_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self.storage
+            .put_join_token(JoinToken {
+                token_sha256: token_sha256(secret.expose()),
+                agent: agent.name.clone(),
+                agent_token_sha256: agent.token_sha256.clone(),
+                created_at_ms: now,
+                expires_at_ms,
+            })
+            .await?;
+        let join_token = mailloop_common::join::JoinToken {
+            urls: e.urls,
+            sha256: e.sha256,
+            secret,
+        }
+        .encode();
+        tracing::info!(agent = %name, region = %region, ttl = %humantime::format_duration(ttl), "agent added; its join token was returned once");
+        Ok((
+            agent,
+            Issued {
+                join_token,
+                expires_at_ms,
+            },
+        ))
+    }
+
+    /// Exchanges a join token's secret for the agent's long-lived token:
+    /// once, before it expires, and only while the agent is the one the
+    /// join token was made for (not revoked, not enrolled or re-added since).
+    pub async fn enroll(&self, join_secret: &str) -> Result<(StoredAgent, Secret), ControlError> {
+        let now = now_ms();
+        let used = self
+            .storage
+            .use_join_token(token_sha256(join_secret), now)
+            .await?;
+        let when = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+                || ms.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            )
+        };
+        let again = |agent: &str| {
+            format!(
+                "make a new one: mailloopctl agents revoke {agent}, then mailloopctl agents add {agent} --region ..."
+            )
+        };
+        let (name, bound) = match used {
+            JoinUse::Unknown => {
+                return Err(ControlError::NotFound(
+                    "this join token is unknown to the coordinator (mistyped, or made by another coordinator)".into(),
+                ));
+            }
+            JoinUse::Used { agent, at_ms } => {
+                return Err(ControlError::Conflict(format!(
+                    "this join token was already used (at {}): a join token works once; {}",
+                    when(at_ms),
+                    again(&agent)
+                )));
+            }
+            JoinUse::Expired { agent, at_ms } => {
+                return Err(ControlError::Conflict(format!(
+                    "this join token expired at {}; {}",
+                    when(at_ms),
+                    again(&agent)
+                )));
+            }
+            JoinUse::Granted {
+                agent,
+                agent_token_sha256,
+            } => (agent, agent_token_sha256),
+        };
+        let _serial = self.lock.lock().await;
+        let current = self.hub.agent(&name);
+        let Some(current) = current.filter(|a| !a.stored.revoked && a.stored.token_sha256 == bound)
+        else {
+            tracing::warn!(agent = %name, "a join token was presented for an agent revoked or re-issued since it was made");
+            return Err(ControlError::Conflict(format!(
+                "agent {name:?} was revoked or re-issued after this join token was made; {}",
+                again(&name)
+            )));
+        };
+        let token = Secret::new(new_token("mlt"));
+        let agent = StoredAgent {
+            token_sha256: token_sha256(token.expose()),
+            ..current.stored
+        };
+        self.storage.put_agent(agent.clone()).await?;
+        self.hub.put_agent(agent.clone());
+        tracing::info!(agent = %agent.name, region = %agent.region, "agent enrolled; its token was returned once");
+        Ok((agent, token))
+    }
+
     /// Creates an agent through the API and returns its token (shown once;
     /// only its SHA-256 is kept). A revoked agent's name may be reused.
     pub async fn add_agent(
@@ -578,4 +729,3 @@ fn new_token(prefix: &str) -> String {
     getrandom::fill(&mut bytes).expect("the OS random source works");
     format!("{prefix}_{}", hex(&bytes))
 }
-

@@ -39,6 +39,8 @@ pub struct AgentApiSettings {
     pub spool_max_reports: u32,
     /// Open WatchAssignments (and, separately, ReportResults) streams one agent may have.
     pub max_streams_per_agent: usize,
+    /// Agents below this protocol are refused at Register (`min_agent_protocol`).
+    pub min_agent_protocol: u32,
 }
 
 /// The `AgentService` implementation.
@@ -56,6 +58,8 @@ pub struct AgentApi {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// A `report.ingest` span per report, when the coordinator traces.
     traces: crate::telemetry::Traces,
+    /// Enrollment (None: Enroll is refused).
+    control: Option<Arc<crate::cluster::control::Control>>,
 }
 
 type Watchers = Arc<Mutex<HashMap<String, Vec<(u64, String, String)>>>>;
@@ -121,7 +125,14 @@ impl AgentApi {
             judge: None,
             metrics: None,
             traces: crate::telemetry::Traces::off(),
+            control: None,
         }
+    }
+
+    /// Serves Enroll through `control` (join tokens).
+    pub fn with_control(mut self, control: Arc<crate::cluster::control::Control>) -> AgentApi {
+        self.control = Some(control);
+        self
     }
 
     fn authenticate(
@@ -198,6 +209,24 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let agent = self.authenticate(request.metadata(), "Register")?;
         let r = request.into_inner();
+        // Before anything else: an agent too old to be understood is told
+        // so, instead of being half-served.
+        if r.protocol_version < self.settings.min_agent_protocol {
+            let speaks = match r.protocol_version {
+                0 => "this agent predates protocol versions (0)".to_string(),
+                n => format!("this agent speaks {n}"),
+            };
+            let version = if r.version.is_empty() {
+                "?"
+            } else {
+                r.version.as_str()
+            };
+            tracing::warn!(agent = %agent.name, region = %agent.region, protocol = r.protocol_version, version, "agent refused: too old a protocol");
+            return Err(Status::failed_precondition(format!(
+                "upgrade the agent: coordinator needs protocol ≥ {} ({speaks}; mailloop-agent {version})",
+                self.settings.min_agent_protocol
+            )));
+        }
         if r.region != agent.region {
             tracing::warn!(agent = %agent.name, region = %agent.region, claimed_region = %r.region, "agent registered with another region than its token's");
             return Err(Status::permission_denied(format!(
@@ -224,6 +253,7 @@ impl AgentService for AgentApi {
             agent_id: agent.name,
             heartbeat_seconds: self.settings.heartbeat_seconds,
             spool_max_reports: self.settings.spool_max_reports,
+            protocol_version: mailloop_proto::PROTOCOL_VERSION,
         }))
     }
 
@@ -344,6 +374,47 @@ impl AgentService for AgentApi {
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(ack_rx)))
+    }
+
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        use crate::cluster::control::ControlError;
+        let peer = peer_of(&request);
+        let Some(control) = &self.control else {
+            return Err(Status::unimplemented(
+                "this coordinator does not enroll agents",
+            ));
+        };
+        let r = request.into_inner();
+        if r.join_secret.is_empty() || r.join_secret.len() > 200 {
+            return Err(Status::invalid_argument("no join token secret"));
+        }
+        match control.enroll(&r.join_secret).await {
+            Ok((agent, token)) => {
+                tracing::info!(agent = %agent.name, region = %agent.region, %peer, protocol = r.protocol_version, version = %r.version, "agent enrolled");
+                Ok(Response::new(pb::EnrollResponse {
+                    agent_name: agent.name,
+                    region: agent.region,
+                    token: token.expose().to_string(),
+                }))
+            }
+            Err(ControlError::Storage(e)) => {
+                tracing::error!(error = %e, "enrollment: storage failed");
+                Err(Status::unavailable(format!(
+                    "the coordinator cannot store the enrollment now: {e}"
+                )))
+            }
+            Err(e @ ControlError::NotFound(_)) => {
+                tracing::warn!(%peer, error = %e, "enrollment refused");
+                Err(Status::unauthenticated(e.to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "enrollment refused");
+                Err(Status::permission_denied(e.to_string()))
+            }
+        }
     }
 
     async fn heartbeat(

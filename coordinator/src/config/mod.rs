@@ -44,6 +44,10 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// year-over-year graph always has its first month.
 pub const DEFAULT_AGGREGATE_RETENTION: Duration = Duration::from_secs(400 * 86_400);
 /// Default heartbeat period handed to agents.
+/// How long a join token of `agents add` lasts unless `join_token_ttl` says otherwise.
+pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Longest join token lifetime (config or per request).
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Default largest gRPC message accepted (a report with its steps is a few KiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -125,6 +129,13 @@ pub struct ServerConfig {
     pub http_limits: HttpLimits,
     /// `/metrics`: on the admin listener, or on its own address; optional bearer token.
     pub metrics: MetricsEndpoint,
+    /// The gRPC URLs agents reach this coordinator at, put in join tokens
+    /// (empty: the bound grpc_listen address, when it is a specific one).
+    pub public_urls: Vec<String>,
+    /// How long a join token lasts unless `agents add --ttl` says otherwise.
+    pub join_token_ttl: Duration,
+    /// Agents speaking an older agent API protocol are refused at Register.
+    pub min_agent_protocol: u32,
 }
 
 /// Where `/metrics` is served (`metrics_listen`, `metrics_token_file`).
@@ -811,6 +822,30 @@ fn server(
     );
     let http_limits = http_limits(v, &mut t);
     let metrics = metrics_endpoint(v, &mut t);
+    let public_urls = public_urls(v, &mut t, tls.as_ref().map(Option::is_some));
+    let join_token_ttl = t
+        .duration_at_least(
+            v,
+            "join_token_ttl",
+            DEFAULT_JOIN_TOKEN_TTL,
+            Duration::from_secs(1),
+        )
+        .filter(|d| {
+            let ok = *d <= MAX_JOIN_TOKEN_TTL;
+            if !ok {
+                v.issue(
+                    "server.join_token_ttl",
+                    "at most 7d: a join token is for bringing a machine up now",
+                );
+            }
+            ok
+        });
+    let min_agent_protocol = t.number(
+        v,
+        "min_agent_protocol",
+        0,
+        0..=mailloop_proto::PROTOCOL_VERSION as u64,
+    );
     t.finish(v);
     // The metrics listener is plain HTTP even with TLS on the others.
     if let (Some(m), Some(false)) = (&metrics, allow_plaintext)
@@ -847,6 +882,9 @@ fn server(
         shutdown_grace: shutdown_grace?,
         http_limits: http_limits?,
         metrics: metrics?,
+        public_urls: public_urls?,
+        join_token_ttl: join_token_ttl?,
+        min_agent_protocol: min_agent_protocol? as u32,
     })
 }
 
@@ -1070,6 +1108,72 @@ fn tls(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<Option<TlsMaterial
             None
         }
     }
+}
+
+/// `public_urls`: absolute http(s) URLs with a host; https:// when the
+/// coordinator has TLS (`tls`: Some(true)), http:// when it has not.
+fn public_urls(
+    v: &mut Vec<ConfigIssue>,
+    t: &mut Table<'_>,
+    tls: Option<bool>,
+) -> Option<Vec<String>> {
+    let Some(raw) = t.get("public_urls") else {
+        return Some(Vec::new());
+    };
+    let Some(list) = raw.as_array() else {
+        v.issue(
+            "server.public_urls",
+            "must be an array of URLs, e.g. [\"https://coord.example:7443\"]",
+        );
+        return None;
+    };
+    let mut ok = true;
+    let mut out = Vec::new();
+    for (i, u) in list.iter().enumerate() {
+        let path = format!("server.public_urls[{i}]");
+        let Some(text) = u.as_str() else {
+            v.issue(path, "must be a string");
+            ok = false;
+            continue;
+        };
+        let want = match tls {
+            Some(true) => Some("https"),
+            Some(false) => Some("http"),
+            None => None,
+        };
+        match text.parse::<axum::http::Uri>() {
+            Ok(uri)
+                if uri.host().is_some() && matches!(uri.scheme_str(), Some("http" | "https")) =>
+            {
+                if let Some(want) = want
+                    && uri.scheme_str() != Some(want)
+                {
+                    v.issue(
+                        path,
+                        format!(
+                            "{text}: the gRPC listener speaks {want}:// (tls_cert {})",
+                            if want == "https" {
+                                "is set"
+                            } else {
+                                "is not set"
+                            }
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                out.push(text.trim_end_matches('/').to_string());
+            }
+            _ => {
+                v.issue(
+                    path,
+                    format!("{text:?} is not an http:// or https:// URL with a host"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn array<'a>(v: &mut Vec<ConfigIssue>, key: &str, raw: Option<&'a Value>) -> &'a [Value] {

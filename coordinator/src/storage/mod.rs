@@ -163,6 +163,11 @@ storage_api! {
     fn reset_connections(&self) -> ();
     /// Every agent, revoked ones included.
     fn load_agents(&self) -> Vec<StoredAgent>;
+    /// Stores a new join token (its SHA-256).
+    fn put_join_token(&self, t: JoinToken) -> ();
+    /// Marks a join token used if it is unused and unexpired at `at_ms`, in
+    /// one atomic step (two concurrent enrollments: one wins); says why not.
+    fn use_join_token(&self, token_sha256: String, at_ms: i64) -> JoinUse;
 
     // Verdicts and incidents.
     /// Stores a round's verdict and what it did to incidents in one

@@ -32,7 +32,9 @@ pub enum StorageError {
     Unavailable(String),
     #[error("storage config: {0}")]
     Config(String),
-    #[error("the database schema is version {found}, newer than this coordinator knows ({known}): upgrade the coordinator")]
+    #[error(
+        "the database schema is version {found}, newer than this coordinator knows ({known}): upgrade the coordinator"
+    )]
     NewerSchema { found: i64, known: i64 },
 }
 
@@ -429,4 +431,33 @@ impl ReplicaRole {
             ReplicaRole::CutOff => "cut_off",
         }
     }
+}
+
+/// A join token of `mailloopctl agents add`: single use, until `expires_at_ms`.
+/// Only its SHA-256 is kept. It is bound to one incarnation of its agent
+/// (`agent_token_sha256`, the agent's token hash when the join token was
+/// made), so a join token outlives neither an enrollment nor a re-add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub token_sha256: String,
+    pub agent: String,
+    pub agent_token_sha256: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What presenting a join token did (`use_join_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinUse {
+    /// Never issued (or pruned).
+    Unknown,
+    /// Already used, at this time.
+    Used { agent: String, at_ms: i64 },
+    /// Expired at this time (never used).
+    Expired { agent: String, at_ms: i64 },
+    /// Valid: now marked used. The agent and the token hash it was bound to.
+    Granted {
+        agent: String,
+        agent_token_sha256: String,
+    },
 }

@@ -1,6 +1,6 @@
 //! Agents on PostgreSQL: name, region, token hash, revocation, last seen.
 
-use super::super::model::{Source, StorageError, StoredAgent};
+use super::super::model::{JoinToken, JoinUse, Source, StorageError, StoredAgent};
 use super::Postgres;
 
 impl Postgres {
@@ -42,14 +42,18 @@ impl Postgres {
                 "UPDATE agents SET last_seen = $2, version = COALESCE($3, version), connected = COALESCE($4, connected) WHERE id = $1",
             )
             .await?;
-        client.execute(&stmt, &[&name, &at_ms, &version, &connected]).await?;
+        client
+            .execute(&stmt, &[&name, &at_ms, &version, &connected])
+            .await?;
         Ok(())
     }
 
     /// At start nobody is connected yet.
     pub async fn reset_connections(&self) -> Result<(), StorageError> {
         let client = self.client().await?;
-        client.execute("UPDATE agents SET connected = FALSE", &[]).await?;
+        client
+            .execute("UPDATE agents SET connected = FALSE", &[])
+            .await?;
         Ok(())
     }
 
@@ -76,5 +80,63 @@ impl Postgres {
                 created_at_ms: r.get(8),
             })
             .collect())
+    }
+}
+
+impl Postgres {
+    /// Stores a new join token (its SHA-256).
+    pub async fn put_join_token(&self, t: JoinToken) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO join_tokens (token_sha256, agent, agent_token_sha256, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&t.token_sha256, &t.agent, &t.agent_token_sha256, &t.created_at_ms, &t.expires_at_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a join token used if it is unused and unexpired at `at_ms`;
+    /// says why not. The conditional UPDATE is atomic across coordinators.
+    pub async fn use_join_token(
+        &self,
+        token_sha256: String,
+        at_ms: i64,
+    ) -> Result<JoinUse, StorageError> {
+        let client = self.client().await?;
+        if let Some(r) = client
+            .query_opt(
+                "UPDATE join_tokens SET used_at = $2
+                 WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > $2
+                 RETURNING agent, agent_token_sha256",
+                &[&token_sha256, &at_ms],
+            )
+            .await?
+        {
+            return Ok(JoinUse::Granted {
+                agent: r.get(0),
+                agent_token_sha256: r.get(1),
+            });
+        }
+        let row = client
+            .query_opt(
+                "SELECT agent, expires_at, used_at FROM join_tokens WHERE token_sha256 = $1",
+                &[&token_sha256],
+            )
+            .await?;
+        Ok(match row {
+            None => JoinUse::Unknown,
+            Some(r) => match r.get::<_, Option<i64>>(2) {
+                Some(at_ms) => JoinUse::Used {
+                    agent: r.get(0),
+                    at_ms,
+                },
+                None => JoinUse::Expired {
+                    agent: r.get(0),
+                    at_ms: r.get(1),
+                },
+            },
+        })
     }
 }

@@ -141,6 +141,19 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         created_by   TEXT NOT NULL,
         revoked_at   BIGINT
     );",
+),
+(
+    2,
+    "join tokens (agent enrollment)",
+    "CREATE TABLE join_tokens (
+        token_sha256       TEXT PRIMARY KEY,
+        agent              TEXT NOT NULL,
+        agent_token_sha256 TEXT NOT NULL,
+        created_at         BIGINT NOT NULL,
+        expires_at         BIGINT NOT NULL,
+        used_at            BIGINT
+    );
+    CREATE INDEX join_tokens_by_expiry ON join_tokens (expires_at);",
 )];
 
 /// The schema version this coordinator writes.
@@ -198,7 +211,11 @@ async fn apply(client: &mut deadpool_postgres::Object) -> Result<(i32, i32), Sto
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(migration = number, what, "storage: PostgreSQL schema migrated");
+        tracing::info!(
+            migration = number,
+            what,
+            "storage: PostgreSQL schema migrated"
+        );
         version = *number;
     }
     Ok((found, version))

@@ -1,8 +1,8 @@
 //! Agents: name, region, token hash, revocation, last seen.
 
+use super::super::model::{JoinToken, JoinUse, Source, StorageError, StoredAgent};
 use super::engine::Sqlite;
-use super::super::model::{Source, StorageError, StoredAgent};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 impl Sqlite {
     /// Inserts or replaces an agent (its name, region, token hash, source, revocation).
@@ -66,6 +66,51 @@ impl Sqlite {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+impl Sqlite {
+    /// Stores a new join token (its SHA-256).
+    pub async fn put_join_token(&self, t: JoinToken) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO join_tokens (token_sha256, agent, agent_token_sha256, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.token_sha256, t.agent, t.agent_token_sha256, t.created_at_ms, t.expires_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a join token used if it is unused and unexpired at `at_ms`;
+    /// says why not. The one writer thread makes this atomic.
+    pub async fn use_join_token(
+        &self,
+        token_sha256: String,
+        at_ms: i64,
+    ) -> Result<JoinUse, StorageError> {
+        self.write(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT agent, agent_token_sha256, expires_at, used_at FROM join_tokens WHERE token_sha256 = ?1",
+                    params![token_sha256],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?)),
+                )
+                .optional()?;
+            let Some((agent, agent_token_sha256, expires_at, used_at)) = row else {
+                return Ok(JoinUse::Unknown);
+            };
+            if let Some(at_ms) = used_at {
+                return Ok(JoinUse::Used { agent, at_ms });
+            }
+            if expires_at <= at_ms {
+                return Ok(JoinUse::Expired { agent, at_ms: expires_at });
+            }
+            conn.execute("UPDATE join_tokens SET used_at = ?2 WHERE token_sha256 = ?1", params![token_sha256, at_ms])?;
+            Ok(JoinUse::Granted { agent, agent_token_sha256 })
         })
         .await
     }

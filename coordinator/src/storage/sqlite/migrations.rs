@@ -95,7 +95,6 @@ CREATE TABLE IF NOT EXISTS incident_events (
 CREATE INDEX IF NOT EXISTS incident_events_by_incident ON incident_events (incident_id, seq);
 ";
 
-
 // ────────────── Numbered migrations; the audit log; API tokens ──────────────
 //
 // Version 1 is everything above (tables created with IF NOT EXISTS, and
@@ -139,6 +138,19 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "round sanity: reports of a round far from the coordinator's clock",
         "ALTER TABLE reports ADD COLUMN out_of_window TEXT;",
     ),
+    (
+        5,
+        "join tokens (agent enrollment)",
+        "CREATE TABLE join_tokens (
+        token_sha256       TEXT PRIMARY KEY,
+        agent              TEXT NOT NULL,
+        agent_token_sha256 TEXT NOT NULL,
+        created_at         INTEGER NOT NULL,
+        expires_at         INTEGER NOT NULL,
+        used_at            INTEGER
+    );
+    CREATE INDEX join_tokens_by_expiry ON join_tokens (expires_at);",
+    ),
 ];
 
 /// Applies the numbered migrations this database has not had yet.
@@ -173,9 +185,12 @@ fn migrate_request_ids(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch("ALTER TABLE reports ADD COLUMN request_id TEXT")?;
         // A fresh database takes the same path (the base schema predates the
         // column); only say so when there were reports to migrate.
-        let had_reports: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM reports)", [], |r| r.get(0))?;
+        let had_reports: bool =
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM reports)", [], |r| r.get(0))?;
         if had_reports {
-            tracing::info!("storage: added reports.request_id (on-demand runs) to an existing database");
+            tracing::info!(
+                "storage: added reports.request_id (on-demand runs) to an existing database"
+            );
         }
     }
     conn.execute_batch(

@@ -1,0 +1,241 @@
+//! Enrollment as an operator does it: `mailloopctl agents add` prints one
+//! command, `mailloop-agent enroll` runs it on the "new machine", and the
+//! enrolled agent's first report of the new region is stored. Real
+//! coordinator (with TLS: the join token pins its CA), real agent, real
+//! mail stack. Also: a wrong fingerprint, a used and an expired join token
+//! are refused, each with a sentence that says so, and write nothing.
+
+use mailloop_common::join::JoinToken;
+use mailloop_tests::Check;
+use mailloop_tests::Stack;
+use mailloop_tests::cluster::{
+    ADMIN_TOKEN, Coordinator, Proc, bin, check_toml, spawn_agent_run, wait_until,
+};
+use mailloop_tests::fake::certs::TestPki;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A coordinator serving gRPC and its admin API over TLS: a leaf for
+/// 127.0.0.1 signed by the test CA, the file holding leaf then CA (so the
+/// CA is what join tokens pin).
+struct TlsCoordinator {
+    c: Coordinator,
+    pki: TestPki,
+    dir: tempfile::TempDir,
+}
+
+impl TlsCoordinator {
+    fn start(checks: &str) -> TlsCoordinator {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new();
+        let chain = dir.path().join("chain.pem");
+        std::fs::write(&chain, format!("{}{}", pki.valid.cert_pem, pki.ca_pem)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
+        let config = format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nadmin_token_file = {:?}\n\
+             tls_cert = {chain:?}\ntls_key = {:?}\ntest_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n\n{checks}",
+            dir.path().join("data"),
+            dir.path().join("admin.token"),
+            pki.valid.key_file,
+        );
+        let c = Coordinator::start_with_config(dir.path(), &config);
+        TlsCoordinator { c, pki, dir }
+    }
+
+    /// `mailloopctl` over https, trusting the test CA: (exit code, stdout, stderr).
+    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("mailloopctl"))
+            .args(["--url", &format!("https://{}", self.c.http)])
+            .arg("--ca-file")
+            .arg(self.pki.ca_file())
+            .args(args)
+            .env("MAILLOOP_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `agents add NAME --region REGION [extra]`: the join token of the one
+    /// command it printed, checked to be exactly one line.
+    fn add(&self, name: &str, region: &str, extra: &[&str]) -> String {
+        let mut args = vec!["agents", "add", name, "--region", region];
+        args.extend_from_slice(extra);
+        let (code, out, err) = self.ctl(&args);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out.lines().count(),
+            1,
+            "agents add prints one command: {out:?}"
+        );
+        let line = out.trim();
+        let token = line
+            .strip_prefix("mailloop-agent enroll '")
+            .and_then(|t| t.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("not an enroll command: {line:?}"));
+        assert!(
+            err.contains(&format!("agent {name} added in region {region}")),
+            "{err}"
+        );
+        token.to_string()
+    }
+}
+
+/// `mailloop-agent enroll TOKEN --config DIR/agent.toml --spool DIR/spool.db`.
+fn enroll(token: &str, dir: &Path) -> (i32, String, String) {
+    let out = Command::new(bin("mailloop-agent"))
+        .args(["enroll", token, "--config"])
+        .arg(dir.join("agent.toml"))
+        .arg("--spool")
+        .arg(dir.join("spool.db"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn an_agent_added_at_run_time_enrolls_in_one_command_and_reports() {
+    let s = Stack::get();
+    let check = Check::new("enroll-ap");
+    let id = check.name.clone();
+    let coord = TlsCoordinator::start(&check_toml(&check, "10s", &["ap-south"]));
+    let vm = coord.dir.path().join("vm");
+
+    let added = Instant::now();
+    let token = coord.add("ap-1", "ap-south", &[]);
+    let join = JoinToken::decode(&token).unwrap();
+    assert_eq!(join.urls, [format!("https://{}", coord.c.grpc)]);
+
+    // A token whose fingerprint is not the coordinator's CA: refused before
+    // the secret is sent, so the genuine token still works afterwards.
+    let forged = JoinToken {
+        sha256: Some("00".repeat(32)),
+        ..join.clone()
+    }
+    .encode();
+    let (code, out, err) = enroll(forged.expose(), &vm);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("no certificate with the join token's fingerprint")
+            && err.contains("refusing to send the join token"),
+        "{err}"
+    );
+    assert!(!vm.join("agent.toml").exists() && !vm.join("agent.token").exists());
+
+    let (code, out, err) = enroll(&token, &vm);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("enrolled as agent ap-1 in region ap-south"),
+        "{out}"
+    );
+    let config = vm.join("agent.toml");
+    assert_eq!(mode(&config), 0o600);
+    assert_eq!(mode(&vm.join("agent.token")), 0o600);
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("ca_file") && !written.contains("mlt_"),
+        "the token lives in its own file:\n{written}"
+    );
+
+    // Once used, the join token is refused, saying so (and nothing is written).
+    let again = coord.dir.path().join("vm2");
+    let (code, out, err) = enroll(&token, &again);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("already used"), "{err}");
+    assert!(!again.join("agent.toml").exists());
+
+    // The machine's own settings (its resolver) go beside what enroll wrote.
+    std::fs::write(
+        &config,
+        format!(
+            "{written}\n[dns]\nnameservers = [\"{}:53\"]\n",
+            s.var("MAILSTACK_DNS")
+        ),
+    )
+    .unwrap();
+    let _agent = Proc::new(spawn_agent_run(&config, &vm.join("agent.log"), "debug"));
+    let first = wait_until(
+        DEADLINE,
+        "the first stored report of region ap-south",
+        || {
+            let (code, out, _) = coord.ctl(&["-o", "json", "results", &id, "--region", "ap-south"]);
+            (code == 0).then_some(())?;
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .next()
+        },
+    );
+    let elapsed = added.elapsed();
+    assert_eq!(first["region"], "ap-south", "{first}");
+    assert_eq!(first["agent"], "ap-1", "{first}");
+    println!(
+        "enrollment: `agents add` to the first stored report of the new region: {elapsed:.1?} (10 s check interval)"
+    );
+
+    // An enrolled agent is revoked like any other, at once: its stream ends
+    // and it stops probing.
+    let (code, out, err) = coord.ctl(&["agents", "revoke", "ap-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the revoked agent to say its token was refused", || {
+        std::fs::read_to_string(vm.join("agent.log")).ok()?.contains("token revoked or unknown").then_some(())
+    });
+}
+
+#[test]
+fn an_expired_join_token_is_refused() {
+    let coord = TlsCoordinator::start("");
+    let (code, out, err) = coord.ctl(&[
+        "-o", "json", "agents", "add", "late-1", "--region", "ap-south", "--ttl", "1s",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let body: Value = serde_json::from_str(&out).unwrap();
+    let token = body["join_token"].as_str().unwrap().to_string();
+    let expires_at = body["join_expires_at_ms"].as_i64().unwrap();
+    assert!(
+        body.get("token").is_none(),
+        "no agent token before enrollment: {body}"
+    );
+    // Waits for the clock, not for a process: the token's own expiry.
+    wait_until(Duration::from_secs(30), "the join token's expiry", || {
+        (now_ms() > expires_at + 50).then_some(())
+    });
+    let vm = coord.dir.path().join("late");
+    let (code, out, err) = enroll(&token, &vm);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("expired at") && err.contains("mailloopctl agents revoke late-1"),
+        "{err}"
+    );
+    assert!(!vm.join("agent.toml").exists());
+    // Not a secret in the refusal, not the secret in the coordinator's log.
+    let join = JoinToken::decode(&token).unwrap();
+    let log = std::fs::read_to_string(coord.c.log_path()).unwrap();
+    assert!(!log.contains(join.secret.expose()) && !err.contains(join.secret.expose()));
+}
