@@ -163,7 +163,7 @@ fn one_regions_path_in_junk_is_named_as_that_regions_path() {
     s.round(&["junk", "inbox", "missing"]);
     let i = s.get(IncidentKind::Placement);
     assert_eq!(i.regions, vec!["r1".to_string()]);
-    assert!(i.summary.contains("only in r1 while r2 reach the inbox: that region's sending path"), "{}", i.summary);
+    assert!(i.summary.contains("only in r1 while r2 reaches the inbox: that region's sending path"), "{}", i.summary);
     // r3 lands in junk too: the summary and regions follow
     s.round(&["junk", "inbox", "junk"]);
     let i = s.get(IncidentKind::Placement);

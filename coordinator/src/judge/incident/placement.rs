@@ -102,11 +102,12 @@ pub fn placement_summary(junk: &[&RegionEvidence], inbox: &[&RegionEvidence], si
     } else {
         let good: Vec<&str> = inbox.iter().map(|e| e.region.as_str()).collect();
         format!(
-            "only in {} while {} reach the inbox: that region's sending path is judged (its \
+            "only in {} while {} {} the inbox: that region's sending path is judged (its \
              submission server's address and reputation, relay, DKIM signer); compare the \
              triggered rules with an inbox region's",
             names.join(", "),
-            good.join(", ")
+            good.join(", "),
+            if good.len() == 1 { "reaches" } else { "reach" }
         )
     };
     format!(
