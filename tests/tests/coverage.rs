@@ -8,7 +8,7 @@
 //! The figure (kill to alert) is printed: run with `--nocapture`.
 
 use mailloop_tests::cluster::wait_until;
-use mailloop_tests::regions::{RegionCluster, Settings, describe, now_ms};
+use mailloop_tests::regions::{RegionCluster, Settings, now_ms};
 use mailloop_tests::Check;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -44,11 +44,11 @@ fn killing_a_regions_only_agent_opens_a_coverage_incident_and_its_return_resolve
     assert!(c.pager.hits().is_empty(), "coverage is not an outage: {:#?}", c.pager.hits().iter().map(|h| &h.body).collect::<Vec<_>>());
 
     // The API says why r3 is missing, in the verdict and in /status.
-    let since = c.verdicts_since(killed_ms);
-    let blind = since
-        .iter()
-        .find(|v| region_of(&v["regions"], "r3")["state"] == "missing")
-        .unwrap_or_else(|| panic!("a verdict with r3 missing:\n{}", describe(&since)));
+    // The incident opens when the agent's disconnection is seen, which can
+    // be before the next round is decided: wait for that round.
+    let blind = wait_until(Duration::from_secs(60), "a verdict with r3 missing", || {
+        c.verdicts_since(killed_ms).into_iter().find(|v| region_of(&v["regions"], "r3")["state"] == "missing")
+    });
     let r3 = region_of(&blind["regions"], "r3");
     let detail = r3["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("no report from r3 since "), "{r3}");
