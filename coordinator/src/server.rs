@@ -117,30 +117,8 @@ pub async fn bind(
             addr: server.http_listen,
             source,
         })?;
-    let metrics = match server.metrics.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    what: "metrics_listen",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let status = match status.listen.filter(|_| status.enabled) {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    what: "status.listen",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
+    let metrics = bind_optional("metrics_listen", server.metrics.listen).await?;
+    let status = bind_optional("status.listen", status.listen.filter(|_| status.enabled)).await?;
     Ok(Listeners {
         grpc,
         http,
@@ -397,6 +375,19 @@ fn enroll_settings(server: &ServerConfig, grpc: SocketAddr) -> EnrollSettings {
         sha256,
         ttl: server.join_token_ttl,
     }
+}
+
+/// Binds an optional listener of its own (`what` names its config key in
+/// the error); `None` when the config gives no address.
+async fn bind_optional(
+    what: &'static str,
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, ServeError> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| ServeError::Bind { what, addr, source })
 }
 
 fn flatten(
