@@ -243,6 +243,15 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n).decode() if n else ""
 
     def do_POST(self):
+        try:
+            self.answer_post()
+        except Exception as e:  # an answer, never a connection closed without one
+            import traceback
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            self.reply(500, {"error": "server_error", "error_description": "%s: %s" % (type(e).__name__, e)})
+
+    def answer_post(self):
         raw = self.body()
         uri = STATE.issuer + self.path
         with LOCK:
@@ -283,6 +292,35 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(404, {"error": "not_found"})
 
 
+class TlsServer(ThreadingHTTPServer):
+    """TLS per connection, handshake in the connection's own thread.
+
+    Wrapping the listening socket instead would run every handshake inside
+    accept() on the one serving thread: a slow or broken client would hold up
+    every other connection, and its failure would surface as a connection
+    closed without an answer.
+    """
+
+    tls = None
+
+    def finish_request(self, request, client_address):
+        request.settimeout(30)
+        try:
+            request = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            print("TLS handshake with %s:%d failed: %s" % (client_address[0], client_address[1], e), file=sys.stderr, flush=True)
+            return
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            try:
+                request.settimeout(1)
+                request.unwrap()  # close_notify before the close
+            except (ssl.SSLError, OSError):
+                pass
+            request.close()
+
+
 def main():
     global STATE, SERVER
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -294,11 +332,11 @@ def main():
     a = p.parse_args()
     with open(a.signing_key) as f:
         key = base64.b64decode(f.read().strip())
-    httpd = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
-    httpd.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    httpd = TlsServer(("127.0.0.1", a.port), Handler)
+    httpd.daemon_threads = True
+    httpd.tls = ctx
     port = httpd.server_address[1]
     STATE = State(key, a.kid, "https://127.0.0.1:%d" % port)
     SERVER = Server()
