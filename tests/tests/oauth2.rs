@@ -180,6 +180,34 @@ async fn a_rotated_refresh_token_is_saved_and_the_next_run_uses_it() {
 }
 
 #[tokio::test]
+async fn two_sources_sharing_a_refresh_token_file_take_turns_with_it() {
+    // Two checks on one delegated mailbox, one refresh token file, both due
+    // at once. The provider rotates on every refresh and revokes the old
+    // token: had both redeemed the token they read, one would fail.
+    let s = Stack::get();
+    let idp = Idp::start();
+    let test = "oauth-shared-file";
+    idp.client("submitter", Some(SECRET), s.var("MAILSTACK_SMTP_USER")).await;
+    idp.client("desktop", None, &s.mailbox(test)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.refresh");
+    let first_rt = idp.refresh_token("desktop", &s.mailbox(test), "mail").await;
+    std::fs::write(&file, format!("{first_rt}\n")).unwrap();
+    let toml = config(test, &app("smtp", &idp, "submitter"), &delegated("imap", &idp, "desktop", &file), "");
+    let (a, b) = (prober(&toml, mailloop_agent::oauth2::system_clock()), prober(&toml, mailloop_agent::oauth2::system_clock()));
+
+    let (ra, rb) = tokio::join!(a.run(), b.run());
+    for r in [&ra, &rb] {
+        assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
+        let detail = step(r, StepName::Oauth2Token).unwrap().detail.clone().unwrap();
+        assert!(detail.contains("imap: refresh_token grant") && detail.contains("rotated and saved"), "{detail}");
+    }
+    assert_eq!(idp.requests("refresh_token").await, 2, "each redeemed the token the other had just saved");
+    let last = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_ne!(last, first_rt);
+}
+
+#[tokio::test]
 async fn a_revoked_client_fails_at_oauth2_token_with_the_providers_error() {
     let s = Stack::get();
     let idp = Idp::start();

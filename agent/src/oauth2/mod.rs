@@ -105,6 +105,13 @@ impl TokenSource {
     /// the lifetime, never the token.
     pub async fn fetch(&self, scope: &str, connect_to: &ConnectTo, now: Instant) -> Result<Done<Secret>, StepError> {
         let cfg = &self.cfg;
+        // Read, redeem and rewrite a refresh token file one at a time: two
+        // checks (or two sources) sharing a file would otherwise both redeem
+        // the same token, and a provider that rotates it revokes the loser's.
+        let _turn = match &cfg.grant {
+            Grant::ClientCredentials => None,
+            Grant::RefreshToken { file } => Some(file_turn(file).lock_owned().await),
+        };
         let refresh = match &cfg.grant {
             Grant::ClientCredentials => None,
             Grant::RefreshToken { file } => {
@@ -153,6 +160,15 @@ impl TokenSource {
         }
         Ok(Done::new(issued.access_token).code(answer.status).detail(detail))
     }
+}
+
+/// The lock that serialises every use of one refresh token file in this
+/// process (one per path, kept for the life of the agent: a handful).
+fn file_turn(file: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static TURNS: std::sync::LazyLock<Mutex<HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    TURNS.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
 }
 
 /// Reads a refresh token file (trailing newline ignored).
