@@ -292,7 +292,7 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
     tracing::debug!(checks = probers.len(), "config loaded");
 
     let who = Identity { instance: mailloop_common::telemetry::host_name("mailloop-agent"), region: None };
-    let telemetry = match Telemetry::start(&telemetry, &who) {
+    let telemetry = match Telemetry::start_one_shot(&telemetry, &who) {
         Ok(t) => t.map(Arc::new),
         Err(e) => return unknown(format, &e),
     };

@@ -66,6 +66,13 @@ impl Telemetry {
         Ok(Exporter::start(config, &service)?.map(|exporter| Telemetry { exporter, region: who.region.clone() }))
     }
 
+    /// [`Telemetry::start`] for `mailloop-agent probe`: the traces are sent
+    /// in one request by [`Telemetry::shutdown`], with no thread of their own.
+    pub fn start_one_shot(config: &TelemetryConfig, who: &Identity) -> Result<Option<Telemetry>, String> {
+        let service = ServiceIdentity { service: "mailloop-agent", instance: who.instance.clone(), region: who.region.clone() };
+        Ok(Exporter::start_one_shot(config, &service)?.map(|exporter| Telemetry { exporter, region: who.region.clone() }))
+    }
+
     /// Turns a finished report into a trace and queues it for export
     /// (never waits). Returns the trace's ids.
     pub fn record(&self, report: &ProbeReport, check: &CheckConfig) -> TraceIds {

@@ -14,7 +14,9 @@
 //! started, and the callers skip span building altogether. With an
 //! endpoint, the SDK's batch processor queues finished spans (bounded; full
 //! means dropped, never waiting) and a background thread ships them over
-//! OTLP/gRPC or OTLP/HTTP protobuf.
+//! OTLP/gRPC or OTLP/HTTP protobuf. A one-shot command
+//! ([`Exporter::start_one_shot`]) starts no thread and no timer: it holds
+//! its few spans and sends them in one request when it stops.
 
 use crate::Secret;
 use crate::config::{ConfigIssue, Table};
@@ -269,19 +271,37 @@ impl Exporter {
     /// Starts exporting if `config` names an endpoint; `Ok(None)` otherwise
     /// (export off: nothing is built, no thread started).
     pub fn start(config: &TelemetryConfig, who: &ServiceIdentity) -> Result<Option<Exporter>, String> {
+        Self::build(config, who, false)
+    }
+
+    /// [`Exporter::start`] for a process that records a few traces and
+    /// exits (`mailloop-agent probe`): no background thread and no batch
+    /// timer; spans are held (bounded by [`MAX_QUEUED_SPANS`]) and sent in
+    /// one request by [`Exporter::shutdown`], on the calling thread. A gRPC
+    /// export gets a single-threaded runtime that only runs during that
+    /// call; an HTTP one none at all.
+    pub fn start_one_shot(config: &TelemetryConfig, who: &ServiceIdentity) -> Result<Option<Exporter>, String> {
+        Self::build(config, who, true)
+    }
+
+    fn build(config: &TelemetryConfig, who: &ServiceIdentity, one_shot: bool) -> Result<Option<Exporter>, String> {
         let Some(base) = config.endpoint.as_deref() else {
             return Ok(None);
         };
         let protocol = config.protocol.unwrap_or(Protocol::Grpc);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("otlp-export")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the trace exporter's runtime: {e}"))?;
+        // Only tonic needs a runtime (its connection task); the HTTP client
+        // brings its own thread.
+        let runtime = match (protocol, one_shot) {
+            (Protocol::HttpProtobuf, _) => None,
+            (Protocol::Grpc, true) => Some(tokio::runtime::Builder::new_current_thread().enable_all().build()),
+            (Protocol::Grpc, false) => {
+                Some(tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("otlp-export").enable_all().build())
+            }
+        };
+        let runtime = runtime.transpose().map_err(|e| format!("cannot start the trace exporter's runtime: {e}"))?;
         let headers: HashMap<String, String> = config.headers.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
         let exporter = {
-            let _inside = runtime.enter();
+            let _inside = runtime.as_ref().map(tokio::runtime::Runtime::enter);
             match protocol {
                 Protocol::Grpc => {
                     let mut metadata = tonic::metadata::MetadataMap::new();
@@ -309,9 +329,6 @@ impl Exporter {
             .map_err(|e| format!("cannot build the OTLP exporter for {base}: {e}"))?
         };
         let exporter = Logged::new(exporter, format!("{base} ({})", protocol.as_str()));
-        let batch =
-            BatchConfigBuilder::default().with_max_queue_size(MAX_QUEUED_SPANS).with_scheduled_delay(Duration::from_secs(1)).build();
-        let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
 
         let mut attributes =
             vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION")), KeyValue::new("service.instance.id", who.instance.clone())];
@@ -325,10 +342,18 @@ impl Exporter {
             .or_else(|| config.resource_attributes.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
             .unwrap_or_else(|| who.service.to_string());
         let resource = Resource::builder_empty().with_attributes(attributes).with_service_name(service).build();
-        let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
+        let provider = SdkTracerProvider::builder().with_resource(resource);
+        let (provider, runtime) = if one_shot {
+            let held = AtEnd { exporter, spans: Mutex::new(Vec::new()), runtime: Mutex::new(runtime) };
+            (provider.with_span_processor(held).build(), None)
+        } else {
+            let batch =
+                BatchConfigBuilder::default().with_max_queue_size(MAX_QUEUED_SPANS).with_scheduled_delay(Duration::from_secs(1)).build();
+            (provider.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build()).build(), runtime)
+        };
         let tracer = provider.tracer(who.service);
         tracing::info!("exporting traces to {base} over {}", protocol.as_str());
-        Ok(Some(Exporter { provider, tracer, runtime: Mutex::new(Some(runtime)) }))
+        Ok(Some(Exporter { provider, tracer, runtime: Mutex::new(runtime) }))
     }
 
     /// The tracer whose spans this exporter ships.
@@ -354,6 +379,83 @@ impl Drop for Exporter {
         if let Some(rt) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// The one-shot processor: finished spans held in memory (bounded; past
+/// [`MAX_QUEUED_SPANS`] dropped), exported in one call at shutdown on the
+/// caller's thread, on the gRPC client's runtime when there is one.
+struct AtEnd<E> {
+    exporter: Logged<E>,
+    spans: Mutex<Vec<SpanData>>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl<E> std::fmt::Debug for AtEnd<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtEnd").finish_non_exhaustive()
+    }
+}
+
+impl<E: SpanExporter> opentelemetry_sdk::trace::SpanProcessor for AtEnd<E> {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if spans.len() < MAX_QUEUED_SPANS {
+            spans.push(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let batch = std::mem::take(&mut *self.spans.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let export = self.exporter.export(batch);
+        match self.runtime.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(rt) => rt.block_on(async {
+                tokio::time::timeout(EXPORT_TIMEOUT, export)
+                    .await
+                    .unwrap_or_else(|_| Err(opentelemetry_sdk::error::OTelSdkError::Timeout(EXPORT_TIMEOUT)))
+            }),
+            // The blocking HTTP client times out by itself and must not
+            // run inside a tokio runtime.
+            None => block_on(export),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let flushed = self.force_flush();
+        let _ = self.exporter.shutdown_with_timeout(timeout);
+        if let Some(rt) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            rt.shutdown_background();
+        }
+        flushed
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.exporter.set_resource(resource);
+    }
+}
+
+/// Runs `f` to completion on this thread (no runtime: the future does its
+/// own blocking I/O, as the blocking HTTP client does).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 

@@ -19,6 +19,12 @@
 //!   child of the verdict that raised it, with the channel, its type, the
 //!   incident id, the result and the number of attempts; each failed
 //!   attempt is an event with the error (never the URL or a routing key).
+//! - `mailloop.v1.AgentService/<Method>` (kind server): one per agent call
+//!   other than the report stream (`Register`, `Heartbeat`,
+//!   `WatchAssignments` up to the stream's opening, `Enroll`), with the
+//!   agent and region once authenticated and the gRPC status code.
+//! - `<METHOD> <route>` (kind server): one per admin API request, named by
+//!   the route template (`GET /api/v1/checks/{id}`), with the response status.
 //! - `run.order`: an on-demand run (`POST /api/v1/checks/{id}/run`), child
 //!   of the caller's W3C `traceparent`; the agents get this span's context,
 //!   so their `probe` spans are in the caller's trace.
@@ -114,6 +120,46 @@ impl Traces {
         Some(
             tracer
                 .span_builder("report.ingest")
+                .with_kind(SpanKind::Server)
+                .with_attributes(attrs)
+                .start_with_context(tracer, &Context::new()),
+        )
+    }
+
+    /// Starts the span of one agent call other than the report stream
+    /// (`Register`, `Heartbeat`, `WatchAssignments`, `Enroll`): kind server,
+    /// the `rpc.*` names of the semantic conventions. The agent is added by
+    /// [`rpc_agent`] once its token is known; the token itself (and an
+    /// enrollment's join secret) never goes into the span.
+    pub fn rpc(&self, method: &'static str) -> Option<OpenSpan> {
+        let tracer = self.tracer()?;
+        let attrs = vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", "mailloop.v1.AgentService"),
+            KeyValue::new("rpc.method", method),
+        ];
+        Some(
+            tracer
+                .span_builder(format!("mailloop.v1.AgentService/{method}"))
+                .with_kind(SpanKind::Server)
+                .with_attributes(attrs)
+                .start_with_context(tracer, &Context::new()),
+        )
+    }
+
+    /// Starts the span of one admin API request (`GET /api/v1/checks/{id}`):
+    /// kind server, named by the route template, never by the path's ids;
+    /// ended by [`end_http`] with the response status. No header (the
+    /// bearer token) and no query string goes into it.
+    pub fn http(&self, method: &str, route: &str) -> Option<OpenSpan> {
+        let tracer = self.tracer()?;
+        let attrs = vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.route", route.to_string()),
+        ];
+        Some(
+            tracer
+                .span_builder(format!("{method} {route}"))
                 .with_kind(SpanKind::Server)
                 .with_attributes(attrs)
                 .start_with_context(tracer, &Context::new()),
@@ -235,6 +281,39 @@ pub fn end_ingest(span: Option<OpenSpan>, result: &str, error: Option<&str>) {
     if let Some(e) = error {
         span.set_attribute(KeyValue::new("error.type", result.to_string()));
         span.set_status(Status::error(e.to_string()));
+    }
+    span.end();
+}
+
+/// The authenticated agent of a call, on its span.
+pub fn rpc_agent(span: Option<&mut OpenSpan>, agent: &str, region: &str) {
+    let Some(span) = span else { return };
+    span.set_attribute(KeyValue::new("mailloop.agent", agent.to_string()));
+    span.set_attribute(KeyValue::new("mailloop.region", region.to_string()));
+}
+
+/// Ends an agent call's span with its gRPC status (`rpc.grpc.status_code`;
+/// span status Error with the message when the call failed).
+pub fn end_rpc<T>(span: Option<OpenSpan>, result: &Result<T, tonic::Status>) {
+    let Some(mut span) = span else { return };
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, tonic::Status::code);
+    span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+    if let Err(status) = result {
+        span.set_attribute(KeyValue::new("error.type", format!("{code:?}")));
+        span.set_status(Status::error(status.message().to_string()));
+    }
+    span.end();
+}
+
+/// Ends an admin API request's span with its response status (a 5xx is an
+/// error of the server, a 4xx the caller's: only the former sets Error,
+/// as the HTTP semantic conventions say for server spans).
+pub fn end_http(span: Option<OpenSpan>, status: u16) {
+    let Some(mut span) = span else { return };
+    span.set_attribute(KeyValue::new("http.response.status_code", status as i64));
+    if status >= 500 {
+        span.set_attribute(KeyValue::new("error.type", status.to_string()));
+        span.set_status(Status::error(format!("HTTP {status}")));
     }
     span.end();
 }

@@ -710,6 +710,116 @@ fn each_verdict_links_to_the_probes_it_judged() {
     cluster_secrets_absent(&collector.received);
 }
 
+/// The value of the series `name{labels}` in a Prometheus text exposition.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `GET path` from `addr` with extra `headers`: (status, body).
+fn raw_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+}
+
+/// The coordinator's gRPC handlers and admin API are traced: a span per
+/// Register, Heartbeat and WatchAssignments call with the agent and region
+/// (never its token), one per admin request named by its route, a refused
+/// call in error; and a report the coordinator refuses is visible twice, as
+/// a `report.ingest` span in error and in `mailloop_reports_rejected_total`.
+#[test]
+fn agent_calls_admin_requests_and_refused_reports_are_traced() {
+    use mailloop_proto::pb;
+    use mailloop_tests::cluster::{ADMIN_TOKEN, AGENTS, Cluster, check_toml};
+    let collector = Collector::grpc();
+    let check = Check::new("traces-calls");
+    let telemetry = telemetry_table(&collector);
+    let regions: Vec<&str> = AGENTS.iter().map(|(_, r)| *r).collect();
+    let config = format!("{}{telemetry}", check_toml(&check, "30m", &regions));
+    let c = Cluster::start_configured(&config, &AGENTS, &telemetry);
+    let (agent, region) = AGENTS[0];
+    let is_agent = |g: &Got| attrs(&g.span.attributes).get("mailloop.agent") == Some(&s(agent));
+
+    // Each agent call: a server span with the agent and an OK status code.
+    for method in ["Register", "WatchAssignments", "Heartbeat"] {
+        let name = format!("mailloop.v1.AgentService/{method}");
+        let got = collector.received.wait_for(&format!("the {method} span of {agent}"), |g| g.span.name == name && is_agent(g));
+        let a = attrs(&got.span.attributes);
+        assert_eq!((a["rpc.system"].clone(), a["rpc.method"].clone()), (s("grpc"), s(method)));
+        assert_eq!(a["mailloop.region"], s(region));
+        assert_eq!(a["rpc.grpc.status_code"], Val::I(0));
+        assert_eq!(status(&got).0, StatusCode::Unset);
+        assert_eq!(got.resource["service.name"], s("mailloop-coordinator"));
+    }
+
+    // A call with a wrong token and a report the coordinator refuses.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (refused, ack) = rt.block_on(async {
+        let mut client = pb::agent_service_client::AgentServiceClient::connect(format!("http://{}", c.coordinator.grpc)).await.unwrap();
+        let mut req = tonic::Request::new(pb::HeartbeatRequest { agent_id: agent.into(), ..Default::default() });
+        req.metadata_mut().insert("authorization", "Bearer wrong-token-xyz-0123456789".parse().unwrap());
+        let refused = client.heartbeat(req).await.expect_err("a wrong token is refused");
+        let bad = pb::ProbeResult {
+            probe_id: "refused-probe-1".into(),
+            check_id: check.name.clone(),
+            report_json: "{\"not\": \"a report\"}".into(),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(tonic::codegen::tokio_stream::iter(vec![bad]));
+        let token = format!("Bearer token-{agent}-for-distributed-tests");
+        req.metadata_mut().insert("authorization", token.parse().unwrap());
+        let mut acks = client.report_results(req).await.unwrap().into_inner();
+        let ack = acks.message().await.unwrap().expect("an ack for the refused report");
+        (refused, ack)
+    });
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(!ack.stored && ack.error.contains("not a probe report"), "{ack:?}");
+
+    let got = collector.received.wait_for("the refused Heartbeat's span", |g| {
+        g.span.name == "mailloop.v1.AgentService/Heartbeat" && status(g).0 == StatusCode::Error
+    });
+    let a = attrs(&got.span.attributes);
+    assert_eq!(a["rpc.grpc.status_code"], Val::I(tonic::Code::Unauthenticated as i64));
+    assert_eq!(a["error.type"], s("Unauthenticated"));
+    assert!(!a.contains_key("mailloop.agent"), "no agent for an unknown token: {a:?}");
+
+    let got = collector.received.wait_for("the refused report's ingest span", |g| {
+        named(g, "report.ingest", "mailloop.probe.id", &s("refused-probe-1"))
+    });
+    let a = attrs(&got.span.attributes);
+    assert_eq!((a["mailloop.ingest.result"].clone(), a["error.type"].clone()), (s("rejected"), s("rejected")));
+    assert_eq!(a["mailloop.agent"], s(agent));
+    let (code, message) = status(&got);
+    assert_eq!(code, StatusCode::Error);
+    assert_eq!(message, ack.error, "the span says why, as the ack did");
+    let (_, metrics) = raw_get(c.coordinator.metrics, "/metrics", "");
+    let rejected = series_value(&metrics, &format!("mailloop_reports_rejected_total{{region=\"{region}\"}}"));
+    assert_eq!(rejected, Some(1.0), "the refused report is counted once:\n{metrics}");
+
+    // An admin request: named by its route (not the path's id), with its status.
+    let (code, _) = c.coordinator.get(&format!("/api/v1/checks/{}", check.name));
+    assert_eq!(code, 200);
+    let got = collector.received.wait_for("the admin request's span", |g| g.span.name == "GET /api/v1/checks/{id}");
+    let a = attrs(&got.span.attributes);
+    assert_eq!((a["http.route"].clone(), a["http.response.status_code"].clone()), (s("/api/v1/checks/{id}"), Val::I(200)));
+    assert_eq!(got.resource["service.name"], s("mailloop-coordinator"));
+    let (code, _) = raw_get(c.coordinator.http, "/api/v1/checks", "Authorization: Bearer wrong-token-xyz-admin\r\n");
+    assert_eq!(code, 401, "a wrong token");
+    collector.received.wait_for("the refused admin request's span", |g| {
+        g.span.name == "GET /api/v1/checks" && attrs(&g.span.attributes).get("http.response.status_code") == Some(&Val::I(401))
+    });
+
+    let everything = collector.received.all_debug();
+    assert!(!everything.contains("wrong-token-xyz"), "a presented token was exported");
+    assert!(!everything.contains(ADMIN_TOKEN));
+    cluster_secrets_absent(&collector.received);
+}
+
 /// `mailloopctl probe` prints a trace id, and that trace holds the whole
 /// run: the coordinator's `run.order` span (child of the CLI's context)
 /// and, below it, each region's `probe` span with its steps; the stored

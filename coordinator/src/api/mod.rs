@@ -83,7 +83,30 @@ pub fn router(state: ApiState) -> Router {
         .into_router()
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(gate, auth::gate))
+        .layer(axum::middleware::from_fn_with_state(state.traces.clone(), traced))
         .with_state(state)
+}
+
+/// A span per request when the coordinator exports traces, around the
+/// authentication gate too (a refused token is a 401 span); named by the
+/// matched route template, never by the path's ids or the query.
+async fn traced(
+    State(traces): State<crate::telemetry::Traces>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !traces.is_on() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let span = traces.http(request.method().as_str(), &route);
+    let response = next.run(request).await;
+    crate::telemetry::end_http(span, response.status().as_u16());
+    response
 }
 
 async fn healthz() -> ApiResult {

@@ -207,54 +207,61 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let agent = self.authenticate(request.metadata(), "Register")?;
-        let r = request.into_inner();
-        // Before anything else: an agent too old to be understood is told
-        // so, instead of being half-served.
-        if r.protocol_version < self.settings.min_agent_protocol {
-            let speaks = match r.protocol_version {
-                0 => "this agent predates protocol versions (0)".to_string(),
-                n => format!("this agent speaks {n}"),
-            };
-            let version = if r.version.is_empty() {
-                "?"
-            } else {
-                r.version.as_str()
-            };
-            tracing::warn!(agent = %agent.name, region = %agent.region, protocol = r.protocol_version, version, "agent refused: too old a protocol");
-            return Err(Status::failed_precondition(format!(
-                "upgrade the agent: coordinator needs protocol ≥ {} ({speaks}; mailloop-agent {version})",
-                self.settings.min_agent_protocol
-            )));
+        let mut span = self.traces.rpc("Register");
+        let result: Result<Response<pb::RegisterResponse>, Status> = async {
+            let agent = self.authenticate(request.metadata(), "Register")?;
+            crate::telemetry::rpc_agent(span.as_mut(), &agent.name, &agent.region);
+            let r = request.into_inner();
+            // Before anything else: an agent too old to be understood is told
+            // so, instead of being half-served.
+            if r.protocol_version < self.settings.min_agent_protocol {
+                let speaks = match r.protocol_version {
+                    0 => "this agent predates protocol versions (0)".to_string(),
+                    n => format!("this agent speaks {n}"),
+                };
+                let version = if r.version.is_empty() {
+                    "?"
+                } else {
+                    r.version.as_str()
+                };
+                tracing::warn!(agent = %agent.name, region = %agent.region, protocol = r.protocol_version, version, "agent refused: too old a protocol");
+                return Err(Status::failed_precondition(format!(
+                    "upgrade the agent: coordinator needs protocol ≥ {} ({speaks}; mailloop-agent {version})",
+                    self.settings.min_agent_protocol
+                )));
+            }
+            if r.region != agent.region {
+                tracing::warn!(agent = %agent.name, region = %agent.region, claimed_region = %r.region, "agent registered with another region than its token's");
+                return Err(Status::permission_denied(format!(
+                    "this token is bound to region {:?}, not {:?}",
+                    agent.region, r.region
+                )));
+            }
+            if !r.name.is_empty() && r.name != agent.name {
+                tracing::info!(agent = %agent.name, calls_itself = %r.name, "agent registered under another name than its token's; the token's name is used");
+            }
+            let now = now_ms();
+            let version = (!r.version.is_empty()).then_some(r.version);
+            self.hub.seen(&agent.name, now, version.as_deref());
+            self.hub.clock(&agent, r.sent_at_ms, now);
+            if let Err(e) = self
+                .storage
+                .touch_agent(agent.name.clone(), now, version.clone(), None)
+                .await
+            {
+                tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
+            }
+            tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
+            Ok(Response::new(pb::RegisterResponse {
+                agent_id: agent.name,
+                heartbeat_seconds: self.settings.heartbeat_seconds,
+                spool_max_reports: self.settings.spool_max_reports,
+                protocol_version: mailloop_proto::PROTOCOL_VERSION,
+            }))
         }
-        if r.region != agent.region {
-            tracing::warn!(agent = %agent.name, region = %agent.region, claimed_region = %r.region, "agent registered with another region than its token's");
-            return Err(Status::permission_denied(format!(
-                "this token is bound to region {:?}, not {:?}",
-                agent.region, r.region
-            )));
-        }
-        if !r.name.is_empty() && r.name != agent.name {
-            tracing::info!(agent = %agent.name, calls_itself = %r.name, "agent registered under another name than its token's; the token's name is used");
-        }
-        let now = now_ms();
-        let version = (!r.version.is_empty()).then_some(r.version);
-        self.hub.seen(&agent.name, now, version.as_deref());
-        self.hub.clock(&agent, r.sent_at_ms, now);
-        if let Err(e) = self
-            .storage
-            .touch_agent(agent.name.clone(), now, version.clone(), None)
-            .await
-        {
-            tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
-        }
-        tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
-        Ok(Response::new(pb::RegisterResponse {
-            agent_id: agent.name,
-            heartbeat_seconds: self.settings.heartbeat_seconds,
-            spool_max_reports: self.settings.spool_max_reports,
-            protocol_version: mailloop_proto::PROTOCOL_VERSION,
-        }))
+        .await;
+        crate::telemetry::end_rpc(span, &result);
+        result
     }
 
     type WatchAssignmentsStream = ReceiverStream<Result<pb::AssignmentChange, Status>>;
@@ -263,65 +270,72 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
-        let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
-        let peer = peer_of(&request);
-        let warning = self.second_process(&agent, request.metadata(), &peer);
-        let instance = request
-            .metadata()
-            .get(INSTANCE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let req = request.into_inner();
-        Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
-        // Subscribed before the session counts: once it is in the map the
-        // API may pick this agent for an on-demand run, and that order must
-        // not be missed.
-        let orders = self.hub.on_demand().subscribe();
-        // Checked and counted in one step, so concurrent calls cannot pass
-        // the cap together.
-        let Some((session, epoch)) = self
-            .hub
-            .try_connect(&agent, self.settings.max_streams_per_agent)
-        else {
-            tracing::warn!(agent = %agent.name, region = %agent.region, "too many assignment streams from one agent");
-            return Err(Status::resource_exhausted(format!(
-                "agent {} already has {} assignment streams open",
-                agent.name, self.settings.max_streams_per_agent
-            )));
-        };
-        let held: HashMap<String, u64> = req
-            .known
-            .into_iter()
-            .map(|k| (k.check_id, k.revision))
-            .collect();
-        let (tx, rx) = mpsc::channel(256);
-        static NEXT_WATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_WATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(agent.name.clone())
-            .or_default()
-            .push((id, instance, peer));
-        let slot = WatchSlot {
-            open: self.watchers.clone(),
-            agent: agent.name.clone(),
-            id,
-        };
-        let watch = Watch {
-            _slot: slot,
-            hub: self.hub.clone(),
-            storage: self.storage.clone(),
-            shutdown: self.shutdown.clone(),
-            agent,
-            held,
-            tx,
-        };
-        tokio::spawn(watch.run(session, epoch, orders));
-        let mut response = Response::new(ReceiverStream::new(rx));
-        warn_in(&mut response, warning);
-        Ok(response)
+        let mut span = self.traces.rpc("WatchAssignments");
+        let result: Result<Response<Self::WatchAssignmentsStream>, Status> = async {
+            let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
+            crate::telemetry::rpc_agent(span.as_mut(), &agent.name, &agent.region);
+            let peer = peer_of(&request);
+            let warning = self.second_process(&agent, request.metadata(), &peer);
+            let instance = request
+                .metadata()
+                .get(INSTANCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let req = request.into_inner();
+            Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
+            // Subscribed before the session counts: once it is in the map the
+            // API may pick this agent for an on-demand run, and that order must
+            // not be missed.
+            let orders = self.hub.on_demand().subscribe();
+            // Checked and counted in one step, so concurrent calls cannot pass
+            // the cap together.
+            let Some((session, epoch)) = self
+                .hub
+                .try_connect(&agent, self.settings.max_streams_per_agent)
+            else {
+                tracing::warn!(agent = %agent.name, region = %agent.region, "too many assignment streams from one agent");
+                return Err(Status::resource_exhausted(format!(
+                    "agent {} already has {} assignment streams open",
+                    agent.name, self.settings.max_streams_per_agent
+                )));
+            };
+            let held: HashMap<String, u64> = req
+                .known
+                .into_iter()
+                .map(|k| (k.check_id, k.revision))
+                .collect();
+            let (tx, rx) = mpsc::channel(256);
+            static NEXT_WATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let id = NEXT_WATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.watchers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(agent.name.clone())
+                .or_default()
+                .push((id, instance, peer));
+            let slot = WatchSlot {
+                open: self.watchers.clone(),
+                agent: agent.name.clone(),
+                id,
+            };
+            let watch = Watch {
+                _slot: slot,
+                hub: self.hub.clone(),
+                storage: self.storage.clone(),
+                shutdown: self.shutdown.clone(),
+                agent,
+                held,
+                tx,
+            };
+            tokio::spawn(watch.run(session, epoch, orders));
+            let mut response = Response::new(ReceiverStream::new(rx));
+            warn_in(&mut response, warning);
+            Ok(response)
+        }
+        .await;
+        crate::telemetry::end_rpc(span, &result);
+        result
     }
 
     type ReportResultsStream = ReceiverStream<Result<pb::ResultAck, Status>>;
@@ -380,65 +394,79 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        use crate::cluster::control::ControlError;
-        let peer = peer_of(&request);
-        let Some(control) = &self.control else {
-            return Err(Status::unimplemented(
-                "this coordinator does not enroll agents",
-            ));
-        };
-        let r = request.into_inner();
-        if r.join_secret.is_empty() || r.join_secret.len() > 200 {
-            return Err(Status::invalid_argument("no join token secret"));
+        let mut span = self.traces.rpc("Enroll");
+        let result: Result<Response<pb::EnrollResponse>, Status> = async {
+            use crate::cluster::control::ControlError;
+            let peer = peer_of(&request);
+            let Some(control) = &self.control else {
+                return Err(Status::unimplemented(
+                    "this coordinator does not enroll agents",
+                ));
+            };
+            let r = request.into_inner();
+            if r.join_secret.is_empty() || r.join_secret.len() > 200 {
+                return Err(Status::invalid_argument("no join token secret"));
+            }
+            match control.enroll(&r.join_secret).await {
+                Ok((agent, token)) => {
+                    crate::telemetry::rpc_agent(span.as_mut(), &agent.name, &agent.region);
+                    tracing::info!(agent = %agent.name, region = %agent.region, %peer, protocol = r.protocol_version, version = %r.version, "agent enrolled");
+                    Ok(Response::new(pb::EnrollResponse {
+                        agent_name: agent.name,
+                        region: agent.region,
+                        token: token.expose().to_string(),
+                    }))
+                }
+                Err(ControlError::Storage(e)) => {
+                    tracing::error!(error = %e, "enrollment: storage failed");
+                    Err(Status::unavailable(format!(
+                        "the coordinator cannot store the enrollment now: {e}"
+                    )))
+                }
+                Err(e @ ControlError::NotFound(_)) => {
+                    tracing::warn!(%peer, error = %e, "enrollment refused");
+                    Err(Status::unauthenticated(e.to_string()))
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "enrollment refused");
+                    Err(Status::permission_denied(e.to_string()))
+                }
+            }
         }
-        match control.enroll(&r.join_secret).await {
-            Ok((agent, token)) => {
-                tracing::info!(agent = %agent.name, region = %agent.region, %peer, protocol = r.protocol_version, version = %r.version, "agent enrolled");
-                Ok(Response::new(pb::EnrollResponse {
-                    agent_name: agent.name,
-                    region: agent.region,
-                    token: token.expose().to_string(),
-                }))
-            }
-            Err(ControlError::Storage(e)) => {
-                tracing::error!(error = %e, "enrollment: storage failed");
-                Err(Status::unavailable(format!(
-                    "the coordinator cannot store the enrollment now: {e}"
-                )))
-            }
-            Err(e @ ControlError::NotFound(_)) => {
-                tracing::warn!(%peer, error = %e, "enrollment refused");
-                Err(Status::unauthenticated(e.to_string()))
-            }
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "enrollment refused");
-                Err(Status::permission_denied(e.to_string()))
-            }
-        }
+        .await;
+        crate::telemetry::end_rpc(span, &result);
+        result
     }
 
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let agent = self.authenticate(request.metadata(), "Heartbeat")?;
-        let r = request.into_inner();
-        Self::same_agent(&agent, &r.agent_id, "Heartbeat")?;
-        let now = now_ms();
-        self.hub.seen(&agent.name, now, None);
-        self.hub.clock(&agent, r.sent_at_ms, now);
-        self.hub.spooled(&agent.name, r.spooled);
-        if r.spooled > 0 {
-            tracing::info!(agent = %agent.name, region = %agent.region, spooled = r.spooled, "agent has reports waiting in its spool");
+        let mut span = self.traces.rpc("Heartbeat");
+        let result: Result<Response<pb::HeartbeatResponse>, Status> = async {
+            let agent = self.authenticate(request.metadata(), "Heartbeat")?;
+            crate::telemetry::rpc_agent(span.as_mut(), &agent.name, &agent.region);
+            let r = request.into_inner();
+            Self::same_agent(&agent, &r.agent_id, "Heartbeat")?;
+            let now = now_ms();
+            self.hub.seen(&agent.name, now, None);
+            self.hub.clock(&agent, r.sent_at_ms, now);
+            self.hub.spooled(&agent.name, r.spooled);
+            if r.spooled > 0 {
+                tracing::info!(agent = %agent.name, region = %agent.region, spooled = r.spooled, "agent has reports waiting in its spool");
+            }
+            if let Err(e) = self
+                .storage
+                .touch_agent(agent.name.clone(), now, None, None)
+                .await
+            {
+                tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's heartbeat");
+            }
+            Ok(Response::new(pb::HeartbeatResponse {}))
         }
-        if let Err(e) = self
-            .storage
-            .touch_agent(agent.name.clone(), now, None, None)
-            .await
-        {
-            tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's heartbeat");
-        }
-        Ok(Response::new(pb::HeartbeatResponse {}))
+        .await;
+        crate::telemetry::end_rpc(span, &result);
+        result
     }
 }
 
