@@ -317,14 +317,37 @@ async fn the_public_page_tells_states_in_words_and_leaks_nothing_private() {
         "{html}"
     );
 
-    // 90 day cells per check, with the day's uptime in words.
-    assert_eq!(html.matches("<li class=\"day ").count(), 6 * 90);
+    // 90 days per check, with the day's uptime in words.
+    assert_eq!(bar_days(&html).len(), 6 * 90);
     assert!(html.contains(": no data</span>"));
+}
+
+/// Every day cell of the page's uptime bars, oldest first per check: a
+/// run of alike days (`<li class="d u s12">`) counts for its days, each
+/// as the run's whole `<li>`.
+fn bar_days(html: &str) -> Vec<String> {
+    let mut days = Vec::new();
+    for bar in html.split("<ol class=\"bar\"").skip(1) {
+        let bar = &bar[..bar.find("</ol>").unwrap()];
+        for li in bar.split("<li ").skip(1) {
+            let class = &li[li.find("class=\"").unwrap() + 7..];
+            let class = &class[..class.find('"').unwrap()];
+            let n = class
+                .split(' ')
+                .find_map(|c| c.strip_prefix('s')?.parse::<usize>().ok())
+                .unwrap_or(1);
+            for _ in 0..n {
+                days.push(li.to_string());
+            }
+        }
+    }
+    days
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
     let c = seeded().await;
+    let now = mailloop_coordinator::clock::now_ms();
     let (_, _, html) = get(c.http, "/status", "");
     let uptimes = |display: &str| -> Vec<String> {
         let at = html.find(&format!(">{display}</h3>")).unwrap();
@@ -352,32 +375,42 @@ async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
     );
     // Today's cell for Webmail: regional delays (its worst), 100 % uptime.
     let at = html.find(">Webmail</h3>").unwrap();
-    let cells = &html[at..];
-    let last_cell = cells[..cells.find("</ol>").unwrap()]
-        .rsplit("<li ")
-        .next()
-        .unwrap();
+    let days = bar_days(&html[at..]);
+    let days = &days[..90];
+    let today = &days[89];
+    assert!(today.starts_with("class=\"r\""), "{today}");
     assert!(
-        last_cell.starts_with("class=\"day regional\""),
-        "{last_cell}"
-    );
-    assert!(
-        last_cell.contains("100.00 % uptime, regional delivery delays"),
-        "{last_cell}"
+        today.contains("100 %, regional delivery delays"),
+        "{today}"
     );
     // Ten days ago: one down round colours the day, 3 of 4 known rounds up.
-    let ten_days_ago = cells[..cells.find("</ol>").unwrap()]
-        .rsplit("<li ")
-        .nth(10)
-        .unwrap();
+    let ten_days_ago = &days[79];
+    assert!(ten_days_ago.starts_with("class=\"x\""), "{ten_days_ago}");
     assert!(
-        ten_days_ago.starts_with("class=\"day down\""),
+        ten_days_ago.contains("75.00 %, outage"),
         "{ten_days_ago}"
     );
+    // The nine days between have no data: one run, its text said once.
+    assert!(days[80].starts_with("class=\"n s9\""), "{}", days[80]);
+    let (first, last) = (DAY * (now / DAY - 9), DAY * (now / DAY - 1));
+    let span = mailloop_coordinator::web::view::fmt_day_span(first, last);
+    assert!(days[80].contains(&format!("{span}: no data")), "{}", days[80]);
+    assert!(days[0].starts_with("class=\"n s79\""), "{}", days[0]);
+
+    // Broken Mail's day links its incident (in the month's history).
+    let at = html.find(">Broken Mail</h3>").unwrap();
+    let today = &bar_days(&html[at..])[89];
+    let month = chrono_month(mailloop_coordinator::clock::now_ms());
     assert!(
-        ten_days_ago.contains("75.00 % uptime, outage"),
-        "{ten_days_ago}"
+        today.contains(&format!("<a href=\"status/history/{month}#i")),
+        "{today}"
     );
+    assert!(today.contains("0.00 %, outage, 1 incident"), "{today}");
+}
+
+/// `2026-12`.
+fn chrono_month(ms: i64) -> String {
+    mailloop_coordinator::web::view::fmt_month(ms)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -607,7 +640,7 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
         assert_eq!(state("<script>alert(1)</script>"), "Operational");
         for c in checks {
             assert_eq!(c["cells"], 90, "{c}");
-            assert_eq!(c["cell_labels"], 90, "every day cell has its text: {c}");
+            assert_eq!(c["cell_labels"], c["runs"], "every run of days has its text: {c}");
             assert_eq!(c["uptime"].as_array().unwrap().len(), 4, "{c}");
         }
         assert_eq!(s["incidents"], json!(["Broken Mail: Outage"]));
@@ -629,4 +662,113 @@ async fn enabled_false_removes_the_page() {
     for path in ["/status", "/status.json", "/badge/web-up.svg"] {
         assert_eq!(get(c.http, path, "").0, 404, "{path}");
     }
+}
+
+/// The page's weight budget (uncompressed) for a hundred public checks.
+const PAGE_BUDGET_BYTES: usize = 150 * 1024;
+
+/// A hundred public checks with 90 days of verdicts from five regions,
+/// each with three outage days (an incident each) and three degraded
+/// days scattered over the bar: the page stays within its budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_checks_with_ninety_days_fit_the_page_budget() {
+    let mut config = String::new();
+    for n in 0..100 {
+        config.push_str(&public_check(
+            &format!("svc-{n:03}"),
+            &format!("Mail service number {n}"),
+        ));
+    }
+    let mut c = Coordinator::start("", &config);
+    c.kill();
+    let now = mailloop_coordinator::clock::now_ms();
+    let today = now - now.rem_euclid(DAY);
+    let storage = std::sync::Arc::new(Storage::open(&data_dir(&c)).unwrap());
+    let regions = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
+    let mut tasks = Vec::new();
+    for n in 0..100u64 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let check = format!("svc-{n:03}");
+            let good: Vec<RegionEvidence> = regions
+                .iter()
+                .map(|r| evidence(r, RegionState::Ok))
+                .collect();
+            // Rounds far ahead of the clock, disjoint per check.
+            let mut round = 1_000_000_000 + n * 1_000;
+            for day in 0..90i64 {
+                let start = today - (89 - day) * DAY + 3_600_000;
+                let bad = (day + n as i64) % 30 == 7;
+                let slow = (day + n as i64) % 30 == 19;
+                let kind = if bad {
+                    VerdictKind::Down
+                } else if slow {
+                    VerdictKind::Degraded
+                } else {
+                    VerdictKind::Up
+                };
+                round += 1;
+                let changes = if bad {
+                    vec![incident(&check, IncidentKind::Outage, &regions, start, round)]
+                } else {
+                    Vec::new()
+                };
+                let v = Verdict {
+                    check_id: check.clone(),
+                    round,
+                    round_start_ms: start,
+                    decided_at_ms: start + 1000,
+                    verdict: kind,
+                    quorum: 3,
+                    regions: good.clone(),
+                    note: String::new(),
+                };
+                assert!(storage.store_round(v, changes).await.unwrap().stored);
+                if bad {
+                    // Resolved an hour later by an up round.
+                    round += 1;
+                    let v = Verdict {
+                        check_id: check.clone(),
+                        round,
+                        round_start_ms: start + 3_600_000,
+                        decided_at_ms: start + 3_601_000,
+                        verdict: VerdictKind::Up,
+                        quorum: 3,
+                        regions: good.clone(),
+                        note: String::new(),
+                    };
+                    let resolve = IncidentChange::Resolve {
+                        kind: IncidentKind::Outage,
+                        key: String::new(),
+                        entry: mailloop_coordinator::judge::TimelineEntry {
+                            at_ms: start + 3_601_000,
+                            round: Some(round),
+                            event: "resolved".into(),
+                            verdict: Some(VerdictKind::Up),
+                            note: String::new(),
+                        },
+                    };
+                    assert!(storage.store_round(v, vec![resolve]).await.unwrap().stored);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    storage.close().await;
+    c.launch();
+
+    let (status, _, html) = get(c.http, "/status", "");
+    assert_eq!(status, 200);
+    assert_eq!(bar_days(&html).len(), 100 * 90, "every check has its 90 days");
+    // Each check: 3 outage days linking their incident, 3 degraded days.
+    assert_eq!(html.matches(", outage, 1 incident</span>").count(), 300);
+    assert_eq!(html.matches("class=\"g\"").count(), 300);
+    assert!(
+        html.len() <= PAGE_BUDGET_BYTES,
+        "the page weighs {} bytes for 100 checks, over its budget of {PAGE_BUDGET_BYTES}",
+        html.len()
+    );
+    println!("page weight for 100 checks: {} bytes", html.len());
 }

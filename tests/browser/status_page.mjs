@@ -51,7 +51,11 @@ try {
       checks: [...document.querySelectorAll("article.check")].map((a) => ({
         name: a.querySelector("h3")?.innerText ?? null,
         state: a.querySelector(".state")?.innerText ?? null,
-        cells: a.querySelectorAll("ol.bar > li").length,
+        // Days drawn: a run of alike days spans its columns (class sN).
+        cells: [...a.querySelectorAll("ol.bar > li")]
+          .map((li) => Number((li.className.match(/\bs(\d+)\b/) ?? [0, 1])[1]))
+          .reduce((x, y) => x + y, 0),
+        runs: a.querySelectorAll("ol.bar > li").length,
         cell_labels: [...a.querySelectorAll("ol.bar > li")].filter((li) => li.innerText.trim() !== "").length,
         uptime: [...a.querySelectorAll(".uptime dd")].map((d) => d.innerText),
       })),

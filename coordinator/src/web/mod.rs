@@ -13,7 +13,8 @@
 //! their ETags) and served from memory: rebuilt when the checks change, or
 //! once the fastest public check's round has passed (at most once a
 //! minute), however many visitors arrive. Storage reads: one
-//! `status_snapshot` and two `verdict_counts` per build.
+//! `status_snapshot`, two `verdict_counts` and one `incidents_in_span`
+//! per build.
 
 pub mod json;
 pub mod model;
@@ -22,7 +23,7 @@ pub mod view;
 
 use crate::cluster::hub::Hub;
 use crate::config::status::StatusPageSettings;
-use crate::storage::{Storage, StorageError, VerdictCountQuery};
+use crate::storage::{IncidentSpanQuery, Storage, StorageError, VerdictCountQuery};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -70,6 +71,8 @@ impl Body {
 struct Snapshot {
     /// The hub's revision when built (a change to checks rebuilds).
     revision: u64,
+    /// The Content-Security-Policy (it names the stylesheet's hash).
+    csp: HeaderValue,
     expires_ms: i64,
     max_age: Duration,
     html: Body,
@@ -157,6 +160,24 @@ impl StatusPage {
                 }
             }
         }
+        let mut spans: HashMap<String, Vec<view::IncidentSpan>> = HashMap::new();
+        for i in self
+            .storage
+            .incidents_in_span(IncidentSpanQuery {
+                check_ids: ids.clone(),
+                since_ms: Window::Days(model::BAR_DAYS as u32).since_ms(now),
+                until_ms: now + 1,
+                timelines: false,
+            })
+            .await?
+        {
+            if view::is_public_kind(i.kind) {
+                spans
+                    .entry(i.check_id)
+                    .or_default()
+                    .push((i.id, i.opened_at_ms, i.resolved_at_ms));
+            }
+        }
         let empty = History::default();
         let checks: Vec<CheckView> = public
             .iter()
@@ -168,6 +189,7 @@ impl StatusPage {
                     PublicState::of(v),
                     v.map(|v| v.decided_at_ms),
                     histories.get(id).unwrap_or(&empty),
+                    spans.get(id).map(Vec::as_slice).unwrap_or_default(),
                     now,
                 )
             })
@@ -188,6 +210,8 @@ impl StatusPage {
             checks,
             incidents,
         };
+        let css = page::stylesheet_of(&data);
+        let csp = csp(&css);
         let badges = data
             .checks
             .iter()
@@ -205,9 +229,10 @@ impl StatusPage {
             .clamp(MIN_AGE, MAX_AGE);
         Ok(Snapshot {
             revision,
+            csp,
             expires_ms: now + max_age.as_millis() as i64,
             max_age,
-            html: Body::new(page::page(&data).into_string().into_bytes()),
+            html: Body::new(page::page(&data, &css).into_string().into_bytes()),
             json: Body::new(serde_json::to_vec(&json::summary(&data)).expect("JSON serializes")),
             badges,
         })
@@ -237,20 +262,22 @@ pub fn router(page: Arc<StatusPage>) -> axum::Router {
 
 /// `style-src` allows exactly the page's stylesheet (by hash); no script
 /// runs, nothing is fetched, nothing may frame the page.
-fn csp() -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, page::CSS.as_bytes());
+fn csp(css: &str) -> HeaderValue {
+    let digest = ring::digest::digest(&ring::digest::SHA256, css.as_bytes());
     let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
-    format!(
+    HeaderValue::from_str(&format!(
         "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
+    ))
+    .expect("ascii")
 }
 
 fn respond(
     body: &Body,
     content_type: &'static str,
-    max_age: Duration,
+    s: &Snapshot,
     req: &HeaderMap,
 ) -> Response {
+    let max_age = s.max_age;
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
@@ -269,7 +296,7 @@ fn respond(
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_str(&csp()).expect("ascii"),
+        s.csp.clone(),
     );
     let matches = req
         .get(header::IF_NONE_MATCH)
@@ -300,14 +327,14 @@ fn unavailable(e: StorageError) -> Response {
 
 async fn html(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
     match page.snapshot().await {
-        Ok(s) => respond(&s.html, "text/html; charset=utf-8", s.max_age, &req),
+        Ok(s) => respond(&s.html, "text/html; charset=utf-8", &s, &req),
         Err(e) => unavailable(e),
     }
 }
 
 async fn summary(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
     match page.snapshot().await {
-        Ok(s) => respond(&s.json, "application/json", s.max_age, &req),
+        Ok(s) => respond(&s.json, "application/json", &s, &req),
         Err(e) => unavailable(e),
     }
 }
@@ -330,7 +357,7 @@ async fn badge(
     };
     match page.snapshot().await {
         Ok(s) => match s.badges.get(check) {
-            Some(b) => respond(b, "image/svg+xml", s.max_age, &req),
+            Some(b) => respond(b, "image/svg+xml", &s, &req),
             None => not_found(),
         },
         Err(e) => unavailable(e),

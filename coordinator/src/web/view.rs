@@ -3,7 +3,7 @@
 //! storage, read by `page.rs`, `json.rs` and the badges; nothing here can
 //! reach a host, user, mailbox or reply text because none is copied in.
 
-use super::model::{History, PublicState, Tally, WINDOWS};
+use super::model::{Cell, DAY_MS, History, PublicState, Tally, WINDOWS};
 use crate::judge::{Incident, IncidentKind, IncidentState, Severity};
 
 /// The whole page's data at one moment.
@@ -34,8 +34,56 @@ pub struct CheckView {
     pub updated_ms: Option<i64>,
     /// Per window of [`WINDOWS`]: its label and uptime (None: no data).
     pub uptimes: Vec<(&'static str, Option<f64>)>,
-    /// [`super::model::BAR_DAYS`] days, oldest first.
-    pub bar: Vec<(i64, Tally)>,
+    /// [`super::model::BAR_DAYS`] days, oldest first, as runs of days
+    /// that read the same.
+    pub bar: Vec<DayRun>,
+}
+
+/// Consecutive days of the uptime bar that read alike: the same colour
+/// and uptime, and no incident. Each is drawn as one cell per day, but
+/// the page carries its text once, which keeps a page of a hundred
+/// checks light; a day with an incident is always a run of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayRun {
+    /// The first day's start (epoch ms, UTC midnight).
+    pub first_ms: i64,
+    pub days: u32,
+    pub cell: Cell,
+    pub uptime: Option<f64>,
+    /// The day's incidents of this check (id, opened), oldest first.
+    pub incidents: Vec<(u64, i64)>,
+}
+
+impl DayRun {
+    /// The last day's start.
+    pub fn last_ms(&self) -> i64 {
+        self.first_ms + (self.days as i64 - 1) * DAY_MS
+    }
+}
+
+/// An incident's span, for the days it touches: (id, opened, resolved).
+pub type IncidentSpan = (u64, i64, Option<i64>);
+
+/// Groups `days` (oldest first) into runs; `incidents` mark their days.
+pub fn day_runs(days: &[(i64, Tally)], incidents: &[IncidentSpan], now_ms: i64) -> Vec<DayRun> {
+    let mut runs: Vec<DayRun> = Vec::new();
+    for (start, tally) in days {
+        let end = start + DAY_MS;
+        let mut on_day: Vec<(u64, i64)> = incidents
+            .iter()
+            .filter(|(_, opened, resolved)| *opened < end && resolved.unwrap_or(now_ms) >= *start)
+            .map(|(id, opened, _)| (*id, *opened))
+            .collect();
+        on_day.sort_by_key(|(id, opened)| (*opened, *id));
+        let (cell, uptime) = (tally.worst(), tally.uptime());
+        match runs.last_mut() {
+            Some(r) if on_day.is_empty() && r.incidents.is_empty() && r.cell == cell && r.uptime == uptime => {
+                r.days += 1
+            }
+            _ => runs.push(DayRun { first_ms: *start, days: 1, cell, uptime, incidents: on_day }),
+        }
+    }
+    runs
 }
 
 impl CheckView {
@@ -45,6 +93,7 @@ impl CheckView {
         state: PublicState,
         updated_ms: Option<i64>,
         history: &History,
+        incidents: &[IncidentSpan],
         now_ms: i64,
     ) -> CheckView {
         CheckView {
@@ -56,9 +105,15 @@ impl CheckView {
                 .iter()
                 .map(|(label, w)| (*label, history.window(*w, now_ms).uptime()))
                 .collect(),
-            bar: history.bar(now_ms),
+            bar: day_runs(&history.bar(now_ms), incidents, now_ms),
         }
     }
+}
+
+/// Whether incidents of this kind are about the service (shown on the
+/// public page), not about the monitor itself (coverage, agent clocks).
+pub fn is_public_kind(k: IncidentKind) -> bool {
+    !matches!(k, IncidentKind::Coverage | IncidentKind::Clock)
 }
 
 /// An open or acknowledged incident of a public check, in public words.
@@ -158,6 +213,31 @@ pub fn fmt_datetime(ms: i64) -> String {
     match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
         Some(t) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
         None => "an unknown time".into(),
+    }
+}
+
+/// `2026-12`: the history page of the month of `ms`.
+pub fn fmt_month(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// `3 Dec` (a day of the uptime bar; its label says the years).
+pub fn fmt_day(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%-d %b").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// `3–9 Dec`, or `25 Nov – 2 Dec` across months.
+pub fn fmt_day_span(first_ms: i64, last_ms: i64) -> String {
+    let (a, b) = (fmt_day(first_ms), fmt_day(last_ms));
+    match (a.split_once(' '), b.split_once(' ')) {
+        (Some((d, m)), Some((_, m2))) if m == m2 => format!("{d}–{b}"),
+        _ => format!("{a} – {b}"),
     }
 }
 
