@@ -253,13 +253,10 @@ impl Coordinator {
             }
             None => Some(metrics_app),
         };
-        let status_app = status_settings.enabled.then(|| {
-            crate::web::router(crate::web::StatusPage::new(
-                hub.clone(),
-                storage.clone(),
-                status_settings.clone(),
-            ))
+        let status_page = status_settings.enabled.then(|| {
+            crate::web::StatusPage::new(hub.clone(), storage.clone(), status_settings.clone())
         });
+        let status_app = status_page.clone().map(crate::web::router);
         let status_app = match (listeners.status, status_app) {
             (Some(l), Some(app)) => {
                 tokio::spawn(serve_public(
@@ -294,6 +291,7 @@ impl Coordinator {
             role: role.clone(),
             judge: judge.clone(),
             traces: traces.clone(),
+            status_page,
         };
         let mut http = tokio::spawn(serve_http(
             listeners.http,

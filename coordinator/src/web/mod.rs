@@ -16,6 +16,7 @@
 //! `status_snapshot`, two `verdict_counts` and one `incidents_in_span`
 //! per build.
 
+pub mod feed;
 pub mod json;
 pub mod model;
 pub mod page;
@@ -29,11 +30,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
+use chrono::Datelike;
 use model::{DAY_MS, HOUR_MS, History, PublicState, Tally, Window};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use view::{CheckView, IncidentView, PageData};
+
+/// Most entries in the Atom feed (newest incidents of the last 90 days).
+const FEED_ENTRIES: usize = 50;
+/// Most months of history kept rendered at once.
+const HISTORY_CACHED: usize = 24;
 
 /// Longest a snapshot is served (the windows move even without rounds).
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -48,6 +55,17 @@ pub struct StatusPage {
     current: Mutex<Option<Arc<Snapshot>>>,
     /// Held while building, so a flood of visitors causes one build.
     building: tokio::sync::Mutex<()>,
+    /// Rendered history months, each kept as long as a snapshot.
+    history: Mutex<HashMap<String, Arc<HistoryPage>>>,
+}
+
+/// One rendered month of history.
+struct HistoryPage {
+    revision: u64,
+    expires_ms: i64,
+    max_age: Duration,
+    csp: HeaderValue,
+    html: Body,
 }
 
 /// One body with its ETag.
@@ -77,6 +95,7 @@ struct Snapshot {
     max_age: Duration,
     html: Body,
     json: Body,
+    atom: Body,
     /// Badge per public check name.
     badges: HashMap<String, Body>,
 }
@@ -93,7 +112,83 @@ impl StatusPage {
             settings,
             current: Mutex::new(None),
             building: tokio::sync::Mutex::new(()),
+            history: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Drops the current snapshot: the next visitor gets a fresh one (a
+    /// public note was added on this replica; other replicas show it
+    /// after their next rebuild, within a round).
+    pub fn invalidate(&self) {
+        *self.current.lock().expect("not poisoned") = None;
+        self.history.lock().expect("not poisoned").clear();
+    }
+
+    /// The history page of `month` (`2026-11`), from memory while fresh.
+    async fn history_page(&self, month: &str, first_ms: i64) -> Result<Arc<HistoryPage>, StorageError> {
+        let now = crate::clock::now_ms();
+        let fresh = |p: &Arc<HistoryPage>| p.revision == self.hub.revision() && now < p.expires_ms;
+        if let Some(p) = self.history.lock().expect("not poisoned").get(month).filter(|p| fresh(p)) {
+            return Ok(p.clone());
+        }
+        let _building = self.building.lock().await;
+        if let Some(p) = self.history.lock().expect("not poisoned").get(month).filter(|p| fresh(p)) {
+            return Ok(p.clone());
+        }
+        let revision = self.hub.revision();
+        let public = self.public_checks();
+        let names: HashMap<&str, &str> =
+            public.iter().map(|(id, name, _)| (id.as_str(), name.as_str())).collect();
+        let next_ms = month_start(first_ms, 1);
+        let found = self
+            .storage
+            .incidents_in_span(IncidentSpanQuery {
+                check_ids: public.iter().map(|p| p.0.clone()).collect(),
+                since_ms: first_ms,
+                until_ms: next_ms.min(now + 1),
+                timelines: true,
+            })
+            .await?;
+        let mut incidents: Vec<IncidentView> = found
+            .iter()
+            .filter_map(|i| IncidentView::of(i, names.get(i.check_id.as_str())?))
+            .collect();
+        incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
+        let data = view::HistoryData {
+            title: self.settings.title.clone(),
+            path: self.settings.path.clone(),
+            now_ms: now,
+            month_name: view::fmt_month_name(first_ms),
+            previous: view::fmt_month(month_start(first_ms, -1)),
+            next: (next_ms <= now).then(|| view::fmt_month(next_ms)),
+            incidents,
+        };
+        let css = page::stylesheet([]);
+        let max_age = self.max_age(&public);
+        let built = Arc::new(HistoryPage {
+            revision,
+            expires_ms: now + max_age.as_millis() as i64,
+            max_age,
+            csp: csp(&css),
+            html: Body::new(page::history(&data, &css).into_string().into_bytes()),
+        });
+        let mut cache = self.history.lock().expect("not poisoned");
+        if cache.len() >= HISTORY_CACHED {
+            cache.clear();
+        }
+        cache.insert(month.to_string(), built.clone());
+        Ok(built)
+    }
+
+    /// How long a rendering is served: the fastest public check's round,
+    /// within [`MIN_AGE`]..[`MAX_AGE`].
+    fn max_age(&self, public: &[(String, String, Duration)]) -> Duration {
+        public
+            .iter()
+            .map(|p| p.2)
+            .min()
+            .unwrap_or(MAX_AGE)
+            .clamp(MIN_AGE, MAX_AGE)
     }
 
     fn fresh(&self) -> Option<Arc<Snapshot>> {
@@ -115,10 +210,9 @@ impl StatusPage {
         Ok(s)
     }
 
-    /// Reads storage and renders everything.
-    async fn build(&self) -> Result<Snapshot, StorageError> {
-        let revision = self.hub.revision();
-        let now = crate::clock::now_ms();
+    /// (check name, display name, interval) of every public check, in the
+    /// page's order (by display name).
+    fn public_checks(&self) -> Vec<(String, String, Duration)> {
         let mut public: Vec<(String, String, Duration)> = self
             .hub
             .checks()
@@ -129,6 +223,14 @@ impl StatusPage {
             })
             .collect();
         public.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        public
+    }
+
+    /// Reads storage and renders everything.
+    async fn build(&self) -> Result<Snapshot, StorageError> {
+        let revision = self.hub.revision();
+        let now = crate::clock::now_ms();
+        let public = self.public_checks();
         let ids: Vec<String> = public.iter().map(|p| p.0.clone()).collect();
         let (latest, active) = self.storage.status_snapshot(ids.clone()).await?;
         let mut histories: HashMap<String, History> = HashMap::new();
@@ -161,7 +263,7 @@ impl StatusPage {
             }
         }
         let mut spans: HashMap<String, Vec<view::IncidentSpan>> = HashMap::new();
-        for i in self
+        let recent = self
             .storage
             .incidents_in_span(IncidentSpanQuery {
                 check_ids: ids.clone(),
@@ -169,8 +271,16 @@ impl StatusPage {
                 until_ms: now + 1,
                 timelines: false,
             })
-            .await?
-        {
+            .await?;
+        // The feed's entries: the newest, each with its timeline.
+        let mut feed_ids: Vec<u64> = recent
+            .iter()
+            .filter(|i| view::is_public_kind(i.kind))
+            .map(|i| i.id)
+            .collect();
+        feed_ids.sort_unstable_by(|a, b| b.cmp(a));
+        feed_ids.truncate(FEED_ENTRIES);
+        for i in recent {
             if view::is_public_kind(i.kind) {
                 spans
                     .entry(i.check_id)
@@ -203,6 +313,17 @@ impl StatusPage {
             .filter_map(|i| IncidentView::of(i, names.get(i.check_id.as_str())?))
             .collect();
         incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
+        let mut feed_entries = Vec::new();
+        for id in feed_ids {
+            if let Some(i) = self.storage.incident(id).await?
+                && let Some(v) = names
+                    .get(i.check_id.as_str())
+                    .and_then(|name| IncidentView::of(&i, name))
+            {
+                feed_entries.push(v);
+            }
+        }
+        let atom = feed::atom(&self.settings.title, &self.settings.path, now, &feed_entries);
         let data = PageData {
             title: self.settings.title.clone(),
             path: self.settings.path.clone(),
@@ -221,12 +342,7 @@ impl StatusPage {
                 (c.id.clone(), Body::new(svg.into_bytes()))
             })
             .collect();
-        let max_age = public
-            .iter()
-            .map(|p| p.2)
-            .min()
-            .unwrap_or(MAX_AGE)
-            .clamp(MIN_AGE, MAX_AGE);
+        let max_age = self.max_age(&public);
         Ok(Snapshot {
             revision,
             csp,
@@ -234,6 +350,7 @@ impl StatusPage {
             max_age,
             html: Body::new(page::page(&data, &css).into_string().into_bytes()),
             json: Body::new(serde_json::to_vec(&json::summary(&data)).expect("JSON serializes")),
+            atom: Body::new(atom.into_bytes()),
             badges,
         })
     }
@@ -256,6 +373,9 @@ pub fn router(page: Arc<StatusPage>) -> axum::Router {
     axum::Router::new()
         .route(&path, get(html))
         .route(&format!("{path}.json"), get(summary))
+        .route(&format!("{path}.atom"), get(atom))
+        .route(&format!("{path}/history"), get(history_now))
+        .route(&format!("{path}/history/{{month}}"), get(history))
         .route("/badge/{file}", get(badge))
         .with_state(page)
 }
@@ -277,7 +397,16 @@ fn respond(
     s: &Snapshot,
     req: &HeaderMap,
 ) -> Response {
-    let max_age = s.max_age;
+    respond_with(body, content_type, s.max_age, &s.csp, req)
+}
+
+fn respond_with(
+    body: &Body,
+    content_type: &'static str,
+    max_age: Duration,
+    csp: &HeaderValue,
+    req: &HeaderMap,
+) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
@@ -296,7 +425,7 @@ fn respond(
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        s.csp.clone(),
+        csp.clone(),
     );
     let matches = req
         .get(header::IF_NONE_MATCH)
@@ -337,6 +466,62 @@ async fn summary(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Respons
         Ok(s) => respond(&s.json, "application/json", &s, &req),
         Err(e) => unavailable(e),
     }
+}
+
+async fn atom(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
+    match page.snapshot().await {
+        Ok(s) => respond(&s.atom, "application/atom+xml; charset=utf-8", &s, &req),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `{path}/history`: the current month's page.
+async fn history_now(State(page): State<Arc<StatusPage>>) -> Response {
+    let month = view::fmt_month(crate::clock::now_ms());
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, format!("{}/history/{month}", page.settings.path))],
+    )
+        .into_response()
+}
+
+/// `{path}/history/2026-11`: months from 2000 to the current one.
+async fn history(
+    State(page): State<Arc<StatusPage>>,
+    Path(month): Path<String>,
+    req: HeaderMap,
+) -> Response {
+    let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        .ok()
+        .filter(|d| month.len() == 7 && d.year() >= 2000)
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis())
+        .filter(|ms| *ms <= crate::clock::now_ms());
+    let Some(first) = first else {
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "no such month (YYYY-MM, up to the current one)\n",
+        )
+            .into_response();
+    };
+    match page.history_page(&month, first).await {
+        Ok(h) => respond_with(&h.html, "text/html; charset=utf-8", h.max_age, &h.csp, &req),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The first millisecond of the month `delta` months from the one
+/// starting at `first_ms`.
+fn month_start(first_ms: i64, delta: i32) -> i64 {
+    let d = chrono::DateTime::from_timestamp_millis(first_ms)
+        .unwrap_or_default()
+        .date_naive();
+    let months = d.year() * 12 + d.month0() as i32 + delta;
+    chrono::NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1)
+        .unwrap_or(d)
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis()
 }
 
 async fn badge(

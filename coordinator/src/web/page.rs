@@ -5,7 +5,7 @@
 
 use super::model::{BAR_DAYS, DAY_MS, fmt_uptime};
 use super::view::{
-    CheckView, DayRun, PageData, fmt_date, fmt_datetime, fmt_day, fmt_day_span, fmt_month,
+    CheckView, DayRun, HistoryData, IncidentView, PageData, fmt_date, fmt_datetime, fmt_day, fmt_day_span, fmt_month,
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -72,19 +72,76 @@ background:var(--fg);color:var(--bg);padding:.2rem .5rem;border-radius:.2rem;fon
 a{color:inherit}footer{font-size:.9rem}nav ul{display:flex;gap:1rem;list-style:none;padding:0}\
 @media (max-width:30rem){.bar{height:1.5rem}}";
 
+/// The `<head>` both pages share: the title, the alternates (JSON,
+/// Atom) and the stylesheet.
+fn head(title: &str, path: &str, css: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) }
+            link rel="alternate" type="application/json" href={ (path) ".json" };
+            link rel="alternate" type="application/atom+xml" title="Incidents" href={ (path) ".atom" };
+            style { (PreEscaped(css)) }
+        }
+    }
+}
+
+fn footer(path: &str, now_ms: i64) -> Markup {
+    html! {
+        footer {
+            p class="muted" {
+                "Uptime is the share of monitoring rounds in which mail was delivered. "
+                "Delays confined to one region are shown but do not count as downtime; "
+                "rounds in which the monitor itself saw nothing count as no data, never as up. "
+                "Times are UTC. Updated " (fmt_datetime(now_ms)) "."
+            }
+            nav aria-label="More" {
+                ul {
+                    li { a href={ (path) "/history/" (fmt_month(now_ms)) } { "Incident history" } }
+                    li { a href={ (path) ".atom" } { "Incidents feed (Atom)" } }
+                    li { a href={ (path) ".json" } { "Machine-readable status (JSON)" } }
+                }
+            }
+        }
+    }
+}
+
+/// One incident in public words: headline, what and since when, and its
+/// public timeline (operators' notes are untrusted text: escaped).
+fn incident(i: &IncidentView) -> Markup {
+    let class = if i.resolved_ms.is_some() { "incident resolved" } else { "incident" };
+    html! {
+        li class=(class) id={ "i" (i.id) } {
+            h3 { (i.display_name) ": " (i.headline) }
+            p class="muted" {
+                @match i.status {
+                    "identified" => "Identified",
+                    "resolved" => "Resolved",
+                    _ => "Investigating",
+                }
+                " · opened " (fmt_datetime(i.opened_ms))
+                @if let Some(at) = i.resolved_ms { " · resolved " (fmt_datetime(at)) }
+            }
+            ol class="timeline" aria-label="Updates, oldest first" {
+                @for e in &i.timeline {
+                    li {
+                        strong { (e.label) } " · " (fmt_datetime(e.at_ms)) " — "
+                        span class="note" { (e.text) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The status page.
 pub fn page(d: &PageData, css: &str) -> Markup {
     let (indicator, description) = d.overall();
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (d.title) }
-                link rel="alternate" type="application/json" href={ (d.path) ".json" };
-                style { (PreEscaped(css)) }
-            }
+            (head(&d.title, &d.path, css))
             body {
                 header {
                     h1 { (d.title) }
@@ -98,14 +155,7 @@ pub fn page(d: &PageData, css: &str) -> Markup {
                         } @else {
                             ul class="incidents" {
                                 @for i in &d.incidents {
-                                    li class="incident" id={ "incident-" (i.id) } {
-                                        h3 { (i.display_name) ": " (i.headline) }
-                                        p { (i.body) }
-                                        p class="muted" {
-                                            @if i.status == "identified" { "Identified" } @else { "Investigating" }
-                                            " · opened " (fmt_datetime(i.opened_ms))
-                                        }
-                                    }
+                                    (incident(i))
                                 }
                             }
                         }
@@ -127,15 +177,46 @@ pub fn page(d: &PageData, css: &str) -> Markup {
                         }
                     }
                 }
-                footer {
-                    p class="muted" {
-                        "Uptime is the share of monitoring rounds in which mail was delivered. "
-                        "Delays confined to one region are shown but do not count as downtime; "
-                        "rounds in which the monitor itself saw nothing count as no data, never as up. "
-                        "Times are UTC. Updated " (fmt_datetime(d.now_ms)) "."
+                (footer(&d.path, d.now_ms))
+            }
+        }
+    }
+}
+
+/// One month's incident history: every incident of a public check active
+/// at some time in the month, newest first, with links to the months
+/// before and after.
+pub fn history(d: &HistoryData, css: &str) -> Markup {
+    let title = format!("{}: incidents of {}", d.title, d.month_name);
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(&title, &d.path, css))
+            body {
+                header {
+                    h1 { (title) }
+                    nav aria-label="Months" {
+                        ul {
+                            li { a href=(d.path) { "Current status" } }
+                            li { a href={ (d.path) "/history/" (d.previous) } rel="prev" { "Earlier: " (d.previous) } }
+                            @if let Some(next) = &d.next {
+                                li { a href={ (d.path) "/history/" (next) } rel="next" { "Later: " (next) } }
+                            }
+                        }
                     }
-                    p { a href={ (d.path) ".json" } { "Machine-readable status (JSON)" } }
                 }
+                main {
+                    @if d.incidents.is_empty() {
+                        p { "No incidents in " (d.month_name) "." }
+                    } @else {
+                        ul class="incidents" {
+                            @for i in &d.incidents {
+                                (incident(i))
+                            }
+                        }
+                    }
+                }
+                (footer(&d.path, d.now_ms))
             }
         }
     }

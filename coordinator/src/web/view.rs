@@ -4,7 +4,7 @@
 //! reach a host, user, mailbox or reply text because none is copied in.
 
 use super::model::{Cell, DAY_MS, History, PublicState, Tally, WINDOWS};
-use crate::judge::{Incident, IncidentKind, IncidentState, Severity};
+use crate::judge::{Incident, IncidentKind, IncidentState, PUBLIC_NOTE, Severity};
 
 /// The whole page's data at one moment.
 pub struct PageData {
@@ -22,6 +22,21 @@ impl PageData {
         let states: Vec<PublicState> = self.checks.iter().map(|c| c.state.clone()).collect();
         super::model::overall(&states)
     }
+}
+
+/// One month of incident history.
+pub struct HistoryData {
+    pub title: String,
+    pub path: String,
+    pub now_ms: i64,
+    /// `November 2026`.
+    pub month_name: String,
+    /// `2026-10`: the month before.
+    pub previous: String,
+    /// The month after, unless this is the current one.
+    pub next: Option<String>,
+    /// Newest opened first.
+    pub incidents: Vec<IncidentView>,
 }
 
 /// One public check: its check name (the badge's and the JSON's id), its
@@ -127,10 +142,25 @@ pub struct IncidentView {
     pub body: String,
     /// Statuspage `impact`: `critical`, `major`, `minor`, `none`.
     pub impact: &'static str,
-    /// Statuspage `status`: `investigating` (open), `identified` (acknowledged).
+    /// Statuspage `status`: `investigating` (open), `identified`
+    /// (acknowledged), `resolved`.
     pub status: &'static str,
     pub opened_ms: i64,
     pub updated_ms: i64,
+    pub resolved_ms: Option<i64>,
+    /// What the public reads of its history, oldest first.
+    pub timeline: Vec<PublicEntry>,
+}
+
+/// One line of an incident's public timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicEntry {
+    pub at_ms: i64,
+    /// `Investigating`, `Identified`, `Update`, `Resolved`.
+    pub label: &'static str,
+    /// Our words, or an operator's public note (untrusted text: escaped
+    /// by the templates).
+    pub text: String,
 }
 
 impl IncidentView {
@@ -183,6 +213,35 @@ impl IncidentView {
             IncidentKind::Coverage | IncidentKind::Clock => return None,
         };
         let body = format!("{what} since {}.", fmt_datetime(i.opened_at_ms));
+        // The judge's own entries (rounds, its notes) quote replies and
+        // hosts: only the moments and the operators' public notes are read.
+        let mut timeline = vec![PublicEntry {
+            at_ms: i.opened_at_ms,
+            label: "Investigating",
+            text: body.clone(),
+        }];
+        if let Some(at) = i.acknowledged_at_ms {
+            timeline.push(PublicEntry {
+                at_ms: at,
+                label: "Identified",
+                text: "The operators are working on it.".into(),
+            });
+        }
+        for e in i.timeline.iter().filter(|e| e.event == PUBLIC_NOTE) {
+            timeline.push(PublicEntry {
+                at_ms: e.at_ms,
+                label: "Update",
+                text: e.note.clone(),
+            });
+        }
+        if let Some(at) = i.resolved_at_ms {
+            timeline.push(PublicEntry {
+                at_ms: at,
+                label: "Resolved",
+                text: "This incident has been resolved.".into(),
+            });
+        }
+        timeline.sort_by_key(|e| e.at_ms);
         Some(IncidentView {
             id: i.id,
             check_id: i.check_id.clone(),
@@ -197,13 +256,13 @@ impl IncidentView {
             },
             status: match i.state {
                 IncidentState::Acknowledged => "identified",
-                _ => "investigating",
+                IncidentState::Resolved => "resolved",
+                IncidentState::Open => "investigating",
             },
             opened_ms: i.opened_at_ms,
-            updated_ms: i
-                .acknowledged_at_ms
-                .unwrap_or(i.opened_at_ms)
-                .max(i.opened_at_ms),
+            updated_ms: timeline.last().map_or(i.opened_at_ms, |e| e.at_ms),
+            resolved_ms: i.resolved_at_ms,
+            timeline,
         })
     }
 }
@@ -220,6 +279,14 @@ pub fn fmt_datetime(ms: i64) -> String {
 pub fn fmt_month(ms: i64) -> String {
     match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
         Some(t) => t.format("%Y-%m").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// `November 2026`.
+pub fn fmt_month_name(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%B %Y").to_string(),
         None => "?".into(),
     }
 }

@@ -265,7 +265,7 @@ impl Postgres {
         if tx.query_opt("SELECT id FROM incidents WHERE id = $1 FOR UPDATE", &[&(id as i64)]).await?.is_none() {
             return Ok(None);
         }
-        add_event(&tx, id, &TimelineEntry { at_ms, round: None, event: "public_note".into(), verdict: None, note })
+        add_event(&tx, id, &TimelineEntry { at_ms, round: None, event: crate::judge::PUBLIC_NOTE.into(), verdict: None, note })
             .await?;
         let stored = incident_by_id(&tx, id).await?;
         tx.commit().await?;

@@ -278,7 +278,7 @@ impl Sqlite {
             add_event(
                 conn,
                 id,
-                &TimelineEntry { at_ms, round: None, event: "public_note".into(), verdict: None, note },
+                &TimelineEntry { at_ms, round: None, event: crate::judge::PUBLIC_NOTE.into(), verdict: None, note },
             )?;
             incident_by_id(conn, id)
         })
