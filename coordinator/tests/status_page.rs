@@ -212,6 +212,36 @@ async fn seeded() -> Coordinator {
     use RegionState::{Failed, Ok as Good};
     use VerdictKind::*;
     let ok = || vec![evidence("eu-west", Good), evidence("us-east", Good)];
+    // web-degraded: an outage 40 days ago, resolved two hours later (its
+    // rounds come first: the latest round is today's).
+    let old = today - 40 * DAY + 3_600_000;
+    let round = s.round + 1;
+    s.verdict_with(
+        "web-degraded",
+        old,
+        Down,
+        vec![evidence("eu-west", Failed), evidence("us-east", Failed)],
+        vec![incident("web-degraded", IncidentKind::Outage, &["eu-west", "us-east"], old, round)],
+    )
+    .await;
+    s.verdict_with(
+        "web-degraded",
+        old + 7_200_000,
+        Up,
+        ok(),
+        vec![IncidentChange::Resolve {
+            kind: IncidentKind::Outage,
+            key: String::new(),
+            entry: mailloop_coordinator::judge::TimelineEntry {
+                at_ms: old + 7_201_000,
+                round: Some(round + 1),
+                event: "resolved".into(),
+                verdict: Some(Up),
+                note: "JUDGE-SUMMARY-MARKER resolved".into(),
+            },
+        }],
+    )
+    .await;
     // web-up: 3 up, 1 down and 4 unknown ten days ago; 2 transit and 1 up
     // today: 7 d shows 100 % (transit is not downtime), 30 d 83.33 %
     // (5 of 6 known rounds; unknown left out).
@@ -771,4 +801,153 @@ async fn a_hundred_checks_with_ninety_days_fit_the_page_budget() {
         html.len()
     );
     println!("page weight for 100 checks: {} bytes", html.len());
+}
+
+/// The id of the (only) incident of `check`, through the admin API.
+fn incident_id_of(c: &Coordinator, check: &str) -> u64 {
+    let (status, _, body) = get(
+        c.http,
+        &format!("/api/v1/incidents?check={check}"),
+        &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let j: Value = serde_json::from_str(&body).unwrap();
+    j["incidents"][0]["id"].as_u64().unwrap_or_else(|| panic!("{body}"))
+}
+
+fn mailloopctl(c: &Coordinator, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailloopctl"))
+        .args(args)
+        .env("MAILLOOP_URL", format!("http://{}", c.http))
+        .env("MAILLOOP_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One plain HTTP/1.1 POST of a JSON body: (status, body).
+fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: status.test\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+const NOTE: &str = "<b>Fixed</b> soon & \"well\" <script>alert(2)</script>";
+const NOTE_ESCAPED: &str = "&lt;b&gt;Fixed&lt;/b&gt; soon &amp; ";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_notes_history_and_feed_show_incidents_as_text_only() {
+    let c = seeded().await;
+    let down = incident_id_of(&c, "web-down");
+    let hidden = incident_id_of(&c, "hidden-check");
+    let month = chrono_month(mailloop_coordinator::clock::now_ms());
+
+    // A note through mailloopctl; another on the private check's incident.
+    let (code, out, err) = mailloopctl(&c, &["incidents", "note", &down.to_string(), NOTE]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("note added to incident {down}")), "{out}");
+    let (status, body) = post(
+        c.http,
+        &format!("/api/v1/incidents/{hidden}/notes"),
+        Some(ADMIN_TOKEN),
+        &json!({"text": "secret-smtp.internal.test is being fixed"}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The API refuses: no token, an empty note, an unknown incident.
+    let path = format!("/api/v1/incidents/{down}/notes");
+    assert_eq!(post(c.http, &path, None, r#"{"text":"x"}"#).0, 401);
+    let (status, body) = post(c.http, &path, Some(ADMIN_TOKEN), r#"{"text":"  "}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("text"), "{body}");
+    assert_eq!(post(c.http, "/api/v1/incidents/999999/notes", Some(ADMIN_TOKEN), r#"{"text":"x"}"#).0, 404);
+    // The admin API shows the note in the timeline, and the audit log who wrote it.
+    let (_, _, body) = get(c.http, &format!("/api/v1/incidents/{down}"), &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"));
+    assert!(body.contains("public_note"), "{body}");
+    let (_, _, audit) = get(c.http, "/api/v1/audit", &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"));
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let noted: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .iter()
+        .filter(|e| e["action"] == "noted" && e["object"] == "incident")
+        .collect();
+    assert_eq!(noted.len(), 2, "both notes are audited: {audit}");
+
+    // The page shows it at once (the note drops the cached page), as text.
+    let (status, _, html) = get(c.http, "/status", "");
+    assert_eq!(status, 200);
+    let top = &html[..html.find("id=\"checks-heading\"").unwrap()];
+    assert!(top.contains(&format!("id=\"i{down}\"")), "{top}");
+    assert!(top.contains("<strong>Investigating</strong>"), "{top}");
+    assert!(top.contains("<strong>Update</strong>"), "{top}");
+    assert!(top.contains(NOTE_ESCAPED), "{top}");
+    assert!(!html.contains("<b>Fixed") && !html.contains("alert(2)</script>"), "{html}");
+    assert_no_secrets("/status with notes", &html);
+
+    // This month's history: the open outage with its note; the one of 40
+    // days ago in its own month, resolved; months are paged.
+    let (status, _, this_month) = get(c.http, &format!("/status/history/{month}"), "");
+    assert_eq!(status, 200);
+    assert!(this_month.contains("Broken Mail: Outage"), "{this_month}");
+    assert!(this_month.contains(NOTE_ESCAPED), "{this_month}");
+    assert!(!this_month.contains("rel=\"next\""), "no later month than the current one");
+    assert_no_secrets("this month's history", &this_month);
+    let old = mailloop_coordinator::clock::now_ms() - 40 * DAY;
+    let old_month = chrono_month(old);
+    let (status, _, then) = get(c.http, &format!("/status/history/{old_month}"), "");
+    assert_eq!(status, 200);
+    assert!(then.contains("Slow Mail: Outage"), "{then}");
+    assert!(then.contains("<strong>Resolved</strong>"), "{then}");
+    assert!(then.contains("rel=\"next\""), "{then}");
+    assert!(!then.contains("Broken Mail"), "{then}");
+    assert_no_secrets("an old month's history", &then);
+    // Slow Mail's bar links that day to it.
+    let at = html.find(">Slow Mail</h3>").unwrap();
+    let days = bar_days(&html[at..]);
+    let linked = days[..90].iter().filter(|d| d.contains(&format!("status/history/{old_month}#i"))).count();
+    assert_eq!(linked, 1, "the outage's day links its incident");
+    let (status, head, _) = get(c.http, "/status/history", "");
+    assert_eq!(status, 303);
+    assert!(head.contains(&format!("location: /status/history/{month}")), "{head}");
+    for bad in ["/status/history/2999-01", "/status/history/junk", "/status/history/1999-12", "/status/history/2026-1"] {
+        assert_eq!(get(c.http, bad, "").0, 404, "{bad}");
+    }
+
+    // The Atom feed: both incidents, newest update first, text only.
+    let (status, head, atom) = get(c.http, "/status.atom", "");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/atom+xml"), "{head}");
+    assert!(atom.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">"), "{atom}");
+    assert_eq!(atom.matches("<entry>").count(), 2, "{atom}");
+    assert_eq!(atom.matches("</entry>").count(), 2, "{atom}");
+    let first = &atom[atom.find("<entry>").unwrap()..];
+    assert!(first.contains("Broken Mail: Outage (investigating)"), "{atom}");
+    assert!(atom.contains("Slow Mail: Outage (resolved)"), "{atom}");
+    assert!(atom.contains(&format!("<id>urn:mailloop:incident:{down}</id>")), "{atom}");
+    assert!(atom.contains(NOTE_ESCAPED), "{atom}");
+    assert!(!atom.contains("<b>") && !atom.contains("<script"), "{atom}");
+    assert_no_secrets("/status.atom", &atom);
+    assert!(!atom.contains("being fixed") && !html.contains("being fixed"), "a private check's note stays private");
+
+    // The JSON's incident carries the note as an update, newest first.
+    let (_, _, body) = get(c.http, "/status.json", "");
+    let j: Value = serde_json::from_str(&body).unwrap();
+    let updates = &j["incidents"][0]["incident_updates"];
+    assert_eq!(updates[0]["body"], NOTE.trim(), "{updates}");
+    assert_eq!(updates.as_array().unwrap().last().unwrap()["status"], "investigating");
+    assert_no_secrets("/status.json with notes", &body);
 }

@@ -13,8 +13,8 @@
 //! their ETags) and served from memory: rebuilt when the checks change, or
 //! once the fastest public check's round has passed (at most once a
 //! minute), however many visitors arrive. Storage reads: one
-//! `status_snapshot`, two `verdict_counts` and one `incidents_in_span`
-//! per build.
+//! `status_snapshot`, two `verdict_counts`, one `incidents_in_span`, and
+//! one `incident` per open incident and per feed entry (at most 50).
 
 pub mod feed;
 pub mod json;
@@ -308,10 +308,21 @@ impl StatusPage {
             .iter()
             .map(|(id, name, _)| (id.as_str(), name.as_str()))
             .collect();
-        let mut incidents: Vec<IncidentView> = active
-            .iter()
-            .filter_map(|i| IncidentView::of(i, names.get(i.check_id.as_str())?))
-            .collect();
+        // The open ones with their timelines (the snapshot has none; there
+        // are few open incidents at any time).
+        let mut incidents: Vec<IncidentView> = Vec::new();
+        for i in &active {
+            let Some(name) = names.get(i.check_id.as_str()) else {
+                continue;
+            };
+            if !view::is_public_kind(i.kind) {
+                continue;
+            }
+            let full = self.storage.incident(i.id).await?;
+            if let Some(v) = IncidentView::of(full.as_ref().unwrap_or(i), name) {
+                incidents.push(v);
+            }
+        }
         incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
         let mut feed_entries = Vec::new();
         for id in feed_ids {
