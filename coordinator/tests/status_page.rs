@@ -681,6 +681,42 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
         "prefers-color-scheme: dark applies"
     );
     assert!(shots.join("status-light.png").exists() && shots.join("status-dark.png").exists());
+
+    // Keyboard: the days with an incident are tab stops, in page order
+    // (Broken Mail's today, Slow Mail's of 40 days ago), before the
+    // footer's links; a focused day shows its text.
+    let focus = seen["schemes"]["light"]["focus"].as_array().unwrap();
+    let days: Vec<&Value> = focus
+        .iter()
+        .filter(|f| f["href"].as_str().is_some_and(|h| h.contains("/history/") && h.contains("#i")))
+        .collect();
+    assert_eq!(days.len(), 2, "{focus:#?}");
+    assert!(days[0]["text"].as_str().unwrap().contains("outage, 1 incident"), "{focus:#?}");
+    assert!(days.iter().all(|d| d["shown"] == true), "a focused day shows its text: {focus:#?}");
+    let position = |pred: &dyn Fn(&Value) -> bool| focus.iter().position(|f| pred(f)).unwrap_or(usize::MAX);
+    assert!(
+        position(&|f| f["text"] == "Incident history") > position(&|f| f["href"] == days[1]["href"]),
+        "the bars come before the footer: {focus:#?}"
+    );
+
+    // The history page of this month passes axe too.
+    let month = chrono_month(mailloop_coordinator::clock::now_ms());
+    let url = format!("http://{}/status/history/{month}", c.status);
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .args([url.as_str(), shots.to_str().unwrap(), "history"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for scheme in ["light", "dark"] {
+        let s = &seen["schemes"][scheme];
+        assert_eq!(s["status"], 200);
+        assert_eq!(s["violations"], json!([]), "axe on the history page ({scheme}): {:#}", s["violations"]);
+        assert_eq!(s["scripts"], 0);
+        assert_eq!(s["incidents"], json!(["Broken Mail: Outage"]), "{scheme}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

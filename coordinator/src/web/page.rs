@@ -47,7 +47,7 @@ const BASE_CSS: &str = "\
 *{box-sizing:border-box}\
 body{margin:0;background:var(--bg);color:var(--fg);font:16px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif}\
 header,main,footer{max-width:52rem;margin:0 auto;padding:1rem}\
-h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.2rem;margin:1.5rem 0 .5rem}h3{font-size:1.05rem;margin:0}\
+h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.2rem;margin:1.5rem 0 .5rem}h3,.incident h2{font-size:1.05rem;margin:0}\
 .overall{border-left:.4rem solid var(--nodata);background:var(--card);padding:.75rem 1rem;font-weight:600;margin:0}\
 .overall.none{border-color:var(--up)}.overall.minor{border-color:var(--degraded)}\
 .overall.major{border-color:var(--regional)}.overall.critical{border-color:var(--down)}\
@@ -109,11 +109,16 @@ fn footer(path: &str, now_ms: i64) -> Markup {
 
 /// One incident in public words: headline, what and since when, and its
 /// public timeline (operators' notes are untrusted text: escaped).
-fn incident(i: &IncidentView) -> Markup {
+/// `top`: under the page's h2 (h3); else a history page's (h2).
+fn incident(i: &IncidentView, top: bool) -> Markup {
     let class = if i.resolved_ms.is_some() { "incident resolved" } else { "incident" };
     html! {
         li class=(class) id={ "i" (i.id) } {
-            h3 { (i.display_name) ": " (i.headline) }
+            @if top {
+                h3 { (i.display_name) ": " (i.headline) }
+            } @else {
+                h2 { (i.display_name) ": " (i.headline) }
+            }
             p class="muted" {
                 @match i.status {
                     "identified" => "Identified",
@@ -155,7 +160,7 @@ pub fn page(d: &PageData, css: &str) -> Markup {
                         } @else {
                             ul class="incidents" {
                                 @for i in &d.incidents {
-                                    (incident(i))
+                                    (incident(i, true))
                                 }
                             }
                         }
@@ -211,7 +216,7 @@ pub fn history(d: &HistoryData, css: &str) -> Markup {
                     } @else {
                         ul class="incidents" {
                             @for i in &d.incidents {
-                                (incident(i))
+                                (incident(i, false))
                             }
                         }
                     }
