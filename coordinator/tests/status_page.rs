@@ -693,7 +693,7 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
     assert_eq!(days.len(), 2, "{focus:#?}");
     assert!(days[0]["text"].as_str().unwrap().contains("outage, 1 incident"), "{focus:#?}");
     assert!(days.iter().all(|d| d["shown"] == true), "a focused day shows its text: {focus:#?}");
-    let position = |pred: &dyn Fn(&Value) -> bool| focus.iter().position(|f| pred(f)).unwrap_or(usize::MAX);
+    let position = |pred: &dyn Fn(&Value) -> bool| focus.iter().position(pred).unwrap_or(usize::MAX);
     assert!(
         position(&|f| f["text"] == "Incident history") > position(&|f| f["href"] == days[1]["href"]),
         "the bars come before the footer: {focus:#?}"

@@ -64,7 +64,10 @@ pub fn atom(title: &str, path: &str, now_ms: i64, incidents: &[IncidentView]) ->
             fmt_month(i.opened_ms),
             i.id
         ));
-        xml.push_str(&format!("<published>{}</published>\n", rfc3339(i.opened_ms)));
+        xml.push_str(&format!(
+            "<published>{}</published>\n",
+            rfc3339(i.opened_ms)
+        ));
         xml.push_str(&format!("<updated>{}</updated>\n", rfc3339(i.updated_ms)));
         xml.push_str(&format!(
             "<content type=\"text\">{}</content>\n",
