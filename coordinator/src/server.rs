@@ -226,6 +226,7 @@ impl Coordinator {
             storage.clone(),
             role.clone(),
             server.retention,
+            server.verdict_retention,
             server.aggregate_retention,
             shutdown.clone(),
         ));
@@ -252,13 +253,10 @@ impl Coordinator {
             }
             None => Some(metrics_app),
         };
-        let status_app = status_settings.enabled.then(|| {
-            crate::web::router(crate::web::StatusPage::new(
-                hub.clone(),
-                storage.clone(),
-                status_settings.clone(),
-            ))
+        let status_page = status_settings.enabled.then(|| {
+            crate::web::StatusPage::new(hub.clone(), storage.clone(), status_settings.clone())
         });
+        let status_app = status_page.clone().map(crate::web::router);
         let status_app = match (listeners.status, status_app) {
             (Some(l), Some(app)) => {
                 tokio::spawn(serve_public(
@@ -293,6 +291,7 @@ impl Coordinator {
             role: role.clone(),
             judge: judge.clone(),
             traces: traces.clone(),
+            status_page,
         };
         let mut http = tokio::spawn(serve_http(
             listeners.http,
@@ -917,12 +916,13 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
 }
 
 /// Hourly (and once at start) until shutdown, on the leader only:
-/// reports and the verdicts judged from them older than `retention`,
+/// reports older than `retention`, verdicts older than `verdict_retention`,
 /// hourly aggregates and audit entries older than `aggregate_retention`.
 async fn prune_loop(
     storage: Arc<Storage>,
     role: tokio::sync::watch::Receiver<ReplicaRole>,
     retention: Duration,
+    verdict_retention: Duration,
     aggregate_retention: Duration,
     mut shutdown: Shutdown,
 ) {
@@ -937,11 +937,16 @@ async fn prune_loop(
             continue;
         }
         let cutoff = now_ms() - retention.as_millis() as i64;
+        let verdict_cutoff = now_ms() - verdict_retention.as_millis() as i64;
         let aggregate_cutoff = now_ms() - aggregate_retention.as_millis() as i64;
         let pruned = [
             ("reports", storage.prune(cutoff).await, retention),
-            // Verdicts follow the reports they were judged from.
-            ("verdicts", storage.prune_verdicts(cutoff).await, retention),
+            // The status page counts its 90 days of uptime from verdicts.
+            (
+                "verdicts",
+                storage.prune_verdicts(verdict_cutoff).await,
+                verdict_retention,
+            ),
             (
                 "hourly aggregates",
                 storage.prune_aggregates(aggregate_cutoff).await,
@@ -1013,6 +1018,7 @@ async fn reload_loop(
             || old.max_message_bytes != fresh.max_message_bytes
             || old.retention != fresh.retention
             || old.aggregate_retention != fresh.aggregate_retention
+            || old.verdict_retention != fresh.verdict_retention
             || old.heartbeat != fresh.heartbeat
             || old.http_limits != fresh.http_limits
             || current.storage != new.storage

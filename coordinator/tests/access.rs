@@ -212,6 +212,7 @@ async fn every_route_answers_each_role_as_its_policy_says_and_leaks_nothing() {
         case(M::GET, "/api/v1/incidents", "read", "/api/v1/incidents", 200),
         case(M::GET, "/api/v1/incidents/{id}", "read", &format!("/api/v1/incidents/{incident}"), 200),
         case(M::POST, "/api/v1/incidents/{id}/ack", "admin", &format!("/api/v1/incidents/{incident}/ack"), 200).with(json!({"by": "alice"})),
+        case(M::POST, "/api/v1/incidents/{id}/notes", "admin", &format!("/api/v1/incidents/{incident}/notes"), 201).with(json!({"text": "We are on it."})),
         case(M::GET, "/api/v1/status", "read", "/api/v1/status", 200),
         case(M::GET, "/api/v1/alerts", "read", "/api/v1/alerts", 200),
     ];

@@ -377,3 +377,31 @@ fn aggregate_retention_is_validated_with_retention() {
     );
     assert!(issues(json!({"retention": "90d", "aggregate_retention": "90d"})).is_empty());
 }
+
+/// Verdicts feed the status page's 90-day uptime: kept 90 days unless the
+/// reports are kept longer (then as long as them), never shorter.
+#[test]
+fn verdicts_are_kept_ninety_days_or_as_long_as_reports() {
+    let config = |server: Value| {
+        let mut server = server;
+        server["data_dir"] = json!("/tmp/mailloop-test-nonexistent");
+        server["admin_token_env"] = json!("ADMIN");
+        CoordinatorConfig::from_value(&json!({"server": server}), &|name| {
+            (name == "ADMIN").then(|| "admin-token-0123456789".into())
+        })
+    };
+    let kept = |server: Value| config(server).unwrap().server.verdict_retention;
+    let days = |n: u64| Duration::from_secs(n * 86_400);
+    assert_eq!(kept(json!({})), days(90));
+    assert_eq!(kept(json!({"retention": "7d"})), days(90));
+    assert_eq!(kept(json!({"retention": "120d"})), days(120));
+    assert_eq!(kept(json!({"verdict_retention": "1y"})), humantime::parse_duration("1y").unwrap());
+    let issues: Vec<String> = config(json!({"retention": "60d", "verdict_retention": "30d", "colour": 1}))
+        .err()
+        .unwrap()
+        .into_iter()
+        .map(|i| format!("{}: {}", i.path, i.message))
+        .collect();
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert!(issues.iter().any(|i| i.starts_with("server.verdict_retention: ") && i.contains("shorter than retention")), "{issues:?}");
+}

@@ -212,6 +212,36 @@ async fn seeded() -> Coordinator {
     use RegionState::{Failed, Ok as Good};
     use VerdictKind::*;
     let ok = || vec![evidence("eu-west", Good), evidence("us-east", Good)];
+    // web-degraded: an outage 40 days ago, resolved two hours later (its
+    // rounds come first: the latest round is today's).
+    let old = today - 40 * DAY + 3_600_000;
+    let round = s.round + 1;
+    s.verdict_with(
+        "web-degraded",
+        old,
+        Down,
+        vec![evidence("eu-west", Failed), evidence("us-east", Failed)],
+        vec![incident("web-degraded", IncidentKind::Outage, &["eu-west", "us-east"], old, round)],
+    )
+    .await;
+    s.verdict_with(
+        "web-degraded",
+        old + 7_200_000,
+        Up,
+        ok(),
+        vec![IncidentChange::Resolve {
+            kind: IncidentKind::Outage,
+            key: String::new(),
+            entry: mailloop_coordinator::judge::TimelineEntry {
+                at_ms: old + 7_201_000,
+                round: Some(round + 1),
+                event: "resolved".into(),
+                verdict: Some(Up),
+                note: "JUDGE-SUMMARY-MARKER resolved".into(),
+            },
+        }],
+    )
+    .await;
     // web-up: 3 up, 1 down and 4 unknown ten days ago; 2 transit and 1 up
     // today: 7 d shows 100 % (transit is not downtime), 30 d 83.33 %
     // (5 of 6 known rounds; unknown left out).
@@ -317,14 +347,37 @@ async fn the_public_page_tells_states_in_words_and_leaks_nothing_private() {
         "{html}"
     );
 
-    // 90 day cells per check, with the day's uptime in words.
-    assert_eq!(html.matches("<li class=\"day ").count(), 6 * 90);
+    // 90 days per check, with the day's uptime in words.
+    assert_eq!(bar_days(&html).len(), 6 * 90);
     assert!(html.contains(": no data</span>"));
+}
+
+/// Every day cell of the page's uptime bars, oldest first per check: a
+/// run of alike days (`<li class="d u s12">`) counts for its days, each
+/// as the run's whole `<li>`.
+fn bar_days(html: &str) -> Vec<String> {
+    let mut days = Vec::new();
+    for bar in html.split("<ol class=\"bar\"").skip(1) {
+        let bar = &bar[..bar.find("</ol>").unwrap()];
+        for li in bar.split("<li ").skip(1) {
+            let class = &li[li.find("class=\"").unwrap() + 7..];
+            let class = &class[..class.find('"').unwrap()];
+            let n = class
+                .split(' ')
+                .find_map(|c| c.strip_prefix('s')?.parse::<usize>().ok())
+                .unwrap_or(1);
+            for _ in 0..n {
+                days.push(li.to_string());
+            }
+        }
+    }
+    days
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
     let c = seeded().await;
+    let now = mailloop_coordinator::clock::now_ms();
     let (_, _, html) = get(c.http, "/status", "");
     let uptimes = |display: &str| -> Vec<String> {
         let at = html.find(&format!(">{display}</h3>")).unwrap();
@@ -352,32 +405,42 @@ async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
     );
     // Today's cell for Webmail: regional delays (its worst), 100 % uptime.
     let at = html.find(">Webmail</h3>").unwrap();
-    let cells = &html[at..];
-    let last_cell = cells[..cells.find("</ol>").unwrap()]
-        .rsplit("<li ")
-        .next()
-        .unwrap();
+    let days = bar_days(&html[at..]);
+    let days = &days[..90];
+    let today = &days[89];
+    assert!(today.starts_with("class=\"r\""), "{today}");
     assert!(
-        last_cell.starts_with("class=\"day regional\""),
-        "{last_cell}"
-    );
-    assert!(
-        last_cell.contains("100.00 % uptime, regional delivery delays"),
-        "{last_cell}"
+        today.contains("100 %, regional delivery delays"),
+        "{today}"
     );
     // Ten days ago: one down round colours the day, 3 of 4 known rounds up.
-    let ten_days_ago = cells[..cells.find("</ol>").unwrap()]
-        .rsplit("<li ")
-        .nth(10)
-        .unwrap();
+    let ten_days_ago = &days[79];
+    assert!(ten_days_ago.starts_with("class=\"x\""), "{ten_days_ago}");
     assert!(
-        ten_days_ago.starts_with("class=\"day down\""),
+        ten_days_ago.contains("75.00 %, outage"),
         "{ten_days_ago}"
     );
+    // The nine days between have no data: one run, its text said once.
+    assert!(days[80].starts_with("class=\"n s9\""), "{}", days[80]);
+    let (first, last) = (DAY * (now / DAY - 9), DAY * (now / DAY - 1));
+    let span = mailloop_coordinator::web::view::fmt_day_span(first, last);
+    assert!(days[80].contains(&format!("{span}: no data")), "{}", days[80]);
+    assert!(days[0].starts_with("class=\"n s79\""), "{}", days[0]);
+
+    // Broken Mail's day links its incident (in the month's history).
+    let at = html.find(">Broken Mail</h3>").unwrap();
+    let today = &bar_days(&html[at..])[89];
+    let month = chrono_month(mailloop_coordinator::clock::now_ms());
     assert!(
-        ten_days_ago.contains("75.00 % uptime, outage"),
-        "{ten_days_ago}"
+        today.contains(&format!("<a href=\"status/history/{month}#i")),
+        "{today}"
     );
+    assert!(today.contains("0.00 %, outage, 1 incident"), "{today}");
+}
+
+/// `2026-12`.
+fn chrono_month(ms: i64) -> String {
+    mailloop_coordinator::web::view::fmt_month(ms)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -607,7 +670,7 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
         assert_eq!(state("<script>alert(1)</script>"), "Operational");
         for c in checks {
             assert_eq!(c["cells"], 90, "{c}");
-            assert_eq!(c["cell_labels"], 90, "every day cell has its text: {c}");
+            assert_eq!(c["cell_labels"], c["runs"], "every run of days has its text: {c}");
             assert_eq!(c["uptime"].as_array().unwrap().len(), 4, "{c}");
         }
         assert_eq!(s["incidents"], json!(["Broken Mail: Outage"]));
@@ -618,6 +681,42 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
         "prefers-color-scheme: dark applies"
     );
     assert!(shots.join("status-light.png").exists() && shots.join("status-dark.png").exists());
+
+    // Keyboard: the days with an incident are tab stops, in page order
+    // (Broken Mail's today, Slow Mail's of 40 days ago), before the
+    // footer's links; a focused day shows its text.
+    let focus = seen["schemes"]["light"]["focus"].as_array().unwrap();
+    let days: Vec<&Value> = focus
+        .iter()
+        .filter(|f| f["href"].as_str().is_some_and(|h| h.contains("/history/") && h.contains("#i")))
+        .collect();
+    assert_eq!(days.len(), 2, "{focus:#?}");
+    assert!(days[0]["text"].as_str().unwrap().contains("outage, 1 incident"), "{focus:#?}");
+    assert!(days.iter().all(|d| d["shown"] == true), "a focused day shows its text: {focus:#?}");
+    let position = |pred: &dyn Fn(&Value) -> bool| focus.iter().position(pred).unwrap_or(usize::MAX);
+    assert!(
+        position(&|f| f["text"] == "Incident history") > position(&|f| f["href"] == days[1]["href"]),
+        "the bars come before the footer: {focus:#?}"
+    );
+
+    // The history page of this month passes axe too.
+    let month = chrono_month(mailloop_coordinator::clock::now_ms());
+    let url = format!("http://{}/status/history/{month}", c.status);
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .args([url.as_str(), shots.to_str().unwrap(), "history"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for scheme in ["light", "dark"] {
+        let s = &seen["schemes"][scheme];
+        assert_eq!(s["status"], 200);
+        assert_eq!(s["violations"], json!([]), "axe on the history page ({scheme}): {:#}", s["violations"]);
+        assert_eq!(s["scripts"], 0);
+        assert_eq!(s["incidents"], json!(["Broken Mail: Outage"]), "{scheme}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -629,4 +728,262 @@ async fn enabled_false_removes_the_page() {
     for path in ["/status", "/status.json", "/badge/web-up.svg"] {
         assert_eq!(get(c.http, path, "").0, 404, "{path}");
     }
+}
+
+/// The page's weight budget (uncompressed) for a hundred public checks.
+const PAGE_BUDGET_BYTES: usize = 150 * 1024;
+
+/// A hundred public checks with 90 days of verdicts from five regions,
+/// each with three outage days (an incident each) and three degraded
+/// days scattered over the bar: the page stays within its budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_checks_with_ninety_days_fit_the_page_budget() {
+    let mut config = String::new();
+    for n in 0..100 {
+        config.push_str(&public_check(
+            &format!("svc-{n:03}"),
+            &format!("Mail service number {n}"),
+        ));
+    }
+    let mut c = Coordinator::start("", &config);
+    c.kill();
+    let now = mailloop_coordinator::clock::now_ms();
+    let today = now - now.rem_euclid(DAY);
+    let storage = std::sync::Arc::new(Storage::open(&data_dir(&c)).unwrap());
+    let regions = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
+    let mut tasks = Vec::new();
+    for n in 0..100u64 {
+        let storage = storage.clone();
+        tasks.push(tokio::spawn(async move {
+            let check = format!("svc-{n:03}");
+            let good: Vec<RegionEvidence> = regions
+                .iter()
+                .map(|r| evidence(r, RegionState::Ok))
+                .collect();
+            // Rounds far ahead of the clock, disjoint per check.
+            let mut round = 1_000_000_000 + n * 1_000;
+            for day in 0..90i64 {
+                let start = today - (89 - day) * DAY + 3_600_000;
+                let bad = (day + n as i64) % 30 == 7;
+                let slow = (day + n as i64) % 30 == 19;
+                let kind = if bad {
+                    VerdictKind::Down
+                } else if slow {
+                    VerdictKind::Degraded
+                } else {
+                    VerdictKind::Up
+                };
+                round += 1;
+                let changes = if bad {
+                    vec![incident(&check, IncidentKind::Outage, &regions, start, round)]
+                } else {
+                    Vec::new()
+                };
+                let v = Verdict {
+                    check_id: check.clone(),
+                    round,
+                    round_start_ms: start,
+                    decided_at_ms: start + 1000,
+                    verdict: kind,
+                    quorum: 3,
+                    regions: good.clone(),
+                    note: String::new(),
+                };
+                assert!(storage.store_round(v, changes).await.unwrap().stored);
+                if bad {
+                    // Resolved an hour later by an up round.
+                    round += 1;
+                    let v = Verdict {
+                        check_id: check.clone(),
+                        round,
+                        round_start_ms: start + 3_600_000,
+                        decided_at_ms: start + 3_601_000,
+                        verdict: VerdictKind::Up,
+                        quorum: 3,
+                        regions: good.clone(),
+                        note: String::new(),
+                    };
+                    let resolve = IncidentChange::Resolve {
+                        kind: IncidentKind::Outage,
+                        key: String::new(),
+                        entry: mailloop_coordinator::judge::TimelineEntry {
+                            at_ms: start + 3_601_000,
+                            round: Some(round),
+                            event: "resolved".into(),
+                            verdict: Some(VerdictKind::Up),
+                            note: String::new(),
+                        },
+                    };
+                    assert!(storage.store_round(v, vec![resolve]).await.unwrap().stored);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    storage.close().await;
+    c.launch();
+
+    let (status, _, html) = get(c.http, "/status", "");
+    assert_eq!(status, 200);
+    assert_eq!(bar_days(&html).len(), 100 * 90, "every check has its 90 days");
+    // Each check: 3 outage days linking their incident, 3 degraded days.
+    assert_eq!(html.matches(", outage, 1 incident</span>").count(), 300);
+    assert_eq!(html.matches("class=\"g\"").count(), 300);
+    assert!(
+        html.len() <= PAGE_BUDGET_BYTES,
+        "the page weighs {} bytes for 100 checks, over its budget of {PAGE_BUDGET_BYTES}",
+        html.len()
+    );
+    println!("page weight for 100 checks: {} bytes", html.len());
+}
+
+/// The id of the (only) incident of `check`, through the admin API.
+fn incident_id_of(c: &Coordinator, check: &str) -> u64 {
+    let (status, _, body) = get(
+        c.http,
+        &format!("/api/v1/incidents?check={check}"),
+        &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let j: Value = serde_json::from_str(&body).unwrap();
+    j["incidents"][0]["id"].as_u64().unwrap_or_else(|| panic!("{body}"))
+}
+
+fn mailloopctl(c: &Coordinator, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailloopctl"))
+        .args(args)
+        .env("MAILLOOP_URL", format!("http://{}", c.http))
+        .env("MAILLOOP_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One plain HTTP/1.1 POST of a JSON body: (status, body).
+fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: status.test\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+const NOTE: &str = "<b>Fixed</b> soon & \"well\" <script>alert(2)</script>";
+const NOTE_ESCAPED: &str = "&lt;b&gt;Fixed&lt;/b&gt; soon &amp; ";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_notes_history_and_feed_show_incidents_as_text_only() {
+    let c = seeded().await;
+    let down = incident_id_of(&c, "web-down");
+    let hidden = incident_id_of(&c, "hidden-check");
+    let month = chrono_month(mailloop_coordinator::clock::now_ms());
+
+    // A note through mailloopctl; another on the private check's incident.
+    let (code, out, err) = mailloopctl(&c, &["incidents", "note", &down.to_string(), NOTE]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("note added to incident {down}")), "{out}");
+    let (status, body) = post(
+        c.http,
+        &format!("/api/v1/incidents/{hidden}/notes"),
+        Some(ADMIN_TOKEN),
+        &json!({"text": "secret-smtp.internal.test is being fixed"}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The API refuses: no token, an empty note, an unknown incident.
+    let path = format!("/api/v1/incidents/{down}/notes");
+    assert_eq!(post(c.http, &path, None, r#"{"text":"x"}"#).0, 401);
+    let (status, body) = post(c.http, &path, Some(ADMIN_TOKEN), r#"{"text":"  "}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("text"), "{body}");
+    assert_eq!(post(c.http, "/api/v1/incidents/999999/notes", Some(ADMIN_TOKEN), r#"{"text":"x"}"#).0, 404);
+    // The admin API shows the note in the timeline, and the audit log who wrote it.
+    let (_, _, body) = get(c.http, &format!("/api/v1/incidents/{down}"), &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"));
+    assert!(body.contains("public_note"), "{body}");
+    let (_, _, audit) = get(c.http, "/api/v1/audit", &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"));
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let noted: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .iter()
+        .filter(|e| e["action"] == "noted" && e["object"] == "incident")
+        .collect();
+    assert_eq!(noted.len(), 2, "both notes are audited: {audit}");
+
+    // The page shows it at once (the note drops the cached page), as text.
+    let (status, _, html) = get(c.http, "/status", "");
+    assert_eq!(status, 200);
+    let top = &html[..html.find("id=\"checks-heading\"").unwrap()];
+    assert!(top.contains(&format!("id=\"i{down}\"")), "{top}");
+    assert!(top.contains("<strong>Investigating</strong>"), "{top}");
+    assert!(top.contains("<strong>Update</strong>"), "{top}");
+    assert!(top.contains(NOTE_ESCAPED), "{top}");
+    assert!(!html.contains("<b>Fixed") && !html.contains("alert(2)</script>"), "{html}");
+    assert_no_secrets("/status with notes", &html);
+
+    // This month's history: the open outage with its note; the one of 40
+    // days ago in its own month, resolved; months are paged.
+    let (status, _, this_month) = get(c.http, &format!("/status/history/{month}"), "");
+    assert_eq!(status, 200);
+    assert!(this_month.contains("Broken Mail: Outage"), "{this_month}");
+    assert!(this_month.contains(NOTE_ESCAPED), "{this_month}");
+    assert!(!this_month.contains("rel=\"next\""), "no later month than the current one");
+    assert_no_secrets("this month's history", &this_month);
+    let old = mailloop_coordinator::clock::now_ms() - 40 * DAY;
+    let old_month = chrono_month(old);
+    let (status, _, then) = get(c.http, &format!("/status/history/{old_month}"), "");
+    assert_eq!(status, 200);
+    assert!(then.contains("Slow Mail: Outage"), "{then}");
+    assert!(then.contains("<strong>Resolved</strong>"), "{then}");
+    assert!(then.contains("rel=\"next\""), "{then}");
+    assert!(!then.contains("Broken Mail"), "{then}");
+    assert_no_secrets("an old month's history", &then);
+    // Slow Mail's bar links that day to it.
+    let at = html.find(">Slow Mail</h3>").unwrap();
+    let days = bar_days(&html[at..]);
+    let linked = days[..90].iter().filter(|d| d.contains(&format!("status/history/{old_month}#i"))).count();
+    assert_eq!(linked, 1, "the outage's day links its incident");
+    let (status, head, _) = get(c.http, "/status/history", "");
+    assert_eq!(status, 303);
+    assert!(head.contains(&format!("location: /status/history/{month}")), "{head}");
+    for bad in ["/status/history/2999-01", "/status/history/junk", "/status/history/1999-12", "/status/history/2026-1"] {
+        assert_eq!(get(c.http, bad, "").0, 404, "{bad}");
+    }
+
+    // The Atom feed: both incidents, newest update first, text only.
+    let (status, head, atom) = get(c.http, "/status.atom", "");
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/atom+xml"), "{head}");
+    assert!(atom.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">"), "{atom}");
+    assert_eq!(atom.matches("<entry>").count(), 2, "{atom}");
+    assert_eq!(atom.matches("</entry>").count(), 2, "{atom}");
+    let first = &atom[atom.find("<entry>").unwrap()..];
+    assert!(first.contains("Broken Mail: Outage (investigating)"), "{atom}");
+    assert!(atom.contains("Slow Mail: Outage (resolved)"), "{atom}");
+    assert!(atom.contains(&format!("<id>urn:mailloop:incident:{down}</id>")), "{atom}");
+    assert!(atom.contains(NOTE_ESCAPED), "{atom}");
+    assert!(!atom.contains("<b>") && !atom.contains("<script"), "{atom}");
+    assert_no_secrets("/status.atom", &atom);
+    assert!(!atom.contains("being fixed") && !html.contains("being fixed"), "a private check's note stays private");
+
+    // The JSON's incident carries the note as an update, newest first.
+    let (_, _, body) = get(c.http, "/status.json", "");
+    let j: Value = serde_json::from_str(&body).unwrap();
+    let updates = &j["incidents"][0]["incident_updates"];
+    assert_eq!(updates[0]["body"], NOTE.trim(), "{updates}");
+    assert_eq!(updates.as_array().unwrap().last().unwrap()["status"], "investigating");
+    assert_no_secrets("/status.json with notes", &body);
 }

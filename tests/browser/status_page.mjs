@@ -3,13 +3,15 @@
 // scheme, reads what a visitor sees, and prints one JSON object on stdout
 // for coordinator/tests/status_page.rs to assert on.
 //
-//   node tests/browser/status_page.mjs URL SCREENSHOT_DIR
+//   node tests/browser/status_page.mjs URL SCREENSHOT_DIR [NAME]
+//
+// NAME (default `status`) prefixes the screenshots: NAME-light.png, NAME-dark.png.
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-const [url, shots] = process.argv.slice(2);
+const [url, shots, name = "status"] = process.argv.slice(2);
 const require = createRequire(import.meta.url);
 const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 
@@ -51,14 +53,38 @@ try {
       checks: [...document.querySelectorAll("article.check")].map((a) => ({
         name: a.querySelector("h3")?.innerText ?? null,
         state: a.querySelector(".state")?.innerText ?? null,
-        cells: a.querySelectorAll("ol.bar > li").length,
+        // Days drawn: a run of alike days spans its columns (class sN).
+        cells: [...a.querySelectorAll("ol.bar > li")]
+          .map((li) => Number((li.className.match(/\bs(\d+)\b/) ?? [0, 1])[1]))
+          .reduce((x, y) => x + y, 0),
+        runs: a.querySelectorAll("ol.bar > li").length,
         cell_labels: [...a.querySelectorAll("ol.bar > li")].filter((li) => li.innerText.trim() !== "").length,
         uptime: [...a.querySelectorAll(".uptime dd")].map((d) => d.innerText),
       })),
-      incidents: [...document.querySelectorAll(".incident h3")].map((h) => h.innerText),
+      incidents: [...document.querySelectorAll(".incident h3, .incident h2")].map((h) => h.innerText),
       background: getComputedStyle(document.body).backgroundColor,
     }));
-    await page.screenshot({ path: join(shots, `status-${colorScheme}.png`), fullPage: true });
+    // Keyboard: what Tab reaches, in order, and whether a day's text shows
+    // while its link has the focus.
+    const focus = [];
+    for (let n = 0; n < 40; n++) {
+      await page.keyboard.press("Tab");
+      const f = await page.evaluate(() => {
+        const a = document.activeElement;
+        if (!a || a === document.body) return null;
+        const span = a.querySelector("span");
+        return {
+          tag: a.tagName.toLowerCase(),
+          href: a.getAttribute("href"),
+          text: a.textContent,
+          shown: span ? getComputedStyle(span).width !== "1px" : null,
+        };
+      });
+      if (!f) break;
+      focus.push(f);
+    }
+    await page.keyboard.press("Escape");
+    await page.screenshot({ path: join(shots, `${name}-${colorScheme}.png`), fullPage: true });
     out.schemes[colorScheme] = {
       status: response.status(),
       violations: result.violations.map((v) => ({
@@ -69,6 +95,7 @@ try {
       })),
       scripts,
       requests,
+      focus,
       ...seen,
     };
     await context.close();

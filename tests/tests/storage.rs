@@ -8,7 +8,7 @@ use mailloop_coordinator::judge::{
     Incident, IncidentChange, IncidentKind, IncidentState, Severity, Verdict, VerdictKind,
 };
 use mailloop_coordinator::storage::{
-    AggregateQuery, AuditEntry, AuditQuery, IncidentQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
+    AggregateQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
     StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, JoinToken, JoinUse,
 };
 use mailloop_tests::postgres::Postgres;
@@ -61,6 +61,7 @@ both! {
     verdicts_are_counted_per_check_bucket_and_kind,
     a_public_check_keeps_its_display_name,
     a_join_token_is_granted_once_and_never_after_it_expires,
+    incidents_are_found_by_the_span_they_were_active_in_and_take_public_notes,
 }
 
 fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
@@ -597,4 +598,49 @@ fn the_migrate_command_prepares_a_postgres_database() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("storage.pool_size") && stderr.contains("storage.colour"), "{stderr}");
+}
+
+/// An incident opened at round 10 (10 s) and resolved at 20 s, and one
+/// opened at 30 s still open: which spans find which, and a public note.
+async fn incidents_are_found_by_the_span_they_were_active_in_and_take_public_notes(db: &Db) {
+    use mailloop_coordinator::judge::TimelineEntry;
+    let s = db.open().await;
+    s.store_round(verdict(10, VerdictKind::Down), vec![outage(10)]).await.unwrap();
+    let resolve = IncidentChange::Resolve {
+        kind: IncidentKind::Outage,
+        key: String::new(),
+        entry: TimelineEntry { at_ms: 20_000, round: Some(20), event: "resolved".into(), verdict: Some(VerdictKind::Up), note: String::new() },
+    };
+    s.store_round(verdict(20, VerdictKind::Up), vec![resolve]).await.unwrap();
+    s.store_round(verdict(30, VerdictKind::Down), vec![outage(30)]).await.unwrap();
+    let span = |since_ms: i64, until_ms: i64, check: &str| {
+        let s = &s;
+        let check = check.to_string();
+        async move {
+            s.incidents_in_span(IncidentSpanQuery { check_ids: vec![check], since_ms, until_ms, timelines: false })
+                .await
+                .unwrap()
+                .iter()
+                .map(|i| i.opened_at_ms)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(span(0, 100_000, "corp").await, [10_000, 30_000], "oldest first");
+    assert_eq!(span(0, 10_000, "corp").await, Vec::<i64>::new(), "opened at the span's end: not in it");
+    assert_eq!(span(15_000, 16_000, "corp").await, [10_000], "active through the span");
+    assert_eq!(span(20_001, 25_000, "corp").await, Vec::<i64>::new(), "resolved before the span");
+    assert_eq!(span(500_000, 600_000, "corp").await, [30_000], "still open");
+    assert_eq!(span(0, 100_000, "other").await, Vec::<i64>::new());
+
+    let open = s.incidents_in_span(IncidentSpanQuery { check_ids: vec!["corp".into()], since_ms: 30_000, until_ms: 40_000, timelines: true })
+        .await
+        .unwrap();
+    let id = open[0].id;
+    assert!(!open[0].timeline.is_empty(), "timelines read when asked");
+    let noted = s.add_incident_note(id, "We <b>know</b>.".into(), 31_000).await.unwrap().unwrap();
+    let last = noted.timeline.last().unwrap();
+    assert_eq!((last.event.as_str(), last.note.as_str(), last.at_ms), ("public_note", "We <b>know</b>.", 31_000));
+    assert_eq!(s.incident(id).await.unwrap().unwrap().timeline.len(), noted.timeline.len(), "stored");
+    assert!(s.add_incident_note(id + 1000, "nobody".into(), 1).await.unwrap().is_none());
+    s.close().await;
 }

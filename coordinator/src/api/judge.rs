@@ -33,11 +33,13 @@ fn ok(body: Value) -> ApiResult {
 #[rustfmt::skip]
 pub fn routes() -> ApiRouter<ApiState> {
     let ack = audited("incident", Action::FromChange, IdFrom::Path("id"));
+    let note = audited("incident", Action::Fixed("noted"), IdFrom::Path("id"));
     ApiRouter::new()
         .route(Method::GET, "/api/v1/verdicts", Access::Read, verdicts)
         .route(Method::GET, "/api/v1/incidents", Access::Read, incidents)
         .route(Method::GET, "/api/v1/incidents/{id}", Access::Read, incident)
         .route(Method::POST, "/api/v1/incidents/{id}/ack", ack, acknowledge)
+        .route(Method::POST, "/api/v1/incidents/{id}/notes", note, add_note)
         .route(Method::GET, "/api/v1/checks/{id}/baselines", Access::Read, baselines)
         .route(Method::GET, "/api/v1/status", Access::Read, status)
         .route(Method::GET, "/api/v1/alerts", Access::Read, alerts)
@@ -204,6 +206,48 @@ async fn acknowledge(
             i.resolved_at_ms.map(rfc3339).unwrap_or_default()
         ))),
         AckOutcome::NotFound => Err(ApiError::NotFound(format!("no incident {id}"))),
+    }
+}
+
+/// Longest public note, in characters.
+pub const MAX_NOTE_CHARS: usize = 2000;
+
+/// `POST /api/v1/incidents/{id}/notes`, body `{"text": "..."}`: a note for
+/// the public (shown on the status page under the incident, as text).
+/// 201 with the incident, 404 unknown, 400 empty or too long.
+async fn add_note(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    admin(&state, &headers)?;
+    let id = incident_id(&id)?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let text = match v.get("text") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= MAX_NOTE_CHARS => {
+            s.trim().to_string()
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "text: expected the note (1 to {MAX_NOTE_CHARS} characters), found {}",
+                other.map(Value::to_string).unwrap_or_else(|| "nothing".into())
+            )));
+        }
+    };
+    match state
+        .storage
+        .add_incident_note(id, text, crate::clock::now_ms())
+        .await?
+    {
+        Some(i) => {
+            if let Some(page) = &state.status_page {
+                page.invalidate();
+            }
+            Ok((StatusCode::CREATED, axum::Json(incident_json(&i))).into_response())
+        }
+        None => Err(ApiError::NotFound(format!("no incident {id}"))),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub judge: Arc<crate::judge::run::Judge>,
     /// The coordinator's traces: an on-demand run's `run.order` span.
     pub traces: crate::telemetry::Traces,
+    /// The public status page, told to rebuild when a public note is added.
+    pub status_page: Option<Arc<crate::web::StatusPage>>,
 }
 
 /// How a write to a check, agent or incident is recorded in the audit log.

@@ -1396,6 +1396,9 @@ enum IncidentsCmd {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Add a note for the public to an incident: shown under it on the
+    /// status page (as text) and in its feed; needs the admin token.
+    Note { id: u64, text: String },
 }
 
 /// `2026-11-28T01:57:20.123Z` → `2026-11-28 01:57:20Z` (a table cell).
@@ -1488,6 +1491,20 @@ async fn incidents(ctl: &Ctl, cmd: IncidentsCmd, out: Output) -> Result<(), Fail
             } else {
                 out!("incident {id} acknowledged");
             }
+        }
+        IncidentsCmd::Note { id, text } => {
+            let i = ctl
+                .call(
+                    "POST",
+                    &format!("/api/v1/incidents/{id}/notes"),
+                    Some(&json!({"text": text})),
+                )
+                .await?;
+            if out == Output::Json {
+                print_json(&i);
+                return Ok(());
+            }
+            out!("note added to incident {id}");
         }
     }
     Ok(())

@@ -40,6 +40,9 @@ pub const MIN_TEST_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default report retention.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Shortest default retention of verdicts: the public status page's
+/// 90-day uptime bar and figures are counted from them.
+pub const DEFAULT_VERDICT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// Default retention of the hourly aggregates: a year and a month, so a
 /// year-over-year graph always has its first month.
 pub const DEFAULT_AGGREGATE_RETENTION: Duration = Duration::from_secs(400 * 86_400);
@@ -111,6 +114,9 @@ pub struct ServerConfig {
     pub retention: Duration,
     /// How long the hourly aggregates are kept (at least `retention`).
     pub aggregate_retention: Duration,
+    /// How long verdicts are kept (at least `retention`; by default 90
+    /// days or `retention` if longer: the status page's 90-day history).
+    pub verdict_retention: Duration,
     /// Accept inline `password` in checks (they are then stored and sent).
     pub allow_inline_passwords: bool,
     /// Allow check intervals down to 1 s (tests, demos).
@@ -784,6 +790,32 @@ fn server(
         DEFAULT_AGGREGATE_RETENTION,
         Duration::from_secs(3600),
     );
+    let verdict_retention_given = t.get("verdict_retention").is_some();
+    let verdict_retention = t
+        .duration_at_least(
+            v,
+            "verdict_retention",
+            DEFAULT_VERDICT_RETENTION,
+            Duration::from_secs(3600),
+        )
+        .map(|d| match retention {
+            Some(r) if !verdict_retention_given => d.max(r),
+            _ => d,
+        });
+    // A verdict is one small row per round; it outlives the reports it was
+    // judged from, never the other way round.
+    if let (Some(r), Some(d)) = (retention, verdict_retention)
+        && d < r
+    {
+        v.issue(
+            "server.verdict_retention",
+            format!(
+                "{} is shorter than retention ({}): verdicts must outlive the reports they were judged from",
+                humantime::format_duration(d),
+                humantime::format_duration(r)
+            ),
+        );
+    }
     // Aggregates summarise reports: keeping them for less time than the
     // reports themselves would make the longer-lived record the shorter one.
     if let (Some(r), Some(a)) = (retention, aggregate_retention)
@@ -873,6 +905,7 @@ fn server(
         allow_plaintext: allow_plaintext?,
         retention: retention?,
         aggregate_retention: aggregate_retention?,
+        verdict_retention: verdict_retention?,
         allow_inline_passwords: allow_inline_passwords?,
         test_mode: test_mode?,
         heartbeat: heartbeat?,

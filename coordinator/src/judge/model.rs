@@ -346,11 +346,15 @@ pub struct TimelineEntry {
     pub at_ms: i64,
     pub round: Option<u64>,
     /// `opened`, `round` (a round that kept it open or counted toward
-    /// resolving it), `acknowledged`, `resolved`.
+    /// resolving it), `acknowledged`, `resolved`, or [`PUBLIC_NOTE`].
     pub event: String,
     pub verdict: Option<VerdictKind>,
     pub note: String,
 }
+
+/// The timeline event of an operator's note for the public (the only
+/// entry whose `note` the public status page shows).
+pub const PUBLIC_NOTE: &str = "public_note";
 
 /// An incident. Only one is open (or acknowledged) per check, kind and key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

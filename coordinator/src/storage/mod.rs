@@ -194,6 +194,13 @@ storage_api! {
     fn resolve_incidents_of(&self, check_id: String, at_ms: i64, note: String) -> Vec<Incident>;
     /// The checks that have open or acknowledged incidents.
     fn checks_with_active_incidents(&self) -> Vec<String>;
+    /// Incidents of `q.check_ids` active at some time in the span, oldest
+    /// opened first (ties by id).
+    fn incidents_in_span(&self, q: IncidentSpanQuery) -> Vec<Incident>;
+    /// Appends an operator's public note to an incident's timeline (event
+    /// `public_note`, shown on the status page; who wrote it goes to the
+    /// audit log); None: no such incident.
+    fn add_incident_note(&self, id: u64, note: String, at_ms: i64) -> Option<Incident>;
     /// Acknowledges an open incident (idempotent; a resolved one is refused).
     fn acknowledge(&self, id: u64, by: Option<String>, at_ms: i64) -> AckOutcome;
 

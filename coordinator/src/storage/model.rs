@@ -201,6 +201,19 @@ pub struct IncidentQuery {
     pub limit: u32,
 }
 
+/// Incidents of some checks that were active at some time in a span:
+/// what the public page's day bar links to and its history pages list.
+#[derive(Debug, Clone)]
+pub struct IncidentSpanQuery {
+    pub check_ids: Vec<String>,
+    /// Opened before this (epoch ms, exclusive)...
+    pub until_ms: i64,
+    /// ...and not resolved before this (unresolved ones always count).
+    pub since_ms: i64,
+    /// Also read each one's timeline (one more statement per incident).
+    pub timelines: bool,
+}
+
 /// What storing one round did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundStored {

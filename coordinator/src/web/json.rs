@@ -2,7 +2,7 @@
 //! (`/api/v2/summary.json`: `page`, `status`, `components`, `incidents`,
 //! `scheduled_maintenances`), which status aggregators already parse.
 
-use super::view::{PageData, rfc3339};
+use super::view::{PageData, fmt_month, rfc3339};
 use serde_json::{Value, json};
 
 pub fn summary(d: &PageData) -> Value {
@@ -50,18 +50,24 @@ pub fn summary(d: &PageData) -> Value {
                 "updated_at": rfc3339(i.updated_ms),
                 "started_at": rfc3339(i.opened_ms),
                 "monitoring_at": null,
-                "resolved_at": null,
-                "shortlink": format!("{}#incident-{}", d.path, i.id),
+                "resolved_at": i.resolved_ms.map(rfc3339),
+                "shortlink": format!("{}/history/{}#i{}", d.path, fmt_month(i.opened_ms), i.id),
                 "page_id": "mailloop",
-                "incident_updates": [{
-                    "id": format!("{}-1", i.id),
+                // Newest first, as Statuspage lists them.
+                "incident_updates": i.timeline.iter().enumerate().rev().map(|(n, e)| json!({
+                    "id": format!("{}-{}", i.id, n + 1),
                     "incident_id": i.id.to_string(),
-                    "status": i.status,
-                    "body": i.body,
-                    "created_at": rfc3339(i.opened_ms),
-                    "updated_at": rfc3339(i.updated_ms),
-                    "display_at": rfc3339(i.opened_ms),
-                }],
+                    "status": match e.label {
+                        "Investigating" => "investigating",
+                        "Identified" => "identified",
+                        "Resolved" => "resolved",
+                        _ => i.status,
+                    },
+                    "body": e.text,
+                    "created_at": rfc3339(e.at_ms),
+                    "updated_at": rfc3339(e.at_ms),
+                    "display_at": rfc3339(e.at_ms),
+                })).collect::<Vec<_>>(),
                 "components": [{"id": i.check_id, "name": i.display_name, "status": component_status}],
             })
         })

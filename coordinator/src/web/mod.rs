@@ -13,8 +13,10 @@
 //! their ETags) and served from memory: rebuilt when the checks change, or
 //! once the fastest public check's round has passed (at most once a
 //! minute), however many visitors arrive. Storage reads: one
-//! `status_snapshot` and two `verdict_counts` per build.
+//! `status_snapshot`, two `verdict_counts`, one `incidents_in_span`, and
+//! one `incident` per open incident and per feed entry (at most 50).
 
+pub mod feed;
 pub mod json;
 pub mod model;
 pub mod page;
@@ -22,17 +24,23 @@ pub mod view;
 
 use crate::cluster::hub::Hub;
 use crate::config::status::StatusPageSettings;
-use crate::storage::{Storage, StorageError, VerdictCountQuery};
+use crate::storage::{IncidentSpanQuery, Storage, StorageError, VerdictCountQuery};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
+use chrono::Datelike;
 use model::{DAY_MS, HOUR_MS, History, PublicState, Tally, Window};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use view::{CheckView, IncidentView, PageData};
+
+/// Most entries in the Atom feed (newest incidents of the last 90 days).
+const FEED_ENTRIES: usize = 50;
+/// Most months of history kept rendered at once.
+const HISTORY_CACHED: usize = 24;
 
 /// Longest a snapshot is served (the windows move even without rounds).
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -47,6 +55,17 @@ pub struct StatusPage {
     current: Mutex<Option<Arc<Snapshot>>>,
     /// Held while building, so a flood of visitors causes one build.
     building: tokio::sync::Mutex<()>,
+    /// Rendered history months, each kept as long as a snapshot.
+    history: Mutex<HashMap<String, Arc<HistoryPage>>>,
+}
+
+/// One rendered month of history.
+struct HistoryPage {
+    revision: u64,
+    expires_ms: i64,
+    max_age: Duration,
+    csp: HeaderValue,
+    html: Body,
 }
 
 /// One body with its ETag.
@@ -70,10 +89,13 @@ impl Body {
 struct Snapshot {
     /// The hub's revision when built (a change to checks rebuilds).
     revision: u64,
+    /// The Content-Security-Policy (it names the stylesheet's hash).
+    csp: HeaderValue,
     expires_ms: i64,
     max_age: Duration,
     html: Body,
     json: Body,
+    atom: Body,
     /// Badge per public check name.
     badges: HashMap<String, Body>,
 }
@@ -90,7 +112,83 @@ impl StatusPage {
             settings,
             current: Mutex::new(None),
             building: tokio::sync::Mutex::new(()),
+            history: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Drops the current snapshot: the next visitor gets a fresh one (a
+    /// public note was added on this replica; other replicas show it
+    /// after their next rebuild, within a round).
+    pub fn invalidate(&self) {
+        *self.current.lock().expect("not poisoned") = None;
+        self.history.lock().expect("not poisoned").clear();
+    }
+
+    /// The history page of `month` (`2026-11`), from memory while fresh.
+    async fn history_page(&self, month: &str, first_ms: i64) -> Result<Arc<HistoryPage>, StorageError> {
+        let now = crate::clock::now_ms();
+        let fresh = |p: &Arc<HistoryPage>| p.revision == self.hub.revision() && now < p.expires_ms;
+        if let Some(p) = self.history.lock().expect("not poisoned").get(month).filter(|p| fresh(p)) {
+            return Ok(p.clone());
+        }
+        let _building = self.building.lock().await;
+        if let Some(p) = self.history.lock().expect("not poisoned").get(month).filter(|p| fresh(p)) {
+            return Ok(p.clone());
+        }
+        let revision = self.hub.revision();
+        let public = self.public_checks();
+        let names: HashMap<&str, &str> =
+            public.iter().map(|(id, name, _)| (id.as_str(), name.as_str())).collect();
+        let next_ms = month_start(first_ms, 1);
+        let found = self
+            .storage
+            .incidents_in_span(IncidentSpanQuery {
+                check_ids: public.iter().map(|p| p.0.clone()).collect(),
+                since_ms: first_ms,
+                until_ms: next_ms.min(now + 1),
+                timelines: true,
+            })
+            .await?;
+        let mut incidents: Vec<IncidentView> = found
+            .iter()
+            .filter_map(|i| IncidentView::of(i, names.get(i.check_id.as_str())?))
+            .collect();
+        incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
+        let data = view::HistoryData {
+            title: self.settings.title.clone(),
+            path: self.settings.path.clone(),
+            now_ms: now,
+            month_name: view::fmt_month_name(first_ms),
+            previous: view::fmt_month(month_start(first_ms, -1)),
+            next: (next_ms <= now).then(|| view::fmt_month(next_ms)),
+            incidents,
+        };
+        let css = page::stylesheet([]);
+        let max_age = self.max_age(&public);
+        let built = Arc::new(HistoryPage {
+            revision,
+            expires_ms: now + max_age.as_millis() as i64,
+            max_age,
+            csp: csp(&css),
+            html: Body::new(page::history(&data, &css).into_string().into_bytes()),
+        });
+        let mut cache = self.history.lock().expect("not poisoned");
+        if cache.len() >= HISTORY_CACHED {
+            cache.clear();
+        }
+        cache.insert(month.to_string(), built.clone());
+        Ok(built)
+    }
+
+    /// How long a rendering is served: the fastest public check's round,
+    /// within [`MIN_AGE`]..[`MAX_AGE`].
+    fn max_age(&self, public: &[(String, String, Duration)]) -> Duration {
+        public
+            .iter()
+            .map(|p| p.2)
+            .min()
+            .unwrap_or(MAX_AGE)
+            .clamp(MIN_AGE, MAX_AGE)
     }
 
     fn fresh(&self) -> Option<Arc<Snapshot>> {
@@ -112,10 +210,9 @@ impl StatusPage {
         Ok(s)
     }
 
-    /// Reads storage and renders everything.
-    async fn build(&self) -> Result<Snapshot, StorageError> {
-        let revision = self.hub.revision();
-        let now = crate::clock::now_ms();
+    /// (check name, display name, interval) of every public check, in the
+    /// page's order (by display name).
+    fn public_checks(&self) -> Vec<(String, String, Duration)> {
         let mut public: Vec<(String, String, Duration)> = self
             .hub
             .checks()
@@ -126,6 +223,14 @@ impl StatusPage {
             })
             .collect();
         public.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        public
+    }
+
+    /// Reads storage and renders everything.
+    async fn build(&self) -> Result<Snapshot, StorageError> {
+        let revision = self.hub.revision();
+        let now = crate::clock::now_ms();
+        let public = self.public_checks();
         let ids: Vec<String> = public.iter().map(|p| p.0.clone()).collect();
         let (latest, active) = self.storage.status_snapshot(ids.clone()).await?;
         let mut histories: HashMap<String, History> = HashMap::new();
@@ -157,6 +262,32 @@ impl StatusPage {
                 }
             }
         }
+        let mut spans: HashMap<String, Vec<view::IncidentSpan>> = HashMap::new();
+        let recent = self
+            .storage
+            .incidents_in_span(IncidentSpanQuery {
+                check_ids: ids.clone(),
+                since_ms: Window::Days(model::BAR_DAYS as u32).since_ms(now),
+                until_ms: now + 1,
+                timelines: false,
+            })
+            .await?;
+        // The feed's entries: the newest, each with its timeline.
+        let mut feed_ids: Vec<u64> = recent
+            .iter()
+            .filter(|i| view::is_public_kind(i.kind))
+            .map(|i| i.id)
+            .collect();
+        feed_ids.sort_unstable_by(|a, b| b.cmp(a));
+        feed_ids.truncate(FEED_ENTRIES);
+        for i in recent {
+            if view::is_public_kind(i.kind) {
+                spans
+                    .entry(i.check_id)
+                    .or_default()
+                    .push((i.id, i.opened_at_ms, i.resolved_at_ms));
+            }
+        }
         let empty = History::default();
         let checks: Vec<CheckView> = public
             .iter()
@@ -168,6 +299,7 @@ impl StatusPage {
                     PublicState::of(v),
                     v.map(|v| v.decided_at_ms),
                     histories.get(id).unwrap_or(&empty),
+                    spans.get(id).map(Vec::as_slice).unwrap_or_default(),
                     now,
                 )
             })
@@ -176,11 +308,33 @@ impl StatusPage {
             .iter()
             .map(|(id, name, _)| (id.as_str(), name.as_str()))
             .collect();
-        let mut incidents: Vec<IncidentView> = active
-            .iter()
-            .filter_map(|i| IncidentView::of(i, names.get(i.check_id.as_str())?))
-            .collect();
+        // The open ones with their timelines (the snapshot has none; there
+        // are few open incidents at any time).
+        let mut incidents: Vec<IncidentView> = Vec::new();
+        for i in &active {
+            let Some(name) = names.get(i.check_id.as_str()) else {
+                continue;
+            };
+            if !view::is_public_kind(i.kind) {
+                continue;
+            }
+            let full = self.storage.incident(i.id).await?;
+            if let Some(v) = IncidentView::of(full.as_ref().unwrap_or(i), name) {
+                incidents.push(v);
+            }
+        }
         incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
+        let mut feed_entries = Vec::new();
+        for id in feed_ids {
+            if let Some(i) = self.storage.incident(id).await?
+                && let Some(v) = names
+                    .get(i.check_id.as_str())
+                    .and_then(|name| IncidentView::of(&i, name))
+            {
+                feed_entries.push(v);
+            }
+        }
+        let atom = feed::atom(&self.settings.title, &self.settings.path, now, &feed_entries);
         let data = PageData {
             title: self.settings.title.clone(),
             path: self.settings.path.clone(),
@@ -188,6 +342,8 @@ impl StatusPage {
             checks,
             incidents,
         };
+        let css = page::stylesheet_of(&data);
+        let csp = csp(&css);
         let badges = data
             .checks
             .iter()
@@ -197,18 +353,15 @@ impl StatusPage {
                 (c.id.clone(), Body::new(svg.into_bytes()))
             })
             .collect();
-        let max_age = public
-            .iter()
-            .map(|p| p.2)
-            .min()
-            .unwrap_or(MAX_AGE)
-            .clamp(MIN_AGE, MAX_AGE);
+        let max_age = self.max_age(&public);
         Ok(Snapshot {
             revision,
+            csp,
             expires_ms: now + max_age.as_millis() as i64,
             max_age,
-            html: Body::new(page::page(&data).into_string().into_bytes()),
+            html: Body::new(page::page(&data, &css).into_string().into_bytes()),
             json: Body::new(serde_json::to_vec(&json::summary(&data)).expect("JSON serializes")),
+            atom: Body::new(atom.into_bytes()),
             badges,
         })
     }
@@ -231,24 +384,38 @@ pub fn router(page: Arc<StatusPage>) -> axum::Router {
     axum::Router::new()
         .route(&path, get(html))
         .route(&format!("{path}.json"), get(summary))
+        .route(&format!("{path}.atom"), get(atom))
+        .route(&format!("{path}/history"), get(history_now))
+        .route(&format!("{path}/history/{{month}}"), get(history))
         .route("/badge/{file}", get(badge))
         .with_state(page)
 }
 
 /// `style-src` allows exactly the page's stylesheet (by hash); no script
 /// runs, nothing is fetched, nothing may frame the page.
-fn csp() -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, page::CSS.as_bytes());
+fn csp(css: &str) -> HeaderValue {
+    let digest = ring::digest::digest(&ring::digest::SHA256, css.as_bytes());
     let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
-    format!(
+    HeaderValue::from_str(&format!(
         "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
+    ))
+    .expect("ascii")
 }
 
 fn respond(
     body: &Body,
     content_type: &'static str,
+    s: &Snapshot,
+    req: &HeaderMap,
+) -> Response {
+    respond_with(body, content_type, s.max_age, &s.csp, req)
+}
+
+fn respond_with(
+    body: &Body,
+    content_type: &'static str,
     max_age: Duration,
+    csp: &HeaderValue,
     req: &HeaderMap,
 ) -> Response {
     let mut headers = HeaderMap::new();
@@ -269,7 +436,7 @@ fn respond(
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_str(&csp()).expect("ascii"),
+        csp.clone(),
     );
     let matches = req
         .get(header::IF_NONE_MATCH)
@@ -300,16 +467,72 @@ fn unavailable(e: StorageError) -> Response {
 
 async fn html(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
     match page.snapshot().await {
-        Ok(s) => respond(&s.html, "text/html; charset=utf-8", s.max_age, &req),
+        Ok(s) => respond(&s.html, "text/html; charset=utf-8", &s, &req),
         Err(e) => unavailable(e),
     }
 }
 
 async fn summary(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
     match page.snapshot().await {
-        Ok(s) => respond(&s.json, "application/json", s.max_age, &req),
+        Ok(s) => respond(&s.json, "application/json", &s, &req),
         Err(e) => unavailable(e),
     }
+}
+
+async fn atom(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
+    match page.snapshot().await {
+        Ok(s) => respond(&s.atom, "application/atom+xml; charset=utf-8", &s, &req),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `{path}/history`: the current month's page.
+async fn history_now(State(page): State<Arc<StatusPage>>) -> Response {
+    let month = view::fmt_month(crate::clock::now_ms());
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, format!("{}/history/{month}", page.settings.path))],
+    )
+        .into_response()
+}
+
+/// `{path}/history/2026-11`: months from 2000 to the current one.
+async fn history(
+    State(page): State<Arc<StatusPage>>,
+    Path(month): Path<String>,
+    req: HeaderMap,
+) -> Response {
+    let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        .ok()
+        .filter(|d| month.len() == 7 && d.year() >= 2000)
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis())
+        .filter(|ms| *ms <= crate::clock::now_ms());
+    let Some(first) = first else {
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "no such month (YYYY-MM, up to the current one)\n",
+        )
+            .into_response();
+    };
+    match page.history_page(&month, first).await {
+        Ok(h) => respond_with(&h.html, "text/html; charset=utf-8", h.max_age, &h.csp, &req),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The first millisecond of the month `delta` months from the one
+/// starting at `first_ms`.
+fn month_start(first_ms: i64, delta: i32) -> i64 {
+    let d = chrono::DateTime::from_timestamp_millis(first_ms)
+        .unwrap_or_default()
+        .date_naive();
+    let months = d.year() * 12 + d.month0() as i32 + delta;
+    chrono::NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1)
+        .unwrap_or(d)
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis()
 }
 
 async fn badge(
@@ -330,7 +553,7 @@ async fn badge(
     };
     match page.snapshot().await {
         Ok(s) => match s.badges.get(check) {
-            Some(b) => respond(b, "image/svg+xml", s.max_age, &req),
+            Some(b) => respond(b, "image/svg+xml", &s, &req),
             None => not_found(),
         },
         Err(e) => unavailable(e),

@@ -193,6 +193,17 @@ impl Cell {
         }
     }
 
+    /// The day cell's class (short: a page has thousands of cells).
+    pub fn short(self) -> &'static str {
+        match self {
+            Cell::Up => "u",
+            Cell::Degraded => "g",
+            Cell::Regional => "r",
+            Cell::Down => "x",
+            Cell::NoData => "n",
+        }
+    }
+
     pub fn words(self) -> &'static str {
         match self {
             Cell::Up => "operational",
@@ -215,7 +226,7 @@ pub fn fmt_uptime(p: Option<f64>) -> String {
 
 /// The uptime windows shown, with their labels.
 pub const WINDOWS: [(&str, Window); 4] = [
-    ("24 hours", Window::Hours(24)),
+    ("Uptime 24 h", Window::Hours(24)),
     ("7 days", Window::Days(7)),
     ("30 days", Window::Days(30)),
     ("90 days", Window::Days(90)),

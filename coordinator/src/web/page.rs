@@ -3,17 +3,43 @@
 //! names are the operator's free text). The only unescaped text is the
 //! stylesheet below, a constant.
 
-use super::model::{BAR_DAYS, fmt_uptime};
-use super::view::{CheckView, PageData, fmt_date, fmt_datetime};
+use super::model::{BAR_DAYS, DAY_MS, fmt_uptime};
+use super::view::{
+    CheckView, DayRun, HistoryData, IncidentView, PageData, fmt_date, fmt_datetime, fmt_day, fmt_day_span, fmt_month,
+};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// The page's whole stylesheet, inline (no external request), allowed by
 /// its hash in the Content-Security-Policy. Text is always in the body
 /// colour; state colours are on dots, borders and bar cells, each with
-/// the state in words beside or inside it. A day cell's text is hidden
-/// but read by screen readers, and shown as a tooltip on hover (no
-/// `title` attribute: the text would be sent twice for 90 cells a check).
-pub const CSS: &str = "\
+/// the state in words beside or inside it.
+///
+/// The uptime bar is a grid of [`BAR_DAYS`] columns. A run of alike days
+/// (see [`super::view::DayRun`]) is one element spanning its days (class
+/// `sN`, only those the page uses are in its stylesheet); a 1 px stripe
+/// in the page's background every column draws its days as separate
+/// cells. A run's text is hidden but read by screen readers, and shown as
+/// a tooltip on hover or when its incident link has the keyboard focus
+/// (no `title` attribute: the text would be sent twice).
+pub fn stylesheet(spans: impl IntoIterator<Item = u32>) -> String {
+    let mut spans: Vec<u32> = spans.into_iter().filter(|n| *n > 1).collect();
+    spans.sort_unstable();
+    spans.dedup();
+    let mut css = String::from(BASE_CSS);
+    for n in spans {
+        css.push_str(&format!(
+            ".bar .s{n}{{grid-column:span {n};background-size:calc((100% + 1px)/{n}) 100%}}"
+        ));
+    }
+    css
+}
+
+/// The stylesheet of a page with `d`'s bars.
+pub fn stylesheet_of(d: &PageData) -> String {
+    stylesheet(d.checks.iter().flat_map(|c| c.bar.iter().map(|r| r.days)))
+}
+
+const BASE_CSS: &str = "\
 :root{color-scheme:light dark;--bg:#fff;--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--card:#f6f8fa;\
 --up:#1a7f37;--degraded:#9a6700;--regional:#bc4c00;--down:#cf222e;--nodata:#818b98}\
 @media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#f0f6fc;--muted:#9198a1;--line:#3d444d;--card:#151b23;\
@@ -21,41 +47,106 @@ pub const CSS: &str = "\
 *{box-sizing:border-box}\
 body{margin:0;background:var(--bg);color:var(--fg);font:16px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif}\
 header,main,footer{max-width:52rem;margin:0 auto;padding:1rem}\
-h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.2rem;margin:1.5rem 0 .5rem}h3{font-size:1.05rem;margin:0}\
+h1{font-size:1.6rem;margin:.5rem 0}h2{font-size:1.2rem;margin:1.5rem 0 .5rem}h3,.incident h2{font-size:1.05rem;margin:0}\
 .overall{border-left:.4rem solid var(--nodata);background:var(--card);padding:.75rem 1rem;font-weight:600;margin:0}\
 .overall.none{border-color:var(--up)}.overall.minor{border-color:var(--degraded)}\
 .overall.major{border-color:var(--regional)}.overall.critical{border-color:var(--down)}\
 .incident{border:1px solid var(--line);border-left:.4rem solid var(--down);border-radius:.3rem;padding:.75rem 1rem;margin:.5rem 0;list-style:none}\
+.incident.resolved{border-left-color:var(--up)}\
 .incidents{padding:0;margin:0}.incident p{margin:.25rem 0}.muted{color:var(--muted)}\
+.timeline{margin:.25rem 0;padding-left:1.2rem}.note{white-space:pre-wrap}\
 .check{border:1px solid var(--line);border-radius:.3rem;padding:.75rem 1rem;margin:.75rem 0}\
 .head{display:flex;flex-wrap:wrap;justify-content:space-between;gap:.5rem;align-items:baseline}\
 .state{margin:0;font-weight:600}.dot{display:inline-block;width:.7rem;height:.7rem;border-radius:50%;margin-right:.4rem;background:var(--nodata)}\
-.dot.up,.day.up{background:var(--up)}.dot.degraded,.day.degraded{background:var(--degraded)}\
-.dot.regional,.day.regional{background:var(--regional)}.dot.down,.day.down{background:var(--down)}\
-.bar{display:flex;gap:1px;padding:0;margin:.75rem 0 .25rem;height:2rem;list-style:none}\
-.day{flex:1;background:var(--nodata);border-radius:1px;min-width:1px;position:relative}.day:hover{outline:2px solid var(--fg)}\
-.day span{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}\
-.day:hover span{clip:auto;width:auto;height:auto;overflow:visible;bottom:2.3rem;left:50%;transform:translateX(-50%);z-index:1;\
-background:var(--fg);color:var(--bg);padding:.2rem .5rem;border-radius:.2rem;font-size:.85rem;opacity:1}\
-.axis{display:flex;justify-content:space-between;font-size:.85rem;margin:0}\
-.uptime{display:flex;flex-wrap:wrap;gap:.25rem 1.5rem;margin:.5rem 0 0}.uptime div{display:flex;gap:.4rem}\
-.uptime dt{color:var(--muted)}.uptime dd{margin:0;font-variant-numeric:tabular-nums}\
-a{color:inherit}footer{font-size:.9rem}\
+.dot.up,.bar .u{background-color:var(--up)}.dot.degraded,.bar .g{background-color:var(--degraded)}\
+.dot.regional,.bar .r{background-color:var(--regional)}.dot.down,.bar .x{background-color:var(--down)}\
+.bar{display:grid;grid-template-columns:repeat(90,1fr);gap:1px;padding:0;margin:.75rem 0 .25rem;height:2rem;list-style:none}\
+.bar>li{background:linear-gradient(90deg,transparent calc(100% - 1px),var(--bg) 0) var(--nodata);\
+background-size:calc(100% + 1px) 100%;border-radius:1px;position:relative}.bar>li:hover{outline:2px solid var(--fg)}\
+.bar a{position:absolute;inset:0}.bar a:focus{outline:3px solid var(--fg);outline-offset:1px}\
+.bar span{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}\
+.bar>li:hover span,.bar>li:focus-within span{clip:auto;width:auto;height:auto;overflow:visible;bottom:2.3rem;left:50%;transform:translateX(-50%);z-index:1;\
+background:var(--fg);color:var(--bg);padding:.2rem .5rem;border-radius:.2rem;font-size:.85rem}\
+.uptime{display:grid;grid-template-rows:auto auto;grid-auto-flow:column;justify-content:start;gap:0 1.5rem;margin:.5rem 0 0}\
+.uptime dt{color:var(--muted);font-size:.85rem}.uptime dd{margin:0;font-variant-numeric:tabular-nums}\
+a{color:inherit}footer{font-size:.9rem}nav ul{display:flex;gap:1rem;list-style:none;padding:0}\
 @media (max-width:30rem){.bar{height:1.5rem}}";
 
+/// The `<head>` both pages share: the title, the alternates (JSON,
+/// Atom) and the stylesheet.
+fn head(title: &str, path: &str, css: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) }
+            link rel="alternate" type="application/json" href={ (path) ".json" };
+            link rel="alternate" type="application/atom+xml" title="Incidents" href={ (path) ".atom" };
+            style { (PreEscaped(css)) }
+        }
+    }
+}
+
+fn footer(path: &str, now_ms: i64) -> Markup {
+    html! {
+        footer {
+            p class="muted" {
+                "Uptime is the share of monitoring rounds in which mail was delivered. "
+                "Delays confined to one region are shown but do not count as downtime; "
+                "rounds in which the monitor itself saw nothing count as no data, never as up. "
+                "Times are UTC. Updated " (fmt_datetime(now_ms)) "."
+            }
+            nav aria-label="More" {
+                ul {
+                    li { a href={ (path) "/history/" (fmt_month(now_ms)) } { "Incident history" } }
+                    li { a href={ (path) ".atom" } { "Incidents feed (Atom)" } }
+                    li { a href={ (path) ".json" } { "Machine-readable status (JSON)" } }
+                }
+            }
+        }
+    }
+}
+
+/// One incident in public words: headline, what and since when, and its
+/// public timeline (operators' notes are untrusted text: escaped).
+/// `top`: under the page's h2 (h3); else a history page's (h2).
+fn incident(i: &IncidentView, top: bool) -> Markup {
+    let class = if i.resolved_ms.is_some() { "incident resolved" } else { "incident" };
+    html! {
+        li class=(class) id={ "i" (i.id) } {
+            @if top {
+                h3 { (i.display_name) ": " (i.headline) }
+            } @else {
+                h2 { (i.display_name) ": " (i.headline) }
+            }
+            p class="muted" {
+                @match i.status {
+                    "identified" => "Identified",
+                    "resolved" => "Resolved",
+                    _ => "Investigating",
+                }
+                " · opened " (fmt_datetime(i.opened_ms))
+                @if let Some(at) = i.resolved_ms { " · resolved " (fmt_datetime(at)) }
+            }
+            ol class="timeline" aria-label="Updates, oldest first" {
+                @for e in &i.timeline {
+                    li {
+                        strong { (e.label) } " · " (fmt_datetime(e.at_ms)) " — "
+                        span class="note" { (e.text) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The status page.
-pub fn page(d: &PageData) -> Markup {
+pub fn page(d: &PageData, css: &str) -> Markup {
     let (indicator, description) = d.overall();
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (d.title) }
-                link rel="alternate" type="application/json" href={ (d.path) ".json" };
-                style { (PreEscaped(CSS)) }
-            }
+            (head(&d.title, &d.path, css))
             body {
                 header {
                     h1 { (d.title) }
@@ -69,14 +160,7 @@ pub fn page(d: &PageData) -> Markup {
                         } @else {
                             ul class="incidents" {
                                 @for i in &d.incidents {
-                                    li class="incident" id={ "incident-" (i.id) } {
-                                        h3 { (i.display_name) ": " (i.headline) }
-                                        p { (i.body) }
-                                        p class="muted" {
-                                            @if i.status == "identified" { "Identified" } @else { "Investigating" }
-                                            " · opened " (fmt_datetime(i.opened_ms))
-                                        }
-                                    }
+                                    (incident(i, true))
                                 }
                             }
                         }
@@ -86,47 +170,119 @@ pub fn page(d: &PageData) -> Markup {
                         @if d.checks.is_empty() {
                             p { "No service is listed on this page yet." }
                         }
+                        p id="bar-help" class="muted" {
+                            "Each bar is the daily uptime of the last " (BAR_DAYS) " days ("
+                            (fmt_date(d.now_ms - (BAR_DAYS as i64 - 1) * DAY_MS)) " to " (fmt_date(d.now_ms))
+                            "), oldest first, one cell per day in the colour of its worst state; "
+                            "hover over a day, or move the focus to a day with an incident, for its uptime."
+                        }
+                        @let history = history_base(&d.path);
                         @for (n, c) in d.checks.iter().enumerate() {
-                            (check(n, c))
+                            (check(&history, n, c))
                         }
                     }
                 }
-                footer {
-                    p class="muted" {
-                        "Uptime is the share of monitoring rounds in which mail was delivered. "
-                        "Delays confined to one region are shown but do not count as downtime; "
-                        "rounds in which the monitor itself saw nothing count as no data, never as up. "
-                        "Times are UTC. Updated " (fmt_datetime(d.now_ms)) "."
-                    }
-                    p { a href={ (d.path) ".json" } { "Machine-readable status (JSON)" } }
-                }
+                (footer(&d.path, d.now_ms))
             }
         }
     }
 }
 
-fn check(n: usize, c: &CheckView) -> Markup {
-    let heading = format!("check-{n}");
+/// One month's incident history: every incident of a public check active
+/// at some time in the month, newest first, with links to the months
+/// before and after.
+pub fn history(d: &HistoryData, css: &str) -> Markup {
+    let title = format!("{}: incidents of {}", d.title, d.month_name);
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(&title, &d.path, css))
+            body {
+                header {
+                    h1 { (title) }
+                    nav aria-label="Months" {
+                        ul {
+                            li { a href=(d.path) { "Current status" } }
+                            li { a href={ (d.path) "/history/" (d.previous) } rel="prev" { "Earlier: " (d.previous) } }
+                            @if let Some(next) = &d.next {
+                                li { a href={ (d.path) "/history/" (next) } rel="next" { "Later: " (next) } }
+                            }
+                        }
+                    }
+                }
+                main {
+                    @if d.incidents.is_empty() {
+                        p { "No incidents in " (d.month_name) "." }
+                    } @else {
+                        ul class="incidents" {
+                            @for i in &d.incidents {
+                                (incident(i, false))
+                            }
+                        }
+                    }
+                }
+                (footer(&d.path, d.now_ms))
+            }
+        }
+    }
+}
+
+/// One run of alike days: its text says the dates, the uptime and, for a
+/// day with incidents, links to the first (the history page has all).
+fn day_run(history: &str, r: &DayRun) -> Markup {
+    let dates = if r.days == 1 {
+        fmt_day(r.first_ms)
+    } else {
+        fmt_day_span(r.first_ms, r.last_ms())
+    };
+    let text = match r.uptime {
+        Some(p) if p >= 100.0 => format!("{dates}: 100 %, {}", r.cell.words()),
+        Some(_) => format!("{dates}: {}, {}", fmt_uptime(r.uptime), r.cell.words()),
+        None => format!("{dates}: no data"),
+    };
+    let class = if r.days == 1 {
+        r.cell.short().to_string()
+    } else {
+        format!("{} s{}", r.cell.short(), r.days)
+    };
+    html! {
+        li class=(class) {
+            @if let Some((id, opened)) = r.incidents.first() {
+                a href={ (history) (fmt_month(*opened)) "#i" (id) } {
+                    span {
+                        (text) ", "
+                        @if r.incidents.len() == 1 { "1 incident" } @else { (r.incidents.len()) " incidents" }
+                    }
+                }
+            } @else {
+                span { (text) }
+            }
+        }
+    }
+}
+
+/// The history pages' base, relative to the page (`status/history/`
+/// under `/status`): a day links to one of them from every bar.
+fn history_base(path: &str) -> String {
+    format!("{}/history/", path.rsplit('/').next().unwrap_or_default())
+}
+
+fn check(history: &str, n: usize, c: &CheckView) -> Markup {
+    let heading = format!("c{n}");
     html! {
         article class="check" aria-labelledby=(heading) {
             div class="head" {
                 h3 id=(heading) { (c.display_name) }
-                p class="state" { span class={ "dot " (c.state.class()) } aria-hidden="true" {} (c.state.words()) }
+                p class="state" { span class={ "dot " (c.state.class()) } {} (c.state.words()) }
             }
-            ol class="bar" aria-label={ "Daily history of " (c.display_name) ", last " (BAR_DAYS) " days, oldest first" } {
-                @for (day, tally) in &c.bar {
-                    @let cell = tally.worst();
-                    @let text = match tally.uptime() {
-                        Some(_) => format!("{}: {} uptime, {}", fmt_date(*day), fmt_uptime(tally.uptime()), cell.words()),
-                        None => format!("{}: no data", fmt_date(*day)),
-                    };
-                    li class={ "day " (cell.class()) } { span { (text) } }
+            ol class="bar" aria-labelledby={ (heading) " bar-help" } {
+                @for run in &c.bar {
+                    (day_run(history, run))
                 }
             }
-            p class="axis muted" aria-hidden="true" { span { (BAR_DAYS) " days ago" } span { "Today" } }
             dl class="uptime" {
                 @for (label, pct) in &c.uptimes {
-                    div { dt { "Uptime " (label) } dd { (fmt_uptime(*pct)) } }
+                    dt { (label) } dd { (fmt_uptime(*pct)) }
                 }
             }
         }

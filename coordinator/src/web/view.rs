@@ -3,8 +3,8 @@
 //! storage, read by `page.rs`, `json.rs` and the badges; nothing here can
 //! reach a host, user, mailbox or reply text because none is copied in.
 
-use super::model::{History, PublicState, Tally, WINDOWS};
-use crate::judge::{Incident, IncidentKind, IncidentState, Severity};
+use super::model::{Cell, DAY_MS, History, PublicState, Tally, WINDOWS};
+use crate::judge::{Incident, IncidentKind, IncidentState, PUBLIC_NOTE, Severity};
 
 /// The whole page's data at one moment.
 pub struct PageData {
@@ -24,6 +24,21 @@ impl PageData {
     }
 }
 
+/// One month of incident history.
+pub struct HistoryData {
+    pub title: String,
+    pub path: String,
+    pub now_ms: i64,
+    /// `November 2026`.
+    pub month_name: String,
+    /// `2026-10`: the month before.
+    pub previous: String,
+    /// The month after, unless this is the current one.
+    pub next: Option<String>,
+    /// Newest opened first.
+    pub incidents: Vec<IncidentView>,
+}
+
 /// One public check: its check name (the badge's and the JSON's id), its
 /// display name, state and history.
 pub struct CheckView {
@@ -34,8 +49,56 @@ pub struct CheckView {
     pub updated_ms: Option<i64>,
     /// Per window of [`WINDOWS`]: its label and uptime (None: no data).
     pub uptimes: Vec<(&'static str, Option<f64>)>,
-    /// [`super::model::BAR_DAYS`] days, oldest first.
-    pub bar: Vec<(i64, Tally)>,
+    /// [`super::model::BAR_DAYS`] days, oldest first, as runs of days
+    /// that read the same.
+    pub bar: Vec<DayRun>,
+}
+
+/// Consecutive days of the uptime bar that read alike: the same colour
+/// and uptime, and no incident. Each is drawn as one cell per day, but
+/// the page carries its text once, which keeps a page of a hundred
+/// checks light; a day with an incident is always a run of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayRun {
+    /// The first day's start (epoch ms, UTC midnight).
+    pub first_ms: i64,
+    pub days: u32,
+    pub cell: Cell,
+    pub uptime: Option<f64>,
+    /// The day's incidents of this check (id, opened), oldest first.
+    pub incidents: Vec<(u64, i64)>,
+}
+
+impl DayRun {
+    /// The last day's start.
+    pub fn last_ms(&self) -> i64 {
+        self.first_ms + (self.days as i64 - 1) * DAY_MS
+    }
+}
+
+/// An incident's span, for the days it touches: (id, opened, resolved).
+pub type IncidentSpan = (u64, i64, Option<i64>);
+
+/// Groups `days` (oldest first) into runs; `incidents` mark their days.
+pub fn day_runs(days: &[(i64, Tally)], incidents: &[IncidentSpan], now_ms: i64) -> Vec<DayRun> {
+    let mut runs: Vec<DayRun> = Vec::new();
+    for (start, tally) in days {
+        let end = start + DAY_MS;
+        let mut on_day: Vec<(u64, i64)> = incidents
+            .iter()
+            .filter(|(_, opened, resolved)| *opened < end && resolved.unwrap_or(now_ms) >= *start)
+            .map(|(id, opened, _)| (*id, *opened))
+            .collect();
+        on_day.sort_by_key(|(id, opened)| (*opened, *id));
+        let (cell, uptime) = (tally.worst(), tally.uptime());
+        match runs.last_mut() {
+            Some(r) if on_day.is_empty() && r.incidents.is_empty() && r.cell == cell && r.uptime == uptime => {
+                r.days += 1
+            }
+            _ => runs.push(DayRun { first_ms: *start, days: 1, cell, uptime, incidents: on_day }),
+        }
+    }
+    runs
 }
 
 impl CheckView {
@@ -45,6 +108,7 @@ impl CheckView {
         state: PublicState,
         updated_ms: Option<i64>,
         history: &History,
+        incidents: &[IncidentSpan],
         now_ms: i64,
     ) -> CheckView {
         CheckView {
@@ -56,9 +120,15 @@ impl CheckView {
                 .iter()
                 .map(|(label, w)| (*label, history.window(*w, now_ms).uptime()))
                 .collect(),
-            bar: history.bar(now_ms),
+            bar: day_runs(&history.bar(now_ms), incidents, now_ms),
         }
     }
+}
+
+/// Whether incidents of this kind are about the service (shown on the
+/// public page), not about the monitor itself (coverage, agent clocks).
+pub fn is_public_kind(k: IncidentKind) -> bool {
+    !matches!(k, IncidentKind::Coverage | IncidentKind::Clock)
 }
 
 /// An open or acknowledged incident of a public check, in public words.
@@ -72,10 +142,25 @@ pub struct IncidentView {
     pub body: String,
     /// Statuspage `impact`: `critical`, `major`, `minor`, `none`.
     pub impact: &'static str,
-    /// Statuspage `status`: `investigating` (open), `identified` (acknowledged).
+    /// Statuspage `status`: `investigating` (open), `identified`
+    /// (acknowledged), `resolved`.
     pub status: &'static str,
     pub opened_ms: i64,
     pub updated_ms: i64,
+    pub resolved_ms: Option<i64>,
+    /// What the public reads of its history, oldest first.
+    pub timeline: Vec<PublicEntry>,
+}
+
+/// One line of an incident's public timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicEntry {
+    pub at_ms: i64,
+    /// `Investigating`, `Identified`, `Update`, `Resolved`.
+    pub label: &'static str,
+    /// Our words, or an operator's public note (untrusted text: escaped
+    /// by the templates).
+    pub text: String,
 }
 
 impl IncidentView {
@@ -128,6 +213,35 @@ impl IncidentView {
             IncidentKind::Coverage | IncidentKind::Clock => return None,
         };
         let body = format!("{what} since {}.", fmt_datetime(i.opened_at_ms));
+        // The judge's own entries (rounds, its notes) quote replies and
+        // hosts: only the moments and the operators' public notes are read.
+        let mut timeline = vec![PublicEntry {
+            at_ms: i.opened_at_ms,
+            label: "Investigating",
+            text: body.clone(),
+        }];
+        if let Some(at) = i.acknowledged_at_ms {
+            timeline.push(PublicEntry {
+                at_ms: at,
+                label: "Identified",
+                text: "The operators are working on it.".into(),
+            });
+        }
+        for e in i.timeline.iter().filter(|e| e.event == PUBLIC_NOTE) {
+            timeline.push(PublicEntry {
+                at_ms: e.at_ms,
+                label: "Update",
+                text: e.note.clone(),
+            });
+        }
+        if let Some(at) = i.resolved_at_ms {
+            timeline.push(PublicEntry {
+                at_ms: at,
+                label: "Resolved",
+                text: "This incident has been resolved.".into(),
+            });
+        }
+        timeline.sort_by_key(|e| e.at_ms);
         Some(IncidentView {
             id: i.id,
             check_id: i.check_id.clone(),
@@ -142,13 +256,13 @@ impl IncidentView {
             },
             status: match i.state {
                 IncidentState::Acknowledged => "identified",
-                _ => "investigating",
+                IncidentState::Resolved => "resolved",
+                IncidentState::Open => "investigating",
             },
             opened_ms: i.opened_at_ms,
-            updated_ms: i
-                .acknowledged_at_ms
-                .unwrap_or(i.opened_at_ms)
-                .max(i.opened_at_ms),
+            updated_ms: timeline.last().map_or(i.opened_at_ms, |e| e.at_ms),
+            resolved_ms: i.resolved_at_ms,
+            timeline,
         })
     }
 }
@@ -158,6 +272,39 @@ pub fn fmt_datetime(ms: i64) -> String {
     match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
         Some(t) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
         None => "an unknown time".into(),
+    }
+}
+
+/// `2026-12`: the history page of the month of `ms`.
+pub fn fmt_month(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// `November 2026`.
+pub fn fmt_month_name(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%B %Y").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// `3 Dec` (a day of the uptime bar; its label says the years).
+pub fn fmt_day(ms: i64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms) {
+        Some(t) => t.format("%-d %b").to_string(),
+        None => "?".into(),
+    }
+}
+
+/// `3–9 Dec`, or `25 Nov – 2 Dec` across months.
+pub fn fmt_day_span(first_ms: i64, last_ms: i64) -> String {
+    let (a, b) = (fmt_day(first_ms), fmt_day(last_ms));
+    match (a.split_once(' '), b.split_once(' ')) {
+        (Some((d, m)), Some((_, m2))) if m == m2 => format!("{d}–{b}"),
+        _ => format!("{a} – {b}"),
     }
 }
 

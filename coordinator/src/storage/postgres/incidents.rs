@@ -1,6 +1,6 @@
 //! Incidents and their timelines on PostgreSQL.
 
-use super::super::model::{AckOutcome, IncidentQuery, StorageError};
+use super::super::model::{AckOutcome, IncidentQuery, IncidentSpanQuery, StorageError};
 use super::Postgres;
 use crate::judge::{Incident, IncidentKind, IncidentState, TimelineEntry};
 use deadpool_postgres::GenericClient;
@@ -229,5 +229,46 @@ impl Postgres {
             .ok_or_else(|| StorageError::Corrupt(format!("incident {id} vanished")))?;
         tx.commit().await?;
         Ok(AckOutcome::Acknowledged(stored))
+    }
+
+    /// Incidents of some checks active at some time in a span, oldest first.
+    pub async fn incidents_in_span(&self, q: IncidentSpanQuery) -> Result<Vec<Incident>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents
+                     WHERE check_id = ANY($1) AND opened_at_ms < $2 AND (resolved_at_ms IS NULL OR resolved_at_ms >= $3)
+                     ORDER BY opened_at_ms, id"
+                ),
+                &[&q.check_ids, &q.until_ms, &q.since_ms],
+            )
+            .await?;
+        let mut out = rows.iter().map(incident_row).collect::<Result<Vec<_>, _>>()?;
+        if q.timelines {
+            for i in &mut out {
+                i.timeline = timeline(&client, i.id).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends a public note to an incident's timeline.
+    pub async fn add_incident_note(
+        &self,
+        id: u64,
+        note: String,
+        at_ms: i64,
+    ) -> Result<Option<Incident>, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if tx.query_opt("SELECT id FROM incidents WHERE id = $1 FOR UPDATE", &[&(id as i64)]).await?.is_none() {
+            return Ok(None);
+        }
+        add_event(&tx, id, &TimelineEntry { at_ms, round: None, event: crate::judge::PUBLIC_NOTE.into(), verdict: None, note })
+            .await?;
+        let stored = incident_by_id(&tx, id).await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 }

@@ -1,7 +1,7 @@
 //! Incidents and their timelines; acknowledgement; resolution of a deleted check's.
 
 use super::engine::{Sqlite, corrupt};
-use super::super::model::{AckOutcome, IncidentQuery, StorageError};
+use super::super::model::{AckOutcome, IncidentQuery, IncidentSpanQuery, StorageError};
 use crate::judge::{Incident, IncidentKind, IncidentState, TimelineEntry};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -237,6 +237,50 @@ impl Sqlite {
             )?;
             let stored = incident_by_id(conn, id)?.ok_or_else(|| corrupt(format!("incident {id} vanished")))?;
             Ok(AckOutcome::Acknowledged(stored))
+        })
+        .await
+    }
+
+    /// Incidents of some checks active at some time in a span, oldest first.
+    pub async fn incidents_in_span(&self, q: IncidentSpanQuery) -> Result<Vec<Incident>, StorageError> {
+        self.read(move |conn| {
+            let ids = serde_json::to_string(&q.check_ids).expect("strings");
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {INCIDENT_COLUMNS} FROM incidents
+                 WHERE check_id IN (SELECT value FROM json_each(?1))
+                   AND opened_at_ms < ?2 AND (resolved_at_ms IS NULL OR resolved_at_ms >= ?3)
+                 ORDER BY opened_at_ms, id"
+            ))?;
+            let mut rows = stmt
+                .query_map(params![ids, q.until_ms, q.since_ms], incident_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            if q.timelines {
+                for i in &mut rows {
+                    i.timeline = timeline(conn, i.id)?;
+                }
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Appends a public note to an incident's timeline.
+    pub async fn add_incident_note(
+        &self,
+        id: u64,
+        note: String,
+        at_ms: i64,
+    ) -> Result<Option<Incident>, StorageError> {
+        self.write(move |conn| {
+            if incident_by_id(conn, id)?.is_none() {
+                return Ok(None);
+            }
+            add_event(
+                conn,
+                id,
+                &TimelineEntry { at_ms, round: None, event: crate::judge::PUBLIC_NOTE.into(), verdict: None, note },
+            )?;
+            incident_by_id(conn, id)
         })
         .await
     }
