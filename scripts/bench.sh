@@ -10,6 +10,14 @@
 #    count (100 and 1,000 simulated agents over gRPC, no mail traffic) and a
 #    real agent holding 1,000 checks; prints a table with the goals beside
 #    the figures and writes target/bench/load-<UTC timestamp>.json.
+#    Per agent count (issue 15): the connect storm (every agent connects at
+#    once to the fresh coordinator, timed until each holds its check), the
+#    coordinator's RSS per idle connected agent, and its CPU per 1,000
+#    reports (the figure that carries over to another machine). Each
+#    simulated agent is one HTTP/2 connection of the one loadgen process,
+#    so N agents need about N fds on each side: the limit is raised to the
+#    hard limit below (10,000 agents: `ulimit -Hn` of at least 20,000;
+#    --agents 100,1000,10000 in BENCH_LOAD_ARGS).
 #    Then the /metrics scrape (issue 10): a coordinator with 1,000 checks x 5
 #    regions, every check x region with stored reports; scrape time, size and
 #    series count, OpenMetrics and classic text (--metrics-checks,

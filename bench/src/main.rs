@@ -63,7 +63,14 @@ use tonic::transport::Channel;
 
 const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789";
 /// The issue's goals, printed beside the figures.
-const GOAL_REPORTS_PER_S: f64 = 5_000.0;
+const GOAL_REPORTS_PER_S: f64 = 20_000.0;
+const GOAL_ACK_P99_MS: f64 = 250.0;
+const GOAL_IDLE_KIB_PER_AGENT: f64 = 100.0;
+/// The connect storm's goal: (agents, seconds), issue 15.
+const GOAL_CONNECT_S: [(usize, f64); 2] = [(1_000, 5.0), (10_000, 30.0)];
+/// How long the loadgen waits for every agent to hold a revision.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(300);
+const PROPAGATION_PATIENCE: Duration = Duration::from_secs(60);
 const GOAL_PROPAGATION_P99_MS: f64 = 1_000.0;
 const GOAL_IDLE_AGENT_RSS_MB: f64 = 30.0;
 
@@ -519,40 +526,8 @@ async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Res
     let pid = coord.pid();
     let api = coord.api()?;
 
-    // Connect: Register and WatchAssignments for every agent.
-    let connect_started = Instant::now();
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
-    let mut clients = Vec::with_capacity(n);
-    for (i, (name, region, token)) in agents.iter().enumerate() {
-        let mut c = connect(coord.grpc, token).await?;
-        c.register(pb::RegisterRequest {
-            name: name.clone(),
-            region: region.clone(),
-            version: "loadgen".into(),
-            ..Default::default()
-        })
-        .await?;
-        let mut watch = c
-            .watch_assignments(pb::WatchRequest::default())
-            .await?
-            .into_inner();
-        let tx = seen_tx.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(change)) = watch.message().await {
-                if let Some(pb::assignment_change::Change::Upsert(a)) = change.change {
-                    let _ = tx.send(Seen {
-                        agent: i,
-                        revision: a.revision,
-                        at: Instant::now(),
-                    });
-                }
-            }
-        });
-        clients.push(c);
-    }
-    let connect_s = connect_started.elapsed().as_secs_f64();
-
-    // One check in every agent's region.
+    // One check in every agent's region, created before any agent
+    // connects: "connected" below means registered, watching and assigned.
     let regions: Vec<&str> = agents.iter().map(|a| a.1.as_str()).collect();
     let mut table = json!({
         "from": "probe@sender.test", "to": "probe@receiver.test", "interval": "1h",
@@ -561,14 +536,63 @@ async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Res
         "imap": {"host": "127.0.0.1", "security": "none", "username": "probe@receiver.test", "password_env": "IMAP_PASS"},
         "spf": {"enabled": false},
     });
-    let created = Instant::now();
     let put = api.put("/api/v1/checks/bench", &table).await?;
     anyhow::ensure!(put.is_success(), "creating the check: {}", put.error_text());
     let revision = put.body["check"]["revision"]
         .as_u64()
         .or_else(|| put.body["revision"].as_u64())
         .unwrap_or(0);
-    wait_all(&mut seen_rx, n, revision, created).await?;
+
+    // Connect storm: every agent at once (its own HTTP/2 connection,
+    // Register, WatchAssignments), timed until each holds the check.
+    reset_peak(pid);
+    let before_connect = proc_stats(pid);
+    let connect_started = Instant::now();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+    let mut joins = Vec::with_capacity(n);
+    for (i, (name, region, token)) in agents.iter().cloned().enumerate() {
+        let tx = seen_tx.clone();
+        let grpc = coord.grpc;
+        joins.push(tokio::spawn(async move {
+            let mut c = connect(grpc, &token).await?;
+            c.register(pb::RegisterRequest {
+                name,
+                region,
+                version: "loadgen".into(),
+                ..Default::default()
+            })
+            .await?;
+            let mut watch = c
+                .watch_assignments(pb::WatchRequest::default())
+                .await?
+                .into_inner();
+            tokio::spawn(async move {
+                while let Ok(Some(change)) = watch.message().await {
+                    if let Some(pb::assignment_change::Change::Upsert(a)) = change.change {
+                        let _ = tx.send(Seen {
+                            agent: i,
+                            revision: a.revision,
+                            at: Instant::now(),
+                        });
+                    }
+                }
+            });
+            Ok::<_, anyhow::Error>(c)
+        }));
+    }
+    let mut clients = Vec::with_capacity(n);
+    for j in joins {
+        clients.push(j.await??);
+    }
+    wait_all(&mut seen_rx, n, revision, connect_started, CONNECT_PATIENCE).await?;
+    let connect_s = connect_started.elapsed().as_secs_f64();
+    let connect_cost = phase(pid, before_connect, connect_started.elapsed());
+    // Idle: what each connected agent holds once the storm's transient
+    // buffers are gone (a settling pause, not a synchronisation).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = proc_stats(pid);
+    let idle_kib_per_agent =
+        idle.rss_kib.saturating_sub(before_connect.rss_kib) as f64 / n as f64;
 
     // Ingest.
     let per_agent = args.reports.div_ceil(n).max(1);
@@ -659,7 +683,7 @@ async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Res
             .as_u64()
             .or_else(|| put.body["revision"].as_u64())
             .unwrap_or(0);
-        for at in wait_all(&mut seen_rx, n, revision, call).await? {
+        for at in wait_all(&mut seen_rx, n, revision, call, PROPAGATION_PATIENCE).await? {
             after_return.push(at.saturating_duration_since(returned).as_secs_f64() * 1000.0);
             after_call.push(at.duration_since(call).as_secs_f64() * 1000.0);
         }
@@ -684,6 +708,10 @@ async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Res
         "stored_rows": stored_rows,
         "ingest_s": round3(ingest_wall.as_secs_f64()),
         "reports_per_s": (acked as f64 / ingest_wall.as_secs_f64()).round(),
+        "cpu_ms_per_1000_reports": round3(1e6 * f(&ingest_cost["cpu_s"]) / acked.max(1) as f64),
+        "connect": connect_cost,
+        "idle_rss_mib": round3(idle.rss_kib as f64 / 1024.0),
+        "idle_kib_per_agent": round3(idle_kib_per_agent),
         "ack_ms": {"p50": round3(percentile(&latencies, 0.5)), "p99": round3(percentile(&latencies, 0.99))},
         "ingest": ingest_cost,
         "changes": args.changes,
@@ -706,15 +734,16 @@ async fn wait_all(
     n: usize,
     revision: u64,
     since: Instant,
+    within: Duration,
 ) -> anyhow::Result<Vec<Instant>> {
     let mut got: HashMap<usize, Instant> = HashMap::with_capacity(n);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + within;
     while got.len() < n {
         let seen = tokio::time::timeout_at(deadline, rx.recv())
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
-                    "only {} of {n} agents saw revision {revision} within 30 s",
+                    "only {} of {n} agents saw revision {revision} within {within:?}",
                     got.len()
                 )
             })?
@@ -927,7 +956,7 @@ fn print_table(runs: &[Value], footprint: Option<&Value>) {
     out.push_str("\nCoordinator load (mailloop-loadgen: real coordinator process, simulated agents over gRPC)\n");
     out.push_str(&format!(
         "{:<44} {:>14} {:>14}   {}\n",
-        "figure", "", "", "goal (issue 4)"
+        "figure", "", "", "goal (issues 4, 15)"
     ));
     let header: Vec<String> = runs
         .iter()
@@ -965,8 +994,37 @@ fn print_table(runs: &[Value], footprint: Option<&Value>) {
         &mut out,
         "ack latency p50 / p99 (ms)",
         &|r| format!("{} / {}", f(&r["ack_ms"]["p50"]), f(&r["ack_ms"]["p99"])),
+        &format!("p99 <= {} at 1,000 x 8 in flight", format_num(GOAL_ACK_P99_MS)),
+    );
+    row(
+        &mut out,
+        "coordinator CPU per 1,000 reports (ms)",
+        &|r| f(&r["cpu_ms_per_1000_reports"]),
         "",
     );
+    row(
+        &mut out,
+        "connect storm: all connected + assigned (s)",
+        &|r| f(&r["connect_s"]),
+        &GOAL_CONNECT_S
+            .iter()
+            .map(|(n, s)| format!("<= {s} s at {}", format_num(*n as f64)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    row(
+        &mut out,
+        "coordinator RSS per idle agent (KiB)",
+        &|r| f(&r["idle_kib_per_agent"]),
+        &format!("<= {}", format_num(GOAL_IDLE_KIB_PER_AGENT)),
+    );
+    row(
+        &mut out,
+        "coordinator CPU, connect storm (s)",
+        &|r| f(&r["connect"]["cpu_s"]),
+        "",
+    );
+
     row(
         &mut out,
         "check change reaches every agent p50 (ms)",

@@ -135,15 +135,22 @@ impl Metrics {
     /// report. A new report's steps, times, outcome, auth results and
     /// certificates are observed.
     pub fn stored(&self, region: &str, new: bool, report_json: &str) {
+        match serde_json::from_str::<ProbeReport>(report_json) {
+            Ok(report) => self.stored_report(region, new, &report),
+            // The JSON was validated before storage; this cannot happen.
+            Err(_) => self.count(region, if new { COMMITTED } else { REPLAYED }),
+        }
+    }
+
+    /// [`Metrics::stored`] with the report as the intake already parsed it
+    /// (the ingest path parses each report's JSON once).
+    pub fn stored_report(&self, region: &str, new: bool, report: &ProbeReport) {
         if !new {
             self.count(region, REPLAYED);
             return;
         }
         self.count(region, COMMITTED);
-        // The JSON was validated before storage; a parse failure here cannot happen.
-        if let Ok(report) = serde_json::from_str::<ProbeReport>(report_json) {
-            self.observe(region, &report);
-        }
+        self.observe(region, report);
     }
 
     /// Observes one probe report of `region`.

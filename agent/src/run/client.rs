@@ -564,27 +564,36 @@ async fn send_reports(
         unacked_gauge.store(unacked.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             ack = acks.next() => {
-                let ack = match ack {
-                    Some(Ok(a)) => a,
-                    Some(Err(status)) => return Err(SessionError::Call { call: "ReportResults", status }),
-                    None => return Err(SessionError::Ended("report acknowledgement")),
-                };
-                if !unacked.remove(&ack.probe_id) {
-                    tracing::debug!("acknowledgement for probe {}, which was not waiting for one", ack.probe_id);
+                // Every ack already here is taken with this one, and their
+                // reports leave the spool in one transaction (one fsync).
+                let mut batch = vec![ack];
+                while batch.len() < SEND_WINDOW && matches!(batch.last(), Some(Some(Ok(_)))) {
+                    tokio::select! {
+                        biased;
+                        more = acks.next() => batch.push(more),
+                        () = std::future::ready(()) => break,
+                    }
                 }
-                spool.remove(ack.probe_id.clone()).await?;
-                if ack.stored && !ack.warning.is_empty() {
-                    // Stored, but its round is outside the check's window of the coordinator's clock.
-                    let skew = match ack.coordinator_time_ms {
-                        0 => "unknown".to_string(),
-                        t => format!("{:+.1} s", (epoch_ms() - t) as f64 / 1000.0),
-                    };
-                    tracing::warn!("report {} stored but not judged: {}; this agent's clock minus the coordinator's: {skew}", ack.probe_id, ack.warning);
-                } else if ack.stored {
-                    tracing::info!("report {} acked: stored by the coordinator ({} waiting)", ack.probe_id, spool.waiting());
-                } else {
-                    let why = if ack.error.is_empty() { "no reason given" } else { ack.error.as_str() };
-                    tracing::warn!("report {} rejected by the coordinator: {why}; dropped from the spool", ack.probe_id);
+                let mut acked = Vec::with_capacity(batch.len());
+                let mut end = None;
+                for ack in batch {
+                    match ack {
+                        Some(Ok(a)) => acked.push(a),
+                        Some(Err(status)) => { end = Some(SessionError::Call { call: "ReportResults", status }); break }
+                        None => { end = Some(SessionError::Ended("report acknowledgement")); break }
+                    }
+                }
+                for ack in &acked {
+                    if !unacked.remove(&ack.probe_id) {
+                        tracing::debug!("acknowledgement for probe {}, which was not waiting for one", ack.probe_id);
+                    }
+                }
+                spool.remove_many(acked.iter().map(|a| a.probe_id.clone()).collect()).await?;
+                for ack in &acked {
+                    log_ack(ack, spool.waiting());
+                }
+                if let Some(e) = end {
+                    return Err(e);
                 }
             }
             permit = outgoing.reserve(), if room && !queue.is_empty() => {
@@ -597,6 +606,23 @@ async fn send_reports(
             }
             _ = spool.pushed(), if room && queue.is_empty() => {}
         }
+    }
+}
+
+/// One line per acknowledged report (`waiting`: the spool after its batch).
+fn log_ack(ack: &pb::ResultAck, waiting: u64) {
+    if ack.stored && !ack.warning.is_empty() {
+        // Stored, but its round is outside the check's window of the coordinator's clock.
+        let skew = match ack.coordinator_time_ms {
+            0 => "unknown".to_string(),
+            t => format!("{:+.1} s", (epoch_ms() - t) as f64 / 1000.0),
+        };
+        tracing::warn!("report {} stored but not judged: {}; this agent's clock minus the coordinator's: {skew}", ack.probe_id, ack.warning);
+    } else if ack.stored {
+        tracing::info!("report {} acked: stored by the coordinator ({waiting} waiting)", ack.probe_id);
+    } else {
+        let why = if ack.error.is_empty() { "no reason given" } else { ack.error.as_str() };
+        tracing::warn!("report {} rejected by the coordinator: {why}; dropped from the spool", ack.probe_id);
     }
 }
 

@@ -286,6 +286,36 @@ impl Spool {
         Ok(len.is_some())
     }
 
+    /// Deletes acknowledged (or rejected) reports in one transaction: one
+    /// commit, so one fsync, for every ack that arrived together (a replay
+    /// would otherwise pay one fsync per report). Returns how many were
+    /// there. Deleting later than the ack is safe: a report still here
+    /// after a crash is sent again, and the coordinator stores it once.
+    pub async fn remove_many(&self, probe_ids: Vec<String>) -> Result<usize, SpoolError> {
+        if probe_ids.is_empty() {
+            return Ok(0);
+        }
+        let (removed, len) = self
+            .with(move |i| {
+                let tx = i.conn.transaction()?;
+                let mut removed = 0;
+                {
+                    let mut delete = tx.prepare_cached("DELETE FROM reports WHERE probe_id = ?1")?;
+                    for id in &probe_ids {
+                        removed += delete.execute([id])?;
+                    }
+                }
+                tx.commit()?;
+                i.len = i.len.saturating_sub(removed as u64);
+                Ok((removed, i.len))
+            })
+            .await?;
+        if removed > 0 {
+            self.waiting.send_replace(len);
+        }
+        Ok(removed)
+    }
+
     /// Reports waiting for an acknowledgement.
     pub fn waiting(&self) -> u64 {
         *self.waiting.borrow()

@@ -244,12 +244,16 @@ impl AgentService for AgentApi {
             let version = (!r.version.is_empty()).then_some(r.version);
             self.hub.seen(&agent.name, now, version.as_deref());
             self.hub.clock(&agent, r.sent_at_ms, now);
-            if let Err(e) = self
-                .storage
-                .touch_agent(agent.name.clone(), now, version.clone(), None)
-                .await
+            // The hub has it in memory already; the stored copy (last seen,
+            // version) need not hold up the answer: a storm of registrations
+            // then shares commits instead of each waiting for its own fsync.
             {
-                tracing::error!(agent = %agent.name, error = %e, "cannot record the agent's registration");
+                let (storage, name, version) = (self.storage.clone(), agent.name.clone(), version.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = storage.touch_agent(name.clone(), now, version, None).await {
+                        tracing::error!(agent = %name, error = %e, "cannot record the agent's registration");
+                    }
+                });
             }
             tracing::info!(agent = %agent.name, region = %agent.region, version = version.as_deref().unwrap_or("?"), "agent registered");
             Ok(Response::new(pb::RegisterResponse {
@@ -698,10 +702,11 @@ enum Pending {
         commit: oneshot::Receiver<Result<Inserted, StorageError>>,
         /// Offered to the judge once the commit says it is new.
         judge: Option<crate::judge::run::Offer>,
-        /// Stored but kept out of judging: why (see [`round_warning`]).
+        /// Stored but kept out of judging: why (see [`RoundWindow`]).
         warning: String,
-        /// Observed by the metrics once the commit says it is new (the report JSON).
-        observe: Option<String>,
+        /// Observed by the metrics once the commit says it is new (the
+        /// report as parsed at intake: the JSON is parsed once per report).
+        observe: Option<Box<ProbeReport>>,
         /// Its `report.ingest` span, ended at the ack.
         span: Option<OpenSpan>,
     },
@@ -768,7 +773,7 @@ impl Reader {
         let mut span =
             self.traces
                 .ingest(&self.agent.name, &self.agent.region, &check_id, &probe_id);
-        let (row, warning) = match self.row(result, span.as_mut()) {
+        let (row, warning, report) = match self.row(result, span.as_mut()) {
             Ok(row) => row,
             Err(error) => {
                 self.metrics
@@ -788,7 +793,7 @@ impl Reader {
             }
         };
         let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
-        let observe = self.metrics.is_some().then(|| row.report_json.clone());
+        let observe = self.metrics.is_some().then(|| Box::new(report));
         match self.storage.submit_report(row).await {
             Ok(commit) => Pending::Storing {
                 probe_id,
@@ -814,7 +819,7 @@ impl Reader {
         &self,
         r: pb::ProbeResult,
         span: Option<&mut OpenSpan>,
-    ) -> Result<(ReportRow, String), String> {
+    ) -> Result<(ReportRow, String, ProbeReport), String> {
         if r.probe_id.is_empty() || r.probe_id.len() > MAX_PROBE_ID {
             return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
         }
@@ -843,10 +848,16 @@ impl Reader {
             .map_err(|e| format!("started_at {:?} is not RFC 3339: {e}", report.started_at))?
             .timestamp_millis();
         let received_at_ms = now_ms();
-        let (fit, warning) = match self.hub.check_any(&r.check_id) {
-            Some(check) if r.round != 0 => round_warning(&check, r.round, received_at_ms),
-            _ => (RoundFit::InWindow, String::new()),
+        // Under the hub's lock, without cloning the check (its table and
+        // region list are large in a big fleet): only the window's figures.
+        let window = match r.round {
+            0 => None,
+            round => self
+                .hub
+                .with_check(&r.check_id, |check| RoundWindow::of(check, round, received_at_ms))
+                .flatten(),
         };
+        let (fit, warning) = window.map_or((RoundFit::InWindow, String::new()), |w| w.warning());
         if !warning.is_empty() {
             tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %r.check_id, round = r.round, probe = %r.probe_id, "{warning}");
         }
@@ -871,39 +882,58 @@ impl Reader {
             request_id: (!r.request_id.is_empty()).then_some(r.request_id),
             out_of_window: fit.label().map(str::to_string),
         };
-        Ok((row, warning))
+        Ok((row, warning, report))
     }
 }
 
-/// Round sanity at ingest: whether `round` of `check` starts within one
-/// interval plus the probe's budget of the coordinator's clock, and if not,
-/// the sentence the agent gets in its ack (empty when it does).
-fn round_warning(check: &StoredCheck, round: u64, now: i64) -> (RoundFit, String) {
-    let interval_ms = check.spec.interval.as_millis() as u64;
-    let phase = schedule::phase_ms(&check.spec.name, interval_ms);
-    let window = check.spec.interval + crate::judge::run::probe_budget(check);
-    let fit = schedule::round_fit(round, interval_ms, phase, window.as_millis() as u64, now);
-    let start = schedule::round_start_ms(round, interval_ms, phase).min(i64::MAX as u64) as i64;
-    let starts = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(start).map_or_else(
-        || format!("{start} ms"),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    );
-    let window = humantime::format_duration(std::time::Duration::from_secs(window.as_secs()));
-    let secs = |ms: i64| format!("{:.0} s", ms as f64 / 1000.0);
-    let warning = match fit {
-        RoundFit::InWindow => String::new(),
-        RoundFit::Early { by_ms } => format!(
-            "round {round} of check {:?} starts at {starts}, {} after the coordinator's clock, outside its window of ±{window}: stored as early evidence, kept out of verdicts and /latest; is this agent's clock ahead?",
-            check.spec.name,
-            secs(by_ms)
-        ),
-        RoundFit::Late { by_ms } => format!(
-            "round {round} of check {:?} started at {starts}, {} before the coordinator's clock, outside its window of ±{window}: stored as late evidence, kept out of verdicts and /latest (a report replayed long after its round, or this agent's clock is behind)",
-            check.spec.name,
-            secs(by_ms)
-        ),
-    };
-    (fit, warning)
+/// Round sanity at ingest: where `round` of a check falls against the
+/// coordinator's clock, taken under the hub's lock (cheap: no strings);
+/// `None` when it is in its window, which is nearly always.
+struct RoundWindow {
+    check: String,
+    round: u64,
+    fit: RoundFit,
+    start_ms: i64,
+    window: std::time::Duration,
+}
+
+impl RoundWindow {
+    /// Whether `round` of `check` starts within one interval plus the
+    /// probe's budget of `now`; None when it does.
+    fn of(check: &StoredCheck, round: u64, now: i64) -> Option<RoundWindow> {
+        let interval_ms = check.spec.interval.as_millis() as u64;
+        let phase = schedule::phase_ms(&check.spec.name, interval_ms);
+        let window = check.spec.interval + crate::judge::run::probe_budget(check);
+        let fit = schedule::round_fit(round, interval_ms, phase, window.as_millis() as u64, now);
+        if matches!(fit, RoundFit::InWindow) {
+            return None;
+        }
+        let start_ms = schedule::round_start_ms(round, interval_ms, phase).min(i64::MAX as u64) as i64;
+        Some(RoundWindow { check: check.spec.name.clone(), round, fit, start_ms, window })
+    }
+
+    /// The fit and the sentence the agent gets in its ack.
+    fn warning(self) -> (RoundFit, String) {
+        let RoundWindow { check, round, fit, start_ms: start, window } = self;
+        let starts = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(start).map_or_else(
+            || format!("{start} ms"),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        let window = humantime::format_duration(std::time::Duration::from_secs(window.as_secs()));
+        let secs = |ms: i64| format!("{:.0} s", ms as f64 / 1000.0);
+        let warning = match fit {
+            RoundFit::InWindow => String::new(),
+            RoundFit::Early { by_ms } => format!(
+                "round {round} of check {check:?} starts at {starts}, {} after the coordinator's clock, outside its window of ±{window}: stored as early evidence, kept out of verdicts and /latest; is this agent's clock ahead?",
+                secs(by_ms)
+            ),
+            RoundFit::Late { by_ms } => format!(
+                "round {round} of check {check:?} started at {starts}, {} before the coordinator's clock, outside its window of ±{window}: stored as late evidence, kept out of verdicts and /latest (a report replayed long after its round, or this agent's clock is behind)",
+                secs(by_ms)
+            ),
+        };
+        (fit, warning)
+    }
 }
 
 /// Sends each ack once its report is durable, in arrival order.
@@ -936,8 +966,8 @@ async fn acknowledge(
                         Inserted::Duplicate => "duplicate",
                     };
                     end_ingest(span, result, None);
-                    if let (Some(m), Some(json)) = (&metrics, &observe) {
-                        m.stored(&agent.region, inserted == Inserted::New, json);
+                    if let (Some(m), Some(report)) = (&metrics, &observe) {
+                        m.stored_report(&agent.region, inserted == Inserted::New, report);
                     }
                     if let (Inserted::New, Some(offer)) = (inserted, judge) {
                         offer.deliver();

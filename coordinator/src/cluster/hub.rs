@@ -323,6 +323,13 @@ impl Hub {
         self.lock().checks.get(id).cloned()
     }
 
+    /// `f` of any check ever stored (deleted ones included), under the
+    /// lock and without cloning it: what the per-report path uses, since a
+    /// check of a large fleet holds a long region list.
+    pub fn with_check<R>(&self, id: &str, f: impl FnOnce(&StoredCheck) -> R) -> Option<R> {
+        self.lock().checks.get(id).map(f)
+    }
+
     /// Live checks, by id.
     pub fn checks(&self) -> Vec<StoredCheck> {
         self.lock()

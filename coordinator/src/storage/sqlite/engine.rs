@@ -198,14 +198,24 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
+/// One transaction for the whole batch, each job in its own savepoint.
+/// The savepoint statements are prepared once per connection (cached), so
+/// a job of a large batch costs its own statements only.
 fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
-    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let step = |sql: &str| -> Result<(), String> {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
     for job in batch.iter_mut() {
-        let sp = tx.savepoint().map_err(|e| e.to_string())?;
-        if job.run(&sp) {
-            sp.commit().map_err(|e| e.to_string())?;
+        step("SAVEPOINT job")?;
+        if !job.run(&tx) {
+            // A failed job's writes go; the rest of the batch stands.
+            step("ROLLBACK TO job")?;
         }
-        // A failed job's savepoint rolls back on drop; the rest of the batch stands.
+        step("RELEASE job")?;
     }
     tx.commit().map_err(|e| e.to_string())
 }
