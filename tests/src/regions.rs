@@ -439,6 +439,10 @@ pub struct Settings {
     /// The replica (0: the first started) listed first in the agents'
     /// `coordinator_urls`, so the one they connect to; the rest follow in order.
     pub agents_on: usize,
+    /// Spread the agents over the replicas: region `i`'s agent lists
+    /// replica `(agents_on + i) % replicas` first (so with two replicas,
+    /// r1 and r3 on one, r2 on the other).
+    pub spread: bool,
 }
 
 impl Settings {
@@ -464,6 +468,7 @@ impl Settings {
             storage_url: None,
             replicas: 1,
             agents_on: 0,
+            spread: false,
         }
     }
 }
@@ -578,17 +583,21 @@ impl RegionCluster {
                 Coordinator::start_with_config(&own, &config)
             })
             .collect();
-        let mut urls: Vec<String> =
+        let all_urls: Vec<String> =
             std::iter::once(&coordinator).chain(&others).map(|c| format!("\"http://{}\"", c.grpc)).collect();
-        urls.rotate_left(settings.agents_on);
-        let coordinator_line = if urls.len() == 1 {
-            format!("coordinator_url = {}", urls[0])
-        } else {
-            format!("coordinator_urls = [{}]", urls.join(", "))
+        let coordinator_line = |i: usize| {
+            let mut urls = all_urls.clone();
+            let first = (settings.agents_on + if settings.spread { i } else { 0 }) % urls.len();
+            urls.rotate_left(first);
+            if urls.len() == 1 {
+                format!("coordinator_url = {}", urls[0])
+            } else {
+                format!("coordinator_urls = [{}]", urls.join(", "))
+            }
         };
 
         let mut agents = Vec::new();
-        for region in &regions {
+        for (i, region) in regions.iter().enumerate() {
             let connect_to: Vec<String> = ports
                 .iter()
                 .zip(&region.proxies)
@@ -602,7 +611,7 @@ impl RegionCluster {
                      spool = {:?}\nshutdown_grace = \"5s\"\nconnect_to = [{}]\n[dns]\nnameservers = [\"{}\"]\n",
                     region.agent_name,
                     region.name,
-                    coordinator_line,
+                    coordinator_line(i),
                     dir.path().join(format!("{}.token", region.agent_name)),
                     dir.path().join(format!("{}.spool.db", region.agent_name)),
                     connect_to.join(", "),

@@ -208,3 +208,73 @@ fn the_leader_dies_another_replica_leads_verdicts_go_on_and_each_transition_is_p
     assert_eq!(outages[0]["state"], "resolved");
     eprintln!("verdicts after the kill:\n{}", describe(&after));
 }
+
+/// `(name, connected, assigned)` of every agent, as replica `c` shows them.
+fn agents_seen(c: &Coordinator) -> Vec<(String, bool, u64)> {
+    let (status, body) = c.get("/api/v1/agents");
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut out: Vec<(String, bool, u64)> = body["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| (a["name"].as_str().unwrap_or_default().to_string(), a["connected"] == true, a["assigned_checks"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn agents_spread_over_replicas_are_live_and_assigned_alike_on_every_replica_and_the_judge_counts_them() {
+    let (mut settings, _db) = two_replicas("spread");
+    // r1 and r3 talk to the first replica, r2 to the second: whichever
+    // leads judges a region whose agent is on the other replica.
+    settings.spread = true;
+    let check = Check::new("replica-spread");
+    let mut c = RegionCluster::start(&check, &settings);
+
+    // Each replica shows every agent connected and running the check once
+    // (the rendezvous over a region's live agents, computed alike on both).
+    let all_live: Vec<(String, bool, u64)> = REGIONS.iter().map(|r| (format!("agent-{r}"), true, 1)).collect();
+    for replica in [&c.coordinator, &c.others[0]] {
+        wait_until(DEADLINE, "every agent connected and assigned once, on each replica", || {
+            (agents_seen(replica) == all_live).then_some(())
+        });
+    }
+    // The agents really are spread: each replica's own log names the agents it serves.
+    let second = c.others[0].grpc;
+    wait_until(DEADLINE, "r2's agent connected to the second replica", || {
+        let line = format!("connected to the coordinator at http://{second}");
+        std::fs::read_to_string(&c.region("r2").log).unwrap_or_default().contains(&line).then_some(())
+    });
+
+    // The leader counts every region's agent as connected when it judges,
+    // including the region whose agent talks to the other replica (before
+    // agents were shared, that region was unwatched, then counted 0).
+    let watched = wait_until(DEADLINE, "three verdicts with every region's connected agents counted", || {
+        let v: Vec<serde_json::Value> = c
+            .verdicts()
+            .into_iter()
+            .filter(|v| v["regions"].as_array().is_some_and(|rs| rs.len() == REGIONS.len() && rs.iter().all(|r| !r["agents_connected"].is_null())))
+            .collect();
+        (v.len() >= 3).then_some(v)
+    });
+    for v in &watched {
+        for r in v["regions"].as_array().unwrap() {
+            assert_eq!(r["agents_connected"], 1, "region {} of round {}: {v}", r["region"], v["round"]);
+        }
+    }
+    assert!(c.incidents("kind=coverage").is_empty(), "no coverage incident: {:#?}", c.incidents("kind=coverage"));
+
+    // r2's agent gone (killed on the second replica): both replicas see it
+    // disconnected, and its check is nobody's in r2.
+    c.kill_agent("r2");
+    for replica in [&c.coordinator, &c.others[0]] {
+        wait_until(DEADLINE, "r2's agent disconnected on each replica", || {
+            agents_seen(replica).iter().any(|(n, connected, assigned)| n == "agent-r2" && !connected && *assigned == 0).then_some(())
+        });
+    }
+}

@@ -97,6 +97,31 @@ impl Storage {
         }
     }
 
+    /// Whether other coordinator replicas may share this storage
+    /// (PostgreSQL); SQLite belongs to one process.
+    pub fn shared(&self) -> bool {
+        matches!(self.0, Backend::Postgres(_))
+    }
+
+    /// Publishes which agents are connected to replica `replica` now (its
+    /// heartbeat: the rows it no longer lists go). SQLite: nothing to tell.
+    pub async fn publish_presence(&self, replica: &str, live: Vec<Presence>) -> Result<(), StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.publish_presence(replica, live).await,
+        }
+    }
+
+    /// The agents every replica said were connected within `fresh` (by the
+    /// database's clock, so replicas' clocks need not agree). SQLite: none
+    /// but this process's own, which it knows already.
+    pub async fn presence(&self, fresh: std::time::Duration) -> Result<Vec<Presence>, StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.presence(fresh).await,
+        }
+    }
+
     /// Lets the writers commit everything already queued, then stops them.
     /// Later writes fail with [`StorageError::Closed`].
     pub async fn close(&self) {
