@@ -278,3 +278,63 @@ fn agents_spread_over_replicas_are_live_and_assigned_alike_on_every_replica_and_
         });
     }
 }
+
+#[test]
+fn an_alert_the_dead_leader_had_not_delivered_is_sent_once_by_the_next_leader() {
+    let (settings, db) = two_replicas("outbox");
+    let check = Check::new("replica-outbox");
+    let mut c = RegionCluster::start(&check, &settings);
+    let leader = wait_until(DEADLINE, "one leader and one follower on /readyz", || {
+        match (readyz(&c.coordinator)?, readyz(&c.others[0])?) {
+            ((200, a), (200, b)) if a == "leader" && b == "follower" => Some(0),
+            ((200, a), (200, b)) if a == "follower" && b == "leader" => Some(1),
+            _ => None,
+        }
+    });
+    wait_until(DEADLINE, "an up verdict from the leader", || c.verdicts().iter().any(|v| v["verdict"] == "up").then_some(()));
+
+    // The pager refuses (503, worth a retry): the leader opens the outage,
+    // records its alert with the transition, and is still retrying it...
+    c.pager.refuse(true);
+    c.cut_all();
+    let refused = wait_until(DEADLINE, "the outage's opening offered to the pager (and refused)", || {
+        c.pager.hits().into_iter().find(|h| h.body["event"] == "opened" && h.body["incident"]["kind"] == "outage")
+    });
+    let incident = refused.body["incident"]["id"].clone();
+    // ...when it dies: kill -9, nothing sent after this.
+    c.kill9_coordinator(leader);
+    let owed = Postgres::get().psql(&db, &format!("SELECT count(*) FROM alert_outbox WHERE incident_id = {incident} AND event = 'opened' AND delivered_at IS NULL"));
+    assert_eq!(owed, "1", "the opening's alert is recorded undelivered");
+    c.pager.refuse(false);
+
+    // The next leader sends what the dead one owed, once.
+    wait_until(DEADLINE, "the surviving replica to lead", || {
+        (readyz(&c.coordinator) == Some((200, "leader".to_string()))).then_some(())
+    });
+    wait_until(DEADLINE, "the outage's opening delivered by the new leader", || {
+        c.pager.delivered().into_iter().find(|h| h.body["event"] == "opened" && h.body["incident"]["id"] == incident)
+    });
+    wait_until(DEADLINE, "the alert marked delivered", || {
+        let n = Postgres::get().psql(&db, &format!("SELECT count(*) FROM alert_outbox WHERE incident_id = {incident} AND event = 'opened' AND delivered_at IS NOT NULL"));
+        (n == "1").then_some(())
+    });
+    c.restore_all();
+    wait_until(Duration::from_secs(180), "the outage paged as resolved", || {
+        c.pager.delivered().into_iter().find(|h| h.body["event"] == "resolved" && h.body["incident"]["id"] == incident)
+    });
+    let delivered: Vec<String> = c
+        .pager
+        .delivered()
+        .iter()
+        .map(|h| format!("{} {}", h.body["event"].as_str().unwrap_or("?"), h.body["incident"]["id"]))
+        .collect();
+    for event in ["opened", "resolved"] {
+        let n = delivered.iter().filter(|p| **p == format!("{event} {incident}")).count();
+        assert_eq!(n, 1, "{event} delivered {n} times: {delivered:?}");
+    }
+    eprintln!(
+        "pager: {} POST(s) refused before the kill, {} delivered after: {delivered:?}",
+        c.pager.hits().iter().filter(|h| !h.accepted).count(),
+        delivered.len()
+    );
+}

@@ -122,6 +122,25 @@ impl Storage {
         }
     }
 
+    /// Marks a transition's alert delivered (every channel settled it).
+    /// SQLite keeps no delivery record: one process, nobody to hand over to.
+    pub async fn alert_delivered(&self, incident_id: u64, event: crate::judge::AlertEventKind) -> Result<(), StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.alert_delivered(incident_id, event).await,
+        }
+    }
+
+    /// The transitions whose alerts were recorded and never marked
+    /// delivered (a leader died or stopped first), oldest first, as
+    /// (event, its time, the incident as it was then).
+    pub async fn undelivered_alerts(&self) -> Result<Vec<(crate::judge::AlertEventKind, i64, Incident)>, StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.undelivered_alerts().await,
+        }
+    }
+
     /// Lets the writers commit everything already queued, then stops them.
     /// Later writes fail with [`StorageError::Closed`].
     pub async fn close(&self) {

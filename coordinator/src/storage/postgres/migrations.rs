@@ -168,6 +168,19 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         PRIMARY KEY (agent, replica)
     );
     CREATE INDEX agent_presence_by_heartbeat ON agent_presence (heartbeat_at);",
+), (
+    4,
+    "alert outbox: each incident transition's alert, recorded with it, until delivered",
+    "CREATE TABLE alert_outbox (
+        incident_id   BIGINT NOT NULL,
+        event         TEXT NOT NULL,
+        at_ms         BIGINT NOT NULL,
+        incident_json TEXT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        delivered_at  BIGINT,
+        PRIMARY KEY (incident_id, event)
+    );
+    CREATE INDEX alert_outbox_undelivered ON alert_outbox (created_at) WHERE delivered_at IS NULL;",
 )];
 
 /// The schema version this coordinator writes.

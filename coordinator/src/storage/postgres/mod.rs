@@ -15,6 +15,7 @@ mod checks;
 mod incidents;
 mod leader;
 pub(crate) mod migrations;
+mod outbox;
 mod presence;
 mod reports;
 mod tokens;
