@@ -17,7 +17,7 @@
 //! belongs to `make bench`.
 
 use mailloop_tests::Check;
-use mailloop_tests::cluster::{Coordinator, check_toml, http_get, wait_until};
+use mailloop_tests::cluster::{Coordinator, check_toml, http_get, http_get_as, wait_until};
 use mailloop_tests::postgres::Postgres;
 use mailloop_tests::regions::{REGIONS, RegionCluster, Settings, describe, now_ms};
 use std::collections::{HashMap, HashSet};
@@ -337,4 +337,30 @@ fn an_alert_the_dead_leader_had_not_delivered_is_sent_once_by_the_next_leader() 
         c.pager.hits().iter().filter(|h| !h.accepted).count(),
         delivered.len()
     );
+}
+
+#[test]
+fn an_api_token_made_or_revoked_through_one_replica_is_in_force_on_the_other() {
+    let (settings, _db) = two_replicas("tokens");
+    let check = Check::new("replica-tokens");
+    let c = RegionCluster::start(&check, &settings);
+    let (first, second) = (&c.coordinator, &c.others[0]);
+    let file = c.dir.path().join("dashboard.token");
+    let (code, out, err) = first.ctl(&["tokens", "add", "dashboard", "--role", "read", "--out", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(!token.is_empty());
+    let status = |at: &Coordinator| http_get_as(at.http, "/api/v1/checks", &token).map(|(s, _)| s).ok();
+
+    // Made through the first: the second accepts it (and lists it).
+    wait_until(DEADLINE, "the token made through the first replica accepted by the second", || (status(second) == Some(200)).then_some(()));
+    assert_eq!(status(first), Some(200));
+    let listed = second.get_ok("/api/v1/tokens");
+    assert!(listed["tokens"].as_array().unwrap().iter().any(|t| t["name"] == "dashboard"), "{listed}");
+
+    // Revoked through the second: the first refuses it.
+    let (code, out, err) = second.ctl(&["tokens", "revoke", "dashboard"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the token revoked through the second replica refused by the first", || (status(first) == Some(401)).then_some(()));
+    assert_eq!(status(second), Some(401));
 }

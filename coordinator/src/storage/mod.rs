@@ -97,6 +97,17 @@ impl Storage {
         }
     }
 
+    /// Follows changes of checks, agents and API tokens made by any
+    /// replica until `stop` resolves: the `Notify` fires as each commits
+    /// (PostgreSQL LISTEN/NOTIFY, on a dedicated connection). None on
+    /// SQLite: one process, nobody else changes anything.
+    pub fn listen_changes(&self, stop: impl Future<Output = ()> + Send + 'static) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match &self.0 {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(db) => Some(db.listen_changes(stop)),
+        }
+    }
+
     /// Whether other coordinator replicas may share this storage
     /// (PostgreSQL); SQLite belongs to one process.
     pub fn shared(&self) -> bool {

@@ -11,6 +11,7 @@
 mod agents;
 mod aggregates;
 mod audit;
+mod changes;
 mod checks;
 mod incidents;
 mod leader;
