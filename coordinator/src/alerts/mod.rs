@@ -567,10 +567,8 @@ impl Worker {
             };
             self.stats.lock().unwrap().in_flight = 0;
             self.queue.current.lock().unwrap().take();
-            if done {
-                if let Some(intent) = &event.intent {
-                    intent.settled();
-                }
+            if let (true, Some(intent)) = (done, &event.intent) {
+                intent.settled();
             }
             if !done {
                 let left = 1 + std::mem::take(&mut *self.queue.items.lock().unwrap()).len();
