@@ -220,8 +220,14 @@ impl Coordinator {
             shutdown.clone(),
         );
         tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
-        // Changes made through other replicas sharing the database.
+        // Changes made through other replicas sharing the database, and
+        // the agents connected to them.
         tokio::spawn(control.clone().follow_storage(shutdown.clone()));
+        if storage.shared() {
+            let replica = crate::cluster::presence::replica_id();
+            tracing::info!(replica = %replica, "replica id (agent presence is shared through the database)");
+            tokio::spawn(crate::cluster::presence::run(hub.clone(), storage.clone(), replica, shutdown.clone()));
+        }
         tokio::spawn(prune_loop(
             storage.clone(),
             role.clone(),

@@ -270,6 +270,7 @@ fn event(kind: IncidentKind, severity: Severity, what: AlertEventKind) -> AlertE
         at_ms: 1_764_291_724_500,
         incident: incident(kind, severity),
         traceparent: None,
+        intent: None,
     }
 }
 

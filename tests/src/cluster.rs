@@ -510,9 +510,14 @@ impl Drop for Cluster {
 /// A minimal HTTP/1.1 GET (one request per connection, with the admin
 /// token: every API read needs a token) returning the status and the JSON body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Value), String> {
+    http_get_as(addr, path, ADMIN_TOKEN)
+}
+
+/// [`http_get`] with another bearer token.
+pub fn http_get_as(addr: SocketAddr, path: &str, token: &str) -> Result<(u16, Value), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nAuthorization: Bearer {token}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;

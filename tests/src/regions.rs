@@ -264,13 +264,16 @@ pub struct Hit {
     pub path: String,
     /// The body as JSON (`Value::String` with the raw text if it is not JSON).
     pub body: Value,
+    /// Answered 200 (false: refused with 503, see [`WebhookReceiver::refuse`]).
+    pub accepted: bool,
 }
 
-/// A local HTTP endpoint that answers every request `200 {}` and records
-/// each POST with its arrival time.
+/// A local HTTP endpoint that answers every request `200 {}` (or `503`
+/// while told to refuse) and records each POST with its arrival time.
 pub struct WebhookReceiver {
     addr: SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WebhookReceiver {
@@ -279,12 +282,24 @@ impl WebhookReceiver {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(Mutex::new(Vec::new()));
         let recorded = hits.clone();
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse = refusing.clone();
         handle.spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(answer(conn, recorded.clone()));
+                tokio::spawn(answer(conn, recorded.clone(), refuse.clone()));
             }
         });
-        WebhookReceiver { addr, hits }
+        WebhookReceiver { addr, hits, refusing }
+    }
+
+    /// Answers every POST `503` (a retryable failure) while `on`; still records it.
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The POSTs answered 200, oldest first.
+    pub fn delivered(&self) -> Vec<Hit> {
+        self.hits().into_iter().filter(|h| h.accepted).collect()
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -299,7 +314,7 @@ impl WebhookReceiver {
 }
 
 /// Serves one connection, request after request (keep-alive).
-async fn answer(mut conn: TcpStream, hits: Arc<Mutex<Vec<Hit>>>) {
+async fn answer(mut conn: TcpStream, hits: Arc<Mutex<Vec<Hit>>>, refusing: Arc<std::sync::atomic::AtomicBool>) {
     const MAX: usize = 1 << 20;
     let mut buf = Vec::new();
     loop {
@@ -341,12 +356,17 @@ async fn answer(mut conn: TcpStream, hits: Arc<Mutex<Vec<Hit>>>) {
         buf.drain(..consumed);
         let mut parts = request.split_whitespace();
         let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default().to_string());
+        let refuse = refusing.load(std::sync::atomic::Ordering::SeqCst);
         if method == "POST" {
             let body =
                 serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-            hits.lock().unwrap().push(Hit { at: Instant::now(), path, body });
+            hits.lock().unwrap().push(Hit { at: Instant::now(), path, body, accepted: !refuse });
         }
-        let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let reply: &[u8] = if refuse {
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        };
         if conn.write_all(reply).await.is_err() {
             return;
         }
@@ -439,6 +459,10 @@ pub struct Settings {
     /// The replica (0: the first started) listed first in the agents'
     /// `coordinator_urls`, so the one they connect to; the rest follow in order.
     pub agents_on: usize,
+    /// Spread the agents over the replicas: region `i`'s agent lists
+    /// replica `(agents_on + i) % replicas` first (so with two replicas,
+    /// r1 and r3 on one, r2 on the other).
+    pub spread: bool,
 }
 
 impl Settings {
@@ -464,6 +488,7 @@ impl Settings {
             storage_url: None,
             replicas: 1,
             agents_on: 0,
+            spread: false,
         }
     }
 }
@@ -578,17 +603,21 @@ impl RegionCluster {
                 Coordinator::start_with_config(&own, &config)
             })
             .collect();
-        let mut urls: Vec<String> =
+        let all_urls: Vec<String> =
             std::iter::once(&coordinator).chain(&others).map(|c| format!("\"http://{}\"", c.grpc)).collect();
-        urls.rotate_left(settings.agents_on);
-        let coordinator_line = if urls.len() == 1 {
-            format!("coordinator_url = {}", urls[0])
-        } else {
-            format!("coordinator_urls = [{}]", urls.join(", "))
+        let coordinator_line = |i: usize| {
+            let mut urls = all_urls.clone();
+            let first = (settings.agents_on + if settings.spread { i } else { 0 }) % urls.len();
+            urls.rotate_left(first);
+            if urls.len() == 1 {
+                format!("coordinator_url = {}", urls[0])
+            } else {
+                format!("coordinator_urls = [{}]", urls.join(", "))
+            }
         };
 
         let mut agents = Vec::new();
-        for region in &regions {
+        for (i, region) in regions.iter().enumerate() {
             let connect_to: Vec<String> = ports
                 .iter()
                 .zip(&region.proxies)
@@ -602,7 +631,7 @@ impl RegionCluster {
                      spool = {:?}\nshutdown_grace = \"5s\"\nconnect_to = [{}]\n[dns]\nnameservers = [\"{}\"]\n",
                     region.agent_name,
                     region.name,
-                    coordinator_line,
+                    coordinator_line(i),
                     dir.path().join(format!("{}.token", region.agent_name)),
                     dir.path().join(format!("{}.spool.db", region.agent_name)),
                     connect_to.join(", "),

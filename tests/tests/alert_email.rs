@@ -79,6 +79,7 @@ fn outage(check: &str, summary: &str) -> AlertEvent {
             }],
         },
         traceparent: None,
+        intent: None,
     }
 }
 

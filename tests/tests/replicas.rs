@@ -17,7 +17,7 @@
 //! belongs to `make bench`.
 
 use mailloop_tests::Check;
-use mailloop_tests::cluster::{Coordinator, check_toml, http_get, wait_until};
+use mailloop_tests::cluster::{Coordinator, check_toml, http_get, http_get_as, wait_until};
 use mailloop_tests::postgres::Postgres;
 use mailloop_tests::regions::{REGIONS, RegionCluster, Settings, describe, now_ms};
 use std::collections::{HashMap, HashSet};
@@ -207,4 +207,160 @@ fn the_leader_dies_another_replica_leads_verdicts_go_on_and_each_transition_is_p
     assert_eq!(outages.len(), 1, "one outage across the failover: {outages:#?}");
     assert_eq!(outages[0]["state"], "resolved");
     eprintln!("verdicts after the kill:\n{}", describe(&after));
+}
+
+/// `(name, connected, assigned)` of every agent, as replica `c` shows them.
+fn agents_seen(c: &Coordinator) -> Vec<(String, bool, u64)> {
+    let (status, body) = c.get("/api/v1/agents");
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut out: Vec<(String, bool, u64)> = body["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| (a["name"].as_str().unwrap_or_default().to_string(), a["connected"] == true, a["assigned_checks"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn agents_spread_over_replicas_are_live_and_assigned_alike_on_every_replica_and_the_judge_counts_them() {
+    let (mut settings, _db) = two_replicas("spread");
+    // r1 and r3 talk to the first replica, r2 to the second: whichever
+    // leads judges a region whose agent is on the other replica.
+    settings.spread = true;
+    let check = Check::new("replica-spread");
+    let mut c = RegionCluster::start(&check, &settings);
+
+    // Each replica shows every agent connected and running the check once
+    // (the rendezvous over a region's live agents, computed alike on both).
+    let all_live: Vec<(String, bool, u64)> = REGIONS.iter().map(|r| (format!("agent-{r}"), true, 1)).collect();
+    for replica in [&c.coordinator, &c.others[0]] {
+        wait_until(DEADLINE, "every agent connected and assigned once, on each replica", || {
+            (agents_seen(replica) == all_live).then_some(())
+        });
+    }
+    // The agents really are spread: each replica's own log names the agents it serves.
+    let second = c.others[0].grpc;
+    wait_until(DEADLINE, "r2's agent connected to the second replica", || {
+        let line = format!("connected to the coordinator at http://{second}");
+        std::fs::read_to_string(&c.region("r2").log).unwrap_or_default().contains(&line).then_some(())
+    });
+
+    // The leader counts every region's agent as connected when it judges,
+    // including the region whose agent talks to the other replica (before
+    // agents were shared, that region was unwatched, then counted 0).
+    let watched = wait_until(DEADLINE, "three verdicts with every region's connected agents counted", || {
+        let v: Vec<serde_json::Value> = c
+            .verdicts()
+            .into_iter()
+            .filter(|v| v["regions"].as_array().is_some_and(|rs| rs.len() == REGIONS.len() && rs.iter().all(|r| !r["agents_connected"].is_null())))
+            .collect();
+        (v.len() >= 3).then_some(v)
+    });
+    for v in &watched {
+        for r in v["regions"].as_array().unwrap() {
+            assert_eq!(r["agents_connected"], 1, "region {} of round {}: {v}", r["region"], v["round"]);
+        }
+    }
+    assert!(c.incidents("kind=coverage").is_empty(), "no coverage incident: {:#?}", c.incidents("kind=coverage"));
+
+    // r2's agent gone (killed on the second replica): both replicas see it
+    // disconnected, and its check is nobody's in r2.
+    c.kill_agent("r2");
+    for replica in [&c.coordinator, &c.others[0]] {
+        wait_until(DEADLINE, "r2's agent disconnected on each replica", || {
+            agents_seen(replica).iter().any(|(n, connected, assigned)| n == "agent-r2" && !connected && *assigned == 0).then_some(())
+        });
+    }
+}
+
+#[test]
+fn an_alert_the_dead_leader_had_not_delivered_is_sent_once_by_the_next_leader() {
+    let (settings, db) = two_replicas("outbox");
+    let check = Check::new("replica-outbox");
+    let mut c = RegionCluster::start(&check, &settings);
+    let leader = wait_until(DEADLINE, "one leader and one follower on /readyz", || {
+        match (readyz(&c.coordinator)?, readyz(&c.others[0])?) {
+            ((200, a), (200, b)) if a == "leader" && b == "follower" => Some(0),
+            ((200, a), (200, b)) if a == "follower" && b == "leader" => Some(1),
+            _ => None,
+        }
+    });
+    wait_until(DEADLINE, "an up verdict from the leader", || c.verdicts().iter().any(|v| v["verdict"] == "up").then_some(()));
+
+    // The pager refuses (503, worth a retry): the leader opens the outage,
+    // records its alert with the transition, and is still retrying it...
+    c.pager.refuse(true);
+    c.cut_all();
+    let refused = wait_until(DEADLINE, "the outage's opening offered to the pager (and refused)", || {
+        c.pager.hits().into_iter().find(|h| h.body["event"] == "opened" && h.body["incident"]["kind"] == "outage")
+    });
+    let incident = refused.body["incident"]["id"].clone();
+    // ...when it dies: kill -9, nothing sent after this.
+    c.kill9_coordinator(leader);
+    let owed = Postgres::get().psql(&db, &format!("SELECT count(*) FROM alert_outbox WHERE incident_id = {incident} AND event = 'opened' AND delivered_at IS NULL"));
+    assert_eq!(owed, "1", "the opening's alert is recorded undelivered");
+    c.pager.refuse(false);
+
+    // The next leader sends what the dead one owed, once.
+    wait_until(DEADLINE, "the surviving replica to lead", || {
+        (readyz(&c.coordinator) == Some((200, "leader".to_string()))).then_some(())
+    });
+    wait_until(DEADLINE, "the outage's opening delivered by the new leader", || {
+        c.pager.delivered().into_iter().find(|h| h.body["event"] == "opened" && h.body["incident"]["id"] == incident)
+    });
+    wait_until(DEADLINE, "the alert marked delivered", || {
+        let n = Postgres::get().psql(&db, &format!("SELECT count(*) FROM alert_outbox WHERE incident_id = {incident} AND event = 'opened' AND delivered_at IS NOT NULL"));
+        (n == "1").then_some(())
+    });
+    c.restore_all();
+    wait_until(Duration::from_secs(180), "the outage paged as resolved", || {
+        c.pager.delivered().into_iter().find(|h| h.body["event"] == "resolved" && h.body["incident"]["id"] == incident)
+    });
+    let delivered: Vec<String> = c
+        .pager
+        .delivered()
+        .iter()
+        .map(|h| format!("{} {}", h.body["event"].as_str().unwrap_or("?"), h.body["incident"]["id"]))
+        .collect();
+    for event in ["opened", "resolved"] {
+        let n = delivered.iter().filter(|p| **p == format!("{event} {incident}")).count();
+        assert_eq!(n, 1, "{event} delivered {n} times: {delivered:?}");
+    }
+    eprintln!(
+        "pager: {} POST(s) refused before the kill, {} delivered after: {delivered:?}",
+        c.pager.hits().iter().filter(|h| !h.accepted).count(),
+        delivered.len()
+    );
+}
+
+#[test]
+fn an_api_token_made_or_revoked_through_one_replica_is_in_force_on_the_other() {
+    let (settings, _db) = two_replicas("tokens");
+    let check = Check::new("replica-tokens");
+    let c = RegionCluster::start(&check, &settings);
+    let (first, second) = (&c.coordinator, &c.others[0]);
+    let file = c.dir.path().join("dashboard.token");
+    let (code, out, err) = first.ctl(&["tokens", "add", "dashboard", "--role", "read", "--out", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(!token.is_empty());
+    let status = |at: &Coordinator| http_get_as(at.http, "/api/v1/checks", &token).map(|(s, _)| s).ok();
+
+    // Made through the first: the second accepts it (and lists it).
+    wait_until(DEADLINE, "the token made through the first replica accepted by the second", || (status(second) == Some(200)).then_some(()));
+    assert_eq!(status(first), Some(200));
+    let listed = second.get_ok("/api/v1/tokens");
+    assert!(listed["tokens"].as_array().unwrap().iter().any(|t| t["name"] == "dashboard"), "{listed}");
+
+    // Revoked through the second: the first refuses it.
+    let (code, out, err) = second.ctl(&["tokens", "revoke", "dashboard"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the token revoked through the second replica refused by the first", || (status(first) == Some(401)).then_some(()));
+    assert_eq!(status(second), Some(401));
 }

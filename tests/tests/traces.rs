@@ -968,6 +968,7 @@ async fn alert_deliveries_are_spans_under_their_verdict() {
             timeline: Vec::new(),
         },
         traceparent: Some(verdict.clone()),
+        intent: None,
     });
     let parent = parse_traceparent(&verdict).unwrap();
     let received = collector.received.clone();

@@ -6,13 +6,15 @@
 //! lock serialises changes, so revisions are handed out in commit order.
 //!
 //! Replicas: coordinators sharing one PostgreSQL database each hold a hub
-//! of their own. [`Control::follow_storage`] reads the stored checks and
-//! agents every [`FOLLOW_EVERY`] and installs what another replica changed
-//! (a check with a newer revision than this hub holds; an agent whose
-//! region, token or revocation differs), so the agents connected here, and
-//! the judge when this replica leads, follow a change made through any
-//! replica. A poll, not LISTEN/NOTIFY: it needs no connection of its own,
-//! and on SQLite, with one coordinator, it finds nothing to do.
+//! of their own. [`Control::follow_storage`] reads the stored checks,
+//! agents and API tokens as soon as any replica commits a change to them
+//! (PostgreSQL LISTEN/NOTIFY: `storage/postgres/changes.rs`), and every
+//! [`FOLLOW_EVERY`] in case a notice was lost, and installs what another
+//! replica changed (a check with a newer revision than this hub holds; an
+//! agent whose region, token or revocation differs; API tokens made or
+//! revoked), so the agents connected here, the judge when this replica
+//! leads, and the admin API follow a change made through any replica. On
+//! SQLite, with one coordinator, there is nothing to follow.
 //!
 //! Ownership: a check or agent declared in the config file is owned by the
 //! file (`source = config`): a reload replaces or removes it, and the API
@@ -33,8 +35,9 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often a replica reads the checks and agents other replicas may have changed.
-pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// How often a replica reads the checks, agents and tokens other replicas
+/// may have changed without a notice reaching it (notices come at once).
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -366,11 +369,25 @@ impl Control {
     /// Until shutdown, every [`FOLLOW_EVERY`]: installs the checks and
     /// agents another replica changed in the shared database.
     pub async fn follow_storage(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        if !self.storage.shared() {
+            return;
+        }
+        let notices = {
+            let mut stop = shutdown.clone();
+            self.storage.listen_changes(async move { stop.recv().await })
+        };
+        let notice = || async {
+            match &notices {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = notice() => {}
                 _ = shutdown.recv() => return,
             }
             if let Err(e) = self.follow_once().await {
@@ -400,6 +417,22 @@ impl Control {
                 tracing::info!(agent = %a.name, region = %a.region, revoked = a.revoked, "agent changed through another replica; following it");
                 self.hub.put_agent(a);
             }
+        }
+        let mut stored = self.storage.load_api_tokens().await?;
+        stored.sort_by(|a, b| a.name.cmp(&b.name));
+        let differs = {
+            let mut s = self.settings();
+            let mut held = s.api_tokens.clone();
+            held.sort_by(|a, b| a.name.cmp(&b.name));
+            let differs = held != stored;
+            if differs {
+                s.api_tokens = stored;
+            }
+            differs
+        };
+        if differs {
+            tracing::info!("API tokens changed through another replica; following them");
+            self.refresh_tokens();
         }
         Ok(())
     }

@@ -12,12 +12,19 @@
 //! it on a `watch` channel, which every agent's `WatchAssignments` stream
 //! follows. Bursts of changes (a thousand agents connecting) coalesce into
 //! a few recomputations.
+//!
+//! Replicas sharing a PostgreSQL database also see each other's agents:
+//! [`Hub::local_presence`] is what this replica publishes, and
+//! [`Hub::set_remote`] installs what the others published (`presence.rs`
+//! runs the exchange). An agent counts as connected when it has a session
+//! here or on another replica, so the rendezvous over a region's live
+//! agents, coverage and the agents API agree on every replica.
 
 use crate::config::names::token_sha256;
 use crate::cluster::ondemand::{OnDemand, RunStarted};
 use crate::cluster::schedule::{self, Assignment, AssignmentMap, Schedulable};
 use crate::shutdown::Shutdown;
-use crate::storage::{StoredAgent, StoredCheck};
+use crate::storage::{Presence, StoredAgent, StoredCheck};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
@@ -80,6 +87,24 @@ struct Inner {
     /// Highest revision handed out.
     revision: u64,
     epoch: u64,
+    /// Agents connected to other replicas, by name (their sessions summed).
+    remote: BTreeMap<String, Remote>,
+}
+
+/// An agent connected to other replicas, as they last published it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Remote {
+    sessions: u32,
+    last_seen_ms: Option<i64>,
+    spooled: Option<u64>,
+    clock_skew_ms: Option<i64>,
+}
+
+impl Inner {
+    /// Connected here or to another replica.
+    fn live(&self, a: &AgentState) -> bool {
+        a.sessions > 0 || self.remote.contains_key(&a.stored.name)
+    }
 }
 
 /// The live state. Share it as `Arc<Hub>`.
@@ -89,6 +114,9 @@ pub struct Hub {
     assignments: watch::Sender<Arc<AssignmentMap>>,
     /// On-demand runs, followed by every assignment stream.
     on_demand: OnDemand,
+    /// Fired when a session here opens or closes (the presence heartbeat
+    /// publishes it without waiting for its next tick).
+    local: Notify,
 }
 
 impl Hub {
@@ -121,6 +149,7 @@ impl Hub {
             dirty: Notify::new(),
             assignments: tx,
             on_demand: OnDemand::default(),
+            local: Notify::new(),
         })
     }
 
@@ -148,6 +177,62 @@ impl Hub {
 
     fn changed(&self) {
         self.dirty.notify_one();
+    }
+
+    /// Resolves when a session here opened or closed since the last call.
+    pub async fn local_changed(&self) {
+        self.local.notified().await
+    }
+
+    /// The agents with a session on this replica, for the presence heartbeat.
+    pub fn local_presence(&self, replica: &str) -> Vec<Presence> {
+        self.lock()
+            .agents
+            .values()
+            .filter(|a| a.sessions > 0)
+            .map(|a| Presence {
+                agent: a.stored.name.clone(),
+                replica: replica.to_string(),
+                sessions: a.sessions.min(u32::MAX as usize) as u32,
+                last_seen_ms: a.stored.last_seen_ms,
+                spooled: a.spooled,
+                clock_skew_ms: a.clock_skew_ms,
+            })
+            .collect()
+    }
+
+    /// Installs the agents connected to other replicas (`rows`: the
+    /// others' fresh presence, this replica's own left out). An agent that
+    /// is connected nowhere any more is disconnected as of `now_ms`. Marks
+    /// the assignments dirty when the set of live agents changed.
+    pub fn set_remote(&self, rows: Vec<Presence>, now_ms: i64) {
+        let mut remote: BTreeMap<String, Remote> = BTreeMap::new();
+        for p in rows {
+            let r = remote.entry(p.agent).or_default();
+            r.sessions += p.sessions;
+            r.last_seen_ms = r.last_seen_ms.max(p.last_seen_ms);
+            r.spooled = r.spooled.or(p.spooled);
+            r.clock_skew_ms = r.clock_skew_ms.or(p.clock_skew_ms);
+        }
+        let moved = {
+            let mut inner = self.lock();
+            let old = std::mem::take(&mut inner.remote);
+            let moved = old.keys().ne(remote.keys());
+            for (name, a) in inner.agents.iter_mut() {
+                let was = old.contains_key(name);
+                let is = remote.contains_key(name);
+                if a.sessions == 0 && was && !is {
+                    a.disconnected_at_ms = Some(now_ms);
+                } else if is {
+                    a.disconnected_at_ms = None;
+                }
+            }
+            inner.remote = remote;
+            moved
+        };
+        if moved {
+            self.changed();
+        }
     }
 
     /// Follows the assignment map.
@@ -212,6 +297,7 @@ impl Hub {
             inner.epoch + 1
         };
         self.changed();
+        self.local.notify_one();
         Some((
             Session {
                 hub: self.clone(),
@@ -261,16 +347,20 @@ impl Hub {
 
     /// The agents of `region` as the judge sees them, by name.
     pub fn region_agents(&self, region: &str) -> Vec<crate::judge::AgentSeen> {
-        self.lock()
+        let inner = self.lock();
+        inner
             .agents
             .values()
             .filter(|a| a.stored.region == region && !a.stored.revoked)
-            .map(|a| crate::judge::AgentSeen {
-                name: a.stored.name.clone(),
-                connected: a.sessions > 0,
-                last_seen_ms: a.stored.last_seen_ms,
-                disconnected_at_ms: a.disconnected_at_ms,
-                clock_skew_ms: a.clock_skew_ms,
+            .map(|a| {
+                let remote = inner.remote.get(&a.stored.name);
+                crate::judge::AgentSeen {
+                    name: a.stored.name.clone(),
+                    connected: inner.live(a),
+                    last_seen_ms: a.stored.last_seen_ms.max(remote.and_then(|r| r.last_seen_ms)),
+                    disconnected_at_ms: a.disconnected_at_ms,
+                    clock_skew_ms: if a.sessions > 0 { a.clock_skew_ms } else { remote.and_then(|r| r.clock_skew_ms).or(a.clock_skew_ms) },
+                }
             })
             .collect()
     }
@@ -354,14 +444,18 @@ impl Hub {
     pub fn agent(&self, name: &str) -> Option<AgentView> {
         let inner = self.lock();
         let map = self.assignments.borrow();
-        inner.agents.get(name).map(|a| view(a, &map))
+        inner.agents.get(name).map(|a| view(a, inner.remote.get(name), &map))
     }
 
     /// Every agent, by name.
     pub fn agents(&self) -> Vec<AgentView> {
         let inner = self.lock();
         let map = self.assignments.borrow();
-        inner.agents.values().map(|a| view(a, &map)).collect()
+        inner
+            .agents
+            .values()
+            .map(|a| view(a, inner.remote.get(&a.stored.name), &map))
+            .collect()
     }
 
     /// Which agent runs `check_id` now in each of `regions` (None: nobody connected there).
@@ -457,15 +551,22 @@ impl Hub {
     }
 }
 
-fn view(a: &AgentState, map: &AssignmentMap) -> AgentView {
+/// An agent as the API shows it: its sessions here and on other replicas.
+fn view(a: &AgentState, remote: Option<&Remote>, map: &AssignmentMap) -> AgentView {
+    let mut stored = a.stored.clone();
+    let here = a.sessions > 0;
+    if let Some(r) = remote {
+        stored.last_seen_ms = stored.last_seen_ms.max(r.last_seen_ms);
+    }
+    stored.connected = here || remote.is_some();
     AgentView {
-        stored: a.stored.clone(),
-        connected: a.sessions > 0,
-        sessions: a.sessions,
+        stored,
+        connected: here || remote.is_some(),
+        sessions: a.sessions + remote.map_or(0, |r| r.sessions as usize),
         assigned: map.for_agent(&a.stored.name).map_or(0, |m| m.len()),
-        spooled: a.spooled,
+        spooled: if here { a.spooled } else { remote.and_then(|r| r.spooled).or(a.spooled) },
         disconnected_at_ms: a.disconnected_at_ms,
-        clock_skew_ms: a.clock_skew_ms,
+        clock_skew_ms: if here { a.clock_skew_ms } else { remote.and_then(|r| r.clock_skew_ms).or(a.clock_skew_ms) },
     }
 }
 
@@ -493,7 +594,7 @@ fn compute(inner: &mut Inner) -> AssignmentMap {
     for a in inner
         .agents
         .values()
-        .filter(|a| a.sessions > 0 && !a.stored.revoked)
+        .filter(|a| inner.live(a) && !a.stored.revoked)
     {
         connected
             .entry(a.stored.region.clone())
@@ -511,13 +612,18 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if let Some(a) = self.hub.lock().agents.get_mut(&self.agent) {
-            a.sessions = a.sessions.saturating_sub(1);
-            a.stored.connected = a.sessions > 0;
-            if a.sessions == 0 {
-                a.disconnected_at_ms = Some(crate::clock::now_ms());
+        {
+            let mut inner = self.hub.lock();
+            let elsewhere = inner.remote.contains_key(&self.agent);
+            if let Some(a) = inner.agents.get_mut(&self.agent) {
+                a.sessions = a.sessions.saturating_sub(1);
+                a.stored.connected = a.sessions > 0;
+                if a.sessions == 0 && !elsewhere {
+                    a.disconnected_at_ms = Some(crate::clock::now_ms());
+                }
             }
         }
         self.hub.changed();
+        self.hub.local.notify_one();
     }
 }

@@ -3,11 +3,13 @@
 //! Bottom up: [`schedule`] (rounds, phases, rendezvous placement; pure),
 //! [`ondemand`] ("run now" orders), [`hub`] (live agents and the assignment
 //! map they follow), [`control`] (every change to checks, agents and API
-//! tokens: validated, stored, then pushed to the hub), [`grpc`] (the agent
-//! API edge).
+//! tokens: validated, stored, then pushed to the hub), [`presence`] (the
+//! agents connected to other replicas, through the shared database),
+//! [`grpc`] (the agent API edge).
 
 pub mod control;
 pub mod grpc;
 pub mod hub;
 pub mod ondemand;
+pub mod presence;
 pub mod schedule;

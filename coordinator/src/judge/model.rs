@@ -436,4 +436,9 @@ pub struct AlertEvent {
     /// coordinator traces): its delivery spans are children of it.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// Its delivery record, when the transition was stored with one
+    /// (PostgreSQL): marked delivered once every channel it is routed to
+    /// has settled it, so a new leader sends only what was not.
+    #[serde(skip)]
+    pub intent: Option<crate::alerts::Intent>,
 }

@@ -200,6 +200,7 @@ impl Judge {
                 at_ms,
                 incident: incident.clone(),
                 traceparent: None,
+                intent: None,
             });
         }
         Ok(outcome)
@@ -250,6 +251,7 @@ pub fn start(
         shared: judge.clone(),
         checks: BTreeMap::new(),
         swept: false,
+        redelivered: false,
         started_ms: now_ms(),
         metrics,
         role,
@@ -270,6 +272,9 @@ struct Task {
     /// Whether incidents of checks deleted while the coordinator was down
     /// have been resolved (once, on the first sync).
     swept: bool,
+    /// Whether the alerts a previous leader recorded and did not deliver
+    /// have been sent (once per term as leader, before it judges).
+    redelivered: bool,
     /// When this task started: what the hub knows of agents begins here.
     started_ms: i64,
     metrics: Arc<crate::metrics::Metrics>,
@@ -435,6 +440,9 @@ impl Task {
                     let _ = applied.send(());
                 }
                 _ = tick.tick() => if self.lead() {
+                    if !self.redelivered {
+                        self.redeliver().await;
+                    }
                     self.sync().await;
                     self.decide_due().await;
                 }
@@ -457,6 +465,7 @@ impl Task {
                 tracing::info!("leader now: judging rounds here, restored from storage");
                 self.started_ms = now_ms();
                 self.swept = false;
+                self.redelivered = false;
             }
             _ => {
                 tracing::warn!(role = %self.role.borrow().as_str(), "not the leader: this replica does not judge (the leader judges every round, whichever replica stored its reports)");
@@ -464,6 +473,45 @@ impl Task {
             }
         }
         leader
+    }
+
+    /// The delivery record of a transition `store_round` recorded
+    /// (PostgreSQL): marked delivered once every channel settled it.
+    fn intent(&self, event: AlertEventKind, incident_id: u64) -> Option<crate::alerts::Intent> {
+        if !self.storage.shared() {
+            return None;
+        }
+        let storage = self.storage.clone();
+        Some(crate::alerts::Intent::new(move || {
+            tokio::spawn(async move {
+                if let Err(e) = storage.alert_delivered(incident_id, event).await {
+                    tracing::warn!(incident = incident_id, event = event.as_str(), error = %e, "cannot record the alert as delivered; the next leader may send it again");
+                }
+            });
+        }))
+    }
+
+    /// Sends the alerts a previous leader recorded with their transitions
+    /// and did not deliver (it died or was cut off first). Before this
+    /// replica judges anything, so none of its own is among them.
+    async fn redeliver(&mut self) {
+        match self.storage.undelivered_alerts().await {
+            Ok(owed) => {
+                self.redelivered = true;
+                for (event, at_ms, incident) in owed {
+                    tracing::warn!(incident = incident.id, check = %incident.check_id, kind = %incident.kind.as_str(), event = event.as_str(), "alert recorded by a previous leader and not delivered: sending it");
+                    let intent = self.intent(event, incident.id);
+                    self.alerts.notify(AlertEvent {
+                        event,
+                        at_ms,
+                        incident,
+                        traceparent: None,
+                        intent,
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the undelivered alerts; trying again"),
+        }
     }
 
     fn take(&mut self, r: NewReport) {
@@ -588,6 +636,7 @@ impl Task {
                         at_ms,
                         incident,
                         traceparent: None,
+                        intent: None,
                     });
                 }
             }
@@ -751,11 +800,13 @@ impl Task {
                         AlertEventKind::Resolved => incident.resolved_at_ms.unwrap_or(now),
                         _ => incident.opened_at_ms,
                     };
+                    let intent = self.intent(event, incident.id);
                     self.alerts.notify(AlertEvent {
                         event,
                         at_ms,
                         incident,
                         traceparent: traceparent.clone(),
+                        intent,
                     });
                 }
             }

@@ -97,6 +97,61 @@ impl Storage {
         }
     }
 
+    /// Follows changes of checks, agents and API tokens made by any
+    /// replica until `stop` resolves: the `Notify` fires as each commits
+    /// (PostgreSQL LISTEN/NOTIFY, on a dedicated connection). None on
+    /// SQLite: one process, nobody else changes anything.
+    pub fn listen_changes(&self, stop: impl Future<Output = ()> + Send + 'static) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match &self.0 {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(db) => Some(db.listen_changes(stop)),
+        }
+    }
+
+    /// Whether other coordinator replicas may share this storage
+    /// (PostgreSQL); SQLite belongs to one process.
+    pub fn shared(&self) -> bool {
+        matches!(self.0, Backend::Postgres(_))
+    }
+
+    /// Publishes which agents are connected to replica `replica` now (its
+    /// heartbeat: the rows it no longer lists go). SQLite: nothing to tell.
+    pub async fn publish_presence(&self, replica: &str, live: Vec<Presence>) -> Result<(), StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.publish_presence(replica, live).await,
+        }
+    }
+
+    /// The agents every replica said were connected within `fresh` (by the
+    /// database's clock, so replicas' clocks need not agree). SQLite: none
+    /// but this process's own, which it knows already.
+    pub async fn presence(&self, fresh: std::time::Duration) -> Result<Vec<Presence>, StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.presence(fresh).await,
+        }
+    }
+
+    /// Marks a transition's alert delivered (every channel settled it).
+    /// SQLite keeps no delivery record: one process, nobody to hand over to.
+    pub async fn alert_delivered(&self, incident_id: u64, event: crate::judge::AlertEventKind) -> Result<(), StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.alert_delivered(incident_id, event).await,
+        }
+    }
+
+    /// The transitions whose alerts were recorded and never marked
+    /// delivered (a leader died or stopped first), oldest first, as
+    /// (event, its time, the incident as it was then).
+    pub async fn undelivered_alerts(&self) -> Result<Vec<(crate::judge::AlertEventKind, i64, Incident)>, StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.undelivered_alerts().await,
+        }
+    }
+
     /// Lets the writers commit everything already queued, then stops them.
     /// Later writes fail with [`StorageError::Closed`].
     pub async fn close(&self) {

@@ -474,3 +474,19 @@ pub enum JoinUse {
         agent_token_sha256: String,
     },
 }
+
+/// An agent connected to one coordinator replica, as that replica last
+/// said (PostgreSQL's `agent_presence`: every replica publishes its own
+/// every second and reads the others', so the live agents of a region are
+/// the same whichever replica an agent talks to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub agent: String,
+    /// The replica's id (random per process).
+    pub replica: String,
+    /// Its open assignment streams on that replica.
+    pub sessions: u32,
+    pub last_seen_ms: Option<i64>,
+    pub spooled: Option<u64>,
+    pub clock_skew_ms: Option<i64>,
+}

@@ -25,6 +25,7 @@ impl Postgres {
                 ],
             )
             .await?;
+        Self::announce(&client, "agents").await;
         Ok(())
     }
 

@@ -35,6 +35,7 @@ impl Postgres {
                 ],
             )
             .await?;
+        Self::announce(&client, "checks").await;
         Ok(())
     }
 

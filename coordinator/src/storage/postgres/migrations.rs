@@ -154,6 +154,33 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         used_at            BIGINT
     );
     CREATE INDEX join_tokens_by_expiry ON join_tokens (expires_at);",
+), (
+    3,
+    "agent presence: which replica each connected agent talks to, with heartbeats",
+    "CREATE TABLE agent_presence (
+        agent         TEXT NOT NULL,
+        replica       TEXT NOT NULL,
+        sessions      INTEGER NOT NULL,
+        heartbeat_at  BIGINT NOT NULL,
+        last_seen     BIGINT,
+        spooled       BIGINT,
+        clock_skew_ms BIGINT,
+        PRIMARY KEY (agent, replica)
+    );
+    CREATE INDEX agent_presence_by_heartbeat ON agent_presence (heartbeat_at);",
+), (
+    4,
+    "alert outbox: each incident transition's alert, recorded with it, until delivered",
+    "CREATE TABLE alert_outbox (
+        incident_id   BIGINT NOT NULL,
+        event         TEXT NOT NULL,
+        at_ms         BIGINT NOT NULL,
+        incident_json TEXT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        delivered_at  BIGINT,
+        PRIMARY KEY (incident_id, event)
+    );
+    CREATE INDEX alert_outbox_undelivered ON alert_outbox (created_at) WHERE delivered_at IS NULL;",
 )];
 
 /// The schema version this coordinator writes.

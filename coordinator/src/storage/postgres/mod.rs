@@ -11,10 +11,13 @@
 mod agents;
 mod aggregates;
 mod audit;
+mod changes;
 mod checks;
 mod incidents;
 mod leader;
 pub(crate) mod migrations;
+mod outbox;
+mod presence;
 mod reports;
 mod tokens;
 mod verdicts;

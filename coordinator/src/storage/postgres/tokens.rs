@@ -15,6 +15,7 @@ impl Postgres {
                 &[&t.name, &t.role, &t.token_sha256, &t.created_at_ms, &t.created_by, &t.revoked_at_ms],
             )
             .await?;
+        Self::announce(&client, "tokens").await;
         Ok(())
     }
 

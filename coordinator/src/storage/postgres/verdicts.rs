@@ -129,6 +129,11 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stored = store_round_tx(&tx, &verdict, &changes).await?;
+        // The alerts its transitions owe, in the same transaction: a leader
+        // that dies before sending them leaves them to the next one.
+        for (event, incident) in &stored.events {
+            super::outbox::record(&tx, *event, incident, verdict.decided_at_ms).await?;
+        }
         tx.commit().await?;
         Ok(stored)
     }

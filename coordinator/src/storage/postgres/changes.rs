@@ -1,0 +1,88 @@
+//! Change notices between replicas: a write of a check, an agent or an API
+//! token sends `NOTIFY mailloop_changes` (PostgreSQL delivers it when the
+//! write commits), and every replica LISTENs on a dedicated connection and
+//! reads the stored rows again at once. A replica that was disconnected
+//! reads them once it is listening again (notices sent meanwhile are
+//! lost, so each (re)connection counts as one).
+
+use super::super::model::StorageError;
+use super::leader::RETRY;
+use super::Postgres;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::AsyncMessage;
+
+/// The channel every replica listens on.
+const CHANNEL: &str = "mailloop_changes";
+
+impl Postgres {
+    /// Tells every replica (this one included) that `what` changed. A
+    /// notice that cannot be sent is logged, not an error: the change is
+    /// committed, and the replicas' periodic read finds it.
+    pub(super) async fn announce(client: &deadpool_postgres::Object, what: &str) {
+        if let Err(e) = client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &what])
+            .await
+        {
+            tracing::debug!(error = %e, what, "cannot notify the other replicas of a change; they read it on their next tick");
+        }
+    }
+
+    /// Listens until `stop` resolves; the returned `Notify` fires on every
+    /// notice and after every (re)connection.
+    pub fn listen_changes(&self, stop: impl Future<Output = ()> + Send + 'static) -> Arc<Notify> {
+        let changed = Arc::new(Notify::new());
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        let fire = changed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = async {
+                    loop {
+                        let Err(e) = session(&config, &tls, &fire).await;
+                        tracing::debug!(error = %e, "change notices: listening connection lost; reconnecting");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                } => {}
+            }
+        });
+        changed
+    }
+}
+
+async fn session(
+    config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    changed: &Notify,
+) -> Result<std::convert::Infallible, StorageError> {
+    let (client, mut connection) = config.connect(tls.clone()).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Polling the connection drives its I/O and yields the notices.
+    let io = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Whatever changed while not listening: read it now.
+        changed.notify_one();
+        while rx.recv().await.is_some() {
+            changed.notify_one();
+        }
+        Err(StorageError::Unavailable(
+            "the change notices' connection closed".into(),
+        ))
+    }
+    .await;
+    io.abort();
+    result
+}
