@@ -154,6 +154,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         used_at            BIGINT
     );
     CREATE INDEX join_tokens_by_expiry ON join_tokens (expires_at);",
+),
+(
+    3,
+    "token rotation: the replaced agent token and the end of its grace period",
+    "ALTER TABLE agents ADD COLUMN previous_token_sha256 TEXT;
+    ALTER TABLE agents ADD COLUMN previous_token_until BIGINT;",
 )];
 
 /// The schema version this coordinator writes.
