@@ -93,6 +93,19 @@ enum Command {
         /// The agent's spool (default: /var/lib/mailloop-agent/spool.db).
         #[arg(long, value_name = "FILE")]
         spool: Option<PathBuf>,
+        /// A mailbox credential the checks name (`password_env = "NAME"`),
+        /// kept on this machine only: NAME=@FILE (read from FILE) or
+        /// NAME=env:VAR (from this shell's environment). Written to
+        /// <config>.env (mode 0600), which the packaged unit loads
+        /// (EnvironmentFile=); never sent to the coordinator. Repeatable.
+        #[arg(long = "secret", value_name = "NAME=@FILE|NAME=env:VAR")]
+        secrets: Vec<String>,
+        /// Then enable and start the packaged systemd unit
+        /// (systemctl enable --now mailloop-agent.service). Needs systemd
+        /// and the default --config, which the unit reads; both are checked
+        /// before the join token is used.
+        #[arg(long)]
+        start: bool,
     },
     /// OAuth2 mailboxes (Microsoft 365, Gmail).
     Oauth2 {
@@ -146,7 +159,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
-        Command::Enroll { token, config, spool } => enroll(&token, config, spool),
+        Command::Enroll { token, config, spool, secrets, start } => enroll(&token, config, spool, &secrets, start),
         Command::Oauth2 { command: Oauth2Command::Login { config, check, side } } => oauth2_login(&config, &check, side.as_deref()),
     }
 }
@@ -208,8 +221,31 @@ fn run(config: PathBuf) -> ExitCode {
     }
 }
 
-fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>) -> ExitCode {
-    use mailloop_agent::run::enroll::{Paths, enroll};
+fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>, secrets: &[String], start: bool) -> ExitCode {
+    use mailloop_agent::run::enroll::{Paths, SystemdStart, enroll, local_secrets, write_env_file};
+    // Everything that can be refused is refused before the join token is
+    // used (it works once).
+    let mut problems = Vec::new();
+    let secrets = local_secrets(secrets, |v| std::env::var(v).ok()).unwrap_or_else(|e| {
+        problems.extend(e);
+        Vec::new()
+    });
+    let starter = if start {
+        SystemdStart::from_env(&config).map_err(|e| problems.push(e)).ok()
+    } else {
+        None
+    };
+    let env_path = config.with_extension("env");
+    if !secrets.is_empty() && env_path.exists() {
+        problems.push(format!("{} exists: this machine looks enrolled already", env_path.display()));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("mailloop-agent enroll: {p}");
+        }
+        eprintln!("mailloop-agent enroll: nothing done; the join token is unused");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -220,14 +256,39 @@ fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>) -> ExitCode {
     match runtime.block_on(enroll(token, Paths::new(config, spool))) {
         Ok(e) => {
             println!(
-                "enrolled as agent {} in region {} with the coordinator at {}; wrote {} and {}.\nStart it: mailloop-agent run --config {}   (or: systemctl enable --now mailloop-agent)",
+                "enrolled as agent {} in region {} with the coordinator at {}; wrote {} and {}.",
                 e.name,
                 e.region,
                 e.url,
                 e.paths.config.display(),
                 e.paths.token.display(),
-                e.paths.config.display()
             );
+            if !secrets.is_empty() {
+                if let Err(err) = write_env_file(&env_path, &secrets) {
+                    eprintln!("mailloop-agent enroll: enrolled, but {}: {err}; write it yourself (NAME=value lines, mode 0600)", env_path.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                let names: Vec<&str> = secrets.iter().map(|(n, _)| n.as_str()).collect();
+                println!(
+                    "wrote {} (mode 0600; kept on this machine): {}. Outside systemd: set -a; . {}; set +a; before mailloop-agent run",
+                    env_path.display(),
+                    names.join(", "),
+                    env_path.display()
+                );
+            }
+            match starter {
+                Some(s) => match s.start() {
+                    Ok(cmd) => println!("started: {cmd}"),
+                    Err(err) => {
+                        eprintln!("mailloop-agent enroll: enrolled, but the service did not start: {err}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                None => println!(
+                    "Start it: mailloop-agent run --config {}   (or: systemctl enable --now mailloop-agent)",
+                    e.paths.config.display()
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -339,7 +339,7 @@ impl Gate {
         }
         match self.hub.authenticate(Some(token)) {
             Ok(agent) => Principal::Agent(agent.name),
-            Err(AuthError::Revoked(_) | AuthError::Unknown | AuthError::Missing) => {
+            Err(AuthError::Revoked(_) | AuthError::Rotated(_) | AuthError::Unknown | AuthError::Missing) => {
                 Principal::Unknown
             }
         }

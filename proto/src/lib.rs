@@ -10,4 +10,4 @@ pub mod pb {
 
 /// The agent API protocol this build speaks (see `mailloop.proto`): sent in
 /// `RegisterRequest.protocol_version` and `RegisterResponse.protocol_version`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

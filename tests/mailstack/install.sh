@@ -42,6 +42,8 @@ PACKAGES=(
   # systemd-analyze (verify, security --offline) for tests/tests/systemd.rs,
   # which checks deploy/systemd/'s units.
   systemd
+  # YAML reader of tests/tests/manifests.rs (deploy/kubernetes/).
+  python3-yaml
 )
 # Exim's shared libraries: Exim itself is not installed as a package (see
 # install_exim below), only unpacked, so its dependencies are named here.

@@ -49,12 +49,17 @@ impl TlsCoordinator {
 
     /// `mailloopctl` over https, trusting the test CA: (exit code, stdout, stderr).
     fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        self.ctl_as(ADMIN_TOKEN, args)
+    }
+
+    /// [`TlsCoordinator::ctl`] with another bearer token.
+    fn ctl_as(&self, token: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(bin("mailloopctl"))
             .args(["--url", &format!("https://{}", self.c.http)])
             .arg("--ca-file")
             .arg(self.pki.ca_file())
             .args(args)
-            .env("MAILLOOP_TOKEN", ADMIN_TOKEN)
+            .env("MAILLOOP_TOKEN", token)
             .output()
             .unwrap();
         (
@@ -103,6 +108,29 @@ fn enroll(token: &str, dir: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Appends the mail stack's resolver to what enroll wrote (the machine's
+/// own settings go beside the enrolled ones).
+fn add_resolver(config: &Path) {
+    let s = Stack::get();
+    let written = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        format!("{written}\n[dns]\nnameservers = [\"{}:53\"]\n", s.var("MAILSTACK_DNS")),
+    )
+    .unwrap();
+}
+
+/// The stored reports of `check` in `region`, newest first.
+fn results(coord: &TlsCoordinator, check: &str, region: &str) -> Vec<Value> {
+    let (code, out, _) = coord.ctl(&["-o", "json", "results", check, "--region", region]);
+    if code != 0 {
+        return Vec::new();
+    }
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -238,4 +266,149 @@ fn an_expired_join_token_is_refused() {
     let join = JoinToken::decode(&token).unwrap();
     let log = std::fs::read_to_string(coord.c.log_path()).unwrap();
     assert!(!log.contains(join.secret.expose()) && !err.contains(join.secret.expose()));
+}
+
+/// `agents rotate`: the running agent gets the new token over its stream
+/// and keeps it in its spool; the old token works through the grace period
+/// (the admin API tells an agent's token, 403, from an unknown one, 401),
+/// then stops; the agent keeps reporting, across a restart too (the
+/// configured token file is dead by then: only the spooled one works).
+#[test]
+fn a_rotated_token_reaches_the_running_agent_and_the_old_one_stops_after_its_grace() {
+    let check = Check::new("enroll-rot");
+    let id = check.name.clone();
+    let coord = TlsCoordinator::start(&check_toml(&check, "10s", &["rot-south"]));
+    let vm = coord.dir.path().join("vm");
+    let token = coord.add("rot-1", "rot-south", &[]);
+    let (code, out, err) = enroll(&token, &vm);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = vm.join("agent.toml");
+    add_resolver(&config);
+    let old = std::fs::read_to_string(vm.join("agent.token")).unwrap().trim().to_string();
+    let log = vm.join("agent.log");
+    let mut agent = Proc::new(spawn_agent_run(&config, &log, "debug"));
+    wait_until(DEADLINE, "a first report of rot-1", || {
+        results(&coord, &id, "rot-south").first().cloned()
+    });
+
+    // Known agent token: 403 on the admin API (an unknown one is 401).
+    let (code, _, err) = coord.ctl_as(&old, &["agents", "list"]);
+    assert!(code == 5 && err.contains("(403)"), "{code} {err}");
+
+    let (code, out, err) = coord.ctl(&["agents", "rotate", "rot-1", "--grace", "6s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("rot-1: token rotated") && out.contains("gets the new one now"),
+        "{out}"
+    );
+    assert!(!out.contains("mlt_") && !err.contains("mlt_"), "no token in the answer: {out}{err}");
+    let rotated_at = now_ms();
+
+    // The agent reconnects with the new token (saying so) and saves it.
+    wait_until(DEADLINE, "the agent to pick up the rotated token", || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("reconnecting with the new one")
+            .then_some(())
+    });
+    let spooled: String = rusqlite::Connection::open(vm.join("spool.db"))
+        .unwrap()
+        .query_row("SELECT token FROM credential", [], |r| r.get(0))
+        .unwrap();
+    assert!(spooled.starts_with("mlt_") && spooled != old);
+    let (code, _, err) = coord.ctl_as(&spooled, &["agents", "list"]);
+    assert!(code == 5 && err.contains("(403)"), "the new token is the agent's: {code} {err}");
+
+    // In the grace period the old token still works; after it, it is
+    // unknown. Waits on the coordinator's answer, not on a clock.
+    let (code, _, err) = coord.ctl_as(&old, &["agents", "list"]);
+    assert!(
+        (code == 5 && err.contains("(403)")) || now_ms() > rotated_at + 6_000,
+        "the old token works in its grace period: {code} {err}"
+    );
+    wait_until(DEADLINE, "the old token to stop working", || {
+        let (code, _, err) = coord.ctl_as(&old, &["agents", "list"]);
+        (code == 5 && err.contains("(401)")).then_some(())
+    });
+    let dead_at = now_ms();
+
+    // Still reporting, also after a restart with the (now dead) token file.
+    agent.kill();
+    let mut agent = Proc::new(spawn_agent_run(&config, &log, "debug"));
+    let after = wait_until(DEADLINE, "a report stored after the old token died and the agent restarted", || {
+        results(&coord, &id, "rot-south")
+            .into_iter()
+            .find(|r| {
+                r["received_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t.timestamp_millis() > dead_at)
+            })
+    });
+    assert_eq!(after["agent"], "rot-1", "{after}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("using the token the coordinator rotated this agent to"), "{text}");
+    assert!(!text.contains(&spooled) && !text.contains(&old), "no token in the agent's log");
+    let clog = std::fs::read_to_string(coord.c.log_path()).unwrap();
+    assert!(!clog.contains(&spooled) && !clog.contains(&old), "no token in the coordinator's log");
+    agent.kill();
+}
+
+/// `enroll --secret` keeps mailbox credentials on the machine (a 0600 env
+/// file the unit loads), never sends or prints them; `--start` is checked
+/// before the join token is used (the unit reads /etc/mailloop/agent.toml),
+/// and so is every bad `--secret`, all named at once.
+#[test]
+fn enroll_keeps_secrets_local_and_checks_start_before_using_the_token() {
+    let coord = TlsCoordinator::start("");
+    let vm = coord.dir.path().join("vm");
+    let token = coord.add("sec-1", "sec-north", &[]);
+    let pass = coord.dir.path().join("imap.pass");
+    std::fs::write(&pass, "imap-password-never-sent-4711\n").unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin("mailloop-agent"))
+            .args(["enroll", &token, "--config"])
+            .arg(vm.join("agent.toml"))
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = run(&["--start"], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("reads /etc/mailloop/agent.toml") && err.contains("the join token is unused"), "{err}");
+    let (code, out, err) = run(&["--secret", "IMAP_PASS=hunter2", "--secret", "SMTP_PASS=env:NOT_SET_ANYWHERE"], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("--secret IMAP_PASS: give @FILE or env:VAR")
+            && err.contains("--secret SMTP_PASS: environment variable NOT_SET_ANYWHERE is not set")
+            && !err.contains("hunter2"),
+        "{err}"
+    );
+    assert!(!vm.join("agent.toml").exists());
+
+    let secret_arg = format!("IMAP_PASS=@{}", pass.display());
+    let (code, out, err) = run(
+        &["--secret", &secret_arg, "--secret", "SMTP_PASS=env:MY_SMTP"],
+        &[("MY_SMTP", "smtp-password-never-sent-0815")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let env_file = vm.join("agent.env");
+    assert_eq!(mode(&env_file), 0o600);
+    let written = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        written.contains("IMAP_PASS='imap-password-never-sent-4711'\n")
+            && written.contains("SMTP_PASS='smtp-password-never-sent-0815'\n"),
+        "{written}"
+    );
+    assert!(out.contains("IMAP_PASS, SMTP_PASS") && !out.contains("never-sent"), "{out}");
+    let log = std::fs::read_to_string(coord.c.log_path()).unwrap();
+    assert!(log.contains("agent enrolled"), "{log}");
+    assert!(!log.contains("never-sent"), "a mailbox secret reached the coordinator");
 }

@@ -86,6 +86,10 @@ pub enum SessionError {
     Ended(&'static str),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// Not a failure: the coordinator rotated this agent's token; the
+    /// session ends so the next one uses the new token.
+    #[error("the coordinator rotated this agent's token")]
+    Rotated(mailloop_common::Secret),
 }
 
 /// Header every call carries: a random id of this agent process, so the
@@ -269,6 +273,18 @@ impl Interceptor for Bearer {
     }
 }
 
+/// `Bearer <token>`, marked sensitive (never logged by the HTTP stack).
+fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, String> {
+    let mut v: MetadataValue<Ascii> =
+        format!("Bearer {token}").parse().map_err(|_| "the token cannot go into an HTTP header".to_string())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// This process's instance id: random, fixed for its lifetime.
 fn instance_id() -> MetadataValue<Ascii> {
     use std::sync::OnceLock;
@@ -322,6 +338,9 @@ pub struct Connection {
     /// Index in `targets` of the replica the current or next session talks to.
     current: usize,
     pub token: MetadataValue<Ascii>,
+    /// SHA-256 of the configured token (what a rotated one is saved as the
+    /// successor of, in the spool).
+    configured_sha256: String,
     pub spool: Spool,
     /// True while a session is registered.
     pub connected: watch::Sender<bool>,
@@ -334,11 +353,24 @@ impl Connection {
         if targets.is_empty() {
             return Err("no coordinator URL".to_string());
         }
-        let mut token: MetadataValue<Ascii> = format!("Bearer {}", c.token.expose())
-            .parse()
-            .map_err(|_| "the token cannot go into an HTTP header".to_string())?;
-        token.set_sensitive(true);
-        Ok(Connection { who, targets, current: 0, token, spool, connected, unacked: Arc::default() })
+        let token = bearer_value(c.token.expose())?;
+        let configured_sha256 = sha256_hex(c.token.expose());
+        Ok(Connection { who, targets, current: 0, token, configured_sha256, spool, connected, unacked: Arc::default() })
+    }
+
+    /// Uses the token the coordinator rotated to, if the spool holds one
+    /// for the configured token (saved by an earlier run of this agent).
+    pub async fn use_rotated_token(&mut self) -> Result<bool, SpoolError> {
+        match self.spool.rotated_token(self.configured_sha256.clone()).await? {
+            Some(t) => match bearer_value(&t) {
+                Ok(v) => {
+                    self.token = v;
+                    Ok(true)
+                }
+                Err(_) => Ok(false),
+            },
+            None => Ok(false),
+        }
     }
 
     /// Runs sessions, reconnecting with backoff, until `stop` turns true.
@@ -361,6 +393,20 @@ impl Connection {
             let mut wait = backoff.next_wait();
             let err = match result {
                 Ok(()) => return,
+                Err(SessionError::Rotated(token)) => {
+                    match bearer_value(token.expose()) {
+                        Ok(v) => {
+                            if let Err(e) = self.spool.save_rotated_token(self.configured_sha256.clone(), token.expose().to_string()).await {
+                                tracing::error!("the coordinator rotated this agent's token, but the spool cannot keep it ({e}): this run uses it; after a restart the agent has only its configured token, which stops working when its grace period ends");
+                            }
+                            self.token = v;
+                            tracing::info!("the coordinator rotated this agent's token: reconnecting with the new one (kept in the spool)");
+                            // At once, and to the same replica.
+                            continue;
+                        }
+                        Err(e) => SessionError::Connect(format!("the coordinator sent a rotated token that {e}")),
+                    }
+                }
                 Err(e) => e,
             };
             if err.is_refused_token() || err.is_too_old() {
@@ -510,6 +556,8 @@ async fn follow_assignments(mut changes: tonic::Streaming<pb::AssignmentChange>,
             Some(Change::RunNow(r)) => {
                 scheduler.run_now(&r.check_id, &r.request_id, Some(r.traceparent.as_str()).filter(|t| !t.is_empty()));
             }
+            Some(Change::Credential(c)) if !c.token.is_empty() => return Err(SessionError::Rotated(mailloop_common::Secret::new(c.token))),
+            Some(Change::Credential(_)) => tracing::warn!("the coordinator sent an empty rotated token; ignored"),
             // Also what a change from a newer coordinator that this agent
             // does not know decodes to (protobuf skips unknown fields).
             None => tracing::warn!("the coordinator sent an assignment change this agent does not understand (empty or newer); ignored"),

@@ -440,3 +440,179 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()
 }
+
+/// The unit `enroll --start` enables and starts.
+pub const UNIT: &str = "mailloop-agent.service";
+/// The config the packaged unit reads.
+pub const UNIT_CONFIG: &str = "/etc/mailloop/agent.toml";
+
+/// How `enroll --start` starts the service: `systemctl enable --now` of
+/// the packaged unit. `MAILLOOP_SYSTEMCTL` names another program to run in
+/// its place (tests, or a wrapper), which skips the check for a running
+/// systemd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdStart {
+    pub program: String,
+}
+
+impl SystemdStart {
+    /// Checks, before anything is written, that `--start` can work: the
+    /// unit reads [`UNIT_CONFIG`], and systemd runs this machine.
+    pub fn from_env(config: &Path) -> Result<SystemdStart, String> {
+        if config != Path::new(UNIT_CONFIG) {
+            return Err(format!(
+                "--start starts the packaged unit, which reads {UNIT_CONFIG}, not {}: drop --config, or start the agent yourself (mailloop-agent run --config {})",
+                config.display(),
+                config.display()
+            ));
+        }
+        if let Ok(program) = std::env::var("MAILLOOP_SYSTEMCTL") {
+            return Ok(SystemdStart { program });
+        }
+        if !Path::new("/run/systemd/system").exists() {
+            return Err(
+                "--start needs systemd, which does not run this machine (no /run/systemd/system): enroll without --start and run mailloop-agent run --config /etc/mailloop/agent.toml under your supervisor".into(),
+            );
+        }
+        Ok(SystemdStart { program: "systemctl".into() })
+    }
+
+    /// The arguments given to the program.
+    pub fn args() -> [&'static str; 3] {
+        ["enable", "--now", UNIT]
+    }
+
+    /// Runs it; the command line on success, why not otherwise.
+    pub fn start(&self) -> Result<String, String> {
+        let shown = format!("{} {}", self.program, Self::args().join(" "));
+        let out = std::process::Command::new(&self.program)
+            .args(Self::args())
+            .output()
+            .map_err(|e| format!("{shown}: {e}"))?;
+        if out.status.success() {
+            Ok(shown)
+        } else {
+            Err(format!(
+                "{shown} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// Parses `--secret` values: `NAME=@FILE` or `NAME=env:VAR`, resolved here
+/// (`env` looks a variable up). Every bad one is named at once; a value is
+/// never taken from the command line itself (it would stay in the shell
+/// history) and never appears in a message.
+pub fn local_secrets(
+    specs: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, Secret)>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for spec in specs {
+        let Some((name, source)) = spec.split_once('=') else {
+            bad.push(format!("--secret {spec:?}: use NAME=@FILE or NAME=env:VAR"));
+            continue;
+        };
+        let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            bad.push(format!("--secret {name:?}: the name of an environment variable (letters, digits, _), as the checks' password_env names it"));
+            continue;
+        }
+        let value = if let Some(file) = source.strip_prefix('@') {
+            match std::fs::read_to_string(file) {
+                Ok(v) => v.trim_end_matches(['\n', '\r']).to_string(),
+                Err(e) => {
+                    bad.push(format!("--secret {name}: cannot read {file}: {e}"));
+                    continue;
+                }
+            }
+        } else if let Some(var) = source.strip_prefix("env:") {
+            match env(var) {
+                Some(v) => v,
+                None => {
+                    bad.push(format!("--secret {name}: environment variable {var} is not set"));
+                    continue;
+                }
+            }
+        } else {
+            bad.push(format!(
+                "--secret {name}: give @FILE or env:VAR, not the value itself (it would stay in the shell history)"
+            ));
+            continue;
+        };
+        if value.is_empty() || value.contains(['\n', '\r', '\0', '\'', '\\']) {
+            bad.push(format!(
+                "--secret {name}: the value is empty or holds a line break, NUL, quote or backslash, which an environment file cannot carry as is"
+            ));
+            continue;
+        }
+        if out.iter().any(|(n, _): &(String, Secret)| n == name) {
+            bad.push(format!("--secret {name}: given twice"));
+            continue;
+        }
+        out.push((name.to_string(), Secret::new(value)));
+    }
+    if bad.is_empty() { Ok(out) } else { Err(bad) }
+}
+
+/// Writes `NAME='value'` lines (systemd `EnvironmentFile=` and POSIX shell
+/// syntax alike) to a new file with mode 0600.
+pub fn write_env_file(path: &Path, secrets: &[(String, Secret)]) -> std::io::Result<()> {
+    let mut text = String::from("# Written by `mailloop-agent enroll --secret`: mailbox credentials the checks name, kept on this machine.\n");
+    for (name, value) in secrets {
+        text.push_str(&format!("{name}='{}'\n", value.expose()));
+    }
+    write_new(path, text.as_bytes(), 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(specs: &[&str]) -> Result<Vec<(String, String)>, Vec<String>> {
+        let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        local_secrets(&specs, |v| (v == "SET").then(|| "from-env".to_string()))
+            .map(|v| v.into_iter().map(|(n, s)| (n, s.expose().to_string())).collect())
+    }
+
+    #[test]
+    fn secrets_come_from_files_or_the_environment_never_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pass");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let ok = parse(&[&format!("IMAP_PASS=@{}", f.display()), "SMTP_PASS=env:SET"]).unwrap();
+        assert_eq!(ok, [("IMAP_PASS".into(), "s3cret".into()), ("SMTP_PASS".into(), "from-env".into())]);
+        let bad = parse(&["A=plain-value", "1X=@/x", "B=env:UNSET", "C=@/nonexistent/file", "novalue"]).unwrap_err();
+        assert_eq!(bad.len(), 5, "every bad one at once: {bad:?}");
+        assert!(bad[0].contains("not the value itself") && !bad[0].contains("plain-value"), "{}", bad[0]);
+        assert!(bad[2].contains("UNSET is not set"));
+    }
+
+    #[test]
+    fn start_needs_the_units_config() {
+        let e = SystemdStart::from_env(Path::new("/tmp/agent.toml")).unwrap_err();
+        assert!(e.contains("reads /etc/mailloop/agent.toml"), "{e}");
+        assert_eq!(SystemdStart::args(), ["enable", "--now", "mailloop-agent.service"]);
+    }
+
+    #[test]
+    fn start_runs_systemctl_enable_now_and_reports_its_failure() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, fails, args) = (dir.path().join("ok"), dir.path().join("fails"), dir.path().join("args"));
+        std::fs::write(&ok, format!("#!/bin/sh\necho \"$@\" > {}\n", args.display())).unwrap();
+        std::fs::write(&fails, "#!/bin/sh\necho 'Unit mailloop-agent.service not found.' >&2\nexit 5\n").unwrap();
+        for f in [&ok, &fails] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let shown = SystemdStart { program: ok.display().to_string() }.start().unwrap();
+        assert!(shown.ends_with(" enable --now mailloop-agent.service"), "{shown}");
+        assert_eq!(std::fs::read_to_string(&args).unwrap(), "enable --now mailloop-agent.service\n");
+        let e = SystemdStart { program: fails.display().to_string() }.start().unwrap_err();
+        assert!(e.contains("Unit mailloop-agent.service not found."), "{e}");
+    }
+}

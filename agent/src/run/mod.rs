@@ -90,8 +90,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         region: config.region.clone(),
         spool_max_reports: config.spool_max_reports,
     };
-    let connection = client::Connection::new(who, &config.coordinator, targets, spool.clone(), connected_tx)
+    let mut connection = client::Connection::new(who, &config.coordinator, targets, spool.clone(), connected_tx)
         .map_err(RunError::Coordinator)?;
+    if connection.use_rotated_token().await? {
+        tracing::info!("using the token the coordinator rotated this agent to (kept in the spool) instead of the configured one");
+    }
     let (metrics_stop, metrics_task) = match config.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::MetricsListen { addr, source })?;

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// How long the probe log keeps a row.
 pub const PROBE_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -152,6 +152,11 @@ impl Spool {
                  started_ms  INTEGER NOT NULL
              );
              CREATE INDEX IF NOT EXISTS probe_log_started ON probe_log (started_ms);
+             CREATE TABLE IF NOT EXISTS credential (
+                 configured_sha256 TEXT    PRIMARY KEY,
+                 token             TEXT    NOT NULL,
+                 saved_ms          INTEGER NOT NULL
+             );
              PRAGMA user_version = 1;",
         )
         .map_err(err)?;
@@ -330,6 +335,35 @@ impl Spool {
     /// since the last call: a push is never missed).
     pub async fn pushed(&self) {
         self.pushed.notified().await
+    }
+
+    /// Keeps the token the coordinator rotated to (`agents rotate`), as
+    /// the successor of the configured token of SHA-256 `configured`: the
+    /// configured file may be read-only (a systemd credential), the spool
+    /// is the agent's own state. Only the newest is kept.
+    pub async fn save_rotated_token(&self, configured: String, token: String) -> Result<(), SpoolError> {
+        self.with(move |i| {
+            let tx = i.conn.transaction()?;
+            tx.execute("DELETE FROM credential", [])?;
+            tx.execute(
+                "INSERT INTO credential (configured_sha256, token, saved_ms) VALUES (?1, ?2, ?3)",
+                params![configured, token, now_ms()],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The rotated token that succeeds the configured token of SHA-256
+    /// `configured`, if any (one saved for another configured token, after
+    /// a new enrollment, is ignored).
+    pub async fn rotated_token(&self, configured: String) -> Result<Option<String>, SpoolError> {
+        self.with(move |i| {
+            i.conn
+                .query_row("SELECT token FROM credential WHERE configured_sha256 = ?1", [configured], |r| r.get(0))
+                .optional()
+        })
+        .await
     }
 
     /// Remembers an assignment (added or changed).

@@ -60,6 +60,7 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(get.clone(), "/api/v1/agents/{name}", Read, get_agent)
         .route(delete.clone(), "/api/v1/agents/{name}", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
         .route(post.clone(), "/api/v1/agents/{name}/revoke", audited("agent", Fixed("revoked"), InPath("name")), revoke_agent)
+        .route(post.clone(), "/api/v1/agents/{name}/rotate", audited("agent", Fixed("rotated"), InPath("name")), rotate_agent)
         .route(get.clone(), "/api/v1/tokens", Admin, list_tokens)
         .route(post.clone(), "/api/v1/tokens", audited("token", Fixed("created"), Body("/name")), add_token)
         .route(delete.clone(), "/api/v1/tokens/{name}", audited("token", Fixed("revoked"), InPath("name")), revoke_token)
@@ -627,6 +628,48 @@ async fn revoke_agent(State(state): State<ApiState>, Path(name): Path<String>) -
         .agent(&name)
         .ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
     ok(StatusCode::OK, agent_json(&view))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// How long the current token keeps working ("1h" by default).
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+/// Longest grace period of a rotated token.
+const MAX_ROTATE_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// `POST /api/v1/agents/{name}/rotate`: a new token for the agent, sent to
+/// it over its assignment stream (never in this answer).
+async fn rotate_agent(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let req: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
+        Rotate::default()
+    } else {
+        serde_json::from_value(json_body(&body)?)
+            .map_err(|e| ApiError::BadRequest(format!("expected {{\"grace\": \"1h\"}}: {e}")))?
+    };
+    let grace = match req.grace.as_deref() {
+        None => std::time::Duration::from_secs(3600),
+        Some(g) => humantime::parse_duration(g)
+            .ok()
+            .filter(|d| *d <= MAX_ROTATE_GRACE)
+            .ok_or_else(|| ApiError::BadRequest(format!("grace {g:?}: a duration up to 7d, e.g. \"1h\"")))?,
+    };
+    let (agent, until) = state.control.rotate_agent(&name, grace).await?;
+    let view = state
+        .hub
+        .agent(&agent.name)
+        .ok_or_else(|| ApiError::Internal("agent vanished".into()))?;
+    ok(
+        StatusCode::OK,
+        json!({"agent": agent_json(&view), "previous_token_valid_until": rfc3339(until)}),
+    )
 }
 
 /// Query parameters of `GET /api/v1/audit`.

@@ -100,7 +100,7 @@ enum Command {
     /// Checks: list, show, apply, delete.
     #[command(subcommand)]
     Checks(ChecksCmd),
-    /// Agents: list, add, revoke.
+    /// Agents: list, add, revoke, rotate.
     #[command(subcommand)]
     Agents(AgentsCmd),
     /// Recent results of a check, newest first, each with why it was not ok.
@@ -246,6 +246,15 @@ enum AgentsCmd {
     /// Revoke an agent's token; its checks move to the region's other agents.
     Revoke {
         name: String,
+    },
+    /// Give an agent a new token: the running agent gets it over its
+    /// connection and keeps it in its spool; the current token keeps
+    /// working for the grace period, then stops.
+    Rotate {
+        name: String,
+        /// How long the current token keeps working.
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        grace: String,
     },
 }
 
@@ -838,6 +847,26 @@ async fn agents(ctl: &Ctl, cmd: AgentsCmd, out: Output) -> Result<(), Fail> {
             )
             .await?;
             out!("{name}: revoked");
+        }
+        AgentsCmd::Rotate { name, grace } => {
+            let body = ctl
+                .call(
+                    "POST",
+                    &format!("/api/v1/agents/{}/rotate", seg(&name)),
+                    Some(&json!({"grace": grace})),
+                )
+                .await?;
+            if out == Output::Json {
+                print_json(&body);
+            } else {
+                let until = body["previous_token_valid_until"].as_str().unwrap_or("?");
+                let how = if body["agent"]["connected"] == true {
+                    "it is connected and gets the new one now"
+                } else {
+                    "it is not connected: it gets the new one when it connects (before then, or it must be enrolled again)"
+                };
+                out!("{name}: token rotated; the current one works until {until}; {how}");
+            }
         }
     }
     Ok(())

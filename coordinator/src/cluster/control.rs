@@ -585,6 +585,8 @@ impl Control {
         let token = Secret::new(new_token("mlt"));
         let agent = StoredAgent {
             token_sha256: token_sha256(token.expose()),
+            previous_token_sha256: None,
+            previous_token_until_ms: None,
             ..current.stored
         };
         self.storage.put_agent(agent.clone()).await?;
@@ -638,11 +640,59 @@ impl Control {
             last_seen_ms: None,
             connected: false,
             created_at_ms: now_ms(),
+            previous_token_sha256: None,
+            previous_token_until_ms: None,
         };
         self.storage.put_agent(agent.clone()).await?;
         self.hub.put_agent(agent.clone());
         tracing::info!(agent = %name, region = %region, "agent added; its token was returned once");
         Ok((agent, token))
+    }
+
+    /// Rotates an API agent's token: a new one is made and handed to the
+    /// running agent over its assignment stream (the coordinator keeps it in
+    /// memory only until the agent calls with it); the current one keeps
+    /// working for `grace`, then stops. Rotating again before the agent
+    /// took the new token keeps the token it still holds as the previous
+    /// one, so a second rotation never locks it out early. Returns the
+    /// agent and when the replaced token stops working.
+    pub async fn rotate_agent(
+        &self,
+        name: &str,
+        grace: std::time::Duration,
+    ) -> Result<(StoredAgent, i64), ControlError> {
+        let _serial = self.lock.lock().await;
+        let Some(old) = self.hub.agent(name) else {
+            return Err(ControlError::NotFound(format!("no agent {name:?}")));
+        };
+        if old.stored.source == Source::Config {
+            return Err(owned_by_config("agent", name));
+        }
+        if old.stored.revoked {
+            return Err(ControlError::Conflict(format!(
+                "agent {name:?} is revoked: add it again (mailloopctl agents add) instead of rotating"
+            )));
+        }
+        let now = now_ms();
+        let still_on_previous = self.hub.credential_pending(name)
+            && old.stored.previous_token_until_ms.is_some_and(|u| now < u);
+        let previous = if still_on_previous {
+            old.stored.previous_token_sha256.clone()
+        } else {
+            Some(old.stored.token_sha256.clone())
+        };
+        let until = now.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+        let token = Secret::new(new_token("mlt"));
+        let agent = StoredAgent {
+            token_sha256: token_sha256(token.expose()),
+            previous_token_sha256: previous,
+            previous_token_until_ms: Some(until),
+            ..old.stored
+        };
+        self.storage.put_agent(agent.clone()).await?;
+        self.hub.put_rotated(agent.clone(), token);
+        tracing::info!(agent = %name, region = %agent.region, grace = %humantime::format_duration(grace), "agent token rotated; the new one goes to the agent over its stream");
+        Ok((agent, until))
     }
 
     /// Revokes an agent's token: its streams end and its checks move.
@@ -741,6 +791,8 @@ impl Control {
             last_seen_ms: None,
             connected: false,
             created_at_ms: old.map_or_else(now_ms, |o| o.stored.created_at_ms),
+            previous_token_sha256: None,
+            previous_token_until_ms: None,
         };
         self.storage.put_agent(agent.clone()).await?;
         self.hub.put_agent(agent);

@@ -11,6 +11,7 @@
 //! instead of a rejection, so the agent keeps the report in its spool.
 
 use crate::clock::now_ms;
+use crate::config::names::token_sha256;
 use crate::cluster::hub::{AgentIdentity, Hub};
 use crate::cluster::ondemand::{MAX_REQUEST_ID, RunOrder};
 use crate::cluster::schedule::{self, Assignment, RoundFit};
@@ -286,6 +287,7 @@ impl AgentService for AgentApi {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
+            let used = bearer(request.metadata()).map(token_sha256).unwrap_or_default();
             let req = request.into_inner();
             Self::same_agent(&agent, &req.agent_id, "WatchAssignments")?;
             // Subscribed before the session counts: once it is in the map the
@@ -331,6 +333,8 @@ impl AgentService for AgentApi {
                 agent,
                 held,
                 tx,
+                used,
+                credential_sent: None,
             };
             tokio::spawn(watch.run(session, epoch, orders));
             let mut response = Response::new(ReceiverStream::new(rx));
@@ -500,6 +504,10 @@ struct Watch {
     /// What the agent holds now: check id → revision.
     held: HashMap<String, u64>,
     tx: mpsc::Sender<Result<pb::AssignmentChange, Status>>,
+    /// SHA-256 of the token the stream was opened with.
+    used: String,
+    /// SHA-256 of the rotated token last sent on this stream.
+    credential_sent: Option<String>,
 }
 
 impl Watch {
@@ -564,6 +572,42 @@ impl Watch {
                     .await;
                 return "token revoked";
             }
+            let until = self.hub.token_until(&self.agent.name, &self.used);
+            if until.is_some_and(|u| now_ms() >= u) {
+                let _ = self
+                    .tx
+                    .send(Err(Status::unauthenticated(
+                        crate::cluster::hub::AuthError::Rotated(self.agent.name.clone()).to_string(),
+                    )))
+                    .await;
+                return "rotated token's grace period ended";
+            }
+            if let Some(token) = self.hub.pending_credential(&self.agent.name, &self.used) {
+                let hash = token_sha256(token.expose());
+                if self.credential_sent.as_deref() != Some(hash.as_str()) {
+                    let change = pb::AssignmentChange {
+                        change: Some(pb::assignment_change::Change::Credential(pb::Credential {
+                            token: token.expose().to_string(),
+                            previous_valid_until_ms: until.unwrap_or_default(),
+                        })),
+                    };
+                    if self.tx.send(Ok(change)).await.is_err() {
+                        return "stream closed by the agent";
+                    }
+                    tracing::info!(agent = %self.agent.name, region = %self.agent.region, "rotated token sent to the agent");
+                    self.credential_sent = Some(hash);
+                }
+            }
+            // Wakes the loop when the previous token's grace period ends.
+            let grace_end = async {
+                match until {
+                    Some(u) => {
+                        let left = u.saturating_sub(now_ms()).max(0) as u64;
+                        tokio::time::sleep(std::time::Duration::from_millis(left)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let map = maps.borrow_and_update().clone();
             for change in diff(&mut self.held, map.for_agent(&self.agent.name)) {
                 log_change(&self.agent, &change);
@@ -589,6 +633,7 @@ impl Watch {
                     Err(broadcast::error::RecvError::Closed) => return "coordinator stopping",
                 },
                 _ = self.tx.closed() => return "stream closed by the agent",
+                _ = grace_end => {}
                 _ = self.shutdown.recv() => {
                     let _ = self.tx.send(Err(Status::unavailable("the coordinator is shutting down; reconnect"))).await;
                     return "shutting down";
@@ -627,7 +672,7 @@ fn log_change(agent: &AgentIdentity, change: &pb::AssignmentChange) {
         Some(pb::assignment_change::Change::Remove(id)) => {
             tracing::debug!(agent = %agent.name, region = %agent.region, check = %id, "assignment removed");
         }
-        Some(pb::assignment_change::Change::RunNow(_)) | None => {}
+        Some(pb::assignment_change::Change::RunNow(_) | pb::assignment_change::Change::Credential(_)) | None => {}
     }
 }
 
@@ -1036,6 +1081,7 @@ mod tests {
                 }
                 Some(pb::assignment_change::Change::Remove(id)) => format!("-{id}"),
                 Some(pb::assignment_change::Change::RunNow(r)) => format!("!{}", r.check_id),
+                Some(pb::assignment_change::Change::Credential(_)) => "*credential".into(),
                 None => "?".into(),
             })
             .collect()

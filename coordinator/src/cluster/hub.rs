@@ -49,6 +49,8 @@ pub enum AuthError {
     Unknown,
     #[error("the token of agent {0} has been revoked")]
     Revoked(String),
+    #[error("the token of agent {0} was rotated and its grace period has ended; the agent needs the new one (re-enroll it if it never got it)")]
+    Rotated(String),
 }
 
 /// An agent as the admin API shows it.
@@ -82,8 +84,13 @@ struct Inner {
     /// Every check ever stored, deleted ones included (to judge late reports).
     checks: BTreeMap<String, StoredCheck>,
     agents: BTreeMap<String, AgentState>,
-    /// Token SHA-256 → agent name.
+    /// Token SHA-256 → agent name (a rotated agent's previous token too,
+    /// until its grace period ends).
     by_token: HashMap<String, String>,
+    /// Rotated tokens not yet delivered: agent name → the new token, in
+    /// memory only, handed to the agent's next assignment stream opened
+    /// with its previous token (see [`Hub::pending_credential`]).
+    pending: HashMap<String, mailloop_common::Secret>,
     /// Highest revision handed out.
     revision: u64,
     epoch: u64,
@@ -131,6 +138,9 @@ impl Hub {
             inner
                 .by_token
                 .insert(a.token_sha256.clone(), a.name.clone());
+            if let Some(previous) = &a.previous_token_sha256 {
+                inner.by_token.insert(previous.clone(), a.name.clone());
+            }
             inner.agents.insert(
                 a.name.clone(),
                 AgentState {
@@ -244,7 +254,7 @@ impl Hub {
     pub fn authenticate(&self, token: Option<&str>) -> Result<AgentIdentity, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let hash = token_sha256(token);
-        let inner = self.lock();
+        let mut inner = self.lock();
         let agent = inner
             .by_token
             .get(&hash)
@@ -253,10 +263,19 @@ impl Hub {
         if agent.stored.revoked {
             return Err(AuthError::Revoked(agent.stored.name.clone()));
         }
-        Ok(AgentIdentity {
+        let current = hash == agent.stored.token_sha256;
+        if !current && !previous_valid(&agent.stored, crate::clock::now_ms()) {
+            return Err(AuthError::Rotated(agent.stored.name.clone()));
+        }
+        let who = AgentIdentity {
             name: agent.stored.name.clone(),
             region: agent.stored.region.clone(),
-        })
+        };
+        if current {
+            // The agent holds its newest token: nothing left to deliver.
+            inner.pending.remove(&who.name);
+        }
+        Ok(who)
     }
 
     /// Whether `agent` is still allowed in (not revoked, not removed).
@@ -507,6 +526,40 @@ impl Hub {
         &self.on_demand
     }
 
+    /// The rotated token waiting for `agent`, for a stream opened with the
+    /// token of SHA-256 `used` — None when that already is the new one.
+    pub fn pending_credential(&self, agent: &str, used: &str) -> Option<mailloop_common::Secret> {
+        let inner = self.lock();
+        let a = inner.agents.get(agent)?;
+        if a.stored.token_sha256 == used || a.stored.revoked {
+            return None;
+        }
+        inner.pending.get(agent).cloned()
+    }
+
+    /// Installs a rotated agent and keeps its new token for delivery over
+    /// its assignment stream (which the map change this causes wakes).
+    pub fn put_rotated(&self, a: StoredAgent, token: mailloop_common::Secret) {
+        self.lock().pending.insert(a.name.clone(), token);
+        self.put_agent(a);
+    }
+
+    /// Whether a rotated token of `agent` waits for delivery (the agent
+    /// has not called with it yet).
+    pub fn credential_pending(&self, agent: &str) -> bool {
+        self.lock().pending.contains_key(agent)
+    }
+
+    /// When the token of SHA-256 `used` stops working for `agent`: Some
+    /// for a previous token in its grace period.
+    pub fn token_until(&self, agent: &str, used: &str) -> Option<i64> {
+        let inner = self.lock();
+        let a = inner.agents.get(agent)?;
+        (a.stored.previous_token_sha256.as_deref() == Some(used))
+            .then_some(a.stored.previous_token_until_ms)
+            .flatten()
+    }
+
     /// Whether some other agent already holds this token hash.
     pub fn token_taken(&self, hash: &str, by_other_than: &str) -> bool {
         self.lock()
@@ -520,12 +573,22 @@ impl Hub {
         {
             let mut inner = self.lock();
             if let Some(old) = inner.agents.get(&a.name) {
-                let old_hash = old.stored.token_sha256.clone();
-                inner.by_token.remove(&old_hash);
+                let old_hashes: Vec<String> = std::iter::once(old.stored.token_sha256.clone())
+                    .chain(old.stored.previous_token_sha256.clone())
+                    .collect();
+                for h in old_hashes {
+                    inner.by_token.remove(&h);
+                }
             }
             inner
                 .by_token
                 .insert(a.token_sha256.clone(), a.name.clone());
+            if let Some(previous) = &a.previous_token_sha256 {
+                inner.by_token.insert(previous.clone(), a.name.clone());
+            }
+            if a.previous_token_sha256.is_none() || a.revoked {
+                inner.pending.remove(&a.name);
+            }
             let sessions = inner.agents.get(&a.name).map_or(0, |s| s.sessions);
             let spooled = inner.agents.get(&a.name).and_then(|s| s.spooled);
             let disconnected_at_ms = inner.agents.get(&a.name).and_then(|s| s.disconnected_at_ms);
@@ -549,6 +612,11 @@ impl Hub {
         }
         self.changed();
     }
+}
+
+/// Whether a rotated agent's previous token still works at `now_ms`.
+fn previous_valid(a: &StoredAgent, now_ms: i64) -> bool {
+    a.previous_token_sha256.is_some() && a.previous_token_until_ms.is_some_and(|until| now_ms < until)
 }
 
 /// An agent as the API shows it: its sessions here and on other replicas.

@@ -1577,6 +1577,8 @@ mod tests {
                 last_seen_ms: None,
                 connected: false,
                 created_at_ms: 0,
+                previous_token_sha256: None,
+                previous_token_until_ms: None,
             })
             .collect();
         let hub = Hub::new(vec![], stored);

@@ -87,6 +87,11 @@ pub struct StoredAgent {
     pub last_seen_ms: Option<i64>,
     pub connected: bool,
     pub created_at_ms: i64,
+    /// After `agents rotate`: the SHA-256 of the token it replaced, which
+    /// keeps working until `previous_token_until_ms` (the grace period in
+    /// which the running agent picks up the new one over its stream).
+    pub previous_token_sha256: Option<String>,
+    pub previous_token_until_ms: Option<i64>,
 }
 
 /// One probe report row.

@@ -374,6 +374,7 @@ impl Watch {
             pb::assignment_change::Change::Upsert(a) => Change::Upsert(a),
             pb::assignment_change::Change::Remove(id) => Change::Remove(id),
             pb::assignment_change::Change::RunNow(r) => Change::RunNow(r),
+            pb::assignment_change::Change::Credential(c) => Change::Credential(c),
         }
     }
 
@@ -391,6 +392,8 @@ pub enum Change {
     Remove(String),
     /// An on-demand run (tests in ondemand.rs).
     RunNow(pb::RunNow),
+    /// A rotated token.
+    Credential(pb::Credential),
 }
 
 impl Change {

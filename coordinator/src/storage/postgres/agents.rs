@@ -9,9 +9,9 @@ impl Postgres {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at)
-                 VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (id) DO UPDATE SET region = $2, token_sha256 = $3, source = $4, revoked = $5",
+                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until)
+                 VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (id) DO UPDATE SET region = $2, token_sha256 = $3, source = $4, revoked = $5, previous_token_sha256 = $10, previous_token_until = $11",
                 &[
                     &a.name,
                     &a.region,
@@ -22,6 +22,8 @@ impl Postgres {
                     &a.last_seen_ms,
                     &a.connected,
                     &a.created_at_ms,
+                    &a.previous_token_sha256,
+                    &a.previous_token_until_ms,
                 ],
             )
             .await?;
@@ -63,7 +65,7 @@ impl Postgres {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at FROM agents ORDER BY name",
+                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until FROM agents ORDER BY name",
                 &[],
             )
             .await?;
@@ -79,6 +81,8 @@ impl Postgres {
                 last_seen_ms: r.get(6),
                 connected: r.get(7),
                 created_at_ms: r.get(8),
+                previous_token_sha256: r.get(9),
+                previous_token_until_ms: r.get(10),
             })
             .collect())
     }

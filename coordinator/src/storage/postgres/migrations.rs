@@ -181,6 +181,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         PRIMARY KEY (incident_id, event)
     );
     CREATE INDEX alert_outbox_undelivered ON alert_outbox (created_at) WHERE delivered_at IS NULL;",
+), (
+    5,
+    "token rotation: the replaced agent token and the end of its grace period",
+    "ALTER TABLE agents ADD COLUMN previous_token_sha256 TEXT;
+    ALTER TABLE agents ADD COLUMN previous_token_until BIGINT;",
 )];
 
 /// The schema version this coordinator writes.

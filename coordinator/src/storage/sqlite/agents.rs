@@ -9,10 +9,10 @@ impl Sqlite {
     pub async fn put_agent(&self, a: StoredAgent) -> Result<(), StorageError> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (id) DO UPDATE SET region = ?2, token_sha256 = ?3, source = ?4, revoked = ?5",
-                params![a.name, a.region, a.token_sha256, a.source.as_str(), a.revoked, a.version, a.last_seen_ms, a.connected, a.created_at_ms],
+                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until)
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (id) DO UPDATE SET region = ?2, token_sha256 = ?3, source = ?4, revoked = ?5, previous_token_sha256 = ?10, previous_token_until = ?11",
+                params![a.name, a.region, a.token_sha256, a.source.as_str(), a.revoked, a.version, a.last_seen_ms, a.connected, a.created_at_ms, a.previous_token_sha256, a.previous_token_until_ms],
             )?;
             Ok(())
         })
@@ -50,7 +50,7 @@ impl Sqlite {
     pub async fn load_agents(&self) -> Result<Vec<StoredAgent>, StorageError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at FROM agents ORDER BY name",
+                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until FROM agents ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(StoredAgent {
@@ -63,6 +63,8 @@ impl Sqlite {
                     last_seen_ms: r.get(6)?,
                     connected: r.get(7)?,
                     created_at_ms: r.get(8)?,
+                    previous_token_sha256: r.get(9)?,
+                    previous_token_until_ms: r.get(10)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -151,6 +151,12 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     );
     CREATE INDEX join_tokens_by_expiry ON join_tokens (expires_at);",
     ),
+    (
+        6,
+        "token rotation: the replaced agent token and the end of its grace period",
+        "ALTER TABLE agents ADD COLUMN previous_token_sha256 TEXT;
+    ALTER TABLE agents ADD COLUMN previous_token_until INTEGER;",
+    ),
 ];
 
 /// Applies the numbered migrations this database has not had yet.
