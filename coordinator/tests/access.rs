@@ -202,6 +202,7 @@ async fn every_route_answers_each_role_as_its_policy_says_and_leaks_nothing() {
         case(M::GET, "/api/v1/agents", "read", "/api/v1/agents", 200),
         case(M::POST, "/api/v1/agents", "admin", "/api/v1/agents", 201).with(json!({"name": "lab-1", "region": "lab"})),
         case(M::GET, "/api/v1/agents/{name}", "read", "/api/v1/agents/eu-1", 200),
+        case(M::POST, "/api/v1/agents/{name}/rotate", "admin", "/api/v1/agents/lab-1/rotate", 200).with(json!({"grace": "1h"})),
         case(M::DELETE, "/api/v1/agents/{name}", "admin", "/api/v1/agents/lab-1", 200),
         case(M::POST, "/api/v1/agents/{name}/revoke", "admin", "/api/v1/agents/lab-1/revoke", 200).with(json!({})),
         case(M::GET, "/api/v1/tokens", "admin", "/api/v1/tokens", 200),
