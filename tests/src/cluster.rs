@@ -228,6 +228,21 @@ impl Coordinator {
         assert_eq!((self.grpc, self.http), (grpc, http), "restarted on other ports");
     }
 
+    /// Starts again on the config file the caller wrote whole
+    /// ([`Coordinator::start_with_config`]), on the ports of the first run
+    /// (its `127.0.0.1:0` listen addresses are replaced by them).
+    pub fn restart_as_written(&mut self) {
+        assert!(self.proc.is_none(), "still running");
+        let config = std::fs::read_to_string(self.config_path()).unwrap();
+        let config = config
+            .replace("grpc_listen = \"127.0.0.1:0\"", &format!("grpc_listen = \"{}\"", self.grpc))
+            .replace("http_listen = \"127.0.0.1:0\"", &format!("http_listen = \"{}\"", self.http));
+        std::fs::write(self.config_path(), config).unwrap();
+        let (grpc, http) = (self.grpc, self.http);
+        self.launch();
+        assert_eq!((self.grpc, self.http), (grpc, http), "restarted on other ports");
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill9(&mut self) {
         self.proc.take().expect("running").kill();

@@ -6,6 +6,7 @@
 //! are refused, each with a sentence that says so, and write nothing.
 
 use mailloop_common::join::JoinToken;
+use mailloop_coordinator::cluster::schedule;
 use mailloop_tests::Check;
 use mailloop_tests::Stack;
 use mailloop_tests::cluster::{
@@ -141,6 +142,14 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
+/// An RFC 3339 time of the API as ms since the epoch.
+fn ms_of(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+        .timestamp_millis()
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -223,8 +232,24 @@ fn an_agent_added_at_run_time_enrolls_in_one_command_and_reports() {
     let elapsed = added.elapsed();
     assert_eq!(first["region"], "ap-south", "{first}");
     assert_eq!(first["agent"], "ap-1", "{first}");
+    // The goal is counted from the start of the first round the new agent
+    // could take: the round in progress when `agents add` answered ends
+    // before it is connected, so the next one is that round's successor.
+    let added_ms = now_ms() - elapsed.as_millis() as i64;
+    let interval = 10_000u64;
+    let phase = schedule::phase_ms(&id, interval);
+    let next_round = schedule::round_at(added_ms as u64, interval, phase) + 1;
+    let next_start = schedule::round_start_ms(next_round, interval, phase) as i64;
+    let received = ms_of(&first["received_at"]);
+    assert!(
+        first["round"].as_u64().is_some_and(|r| r >= next_round),
+        "the first report is of a round after the agent was added: {first}"
+    );
     println!(
-        "enrollment: `agents add` to the first stored report of the new region: {elapsed:.1?} (10 s check interval)"
+        "enrollment: `agents add` to the first stored report of the new region: {elapsed:.1?} (10 s check interval); \
+         {:.1} s beyond the start of the next round ({next_round}; the report is of round {}); goal: under 5 s",
+        (received - next_start) as f64 / 1000.0,
+        first["round"],
     );
 
     // An enrolled agent is revoked like any other, at once: its stream ends
@@ -351,6 +376,108 @@ fn a_rotated_token_reaches_the_running_agent_and_the_old_one_stops_after_its_gra
     assert!(!text.contains(&spooled) && !text.contains(&old), "no token in the agent's log");
     let clog = std::fs::read_to_string(coord.c.log_path()).unwrap();
     assert!(!clog.contains(&spooled) && !clog.contains(&old), "no token in the coordinator's log");
+    agent.kill();
+}
+
+/// A rotation survives the coordinator: only token hashes are stored, so
+/// the new token made at rotation dies with the process that made it; the
+/// restarted coordinator makes another when the agent calls with its
+/// previous one in the grace period, and delivers that. Whether the agent
+/// already uses its newest token is stored too: a second rotation after
+/// another restart replaces that one, not the token the agent dropped.
+#[test]
+fn a_rotation_survives_coordinator_restarts() {
+    let check = Check::new("enroll-rot-restart");
+    let id = check.name.clone();
+    let mut coord = TlsCoordinator::start(&check_toml(&check, "10s", &["rr-south"]));
+    let vm = coord.dir.path().join("vm");
+    let token = coord.add("rr-1", "rr-south", &[]);
+    let (code, out, err) = enroll(&token, &vm);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = vm.join("agent.toml");
+    add_resolver(&config);
+    let first = std::fs::read_to_string(vm.join("agent.token")).unwrap().trim().to_string();
+    let log = vm.join("agent.log");
+    let mut agent = Proc::new(spawn_agent_run(&config, &log, "debug"));
+    wait_until(DEADLINE, "a first report of rr-1", || {
+        results(&coord, &id, "rr-south").first().cloned()
+    });
+    let db = coord.dir.path().join("data").join(mailloop_coordinator::storage::DB_FILE);
+    let in_use = |token: &str| -> bool {
+        let hash = mailloop_coordinator::config::names::token_sha256(token);
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT token_in_use FROM agents WHERE name = 'rr-1' AND token_sha256 = ?1",
+                [hash],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_or(false)
+    };
+    wait_until(DEADLINE, "the enrolled token to be stored as in use", || in_use(&first).then_some(()));
+
+    // Rotated while the agent is stopped; the coordinator restarts before
+    // the agent calls again: the token made at rotation is gone with it.
+    agent.kill();
+    let (code, out, err) = coord.ctl(&["agents", "rotate", "rr-1", "--grace", "30s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    coord.c.stop();
+    coord.c.restart_as_written();
+    let mut agent = Proc::new(spawn_agent_run(&config, &log, "debug"));
+    let picked = |n: usize| {
+        let log = log.clone();
+        move || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            (text.matches("reconnecting with the new one").count() >= n).then_some(())
+        }
+    };
+    wait_until(DEADLINE, "the agent to pick up a token made after the restart", picked(1));
+    let clog = std::fs::read_to_string(coord.c.log_path()).unwrap();
+    assert!(clog.contains("rotated token made again here"), "{clog}");
+    let spooled = || -> String {
+        rusqlite::Connection::open(vm.join("spool.db"))
+            .unwrap()
+            .query_row("SELECT token FROM credential", [], |r| r.get(0))
+            .unwrap()
+    };
+    let second = spooled();
+    assert!(second.starts_with("mlt_") && second != first);
+    let (code, _, err) = coord.ctl_as(&second, &["agents", "list"]);
+    assert!(code == 5 && err.contains("(403)"), "the remade token is the agent's: {code} {err}");
+    wait_until(DEADLINE, "the remade token to be stored as in use", || in_use(&second).then_some(()));
+
+    // Restarted again, then rotated again inside the first grace period:
+    // the agent holds the second token, so that one stays valid for the
+    // grace and the new one reaches it (a coordinator that forgot which
+    // token the agent uses would keep the first and lock it out).
+    coord.c.stop();
+    coord.c.restart_as_written();
+    let (code, out, err) = coord.ctl(&["agents", "rotate", "rr-1", "--grace", "30s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the agent to pick up the second rotation", picked(2));
+    let third = spooled();
+    assert!(third != second && third != first);
+
+    // The replaced tokens stop: the first one's grace ended, the second's ends.
+    wait_until(DEADLINE, "the first and second tokens to stop working", || {
+        let dead = |t: &str| {
+            let (code, _, err) = coord.ctl_as(t, &["agents", "list"]);
+            code == 5 && err.contains("(401)")
+        };
+        (dead(&first) && dead(&second)).then_some(())
+    });
+    let dead_at = now_ms();
+    let after = wait_until(DEADLINE, "a report stored after the replaced tokens died", || {
+        results(&coord, &id, "rr-south")
+            .into_iter()
+            .find(|r| ms_of(&r["received_at"]) > dead_at)
+    });
+    assert_eq!(after["agent"], "rr-1", "{after}");
+    let clog = std::fs::read_to_string(coord.c.log_path()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for t in [&first, &second, &third] {
+        assert!(!clog.contains(t.as_str()) && !text.contains(t.as_str()), "no token in the logs");
+    }
     agent.kill();
 }
 

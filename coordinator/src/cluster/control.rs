@@ -411,7 +411,8 @@ impl Control {
         for a in self.storage.load_agents().await? {
             let differs = self.hub.agent(&a.name).is_none_or(|held| {
                 let h = &held.stored;
-                (&h.region, &h.token_sha256, h.revoked, h.source) != (&a.region, &a.token_sha256, a.revoked, a.source)
+                (&h.region, &h.token_sha256, h.revoked, h.source, &h.previous_token_sha256, h.previous_token_until_ms, h.token_in_use)
+                    != (&a.region, &a.token_sha256, a.revoked, a.source, &a.previous_token_sha256, a.previous_token_until_ms, a.token_in_use)
             });
             if differs {
                 tracing::info!(agent = %a.name, region = %a.region, revoked = a.revoked, "agent changed through another replica; following it");
@@ -587,6 +588,7 @@ impl Control {
             token_sha256: token_sha256(token.expose()),
             previous_token_sha256: None,
             previous_token_until_ms: None,
+            token_in_use: false,
             ..current.stored
         };
         self.storage.put_agent(agent.clone()).await?;
@@ -642,6 +644,7 @@ impl Control {
             created_at_ms: now_ms(),
             previous_token_sha256: None,
             previous_token_until_ms: None,
+            token_in_use: false,
         };
         self.storage.put_agent(agent.clone()).await?;
         self.hub.put_agent(agent.clone());
@@ -674,7 +677,10 @@ impl Control {
             )));
         }
         let now = now_ms();
-        let still_on_previous = self.hub.credential_pending(name)
+        // Whether the agent has not called with its current token yet: it
+        // still holds the previous one (stored, so a restart or another
+        // replica knows it too).
+        let still_on_previous = !old.stored.token_in_use
             && old.stored.previous_token_until_ms.is_some_and(|u| now < u);
         let previous = if still_on_previous {
             old.stored.previous_token_sha256.clone()
@@ -687,6 +693,7 @@ impl Control {
             token_sha256: token_sha256(token.expose()),
             previous_token_sha256: previous,
             previous_token_until_ms: Some(until),
+            token_in_use: false,
             ..old.stored
         };
         self.storage.put_agent(agent.clone()).await?;
@@ -793,6 +800,7 @@ impl Control {
             created_at_ms: old.map_or_else(now_ms, |o| o.stored.created_at_ms),
             previous_token_sha256: None,
             previous_token_until_ms: None,
+            token_in_use: false,
         };
         self.storage.put_agent(agent.clone()).await?;
         self.hub.put_agent(agent);
@@ -809,7 +817,7 @@ fn owned_by_config(what: &str, name: &str) -> ControlError {
 
 /// A fresh token: 32 random bytes, hex, with a recognisable prefix
 /// (`mlt` an agent's, `mla` an API token).
-fn new_token(prefix: &str) -> String {
+pub(crate) fn new_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     format!("{prefix}_{}", hex(&bytes))

@@ -141,10 +141,25 @@ impl AgentApi {
         metadata: &MetadataMap,
         call: &'static str,
     ) -> Result<AgentIdentity, Status> {
-        self.hub.authenticate(bearer(metadata)).map_err(|e| {
+        let token = bearer(metadata);
+        let who = self.hub.authenticate(token).map_err(|e| {
             tracing::warn!(call, error = %e, "agent call refused");
             Status::unauthenticated(e.to_string())
-        })
+        })?;
+        // The first call with a newly issued token is stored, so a second
+        // rotation anywhere, even after a restart, knows which token the
+        // agent holds.
+        let used = token.map(token_sha256).unwrap_or_default();
+        if self.hub.first_use(&who.name, &used) {
+            let storage = self.storage.clone();
+            let name = who.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = storage.confirm_agent_token(name.clone(), used).await {
+                    tracing::warn!(agent = %name, error = %e, "cannot store that the agent uses its new token; a rotation before the next restart may treat it as still on its previous one");
+                }
+            });
+        }
+        Ok(who)
     }
 
     /// Another process (another `mailloop-instance`) holding an open
@@ -335,6 +350,7 @@ impl AgentService for AgentApi {
                 tx,
                 used,
                 credential_sent: None,
+                remade: false,
             };
             tokio::spawn(watch.run(session, epoch, orders));
             let mut response = Response::new(ReceiverStream::new(rx));
@@ -508,6 +524,10 @@ struct Watch {
     used: String,
     /// SHA-256 of the rotated token last sent on this stream.
     credential_sent: Option<String>,
+    /// Whether this stream already remade a rotated token it found
+    /// undeliverable here (at most once per stream, so two streams of one
+    /// agent never keep replacing each other's).
+    remade: bool,
 }
 
 impl Watch {
@@ -553,6 +573,40 @@ impl Watch {
         tracing::info!(agent = %agent.name, region = %agent.region, reason, "agent disconnected; its checks move to other agents of its region");
     }
 
+    /// The agent called with its previous token but the new one is not
+    /// held here (made before a restart or by another replica; only its
+    /// hash is stored): a fresh token replaces it, in one conditional
+    /// write, and is delivered instead. None if nothing is to be remade or
+    /// the row changed meanwhile (the change is followed as any other).
+    async fn remake_token(&mut self) -> Option<mailloop_common::Secret> {
+        let expected = self.hub.token_to_remake(&self.agent.name, &self.used, now_ms())?;
+        self.remade = true;
+        let token = mailloop_common::Secret::new(crate::cluster::control::new_token("mlt"));
+        let hash = token_sha256(token.expose());
+        match self
+            .storage
+            .replace_agent_token(self.agent.name.clone(), expected.clone(), hash.clone())
+            .await
+        {
+            Ok(true) => {
+                let mut stored = self.hub.agent(&self.agent.name)?.stored;
+                if stored.token_sha256 != expected {
+                    return None;
+                }
+                stored.token_sha256 = hash;
+                stored.token_in_use = false;
+                self.hub.put_rotated(stored, token.clone());
+                tracing::info!(agent = %self.agent.name, region = %self.agent.region, "rotated token made again here (the one made at rotation is not held by this coordinator: restarted, or another replica)");
+                Some(token)
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(agent = %self.agent.name, error = %e, "cannot store a remade rotated token; the agent keeps its previous one for now");
+                None
+            }
+        }
+    }
+
     async fn follow(
         &mut self,
         maps: &mut tokio::sync::watch::Receiver<Arc<crate::cluster::schedule::AssignmentMap>>,
@@ -582,7 +636,11 @@ impl Watch {
                     .await;
                 return "rotated token's grace period ended";
             }
-            if let Some(token) = self.hub.pending_credential(&self.agent.name, &self.used) {
+            let mut pending = self.hub.pending_credential(&self.agent.name, &self.used);
+            if pending.is_none() && !self.remade {
+                pending = self.remake_token().await;
+            }
+            if let Some(token) = pending {
                 let hash = token_sha256(token.expose());
                 if self.credential_sent.as_deref() != Some(hash.as_str()) {
                     let change = pb::AssignmentChange {

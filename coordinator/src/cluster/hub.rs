@@ -527,14 +527,37 @@ impl Hub {
     }
 
     /// The rotated token waiting for `agent`, for a stream opened with the
-    /// token of SHA-256 `used` — None when that already is the new one.
+    /// token of SHA-256 `used` — None when that already is the new one, or
+    /// when this replica does not hold the new one (made before a restart
+    /// or by another replica: see [`Hub::token_to_remake`]).
     pub fn pending_credential(&self, agent: &str, used: &str) -> Option<mailloop_common::Secret> {
         let inner = self.lock();
         let a = inner.agents.get(agent)?;
         if a.stored.token_sha256 == used || a.stored.revoked {
             return None;
         }
-        inner.pending.get(agent).cloned()
+        inner
+            .pending
+            .get(agent)
+            .filter(|t| token_sha256(t.expose()) == a.stored.token_sha256)
+            .cloned()
+    }
+
+    /// A stream opened with the previous token of a rotated agent, in its
+    /// grace period, while this replica does not hold the new token (only
+    /// its hash is stored: the coordinator that made it restarted, or it is
+    /// another replica): the hash of the undelivered token, which the
+    /// caller replaces by a fresh one it can deliver. None otherwise.
+    pub fn token_to_remake(&self, agent: &str, used: &str, now_ms: i64) -> Option<String> {
+        let inner = self.lock();
+        let a = inner.agents.get(agent)?;
+        let s = &a.stored;
+        let on_previous = s.previous_token_sha256.as_deref() == Some(used) && previous_valid(s, now_ms);
+        let held_here = inner
+            .pending
+            .get(agent)
+            .is_some_and(|t| token_sha256(t.expose()) == s.token_sha256);
+        (on_previous && !s.revoked && !held_here && s.token_sha256 != used).then(|| s.token_sha256.clone())
     }
 
     /// Installs a rotated agent and keeps its new token for delivery over
@@ -544,10 +567,19 @@ impl Hub {
         self.put_agent(a);
     }
 
-    /// Whether a rotated token of `agent` waits for delivery (the agent
-    /// has not called with it yet).
-    pub fn credential_pending(&self, agent: &str) -> bool {
-        self.lock().pending.contains_key(agent)
+    /// The first call of `agent` with its current token (SHA-256 `used`)
+    /// since that token was issued: marks it in use and answers true, so the
+    /// caller stores that once. False for every later call.
+    pub fn first_use(&self, agent: &str, used: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(a) = inner.agents.get_mut(agent) else {
+            return false;
+        };
+        if a.stored.token_sha256 != used || a.stored.token_in_use {
+            return false;
+        }
+        a.stored.token_in_use = true;
+        true
     }
 
     /// When the token of SHA-256 `used` stops working for `agent`: Some

@@ -1579,6 +1579,7 @@ mod tests {
                 created_at_ms: 0,
                 previous_token_sha256: None,
                 previous_token_until_ms: None,
+                token_in_use: false,
             })
             .collect();
         let hub = Hub::new(vec![], stored);

@@ -214,6 +214,12 @@ storage_api! {
     fn put_agent(&self, a: StoredAgent) -> ();
     /// Records that an agent was seen (and, when given, its version and connection state).
     fn touch_agent(&self, name: String, at_ms: i64, version: Option<String>, connected: Option<bool>) -> ();
+    /// Records that the agent called with its current token `token_sha256`
+    /// (nothing if the token changed meanwhile).
+    fn confirm_agent_token(&self, name: String, token_sha256: String) -> ();
+    /// Replaces a rotated agent's undelivered token `expected` by `new`, in
+    /// one atomic step; false (nothing written) if the row changed meanwhile.
+    fn replace_agent_token(&self, name: String, expected: String, new: String) -> bool;
     /// At start nobody is connected yet.
     fn reset_connections(&self) -> ();
     /// Every agent, revoked ones included.

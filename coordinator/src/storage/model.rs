@@ -92,6 +92,10 @@ pub struct StoredAgent {
     /// which the running agent picks up the new one over its stream).
     pub previous_token_sha256: Option<String>,
     pub previous_token_until_ms: Option<i64>,
+    /// Whether the agent has called with `token_sha256` since it was
+    /// issued: a second rotation before that keeps the previous token (the
+    /// one the agent still holds) instead of locking the agent out.
+    pub token_in_use: bool,
 }
 
 /// One probe report row.

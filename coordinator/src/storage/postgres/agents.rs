@@ -9,9 +9,9 @@ impl Postgres {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until)
-                 VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (id) DO UPDATE SET region = $2, token_sha256 = $3, source = $4, revoked = $5, previous_token_sha256 = $10, previous_token_until = $11",
+                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until, token_in_use)
+                 VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (id) DO UPDATE SET region = $2, token_sha256 = $3, source = $4, revoked = $5, previous_token_sha256 = $10, previous_token_until = $11, token_in_use = $12",
                 &[
                     &a.name,
                     &a.region,
@@ -24,6 +24,7 @@ impl Postgres {
                     &a.created_at_ms,
                     &a.previous_token_sha256,
                     &a.previous_token_until_ms,
+                    &a.token_in_use,
                 ],
             )
             .await?;
@@ -51,6 +52,42 @@ impl Postgres {
         Ok(())
     }
 
+    /// Records that the agent called with its current token `token_sha256`
+    /// (nothing if the token changed meanwhile).
+    pub async fn confirm_agent_token(&self, name: String, token_sha256: String) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE agents SET token_in_use = TRUE WHERE id = $1 AND token_sha256 = $2 AND NOT token_in_use",
+                &[&name, &token_sha256],
+            )
+            .await?;
+        if n > 0 {
+            Self::announce(&client, "agents").await;
+        }
+        Ok(())
+    }
+
+    /// Replaces a rotated agent's undelivered token `expected` by `new`
+    /// (a fresh one made where the first was lost: a restart, another
+    /// replica). False if the row changed meanwhile (another replica made
+    /// one, a new rotation, a revocation): then nothing is written. The
+    /// conditional UPDATE is atomic across coordinators.
+    pub async fn replace_agent_token(&self, name: String, expected: String, new: String) -> Result<bool, StorageError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE agents SET token_sha256 = $3, token_in_use = FALSE
+                 WHERE id = $1 AND token_sha256 = $2 AND NOT revoked AND previous_token_sha256 IS NOT NULL",
+                &[&name, &expected, &new],
+            )
+            .await?;
+        if n == 1 {
+            Self::announce(&client, "agents").await;
+        }
+        Ok(n == 1)
+    }
+
     /// At start nobody is connected yet.
     pub async fn reset_connections(&self) -> Result<(), StorageError> {
         let client = self.client().await?;
@@ -65,7 +102,7 @@ impl Postgres {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until FROM agents ORDER BY name",
+                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until, token_in_use FROM agents ORDER BY name",
                 &[],
             )
             .await?;
@@ -83,6 +120,7 @@ impl Postgres {
                 created_at_ms: r.get(8),
                 previous_token_sha256: r.get(9),
                 previous_token_until_ms: r.get(10),
+                token_in_use: r.get(11),
             })
             .collect())
     }

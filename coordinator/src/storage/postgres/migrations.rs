@@ -186,6 +186,10 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     "token rotation: the replaced agent token and the end of its grace period",
     "ALTER TABLE agents ADD COLUMN previous_token_sha256 TEXT;
     ALTER TABLE agents ADD COLUMN previous_token_until BIGINT;",
+), (
+    6,
+    "token rotation: whether the agent has called with its current token",
+    "ALTER TABLE agents ADD COLUMN token_in_use BOOLEAN NOT NULL DEFAULT FALSE;",
 )];
 
 /// The schema version this coordinator writes.

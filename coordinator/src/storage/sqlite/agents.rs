@@ -9,10 +9,10 @@ impl Sqlite {
     pub async fn put_agent(&self, a: StoredAgent) -> Result<(), StorageError> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (id) DO UPDATE SET region = ?2, token_sha256 = ?3, source = ?4, revoked = ?5, previous_token_sha256 = ?10, previous_token_until = ?11",
-                params![a.name, a.region, a.token_sha256, a.source.as_str(), a.revoked, a.version, a.last_seen_ms, a.connected, a.created_at_ms, a.previous_token_sha256, a.previous_token_until_ms],
+                "INSERT INTO agents (id, name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until, token_in_use)
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (id) DO UPDATE SET region = ?2, token_sha256 = ?3, source = ?4, revoked = ?5, previous_token_sha256 = ?10, previous_token_until = ?11, token_in_use = ?12",
+                params![a.name, a.region, a.token_sha256, a.source.as_str(), a.revoked, a.version, a.last_seen_ms, a.connected, a.created_at_ms, a.previous_token_sha256, a.previous_token_until_ms, a.token_in_use],
             )?;
             Ok(())
         })
@@ -37,6 +37,35 @@ impl Sqlite {
         .await
     }
 
+    /// Records that the agent called with its current token `token_sha256`
+    /// (nothing if the token changed meanwhile).
+    pub async fn confirm_agent_token(&self, name: String, token_sha256: String) -> Result<(), StorageError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE agents SET token_in_use = 1 WHERE id = ?1 AND token_sha256 = ?2",
+                params![name, token_sha256],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a rotated agent's undelivered token `expected` by `new`
+    /// (a fresh one made where the first was lost: a restart, another
+    /// replica). False if the row changed meanwhile (another replica made
+    /// one, a new rotation, a revocation): then nothing is written.
+    pub async fn replace_agent_token(&self, name: String, expected: String, new: String) -> Result<bool, StorageError> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE agents SET token_sha256 = ?3, token_in_use = 0
+                 WHERE id = ?1 AND token_sha256 = ?2 AND NOT revoked AND previous_token_sha256 IS NOT NULL",
+                params![name, expected, new],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     /// At start nobody is connected yet.
     pub async fn reset_connections(&self) -> Result<(), StorageError> {
         self.write(|conn| {
@@ -50,7 +79,7 @@ impl Sqlite {
     pub async fn load_agents(&self) -> Result<Vec<StoredAgent>, StorageError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until FROM agents ORDER BY name",
+                "SELECT name, region, token_sha256, source, revoked, version, last_seen, connected, created_at, previous_token_sha256, previous_token_until, token_in_use FROM agents ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(StoredAgent {
@@ -65,6 +94,7 @@ impl Sqlite {
                     created_at_ms: r.get(8)?,
                     previous_token_sha256: r.get(9)?,
                     previous_token_until_ms: r.get(10)?,
+                    token_in_use: r.get(11)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -157,6 +157,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ALTER TABLE agents ADD COLUMN previous_token_sha256 TEXT;
     ALTER TABLE agents ADD COLUMN previous_token_until INTEGER;",
     ),
+    (
+        7,
+        "token rotation: whether the agent has called with its current token",
+        "ALTER TABLE agents ADD COLUMN token_in_use INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// Applies the numbered migrations this database has not had yet.
