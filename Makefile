@@ -10,7 +10,7 @@ export MAILSTACK_STATE ?= /var/lib/mailloop-mailstack
 STACK_ENV := $(MAILSTACK_STATE)/stack.env
 DEMO_CONFIG := target/demo/mailloop.toml
 
-.PHONY: help deps toolchain build release demo demo-stop test deny bench mailstack-up mailstack-down mailstack-purge clean
+.PHONY: help deps toolchain cargo-deb build release deb demo demo-stop test deny bench mailstack-up mailstack-down mailstack-purge clean
 
 help:
 	@echo "make demo            bring up the local mail stack, build, run one probe per check (table),"
@@ -20,12 +20,14 @@ help:
 	@echo "                     then cargo deny (licences, bans, sources; advisories when reachable)"
 	@echo "make deny            only the cargo deny step (installs cargo-deny when missing)"
 	@echo "make bench           mailloop vs. check_email_delivery on the same stack"
+	@echo "make deb             release .deb packages of the coordinator (+ mailloopctl) and the agent"
+	@echo "                     in target/debian (cargo-deb; installed when missing)"
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
 
 # Debian packages of the mail stack, and prometheus/promtool for the metrics
 # tests (idempotent; fast when already installed; no service is started).
-deps: toolchain
+deps: toolchain cargo-deb
 	@bash $(MAILSTACK)/install.sh
 	@# playwright-core and axe-core (about 18 MB, no browser download: the
 	@# tests drive Debian's /usr/bin/chromium); skipped when the lock is met.
@@ -38,11 +40,22 @@ toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust through rustup (see rust-toolchain.toml)" >&2; exit 1; }
 	@$(CARGO) --version >/dev/null
 
+# cargo-deb builds the .deb packages (make deb, tests/tests/packages.rs).
+cargo-deb: toolchain
+	@$(CARGO) deb --version >/dev/null 2>&1 || { echo "installing cargo-deb (cargo install cargo-deb --locked)" >&2; $(CARGO) install cargo-deb --locked; }
+
 build: toolchain
 	$(CARGO) build --workspace --bins --tests
 
 release: toolchain
 	$(CARGO) build --release -p mailloop-agent -p mailloop-coordinator
+
+# Release packages: target/debian/mailloop-{coordinator,agent}_<version>-1_amd64.deb
+# (binaries, systemd units, the coordinator's conffile; see deploy/debian).
+deb: cargo-deb release
+	$(CARGO) deb -p mailloop-coordinator --no-build
+	$(CARGO) deb -p mailloop-agent --no-build
+	@ls -l target/debian/*.deb
 
 mailstack-up: deps
 	@bash $(MAILSTACK)/up.sh
