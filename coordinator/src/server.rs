@@ -236,21 +236,21 @@ impl Coordinator {
             server.aggregate_retention,
             shutdown.clone(),
         ));
-        if let Some(path) = config_path {
-            tokio::spawn(reload_loop(
-                path,
-                config,
-                control.clone(),
-                judge.clone(),
-                shutdown.clone(),
-            ));
-        }
-
         let grpc_addr = listeners.grpc_addr();
         let http_addr = listeners.http_addr();
         let metrics_addr = listeners.metrics_addr();
         let status_addr = listeners.status_addr();
         control.set_enrollment(enroll_settings(&server, grpc_addr));
+        if let Some(path) = config_path {
+            tokio::spawn(reload_loop(
+                path,
+                config,
+                grpc_addr,
+                control.clone(),
+                judge.clone(),
+                shutdown.clone(),
+            ));
+        }
         let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
         let metrics_app = match listeners.metrics {
             Some(l) => {
@@ -980,11 +980,13 @@ async fn prune_loop(
 /// On SIGHUP: re-read the config; apply it if it is valid as a whole,
 /// otherwise log every bad key and keep running the old one. Checks,
 /// agents, the admin token and `[[token]]`s, `[incidents]`/`[baselines]`
-/// (the judge) and `[[alert]]` channels follow; the rest of `[server]`
-/// waits for a restart.
+/// (the judge), `[[alert]]` channels, and what join tokens carry
+/// (`public_urls`, `join_token_ttl`) follow; the rest of `[server]` waits
+/// for a restart.
 async fn reload_loop(
     path: PathBuf,
     mut current: CoordinatorConfig,
+    grpc_addr: SocketAddr,
     control: Arc<Control>,
     judge: Arc<crate::judge::run::Judge>,
     mut shutdown: Shutdown,
@@ -1032,8 +1034,18 @@ async fn reload_loop(
             || current.status != new.status
         {
             tracing::warn!(
-                "listen addresses, data_dir, [storage], [telemetry], [status], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines] and [[alert]] are applied now"
+                "listen addresses, data_dir, [storage], [telemetry], [status], TLS, limits, retention and heartbeat change only on restart; checks, agents, the admin token and [[token]]s, [incidents], [baselines], [[alert]], public_urls and join_token_ttl are applied now"
             );
+        }
+        // Join tokens made from now on carry the new URLs and lifetime; the
+        // fingerprint stays the served certificate's (TLS follows a restart).
+        if (&old.public_urls, old.join_token_ttl) != (&fresh.public_urls, fresh.join_token_ttl) {
+            let served = control.enrollment().sha256;
+            control.set_enrollment(crate::cluster::control::EnrollSettings {
+                sha256: served,
+                ..enroll_settings(fresh, grpc_addr)
+            });
+            tracing::info!(public_urls = ?fresh.public_urls, join_token_ttl = %humantime::format_duration(fresh.join_token_ttl), "join tokens: URLs and lifetime reloaded");
         }
         // The judge and the alert channels cannot fail to apply (the file
         // was validated whole): they follow even if a check below does not.

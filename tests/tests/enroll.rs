@@ -293,6 +293,45 @@ fn an_expired_join_token_is_refused() {
     assert!(!log.contains(join.secret.expose()) && !err.contains(join.secret.expose()));
 }
 
+/// SIGHUP (the unit's ExecReload) reloads what join tokens carry:
+/// `public_urls` and `join_token_ttl` apply to the next `agents add`
+/// without a restart; the fingerprint stays the served certificate's.
+#[test]
+fn sighup_reloads_public_urls_and_join_token_ttl() {
+    let coord = TlsCoordinator::start("");
+    let add = |name: &str| -> (JoinToken, i64) {
+        let (code, out, err) = coord.ctl(&["-o", "json", "agents", "add", name, "--region", "ap-south"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let body: Value = serde_json::from_str(&out).unwrap();
+        let join = JoinToken::decode(body["join_token"].as_str().unwrap()).unwrap();
+        (join, body["join_expires_at_ms"].as_i64().unwrap())
+    };
+    let before = now_ms();
+    let (join, expires) = add("hup-1");
+    assert_eq!(join.urls, [format!("https://{}", coord.c.grpc)]);
+    assert!(expires <= now_ms() + 3_600_000, "default lifetime 1 h");
+    let pinned = join.sha256.clone();
+    assert!(pinned.is_some());
+
+    let path = coord.dir.path().join("coordinator.toml");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "[server]\n",
+        "[server]\npublic_urls = [\"https://coord.example:7443\", \"https://10.0.0.7:7443\"]\njoin_token_ttl = \"3h\"\n",
+    );
+    std::fs::write(&path, config).unwrap();
+    coord.c.proc.as_ref().unwrap().signal("HUP");
+    wait_until(DEADLINE, "the reload of public_urls and join_token_ttl", || {
+        std::fs::read_to_string(coord.c.log_path())
+            .ok()?
+            .contains("join tokens: URLs and lifetime reloaded")
+            .then_some(())
+    });
+    let (join, expires) = add("hup-2");
+    assert_eq!(join.urls, ["https://coord.example:7443", "https://10.0.0.7:7443"]);
+    assert!(expires > before + 2 * 3_600_000, "join_token_ttl 3h applies: {expires}");
+    assert_eq!(join.sha256, pinned, "the fingerprint is still the served certificate's");
+}
+
 /// `agents rotate`: the running agent gets the new token over its stream
 /// and keeps it in its spool; the old token works through the grace period
 /// (the admin API tells an agent's token, 403, from an unknown one, 401),

@@ -475,7 +475,8 @@ impl Control {
         *self.enrollment.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 
-    fn enrollment(&self) -> EnrollSettings {
+    /// What join tokens carry now.
+    pub fn enrollment(&self) -> EnrollSettings {
         self.enrollment
             .lock()
             .unwrap_or_else(|e| e.into_inner())
