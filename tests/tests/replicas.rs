@@ -364,3 +364,73 @@ fn an_api_token_made_or_revoked_through_one_replica_is_in_force_on_the_other() {
     wait_until(DEADLINE, "the token revoked through the second replica refused by the first", || (status(first) == Some(401)).then_some(()));
     assert_eq!(status(second), Some(401));
 }
+
+/// `agents rotate` through one replica while the agent is connected to the
+/// other: only the token's hash is shared, so the agent's replica makes a
+/// fresh token (a conditional write) when the rotation reaches it, and
+/// delivers that over the stream; the old token then works on neither
+/// replica after its grace, the new one on both.
+#[test]
+fn a_token_rotated_through_one_replica_reaches_the_agent_on_the_other() {
+    let (settings, _db) = two_replicas("rotate");
+    let check = Check::new("replica-rotate");
+    let c = RegionCluster::start(&check, &settings);
+    let (first, second) = (&c.coordinator, &c.others[0]);
+    let vm = c.dir.path().join("rot-vm");
+
+    // Added and enrolled through the first replica (the join token sends
+    // the agent there), in a region of its own: its stream is what counts.
+    let (code, out, err) = first.ctl(&["agents", "add", "rot-x", "--region", "rot-region"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let join = out.trim().strip_prefix("mailloop-agent enroll '").and_then(|t| t.strip_suffix('\'')).unwrap_or_else(|| panic!("{out}"));
+    let enrolled = std::process::Command::new(mailloop_tests::cluster::bin("mailloop-agent"))
+        .args(["enroll", join, "--config"])
+        .arg(vm.join("agent.toml"))
+        .arg("--spool")
+        .arg(vm.join("spool.db"))
+        .output()
+        .unwrap();
+    assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
+    let old = std::fs::read_to_string(vm.join("agent.token")).unwrap().trim().to_string();
+    let log = vm.join("agent.log");
+    let _agent = mailloop_tests::cluster::Proc::new(mailloop_tests::cluster::spawn_agent_run(&vm.join("agent.toml"), &log, "debug"));
+    let connected = |at: &Coordinator| {
+        let body = at.get_ok("/api/v1/agents");
+        body["agents"].as_array().unwrap().iter().any(|a| a["name"] == "rot-x" && a["connected"] == true)
+    };
+    wait_until(DEADLINE, "rot-x connected (seen from both replicas)", || (connected(first) && connected(second)).then_some(()));
+
+    // Rotated through the second replica, which holds the new token; the
+    // agent's stream is on the first, which does not.
+    let (code, out, err) = second.ctl(&["agents", "rotate", "rot-x", "--grace", "15s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(DEADLINE, "the agent to pick up a token over its stream to the first replica", || {
+        std::fs::read_to_string(&log).ok()?.contains("reconnecting with the new one").then_some(())
+    });
+    let first_log = std::fs::read_to_string(first.log_path()).unwrap();
+    assert!(first_log.contains("rotated token made again here"), "the first replica made the token it delivered");
+    let new: String = rusqlite::Connection::open(vm.join("spool.db"))
+        .unwrap()
+        .query_row("SELECT token FROM credential", [], |r| r.get(0))
+        .unwrap();
+    assert!(new.starts_with("mlt_") && new != old);
+
+    // An agent's token is 403 on the admin API, an unknown one 401.
+    let answer = |at: &Coordinator, token: &str| http_get_as(at.http, "/api/v1/agents", token).map(|(s, _)| s).ok();
+    wait_until(DEADLINE, "the new token known to both replicas", || {
+        (answer(first, &new) == Some(403) && answer(second, &new) == Some(403)).then_some(())
+    });
+    wait_until(DEADLINE, "the old token refused by both replicas after its grace", || {
+        (answer(first, &old) == Some(401) && answer(second, &old) == Some(401)).then_some(())
+    });
+    let dead_at = now_ms();
+    wait_until(DEADLINE, "rot-x seen connected after the old token died", || {
+        let body = first.get_ok("/api/v1/agents/rot-x");
+        let seen = body["last_seen"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+        (body["connected"] == true && seen.timestamp_millis() > dead_at).then_some(())
+    });
+    for at in [first, second] {
+        let text = std::fs::read_to_string(at.log_path()).unwrap();
+        assert!(!text.contains(&new) && !text.contains(&old), "no token in a replica's log");
+    }
+}
