@@ -106,6 +106,14 @@ enum Command {
         /// before the join token is used.
         #[arg(long)]
         start: bool,
+        /// For a coordinator with client_ca (mutual TLS): this agent's
+        /// certificate (PEM, chain first), used to enroll and written into
+        /// the agent config as client_cert. Needs --client-key.
+        #[arg(long, value_name = "FILE", requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// The private key of --client-cert (PEM); written as client_key.
+        #[arg(long, value_name = "FILE", requires = "client_cert")]
+        client_key: Option<PathBuf>,
     },
     /// OAuth2 mailboxes (Microsoft 365, Gmail).
     Oauth2 {
@@ -159,7 +167,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Probe { config, checks, output, connect_to } => probe(config, checks, output, ConnectTo::new(connect_to)),
         Command::Run { config } => run(config),
-        Command::Enroll { token, config, spool, secrets, start } => enroll(&token, config, spool, &secrets, start),
+        Command::Enroll { token, config, spool, secrets, start, client_cert, client_key } => {
+            enroll(&token, config, spool, &secrets, start, client_cert.zip(client_key))
+        }
         Command::Oauth2 { command: Oauth2Command::Login { config, check, side } } => oauth2_login(&config, &check, side.as_deref()),
     }
 }
@@ -221,8 +231,15 @@ fn run(config: PathBuf) -> ExitCode {
     }
 }
 
-fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>, secrets: &[String], start: bool) -> ExitCode {
-    use mailloop_agent::run::enroll::{Paths, SystemdStart, enroll, local_secrets, write_env_file};
+fn enroll(
+    token: &str,
+    config: PathBuf,
+    spool: Option<PathBuf>,
+    secrets: &[String],
+    start: bool,
+    client: Option<(PathBuf, PathBuf)>,
+) -> ExitCode {
+    use mailloop_agent::run::enroll::{ClientCert, Paths, SystemdStart, enroll, local_secrets, write_env_file};
     // Everything that can be refused is refused before the join token is
     // used (it works once).
     let mut problems = Vec::new();
@@ -235,6 +252,7 @@ fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>, secrets: &[Strin
     } else {
         None
     };
+    let client = client.and_then(|(cert, key)| ClientCert::load(&cert, &key).map_err(|e| problems.push(e)).ok());
     let env_path = config.with_extension("env");
     if !secrets.is_empty() && env_path.exists() {
         problems.push(format!("{} exists: this machine looks enrolled already", env_path.display()));
@@ -253,7 +271,7 @@ fn enroll(token: &str, config: PathBuf, spool: Option<PathBuf>, secrets: &[Strin
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match runtime.block_on(enroll(token, Paths::new(config, spool))) {
+    match runtime.block_on(enroll(token, Paths::new(config, spool), client)) {
         Ok(e) => {
             println!(
                 "enrolled as agent {} in region {} with the coordinator at {}; wrote {} and {}.",

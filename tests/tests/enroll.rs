@@ -32,14 +32,21 @@ struct TlsCoordinator {
 
 impl TlsCoordinator {
     fn start(checks: &str) -> TlsCoordinator {
+        Self::start_with(checks, false)
+    }
+
+    /// [`TlsCoordinator::start`], with `client_ca` (the test CA) when
+    /// `mutual`: agents must present a certificate it issued.
+    fn start_with(checks: &str, mutual: bool) -> TlsCoordinator {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new();
+        let client_ca = if mutual { format!("client_ca = {:?}\n", pki.ca_file()) } else { String::new() };
         let chain = dir.path().join("chain.pem");
         std::fs::write(&chain, format!("{}{}", pki.valid.cert_pem, pki.ca_pem)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
         let config = format!(
             "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nadmin_token_file = {:?}\n\
-             tls_cert = {chain:?}\ntls_key = {:?}\ntest_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n\n{checks}",
+             tls_cert = {chain:?}\ntls_key = {:?}\n{client_ca}test_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n\n{checks}",
             dir.path().join("data"),
             dir.path().join("admin.token"),
             pki.valid.key_file,
@@ -330,6 +337,51 @@ fn sighup_reloads_public_urls_and_join_token_ttl() {
     assert_eq!(join.urls, ["https://coord.example:7443", "https://10.0.0.7:7443"]);
     assert!(expires > before + 2 * 3_600_000, "join_token_ttl 3h applies: {expires}");
     assert_eq!(join.sha256, pinned, "the fingerprint is still the served certificate's");
+}
+
+/// A coordinator with `client_ca` (mutual TLS): enroll without a client
+/// certificate stops at the first handshake with a sentence saying what to
+/// pass, writes nothing and leaves the join token unused; with
+/// `--client-cert`/`--client-key` it enrolls, writes them into the agent
+/// config, and the agent reports over mutual TLS.
+#[test]
+fn enroll_with_a_client_certificate_when_the_coordinator_requires_one() {
+    let check = Check::new("enroll-mtls");
+    let id = check.name.clone();
+    let coord = TlsCoordinator::start_with(&check_toml(&check, "10s", &["mtls-south"]), true);
+    let vm = coord.dir.path().join("vm");
+    let token = coord.add("mtls-1", "mtls-south", &[]);
+
+    let (code, out, err) = enroll(&token, &vm);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("requires a client certificate") && err.contains("--client-cert FILE --client-key FILE"),
+        "{err}"
+    );
+    assert!(!vm.join("agent.toml").exists() && !vm.join("agent.token").exists());
+
+    let out = Command::new(bin("mailloop-agent"))
+        .args(["enroll", &token, "--config"])
+        .arg(vm.join("agent.toml"))
+        .arg("--spool")
+        .arg(vm.join("spool.db"))
+        .arg("--client-cert")
+        .arg(&coord.pki.client.cert_file)
+        .arg("--client-key")
+        .arg(&coord.pki.client.key_file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the join token was unused, so it works now: {stdout}{stderr}");
+    let config = vm.join("agent.toml");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains("client_cert = ") && written.contains("client_key = "), "{written}");
+    add_resolver(&config);
+    let _agent = Proc::new(spawn_agent_run(&config, &vm.join("agent.log"), "debug"));
+    let first = wait_until(DEADLINE, "a report of mtls-1 over mutual TLS", || {
+        results(&coord, &id, "mtls-south").first().cloned()
+    });
+    assert_eq!(first["agent"], "mtls-1", "{first}");
 }
 
 /// `agents rotate`: the running agent gets the new token over its stream

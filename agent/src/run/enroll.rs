@@ -14,6 +14,12 @@
 //!
 //! A coordinator without TLS issues tokens without a fingerprint; they are
 //! accepted only for `http://` URLs on loopback, where nobody else listens.
+//!
+//! A coordinator with `client_ca` (mutual TLS) asks for a client
+//! certificate in that first handshake: `--client-cert`/`--client-key`
+//! ([`ClientCert`]) answer it and are written into the agent TOML; without
+//! them the agent stops there with a sentence saying what to pass, and the
+//! join token stays unused.
 
 use crate::run::client::chain;
 use mailloop_common::Secret;
@@ -29,6 +35,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -60,6 +67,78 @@ impl Paths {
     }
 }
 
+/// The agent's client certificate for a coordinator that requires one
+/// (`client_ca`): read and checked before the join token is used.
+#[derive(Clone)]
+pub struct ClientCert {
+    /// Absolute paths, as written into the agent TOML.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert").field("cert", &self.cert).field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl ClientCert {
+    /// Reads the certificate chain and its key; says what is wrong with them.
+    pub fn load(cert: &Path, key: &Path) -> Result<ClientCert, String> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("--client-cert/--client-key: cannot read {}: {e}", p.display()));
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--client-cert {}: bad PEM: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("--client-cert {}: no certificate in it", cert.display()));
+        }
+        let der = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("--client-key {}: no usable private key (PKCS#8, RSA or EC PEM): {e}", key.display()))?;
+        let signing = crate::tls::provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
+        let certified = rustls::sign::CertifiedKey::new(chain, signing);
+        certified
+            .keys_match()
+            .map_err(|e| format!("--client-key {} does not fit --client-cert {}: {e}", key.display(), cert.display()))?;
+        let absolute = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(ClientCert {
+            cert: absolute(cert)?,
+            key: absolute(key)?,
+            cert_pem,
+            key_pem,
+            certified: Arc::new(certified),
+        })
+    }
+}
+
+/// Answers the coordinator's request for a client certificate (with the
+/// agent's, if it has one) and remembers that it was asked.
+#[derive(Debug)]
+struct AskedForClientCert {
+    identity: Option<Arc<rustls::sign::CertifiedKey>>,
+    asked: AtomicBool,
+}
+
+impl rustls::client::ResolvesClientCert for AskedForClientCert {
+    fn resolve(&self, _issuers: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        self.identity.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        // Always asked, so a request is seen even without a certificate.
+        true
+    }
+}
+
 /// What enrollment made.
 #[derive(Debug)]
 pub struct Enrolled {
@@ -78,7 +157,7 @@ enum Failed {
 
 /// Enrolls with the first coordinator URL of `token` that answers, and
 /// writes the agent's files. Errors are sentences for the operator.
-pub async fn enroll(token: &str, paths: Paths) -> Result<Enrolled, String> {
+pub async fn enroll(token: &str, paths: Paths, client: Option<ClientCert>) -> Result<Enrolled, String> {
     let join = JoinToken::decode(token)?;
     for p in [&paths.config, &paths.token, &paths.ca] {
         if p.exists() {
@@ -90,9 +169,9 @@ pub async fn enroll(token: &str, paths: Paths) -> Result<Enrolled, String> {
     }
     let mut unreachable = Vec::new();
     for url in &join.urls {
-        match enroll_at(url, join.sha256.as_deref(), &join.secret).await {
+        match enroll_at(url, join.sha256.as_deref(), &join.secret, client.as_ref()).await {
             Ok((response, ca_pem)) => {
-                write_files(&paths, url, &response, ca_pem.as_deref())?;
+                write_files(&paths, url, &response, ca_pem.as_deref(), client.as_ref())?;
                 return Ok(Enrolled {
                     name: response.agent_name,
                     region: response.region,
@@ -114,6 +193,7 @@ async fn enroll_at(
     url: &str,
     sha256: Option<&str>,
     secret: &Secret,
+    client: Option<&ClientCert>,
 ) -> Result<(pb::EnrollResponse, Option<Vec<u8>>), Failed> {
     let uri: tonic::codegen::http::Uri = url
         .parse()
@@ -136,11 +216,14 @@ async fn enroll_at(
                 "the join token names {url} but no certificate fingerprint to pin it by; make a new one with the coordinator's current mailloopctl"
             )));
         };
-        let pinned = pin(&uri, &host, sha256).await?;
+        let pinned = pin(&uri, &host, sha256, client).await?;
         let pem = pem_of(&pinned);
-        let tls = ClientTlsConfig::new()
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&pem))
             .domain_name(host.clone());
+        if let Some(c) = client {
+            tls = tls.identity(tonic::transport::Identity::from_pem(&c.cert_pem, &c.key_pem));
+        }
         let ep = endpoint
             .tls_config(tls)
             .map_err(|e| Failed::Refused(format!("TLS settings for {url}: {}", chain(&e))))?;
@@ -153,12 +236,23 @@ async fn enroll_at(
                 "the join token names {url}, plain http off loopback (or with a fingerprint to pin): refusing to send it without TLS"
             )));
         }
+        if client.is_some() {
+            return Err(Failed::Refused(format!(
+                "--client-cert is for a coordinator with TLS and client_ca, but the join token names {url} (plain http)"
+            )));
+        }
         (endpoint, None)
+    };
+    // A coordinator that refuses the client certificate ends the connection
+    // after the handshake: say which certificate it may not trust.
+    let refused_cert = |why: String| match client {
+        Some(c) => format!("{why} (did the coordinator refuse the client certificate {}? it must be signed by its client_ca)", c.cert.display()),
+        None => why,
     };
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| Failed::Unreachable(format!("{url}: {}", chain(&e))))?;
+        .map_err(|e| Failed::Unreachable(refused_cert(format!("{url}: {}", chain(&e)))))?;
     let mut client = AgentServiceClient::new(channel);
     let answer = client
         .enroll(pb::EnrollRequest {
@@ -178,7 +272,7 @@ async fn enroll_at(
             Ok((r, ca_pem))
         }
         Err(s) if s.code() == tonic::Code::Unavailable => {
-            Err(Failed::Unreachable(format!("{url}: {}", s.message())))
+            Err(Failed::Unreachable(refused_cert(format!("{url}: {}", s.message()))))
         }
         Err(s) if s.code() == tonic::Code::Unimplemented => Err(Failed::Refused(format!(
             "the coordinator at {url} does not enroll agents (it predates enrollment: upgrade it)"
@@ -198,6 +292,7 @@ async fn pin(
     uri: &tonic::codegen::http::Uri,
     host: &str,
     sha256: &str,
+    client: Option<&ClientCert>,
 ) -> Result<CertificateDer<'static>, Failed> {
     let port = uri.port_u16().unwrap_or(443);
     let url = uri.to_string();
@@ -210,6 +305,10 @@ async fn pin(
             ))
         })?
         .map_err(|e| Failed::Unreachable(format!("{url}: {e}")))?;
+    let asked = Arc::new(AskedForClientCert {
+        identity: client.map(|c| c.certified.clone()),
+        asked: AtomicBool::new(false),
+    });
     let verifier = Arc::new(Pin {
         sha256: sha256.to_ascii_lowercase(),
         provider: crate::tls::provider(),
@@ -220,7 +319,7 @@ async fn pin(
         .map_err(|e| Failed::Refused(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+        .with_client_cert_resolver(asked.clone());
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| Failed::Refused(format!("{url}: {host:?} is not a host name or address")))?;
     let handshake = tokio::time::timeout(
@@ -233,7 +332,11 @@ async fn pin(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    let needs_client_cert = client.is_none() && asked.asked.load(Ordering::SeqCst);
     match (handshake, outcome) {
+        (_, Some(Ok(_))) if needs_client_cert => Err(Failed::Refused(format!(
+            "the coordinator at {url} requires a client certificate (its server.client_ca, mutual TLS): enroll with --client-cert FILE --client-key FILE, a certificate that CA issued for this agent; the join token is unused"
+        ))),
         (Ok(Ok(_)), Some(Ok(cert))) => Ok(cert),
         (_, Some(Err(why))) => Err(Failed::Refused(format!(
             "the coordinator at {url} {why}: refusing to send the join token"
@@ -389,6 +492,7 @@ fn write_files(
     url: &str,
     r: &pb::EnrollResponse,
     ca_pem: Option<&[u8]>,
+    client: Option<&ClientCert>,
 ) -> Result<(), String> {
     if let Some(dir) = paths.config.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -418,6 +522,13 @@ fn write_files(
         toml.push_str(&format!(
             "# The coordinator certificate pinned at enrollment.\nca_file = {}\n",
             quoted(&paths.ca.display().to_string())
+        ));
+    }
+    if let Some(c) = client {
+        toml.push_str(&format!(
+            "# Mutual TLS: the coordinator requires this client certificate.\nclient_cert = {}\nclient_key = {}\n",
+            quoted(&c.cert.display().to_string()),
+            quoted(&c.key.display().to_string())
         ));
     }
     if let Some(spool) = &paths.spool {

@@ -36,6 +36,9 @@ pub struct TestPki {
     pub expired: Identity,
     /// For the right names, valid, with five days left.
     pub expires_in_5_days: Identity,
+    /// A client certificate (extended key usage clientAuth), valid now:
+    /// an agent's, for a coordinator whose `client_ca` is this CA.
+    pub client: Identity,
 }
 
 /// One server certificate with its key, as PEM text and as files.
@@ -74,7 +77,13 @@ impl TestPki {
         let expired = leaf("expired", &LOOPBACK_NAMES, now - Duration::days(730), now - Duration::days(365));
         let expires_in_5_days =
             leaf("expires-in-5-days", &LOOPBACK_NAMES, now - Duration::days(85), now + Duration::days(5));
-        TestPki { dir, ca_pem, valid, wrong_name, expired, expires_in_5_days }
+        let mut client_params = CertificateParams::new(vec!["agent.invalid".to_string()]).expect("client params");
+        client_params.distinguished_name.push(DnType::CommonName, "mailloop test agent");
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client_params.not_before = now - Duration::days(1);
+        client_params.not_after = now + Duration::days(365);
+        let client = Identity::from_params(dir.path(), "client", client_params, &issuer);
+        TestPki { dir, ca_pem, valid, wrong_name, expired, expires_in_5_days, client }
     }
 
     /// The CA certificate as a PEM file, for a check's `ca_file`.
@@ -104,6 +113,12 @@ impl Identity {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = not_before;
         params.not_after = not_after;
+        Identity::from_params(dir, file, params, issuer)
+    }
+
+    /// A certificate from `params`, signed by `issuer`, written as `dir/file.{pem,key}`.
+    fn from_params(dir: &Path, file: &str, params: CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Identity {
+        let not_after = params.not_after;
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, issuer).expect("leaf signed by the test CA");
         let id = Identity {
