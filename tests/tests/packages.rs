@@ -6,7 +6,10 @@
 //! installed, checked (binaries, `/etc/mailloop`, the conffile, the admin
 //! token made at install, the units as `systemd-analyze verify` and
 //! `security` see them installed, no system user because the units run as
-//! a `DynamicUser`), reinstalled and upgraded over an edited conffile and a
+//! a `DynamicUser`), used (the installed coordinator on the shipped config,
+//! `mailloopctl agents add` with the admin token made at install, the
+//! printed one command run by the installed agent), reinstalled and
+//! upgraded over an edited conffile and a
 //! config `enroll` wrote (both kept), removed (config kept) and purged
 //! (nothing of theirs left but what the operator put there).
 //!
@@ -128,7 +131,10 @@ fn cargo_deb(package: &str, version: &str, target: &Path, out: &Path) -> PathBuf
 /// The same package as version `version`, its files as in `deb` but
 /// `edit` applied to the unpacked tree (an upgrade without a rebuild).
 fn repack(deb: &Path, version: &str, out: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
-    let tree = out.join(format!("tree-{}-{version}", deb.file_stem().unwrap().to_string_lossy()));
+    let tree = out.join(format!(
+        "tree-{}-{version}",
+        deb.file_stem().unwrap().to_string_lossy()
+    ));
     must(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree));
     let control = tree.join("DEBIAN/control");
     let text = std::fs::read_to_string(&control).unwrap();
@@ -345,6 +351,86 @@ fn the_debs_install_upgrade_keep_edited_config_and_purge_cleanly() {
         Command::new("/usr/bin/mailloop-coordinator")
             .args(["check-config", "--config"])
             .arg(&shipped),
+    );
+
+    // The installed programs work together as the README's Deploy section
+    // uses them: the installed coordinator on the shipped config (its own
+    // ports and data directory here, so nothing else is disturbed),
+    // `mailloopctl --token-file /etc/mailloop/admin.token agents add`, and
+    // the one command it prints, run with the installed agent.
+    let serving = work.path().join("serving.toml");
+    std::fs::write(
+        &serving,
+        read(shipped.to_str().unwrap())
+            .replace("127.0.0.1:7443", "127.0.0.1:0")
+            .replace("127.0.0.1:7480", "127.0.0.1:0")
+            .replace(
+                "/var/lib/mailloop-coordinator",
+                work.path().join("data").to_str().unwrap(),
+            ),
+    )
+    .unwrap();
+    let mut coordinator = Command::new("/usr/bin/mailloop-coordinator")
+        .args(["serve", "--config"])
+        .arg(&serving)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(coordinator.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .map(str::to_string);
+    let enrolled = http.map(|http| {
+        let added = run(Command::new("/usr/bin/mailloopctl")
+            .args([
+                "--url",
+                &format!("http://{http}"),
+                "--token-file",
+                token_path,
+            ])
+            .args(["agents", "add", "pkg-1", "--region", "pkg-region"]));
+        let one_liner = added
+            .1
+            .lines()
+            .find(|l| l.starts_with("mailloop-agent enroll '"))
+            .map(str::to_string);
+        let join = one_liner.as_deref().and_then(|l| {
+            l.strip_prefix("mailloop-agent enroll '")?
+                .strip_suffix('\'')
+        });
+        let vm = work.path().join("vm");
+        let enrolled = join.map(|j| {
+            run(Command::new("/usr/bin/mailloop-agent")
+                .args(["enroll", j, "--config"])
+                .arg(vm.join("agent.toml"))
+                .arg("--spool")
+                .arg(vm.join("spool.db")))
+        });
+        (added, enrolled)
+    });
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    let (added, enrolled) = enrolled.unwrap_or_else(|| {
+        panic!("the installed coordinator did not say where it serves: {line:?}")
+    });
+    assert!(
+        added.0,
+        "mailloopctl agents add with the admin token made at install:\n{}",
+        added.1
+    );
+    let (ok, said) =
+        enrolled.unwrap_or_else(|| panic!("agents add printed no one command:\n{}", added.1));
+    assert!(
+        ok && said.contains("enrolled as agent pkg-1 in region pkg-region"),
+        "{said}"
     );
 
     // The operator edits the config, enroll writes the agent's, the
