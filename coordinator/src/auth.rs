@@ -80,6 +80,8 @@ struct TokenEntry {
 #[derive(Default)]
 pub struct Tokens {
     entries: RwLock<Vec<TokenEntry>>,
+    /// The SRE console's login sessions (each honoured while its token is).
+    pub sessions: crate::web::console::session::Sessions,
 }
 
 impl Tokens {
@@ -350,8 +352,17 @@ impl Gate {
 /// (500) the answer of any matched route that did not go through
 /// [`authorize`] — a route without an access policy serves nobody.
 pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let mut principal = gate.principal(req.headers());
+    // The SRE console (`/console`, and nothing else) also takes its
+    // session cookie, honoured while its token is in force.
+    if principal == Principal::Anonymous
+        && let Some(s) = crate::web::console::session_of(&gate.tokens, &req)
+    {
+        principal = Principal::Token { name: s.name.clone(), role: s.role };
+        req.extensions_mut().insert(s);
+    }
     let caller = Caller {
-        principal: gate.principal(req.headers()),
+        principal,
         source: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -364,7 +375,12 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
     let method = req.method().clone();
     req.extensions_mut().insert(caller);
     req.extensions_mut().insert(AuditLog(gate.storage.clone()));
+    let console = crate::web::console::is_console_path(req.uri().path())
+        && req.uri().path() != "/console/login";
     let resp = next.run(req).await;
+    if console && resp.status() == StatusCode::UNAUTHORIZED {
+        return crate::web::console::sign_in_first();
+    }
     match route {
         Some(route)
             if resp.extensions().get::<PolicyApplied>().is_none()

@@ -251,6 +251,7 @@ impl Coordinator {
         let metrics_addr = listeners.metrics_addr();
         let status_addr = listeners.status_addr();
         control.set_enrollment(enroll_settings(&server, grpc_addr));
+        control.tokens().sessions.set_secure(server.tls.is_some());
         let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
         let metrics_app = match listeners.metrics {
             Some(l) => {
