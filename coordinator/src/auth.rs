@@ -24,6 +24,10 @@
 //!   `/readyz`); a public page would be one more `Public` route that shows
 //!   only what a check marks public.
 //!
+//! On `/console` paths only, the SRE console's session cookie (see
+//! `web/console/session.rs`) stands for the token it was exchanged for,
+//! while that token is in force.
+//!
 //! Tokens are kept as SHA-256 digests and compared in constant time
 //! (`subtle`); the token itself never reaches a log or a response.
 //!

@@ -103,10 +103,19 @@ static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
 fn html(status: StatusCode, markup: maud::Markup) -> Response {
     let mut resp = (status, markup.into_string()).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
     resp
@@ -149,7 +158,10 @@ async fn login(State(state): State<ApiState>, body: Bytes) -> Response {
     let fields = form(&body);
     let token = fields.get("token").map(|t| t.trim()).unwrap_or("");
     if token.is_empty() {
-        return html(StatusCode::BAD_REQUEST, pages::login(Some("Enter an API token.")));
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::login(Some("Enter an API token.")),
+        );
     }
     let tokens = state.control.tokens();
     let Some((name, role)) = tokens.find(token) else {
@@ -163,8 +175,10 @@ async fn login(State(state): State<ApiState>, body: Bytes) -> Response {
     let (cookie, _) = tokens.sessions.create(name, role, crate::clock::now_ms());
     let set = tokens.sessions.set_cookie(&cookie);
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/console")]).into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&set).expect("ascii"));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&set).expect("ascii"),
+    );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -178,15 +192,20 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
         let csrf = form(&body).remove("csrf").unwrap_or_default();
         match tokens.sessions.find(cookie, now) {
             Some(s) if !s.csrf_matches(&csrf) => {
-                return html(StatusCode::FORBIDDEN, pages::forbidden("The form's CSRF token is missing or wrong."));
+                return html(
+                    StatusCode::FORBIDDEN,
+                    pages::forbidden("The form's CSRF token is missing or wrong."),
+                );
             }
             _ => tokens.sessions.remove(cookie),
         }
     }
     let mut resp = html(StatusCode::OK, pages::login(Some("Signed out.")));
     let clear = tokens.sessions.clear_cookie();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&clear).expect("ascii"));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).expect("ascii"),
+    );
     resp
 }
 
@@ -207,7 +226,10 @@ pub struct CheckRow {
 }
 
 fn failing(e: &RegionEvidence) -> bool {
-    matches!(e.state, RegionState::Failed | RegionState::Deferred | RegionState::Degraded)
+    matches!(
+        e.state,
+        RegionState::Failed | RegionState::Deferred | RegionState::Degraded
+    )
 }
 
 async fn overview(
@@ -222,7 +244,10 @@ async fn overview(
     let mut rows = Vec::new();
     for c in &live {
         let name = c.spec.name.clone();
-        let recent = state.storage.recent_verdicts(name.clone(), FAILURE_LOOKBACK).await?;
+        let recent = state
+            .storage
+            .recent_verdicts(name.clone(), FAILURE_LOOKBACK)
+            .await?;
         let v = latest.remove(&name);
         let mut regions: Vec<String> = c.spec.regions.clone();
         regions.sort();
@@ -254,7 +279,10 @@ async fn overview(
     let mut active = active;
     active.sort_by(|a, b| b.opened_at_ms.cmp(&a.opened_at_ms));
     let viewer = viewer(&caller, session.as_deref());
-    Ok(html(StatusCode::OK, pages::overview(&viewer, &rows, &active)))
+    Ok(html(
+        StatusCode::OK,
+        pages::overview(&viewer, &rows, &active),
+    ))
 }
 
 /// One region's probe in a round: the stored report, parsed.
@@ -271,7 +299,9 @@ async fn round(
     Path((id, round)): Path<(String, String)>,
 ) -> PageResult {
     let Ok(round) = round.parse::<u64>() else {
-        return Err(ApiError::NotFound(format!("no round {round:?} (rounds are numbers)")));
+        return Err(ApiError::NotFound(format!(
+            "no round {round:?} (rounds are numbers)"
+        )));
     };
     if state.hub.check(&id).is_none() {
         return Err(ApiError::NotFound(format!("no check {id:?}")));
@@ -290,7 +320,14 @@ async fn round(
     let viewer = viewer(&caller, session.as_deref());
     Ok(html(
         StatusCode::OK,
-        pages::round(&viewer, &id, round, &probes, &baselines, crate::clock::now_ms()),
+        pages::round(
+            &viewer,
+            &id,
+            round,
+            &probes,
+            &baselines,
+            crate::clock::now_ms(),
+        ),
     ))
 }
 
@@ -310,14 +347,20 @@ async fn incident_page(
     let Some(i) = state.storage.incident(id).await? else {
         return Err(ApiError::NotFound(format!("no incident {id}")));
     };
-    let recent = state.storage.recent_verdicts(i.check_id.clone(), FAILURE_LOOKBACK).await?;
+    let recent = state
+        .storage
+        .recent_verdicts(i.check_id.clone(), FAILURE_LOOKBACK)
+        .await?;
     let evidence = recent
         .iter()
         .rev()
         .find(|v| v.round == i.last_round)
         .or_else(|| recent.last())
         .cloned();
-    Ok(html(StatusCode::OK, pages::incident(viewer, &i, evidence.as_ref(), notice)))
+    Ok(html(
+        StatusCode::OK,
+        pages::incident(viewer, &i, evidence.as_ref(), notice),
+    ))
 }
 
 async fn incident(
@@ -346,13 +389,19 @@ async fn acknowledge(
             tracing::warn!(caller = %caller.principal.name(), "console acknowledge refused: missing or wrong CSRF token");
             return Ok(html(
                 StatusCode::FORBIDDEN,
-                pages::forbidden("The form's CSRF token is missing or wrong; reload the incident and try again."),
+                pages::forbidden(
+                    "The form's CSRF token is missing or wrong; reload the incident and try again.",
+                ),
             ));
         }
     }
     let id = incident_id(&id)?;
     let viewer = viewer(&caller, session.as_deref());
-    let notice = match state.judge.acknowledge(id, Some(viewer.name.clone())).await? {
+    let notice = match state
+        .judge
+        .acknowledge(id, Some(viewer.name.clone()))
+        .await?
+    {
         AckOutcome::Acknowledged(_) => "Acknowledged.",
         AckOutcome::AlreadyAcknowledged(_) => "It was already acknowledged.",
         AckOutcome::Resolved(_) => {
@@ -407,7 +456,10 @@ async fn alerts(
             incidents.push(full);
         }
     }
-    Ok(html(StatusCode::OK, pages::alerts(&viewer, &status, &incidents)))
+    Ok(html(
+        StatusCode::OK,
+        pages::alerts(&viewer, &status, &incidents),
+    ))
 }
 
 /// Whether an incident can still be acknowledged.

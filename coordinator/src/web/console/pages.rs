@@ -7,8 +7,8 @@ use super::{CheckRow, ProbeView, Viewer, acknowledgeable};
 use crate::auth::Role;
 use crate::cluster::hub::AgentView;
 use crate::judge::{BaselineView, Incident, RegionEvidence, Verdict};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
 use mailloop_common::report::{ProbeReport, StepReport};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
 
 /// The console's whole stylesheet, inline and allowed by its hash. Text
@@ -260,7 +260,9 @@ const LANES: [(&str, &str); 3] = [("smtp", "SMTP"), ("imap", "IMAP"), ("other", 
 
 /// A step's learned band: (low, median, high) in ms of duration.
 fn band(baselines: &[BaselineView], region: &str, step: &str) -> Option<(f64, f64, f64)> {
-    let b = baselines.iter().find(|b| b.region == region && b.step == step)?;
+    let b = baselines
+        .iter()
+        .find(|b| b.region == region && b.step == step)?;
     let median = b.median_ms?;
     let mad = b.mad_ms.unwrap_or(0.0);
     let high = b
@@ -293,9 +295,18 @@ pub fn waterfall(report: &ProbeReport, region: &str, baselines: &[BaselineView])
     const TOP: f64 = 24.0;
     let mut rows: Vec<(&str, &StepReport)> = Vec::new();
     for (key, _) in LANES {
-        rows.extend(report.steps.iter().filter(|s| lane(s) == key).map(|s| (key, s)));
+        rows.extend(
+            report
+                .steps
+                .iter()
+                .filter(|s| lane(s) == key)
+                .map(|s| (key, s)),
+        );
     }
-    let lanes_used = LANES.iter().filter(|(k, _)| rows.iter().any(|r| r.0 == *k)).count();
+    let lanes_used = LANES
+        .iter()
+        .filter(|(k, _)| rows.iter().any(|r| r.0 == *k))
+        .count();
     let end = rows
         .iter()
         .map(|(_, s)| {
@@ -306,7 +317,10 @@ pub fn waterfall(report: &ProbeReport, region: &str, baselines: &[BaselineView])
     let scale = (W - LEFT - RIGHT) / end;
     let height = TOP + (rows.len() + lanes_used) as f64 * ROW + 10.0;
     let tick = tick_step(end);
-    let ticks: Vec<f64> = (0..).map(|k| k as f64 * tick).take_while(|t| *t <= end).collect();
+    let ticks: Vec<f64> = (0..)
+        .map(|k| k as f64 * tick)
+        .take_while(|t| *t <= end)
+        .collect();
     let mut y = TOP;
     let mut drawn = Vec::new();
     for (key, label) in LANES {
@@ -496,7 +510,12 @@ pub fn round(
 }
 
 /// An incident with its evidence per region and the Acknowledge form.
-pub fn incident(viewer: &Viewer, i: &Incident, evidence: Option<&Verdict>, notice: Option<&str>) -> Markup {
+pub fn incident(
+    viewer: &Viewer,
+    i: &Incident,
+    evidence: Option<&Verdict>,
+    notice: Option<&str>,
+) -> Markup {
     layout(
         Some(viewer),
         &format!("Incident {}", i.id),
@@ -583,7 +602,15 @@ pub fn agents(viewer: &Viewer, agents: &[AgentView], now_ms: i64) -> Markup {
 /// alert events.
 pub fn alerts(viewer: &Viewer, status: &Value, incidents: &[Incident]) -> Markup {
     let channels = status["channels"].as_array().cloned().unwrap_or_default();
-    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| if v.is_null() { "—".into() } else { v.to_string() });
+    let text = |v: &Value| {
+        v.as_str().map(str::to_string).unwrap_or_else(|| {
+            if v.is_null() {
+                "—".into()
+            } else {
+                v.to_string()
+            }
+        })
+    };
     html! {
         (layout(Some(viewer), "Alerts", html! {
             h1 { "Alert delivery" }

@@ -79,7 +79,10 @@ impl Sessions {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.retain(|_, s| s.expires_ms > now_ms);
         if live.len() >= MAX_SESSIONS
-            && let Some(oldest) = live.iter().min_by_key(|(_, s)| s.expires_ms).map(|(k, _)| *k)
+            && let Some(oldest) = live
+                .iter()
+                .min_by_key(|(_, s)| s.expires_ms)
+                .map(|(k, _)| *k)
         {
             live.remove(&oldest);
         }
@@ -90,7 +93,9 @@ impl Sessions {
     /// The unexpired session of a cookie value.
     pub fn find(&self, cookie: &str, now_ms: i64) -> Option<Session> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.get(&key(cookie)).filter(|s| s.expires_ms > now_ms).cloned()
+        live.get(&key(cookie))
+            .filter(|s| s.expires_ms > now_ms)
+            .cloned()
     }
 
     /// Ends the session of a cookie value, if any.
@@ -157,7 +162,10 @@ mod tests {
         assert!(s.find(&cookie, 2000).is_none(), "signed out");
         assert!(!s.set_cookie("x").contains("Secure"));
         s.set_secure(true);
-        assert!(s.set_cookie("x").ends_with("HttpOnly; SameSite=Strict; Secure"));
+        assert!(
+            s.set_cookie("x")
+                .ends_with("HttpOnly; SameSite=Strict; Secure")
+        );
     }
 
     #[test]
@@ -168,7 +176,10 @@ mod tests {
             "a=1; mailloop_console=abc; b=2".parse().unwrap(),
         );
         assert_eq!(cookie_value(&h), Some("abc"));
-        h.insert(axum::http::header::COOKIE, "mailloop_console=".parse().unwrap());
+        h.insert(
+            axum::http::header::COOKIE,
+            "mailloop_console=".parse().unwrap(),
+        );
         assert_eq!(cookie_value(&h), None);
     }
 }
