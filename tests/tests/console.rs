@@ -304,6 +304,16 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         || c.incidents("state=active&kind=regional").into_iter().next(),
     );
     let id = incident["id"].as_u64().unwrap();
+    let after = page(addr, "/console", &admin);
+    assert!(
+        after.body.contains("<code>smtp.connect</code> connect"),
+        "r1's last failure, with its step and class, on the overview: {}",
+        after.body
+    );
+    assert!(
+        after.body.contains(&format!("/console/incidents/{id}")),
+        "the active incident is listed"
+    );
     let incident_path = format!("/console/incidents/{id}");
     let shown = page(addr, &incident_path, &admin);
     assert!(

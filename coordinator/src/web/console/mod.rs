@@ -213,8 +213,8 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
 pub struct RegionRow {
     pub region: String,
     pub now: Option<RegionEvidence>,
-    /// The newest verdict in which this region failed or was deferred, and
-    /// that round.
+    /// The newest verdict (of the last [`FAILURE_LOOKBACK`]) in which this
+    /// region failed or was deferred: its round, round start and evidence.
     pub last_failure: Option<(u64, i64, RegionEvidence)>,
 }
 
@@ -225,11 +225,10 @@ pub struct CheckRow {
     pub regions: Vec<RegionRow>,
 }
 
+/// A region's failure for the overview's "last failure": a failed or
+/// deferred probe (a slow one is `degraded`, shown as "now", not here).
 fn failing(e: &RegionEvidence) -> bool {
-    matches!(
-        e.state,
-        RegionState::Failed | RegionState::Deferred | RegionState::Degraded
-    )
+    matches!(e.state, RegionState::Failed | RegionState::Deferred)
 }
 
 async fn overview(
@@ -277,7 +276,7 @@ async fn overview(
         });
     }
     let mut active = active;
-    active.sort_by(|a, b| b.opened_at_ms.cmp(&a.opened_at_ms));
+    active.sort_by_key(|i| std::cmp::Reverse(i.opened_at_ms));
     let viewer = viewer(&caller, session.as_deref());
     Ok(html(
         StatusCode::OK,
