@@ -24,6 +24,10 @@
 //!   `/readyz`); a public page would be one more `Public` route that shows
 //!   only what a check marks public.
 //!
+//! On `/console` paths only, the SRE console's session cookie (see
+//! `web/console/session.rs`) stands for the token it was exchanged for,
+//! while that token is in force.
+//!
 //! Tokens are kept as SHA-256 digests and compared in constant time
 //! (`subtle`); the token itself never reaches a log or a response.
 //!
@@ -80,6 +84,8 @@ struct TokenEntry {
 #[derive(Default)]
 pub struct Tokens {
     entries: RwLock<Vec<TokenEntry>>,
+    /// The SRE console's login sessions (each honoured while its token is).
+    pub sessions: crate::web::console::session::Sessions,
 }
 
 impl Tokens {
@@ -350,8 +356,17 @@ impl Gate {
 /// (500) the answer of any matched route that did not go through
 /// [`authorize`] — a route without an access policy serves nobody.
 pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let mut principal = gate.principal(req.headers());
+    // The SRE console (`/console`, and nothing else) also takes its
+    // session cookie, honoured while its token is in force.
+    if principal == Principal::Anonymous
+        && let Some(s) = crate::web::console::session_of(&gate.tokens, &req)
+    {
+        principal = Principal::Token { name: s.name.clone(), role: s.role };
+        req.extensions_mut().insert(s);
+    }
     let caller = Caller {
-        principal: gate.principal(req.headers()),
+        principal,
         source: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -364,7 +379,12 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
     let method = req.method().clone();
     req.extensions_mut().insert(caller);
     req.extensions_mut().insert(AuditLog(gate.storage.clone()));
+    let console = crate::web::console::is_console_path(req.uri().path())
+        && req.uri().path() != "/console/login";
     let resp = next.run(req).await;
+    if console && resp.status() == StatusCode::UNAUTHORIZED {
+        return crate::web::console::sign_in_first();
+    }
     match route {
         Some(route)
             if resp.extensions().get::<PolicyApplied>().is_none()

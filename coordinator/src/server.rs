@@ -251,6 +251,7 @@ impl Coordinator {
                 shutdown.clone(),
             ));
         }
+        control.tokens().sessions.set_secure(server.tls.is_some());
         let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
         let metrics_app = match listeners.metrics {
             Some(l) => {

@@ -66,6 +66,7 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(delete.clone(), "/api/v1/tokens/{name}", audited("token", Fixed("revoked"), InPath("name")), revoke_token)
         .route(get, "/api/v1/audit", Admin, audit_log)
         .merge(judge::routes())
+        .merge(crate::web::console::routes())
 }
 
 /// Every route with its method and access (what the route-table test walks).

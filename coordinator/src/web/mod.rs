@@ -16,6 +16,7 @@
 //! `status_snapshot`, two `verdict_counts`, one `incidents_in_span`, and
 //! one `incident` per open incident and per feed entry (at most 50).
 
+pub mod console;
 pub mod feed;
 pub mod json;
 pub mod model;

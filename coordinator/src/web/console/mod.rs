@@ -1,0 +1,467 @@
+//! The SRE console: `/console`, the place for the details the public
+//! status page hides — every check × region now with its last failure, a
+//! round's probes as waterfalls beside their learned baselines and the
+//! diagnosis, incidents with their evidence and an Acknowledge button,
+//! agents, and the alert channels' delivery log.
+//!
+//! Its routes are admin API routes (declared in [`routes`], merged into
+//! `api::routes`, so the route table lists them and `auth::gate` enforces
+//! them): pages need a `read` or `admin` token, acknowledging an `admin`
+//! token and is audited. A browser signs in at `/console/login` with a
+//! token and gets a session cookie ([`session`]); a bearer header works
+//! too (scripts, tests). A form posted with the cookie must carry the
+//! session's CSRF token (403 otherwise); `SameSite=Strict` is the second
+//! line. Like the rest of the API, nothing here shows a password, a
+//! password reference or a token; alert delivery errors (which may quote
+//! a webhook's answer) only to the admin role.
+//!
+//! HTML from maud templates ([`pages`]), no JavaScript, one inline
+//! stylesheet allowed by its hash; the waterfall is inline SVG drawn on
+//! the server with a table beside it for screen readers.
+
+pub mod pages;
+pub mod session;
+
+use crate::api::{ApiError, ApiState, audited};
+use crate::auth::{Access, Action, ApiRouter, Caller, IdFrom, Role, Tokens};
+use crate::judge::{IncidentState, RegionEvidence, RegionState, Verdict};
+use crate::storage::AckOutcome;
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use mailloop_common::report::ProbeReport;
+use session::Session;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+/// How many past verdicts of a check the overview searches for each
+/// region's last failure.
+const FAILURE_LOOKBACK: u32 = 200;
+
+/// The console's routes and what each needs, merged into `api::routes`.
+#[rustfmt::skip]
+pub fn routes() -> ApiRouter<ApiState> {
+    use Access::{Public, Read};
+    let ack = audited("incident", Action::Fixed("acknowledged"), IdFrom::Path("id"));
+    ApiRouter::new()
+        .route(Method::GET, "/console/login", Public, login_form)
+        .route(Method::POST, "/console/login", Public, login)
+        .route(Method::POST, "/console/logout", Public, logout)
+        .route(Method::GET, "/console", Read, overview)
+        .route(Method::GET, "/console/checks/{id}/rounds/{round}", Read, round)
+        .route(Method::GET, "/console/incidents/{id}", Read, incident)
+        .route(Method::POST, "/console/incidents/{id}/ack", ack, acknowledge)
+        .route(Method::GET, "/console/agents", Read, agents)
+        .route(Method::GET, "/console/alerts", Read, alerts)
+}
+
+/// Whether `path` is the console's.
+pub fn is_console_path(path: &str) -> bool {
+    path == "/console" || path.starts_with("/console/")
+}
+
+/// The session of a console request's cookie, if it is live and its
+/// token still in force (for `auth::gate`).
+pub fn session_of(tokens: &Tokens, req: &Request) -> Option<Session> {
+    if !is_console_path(req.uri().path()) {
+        return None;
+    }
+    let cookie = session::cookie_value(req.headers())?;
+    let s = tokens.sessions.find(cookie, crate::clock::now_ms())?;
+    tokens
+        .list()
+        .iter()
+        .any(|(name, role)| *name == s.name && *role == s.role)
+        .then_some(s)
+}
+
+/// What a console page without a session gets instead of the API's JSON:
+/// 401 and the sign-in form.
+pub fn sign_in_first() -> Response {
+    html(
+        StatusCode::UNAUTHORIZED,
+        pages::login(Some("Sign in with an API token to see the console.")),
+    )
+}
+
+/// The stylesheet's Content-Security-Policy: no script at all, the one
+/// inline stylesheet by its hash, forms only to this origin, no framing.
+static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let digest = ring::digest::digest(&ring::digest::SHA256, pages::CSS.as_bytes());
+    let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    HeaderValue::from_str(&format!(
+        "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ))
+    .expect("ascii")
+});
+
+/// A console page with its security headers; never cached (it is private
+/// and current).
+fn html(status: StatusCode, markup: maud::Markup) -> Response {
+    let mut resp = (status, markup.into_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
+    resp
+}
+
+type PageResult = Result<Response, ApiError>;
+
+/// Who is looking, for the page header and the forms.
+pub struct Viewer {
+    pub name: String,
+    pub role: Role,
+    /// The session's CSRF token; None with a bearer header (no form needs one then).
+    pub csrf: Option<String>,
+}
+
+fn viewer(caller: &Caller, session: Option<&Session>) -> Viewer {
+    let (name, role) = match &caller.principal {
+        crate::auth::Principal::Token { name, role } => (name.clone(), *role),
+        _ => (String::new(), Role::Read),
+    };
+    Viewer {
+        name,
+        role,
+        csrf: session.map(|s| s.csrf.clone()),
+    }
+}
+
+/// A form body's fields (`application/x-www-form-urlencoded`).
+fn form(body: &Bytes) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+async fn login_form() -> Response {
+    html(StatusCode::OK, pages::login(None))
+}
+
+/// `POST /console/login`, form `token=...`: a session cookie and a
+/// redirect to the overview, or the form again (400 empty, 401 unknown).
+async fn login(State(state): State<ApiState>, body: Bytes) -> Response {
+    let fields = form(&body);
+    let token = fields.get("token").map(|t| t.trim()).unwrap_or("");
+    if token.is_empty() {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::login(Some("Enter an API token.")),
+        );
+    }
+    let tokens = state.control.tokens();
+    let Some((name, role)) = tokens.find(token) else {
+        tracing::warn!("console sign-in refused: unknown token");
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("That token is unknown or revoked.")),
+        );
+    };
+    tracing::info!(token = %name, role = role.as_str(), "console sign-in");
+    let (cookie, _) = tokens.sessions.create(name, role, crate::clock::now_ms());
+    let set = tokens.sessions.set_cookie(&cookie);
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/console")]).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&set).expect("ascii"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `POST /console/logout`: ends the cookie's session (with its CSRF token).
+async fn logout(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let tokens = state.control.tokens();
+    if let Some(cookie) = session::cookie_value(&headers) {
+        let now = crate::clock::now_ms();
+        let csrf = form(&body).remove("csrf").unwrap_or_default();
+        match tokens.sessions.find(cookie, now) {
+            Some(s) if !s.csrf_matches(&csrf) => {
+                return html(
+                    StatusCode::FORBIDDEN,
+                    pages::forbidden("The form's CSRF token is missing or wrong."),
+                );
+            }
+            _ => tokens.sessions.remove(cookie),
+        }
+    }
+    let mut resp = html(StatusCode::OK, pages::login(Some("Signed out.")));
+    let clear = tokens.sessions.clear_cookie();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).expect("ascii"),
+    );
+    resp
+}
+
+/// One region of one check on the overview.
+pub struct RegionRow {
+    pub region: String,
+    pub now: Option<RegionEvidence>,
+    /// The newest verdict (of the last [`FAILURE_LOOKBACK`]) in which this
+    /// region failed or was deferred: its round, round start and evidence.
+    pub last_failure: Option<(u64, i64, RegionEvidence)>,
+}
+
+/// One check on the overview.
+pub struct CheckRow {
+    pub name: String,
+    pub latest: Option<Verdict>,
+    pub regions: Vec<RegionRow>,
+}
+
+/// A region's failure for the overview's "last failure": a failed or
+/// deferred probe (a slow one is `degraded`, shown as "now", not here).
+fn failing(e: &RegionEvidence) -> bool {
+    matches!(e.state, RegionState::Failed | RegionState::Deferred)
+}
+
+async fn overview(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+) -> PageResult {
+    let mut live = state.hub.checks();
+    live.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let ids: Vec<String> = live.iter().map(|c| c.spec.name.clone()).collect();
+    let (mut latest, active) = state.storage.status_snapshot(ids).await?;
+    let mut rows = Vec::new();
+    for c in &live {
+        let name = c.spec.name.clone();
+        let recent = state
+            .storage
+            .recent_verdicts(name.clone(), FAILURE_LOOKBACK)
+            .await?;
+        let v = latest.remove(&name);
+        let mut regions: Vec<String> = c.spec.regions.clone();
+        regions.sort();
+        let rows_of = regions
+            .into_iter()
+            .map(|region| {
+                let now = v
+                    .as_ref()
+                    .and_then(|v| v.regions.iter().find(|r| r.region == region).cloned());
+                let last_failure = recent.iter().rev().find_map(|v| {
+                    v.regions
+                        .iter()
+                        .find(|r| r.region == region && failing(r))
+                        .map(|r| (v.round, v.round_start_ms, r.clone()))
+                });
+                RegionRow {
+                    region,
+                    now,
+                    last_failure,
+                }
+            })
+            .collect();
+        rows.push(CheckRow {
+            name,
+            latest: v,
+            regions: rows_of,
+        });
+    }
+    let mut active = active;
+    active.sort_by_key(|i| std::cmp::Reverse(i.opened_at_ms));
+    let viewer = viewer(&caller, session.as_deref());
+    Ok(html(
+        StatusCode::OK,
+        pages::overview(&viewer, &rows, &active),
+    ))
+}
+
+/// One region's probe in a round: the stored report, parsed.
+pub struct ProbeView {
+    pub region: String,
+    pub agent: String,
+    pub report: Option<ProbeReport>,
+}
+
+async fn round(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+    Path((id, round)): Path<(String, String)>,
+) -> PageResult {
+    let Ok(round) = round.parse::<u64>() else {
+        return Err(ApiError::NotFound(format!(
+            "no round {round:?} (rounds are numbers)"
+        )));
+    };
+    if state.hub.check(&id).is_none() {
+        return Err(ApiError::NotFound(format!("no check {id:?}")));
+    }
+    let rows = state.storage.round_reports(id.clone(), round).await?;
+    let mut probes: Vec<ProbeView> = rows
+        .into_iter()
+        .map(|r| ProbeView {
+            report: serde_json::from_str(&r.report_json).ok(),
+            region: r.region,
+            agent: r.agent,
+        })
+        .collect();
+    probes.sort_by(|a, b| a.region.cmp(&b.region).then(a.agent.cmp(&b.agent)));
+    let baselines = state.judge.baselines(&id).unwrap_or_default();
+    let viewer = viewer(&caller, session.as_deref());
+    Ok(html(
+        StatusCode::OK,
+        pages::round(
+            &viewer,
+            &id,
+            round,
+            &probes,
+            &baselines,
+            crate::clock::now_ms(),
+        ),
+    ))
+}
+
+fn incident_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("no incident {raw:?} (ids are numbers)")))
+}
+
+/// The incident's page: the incident, its last round's evidence per
+/// region, and (for the admin, while open) the Acknowledge form.
+async fn incident_page(
+    state: &ApiState,
+    viewer: &Viewer,
+    id: u64,
+    notice: Option<&str>,
+) -> PageResult {
+    let Some(i) = state.storage.incident(id).await? else {
+        return Err(ApiError::NotFound(format!("no incident {id}")));
+    };
+    let recent = state
+        .storage
+        .recent_verdicts(i.check_id.clone(), FAILURE_LOOKBACK)
+        .await?;
+    let evidence = recent
+        .iter()
+        .rev()
+        .find(|v| v.round == i.last_round)
+        .or_else(|| recent.last())
+        .cloned();
+    Ok(html(
+        StatusCode::OK,
+        pages::incident(viewer, &i, evidence.as_ref(), notice),
+    ))
+}
+
+async fn incident(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let id = incident_id(&id)?;
+    incident_page(&state, &viewer(&caller, session.as_deref()), id, None).await
+}
+
+/// `POST /console/incidents/{id}/ack`: with the session cookie, the form's
+/// `csrf` must be the session's (403 otherwise, nothing changes). 200 with
+/// the incident's page (the audit log records answers that succeeded).
+async fn acknowledge(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> PageResult {
+    if let Some(s) = session.as_deref() {
+        let given = form(&body).remove("csrf").unwrap_or_default();
+        if !s.csrf_matches(&given) {
+            tracing::warn!(caller = %caller.principal.name(), "console acknowledge refused: missing or wrong CSRF token");
+            return Ok(html(
+                StatusCode::FORBIDDEN,
+                pages::forbidden(
+                    "The form's CSRF token is missing or wrong; reload the incident and try again.",
+                ),
+            ));
+        }
+    }
+    let id = incident_id(&id)?;
+    let viewer = viewer(&caller, session.as_deref());
+    let notice = match state
+        .judge
+        .acknowledge(id, Some(viewer.name.clone()))
+        .await?
+    {
+        AckOutcome::Acknowledged(_) => "Acknowledged.",
+        AckOutcome::AlreadyAcknowledged(_) => "It was already acknowledged.",
+        AckOutcome::Resolved(_) => {
+            return Err(ApiError::Conflict(format!(
+                "incident {id} is resolved; there is nothing to acknowledge"
+            )));
+        }
+        AckOutcome::NotFound => return Err(ApiError::NotFound(format!("no incident {id}"))),
+    };
+    incident_page(&state, &viewer, id, Some(notice)).await
+}
+
+async fn agents(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+) -> PageResult {
+    let mut agents = state.hub.agents();
+    agents.sort_by(|a, b| {
+        a.stored
+            .region
+            .cmp(&b.stored.region)
+            .then(a.stored.name.cmp(&b.stored.name))
+    });
+    let viewer = viewer(&caller, session.as_deref());
+    Ok(html(
+        StatusCode::OK,
+        pages::agents(&viewer, &agents, crate::clock::now_ms()),
+    ))
+}
+
+async fn alerts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+) -> PageResult {
+    let status = state.judge.alerts().status();
+    let viewer = viewer(&caller, session.as_deref());
+    // Incidents with their alert events (the timeline records each page).
+    let recent = state
+        .storage
+        .list_incidents(crate::storage::IncidentQuery {
+            states: vec![],
+            kind: None,
+            check_id: None,
+            limit: 20,
+        })
+        .await?;
+    let mut incidents = Vec::new();
+    for i in recent {
+        if let Some(full) = state.storage.incident(i.id).await? {
+            incidents.push(full);
+        }
+    }
+    Ok(html(
+        StatusCode::OK,
+        pages::alerts(&viewer, &status, &incidents),
+    ))
+}
+
+/// Whether an incident can still be acknowledged.
+pub fn acknowledgeable(state: IncidentState) -> bool {
+    state == IncidentState::Open
+}

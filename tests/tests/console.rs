@@ -1,0 +1,544 @@
+//! The SRE console (`/console`) on a real coordinator fed by three real
+//! agents probing the real mail stack through their own proxies: signing
+//! in with a token, the overview, a round's waterfalls (SMTP and IMAP
+//! lanes, baseline bands, diagnosis), a regional incident (r1's path cut)
+//! acknowledged through the form with its CSRF token, while a forged post
+//! and a read-only session are refused; then a real Chromium signs in
+//! through the form and axe-core checks every page.
+//!
+//! `cargo test -p mailloop-tests --test console -- --nocapture`
+
+use mailloop_tests::cluster::{ADMIN_TOKEN, wait_until};
+use mailloop_tests::regions::{RegionCluster, Settings};
+use mailloop_tests::{Check, stack_health};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// One answer: status, head (lower-cased header lines), body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_string())
+            .collect()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection; `auth` is a header line
+/// (`Cookie: ...` or `Authorization: ...`), `form` a urlencoded body.
+fn send(addr: SocketAddr, method: &str, path: &str, auth: &str, form: Option<&str>) -> Answer {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = form.unwrap_or("");
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("{auth}\r\n")
+    };
+    let kind = if form.is_some() {
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}{kind}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    Answer {
+        status,
+        head,
+        body: String::from_utf8_lossy(&raw[split + 4..]).to_string(),
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// Signs in with `token`; the `Cookie:` line of the session.
+fn sign_in(addr: SocketAddr, token: &str) -> String {
+    let a = send(
+        addr,
+        "POST",
+        "/console/login",
+        "",
+        Some(&format!("token={token}")),
+    );
+    assert_eq!(a.status, 303, "{a:?}");
+    assert_eq!(a.header("location"), ["/console"]);
+    let set = a.header("set-cookie");
+    assert_eq!(set.len(), 1, "{a:?}");
+    let cookie = &set[0];
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP: no Secure attribute: {cookie}"
+    );
+    assert!(
+        !cookie.contains(token),
+        "the cookie never carries the token: {cookie}"
+    );
+    format!("Cookie: {}", cookie.split(';').next().unwrap())
+}
+
+/// The value of the first `name="csrf"` hidden input.
+fn csrf_of(html: &str) -> String {
+    let at =
+        html.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+fn page(addr: SocketAddr, path: &str, cookie: &str) -> Answer {
+    let a = send(addr, "GET", path, cookie, None);
+    assert_eq!(a.status, 200, "GET {path}: {}", a.body);
+    let csp = a.header("content-security-policy").join(" ");
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+        "no script allowed: {csp}"
+    );
+    assert_eq!(a.header("x-content-type-options"), ["nosniff"]);
+    assert_eq!(a.header("cache-control"), ["no-store"]);
+    assert!(!a.body.contains("<script"), "no JavaScript: {path}");
+    a
+}
+
+fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null),
+    )
+}
+
+fn browser_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Fails (never skips) with the install hint when the browser tooling is missing.
+fn require_browser() {
+    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
+        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: {HINT}"
+    );
+    for module in ["playwright-core", "axe-core"] {
+        assert!(
+            browser_dir()
+                .join("node_modules")
+                .join(module)
+                .join("package.json")
+                .exists(),
+            "tests/browser/node_modules/{module} is missing: {HINT}"
+        );
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing (apt-get install nodejs npm): {HINT}"
+    );
+}
+
+#[test]
+fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_token() {
+    require_browser();
+    eprintln!("{}", stack_health());
+    let mut settings = Settings::new();
+    settings.baselines = vec!["min_samples = 3".into()];
+    let c = RegionCluster::start(&Check::new("sre-wf"), &settings);
+    let addr = c.coordinator.http;
+    let check = c.check_id.clone();
+
+    // Nobody signed in: the sign-in form, with 401; a wrong token is refused.
+    let refused = send(addr, "GET", "/console", "", None);
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(
+        refused.body.contains("action=\"/console/login\""),
+        "{}",
+        refused.body
+    );
+    assert!(
+        !refused.body.contains(&check),
+        "nothing about checks before signing in"
+    );
+    let wrong = send(
+        addr,
+        "POST",
+        "/console/login",
+        "",
+        Some("token=not-a-token-0123456789"),
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_empty());
+    assert_eq!(
+        send(
+            addr,
+            "GET",
+            "/console/agents",
+            "Cookie: mailloop_console=forged",
+            None
+        )
+        .status,
+        401
+    );
+
+    let admin = sign_in(addr, ADMIN_TOKEN);
+
+    // Rounds with every region delivered, and learned baselines (3 samples).
+    wait_until(
+        Duration::from_secs(120),
+        "baselines learned in every region",
+        || {
+            let (_, b) = api(
+                addr,
+                "GET",
+                &format!("/api/v1/checks/{check}/baselines"),
+                None,
+            );
+            let learned = b["baselines"]
+                .as_array()?
+                .iter()
+                .filter(|b| b["threshold_ms"].is_number())
+                .count();
+            (learned >= 3 * 4).then_some(())
+        },
+    );
+    let (_, latest) = api(addr, "GET", &format!("/api/v1/checks/{check}/latest"), None);
+    let round = latest["round"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{latest}"));
+
+    let overview = page(addr, "/console", &admin);
+    for seen in [
+        check.as_str(),
+        "r1",
+        "r2",
+        "r3",
+        &format!("/console/checks/{check}/rounds/"),
+    ] {
+        assert!(overview.body.contains(seen), "the overview shows {seen:?}");
+    }
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).unwrap();
+    let round_path = format!("/console/checks/{check}/rounds/{round}");
+    let waterfall = page(addr, &round_path, &admin);
+    std::fs::write(shots.join("round.html"), &waterfall.body).unwrap();
+    let w = &waterfall.body;
+    assert_eq!(
+        w.matches("<svg class=\"waterfall\"").count(),
+        3,
+        "one waterfall per region"
+    );
+    for lane in ["data-lane=\"smtp\"", "data-lane=\"imap\""] {
+        assert!(
+            w.matches(lane).count() >= 3 * 2,
+            "steps in the {lane} lane of each waterfall"
+        );
+    }
+    assert!(w.contains("data-step=\"smtp.starttls\"") && w.contains("data-step=\"imap.login\""));
+    assert!(
+        w.matches("class=\"band\"").count() >= 3,
+        "baseline bands drawn"
+    );
+    for diagnosis in [
+        "Authentication-Results",
+        "Alignment",
+        "Received hops",
+        "Days left",
+    ] {
+        assert!(w.contains(diagnosis), "the diagnosis shows {diagnosis}");
+    }
+
+    // r1's path is cut: a regional incident with r1's evidence.
+    c.region("r1").cut();
+    let incident = wait_until(
+        Duration::from_secs(120),
+        "a regional incident for r1",
+        || c.incidents("state=active&kind=regional").into_iter().next(),
+    );
+    let id = incident["id"].as_u64().unwrap();
+    let after = page(addr, "/console", &admin);
+    assert!(
+        after.body.contains("<code>smtp.connect</code> connect"),
+        "r1's last failure, with its step and class, on the overview: {}",
+        after.body
+    );
+    assert!(
+        after.body.contains(&format!("/console/incidents/{id}")),
+        "the active incident is listed"
+    );
+    let incident_path = format!("/console/incidents/{id}");
+    let shown = page(addr, &incident_path, &admin);
+    assert!(
+        shown.body.contains(">Acknowledge</button>"),
+        "{}",
+        shown.body
+    );
+    assert!(
+        shown.body.contains("class=\"state s-failed\""),
+        "r1's evidence: {}",
+        shown.body
+    );
+    let csrf = csrf_of(&shown.body);
+    assert!(csrf.len() >= 40);
+
+    // The browser: sign-in form, every page, axe, screenshots.
+    let base = format!("http://{addr}");
+    let paths = [
+        "/console",
+        round_path.as_str(),
+        incident_path.as_str(),
+        "/console/agents",
+        "/console/alerts",
+    ];
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("console.mjs"))
+        .args([base.as_str(), ADMIN_TOKEN, shots.to_str().unwrap()])
+        .args(paths)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(seen["login"]["refused"], 401);
+    assert_eq!(seen["login"]["landed"], "/console", "the form signs in");
+    assert_eq!(
+        seen["login"]["cookies"],
+        json!([{"name": "mailloop_console", "httpOnly": true, "sameSite": "Strict", "path": "/console", "value_has_token": false}])
+    );
+    assert_eq!(
+        seen["requests"],
+        json!([base]),
+        "nothing but the console is requested"
+    );
+    let pages = seen["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), paths.len() * 2);
+    let mut serious = Vec::new();
+    for p in pages {
+        assert_eq!(p["status"], 200, "{p}");
+        assert_eq!(p["scripts"], 0, "{p}");
+        for v in p["violations"].as_array().unwrap() {
+            eprintln!(
+                "axe {} ({}): {} {}",
+                p["path"], p["colorScheme"], v["impact"], v["help"]
+            );
+            if v["impact"] == "serious" || v["impact"] == "critical" {
+                serious.push(format!("{} ({}): {v}", p["path"], p["colorScheme"]));
+            }
+        }
+        eprintln!(
+            "FIGURE console page {} ({}): {} bytes of HTML",
+            p["path"], p["colorScheme"], p["bytes"]
+        );
+    }
+    assert!(
+        serious.is_empty(),
+        "serious or critical axe violations:\n{}",
+        serious.join("\n")
+    );
+    let round_page = pages
+        .iter()
+        .find(|p| p["path"] == round_path.as_str())
+        .unwrap();
+    for w in round_page["waterfalls"].as_array().unwrap() {
+        assert!(
+            w["smtp"].as_u64() > Some(2) && w["imap"].as_u64() > Some(2),
+            "both lanes drawn: {w}"
+        );
+        assert!(
+            w["bands"].as_u64() > Some(0) && w["labels"].as_u64() > Some(5),
+            "bands and labels drawn: {w}"
+        );
+        assert!(w["width"].as_f64() > Some(300.0), "{w}");
+    }
+    assert_ne!(
+        pages[0]["background"],
+        pages[paths.len()]["background"],
+        "the dark scheme applies"
+    );
+    assert!(
+        shots.join("console-1-light.png").exists() && shots.join("console-1-dark.png").exists()
+    );
+    eprintln!("screenshots in {}", shots.display());
+
+    // A forged post (no CSRF token, or another one) is refused and changes nothing.
+    let ack_path = format!("{incident_path}/ack");
+    assert_eq!(send(addr, "POST", &ack_path, &admin, Some("")).status, 403);
+    assert_eq!(
+        send(addr, "POST", &ack_path, &admin, Some("csrf=forged")).status,
+        403
+    );
+    let (_, still) = api(addr, "GET", &format!("/api/v1/incidents/{id}"), None);
+    assert_eq!(still["state"], "open", "{still}");
+
+    // A read token signs in and sees the incident, but cannot acknowledge.
+    let (status, made) = api(
+        addr,
+        "POST",
+        "/api/v1/tokens",
+        Some(&json!({"name": "wall", "role": "read"})),
+    );
+    assert_eq!(status, 201, "{made}");
+    let read_token = made["token"].as_str().unwrap().to_string();
+    let reader = sign_in(addr, &read_token);
+    let read_view = page(addr, &incident_path, &reader);
+    assert!(!read_view.body.contains(">Acknowledge</button>"));
+    assert!(read_view.body.contains("read role"));
+    let read_csrf = csrf_of(&read_view.body);
+    assert_eq!(
+        send(
+            addr,
+            "POST",
+            &ack_path,
+            &reader,
+            Some(&format!("csrf={read_csrf}"))
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        send(addr, "POST", &ack_path, &bearer(&read_token), Some("")).status,
+        403
+    );
+    // The alert channels' errors are the admin's only.
+    assert!(
+        page(addr, "/console/alerts", &reader)
+            .body
+            .contains("shown to the admin role only")
+    );
+
+    // The admin's form, with the session's token: acknowledged and audited.
+    let acked = send(
+        addr,
+        "POST",
+        &ack_path,
+        &admin,
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(acked.status, 200, "{acked:?}");
+    assert!(acked.body.contains("Acknowledged."));
+    let (_, now) = api(addr, "GET", &format!("/api/v1/incidents/{id}"), None);
+    assert_eq!(now["state"], "acknowledged", "{now}");
+    assert_eq!(now["acknowledged_by"], "admin", "{now}");
+    let (_, audit) = api(addr, "GET", "/api/v1/audit", None);
+    let entries = audit["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| audit.as_array().cloned().unwrap_or_default());
+    assert!(
+        entries.iter().any(|e| e["action"] == "acknowledged"
+            && e["object"] == "incident"
+            && e["id"] == id.to_string()
+            && e["actor"] == "admin"),
+        "{audit:#}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the acknowledged event on the tickets channel",
+        || {
+            c.tickets
+                .hits()
+                .into_iter()
+                .find(|h| h.body["event"] == "acknowledged")
+        },
+    );
+
+    // Agents and alert delivery.
+    let agents = page(addr, "/console/agents", &admin);
+    for a in ["r1", "r2", "r3", "Spooled reports"] {
+        assert!(agents.body.contains(a), "{a}");
+    }
+    let alerts = page(addr, "/console/alerts", &admin);
+    assert!(
+        alerts.body.contains("tickets")
+            && alerts.body.contains(&format!("/console/incidents/{id}"))
+    );
+
+    // Nothing secret on any page.
+    for (what, body) in [
+        ("overview", &overview.body),
+        ("round", w),
+        ("incident", &shown.body),
+        ("agents", &agents.body),
+        ("alerts", &alerts.body),
+    ] {
+        for secret in [ADMIN_TOKEN, read_token.as_str()] {
+            assert!(!body.contains(secret), "{what} carries a token");
+        }
+        eprintln!("FIGURE console {what}: {} bytes", body.len());
+    }
+
+    // Signing out ends the session; revoking a token ends its sessions.
+    let admin_csrf = csrf_of(&overview.body);
+    assert_eq!(
+        send(
+            addr,
+            "POST",
+            "/console/logout",
+            &admin,
+            Some(&format!("csrf={admin_csrf}"))
+        )
+        .status,
+        200
+    );
+    assert_eq!(send(addr, "GET", "/console", &admin, None).status, 401);
+    assert_eq!(send(addr, "GET", "/console", &reader, None).status, 200);
+    assert_eq!(api(addr, "DELETE", "/api/v1/tokens/wall", None).0, 200);
+    assert_eq!(
+        send(addr, "GET", "/console", &reader, None).status,
+        401,
+        "a revoked token's session ends"
+    );
+}
