@@ -24,6 +24,7 @@ mod model;
 mod postgres;
 pub mod settings;
 mod sqlite;
+pub mod transfer;
 
 pub use model::*;
 pub use settings::{PgSettings, StorageSettings};

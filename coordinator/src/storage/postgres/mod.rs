@@ -94,6 +94,11 @@ impl Postgres {
         self.pool.close();
     }
 
+    /// A pooled connection for `storage/transfer.rs` (migrate-data).
+    pub(in crate::storage) async fn client_for_import(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        self.client().await
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
         if self.pool.is_closed() {
             return Err(StorageError::Closed);
