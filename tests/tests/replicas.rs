@@ -364,3 +364,86 @@ fn an_api_token_made_or_revoked_through_one_replica_is_in_force_on_the_other() {
     wait_until(DEADLINE, "the token revoked through the second replica refused by the first", || (status(first) == Some(401)).then_some(()));
     assert_eq!(status(second), Some(401));
 }
+
+/// The leader cut off from the database (a TCP proxy between it and
+/// PostgreSQL that the test closes: every connection dropped, new ones
+/// refused). It says so on `/readyz` (503, `cut_off`), gives up leadership
+/// (the other replica leads), ends its agents' streams and takes no
+/// report, so the agents move to the other replica, whose stores go on:
+/// every probe the agents ran is stored exactly once. When the database
+/// comes back it is a ready follower again, and after the other replica
+/// is killed it leads and stores on its own (its pool recovered).
+#[test]
+fn a_replica_cut_off_from_the_database_stops_acking_gives_up_leading_and_recovers() {
+    let pg = Postgres::get();
+    let url = pg.database("cutoff");
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let proxy = mailloop_tests::regions::Proxy::start(runtime.handle(), format!("127.0.0.1:{}", pg.port()).parse().unwrap());
+    let mut settings = Settings::new();
+    settings.storage_url = Some(url.clone());
+    settings.replicas = 2;
+    // The first replica (started first: it leads) reaches PostgreSQL through the proxy; the agents talk to it.
+    settings.replica_storage_url = Some((0, format!("postgres://mailloop@{}/{db}?sslmode=disable", proxy.addr())));
+    let check = Check::new("replica-cutoff");
+    let mut c = RegionCluster::start(&check, &settings);
+    let id = c.check_id.clone();
+    wait_until(DEADLINE, "the proxied replica leads, the other follows", || {
+        (readyz(&c.coordinator)? == (200, "leader".into()) && readyz(&c.others[0])? == (200, "follower".into())).then_some(())
+    });
+    wait_until(DEADLINE, "two rounds stored from every region", || (rounds_from_all_since(&c, &db, 0) >= 2).then_some(()));
+
+    let cut_ms = now_ms();
+    let cut = std::time::Instant::now();
+    proxy.cut();
+    let body = wait_until(DEADLINE, "/readyz of the cut-off replica: 503, cut_off", || {
+        let (status, body) = http_get(c.coordinator.http, "/readyz").ok()?;
+        (status == 503 && body["role"] == "cut_off").then_some(body)
+    });
+    assert!(body["status"].as_str().unwrap_or_default().contains("database"), "a reason: {body}");
+    wait_until(DEADLINE, "the other replica leads", || (readyz(&c.others[0])? == (200, "leader".into())).then_some(()));
+    let led = cut.elapsed();
+    let second = c.others[0].grpc;
+    wait_until(DEADLINE, "every agent moved to the other replica", || {
+        let line = format!("connected to the coordinator at http://{second}");
+        c.regions.iter().all(|r| std::fs::read_to_string(&r.log).unwrap_or_default().contains(&line)).then_some(())
+    });
+    wait_until(DEADLINE, "three rounds probed after the cut stored from every region", || {
+        (rounds_from_all_since(&c, &db, cut_ms) >= 3).then_some(())
+    });
+    wait_until(DEADLINE, "verdicts of rounds after the cut (the new leader judges)", || {
+        c.others[0].get_ok(&format!("/api/v1/verdicts?check={id}"))["verdicts"]
+            .as_array()?
+            .iter()
+            .any(|v| v["round_start_ms"].as_i64().unwrap_or(0) >= cut_ms)
+            .then_some(())
+    });
+    // Still cut off: still not ready.
+    assert_eq!(readyz(&c.coordinator).map(|r| r.1), Some("cut_off".to_string()));
+    eprintln!("cut off at {cut_ms}: the other replica led after {:.1} s (seen on /readyz)", led.as_secs_f64());
+
+    // The database back: a ready follower.
+    proxy.restore();
+    wait_until(DEADLINE, "the recovered replica ready again, as a follower", || {
+        (readyz(&c.coordinator)? == (200, "follower".into())).then_some(())
+    });
+    // The other replica killed: the recovered one leads and stores.
+    let killed_ms = now_ms();
+    c.kill9_coordinator(1);
+    wait_until(DEADLINE, "the recovered replica leads", || (readyz(&c.coordinator)? == (200, "leader".into())).then_some(()));
+    wait_until(DEADLINE, "three rounds probed after the kill stored from every region", || {
+        (rounds_from_all_since(&c, &db, killed_ms) >= 3).then_some(())
+    });
+
+    // Ground truth: every probe the agents ran is stored, each once.
+    let ran = c.probe_log();
+    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
+        let stored = stored_per_probe(&db, &id);
+        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
+    });
+    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
+    eprintln!("{} probes run, {} stored, 0 lost, 0 twice, across a cut of the leader's database connection", ran.len(), stored.len());
+    drop(c);
+    drop(proxy);
+}
