@@ -447,3 +447,46 @@ fn a_replica_cut_off_from_the_database_stops_acking_gives_up_leading_and_recover
     drop(c);
     drop(proxy);
 }
+
+/// `mailloopctl probe` through either replica runs in every region,
+/// including the regions whose agents are connected to the other replica:
+/// the order is announced through the database (`NOTIFY mailloop_runs`)
+/// and the other replica sends it on its agents' streams. Each region's
+/// report of the run is stored once, with the run's request id.
+#[test]
+fn an_on_demand_run_reaches_the_agents_connected_to_another_replica() {
+    let (mut settings, db) = two_replicas("ondemand");
+    // r1 and r3 talk to the first replica, r2 to the second.
+    settings.spread = true;
+    settings.interval = "30s".into();
+    let check = Check::new("replica-ondemand");
+    let c = RegionCluster::start(&check, &settings);
+    let id = c.check_id.clone();
+    let all_live: Vec<(String, bool, u64)> = REGIONS.iter().map(|r| (format!("agent-{r}"), true, 1)).collect();
+    for replica in [&c.coordinator, &c.others[0]] {
+        wait_until(DEADLINE, "every agent connected and assigned once, on each replica", || {
+            (agents_seen(replica) == all_live).then_some(())
+        });
+    }
+    let second = c.others[0].grpc;
+    wait_until(DEADLINE, "r2's agent connected to the second replica", || {
+        let line = format!("connected to the coordinator at http://{second}");
+        std::fs::read_to_string(&c.region("r2").log).unwrap_or_default().contains(&line).then_some(())
+    });
+    for (through, name) in [(&c.coordinator, "first"), (&c.others[0], "second")] {
+        let (code, out, err) = through.ctl(&["probe", &id, "--timeout", "120s"]);
+        assert_eq!(code, 0, "probe through the {name} replica:\n{out}{err}");
+        for r in REGIONS {
+            assert!(out.contains(&format!("{r}=ok")), "probe through the {name} replica: {r} not ok:\n{out}");
+        }
+        let request = out
+            .split_whitespace()
+            .find(|w| w.starts_with("run-"))
+            .unwrap_or_else(|| panic!("no request id in:\n{out}"))
+            .to_string();
+        let per_region = Postgres::get().psql(&db, &format!("SELECT region || ' ' || count(*) FROM reports WHERE request_id = '{request}' GROUP BY region ORDER BY region"));
+        let want: Vec<String> = REGIONS.iter().map(|r| format!("{r} 1")).collect();
+        assert_eq!(per_region.lines().collect::<Vec<_>>(), want, "one report per region of run {request} (through the {name} replica)");
+        eprintln!("probe through the {name} replica: {request} ran in {REGIONS:?}");
+    }
+}

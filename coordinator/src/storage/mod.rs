@@ -109,6 +109,24 @@ impl Storage {
         }
     }
 
+    /// Announces an on-demand run order (its JSON) to every replica
+    /// (`NOTIFY mailloop_runs`, this one included). SQLite: nobody to tell.
+    pub async fn announce_run(&self, payload: String) -> Result<(), StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.announce_run(payload).await,
+        }
+    }
+
+    /// The run orders announced by any replica, as they arrive (while
+    /// [`Storage::listen_changes`] listens). None on SQLite.
+    pub fn run_notices(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        match &self.0 {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(db) => Some(db.run_notices()),
+        }
+    }
+
     /// Whether other coordinator replicas may share this storage
     /// (PostgreSQL); SQLite belongs to one process.
     pub fn shared(&self) -> bool {

@@ -46,6 +46,8 @@ pub struct Postgres {
     /// For connections of its own outside the pool (leadership).
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// On-demand run orders announced by any replica (`mailloop_runs`).
+    runs: tokio::sync::broadcast::Sender<String>,
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
@@ -76,6 +78,7 @@ impl Postgres {
             describe: s.describe(),
             config,
             tls,
+            runs: tokio::sync::broadcast::channel(256).0,
         })
     }
 
