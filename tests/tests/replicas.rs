@@ -490,3 +490,71 @@ fn an_on_demand_run_reaches_the_agents_connected_to_another_replica() {
         eprintln!("probe through the {name} replica: {request} ran in {REGIONS:?}");
     }
 }
+
+/// Three replicas, the agents spread over them, and the leader killed with
+/// `kill -9` twice while the agents report: each time another replica
+/// leads (eventually; the measured takeover is printed, not asserted),
+/// rounds probed after the kill are judged, and, counted in PostgreSQL
+/// against the agents' own probe logs, every probe they ran is stored
+/// exactly once and no (region, round) twice.
+#[test]
+fn three_replicas_lose_their_leader_twice_and_no_report_is_lost_or_stored_twice() {
+    let (mut settings, db) = two_replicas("threeleaders");
+    settings.replicas = 3;
+    settings.spread = true;
+    let check = Check::new("replica-three");
+    let mut c = RegionCluster::start(&check, &settings);
+    let id = c.check_id.clone();
+    wait_until(DEADLINE, "two rounds stored from every region", || (rounds_from_all_since(&c, &db, 0) >= 2).then_some(()));
+    let mut takeovers = Vec::new();
+    for kill in 1..=2 {
+        // Which live replica leads (0: c.coordinator, i: c.others[i - 1]).
+        let leader = wait_until(DEADLINE, "exactly one leader among the live replicas", || {
+            let all: Vec<&Coordinator> = std::iter::once(&c.coordinator).chain(&c.others).collect();
+            let leaders: Vec<usize> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.proc.is_some() && readyz(r) == Some((200, "leader".into())))
+                .map(|(i, _)| i)
+                .collect();
+            (leaders.len() == 1).then(|| leaders[0])
+        });
+        let killed_ms = now_ms();
+        let killed = std::time::Instant::now();
+        c.kill9_coordinator(leader);
+        wait_until(DEADLINE, "another replica leads", || {
+            let all: Vec<&Coordinator> = std::iter::once(&c.coordinator).chain(&c.others).collect();
+            all.iter().any(|r| r.proc.is_some() && readyz(r) == Some((200, "leader".into()))).then_some(())
+        });
+        let led = killed.elapsed();
+        wait_until(DEADLINE, "a round probed after the kill judged by the new leader", || {
+            c.verdicts_since(killed_ms).iter().any(|v| v["verdict"] == "up").then_some(())
+        });
+        let judged = killed.elapsed();
+        wait_until(DEADLINE, "three rounds probed after the kill stored from every region", || {
+            (rounds_from_all_since(&c, &db, killed_ms) >= 3).then_some(())
+        });
+        eprintln!("kill {kill} (replica {leader}): another led after {:.1} s, first up verdict after {:.1} s", led.as_secs_f64(), judged.as_secs_f64());
+        takeovers.push(led);
+    }
+    let ran = c.probe_log();
+    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
+        let stored = stored_per_probe(&db, &id);
+        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
+    });
+    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
+    let ran_now: HashMap<String, (String, u64)> = c.probe_log().into_iter().map(|(p, region, round, _)| (p, (region, round))).collect();
+    let mut slots = HashSet::new();
+    for probe in stored.keys() {
+        let (region, round) = ran_now.get(probe).unwrap_or_else(|| panic!("stored probe {probe} is in no agent's probe log"));
+        assert!(slots.insert((region.clone(), *round)), "round {round} ran twice in {region}");
+    }
+    eprintln!(
+        "{} probes run, {} stored, 0 lost, 0 twice, across {} leader kills (takeovers: {:?})",
+        ran.len(),
+        stored.len(),
+        takeovers.len(),
+        takeovers.iter().map(|d| format!("{:.1}s", d.as_secs_f64())).collect::<Vec<_>>()
+    );
+}
