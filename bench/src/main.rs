@@ -1518,7 +1518,7 @@ fn print_postgres(sqlite: Option<&Value>, pg: Option<&Value>, failover: Option<&
         );
         let p99 = |v: Option<&Value>| v.and_then(|v| v["ack_ms"]["p99"].as_f64()).map_or("-".to_string(), format_num);
         println!("{:<44} {:>14} {:>14}", "ack latency p99 (ms)", p99(sqlite), p99(pg));
-        println!("{:<44} {:>14} {:>14}   equal", "acked = stored rows", format!("{}", sqlite.map_or(false, |s| s["acked"] == s["stored_rows"])), format!("{}", p["acked"] == p["stored_rows"]));
+        println!("{:<44} {:>14} {:>14}   equal", "acked = stored rows", format!("{}", sqlite.is_some_and(|s| s["acked"] == s["stored_rows"])), format!("{}", p["acked"] == p["stored_rows"]));
     }
     if let Some(fo) = failover {
         println!(
