@@ -82,5 +82,28 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo
 echo "Coordinator load test and agent footprint (about 2 minutes; BENCH_QUICK=1 for a short run)"
 echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# A throwaway PostgreSQL (the Debian package's server, as the tests start
+# it: a temporary cluster on a free loopback port, fsync on) for the ingest
+# figure on PostgreSQL and the leader failover times (issue 13).
+# BENCH_PG=0 skips them.
+pg_args=()
+if [[ ${BENCH_PG:-1} != 0 ]]; then
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -n $pgbin && -x $pgbin/initdb ]] || fail "PostgreSQL is not installed: run 'make deps' (or apt-get install postgresql); BENCH_PG=0 skips its figures"
+  pgdir=$(mktemp -d /tmp/mailloop-bench-pg.XXXXXX)
+  as_pg=()
+  if [[ $(id -u) == 0 ]]; then
+    chown postgres: "$pgdir"
+    as_pg=(runuser -u postgres --)
+  fi
+  "${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -U mailloop -A trust -E UTF8 --no-instructions >/dev/null
+  pgport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w \
+    -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+  # shellcheck disable=SC2064
+  trap "${as_pg[*]} $pgbin/pg_ctl -D $pgdir/data -m fast stop >/dev/null; rm -rf $pgdir" EXIT
+  pg_args=(--postgres-url "postgres://mailloop@127.0.0.1:$pgport/postgres?sslmode=disable" --failovers "${BENCH_FAILOVERS:-10}")
+fi
 # shellcheck disable=SC2086
-exec "$loadgen" "${quick[@]}" --json "target/bench/load-$(date -u +%Y%m%dT%H%M%SZ).json" ${BENCH_LOAD_ARGS:-}
+"$loadgen" "${quick[@]}" "${pg_args[@]}" --json "target/bench/load-$(date -u +%Y%m%dT%H%M%SZ).json" ${BENCH_LOAD_ARGS:-}

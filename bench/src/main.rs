@@ -39,7 +39,7 @@
 use clap::Parser;
 use mailloop_coordinator::client::Client;
 use mailloop_coordinator::config::token_sha256;
-use mailloop_coordinator::storage::Storage;
+use mailloop_coordinator::storage::{PgSettings, Storage, StorageSettings};
 use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_client::AgentServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -125,6 +125,16 @@ struct Args {
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A PostgreSQL server's maintenance database
+    /// (`postgres://user@127.0.0.1:PORT/postgres?sslmode=disable`): the
+    /// ingest run is repeated on PostgreSQL (a fresh database per run) for
+    /// the first agent count, and the failover is measured there.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Leader kills (`kill -9`) of the failover measurement, two replicas
+    /// on PostgreSQL (0: skip it; needs --postgres-url).
+    #[arg(long, default_value_t = 10)]
+    failovers: usize,
 }
 
 #[tokio::main]
@@ -160,18 +170,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for &n in args.agents.iter().filter(|_| !args.metrics_only) {
         eprintln!("loadgen: {n} simulated agents ...");
-        let r = load_run(&args, n, None).await?;
+        let r = load_run(&args, n, None, None).await?;
         eprintln!("loadgen: {}", serde_json::to_string(&r)?);
         runs.push(r);
     }
     let traces = if args.traces_agents > 0 && !args.metrics_only {
         let n = args.traces_agents;
         eprintln!("loadgen: {n} simulated agents, coordinator traces off ...");
-        let off = load_run(&args, n, None).await?;
+        let off = load_run(&args, n, None, None).await?;
         eprintln!("loadgen: {}", serde_json::to_string(&off)?);
         let sink = Sink::start().await?;
         eprintln!("loadgen: {n} simulated agents, coordinator traces exported to {} ...", sink.url);
-        let on = load_run(&args, n, Some(&sink.url)).await?;
+        let on = load_run(&args, n, Some(&sink.url), None).await?;
         eprintln!("loadgen: {}", serde_json::to_string(&on)?);
         let spans = sink.spans.load(Ordering::Relaxed);
         let t = json!({
@@ -190,6 +200,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut pg_runs = Vec::new();
+    let mut failover = None;
+    if let (Some(base), false) = (&args.postgres_url, args.metrics_only) {
+        if let Some(&n) = args.agents.first() {
+            eprintln!("loadgen: {n} simulated agents, PostgreSQL storage ...");
+            let url = fresh_database(base, "load").await?;
+            let r = load_run(&args, n, None, Some(&url)).await?;
+            eprintln!("loadgen: {}", serde_json::to_string(&r)?);
+            pg_runs.push(r);
+        }
+        if args.failovers > 0 {
+            eprintln!("loadgen: failover, two replicas on PostgreSQL, {} leader kills ...", args.failovers);
+            let url = fresh_database(base, "failover").await?;
+            let f = failover_run(&args, &url).await?;
+            eprintln!("loadgen: {}", serde_json::to_string(&f)?);
+            failover = Some(f);
+        }
+    }
     let footprint = if args.footprint_checks > 0 && !args.metrics_only {
         eprintln!(
             "loadgen: agent footprint with {} checks ...",
@@ -203,6 +231,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if !args.metrics_only {
         print_table(&runs, footprint.as_ref());
+    }
+    if !pg_runs.is_empty() || failover.is_some() {
+        print_postgres(runs.first(), pg_runs.first(), failover.as_ref());
     }
     let scrape = if args.metrics_checks > 0 {
         eprintln!(
@@ -218,10 +249,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(path) = &args.json {
         let all =
-            json!({"load": runs, "footprint": footprint, "metrics": scrape, "traces": traces, "loadavg": loadavg()});
+            json!({"load": runs, "postgres_load": pg_runs, "failover": failover, "footprint": footprint, "metrics": scrape, "traces": traces, "loadavg": loadavg()});
         std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
     }
-    let acked_equals_stored = runs.iter().all(|r| r["acked"] == r["stored_rows"]);
+    let acked_equals_stored = runs.iter().chain(&pg_runs).all(|r| r["acked"] == r["stored_rows"]);
     anyhow::ensure!(
         acked_equals_stored,
         "reports acked and rows stored differ (see above)"
@@ -509,7 +540,7 @@ struct Seen {
 /// One run with `n` simulated agents, each alone in its region.
 /// One load run with `n` agents; `traces_to`: the coordinator exports its
 /// traces to this OTLP/gRPC endpoint.
-async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Result<Value> {
+async fn load_run(args: &Args, n: usize, traces_to: Option<&str>, postgres: Option<&str>) -> anyhow::Result<Value> {
     let agents: Vec<(String, String, String)> = (0..n)
         .map(|i| {
             (
@@ -519,9 +550,12 @@ async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Res
             )
         })
         .collect();
-    let telemetry = traces_to
+    let mut telemetry = traces_to
         .map(|url| format!("\n[telemetry]\nendpoint = \"{url}\"\n"))
         .unwrap_or_default();
+    if let Some(url) = postgres {
+        telemetry.push_str(&format!("\n[storage]\nurl = {url:?}\n"));
+    }
     let mut coord = Coordinator::start(&args.coordinator_bin, &agents, &telemetry)?;
     let pid = coord.pid();
     let api = coord.api()?;
@@ -695,7 +729,10 @@ async fn load_run(args: &Args, n: usize, traces_to: Option<&str>) -> anyhow::Res
 
     // Acked must equal stored: stop the coordinator and count the rows.
     coord.stop()?;
-    let storage = Storage::open(&coord.dir.join("data"))?;
+    let storage = match postgres {
+        None => Storage::open(&coord.dir.join("data"))?,
+        Some(url) => Storage::connect(&StorageSettings::Postgres(PgSettings::new(url))).await?,
+    };
     let stored_rows = storage.count_reports().await?;
     storage.close().await;
 
@@ -1387,4 +1424,108 @@ fn print_scrape(s: &Value) {
     }
     out.push_str(&format!("machine load: {}\n", s["loadavg"]));
     print!("{out}");
+}
+
+// ───────────────────────────── PostgreSQL ─────────────────────────────
+
+/// Creates database `mailloop_bench_<what>_<pid>_<µs>` on the server of
+/// `base` (its maintenance database) and returns its URL.
+async fn fresh_database(base: &str, what: &str) -> anyhow::Result<String> {
+    let name = format!("mailloop_bench_{what}_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
+    let io = tokio::spawn(connection);
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    drop(client);
+    let _ = io.await;
+    let (head, tail) = base.split_once('?').map_or((base, None), |(h, t)| (h, Some(t)));
+    let root = head.rsplit_once('/').map_or(head, |(r, _)| r);
+    Ok(match tail {
+        Some(t) => format!("{root}/{name}?{t}"),
+        None => format!("{root}/{name}"),
+    })
+}
+
+/// `/readyz`'s role, None while it does not answer.
+async fn role(api: &Client) -> Option<String> {
+    let r = api.get("/readyz").await.ok()?;
+    r.body["role"].as_str().map(str::to_string)
+}
+
+/// Two replicas on `url`; `--failovers` times: `kill -9` of the leader,
+/// then the time until the other says `leader` on `/readyz` (polled every
+/// 20 ms); a fresh replica replaces the dead one before the next kill.
+async fn failover_run(args: &Args, url: &str) -> anyhow::Result<Value> {
+    let storage = format!("\n[storage]\nurl = {url:?}\n");
+    let mut replicas = vec![
+        Coordinator::start(&args.coordinator_bin, &[], &storage)?,
+        Coordinator::start(&args.coordinator_bin, &[], &storage)?,
+    ];
+    let mut takeovers = Vec::new();
+    for _ in 0..args.failovers {
+        // One leader and one ready follower before each kill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let leader = loop {
+            let mut roles = Vec::new();
+            for r in &replicas {
+                roles.push(role(&r.api()?).await);
+            }
+            match (roles[0].as_deref(), roles[1].as_deref()) {
+                (Some("leader"), Some("follower")) => break 0,
+                (Some("follower"), Some("leader")) => break 1,
+                _ if Instant::now() > deadline => anyhow::bail!("no leader and follower within 60 s: {roles:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let mut dead = replicas.remove(leader);
+        let survivor = replicas[0].api()?;
+        let killed = Instant::now();
+        if let Some(mut child) = dead.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        loop {
+            if role(&survivor).await.as_deref() == Some("leader") {
+                break;
+            }
+            anyhow::ensure!(killed.elapsed() < Duration::from_secs(120), "no takeover within 120 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        takeovers.push(killed.elapsed().as_secs_f64());
+        eprintln!("loadgen: takeover {:.2} s", killed.elapsed().as_secs_f64());
+        drop(dead);
+        replicas.push(Coordinator::start(&args.coordinator_bin, &[], &storage)?);
+    }
+    let mut sorted = takeovers.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(json!({
+        "kills": takeovers.len(),
+        "takeover_s": takeovers.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
+        "median_s": round3(sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)),
+        "max_s": round3(sorted.last().copied().unwrap_or(0.0)),
+    }))
+}
+
+fn print_postgres(sqlite: Option<&Value>, pg: Option<&Value>, failover: Option<&Value>) {
+    let f = |v: Option<&Value>, key: &str| v.and_then(|v| v[key].as_f64()).map_or("-".to_string(), format_num);
+    println!("\nPostgreSQL (issue 13)");
+    println!("{:<44} {:>14} {:>14}   goal", "figure", "SQLite", "PostgreSQL");
+    if let Some(p) = pg {
+        println!(
+            "{:<44} {:>14} {:>14}   >= 8,000/s, one replica",
+            format!("reports stored per second ({} agents)", p["agents"]),
+            f(sqlite, "reports_per_s"),
+            f(pg, "reports_per_s")
+        );
+        let p99 = |v: Option<&Value>| v.and_then(|v| v["ack_ms"]["p99"].as_f64()).map_or("-".to_string(), format_num);
+        println!("{:<44} {:>14} {:>14}", "ack latency p99 (ms)", p99(sqlite), p99(pg));
+        println!("{:<44} {:>14} {:>14}   equal", "acked = stored rows", format!("{}", sqlite.is_some_and(|s| s["acked"] == s["stored_rows"])), format!("{}", p["acked"] == p["stored_rows"]));
+    }
+    if let Some(fo) = failover {
+        println!(
+            "{:<44} {:>14} {:>14}   <= 10 s",
+            format!("leader kill -9 -> takeover, s (x{})", fo["kills"]),
+            format!("median {}", fo["median_s"]),
+            format!("max {}", fo["max_s"])
+        );
+    }
 }

@@ -46,6 +46,28 @@ enum Command {
         #[arg(short, long, env = "MAILLOOP_COORDINATOR_CONFIG")]
         config: PathBuf,
     },
+    /// Copy an installation's SQLite database (history, agents, incidents
+    /// with their timelines, audit log, tokens) into PostgreSQL, in one
+    /// transaction, and print the rows per table. Refuses a target that
+    /// holds any row unless --replace. Stop the SQLite coordinator first.
+    MigrateData {
+        /// `sqlite:PATH`: the data directory or its coordinator.db.
+        #[arg(long)]
+        from: String,
+        /// `postgres://user@host:port/db?sslmode=...` (a password here is
+        /// visible to `ps`; prefer --password-file).
+        #[arg(long, env = "MAILLOOP_MIGRATE_TO")]
+        to: String,
+        /// The PostgreSQL password, read from this file.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA certificates to trust for the PostgreSQL TLS connection.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Empty the target's tables first (in the same transaction).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Validate a config file, report every bad key, and exit (0 valid, 3 not).
     CheckConfig {
         #[arg(short, long)]
@@ -99,6 +121,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::MigrateData { from, to, password_file, ca_file, replace } => migrate_data(&from, &to, password_file, ca_file, replace),
         Command::Serve { config } => {
             // Validate everything before any port is bound or file created.
             let Some(cfg) = load(&config) else {
@@ -112,6 +135,46 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_CONFIG)
                 }
             }
+        }
+    }
+}
+
+fn migrate_data(from: &str, to: &str, password_file: Option<PathBuf>, ca_file: Option<PathBuf>, replace: bool) -> ExitCode {
+    use mailloop_coordinator::storage::{PgSettings, transfer};
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        eprintln!("mailloop-coordinator migrate-data: --from must be sqlite:PATH");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    // The error never repeats the URL: it may hold a password.
+    if let Err(e) = PgSettings::check_url(to) {
+        eprintln!("mailloop-coordinator migrate-data: --to: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut pg = PgSettings::new(to);
+    if let Some(file) = password_file {
+        match std::fs::read_to_string(&file) {
+            Ok(p) => pg.password = Some(mailloop_common::Secret::new(p.trim_end_matches(['\r', '\n']))),
+            Err(e) => {
+                eprintln!("mailloop-coordinator migrate-data: --password-file {}: {e}", file.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    pg.ca_file = ca_file;
+    pg.pool_size = 2;
+    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    match runtime.block_on(transfer::sqlite_to_postgres(Path::new(path), &pg, replace)) {
+        Ok(done) => {
+            println!("copied {} into {}:", done.source.display(), done.target);
+            for (table, rows) in &done.tables {
+                println!("  {table:<16} {rows}");
+            }
+            println!("committed; point [storage] url at the database and start the coordinators");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailloop-coordinator migrate-data: {e}; nothing was committed");
+            ExitCode::FAILURE
         }
     }
 }

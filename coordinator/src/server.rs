@@ -228,6 +228,29 @@ impl Coordinator {
             tracing::info!(replica = %replica, "replica id (agent presence is shared through the database)");
             tokio::spawn(crate::cluster::presence::run(hub.clone(), storage.clone(), replica, shutdown.clone()));
         }
+        if let Some(mut runs) = storage.run_notices() {
+            // On-demand runs ordered through another replica, for the agents here.
+            let (hub, mut stop) = (hub.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let payload = tokio::select! {
+                        p = runs.recv() => p,
+                        _ = stop.recv() => return,
+                    };
+                    match payload {
+                        Ok(p) => {
+                            if let Some(run) = hub.on_demand().relay(&p) {
+                                tracing::info!(check = %run.check_id, request = %run.request_id, "on-demand run ordered through another replica");
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "fell behind the on-demand runs of other replicas; missed some");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         tokio::spawn(prune_loop(
             storage.clone(),
             role.clone(),
@@ -283,7 +306,8 @@ impl Coordinator {
             .with_control(control.clone())
             .with_judge(judge.feed())
             .with_metrics(metrics.clone())
-            .with_traces(traces.clone());
+            .with_traces(traces.clone())
+            .with_role(role.clone());
         let mut grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
             &server,

@@ -463,6 +463,9 @@ pub struct Settings {
     /// replica `(agents_on + i) % replicas` first (so with two replicas,
     /// r1 and r3 on one, r2 on the other).
     pub spread: bool,
+    /// `[storage] url` of one replica instead of `storage_url` (replica
+    /// index, URL): e.g. through a [`Proxy`] the test cuts.
+    pub replica_storage_url: Option<(usize, String)>,
 }
 
 impl Settings {
@@ -489,6 +492,7 @@ impl Settings {
             replicas: 1,
             agents_on: 0,
             spread: false,
+            replica_storage_url: None,
         }
     }
 }
@@ -595,12 +599,18 @@ impl RegionCluster {
             tickets = tickets.url("/tickets"),
             watch = watch.url("/watch"),
         );
-        let coordinator = Coordinator::start_with_config(dir.path(), &config);
+        let config_of = |i: usize| match (&settings.replica_storage_url, &settings.storage_url) {
+            (Some((j, own)), Some(shared)) if *j == i => {
+                config.replace(&format!("url = {shared:?}"), &format!("url = {own:?}"))
+            }
+            _ => config.clone(),
+        };
+        let coordinator = Coordinator::start_with_config(dir.path(), &config_of(0));
         let others: Vec<Coordinator> = (1..settings.replicas)
             .map(|i| {
                 let own = dir.path().join(format!("replica{i}"));
                 std::fs::create_dir_all(&own).unwrap();
-                Coordinator::start_with_config(&own, &config)
+                Coordinator::start_with_config(&own, &config_of(i))
             })
             .collect();
         let all_urls: Vec<String> =

@@ -644,3 +644,205 @@ async fn incidents_are_found_by_the_span_they_were_active_in_and_take_public_not
     assert!(s.add_incident_note(id + 1000, "nobody".into(), 1).await.unwrap().is_none());
     s.close().await;
 }
+
+/// `mailloop-coordinator migrate-data`: a SQLite installation with history
+/// (reports, their hourly aggregates, verdicts), agents, a check, a
+/// resolved incident and an open, acknowledged one with a public note, the
+/// audit log and tokens moves into PostgreSQL. Ground truth: the rows of
+/// every table counted on both sides, and what the coordinator reads back
+/// (incidents with their timelines, verdicts, aggregates) equal. A second
+/// run is refused (the target is not empty) unless --replace. After the
+/// switch, the open incident is still open and closes through the path the
+/// judge uses, and new incidents and events take fresh ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_data_moves_a_sqlite_installation_into_postgres() {
+    use mailloop_coordinator::judge::{IncidentState, TimelineEntry};
+    use mailloop_coordinator::storage::{Source, StoredAgent, VerdictQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path()).unwrap();
+    for i in 0..600u64 {
+        let region = ["eu", "us", "ap"][(i % 3) as usize];
+        let mut r = report(&format!("p{i}"), if i % 2 == 0 { "corp" } else { "other" }, region, i / 3, i as i64 * 20_000);
+        if i % 7 == 0 {
+            r.outcome = "failed".into();
+            r.rtt_ms = None;
+            r.failure_step = Some("smtp".into());
+        }
+        s.insert_report(r).await.unwrap();
+    }
+    {
+        use mailloop_coordinator::config::{CheckRules, check_spec};
+        use mailloop_coordinator::storage::StoredCheck;
+        let table = json!({
+            "name": "corp", "from": "a@example.test", "to": "b@example.test", "interval": "5m",
+            "regions": ["eu", "us", "ap"], "public": true, "display_name": "Corp mail",
+            "smtp": {"host": "127.0.0.1", "security": "none"},
+            "imap": {"host": "127.0.0.1", "security": "none", "username": "b@example.test", "password_env": "P"},
+        });
+        let rules = CheckRules { allow_inline_passwords: false, min_interval: std::time::Duration::from_secs(30) };
+        let spec = check_spec("check", &table, rules).unwrap();
+        s.put_check(StoredCheck { spec, revision: 3, source: Source::Api, deleted: false, updated_at_ms: 1 }).await.unwrap();
+    }
+    for (name, region) in [("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap")] {
+        s.put_agent(StoredAgent {
+            name: name.into(),
+            region: region.into(),
+            token_sha256: "ef".repeat(32),
+            source: Source::Api,
+            revoked: name == "ap-1",
+            version: Some("1.2.3".into()),
+            last_seen_ms: Some(77),
+            connected: true,
+            created_at_ms: 5,
+            previous_token_sha256: (name == "us-1").then(|| "01".repeat(32)),
+            previous_token_until_ms: (name == "us-1").then_some(99),
+        })
+        .await
+        .unwrap();
+    }
+    // Incident 1: opened at round 1, resolved at 2. Incident 2: opened at 3, still open.
+    s.store_round(verdict(1, VerdictKind::Down), vec![outage(1)]).await.unwrap();
+    let resolve = |round: u64| IncidentChange::Resolve {
+        kind: IncidentKind::Outage,
+        key: String::new(),
+        entry: TimelineEntry { at_ms: round as i64 * 1000, round: Some(round), event: "resolved".into(), verdict: Some(VerdictKind::Up), note: String::new() },
+    };
+    s.store_round(verdict(2, VerdictKind::Up), vec![resolve(2)]).await.unwrap();
+    s.store_round(verdict(3, VerdictKind::Down), vec![outage(3)]).await.unwrap();
+    let open = s.checks_with_active_incidents().await.unwrap();
+    assert_eq!(open, ["corp"]);
+    let open_id = s.active_incidents("corp".into()).await.unwrap()[0].id;
+    s.add_incident_note(open_id, "We are on it.".into(), 3_500).await.unwrap().unwrap();
+    s.acknowledge(open_id, Some("alice".into()), 3_600).await.unwrap();
+    for i in 0..4 {
+        s.append_audit(AuditEntry {
+            seq: 0,
+            at_ms: i,
+            actor: "admin".into(),
+            role: "admin".into(),
+            source: None,
+            action: "created".into(),
+            object: "check".into(),
+            object_id: format!("c{i}"),
+            detail: Some("{}".into()),
+        })
+        .await
+        .unwrap();
+    }
+    s.put_api_token(StoredToken { name: "grafana".into(), role: "read".into(), token_sha256: "ab".repeat(32), created_at_ms: 1, created_by: "admin".into(), revoked_at_ms: None })
+        .await
+        .unwrap();
+    s.put_join_token(JoinToken { token_sha256: "aa".into(), agent: "eu-2".into(), agent_token_sha256: "cd".repeat(32), created_at_ms: 1, expires_at_ms: i64::MAX })
+        .await
+        .unwrap();
+    let all_incidents = IncidentQuery { limit: 100, ..Default::default() };
+    let mut before_incidents = Vec::new();
+    for i in s.list_incidents(all_incidents.clone()).await.unwrap() {
+        before_incidents.push(s.incident(i.id).await.unwrap().unwrap());
+    }
+    let all_verdicts = VerdictQuery { limit: 100, ..Default::default() };
+    let before_verdicts = s.query_verdicts(all_verdicts.clone()).await.unwrap().verdicts;
+    let hours = AggregateQuery { check_id: "corp".into(), ..Default::default() };
+    let before_hours = s.aggregates(hours.clone()).await.unwrap();
+    let before_agents = s.load_agents().await.unwrap();
+    let before_checks = s.load_checks().await.unwrap();
+    assert!(!before_hours.is_empty() && before_verdicts.len() == 3 && before_incidents.len() == 2);
+    s.close().await;
+    drop(s);
+
+    // What SQLite holds, table by table.
+    let tables = ["checks", "agents", "reports", "verdicts", "report_hours", "incidents", "incident_events", "audit_log", "api_tokens", "join_tokens"];
+    let sqlite = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
+    let source: Vec<(String, u64)> = tables
+        .iter()
+        .map(|t| (t.to_string(), sqlite.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get::<_, i64>(0)).unwrap() as u64))
+        .collect();
+    drop(sqlite);
+    assert_eq!(source.iter().find(|(t, _)| t == "reports").unwrap().1, 600);
+
+    let pg = Postgres::get();
+    let url = pg.database("migrate_data");
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(mailloop_tests::cluster::bin("mailloop-coordinator"))
+            .arg("migrate-data")
+            .arg(format!("--from=sqlite:{}", dir.path().display()))
+            .arg(format!("--to={url}"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let check_counts = |stdout: &str| {
+        for (table, n) in &source {
+            let printed = stdout
+                .lines()
+                .find_map(|l| {
+                    let mut w = l.split_whitespace();
+                    (w.next() == Some(table.as_str())).then(|| w.next().unwrap().parse::<u64>().unwrap())
+                })
+                .unwrap_or_else(|| panic!("no count for {table}: {stdout}"));
+            assert_eq!(printed, *n, "{table} printed");
+            let stored: u64 = pg.psql(&db, &format!("SELECT COUNT(*) FROM {table}")).parse().unwrap();
+            assert_eq!(stored, *n, "{table} rows in PostgreSQL");
+        }
+    };
+    let (code, stdout, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    check_counts(&stdout);
+    println!("{stdout}");
+
+    // Again: refused, nothing changed; --replace: the same rows, once.
+    let (code, stdout, stderr) = run(&[]);
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("not empty") && stderr.contains("--replace"), "{stderr}");
+    let (code, stdout, stderr) = run(&["--replace"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    check_counts(&stdout);
+    // A source that is not there is refused, not created empty.
+    let (code, _, stderr) = {
+        let out = std::process::Command::new(mailloop_tests::cluster::bin("mailloop-coordinator"))
+            .args(["migrate-data", "--from=sqlite:/nonexistent/dir", &format!("--to={url}"), "--replace"])
+            .output()
+            .unwrap();
+        (out.status.code(), (), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("no SQLite database"), "{stderr}");
+
+    // The coordinator on PostgreSQL reads what it read on SQLite.
+    let s = Storage::connect(&StorageSettings::Postgres(PgSettings::new(url.clone()))).await.unwrap();
+    let mut after_incidents = Vec::new();
+    for i in s.list_incidents(all_incidents.clone()).await.unwrap() {
+        after_incidents.push(s.incident(i.id).await.unwrap().unwrap());
+    }
+    assert_eq!(after_incidents, before_incidents);
+    assert_eq!(s.query_verdicts(all_verdicts).await.unwrap().verdicts, before_verdicts);
+    assert_eq!(s.aggregates(hours).await.unwrap(), before_hours);
+    let after_agents = s.load_agents().await.unwrap();
+    assert_eq!(after_agents.len(), before_agents.len());
+    for (a, b) in after_agents.iter().zip(&before_agents) {
+        assert_eq!(StoredAgent { connected: false, ..b.clone() }, *a, "agents as they were, none connected yet");
+    }
+    assert_eq!(s.load_checks().await.unwrap(), before_checks);
+    assert_eq!(s.count_reports().await.unwrap(), 600);
+    assert_eq!(s.insert_report(report("p5", "other", "ap", 1, 100_000)).await.unwrap(), Inserted::Duplicate, "a replay of a moved report is still a replay");
+
+    // The open incident is still open and closes as the judge closes it.
+    let open = s.active_incidents("corp".into()).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!((open[0].id, open[0].state), (open_id, IncidentState::Acknowledged));
+    assert!(open[0].timeline.iter().any(|e| e.event == "public_note" && e.note == "We are on it."));
+    let closed = s.store_round(verdict(4, VerdictKind::Up), vec![resolve(4)]).await.unwrap();
+    assert!(closed.stored);
+    let done = s.incident(open_id).await.unwrap().unwrap();
+    assert_eq!(done.state, IncidentState::Resolved);
+    assert_eq!(done.timeline.len(), open[0].timeline.len() + 1);
+    assert!(s.checks_with_active_incidents().await.unwrap().is_empty());
+    // A new incident after the switch: a fresh id (the sequence continued).
+    s.store_round(verdict(5, VerdictKind::Down), vec![outage(5)]).await.unwrap();
+    let new = s.active_incidents("corp".into()).await.unwrap();
+    assert_eq!(new.len(), 1);
+    assert!(new[0].id > open_id, "{} after {open_id}", new[0].id);
+    s.close().await;
+}

@@ -307,6 +307,12 @@ async fn run_check(
             state.traces.run_order(&id, request_id, caller.as_deref())
         })
         .ok_or_else(|| ApiError::NotFound(format!("no check {id:?}")))?;
+    // Agents connected to other replicas get it from theirs.
+    if state.storage.shared()
+        && let Err(e) = state.storage.announce_run(crate::cluster::ondemand::notice(&run)).await
+    {
+        tracing::warn!(check = %id, request = %run.request_id, error = %e, "cannot announce the on-demand run to the other replicas; only agents connected here run it");
+    }
     let asked: Vec<&str> = run.regions.values().flatten().map(String::as_str).collect();
     tracing::info!(check = %id, request = %run.request_id, agents = ?asked, "on-demand run ordered");
     ok(StatusCode::ACCEPTED, run_json(&run, None))

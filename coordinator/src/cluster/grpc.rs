@@ -16,14 +16,14 @@ use crate::cluster::hub::{AgentIdentity, Hub};
 use crate::cluster::ondemand::{MAX_REQUEST_ID, RunOrder};
 use crate::cluster::schedule::{self, Assignment, RoundFit};
 use crate::shutdown::Shutdown;
-use crate::storage::{Inserted, ReportRow, Storage, StorageError, StoredCheck};
+use crate::storage::{Inserted, ReplicaRole, ReportRow, Storage, StorageError, StoredCheck};
 use crate::telemetry::{OpenSpan, end_ingest};
 use mailloop_common::ProbeReport;
 use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_server::AgentService;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -61,6 +61,27 @@ pub struct AgentApi {
     traces: crate::telemetry::Traces,
     /// Enrollment (None: Enroll is refused).
     control: Option<Arc<crate::cluster::control::Control>>,
+    /// This replica's role; while it is cut off from the database it takes
+    /// no agent and no report, and ends the streams it has, so agents move
+    /// to a replica that can store (None: always serving).
+    role: Option<watch::Receiver<ReplicaRole>>,
+}
+
+/// What an agent is told by a replica cut off from its database.
+const CUT_OFF: &str = "this coordinator replica is cut off from its database; the agent keeps its reports and tries the next coordinator";
+
+/// Resolves once `role` says cut off (never, without a role).
+async fn cut_off(role: Option<watch::Receiver<ReplicaRole>>) {
+    match role {
+        Some(mut role) => {
+            let _ = role.wait_for(|r| *r == ReplicaRole::CutOff).await;
+            // The sender is gone only at shutdown, which ends streams itself.
+            if *role.borrow() != ReplicaRole::CutOff {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 type Watchers = Arc<Mutex<HashMap<String, Vec<(u64, String, String)>>>>;
@@ -110,6 +131,17 @@ impl AgentApi {
         self
     }
 
+    /// Follows this replica's role: cut off from the database, it refuses
+    /// agents and reports and ends its streams.
+    pub fn with_role(mut self, role: watch::Receiver<ReplicaRole>) -> AgentApi {
+        self.role = Some(role);
+        self
+    }
+
+    fn is_cut_off(&self) -> bool {
+        self.role.as_ref().is_some_and(|r| *r.borrow() == ReplicaRole::CutOff)
+    }
+
     pub fn new(
         hub: Arc<Hub>,
         storage: Arc<Storage>,
@@ -127,6 +159,7 @@ impl AgentApi {
             metrics: None,
             traces: crate::telemetry::Traces::off(),
             control: None,
+            role: None,
         }
     }
 
@@ -226,6 +259,9 @@ impl AgentService for AgentApi {
         let mut span = self.traces.rpc("Register");
         let result: Result<Response<pb::RegisterResponse>, Status> = async {
             let agent = self.authenticate(request.metadata(), "Register")?;
+            if self.is_cut_off() {
+                return Err(Status::unavailable(CUT_OFF));
+            }
             crate::telemetry::rpc_agent(span.as_mut(), &agent.name, &agent.region);
             let r = request.into_inner();
             // Before anything else: an agent too old to be understood is told
@@ -293,6 +329,9 @@ impl AgentService for AgentApi {
         let mut span = self.traces.rpc("WatchAssignments");
         let result: Result<Response<Self::WatchAssignmentsStream>, Status> = async {
             let agent = self.authenticate(request.metadata(), "WatchAssignments")?;
+            if self.is_cut_off() {
+                return Err(Status::unavailable(CUT_OFF));
+            }
             crate::telemetry::rpc_agent(span.as_mut(), &agent.name, &agent.region);
             let peer = peer_of(&request);
             let warning = self.second_process(&agent, request.metadata(), &peer);
@@ -351,6 +390,7 @@ impl AgentService for AgentApi {
                 used,
                 credential_sent: None,
                 remade: false,
+                role: self.role.clone(),
             };
             tokio::spawn(watch.run(session, epoch, orders));
             let mut response = Response::new(ReceiverStream::new(rx));
@@ -369,6 +409,9 @@ impl AgentService for AgentApi {
         request: Request<Streaming<pb::ProbeResult>>,
     ) -> Result<Response<Self::ReportResultsStream>, Status> {
         let agent = self.authenticate(request.metadata(), "ReportResults")?;
+        if self.is_cut_off() {
+            return Err(Status::unavailable(CUT_OFF));
+        }
         let slot = {
             let mut open = self
                 .report_streams
@@ -409,6 +452,7 @@ impl AgentService for AgentApi {
             self.metrics.clone(),
             pending_rx,
             ack_tx,
+            self.role.clone(),
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(ack_rx)))
@@ -528,6 +572,7 @@ struct Watch {
     /// undeliverable here (at most once per stream, so two streams of one
     /// agent never keep replacing each other's).
     remade: bool,
+    role: Option<watch::Receiver<ReplicaRole>>,
 }
 
 impl Watch {
@@ -691,6 +736,10 @@ impl Watch {
                     Err(broadcast::error::RecvError::Closed) => return "coordinator stopping",
                 },
                 _ = self.tx.closed() => return "stream closed by the agent",
+                _ = cut_off(self.role.clone()) => {
+                    let _ = self.tx.send(Err(Status::unavailable(CUT_OFF))).await;
+                    return "this replica is cut off from the database";
+                }
                 _ = grace_end => {}
                 _ = self.shutdown.recv() => {
                     let _ = self.tx.send(Err(Status::unavailable("the coordinator is shutting down; reconnect"))).await;
@@ -1045,6 +1094,7 @@ async fn acknowledge(
     metrics: Option<Arc<crate::metrics::Metrics>>,
     mut pending: mpsc::Receiver<Pending>,
     acks: mpsc::Sender<Result<pb::ResultAck, Status>>,
+    role: Option<watch::Receiver<ReplicaRole>>,
     _shutdown: Shutdown,
 ) {
     let (mut stored, mut duplicates) = (0u64, 0u64);
@@ -1062,7 +1112,17 @@ async fn acknowledge(
                 warning,
                 observe,
                 span,
-            } => match commit.await {
+            } => match tokio::select! {
+                // A commit the database may never answer (cut off): the
+                // stream ends unacknowledged, the agent keeps the report
+                // and sends it elsewhere (stored once if it did commit).
+                c = commit => c,
+                _ = cut_off(role.clone()) => {
+                    end_ingest(span, "error", Some(CUT_OFF));
+                    let _ = acks.send(Err(Status::unavailable(CUT_OFF))).await;
+                    break;
+                }
+            } {
                 Ok(Ok(inserted)) => {
                     let result = match inserted {
                         Inserted::New => "stored",

@@ -10,6 +10,12 @@
 //! the report is stored like any other, with the request id beside it
 //! (`reports.request_id`), and found with `GET /api/v1/runs/{request_id}`.
 //!
+//! Several replicas (PostgreSQL): the replica that takes the order also
+//! announces it through the database ([`notice`], `NOTIFY mailloop_runs`),
+//! and every other replica places it for its own streams ([`OnDemand::relay`]),
+//! so an agent connected to another replica runs it too. A replica knows
+//! an order it placed by its request id and does not place it twice.
+//!
 //! Orders are fire-and-forget: nothing here waits for the reports. A region
 //! whose agent vanishes before running it simply never reports; the caller
 //! (mailloopctl) has a deadline. Recent orders are remembered in memory
@@ -46,6 +52,29 @@ pub struct RunStarted {
     /// The trace the run is part of (32 hex digits), when the caller sent
     /// a `traceparent` or the coordinator traces.
     pub trace_id: Option<String>,
+    /// The W3C `traceparent` the agents were given (relayed to other replicas).
+    pub traceparent: Option<String>,
+}
+
+/// An order as announced to the other replicas.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Notice {
+    request_id: String,
+    check_id: String,
+    regions: BTreeMap<String, Option<String>>,
+    traceparent: Option<String>,
+}
+
+/// The announcement of `run` for the other replicas (JSON; PostgreSQL
+/// carries up to 8,000 bytes, far more than one agent name per region).
+pub fn notice(run: &RunStarted) -> String {
+    serde_json::to_string(&Notice {
+        request_id: run.request_id.clone(),
+        check_id: run.check_id.clone(),
+        regions: run.regions.clone(),
+        traceparent: run.traceparent.clone(),
+    })
+    .expect("a notice serializes")
 }
 
 /// The orders in flight and the recent ones.
@@ -89,6 +118,7 @@ impl OnDemand {
                 .as_deref()
                 .and_then(|t| t.split('-').nth(1))
                 .map(str::to_string),
+            traceparent: traceparent.clone(),
         };
         let agents: Vec<String> = started.regions.values().flatten().cloned().collect();
         if !agents.is_empty() {
@@ -107,6 +137,23 @@ impl OnDemand {
         }
         recent.push_back(started.clone());
         started
+    }
+
+    /// Places an order another replica announced ([`notice`]) for the
+    /// streams here; None when it is unreadable or already placed here
+    /// (this replica's own announcement comes back to it too).
+    pub fn relay(&self, payload: &str) -> Option<RunStarted> {
+        let n: Notice = match serde_json::from_str(payload) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable on-demand run announced by another replica");
+                return None;
+            }
+        };
+        if self.find(&n.request_id).is_some() {
+            return None;
+        }
+        Some(self.order_as(n.request_id, &n.check_id, n.regions, n.traceparent))
     }
 
     /// Follows the orders placed from now on.
@@ -165,6 +212,21 @@ mod tests {
         let mut rx = od.subscribe();
         od.order("corp", [("eu-west".to_string(), None)].into());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_relayed_order_reaches_subscribers_once() {
+        let (here, there) = (OnDemand::default(), OnDemand::default());
+        let mut rx = there.subscribe();
+        let started = here.order_as("run-1-aa".into(), "corp", [("eu".to_string(), Some("eu-1".to_string()))].into(), Some("00-ab-cd-01".into()));
+        let payload = notice(&started);
+        assert!(here.relay(&payload).is_none(), "its own order is not placed twice");
+        let relayed = there.relay(&payload).expect("placed on the other replica");
+        assert_eq!((relayed.request_id.as_str(), relayed.traceparent.as_deref()), ("run-1-aa", Some("00-ab-cd-01")));
+        assert_eq!(rx.try_recv().expect("an order").agents, ["eu-1"]);
+        assert!(there.relay(&payload).is_none());
+        assert!(rx.try_recv().is_err());
+        assert!(there.relay("not json").is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod model;
 mod postgres;
 pub mod settings;
 mod sqlite;
+pub mod transfer;
 
 pub use model::*;
 pub use settings::{PgSettings, StorageSettings};
@@ -105,6 +106,24 @@ impl Storage {
         match &self.0 {
             Backend::Sqlite(_) => None,
             Backend::Postgres(db) => Some(db.listen_changes(stop)),
+        }
+    }
+
+    /// Announces an on-demand run order (its JSON) to every replica
+    /// (`NOTIFY mailloop_runs`, this one included). SQLite: nobody to tell.
+    pub async fn announce_run(&self, payload: String) -> Result<(), StorageError> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.announce_run(payload).await,
+        }
+    }
+
+    /// The run orders announced by any replica, as they arrive (while
+    /// [`Storage::listen_changes`] listens). None on SQLite.
+    pub fn run_notices(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        match &self.0 {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(db) => Some(db.run_notices()),
         }
     }
 

@@ -36,6 +36,10 @@ pub enum StorageError {
         "the database schema is version {found}, newer than this coordinator knows ({known}): upgrade the coordinator"
     )]
     NewerSchema { found: i64, known: i64 },
+    /// An operation declined with its reason (`migrate-data` into a
+    /// non-empty database, a missing source file).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Who owns a check or agent: the config file (replaced on reload) or the API.

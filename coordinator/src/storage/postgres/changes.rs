@@ -14,6 +14,8 @@ use tokio_postgres::AsyncMessage;
 
 /// The channel every replica listens on.
 const CHANNEL: &str = "mailloop_changes";
+/// On-demand run orders, the order's JSON as payload (`cluster/ondemand.rs`).
+const RUNS: &str = "mailloop_runs";
 
 impl Postgres {
     /// Tells every replica (this one included) that `what` changed. A
@@ -28,18 +30,31 @@ impl Postgres {
         }
     }
 
+    /// Announces an on-demand run order to every replica.
+    pub async fn announce_run(&self, payload: String) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client.execute("SELECT pg_notify($1, $2)", &[&RUNS, &payload]).await?;
+        Ok(())
+    }
+
+    /// The run orders announced, as the listening connection receives them.
+    pub fn run_notices(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.runs.subscribe()
+    }
+
     /// Listens until `stop` resolves; the returned `Notify` fires on every
     /// notice and after every (re)connection.
     pub fn listen_changes(&self, stop: impl Future<Output = ()> + Send + 'static) -> Arc<Notify> {
         let changed = Arc::new(Notify::new());
         let (config, tls) = (self.config.clone(), self.tls.clone());
         let fire = changed.clone();
+        let runs = self.runs.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop => {}
                 _ = async {
                     loop {
-                        let Err(e) = session(&config, &tls, &fire).await;
+                        let Err(e) = session(&config, &tls, &fire, &runs).await;
                         tracing::debug!(error = %e, "change notices: listening connection lost; reconnecting");
                         tokio::time::sleep(RETRY).await;
                     }
@@ -54,13 +69,19 @@ async fn session(
     config: &tokio_postgres::Config,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
     changed: &Notify,
+    runs: &tokio::sync::broadcast::Sender<String>,
 ) -> Result<std::convert::Infallible, StorageError> {
     let (client, mut connection) = config.connect(tls.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let runs = runs.clone();
     // Polling the connection drives its I/O and yields the notices.
     let io = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == RUNS => {
+                    // No receiver (no stream open here) is not an error.
+                    let _ = runs.send(n.payload().to_string());
+                }
                 Some(Ok(AsyncMessage::Notification(_))) => {
                     if tx.send(()).is_err() {
                         return;
@@ -72,7 +93,7 @@ async fn session(
         }
     });
     let result = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {RUNS}")).await?;
         // Whatever changed while not listening: read it now.
         changed.notify_one();
         while rx.recv().await.is_some() {

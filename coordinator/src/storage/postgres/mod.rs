@@ -46,6 +46,8 @@ pub struct Postgres {
     /// For connections of its own outside the pool (leadership).
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// On-demand run orders announced by any replica (`mailloop_runs`).
+    runs: tokio::sync::broadcast::Sender<String>,
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
@@ -76,6 +78,7 @@ impl Postgres {
             describe: s.describe(),
             config,
             tls,
+            runs: tokio::sync::broadcast::channel(256).0,
         })
     }
 
@@ -92,6 +95,11 @@ impl Postgres {
             let _ = h.await;
         }
         self.pool.close();
+    }
+
+    /// A pooled connection for `storage/transfer.rs` (migrate-data).
+    pub(in crate::storage) async fn client_for_import(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        self.client().await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
