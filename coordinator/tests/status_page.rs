@@ -294,17 +294,19 @@ async fn seeded() -> Coordinator {
         )],
     )
     .await;
-    // Webmail's response times: a report per hour and region over the
-    // last 30 hours (stored `late`: they move no verdict, only the hourly
-    // aggregates the charts read). eu-west 30..59 ms, us-east 130..159 ms.
+    // Webmail's response times: three reports per hour and region over
+    // the last 30 hours (stored `late`: they move no verdict, only the
+    // hourly aggregates the charts read): eu-west around 30..60 ms with a
+    // slow one, us-east 100 ms more.
     let this_hour = now - now.rem_euclid(3_600_000);
     for h in 0..30i64 {
         for (n, region) in ["eu-west", "us-east"].into_iter().enumerate() {
-            let at = this_hour - h * 3_600_000;
-            let inserted = s
-                .storage
-                .insert_report(ReportRow {
-                    probe_id: format!("rt-{region}-{h}"),
+            for k in 0..3i64 {
+                let at = this_hour - h * 3_600_000 + k * 60_000;
+                let slow = [0.0, 4.0, 30.0 + (h % 5) as f64 * 15.0][k as usize];
+                let id = format!("rt-{region}-{h}-{k}");
+                let row = ReportRow {
+                    probe_id: id.clone(),
                     check_id: "web-up".into(),
                     revision: 1,
                     region: region.into(),
@@ -312,17 +314,17 @@ async fn seeded() -> Coordinator {
                     round: 1_500_000_000 + h as u64,
                     started_at_ms: at,
                     outcome: "ok".into(),
-                    rtt_ms: Some(30.0 + h as f64 + 100.0 * n as f64),
+                    rtt_ms: Some(30.0 + h as f64 + 100.0 * n as f64 + slow),
                     delivery_ms: Some(10.0 + 50.0 * n as f64),
                     failure_step: None,
                     failure_class: None,
-                    report_json: report_json(&format!("rt-{region}-{h}"), "web-up"),
+                    report_json: report_json(&id, "web-up"),
                     received_at_ms: at,
                     request_id: None,
                     out_of_window: Some("late".into()),
-                })
-                .await;
-            inserted.unwrap();
+                };
+                s.storage.insert_report(row).await.unwrap();
+            }
         }
     }
     s.storage.close().await;
