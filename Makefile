@@ -10,7 +10,7 @@ export MAILSTACK_STATE ?= /var/lib/mailloop-mailstack
 STACK_ENV := $(MAILSTACK_STATE)/stack.env
 DEMO_CONFIG := target/demo/mailloop.toml
 
-.PHONY: help deps toolchain cargo-deb build release deb demo demo-stop test deny bench mailstack-up mailstack-down mailstack-purge clean
+.PHONY: help deps toolchain cargo-deb build release deb demo demo-stop test deny bench screenshots mailstack-up mailstack-down mailstack-purge clean
 
 help:
 	@echo "make demo            bring up the local mail stack, build, run one probe per check (table),"
@@ -19,9 +19,10 @@ help:
 	@echo "make test            install deps, bring the stack up, run every test, bring it down;"
 	@echo "                     then cargo deny (licences, bans, sources; advisories when reachable)"
 	@echo "make deny            only the cargo deny step (installs cargo-deny when missing)"
-	@echo "make bench           mailloop vs. check_email_delivery on the same stack"
+	@echo "make bench           mailloop vs. check_email_delivery on the same stack; coordinator load, status page"
 	@echo "make deb             release .deb packages of the coordinator (+ mailloopctl) and the agent"
 	@echo "                     in target/debian (cargo-deb; installed when missing)"
+	@echo "make screenshots     regenerate docs/screenshots/*.png (the status page, light and dark) for README"
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
 
@@ -100,6 +101,18 @@ deny: toolchain
 bench: mailstack-up release
 	$(CARGO) build --release -p mailloop-bench
 	@bash scripts/bench.sh $(STACK_ENV)
+
+# The status page's screenshots in README: the browser test's seeded page
+# (coordinator/tests/status_page.rs) and a check's page, light and dark,
+# taken by headless Chromium at 800 px, copied into docs/screenshots and
+# cut to a 256-colour palette by pngquant (Debian package, installed
+# when missing): flat UI colours survive, the files shrink about 3 times.
+screenshots: deps
+	@command -v pngquant >/dev/null || apt-get install -y -qq pngquant >/dev/null
+	STATUS_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots VIEWPORT_WIDTH=800 \
+	  $(CARGO) test -p mailloop-coordinator --test status_page a_real_browser_renders -- --nocapture
+	pngquant --force --skip-if-larger --strip --ext .png --speed 1 256 docs/screenshots/*.png
+	@ls -l docs/screenshots
 
 clean:
 	$(CARGO) clean

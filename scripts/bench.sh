@@ -24,6 +24,13 @@
 #    --metrics-regions in BENCH_LOAD_ARGS; --metrics-only for just this).
 #    Then the coordinator's ingest with its traces exported vs off
 #    (--traces-agents, default 100; 0 skips it), goal >= 95 %.
+#    Then the public status page (issue 11): 100 public checks x 5 regions
+#    x 90 days of stored verdicts; page build time (goal <= 50 ms), served
+#    from cache under 500 concurrent connections with wrk (Debian package
+#    `wrk`, installed here when missing; goal p99 <= 1 ms), page weight
+#    plain, gzip and br (goal <= 150 KB plain). --status-checks,
+#    --status-days, --status-connections in BENCH_LOAD_ARGS; --status-only
+#    or BENCH_ONLY=status for just this.
 # Between the two: the CPU of a one-shot probe with trace export on vs off
 #    (scripts/bench_traces.py, interleaved, medians), goal <= 5 % more;
 #    BENCH_TRACES=0 skips it.
@@ -35,6 +42,7 @@
 # round), MAILLOOP_BIN (default target/release/mailloop-agent), BENCH_PEER
 # (default /usr/lib/nagios/plugins/check_email_delivery), BENCH_LOAD=0 (skip
 # part 2), BENCH_LOAD_ARGS (extra mailloop-loadgen arguments; see its --help),
+# BENCH_ONLY=status (only the status page measurement of part 2),
 # BENCH_ONLY=placement (only mailloop's placement runs of part 1 - INBOX +
 # Junk, INBOX only, a GTUBE probe filed to Junk -, no peer, no part 2:
 #   BENCH_ONLY=placement bash scripts/bench.sh STACK_ENV).
@@ -53,6 +61,17 @@ command -v python3 >/dev/null || fail "python3 not found"
 time_version=$(/usr/bin/time --version 2>&1 || true)
 [[ $time_version == *GNU* ]] || fail "GNU time not found at /usr/bin/time (apt-get install time)"
 peer=${BENCH_PEER:-/usr/lib/nagios/plugins/check_email_delivery}
+if [[ ${BENCH_LOAD:-1} != 0 ]] && ! command -v wrk >/dev/null; then
+  echo "bench.sh: installing wrk (Debian package) for the status page under load" >&2
+  apt-get install -y -qq wrk >/dev/null || fail "wrk is missing and could not be installed (apt-get install wrk)"
+fi
+if [[ ${BENCH_ONLY:-} == status ]]; then
+  loadgen=target/release/mailloop-loadgen
+  [[ -x $loadgen ]] || fail "$loadgen not found: run 'cargo build --release -p mailloop-coordinator -p mailloop-bench' (make bench builds both)"
+  mkdir -p target/bench
+  # shellcheck disable=SC2086
+  exec "$loadgen" --status-only --json "target/bench/status-$(date -u +%Y%m%dT%H%M%SZ).json" ${BENCH_LOAD_ARGS:-}
+fi
 if [[ ${BENCH_ONLY:-} == placement ]]; then
   export BENCH_LOAD=0
 else

@@ -31,10 +31,14 @@
 //! metrics registry is on in both (it is always built). Reports/s of the
 //! second over the first; the goal is at least 95 %.
 //!
+//! The public status page (issue 11): see `status.rs`.
+//!
 //! The footprint: one agent holding 1,000 checks whose SMTP and IMAP
 //! servers are a local port that answers `554` and hangs up, so the probe
 //! engine runs for real and fails at once. Idle (hourly checks) and busy
 //! (every check every 10 s) RSS and CPU.
+
+mod status;
 
 use clap::Parser;
 use mailloop_coordinator::client::Client;
@@ -116,6 +120,30 @@ struct Args {
     /// Only the /metrics scrape measurement (no load runs, no footprint).
     #[arg(long)]
     metrics_only: bool,
+    /// Public checks of the status page measurement (0: skip it).
+    #[arg(long, default_value_t = 100)]
+    status_checks: usize,
+    /// Regions of every public check (each round's evidence names them all).
+    #[arg(long, default_value_t = 5)]
+    status_regions: usize,
+    /// Days of stored verdicts.
+    #[arg(long, default_value_t = 90)]
+    status_days: usize,
+    /// Verdicts a day per check (24: an hourly check).
+    #[arg(long, default_value_t = 24)]
+    status_rounds_per_day: usize,
+    /// Page builds timed (each after a public note dropped the cache).
+    #[arg(long, default_value_t = 20)]
+    status_builds: usize,
+    /// wrk's concurrent connections to the cached page.
+    #[arg(long, default_value_t = 500)]
+    status_connections: usize,
+    /// wrk's duration per run, seconds.
+    #[arg(long, default_value_t = 10)]
+    status_seconds: u64,
+    /// Only the status page measurement.
+    #[arg(long)]
+    status_only: bool,
     /// Simulated agents of the tracing-overhead comparison (0: skip it).
     #[arg(long, default_value_t = 100)]
     traces_agents: usize,
@@ -144,6 +172,13 @@ async fn main() -> std::process::ExitCode {
         args.reports = args.reports.min(20_000);
         args.changes = args.changes.min(10);
         args.footprint_seconds = args.footprint_seconds.min(5);
+        args.status_rounds_per_day = args.status_rounds_per_day.min(4);
+        args.status_builds = args.status_builds.min(5);
+        args.status_seconds = args.status_seconds.min(3);
+    }
+    if args.status_only {
+        args.metrics_only = true;
+        args.metrics_checks = 0;
     }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -235,6 +270,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !pg_runs.is_empty() || failover.is_some() {
         print_postgres(runs.first(), pg_runs.first(), failover.as_ref());
     }
+    let status_page = if args.status_checks > 0 && (args.status_only || !args.metrics_only) {
+        eprintln!(
+            "loadgen: the status page with {} public checks x {} regions x {} days ...",
+            args.status_checks, args.status_regions, args.status_days
+        );
+        let s = status::status_run(&args).await?;
+        eprintln!("loadgen: {}", serde_json::to_string(&s)?);
+        status::print_status(&s);
+        Some(s)
+    } else {
+        None
+    };
     let scrape = if args.metrics_checks > 0 {
         eprintln!(
             "loadgen: /metrics with {} checks x {} regions ...",
@@ -249,7 +296,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(path) = &args.json {
         let all =
-            json!({"load": runs, "postgres_load": pg_runs, "failover": failover, "footprint": footprint, "metrics": scrape, "traces": traces, "loadavg": loadavg()});
+            json!({"load": runs, "postgres_load": pg_runs, "failover": failover, "footprint": footprint, "metrics": scrape, "traces": traces, "status_page": status_page, "loadavg": loadavg()});
         std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
     }
     let acked_equals_stored = runs.iter().chain(&pg_runs).all(|r| r["acked"] == r["stored_rows"]);
@@ -268,6 +315,8 @@ struct Coordinator {
     child: Option<Child>,
     grpc: SocketAddr,
     http: SocketAddr,
+    /// `[status] listen`'s address, when it has one.
+    status: Option<SocketAddr>,
 }
 
 impl Coordinator {
@@ -299,7 +348,21 @@ impl Coordinator {
         }
         config.push_str(extra);
         std::fs::write(dir.join("coordinator.toml"), config)?;
-        let log = std::fs::File::create(dir.join("coordinator.log"))?;
+        let mut c = Coordinator {
+            grpc: "0.0.0.0:0".parse()?,
+            http: "0.0.0.0:0".parse()?,
+            status: None,
+            dir,
+            child: None,
+        };
+        c.restart(bin)?;
+        Ok(c)
+    }
+
+    /// Starts the process (again) on its config and data dir.
+    fn restart(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("coordinator.log"))?;
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(dir.join("coordinator.toml"))
@@ -326,12 +389,12 @@ impl Coordinator {
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| anyhow::anyhow!("no {key} in {line:?}"))
         };
-        Ok(Coordinator {
-            grpc: addr("grpc=")?,
-            http: addr("http=")?,
-            dir,
-            child: Some(child),
-        })
+        self.grpc = addr("grpc=")?;
+        self.http = addr("http=")?;
+        // `status=` is the admin listener's address unless it has its own.
+        self.status = addr("status=").ok();
+        self.child = Some(child);
+        Ok(())
     }
 
     fn pid(&self) -> u32 {

@@ -11,7 +11,7 @@ use mailloop_coordinator::judge::{
     Incident, IncidentChange, IncidentKind, IncidentState, RegionEvidence, RegionState, Severity,
     Verdict, VerdictKind,
 };
-use mailloop_coordinator::storage::Storage;
+use mailloop_coordinator::storage::{ReportRow, Storage};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -294,9 +294,209 @@ async fn seeded() -> Coordinator {
         )],
     )
     .await;
+    // Webmail's response times: three reports per hour and region over
+    // the last 30 hours (stored `late`: they move no verdict, only the
+    // hourly aggregates the charts read): eu-west around 30..60 ms with a
+    // slow one, us-east 100 ms more.
+    let this_hour = now - now.rem_euclid(3_600_000);
+    for h in 0..30i64 {
+        for (n, region) in ["eu-west", "us-east"].into_iter().enumerate() {
+            for k in 0..3i64 {
+                let at = this_hour - h * 3_600_000 + k * 60_000;
+                let slow = [0.0, 4.0, 30.0 + (h % 5) as f64 * 15.0][k as usize];
+                let id = format!("rt-{region}-{h}-{k}");
+                let row = ReportRow {
+                    probe_id: id.clone(),
+                    check_id: "web-up".into(),
+                    revision: 1,
+                    region: region.into(),
+                    agent: "eu-1".into(),
+                    round: 1_500_000_000 + h as u64,
+                    started_at_ms: at,
+                    outcome: "ok".into(),
+                    rtt_ms: Some(30.0 + h as f64 + 100.0 * n as f64 + slow),
+                    delivery_ms: Some(10.0 + 50.0 * n as f64),
+                    failure_step: None,
+                    failure_class: None,
+                    report_json: report_json(&id, "web-up"),
+                    received_at_ms: at,
+                    request_id: None,
+                    out_of_window: Some("late".into()),
+                };
+                s.storage.insert_report(row).await.unwrap();
+            }
+        }
+    }
     s.storage.close().await;
     c.launch();
     c
+}
+
+/// The `d` of every line of the charts in `html`, as (line title, points).
+fn chart_lines(html: &str) -> Vec<(String, usize)> {
+    html.split("<path class=\"line c")
+        .skip(1)
+        .filter_map(|p| {
+            let d = p.split(" d=\"").nth(1)?.split('"').next()?;
+            let title = p.split("<title>").nth(1)?.split("</title>").next()?;
+            Some((title.to_string(), d.matches(['M', 'L']).count()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_page_charts_round_trip_and_delivery_per_region() {
+    let c = seeded().await;
+    // The page links each check's name to its page.
+    let (_, _, html) = get(c.status, "/status", "");
+    assert!(html.contains("<a href=\"status/check/web-up\">Webmail</a>"), "{html}");
+
+    let (status, head, page) = get(c.status, "/status/check/web-up", "");
+    assert_eq!(status, 200, "{page}");
+    assert!(head.contains("content-security-policy: default-src 'none'; style-src 'sha256-"), "{head}");
+    assert!(head.contains("etag: "), "{head}");
+    // Four charts: round trip and delivery over 24 hours and 7 days, each
+    // an image with a title and a description in words.
+    assert_eq!(page.matches("<svg class=\"chart\"").count(), 4, "{page}");
+    assert_eq!(page.matches("role=\"img\" aria-labelledby=").count(), 4, "{page}");
+    assert!(page.contains("<title id=\"w24hr-t\">Round trip per region, last 24 hours</title>"), "{page}");
+    // p50 of eu-west over 24 h lies in its 30..53 ms; us-east's above 100.
+    let desc = page.split("<desc id=\"w24hr-d\">").nth(1).unwrap().split("</desc>").next().unwrap();
+    assert!(desc.starts_with("eu-west: p50 ") && desc.contains("; us-east: p50 1"), "{desc}");
+    // Each region's lines with one point per hour: 24 in the last 24
+    // hours, all 30 in the last 7 days.
+    let lines = chart_lines(&page);
+    let expected: Vec<(String, usize)> = [24usize, 30]
+        .iter()
+        .flat_map(|n| {
+            ["eu-west p50", "eu-west p95", "us-east p50", "us-east p95", "eu-west delivery", "us-east delivery"]
+                .map(|l| (l.to_string(), *n))
+        })
+        .collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(sorted, want, "{lines:?}");
+    // The same figures as a table: 24 hours measured per region in 24 h.
+    assert!(page.contains("<th scope=\"row\">eu-west</th><td>"), "{page}");
+    assert!(page.contains("<td>60 ms</td><td>24</td>"), "us-east's mean delivery, 24 hours measured: {page}");
+    assert_no_secrets("a check's page", &page);
+
+    // A check without measurements says so; private and unknown checks
+    // have no page.
+    let (status, _, quiet) = get(c.status, "/status/check/web-nodata", "");
+    assert_eq!(status, 200);
+    assert_eq!(quiet.matches("No measurements in this window.").count(), 2, "{quiet}");
+    for path in ["/status/check/hidden-check", "/status/check/nope", "/status/check/"] {
+        let (status, _, body) = get(c.status, path, "");
+        assert_eq!(status, 404, "{path}");
+        assert_no_secrets(path, &body);
+    }
+}
+
+/// One HTTP/1.1 GET with raw body bytes: (status, head lowercased, body).
+fn get_bytes(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: status.test\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+    // Header names lowercased, values as sent (an ETag is case-sensitive).
+    let head = String::from_utf8_lossy(&raw[..at])
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{value}", name.to_lowercase()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut body = raw[at + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = unchunk(&body);
+    }
+    (status, head, body)
+}
+
+fn unchunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[line + 2..line + 2 + n]);
+        b = &b[line + 4 + n..];
+    }
+}
+
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::trim))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_and_br_are_negotiated_with_an_etag_per_encoding() {
+    let c = seeded().await;
+    for path in ["/status", "/status.json", "/status/check/web-up"] {
+        let (status, head, plain) = get_bytes(c.status, path, "");
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(header_of(&head, "content-encoding"), None, "{path}: no Accept-Encoding, no coding");
+        assert_eq!(header_of(&head, "vary"), Some("accept-encoding"), "{path}: {head}");
+        let plain_tag = header_of(&head, "etag").unwrap().to_string();
+        let mut tags = vec![plain_tag.clone()];
+        for (accept, coding) in [
+            ("gzip, deflate, br, zstd", "br"),
+            ("gzip", "gzip"),
+            ("br;q=0.4, gzip;q=0.9", "gzip"),
+            ("identity", ""),
+            ("br;q=0, gzip;q=0", ""),
+        ] {
+            let (status, head, body) = get_bytes(c.status, path, &format!("Accept-Encoding: {accept}\r\n"));
+            assert_eq!(status, 200, "{path} {accept}");
+            assert_eq!(header_of(&head, "vary"), Some("accept-encoding"), "{path}: {head}");
+            assert_eq!(header_of(&head, "content-encoding").unwrap_or(""), coding, "{path} {accept}: {head}");
+            let decoded = match coding {
+                "br" => {
+                    let mut out = Vec::new();
+                    brotli::BrotliDecompress(&mut &body[..], &mut out).expect("valid brotli");
+                    out
+                }
+                "gzip" => {
+                    let mut out = Vec::new();
+                    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).expect("valid gzip");
+                    out
+                }
+                _ => body.clone(),
+            };
+            assert_eq!(decoded, plain, "{path} {accept}: the same page");
+            if !coding.is_empty() {
+                assert!(body.len() * 3 < plain.len(), "{path} {coding}: {} of {} bytes", body.len(), plain.len());
+            }
+            let tag = header_of(&head, "etag").unwrap().to_string();
+            if coding.is_empty() {
+                assert_eq!(tag, plain_tag);
+            } else {
+                assert_ne!(tag, plain_tag, "{path}: each encoding has its own ETag");
+                tags.push(tag.clone());
+            }
+            // Revalidation with the tag of this encoding: 304.
+            let (status, head, body) = get_bytes(
+                c.status,
+                path,
+                &format!("Accept-Encoding: {accept}\r\nIf-None-Match: {tag}\r\n"),
+            );
+            assert_eq!((status, body.len()), (304, 0), "{path} {accept}: {head}");
+        }
+        tags.sort();
+        tags.dedup();
+        assert_eq!(tags.len(), 3, "{path}: identity, gzip and br tags: {tags:?}");
+    }
+    // A badge is too small to compress: served as it is, still varying.
+    let (status, head, _) = get_bytes(c.status, "/badge/web-up.svg", "Accept-Encoding: br\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(header_of(&head, "content-encoding"), None, "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -317,7 +517,7 @@ async fn the_public_page_tells_states_in_words_and_leaks_nothing_private() {
     // Each check's state in words, next to its display name.
     let state_of = |display: &str| -> String {
         let at = html
-            .find(&format!(">{display}</h3>"))
+            .find(&format!(">{display}</a></h3>"))
             .unwrap_or_else(|| panic!("{display} is listed:\n{html}"));
         let rest = &html[at..];
         let p = rest.find("class=\"state\"").unwrap();
@@ -338,7 +538,7 @@ async fn the_public_page_tells_states_in_words_and_leaks_nothing_private() {
         incidents.contains("Mail is not being delivered since"),
         "{incidents}"
     );
-    assert!(html.find("Broken Mail: Outage") < html.find(">Webmail</h3>"));
+    assert!(html.find("Broken Mail: Outage") < html.find(">Webmail</a></h3>"));
 
     // A display name is text, never markup.
     assert!(!html.contains("<script>"), "{html}");
@@ -380,7 +580,7 @@ async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
     let now = mailloop_coordinator::clock::now_ms();
     let (_, _, html) = get(c.http, "/status", "");
     let uptimes = |display: &str| -> Vec<String> {
-        let at = html.find(&format!(">{display}</h3>")).unwrap();
+        let at = html.find(&format!(">{display}</a></h3>")).unwrap();
         let rest = &html[at..];
         let rest = &rest[..rest.find("</article>").unwrap()];
         rest.split("<dd>")
@@ -404,7 +604,7 @@ async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
         ["No data", "No data", "No data", "No data"]
     );
     // Today's cell for Webmail: regional delays (its worst), 100 % uptime.
-    let at = html.find(">Webmail</h3>").unwrap();
+    let at = html.find(">Webmail</a></h3>").unwrap();
     let days = bar_days(&html[at..]);
     let days = &days[..90];
     let today = &days[89];
@@ -428,7 +628,7 @@ async fn uptime_counts_transit_as_up_and_unknown_as_no_data() {
     assert!(days[0].starts_with("class=\"n s79\""), "{}", days[0]);
 
     // Broken Mail's day links its incident (in the month's history).
-    let at = html.find(">Broken Mail</h3>").unwrap();
+    let at = html.find(">Broken Mail</a></h3>").unwrap();
     let today = &bar_days(&html[at..])[89];
     let month = chrono_month(mailloop_coordinator::clock::now_ms());
     assert!(
@@ -546,7 +746,7 @@ async fn the_page_moves_to_its_own_listener_and_path() {
         html.contains("<title>Example Mail status</title>"),
         "{html}"
     );
-    assert!(html.contains(">Webmail</h3>"));
+    assert!(html.contains(">Webmail</a></h3>"));
     assert_eq!(get(addr, "/health.json", "").0, 200);
     assert_eq!(get(addr, "/badge/web-up.svg", "").0, 200);
     // Only the page is there: no admin API on the public listener, and
@@ -698,6 +898,46 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
         position(&|f| f["text"] == "Incident history") > position(&|f| f["href"] == days[1]["href"]),
         "the bars come before the footer: {focus:#?}"
     );
+
+    // Webmail's page: four charts with a point per hour and region, in
+    // each scheme's colours, and no axe violation.
+    let url = format!("http://{}/status/check/web-up", c.status);
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .args([url.as_str(), shots.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for scheme in ["light", "dark"] {
+        let s = &seen["schemes"][scheme];
+        assert_eq!(s["status"], 200);
+        assert_eq!(s["violations"], json!([]), "axe on a check's page ({scheme}): {:#}", s["violations"]);
+        assert_eq!((s["scripts"].clone(), s["requests"].clone()), (json!(0), json!([url])), "{scheme}");
+        let charts = s["charts"].as_array().unwrap();
+        assert_eq!(charts.len(), 4, "{scheme}: {charts:#?}");
+        for chart in charts {
+            assert_eq!(chart["role"], "img", "{chart}");
+            assert!(chart["desc"].as_str().unwrap().contains("eu-west: "), "{chart}");
+            assert!(chart["width"].as_u64().unwrap() > 300, "drawn at a readable size: {chart}");
+            let lines = chart["lines"].as_array().unwrap();
+            assert!(lines.len() == 4 || lines.len() == 2, "{chart}");
+            for l in lines {
+                assert!(l["points"].as_u64().unwrap() >= 24, "a point per hour: {l}");
+            }
+        }
+        assert_no_secrets("a check's rendered page", &s.to_string());
+    }
+    let stroke = |scheme: &str| seen["schemes"][scheme]["charts"][0]["lines"][0]["stroke"].clone();
+    assert_ne!(stroke("light"), stroke("dark"), "the lines take the dark scheme's colours");
+    // `make screenshots` keeps them (docs/screenshots).
+    if let Some(dir) = std::env::var_os("STATUS_SCREENSHOTS_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["status-light.png", "status-dark.png", "check-light.png", "check-dark.png"] {
+            std::fs::copy(shots.join(name), std::path::Path::new(&dir).join(name)).unwrap();
+        }
+    }
 
     // The history page of this month passes axe too.
     let month = chrono_month(mailloop_coordinator::clock::now_ms());
@@ -952,7 +1192,7 @@ async fn public_notes_history_and_feed_show_incidents_as_text_only() {
     assert!(!then.contains("Broken Mail"), "{then}");
     assert_no_secrets("an old month's history", &then);
     // Slow Mail's bar links that day to it.
-    let at = html.find(">Slow Mail</h3>").unwrap();
+    let at = html.find(">Slow Mail</a></h3>").unwrap();
     let days = bar_days(&html[at..]);
     let linked = days[..90].iter().filter(|d| d.contains(&format!("status/history/{old_month}#i"))).count();
     assert_eq!(linked, 1, "the outage's day links its incident");
@@ -978,6 +1218,37 @@ async fn public_notes_history_and_feed_show_incidents_as_text_only() {
     assert!(!atom.contains("<b>") && !atom.contains("<script"), "{atom}");
     assert_no_secrets("/status.atom", &atom);
     assert!(!atom.contains("being fixed") && !html.contains("being fixed"), "a private check's note stays private");
+
+    // Parsed as XML: an Atom feed whose entries each have an id, a
+    // title, dates and the note as text (escaped once, read back whole).
+    let doc = roxmltree::Document::parse(&atom).unwrap_or_else(|e| panic!("{e}: {atom}"));
+    const ATOM: &str = "http://www.w3.org/2005/Atom";
+    let feed = doc.root_element();
+    assert!(feed.has_tag_name((ATOM, "feed")), "{atom}");
+    let child = |n: roxmltree::Node<'_, '_>, name: &str| -> String {
+        n.children()
+            .find(|c| c.has_tag_name((ATOM, name)))
+            .and_then(|c| c.text())
+            .unwrap_or_else(|| panic!("<{name}> in {n:?}"))
+            .to_string()
+    };
+    assert_eq!(child(feed, "title"), "Mail delivery status: incidents");
+    let entries: Vec<roxmltree::Node> = feed.children().filter(|c| c.has_tag_name((ATOM, "entry"))).collect();
+    let titles: Vec<String> = entries.iter().map(|e| child(*e, "title")).collect();
+    assert_eq!(titles, ["Broken Mail: Outage (investigating)", "Slow Mail: Outage (resolved)"], "{atom}");
+    assert_eq!(child(entries[0], "id"), format!("urn:mailloop:incident:{down}"));
+    for e in &entries {
+        for date in ["published", "updated"] {
+            let d = child(*e, date);
+            assert!(chrono::DateTime::parse_from_rfc3339(&d).is_ok(), "{date} {d}");
+        }
+        let link = e.children().find(|c| c.has_tag_name((ATOM, "link"))).unwrap();
+        assert!(link.attribute("href").unwrap().starts_with("/status/history/"), "{atom}");
+    }
+    let content = entries[0].children().find(|c| c.has_tag_name((ATOM, "content"))).unwrap();
+    assert_eq!(content.attribute("type"), Some("text"));
+    assert!(content.text().unwrap().contains("Update (") && content.text().unwrap().contains(NOTE), "{atom}");
+    assert!(child(entries[1], "content").contains("Resolved ("), "{atom}");
 
     // The JSON's incident carries the note as an update, newest first.
     let (_, _, body) = get(c.http, "/status.json", "");

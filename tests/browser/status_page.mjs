@@ -6,6 +6,8 @@
 //   node tests/browser/status_page.mjs URL SCREENSHOT_DIR [NAME]
 //
 // NAME (default `status`) prefixes the screenshots: NAME-light.png, NAME-dark.png.
+// VIEWPORT_WIDTH (default 1280) sets the page's width (the screenshots of
+// `make screenshots` are taken narrower, to stay small).
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -32,7 +34,8 @@ try {
   for (const colorScheme of ["light", "dark"]) {
     // The page's CSP allows no script; axe is injected by the test, so
     // this context alone bypasses it. JavaScript on the page itself: none.
-    const context = await browser.newContext({ bypassCSP: true, colorScheme });
+    const width = Number(process.env.VIEWPORT_WIDTH ?? 1280);
+    const context = await browser.newContext({ bypassCSP: true, colorScheme, viewport: { width, height: 720 } });
     const page = await context.newPage();
     const requests = [];
     page.on("request", (r) => requests.push(r.url()));
@@ -62,6 +65,19 @@ try {
         uptime: [...a.querySelectorAll(".uptime dd")].map((d) => d.innerText),
       })),
       incidents: [...document.querySelectorAll(".incident h3, .incident h2")].map((h) => h.innerText),
+      // A check's page: its charts as drawn (points per line, the colour
+      // the scheme gave it, the size it takes).
+      charts: [...document.querySelectorAll("svg.chart")].map((svg) => ({
+        role: svg.getAttribute("role"),
+        title: svg.querySelector(":scope > title")?.textContent ?? null,
+        desc: svg.querySelector(":scope > desc")?.textContent ?? null,
+        width: Math.round(svg.getBoundingClientRect().width),
+        lines: [...svg.querySelectorAll("path.line")].map((p) => ({
+          title: p.querySelector("title")?.textContent ?? null,
+          points: (p.getAttribute("d").match(/[ML]/g) ?? []).length,
+          stroke: getComputedStyle(p).stroke,
+        })),
+      })),
       background: getComputedStyle(document.body).backgroundColor,
     }));
     // Keyboard: what Tab reaches, in order, and whether a day's text shows

@@ -8,7 +8,7 @@ use mailloop_coordinator::judge::{
     Incident, IncidentChange, IncidentKind, IncidentState, Severity, Verdict, VerdictKind,
 };
 use mailloop_coordinator::storage::{
-    AggregateQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
+    AggregateQuery, AggregateSpanQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
     StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, JoinToken, JoinUse,
 };
 use mailloop_tests::postgres::Postgres;
@@ -57,6 +57,7 @@ both! {
     two_handles_on_one_database_store_a_replay_once,
     a_round_opens_one_incident_and_an_ack_is_idempotent,
     a_report_counts_once_in_its_hour,
+    aggregates_of_several_checks_since_an_hour,
     audit_and_tokens_round_trip,
     verdicts_are_counted_per_check_bucket_and_kind,
     a_public_check_keeps_its_display_name,
@@ -404,6 +405,27 @@ async fn a_report_counts_once_in_its_hour(db: &Db) {
     assert_eq!((h.rtt.min_ms, h.rtt.max_ms), (Some(12.5), Some(700.0)));
     assert_eq!(h.rtt_buckets.iter().sum::<u64>(), 2);
     assert_eq!(s.prune_aggregates(10 * 3_600_000).await.unwrap(), 1);
+    s.close().await;
+}
+
+/// The status page's read: several checks' hours since an hour, ordered
+/// by check, region and hour; other checks and older hours left out.
+async fn aggregates_of_several_checks_since_an_hour(db: &Db) {
+    let s = db.open().await;
+    const H: i64 = 3_600_000;
+    for (n, (check, region, hour)) in
+        [("a", "us", 3), ("a", "eu", 3), ("a", "eu", 2), ("a", "eu", 1), ("b", "eu", 2), ("c", "eu", 3)].into_iter().enumerate()
+    {
+        s.insert_report(report(&format!("p{n}"), check, region, n as u64 + 1, hour * H + 10)).await.unwrap();
+    }
+    let hours = s
+        .aggregates_of(AggregateSpanQuery { check_ids: vec!["a".into(), "b".into()], since_ms: 2 * H + 5 })
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str, i64)> = hours.iter().map(|h| (h.check_id.as_str(), h.region.as_str(), h.hour_ms / H)).collect();
+    assert_eq!(got, [("a", "eu", 2), ("a", "eu", 3), ("a", "us", 3), ("b", "eu", 2)]);
+    assert!(hours.iter().all(|h| h.rtt.count == 1 && h.rtt_quantile(0.5) == Some(12.5)), "{hours:?}");
+    assert!(s.aggregates_of(AggregateSpanQuery { check_ids: vec![], since_ms: 0 }).await.unwrap().is_empty());
     s.close().await;
 }
 

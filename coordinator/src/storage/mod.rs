@@ -287,6 +287,9 @@ storage_api! {
     // Aggregates, audit, tokens.
     /// Hourly aggregates of one check, oldest hour first (then by region).
     fn aggregates(&self, q: AggregateQuery) -> Vec<HourAggregate>;
+    /// Hourly aggregates of several checks since an hour, by check, region
+    /// and hour.
+    fn aggregates_of(&self, q: AggregateSpanQuery) -> Vec<HourAggregate>;
     /// Deletes the aggregates of hours that ended before `cutoff_ms`.
     fn prune_aggregates(&self, cutoff_ms: i64) -> usize;
     /// Appends one audit entry; answers once it is committed.

@@ -376,6 +376,15 @@ pub struct AggregateQuery {
     pub since_ms: Option<i64>,
 }
 
+/// The hourly aggregates of several checks at once (the public status
+/// page's charts: one statement whatever the count).
+#[derive(Debug, Clone, Default)]
+pub struct AggregateSpanQuery {
+    pub check_ids: Vec<String>,
+    /// Hours starting at or after the hour containing this (epoch ms).
+    pub since_ms: i64,
+}
+
 /// The start of the hour containing `ms`.
 pub fn hour_of(ms: i64) -> i64 {
     ms.div_euclid(HOUR_MS) * HOUR_MS

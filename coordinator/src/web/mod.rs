@@ -16,6 +16,7 @@
 //! `status_snapshot`, two `verdict_counts`, one `incidents_in_span`, and
 //! one `incident` per open incident and per feed entry (at most 50).
 
+pub mod chart;
 pub mod console;
 pub mod feed;
 pub mod json;
@@ -25,7 +26,7 @@ pub mod view;
 
 use crate::cluster::hub::Hub;
 use crate::config::status::StatusPageSettings;
-use crate::storage::{IncidentSpanQuery, Storage, StorageError, VerdictCountQuery};
+use crate::storage::{AggregateSpanQuery, HourAggregate, IncidentSpanQuery, Storage, StorageError, VerdictCountQuery};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -58,9 +59,12 @@ pub struct StatusPage {
     building: tokio::sync::Mutex<()>,
     /// Rendered history months, each kept as long as a snapshot.
     history: Mutex<HashMap<String, Arc<HistoryPage>>>,
+    /// Rendered check pages (response times) by check name, the same.
+    check_pages: Mutex<HashMap<String, Arc<HistoryPage>>>,
 }
 
-/// One rendered month of history.
+/// One rendered page under the page (a month of history, a check's
+/// response times).
 struct HistoryPage {
     revision: u64,
     expires_ms: i64,
@@ -69,21 +73,111 @@ struct HistoryPage {
     html: Body,
 }
 
-/// One body with its ETag.
+/// One body with its ETag, and its gzip and brotli forms, compressed
+/// once when built (never per request) and each with its own ETag.
 struct Body {
+    identity: Encoded,
+    gzip: Option<Encoded>,
+    br: Option<Encoded>,
+}
+
+/// One encoding of a body.
+struct Encoded {
     bytes: axum::body::Bytes,
     etag: HeaderValue,
 }
+
+/// Below this a body is served as it is (a badge): compressing saves
+/// little and costs a build per check.
+const COMPRESS_MIN_BYTES: usize = 1024;
+
+/// Brotli's quality and window: 9 of 11 is within a few percent of the
+/// best on HTML and an order of magnitude faster to build.
+const BROTLI_QUALITY: u32 = 9;
+const BROTLI_WINDOW: u32 = 22;
 
 impl Body {
     fn new(bytes: Vec<u8>) -> Body {
         let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]);
-        Body {
+        let encoded = |bytes: Vec<u8>, suffix: &str| Encoded {
             bytes: bytes.into(),
-            etag: HeaderValue::from_str(&format!("\"{tag}\"")).expect("base64 is a valid header"),
+            etag: HeaderValue::from_str(&format!("\"{tag}{suffix}\"")).expect("base64 is a valid header"),
+        };
+        let (gzip, br) = if bytes.len() >= COMPRESS_MIN_BYTES {
+            (Some(encoded(gzip(&bytes), "-gz")), Some(encoded(brotli(&bytes), "-br")))
+        } else {
+            (None, None)
+        };
+        Body { identity: encoded(bytes, ""), gzip, br }
+    }
+
+    /// The form `accept` (an `Accept-Encoding` value) prefers, and its
+    /// `Content-Encoding` (None: identity).
+    fn pick(&self, accept: Option<&str>) -> (&Encoded, Option<&'static str>) {
+        let offered = [("br", self.br.as_ref()), ("gzip", self.gzip.as_ref())];
+        match negotiate(accept, &offered.map(|(name, e)| (name, e.is_some()))) {
+            Some("br") => (self.br.as_ref().expect("offered"), Some("br")),
+            Some("gzip") => (self.gzip.as_ref().expect("offered"), Some("gzip")),
+            _ => (&self.identity, None),
         }
     }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::best());
+    z.write_all(bytes).expect("writing to memory");
+    z.finish().expect("writing to memory")
+}
+
+fn brotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() / 4);
+    let params = brotli::enc::BrotliEncoderParams {
+        quality: BROTLI_QUALITY as i32,
+        lgwin: BROTLI_WINDOW as i32,
+        ..Default::default()
+    };
+    brotli::BrotliCompress(&mut &bytes[..], &mut out, &params).expect("writing to memory");
+    out
+}
+
+/// The coding of `offered` (in the server's order of preference, with
+/// whether it is available) that `accept` allows with the highest q
+/// (ties: the server's order); None for identity. A coding with `q=0` is
+/// refused, `*` stands for every coding not named, and no header means
+/// identity (RFC 9110, 12.5.3).
+fn negotiate(accept: Option<&str>, offered: &[(&'static str, bool)]) -> Option<&'static str> {
+    let accept = accept?;
+    let mut named: Vec<(String, f32)> = Vec::new();
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        if coding.is_empty() {
+            continue;
+        }
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        named.push((coding, q));
+    }
+    let q_of = |coding: &str| {
+        named
+            .iter()
+            .find(|(c, _)| c == coding || (coding == "gzip" && c == "x-gzip"))
+            .or_else(|| named.iter().find(|(c, _)| c == "*"))
+            .map(|(_, q)| *q)
+    };
+    let mut best: Option<(&'static str, f32)> = None;
+    for &(coding, available) in offered {
+        if let Some(q) = q_of(coding).filter(|q| available && *q > 0.0)
+            && best.is_none_or(|(_, b)| q > b)
+        {
+            best = Some((coding, q));
+        }
+    }
+    best.map(|(c, _)| c)
 }
 
 /// Everything the public routes serve, built at one moment.
@@ -114,6 +208,7 @@ impl StatusPage {
             current: Mutex::new(None),
             building: tokio::sync::Mutex::new(()),
             history: Mutex::new(HashMap::new()),
+            check_pages: Mutex::new(HashMap::new()),
         })
     }
 
@@ -123,6 +218,64 @@ impl StatusPage {
     pub fn invalidate(&self) {
         *self.current.lock().expect("not poisoned") = None;
         self.history.lock().expect("not poisoned").clear();
+        self.check_pages.lock().expect("not poisoned").clear();
+    }
+
+    /// The response-time page of public check `id` (None: no such public
+    /// check), from memory while fresh. Storage reads: one
+    /// `status_snapshot`, one `aggregates_of` (7 days of one check).
+    async fn check_page(&self, id: &str) -> Result<Option<Arc<HistoryPage>>, StorageError> {
+        let now = crate::clock::now_ms();
+        let fresh = |p: &Arc<HistoryPage>| p.revision == self.hub.revision() && now < p.expires_ms;
+        if let Some(p) = self.check_pages.lock().expect("not poisoned").get(id).filter(|p| fresh(p)) {
+            return Ok(Some(p.clone()));
+        }
+        let _building = self.building.lock().await;
+        if let Some(p) = self.check_pages.lock().expect("not poisoned").get(id).filter(|p| fresh(p)) {
+            return Ok(Some(p.clone()));
+        }
+        let revision = self.hub.revision();
+        let public = self.public_checks();
+        let Some((_, display_name, _)) = public.iter().find(|p| p.0 == id) else {
+            return Ok(None);
+        };
+        let (latest, _) = self.storage.status_snapshot(vec![id.to_string()]).await?;
+        let week = Window::Hours(7 * 24).since_ms(now);
+        let hours = self
+            .storage
+            .aggregates_of(AggregateSpanQuery { check_ids: vec![id.to_string()], since_ms: week })
+            .await?;
+        let refs: Vec<&HourAggregate> = hours.iter().collect();
+        let windows = [("Last 24 hours", "24h", Window::Hours(24).since_ms(now)), ("Last 7 days", "7d", week)]
+            .into_iter()
+            .map(|(heading, key, since_ms)| view::TimesWindow {
+                heading,
+                key,
+                since_ms,
+                regions: chart::per_region(&refs, since_ms),
+            })
+            .collect();
+        let data = view::CheckPageData {
+            title: self.settings.title.clone(),
+            path: self.settings.path.clone(),
+            now_ms: now,
+            id: id.to_string(),
+            display_name: display_name.clone(),
+            state: PublicState::of(latest.get(id)),
+            windows,
+        };
+        let css = page::stylesheet_of_charts();
+        let max_age = self.max_age(&public);
+        let built = Arc::new(HistoryPage {
+            revision,
+            expires_ms: now + max_age.as_millis() as i64,
+            max_age,
+            csp: csp(&css),
+            html: Body::new(page::check_times(&data, &css).into_string().into_bytes()),
+        });
+        // Bounded: only public checks' names get here.
+        self.check_pages.lock().expect("not poisoned").insert(id.to_string(), built.clone());
+        Ok(Some(built))
     }
 
     /// The history page of `month` (`2026-11`), from memory while fresh.
@@ -388,6 +541,7 @@ pub fn router(page: Arc<StatusPage>) -> axum::Router {
         .route(&format!("{path}.atom"), get(atom))
         .route(&format!("{path}/history"), get(history_now))
         .route(&format!("{path}/history/{{month}}"), get(history))
+        .route(&format!("{path}/check/{{id}}"), get(check_times))
         .route("/badge/{file}", get(badge))
         .with_state(page)
 }
@@ -419,8 +573,16 @@ fn respond_with(
     csp: &HeaderValue,
     req: &HeaderMap,
 ) -> Response {
+    let accept = req.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
+    let (body, encoding) = body.pick(accept);
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Every answer varies by Accept-Encoding, the identity one too: a
+    // shared cache must not hand it to a client that asked for br.
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(e) = encoding {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+    }
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())).expect("ascii"),
@@ -522,6 +684,20 @@ async fn history(
     }
 }
 
+/// `{path}/check/{id}`: a public check's response times.
+async fn check_times(State(page): State<Arc<StatusPage>>, Path(id): Path<String>, req: HeaderMap) -> Response {
+    match page.check_page(&id).await {
+        Ok(Some(p)) => respond_with(&p.html, "text/html; charset=utf-8", p.max_age, &p.csp, &req),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "no such public check\n",
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
 /// The first millisecond of the month `delta` months from the one
 /// starting at `first_ms`.
 fn month_start(first_ms: i64, delta: i32) -> i64 {
@@ -558,5 +734,51 @@ async fn badge(
             None => not_found(),
         },
         Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick(accept: Option<&str>) -> Option<&'static str> {
+        negotiate(accept, &[("br", true), ("gzip", true)])
+    }
+
+    #[test]
+    fn accept_encoding_picks_br_then_gzip_by_q_and_honours_refusals() {
+        assert_eq!(pick(None), None, "no header: identity");
+        assert_eq!(pick(Some("")), None);
+        assert_eq!(pick(Some("gzip, deflate, br, zstd")), Some("br"));
+        assert_eq!(pick(Some("gzip")), Some("gzip"));
+        assert_eq!(pick(Some("x-gzip")), Some("gzip"));
+        assert_eq!(pick(Some("br;q=0.5, gzip;q=0.8")), Some("gzip"));
+        assert_eq!(pick(Some("br;q=0, gzip;q=0")), None);
+        assert_eq!(pick(Some("*")), Some("br"));
+        assert_eq!(pick(Some("*;q=0.1, br;q=0")), Some("gzip"));
+        assert_eq!(pick(Some("identity")), None);
+        assert_eq!(pick(Some("deflate")), None);
+        // Not offered (a small body): identity.
+        assert_eq!(negotiate(Some("br, gzip"), &[("br", false), ("gzip", false)]), None);
+    }
+
+    #[test]
+    fn a_body_is_compressed_once_and_each_form_has_its_own_etag() {
+        let html = "<p>status</p>".repeat(500).into_bytes();
+        let b = Body::new(html.clone());
+        let (e, enc) = b.pick(Some("gzip"));
+        assert_eq!(enc, Some("gzip"));
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&e.bytes[..]), &mut back).unwrap();
+        assert_eq!(back, html);
+        let (e, enc) = b.pick(Some("br"));
+        assert_eq!(enc, Some("br"));
+        let mut back = Vec::new();
+        brotli::BrotliDecompress(&mut &e.bytes[..], &mut back).unwrap();
+        assert_eq!(back, html);
+        let tags: Vec<&HeaderValue> = [None, Some("gzip"), Some("br")].map(|a| &b.pick(a).0.etag).into();
+        assert!(tags[0] != tags[1] && tags[1] != tags[2] && tags[0] != tags[2], "{tags:?}");
+        // A badge-sized body is served as it is.
+        assert_eq!(Body::new(b"<svg/>".to_vec()).pick(Some("br")).1, None);
     }
 }

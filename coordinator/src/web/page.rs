@@ -3,9 +3,11 @@
 //! names are the operator's free text). The only unescaped text is the
 //! stylesheet below, a constant.
 
-use super::model::{BAR_DAYS, DAY_MS, fmt_uptime};
+use super::chart::{self, COLOURS, Line, fmt_ms};
+use super::model::{BAR_DAYS, DAY_MS, HOUR_MS, fmt_uptime};
 use super::view::{
-    CheckView, DayRun, HistoryData, IncidentView, PageData, fmt_date, fmt_datetime, fmt_day, fmt_day_span, fmt_month,
+    CheckPageData, CheckView, DayRun, HistoryData, IncidentView, PageData, fmt_date, fmt_datetime, fmt_day,
+    fmt_day_span, fmt_month,
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -71,6 +73,26 @@ background:var(--fg);color:var(--bg);padding:.2rem .5rem;border-radius:.2rem;fon
 .uptime dt{color:var(--muted);font-size:.85rem}.uptime dd{margin:0;font-variant-numeric:tabular-nums}\
 a{color:inherit}footer{font-size:.9rem}nav ul{display:flex;gap:1rem;list-style:none;padding:0}\
 @media (max-width:30rem){.bar{height:1.5rem}}";
+
+/// What a check's page adds: the lines' colours per region (light and
+/// dark; each at least 3:1 against its background), axes, legend, table.
+const CHART_CSS: &str = "\
+:root{--c0:#0969da;--c1:#bf3989;--c2:#1a7f37;--c3:#953800;--c4:#8250df;--c5:#59636e}\
+@media (prefers-color-scheme:dark){:root{--c0:#4493f8;--c1:#f778ba;--c2:#3fb950;--c3:#db6d28;--c4:#a371f7;--c5:#9198a1}}\
+.vh{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}\
+.chart{width:100%;height:auto;display:block}.axis path{stroke:var(--line)}.axis text{fill:var(--muted);font-size:12px}\
+.line{fill:none;stroke-width:2}.c0{stroke:var(--c0)}.c1{stroke:var(--c1)}.c2{stroke:var(--c2)}.c3{stroke:var(--c3)}\
+.c4{stroke:var(--c4)}.c5{stroke:var(--c5)}.legend{display:flex;flex-wrap:wrap;gap:.25rem 1rem;list-style:none;padding:0;margin:.25rem 0}\
+.legend svg{width:1.5rem;height:.75rem;vertical-align:middle;margin-right:.3rem}\
+table{border-collapse:collapse;margin:.5rem 0}th,td{padding:.2rem .6rem;text-align:left;border-bottom:1px solid var(--line)}\
+td{font-variant-numeric:tabular-nums}";
+
+/// The stylesheet of a check's page.
+pub fn stylesheet_of_charts() -> String {
+    let mut css = stylesheet([]);
+    css.push_str(CHART_CSS);
+    css
+}
 
 /// The `<head>` both pages share: the title, the alternates (JSON,
 /// Atom) and the stylesheet.
@@ -176,9 +198,9 @@ pub fn page(d: &PageData, css: &str) -> Markup {
                             "), oldest first, one cell per day in the colour of its worst state; "
                             "hover over a day, or move the focus to a day with an incident, for its uptime."
                         }
-                        @let history = history_base(&d.path);
+                        @let base = page_base(&d.path);
                         @for (n, c) in d.checks.iter().enumerate() {
-                            (check(&history, n, c))
+                            (check(&base, n, c))
                         }
                     }
                 }
@@ -261,28 +283,136 @@ fn day_run(history: &str, r: &DayRun) -> Markup {
     }
 }
 
-/// The history pages' base, relative to the page (`status/history/`
-/// under `/status`): a day links to one of them from every bar.
-fn history_base(path: &str) -> String {
-    format!("{}/history/", path.rsplit('/').next().unwrap_or_default())
+/// The pages under the page, relative to it (`status/` under `/status`):
+/// every bar links to history pages, every check to its own page.
+fn page_base(path: &str) -> String {
+    format!("{}/", path.rsplit('/').next().unwrap_or_default())
 }
 
-fn check(history: &str, n: usize, c: &CheckView) -> Markup {
+fn check(base: &str, n: usize, c: &CheckView) -> Markup {
     let heading = format!("c{n}");
+    let history = format!("{base}history/");
     html! {
         article class="check" aria-labelledby=(heading) {
             div class="head" {
-                h3 id=(heading) { (c.display_name) }
+                // The name links to the check's response times.
+                h3 id=(heading) { a href={ (base) "check/" (c.id) } { (c.display_name) } }
                 p class="state" { span class={ "dot " (c.state.class()) } {} (c.state.words()) }
             }
             ol class="bar" aria-labelledby={ (heading) " bar-help" } {
                 @for run in &c.bar {
-                    (day_run(history, run))
+                    (day_run(&history, run))
                 }
             }
             dl class="uptime" {
                 @for (label, pct) in &c.uptimes {
                     dt { (label) } dd { (fmt_uptime(*pct)) }
+                }
+            }
+        }
+    }
+}
+
+/// A check's own page: for each window, the round trip's p50 and p95 and
+/// the delivery time per region as charts, a legend, and the same
+/// figures as a table.
+pub fn check_times(d: &CheckPageData, css: &str) -> Markup {
+    let title = format!("{}: {}", d.title, d.display_name);
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(&title, &d.path, css))
+            body {
+                header {
+                    h1 { (d.display_name) }
+                    p class="state" { span class={ "dot " (d.state.class()) } {} (d.state.words()) }
+                    nav aria-label="Pages" {
+                        ul {
+                            li { a href=(d.path) { "Current status" } }
+                            li { a href={ (d.path) "/history/" (fmt_month(d.now_ms)) } { "Incident history" } }
+                        }
+                    }
+                }
+                main {
+                    p class="muted" {
+                        "Round trip: from connecting to the mail server to finding the message in the mailbox. "
+                        "In each hour, half of the round trips took at most the p50 (solid lines) and 95 % at most the p95 (dashed). "
+                        "Delivery: from the server accepting the message to finding it, the hour's mean. "
+                        "One point per hour and region; a gap is an hour without a measurement."
+                    }
+                    @for w in &d.windows {
+                        (times_window(d, w))
+                    }
+                }
+                (footer(&d.path, d.now_ms))
+            }
+        }
+    }
+}
+
+fn times_window(d: &CheckPageData, w: &super::view::TimesWindow) -> Markup {
+    let heading = format!("w{}", w.key);
+    let until = d.now_ms - d.now_ms.rem_euclid(HOUR_MS) + HOUR_MS;
+    let since = w.since_ms - w.since_ms.rem_euclid(HOUR_MS);
+    let labels: Vec<(String, String, String)> = w
+        .regions
+        .iter()
+        .map(|r| (format!("{} p50", r.region), format!("{} p95", r.region), format!("{} delivery", r.region)))
+        .collect();
+    let mut rtt: Vec<Line> = Vec::new();
+    let mut delivery: Vec<Line> = Vec::new();
+    for (n, (r, l)) in w.regions.iter().zip(&labels).enumerate() {
+        let series = |f: fn(&chart::HourPoint) -> Option<f64>| -> Vec<(i64, f64)> {
+            r.hours.iter().filter_map(|h| Some((h.hour_ms, f(h)?))).collect()
+        };
+        rtt.push(Line { colour: n, dashed: false, points: series(|h| h.p50), label: &l.0 });
+        rtt.push(Line { colour: n, dashed: true, points: series(|h| h.p95), label: &l.1 });
+        delivery.push(Line { colour: n, dashed: false, points: series(|h| h.delivery), label: &l.2 });
+    }
+    let words = |f: &dyn Fn(&chart::RegionSeries) -> String| -> String {
+        if w.regions.is_empty() {
+            return "No measurements in this window.".into();
+        }
+        w.regions.iter().map(|r| format!("{}: {}", r.region, f(r))).collect::<Vec<_>>().join("; ")
+    };
+    let or_none = |v: Option<f64>| v.map_or("no data".to_string(), fmt_ms);
+    let rtt_desc = words(&|r| format!("p50 {}, p95 {}", or_none(r.p50), or_none(r.p95)));
+    let delivery_desc = words(&|r| format!("mean {}", or_none(r.delivery)));
+    html! {
+        section aria-labelledby=(heading) {
+            h2 id=(heading) { (w.heading) }
+            @if w.regions.is_empty() {
+                p { "No measurements in this window." }
+            } @else {
+                ul class="legend" aria-label="Regions" {
+                    @for (n, r) in w.regions.iter().enumerate() {
+                        li {
+                            svg viewBox="0 0 24 12" aria-hidden="true" {
+                                path class={ "line c" (n % COLOURS) } d="M0 6H24" {}
+                            }
+                            (r.region)
+                        }
+                    }
+                }
+                h3 { "Round trip (p50 solid, p95 dashed)" }
+                (chart::chart(&format!("{heading}r"), &format!("Round trip per region, {}", w.heading.to_lowercase()),
+                    &rtt_desc, since, until, &rtt))
+                h3 { "Delivery time (mean per hour)" }
+                (chart::chart(&format!("{heading}d"), &format!("Delivery time per region, {}", w.heading.to_lowercase()),
+                    &delivery_desc, since, until, &delivery))
+                table {
+                    caption class="vh" { "The charts' figures, " (w.heading.to_lowercase()) }
+                    thead { tr { th scope="col" { "Region" } th scope="col" { "Round trip p50" } th scope="col" { "p95" }
+                        th scope="col" { "Delivery (mean)" } th scope="col" { "Hours measured" } } }
+                    tbody {
+                        @for r in &w.regions {
+                            tr {
+                                th scope="row" { (r.region) }
+                                td { (or_none(r.p50)) } td { (or_none(r.p95)) } td { (or_none(r.delivery)) }
+                                td { (r.measured_hours) }
+                            }
+                        }
+                    }
                 }
             }
         }

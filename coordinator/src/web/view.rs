@@ -3,6 +3,7 @@
 //! storage, read by `page.rs`, `json.rs` and the badges; nothing here can
 //! reach a host, user, mailbox or reply text because none is copied in.
 
+use super::chart::RegionSeries;
 use super::model::{Cell, DAY_MS, History, PublicState, Tally, WINDOWS};
 use crate::judge::{Incident, IncidentKind, IncidentState, PUBLIC_NOTE, Severity};
 
@@ -52,6 +53,29 @@ pub struct CheckView {
     /// [`super::model::BAR_DAYS`] days, oldest first, as runs of days
     /// that read the same.
     pub bar: Vec<DayRun>,
+}
+
+/// A public check's own page: its round trip and delivery times per
+/// region over 24 hours and 7 days.
+pub struct CheckPageData {
+    pub title: String,
+    pub path: String,
+    pub now_ms: i64,
+    pub id: String,
+    pub display_name: String,
+    pub state: PublicState,
+    /// (heading, window start, the regions' series), shortest first.
+    pub windows: Vec<TimesWindow>,
+}
+
+/// One window of a check's page.
+pub struct TimesWindow {
+    /// `Last 24 hours`.
+    pub heading: &'static str,
+    /// `24h`: part of the ids on the page.
+    pub key: &'static str,
+    pub since_ms: i64,
+    pub regions: Vec<RegionSeries>,
 }
 
 /// Consecutive days of the uptime bar that read alike: the same colour

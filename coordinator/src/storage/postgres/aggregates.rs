@@ -3,7 +3,7 @@
 //! ok + EXCLUDED.ok`), so replicas writing the same hour never lose each
 //! other's counts.
 
-use super::super::model::{AggregateQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, StorageError, TimingStats, hour_of};
+use super::super::model::{AggregateQuery, AggregateSpanQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, StorageError, TimingStats, hour_of};
 use super::Postgres;
 use tokio_postgres::Row;
 
@@ -107,6 +107,23 @@ impl Postgres {
                      ORDER BY hour, region"
                 ),
                 &[&q.check_id, &q.region, &since],
+            )
+            .await?;
+        Ok(rows.iter().map(aggregate_row).collect())
+    }
+
+    /// Hourly aggregates of several checks since an hour, by check, region
+    /// and hour.
+    pub async fn aggregates_of(&self, q: AggregateSpanQuery) -> Result<Vec<HourAggregate>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {AGGREGATE_COLUMNS} FROM report_hours
+                     WHERE check_id = ANY($1) AND hour >= $2
+                     ORDER BY check_id, region, hour"
+                ),
+                &[&q.check_ids, &hour_of(q.since_ms)],
             )
             .await?;
         Ok(rows.iter().map(aggregate_row).collect())

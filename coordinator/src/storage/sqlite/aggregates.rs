@@ -14,7 +14,7 @@
 // batch that is already open; `make bench` measures ingest with it on.
 
 use super::engine::Sqlite;
-use super::super::model::{AggregateQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, ReportRow, StorageError, TimingStats, hour_of};
+use super::super::model::{AggregateQuery, AggregateSpanQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, ReportRow, StorageError, TimingStats, hour_of};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const AGGREGATE_SCHEMA: &str = "
@@ -174,6 +174,25 @@ impl Sqlite {
             ))?;
             let rows = stmt
                 .query_map(params![q.check_id, q.region, since], aggregate_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Hourly aggregates of several checks since an hour, by check, region
+    /// and hour.
+    pub async fn aggregates_of(&self, q: AggregateSpanQuery) -> Result<Vec<HourAggregate>, StorageError> {
+        self.read(move |conn| {
+            let ids = serde_json::to_string(&q.check_ids).expect("strings");
+            // The hour index finds the span; the ids filter it.
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {AGGREGATE_COLUMNS} FROM report_hours INDEXED BY report_hours_by_hour
+                 WHERE hour >= ?2 AND check_id IN (SELECT value FROM json_each(?1))
+                 ORDER BY check_id, region, hour"
+            ))?;
+            let rows = stmt
+                .query_map(params![ids, hour_of(q.since_ms)], aggregate_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
