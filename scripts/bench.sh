@@ -22,8 +22,9 @@
 #    regions, every check x region with stored reports; scrape time, size and
 #    series count, OpenMetrics and classic text (--metrics-checks,
 #    --metrics-regions in BENCH_LOAD_ARGS; --metrics-only for just this).
-#    Then the coordinator's ingest with its traces exported vs off
-#    (--traces-agents, default 100; 0 skips it), goal >= 95 %.
+#    Then the coordinator's ingest with metrics and traces both on vs both
+#    off (--traces-agents, default 100, 0 skips it; --overhead-rounds runs
+#    of each, default 3, medians), goal >= 95 %.
 #    Then the public status page (issue 11): 100 public checks x 5 regions
 #    x 90 days of stored verdicts; page build time (goal <= 50 ms), served
 #    from cache under 500 concurrent connections with wrk (Debian package
@@ -31,9 +32,10 @@
 #    plain, gzip and br (goal <= 150 KB plain). --status-checks,
 #    --status-days, --status-connections in BENCH_LOAD_ARGS; --status-only
 #    or BENCH_ONLY=status for just this.
-# Between the two: the CPU of a one-shot probe with trace export on vs off
-#    (scripts/bench_traces.py, interleaved, medians), goal <= 5 % more;
-#    BENCH_TRACES=0 skips it.
+# Between the two: the CPU of a one-shot probe with trace export off, over
+#    OTLP/gRPC and over OTLP/HTTP (scripts/bench_traces.py, 50 rotating runs
+#    each against mailloop-loadgen --otlp-sink, median and p90), goal
+#    <= 5 % more; BENCH_TRACES=0 skips it.
 #
 #   bash scripts/bench.sh STACK_ENV
 #

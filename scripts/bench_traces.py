@@ -1,117 +1,126 @@
 #!/usr/bin/env python3
 """make bench, trace export overhead of a one-shot probe (issue 10).
 
-Runs `mailloop-agent probe` on the local mail stack, interleaved: once with
-trace export off (no OTEL_* variable: nothing is built) and once exporting
-to a local OTLP/HTTP receiver (OTEL_EXPORTER_OTLP_ENDPOINT,
-OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf). Each run is wrapped in GNU time
-(bench.py's `measure`); the CPU time (user+sys of the process tree) per
-probe is compared by median. Goal: at most 5 % more CPU with export on.
-
-The receiver is a plain HTTP server here that counts bytes and answers
-200 with an empty ExportTraceServiceResponse (an empty protobuf message
-is that message with no partial success); the spans' decoding by the
-official protocol types is tested in tests/tests/traces.rs, not here.
+Runs `mailloop-agent probe` on the local mail stack, interleaved in
+rounds (the order rotates each round): with trace export off (no OTEL_*
+variable: nothing is built), exporting over OTLP/gRPC, and exporting over
+OTLP/HTTP protobuf (OTEL_EXPORTER_OTLP_ENDPOINT, _PROTOCOL). The receiver
+is real: `mailloop-loadgen --otlp-sink` (the opentelemetry-proto tonic
+server for gRPC; an HTTP server decoding each body with the same types),
+and every exported span must arrive. Each run is wrapped in GNU time
+(bench.py's `measure`); CPU time (user+sys of the process tree, getrusage)
+per probe is compared by median, p90 beside it. Goal: at most 5 % more
+CPU with export on, for each protocol.
 
     python3 scripts/bench_traces.py STACK_ENV [RUNS]
 
-Environment: MAILLOOP_BIN (default target/release/mailloop-agent).
+Environment: MAILLOOP_BIN (default target/release/mailloop-agent),
+LOADGEN_BIN (default target/release/mailloop-loadgen), BENCH_TRACES_RUNS
+(counted runs per variant, default 50).
 Writes target/bench/traces-<UTC timestamp>.json.
 """
 
 import datetime as dt
-import http.server
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (measure, mailloop_config, read_env, empty_mailbox)
+import bench  # noqa: E402  (measure, mailloop_config, read_env, progress, die)
 
 GOAL_OVERHEAD = 0.05
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    received = {"requests": 0, "bytes": 0}
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        n = int(self.headers.get("content-length", "0"))
-        self.rfile.read(n)
-        Receiver.received["requests"] += 1
-        Receiver.received["bytes"] += n
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+def p90(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
 
 
 def main():
     if len(sys.argv) < 2:
         bench.die("usage: bench_traces.py STACK_ENV [RUNS]")
     env = bench.read_env(sys.argv[1])
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else int(os.environ.get("BENCH_RUNS", "10"))
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else int(os.environ.get("BENCH_TRACES_RUNS", "50"))
     ml_bin = os.environ.get("MAILLOOP_BIN", "target/release/mailloop-agent")
-    if not os.access(ml_bin, os.X_OK):
-        bench.die(f"{ml_bin} not found: cargo build --release -p mailloop-agent")
+    sink_bin = os.environ.get("LOADGEN_BIN", "target/release/mailloop-loadgen")
+    for b, hint in ((ml_bin, "mailloop-agent"), (sink_bin, "mailloop-bench")):
+        if not os.access(b, os.X_OK):
+            bench.die(f"{b} not found: cargo build --release -p {hint}")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    sink = subprocess.Popen([sink_bin, "--otlp-sink"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    urls = dict(kv.split("=", 1) for kv in sink.stdout.readline().split())
+    if set(urls) != {"grpc", "http"}:
+        bench.die(f"mailloop-loadgen --otlp-sink printed {urls!r}")
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILLOOP_", "OTEL_"))}
     base_env["LC_ALL"] = "C"
-    exporting = dict(base_env, OTEL_EXPORTER_OTLP_ENDPOINT=url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
-    results = {"off": [], "on": []}
+    variants = [
+        ("off", base_env),
+        ("grpc", dict(base_env, OTEL_EXPORTER_OTLP_ENDPOINT=urls["grpc"], OTEL_EXPORTER_OTLP_PROTOCOL="grpc")),
+        ("http", dict(base_env, OTEL_EXPORTER_OTLP_ENDPOINT=urls["http"], OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")),
+    ]
+    results = {k: [] for k, _ in variants}
+    spans_sent = {"grpc": 0, "http": 0}
     with tempfile.TemporaryDirectory(prefix="mailloop-bench-traces.") as tmp:
         cfg = os.path.join(tmp, "mailloop.toml")
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(bench.mailloop_config(env))
         cmd = [ml_bin, "probe", "--config", cfg, "--output", "json"]
-        # One warm-up of each, not counted; then interleaved, alternating who goes first.
+        # One warm-up round, not counted; then rounds in a rotating order.
         for rnd in range(runs + 1):
-            order = [("off", base_env), ("on", exporting)]
-            if rnd % 2:
-                order.reverse()
-            for key, e in order:
+            k = rnd % len(variants)
+            for key, e in variants[k:] + variants[:k]:
                 r = bench.measure(cmd, e, bench.ML_TIMEOUT_S)
                 if r["exit"] != 0:
                     bench.die(f"mailloop-agent probe ({key}) exited {r['exit']}: {r['stderr'][-500:]}", 2)
-                report = json.loads(r["stdout"])
-                if key == "on" and not report.get("trace_id"):
-                    bench.die("export on, but the report names no trace", 2)
+                reports = json.loads(r["stdout"])
+                reports = reports if isinstance(reports, list) else [reports]
+                if key != "off":
+                    if not all(x.get("trace_id") for x in reports):
+                        bench.die(f"export over {key}, but a report names no trace", 2)
+                    spans_sent[key] += sum(1 + len(x.get("steps", [])) for x in reports)
                 if rnd > 0:
-                    results[key].append({"cpu_ms": r["rusage_cpu_ms"], "wall_ms": r["wall_ms"], "rtt_ms": report.get("rtt_ms")})
-            bench.progress(f"traces: round {rnd}/{runs}")
-    server.shutdown()
+                    results[key].append({"cpu_ms": r["rusage_cpu_ms"], "user_ms": r["rusage_user_ms"],
+                                         "sys_ms": r["rusage_sys_ms"], "wall_ms": r["wall_ms"]})
+            if rnd % 10 == 0:
+                bench.progress(f"traces: round {rnd}/{runs}")
+    sink.stdin.close()
+    received = json.loads(sink.stdout.readline() or "{}")
+    sink.wait(timeout=30)
 
-    def median(key, field):
-        return statistics.median(x[field] for x in results[key])
-
-    off, on = median("off", "cpu_ms"), median("on", "cpu_ms")
-    overhead = on / off - 1
+    cpu = {k: [x["cpu_ms"] for x in v] for k, v in results.items()}
+    med = {k: statistics.median(v) for k, v in cpu.items()}
     out = {
         "runs": runs,
-        "cpu_ms_median": {"off": round(off, 2), "on": round(on, 2)},
-        "wall_ms_median": {"off": round(median("off", "wall_ms"), 1), "on": round(median("on", "wall_ms"), 1)},
-        "overhead": round(overhead, 4),
+        "cpu_ms_median": {k: round(v, 3) for k, v in med.items()},
+        "cpu_ms_p90": {k: round(p90(v), 3) for k, v in cpu.items()},
+        "wall_ms_median": {k: round(statistics.median(x["wall_ms"] for x in v), 2) for k, v in results.items()},
+        "overhead": {k: round(med[k] / med["off"] - 1, 4) for k in ("grpc", "http")},
         "goal": GOAL_OVERHEAD,
-        "receiver": Receiver.received,
+        "spans_received": received,
+        "spans_at_least": spans_sent,
         "runs_raw": results,
         "loadavg": open("/proc/loadavg").read().split()[:3],
     }
     print()
-    print(f"One-shot probe CPU with trace export on vs off ({runs} interleaved runs each, medians)")
-    print(f"  export off   {off:8.1f} ms CPU")
-    print(f"  export on    {on:8.1f} ms CPU   ({Receiver.received['requests']} OTLP requests, {Receiver.received['bytes']} bytes)")
-    verdict = "met" if overhead <= GOAL_OVERHEAD else "NOT met"
-    print(f"  overhead     {overhead * 100:+7.1f} %      goal <= {GOAL_OVERHEAD * 100:.0f} %  {verdict}")
+    print(f"One-shot probe CPU (user+sys) with trace export on vs off ({runs} runs each, rotating order)")
+    print("                 median      p90    overhead (median)")
+    print(f"  export off   {med['off']:7.2f}  {p90(cpu['off']):7.2f} ms")
+    ok = True
+    for k, label in (("grpc", "OTLP/gRPC"), ("http", "OTLP/HTTP")):
+        o = out["overhead"][k]
+        ok &= o <= GOAL_OVERHEAD
+        print(f"  {label:11}  {med[k]:7.2f}  {p90(cpu[k]):7.2f} ms   {o * 100:+6.1f} %   goal <= {GOAL_OVERHEAD * 100:.0f} %  "
+              + ("met" if o <= GOAL_OVERHEAD else "NOT met"))
+    print(f"  spans received: gRPC {received.get('grpc_spans')}, HTTP {received.get('http_spans')} "
+          f"(sent: gRPC {spans_sent['grpc']}, HTTP {spans_sent['http']}, warm-up included)")
+    for k in ("grpc", "http"):
+        if received.get(f"{k}_spans", 0) < spans_sent[k]:
+            bench.die(f"the receiver got fewer {k} spans than the probes exported", 2)
     os.makedirs("target/bench", exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     with open(f"target/bench/traces-{stamp}.json", "w") as f:

@@ -370,14 +370,15 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
         .collect();
     tracing::debug!(checks = probers.len(), "config loaded");
 
-    let who = Identity { instance: mailloop_common::telemetry::host_name("mailloop-agent"), region: None };
-    let telemetry = match Telemetry::start_one_shot(&telemetry, &who) {
-        Ok(t) => t.map(Arc::new),
-        Err(e) => return unknown(format, &e),
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return unknown(format, &format!("cannot start the async runtime: {e}")),
+    };
+    // The exporter lends this runtime: no thread or runtime of its own.
+    let who = Identity { instance: mailloop_common::telemetry::host_name("mailloop-agent"), region: None };
+    let telemetry = match runtime.block_on(async { Telemetry::start_one_shot(&telemetry, &who) }) {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => return unknown(format, &e),
     };
     // Checks run concurrently; results print in config order.
     let reports = runtime.block_on(async {
@@ -401,11 +402,14 @@ fn probe(config: PathBuf, names: Vec<String>, format: Format, connect_to: Connec
                 Err(e) => tracing::error!("probe task failed: {e}"),
             }
         }
+        if let Some(t) = &telemetry {
+            // Ships the traces in one request before exiting (bounded by EXPORT_TIMEOUT).
+            t.export_held().await;
+        }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
     });
     if let Some(t) = telemetry {
-        // Ships the traces before exiting (bounded by EXPORT_TIMEOUT).
         t.shutdown();
     }
     print!("{}", output::render(format, &reports));

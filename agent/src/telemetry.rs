@@ -67,7 +67,8 @@ impl Telemetry {
     }
 
     /// [`Telemetry::start`] for `mailloop-agent probe`: the traces are sent
-    /// in one request by [`Telemetry::shutdown`], with no thread of their own.
+    /// in one request by [`Telemetry::export_held`] on the caller's tokio
+    /// runtime (call this inside it), with no thread of their own.
     pub fn start_one_shot(config: &TelemetryConfig, who: &Identity) -> Result<Option<Telemetry>, String> {
         let service = ServiceIdentity { service: "mailloop-agent", instance: who.instance.clone(), region: who.region.clone() };
         Ok(Exporter::start_one_shot(config, &service)?.map(|exporter| Telemetry { exporter, region: who.region.clone() }))
@@ -85,6 +86,12 @@ impl Telemetry {
     pub fn record_in(&self, report: &ProbeReport, check: &CheckConfig, traceparent: Option<&str>) -> TraceIds {
         let parent = traceparent.and_then(parse_traceparent);
         record(self.exporter.tracer(), report, check, self.region.as_deref(), parent)
+    }
+
+    /// A one-shot exporter's traces, sent in one request (bounded by
+    /// [`EXPORT_TIMEOUT`]; a failure is a warning, never an error).
+    pub async fn export_held(&self) {
+        self.exporter.export_held().await;
     }
 
     /// Exports what is queued (bounded by [`EXPORT_TIMEOUT`]) and stops.

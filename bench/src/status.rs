@@ -227,7 +227,7 @@ pub async fn status_run(args: &Args) -> anyhow::Result<Value> {
         .map(|(i, r)| (format!("s-{i}"), r.clone(), format!("loadgen-status-token-{i}-0123456789")))
         .collect();
     let extra = "\n[status]\nlisten = \"127.0.0.1:0\"\n";
-    let mut coord = Coordinator::start(&args.coordinator_bin, &agents, extra)?;
+    let mut coord = Coordinator::start(&args.coordinator_bin, &agents, "", extra)?;
     let api = coord.api()?;
     for i in 0..checks {
         let body = json!({

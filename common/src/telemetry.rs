@@ -14,9 +14,10 @@
 //! started, and the callers skip span building altogether. With an
 //! endpoint, the SDK's batch processor queues finished spans (bounded; full
 //! means dropped, never waiting) and a background thread ships them over
-//! OTLP/gRPC or OTLP/HTTP protobuf. A one-shot command
-//! ([`Exporter::start_one_shot`]) starts no thread and no timer: it holds
-//! its few spans and sends them in one request when it stops.
+//! OTLP/gRPC or OTLP/HTTP protobuf, on a one-worker runtime of the
+//! exporter's own. A one-shot command ([`Exporter::start_one_shot`]) starts
+//! no thread, runtime or timer: it holds its few spans and sends them in one
+//! request on its own runtime before it exits ([`Exporter::export_held`]).
 
 use crate::Secret;
 use crate::config::{ConfigIssue, Table};
@@ -32,7 +33,7 @@ use opentelemetry_sdk::trace::{
 };
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -256,9 +257,11 @@ pub struct ServiceIdentity {
 pub struct Exporter {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
-    /// The gRPC client's own runtime, so export never runs on (or waits
-    /// for) the runtime that does the work, and works from a one-shot command.
+    /// The exporter's own runtime (long-running processes), so export never
+    /// runs on (or waits for) the runtime that does the work.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// A one-shot command's spans, held until [`Exporter::export_held`].
+    held: Option<Arc<Held>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -275,11 +278,10 @@ impl Exporter {
     }
 
     /// [`Exporter::start`] for a process that records a few traces and
-    /// exits (`mailloop-agent probe`): no background thread and no batch
-    /// timer; spans are held (bounded by [`MAX_QUEUED_SPANS`]) and sent in
-    /// one request by [`Exporter::shutdown`], on the calling thread. A gRPC
-    /// export gets a single-threaded runtime that only runs during that
-    /// call; an HTTP one none at all.
+    /// exits (`mailloop-agent probe`): no thread, no runtime and no timer of
+    /// its own; spans are held (bounded by [`MAX_QUEUED_SPANS`]) and sent in
+    /// one request by [`Exporter::export_held`] on the caller's runtime.
+    /// Must be called inside that tokio runtime (the clients are built on it).
     pub fn start_one_shot(config: &TelemetryConfig, who: &ServiceIdentity) -> Result<Option<Exporter>, String> {
         Self::build(config, who, true)
     }
@@ -289,16 +291,18 @@ impl Exporter {
             return Ok(None);
         };
         let protocol = config.protocol.unwrap_or(Protocol::Grpc);
-        // Only tonic needs a runtime (its connection task); the HTTP client
-        // brings its own thread.
-        let runtime = match (protocol, one_shot) {
-            (Protocol::HttpProtobuf, _) => None,
-            (Protocol::Grpc, true) => Some(tokio::runtime::Builder::new_current_thread().enable_all().build()),
-            (Protocol::Grpc, false) => {
-                Some(tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("otlp-export").enable_all().build())
+        // Both clients (tonic, hyper) are tokio clients: a long-running
+        // process gives them a runtime of their own; a one-shot command
+        // lends its own.
+        let runtime = if one_shot {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err("the one-shot trace exporter must be started inside a tokio runtime".into());
             }
+            None
+        } else {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("otlp-export").enable_all().build();
+            Some(rt.map_err(|e| format!("cannot start the trace exporter's runtime: {e}"))?)
         };
-        let runtime = runtime.transpose().map_err(|e| format!("cannot start the trace exporter's runtime: {e}"))?;
         let headers: HashMap<String, String> = config.headers.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect();
         let exporter = {
             let _inside = runtime.as_ref().map(tokio::runtime::Runtime::enter);
@@ -318,6 +322,8 @@ impl Exporter {
                         .with_metadata(metadata)
                         .build()
                 }
+                // The hyper client (cargo feature `hyper-client`): no thread
+                // or runtime of its own, unlike the blocking reqwest one.
                 Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -328,7 +334,7 @@ impl Exporter {
             }
             .map_err(|e| format!("cannot build the OTLP exporter for {base}: {e}"))?
         };
-        let exporter = Logged::new(exporter, format!("{base} ({})", protocol.as_str()));
+        let exporter = Logged::new(exporter, format!("{base} ({})", protocol.as_str()), runtime.as_ref().map(|rt| rt.handle().clone()));
 
         let mut attributes =
             vec![KeyValue::new("service.version", env!("CARGO_PKG_VERSION")), KeyValue::new("service.instance.id", who.instance.clone())];
@@ -343,17 +349,17 @@ impl Exporter {
             .unwrap_or_else(|| who.service.to_string());
         let resource = Resource::builder_empty().with_attributes(attributes).with_service_name(service).build();
         let provider = SdkTracerProvider::builder().with_resource(resource);
-        let (provider, runtime) = if one_shot {
-            let held = AtEnd { exporter, spans: Mutex::new(Vec::new()), runtime: Mutex::new(runtime) };
-            (provider.with_span_processor(held).build(), None)
+        let (provider, held) = if one_shot {
+            let held = Arc::new(Held { exporter: tokio::sync::Mutex::new(exporter), spans: Mutex::new(Vec::new()) });
+            (provider.with_span_processor(AtEnd(held.clone())).build(), Some(held))
         } else {
             let batch =
                 BatchConfigBuilder::default().with_max_queue_size(MAX_QUEUED_SPANS).with_scheduled_delay(Duration::from_secs(1)).build();
-            (provider.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build()).build(), runtime)
+            (provider.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build()).build(), None)
         };
         let tracer = provider.tracer(who.service);
         tracing::info!("exporting traces to {base} over {}", protocol.as_str());
-        Ok(Some(Exporter { provider, tracer, runtime: Mutex::new(runtime) }))
+        Ok(Some(Exporter { provider, tracer, runtime: Mutex::new(runtime), held }))
     }
 
     /// The tracer whose spans this exporter ships.
@@ -361,8 +367,18 @@ impl Exporter {
         &self.tracer
     }
 
+    /// A one-shot exporter's held spans, sent in one request on the
+    /// caller's runtime (bounded by [`EXPORT_TIMEOUT`]); a failure is
+    /// logged, never returned. Nothing to do for a long-running exporter.
+    pub async fn export_held(&self) {
+        if let Some(held) = &self.held {
+            held.export().await;
+        }
+    }
+
     /// Exports what is queued (bounded by [`EXPORT_TIMEOUT`]) and stops.
-    /// Blocking: call from a plain thread or `spawn_blocking`.
+    /// Blocking: call from a plain thread or `spawn_blocking` (a one-shot
+    /// exporter's spans go with [`Exporter::export_held`] first).
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown_with_timeout(EXPORT_TIMEOUT) {
             tracing::debug!("trace exporter shutdown: {e}");
@@ -382,80 +398,59 @@ impl Drop for Exporter {
     }
 }
 
-/// The one-shot processor: finished spans held in memory (bounded; past
-/// [`MAX_QUEUED_SPANS`] dropped), exported in one call at shutdown on the
-/// caller's thread, on the gRPC client's runtime when there is one.
-struct AtEnd<E> {
-    exporter: Logged<E>,
+/// A one-shot command's finished spans (bounded; past [`MAX_QUEUED_SPANS`]
+/// dropped) and the exporter that sends them at the end.
+#[derive(Debug)]
+struct Held {
+    exporter: tokio::sync::Mutex<Logged<opentelemetry_otlp::SpanExporter>>,
     spans: Mutex<Vec<SpanData>>,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
-impl<E> std::fmt::Debug for AtEnd<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AtEnd").finish_non_exhaustive()
+impl Held {
+    async fn export(&self) {
+        let batch = std::mem::take(&mut *self.spans.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let exporter = self.exporter.lock().await;
+        // Logged reports a failure (a warning); a timeout is one too.
+        if tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await.is_err() {
+            exporter.note(&Err(opentelemetry_sdk::error::OTelSdkError::Timeout(EXPORT_TIMEOUT)), 0);
+        }
     }
 }
 
-impl<E: SpanExporter> opentelemetry_sdk::trace::SpanProcessor for AtEnd<E> {
+/// The one-shot span processor: holds finished spans for [`Held::export`].
+#[derive(Debug)]
+struct AtEnd(Arc<Held>);
+
+impl opentelemetry_sdk::trace::SpanProcessor for AtEnd {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spans = self.0.spans.lock().unwrap_or_else(|p| p.into_inner());
         if spans.len() < MAX_QUEUED_SPANS {
             spans.push(span);
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let batch = std::mem::take(&mut *self.spans.lock().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let export = self.exporter.export(batch);
-        match self.runtime.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(rt) => rt.block_on(async {
-                tokio::time::timeout(EXPORT_TIMEOUT, export)
-                    .await
-                    .unwrap_or_else(|_| Err(opentelemetry_sdk::error::OTelSdkError::Timeout(EXPORT_TIMEOUT)))
-            }),
-            // The blocking HTTP client times out by itself and must not
-            // run inside a tokio runtime.
-            None => block_on(export),
-        }
+        // Sending needs the caller's runtime: `Exporter::export_held`.
+        Ok(())
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let flushed = self.force_flush();
-        let _ = self.exporter.shutdown_with_timeout(timeout);
-        if let Some(rt) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            rt.shutdown_background();
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        let left = self.0.spans.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if left > 0 {
+            tracing::debug!("{left} span(s) not exported: export_held was not called");
         }
-        flushed
+        Ok(())
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.exporter.set_resource(resource);
-    }
-}
-
-/// Runs `f` to completion on this thread (no runtime: the future does its
-/// own blocking I/O, as the blocking HTTP client does).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
+        if let Ok(mut exporter) = self.0.exporter.try_lock() {
+            exporter.set_resource(resource);
         }
-    }
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
     }
 }
 
@@ -501,18 +496,21 @@ pub fn new_traceparent() -> String {
 }
 
 /// The exporter, plus a warning at most once a minute while exports fail
-/// (the SDK itself stays silent), and one line when they work again.
+/// (the SDK itself stays silent), and one line when they work again. With
+/// a runtime handle, each export runs on that runtime (the batch
+/// processor's thread only waits for it): both OTLP clients are tokio ones.
 #[derive(Debug)]
 struct Logged<E> {
-    inner: E,
+    inner: Arc<E>,
+    runtime: Option<tokio::runtime::Handle>,
     target: String,
     failures: AtomicU64,
     last_warned: Mutex<Option<Instant>>,
 }
 
 impl<E> Logged<E> {
-    fn new(inner: E, target: String) -> Self {
-        Logged { inner, target, failures: AtomicU64::new(0), last_warned: Mutex::new(None) }
+    fn new(inner: E, target: String, runtime: Option<tokio::runtime::Handle>) -> Self {
+        Logged { inner: Arc::new(inner), runtime, target, failures: AtomicU64::new(0), last_warned: Mutex::new(None) }
     }
 
     fn note(&self, result: &OTelSdkResult, spans: usize) {
@@ -538,10 +536,18 @@ impl<E> Logged<E> {
     }
 }
 
-impl<E: SpanExporter> SpanExporter for Logged<E> {
+impl<E: SpanExporter + 'static> SpanExporter for Logged<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
-        let result = self.inner.export(batch).await;
+        let result = match &self.runtime {
+            Some(rt) => {
+                let inner = self.inner.clone();
+                rt.spawn(async move { inner.export(batch).await })
+                    .await
+                    .unwrap_or_else(|e| Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(format!("export task: {e}"))))
+            }
+            None => self.inner.export(batch).await,
+        };
         self.note(&result, spans);
         result
     }
@@ -555,7 +561,10 @@ impl<E: SpanExporter> SpanExporter for Logged<E> {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        // Called once while the provider is built, before any export holds a clone.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.set_resource(resource);
+        }
     }
 }
 

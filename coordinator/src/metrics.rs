@@ -56,6 +56,9 @@ pub struct Metrics {
     ingest: Arc<Mutex<BTreeMap<String, [u64; 4]>>>,
     judge_round: Histogram,
     checks: Arc<Mutex<BTreeMap<String, CheckSeries>>>,
+    /// `[server] metrics = false`: every observation returns at once and
+    /// nothing is served (the ingest benchmark's "metrics off").
+    enabled: bool,
 }
 
 const RECEIVED: usize = 0;
@@ -106,10 +109,31 @@ impl Metrics {
             ingest,
             judge_round,
             checks,
+            enabled: true,
         })
     }
 
+    /// Metrics switched off (`[server] metrics = false`): an empty
+    /// registry, and every observation returns before taking a lock.
+    pub fn off() -> Arc<Metrics> {
+        Arc::new(Metrics {
+            registry: Registry::default(),
+            ingest: Arc::default(),
+            judge_round: Histogram::new(ROUND_BUCKETS),
+            checks: Arc::default(),
+            enabled: false,
+        })
+    }
+
+    /// False when switched off by `[server] metrics = false`.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     fn count(&self, region: &str, which: usize) {
+        if !self.enabled {
+            return;
+        }
         let mut ingest = self.ingest.lock().unwrap_or_else(|e| e.into_inner());
         match ingest.get_mut(region) {
             Some(c) => c[which] += 1,
@@ -135,6 +159,9 @@ impl Metrics {
     /// report. A new report's steps, times, outcome, auth results and
     /// certificates are observed.
     pub fn stored(&self, region: &str, new: bool, report_json: &str) {
+        if !self.enabled {
+            return;
+        }
         match serde_json::from_str::<ProbeReport>(report_json) {
             Ok(report) => self.stored_report(region, new, &report),
             // The JSON was validated before storage; this cannot happen.
@@ -145,6 +172,9 @@ impl Metrics {
     /// [`Metrics::stored`] with the report as the intake already parsed it
     /// (the ingest path parses each report's JSON once).
     pub fn stored_report(&self, region: &str, new: bool, report: &ProbeReport) {
+        if !self.enabled {
+            return;
+        }
         if !new {
             self.count(region, REPLAYED);
             return;
@@ -155,6 +185,9 @@ impl Metrics {
 
     /// Observes one probe report of `region`.
     pub fn observe(&self, region: &str, r: &ProbeReport) {
+        if !self.enabled {
+            return;
+        }
         let mut checks = self.lock();
         let c = checks.entry(r.check.clone()).or_default();
         let per = c.regions.entry(region.to_string()).or_default();
@@ -189,6 +222,9 @@ impl Metrics {
     /// The judge decided a round: the check's verdict, each region's state,
     /// and the incidents it holds open now.
     pub fn judged(&self, v: &Verdict, open: &[Incident]) {
+        if !self.enabled {
+            return;
+        }
         let mut checks = self.lock();
         let c = checks.entry(v.check_id.clone()).or_default();
         c.verdict = Some(v.verdict);
@@ -309,7 +345,9 @@ impl RoundTimer<'_> {
     /// the `verdict` span records exactly this measurement.
     pub fn finish(mut self) -> (std::time::SystemTime, std::time::Duration) {
         let took = self.started.elapsed();
-        self.metrics.judge_round.observe(took.as_secs_f64());
+        if self.metrics.enabled {
+            self.metrics.judge_round.observe(took.as_secs_f64());
+        }
         self.done = true;
         (self.started_at, took)
     }
@@ -317,7 +355,7 @@ impl RoundTimer<'_> {
 
 impl Drop for RoundTimer<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.metrics.enabled {
             self.metrics
                 .judge_round
                 .observe(self.started.elapsed().as_secs_f64());

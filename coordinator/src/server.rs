@@ -208,7 +208,11 @@ impl Coordinator {
             shutdown.clone(),
             traces.clone(),
         );
-        let metrics = crate::metrics::Metrics::new(hub.clone(), alerts.clone());
+        let metrics = if server.metrics.enabled {
+            crate::metrics::Metrics::new(hub.clone(), alerts.clone())
+        } else {
+            crate::metrics::Metrics::off()
+        };
         let (judge, _judged) = crate::judge::run::start(
             hub.clone(),
             storage.clone(),
@@ -275,13 +279,16 @@ impl Coordinator {
             ));
         }
         control.tokens().sessions.set_secure(server.tls.is_some());
-        let metrics_app = crate::metrics::router(metrics.clone(), server.metrics.token.as_ref());
-        let metrics_app = match listeners.metrics {
-            Some(l) => {
-                tokio::spawn(serve_metrics(l, metrics_app, shutdown.clone()));
+        let metrics_app = server
+            .metrics
+            .enabled
+            .then(|| crate::metrics::router(metrics.clone(), server.metrics.token.as_ref()));
+        let metrics_app = match (listeners.metrics, metrics_app) {
+            (Some(l), Some(app)) => {
+                tokio::spawn(serve_metrics(l, app, shutdown.clone()));
                 None
             }
-            None => Some(metrics_app),
+            (_, app) => app,
         };
         let status_page = status_settings.enabled.then(|| {
             crate::web::StatusPage::new(hub.clone(), storage.clone(), status_settings.clone())
@@ -302,12 +309,15 @@ impl Coordinator {
             (Some(m), Some(s)) => Some(m.merge(s)),
             (m, s) => m.or(s),
         };
-        let agent_api = agent_api(&server, hub.clone(), storage.clone(), shutdown.clone())
+        let mut agent_api = agent_api(&server, hub.clone(), storage.clone(), shutdown.clone())
             .with_control(control.clone())
             .with_judge(judge.feed())
-            .with_metrics(metrics.clone())
             .with_traces(traces.clone())
             .with_role(role.clone());
+        if metrics.enabled() {
+            // Off: the intake neither keeps each report for observing nor counts.
+            agent_api = agent_api.with_metrics(metrics.clone());
+        }
         let mut grpc = tokio::spawn(serve_grpc(
             listeners.grpc,
             &server,

@@ -437,6 +437,27 @@ fn a_metrics_token_keeps_scrapers_without_it_out() {
 }
 
 #[test]
+fn metrics_off_serves_no_metrics_and_the_coordinator_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
+    let config = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nmetrics = false\n\
+         data_dir = {:?}\nadmin_token_file = {:?}\n",
+        dir.path().join("data"),
+        dir.path().join("admin.token"),
+    );
+    let coordinator = mailloop_tests::cluster::Coordinator::start_with_config(dir.path(), &config);
+    let (status, _, body) = get_text(coordinator.http, "/metrics", "");
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = get_text(
+        coordinator.http,
+        "/api/v1/checks",
+        &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+    );
+    assert_eq!(status, 200, "the admin API is served as usual: {body}");
+}
+
+#[test]
 fn promtool_accepts_the_alerting_rules() {
     let rules = repo().join("deploy/prometheus/mailloop-rules.yml");
     let out = Command::new(tool("promtool"))

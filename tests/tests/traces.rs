@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------
 // The test collector.
 
-/// Everything a collector received, as decoded requests.
+/// Everything a collector received, as decoded requests, and each
+/// request's headers (gRPC metadata, HTTP headers), lower-case names.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>, Arc<Mutex<Vec<HashMap<String, String>>>>);
 
 /// A span with the resource it came with.
 #[derive(Debug, Clone)]
@@ -88,6 +89,16 @@ impl Received {
     fn all_debug(&self) -> String {
         format!("{:?}", self.0.lock().unwrap())
     }
+
+    /// The headers of every request received so far.
+    fn headers(&self) -> Vec<HashMap<String, String>> {
+        self.1.lock().unwrap().clone()
+    }
+
+    fn note_headers(&self, headers: &axum::http::HeaderMap) {
+        let map = headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        self.1.lock().unwrap().push(map);
+    }
 }
 
 #[tonic::async_trait]
@@ -96,6 +107,7 @@ impl TraceService for Received {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.note_headers(&request.metadata().clone().into_headers());
         self.0.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -126,7 +138,8 @@ impl Collector {
             Box::pin(async move {
                 let app = axum::Router::new().route(
                     "/v1/traces",
-                    axum::routing::post(move |body: axum::body::Bytes| async move {
+                    axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                        received.note_headers(&headers);
                         let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
                         received.0.lock().unwrap().push(req);
                         ([("content-type", "application/x-protobuf")], ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
@@ -428,6 +441,32 @@ fn a_collector_that_is_down_changes_nothing_about_the_probe() {
         assert!(report.trace_id.is_some(), "the trace was made even if it could not be sent");
         let warnings = err.lines().filter(|l| l.contains("cannot export traces")).count();
         assert_eq!(warnings, 1, "{protocol}: one warning about the collector, not one per batch or per span:\n{err}");
+    }
+}
+
+#[test]
+fn otlp_headers_reach_the_collector_and_never_the_logs() {
+    let secret = "tenant-s3cret-7f3a9c";
+    let check = Check::new("traces-headers");
+    for (collector, protocol) in [(Collector::grpc(), "grpc"), (Collector::http(), "http/protobuf")] {
+        let mut env = exporting_to(&collector, protocol);
+        env.push(("OTEL_EXPORTER_OTLP_HEADERS", format!("x-scope-orgid={secret},x-mailloop-test=present")));
+        // The most talkative level mailloop's own code logs at.
+        env.push(("MAILLOOP_LOG", "mailloop_agent=trace,mailloop_common=trace,debug".to_string()));
+        let (code, report, stderr) = probe(&check, &env);
+        assert_eq!(code, 0, "{stderr}");
+        tree(&collector.received, &report);
+        let headers = collector.received.headers();
+        assert!(!headers.is_empty(), "{protocol}: no request");
+        for h in &headers {
+            assert_eq!(h.get("x-scope-orgid").map(String::as_str), Some(secret), "{protocol}: {h:?}");
+            assert_eq!(h.get("x-mailloop-test").map(String::as_str), Some("present"), "{protocol}: {h:?}");
+        }
+        assert!(stderr.contains("exporting traces to"), "{protocol}: the debug log was on: {stderr}");
+        assert!(!stderr.contains(secret), "{protocol}: the header value is in the log:\n{stderr}");
+        let stdout_report = serde_json::to_string(&report).unwrap();
+        assert!(!stdout_report.contains(secret), "{protocol}: the header value is in the report");
+        assert!(!collector.received.all_debug().contains(secret), "{protocol}: the header value is in a span");
     }
 }
 

@@ -144,13 +144,27 @@ pub struct ServerConfig {
     pub min_agent_protocol: u32,
 }
 
-/// Where `/metrics` is served (`metrics_listen`, `metrics_token_file`).
-#[derive(Debug, Clone, Default)]
+/// Whether and where `/metrics` is served (`metrics`, `metrics_listen`,
+/// `metrics_token_file`).
+#[derive(Debug, Clone)]
 pub struct MetricsEndpoint {
+    /// `metrics = false`: nothing is recorded and no `/metrics` is served
+    /// (default true).
+    pub enabled: bool,
     /// Its own plain-HTTP listener; None: `/metrics` on the admin listener.
     pub listen: Option<SocketAddr>,
     /// Scrapes must send `Authorization: Bearer <token>`; None: open, as scrapers expect.
     pub token: Option<Secret>,
+}
+
+impl Default for MetricsEndpoint {
+    fn default() -> Self {
+        MetricsEndpoint {
+            enabled: true,
+            listen: None,
+            token: None,
+        }
+    }
 }
 
 /// The admin API listener's bounds (`[server] http_*`).
@@ -978,8 +992,9 @@ fn http_limits(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<HttpLimits
     })
 }
 
-/// `metrics_listen` and `metrics_token_file`.
+/// `metrics`, `metrics_listen` and `metrics_token_file`.
 fn metrics_endpoint(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<MetricsEndpoint> {
+    let enabled = t.flag(v, "metrics", true);
     let listen = match t.string(v, "metrics_listen") {
         Some(Some(_)) => Some(Some(addr(v, t, "metrics_listen", "")?)),
         Some(None) => Some(None),
@@ -1010,9 +1025,21 @@ fn metrics_endpoint(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<Metri
             }
         },
     };
+    let (enabled, listen, token) = (enabled?, listen?, token?);
+    if !enabled {
+        for (key, set) in [("metrics_listen", listen.is_some()), ("metrics_token_file", token.is_some())] {
+            if set {
+                v.issue(format!("server.{key}"), "metrics = false: nothing is served; remove this key or the switch".to_string());
+            }
+        }
+        if listen.is_some() || token.is_some() {
+            return None;
+        }
+    }
     Some(MetricsEndpoint {
-        listen: listen?,
-        token: token?,
+        enabled,
+        listen,
+        token,
     })
 }
 
@@ -1449,6 +1476,21 @@ mod tests {
                 "check[0].imap.password",
             ]
         );
+    }
+
+    #[test]
+    fn metrics_are_on_by_default_and_off_means_no_listener_and_no_token() {
+        let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
+        assert!(c.server.metrics.enabled);
+        let mut v = good();
+        v["server"]["metrics"] = json!(false);
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert!(!c.server.metrics.enabled);
+        v["server"]["metrics_listen"] = json!("127.0.0.1:0");
+        v["server"]["metrics"] = json!(false);
+        assert_eq!(paths(v.clone()), ["server.metrics_listen"]);
+        v["server"]["metrics"] = json!("no");
+        assert_eq!(paths(v), ["server.metrics"]);
     }
 
     #[test]
