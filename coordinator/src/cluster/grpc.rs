@@ -296,7 +296,7 @@ impl AgentService for AgentApi {
             let orders = self.hub.on_demand().subscribe();
             // Checked and counted in one step, so concurrent calls cannot pass
             // the cap together.
-            let Some((session, epoch)) = self
+            let Some(session) = self
                 .hub
                 .try_connect(&agent, self.settings.max_streams_per_agent)
             else {
@@ -336,7 +336,7 @@ impl AgentService for AgentApi {
                 used,
                 credential_sent: None,
             };
-            tokio::spawn(watch.run(session, epoch, orders));
+            tokio::spawn(watch.run(session, orders));
             let mut response = Response::new(ReceiverStream::new(rx));
             warn_in(&mut response, warning);
             Ok(response)
@@ -511,12 +511,11 @@ struct Watch {
 }
 
 impl Watch {
-    /// Runs the stream of the session `watch_assignments` opened (`epoch`:
-    /// the first map that includes it; `orders` subscribed before it).
+    /// Runs the stream of the session `watch_assignments` opened (already
+    /// in the assignment map; `orders` subscribed before it).
     async fn run(
         mut self,
         session: crate::cluster::hub::Session,
-        epoch: u64,
         mut orders: broadcast::Receiver<Arc<RunOrder>>,
     ) {
         let agent = self.agent.clone();
@@ -527,18 +526,11 @@ impl Watch {
             .touch_agent(agent.name.clone(), now, None, Some(true))
             .await;
         tracing::info!(agent = %agent.name, region = %agent.region, known = self.held.len(), "agent connected");
-        let mut maps = self.hub.subscribe();
-        // Wait for the map that includes this session, so a reconnecting
-        // agent is not first told to drop everything it holds.
-        let ready = tokio::select! {
-            r = maps.wait_for(|m| m.epoch >= epoch) => r.is_ok(),
-            _ = self.shutdown.recv() => false,
-            _ = self.tx.closed() => false,
-        };
-        let reason = if ready {
-            self.follow(&mut maps, &mut orders).await
-        } else {
-            "shutting down"
+        // The session is in the map already, so a reconnecting agent is
+        // never first told to drop everything it holds.
+        let reason = match self.hub.watch_agent(&agent.name) {
+            Some(mut wake) => self.follow(&mut wake, &mut orders).await,
+            None => "agent removed",
         };
         drop(session);
         let _ = self
@@ -555,7 +547,7 @@ impl Watch {
 
     async fn follow(
         &mut self,
-        maps: &mut tokio::sync::watch::Receiver<Arc<crate::cluster::schedule::AssignmentMap>>,
+        wake: &mut tokio::sync::watch::Receiver<u64>,
         orders: &mut broadcast::Receiver<Arc<RunOrder>>,
     ) -> &'static str {
         // On-demand runs for this agent, sent after the map's changes so the
@@ -608,8 +600,10 @@ impl Watch {
                     None => std::future::pending().await,
                 }
             };
-            let map = maps.borrow_and_update().clone();
-            for change in diff(&mut self.held, map.for_agent(&self.agent.name)) {
+            // Marked seen before reading, so a change after the read wakes us.
+            wake.borrow_and_update();
+            let want = self.hub.assigned(&self.agent.name);
+            for change in diff(&mut self.held, Some(&want)) {
                 log_change(&self.agent, &change);
                 if self.tx.send(Ok(change)).await.is_err() {
                     return "stream closed by the agent";
@@ -624,7 +618,7 @@ impl Watch {
                 }
             }
             tokio::select! {
-                r = maps.changed() => if r.is_err() { return "coordinator stopping" },
+                r = wake.changed() => if r.is_err() { return "coordinator stopping" },
                 o = orders.recv() => match o {
                     Ok(order) => if order.agents.contains(&self.agent.name) { due.push(order) },
                     Err(broadcast::error::RecvError::Lagged(n)) => {
