@@ -262,6 +262,7 @@ impl AgentService for AgentApi {
                 heartbeat_seconds: self.settings.heartbeat_seconds,
                 spool_max_reports: self.settings.spool_max_reports,
                 protocol_version: mailloop_proto::PROTOCOL_VERSION,
+                fleet_size: self.hub.fleet_size(),
             }))
         }
         .await;

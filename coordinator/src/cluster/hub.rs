@@ -383,6 +383,13 @@ impl Hub {
         })
     }
 
+    /// Agents this coordinator knows (revoked ones too: an upper bound,
+    /// read in O(1)), advertised at Register so agents spread their
+    /// reconnects over a window that grows with the fleet.
+    pub fn fleet_size(&self) -> u32 {
+        self.lock().agents.len().min(u32::MAX as usize) as u32
+    }
+
     /// Sessions the agent has open.
     pub fn sessions(&self, agent: &str) -> usize {
         self.lock().agents.get(agent).map_or(0, |a| a.sessions)
