@@ -385,6 +385,7 @@ impl AgentService for AgentApi {
             judge: self.judge.clone(),
             metrics: self.metrics.clone(),
             traces: self.traces.clone(),
+            out_of_window: Default::default(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
@@ -764,11 +765,24 @@ struct Reader {
     judge: Option<crate::judge::run::JudgeFeed>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     traces: crate::telemetry::Traces,
+    /// Reports of this stream outside their round's window: the first is
+    /// logged, the rest only counted (each ack still carries its warning),
+    /// so an agent replaying a day of late reports does not write a log
+    /// line per report.
+    out_of_window: std::sync::atomic::AtomicU64,
     _slot: Slot,
 }
 
 impl Reader {
-    async fn run(mut self, mut inbound: Streaming<pb::ProbeResult>) {
+    async fn run(mut self, inbound: Streaming<pb::ProbeResult>) {
+        self.read(inbound).await;
+        let late = self.out_of_window.load(std::sync::atomic::Ordering::Relaxed);
+        if late > 1 {
+            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, reports = late, "{late} reports of this stream were outside their round's window (the first is logged above): stored as early/late evidence, kept out of verdicts");
+        }
+    }
+
+    async fn read(&mut self, mut inbound: Streaming<pb::ProbeResult>) {
         loop {
             let next = tokio::select! {
                 m = inbound.message() => m,
@@ -898,8 +912,10 @@ impl Reader {
                 .flatten(),
         };
         let (fit, warning) = window.map_or((RoundFit::InWindow, String::new()), |w| w.warning());
-        if !warning.is_empty() {
-            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %r.check_id, round = r.round, probe = %r.probe_id, "{warning}");
+        if !warning.is_empty()
+            && self.out_of_window.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %r.check_id, round = r.round, probe = %r.probe_id, "{warning} (more such reports on this stream are counted, not logged each)");
         }
         let row = ReportRow {
             probe_id: r.probe_id,
