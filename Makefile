@@ -19,7 +19,8 @@ help:
 	@echo "make test            install deps, bring the stack up, run every test, bring it down;"
 	@echo "                     then cargo deny (licences, bans, sources; advisories when reachable)"
 	@echo "make deny            only the cargo deny step (installs cargo-deny when missing)"
-	@echo "make bench           mailloop vs. check_email_delivery on the same stack"
+	@echo "make bench           mailloop vs. check_email_delivery on the same stack, then the"
+	@echo "                     coordinator load test (BENCH=quick: every part, under 3 minutes)"
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
 
@@ -86,7 +87,7 @@ deny: toolchain
 
 bench: mailstack-up release
 	$(CARGO) build --release -p mailloop-bench
-	@bash scripts/bench.sh $(STACK_ENV)
+	@BENCH=$(BENCH) bash scripts/bench.sh $(STACK_ENV)
 
 clean:
 	$(CARGO) clean
