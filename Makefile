@@ -20,7 +20,7 @@ help:
 	@echo "                     then cargo deny (licences, bans, sources; advisories when reachable)"
 	@echo "make deny            only the cargo deny step (installs cargo-deny when missing)"
 	@echo "make bench           mailloop vs. check_email_delivery on the same stack, then the"
-	@echo "                     coordinator load test (BENCH=quick: every part, under 3 minutes)"
+	@echo "                     coordinator load test (BENCH=quick: every part, shorter; goal < 3 min)"
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
 
