@@ -19,7 +19,8 @@ help:
 	@echo "make test            install deps, bring the stack up, run every test, bring it down;"
 	@echo "                     then cargo deny (licences, bans, sources; advisories when reachable)"
 	@echo "make deny            only the cargo deny step (installs cargo-deny when missing)"
-	@echo "make bench           mailloop vs. check_email_delivery on the same stack; coordinator load, status page"
+	@echo "make bench           mailloop vs. check_email_delivery on the same stack, then the coordinator"
+	@echo "                     load test and the status page (BENCH=quick: every part, shorter; goal < 3 min)"
 	@echo "make deb             release .deb packages of the coordinator (+ mailloopctl) and the agent"
 	@echo "                     in target/debian (cargo-deb; installed when missing)"
 	@echo "make screenshots     regenerate docs/screenshots/*.png (the status page, light and dark) for README"
@@ -100,7 +101,7 @@ deny: toolchain
 
 bench: mailstack-up release
 	$(CARGO) build --release -p mailloop-bench
-	@bash scripts/bench.sh $(STACK_ENV)
+	@BENCH=$(BENCH) bash scripts/bench.sh $(STACK_ENV)
 
 # The status page's screenshots in README: the browser test's seeded page
 # (coordinator/tests/status_page.rs) and a check's page, light and dark,

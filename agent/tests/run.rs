@@ -105,6 +105,29 @@ async fn the_agent_registers_watches_and_its_reports_are_acked_until_the_spool_i
 }
 
 #[tokio::test]
+async fn the_agent_spreads_its_reconnects_over_the_fleet_the_coordinator_advertises() {
+    // 4,000 agents: a 12 s window (3 ms each) on top of the first backoff
+    // step (at most 0.5 s).
+    let coord = FakeCoordinator::start(Script { fleet_size: 4_000, ..Script::default() });
+    coord.assign(failing_check("herd"));
+    let dir = AgentDir::new();
+    dir.config(coord.port(), "");
+    let mut agent = dir.start();
+    let said = agent.wait_line("reconnects after a lost session are spread over").await;
+    assert!(said.contains("a fleet of 4000 agents") && said.contains("spread over 12.0 s"), "{said}");
+    coord.kill();
+    let retry = agent.wait_log("a retry", |l| l.contains("retrying in ")).await;
+    let secs: f64 = retry
+        .split("retrying in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in {retry:?}"));
+    assert!((0.25..=12.5).contains(&secs), "wait {secs} s outside the first backoff step plus the 12 s window: {retry}");
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn with_the_coordinator_down_the_agent_keeps_probing_and_replays_the_spool_once_oldest_first() {
     let coord = FakeCoordinator::start(Script::default());
     coord.assign(failing_check("outage"));

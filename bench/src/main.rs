@@ -157,9 +157,14 @@ struct Args {
     /// stdin closes, then prints what it received as JSON.
     #[arg(long)]
     otlp_sink: bool,
-    /// Smaller runs (20,000 reports, 10 changes, 5 s windows): a smoke test.
+    /// Smaller runs (20,000 reports, 10 changes, 3 s windows, 200
+    /// footprint and /metrics checks, 20,000 reports for the traces
+    /// comparison): the loadgen's part of `make bench BENCH=quick`.
     #[arg(long)]
     quick: bool,
+    /// Reports of the tracing-overhead comparison (each of its two runs).
+    #[arg(long, default_value_t = 100_000)]
+    traces_reports: usize,
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -180,8 +185,11 @@ async fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
     if args.quick {
         args.reports = args.reports.min(20_000);
+        args.traces_reports = args.traces_reports.min(20_000);
         args.changes = args.changes.min(10);
-        args.footprint_seconds = args.footprint_seconds.min(5);
+        args.footprint_seconds = args.footprint_seconds.min(3);
+        args.footprint_checks = args.footprint_checks.min(200);
+        args.metrics_checks = args.metrics_checks.min(200);
         args.status_rounds_per_day = args.status_rounds_per_day.min(4);
         args.status_builds = args.status_builds.min(5);
         args.status_seconds = args.status_seconds.min(3);
@@ -190,6 +198,13 @@ async fn main() -> std::process::ExitCode {
         args.metrics_only = true;
         args.metrics_checks = 0;
     }
+    // Each simulated agent holds one connection (one fd here, one in the
+    // coordinator, which inherits this limit).
+    let most = args.agents.iter().copied().max().unwrap_or(0);
+    if let Err(e) = raise_fd_limit(most as u64 + 512) {
+        eprintln!("mailloop-loadgen: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -197,6 +212,32 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Raises this process's open-file soft limit to its hard limit (children,
+/// the coordinator among them, inherit it); fails, naming the fix, when
+/// even the hard limit is below `needed`.
+fn raise_fd_limit(needed: u64) -> anyhow::Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum;
+    if hard.is_some_and(|h| h < needed) {
+        anyhow::bail!(
+            "{needed} open files are needed (one connection per simulated agent, on each side) but the hard limit is {}: raise it (ulimit -Hn as root, LimitNOFILE= for a service, nofile in /etc/security/limits.conf)",
+            hard.unwrap_or_default()
+        );
+    }
+    if limit.current.is_some_and(|c| c < needed) {
+        setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: hard,
+                maximum: hard,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("raising the open-file limit to {hard:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -218,7 +259,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for &n in args.agents.iter().filter(|&&n| n > 0 && !args.metrics_only) {
         eprintln!("loadgen: {n} simulated agents ...");
-        let r = load_run(&args, n, None, None, true).await?;
+        let r = load_run(&args, n, args.reports, None, None, true).await?;
         eprintln!("loadgen: {}", serde_json::to_string(&r)?);
         runs.push(r);
     }
@@ -232,12 +273,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for on in if round % 2 == 0 { [false, true] } else { [true, false] } {
                 if on {
                     eprintln!("loadgen: {n} simulated agents, metrics on, traces exported to {} ...", sink.url);
-                    let r = load_run(&args, n, Some(&sink.url), None, true).await?;
+                    let r = load_run(&args, n, args.traces_reports, Some(&sink.url), None, true).await?;
                     eprintln!("loadgen: {}", serde_json::to_string(&r)?);
                     ons.push(r);
                 } else {
                     eprintln!("loadgen: {n} simulated agents, metrics and traces off ...");
-                    let r = load_run(&args, n, None, None, false).await?;
+                    let r = load_run(&args, n, args.traces_reports, None, None, false).await?;
                     eprintln!("loadgen: {}", serde_json::to_string(&r)?);
                     offs.push(r);
                 }
@@ -276,7 +317,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if let Some(&n) = args.agents.first() {
             eprintln!("loadgen: {n} simulated agents, PostgreSQL storage ...");
             let url = fresh_database(base, "load").await?;
-            let r = load_run(&args, n, None, Some(&url), true).await?;
+            let r = load_run(&args, n, args.reports, None, Some(&url), true).await?;
             eprintln!("loadgen: {}", serde_json::to_string(&r)?);
             pg_runs.push(r);
         }
@@ -638,13 +679,15 @@ struct Seen {
     at: Instant,
 }
 
-/// One load run with `n` simulated agents, each alone in its region;
-/// `traces_to`: the coordinator exports its traces to this OTLP/gRPC
-/// endpoint; `postgres`: its storage URL (SQLite when absent); `metrics`:
-/// false runs it with `[server] metrics = false`.
+/// One load run with `n` simulated agents, each alone in its region,
+/// sending `reports` reports in all; `traces_to`: the coordinator exports
+/// its traces to this OTLP/gRPC endpoint; `postgres`: its storage URL
+/// (SQLite when absent); `metrics`: false runs it with `[server] metrics =
+/// false`.
 async fn load_run(
     args: &Args,
     n: usize,
+    reports: usize,
     traces_to: Option<&str>,
     postgres: Option<&str>,
     metrics: bool,
@@ -693,23 +736,45 @@ async fn load_run(
     let before_connect = proc_stats(pid);
     let connect_started = Instant::now();
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+    let retried = Arc::new(AtomicU64::new(0));
     let mut joins = Vec::with_capacity(n);
     for (i, (name, region, token)) in agents.iter().cloned().enumerate() {
         let tx = seen_tx.clone();
         let grpc = coord.grpc;
+        let retried = retried.clone();
         joins.push(tokio::spawn(async move {
-            let mut c = connect(grpc, &token).await?;
-            c.register(pb::RegisterRequest {
-                name,
-                region,
-                version: "loadgen".into(),
-                ..Default::default()
-            })
-            .await?;
-            let mut watch = c
-                .watch_assignments(pb::WatchRequest::default())
-                .await?
-                .into_inner();
+            // As a real agent does: a connection the kernel resets (the
+            // listen queue overflows when 10,000 connect in one instant)
+            // is tried again after a short random pause; retries are counted.
+            let mut attempt = 0u64;
+            let (c, mut watch) = loop {
+                let tried = async {
+                    let mut c = connect(grpc, &token).await?;
+                    c.register(pb::RegisterRequest {
+                        name: name.clone(),
+                        region: region.clone(),
+                        version: "loadgen".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                    let watch = c
+                        .watch_assignments(pb::WatchRequest::default())
+                        .await?
+                        .into_inner();
+                    Ok::<_, anyhow::Error>((c, watch))
+                }
+                .await;
+                match tried {
+                    Ok(ok) => break ok,
+                    Err(e) if attempt >= 20 => return Err(e),
+                    Err(_) => {
+                        attempt += 1;
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        let pause = 50 + (i as u64 * 7919 + attempt * 104_729) % 450;
+                        tokio::time::sleep(Duration::from_millis(pause)).await; // a retry's backoff, as an agent's
+                    }
+                }
+            };
             tokio::spawn(async move {
                 while let Ok(Some(change)) = watch.message().await {
                     if let Some(pb::assignment_change::Change::Upsert(a)) = change.change {
@@ -739,7 +804,7 @@ async fn load_run(
         idle.rss_kib.saturating_sub(before_connect.rss_kib) as f64 / n as f64;
 
     // Ingest.
-    let per_agent = args.reports.div_ceil(n).max(1);
+    let per_agent = reports.div_ceil(n).max(1);
     let template = Arc::new(report_template("bench"));
     let acked = Arc::new(AtomicU64::new(0));
     reset_peak(pid);
@@ -849,6 +914,7 @@ async fn load_run(
     Ok(json!({
         "agents": n,
         "connect_s": round3(connect_s),
+        "connect_retries": retried.load(Ordering::Relaxed),
         "reports_per_agent": per_agent,
         "in_flight_per_agent": args.in_flight,
         "acked": acked,
@@ -1103,29 +1169,21 @@ fn print_table(runs: &[Value], footprint: Option<&Value>) {
     let mut out = String::new();
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format_num(x));
     out.push_str("\nCoordinator load (mailloop-loadgen: real coordinator process, simulated agents over gRPC)\n");
-    out.push_str(&format!(
-        "{:<44} {:>14} {:>14}   {}\n",
-        "figure", "", "", "goal (issues 4, 15)"
-    ));
+    // One column per run (100, 1,000, 10,000 agents, traces off/on ...).
+    let line = |label: &str, cells: &[String], goal: &str| {
+        let cells: String = cells.iter().map(|c| format!(" {c:>14}")).collect();
+        format!("{label:<44}{cells}   {goal}\n")
+    };
+    let blank: Vec<String> = runs.iter().map(|_| String::new()).collect();
+    out.push_str(&line("figure", &blank, "goal (issues 4, 15)"));
     let header: Vec<String> = runs
         .iter()
         .map(|r| format!("{} agents", r["agents"]))
         .collect();
-    out.push_str(&format!(
-        "{:<44} {:>14} {:>14}\n",
-        "",
-        header.first().cloned().unwrap_or_default(),
-        header.get(1).cloned().unwrap_or_default()
-    ));
+    out.push_str(&line("", &header, ""));
     let row = |out: &mut String, label: &str, get: &dyn Fn(&Value) -> String, goal: &str| {
         let cells: Vec<String> = runs.iter().map(get).collect();
-        out.push_str(&format!(
-            "{:<44} {:>14} {:>14}   {}\n",
-            label,
-            cells.first().cloned().unwrap_or_default(),
-            cells.get(1).cloned().unwrap_or_default(),
-            goal
-        ));
+        out.push_str(&line(label, &cells, goal));
     };
     row(
         &mut out,

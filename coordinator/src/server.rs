@@ -165,7 +165,6 @@ impl Coordinator {
             .await
             .map_err(|e| ServeError::Apply(e.to_string()))?;
         tracing::info!(?summary, "config applied");
-        hub.recompute();
         Ok(Coordinator {
             config,
             storage,
@@ -223,7 +222,6 @@ impl Coordinator {
             traces.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(hub.clone().run_scheduler(shutdown.clone()));
         // Changes made through other replicas sharing the database, and
         // the agents connected to them.
         tokio::spawn(control.clone().follow_storage(shutdown.clone()));

@@ -13,6 +13,8 @@ async fn register_returns_the_agent_id_and_settings() {
     let r = register(&mut eu1, "eu-1").await;
     assert_eq!(r.agent_id, "eu-1");
     assert_eq!(r.heartbeat_seconds, 2);
+    // The fleet agents spread their reconnects over: every declared agent.
+    assert_eq!(r.fleet_size as usize, AGENTS.len());
 }
 
 #[tokio::test]

@@ -14,7 +14,11 @@
 //! Every call carries `authorization: Bearer <token>`. Between sessions the
 //! client waits a capped exponential backoff with jitter (0.5 s doubling to
 //! 30 s, each wait drawn from its upper half); a session that stayed up for
-//! 10 s resets it. With several coordinator replicas (`coordinator_urls`)
+//! 10 s resets it. On top of that, each wait gets a jitter spread over a
+//! window proportional to the fleet the coordinator advertised at Register
+//! ([`reconnect_spread`]: 3 ms per agent, at most 60 s), so when a
+//! coordinator of 10,000 agents restarts they come back over 30 s instead
+//! of in the same second. With several coordinator replicas (`coordinator_urls`)
 //! each failed or ended session moves on to the next URL, round robin, so
 //! an agent whose replica died is on another one after one backoff; the
 //! spool is replayed to whichever answers (every replica shares one
@@ -61,6 +65,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Wait between registrations while the coordinator refuses the token.
 pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
+/// Reconnect window per agent of the advertised fleet (a coordinator
+/// accepts about a thousand agents a second on a small machine: three
+/// times slower than that keeps a restart's reconnects well spread).
+pub const SPREAD_PER_AGENT: Duration = Duration::from_millis(3);
+/// Widest reconnect window, however large the fleet.
+pub const SPREAD_MAX: Duration = Duration::from_secs(60);
+
+/// The window over which an agent of a fleet of `fleet_size` agents
+/// spreads its reconnects (0: the coordinator did not say; no spread).
+pub fn reconnect_spread(fleet_size: u32) -> Duration {
+    SPREAD_PER_AGENT.saturating_mul(fleet_size).min(SPREAD_MAX)
+}
+
+/// A wait drawn uniformly from `[0, spread]` (`draw(n)`: a number below n).
+pub fn fleet_jitter(spread: Duration, draw: impl FnOnce(u64) -> u64) -> Duration {
+    Duration::from_millis(draw(spread.as_millis() as u64 + 1))
+}
 
 /// Who this agent is, for `Register`.
 #[derive(Debug, Clone)]
@@ -346,6 +367,8 @@ pub struct Connection {
     pub connected: watch::Sender<bool>,
     /// Reports sent and not yet acknowledged (the metrics read it).
     pub unacked: Arc<AtomicU64>,
+    /// The fleet size the coordinator advertised at the last Register.
+    fleet_size: std::sync::atomic::AtomicU32,
 }
 
 impl Connection {
@@ -355,7 +378,7 @@ impl Connection {
         }
         let token = bearer_value(c.token.expose())?;
         let configured_sha256 = sha256_hex(c.token.expose());
-        Ok(Connection { who, targets, current: 0, token, configured_sha256, spool, connected, unacked: Arc::default() })
+        Ok(Connection { who, targets, current: 0, token, configured_sha256, spool, connected, unacked: Arc::default(), fleet_size: Default::default() })
     }
 
     /// Uses the token the coordinator rotated to, if the spool holds one
@@ -390,7 +413,8 @@ impl Connection {
             if registered && started.elapsed() >= STABLE_SESSION {
                 backoff.reset();
             }
-            let mut wait = backoff.next_wait();
+            let spread = reconnect_spread(self.fleet_size.load(std::sync::atomic::Ordering::Relaxed));
+            let mut wait = backoff.next_wait() + fleet_jitter(spread, random_below);
             let err = match result {
                 Ok(()) => return,
                 Err(SessionError::Rotated(token)) => {
@@ -476,6 +500,14 @@ impl Connection {
             other => other?,
         };
         *registered = true;
+        let before = self.fleet_size.swap(reg.fleet_size, std::sync::atomic::Ordering::Relaxed);
+        if before != reg.fleet_size {
+            tracing::info!(
+                "the coordinator has a fleet of {} agents: reconnects after a lost session are spread over {:.1} s",
+                reg.fleet_size,
+                reconnect_spread(reg.fleet_size).as_secs_f64()
+            );
+        }
         if scheduler.is_suspended() {
             let n = scheduler.resume_probing();
             tracing::warn!("the coordinator at {} accepts this agent's token again: probing its {n} check(s) again", self.url());
@@ -705,6 +737,28 @@ mod tests {
         }
         b.reset();
         assert!(b.next_wait() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn reconnect_jitter_grows_with_the_advertised_fleet_and_is_capped() {
+        assert_eq!(reconnect_spread(0), Duration::ZERO, "an older coordinator: no spread");
+        assert_eq!(reconnect_spread(100), Duration::from_millis(300));
+        assert_eq!(reconnect_spread(10_000), Duration::from_secs(30));
+        assert_eq!(reconnect_spread(1_000_000), SPREAD_MAX);
+        assert_eq!(reconnect_spread(u32::MAX), SPREAD_MAX);
+        // The draw covers the whole window, both ends included, and no more.
+        let spread = reconnect_spread(10_000);
+        assert_eq!(fleet_jitter(spread, |_| 0), Duration::ZERO);
+        assert_eq!(fleet_jitter(spread, |n| n - 1), spread);
+        assert_eq!(fleet_jitter(Duration::ZERO, |n| n - 1), Duration::ZERO);
+        let (mut low, mut high) = (Duration::MAX, Duration::ZERO);
+        for _ in 0..2_000 {
+            let w = fleet_jitter(spread, random_below);
+            assert!(w <= spread, "{w:?} beyond {spread:?}");
+            low = low.min(w);
+            high = high.max(w);
+        }
+        assert!(low < spread / 10 && high > spread * 9 / 10, "draws {low:?}..{high:?} do not cover the window");
     }
 
     #[test]

@@ -67,11 +67,13 @@ pub struct Script {
     /// PEM (cert, key) of the server, and the CA that client certificates
     /// must chain to (mutual TLS) if any.
     pub tls: Option<(String, String, Option<String>)>,
+    /// The fleet size advertised at Register (0: not said).
+    pub fleet_size: u32,
 }
 
 impl Default for Script {
     fn default() -> Self {
-        Script { token: super::TOKEN.into(), heartbeat_seconds: 1, spool_max_reports: 0, acks: Acks::Store, tls: None }
+        Script { token: super::TOKEN.into(), heartbeat_seconds: 1, spool_max_reports: 0, acks: Acks::Store, tls: None, fleet_size: 0 }
     }
 }
 
@@ -223,6 +225,7 @@ impl AgentService for Service {
             heartbeat_seconds: self.0.script.heartbeat_seconds,
             spool_max_reports: self.0.script.spool_max_reports,
             protocol_version: mailloop_proto::PROTOCOL_VERSION,
+            fleet_size: self.0.script.fleet_size,
         }))
     }
 

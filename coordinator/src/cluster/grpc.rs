@@ -313,6 +313,7 @@ impl AgentService for AgentApi {
                 heartbeat_seconds: self.settings.heartbeat_seconds,
                 spool_max_reports: self.settings.spool_max_reports,
                 protocol_version: mailloop_proto::PROTOCOL_VERSION,
+                fleet_size: self.hub.fleet_size(),
             }))
         }
         .await;
@@ -350,7 +351,7 @@ impl AgentService for AgentApi {
             let orders = self.hub.on_demand().subscribe();
             // Checked and counted in one step, so concurrent calls cannot pass
             // the cap together.
-            let Some((session, epoch)) = self
+            let Some(session) = self
                 .hub
                 .try_connect(&agent, self.settings.max_streams_per_agent)
             else {
@@ -392,7 +393,7 @@ impl AgentService for AgentApi {
                 remade: false,
                 role: self.role.clone(),
             };
-            tokio::spawn(watch.run(session, epoch, orders));
+            tokio::spawn(watch.run(session, orders));
             let mut response = Response::new(ReceiverStream::new(rx));
             warn_in(&mut response, warning);
             Ok(response)
@@ -443,6 +444,7 @@ impl AgentService for AgentApi {
             judge: self.judge.clone(),
             metrics: self.metrics.clone(),
             traces: self.traces.clone(),
+            out_of_window: Default::default(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
@@ -576,12 +578,11 @@ struct Watch {
 }
 
 impl Watch {
-    /// Runs the stream of the session `watch_assignments` opened (`epoch`:
-    /// the first map that includes it; `orders` subscribed before it).
+    /// Runs the stream of the session `watch_assignments` opened (already
+    /// in the assignment map; `orders` subscribed before it).
     async fn run(
         mut self,
         session: crate::cluster::hub::Session,
-        epoch: u64,
         mut orders: broadcast::Receiver<Arc<RunOrder>>,
     ) {
         let agent = self.agent.clone();
@@ -592,18 +593,11 @@ impl Watch {
             .touch_agent(agent.name.clone(), now, None, Some(true))
             .await;
         tracing::info!(agent = %agent.name, region = %agent.region, known = self.held.len(), "agent connected");
-        let mut maps = self.hub.subscribe();
-        // Wait for the map that includes this session, so a reconnecting
-        // agent is not first told to drop everything it holds.
-        let ready = tokio::select! {
-            r = maps.wait_for(|m| m.epoch >= epoch) => r.is_ok(),
-            _ = self.shutdown.recv() => false,
-            _ = self.tx.closed() => false,
-        };
-        let reason = if ready {
-            self.follow(&mut maps, &mut orders).await
-        } else {
-            "shutting down"
+        // The session is in the map already, so a reconnecting agent is
+        // never first told to drop everything it holds.
+        let reason = match self.hub.watch_agent(&agent.name) {
+            Some(mut wake) => self.follow(&mut wake, &mut orders).await,
+            None => "agent removed",
         };
         drop(session);
         let _ = self
@@ -654,7 +648,7 @@ impl Watch {
 
     async fn follow(
         &mut self,
-        maps: &mut tokio::sync::watch::Receiver<Arc<crate::cluster::schedule::AssignmentMap>>,
+        wake: &mut tokio::sync::watch::Receiver<u64>,
         orders: &mut broadcast::Receiver<Arc<RunOrder>>,
     ) -> &'static str {
         // On-demand runs for this agent, sent after the map's changes so the
@@ -711,8 +705,10 @@ impl Watch {
                     None => std::future::pending().await,
                 }
             };
-            let map = maps.borrow_and_update().clone();
-            for change in diff(&mut self.held, map.for_agent(&self.agent.name)) {
+            // Marked seen before reading, so a change after the read wakes us.
+            wake.borrow_and_update();
+            let want = self.hub.assigned(&self.agent.name);
+            for change in diff(&mut self.held, Some(&want)) {
                 log_change(&self.agent, &change);
                 if self.tx.send(Ok(change)).await.is_err() {
                     return "stream closed by the agent";
@@ -727,7 +723,7 @@ impl Watch {
                 }
             }
             tokio::select! {
-                r = maps.changed() => if r.is_err() { return "coordinator stopping" },
+                r = wake.changed() => if r.is_err() { return "coordinator stopping" },
                 o = orders.recv() => match o {
                     Ok(order) => if order.agents.contains(&self.agent.name) { due.push(order) },
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -876,11 +872,24 @@ struct Reader {
     judge: Option<crate::judge::run::JudgeFeed>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     traces: crate::telemetry::Traces,
+    /// Reports of this stream outside their round's window: the first is
+    /// logged, the rest only counted (each ack still carries its warning),
+    /// so an agent replaying a day of late reports does not write a log
+    /// line per report.
+    out_of_window: std::sync::atomic::AtomicU64,
     _slot: Slot,
 }
 
 impl Reader {
-    async fn run(mut self, mut inbound: Streaming<pb::ProbeResult>) {
+    async fn run(mut self, inbound: Streaming<pb::ProbeResult>) {
+        self.read(inbound).await;
+        let late = self.out_of_window.load(std::sync::atomic::Ordering::Relaxed);
+        if late > 1 {
+            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, reports = late, "{late} reports of this stream were outside their round's window (the first is logged above): stored as early/late evidence, kept out of verdicts");
+        }
+    }
+
+    async fn read(&mut self, mut inbound: Streaming<pb::ProbeResult>) {
         loop {
             let next = tokio::select! {
                 m = inbound.message() => m,
@@ -1010,8 +1019,10 @@ impl Reader {
                 .flatten(),
         };
         let (fit, warning) = window.map_or((RoundFit::InWindow, String::new()), |w| w.warning());
-        if !warning.is_empty() {
-            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %r.check_id, round = r.round, probe = %r.probe_id, "{warning}");
+        if !warning.is_empty()
+            && self.out_of_window.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %r.check_id, round = r.round, probe = %r.probe_id, "{warning} (more such reports on this stream are counted, not logged each)");
         }
         let row = ReportRow {
             probe_id: r.probe_id,

@@ -1,17 +1,21 @@
 //! The hub: the coordinator's live state in memory.
 //!
 //! Checks (with their revisions), agents (with their token hashes, sessions,
-//! versions and last-seen times) and the current [`AssignmentMap`]. Storage
+//! versions and last-seen times) and who runs what ([`Placement`]). Storage
 //! is the durable copy; the hub is what requests are answered from, so the
 //! gRPC hot path (authenticate, is this report allowed?) never touches the
 //! database.
 //!
 //! The state sits under a `std::sync::Mutex`: nothing awaits while holding
-//! it. Every change that can move an assignment marks the hub dirty; one
-//! scheduler task ([`Hub::run_scheduler`]) recomputes the map and publishes
-//! it on a `watch` channel, which every agent's `WatchAssignments` stream
-//! follows. Bursts of changes (a thousand agents connecting) coalesce into
-//! a few recomputations.
+//! it. Every change that can move an assignment (a session opening or
+//! closing, a check or agent changed) is applied to the map at once, under
+//! that lock, by [`Placement`], which moves only the checks whose
+//! rendezvous winner changed; then only the agents whose checks changed
+//! are woken, each through its own `watch` channel that its
+//! `WatchAssignments` streams follow. A join costs O(checks of its region)
+//! and wakes the newcomer and the agents it took checks from, so a storm of
+//! N joins is linear in N (it was N full recomputations, each waking all N
+//! streams).
 //!
 //! Replicas sharing a PostgreSQL database also see each other's agents:
 //! [`Hub::local_presence`] is what this replica publishes, and
@@ -22,10 +26,10 @@
 
 use crate::config::names::token_sha256;
 use crate::cluster::ondemand::{OnDemand, RunStarted};
-use crate::cluster::schedule::{self, Assignment, AssignmentMap, Schedulable};
-use crate::shutdown::Shutdown;
+use crate::cluster::placement::Placement;
+use crate::cluster::schedule::{self, Assignment};
 use crate::storage::{Presence, StoredAgent, StoredCheck};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
@@ -77,6 +81,22 @@ struct AgentState {
     disconnected_at_ms: Option<i64>,
     /// Its clock minus ours (ms), from its last Register or Heartbeat.
     clock_skew_ms: Option<i64>,
+    /// Bumped (to the hub's epoch) when its assignments, token or standing
+    /// change: its assignment streams follow it.
+    wake: watch::Sender<u64>,
+}
+
+impl AgentState {
+    fn new(stored: StoredAgent) -> AgentState {
+        AgentState {
+            stored,
+            sessions: 0,
+            spooled: None,
+            disconnected_at_ms: None,
+            clock_skew_ms: None,
+            wake: watch::channel(0).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -96,6 +116,11 @@ struct Inner {
     epoch: u64,
     /// Agents connected to other replicas, by name (their sessions summed).
     remote: BTreeMap<String, Remote>,
+    /// Who runs what now, kept up to date change by change.
+    placement: Placement,
+    /// Each check's regions (deleted ones included) as a set: the
+    /// per-report region test must not scan a fleet-long list.
+    check_regions: HashMap<String, HashSet<String>>,
 }
 
 /// An agent connected to other replicas, as they last published it.
@@ -112,13 +137,67 @@ impl Inner {
     fn live(&self, a: &AgentState) -> bool {
         a.sessions > 0 || self.remote.contains_key(&a.stored.name)
     }
+
+    /// Brings `name`'s place in the assignment map in line with its
+    /// state (live and not revoked: placed in its region; otherwise not).
+    fn settle(&mut self, name: &str, touched: &mut Vec<String>) {
+        let target = self
+            .agents
+            .get(name)
+            .filter(|a| self.live(a) && !a.stored.revoked)
+            .map(|a| a.stored.region.clone());
+        let current = self.placement.region_of(name).map(str::to_string);
+        if target == current {
+            return;
+        }
+        match target {
+            Some(region) => self.placement.join(name, &region, touched),
+            None => self.placement.leave(name, touched),
+        }
+    }
+
+    /// Installs `c` and places it (a deleted check is taken off every agent).
+    fn install_check(&mut self, c: StoredCheck, touched: &mut Vec<String>) {
+        self.revision = self.revision.max(c.revision);
+        let id = c.spec.name.clone();
+        self.check_regions
+            .insert(id.clone(), c.spec.regions.iter().cloned().collect());
+        if c.deleted {
+            self.placement.put_check(&id, None, touched);
+        } else {
+            let interval_ms = c.spec.interval.as_millis() as u64;
+            let assignment = Arc::new(Assignment {
+                check_id: id.clone(),
+                revision: c.revision,
+                check_json: Arc::from(c.spec.table.to_string()),
+                interval_ms,
+                phase_ms: schedule::phase_ms(&id, interval_ms),
+            });
+            self.placement
+                .put_check(&id, Some((assignment, &c.spec.regions)), touched);
+        }
+        self.checks.insert(id, c);
+    }
+
+    /// Wakes the streams of every agent in `touched` (once each).
+    fn wake(&mut self, mut touched: Vec<String>) {
+        if touched.is_empty() {
+            return;
+        }
+        self.epoch += 1;
+        touched.sort_unstable();
+        touched.dedup();
+        for name in touched {
+            if let Some(a) = self.agents.get(&name) {
+                a.wake.send_replace(self.epoch);
+            }
+        }
+    }
 }
 
 /// The live state. Share it as `Arc<Hub>`.
 pub struct Hub {
     inner: Mutex<Inner>,
-    dirty: Notify,
-    assignments: watch::Sender<Arc<AssignmentMap>>,
     /// On-demand runs, followed by every assignment stream.
     on_demand: OnDemand,
     /// Fired when a session here opens or closes (the presence heartbeat
@@ -130,9 +209,9 @@ impl Hub {
     /// A hub holding what storage had at start.
     pub fn new(checks: Vec<StoredCheck>, agents: Vec<StoredAgent>) -> Arc<Hub> {
         let mut inner = Inner::default();
+        let mut touched = Vec::new();
         for c in checks {
-            inner.revision = inner.revision.max(c.revision);
-            inner.checks.insert(c.spec.name.clone(), c);
+            inner.install_check(c, &mut touched);
         }
         for a in agents {
             inner
@@ -141,23 +220,10 @@ impl Hub {
             if let Some(previous) = &a.previous_token_sha256 {
                 inner.by_token.insert(previous.clone(), a.name.clone());
             }
-            inner.agents.insert(
-                a.name.clone(),
-                AgentState {
-                    stored: a,
-                    sessions: 0,
-                    spooled: None,
-                    disconnected_at_ms: None,
-                    clock_skew_ms: None,
-                },
-            );
+            inner.agents.insert(a.name.clone(), AgentState::new(a));
         }
-        let map = compute(&mut inner);
-        let (tx, _) = watch::channel(Arc::new(map));
         Arc::new(Hub {
             inner: Mutex::new(inner),
-            dirty: Notify::new(),
-            assignments: tx,
             on_demand: OnDemand::default(),
             local: Notify::new(),
         })
@@ -165,28 +231,6 @@ impl Hub {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Recomputes the assignment map whenever something changed, until shutdown.
-    pub async fn run_scheduler(self: Arc<Self>, mut shutdown: Shutdown) {
-        loop {
-            tokio::select! {
-                _ = self.dirty.notified() => {}
-                _ = shutdown.recv() => return,
-            }
-            self.recompute();
-        }
-    }
-
-    /// Recomputes and publishes the map now.
-    pub fn recompute(&self) {
-        let map = compute(&mut self.lock());
-        tracing::debug!(epoch = map.epoch, "assignments recomputed");
-        self.assignments.send_replace(Arc::new(map));
-    }
-
-    fn changed(&self) {
-        self.dirty.notify_one();
     }
 
     /// Resolves when a session here opened or closed since the last call.
@@ -224,10 +268,15 @@ impl Hub {
             r.spooled = r.spooled.or(p.spooled);
             r.clock_skew_ms = r.clock_skew_ms.or(p.clock_skew_ms);
         }
-        let moved = {
+        {
             let mut inner = self.lock();
             let old = std::mem::take(&mut inner.remote);
-            let moved = old.keys().ne(remote.keys());
+            let flipped: Vec<String> = old
+                .keys()
+                .filter(|k| !remote.contains_key(*k))
+                .chain(remote.keys().filter(|k| !old.contains_key(*k)))
+                .cloned()
+                .collect();
             for (name, a) in inner.agents.iter_mut() {
                 let was = old.contains_key(name);
                 let is = remote.contains_key(name);
@@ -238,16 +287,27 @@ impl Hub {
                 }
             }
             inner.remote = remote;
-            moved
-        };
-        if moved {
-            self.changed();
+            let mut touched = Vec::new();
+            for name in flipped {
+                inner.settle(&name, &mut touched);
+            }
+            inner.wake(touched);
         }
     }
 
-    /// Follows the assignment map.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<AssignmentMap>> {
-        self.assignments.subscribe()
+    /// Follows `agent`'s assignments: the value changes whenever its
+    /// checks, token or standing change (read them with [`Hub::assigned`]).
+    pub fn watch_agent(&self, agent: &str) -> Option<watch::Receiver<u64>> {
+        self.lock().agents.get(agent).map(|a| a.wake.subscribe())
+    }
+
+    /// The checks `agent` runs now (empty when it is not live).
+    pub fn assigned(&self, agent: &str) -> BTreeMap<String, Arc<Assignment>> {
+        self.lock()
+            .placement
+            .for_agent(agent)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The agent a bearer token belongs to.
@@ -288,8 +348,8 @@ impl Hub {
 
     /// Opens a session (a WatchAssignments stream): the agent counts as
     /// connected, and gets checks, until the returned guard is dropped.
-    /// Also returns the first map epoch that will include the session.
-    pub fn connect(self: &Arc<Self>, agent: &AgentIdentity) -> (Session, u64) {
+    /// The assignment map includes it when this returns.
+    pub fn connect(self: &Arc<Self>, agent: &AgentIdentity) -> Session {
         self.try_connect(agent, usize::MAX)
             .expect("no cap is reached at usize::MAX sessions")
     }
@@ -301,8 +361,8 @@ impl Hub {
         self: &Arc<Self>,
         agent: &AgentIdentity,
         max: usize,
-    ) -> Option<(Session, u64)> {
-        let epoch = {
+    ) -> Option<Session> {
+        {
             let mut inner = self.lock();
             if let Some(a) = inner.agents.get_mut(&agent.name) {
                 if a.sessions >= max {
@@ -312,18 +372,22 @@ impl Hub {
                 a.stored.connected = true;
                 a.disconnected_at_ms = None;
             }
-            // Any recomputation that starts after this lock is released sees the session.
-            inner.epoch + 1
-        };
-        self.changed();
+            let mut touched = Vec::new();
+            inner.settle(&agent.name, &mut touched);
+            inner.wake(touched);
+        }
         self.local.notify_one();
-        Some((
-            Session {
-                hub: self.clone(),
-                agent: agent.name.clone(),
-            },
-            epoch,
-        ))
+        Some(Session {
+            hub: self.clone(),
+            agent: agent.name.clone(),
+        })
+    }
+
+    /// Agents this coordinator knows (revoked ones too: an upper bound,
+    /// read in O(1)), advertised at Register so agents spread their
+    /// reconnects over a window that grows with the fleet.
+    pub fn fleet_size(&self) -> u32 {
+        self.lock().agents.len().min(u32::MAX as usize) as u32
     }
 
     /// Sessions the agent has open.
@@ -399,7 +463,11 @@ impl Hub {
         let Some(check) = inner.checks.get(check_id) else {
             return Err(format!("unknown check {check_id:?}"));
         };
-        if !check.spec.regions.contains(&agent.region) {
+        let runs_here = inner
+            .check_regions
+            .get(check_id)
+            .is_some_and(|r| r.contains(&agent.region));
+        if !runs_here {
             return Err(format!(
                 "check {check_id:?} does not run in region {:?} (it runs in {}); agent {} is not assigned to it",
                 agent.region,
@@ -451,48 +519,38 @@ impl Hub {
 
     /// Installs a stored check (new, changed, or deleted).
     pub fn put_check(&self, c: StoredCheck) {
-        {
-            let mut inner = self.lock();
-            inner.revision = inner.revision.max(c.revision);
-            inner.checks.insert(c.spec.name.clone(), c);
-        }
-        self.changed();
+        let mut inner = self.lock();
+        let mut touched = Vec::new();
+        inner.install_check(c, &mut touched);
+        inner.wake(touched);
     }
 
     /// An agent by name.
     pub fn agent(&self, name: &str) -> Option<AgentView> {
         let inner = self.lock();
-        let map = self.assignments.borrow();
-        inner.agents.get(name).map(|a| view(a, inner.remote.get(name), &map))
+        inner
+            .agents
+            .get(name)
+            .map(|a| view(a, inner.remote.get(name), &inner.placement))
     }
 
     /// Every agent, by name.
     pub fn agents(&self) -> Vec<AgentView> {
         let inner = self.lock();
-        let map = self.assignments.borrow();
         inner
             .agents
             .values()
-            .map(|a| view(a, inner.remote.get(&a.stored.name), &map))
+            .map(|a| view(a, inner.remote.get(&a.stored.name), &inner.placement))
             .collect()
     }
 
     /// Which agent runs `check_id` now in each of `regions` (None: nobody connected there).
     pub fn owners(&self, check_id: &str, regions: &[String]) -> BTreeMap<String, Option<String>> {
         let inner = self.lock();
-        let map = self.assignments.borrow();
         regions
             .iter()
             .map(|region| {
-                let owner = inner
-                    .agents
-                    .values()
-                    .filter(|a| a.stored.region == *region)
-                    .find(|a| {
-                        map.for_agent(&a.stored.name)
-                            .is_some_and(|m| m.contains_key(check_id))
-                    })
-                    .map(|a| a.stored.name.clone());
+                let owner = inner.placement.owner(check_id, region).map(str::to_string);
                 (region.clone(), owner)
             })
             .collect()
@@ -625,12 +683,17 @@ impl Hub {
             let spooled = inner.agents.get(&a.name).and_then(|s| s.spooled);
             let disconnected_at_ms = inner.agents.get(&a.name).and_then(|s| s.disconnected_at_ms);
             let clock_skew_ms = inner.agents.get(&a.name).and_then(|s| s.clock_skew_ms);
+            let wake = inner
+                .agents
+                .get(&a.name)
+                .map_or_else(|| watch::channel(0).0, |s| s.wake.clone());
             let mut stored = a;
             if let Some(old) = inner.agents.get(&stored.name) {
                 stored.last_seen_ms = stored.last_seen_ms.or(old.stored.last_seen_ms);
                 stored.version = stored.version.clone().or(old.stored.version.clone());
             }
             stored.connected = sessions > 0;
+            let stored_name = stored.name.clone();
             inner.agents.insert(
                 stored.name.clone(),
                 AgentState {
@@ -639,10 +702,16 @@ impl Hub {
                     spooled,
                     disconnected_at_ms,
                     clock_skew_ms,
+                    wake,
                 },
             );
+            // Its streams wake even when no check moves: a revoked agent's
+            // end, a rotated one's get the new token.
+            let name = stored_name;
+            let mut touched = vec![name.clone()];
+            inner.settle(&name, &mut touched);
+            inner.wake(touched);
         }
-        self.changed();
     }
 }
 
@@ -652,7 +721,7 @@ fn previous_valid(a: &StoredAgent, now_ms: i64) -> bool {
 }
 
 /// An agent as the API shows it: its sessions here and on other replicas.
-fn view(a: &AgentState, remote: Option<&Remote>, map: &AssignmentMap) -> AgentView {
+fn view(a: &AgentState, remote: Option<&Remote>, map: &Placement) -> AgentView {
     let mut stored = a.stored.clone();
     let here = a.sessions > 0;
     if let Some(r) = remote {
@@ -668,40 +737,6 @@ fn view(a: &AgentState, remote: Option<&Remote>, map: &AssignmentMap) -> AgentVi
         disconnected_at_ms: a.disconnected_at_ms,
         clock_skew_ms: if here { a.clock_skew_ms } else { remote.and_then(|r| r.clock_skew_ms).or(a.clock_skew_ms) },
     }
-}
-
-fn compute(inner: &mut Inner) -> AssignmentMap {
-    inner.epoch += 1;
-    let checks: Vec<Schedulable> = inner
-        .checks
-        .values()
-        .filter(|c| !c.deleted)
-        .map(|c| {
-            let interval_ms = c.spec.interval.as_millis() as u64;
-            Schedulable {
-                assignment: Arc::new(Assignment {
-                    check_id: c.spec.name.clone(),
-                    revision: c.revision,
-                    check_json: Arc::from(c.spec.table.to_string()),
-                    interval_ms,
-                    phase_ms: schedule::phase_ms(&c.spec.name, interval_ms),
-                }),
-                regions: c.spec.regions.clone(),
-            }
-        })
-        .collect();
-    let mut connected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for a in inner
-        .agents
-        .values()
-        .filter(|a| inner.live(a) && !a.stored.revoked)
-    {
-        connected
-            .entry(a.stored.region.clone())
-            .or_default()
-            .push(a.stored.name.clone());
-    }
-    schedule::assign(inner.epoch, &checks, &connected)
 }
 
 /// An open session; dropping it disconnects the agent (if it was its last).
@@ -722,8 +757,10 @@ impl Drop for Session {
                     a.disconnected_at_ms = Some(crate::clock::now_ms());
                 }
             }
+            let mut touched = Vec::new();
+            inner.settle(&self.agent, &mut touched);
+            inner.wake(touched);
         }
-        self.hub.changed();
         self.hub.local.notify_one();
     }
 }
