@@ -718,6 +718,7 @@ async fn migrate_data_moves_a_sqlite_installation_into_postgres() {
             created_at_ms: 5,
             previous_token_sha256: (name == "us-1").then(|| "01".repeat(32)),
             previous_token_until_ms: (name == "us-1").then_some(99),
+            token_in_use: name == "eu-1",
         })
         .await
         .unwrap();

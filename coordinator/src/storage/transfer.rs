@@ -78,6 +78,7 @@ const TABLES: &[Table] = &[
             ("created_at", Int),
             ("previous_token_sha256", Text),
             ("previous_token_until", Int),
+            ("token_in_use", Bool),
         ],
         serial: None,
     },
