@@ -6,9 +6,11 @@
 //! installed, checked (binaries, `/etc/mailloop`, the conffile, the admin
 //! token made at install, the units as `systemd-analyze verify` and
 //! `security` see them installed, no system user because the units run as
-//! a `DynamicUser`), used (the installed coordinator on the shipped config,
-//! `mailloopctl agents add` with the admin token made at install, the
-//! printed one command run by the installed agent), reinstalled and
+//! a `DynamicUser`), used (the installed coordinator on the shipped config
+//! with a check of the real mail stack in two regions, `mailloopctl agents
+//! add` per region with the admin token made at install, each printed one
+//! command run by the installed agent, both agents running until a verdict
+//! has both regions delivered), reinstalled and
 //! upgraded over an edited conffile and a
 //! config `enroll` wrote (both kept), removed (config kept) and purged
 //! (nothing of theirs left but what the operator put there).
@@ -18,7 +20,9 @@
 //! touched, and both packages are purged at the end even when an
 //! assertion fails.
 
-use mailloop_tests::cluster::bin;
+use mailloop_tests::cluster::{IMAP_PASS_ENV, Proc, SMTP_PASS_ENV, bin, check_toml, wait_until};
+use mailloop_tests::{Check, Stack};
+use std::time::Duration;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +33,8 @@ const UNITS: [&str; 2] = ["mailloop-coordinator.service", "mailloop-agent.servic
 /// Marks the versions this test installs (and may purge when left over).
 const TEST_VERSION: &str = "~test";
 const MAX_EXPOSURE: f64 = 2.0;
+/// Generous: rounds are 10 s apart and the machine may be loaded.
+const DEADLINE: Duration = Duration::from_secs(120);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -355,19 +361,30 @@ fn the_debs_install_upgrade_keep_edited_config_and_purge_cleanly() {
 
     // The installed programs work together as the README's Deploy section
     // uses them: the installed coordinator on the shipped config (its own
-    // ports and data directory here, so nothing else is disturbed),
-    // `mailloopctl --token-file /etc/mailloop/admin.token agents add`, and
-    // the one command it prints, run with the installed agent.
+    // ports and data directory here, so nothing else is disturbed, and one
+    // check of the real mail stack in two regions), `mailloopctl
+    // --token-file /etc/mailloop/admin.token agents add` once per region,
+    // the one command each prints run with the installed agent, and both
+    // installed agents running: a verdict with both regions delivered.
+    let stack = Stack::get();
+    let check = Check::new("pkg-deploy");
+    let regions = [("pkg-1", "pkg-a"), ("pkg-2", "pkg-b")];
     let serving = work.path().join("serving.toml");
     std::fs::write(
         &serving,
-        read(shipped.to_str().unwrap())
-            .replace("127.0.0.1:7443", "127.0.0.1:0")
-            .replace("127.0.0.1:7480", "127.0.0.1:0")
-            .replace(
-                "/var/lib/mailloop-coordinator",
-                work.path().join("data").to_str().unwrap(),
-            ),
+        format!(
+            "{}\n{}",
+            read(shipped.to_str().unwrap())
+                .replace("127.0.0.1:7443", "127.0.0.1:0")
+                .replace("127.0.0.1:7480", "127.0.0.1:0")
+                .replace(
+                    "/var/lib/mailloop-coordinator",
+                    work.path().join("data").to_str().unwrap(),
+                )
+                // The check's 10 s interval is shorter than production allows.
+                .replace("[server]\n", "[server]\ntest_mode = true\n"),
+            check_toml(&check, "10s", &regions.map(|(_, r)| r)),
+        ),
     )
     .unwrap();
     let mut coordinator = Command::new("/usr/bin/mailloop-coordinator")
@@ -378,60 +395,74 @@ fn the_debs_install_upgrade_keep_edited_config_and_purge_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let said = coordinator.stdout.take().unwrap();
+    let mut coordinator = Proc::new(coordinator);
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(coordinator.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(said),
         &mut line,
     )
     .unwrap();
     let http = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http="))
-        .map(str::to_string);
-    let enrolled = http.map(|http| {
-        let added = run(Command::new("/usr/bin/mailloopctl")
-            .args([
-                "--url",
-                &format!("http://{http}"),
-                "--token-file",
-                token_path,
-            ])
-            .args(["agents", "add", "pkg-1", "--region", "pkg-region"]));
-        let one_liner = added
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("the installed coordinator did not say where it serves: {line:?}"));
+    let ctl = |args: &[&str]| {
+        run(Command::new("/usr/bin/mailloopctl")
+            .args(["--url", &format!("http://{http}"), "--token-file", token_path])
+            .args(args))
+    };
+    let mut agents = Vec::new();
+    for (name, region) in regions {
+        let added = ctl(&["agents", "add", name, "--region", region]);
+        assert!(added.0, "mailloopctl agents add with the admin token made at install:\n{}", added.1);
+        let join = added
             .1
             .lines()
-            .find(|l| l.starts_with("mailloop-agent enroll '"))
-            .map(str::to_string);
-        let join = one_liner.as_deref().and_then(|l| {
-            l.strip_prefix("mailloop-agent enroll '")?
-                .strip_suffix('\'')
+            .find_map(|l| l.strip_prefix("mailloop-agent enroll '")?.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("agents add printed no one command:\n{}", added.1));
+        let vm = work.path().join(name);
+        let (ok, said) = run(Command::new("/usr/bin/mailloop-agent")
+            .args(["enroll", join, "--config"])
+            .arg(vm.join("agent.toml"))
+            .arg("--spool")
+            .arg(vm.join("spool.db")));
+        assert!(ok && said.contains(&format!("enrolled as agent {name} in region {region}")), "{said}");
+        // The VM's own settings beside what enroll wrote: the stack's resolver.
+        let config = vm.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("{}\n[dns]\nnameservers = [\"{}:53\"]\n", read(config.to_str().unwrap()), stack.var("MAILSTACK_DNS")),
+        )
+        .unwrap();
+        let log = std::fs::File::create(vm.join("agent.log")).unwrap();
+        agents.push(Proc::new(
+            Command::new("/usr/bin/mailloop-agent")
+                .args(["run", "--config"])
+                .arg(&config)
+                .env(SMTP_PASS_ENV, stack.var("MAILSTACK_SMTP_PASS"))
+                .env(IMAP_PASS_ENV, stack.var("MAILSTACK_IMAP_PASS"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let verdict = wait_until(DEADLINE, "a verdict of the check with both enrolled regions delivered", || {
+        let (ok, out) = ctl(&["-o", "json", "status"]);
+        let body: serde_json::Value = serde_json::from_str(ok.then_some(out)?.trim()).ok()?;
+        let c = body["checks"].as_array()?.iter().find(|c| c["check"] == check.name.as_str())?.clone();
+        let delivered = regions.iter().all(|(name, region)| {
+            c["regions"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["region"] == *region && r["agent"] == *name && r["state"] == "ok"))
         });
-        let vm = work.path().join("vm");
-        let enrolled = join.map(|j| {
-            run(Command::new("/usr/bin/mailloop-agent")
-                .args(["enroll", j, "--config"])
-                .arg(vm.join("agent.toml"))
-                .arg("--spool")
-                .arg(vm.join("spool.db")))
-        });
-        (added, enrolled)
+        delivered.then_some(c)
     });
-    let _ = coordinator.kill();
-    let _ = coordinator.wait();
-    let (added, enrolled) = enrolled.unwrap_or_else(|| {
-        panic!("the installed coordinator did not say where it serves: {line:?}")
-    });
-    assert!(
-        added.0,
-        "mailloopctl agents add with the admin token made at install:\n{}",
-        added.1
-    );
-    let (ok, said) =
-        enrolled.unwrap_or_else(|| panic!("agents add printed no one command:\n{}", added.1));
-    assert!(
-        ok && said.contains("enrolled as agent pkg-1 in region pkg-region"),
-        "{said}"
-    );
+    assert_eq!(verdict["verdict"], "up", "{verdict}");
+    drop(agents);
+    coordinator.kill();
 
     // The operator edits the config, enroll writes the agent's, the
     // operator adds a certificate of theirs.
