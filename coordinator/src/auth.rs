@@ -224,9 +224,17 @@ pub enum Action {
     /// Always this verb.
     Fixed(&'static str),
     /// From the answer's `change`: `created`, `updated` (recorded as
-    /// `changed`), `acknowledged`; `unchanged` is not recorded.
+    /// `changed`), `acknowledged`; `unchanged` is not recorded. An answer
+    /// that is not JSON (a console page) says it with a [`Changed`]
+    /// extension instead.
     FromChange,
 }
+
+/// Response extension of a handler whose answer is not JSON: what it
+/// changed, for [`Action::FromChange`] (absent: nothing changed, nothing
+/// is audited).
+#[derive(Debug, Clone, Copy)]
+pub struct Changed(pub &'static str);
 
 /// Where an audited object's id comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,8 +509,10 @@ async fn write(audit: Audit, caller: &Caller, req: Request, next: Next) -> Respo
         }
     };
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let marked = parts.extensions.get::<Changed>().map(|c| c.0);
     let action = match audit.action {
         Action::Fixed(verb) => Some(verb),
+        Action::FromChange if marked.is_some() => marked,
         Action::FromChange => match answer.get("change").and_then(Value::as_str) {
             Some("created") => Some("created"),
             Some("updated") => Some("changed"),

@@ -484,6 +484,21 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
             && e["actor"] == "admin"),
         "{audit:#}"
     );
+    // A second click changes nothing and is not audited again.
+    let again = send(addr, "POST", &ack_path, &admin, Some(&format!("csrf={csrf}")));
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(again.body.contains("It was already acknowledged."));
+    let acks = |audit: &serde_json::Value| {
+        audit["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| audit.as_array().cloned().unwrap_or_default())
+            .iter()
+            .filter(|e| e["action"] == "acknowledged" && e["id"] == id.to_string())
+            .count()
+    };
+    let (_, audit) = api(addr, "GET", "/api/v1/audit", None);
+    assert_eq!(acks(&audit), 1, "{audit:#}");
     wait_until(
         Duration::from_secs(30),
         "the acknowledged event on the tickets channel",

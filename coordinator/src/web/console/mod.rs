@@ -23,7 +23,7 @@ pub mod pages;
 pub mod session;
 
 use crate::api::{ApiError, ApiState, audited};
-use crate::auth::{Access, Action, ApiRouter, Caller, IdFrom, Role, Tokens};
+use crate::auth::{Access, Action, ApiRouter, Caller, Changed, IdFrom, Role, Tokens};
 use crate::judge::{IncidentState, RegionEvidence, RegionState, Verdict};
 use crate::storage::AckOutcome;
 use axum::Extension;
@@ -45,7 +45,8 @@ const FAILURE_LOOKBACK: u32 = 200;
 #[rustfmt::skip]
 pub fn routes() -> ApiRouter<ApiState> {
     use Access::{Public, Read};
-    let ack = audited("incident", Action::Fixed("acknowledged"), IdFrom::Path("id"));
+    // Audited only when it changed something (a second click is not an act).
+    let ack = audited("incident", Action::FromChange, IdFrom::Path("id"));
     ApiRouter::new()
         .route(Method::GET, "/console/login", Public, login_form)
         .route(Method::POST, "/console/login", Public, login)
@@ -396,13 +397,13 @@ async fn acknowledge(
     }
     let id = incident_id(&id)?;
     let viewer = viewer(&caller, session.as_deref());
-    let notice = match state
+    let (notice, changed) = match state
         .judge
         .acknowledge(id, Some(viewer.name.clone()))
         .await?
     {
-        AckOutcome::Acknowledged(_) => "Acknowledged.",
-        AckOutcome::AlreadyAcknowledged(_) => "It was already acknowledged.",
+        AckOutcome::Acknowledged(_) => ("Acknowledged.", true),
+        AckOutcome::AlreadyAcknowledged(_) => ("It was already acknowledged.", false),
         AckOutcome::Resolved(_) => {
             return Err(ApiError::Conflict(format!(
                 "incident {id} is resolved; there is nothing to acknowledge"
@@ -410,7 +411,11 @@ async fn acknowledge(
         }
         AckOutcome::NotFound => return Err(ApiError::NotFound(format!("no incident {id}"))),
     };
-    incident_page(&state, &viewer, id, Some(notice)).await
+    let mut page = incident_page(&state, &viewer, id, Some(notice)).await?;
+    if changed {
+        page.extensions_mut().insert(Changed("acknowledged"));
+    }
+    Ok(page)
 }
 
 async fn agents(
