@@ -610,11 +610,12 @@ fn the_migrate_command_prepares_a_postgres_database() {
     let out = run();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
-    // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert outbox.
-    assert!(stdout.contains("schema version 6"), "{stdout}");
+    // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert
+    // outbox; 5, 6: token rotation; 7: the status page's verdict index.
+    assert!(stdout.contains("schema version 7"), "{stdout}");
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "6");
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "7");
     write("pool_size = 0\ncolour = \"blue\"\n");
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
