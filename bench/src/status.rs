@@ -373,7 +373,7 @@ pub fn print_status(s: &Value) {
         }
     }
     println!("{:<58} {:>9.1} KB {:>7} KB", "page weight, uncompressed", kb(&s["bytes"]["plain"]), GOAL_WEIGHT_KB);
-    println!("{:<58} {:>9.1} KB {:>10}", "page weight, gzip (level 9)", kb(&s["bytes"]["gzip"]), "");
-    println!("{:<58} {:>9.1} KB {:>10}", "page weight, br (quality 9)", kb(&s["bytes"]["br"]), "");
+    println!("{:<58} {:>9.1} KB {:>10}", "page weight, gzip (level 6)", kb(&s["bytes"]["gzip"]), "");
+    println!("{:<58} {:>9.1} KB {:>10}", "page weight, br (quality 5)", kb(&s["bytes"]["br"]), "");
     println!("{:<58} {:>9.1} KB {:>10}", "a check's page, uncompressed", kb(&s["check_page_bytes"]), "");
 }

@@ -610,11 +610,12 @@ fn the_migrate_command_prepares_a_postgres_database() {
     let out = run();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
-    // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert outbox.
-    assert!(stdout.contains("schema version 6"), "{stdout}");
+    // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert
+    // outbox; 5, 6: token rotation; 7: the status page's verdict index.
+    assert!(stdout.contains("schema version 7"), "{stdout}");
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "6");
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "7");
     write("pool_size = 0\ncolour = \"blue\"\n");
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -664,7 +665,28 @@ async fn incidents_are_found_by_the_span_they_were_active_in_and_take_public_not
     assert_eq!((last.event.as_str(), last.note.as_str(), last.at_ms), ("public_note", "We <b>know</b>.", 31_000));
     assert_eq!(s.incident(id).await.unwrap().unwrap().timeline.len(), noted.timeline.len(), "stored");
     assert!(s.add_incident_note(id + 1000, "nobody".into(), 1).await.unwrap().is_none());
+    // Several at once (the status page's open incidents and feed), each
+    // with its own timeline, in the order asked, unknown ids left out.
+    let first = span_ids(&s).await[0];
+    let both = s.incidents_by_id(vec![id, id + 1000, first]).await.unwrap();
+    assert_eq!(both.iter().map(|i| i.id).collect::<Vec<_>>(), [id, first]);
+    for i in &both {
+        assert_eq!(i.timeline, s.incident(i.id).await.unwrap().unwrap().timeline, "incident {}", i.id);
+    }
+    assert_eq!(both[1].timeline.last().unwrap().event, "resolved");
+    assert!(both[0].timeline.iter().any(|e| e.event == "public_note"));
+    assert!(s.incidents_by_id(Vec::new()).await.unwrap().is_empty());
     s.close().await;
+}
+
+/// The ids of every incident of "corp", oldest opened first.
+async fn span_ids(s: &Storage) -> Vec<u64> {
+    s.incidents_in_span(IncidentSpanQuery { check_ids: vec!["corp".into()], since_ms: 0, until_ms: i64::MAX, timelines: false })
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect()
 }
 
 /// `mailloop-coordinator migrate-data`: a SQLite installation with history

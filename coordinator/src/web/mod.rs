@@ -14,7 +14,8 @@
 //! once the fastest public check's round has passed (at most once a
 //! minute), however many visitors arrive. Storage reads: one
 //! `status_snapshot`, two `verdict_counts`, one `incidents_in_span`, and
-//! one `incident` per open incident and per feed entry (at most 50).
+//! one `incidents_by_id` (the open incidents and the feed's entries, at
+//! most 50, with their timelines).
 
 pub mod chart;
 pub mod console;
@@ -91,10 +92,13 @@ struct Encoded {
 /// little and costs a build per check.
 const COMPRESS_MIN_BYTES: usize = 1024;
 
-/// Brotli's quality and window: 9 of 11 is within a few percent of the
-/// best on HTML and an order of magnitude faster to build.
-const BROTLI_QUALITY: u32 = 9;
+/// Brotli's quality and window, and gzip's level: the levels usual for
+/// dynamic content. The bodies are rebuilt once a round, and on the
+/// page's repetitive HTML brotli 9 and gzip 9 took several times as long
+/// for a few percent fewer bytes (brotli 5 still beats gzip 9).
+const BROTLI_QUALITY: u32 = 5;
 const BROTLI_WINDOW: u32 = 22;
+const GZIP_LEVEL: u32 = 6;
 
 impl Body {
     fn new(bytes: Vec<u8>) -> Body {
@@ -126,7 +130,7 @@ impl Body {
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::best());
+    let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::new(GZIP_LEVEL));
     z.write_all(bytes).expect("writing to memory");
     z.finish().expect("writing to memory")
 }
@@ -382,6 +386,7 @@ impl StatusPage {
 
     /// Reads storage and renders everything.
     async fn build(&self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let revision = self.hub.revision();
         let now = crate::clock::now_ms();
         let public = self.public_checks();
@@ -464,30 +469,28 @@ impl StatusPage {
             .collect();
         // The open ones with their timelines (the snapshot has none; there
         // are few open incidents at any time).
-        let mut incidents: Vec<IncidentView> = Vec::new();
-        for i in &active {
-            let Some(name) = names.get(i.check_id.as_str()) else {
-                continue;
-            };
-            if !view::is_public_kind(i.kind) {
-                continue;
-            }
-            let full = self.storage.incident(i.id).await?;
-            if let Some(v) = IncidentView::of(full.as_ref().unwrap_or(i), name) {
-                incidents.push(v);
-            }
-        }
+        // Both read at once, with their timelines: one storage call.
+        let open: Vec<&crate::judge::Incident> = active
+            .iter()
+            .filter(|i| names.contains_key(i.check_id.as_str()) && view::is_public_kind(i.kind))
+            .collect();
+        let wanted: Vec<u64> = open.iter().map(|i| i.id).chain(feed_ids.iter().copied()).collect();
+        let full: HashMap<u64, crate::judge::Incident> = self
+            .storage
+            .incidents_by_id(wanted)
+            .await?
+            .into_iter()
+            .map(|i| (i.id, i))
+            .collect();
+        let view_of = |i: &crate::judge::Incident| IncidentView::of(i, names.get(i.check_id.as_str())?);
+        let mut incidents: Vec<IncidentView> = open
+            .iter()
+            .filter_map(|i| view_of(full.get(&i.id).unwrap_or(i)))
+            .collect();
         incidents.sort_by(|a, b| b.opened_ms.cmp(&a.opened_ms).then(b.id.cmp(&a.id)));
-        let mut feed_entries = Vec::new();
-        for id in feed_ids {
-            if let Some(i) = self.storage.incident(id).await?
-                && let Some(v) = names
-                    .get(i.check_id.as_str())
-                    .and_then(|name| IncidentView::of(&i, name))
-            {
-                feed_entries.push(v);
-            }
-        }
+        let feed_entries: Vec<IncidentView> =
+            feed_ids.iter().filter_map(|id| view_of(full.get(id)?)).collect();
+        let stored_ms = started.elapsed().as_secs_f64() * 1000.0;
         let atom = feed::atom(&self.settings.title, &self.settings.path, now, &feed_entries);
         let data = PageData {
             title: self.settings.title.clone(),
@@ -508,14 +511,27 @@ impl StatusPage {
             })
             .collect();
         let max_age = self.max_age(&public);
+        let html = page::page(&data, &css).into_string().into_bytes();
+        let json = serde_json::to_vec(&json::summary(&data)).expect("JSON serializes");
+        let rendered_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (html, json, atom) = (Body::new(html), Body::new(json), Body::new(atom.into_bytes()));
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(
+            checks = public.len(),
+            storage_ms = stored_ms,
+            render_ms = rendered_ms - stored_ms,
+            compress_ms = total_ms - rendered_ms,
+            total_ms,
+            "status page built"
+        );
         Ok(Snapshot {
             revision,
             csp,
             expires_ms: now + max_age.as_millis() as i64,
             max_age,
-            html: Body::new(page::page(&data, &css).into_string().into_bytes()),
-            json: Body::new(serde_json::to_vec(&json::summary(&data)).expect("JSON serializes")),
-            atom: Body::new(atom.into_bytes()),
+            html,
+            json,
+            atom,
             badges,
         })
     }
@@ -780,5 +796,190 @@ mod tests {
         assert!(tags[0] != tags[1] && tags[1] != tags[2] && tags[0] != tags[2], "{tags:?}");
         // A badge-sized body is served as it is.
         assert_eq!(Body::new(b"<svg/>".to_vec()).pick(Some("br")).1, None);
+    }
+}
+
+/// Where a build's time goes, with the bench's data set written straight
+/// into SQLite (100 public checks, 24 rounds a day for 90 days, five
+/// regions of evidence each, three outage incidents per check). Ignored:
+/// a measurement, not a test (timing goals live in `make bench`). Run:
+/// `cargo test -p mailloop-coordinator --release --lib web::timing -- --ignored --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::config::{CheckSpec, PublicListing};
+    use crate::storage::{Source, StoredCheck};
+    use std::time::Instant;
+
+    fn ms(t: Instant) -> f64 {
+        t.elapsed().as_secs_f64() * 1000.0
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn where_a_status_page_build_spends_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        Storage::open(dir.path()).unwrap().close().await;
+        let now = crate::clock::now_ms();
+        let today = now - now.rem_euclid(DAY_MS);
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
+            let region = r#"{"region":"region-0","state":"ok","probe_id":"p0123456789abcdef0123456789abcdef","agent":"a","outcome":"ok","step":null,"class":null,"code":null,"enhanced":null,"text":null,"slow":[],"reasons":[],"rtt_ms":40.0,"detail":null}"#;
+            let regions = [region; 5].join(",");
+            conn.execute_batch("BEGIN").unwrap();
+            conn.execute(
+                "WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n < 99),
+                 r(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM r WHERE k < 90 * 24 - 1)
+                 INSERT INTO verdicts SELECT printf('pub-%03d', n), 1000000000 + n * 1000000 + k,
+                   ?1 - (90 * 24 - 1 - k) * 3600000, ?1 - (90 * 24 - 1 - k) * 3600000 + 1000,
+                   CASE WHEN (k / 24 + n) % 30 = 7 AND k % 24 = 1 THEN 'down'
+                        WHEN (k / 24 + n) % 30 = 19 AND k % 3 = 0 THEN 'degraded' ELSE 'up' END,
+                   '{\"check_id\":\"' || printf('pub-%03d', n) || '\",\"round\":' || (1000000000 + n * 1000000 + k)
+                   || ',\"round_start_ms\":0,\"decided_at_ms\":1000,\"verdict\":\"up\",\"quorum\":3,\"regions\":[' || ?2 || '],\"note\":\"\"}'
+                 FROM c, r",
+                rusqlite::params![today, regions],
+            )
+            .unwrap();
+            for n in 0..100i64 {
+                for day in (0..90i64).filter(|d| (d + n) % 30 == 7) {
+                    let at = today - (89 - day) * DAY_MS + HOUR_MS;
+                    conn.execute(
+                        "INSERT INTO incidents (check_id, kind, key, severity, state, opened_at_ms, resolved_at_ms,
+                         first_round, last_round, summary, regions, step, class)
+                         VALUES (printf('pub-%03d', ?1), 'outage', '', 'critical', 'resolved', ?2, ?3, 1, 2,
+                         'bench outage', '[\"region-0\"]', 'smtp.connect', 'transit')",
+                        rusqlite::params![n, at, at + HOUR_MS],
+                    )
+                    .unwrap();
+                    let id = conn.last_insert_rowid();
+                    for (k, event) in ["opened", "round", "resolved"].iter().enumerate() {
+                        conn.execute(
+                            "INSERT INTO incident_events (incident_id, at_ms, round, event, verdict, note)
+                             VALUES (?1, ?2, 1, ?3, 'down', 'bench')",
+                            rusqlite::params![id, at + k as i64 * 60_000, event],
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+            conn.execute_batch("COMMIT").unwrap();
+        }
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let checks: Vec<StoredCheck> = (0..100)
+            .map(|n| StoredCheck {
+                spec: CheckSpec {
+                    name: format!("pub-{n:03}"),
+                    table: serde_json::json!({}),
+                    interval: Duration::from_secs(3600),
+                    regions: (0..5).map(|r| format!("region-{r}")).collect(),
+                    quorum: None,
+                    public: Some(PublicListing { display_name: format!("Mail service number {n}") }),
+                },
+                revision: 1,
+                source: Source::Api,
+                deleted: false,
+                updated_at_ms: 0,
+            })
+            .collect();
+        let ids: Vec<String> = checks.iter().map(|c| c.spec.name.clone()).collect();
+        let page = StatusPage::new(Hub::new(checks, vec![]), storage.clone(), StatusPageSettings::default());
+        for round in 0..3 {
+            let t = Instant::now();
+            let (latest, _) = storage.status_snapshot(ids.clone()).await.unwrap();
+            let snap = ms(t);
+            let t = Instant::now();
+            let days = storage
+                .verdict_counts(VerdictCountQuery { check_ids: ids.clone(), since_ms: now - 90 * DAY_MS, bucket_ms: DAY_MS })
+                .await
+                .unwrap();
+            let day_counts = ms(t);
+            let t = Instant::now();
+            storage
+                .verdict_counts(VerdictCountQuery { check_ids: ids.clone(), since_ms: now - DAY_MS, bucket_ms: HOUR_MS })
+                .await
+                .unwrap();
+            let hour_counts = ms(t);
+            let t = Instant::now();
+            let span = storage
+                .incidents_in_span(IncidentSpanQuery {
+                    check_ids: ids.clone(),
+                    since_ms: now - 90 * DAY_MS,
+                    until_ms: now + 1,
+                    timelines: false,
+                })
+                .await
+                .unwrap();
+            let span_ms = ms(t);
+            let feed: Vec<u64> = span.iter().rev().take(50).map(|i| i.id).collect();
+            let t = Instant::now();
+            for id in &feed {
+                storage.incident(*id).await.unwrap();
+            }
+            let one_by_one = ms(t);
+            let t = Instant::now();
+            storage.incidents_by_id(feed.clone()).await.unwrap();
+            let batched = ms(t);
+            let t = Instant::now();
+            let built = page.build().await.unwrap();
+            let build = ms(t);
+            let html = built.html.identity.bytes.to_vec();
+            let t = Instant::now();
+            let g9 = {
+                use std::io::Write;
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                z.write_all(&html).unwrap();
+                z.finish().unwrap().len()
+            };
+            let gzip9 = ms(t);
+            let t = Instant::now();
+            let g6 = gzip(&html).len();
+            let gzip6 = ms(t);
+            let t = Instant::now();
+            let b9 = {
+                let mut out = Vec::new();
+                let params = brotli::enc::BrotliEncoderParams { quality: 9, lgwin: 22, ..Default::default() };
+                brotli::BrotliCompress(&mut &html[..], &mut out, &params).unwrap();
+                out.len()
+            };
+            let br9 = ms(t);
+            let t = Instant::now();
+            let b5 = brotli(&html).len();
+            let br5 = ms(t);
+            println!(
+                "round {round}: latest {} of 100; {} day counts; {} incidents\n  \
+                 status_snapshot {snap:.1} ms, verdict_counts 90 d {day_counts:.1} ms, 24 h {hour_counts:.1} ms, \
+                 incidents_in_span {span_ms:.1} ms, 50 x incident {one_by_one:.1} ms, incidents_by_id(50) {batched:.1} ms\n  \
+                 whole build {build:.1} ms; html {} bytes: gzip 9 {gzip9:.1} ms ({g9} B), gzip 6 {gzip6:.1} ms ({g6} B), \
+                 br 9 {br9:.1} ms ({b9} B), br 5 {br5:.1} ms ({b5} B)",
+                latest.len(),
+                days.len(),
+                span.len(),
+                html.len()
+            );
+            assert_eq!(latest.len(), 100);
+        }
+        // The same counts as SQLite's GROUP BY, with and without the index.
+        let conn = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
+        let group_by = |since: i64, bucket: i64| {
+            let t = Instant::now();
+            let n = conn
+                .prepare(
+                    "SELECT check_id, (round_start_ms / ?3) * ?3 AS bucket, verdict, COUNT(*) FROM verdicts
+                     WHERE check_id IN (SELECT value FROM json_each(?1)) AND round_start_ms >= ?2
+                     GROUP BY check_id, bucket, verdict ORDER BY check_id, bucket",
+                )
+                .unwrap()
+                .query_map(rusqlite::params![serde_json::to_string(&ids).unwrap(), since, bucket], |r| {
+                    r.get::<_, i64>(3)
+                })
+                .unwrap()
+                .count();
+            (n, ms(t))
+        };
+        println!("GROUP BY with the index: 90 d {:?}, 24 h {:?}", group_by(now - 90 * DAY_MS, DAY_MS), group_by(now - DAY_MS, HOUR_MS));
+        conn.execute_batch("DROP INDEX verdicts_by_check_time").unwrap();
+        for _ in 0..2 {
+            println!("GROUP BY without (before): 90 d {:?}, 24 h {:?}", group_by(now - 90 * DAY_MS, DAY_MS), group_by(now - DAY_MS, HOUR_MS));
+        }
     }
 }

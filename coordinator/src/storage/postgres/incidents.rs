@@ -138,6 +138,44 @@ impl Postgres {
         incident_by_id(&client, id).await
     }
 
+    /// The incidents of `ids` with their timelines, in the order of `ids`
+    /// (unknown ids left out): two statements however many.
+    pub async fn incidents_by_id(&self, ids: Vec<u64>) -> Result<Vec<Incident>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let keys: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let rows = client
+            .query(&format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ANY($1)"), &[&keys])
+            .await?;
+        let mut found: std::collections::HashMap<u64, Incident> = std::collections::HashMap::new();
+        for r in &rows {
+            let i = incident_row(r)?;
+            found.insert(i.id, i);
+        }
+        let events = client
+            .query(
+                "SELECT incident_id, at_ms, round, event, verdict, note FROM incident_events
+                 WHERE incident_id = ANY($1) ORDER BY incident_id, seq",
+                &[&keys],
+            )
+            .await?;
+        for r in &events {
+            let verdict: Option<String> = r.get(4);
+            if let Some(i) = found.get_mut(&(r.get::<_, i64>(0) as u64)) {
+                i.timeline.push(TimelineEntry {
+                    at_ms: r.get(1),
+                    round: r.get::<_, Option<i64>>(2).map(|n| n as u64),
+                    event: r.get(3),
+                    verdict: verdict.map(|v| enum_parse(&v)).transpose()?,
+                    note: r.get(5),
+                });
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
     /// The incidents of a check still open or acknowledged, with timelines.
     pub async fn active_incidents(&self, check_id: String) -> Result<Vec<Incident>, StorageError> {
         let client = self.client().await?;

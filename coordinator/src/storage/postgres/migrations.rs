@@ -190,6 +190,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     6,
     "token rotation: whether the agent has called with its current token",
     "ALTER TABLE agents ADD COLUMN token_in_use BOOLEAN NOT NULL DEFAULT FALSE;",
+), (
+    7,
+    "status page: verdicts by check and round start, covering the day and hour counts",
+    // Lets `verdict_counts` count from the index alone (an index-only scan)
+    // instead of reading each verdict row with its evidence.
+    "CREATE INDEX verdicts_by_check_time ON verdicts (check_id, round_start_ms, verdict);",
 )];
 
 /// The schema version this coordinator writes.

@@ -144,6 +144,21 @@ impl Sqlite {
         self.read(move |conn| incident_by_id(conn, id)).await
     }
 
+    /// The incidents of `ids` with their timelines, in the order of `ids`
+    /// (unknown ids left out), on one reader connection.
+    pub async fn incidents_by_id(&self, ids: Vec<u64>) -> Result<Vec<Incident>, StorageError> {
+        self.read(move |conn| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(i) = incident_by_id(conn, id)? {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// The incidents of a check still open or acknowledged, with timelines.
     pub async fn active_incidents(&self, check_id: String) -> Result<Vec<Incident>, StorageError> {
         self.read(move |conn| {

@@ -273,33 +273,59 @@ impl Sqlite {
         }
         self.read(move |conn| {
             let ids = serde_json::to_string(&q.check_ids).expect("strings");
+            // Counted here rather than by GROUP BY: the rows come in the
+            // covering index's order (check, round start), so each (check,
+            // bucket) is one run of rows and needs no sort; SQLite's GROUP
+            // BY on the computed bucket would sort every row (90 days of
+            // 100 checks: 200k) in a temporary B-tree, several times the
+            // cost of the scan itself.
             let mut stmt = conn.prepare_cached(
-                "SELECT check_id, (round_start_ms / ?3) * ?3 AS bucket, verdict, COUNT(*)
-                 FROM verdicts
+                "SELECT check_id, round_start_ms, verdict FROM verdicts
                  WHERE check_id IN (SELECT value FROM json_each(?1)) AND round_start_ms >= ?2
-                 GROUP BY check_id, bucket, verdict
-                 ORDER BY check_id, bucket",
+                 ORDER BY check_id, round_start_ms",
             )?;
-            let rows = stmt
-                .query_map(params![ids, q.since_ms, q.bucket_ms], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(check_id, bucket_start_ms, verdict, n)| {
-                    Ok(VerdictCount {
-                        check_id,
-                        bucket_start_ms,
+            let mut rows = stmt.query(params![ids, q.since_ms])?;
+            let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<String, StorageError> {
+                Ok(r.get_ref(i)?.as_str().map_err(|e| corrupt(format!("verdicts: {e}")))?.to_string())
+            };
+            let mut out: Vec<VerdictCount> = Vec::new();
+            // The run being counted: check, bucket, rounds per verdict text.
+            let mut run: Option<(String, i64)> = None;
+            let mut tally: Vec<(String, u64)> = Vec::new();
+            let flush = |run: &(String, i64), tally: &mut Vec<(String, u64)>, out: &mut Vec<VerdictCount>| {
+                tally.sort();
+                for (verdict, rounds) in tally.drain(..) {
+                    out.push(VerdictCount {
+                        check_id: run.0.clone(),
+                        bucket_start_ms: run.1,
                         verdict: verdict_kind(&verdict)?,
-                        rounds: n.max(0) as u64,
-                    })
-                })
-                .collect()
+                        rounds,
+                    });
+                }
+                Ok::<_, StorageError>(())
+            };
+            while let Some(r) = rows.next()? {
+                let bucket = (r.get::<_, i64>(1)? / q.bucket_ms) * q.bucket_ms;
+                let same = {
+                    let check = r.get_ref(0)?.as_str().map_err(|e| corrupt(format!("verdicts: {e}")))?;
+                    run.as_ref().is_some_and(|(c, b)| *b == bucket && c == check)
+                };
+                if !same {
+                    if let Some(done) = &run {
+                        flush(done, &mut tally, &mut out)?;
+                    }
+                    run = Some((text(r, 0)?, bucket));
+                }
+                let verdict = r.get_ref(2)?.as_str().map_err(|e| corrupt(format!("verdicts: {e}")))?;
+                match tally.iter_mut().find(|(v, _)| v == verdict) {
+                    Some((_, n)) => *n += 1,
+                    None => tally.push((verdict.to_string(), 1)),
+                }
+            }
+            if let Some(done) = &run {
+                flush(done, &mut tally, &mut out)?;
+            }
+            Ok(out)
         })
         .await
     }
