@@ -205,7 +205,7 @@ impl Coordinator {
             }
         });
         let line = rx
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(crate::patience(Duration::from_secs(30)))
             .unwrap_or_else(|_| panic!("the coordinator did not start:\n{}", std::fs::read_to_string(self.log_path()).unwrap_or_default()));
         let addr = |key: &str| -> SocketAddr {
             line.split_whitespace()

@@ -249,10 +249,21 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
             (learned >= 3 * 4).then_some(())
         },
     );
-    let (_, latest) = api(addr, "GET", &format!("/api/v1/checks/{check}/latest"), None);
-    let round = latest["round"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{latest}"));
+    // The newest round may still be missing a region's report: wait for
+    // one that has all three.
+    let round = wait_until(
+        Duration::from_secs(120),
+        "a latest round with a report from every region",
+        || {
+            let (_, l) = api(addr, "GET", &format!("/api/v1/checks/{check}/latest"), None);
+            let regions = l["regions"].as_array()?;
+            let all = regions.len() == 3
+                && regions
+                    .iter()
+                    .all(|r| !r["result"].is_null() && r["result"]["round"] == l["round"]);
+            all.then(|| l["round"].as_u64()).flatten()
+        },
+    );
 
     let overview = page(addr, "/console", &admin);
     for seen in [
