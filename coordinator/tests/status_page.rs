@@ -792,6 +792,25 @@ fn display_name_is_required_with_public_and_every_issue_is_named() {
     }
 }
 
+/// Runs tests/browser/status_page.mjs on `url` (screenshots into `shots`,
+/// `extra`: which page it is) and returns what it saw, as JSON.
+fn browse(url: &str, shots: &std::path::Path, extra: &[&str]) -> Value {
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .arg(url)
+        .arg(shots)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
 /// `tests/browser/`: the Node script and its node_modules.
 fn browser_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
@@ -830,20 +849,7 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
     std::fs::create_dir_all(&shots).unwrap();
     let url = format!("http://{}/status", c.status);
-    let out = std::process::Command::new("node")
-        .arg(browser_dir().join("status_page.mjs"))
-        .arg(&url)
-        .arg(&shots)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let seen = browse(&url, &shots, &[]);
     for scheme in ["light", "dark"] {
         let s = &seen["schemes"][scheme];
         assert_eq!(s["status"], 200, "{scheme}");
@@ -902,14 +908,7 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
     // Webmail's page: four charts with a point per hour and region, in
     // each scheme's colours, and no axe violation.
     let url = format!("http://{}/status/check/web-up", c.status);
-    let out = std::process::Command::new("node")
-        .arg(browser_dir().join("status_page.mjs"))
-        .args([url.as_str(), shots.to_str().unwrap(), "check"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let seen = browse(&url, &shots, &["check"]);
     for scheme in ["light", "dark"] {
         let s = &seen["schemes"][scheme];
         assert_eq!(s["status"], 200);
@@ -942,14 +941,7 @@ async fn a_real_browser_renders_the_page_and_axe_finds_no_violation() {
     // The history page of this month passes axe too.
     let month = chrono_month(mailloop_coordinator::clock::now_ms());
     let url = format!("http://{}/status/history/{month}", c.status);
-    let out = std::process::Command::new("node")
-        .arg(browser_dir().join("status_page.mjs"))
-        .args([url.as_str(), shots.to_str().unwrap(), "history"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let seen = browse(&url, &shots, &["history"]);
     for scheme in ["light", "dark"] {
         let s = &seen["schemes"][scheme];
         assert_eq!(s["status"], 200);

@@ -687,12 +687,7 @@ async fn history(
         .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis())
         .filter(|ms| *ms <= crate::clock::now_ms());
     let Some(first) = first else {
-        return (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "no such month (YYYY-MM, up to the current one)\n",
-        )
-            .into_response();
+        return not_found_text("no such month (YYYY-MM, up to the current one)\n");
     };
     match page.history_page(&month, first).await {
         Ok(h) => respond_with(&h.html, "text/html; charset=utf-8", h.max_age, &h.csp, &req),
@@ -704,14 +699,14 @@ async fn history(
 async fn check_times(State(page): State<Arc<StatusPage>>, Path(id): Path<String>, req: HeaderMap) -> Response {
     match page.check_page(&id).await {
         Ok(Some(p)) => respond_with(&p.html, "text/html; charset=utf-8", p.max_age, &p.csp, &req),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "no such public check\n",
-        )
-            .into_response(),
+        Ok(None) => not_found_text("no such public check\n"),
         Err(e) => unavailable(e),
     }
+}
+
+/// A 404 whose body says, in plain text, what was not found.
+fn not_found_text(what: &'static str) -> Response {
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], what).into_response()
 }
 
 /// The first millisecond of the month `delta` months from the one
@@ -733,14 +728,7 @@ async fn badge(
     Path(file): Path<String>,
     req: HeaderMap,
 ) -> Response {
-    let not_found = || {
-        (
-            StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "no such badge\n",
-        )
-            .into_response()
-    };
+    let not_found = || not_found_text("no such badge\n");
     let Some(check) = file.strip_suffix(".svg") else {
         return not_found();
     };
