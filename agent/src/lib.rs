@@ -20,5 +20,6 @@ pub mod smtp;
 pub mod spf;
 pub mod steps;
 pub mod telemetry;
+mod text;
 pub mod tls;
 pub mod transport;

@@ -48,7 +48,7 @@ pub fn table(r: &ProbeReport) -> String {
             fmt_ms(s.ms),
             if s.ok { "ok" } else { "FAIL" },
             code,
-            crate::smtp::truncate(detail, 100)
+            crate::text::truncate(detail, 100)
         );
     }
     let mut verdict = format!("{}", r.outcome.as_str().to_ascii_uppercase());
@@ -168,7 +168,7 @@ pub fn nagios(reports: &[ProbeReport]) -> String {
     let summary: Vec<String> = reports
         .iter()
         .map(|r| match (&r.failure, r.rtt_ms) {
-            (Some(f), _) => format!("{}: failed at {} ({}{}): {}", r.check, f.step, f.class, f.code.map(|c| format!(" {c}")).unwrap_or_default(), crate::smtp::truncate(&f.message, 120)),
+            (Some(f), _) => format!("{}: failed at {} ({}{}): {}", r.check, f.step, f.class, f.code.map(|c| format!(" {c}")).unwrap_or_default(), crate::text::truncate(&f.message, 120)),
             (None, Some(rtt)) if !r.reasons.is_empty() => format!("{}: delivered in {} but {}", r.check, fmt_ms(rtt), r.reasons.join("; ")),
             (None, Some(rtt)) => format!("{}: delivered in {}", r.check, fmt_ms(rtt)),
             (None, None) => format!("{}: {}", r.check, r.outcome.as_str()),

@@ -384,10 +384,10 @@ pub async fn open(
         let r = s.read_response(true).await?;
         s.note(&r);
         match r.status().filter(|_| r.is_untagged()) {
-            Some((Status::Ok, text)) => Ok(Done::new(()).detail(crate::smtp::truncate(text, 120))),
+            Some((Status::Ok, text)) => Ok(Done::new(()).detail(crate::text::truncate(text, 120))),
             Some((Status::PreAuth, _)) => Err(StepError::new(FailureClass::Protocol, "server sent PREAUTH; mailloop needs to log in")),
             Some((Status::Bye, text)) => Err(StepError::new(FailureClass::Connect, format!("server refused the connection: BYE {text}"))),
-            _ => Err(StepError::new(FailureClass::Protocol, format!("not an IMAP greeting: {:?}", crate::smtp::truncate(&r.text, 120)))),
+            _ => Err(StepError::new(FailureClass::Protocol, format!("not an IMAP greeting: {:?}", crate::text::truncate(&r.text, 120)))),
         }
     })
     .await?;

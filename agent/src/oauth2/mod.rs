@@ -253,7 +253,7 @@ fn parse_answer(status: u16, body: &[u8], grant: &str) -> Result<Issued, StepErr
 /// Provider text for a message: no control characters, bounded.
 fn clean(s: &str) -> String {
     let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    crate::smtp::truncate(s.trim(), 300)
+    crate::text::truncate(s.trim(), 300)
 }
 
 #[cfg(test)]

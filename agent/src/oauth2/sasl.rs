@@ -85,7 +85,7 @@ pub fn describe_challenge(challenge: &str) -> String {
 
 fn shorten(s: &str) -> String {
     let clean: String = s.chars().filter(|c| !c.is_control()).collect();
-    crate::smtp::truncate(&clean, 120)
+    crate::text::truncate(&clean, 120)
 }
 
 #[cfg(test)]

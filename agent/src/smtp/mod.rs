@@ -94,18 +94,7 @@ fn expect(reply: Reply, expected: &[u16], during_auth: bool) -> Result<Done<Repl
 
 fn with_text(done: Done<Reply>) -> Done<Reply> {
     let text = done.value.text();
-    done.detail(truncate(&text, 200))
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    done.detail(crate::text::truncate(&text, 200))
 }
 
 /// Submits `message` for `check`, recording each step in `rec`. `token`:
