@@ -32,7 +32,7 @@
 //! Off by default: [`Traces::off`] holds nothing, and every method returns
 //! at once without building a span.
 
-use crate::judge::{RegionReport, Verdict};
+use crate::judge::model::{RegionReport, Verdict};
 use mailloop_common::telemetry::{
     Exporter, ServiceIdentity, TelemetryConfig, parse_traceparent, traceparent,
 };

@@ -37,7 +37,7 @@
 //! (`routing_key*`, `password*`, `oauth2_token*`, and webhook URLs, which carry their token in
 //! the path) are held as [`Secret`] and never appear in `Debug` or logs.
 
-use crate::judge::{AlertEvent, AlertEventKind, IncidentKind, Severity};
+use crate::judge::model::{AlertEvent, AlertEventKind, IncidentKind, Severity};
 use mailloop_common::Secret;
 use mailloop_common::config::{ConfigIssue, Security, duration_value};
 use serde_json::{Map, Value};

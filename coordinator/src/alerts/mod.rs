@@ -31,7 +31,7 @@ mod tls;
 
 pub use config::{ChannelConfig, Target};
 
-use crate::judge::AlertEvent;
+use crate::judge::model::AlertEvent;
 use crate::shutdown::Shutdown;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -39,63 +39,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// A transition's delivery record (PostgreSQL's `alert_outbox` row, written
-/// in the transaction that stored the transition): `mark` runs once, when
-/// every channel the event was routed to has settled it (delivered, or
-/// given up after its retries). An event dropped undelivered (shutdown, a
-/// full queue, a removed channel) or a process killed leaves the row
-/// undelivered, and the next leader sends it.
-#[derive(Clone)]
-pub struct Intent(Arc<IntentInner>);
-
-struct IntentInner {
-    pending: std::sync::atomic::AtomicUsize,
-    mark: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl Intent {
-    pub fn new(mark: impl FnOnce() + Send + 'static) -> Intent {
-        Intent(Arc::new(IntentInner {
-            pending: std::sync::atomic::AtomicUsize::new(0),
-            mark: Mutex::new(Some(Box::new(mark))),
-        }))
-    }
-
-    /// Routed to `n` channels (0: settled at once).
-    fn expect(&self, n: usize) {
-        self.0.pending.store(n, std::sync::atomic::Ordering::SeqCst);
-        if n == 0 {
-            self.fire();
-        }
-    }
-
-    /// One channel is done with it.
-    fn settled(&self) {
-        if self.0.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.fire();
-        }
-    }
-
-    fn fire(&self) {
-        let mark = self.0.mark.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mark) = mark {
-            mark();
-        }
-    }
-}
-
-impl std::fmt::Debug for Intent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Intent")
-    }
-}
-
-impl PartialEq for Intent {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! What each channel type sends, built from an [`AlertEvent`]: pure
 //! functions, no I/O, so every payload is tested without a network.
 
-use crate::judge::{AlertEvent, AlertEventKind, Incident, Severity};
+use crate::judge::model::{AlertEvent, AlertEventKind, Incident, Severity};
 use serde_json::{Value, json};
 
 /// PagerDuty caps `payload.summary` at 1024 characters.

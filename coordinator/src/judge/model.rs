@@ -4,6 +4,7 @@
 //! no I/O here.
 
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One region's report for one round, as the judge reads it.
@@ -440,5 +441,63 @@ pub struct AlertEvent {
     /// (PostgreSQL): marked delivered once every channel it is routed to
     /// has settled it, so a new leader sends only what was not.
     #[serde(skip)]
-    pub intent: Option<crate::alerts::Intent>,
+    pub intent: Option<Intent>,
+}
+
+/// A transition's delivery record (PostgreSQL's `alert_outbox` row, written
+/// in the transaction that stored the transition), settled by the alert
+/// sender: `mark` runs once, when
+/// every channel the event was routed to has settled it (delivered, or
+/// given up after its retries). An event dropped undelivered (shutdown, a
+/// full queue, a removed channel) or a process killed leaves the row
+/// undelivered, and the next leader sends it.
+#[derive(Clone)]
+pub struct Intent(Arc<IntentInner>);
+
+struct IntentInner {
+    pending: std::sync::atomic::AtomicUsize,
+    mark: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Intent {
+    pub fn new(mark: impl FnOnce() + Send + 'static) -> Intent {
+        Intent(Arc::new(IntentInner {
+            pending: std::sync::atomic::AtomicUsize::new(0),
+            mark: Mutex::new(Some(Box::new(mark))),
+        }))
+    }
+
+    /// Routed to `n` channels (0: settled at once).
+    pub(crate) fn expect(&self, n: usize) {
+        self.0.pending.store(n, std::sync::atomic::Ordering::SeqCst);
+        if n == 0 {
+            self.fire();
+        }
+    }
+
+    /// One channel is done with it.
+    pub(crate) fn settled(&self) {
+        if self.0.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.fire();
+        }
+    }
+
+    fn fire(&self) {
+        let mark = self.0.mark.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mark) = mark {
+            mark();
+        }
+    }
+}
+
+impl std::fmt::Debug for Intent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Intent")
+    }
+}
+
+impl PartialEq for Intent {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }

@@ -477,12 +477,12 @@ impl Task {
 
     /// The delivery record of a transition `store_round` recorded
     /// (PostgreSQL): marked delivered once every channel settled it.
-    fn intent(&self, event: AlertEventKind, incident_id: u64) -> Option<crate::alerts::Intent> {
+    fn intent(&self, event: AlertEventKind, incident_id: u64) -> Option<crate::judge::model::Intent> {
         if !self.storage.shared() {
             return None;
         }
         let storage = self.storage.clone();
-        Some(crate::alerts::Intent::new(move || {
+        Some(crate::judge::model::Intent::new(move || {
             tokio::spawn(async move {
                 if let Err(e) = storage.alert_delivered(incident_id, event).await {
                     tracing::warn!(incident = incident_id, event = event.as_str(), error = %e, "cannot record the alert as delivered; the next leader may send it again");
