@@ -36,6 +36,8 @@
 //! name), from where (source IP), what (`created`, `changed`, `deleted`,
 //! `acknowledged`, `revoked`, `run`), on which object, when.
 
+pub mod session;
+
 use crate::cluster::hub::{AuthError, Hub};
 pub use crate::config::tokens::{Role, TokenDecl};
 use crate::storage::{AuditEntry, Storage};
@@ -85,7 +87,7 @@ struct TokenEntry {
 pub struct Tokens {
     entries: RwLock<Vec<TokenEntry>>,
     /// The SRE console's login sessions (each honoured while its token is).
-    pub sessions: crate::web::console::session::Sessions,
+    pub sessions: session::Sessions,
 }
 
 impl Tokens {
@@ -368,7 +370,7 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
     // The SRE console (`/console`, and nothing else) also takes its
     // session cookie, honoured while its token is in force.
     if principal == Principal::Anonymous
-        && let Some(s) = crate::web::console::session_of(&gate.tokens, &req)
+        && let Some(s) = session::session_of(&gate.tokens, &req)
     {
         principal = Principal::Token { name: s.name.clone(), role: s.role };
         req.extensions_mut().insert(s);
@@ -387,12 +389,7 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
     let method = req.method().clone();
     req.extensions_mut().insert(caller);
     req.extensions_mut().insert(AuditLog(gate.storage.clone()));
-    let console = crate::web::console::is_console_path(req.uri().path())
-        && req.uri().path() != "/console/login";
     let resp = next.run(req).await;
-    if console && resp.status() == StatusCode::UNAUTHORIZED {
-        return crate::web::console::sign_in_first();
-    }
     match route {
         Some(route)
             if resp.extensions().get::<PolicyApplied>().is_none()

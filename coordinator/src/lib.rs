@@ -17,6 +17,7 @@
 //! - [`server`]: start-up, serving, reload and graceful shutdown.
 //! - [`client`]: the admin API client `mailloopctl` uses.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod auth;

@@ -10,7 +10,8 @@
 //!    stops accepting, lets in-flight acks finish, closes streams, flushes
 //!    the storage writer — all within `shutdown_grace`.
 
-use crate::api::{self, ApiState};
+use crate::admin;
+use crate::api::ApiState;
 use crate::clock::now_ms;
 use crate::cluster::control::{Control, EnrollSettings};
 use crate::cluster::grpc::{AgentApi, AgentApiSettings};
@@ -509,7 +510,7 @@ fn serve_http(
     shutdown: Shutdown,
 ) -> Result<impl Future<Output = Result<(), ServeError>> + use<>, ServeError> {
     let app = bounded(
-        api::router(state).merge(metrics.unwrap_or_default()),
+        admin::router(state).merge(metrics.unwrap_or_default()),
         limits,
     );
     let tls = tls.map(|t| http_tls(&t)).transpose()?;

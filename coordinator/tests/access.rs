@@ -7,7 +7,7 @@
 
 mod support;
 use axum::http::Method;
-use mailloop_coordinator::api::route_table;
+use mailloop_coordinator::admin::route_table;
 use mailloop_coordinator::client::Client;
 use mailloop_coordinator::config::token_sha256;
 use mailloop_coordinator::cluster::schedule;

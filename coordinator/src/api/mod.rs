@@ -8,7 +8,7 @@
 //! Errors are JSON too: `{"error": "...", "issues": [{"path", "message"}]}`.
 
 use crate::auth::{
-    self, Access, Action, ApiRouter, Caller, Gate, IdFrom, REDACTED, Role, RouteSpec,
+    self, Access, Action, ApiRouter, Caller, IdFrom, REDACTED, Role,
 };
 use crate::cluster::control::{PutMode, PutOutcome};
 use crate::cluster::hub::{AgentView, Hub};
@@ -16,7 +16,6 @@ use crate::cluster::schedule;
 use crate::config::CheckSpec;
 use crate::storage::{ReplicaRole, ReportRow, ResultQuery, Source, StoredCheck};
 use axum::Extension;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -33,8 +32,8 @@ pub mod state;
 pub use state::{ApiError, ApiState, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_BYTES, audited, rfc3339};
 use state::{ApiResult, json_body, ok, page_cursor, time_bound};
 
-/// Every route of the admin API with what it needs: the one table both
-/// [`router`] serves and [`route_table`] lists.
+/// Every route of the admin API with what it needs (served and listed by
+/// `crate::admin` with the console's).
 #[rustfmt::skip]
 pub fn routes() -> ApiRouter<ApiState> {
     use Access::{Admin, Public, Read};
@@ -66,33 +65,12 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(delete.clone(), "/api/v1/tokens/{name}", audited("token", Fixed("revoked"), InPath("name")), revoke_token)
         .route(get, "/api/v1/audit", Admin, audit_log)
         .merge(judge::routes())
-        .merge(crate::web::console::routes())
-}
-
-/// Every route with its method and access (what the route-table test walks).
-pub fn route_table() -> Vec<RouteSpec> {
-    routes().table().to_vec()
-}
-
-/// The admin API: [`routes`] behind the authentication gate.
-pub fn router(state: ApiState) -> Router {
-    let gate = Gate {
-        tokens: state.control.tokens(),
-        hub: state.hub.clone(),
-        storage: state.storage.clone(),
-    };
-    routes()
-        .into_router()
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(axum::middleware::from_fn_with_state(gate, auth::gate))
-        .layer(axum::middleware::from_fn_with_state(state.traces.clone(), traced))
-        .with_state(state)
 }
 
 /// A span per request when the coordinator exports traces, around the
 /// authentication gate too (a refused token is a 401 span); named by the
 /// matched route template, never by the path's ids or the query.
-async fn traced(
+pub async fn traced(
     State(traces): State<crate::telemetry::Traces>,
     request: axum::extract::Request,
     next: axum::middleware::Next,

@@ -9,7 +9,9 @@
 //! Each session has its own random CSRF token, which every form of the
 //! console carries and every console write compares in constant time.
 
+use super::Tokens;
 use crate::config::tokens::Role;
+use axum::extract::Request;
 use base64::Engine;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -182,4 +184,25 @@ mod tests {
         );
         assert_eq!(cookie_value(&h), None);
     }
+}
+
+/// Whether `path` is the console's (the only place a session cookie
+/// counts).
+pub fn is_console_path(path: &str) -> bool {
+    path == "/console" || path.starts_with("/console/")
+}
+
+/// The session of a console request's cookie, if it is live and its
+/// token still in force (for `auth::gate`).
+pub fn session_of(tokens: &Tokens, req: &Request) -> Option<Session> {
+    if !is_console_path(req.uri().path()) {
+        return None;
+    }
+    let cookie = cookie_value(req.headers())?;
+    let s = tokens.sessions.find(cookie, crate::clock::now_ms())?;
+    tokens
+        .list()
+        .iter()
+        .any(|(name, role)| *name == s.name && *role == s.role)
+        .then_some(s)
 }

@@ -4,11 +4,11 @@
 //! diagnosis, incidents with their evidence and an Acknowledge button,
 //! agents, and the alert channels' delivery log.
 //!
-//! Its routes are admin API routes (declared in [`routes`], merged into
-//! `api::routes`, so the route table lists them and `auth::gate` enforces
-//! them): pages need a `read` or `admin` token, acknowledging an `admin`
+//! Its routes are admin routes (declared in [`routes`], merged with the
+//! API's by `crate::admin`, so the route table lists them and `auth::gate`
+//! enforces them): pages need a `read` or `admin` token, acknowledging an `admin`
 //! token and is audited. A browser signs in at `/console/login` with a
-//! token and gets a session cookie ([`session`]); a bearer header works
+//! token and gets a session cookie (`auth::session`); a bearer header works
 //! too (scripts, tests). A form posted with the cookie must carry the
 //! session's CSRF token (403 otherwise); `SameSite=Strict` is the second
 //! line. Like the rest of the API, nothing here shows a password, a
@@ -20,10 +20,9 @@
 //! the server with a table beside it for screen readers.
 
 pub mod pages;
-pub mod session;
 
-use crate::api::{ApiError, ApiState, audited};
-use crate::auth::{Access, Action, ApiRouter, Caller, Changed, IdFrom, Role, Tokens};
+use crate::api::state::{ApiError, ApiState, audited};
+use crate::auth::{Access, Action, ApiRouter, Caller, Changed, IdFrom, Role};
 use crate::judge::{IncidentState, RegionEvidence, RegionState, Verdict};
 use crate::storage::AckOutcome;
 use axum::Extension;
@@ -33,7 +32,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use mailloop_common::report::ProbeReport;
-use session::Session;
+use crate::auth::session::{self, Session};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -41,7 +40,8 @@ use std::sync::LazyLock;
 /// region's last failure.
 const FAILURE_LOOKBACK: u32 = 200;
 
-/// The console's routes and what each needs, merged into `api::routes`.
+/// The console's routes and what each needs (merged with the API's by
+/// `crate::admin`).
 #[rustfmt::skip]
 pub fn routes() -> ApiRouter<ApiState> {
     use Access::{Public, Read};
@@ -59,33 +59,19 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(Method::GET, "/console/alerts", Read, alerts)
 }
 
-/// Whether `path` is the console's.
-pub fn is_console_path(path: &str) -> bool {
-    path == "/console" || path.starts_with("/console/")
-}
-
-/// The session of a console request's cookie, if it is live and its
-/// token still in force (for `auth::gate`).
-pub fn session_of(tokens: &Tokens, req: &Request) -> Option<Session> {
-    if !is_console_path(req.uri().path()) {
-        return None;
-    }
-    let cookie = session::cookie_value(req.headers())?;
-    let s = tokens.sessions.find(cookie, crate::clock::now_ms())?;
-    tokens
-        .list()
-        .iter()
-        .any(|(name, role)| *name == s.name && *role == s.role)
-        .then_some(s)
-}
-
 /// What a console page without a session gets instead of the API's JSON:
-/// 401 and the sign-in form.
-pub fn sign_in_first() -> Response {
-    html(
-        StatusCode::UNAUTHORIZED,
-        pages::login(Some("Sign in with an API token to see the console.")),
-    )
+/// 401 and the sign-in form (a layer over the admin router: the gate
+/// refuses, this turns the refusal into a page for a browser).
+pub async fn sign_in_first(req: Request, next: axum::middleware::Next) -> Response {
+    let page = session::is_console_path(req.uri().path()) && req.uri().path() != "/console/login";
+    let resp = next.run(req).await;
+    if page && resp.status() == StatusCode::UNAUTHORIZED {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("Sign in with an API token to see the console.")),
+        );
+    }
+    resp
 }
 
 /// The stylesheet's Content-Security-Policy: no script at all, the one
