@@ -125,6 +125,15 @@ impl Postgres {
     }
 }
 
+/// How long a caller waits for a pooled connection, a new connection's
+/// TCP connect plus startup and authentication, or a returned one's
+/// check. Without these a database that stops answering without closing
+/// (a black hole: packets dropped, or a proxy that goes silent) hangs a
+/// caller for ever; with them it gets an error (`StorageError::Unavailable`)
+/// in bounded time, like a refused connection. Generous: a loaded server
+/// is slow, not gone.
+pub(crate) const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The pool (connections are opened lazily, on first use).
 fn pool(
     config: tokio_postgres::Config,
@@ -140,6 +149,10 @@ fn pool(
     );
     Pool::builder(manager)
         .max_size(pool_size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| StorageError::Config(e.to_string()))
 }
