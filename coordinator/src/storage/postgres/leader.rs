@@ -53,11 +53,12 @@ impl Postgres {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> watch::Receiver<ReplicaRole> {
         let (tx, rx) = watch::channel(ReplicaRole::Follower);
-        let (config, tls, pool) = (self.config.clone(), self.tls.clone(), self.pool.clone());
+        let (config, tls, pool, lost) =
+            (self.config.clone(), self.tls.clone(), self.pool.clone(), self.lost.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop => {}
-                _ = campaign(config, tls, pool, &tx) => {}
+                _ = campaign(config, tls, pool, lost, &tx) => {}
             }
             tx.send_replace(ReplicaRole::Follower);
         });
@@ -69,6 +70,7 @@ async fn campaign(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     pool: deadpool_postgres::Pool,
+    lost: super::Lost,
     role: &watch::Sender<ReplicaRole>,
 ) {
     loop {
@@ -79,7 +81,9 @@ async fn campaign(
             // but a silent one (a black hole) would still be handed out
             // and hang its caller: drop them, so callers open new ones,
             // which fail within the pool's timeouts until the database
-            // answers again.
+            // answers again. Those checked out now are dropped when they
+            // come back (the pool's recycle hook).
+            *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
             let dropped = pool.retain(|_, _| false).removed.len();
             tracing::debug!(dropped, "idle pooled connections dropped");
         }
