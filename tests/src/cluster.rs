@@ -6,6 +6,7 @@
 //! Every process is killed when its guard drops. Nothing here sleeps to
 //! synchronise: [`wait_until`] polls a condition against a deadline.
 
+use crate::backend::Backend;
 use crate::{Check, Stack};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -140,6 +141,8 @@ pub struct Coordinator {
     checks: String,
     /// The `[[agent]]`s its config declares: (name, region).
     agents: Vec<(String, String)>,
+    /// Its `[storage] url` (None: SQLite in `data_dir`).
+    storage: Option<String>,
 }
 
 impl Coordinator {
@@ -155,6 +158,7 @@ impl Coordinator {
             metrics: "0.0.0.0:0".parse().unwrap(),
             checks: String::new(),
             agents: AGENTS.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect(),
+            storage: None,
         };
         std::fs::write(c.config_path(), config).unwrap();
         c.launch();
@@ -175,9 +179,13 @@ impl Coordinator {
             let file = self.dir.join(format!("{name}.token"));
             agents.push_str(&format!("\n[[agent]]\nname = \"{name}\"\nregion = \"{region}\"\ntoken_file = {file:?}\n"));
         }
+        let storage = match &self.storage {
+            Some(url) => format!("\n[storage]\nurl = {url:?}\n"),
+            None => String::new(),
+        };
         let config = format!(
             "[server]\ngrpc_listen = {grpc:?}\nhttp_listen = {http:?}\ndata_dir = {:?}\nadmin_token_file = {:?}\n\
-             test_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n{agents}\n{}",
+             test_mode = true\nheartbeat = \"2s\"\nshutdown_grace = \"5s\"\n{storage}{agents}\n{}",
             self.dir.join("data"),
             self.dir.join("admin.token"),
             self.checks,
@@ -430,6 +438,22 @@ impl Cluster {
     /// top-level tables of the coordinator's config too (`[telemetry]`),
     /// and `agent_extra` is appended to every agent's config.
     pub fn start_configured(checks: &str, declared: &[(&str, &str)], agent_extra: &str) -> Cluster {
+        Cluster::start_configured_on(Backend::Sqlite, checks, declared, agent_extra)
+    }
+
+    /// [`Cluster::start`] with the coordinator on `backend`.
+    pub fn start_on(backend: Backend, checks: &str) -> Cluster {
+        Cluster::start_configured_on(backend, checks, &AGENTS, "")
+    }
+
+    /// [`Cluster::start_with_agents`] with the coordinator on `backend`.
+    pub fn start_with_agents_on(backend: Backend, checks: &str, declared: &[(&str, &str)]) -> Cluster {
+        Cluster::start_configured_on(backend, checks, declared, "")
+    }
+
+    /// [`Cluster::start_configured`] with the coordinator on `backend`
+    /// (on PostgreSQL, a database of its own).
+    pub fn start_configured_on(backend: Backend, checks: &str, declared: &[(&str, &str)], agent_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
         for (name, _) in declared {
@@ -443,6 +467,7 @@ impl Cluster {
             metrics: "0.0.0.0:0".parse().unwrap(),
             checks: checks.to_string(),
             agents: declared.iter().map(|(n, r)| (n.to_string(), r.to_string())).collect(),
+            storage: backend.storage_url("cluster"),
         };
         coordinator.write_config("127.0.0.1:0", "127.0.0.1:0");
         coordinator.launch();
@@ -530,8 +555,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Value), String> {
 
 /// [`http_get`] with another bearer token.
 pub fn http_get_as(addr: SocketAddr, path: &str, token: &str) -> Result<(u16, Value), String> {
+    get(addr, path, token, Duration::from_secs(10))
+}
+
+/// [`http_get`] that waits up to `within` (stretched by [`crate::patience`])
+/// for the answer: for a request that may be slow but must be answered.
+pub fn http_get_within(addr: SocketAddr, path: &str, within: Duration) -> Result<(u16, Value), String> {
+    get(addr, path, ADMIN_TOKEN, crate::patience(within))
+}
+
+fn get(addr: SocketAddr, path: &str, token: &str, within: Duration) -> Result<(u16, Value), String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(within)).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nAuthorization: Bearer {token}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;

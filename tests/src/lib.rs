@@ -7,6 +7,7 @@
 //! parallel without seeing each other's mail. A missing stack is a test
 //! failure with instructions, never a silent skip.
 
+pub mod backend;
 pub mod blocklist;
 pub mod cluster;
 pub mod fake;

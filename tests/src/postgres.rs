@@ -24,6 +24,12 @@ const INSTALL_HINT: &str =
 pub struct Postgres {
     port: u16,
     bin: PathBuf,
+    /// The cluster's data directory (for `pg_ctl` stop and start).
+    data: PathBuf,
+    /// The server's options, for a start after [`Postgres::stop_fast`].
+    options: String,
+    /// Whether it runs as the `postgres` user (the tests run as root).
+    as_postgres: bool,
     /// Held open: the server's wrapper stops it when this closes (at exit).
     _stdin: Mutex<ChildStdin>,
     _child: Mutex<Child>,
@@ -37,6 +43,14 @@ impl Postgres {
     pub fn get() -> &'static Postgres {
         static PG: OnceLock<Postgres> = OnceLock::new();
         PG.get_or_init(Postgres::start)
+    }
+
+    /// A server of the caller's own, for a test that stops and starts it
+    /// ([`Postgres::stop_fast`], [`Postgres::start_again`]) without
+    /// disturbing the tests sharing [`Postgres::get`]. Stopped, and its
+    /// directory removed, when dropped (or when the test binary exits).
+    pub fn dedicated() -> Postgres {
+        Postgres::start()
     }
 
     fn start() -> Postgres {
@@ -62,14 +76,21 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        let options = format!(
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB",
+            dir = path(&dir),
+        );
         // The wrapper starts the server, waits for its stdin (our pipe) to
-        // close, which happens when this process ends for any reason, then
-        // stops the server fast and removes the directory.
+        // close, which happens when this process ends for any reason (or
+        // the `Postgres` is dropped), then stops the server fast (whichever
+        // postmaster runs on the directory by then: a test may have started
+        // it again with `pg_ctl`) and removes the directory.
         let script = format!(
-            "{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB & pid=$!; \
-             read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+            "{postgres} -D {data} {options} & pid=$!; \
+             read _; {pg_ctl} -D {data} stop -m fast >/dev/null 2>&1; wait $pid; rm -rf {dir}",
             postgres = path(&bin.join("postgres")),
+            pg_ctl = path(&bin.join("pg_ctl")),
             data = path(&data),
             dir = path(&dir),
         );
@@ -105,7 +126,45 @@ impl Postgres {
         if ready_rx.recv().is_err() {
             panic!("PostgreSQL did not start:\n{}", log.lock().unwrap().join("\n"));
         }
-        Postgres { port, bin, _stdin: Mutex::new(stdin), _child: Mutex::new(child), log, next: AtomicUsize::new(0) }
+        Postgres {
+            port,
+            bin,
+            data,
+            options,
+            as_postgres: user.is_some(),
+            _stdin: Mutex::new(stdin),
+            _child: Mutex::new(child),
+            log,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// `pg_ctl stop -m fast`: every session ends (clients see their
+    /// connections closed), the server is down until [`Postgres::start_again`].
+    pub fn stop_fast(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    }
+
+    /// `pg_ctl start` on the same directory and port, after
+    /// [`Postgres::stop_fast`]; returns once it accepts connections. Its
+    /// log goes to `restart.log` beside the data directory.
+    pub fn start_again(&self) {
+        let log = self.data.parent().expect("the data directory's parent").join("restart.log");
+        self.pg_ctl(&["start", "-w", "-t", "120", "-l", path(&log), "-o", &self.options]);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = as_server_user(self.as_postgres, &self.bin.join("pg_ctl"))
+            .args(["-D", path(&self.data)])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("pg_ctl: {e}; {INSTALL_HINT}"));
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The server's port on 127.0.0.1.

@@ -43,6 +43,11 @@ pub enum PathMode {
     /// Accepts and never answers (a silent drop: the agent's step times out);
     /// existing connections are closed.
     Blackhole,
+    /// A black hole for existing connections too: they stay open and
+    /// nothing is forwarded either way (a peer gone silent mid-session);
+    /// new ones are accepted and never answered. They close when the mode
+    /// changes again.
+    Stall,
 }
 
 /// A TCP forwarder on 127.0.0.1 (port 0 on first start, the same port
@@ -198,9 +203,13 @@ async fn carry(
                 _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                 _ = control.wait_for(|m| *m != PathMode::Open) => {}
             }
+            // Stalled: both ends stay open, silent, until the next change.
+            if *control.borrow() == PathMode::Stall {
+                let _ = control.wait_for(|m| *m != PathMode::Stall).await;
+            }
         }
-        PathMode::Blackhole => {
-            let _ = control.wait_for(|m| *m != PathMode::Blackhole).await;
+        PathMode::Blackhole | PathMode::Stall => {
+            let _ = control.wait_for(|m| *m != mode).await;
         }
         PathMode::Cut => {}
     }

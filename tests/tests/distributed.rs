@@ -5,8 +5,12 @@
 //! Nothing sleeps to synchronise: every wait polls the admin API or the
 //! agents' spools (their `probe_log`, the agent's own account of every
 //! probe it ran) against a deadline.
+//!
+//! Every test runs on both storage backends (`NAME::sqlite`,
+//! `NAME::postgres`): the body is written once, for a `Backend`.
 
-use mailloop_tests::Check;
+use mailloop_tests::backend::Backend;
+use mailloop_tests::{Check, on_both_backends};
 use mailloop_tests::cluster::{AGENTS, Cluster, ProbeRun, check_toml, wait_until};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -19,6 +23,19 @@ const DEADLINE: Duration = Duration::from_secs(45);
 /// after its round's moment, a kill noticed): generous, the measured value
 /// is printed. How fast these are is `make bench`'s business, not a test's.
 const SLACK_MS: i64 = 20_000;
+
+// Every test below runs twice, on SQLite and on PostgreSQL (issue 13).
+on_both_backends!(
+    both_regions_report_every_round_with_timings,
+    coordinator_killed_mid_stream_stores_every_probe_exactly_once,
+    coordinator_down_for_rounds_gets_every_report_replayed,
+    checks_changed_and_deleted_with_mailloopctl_are_followed,
+    mailloopctl_probe_runs_now_in_both_regions_and_the_rounds_go_on,
+    a_revoked_agent_stops_probing_and_keeps_its_spool,
+    an_agent_killed_and_restarted_resumes_its_assignments,
+    an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent,
+    a_degraded_round_says_why_in_every_mailloopctl_table,
+);
 
 fn region_of(agent: &str) -> &'static str {
     AGENTS.iter().find(|(n, _)| *n == agent).map(|(_, r)| *r).expect("a cluster agent")
@@ -104,11 +121,10 @@ fn wait_for_results(c: &Cluster, check: &str, n: usize) {
     });
 }
 
-#[test]
-fn both_regions_report_every_round_with_timings() {
-    let check = Check::new("dist-regions");
+fn both_regions_report_every_round_with_timings(backend: Backend) {
+    let check = Check::new(&backend.name("dist-regions"));
     let id = check.name.clone();
-    let c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    let c = Cluster::start_on(backend, &check_toml(&check, "2s", &REGIONS));
 
     // Three consecutive rounds stored from both regions.
     let (first, rounds) = wait_until(DEADLINE, "three consecutive rounds stored from both regions", || {
@@ -167,11 +183,10 @@ fn both_regions_report_every_round_with_timings() {
     assert_eq!(assigned["us-east"], "us-1");
 }
 
-#[test]
-fn coordinator_killed_mid_stream_stores_every_probe_exactly_once() {
-    let check = Check::new("dist-kill9");
+fn coordinator_killed_mid_stream_stores_every_probe_exactly_once(backend: Backend) {
+    let check = Check::new(&backend.name("dist-kill9"));
     let id = check.name.clone();
-    let mut c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    let mut c = Cluster::start_on(backend, &check_toml(&check, "2s", &REGIONS));
     wait_for_results(&c, &id, 2);
 
     c.coordinator.kill9();
@@ -186,11 +201,10 @@ fn coordinator_killed_mid_stream_stores_every_probe_exactly_once() {
     assert_stored_exactly_once(&c, &id);
 }
 
-#[test]
-fn coordinator_down_for_rounds_gets_every_report_replayed() {
-    let check = Check::new("dist-down");
+fn coordinator_down_for_rounds_gets_every_report_replayed(backend: Backend) {
+    let check = Check::new(&backend.name("dist-down"));
     let id = check.name.clone();
-    let mut c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    let mut c = Cluster::start_on(backend, &check_toml(&check, "2s", &REGIONS));
     wait_for_results(&c, &id, 1);
 
     c.coordinator.stop();
@@ -215,11 +229,10 @@ fn coordinator_down_for_rounds_gets_every_report_replayed() {
     }
 }
 
-#[test]
-fn checks_changed_and_deleted_with_mailloopctl_are_followed() {
-    let check = Check::new("dist-ctl");
+fn checks_changed_and_deleted_with_mailloopctl_are_followed(backend: Backend) {
+    let check = Check::new(&backend.name("dist-ctl"));
     let id = check.name.clone();
-    let c = Cluster::start("");
+    let c = Cluster::start_on(backend, "");
     let file = c.dir.path().join("check.toml");
 
     std::fs::write(&file, check_toml(&check, "2s", &REGIONS)).unwrap();
@@ -338,11 +351,10 @@ fn start_times(c: &Cluster, check: &str) -> HashMap<String, i64> {
     c.probe_log(check).into_iter().map(|r| (r.probe_id, r.started_ms)).collect()
 }
 
-#[test]
-fn mailloopctl_probe_runs_now_in_both_regions_and_the_rounds_go_on() {
-    let check = Check::new("dist-probe");
+fn mailloopctl_probe_runs_now_in_both_regions_and_the_rounds_go_on(backend: Backend) {
+    let check = Check::new(&backend.name("dist-probe"));
     let id = check.name.clone();
-    let c = Cluster::start(&check_toml(&check, "3s", &REGIONS));
+    let c = Cluster::start_on(backend, &check_toml(&check, "3s", &REGIONS));
     wait_for_results(&c, &id, 1);
 
     let (code, out, err) = c.coordinator.ctl(&["probe", &id, "--timeout", "60s"]);
@@ -397,13 +409,12 @@ fn mailloopctl_probe_runs_now_in_both_regions_and_the_rounds_go_on() {
     assert!(latest["round"].as_u64().is_some_and(|k| k > 0), "{latest:#}");
 }
 
-#[test]
-fn a_revoked_agent_stops_probing_and_keeps_its_spool() {
-    let watched = Check::new("dist-rev-a");
-    let lab = Check::new("dist-rev-lab");
+fn a_revoked_agent_stops_probing_and_keeps_its_spool(backend: Backend) {
+    let watched = Check::new(&backend.name("dist-rev-a"));
+    let lab = Check::new(&backend.name("dist-rev-lab"));
     let (watched_id, lab_id) = (watched.name.clone(), lab.name.clone());
     let checks = format!("{}\n{}", check_toml(&watched, "2s", &REGIONS), check_toml(&lab, "2s", &["lab"]));
-    let mut c = Cluster::start(&checks);
+    let mut c = Cluster::start_on(backend, &checks);
 
     // An agent the API issued (config agents are revoked by editing the config).
     let (code, out, err) = c.coordinator.ctl(&["agents", "add", "lab-1", "--region", "lab", "--show-token"]);
@@ -436,11 +447,10 @@ fn a_revoked_agent_stops_probing_and_keeps_its_spool() {
     assert_eq!((agent["revoked"].as_bool(), agent["connected"].as_bool()), (Some(true), Some(false)), "{agent:#}");
 }
 
-#[test]
-fn an_agent_killed_and_restarted_resumes_its_assignments() {
-    let check = Check::new("dist-restart");
+fn an_agent_killed_and_restarted_resumes_its_assignments(backend: Backend) {
+    let check = Check::new(&backend.name("dist-restart"));
     let id = check.name.clone();
-    let mut c = Cluster::start(&check_toml(&check, "2s", &REGIONS));
+    let mut c = Cluster::start_on(backend, &check_toml(&check, "2s", &REGIONS));
     wait_for_results(&c, &id, 2);
 
     c.agents[0].kill9();
@@ -468,11 +478,10 @@ fn an_agent_killed_and_restarted_resumes_its_assignments() {
     assert_eq!(ids.len(), log.len(), "a probe id reused after the restart");
 }
 
-#[test]
-fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent() {
-    let check = Check::new("dist-gone");
+fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent(backend: Backend) {
+    let check = Check::new(&backend.name("dist-gone"));
     let id = check.name.clone();
-    let mut c = Cluster::start_with_agents(&check_toml(&check, "2s", &["eu-west"]), &[("eu-1", "eu-west"), ("eu-2", "eu-west")]);
+    let mut c = Cluster::start_with_agents_on(backend, &check_toml(&check, "2s", &["eu-west"]), &[("eu-1", "eu-west"), ("eu-2", "eu-west")]);
     let owner = wait_until(DEADLINE, "a round stored from the check's agent", || {
         let spec = c.coordinator.get_ok(&format!("/api/v1/checks/{id}"));
         let owner = spec["assigned"]["eu-west"].as_str()?.to_string();
@@ -516,12 +525,11 @@ fn an_agent_gone_for_good_hands_its_check_to_the_regions_other_agent() {
     }
 }
 
-#[test]
-fn a_degraded_round_says_why_in_every_mailloopctl_table() {
-    let check = Check::new("dist-why");
+fn a_degraded_round_says_why_in_every_mailloopctl_table(backend: Backend) {
+    let check = Check::new(&backend.name("dist-why"));
     let id = check.name.clone();
     // Delivered, but the receiver's DMARC pass is not the "fail" expected.
-    let c = Cluster::start(&format!("{}[check.expect]\ndmarc = \"fail\"\n", check_toml(&check, "2s", &REGIONS)));
+    let c = Cluster::start_on(backend, &format!("{}[check.expect]\ndmarc = \"fail\"\n", check_toml(&check, "2s", &REGIONS)));
     const WHY: &str = "DMARC pass, expected fail";
     wait_until(DEADLINE, "a degraded round reported by both regions", || {
         let latest = c.coordinator.get_ok(&format!("/api/v1/checks/{id}/latest"));

@@ -17,9 +17,9 @@
 //! belongs to `make bench`.
 
 use mailloop_tests::Check;
-use mailloop_tests::cluster::{Coordinator, check_toml, http_get, http_get_as, wait_until};
+use mailloop_tests::cluster::{Coordinator, check_toml, http_get, http_get_as, http_get_within, wait_until};
 use mailloop_tests::postgres::Postgres;
-use mailloop_tests::regions::{REGIONS, RegionCluster, Settings, describe, now_ms};
+use mailloop_tests::regions::{PathMode, REGIONS, RegionCluster, Settings, describe, now_ms};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -44,7 +44,12 @@ fn readyz(c: &Coordinator) -> Option<(u16, String)> {
 
 /// Stored rows per probe id of `check`, read from PostgreSQL itself.
 fn stored_per_probe(db: &str, check: &str) -> HashMap<String, u64> {
-    let out = Postgres::get().psql(db, &format!("SELECT probe_id || ' ' || count(*) FROM reports WHERE check_id = '{check}' GROUP BY probe_id"));
+    stored_per_probe_on(Postgres::get(), db, check)
+}
+
+/// [`stored_per_probe`] on another server than the binary's shared one.
+fn stored_per_probe_on(pg: &Postgres, db: &str, check: &str) -> HashMap<String, u64> {
+    let out = pg.psql(db, &format!("SELECT probe_id || ' ' || count(*) FROM reports WHERE check_id = '{check}' GROUP BY probe_id"));
     out.lines()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -57,7 +62,12 @@ fn stored_per_probe(db: &str, check: &str) -> HashMap<String, u64> {
 /// Rounds whose probes started at or after `since_ms` (the agents' own
 /// clock, from their probe logs) and are stored from every region.
 fn rounds_from_all_since(c: &RegionCluster, db: &str, since_ms: i64) -> usize {
-    let stored = stored_per_probe(db, &c.check_id);
+    rounds_from_all_since_on(Postgres::get(), c, db, since_ms)
+}
+
+/// [`rounds_from_all_since`] on another server than the binary's shared one.
+fn rounds_from_all_since_on(pg: &Postgres, c: &RegionCluster, db: &str, since_ms: i64) -> usize {
+    let stored = stored_per_probe_on(pg, db, &c.check_id);
     let mut by_round: HashMap<u64, HashSet<String>> = HashMap::new();
     for (probe, region, round, started_ms) in c.probe_log() {
         if started_ms >= since_ms && stored.contains_key(&probe) {
@@ -445,8 +455,24 @@ fn a_token_rotated_through_one_replica_reaches_the_agent_on_the_other() {
 /// is killed it leads and stores on its own (its pool recovered).
 #[test]
 fn a_replica_cut_off_from_the_database_stops_acking_gives_up_leading_and_recovers() {
+    cut_off_replica(PathMode::Cut);
+}
+
+/// The same, with a database that goes silent instead of refusing: the
+/// proxy stops forwarding and closes nothing, so the replica's open
+/// connections (its leadership session, its pool's) hang rather than
+/// fail, and PostgreSQL keeps its leadership session (lock and all)
+/// open. It still turns cut off, the other replica leads (it ends the
+/// silent leader's idle session), API reads are answered (an error), and
+/// it recovers once the path is back.
+#[test]
+fn a_replica_whose_database_goes_silent_is_cut_off_answers_and_recovers() {
+    cut_off_replica(PathMode::Stall);
+}
+
+fn cut_off_replica(mode: PathMode) {
     let pg = Postgres::get();
-    let url = pg.database("cutoff");
+    let url = pg.database(&format!("cutoff{mode:?}"));
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let proxy = mailloop_tests::regions::Proxy::start(runtime.handle(), format!("127.0.0.1:{}", pg.port()).parse().unwrap());
@@ -455,7 +481,7 @@ fn a_replica_cut_off_from_the_database_stops_acking_gives_up_leading_and_recover
     settings.replicas = 2;
     // The first replica (started first: it leads) reaches PostgreSQL through the proxy; the agents talk to it.
     settings.replica_storage_url = Some((0, format!("postgres://mailloop@{}/{db}?sslmode=disable", proxy.addr())));
-    let check = Check::new("replica-cutoff");
+    let check = Check::new(&format!("replica-cutoff-{}", format!("{mode:?}").to_lowercase()));
     let mut c = RegionCluster::start(&check, &settings);
     let id = c.check_id.clone();
     wait_until(DEADLINE, "the proxied replica leads, the other follows", || {
@@ -465,12 +491,24 @@ fn a_replica_cut_off_from_the_database_stops_acking_gives_up_leading_and_recover
 
     let cut_ms = now_ms();
     let cut = std::time::Instant::now();
-    proxy.cut();
+    proxy.set(mode);
     let body = wait_until(DEADLINE, "/readyz of the cut-off replica: 503, cut_off", || {
         let (status, body) = http_get(c.coordinator.http, "/readyz").ok()?;
         (status == 503 && body["role"] == "cut_off").then_some(body)
     });
     assert!(body["status"].as_str().unwrap_or_default().contains("database"), "a reason: {body}");
+    // A read that needs the database is answered, with an error, however
+    // the database went away (the client waits as long as a test would).
+    let (status, answer) = http_get_within(c.coordinator.http, &format!("/api/v1/results?check={id}"), DEADLINE)
+        .unwrap_or_else(|e| panic!("the cut-off replica left a read unanswered ({mode:?}): {e}"));
+    assert!(status >= 500, "a read on the cut-off replica ({mode:?}): {status} {answer}");
+    // Answered by the storage's own bound, not cut short by the API's
+    // request timeout while the read still hangs behind it.
+    assert!(
+        !answer["error"].as_str().unwrap_or_default().contains("http_request_timeout"),
+        "a read on the cut-off replica hung until the API gave up ({mode:?}): {answer}"
+    );
+    eprintln!("a read on the cut-off replica ({mode:?}): {status} {answer}");
     wait_until(DEADLINE, "the other replica leads", || (readyz(&c.others[0])? == (200, "leader".into())).then_some(()));
     let led = cut.elapsed();
     let second = c.others[0].grpc;
@@ -626,5 +664,157 @@ fn three_replicas_lose_their_leader_twice_and_no_report_is_lost_or_stored_twice(
         stored.len(),
         takeovers.len(),
         takeovers.iter().map(|d| format!("{:.1}s", d.as_secs_f64())).collect::<Vec<_>>()
+    );
+}
+
+/// The database of a server of the test's own (`url` made by `pg.database`).
+fn db_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string()
+}
+
+/// Reports spooled and not yet acknowledged by `region`'s agent.
+fn spooled(c: &RegionCluster, region: &str) -> i64 {
+    let path = c.dir.path().join(format!("agent-{region}.spool.db"));
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap()
+}
+
+/// PostgreSQL itself restarted (`pg_ctl stop -m fast`, then `pg_ctl
+/// start`) while the agents report to two replicas: both replicas say
+/// they are cut off and take no report, the agents spool meanwhile, and
+/// once the server is back the replicas reconnect (one leads again) and
+/// the spools drain. Ground truth, the agents' own probe logs: every probe
+/// they ran is stored, each exactly once. The server is the test's own,
+/// so the other tests of this binary keep theirs.
+#[test]
+fn postgresql_restarted_under_load_replicas_reconnect_agents_spool_and_nothing_is_lost() {
+    let pg = Postgres::dedicated();
+    let url = pg.database("pgrestart");
+    let db = db_name(&url);
+    let mut settings = Settings::new();
+    settings.storage_url = Some(url);
+    settings.replicas = 2;
+    settings.spread = true;
+    let check = Check::new("replica-pgrestart");
+    let c = RegionCluster::start(&check, &settings);
+    let id = c.check_id.clone();
+    let replicas = || [&c.coordinator, &c.others[0]];
+    let roles = || -> Option<Vec<String>> { replicas().iter().map(|r| readyz(r).map(|(_, role)| role)).collect() };
+    let led = |roles: &[String]| roles.iter().filter(|r| *r == "leader").count() == 1 && roles.iter().filter(|r| *r == "follower").count() == 1;
+    wait_until(DEADLINE, "one leader and one follower", || roles().filter(|r| led(r)));
+    wait_until(DEADLINE, "two rounds stored from every region", || (rounds_from_all_since_on(&pg, &c, &db, 0) >= 2).then_some(()));
+
+    let stopped_ms = now_ms();
+    pg.stop_fast();
+    // Both replicas know: not ready, no leader (nobody judges or pages).
+    for r in replicas() {
+        wait_until(DEADLINE, "/readyz of each replica: 503, cut_off", || {
+            let (status, body) = http_get(r.http, "/readyz").ok()?;
+            (status == 503 && body["role"] == "cut_off").then_some(())
+        });
+    }
+    // The agents go on probing and keep what they ran: two rounds each,
+    // started after the stop, held in their spools.
+    wait_until(DEADLINE, "two probes per region run while PostgreSQL is down, spooled", || {
+        let log = c.probe_log();
+        REGIONS
+            .iter()
+            .all(|r| log.iter().filter(|(_, region, _, started)| region == r && *started > stopped_ms).count() >= 2 && spooled(&c, r) >= 2)
+            .then_some(())
+    });
+    let spooled_at_start: Vec<i64> = REGIONS.iter().map(|r| spooled(&c, r)).collect();
+
+    pg.start_again();
+    let started_ms = now_ms();
+    wait_until(DEADLINE, "one leader and one follower again", || roles().filter(|r| led(r)));
+    wait_until(DEADLINE, "three rounds probed after the restart stored from every region", || {
+        (rounds_from_all_since_on(&pg, &c, &db, started_ms) >= 3).then_some(())
+    });
+    wait_until(DEADLINE, "the spools drained", || REGIONS.iter().all(|r| spooled(&c, r) <= 1).then_some(()));
+
+    // Ground truth: every probe the agents ran is stored, each once, and
+    // every stored probe is one an agent ran, once per (region, round).
+    let ran = c.probe_log();
+    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
+        let stored = stored_per_probe_on(&pg, &db, &id);
+        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
+    });
+    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
+    let ran_now: HashMap<String, (String, u64)> = c.probe_log().into_iter().map(|(p, region, round, _)| (p, (region, round))).collect();
+    let mut slots = HashSet::new();
+    for probe in stored.keys() {
+        let (region, round) = ran_now.get(probe).unwrap_or_else(|| panic!("stored probe {probe} is in no agent's probe log"));
+        assert!(slots.insert((region.clone(), *round)), "round {round} ran twice in {region}");
+    }
+    let during = ran.iter().filter(|(_, _, _, t)| *t > stopped_ms && *t < started_ms).count();
+    eprintln!(
+        "{} probes run ({during} while PostgreSQL was down; spooled then {spooled_at_start:?}), {} stored, 0 lost, 0 twice, across a PostgreSQL restart",
+        ran.len(),
+        stored.len()
+    );
+}
+
+/// Three replicas; the leader is killed with `kill -9` and, in the same
+/// moment, every region's path to the mail server is cut: the outage
+/// starts while nobody leads. The replica that takes over opens it and
+/// pages it once (counted by the test's webhook receiver), and pages its
+/// resolution once; no other outage is opened, no page repeated.
+#[test]
+fn an_outage_that_starts_during_the_failover_is_paged_once() {
+    let (mut settings, _db) = two_replicas("failoutage");
+    settings.replicas = 3;
+    settings.spread = true;
+    let check = Check::new("replica-failoutage");
+    let mut c = RegionCluster::start(&check, &settings);
+    let live_leaders = |c: &RegionCluster| -> Vec<usize> {
+        std::iter::once(&c.coordinator)
+            .chain(&c.others)
+            .enumerate()
+            .filter(|(_, r)| r.proc.is_some() && readyz(r) == Some((200, "leader".into())))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let leader = wait_until(DEADLINE, "exactly one leader among three replicas", || {
+        let l = live_leaders(&c);
+        (l.len() == 1).then(|| l[0])
+    });
+    wait_until(DEADLINE, "an up verdict from the leader", || c.verdicts().iter().any(|v| v["verdict"] == "up").then_some(()));
+    assert!(c.pager.hits().is_empty(), "no page before the outage: {:?}", c.pager.hits());
+
+    // The same window: the leader dies, then the mail server is unreachable.
+    let killed = std::time::Instant::now();
+    c.kill9_coordinator(leader);
+    c.cut_all();
+    let cut_ms = now_ms();
+    wait_until(DEADLINE, "another replica leads", || (live_leaders(&c).len() == 1).then_some(()));
+    let led = killed.elapsed();
+    let opened = wait_until(DEADLINE, "the outage paged as opened", || {
+        c.pager.delivered().into_iter().find(|h| h.body["event"] == "opened" && h.body["incident"]["kind"] == "outage")
+    });
+    let paged = killed.elapsed();
+    let incident = opened.body["incident"]["id"].clone();
+    c.restore_all();
+    wait_until(Duration::from_secs(180), "the outage paged as resolved", || {
+        c.pager.delivered().into_iter().find(|h| h.body["event"] == "resolved" && h.body["incident"]["id"] == incident)
+    });
+    // Judged on rounds that failed after the cut (not a leftover).
+    let after = c.verdicts_since(cut_ms);
+    assert!(after.iter().any(|v| v["verdict"] == "down"), "down rounds after the cut:\n{}", describe(&after));
+
+    let pages: Vec<String> =
+        c.pager.hits().iter().map(|h| format!("{} {}", h.body["event"].as_str().unwrap_or("?"), h.body["incident"]["id"])).collect();
+    for event in ["opened", "resolved"] {
+        let n = pages.iter().filter(|p| **p == format!("{event} {incident}")).count();
+        assert_eq!(n, 1, "{event} paged {n} times: {pages:?}");
+    }
+    assert_eq!(pages.len(), 2, "no other page: {pages:?}");
+    let outages: Vec<serde_json::Value> = c.all_incidents().into_iter().filter(|i| i["kind"] == "outage").collect();
+    assert_eq!(outages.len(), 1, "one outage: {outages:#?}");
+    eprintln!(
+        "leader {leader} killed and the mail server cut together: another led after {:.1} s, the outage paged after {:.1} s, once; {pages:?}",
+        led.as_secs_f64(),
+        paged.as_secs_f64()
     );
 }

@@ -65,6 +65,22 @@ impl PgSettings {
         if c.get_connect_timeout().is_none() {
             c.connect_timeout(Duration::from_secs(5));
         }
+        // A peer that vanishes without closing (a host down, a firewall
+        // dropping packets) ends the connection in bounded time instead of
+        // the kernel's two hours of keepalive silence or fifteen minutes of
+        // retransmits: an idle connection is probed after 10 s (3 probes,
+        // 5 s apart), and data unacknowledged for 30 s fails it. Either is
+        // a connection error the pool drops and the leadership session
+        // reports as cut off. (A URL's own `keepalives_idle` or
+        // `tcp_user_timeout` wins.)
+        if c.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            c.keepalives_idle(Duration::from_secs(10));
+            c.keepalives_interval(Duration::from_secs(5));
+            c.keepalives_retries(3);
+        }
+        if c.get_tcp_user_timeout().is_none() {
+            c.tcp_user_timeout(Duration::from_secs(30));
+        }
         if c.get_application_name().is_none() {
             c.application_name("mailloop-coordinator");
         }

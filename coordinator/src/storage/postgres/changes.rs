@@ -6,7 +6,7 @@
 //! lost, so each (re)connection counts as one).
 
 use super::super::model::StorageError;
-use super::leader::RETRY;
+use super::leader::{timed, PING, RETRY};
 use super::Postgres;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
@@ -71,7 +71,7 @@ async fn session(
     changed: &Notify,
     runs: &tokio::sync::broadcast::Sender<String>,
 ) -> Result<std::convert::Infallible, StorageError> {
-    let (client, mut connection) = config.connect(tls.clone()).await?;
+    let (client, mut connection) = super::leader::connect(config, tls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let runs = runs.clone();
     // Polling the connection drives its I/O and yields the notices.
@@ -96,12 +96,27 @@ async fn session(
         client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {RUNS}")).await?;
         // Whatever changed while not listening: read it now.
         changed.notify_one();
-        while rx.recv().await.is_some() {
-            changed.notify_one();
+        // A connection that goes silent without closing (a black hole)
+        // would hear no notice again and say nothing: a ping every
+        // [`PING`] that fails or goes unanswered for the leader's ping
+        // timeout ends the session, and the next one reads what was missed.
+        let mut ping = tokio::time::interval(PING);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                notice = rx.recv() => {
+                    if notice.is_none() {
+                        return Err(StorageError::Unavailable(
+                            "the change notices' connection closed".into(),
+                        ));
+                    }
+                    changed.notify_one();
+                }
+                _ = ping.tick() => {
+                    timed(client.simple_query("SELECT 1")).await?;
+                }
+            }
         }
-        Err(StorageError::Unavailable(
-            "the change notices' connection closed".into(),
-        ))
     }
     .await;
     io.abort();

@@ -48,7 +48,13 @@ pub struct Postgres {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// On-demand run orders announced by any replica (`mailloop_runs`).
     runs: tokio::sync::broadcast::Sender<String>,
+    /// When this replica last found itself cut off from the database:
+    /// pooled connections opened before then are not handed out again.
+    lost: Lost,
 }
+
+/// The moment the database was last lost (None: never).
+type Lost = std::sync::Arc<Mutex<Option<std::time::Instant>>>;
 
 impl From<deadpool_postgres::PoolError> for StorageError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
@@ -65,7 +71,8 @@ impl Postgres {
     pub async fn connect(s: &PgSettings) -> Result<Postgres, StorageError> {
         let config = s.config().map_err(StorageError::Config)?;
         let tls = tls(s).map_err(StorageError::Config)?;
-        let pool = pool(config.clone(), tls.clone(), s.pool_size)?;
+        let lost = Lost::default();
+        let pool = pool(config.clone(), tls.clone(), s.pool_size, lost.clone())?;
         let (found, now) = migrations::run(&pool).await?;
         if found != now {
             tracing::info!(from = found, to = now, "storage: schema migrated");
@@ -79,6 +86,7 @@ impl Postgres {
             config,
             tls,
             runs: tokio::sync::broadcast::channel(256).0,
+            lost,
         })
     }
 
@@ -125,11 +133,21 @@ impl Postgres {
     }
 }
 
+/// How long a caller waits for a pooled connection, a new connection's
+/// TCP connect plus startup and authentication, or a returned one's
+/// check. Without these a database that stops answering without closing
+/// (a black hole: packets dropped, or a proxy that goes silent) hangs a
+/// caller for ever; with them it gets an error (`StorageError::Unavailable`)
+/// in bounded time, like a refused connection. Generous: a loaded server
+/// is slow, not gone.
+pub(crate) const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The pool (connections are opened lazily, on first use).
 fn pool(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     pool_size: usize,
+    lost: Lost,
 ) -> Result<Pool, StorageError> {
     let manager = Manager::from_config(
         config,
@@ -140,6 +158,21 @@ fn pool(
     );
     Pool::builder(manager)
         .max_size(pool_size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        // A connection checked out when the database went silent may come
+        // back to the pool later, looking open (fast recycling only asks
+        // whether it is closed): one opened before the loss is dropped.
+        .pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+            match *lost.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(at) if metrics.created <= at => Err(deadpool_postgres::HookError::message(
+                    "opened before the database was lost",
+                )),
+                _ => Ok(()),
+            }
+        }))
         .build()
         .map_err(|e| StorageError::Config(e.to_string()))
 }
