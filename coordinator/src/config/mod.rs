@@ -638,11 +638,13 @@ pub fn check_spec(
         }
         Some(Value::Array(list)) => {
             let mut out = Vec::new();
+            // One lookup per region (a check may list 10,000).
+            let mut seen: HashSet<&str> = HashSet::with_capacity(list.len());
             let mut ok = true;
             for (i, r) in list.iter().enumerate() {
                 match r.as_str() {
                     Some(s) if is_name(s) => {
-                        if out.iter().any(|o| o == s) {
+                        if !seen.insert(s) {
                             v.issue(
                                 format!("{path}.regions[{i}]"),
                                 format!("{s:?} is listed twice"),
