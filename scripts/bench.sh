@@ -56,7 +56,7 @@
 # part 2), BENCH_LOAD_ARGS (extra mailloop-loadgen arguments; see its --help),
 # BENCH_ONLY=status (only the status page measurement of part 2),
 # BENCH_ONLY=replay (only the spool replay of part 2: a real agent replays
-#   --replay-reports spooled reports, default 50,000, 20,000 in quick mode;
+#   --replay-reports spooled reports, default 50,000, 10,000 in quick mode;
 #   reports/s beside the 10,000/s goal, agent and coordinator CPU per 1,000),
 # BENCH_ONLY=placement (only mailloop's placement runs of part 1 - INBOX +
 # Junk, INBOX only, a GTUBE probe filed to Junk -, no peer, no part 2:

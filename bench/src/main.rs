@@ -202,7 +202,7 @@ async fn main() -> std::process::ExitCode {
         args.status_rounds_per_day = args.status_rounds_per_day.min(4);
         args.status_builds = args.status_builds.min(5);
         args.status_seconds = args.status_seconds.min(3);
-        args.replay_reports = args.replay_reports.min(20_000);
+        args.replay_reports = args.replay_reports.min(10_000);
     }
     if args.status_only {
         args.metrics_only = true;

@@ -656,10 +656,12 @@ async fn send_loop(
     let mut queue: VecDeque<SpooledReport> = VecDeque::new();
     let mut unacked: HashSet<String> = HashSet::new();
     loop {
-        // Read ahead while half the window is free, so a replay never
-        // waits for the spool with nothing to send.
-        if queue.len() < SEND_WINDOW / 2 && unacked.len() + queue.len() < SEND_WINDOW {
-            for (seq, r) in spool.after(cursor, SEND_WINDOW - unacked.len() - queue.len()).await? {
+        // Read ahead in large batches (a quarter of the window at least)
+        // while the queue runs low, so a replay never waits for the spool
+        // with nothing to send; with nothing queued, whatever fits.
+        let free = SEND_WINDOW - (unacked.len() + queue.len()).min(SEND_WINDOW);
+        if (queue.is_empty() && free > 0) || (queue.len() < SEND_WINDOW / 2 && free >= SEND_WINDOW / 4) {
+            for (seq, r) in spool.after(cursor, free).await? {
                 cursor = seq;
                 queue.push_back(r);
             }
