@@ -710,6 +710,9 @@ async fn send_loop(
     }
 }
 
+/// A deletion transaction on the blocking pool: how many reports it removed.
+type Deletion = tokio::task::JoinHandle<Result<usize, SpoolError>>;
+
 /// Acknowledged reports on their way out of the spool: at most one
 /// transaction at a time; the acks that arrive meanwhile wait for the next.
 #[derive(Default)]
@@ -717,7 +720,7 @@ struct Deleting {
     /// Acknowledged, not yet being deleted.
     acked: Vec<pb::ResultAck>,
     /// The transaction being written, and the acks it deletes.
-    running: Option<(tokio::task::JoinHandle<Result<usize, SpoolError>>, Vec<pb::ResultAck>)>,
+    running: Option<(Deletion, Vec<pb::ResultAck>)>,
 }
 
 impl Deleting {
