@@ -1603,6 +1603,18 @@ mod tests {
         assert_eq!(CoordinatorConfig::from_value(&v, &env).unwrap().agents.len(), 10_000);
     }
 
+    /// A region listed twice is named at its second place, among 10,000.
+    #[test]
+    fn a_region_listed_twice_is_named() {
+        let mut v = good();
+        let mut regions: Vec<Value> = (0..10_000).map(|i| json!(format!("r-{i}"))).collect();
+        regions[9_000] = json!("r-42");
+        v["check"][0]["regions"] = Value::Array(regions);
+        let issues = CoordinatorConfig::from_value(&v, &env).unwrap_err();
+        let said: Vec<(String, String)> = issues.into_iter().map(|i| (i.path, i.message)).collect();
+        assert_eq!(said, [("check[0].regions[9000]".to_string(), "\"r-42\" is listed twice".to_string())]);
+    }
+
     #[test]
     fn full_table_round_trips() {
         let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
