@@ -32,6 +32,9 @@
 #    plain, gzip and br (goal <= 150 KB plain). --status-checks,
 #    --status-days, --status-connections in BENCH_LOAD_ARGS; --status-only
 #    or BENCH_ONLY=status for just this.
+#    Then the spool replay (issue 15): a real agent whose spool holds
+#    --replay-reports reports replays them; reports/s (goal >= 10,000), the
+#    agent's and the coordinator's CPU per 1,000 reports, stored = spooled.
 # Between the two: the CPU of a one-shot probe with trace export off, over
 #    OTLP/gRPC and over OTLP/HTTP (scripts/bench_traces.py, 50 rotating runs
 #    each against mailloop-loadgen --otlp-sink, median and p90), goal
@@ -52,6 +55,9 @@
 # (default /usr/lib/nagios/plugins/check_email_delivery), BENCH_LOAD=0 (skip
 # part 2), BENCH_LOAD_ARGS (extra mailloop-loadgen arguments; see its --help),
 # BENCH_ONLY=status (only the status page measurement of part 2),
+# BENCH_ONLY=replay (only the spool replay of part 2: a real agent replays
+#   --replay-reports spooled reports, default 50,000, 10,000 in quick mode;
+#   reports/s beside the 10,000/s goal, agent and coordinator CPU per 1,000),
 # BENCH_ONLY=placement (only mailloop's placement runs of part 1 - INBOX +
 # Junk, INBOX only, a GTUBE probe filed to Junk -, no peer, no part 2:
 #   BENCH_ONLY=placement bash scripts/bench.sh STACK_ENV).
@@ -80,6 +86,13 @@ if [[ ${BENCH_ONLY:-} == status ]]; then
   mkdir -p target/bench
   # shellcheck disable=SC2086
   exec "$loadgen" --status-only --json "target/bench/status-$(date -u +%Y%m%dT%H%M%SZ).json" ${BENCH_LOAD_ARGS:-}
+fi
+if [[ ${BENCH_ONLY:-} == replay ]]; then
+  loadgen=target/release/mailloop-loadgen
+  [[ -x $loadgen ]] || fail "$loadgen not found: run 'cargo build --release -p mailloop-coordinator -p mailloop-agent -p mailloop-bench' (make bench builds them)"
+  mkdir -p target/bench
+  # shellcheck disable=SC2086
+  exec "$loadgen" --replay-only --json "target/bench/replay-$(date -u +%Y%m%dT%H%M%SZ).json" ${BENCH_LOAD_ARGS:-}
 fi
 if [[ ${BENCH_ONLY:-} == placement ]]; then
   export BENCH_LOAD=0

@@ -55,8 +55,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// sooner after registering (a coordinator that accepts and then drops
 /// every agent) keeps backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
-/// Reports sent and not yet acknowledged, at most.
-const SEND_WINDOW: usize = 256;
+/// Reports sent and not yet acknowledged, at most: the coordinator's own
+/// per-stream window (`IN_FLIGHT`), so a replay fills its group commits.
+const SEND_WINDOW: usize = 1024;
 /// Heartbeat period when the coordinator gives none.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// A connection attempt that takes longer has failed.
@@ -623,19 +624,44 @@ fn result(r: SpooledReport) -> pb::ProbeResult {
 /// Sends the spool oldest first, then each new report; deletes each
 /// report when it is acknowledged. At most [`SEND_WINDOW`] wait for an
 /// acknowledgement at a time.
+///
+/// A replay is paced by the coordinator's commits, not by the spool: the
+/// acknowledged reports leave the spool in the background ([`Deleting`]),
+/// one transaction (one fsync) for every ack that arrived while the
+/// previous one was being written, so sending goes on while the disk
+/// works. A report acknowledged but not yet deleted when the agent dies
+/// is sent again by the next session; the coordinator stores it once.
 async fn send_reports(
     spool: &Spool,
     outgoing: mpsc::Sender<pb::ProbeResult>,
     mut acks: tonic::Streaming<pb::ResultAck>,
     unacked_gauge: &AtomicU64,
 ) -> Result<(), SessionError> {
+    let mut deleting = Deleting::default();
+    let ended = send_loop(spool, outgoing, &mut acks, unacked_gauge, &mut deleting).await;
+    // What was acknowledged leaves the spool before the next session reads it.
+    let flushed = deleting.flush(spool).await;
+    ended.and(flushed)
+}
+
+async fn send_loop(
+    spool: &Spool,
+    outgoing: mpsc::Sender<pb::ProbeResult>,
+    acks: &mut tonic::Streaming<pb::ResultAck>,
+    unacked_gauge: &AtomicU64,
+    deleting: &mut Deleting,
+) -> Result<(), SessionError> {
     // Highest spool seq handed to the stream in this session.
     let mut cursor = 0i64;
     let mut queue: VecDeque<SpooledReport> = VecDeque::new();
     let mut unacked: HashSet<String> = HashSet::new();
     loop {
-        if queue.is_empty() && unacked.len() < SEND_WINDOW {
-            for (seq, r) in spool.after(cursor, SEND_WINDOW - unacked.len()).await? {
+        // Read ahead in large batches (a quarter of the window at least)
+        // while the queue runs low, so a replay never waits for the spool
+        // with nothing to send; with nothing queued, whatever fits.
+        let free = SEND_WINDOW - (unacked.len() + queue.len()).min(SEND_WINDOW);
+        if (queue.is_empty() && free > 0) || (queue.len() < SEND_WINDOW / 2 && free >= SEND_WINDOW / 4) {
+            for (seq, r) in spool.after(cursor, free).await? {
                 cursor = seq;
                 queue.push_back(r);
             }
@@ -644,8 +670,7 @@ async fn send_reports(
         unacked_gauge.store(unacked.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             ack = acks.next() => {
-                // Every ack already here is taken with this one, and their
-                // reports leave the spool in one transaction (one fsync).
+                // Every ack already here is taken with this one.
                 let mut batch = vec![ack];
                 while batch.len() < SEND_WINDOW && matches!(batch.last(), Some(Some(Ok(_)))) {
                     tokio::select! {
@@ -654,27 +679,23 @@ async fn send_reports(
                         () = std::future::ready(()) => break,
                     }
                 }
-                let mut acked = Vec::with_capacity(batch.len());
-                let mut end = None;
                 for ack in batch {
                     match ack {
-                        Some(Ok(a)) => acked.push(a),
-                        Some(Err(status)) => { end = Some(SessionError::Call { call: "ReportResults", status }); break }
-                        None => { end = Some(SessionError::Ended("report acknowledgement")); break }
+                        Some(Ok(a)) => {
+                            if !unacked.remove(&a.probe_id) {
+                                tracing::debug!("acknowledgement for probe {}, which was not waiting for one", a.probe_id);
+                            }
+                            deleting.acked.push(a);
+                        }
+                        Some(Err(status)) => return Err(SessionError::Call { call: "ReportResults", status }),
+                        None => return Err(SessionError::Ended("report acknowledgement")),
                     }
                 }
-                for ack in &acked {
-                    if !unacked.remove(&ack.probe_id) {
-                        tracing::debug!("acknowledgement for probe {}, which was not waiting for one", ack.probe_id);
-                    }
-                }
-                spool.remove_many(acked.iter().map(|a| a.probe_id.clone()).collect()).await?;
-                for ack in &acked {
-                    log_ack(ack, spool.waiting());
-                }
-                if let Some(e) = end {
-                    return Err(e);
-                }
+                deleting.start(spool);
+            }
+            done = deleting.done(), if deleting.busy() => {
+                deleting.finished(done, spool)?;
+                deleting.start(spool);
             }
             permit = outgoing.reserve(), if room && !queue.is_empty() => {
                 // The stream's receiving half lives as long as the call.
@@ -689,18 +710,97 @@ async fn send_reports(
     }
 }
 
-/// One line per acknowledged report (`waiting`: the spool after its batch).
-fn log_ack(ack: &pb::ResultAck, waiting: u64) {
-    if ack.stored && !ack.warning.is_empty() {
-        // Stored, but its round is outside the check's window of the coordinator's clock.
+/// A deletion transaction on the blocking pool: how many reports it removed.
+type Deletion = tokio::task::JoinHandle<Result<usize, SpoolError>>;
+
+/// Acknowledged reports on their way out of the spool: at most one
+/// transaction at a time; the acks that arrive meanwhile wait for the next.
+#[derive(Default)]
+struct Deleting {
+    /// Acknowledged, not yet being deleted.
+    acked: Vec<pb::ResultAck>,
+    /// The transaction being written, and the acks it deletes.
+    running: Option<(Deletion, Vec<pb::ResultAck>)>,
+}
+
+impl Deleting {
+    fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts deleting what is acknowledged, unless a deletion runs.
+    fn start(&mut self, spool: &Spool) {
+        if self.running.is_some() || self.acked.is_empty() {
+            return;
+        }
+        let acked = std::mem::take(&mut self.acked);
+        let ids = acked.iter().map(|a| a.probe_id.clone()).collect();
+        let spool = spool.clone();
+        self.running = Some((tokio::spawn(async move { spool.remove_many(ids).await }), acked));
+    }
+
+    /// Completes when the running deletion does (pending forever if none).
+    async fn done(&mut self) -> Result<Result<usize, SpoolError>, tokio::task::JoinError> {
+        match &mut self.running {
+            Some((handle, _)) => handle.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Logs the acks of a finished deletion.
+    fn finished(&mut self, done: Result<Result<usize, SpoolError>, tokio::task::JoinError>, spool: &Spool) -> Result<(), SessionError> {
+        let (_, acked) = self.running.take().expect("a deletion was running");
+        done.map_err(SpoolError::from)??;
+        log_acks(&acked, spool.waiting());
+        Ok(())
+    }
+
+    /// Waits for the running deletion, then deletes the rest.
+    async fn flush(&mut self, spool: &Spool) -> Result<(), SessionError> {
+        if self.running.is_some() {
+            let done = self.done().await;
+            self.finished(done, spool)?;
+        }
+        self.start(spool);
+        if self.running.is_some() {
+            let done = self.done().await;
+            self.finished(done, spool)?;
+        }
+        Ok(())
+    }
+}
+
+/// The lines for a batch of acknowledgements (`waiting`: the spool after
+/// their deletion): a single ack is named; a batch (a replay) is one line
+/// with its size and first and last report, so a replay of 10,000 reports
+/// a second does not write 10,000 lines. A report stored but kept out of
+/// verdicts (its round outside the window of the coordinator's clock) and
+/// a rejected report are always named (rejections one by one).
+fn log_acks(acks: &[pb::ResultAck], waiting: u64) {
+    let stored: Vec<&pb::ResultAck> = acks.iter().filter(|a| a.stored).collect();
+    match stored.as_slice() {
+        [] => {}
+        [one] => tracing::info!("report {} acked: stored by the coordinator ({waiting} waiting)", one.probe_id),
+        [first, .., last] => tracing::info!(
+            "{} reports acked: stored by the coordinator, {} to {} ({waiting} waiting)",
+            stored.len(),
+            first.probe_id,
+            last.probe_id
+        ),
+    }
+    let late: Vec<&&pb::ResultAck> = stored.iter().filter(|a| !a.warning.is_empty()).collect();
+    if let Some(ack) = late.first() {
         let skew = match ack.coordinator_time_ms {
             0 => "unknown".to_string(),
             t => format!("{:+.1} s", (epoch_ms() - t) as f64 / 1000.0),
         };
-        tracing::warn!("report {} stored but not judged: {}; this agent's clock minus the coordinator's: {skew}", ack.probe_id, ack.warning);
-    } else if ack.stored {
-        tracing::info!("report {} acked: stored by the coordinator ({waiting} waiting)", ack.probe_id);
-    } else {
+        let more = match late.len() {
+            1 => String::new(),
+            n => format!(" (and {} more reports of this batch)", n - 1),
+        };
+        tracing::warn!("report {} stored but not judged{more}: {}; this agent's clock minus the coordinator's: {skew}", ack.probe_id, ack.warning);
+    }
+    for ack in acks.iter().filter(|a| !a.stored) {
         let why = if ack.error.is_empty() { "no reason given" } else { ack.error.as_str() };
         tracing::warn!("report {} rejected by the coordinator: {why}; dropped from the spool", ack.probe_id);
     }

@@ -291,26 +291,36 @@ impl Spool {
         Ok(len.is_some())
     }
 
-    /// Deletes acknowledged (or rejected) reports in one transaction: one
-    /// commit, so one fsync, for every ack that arrived together (a replay
-    /// would otherwise pay one fsync per report). Returns how many were
-    /// there. Deleting later than the ack is safe: a report still here
-    /// after a crash is sent again, and the coordinator stores it once.
+    /// Deletes acknowledged (or rejected) reports in one transaction, for
+    /// every ack that arrived together, without waiting for the disk
+    /// (`synchronous = NORMAL` for this commit: no fsync; the next report
+    /// pushed, committed with FULL, syncs it along). Returns how many were
+    /// there. A deletion lost to a power cut, or made later than the ack,
+    /// is safe: a report still here after a crash is sent again, and the
+    /// coordinator stores it once. A kill -9 loses nothing (the commit is
+    /// in the OS's hands); only reports are never lost, so pushes keep FULL.
     pub async fn remove_many(&self, probe_ids: Vec<String>) -> Result<usize, SpoolError> {
         if probe_ids.is_empty() {
             return Ok(0);
         }
         let (removed, len) = self
             .with(move |i| {
-                let tx = i.conn.transaction()?;
-                let mut removed = 0;
-                {
-                    let mut delete = tx.prepare_cached("DELETE FROM reports WHERE probe_id = ?1")?;
-                    for id in &probe_ids {
-                        removed += delete.execute([id])?;
+                i.conn.pragma_update(None, "synchronous", "NORMAL")?;
+                let deleted: rusqlite::Result<usize> = (|| {
+                    let tx = i.conn.transaction()?;
+                    let mut removed = 0;
+                    {
+                        let mut delete = tx.prepare_cached("DELETE FROM reports WHERE probe_id = ?1")?;
+                        for id in &probe_ids {
+                            removed += delete.execute([id])?;
+                        }
                     }
-                }
-                tx.commit()?;
+                    tx.commit()?;
+                    Ok(removed)
+                })();
+                // Back to FULL whatever happened: a push must reach the disk.
+                i.conn.pragma_update(None, "synchronous", "FULL")?;
+                let removed: usize = deleted?;
                 i.len = i.len.saturating_sub(removed as u64);
                 Ok((removed, i.len))
             })
@@ -534,6 +544,20 @@ mod tests {
         let seq1 = s.seq_of("ml-1").await.unwrap();
         let after_first: Vec<_> = s.after(seq1, 10).await.unwrap().into_iter().map(|(_, r)| r.probe_id).collect();
         assert_eq!(after_first, ["ml-3"]);
+    }
+
+    #[tokio::test]
+    async fn acked_reports_leave_in_one_batch_and_pushes_stay_durable() {
+        let (_d, s) = spool(10).await;
+        for n in 1..=4 {
+            s.push(report(n), "ok", 0).await.unwrap();
+        }
+        let acked = vec!["ml-1".to_string(), "ml-3".to_string(), "ml-9".to_string()];
+        assert_eq!(s.remove_many(acked).await.unwrap(), 2, "an unknown id is not counted");
+        assert_eq!(waiting_ids(&s).await, ["ml-2", "ml-4"]);
+        assert_eq!(s.waiting(), 2);
+        let sync: i64 = s.with(|i| i.conn.pragma_query_value(None, "synchronous", |r| r.get(0))).await.unwrap();
+        assert_eq!(sync, 2, "after a batch of deletions, pushes commit with synchronous = FULL again");
     }
 
     #[tokio::test]

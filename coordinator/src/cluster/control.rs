@@ -360,7 +360,7 @@ impl Control {
         } else {
             PutOutcome::Created
         };
-        tracing::info!(check = %stored.spec.name, revision = stored.revision, regions = ?stored.spec.regions,
+        tracing::info!(check = %stored.spec.name, revision = stored.revision, regions = %some_of(&stored.spec.regions),
             interval = %humantime::format_duration(stored.spec.interval), source = source.as_str(), outcome = ?outcome, "check stored");
         Ok((stored, outcome))
     }
@@ -836,4 +836,15 @@ pub(crate) fn new_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     format!("{prefix}_{}", hex(&bytes))
+}
+
+/// The first few of a check's regions for a log line, and how many more
+/// (a check may list 10,000: one line of each would be 100 KB).
+fn some_of(regions: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let first = regions.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    match regions.len() {
+        n if n > SHOWN => format!("[{first}] and {} more", n - SHOWN),
+        _ => format!("[{first}]"),
+    }
 }

@@ -20,6 +20,7 @@ use mailloop_common::config::{
 };
 pub use names::{hex, is_name, token_sha256};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -637,11 +638,13 @@ pub fn check_spec(
         }
         Some(Value::Array(list)) => {
             let mut out = Vec::new();
+            // One lookup per region (a check may list 10,000).
+            let mut seen: HashSet<&str> = HashSet::with_capacity(list.len());
             let mut ok = true;
             for (i, r) in list.iter().enumerate() {
                 match r.as_str() {
                     Some(s) if is_name(s) => {
-                        if out.iter().any(|o| o == s) {
+                        if !seen.insert(s) {
                             v.issue(
                                 format!("{path}.regions[{i}]"),
                                 format!("{s:?} is listed twice"),
@@ -1256,6 +1259,10 @@ fn array<'a>(v: &mut Vec<ConfigIssue>, key: &str, raw: Option<&'a Value>) -> &'a
 
 fn agents(v: &mut Vec<ConfigIssue>, raw: Option<&Value>) -> Vec<AgentDecl> {
     let mut out: Vec<AgentDecl> = Vec::new();
+    // Names and token digests already declared: one lookup per agent, not
+    // a scan of the ones before it (10,000 declared agents).
+    let mut names: HashSet<String> = HashSet::new();
+    let mut digests: HashSet<String> = HashSet::new();
     for (i, item) in array(v, "agent", raw).iter().enumerate() {
         let path = format!("agent[{i}]");
         let Some(mut t) = Table::or_empty(v, &path, Some(item)) else {
@@ -1268,17 +1275,19 @@ fn agents(v: &mut Vec<ConfigIssue>, raw: Option<&Value>) -> Vec<AgentDecl> {
         t.finish(v);
         let token_sha256 = token_digest(v, &path, file, hash);
         if let (Some(name), Some(region), Some(token_sha256)) = (name, region, token_sha256) {
-            if out.iter().any(|a| a.name == name) {
+            if names.contains(&name) {
                 v.issue(
                     format!("{path}.name"),
                     format!("duplicate agent name {name:?}"),
                 );
-            } else if out.iter().any(|a| a.token_sha256 == token_sha256) {
+            } else if digests.contains(&token_sha256) {
                 v.issue(
                     format!("{path}.token_sha256"),
                     "the same token is already given to another agent",
                 );
             } else {
+                names.insert(name.clone());
+                digests.insert(token_sha256.clone());
                 out.push(AgentDecl {
                     name,
                     region,
@@ -1363,11 +1372,12 @@ fn named(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>, key: &'static str) -> Opti
 
 fn checks(v: &mut Vec<ConfigIssue>, raw: Option<&Value>, rules: CheckRules) -> Vec<CheckSpec> {
     let mut out: Vec<CheckSpec> = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
     for (i, item) in array(v, "check", raw).iter().enumerate() {
         let path = format!("check[{i}]");
         match check_spec(&path, item, rules) {
             Ok(spec) => {
-                if out.iter().any(|c| c.name == spec.name) {
+                if !names.insert(spec.name.clone()) {
                     v.issue(
                         format!("{path}.name"),
                         format!("duplicate check name {:?}", spec.name),
@@ -1565,6 +1575,44 @@ mod tests {
         v["agent"].as_array_mut().unwrap().push(a);
         v["check"].as_array_mut().unwrap().push(c);
         assert_eq!(paths(v), ["agent[1].name", "check[1].name"]);
+    }
+
+    /// A fleet of 10,000 declared agents: every duplicate name and every
+    /// reused token is named, with the same words as for two agents, and
+    /// the rest are kept.
+    #[test]
+    fn duplicates_among_ten_thousand_agents_are_each_named() {
+        let mut v = good();
+        let mut agents: Vec<Value> = (0..10_000)
+            .map(|i| json!({"name": format!("a-{i}"), "region": format!("r-{}", i % 50), "token_sha256": format!("{i:064x}")}))
+            .collect();
+        agents[4_000]["name"] = json!("a-17");
+        agents[9_999]["token_sha256"] = json!(format!("{:064x}", 3));
+        v["agent"] = Value::Array(agents);
+        let issues = CoordinatorConfig::from_value(&v, &env).unwrap_err();
+        let said: Vec<(String, String)> = issues.into_iter().map(|i| (i.path, i.message)).collect();
+        assert_eq!(
+            said,
+            [
+                ("agent[4000].name".to_string(), "duplicate agent name \"a-17\"".to_string()),
+                ("agent[9999].token_sha256".to_string(), "the same token is already given to another agent".to_string()),
+            ]
+        );
+        v["agent"][4_000]["name"] = json!("a-4000");
+        v["agent"][9_999]["token_sha256"] = json!(format!("{:064x}", 9_999));
+        assert_eq!(CoordinatorConfig::from_value(&v, &env).unwrap().agents.len(), 10_000);
+    }
+
+    /// A region listed twice is named at its second place, among 10,000.
+    #[test]
+    fn a_region_listed_twice_is_named() {
+        let mut v = good();
+        let mut regions: Vec<Value> = (0..10_000).map(|i| json!(format!("r-{i}"))).collect();
+        regions[9_000] = json!("r-42");
+        v["check"][0]["regions"] = Value::Array(regions);
+        let issues = CoordinatorConfig::from_value(&v, &env).unwrap_err();
+        let said: Vec<(String, String)> = issues.into_iter().map(|i| (i.path, i.message)).collect();
+        assert_eq!(said, [("check[0].regions[9000]".to_string(), "\"r-42\" is listed twice".to_string())]);
     }
 
     #[test]
