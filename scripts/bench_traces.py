@@ -59,12 +59,18 @@ def paired(cpu, key, seed=10):
 
 def callgrind(cmd, env):
     """Instructions executed by one run under callgrind (all threads)."""
-    p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + cmd,
-                       env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-    m = re.search(r"Collected : (\d+)", p.stderr)
-    if p.returncode != 0 or not m:
-        bench.die(f"{cmd[0]} under callgrind exited {p.returncode}: {p.stderr[-500:]}", 2)
-    return int(m.group(1)), p.stdout
+    for attempt in range(3):
+        p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + cmd,
+                           env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        m = re.search(r"Collected : (\d+)", p.stderr)
+        if p.returncode == 0 and m:
+            return int(m.group(1)), p.stdout
+        # valgrind 3.19 now and then dies of SIGSEGV in the dynamic loader
+        # before main (a few 10,000 instructions in): try again, twice.
+        if p.returncode >= 0 or attempt == 2:
+            break
+        bench.progress(f"traces: the run under callgrind died of signal {-p.returncode}; again")
+    bench.die(f"{cmd[0]} under callgrind exited {p.returncode}: {p.stderr[-1500:]}", 2)
 
 
 def main():

@@ -9,10 +9,12 @@
 //!   [`INGEST_WINDOW`], from the first one's read to the last one's
 //!   acknowledgement (after its commit), with the number of reports and
 //!   results (`stored`, `duplicate`), and one **link** per report to its
-//!   probe's trace carrying the probe id, agent, region, round and result.
-//!   One span per report cost the coordinator about 12 µs a report (span,
-//!   attributes, batch queue, OTLP encoding), a fifth of its ingest work;
-//!   a link costs a fraction of that. A report that is refused or cannot be
+//!   probe's span carrying the probe id (and `mailloop.ingest.result` =
+//!   `duplicate` for a replayed one; the probe span itself has the check,
+//!   region, round and agent). One span per report cost the coordinator
+//!   about 12 µs a report (span, attributes, batch queue, OTLP encoding on
+//!   the export thread), a fifth of its ingest work; a link costs a
+//!   fraction of that. A report that is refused or cannot be
 //!   stored still gets a span of its own, kind server, in error with the
 //!   reason and every id as attributes (rare, and what one looks for).
 //! - `verdict` (kind internal): one per decided round, with the check,
@@ -522,15 +524,13 @@ impl IngestStream {
     /// it joins the current `report.ingest` batch, as a link to its probe.
     pub fn acked(&self, mark: Option<IngestMark>, probe_id: &str, duplicate: bool) {
         let (Some(on), Some(mark)) = (&self.on, mark) else { return };
-        let result = if duplicate { "duplicate" } else { "stored" };
+        // The probe's own span has the check, region, round and agent (its
+        // resource): the link only names the probe, and an exception.
         let link = mark.probe.map(|cx| {
-            let mut attrs = vec![
-                KeyValue::new("mailloop.probe.id", probe_id.to_string()),
-                KeyValue::new("mailloop.agent", self.agent.clone()),
-                KeyValue::new("mailloop.region", self.region.clone()),
-                KeyValue::new("mailloop.round", mark.round as i64),
-                KeyValue::new("mailloop.ingest.result", result),
-            ];
+            let mut attrs = vec![KeyValue::new("mailloop.probe.id", probe_id.to_string())];
+            if duplicate {
+                attrs.push(KeyValue::new("mailloop.ingest.result", "duplicate"));
+            }
             if let Some(r) = mark.request_id {
                 attrs.push(KeyValue::new("mailloop.request_id", r));
             }

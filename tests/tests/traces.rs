@@ -746,10 +746,7 @@ fn each_verdict_links_to_the_probes_it_judged() {
     let link = ingest.span.links.iter().find(|l| hex(&l.span_id) == eu_span).unwrap();
     let la = attrs(&link.attributes);
     assert_eq!(la["mailloop.probe.id"], s(&eu.probe_id));
-    assert_eq!(la["mailloop.ingest.result"], s("stored"));
-    assert_eq!(la["mailloop.round"], Val::I(round as i64));
-    assert_eq!(la["mailloop.region"], s(regions[0]));
-    assert_eq!(la["mailloop.agent"], s(AGENTS[0].0));
+    assert!(!la.contains_key("mailloop.ingest.result"), "only a duplicate says so: {la:?}");
     assert!(ingest.span.start_time_unix_nano <= ingest.span.end_time_unix_nano);
     cluster_secrets_absent(&collector.received);
 }
