@@ -65,12 +65,12 @@ def callgrind(cmd, env):
         m = re.search(r"Collected : (\d+)", p.stderr)
         if p.returncode == 0 and m:
             return int(m.group(1)), p.stdout
-        # valgrind 3.19 now and then dies of SIGSEGV in the dynamic loader
-        # before main (a few 10,000 instructions in): try again, twice.
-        if p.returncode >= 0 or attempt == 2:
-            break
-        bench.progress(f"traces: the run under callgrind died of signal {-p.returncode}; again")
-    bench.die(f"{cmd[0]} under callgrind exited {p.returncode}: {p.stderr[-1500:]}", 2)
+        # valgrind 3.19 now and then crashes itself (in the dynamic loader
+        # before main, or on a signal in rustls' write): try again, twice;
+        # then the instruction count is left out, the CPU figure stands.
+        bench.progress(f"traces: the run under callgrind failed (exit {p.returncode}): "
+                       + " ".join(p.stderr.strip().splitlines()[-1:]))
+    return None, None
 
 
 def main():
@@ -132,6 +132,8 @@ def main():
             k = rnd % len(variants)
             for key, e in variants[k:] + variants[:k]:
                 ir, stdout = callgrind(cmd, e)
+                if ir is None:
+                    continue
                 reports = json.loads(stdout)
                 reports = reports if isinstance(reports, list) else [reports]
                 if key != "off":
@@ -145,6 +147,8 @@ def main():
     med = {k: statistics.median(v) for k, v in cpu.items()}
     pair = {k: paired(cpu, k) for k in ("grpc", "http")}
     ir = {k: statistics.median(v) for k, v in instructions.items() if v}
+    if len(ir) < len(variants):
+        ir = {}
     out = {
         "runs": runs,
         "cpu_ms_median": {k: round(v, 3) for k, v in med.items()},
