@@ -22,9 +22,11 @@
 #    regions, every check x region with stored reports; scrape time, size and
 #    series count, OpenMetrics and classic text (--metrics-checks,
 #    --metrics-regions in BENCH_LOAD_ARGS; --metrics-only for just this).
-#    Then the coordinator's ingest with metrics and traces both on vs both
-#    off (--traces-agents, default 100, 0 skips it; --overhead-rounds runs
-#    of each, default 3, medians), goal >= 95 %.
+#    Then the coordinator's ingest with metrics and traces both off, traces
+#    only and both on (--traces-agents, default 100, 0 skips it;
+#    --overhead-rounds runs of each in a rotating order, default 3,
+#    medians), goal >= 95 % of the throughput, the coordinator's CPU per
+#    1,000 reports beside it.
 #    Then the public status page (issue 11): 100 public checks x 5 regions
 #    x 90 days of stored verdicts; page build time (goal <= 50 ms), served
 #    from cache under 500 concurrent connections with wrk (Debian package
@@ -36,9 +38,11 @@
 #    --replay-reports reports replays them; reports/s (goal >= 10,000), the
 #    agent's and the coordinator's CPU per 1,000 reports, stored = spooled.
 # Between the two: the CPU of a one-shot probe with trace export off, over
-#    OTLP/gRPC and over OTLP/HTTP (scripts/bench_traces.py, 50 rotating runs
-#    each against mailloop-loadgen --otlp-sink, median and p90), goal
-#    <= 5 % more; BENCH_TRACES=0 skips it.
+#    OTLP/gRPC and over OTLP/HTTP (scripts/bench_traces.py, 50 rotating
+#    rounds against mailloop-loadgen --otlp-sink, median of the per-round
+#    ratios with a bootstrap interval, then instructions per probe under
+#    callgrind, BENCH_TRACES_CALLGRIND rounds, default 3), goal <= 5 %
+#    more; BENCH_TRACES=0 skips it.
 #
 #   bash scripts/bench.sh STACK_ENV
 #

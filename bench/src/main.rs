@@ -26,11 +26,14 @@
 //!
 //! Observability overhead (issue 10): `--traces-agents` simulated agents
 //! stream the same load with the coordinator's metrics and traces both off
-//! (`[server] metrics = false`, no `[telemetry]`) and both on (metrics,
-//! and a `[telemetry]` table sending traces to an in-process OTLP/gRPC
-//! receiver: the `opentelemetry-proto` tonic server, counting what
-//! arrives), `--overhead-rounds` times each, alternating. Median reports/s
-//! of on over off; the goal is at least 95 %.
+//! (`[server] metrics = false`, no `[telemetry]`), traces only, and both on
+//! (metrics, and a `[telemetry]` table sending traces to an in-process
+//! OTLP/gRPC receiver: the `opentelemetry-proto` tonic server, decoding
+//! and counting the spans and links that arrive), `--overhead-rounds`
+//! times each, in a rotating order. Every report carries a trace and span
+//! id in all three, as an exporting agent's do. Median reports/s of both
+//! on over off (the goal is at least 95 %), and beside it the
+//! coordinator's CPU per 1,000 reports (robust to a loaded machine).
 //!
 //! The public status page (issue 11): see `status.rs`. The spool replay
 //! (issue 15, a real agent replaying `--replay-reports` spooled reports):
@@ -281,47 +284,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
         runs.push(r);
     }
     let traces = if args.traces_agents > 0 && !args.metrics_only {
-        // Both off, then both on, `--overhead-rounds` times (alternating
-        // who goes first); the medians are compared.
+        // Both off, traces only, both on, `--overhead-rounds` times (the
+        // order rotates each round); the medians are compared.
         let n = args.traces_agents;
         let sink = Sink::start().await?;
-        let (mut offs, mut ons) = (Vec::new(), Vec::new());
+        let mut runs: [Vec<Value>; 3] = Default::default();
+        let variants = [("off", false, false), ("traces", true, false), ("both", true, true)];
         for round in 0..args.overhead_rounds.max(1) {
-            for on in if round % 2 == 0 { [false, true] } else { [true, false] } {
-                if on {
-                    eprintln!("loadgen: {n} simulated agents, metrics on, traces exported to {} ...", sink.url);
-                    let r = load_run(&args, n, args.traces_reports, Some(&sink.url), None, true).await?;
-                    eprintln!("loadgen: {}", serde_json::to_string(&r)?);
-                    ons.push(r);
-                } else {
-                    eprintln!("loadgen: {n} simulated agents, metrics and traces off ...");
-                    let r = load_run(&args, n, args.traces_reports, None, None, false).await?;
-                    eprintln!("loadgen: {}", serde_json::to_string(&r)?);
-                    offs.push(r);
-                }
+            for k in 0..variants.len() {
+                let v = (round + k) % variants.len();
+                let (name, traced, metrics) = variants[v];
+                eprintln!("loadgen: {n} simulated agents, metrics {}, traces {} ...", on_off(metrics), if traced { format!("exported to {}", sink.url) } else { "off".into() });
+                let links_before = sink.links.load(Ordering::Relaxed);
+                let mut r = load_run(&args, n, args.traces_reports, traced.then_some(sink.url.as_str()), None, metrics).await?;
+                r["variant"] = json!(name);
+                r["links_received"] = json!(sink.links.load(Ordering::Relaxed) - links_before);
+                eprintln!("loadgen: {}", serde_json::to_string(&r)?);
+                runs[v].push(r);
             }
         }
-        let median = |runs: &[Value]| {
-            let mut v: Vec<f64> = runs.iter().map(|r| f(&r["reports_per_s"])).collect();
+        let median = |runs: &[Value], key: &str| {
+            let mut v: Vec<f64> = runs.iter().map(|r| f(&r[key])).collect();
             v.sort_by(f64::total_cmp);
             let m = v.len() / 2;
             if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
         };
-        let (off, on) = (median(&offs), median(&ons));
-        let spans = sink.spans.load(Ordering::Relaxed);
+        let [offs, traced, ons] = runs;
+        let (off, on, tr) = (median(&offs, "reports_per_s"), median(&ons, "reports_per_s"), median(&traced, "reports_per_s"));
+        let cpu = |r: &[Value]| median(r, "cpu_ms_per_1000_reports");
         let t = json!({
             "agents": n,
             "rounds": offs.len(),
             "off_reports_per_s": off,
+            "traces_reports_per_s": tr,
             "on_reports_per_s": on,
             "ratio": round3(on / off),
-            "spans_received": spans,
+            "traces_ratio": round3(tr / off),
+            "off_cpu_ms_per_1000": cpu(&offs),
+            "traces_cpu_ms_per_1000": cpu(&traced),
+            "on_cpu_ms_per_1000": cpu(&ons),
+            "cpu_ratio": round3(cpu(&offs) / cpu(&ons)),
+            "spans_received": sink.spans.load(Ordering::Relaxed),
+            "links_received": sink.links.load(Ordering::Relaxed),
             "off": offs,
+            "traces": traced,
             "on": ons,
         });
         print_traces(&t);
         anyhow::ensure!(
-            offs.iter().chain(&ons).all(|r| r["acked"] == r["stored_rows"]),
+            [&t["off"], &t["traces"], &t["on"]].iter().flat_map(|v| v.as_array().unwrap()).all(|r| r["acked"] == r["stored_rows"]),
             "overhead runs: reports acked and rows stored differ (see above)"
         );
         Some(t)
@@ -1374,14 +1385,16 @@ fn format_num(x: f64) -> String {
 // ───────────────────────────── traces ─────────────────────────────
 
 /// An OTLP/gRPC trace receiver (the official `opentelemetry-proto` tonic
-/// service) that counts the spans it decodes and keeps nothing.
+/// service) that counts the spans and span links it decodes and keeps
+/// nothing.
 struct Sink {
     url: String,
     spans: Arc<AtomicU64>,
+    links: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
-struct Counting(Arc<AtomicU64>);
+struct Counting(Arc<AtomicU64>, Arc<AtomicU64>);
 
 #[tonic::async_trait]
 impl TraceService for Counting {
@@ -1389,14 +1402,10 @@ impl TraceService for Counting {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        let request = request.into_inner();
+        let spans = || request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+        self.0.fetch_add(spans().count() as u64, Ordering::Relaxed);
+        self.1.fetch_add(spans().map(|s| s.links.len() as u64).sum(), Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -1408,7 +1417,8 @@ impl Sink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let spans = Arc::new(AtomicU64::new(0));
-        let service = TraceServiceServer::new(Counting(spans.clone()));
+        let links = Arc::new(AtomicU64::new(0));
+        let service = TraceServiceServer::new(Counting(spans.clone(), links.clone()));
         tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let _ = tonic::transport::Server::builder()
@@ -1416,7 +1426,7 @@ impl Sink {
                 .serve_with_incoming(incoming)
                 .await;
         });
-        Ok(Sink { url, spans })
+        Ok(Sink { url, spans, links })
     }
 }
 
@@ -1471,16 +1481,30 @@ async fn otlp_sink() -> anyhow::Result<()> {
 
 fn print_traces(t: &Value) {
     println!(
-        "\nCoordinator ingest with metrics and traces on vs both off ({} simulated agents, median of {} runs each)\n",
+        "\nCoordinator ingest with metrics and traces off / traces only / both on ({} simulated agents, median of {} runs each, rotating order)\n",
         t["agents"], t["rounds"]
     );
-    println!("  both off        {:>10} reports/s", format_num(f(&t["off_reports_per_s"])));
-    println!("  both on         {:>10} reports/s  ({} spans received)", format_num(f(&t["on_reports_per_s"])), t["spans_received"]);
+    println!("                  reports/s   coordinator CPU per 1,000 reports");
+    for (label, k) in [("both off", "off"), ("traces only", "traces"), ("both on", "on")] {
+        let cpu = f(&t[format!("{k}_cpu_ms_per_1000")]);
+        let off = f(&t["off_cpu_ms_per_1000"]);
+        println!(
+            "  {label:<12} {:>10}   {cpu:>7.1} ms ({:+.1} %)",
+            format_num(f(&t[format!("{k}_reports_per_s")])),
+            (cpu / off - 1.0) * 100.0
+        );
+    }
+    println!("  ({} spans, {} links to probes received)", t["spans_received"], t["links_received"]);
     println!(
-        "  on / off        {:>9.1} %   goal >= 95 %  {}",
+        "  both on / off   {:>7.1} %   goal >= 95 %  {}   (by CPU per report: {:.1} %)",
         f(&t["ratio"]) * 100.0,
-        if f(&t["ratio"]) >= 0.95 { "met" } else { "NOT met" }
+        if f(&t["ratio"]) >= 0.95 { "met" } else { "NOT met" },
+        f(&t["cpu_ratio"]) * 100.0
     );
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 fn f(v: &Value) -> f64 {

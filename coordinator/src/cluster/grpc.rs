@@ -17,7 +17,7 @@ use crate::cluster::ondemand::{MAX_REQUEST_ID, RunOrder};
 use crate::cluster::schedule::{self, Assignment, RoundFit};
 use crate::shutdown::Shutdown;
 use crate::storage::{Inserted, ReplicaRole, ReportRow, Storage, StorageError, StoredCheck};
-use crate::telemetry::{OpenSpan, end_ingest};
+use crate::telemetry::{IngestMark, IngestStream};
 use mailloop_common::ProbeReport;
 use mailloop_proto::pb;
 use mailloop_proto::pb::agent_service_server::AgentService;
@@ -57,7 +57,7 @@ pub struct AgentApi {
     /// Where newly stored reports go to be judged (None: no judge).
     judge: Option<crate::judge::run::JudgeFeed>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// A `report.ingest` span per report, when the coordinator traces.
+    /// The coordinator's traces (`report.ingest` batches, one span per call).
     traces: crate::telemetry::Traces,
     /// Enrollment (None: Enroll is refused).
     control: Option<Arc<crate::cluster::control::Control>>,
@@ -443,15 +443,17 @@ impl AgentService for AgentApi {
             pending: pending_tx,
             judge: self.judge.clone(),
             metrics: self.metrics.clone(),
-            traces: self.traces.clone(),
+            traces: self.traces.ingest_stream(&agent.name, &agent.region),
             out_of_window: Default::default(),
             _slot: slot,
         };
         tracing::debug!(agent = %agent.name, region = %agent.region, "report stream opened");
+        let traces = reader.traces.clone();
         tokio::spawn(reader.run(inbound));
         tokio::spawn(acknowledge(
             agent,
             self.metrics.clone(),
+            traces,
             pending_rx,
             ack_tx,
             self.role.clone(),
@@ -842,7 +844,7 @@ impl Drop for Slot {
 /// A report on its way to an ack.
 enum Pending {
     /// Refused before storage: acknowledged at once with the reason.
-    Rejected(pb::ResultAck, Option<OpenSpan>),
+    Rejected(pb::ResultAck),
     /// Waiting for its commit.
     Storing {
         probe_id: String,
@@ -855,8 +857,8 @@ enum Pending {
         /// Observed by the metrics once the commit says it is new (the
         /// report as parsed at intake: the JSON is parsed once per report).
         observe: Option<Box<ProbeReport>>,
-        /// Its `report.ingest` span, ended at the ack.
-        span: Option<OpenSpan>,
+        /// Its part of a `report.ingest` span, added at the ack.
+        span: Option<IngestMark>,
     },
     /// The stream must end with this status (after the acks before it).
     End(Status),
@@ -871,7 +873,7 @@ struct Reader {
     pending: mpsc::Sender<Pending>,
     judge: Option<crate::judge::run::JudgeFeed>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    traces: crate::telemetry::Traces,
+    traces: IngestStream,
     /// Reports of this stream outside their round's window: the first is
     /// logged, the rest only counted (each ack still carries its warning),
     /// so an agent replaying a day of late reports does not write a log
@@ -931,9 +933,7 @@ impl Reader {
         self.metrics
             .as_ref()
             .inspect(|m| m.received(&self.agent.region));
-        let mut span =
-            self.traces
-                .ingest(&self.agent.name, &self.agent.region, &check_id, &probe_id);
+        let mut span = self.traces.mark();
         let (row, warning, report) = match self.row(result, span.as_mut()) {
             Ok(row) => row,
             Err(error) => {
@@ -941,16 +941,14 @@ impl Reader {
                     .as_ref()
                     .inspect(|m| m.rejected(&self.agent.region));
                 tracing::warn!(agent = %self.agent.name, region = %self.agent.region, check = %check_id, probe = %probe_id, %error, "report rejected");
-                return Pending::Rejected(
-                    pb::ResultAck {
-                        probe_id,
-                        stored: false,
-                        error,
-                        warning: String::new(),
-                        coordinator_time_ms: now_ms(),
-                    },
-                    span,
-                );
+                self.traces.failed(span, &check_id, &probe_id, "rejected", &error);
+                return Pending::Rejected(pb::ResultAck {
+                    probe_id,
+                    stored: false,
+                    error,
+                    warning: String::new(),
+                    coordinator_time_ms: now_ms(),
+                });
             }
         };
         let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
@@ -967,7 +965,7 @@ impl Reader {
             },
             Err(e) => {
                 let error = format!("cannot store reports now: {e}");
-                end_ingest(span, "error", Some(&error));
+                self.traces.failed(span, &check_id, &probe_id, "error", &error);
                 Pending::End(Status::unavailable(error))
             }
         }
@@ -979,7 +977,7 @@ impl Reader {
     fn row(
         &self,
         r: pb::ProbeResult,
-        span: Option<&mut OpenSpan>,
+        span: Option<&mut IngestMark>,
     ) -> Result<(ReportRow, String, ProbeReport), String> {
         if r.probe_id.is_empty() || r.probe_id.len() > MAX_PROBE_ID {
             return Err(format!("probe_id must be 1 to {MAX_PROBE_ID} characters"));
@@ -1004,7 +1002,7 @@ impl Reader {
                 report.check, r.check_id
             ));
         }
-        crate::telemetry::ingest_read(span, r.round, &r.request_id, &report);
+        IngestMark::read(span, r.round, &r.request_id, &report);
         let started_at_ms = chrono::DateTime::parse_from_rfc3339(&report.started_at)
             .map_err(|e| format!("started_at {:?} is not RFC 3339: {e}", report.started_at))?
             .timestamp_millis();
@@ -1103,6 +1101,7 @@ impl RoundWindow {
 async fn acknowledge(
     agent: AgentIdentity,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    traces: IngestStream,
     mut pending: mpsc::Receiver<Pending>,
     acks: mpsc::Sender<Result<pb::ResultAck, Status>>,
     role: Option<watch::Receiver<ReplicaRole>>,
@@ -1111,10 +1110,7 @@ async fn acknowledge(
     let (mut stored, mut duplicates) = (0u64, 0u64);
     while let Some(p) = pending.recv().await {
         let item = match p {
-            Pending::Rejected(ack, span) => {
-                end_ingest(span, "rejected", Some(&ack.error));
-                Ok(ack)
-            }
+            Pending::Rejected(ack) => Ok(ack),
             Pending::Storing {
                 probe_id,
                 check_id,
@@ -1129,17 +1125,13 @@ async fn acknowledge(
                 // and sends it elsewhere (stored once if it did commit).
                 c = commit => c,
                 _ = cut_off(role.clone()) => {
-                    end_ingest(span, "error", Some(CUT_OFF));
+                    traces.failed(span, &check_id, &probe_id, "error", CUT_OFF);
                     let _ = acks.send(Err(Status::unavailable(CUT_OFF))).await;
                     break;
                 }
             } {
                 Ok(Ok(inserted)) => {
-                    let result = match inserted {
-                        Inserted::New => "stored",
-                        Inserted::Duplicate => "duplicate",
-                    };
-                    end_ingest(span, result, None);
+                    traces.acked(span, &probe_id, inserted == Inserted::Duplicate);
                     if let (Some(m), Some(report)) = (&metrics, &observe) {
                         m.stored_report(&agent.region, inserted == Inserted::New, report);
                     }
@@ -1161,14 +1153,14 @@ async fn acknowledge(
                     })
                 }
                 Ok(Err(e)) => {
-                    end_ingest(span, "error", Some(&e.to_string()));
+                    traces.failed(span, &check_id, &probe_id, "error", &e.to_string());
                     tracing::error!(agent = %agent.name, region = %agent.region, check = %check_id, probe = %probe_id, error = %e, "cannot store report; the agent keeps it and sends it again");
                     Err(Status::unavailable(format!(
                         "cannot store report {probe_id} now: {e}"
                     )))
                 }
                 Err(_) => {
-                    end_ingest(span, "error", Some("storage is closed (shutting down)"));
+                    traces.failed(span, &check_id, &probe_id, "error", "storage is closed (shutting down)");
                     Err(Status::unavailable("storage is closed (shutting down)"))
                 }
             },
