@@ -64,19 +64,19 @@ pub fn is_console_path(path: &str) -> bool {
     path == "/console" || path.starts_with("/console/")
 }
 
-/// The session of a console request's cookie, if it is live and its
-/// token still in force (for `auth::gate`).
-pub fn session_of(tokens: &Tokens, req: &Request) -> Option<Session> {
-    if !is_console_path(req.uri().path()) {
-        return None;
-    }
-    let cookie = session::cookie_value(req.headers())?;
-    let s = tokens.sessions.find(cookie, crate::clock::now_ms())?;
-    tokens
-        .list()
-        .iter()
-        .any(|(name, role)| *name == s.name && *role == s.role)
-        .then_some(s)
+/// The session of a console cookie, if it is live and the token it was
+/// made with still in force (for `auth::gate`).
+pub async fn session_of(tokens: &Tokens, cookie: &str) -> Option<Session> {
+    let s = tokens.sessions.find(cookie, crate::clock::now_ms()).await?;
+    tokens.in_force(&s.token_sha256, s.role).then_some(s)
+}
+
+/// The session cookie of a request to a console path (the only paths
+/// that take it), owned: the request is not held across the lookup.
+pub fn session_cookie(req: &Request) -> Option<String> {
+    is_console_path(req.uri().path())
+        .then(|| session::cookie_value(req.headers()).map(str::to_owned))
+        .flatten()
 }
 
 /// What a console page without a session gets instead of the API's JSON:
@@ -173,7 +173,17 @@ async fn login(State(state): State<ApiState>, body: Bytes) -> Response {
         );
     };
     tracing::info!(token = %name, role = role.as_str(), "console sign-in");
-    let (cookie, _) = tokens.sessions.create(name, role, crate::clock::now_ms());
+    let digest = crate::config::names::token_sha256(token);
+    let (cookie, _) = match tokens.sessions.create(name, role, digest, crate::clock::now_ms()).await {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::error!(error = %e, "console sign-in: the session could not be stored");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::login(Some("Signing in is not possible right now (storage unavailable); try again.")),
+            );
+        }
+    };
     let set = tokens.sessions.set_cookie(&cookie);
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/console")]).into_response();
     resp.headers_mut().insert(
@@ -191,14 +201,14 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
     if let Some(cookie) = session::cookie_value(&headers) {
         let now = crate::clock::now_ms();
         let csrf = form(&body).remove("csrf").unwrap_or_default();
-        match tokens.sessions.find(cookie, now) {
+        match tokens.sessions.find(cookie, now).await {
             Some(s) if !s.csrf_matches(&csrf) => {
                 return html(
                     StatusCode::FORBIDDEN,
                     pages::forbidden("The form's CSRF token is missing or wrong."),
                 );
             }
-            _ => tokens.sessions.remove(cookie),
+            _ => tokens.sessions.remove(cookie).await,
         }
     }
     let mut resp = html(StatusCode::OK, pages::login(Some("Signed out.")));
