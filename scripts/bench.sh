@@ -30,7 +30,9 @@
 #    Then the public status page (issue 11): 100 public checks x 5 regions
 #    x 90 days of stored verdicts; page build time (goal <= 50 ms), served
 #    from cache under 500 concurrent connections with wrk (Debian package
-#    `wrk`, installed here when missing; goal p99 <= 1 ms), page weight
+#    `wrk`, installed here when missing; goal p99 <= 1 ms: wrk's p99, which
+#    at -c500 is queueing by Little's law, and beside it the coordinator's
+#    own time per cached answer from its /metrics histogram), page weight
 #    plain, gzip and br (goal <= 150 KB plain). --status-checks,
 #    --status-days, --status-connections in BENCH_LOAD_ARGS; --status-only
 #    or BENCH_ONLY=status for just this.

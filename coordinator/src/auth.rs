@@ -127,6 +127,16 @@ impl Tokens {
         found
     }
 
+    /// Whether the token whose SHA-256 is `sha256_hex` is in force with
+    /// `role` (a console session's test: the very token it was made with).
+    pub fn in_force(&self, sha256_hex: &str, role: Role) -> bool {
+        let Some(digest) = digest_from_hex(sha256_hex) else {
+            return false;
+        };
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.iter().any(|e| e.role == role && bool::from(e.digest.ct_eq(&digest)))
+    }
+
     /// Names and roles in force (never the digests).
     pub fn list(&self) -> Vec<(String, Role)> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -369,8 +379,11 @@ pub async fn gate(State(gate): State<Gate>, mut req: Request, next: Next) -> Res
     let mut principal = gate.principal(req.headers());
     // The SRE console (`/console`, and nothing else) also takes its
     // session cookie, honoured while its token is in force.
-    if principal == Principal::Anonymous
-        && let Some(s) = session::session_of(&gate.tokens, &req)
+    let cookie = (principal == Principal::Anonymous)
+        .then(|| session::session_cookie(&req))
+        .flatten();
+    if let Some(cookie) = cookie
+        && let Some(s) = session::session_of(&gate.tokens, &cookie).await
     {
         principal = Principal::Token { name: s.name.clone(), role: s.role };
         req.extensions_mut().insert(s);

@@ -43,6 +43,12 @@ const ROUND_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
+/// A status page answer served from memory: microseconds, up to the page
+/// build a visitor may wait for.
+const STATUS_SERVED_BUCKETS: [f64; 12] = [
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0,
+];
+
 /// The OpenMetrics content type (what Prometheus asks for).
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format.
@@ -55,6 +61,8 @@ pub struct Metrics {
     /// Region → reports received, committed, rejected, replayed.
     ingest: Arc<Mutex<BTreeMap<String, [u64; 4]>>>,
     judge_round: Histogram,
+    /// The status page's own time per answer served from its snapshot.
+    status_served: Histogram,
     checks: Arc<Mutex<BTreeMap<String, CheckSeries>>>,
     /// `[server] metrics = false`: every observation returns at once and
     /// nothing is served (the ingest benchmark's "metrics off").
@@ -104,10 +112,17 @@ impl Metrics {
             "Time to decide one check's round: judging, storing the verdict and incident changes, queueing alerts",
             judge_round.clone(),
         );
+        let status_served = Histogram::new(STATUS_SERVED_BUCKETS);
+        registry.register(
+            "mailloop_status_page_served_seconds",
+            "The status page's own time per answer from its cached snapshot (page, JSON, feed, badge), from the handler's start to the response built; excludes queueing and the socket write",
+            status_served.clone(),
+        );
         Arc::new(Metrics {
             registry,
             ingest,
             judge_round,
+            status_served,
             checks,
             enabled: true,
         })
@@ -120,6 +135,7 @@ impl Metrics {
             registry: Registry::default(),
             ingest: Arc::default(),
             judge_round: Histogram::new(ROUND_BUCKETS),
+            status_served: Histogram::new(STATUS_SERVED_BUCKETS),
             checks: Arc::default(),
             enabled: false,
         })
@@ -236,6 +252,13 @@ impl Metrics {
         c.incidents.clear();
         for i in open {
             *c.incidents.entry(i.kind.as_str()).or_default() += 1;
+        }
+    }
+
+    /// One status page answer served from the snapshot took `took`.
+    pub fn status_served(&self, took: std::time::Duration) {
+        if self.enabled {
+            self.status_served.observe(took.as_secs_f64());
         }
     }
 

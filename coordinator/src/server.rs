@@ -278,6 +278,7 @@ impl Coordinator {
             ));
         }
         control.tokens().sessions.set_secure(server.tls.is_some());
+        control.tokens().sessions.set_storage(storage.clone());
         let metrics_app = server
             .metrics
             .enabled
@@ -290,7 +291,7 @@ impl Coordinator {
             (_, app) => app,
         };
         let status_page = status_settings.enabled.then(|| {
-            crate::web::StatusPage::new(hub.clone(), storage.clone(), status_settings.clone())
+            crate::web::StatusPage::new(hub.clone(), storage.clone(), status_settings.clone(), metrics.clone())
         });
         let status_app = status_page.clone().map(crate::web::router);
         let status_app = match (listeners.status, status_app) {

@@ -568,3 +568,50 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         "a revoked token's session ends"
     );
 }
+
+/// Sessions live in the database (only the SHA-256 of the cookie): a
+/// coordinator restarted on its data keeps everyone signed in, with the
+/// same CSRF token; revoking the token ends its sessions, and a new token
+/// that reuses the revoked one's name does not bring them back. Needs no
+/// mail stack and no browser.
+#[test]
+fn a_session_survives_a_restart_and_ends_with_its_token() {
+    use mailloop_tests::cluster::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
+    let config = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+         admin_token_file = {:?}\ntest_mode = true\nshutdown_grace = \"5s\"\n",
+        dir.path().join("data"),
+        dir.path().join("admin.token"),
+    );
+    let mut c = Coordinator::start_with_config(dir.path(), &config);
+    let addr = c.http;
+    let (status, made) = api(addr, "POST", "/api/v1/tokens", Some(&json!({"name": "oncall", "role": "admin"})));
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_string();
+    let cookie = sign_in(addr, &token);
+    let csrf = csrf_of(&page(addr, "/console", &cookie).body);
+
+    c.stop();
+    c.restart_as_written();
+    let after = page(addr, "/console", &cookie);
+    assert_eq!(csrf_of(&after.body), csrf, "the same session after a restart");
+    let db = rusqlite::Connection::open(dir.path().join("data/coordinator.db")).unwrap();
+    let stored: String = db
+        .query_row("SELECT group_concat(id_sha256 || token_name || token_sha256 || role, ' ') FROM console_sessions", [], |r| r.get(0))
+        .unwrap();
+    let raw = cookie.split('=').nth(1).unwrap();
+    assert!(!stored.contains(raw) && !stored.contains(&csrf) && !stored.contains(&token), "only hashes are stored: {stored}");
+
+    assert_eq!(api(addr, "DELETE", "/api/v1/tokens/oncall", None).0, 200);
+    assert_eq!(send(addr, "GET", "/console", &cookie, None).status, 401, "a revoked token's session ends");
+    let (status, made) = api(addr, "POST", "/api/v1/tokens", Some(&json!({"name": "oncall", "role": "admin"})));
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(
+        send(addr, "GET", "/console", &cookie, None).status,
+        401,
+        "a new token of the same name does not revive the old session"
+    );
+    c.stop();
+}

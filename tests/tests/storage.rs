@@ -9,7 +9,7 @@ use mailloop_coordinator::judge::{
 };
 use mailloop_coordinator::storage::{
     AggregateQuery, AggregateSpanQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
-    StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, JoinToken, JoinUse,
+    StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, DayCountQuery, JoinToken, JoinUse,
 };
 use mailloop_tests::postgres::Postgres;
 use serde_json::json;
@@ -29,7 +29,26 @@ impl Db {
                 .unwrap(),
         }
     }
+    /// Takes the schema back to before the status page's day counts (the
+    /// table dropped, the version before it), as a database of the previous
+    /// release: the next `open` migrates it again, backfill included.
+    fn rewind_to_before_day_counts(&self) {
+        match self {
+            Db::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
+                conn.execute_batch(&format!("{REWIND_TABLES} PRAGMA user_version = 8;")).unwrap();
+            }
+            Db::Postgres(url) => {
+                let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+                Postgres::get().psql(db, &format!("{REWIND_TABLES} DELETE FROM mailloop_schema WHERE version >= 8;"));
+            }
+        }
+    }
 }
+
+/// The tables of SQLite migrations 9.. and PostgreSQL 8.., dropped by
+/// [`Db::rewind_to_before_day_counts`].
+const REWIND_TABLES: &str = "DROP TABLE verdict_days; DROP TABLE console_sessions;";
 
 macro_rules! both {
     ($($case:ident),* $(,)?) => {$(
@@ -60,6 +79,7 @@ both! {
     aggregates_of_several_checks_since_an_hour,
     audit_and_tokens_round_trip,
     verdicts_are_counted_per_check_bucket_and_kind,
+    day_counts_equal_a_count_over_verdicts_after_stores_backfill_and_pruning,
     a_public_check_keeps_its_display_name,
     a_join_token_is_granted_once_and_never_after_it_expires,
     incidents_are_found_by_the_span_they_were_active_in_and_take_public_notes,
@@ -322,6 +342,65 @@ async fn a_round_opens_one_incident_and_an_ack_is_idempotent(db: &Db) {
     assert_eq!(gone.len(), 1);
     assert!(s.checks_with_active_incidents().await.unwrap().is_empty());
     assert_eq!(s.recent_verdicts("corp".into(), 5).await.unwrap().len(), 2);
+    s.close().await;
+}
+
+const DAY_IDS: [&str; 2] = ["corp", "other"];
+
+fn sorted_counts(mut c: Vec<VerdictCount>) -> Vec<VerdictCount> {
+    c.sort_by(|a, b| (&a.check_id, a.bucket_start_ms, a.verdict.as_str()).cmp(&(&b.check_id, b.bucket_start_ms, b.verdict.as_str())));
+    c
+}
+
+/// Rounds per check, UTC day and kind, counted over the verdicts.
+async fn counted_days(s: &Storage, since_ms: i64) -> Vec<VerdictCount> {
+    let q = VerdictCountQuery { check_ids: DAY_IDS.map(String::from).to_vec(), since_ms, bucket_ms: 86_400_000 };
+    sorted_counts(s.verdict_counts(q).await.unwrap())
+}
+
+/// The same from the day counts kept as verdicts are stored.
+async fn kept_days(s: &Storage, since_ms: i64) -> Vec<VerdictCount> {
+    let q = DayCountQuery { check_ids: DAY_IDS.map(String::from).to_vec(), since_ms };
+    sorted_counts(s.verdict_day_counts(q).await.unwrap())
+}
+
+/// The status page's day counts (`verdict_days`, kept by `store_round`)
+/// are what counting the verdicts themselves per UTC day gives: as stored
+/// (a replayed round counted once), when a database of the previous schema
+/// is migrated (the backfill), and after retention pruned whole days.
+async fn day_counts_equal_a_count_over_verdicts_after_stores_backfill_and_pruning(db: &Db) {
+    const DAY: i64 = 86_400_000;
+    let kinds = [VerdictKind::Up, VerdictKind::Degraded, VerdictKind::Deferred, VerdictKind::Transit, VerdictKind::Down, VerdictKind::Unknown];
+    let s = db.open().await;
+    // Two checks, a round every 5 hours for 6 days, every kind.
+    for round in 0..29u64 {
+        for (check, shift) in [("corp", 0), ("other", 1)] {
+            let mut v = verdict(round, kinds[(round as usize * 7 + shift) % kinds.len()]);
+            v.check_id = check.into();
+            v.round_start_ms = round as i64 * 5 * 3_600_000;
+            v.decided_at_ms = v.round_start_ms + 500;
+            assert!(s.store_round(v.clone(), Vec::new()).await.unwrap().stored);
+            if round % 5 == 0 {
+                assert!(!s.store_round(v, Vec::new()).await.unwrap().stored, "a replay is stored once");
+            }
+        }
+    }
+    let truth = counted_days(&s, 0).await;
+    assert_eq!(truth.iter().map(|c| c.rounds).sum::<u64>(), 58);
+    assert!(truth.iter().any(|c| c.bucket_start_ms == 5 * DAY), "six days");
+    assert_eq!(kept_days(&s, 0).await, truth, "kept as stored");
+    assert_eq!(kept_days(&s, 2 * DAY + 7).await, counted_days(&s, 2 * DAY).await, "from the day holding since");
+    s.close().await;
+
+    // A database of the previous release: the migration counts what is there.
+    db.rewind_to_before_day_counts();
+    let s = db.open().await;
+    assert_eq!(kept_days(&s, 0).await, truth, "backfilled");
+    // Retention: verdicts decided before day 2, and the days that ended by then.
+    s.prune_verdicts(2 * DAY).await.unwrap();
+    let left = counted_days(&s, 0).await;
+    assert!(left.iter().all(|c| c.bucket_start_ms >= 2 * DAY) && left.len() < truth.len(), "{left:?}");
+    assert_eq!(kept_days(&s, 0).await, left, "pruned with the verdicts");
     s.close().await;
 }
 
@@ -611,11 +690,12 @@ fn the_migrate_command_prepares_a_postgres_database() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert
-    // outbox; 5, 6: token rotation; 7: the status page's verdict index.
-    assert!(stdout.contains("schema version 7"), "{stdout}");
+    // outbox; 5, 6: token rotation; 7: the status page's verdict index;
+    // 8: its day counts; 9: console sessions.
+    assert!(stdout.contains("schema version 9"), "{stdout}");
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "7");
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "9");
     write("pool_size = 0\ncolour = \"blue\"\n");
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -796,7 +876,7 @@ async fn migrate_data_moves_a_sqlite_installation_into_postgres() {
     drop(s);
 
     // What SQLite holds, table by table.
-    let tables = ["checks", "agents", "reports", "verdicts", "report_hours", "incidents", "incident_events", "audit_log", "api_tokens", "join_tokens"];
+    let tables = ["checks", "agents", "reports", "verdicts", "verdict_days", "report_hours", "incidents", "incident_events", "audit_log", "api_tokens", "join_tokens"];
     let sqlite = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
     let source: Vec<(String, u64)> = tables
         .iter()

@@ -1,29 +1,31 @@
 //! The SRE console's login sessions: a browser cannot send a bearer
 //! token, so `/console/login` exchanges one for a session cookie.
 //!
-//! The cookie holds 32 random bytes (base64url), never the token; only
-//! their SHA-256 is kept here, in memory (a restart signs everyone out).
-//! A session remembers the token's name and role, and is honoured only
-//! while a token of that name and role is in force (checked by the gate
-//! on every request), so revoking or rotating a token ends its sessions.
-//! Each session has its own random CSRF token, which every form of the
-//! console carries and every console write compares in constant time.
+//! The cookie holds 32 random bytes (base64url), never the token. Sessions
+//! are kept in storage (`console_sessions`), so a restart signs nobody out
+//! and every replica of a PostgreSQL cluster honours every session; only
+//! hashes are stored: the SHA-256 of the cookie value, and of the token it
+//! was made with. A session is honoured only while that very token (same
+//! digest and role) is in force (checked by the gate on every request), so
+//! revoking or rotating a token ends its sessions, and a new token reusing
+//! a revoked one's name does not revive them. Each session's CSRF token,
+//! which every form of the console carries and every console write
+//! compares in constant time, is derived from the cookie value (a hash of
+//! it under its own label): the database never holds it.
 
 use super::Tokens;
 use crate::config::tokens::Role;
 use axum::extract::Request;
+use crate::storage::{ConsoleSession, Storage, StorageError};
 use base64::Engine;
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
 
 /// The cookie's name (its path is `/console`).
 pub const COOKIE: &str = "mailloop_console";
 /// How long a session lasts after login.
 pub const LIFETIME_MS: i64 = 12 * 3600 * 1000;
-/// Most live sessions; past it the oldest is dropped.
-const MAX_SESSIONS: usize = 10_000;
 
 /// One signed-in browser.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct Session {
     /// The token's name (who the audit log says acted).
     pub name: String,
     pub role: Role,
+    /// SHA-256 (hex) of the token signed in with.
+    pub token_sha256: String,
     /// The value every form of this session must send back as `csrf`.
     pub csrf: String,
     pub expires_ms: i64,
@@ -43,10 +47,12 @@ impl Session {
     }
 }
 
-/// The live sessions, by the SHA-256 of their cookie value.
+/// The sessions, in the coordinator's storage.
 #[derive(Default)]
 pub struct Sessions {
-    live: Mutex<HashMap<[u8; 32], Session>>,
+    /// Set once at start ([`Sessions::set_storage`]); before it, nobody
+    /// can sign in.
+    storage: OnceLock<Arc<Storage>>,
     /// Whether the admin listener speaks TLS: the cookie is then `Secure`.
     secure: AtomicBool,
 }
@@ -57,9 +63,18 @@ fn random() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn key(cookie: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, cookie.as_bytes());
-    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+/// The stored key of a cookie value: its SHA-256, hex.
+fn key(cookie: &str) -> String {
+    crate::config::names::token_sha256(cookie)
+}
+
+/// The CSRF token of a cookie value: a hash under its own label, so it is
+/// neither the cookie nor what the database keeps.
+fn csrf_of(cookie: &str) -> String {
+    let mut c = ring::digest::Context::new(&ring::digest::SHA256);
+    c.update(b"mailloop console csrf\0");
+    c.update(cookie.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.finish().as_ref())
 }
 
 impl Sessions {
@@ -68,42 +83,72 @@ impl Sessions {
         self.secure.store(secure, Ordering::Relaxed);
     }
 
-    /// A new session for the token `name` with `role`: its cookie value
+    /// Where sessions are kept (set once at start).
+    pub fn set_storage(&self, storage: Arc<Storage>) {
+        let _ = self.storage.set(storage);
+    }
+
+    fn storage(&self) -> Result<&Arc<Storage>, StorageError> {
+        self.storage.get().ok_or(StorageError::Closed)
+    }
+
+    /// A new session for the token `name` with `role` whose SHA-256 (hex)
+    /// is `token_sha256`, stored before it is answered: its cookie value
     /// (to send once, in `Set-Cookie`) and the session.
-    pub fn create(&self, name: String, role: Role, now_ms: i64) -> (String, Session) {
+    pub async fn create(
+        &self,
+        name: String,
+        role: Role,
+        token_sha256: String,
+        now_ms: i64,
+    ) -> Result<(String, Session), StorageError> {
         let cookie = random();
         let session = Session {
             name,
             role,
-            csrf: random(),
+            token_sha256,
+            csrf: csrf_of(&cookie),
             expires_ms: now_ms + LIFETIME_MS,
         };
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|_, s| s.expires_ms > now_ms);
-        if live.len() >= MAX_SESSIONS
-            && let Some(oldest) = live
-                .iter()
-                .min_by_key(|(_, s)| s.expires_ms)
-                .map(|(k, _)| *k)
-        {
-            live.remove(&oldest);
-        }
-        live.insert(key(&cookie), session.clone());
-        (cookie, session)
+        self.storage()?
+            .put_console_session(ConsoleSession {
+                id_sha256: key(&cookie),
+                token_name: session.name.clone(),
+                token_sha256: session.token_sha256.clone(),
+                role: role.as_str().to_string(),
+                created_at_ms: now_ms,
+                expires_at_ms: session.expires_ms,
+            })
+            .await?;
+        Ok((cookie, session))
     }
 
-    /// The unexpired session of a cookie value.
-    pub fn find(&self, cookie: &str, now_ms: i64) -> Option<Session> {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.get(&key(cookie))
-            .filter(|s| s.expires_ms > now_ms)
-            .cloned()
+    /// The unexpired session of a cookie value (None too when storage
+    /// cannot answer: the console then asks to sign in).
+    pub async fn find(&self, cookie: &str, now_ms: i64) -> Option<Session> {
+        let stored = match self.storage().ok()?.console_session(key(cookie), now_ms).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::warn!(error = %e, "console session lookup failed");
+                return None;
+            }
+        };
+        Some(Session {
+            name: stored.token_name,
+            role: Role::parse(&stored.role)?,
+            token_sha256: stored.token_sha256,
+            csrf: csrf_of(cookie),
+            expires_ms: stored.expires_at_ms,
+        })
     }
 
     /// Ends the session of a cookie value, if any.
-    pub fn remove(&self, cookie: &str) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.remove(&key(cookie));
+    pub async fn remove(&self, cookie: &str) {
+        if let Ok(storage) = self.storage()
+            && let Err(e) = storage.delete_console_session(key(cookie)).await
+        {
+            tracing::warn!(error = %e, "console sign-out: the session could not be deleted");
+        }
     }
 
     /// The `Set-Cookie` value for a new session.
@@ -149,19 +194,32 @@ pub fn cookie_value(headers: &axum::http::HeaderMap) -> Option<&str> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_is_found_by_its_cookie_until_it_expires_or_ends() {
+    #[tokio::test]
+    async fn a_session_is_found_by_its_cookie_until_it_expires_or_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
         let s = Sessions::default();
-        let (cookie, session) = s.create("admin".into(), Role::Admin, 1000);
+        assert!(s.create("admin".into(), Role::Admin, "ab".repeat(32), 1000).await.is_err(), "no storage yet");
+        s.set_storage(storage.clone());
+        let (cookie, session) = s.create("admin".into(), Role::Admin, "ab".repeat(32), 1000).await.unwrap();
         assert!(!cookie.contains("admin"));
-        assert_eq!(s.find(&cookie, 2000).unwrap().name, "admin");
-        assert!(s.find(&cookie, 1000 + LIFETIME_MS).is_none(), "expired");
-        assert!(s.find("other", 2000).is_none());
+        let found = s.find(&cookie, 2000).await.unwrap();
+        assert_eq!((found.name.as_str(), found.role, found.csrf.as_str()), ("admin", Role::Admin, session.csrf.as_str()));
+        assert!(s.find(&cookie, 1000 + LIFETIME_MS).await.is_none(), "expired");
+        assert!(s.find("other", 2000).await.is_none());
+        // Another handle on the same storage (a restart, a replica) finds it.
+        let again = Sessions::default();
+        again.set_storage(storage.clone());
+        assert_eq!(again.find(&cookie, 2000).await.unwrap().csrf, session.csrf);
+        // The database holds neither the cookie nor the CSRF token.
+        let stored = storage.console_session(key(&cookie), 2000).await.unwrap().unwrap();
+        let row = format!("{stored:?}");
+        assert!(!row.contains(&cookie) && !row.contains(&session.csrf), "{row}");
         assert!(session.csrf_matches(&session.csrf));
         assert!(!session.csrf_matches(""));
         assert!(!session.csrf_matches(&cookie));
-        s.remove(&cookie);
-        assert!(s.find(&cookie, 2000).is_none(), "signed out");
+        s.remove(&cookie).await;
+        assert!(s.find(&cookie, 2000).await.is_none(), "signed out");
         assert!(!s.set_cookie("x").contains("Secure"));
         s.set_secure(true);
         assert!(
@@ -192,17 +250,17 @@ pub fn is_console_path(path: &str) -> bool {
     path == "/console" || path.starts_with("/console/")
 }
 
-/// The session of a console request's cookie, if it is live and its
-/// token still in force (for `auth::gate`).
-pub fn session_of(tokens: &Tokens, req: &Request) -> Option<Session> {
-    if !is_console_path(req.uri().path()) {
-        return None;
-    }
-    let cookie = cookie_value(req.headers())?;
-    let s = tokens.sessions.find(cookie, crate::clock::now_ms())?;
-    tokens
-        .list()
-        .iter()
-        .any(|(name, role)| *name == s.name && *role == s.role)
-        .then_some(s)
+/// The session of a console cookie, if it is live and the token it was
+/// made with still in force (for `auth::gate`).
+pub async fn session_of(tokens: &Tokens, cookie: &str) -> Option<Session> {
+    let s = tokens.sessions.find(cookie, crate::clock::now_ms()).await?;
+    tokens.in_force(&s.token_sha256, s.role).then_some(s)
+}
+
+/// The session cookie of a request to a console path (the only paths
+/// that take it), owned: the request is not held across the lookup.
+pub fn session_cookie(req: &Request) -> Option<String> {
+    is_console_path(req.uri().path())
+        .then(|| cookie_value(req.headers()).map(str::to_owned))
+        .flatten()
 }

@@ -262,7 +262,12 @@ storage_api! {
     /// Rounds per verdict of each of `q.check_ids`, bucketed by round start
     /// (the public status page's uptime; one statement whatever the count).
     fn verdict_counts(&self, q: VerdictCountQuery) -> Vec<VerdictCount>;
-    /// Deletes verdicts decided before `cutoff_ms`.
+    /// Rounds per verdict of each of `q.check_ids` per UTC day, from the
+    /// day counts kept with the verdicts (`verdict_days`): what
+    /// `verdict_counts` with day buckets answers, without counting rows.
+    fn verdict_day_counts(&self, q: DayCountQuery) -> Vec<VerdictCount>;
+    /// Deletes verdicts decided before `cutoff_ms` (and the day counts of
+    /// days that ended by then).
     fn prune_verdicts(&self, cutoff_ms: i64) -> usize;
     /// Incidents, newest first (without their timelines).
     fn list_incidents(&self, q: IncidentQuery) -> Vec<Incident>;
@@ -305,4 +310,10 @@ storage_api! {
     fn put_api_token(&self, t: StoredToken) -> ();
     /// Every API token made through the API, revoked ones included.
     fn load_api_tokens(&self) -> Vec<StoredToken>;
+    /// Stores a new console session (by the hashes only), dropping expired ones.
+    fn put_console_session(&self, s: ConsoleSession) -> ();
+    /// The console session whose cookie hashes to `id_sha256`, if unexpired.
+    fn console_session(&self, id_sha256: String, now_ms: i64) -> Option<ConsoleSession>;
+    /// Ends a console session (sign-out).
+    fn delete_console_session(&self, id_sha256: String) -> ();
 }

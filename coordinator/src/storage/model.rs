@@ -187,6 +187,36 @@ pub struct VerdictCountQuery {
     pub bucket_ms: i64,
 }
 
+/// Rounds per verdict kind of some checks per UTC day, read from the day
+/// counts kept as verdicts are stored (`verdict_days`): the same numbers
+/// as [`VerdictCountQuery`] with day buckets, without counting verdicts.
+#[derive(Debug, Clone)]
+pub struct DayCountQuery {
+    pub check_ids: Vec<String>,
+    /// Days from the one holding this instant (epoch ms).
+    pub since_ms: i64,
+}
+
+/// One UTC day in ms: the bucket of `verdict_days`.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The start of the UTC day holding `ms` (as verdicts are bucketed: by
+/// integer division, the same on both backends).
+pub fn day_of(ms: i64) -> i64 {
+    (ms / DAY_MS) * DAY_MS
+}
+
+/// `verdict_days`' count columns, one per verdict kind, in table order.
+pub(crate) const DAY_COLUMNS: [(crate::judge::VerdictKind, &str); 6] = {
+    use crate::judge::VerdictKind::*;
+    [(Up, "up"), (Degraded, "degraded"), (Deferred, "deferred"), (Transit, "transit"), (Down, "down"), (Unknown, "unknown")]
+};
+
+/// The `verdict_days` column counting `kind` (a fixed name: safe in SQL text).
+pub(crate) fn day_column(kind: crate::judge::VerdictKind) -> &'static str {
+    DAY_COLUMNS.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c).expect("every kind has a column")
+}
+
 /// Rounds of one check with one verdict in one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictCount {
@@ -443,6 +473,24 @@ pub struct StoredToken {
     /// The name of the token that made it.
     pub created_by: String,
     pub revoked_at_ms: Option<i64>,
+}
+
+/// One SRE console sign-in, kept in storage so it survives a restart and
+/// is honoured by every replica. Only hashes are stored: the SHA-256 of
+/// the cookie's value (never the value), and of the token it was made
+/// with (the gate honours the session while that very token is in force).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 of the cookie value, hex.
+    pub id_sha256: String,
+    /// The token's name (who the audit log says acted).
+    pub token_name: String,
+    /// SHA-256 of the token signed in with, hex (as `api_tokens` keeps it).
+    pub token_sha256: String,
+    /// `read` or `admin`.
+    pub role: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
 }
 
 /// This replica's part in the work that must happen once in a cluster

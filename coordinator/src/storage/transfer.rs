@@ -1,6 +1,6 @@
 //! `mailloop-coordinator migrate-data`: moves a SQLite installation into a
 //! PostgreSQL database, history and all: checks, agents (tokens and
-//! rotation state), reports, verdicts, hourly aggregates, incidents with
+//! rotation state), reports, verdicts and their day counts, hourly aggregates, incidents with
 //! their timelines (open ones stay open, with their notes), the audit log,
 //! API and join tokens.
 //!
@@ -117,6 +117,20 @@ const TABLES: &[Table] = &[
         serial: None,
     },
     Table {
+        name: "verdict_days",
+        columns: &[
+            ("check_id", Text),
+            ("day_ms", Int),
+            ("up", Int),
+            ("degraded", Int),
+            ("deferred", Int),
+            ("transit", Int),
+            ("down", Int),
+            ("unknown", Int),
+        ],
+        serial: None,
+    },
+    Table {
         name: "report_hours",
         columns: &[
             ("check_id", Text),
@@ -215,7 +229,8 @@ const TABLES: &[Table] = &[
 
 /// Tables of the target emptied by `replace` besides [`TABLES`]: state that
 /// belongs to the installation being replaced.
-const ALSO_EMPTIED: &[&str] = &["agent_presence", "alert_outbox"];
+/// Console sessions are not moved: their users sign in again.
+const ALSO_EMPTIED: &[&str] = &["agent_presence", "alert_outbox", "console_sessions"];
 
 /// What was moved: (table, rows), in copy order.
 #[derive(Debug, Clone, PartialEq, Eq)]

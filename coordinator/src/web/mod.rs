@@ -13,7 +13,8 @@
 //! their ETags) and served from memory: rebuilt when the checks change, or
 //! once the fastest public check's round has passed (at most once a
 //! minute), however many visitors arrive. Storage reads: one
-//! `status_snapshot`, two `verdict_counts`, one `incidents_in_span`, and
+//! `status_snapshot`, one `verdict_day_counts` (90 days), one
+//! `verdict_counts` (24 hours), one `incidents_in_span`, and
 //! one `incidents_by_id` (the open incidents and the feed's entries, at
 //! most 50, with their timelines).
 
@@ -27,14 +28,19 @@ pub mod view;
 
 use crate::cluster::hub::Hub;
 use crate::config::status::StatusPageSettings;
-use crate::storage::{AggregateSpanQuery, HourAggregate, IncidentSpanQuery, Storage, StorageError, VerdictCountQuery};
+use crate::metrics::Metrics;
+use crate::storage::{
+    AggregateSpanQuery, DayCountQuery, HourAggregate, IncidentSpanQuery, Storage, StorageError, VerdictCountQuery,
+};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use chrono::Datelike;
-use model::{DAY_MS, HOUR_MS, History, PublicState, Tally, Window};
+use model::{HOUR_MS, History, PublicState, Tally, Window};
+#[cfg(test)]
+use model::DAY_MS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +59,8 @@ const MIN_AGE: Duration = Duration::from_secs(1);
 /// The page's state: where its data comes from and the current snapshot.
 pub struct StatusPage {
     hub: Arc<Hub>,
+    /// Where the time of each answer served from memory is observed.
+    metrics: Arc<Metrics>,
     storage: Arc<Storage>,
     settings: StatusPageSettings,
     current: Mutex<Option<Arc<Snapshot>>>,
@@ -69,7 +77,8 @@ pub struct StatusPage {
 struct HistoryPage {
     revision: u64,
     expires_ms: i64,
-    max_age: Duration,
+    /// `Cache-Control`, made once per rendering (never per request).
+    cache_control: HeaderValue,
     csp: HeaderValue,
     html: Body,
 }
@@ -153,25 +162,24 @@ fn brotli(bytes: &[u8]) -> Vec<u8> {
 /// identity (RFC 9110, 12.5.3).
 fn negotiate(accept: Option<&str>, offered: &[(&'static str, bool)]) -> Option<&'static str> {
     let accept = accept?;
-    let mut named: Vec<(String, f32)> = Vec::new();
-    for item in accept.split(',') {
-        let mut parts = item.split(';');
-        let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        if coding.is_empty() {
-            continue;
-        }
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
-            .find_map(|v| v.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        named.push((coding, q));
-    }
+    // Each request's header is read in place (no allocation): this runs
+    // for every answer served from the snapshot.
+    let items = || {
+        accept.split(',').filter_map(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .find_map(|v| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (!coding.is_empty()).then_some((coding, q))
+        })
+    };
     let q_of = |coding: &str| {
-        named
-            .iter()
-            .find(|(c, _)| c == coding || (coding == "gzip" && c == "x-gzip"))
-            .or_else(|| named.iter().find(|(c, _)| c == "*"))
-            .map(|(_, q)| *q)
+        items()
+            .find(|(c, _)| c.eq_ignore_ascii_case(coding) || (coding == "gzip" && c.eq_ignore_ascii_case("x-gzip")))
+            .or_else(|| items().find(|(c, _)| *c == "*"))
+            .map(|(_, q)| q)
     };
     let mut best: Option<(&'static str, f32)> = None;
     for &(coding, available) in offered {
@@ -191,7 +199,8 @@ struct Snapshot {
     /// The Content-Security-Policy (it names the stylesheet's hash).
     csp: HeaderValue,
     expires_ms: i64,
-    max_age: Duration,
+    /// `Cache-Control`, made once per snapshot (never per request).
+    cache_control: HeaderValue,
     html: Body,
     json: Body,
     atom: Body,
@@ -204,9 +213,11 @@ impl StatusPage {
         hub: Arc<Hub>,
         storage: Arc<Storage>,
         settings: StatusPageSettings,
+        metrics: Arc<Metrics>,
     ) -> Arc<StatusPage> {
         Arc::new(StatusPage {
             hub,
+            metrics,
             storage,
             settings,
             current: Mutex::new(None),
@@ -273,7 +284,7 @@ impl StatusPage {
         let built = Arc::new(HistoryPage {
             revision,
             expires_ms: now + max_age.as_millis() as i64,
-            max_age,
+            cache_control: cache_control(max_age),
             csp: csp(&css),
             html: Body::new(page::check_times(&data, &css).into_string().into_bytes()),
         });
@@ -326,7 +337,7 @@ impl StatusPage {
         let built = Arc::new(HistoryPage {
             revision,
             expires_ms: now + max_age.as_millis() as i64,
-            max_age,
+            cache_control: cache_control(max_age),
             csp: csp(&css),
             html: Body::new(page::history(&data, &css).into_string().into_bytes()),
         });
@@ -392,19 +403,27 @@ impl StatusPage {
         let public = self.public_checks();
         let ids: Vec<String> = public.iter().map(|p| p.0.clone()).collect();
         let (latest, active) = self.storage.status_snapshot(ids.clone()).await?;
+        // Days from the counts kept as verdicts are stored (exact: each
+        // verdict is added in its own transaction, today's too); the last
+        // 24 hours counted from the verdicts themselves (24 rounds of an
+        // hourly check, a few thousand rows of 100).
+        let days = self
+            .storage
+            .verdict_day_counts(DayCountQuery {
+                check_ids: ids.clone(),
+                since_ms: Window::Days(model::BAR_DAYS as u32).since_ms(now),
+            })
+            .await?;
+        let hours = self
+            .storage
+            .verdict_counts(VerdictCountQuery {
+                check_ids: ids.clone(),
+                since_ms: Window::Hours(24).since_ms(now),
+                bucket_ms: HOUR_MS,
+            })
+            .await?;
         let mut histories: HashMap<String, History> = HashMap::new();
-        for (window, bucket_ms, is_days) in [
-            (Window::Days(model::BAR_DAYS as u32), DAY_MS, true),
-            (Window::Hours(24), HOUR_MS, false),
-        ] {
-            let counts = self
-                .storage
-                .verdict_counts(VerdictCountQuery {
-                    check_ids: ids.clone(),
-                    since_ms: window.since_ms(now),
-                    bucket_ms,
-                })
-                .await?;
+        for (counts, is_days) in [(days, true), (hours, false)] {
             let mut grouped: HashMap<(String, i64), Tally> = HashMap::new();
             for c in counts {
                 grouped
@@ -528,7 +547,7 @@ impl StatusPage {
             revision,
             csp,
             expires_ms: now + max_age.as_millis() as i64,
-            max_age,
+            cache_control: cache_control(max_age),
             html,
             json,
             atom,
@@ -573,19 +592,24 @@ fn csp(css: &str) -> HeaderValue {
     .expect("ascii")
 }
 
+/// `public, max-age=N`.
+fn cache_control(max_age: Duration) -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())).expect("ascii")
+}
+
 fn respond(
     body: &Body,
     content_type: &'static str,
     s: &Snapshot,
     req: &HeaderMap,
 ) -> Response {
-    respond_with(body, content_type, s.max_age, &s.csp, req)
+    respond_with(body, content_type, &s.cache_control, &s.csp, req)
 }
 
 fn respond_with(
     body: &Body,
     content_type: &'static str,
-    max_age: Duration,
+    cache_control: &HeaderValue,
     csp: &HeaderValue,
     req: &HeaderMap,
 ) -> Response {
@@ -599,10 +623,7 @@ fn respond_with(
     if let Some(e) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
     }
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())).expect("ascii"),
-    );
+    headers.insert(header::CACHE_CONTROL, cache_control.clone());
     headers.insert(header::ETAG, body.etag.clone());
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -644,25 +665,32 @@ fn unavailable(e: StorageError) -> Response {
         .into_response()
 }
 
-async fn html(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
+/// Answers from the current snapshot: at once (timed into
+/// `mailloop_status_page_served_seconds`) while it is fresh, else after
+/// the one build every waiting visitor shares.
+async fn from_snapshot(page: &StatusPage, req: &HeaderMap, answer: impl Fn(&Snapshot, &HeaderMap) -> Response) -> Response {
+    let started = std::time::Instant::now();
+    if let Some(s) = page.fresh() {
+        let r = answer(&s, req);
+        page.metrics.status_served(started.elapsed());
+        return r;
+    }
     match page.snapshot().await {
-        Ok(s) => respond(&s.html, "text/html; charset=utf-8", &s, &req),
+        Ok(s) => answer(&s, req),
         Err(e) => unavailable(e),
     }
+}
+
+async fn html(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
+    from_snapshot(&page, &req, |s, req| respond(&s.html, "text/html; charset=utf-8", s, req)).await
 }
 
 async fn summary(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
-    match page.snapshot().await {
-        Ok(s) => respond(&s.json, "application/json", &s, &req),
-        Err(e) => unavailable(e),
-    }
+    from_snapshot(&page, &req, |s, req| respond(&s.json, "application/json", s, req)).await
 }
 
 async fn atom(State(page): State<Arc<StatusPage>>, req: HeaderMap) -> Response {
-    match page.snapshot().await {
-        Ok(s) => respond(&s.atom, "application/atom+xml; charset=utf-8", &s, &req),
-        Err(e) => unavailable(e),
-    }
+    from_snapshot(&page, &req, |s, req| respond(&s.atom, "application/atom+xml; charset=utf-8", s, req)).await
 }
 
 /// `{path}/history`: the current month's page.
@@ -690,7 +718,7 @@ async fn history(
         return not_found_text("no such month (YYYY-MM, up to the current one)\n");
     };
     match page.history_page(&month, first).await {
-        Ok(h) => respond_with(&h.html, "text/html; charset=utf-8", h.max_age, &h.csp, &req),
+        Ok(h) => respond_with(&h.html, "text/html; charset=utf-8", &h.cache_control, &h.csp, &req),
         Err(e) => unavailable(e),
     }
 }
@@ -698,7 +726,7 @@ async fn history(
 /// `{path}/check/{id}`: a public check's response times.
 async fn check_times(State(page): State<Arc<StatusPage>>, Path(id): Path<String>, req: HeaderMap) -> Response {
     match page.check_page(&id).await {
-        Ok(Some(p)) => respond_with(&p.html, "text/html; charset=utf-8", p.max_age, &p.csp, &req),
+        Ok(Some(p)) => respond_with(&p.html, "text/html; charset=utf-8", &p.cache_control, &p.csp, &req),
         Ok(None) => not_found_text("no such public check\n"),
         Err(e) => unavailable(e),
     }
@@ -732,13 +760,11 @@ async fn badge(
     let Some(check) = file.strip_suffix(".svg") else {
         return not_found();
     };
-    match page.snapshot().await {
-        Ok(s) => match s.badges.get(check) {
-            Some(b) => respond(b, "image/svg+xml", &s, &req),
-            None => not_found(),
-        },
-        Err(e) => unavailable(e),
-    }
+    from_snapshot(&page, &req, |s, req| match s.badges.get(check) {
+        Some(b) => respond(b, "image/svg+xml", s, req),
+        None => not_found(),
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -828,6 +854,28 @@ mod timing {
                 rusqlite::params![today, regions],
             )
             .unwrap();
+            // The last 7 days of hourly aggregates, one report per region and
+            // hour (what the check pages chart), as the bench stores them.
+            let this_hour = now - now.rem_euclid(HOUR_MS);
+            conn.execute(
+                "WITH RECURSIVE c(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM c WHERE n < 99),
+                 g(r) AS (SELECT 0 UNION ALL SELECT r + 1 FROM g WHERE r < 4),
+                 h(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM h WHERE k < 7 * 24 - 1)
+                 INSERT INTO report_hours SELECT printf('pub-%03d', n), 'region-' || r, ?1 - k * 3600000,
+                   1, 0, 0, 1, 40.0 + r, 40.0 + r, 40.0 + r, '0,0,1,0,0,0,0,0,0,0,0,0', 1, 10.0, 10.0, 10.0
+                 FROM c, g, h",
+                rusqlite::params![this_hour],
+            )
+            .unwrap();
+            // What `store_round` keeps as it goes (and migration 9 backfills).
+            conn.execute_batch(
+                "INSERT INTO verdict_days (check_id, day_ms, up, degraded, deferred, transit, down, unknown)
+                 SELECT check_id, (round_start_ms / 86400000) * 86400000,
+                   SUM(verdict = 'up'), SUM(verdict = 'degraded'), SUM(verdict = 'deferred'),
+                   SUM(verdict = 'transit'), SUM(verdict = 'down'), SUM(verdict = 'unknown')
+                 FROM verdicts GROUP BY 1, 2",
+            )
+            .unwrap();
             for n in 0..100i64 {
                 for day in (0..90i64).filter(|d| (d + n) % 30 == 7) {
                     let at = today - (89 - day) * DAY_MS + HOUR_MS;
@@ -870,7 +918,7 @@ mod timing {
             })
             .collect();
         let ids: Vec<String> = checks.iter().map(|c| c.spec.name.clone()).collect();
-        let page = StatusPage::new(Hub::new(checks, vec![]), storage.clone(), StatusPageSettings::default());
+        let page = StatusPage::new(Hub::new(checks, vec![]), storage.clone(), StatusPageSettings::default(), Metrics::off());
         for round in 0..3 {
             let t = Instant::now();
             let (latest, _) = storage.status_snapshot(ids.clone()).await.unwrap();
@@ -881,6 +929,12 @@ mod timing {
                 .await
                 .unwrap();
             let day_counts = ms(t);
+            let t = Instant::now();
+            let kept = storage
+                .verdict_day_counts(DayCountQuery { check_ids: ids.clone(), since_ms: now - 90 * DAY_MS })
+                .await
+                .unwrap();
+            let day_table = ms(t);
             let t = Instant::now();
             storage
                 .verdict_counts(VerdictCountQuery { check_ids: ids.clone(), since_ms: now - DAY_MS, bucket_ms: HOUR_MS })
@@ -910,6 +964,27 @@ mod timing {
             let t = Instant::now();
             let built = page.build().await.unwrap();
             let build = ms(t);
+            let t = Instant::now();
+            let hours = storage
+                .aggregates_of(AggregateSpanQuery { check_ids: vec!["pub-001".into()], since_ms: now - 7 * DAY_MS })
+                .await
+                .unwrap();
+            let aggregates = ms(t);
+            page.invalidate();
+            let t = Instant::now();
+            let check_page = page.check_page("pub-001").await.unwrap().unwrap();
+            let check_build = ms(t);
+            let refs: Vec<&HourAggregate> = hours.iter().collect();
+            let t = Instant::now();
+            let charts = chart::per_region(&refs, now - 7 * DAY_MS);
+            let per_region = ms(t);
+            println!(
+                "  check page: aggregates_of(1 check, 7 d) {aggregates:.1} ms ({} rows), per_region {per_region:.1} ms ({} regions), \
+                 whole check page {check_build:.1} ms ({} bytes)",
+                hours.len(),
+                charts.len(),
+                check_page.html.identity.bytes.len()
+            );
             let html = built.html.identity.bytes.to_vec();
             let t = Instant::now();
             let g9 = {
@@ -935,12 +1010,13 @@ mod timing {
             let br5 = ms(t);
             println!(
                 "round {round}: latest {} of 100; {} day counts; {} incidents\n  \
-                 status_snapshot {snap:.1} ms, verdict_counts 90 d {day_counts:.1} ms, 24 h {hour_counts:.1} ms, \
+                 status_snapshot {snap:.1} ms, verdict_counts 90 d {day_counts:.1} ms, verdict_day_counts 90 d {day_table:.1} ms ({} rows), 24 h {hour_counts:.1} ms, \
                  incidents_in_span {span_ms:.1} ms, 50 x incident {one_by_one:.1} ms, incidents_by_id(50) {batched:.1} ms\n  \
                  whole build {build:.1} ms; html {} bytes: gzip 9 {gzip9:.1} ms ({g9} B), gzip 6 {gzip6:.1} ms ({g6} B), \
                  br 9 {br9:.1} ms ({b9} B), br 5 {br5:.1} ms ({b5} B)",
                 latest.len(),
                 days.len(),
+                kept.len(),
                 span.len(),
                 html.len()
             );

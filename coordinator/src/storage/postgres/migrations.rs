@@ -196,6 +196,40 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     // Lets `verdict_counts` count from the index alone (an index-only scan)
     // instead of reading each verdict row with its evidence.
     "CREATE INDEX verdicts_by_check_time ON verdicts (check_id, round_start_ms, verdict);",
+), (
+    8,
+    "status page: rounds per verdict kind, check and UTC day, kept as verdicts are stored",
+    // As SQLite's migration 9: `store_round` adds each new verdict to its
+    // day in the same transaction; the days already stored are counted once.
+    "CREATE TABLE verdict_days (
+        check_id TEXT NOT NULL,
+        day_ms   BIGINT NOT NULL,
+        up       BIGINT NOT NULL DEFAULT 0,
+        degraded BIGINT NOT NULL DEFAULT 0,
+        deferred BIGINT NOT NULL DEFAULT 0,
+        transit  BIGINT NOT NULL DEFAULT 0,
+        down     BIGINT NOT NULL DEFAULT 0,
+        unknown  BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (check_id, day_ms)
+    );
+    INSERT INTO verdict_days (check_id, day_ms, up, degraded, deferred, transit, down, unknown)
+        SELECT check_id, (round_start_ms / 86400000) * 86400000,
+            COUNT(*) FILTER (WHERE verdict = 'up'), COUNT(*) FILTER (WHERE verdict = 'degraded'),
+            COUNT(*) FILTER (WHERE verdict = 'deferred'), COUNT(*) FILTER (WHERE verdict = 'transit'),
+            COUNT(*) FILTER (WHERE verdict = 'down'), COUNT(*) FILTER (WHERE verdict = 'unknown')
+        FROM verdicts GROUP BY 1, 2;",
+), (
+    9,
+    "console sessions: kept in the database (hashes only), shared by every replica",
+    "CREATE TABLE console_sessions (
+        id_sha256    TEXT PRIMARY KEY,
+        token_name   TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL,
+        role         TEXT NOT NULL,
+        created_at   BIGINT NOT NULL,
+        expires_at   BIGINT NOT NULL
+    );
+    CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);",
 )];
 
 /// The schema version this coordinator writes.

@@ -2,7 +2,8 @@
 //! incidents are written in ONE transaction (`store_round`), as on SQLite.
 
 use super::super::model::{
-    RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage, VerdictQuery,
+    DAY_COLUMNS, DayCountQuery, RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage,
+    VerdictQuery, day_column, day_of,
 };
 use super::Postgres;
 use super::incidents::{INCIDENT_COLUMNS, active_id, add_event, enum_str, incident_by_id, incident_row};
@@ -30,6 +31,16 @@ async fn store_round_tx(
         // Decided before (a restart or another leader raced): the first decision stands.
         return Ok(RoundStored { stored: false, events: Vec::new() });
     }
+    // The round counts in its UTC day (the status page's bar and windows).
+    let column = day_column(v.verdict);
+    tx.execute(
+        &format!(
+            "INSERT INTO verdict_days (check_id, day_ms, {column}) VALUES ($1, $2, 1)
+             ON CONFLICT (check_id, day_ms) DO UPDATE SET {column} = verdict_days.{column} + 1"
+        ),
+        &[&v.check_id, &day_of(v.round_start_ms)],
+    )
+    .await?;
     let mut events = Vec::new();
     for change in changes {
         match change {
@@ -244,13 +255,46 @@ impl Postgres {
             .collect()
     }
 
-    /// Deletes verdicts decided before `cutoff_ms`.
+    /// Rounds per verdict, check and UTC day from `verdict_days`, for the
+    /// days from the one holding `q.since_ms`.
+    pub async fn verdict_day_counts(&self, q: DayCountQuery) -> Result<Vec<VerdictCount>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT check_id, day_ms, up, degraded, deferred, transit, down, unknown FROM verdict_days
+                 WHERE check_id = ANY($1::text[]) AND day_ms >= $2 ORDER BY check_id, day_ms",
+                &[&q.check_ids, &day_of(q.since_ms)],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let (check_id, day): (String, i64) = (r.get(0), r.get(1));
+            for (i, (kind, _)) in DAY_COLUMNS.iter().enumerate() {
+                let rounds: i64 = r.get(2 + i);
+                if rounds > 0 {
+                    out.push(VerdictCount { check_id: check_id.clone(), bucket_start_ms: day, verdict: *kind, rounds: rounds as u64 });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes verdicts decided before `cutoff_ms`, and the day counts of
+    /// days that ended by then.
     pub async fn prune_verdicts(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        let n = self
+            .delete_in_chunks(
+                "DELETE FROM verdicts WHERE (check_id, round) IN
+                 (SELECT check_id, round FROM verdicts WHERE decided_at_ms < $1 LIMIT $2)",
+                cutoff_ms,
+            )
+            .await?;
         self.delete_in_chunks(
-            "DELETE FROM verdicts WHERE (check_id, round) IN
-             (SELECT check_id, round FROM verdicts WHERE decided_at_ms < $1 LIMIT $2)",
+            "DELETE FROM verdict_days WHERE (check_id, day_ms) IN
+             (SELECT check_id, day_ms FROM verdict_days WHERE day_ms + 86400000 <= $1 LIMIT $2)",
             cutoff_ms,
         )
-        .await
+        .await?;
+        Ok(n)
     }
 }

@@ -185,10 +185,22 @@ impl Sqlite {
     pub async fn aggregates_of(&self, q: AggregateSpanQuery) -> Result<Vec<HourAggregate>, StorageError> {
         self.read(move |conn| {
             let ids = serde_json::to_string(&q.check_ids).expect("strings");
-            // The hour index finds the span; the ids filter it.
+            // Through the primary key (check, region, hour): each check's
+            // regions are found one seek each (a loose index scan: the next
+            // region after the last), then each (check, region) is one
+            // range from `since`. The hour index instead read every check's
+            // rows of the span (a check page of one check among 100: 84,000
+            // entries, each looked up in the table, for 840 rows).
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {AGGREGATE_COLUMNS} FROM report_hours INDEXED BY report_hours_by_hour
-                 WHERE hour >= ?2 AND check_id IN (SELECT value FROM json_each(?1))
+                "WITH RECURSIVE regions (c, r) AS (
+                     SELECT ids.value, (SELECT MIN(region) FROM report_hours WHERE check_id = ids.value)
+                     FROM json_each(?1) AS ids
+                     UNION ALL
+                     SELECT c, (SELECT MIN(h.region) FROM report_hours h WHERE h.check_id = c AND h.region > r)
+                     FROM regions WHERE r IS NOT NULL
+                 )
+                 SELECT {AGGREGATE_COLUMNS} FROM regions CROSS JOIN report_hours
+                     ON check_id = c AND region = r AND hour >= ?2
                  ORDER BY check_id, region, hour"
             ))?;
             let rows = stmt

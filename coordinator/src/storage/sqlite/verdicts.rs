@@ -9,7 +9,8 @@
 // ---------------------------------------------------------------------------
 
 use super::super::model::{
-    RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage, VerdictQuery,
+    DAY_COLUMNS, DayCountQuery, RoundStored, StorageError, VerdictCount, VerdictCountQuery, VerdictPage,
+    VerdictQuery, day_column, day_of,
 };
 use super::engine::{Sqlite, corrupt};
 use super::incidents::{
@@ -46,6 +47,13 @@ fn store_round_tx(
             events: Vec::new(),
         });
     }
+    // The round counts in its UTC day (the status page's bar and windows).
+    let column = day_column(v.verdict);
+    conn.prepare_cached(&format!(
+        "INSERT INTO verdict_days (check_id, day_ms, {column}) VALUES (?1, ?2, 1)
+         ON CONFLICT (check_id, day_ms) DO UPDATE SET {column} = {column} + 1"
+    ))?
+    .execute(params![v.check_id, day_of(v.round_start_ms)])?;
     let mut events = Vec::new();
     for change in changes {
         match change {
@@ -330,13 +338,53 @@ impl Sqlite {
         .await
     }
 
-    /// Deletes verdicts decided before `cutoff_ms` (the same retention as reports).
+    /// Rounds per verdict, check and UTC day from `verdict_days`, for the
+    /// days from the one holding `q.since_ms` (one row per check and day).
+    pub async fn verdict_day_counts(&self, q: DayCountQuery) -> Result<Vec<VerdictCount>, StorageError> {
+        self.read(move |conn| {
+            let ids = serde_json::to_string(&q.check_ids).expect("strings");
+            let mut stmt = conn.prepare_cached(
+                "SELECT check_id, day_ms, up, degraded, deferred, transit, down, unknown FROM verdict_days
+                 WHERE check_id IN (SELECT value FROM json_each(?1)) AND day_ms >= ?2
+                 ORDER BY check_id, day_ms",
+            )?;
+            let mut rows = stmt.query(params![ids, day_of(q.since_ms)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let (check_id, day): (String, i64) = (r.get(0)?, r.get(1)?);
+                for (i, (kind, _)) in DAY_COLUMNS.iter().enumerate() {
+                    let rounds: i64 = r.get(2 + i)?;
+                    if rounds > 0 {
+                        out.push(VerdictCount {
+                            check_id: check_id.clone(),
+                            bucket_start_ms: day,
+                            verdict: *kind,
+                            rounds: rounds as u64,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes verdicts decided before `cutoff_ms` (the same retention as
+    /// reports), and the day counts of days that ended by then.
     pub async fn prune_verdicts(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        let n = self
+            .delete_in_chunks(
+                "DELETE FROM verdicts WHERE rowid IN (SELECT rowid FROM verdicts WHERE decided_at_ms < ?1 LIMIT ?2)",
+                cutoff_ms,
+            )
+            .await?;
         self.delete_in_chunks(
-            "DELETE FROM verdicts WHERE rowid IN (SELECT rowid FROM verdicts WHERE decided_at_ms < ?1 LIMIT ?2)",
+            "DELETE FROM verdict_days WHERE (check_id, day_ms) IN
+             (SELECT check_id, day_ms FROM verdict_days WHERE day_ms + 86400000 <= ?1 LIMIT ?2)",
             cutoff_ms,
         )
-        .await
+        .await?;
+        Ok(n)
     }
 }
 

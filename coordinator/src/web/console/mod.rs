@@ -159,7 +159,17 @@ async fn login(State(state): State<ApiState>, body: Bytes) -> Response {
         );
     };
     tracing::info!(token = %name, role = role.as_str(), "console sign-in");
-    let (cookie, _) = tokens.sessions.create(name, role, crate::clock::now_ms());
+    let digest = crate::config::names::token_sha256(token);
+    let (cookie, _) = match tokens.sessions.create(name, role, digest, crate::clock::now_ms()).await {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::error!(error = %e, "console sign-in: the session could not be stored");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::login(Some("Signing in is not possible right now (storage unavailable); try again.")),
+            );
+        }
+    };
     let set = tokens.sessions.set_cookie(&cookie);
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/console")]).into_response();
     resp.headers_mut().insert(
@@ -177,14 +187,14 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
     if let Some(cookie) = session::cookie_value(&headers) {
         let now = crate::clock::now_ms();
         let csrf = form(&body).remove("csrf").unwrap_or_default();
-        match tokens.sessions.find(cookie, now) {
+        match tokens.sessions.find(cookie, now).await {
             Some(s) if !s.csrf_matches(&csrf) => {
                 return html(
                     StatusCode::FORBIDDEN,
                     pages::forbidden("The form's CSRF token is missing or wrong."),
                 );
             }
-            _ => tokens.sessions.remove(cookie),
+            _ => tokens.sessions.remove(cookie).await,
         }
     }
     let mut resp = html(StatusCode::OK, pages::login(Some("Signed out.")));
