@@ -989,6 +989,49 @@ mod tests {
         assert_eq!(auth_result(Some("pass; evil=\"x\"")), "other");
     }
 
+    fn report(check: &str) -> ProbeReport {
+        let steps: Vec<serde_json::Value> = StepName::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, s)| serde_json::json!({"name": s.as_str(), "ms": 2.0, "ok": true, "start_ms": i as f64}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "probe_id": "p-1", "check": check, "started_at": "2026-01-01T00:00:00Z",
+            "outcome": "ok", "rtt_ms": 35.2, "delivery_ms": 20.3, "steps": steps,
+            "failure": null, "message_id": "<p-1@sender.test>",
+        }))
+        .unwrap()
+    }
+
+    fn recorded(m: &Metrics, check: &str, region: &str) -> Vec<(StepName, u64)> {
+        m.lock()[check].regions[region]
+            .steps()
+            .map(|(s, h)| (s, h.count))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_configured_steps_get_a_histogram() {
+        let hub = Hub::new(Vec::new(), Vec::new());
+        let alerts = Arc::new(Alerts::default());
+        let m = Metrics::new(hub.clone(), alerts.clone());
+        m.observe("eu", &report("c1"));
+        m.observe("eu", &report("c1"));
+        let want: Vec<(StepName, u64)> = DEFAULT_STEPS.iter().map(|s| (*s, 2)).collect();
+        assert_eq!(recorded(&m, "c1", "eu"), want);
+        // In protocol order whatever the arrival order; all when asked.
+        let all = Metrics::with_steps(hub.clone(), alerts.clone(), StepSet::all());
+        let mut r = report("c1");
+        r.steps.reverse();
+        all.observe("us", &r);
+        let names: Vec<StepName> = recorded(&all, "c1", "us").into_iter().map(|(s, _)| s).collect();
+        assert_eq!(names, StepName::ALL);
+        let none = Metrics::with_steps(hub, alerts, StepSet::none());
+        none.observe("us", &report("c1"));
+        assert!(recorded(&none, "c1", "us").is_empty());
+        assert_eq!(none.lock()["c1"].regions["us"].rtt.count, 1);
+    }
+
     #[test]
     fn histograms_count_into_the_first_bucket_that_holds_the_value() {
         let mut h = Hist::default();
