@@ -923,21 +923,28 @@ pub fn classic(openmetrics: &str) -> String {
         while rest[end..].starts_with('#') {
             end += rest[end..].find('\n').map_or(rest.len() - end, |i| i + 1);
         }
-        let block = &rest[..end];
+        // Several families in a row when some have no sample yet.
+        let lines: Vec<&str> = rest[..end].lines().collect();
         rest = &rest[end..];
-        let counter = block
-            .lines()
-            .any(|l| l.starts_with("# TYPE ") && l.ends_with(" counter"));
-        for line in block.lines() {
-            if line == "# EOF" || line.starts_with("# UNIT ") {
+        for (i, line) in lines.iter().enumerate() {
+            if *line == "# EOF" || line.starts_with("# UNIT ") {
                 continue;
             }
             let meta = ["# HELP ", "# TYPE "]
                 .into_iter()
                 .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+            let name = meta.map_or("", |(_, rest)| rest.split(' ').next().unwrap_or(""));
+            // A family's # TYPE line says counter; its # HELP line is just before.
+            let type_line = match meta {
+                Some(("# HELP ", _)) => lines.get(i + 1).copied().unwrap_or(""),
+                _ => line,
+            };
+            let counter = type_line
+                .strip_prefix("# TYPE ")
+                .and_then(|t| t.strip_prefix(name))
+                == Some(" counter");
             match meta {
                 Some((prefix, rest)) if counter => {
-                    let name = rest.split(' ').next().unwrap_or("");
                     out.push_str(prefix);
                     out.push_str(name);
                     out.push_str("_total");
@@ -970,6 +977,15 @@ pub fn families(exposition: &str) -> Vec<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classic_text_renames_only_the_counters_among_families_without_samples() {
+        let om = "# HELP c_x X.\n# TYPE c_x counter\n# HELP g_y Y.\n# TYPE g_y gauge\ng_y 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP c_x_total X.\n# TYPE c_x_total counter\n# HELP g_y Y.\n# TYPE g_y gauge\ng_y 1\n"
+        );
+    }
 
     #[test]
     fn classic_text_names_counters_by_their_samples() {
