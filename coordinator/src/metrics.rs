@@ -22,22 +22,88 @@ use crate::alerts::Alerts;
 use crate::cluster::hub::Hub;
 use crate::judge::{Incident, RegionState, Verdict, VerdictKind};
 use mailloop_common::ProbeReport;
+use mailloop_common::step::StepName;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// Upper bounds (seconds) of the step, round-trip and delivery histograms:
-/// 1 ms (a loopback step) to 60 s (a slow queue), about three per decade.
-pub const BUCKETS: [f64; 15] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+/// 1 ms (a loopback step) to 60 s (a slow queue), log-spaced at about ×4–5
+/// (eight bounds plus +Inf: 11 series per histogram, not 18 as with three
+/// per decade). Every histogram is per check × region, so its bucket count
+/// multiplies the whole exposition; `histogram_quantile` interpolates
+/// inside a bucket, and an alert threshold is best put on a bound.
+pub const BUCKETS: [f64; 8] = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0];
+/// Buckets of one histogram, the last one +Inf.
+const NB: usize = BUCKETS.len() + 1;
+/// How many steps mailloop knows.
+pub const STEP_COUNT: usize = StepName::ALL.len();
+
+/// The steps that get a per check × region × step histogram by default
+/// (`[server] metrics_steps`): the connect, the TLS handshake, the
+/// submission login, the server's acceptance of the message (filters,
+/// queue) and the mailbox login — each a different thing that gets slow.
+/// The whole round trip and the delivery wait have their own histograms.
+/// Only steps a probe actually recorded get one (`smtp.tls` and
+/// `smtp.starttls` exclude each other), so a check has at most five.
+pub const DEFAULT_STEPS: [StepName; 6] = [
+    StepName::SmtpConnect,
+    StepName::SmtpTls,
+    StepName::SmtpStarttls,
+    StepName::SmtpAuth,
+    StepName::SmtpDataAck,
+    StepName::ImapLogin,
 ];
+
+/// Which steps get a duration histogram per check × region × step
+/// (`[server] metrics_steps`: `"all"`, `"none"` or a list of step names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSet([bool; STEP_COUNT]);
+
+impl StepSet {
+    /// Every step.
+    pub fn all() -> StepSet {
+        StepSet([true; STEP_COUNT])
+    }
+
+    /// No step histogram at all (round trip and delivery stay).
+    pub fn none() -> StepSet {
+        StepSet([false; STEP_COUNT])
+    }
+
+    /// Just these steps.
+    pub fn of(steps: &[StepName]) -> StepSet {
+        let mut set = StepSet::none();
+        for s in steps {
+            set.0[*s as usize] = true;
+        }
+        set
+    }
+
+    /// True when `step` gets a histogram.
+    pub fn contains(&self, step: StepName) -> bool {
+        self.0[step as usize]
+    }
+
+    /// The steps in the set, in protocol order.
+    pub fn steps(&self) -> impl Iterator<Item = StepName> + '_ {
+        StepName::ALL.iter().copied().filter(|s| self.contains(*s))
+    }
+}
+
+impl Default for StepSet {
+    fn default() -> StepSet {
+        StepSet::of(&DEFAULT_STEPS)
+    }
+}
 /// Judge round latency: from well under a millisecond to a slow disk.
 const ROUND_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
@@ -64,6 +130,10 @@ pub struct Metrics {
     /// The status page's own time per answer served from its snapshot.
     status_served: Histogram,
     checks: Arc<Mutex<BTreeMap<String, CheckSeries>>>,
+    /// Steps with a per check × region × step histogram.
+    steps: StepSet,
+    /// Length of the last exposition: the next one's buffer is sized once.
+    last_len: AtomicUsize,
     /// `[server] metrics = false`: every observation returns at once and
     /// nothing is served (the ingest benchmark's "metrics off").
     enabled: bool,
@@ -94,8 +164,14 @@ const INGEST: [(&str, &str); 4] = [
 ];
 
 impl Metrics {
-    /// The registry with every family; `hub` and `alerts` are read at scrape time.
+    /// The registry with every family and the default step histograms;
+    /// `hub` and `alerts` are read at scrape time.
     pub fn new(hub: Arc<Hub>, alerts: Arc<Alerts>) -> Arc<Metrics> {
+        Metrics::with_steps(hub, alerts, StepSet::default())
+    }
+
+    /// [`Metrics::new`] with per-step histograms for `steps` only.
+    pub fn with_steps(hub: Arc<Hub>, alerts: Arc<Alerts>, steps: StepSet) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let ingest = Arc::new(Mutex::new(BTreeMap::new()));
         let checks = Arc::new(Mutex::new(BTreeMap::new()));
@@ -124,6 +200,8 @@ impl Metrics {
             judge_round,
             status_served,
             checks,
+            steps,
+            last_len: AtomicUsize::new(64 * 1024),
             enabled: true,
         })
     }
@@ -137,6 +215,8 @@ impl Metrics {
             judge_round: Histogram::new(ROUND_BUCKETS),
             status_served: Histogram::new(STATUS_SERVED_BUCKETS),
             checks: Arc::default(),
+            steps: StepSet::none(),
+            last_len: AtomicUsize::new(0),
             enabled: false,
         })
     }
@@ -199,19 +279,30 @@ impl Metrics {
         self.observe(region, report);
     }
 
-    /// Observes one probe report of `region`.
+    /// Observes one probe report of `region`. The hot path of the
+    /// intake: no allocation once the check × region has its series, one
+    /// lock, steps found by index.
     pub fn observe(&self, region: &str, r: &ProbeReport) {
         if !self.enabled {
             return;
         }
         let mut checks = self.lock();
-        let c = checks.entry(r.check.clone()).or_default();
-        let per = c.regions.entry(region.to_string()).or_default();
+        if !checks.contains_key(r.check.as_str()) {
+            checks.insert(r.check.clone(), CheckSeries::default());
+        }
+        let Some(c) = checks.get_mut(r.check.as_str()) else {
+            return;
+        };
+        if !c.regions.contains_key(region) {
+            c.regions.insert(region.to_string(), RegionSeries::default());
+        }
+        let Some(per) = c.regions.get_mut(region) else {
+            return;
+        };
         for s in &r.steps {
-            per.steps
-                .entry(s.name.as_str())
-                .or_insert_with(Hist::steps)
-                .observe(s.ms / 1000.0);
+            if self.steps.contains(s.name) {
+                per.step(s.name).observe(s.ms / 1000.0);
+            }
         }
         if let Some(ms) = r.rtt_ms {
             per.rtt.observe(ms / 1000.0);
@@ -229,8 +320,13 @@ impl Metrics {
             }
         }
         for t in &r.tls {
+            // Parsed only when the endpoint shows a certificate not seen before.
+            if c.certs.get(&t.endpoint).is_some_and(|(raw, _)| *raw == t.not_after) {
+                continue;
+            }
             if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&t.not_after) {
-                c.certs.insert(t.endpoint.clone(), at.timestamp());
+                c.certs
+                    .insert(t.endpoint.clone(), (t.not_after.clone(), at.timestamp()));
             }
         }
     }
@@ -272,11 +368,14 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition in OpenMetrics text (ends with `# EOF`).
+    /// The whole exposition in OpenMetrics text (ends with `# EOF`), in one
+    /// buffer sized from the previous one (no regrowth at 1,000s of series).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(64 * 1024);
+        let want = self.last_len.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(want + want / 8);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        self.last_len.store(out.len(), Ordering::Relaxed);
         out
     }
 
@@ -432,43 +531,35 @@ const INCIDENT_KINDS: [&str; 5] = [
     "certificate",
 ];
 
-/// A histogram kept under the per-check lock (no lock of its own).
-#[derive(Debug, Clone)]
+/// A histogram kept under the per-check lock (no lock of its own), its
+/// buckets inline (no allocation of its own).
+#[derive(Debug, Clone, Default)]
 struct Hist {
     sum: f64,
     count: u64,
-    /// Non-cumulative counts per upper bound, the last at `f64::MAX` (+Inf),
-    /// as `prometheus_client`'s encoder expects them.
-    buckets: Vec<(f64, u64)>,
+    /// Non-cumulative counts per bound of [`BUCKETS`], the last one +Inf.
+    counts: [u64; NB],
 }
 
 impl Hist {
-    fn steps() -> Hist {
-        Hist::new(&BUCKETS)
-    }
-
-    fn new(bounds: &[f64]) -> Hist {
-        let mut buckets: Vec<(f64, u64)> = bounds.iter().map(|b| (*b, 0)).collect();
-        buckets.push((f64::MAX, 0));
-        Hist {
-            sum: 0.0,
-            count: 0,
-            buckets,
-        }
-    }
-
     fn observe(&mut self, v: f64) {
         self.sum += v;
         self.count += 1;
-        if let Some(b) = self.buckets.iter_mut().find(|(le, _)| v <= *le) {
-            b.1 += 1;
-        }
+        let i = BUCKETS
+            .iter()
+            .position(|le| v <= *le)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i] += 1;
     }
-}
 
-impl Default for Hist {
-    fn default() -> Hist {
-        Hist::steps()
+    /// (upper bound, non-cumulative count), the last at `f64::MAX` (+Inf),
+    /// as `prometheus_client`'s encoder expects them.
+    fn buckets(&self) -> [(f64, u64); NB] {
+        let mut out = [(f64::MAX, 0); NB];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (BUCKETS.get(i).copied().unwrap_or(f64::MAX), self.counts[i]);
+        }
+        out
     }
 }
 
@@ -476,8 +567,9 @@ impl Default for Hist {
 #[derive(Debug, Default)]
 struct CheckSeries {
     regions: BTreeMap<String, RegionSeries>,
-    /// TLS endpoint (`host:port`) → its certificate's notAfter (Unix seconds), last seen.
-    certs: BTreeMap<String, i64>,
+    /// TLS endpoint (`host:port`) → its certificate's notAfter as sent
+    /// and in Unix seconds, last seen.
+    certs: BTreeMap<String, (String, i64)>,
     verdict: Option<VerdictKind>,
     region_states: BTreeMap<String, RegionState>,
     /// Open incidents by kind.
@@ -485,15 +577,57 @@ struct CheckSeries {
 }
 
 /// One check × region.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RegionSeries {
-    steps: BTreeMap<&'static str, Hist>,
+    /// A step's index in [`StepName::ALL`] → its histogram's place in
+    /// `steps` (`NO_STEP`: not recorded).
+    slot: [u8; STEP_COUNT],
+    /// The histograms of the steps recorded, side by side.
+    steps: Vec<(StepName, Hist)>,
     rtt: Hist,
     delivery: Hist,
     /// (outcome, failure class) → probes.
     probes: BTreeMap<(&'static str, &'static str), u64>,
     /// (method, result) → probes.
     auth: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+const NO_STEP: u8 = u8::MAX;
+
+impl Default for RegionSeries {
+    fn default() -> RegionSeries {
+        RegionSeries {
+            slot: [NO_STEP; STEP_COUNT],
+            steps: Vec::new(),
+            rtt: Hist::default(),
+            delivery: Hist::default(),
+            probes: BTreeMap::new(),
+            auth: BTreeMap::new(),
+        }
+    }
+}
+
+impl RegionSeries {
+    /// The histogram of `step`, created at its first observation.
+    fn step(&mut self, step: StepName) -> &mut Hist {
+        let i = step as usize;
+        if self.slot[i] == NO_STEP {
+            self.slot[i] = self.steps.len() as u8;
+            self.steps.push((step, Hist::default()));
+        }
+        &mut self.steps[usize::from(self.slot[i])].1
+    }
+
+    /// The recorded steps' histograms, in protocol order.
+    fn steps(&self) -> impl Iterator<Item = (StepName, &Hist)> + '_ {
+        self.slot
+            .iter()
+            .filter(|s| **s != NO_STEP)
+            .map(|s| {
+                let (name, h) = &self.steps[usize::from(*s)];
+                (*name, h)
+            })
+    }
 }
 
 /// The families rendered from current state at scrape time.
@@ -510,8 +644,6 @@ impl std::fmt::Debug for Live {
     }
 }
 
-type Labels<'a> = Vec<(&'static str, &'a str)>;
-
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ingest = self
@@ -526,7 +658,7 @@ impl Collector for Live {
                 help,
                 ingest
                     .iter()
-                    .map(|(r, c)| (vec![("region", r.as_str())], c[i])),
+                    .map(|(r, c)| ([("region", r.as_str())], c[i])),
             )?;
         }
         // Hub state first (its lock is not held while ours is).
@@ -544,37 +676,37 @@ impl Collector for Live {
             &mut enc,
             "mailloop_agents_connected",
             "Agents with an open assignment stream, by region (every region with a registered agent).",
-            connected.iter().map(|(r, n)| (vec![("region", *r)], *n)),
+            connected.iter().map(|(r, n)| ([("region", *r)], *n)),
         )?;
         gauge(
             &mut enc,
             "mailloop_assignment_revision",
             "The newest check revision (every change of any check takes one).",
-            [(Vec::new(), revision as i64)].into_iter(),
+            [([] as [(&str, &str); 0], revision as i64)].into_iter(),
         )?;
         gauge(
             &mut enc,
             "mailloop_checks",
             "Checks in force (not deleted).",
-            [(Vec::new(), live_checks.len() as i64)].into_iter(),
+            [([] as [(&str, &str); 0], live_checks.len() as i64)].into_iter(),
         )?;
 
         // Alert channels: their own delivery counters.
         let status = self.alerts.status();
         let channels = status["channels"].as_array().cloned().unwrap_or_default();
-        let mut deliveries: Vec<(Labels, u64)> = Vec::new();
+        let mut deliveries: Vec<([(&str, &str); 2], u64)> = Vec::new();
         for ch in &channels {
             let name = ch["name"].as_str().unwrap_or("?");
             for result in ["delivered", "failed", "dropped"] {
                 let n = ch[result].as_u64().unwrap_or(0);
-                deliveries.push((vec![("channel", name), ("result", result)], n));
+                deliveries.push(([("channel", name), ("result", result)], n));
             }
         }
         counter(
             &mut enc,
             "mailloop_alert_deliveries",
             "Alert events per channel: delivered, failed (after its retries, or permanently) or dropped (queue full).",
-            deliveries.iter().map(|(l, n)| (l.clone(), *n)),
+            deliveries.iter().map(|(l, n)| (*l, *n)),
         )?;
 
         // Per check: prune what the hub no longer has, then render.
@@ -605,7 +737,7 @@ fn render_checks(
     checks: &BTreeMap<String, CheckSeries>,
     live: &[crate::storage::StoredCheck],
 ) -> Result<(), std::fmt::Error> {
-    let mut verdicts: Vec<(Labels, i64)> = Vec::new();
+    let mut verdicts: Vec<([(&str, &str); 2], i64)> = Vec::new();
     for c in live {
         let id = c.spec.name.as_str();
         let current = checks.get(id).and_then(|s| s.verdict);
@@ -613,7 +745,7 @@ fn render_checks(
         let current = current.unwrap_or(VerdictKind::Unknown);
         for v in VERDICTS {
             verdicts.push((
-                vec![("check", id), ("verdict", verdict_str(v))],
+                [("check", id), ("verdict", verdict_str(v))],
                 i64::from(v == current),
             ));
         }
@@ -632,7 +764,7 @@ fn render_checks(
             c.region_states.iter().flat_map(move |(region, state)| {
                 REGION_STATES.iter().map(move |(s, name)| {
                     (
-                        vec![
+                        [
                             ("check", id.as_str()),
                             ("region", region.as_str()),
                             ("state", *name),
@@ -653,7 +785,7 @@ fn render_checks(
         enc,
         "mailloop_incidents_open",
         "Incidents open or acknowledged (not resolved), by kind, over all checks.",
-        by_kind.iter().map(|(k, n)| (vec![("kind", *k)], *n)),
+        by_kind.iter().map(|(k, n)| ([("kind", *k)], *n)),
     )?;
     gauge(
         enc,
@@ -662,7 +794,7 @@ fn render_checks(
         checks.iter().flat_map(|(id, c)| {
             c.incidents
                 .iter()
-                .map(move |(k, n)| (vec![("check", id.as_str()), ("kind", *k)], *n as i64))
+                .map(move |(k, n)| ([("check", id.as_str()), ("kind", *k)], *n as i64))
         }),
     )?;
     gauge(
@@ -672,7 +804,7 @@ fn render_checks(
         checks.iter().flat_map(|(id, c)| {
             c.certs
                 .iter()
-                .map(move |(e, d)| (vec![("check", id.as_str()), ("endpoint", e.as_str())], *d))
+                .map(move |(e, (_, d))| ([("check", id.as_str()), ("endpoint", e.as_str())], *d))
         }),
     )?;
     counter(
@@ -682,7 +814,7 @@ fn render_checks(
         per_region(checks).flat_map(|(id, region, r)| {
             r.probes.iter().map(move |((outcome, class), n)| {
                 (
-                    vec![
+                    [
                         ("check", id),
                         ("region", region),
                         ("outcome", *outcome),
@@ -700,7 +832,7 @@ fn render_checks(
         per_region(checks).flat_map(|(id, region, r)| {
             r.auth.iter().map(move |((method, result), n)| {
                 (
-                    vec![
+                    [
                         ("check", id),
                         ("region", region),
                         ("method", *method),
@@ -716,9 +848,8 @@ fn render_checks(
         "mailloop_step_duration_seconds",
         "Duration of each protocol step of the probes (smtp.connect ... imap.logout), by check, region and step.",
         per_region(checks).flat_map(|(id, region, r)| {
-            r.steps
-                .iter()
-                .map(move |(step, h)| (vec![("check", id), ("region", region), ("step", *step)], h))
+            r.steps()
+                .map(move |(step, h)| ([("check", id), ("region", region), ("step", step.as_str())], h))
         }),
     )?;
     histogram(
@@ -727,7 +858,7 @@ fn render_checks(
         "Round-trip time of delivered probes: submission start to the probe found over IMAP.",
         per_region(checks)
             .filter(|(_, _, r)| r.rtt.count > 0)
-            .map(|(id, region, r)| (vec![("check", id), ("region", region)], &r.rtt)),
+            .map(|(id, region, r)| ([("check", id), ("region", region)], &r.rtt)),
     )?;
     histogram(
         enc,
@@ -735,7 +866,7 @@ fn render_checks(
         "Delivery time of delivered probes: end of DATA accepted to the probe found over IMAP.",
         per_region(checks)
             .filter(|(_, _, r)| r.delivery.count > 0)
-            .map(|(id, region, r)| (vec![("check", id), ("region", region)], &r.delivery)),
+            .map(|(id, region, r)| ([("check", id), ("region", region)], &r.delivery)),
     )
 }
 
@@ -749,11 +880,11 @@ fn per_region(
     })
 }
 
-fn gauge<'a>(
+fn gauge<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl Iterator<Item = (Labels<'a>, i64)>,
+    series: impl Iterator<Item = (L, i64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in series {
@@ -762,11 +893,11 @@ fn gauge<'a>(
     Ok(())
 }
 
-fn counter<'a>(
+fn counter<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl Iterator<Item = (Labels<'a>, u64)>,
+    series: impl Iterator<Item = (L, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in series {
@@ -775,17 +906,20 @@ fn counter<'a>(
     Ok(())
 }
 
-fn histogram<'a>(
+/// Exemplars' label set (mailloop keeps none).
+type NoLabels = [(&'static str, &'static str); 0];
+
+fn histogram<'a, L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl Iterator<Item = (Labels<'a>, &'a Hist)>,
+    series: impl Iterator<Item = (L, &'a Hist)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, h) in series {
         family
             .encode_family(&labels)?
-            .encode_histogram::<Labels>(h.sum, h.count, &h.buckets, None)?;
+            .encode_histogram::<NoLabels>(h.sum, h.count, &h.buckets(), None)?;
     }
     Ok(())
 }
@@ -795,32 +929,54 @@ fn histogram<'a>(
 /// `# UNIT` and `# EOF` lines (OpenMetrics only) are left out. Every other
 /// line is the encoder's, unchanged.
 pub fn classic(openmetrics: &str) -> String {
-    let counters: HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len() + 64 * counters.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
+    // Sample lines are copied in whole runs: only the metadata lines
+    // between two families are looked at one by one.
+    let mut out = String::with_capacity(openmetrics.len() + 4096);
+    let mut rest = openmetrics;
+    while !rest.is_empty() {
+        let meta = if rest.starts_with('#') {
+            0
+        } else {
+            rest.find("\n#").map_or(rest.len(), |i| i + 1)
+        };
+        out.push_str(&rest[..meta]);
+        rest = &rest[meta..];
+        // One family's metadata: # HELP, # TYPE, # UNIT (or the final # EOF).
+        let mut end = 0;
+        while rest[end..].starts_with('#') {
+            end += rest[end..].find('\n').map_or(rest.len() - end, |i| i + 1);
         }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        if let Some((prefix, rest)) = meta {
-            let name = rest.split(' ').next().unwrap_or("");
-            if counters.contains(name) {
-                out.push_str(prefix);
-                out.push_str(name);
-                out.push_str("_total");
-                out.push_str(&rest[name.len()..]);
-                out.push('\n');
+        // Several families in a row when some have no sample yet.
+        let lines: Vec<&str> = rest[..end].lines().collect();
+        rest = &rest[end..];
+        for (i, line) in lines.iter().enumerate() {
+            if *line == "# EOF" || line.starts_with("# UNIT ") {
                 continue;
             }
+            let meta = ["# HELP ", "# TYPE "]
+                .into_iter()
+                .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+            let name = meta.map_or("", |(_, rest)| rest.split(' ').next().unwrap_or(""));
+            // A family's # TYPE line says counter; its # HELP line is just before.
+            let type_line = match meta {
+                Some(("# HELP ", _)) => lines.get(i + 1).copied().unwrap_or(""),
+                _ => line,
+            };
+            let counter = type_line
+                .strip_prefix("# TYPE ")
+                .and_then(|t| t.strip_prefix(name))
+                == Some(" counter");
+            match meta {
+                Some((prefix, rest)) if counter => {
+                    out.push_str(prefix);
+                    out.push_str(name);
+                    out.push_str("_total");
+                    out.push_str(&rest[name.len()..]);
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
         }
-        out.push_str(line);
-        out.push('\n');
     }
     out
 }
@@ -846,6 +1002,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn classic_text_renames_only_the_counters_among_families_without_samples() {
+        let om = "# HELP c_x X.\n# TYPE c_x counter\n# HELP g_y Y.\n# TYPE g_y gauge\ng_y 1\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP c_x_total X.\n# TYPE c_x_total counter\n# HELP g_y Y.\n# TYPE g_y gauge\ng_y 1\n"
+        );
+    }
+
+    #[test]
     fn classic_text_names_counters_by_their_samples() {
         let om = "# HELP a_things Things.\n# TYPE a_things counter\na_things_total{r=\"x\"} 1\n\
                   # HELP b_seconds B.\n# TYPE b_seconds histogram\n# UNIT b_seconds seconds\nb_seconds_sum 1.0\n# EOF\n";
@@ -863,14 +1028,59 @@ mod tests {
         assert_eq!(auth_result(Some("pass; evil=\"x\"")), "other");
     }
 
+    fn report(check: &str) -> ProbeReport {
+        let steps: Vec<serde_json::Value> = StepName::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, s)| serde_json::json!({"name": s.as_str(), "ms": 2.0, "ok": true, "start_ms": i as f64}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "probe_id": "p-1", "check": check, "started_at": "2026-01-01T00:00:00Z",
+            "outcome": "ok", "rtt_ms": 35.2, "delivery_ms": 20.3, "steps": steps,
+            "failure": null, "message_id": "<p-1@sender.test>",
+        }))
+        .unwrap()
+    }
+
+    fn recorded(m: &Metrics, check: &str, region: &str) -> Vec<(StepName, u64)> {
+        m.lock()[check].regions[region]
+            .steps()
+            .map(|(s, h)| (s, h.count))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_configured_steps_get_a_histogram() {
+        let hub = Hub::new(Vec::new(), Vec::new());
+        let alerts = Arc::new(Alerts::default());
+        let m = Metrics::new(hub.clone(), alerts.clone());
+        m.observe("eu", &report("c1"));
+        m.observe("eu", &report("c1"));
+        let want: Vec<(StepName, u64)> = DEFAULT_STEPS.iter().map(|s| (*s, 2)).collect();
+        assert_eq!(recorded(&m, "c1", "eu"), want);
+        // In protocol order whatever the arrival order; all when asked.
+        let all = Metrics::with_steps(hub.clone(), alerts.clone(), StepSet::all());
+        let mut r = report("c1");
+        r.steps.reverse();
+        all.observe("us", &r);
+        let names: Vec<StepName> = recorded(&all, "c1", "us").into_iter().map(|(s, _)| s).collect();
+        assert_eq!(names, StepName::ALL);
+        let none = Metrics::with_steps(hub, alerts, StepSet::none());
+        none.observe("us", &report("c1"));
+        assert!(recorded(&none, "c1", "us").is_empty());
+        assert_eq!(none.lock()["c1"].regions["us"].rtt.count, 1);
+    }
+
     #[test]
     fn histograms_count_into_the_first_bucket_that_holds_the_value() {
-        let mut h = Hist::steps();
+        let mut h = Hist::default();
         h.observe(0.0005);
         h.observe(0.001);
         h.observe(120.0);
-        assert_eq!(h.buckets[0].1, 2, "<= 1 ms");
-        assert_eq!(h.buckets.last().unwrap().1, 1, "+Inf");
-        assert_eq!(h.count, 3);
+        h.observe(f64::NAN);
+        let b = h.buckets();
+        assert_eq!(b[0], (0.001, 2), "<= 1 ms");
+        assert_eq!(*b.last().unwrap(), (f64::MAX, 2), "+Inf");
+        assert_eq!(h.count, 4);
     }
 }

@@ -209,7 +209,7 @@ impl Coordinator {
             traces.clone(),
         );
         let metrics = if server.metrics.enabled {
-            crate::metrics::Metrics::new(hub.clone(), alerts.clone())
+            crate::metrics::Metrics::with_steps(hub.clone(), alerts.clone(), server.metrics.steps)
         } else {
             crate::metrics::Metrics::off()
         };

@@ -156,6 +156,10 @@ pub struct MetricsEndpoint {
     pub listen: Option<SocketAddr>,
     /// Scrapes must send `Authorization: Bearer <token>`; None: open, as scrapers expect.
     pub token: Option<Secret>,
+    /// `metrics_steps`: the steps with a per check × region × step
+    /// histogram (`"all"`, `"none"` or a list; default
+    /// [`crate::metrics::DEFAULT_STEPS`]).
+    pub steps: crate::metrics::StepSet,
 }
 
 impl Default for MetricsEndpoint {
@@ -164,6 +168,7 @@ impl Default for MetricsEndpoint {
             enabled: true,
             listen: None,
             token: None,
+            steps: crate::metrics::StepSet::default(),
         }
     }
 }
@@ -995,9 +1000,45 @@ fn http_limits(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<HttpLimits
     })
 }
 
-/// `metrics`, `metrics_listen` and `metrics_token_file`.
+/// `metrics_steps`: `"all"`, `"none"` or a list of step names; every
+/// unknown name is reported.
+fn metrics_steps(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<Option<crate::metrics::StepSet>> {
+    use crate::metrics::StepSet;
+    const HOW: &str = "must be \"all\", \"none\" or a list of step names (smtp.connect, imap.login, ...)";
+    let key = "server.metrics_steps";
+    match t.get("metrics_steps") {
+        None => Some(None),
+        Some(Value::String(s)) if s == "all" => Some(Some(StepSet::all())),
+        Some(Value::String(s)) if s == "none" => Some(Some(StepSet::none())),
+        Some(Value::Array(list)) => {
+            let mut steps = Vec::new();
+            let mut ok = true;
+            for (i, item) in list.iter().enumerate() {
+                match item.as_str().map(str::parse::<mailloop_common::step::StepName>) {
+                    Some(Ok(step)) => steps.push(step),
+                    Some(Err(e)) => {
+                        v.issue(format!("{key}[{i}]"), e.to_string());
+                        ok = false;
+                    }
+                    None => {
+                        v.issue(format!("{key}[{i}]"), "must be a step name");
+                        ok = false;
+                    }
+                }
+            }
+            ok.then(|| Some(StepSet::of(&steps)))
+        }
+        Some(_) => {
+            v.issue(key, HOW);
+            None
+        }
+    }
+}
+
+/// `metrics`, `metrics_listen`, `metrics_token_file` and `metrics_steps`.
 fn metrics_endpoint(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<MetricsEndpoint> {
     let enabled = t.flag(v, "metrics", true);
+    let steps = metrics_steps(v, t);
     let listen = match t.string(v, "metrics_listen") {
         Some(Some(_)) => Some(Some(addr(v, t, "metrics_listen", "")?)),
         Some(None) => Some(None),
@@ -1028,14 +1069,14 @@ fn metrics_endpoint(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<Metri
             }
         },
     };
-    let (enabled, listen, token) = (enabled?, listen?, token?);
+    let (enabled, listen, token, steps) = (enabled?, listen?, token?, steps?);
     if !enabled {
-        for (key, set) in [("metrics_listen", listen.is_some()), ("metrics_token_file", token.is_some())] {
+        for (key, set) in [("metrics_listen", listen.is_some()), ("metrics_token_file", token.is_some()), ("metrics_steps", steps.is_some())] {
             if set {
                 v.issue(format!("server.{key}"), "metrics = false: nothing is served; remove this key or the switch".to_string());
             }
         }
-        if listen.is_some() || token.is_some() {
+        if listen.is_some() || token.is_some() || steps.is_some() {
             return None;
         }
     }
@@ -1043,6 +1084,7 @@ fn metrics_endpoint(v: &mut Vec<ConfigIssue>, t: &mut Table<'_>) -> Option<Metri
         enabled,
         listen,
         token,
+        steps: steps.unwrap_or_default(),
     })
 }
 
@@ -1486,6 +1528,30 @@ mod tests {
                 "check[0].imap.password",
             ]
         );
+    }
+
+    #[test]
+    fn step_histograms_default_to_a_few_steps_and_bad_names_are_each_named() {
+        use crate::metrics::StepSet;
+        use mailloop_common::step::StepName;
+        let c = CoordinatorConfig::from_value(&good(), &env).unwrap();
+        assert_eq!(c.server.metrics.steps, StepSet::default());
+        assert!(c.server.metrics.steps.contains(StepName::SmtpDataAck));
+        assert!(!c.server.metrics.steps.contains(StepName::ImapFetch));
+        let mut v = good();
+        v["server"]["metrics_steps"] = json!("all");
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(c.server.metrics.steps, StepSet::all());
+        v["server"]["metrics_steps"] = json!(["imap.fetch"]);
+        let c = CoordinatorConfig::from_value(&v, &env).unwrap();
+        assert_eq!(c.server.metrics.steps.steps().collect::<Vec<_>>(), [StepName::ImapFetch]);
+        v["server"]["metrics_steps"] = json!(["smtp.nope", "imap.fetch", 3]);
+        assert_eq!(paths(v.clone()), ["server.metrics_steps[0]", "server.metrics_steps[2]"]);
+        v["server"]["metrics_steps"] = json!("some");
+        assert_eq!(paths(v.clone()), ["server.metrics_steps"]);
+        v["server"]["metrics_steps"] = json!("none");
+        v["server"]["metrics"] = json!(false);
+        assert_eq!(paths(v), ["server.metrics_steps"]);
     }
 
     #[test]
