@@ -347,11 +347,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut failover = None;
     if let (Some(base), false) = (&args.postgres_url, args.metrics_only) {
         if let Some(&n) = args.agents.first() {
-            eprintln!("loadgen: {n} simulated agents, PostgreSQL storage ...");
-            let url = fresh_database(base, "load").await?;
-            let r = load_run(&args, n, args.reports, None, Some(&url), true).await?;
-            eprintln!("loadgen: {}", serde_json::to_string(&r)?);
-            pg_runs.push(r);
+            // One replica, then two on one database (the agents split
+            // between them), a fresh database each.
+            for replicas in [1, 2] {
+                eprintln!("loadgen: {n} simulated agents, PostgreSQL storage, {replicas} coordinator replica(s) ...");
+                let url = fresh_database(base, "load").await?;
+                let r = load_run(&args, n, args.reports, None, Some((&url, replicas)), true).await?;
+                eprintln!("loadgen: {}", serde_json::to_string(&r)?);
+                pg_runs.push(r);
+            }
         }
         if args.failovers > 0 {
             eprintln!("loadgen: failover, two replicas on PostgreSQL, {} leader kills ...", args.failovers);
@@ -381,7 +385,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     if !pg_runs.is_empty() || failover.is_some() {
-        print_postgres(runs.first(), pg_runs.first(), failover.as_ref());
+        print_postgres(runs.first(), &pg_runs, failover.as_ref());
     }
     let status_page = if args.status_checks > 0 && (args.status_only || !args.metrics_only) {
         eprintln!(
@@ -731,15 +735,16 @@ struct Seen {
 
 /// One load run with `n` simulated agents, each alone in its region,
 /// sending `reports` reports in all; `traces_to`: the coordinator exports
-/// its traces to this OTLP/gRPC endpoint; `postgres`: its storage URL
-/// (SQLite when absent); `metrics`: false runs it with `[server] metrics =
-/// false`.
+/// its traces to this OTLP/gRPC endpoint; `postgres`: its storage URL and
+/// how many coordinator replicas share it (agent i talks to replica i mod
+/// replicas; CPU figures are the replicas' sum) (SQLite, one coordinator,
+/// when absent); `metrics`: false runs it with `[server] metrics = false`.
 async fn load_run(
     args: &Args,
     n: usize,
     reports: usize,
     traces_to: Option<&str>,
-    postgres: Option<&str>,
+    postgres: Option<(&str, usize)>,
     metrics: bool,
 ) -> anyhow::Result<Value> {
     let agents: Vec<(String, String, String)> = (0..n)
@@ -754,11 +759,20 @@ async fn load_run(
     let mut telemetry = traces_to
         .map(|url| format!("\n[telemetry]\nendpoint = \"{url}\"\n"))
         .unwrap_or_default();
-    if let Some(url) = postgres {
+    if let Some((url, _)) = postgres {
         telemetry.push_str(&format!("\n[storage]\nurl = {url:?}\n"));
     }
     let server_extra = if metrics { "" } else { "metrics = false\n" };
     let mut coord = Coordinator::start(&args.coordinator_bin, &agents, server_extra, &telemetry)?;
+    // More replicas on the same database (PostgreSQL only).
+    let mut others = Vec::new();
+    for _ in 1..postgres.map_or(1, |(_, r)| r.max(1)) {
+        others.push(Coordinator::start(&args.coordinator_bin, &agents, server_extra, &telemetry)?);
+    }
+    let replicas = 1 + others.len();
+    let grpcs: Vec<SocketAddr> = std::iter::once(coord.grpc).chain(others.iter().map(|c| c.grpc)).collect();
+    let pids: Vec<u32> = std::iter::once(coord.pid()).chain(others.iter().map(Coordinator::pid)).collect();
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| proc_stats(p).cpu_s).sum::<f64>();
 
     let pid = coord.pid();
     let api = coord.api()?;
@@ -790,7 +804,7 @@ async fn load_run(
     let mut joins = Vec::with_capacity(n);
     for (i, (name, region, token)) in agents.iter().cloned().enumerate() {
         let tx = seen_tx.clone();
-        let grpc = coord.grpc;
+        let grpc = grpcs[i % replicas];
         let retried = retried.clone();
         joins.push(tokio::spawn(async move {
             // As a real agent does: a connection the kernel resets (the
@@ -859,6 +873,7 @@ async fn load_run(
     let acked = Arc::new(AtomicU64::new(0));
     reset_peak(pid);
     let before = proc_stats(pid);
+    let cpu_before = cpu(&pids);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for (i, mut c) in clients.into_iter().enumerate() {
@@ -923,6 +938,7 @@ async fn load_run(
     }
     let ingest_wall = started.elapsed();
     let ingest_cost = phase(pid, before, ingest_wall);
+    let ingest_cpu_s = cpu(&pids) - cpu_before;
     latencies.sort_by(f64::total_cmp);
     let acked = acked.load(Ordering::Relaxed);
 
@@ -952,11 +968,14 @@ async fn load_run(
     after_call.sort_by(f64::total_cmp);
     drop(clients);
 
-    // Acked must equal stored: stop the coordinator and count the rows.
+    // Acked must equal stored: stop the coordinators and count the rows.
     coord.stop()?;
+    for c in &mut others {
+        c.stop()?;
+    }
     let storage = match postgres {
         None => Storage::open(&coord.dir.join("data"))?,
-        Some(url) => Storage::connect(&StorageSettings::Postgres(PgSettings::new(url))).await?,
+        Some((url, _)) => Storage::connect(&StorageSettings::Postgres(PgSettings::new(url))).await?,
     };
     let stored_rows = storage.count_reports().await?;
     storage.close().await;
@@ -971,7 +990,8 @@ async fn load_run(
         "stored_rows": stored_rows,
         "ingest_s": round3(ingest_wall.as_secs_f64()),
         "reports_per_s": (acked as f64 / ingest_wall.as_secs_f64()).round(),
-        "cpu_ms_per_1000_reports": round3(1e6 * f(&ingest_cost["cpu_s"]) / acked.max(1) as f64),
+        "replicas": replicas,
+        "cpu_ms_per_1000_reports": round3(1e6 * ingest_cpu_s / acked.max(1) as f64),
         "connect": connect_cost,
         "idle_rss_mib": round3(idle.rss_kib as f64 / 1024.0),
         "idle_kib_per_agent": round3(idle_kib_per_agent),
@@ -1757,28 +1777,54 @@ async fn role(api: &Client) -> Option<String> {
     r.body["role"].as_str().map(str::to_string)
 }
 
-/// Two replicas on `url`; `--failovers` times: `kill -9` of the leader,
-/// then the time until the other says `leader` on `/readyz` (polled every
-/// 20 ms); a fresh replica replaces the dead one before the next kill.
+/// Newest `decided_at_ms` in the verdicts table (0 when none).
+async fn newest_verdict_ms(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    let row = db.query_one("SELECT COALESCE(MAX(decided_at_ms), 0)::int8 FROM verdicts", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// Two replicas on `url` judging a check with a 1 s interval (its one
+/// region's agent never connects, so every round is decided at its
+/// deadline, 1 s after it starts, with `round_slack = "0s"`);
+/// `--failovers` times: `kill -9` of the leader, then the time until the
+/// other says `leader` on `/readyz` (polled every 20 ms) and until the
+/// first verdict the new leader stored (a verdict decided after the kill:
+/// the old leader is dead by then, so it is the new one's); a fresh
+/// replica replaces the dead one before the next kill.
 async fn failover_run(args: &Args, url: &str) -> anyhow::Result<Value> {
-    let storage = format!("\n[storage]\nurl = {url:?}\n");
+    let storage = format!("\n[storage]\nurl = {url:?}\n\n[incidents]\nround_slack = \"0s\"\n");
+    let agents = [("fo-agent".to_string(), "r-fo".to_string(), "loadgen-failover-token-0123456789abcdef".to_string())];
     let mut replicas = vec![
-        Coordinator::start(&args.coordinator_bin, &[], "", &storage)?,
-        Coordinator::start(&args.coordinator_bin, &[], "", &storage)?,
+        Coordinator::start(&args.coordinator_bin, &agents, "", &storage)?,
+        Coordinator::start(&args.coordinator_bin, &agents, "", &storage)?,
     ];
-    let mut takeovers = Vec::new();
+    let table = json!({
+        "from": "probe@sender.test", "to": "probe@receiver.test", "interval": "1s",
+        "regions": ["r-fo"], "step_timeout": "30s",
+        "smtp": {"host": "127.0.0.1", "port": 2525, "security": "none"},
+        "imap": {"host": "127.0.0.1", "security": "none", "username": "probe@receiver.test", "password_env": "IMAP_PASS"},
+        "spf": {"enabled": false},
+    });
+    let put = replicas[0].api()?.put("/api/v1/checks/failover", &table).await?;
+    anyhow::ensure!(put.is_success(), "creating the failover check: {}", put.error_text());
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let _io = tokio::spawn(connection);
+    let (mut takeovers, mut verdicts) = (Vec::new(), Vec::new());
     for _ in 0..args.failovers {
-        // One leader and one ready follower before each kill.
+        // One leader that is judging, and one ready follower, before each kill.
         let deadline = Instant::now() + Duration::from_secs(60);
         let leader = loop {
             let mut roles = Vec::new();
             for r in &replicas {
                 roles.push(role(&r.api()?).await);
             }
-            match (roles[0].as_deref(), roles[1].as_deref()) {
-                (Some("leader"), Some("follower")) => break 0,
-                (Some("follower"), Some("leader")) => break 1,
-                _ if Instant::now() > deadline => anyhow::bail!("no leader and follower within 60 s: {roles:?}"),
+            let judging = newest_verdict_ms(&db).await? > chrono::Utc::now().timestamp_millis() - 3000;
+            match (roles[0].as_deref(), roles[1].as_deref(), judging) {
+                (Some("leader"), Some("follower"), true) => break 0,
+                (Some("follower"), Some("leader"), true) => break 1,
+                _ if Instant::now() > deadline => {
+                    anyhow::bail!("no judging leader and follower within 60 s: {roles:?}, judging {judging}")
+                }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
@@ -1789,49 +1835,103 @@ async fn failover_run(args: &Args, url: &str) -> anyhow::Result<Value> {
             child.kill()?;
             child.wait()?;
         }
-        loop {
-            if role(&survivor).await.as_deref() == Some("leader") {
-                break;
+        // Every verdict decided from here on is the survivor's.
+        let killed_ms = chrono::Utc::now().timestamp_millis();
+        let (mut took_over, mut judged) = (None, None);
+        while took_over.is_none() || judged.is_none() {
+            if took_over.is_none() && role(&survivor).await.as_deref() == Some("leader") {
+                took_over = Some(killed.elapsed().as_secs_f64());
             }
-            anyhow::ensure!(killed.elapsed() < Duration::from_secs(120), "no takeover within 120 s");
+            if judged.is_none() && newest_verdict_ms(&db).await? > killed_ms {
+                judged = Some(killed.elapsed().as_secs_f64());
+            }
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(120),
+                "within 120 s of the kill: takeover {took_over:?}, first new verdict {judged:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        takeovers.push(killed.elapsed().as_secs_f64());
-        eprintln!("loadgen: takeover {:.2} s", killed.elapsed().as_secs_f64());
+        let (took_over, judged) = (took_over.unwrap_or_default(), judged.unwrap_or_default());
+        eprintln!("loadgen: takeover {took_over:.2} s, first verdict of the new leader {judged:.2} s");
+        takeovers.push(took_over);
+        verdicts.push(judged);
         drop(dead);
-        replicas.push(Coordinator::start(&args.coordinator_bin, &[], "", &storage)?);
+        replicas.push(Coordinator::start(&args.coordinator_bin, &agents, "", &storage)?);
     }
-    let mut sorted = takeovers.clone();
-    sorted.sort_by(f64::total_cmp);
+    let stats = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let m = sorted.len() / 2;
+        let median = match sorted.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[m],
+            _ => (sorted[m - 1] + sorted[m]) / 2.0,
+        };
+        (round3(median), round3(sorted.last().copied().unwrap_or(0.0)))
+    };
+    let ((median, max), (v_median, v_max)) = (stats(&takeovers), stats(&verdicts));
     Ok(json!({
         "kills": takeovers.len(),
         "takeover_s": takeovers.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
-        "median_s": round3(sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)),
-        "max_s": round3(sorted.last().copied().unwrap_or(0.0)),
+        "median_s": median,
+        "max_s": max,
+        "first_verdict_s": verdicts.iter().map(|t| round3(*t)).collect::<Vec<_>>(),
+        "verdict_median_s": v_median,
+        "verdict_max_s": v_max,
     }))
 }
 
-fn print_postgres(sqlite: Option<&Value>, pg: Option<&Value>, failover: Option<&Value>) {
-    let f = |v: Option<&Value>, key: &str| v.and_then(|v| v[key].as_f64()).map_or("-".to_string(), format_num);
-    println!("\nPostgreSQL (issue 13)");
-    println!("{:<44} {:>14} {:>14}   goal", "figure", "SQLite", "PostgreSQL");
-    if let Some(p) = pg {
+fn print_postgres(sqlite: Option<&Value>, pg: &[Value], failover: Option<&Value>) {
+    let (one, two) = (pg.first(), pg.get(1));
+    let num = |v: Option<&Value>, get: &dyn Fn(&Value) -> &Value| {
+        v.and_then(|v| get(v).as_f64()).map_or("-".to_string(), format_num)
+    };
+    let row = |label: String, get: &dyn Fn(&Value) -> &Value, goal: &str| {
         println!(
-            "{:<44} {:>14} {:>14}   >= 8,000/s, one replica",
-            format!("reports stored per second ({} agents)", p["agents"]),
-            f(sqlite, "reports_per_s"),
-            f(pg, "reports_per_s")
+            "{label:<44} {:>12} {:>12} {:>12}   {goal}",
+            num(sqlite, get),
+            num(one, get),
+            num(two, get)
         );
-        let p99 = |v: Option<&Value>| v.and_then(|v| v["ack_ms"]["p99"].as_f64()).map_or("-".to_string(), format_num);
-        println!("{:<44} {:>14} {:>14}", "ack latency p99 (ms)", p99(sqlite), p99(pg));
-        println!("{:<44} {:>14} {:>14}   equal", "acked = stored rows", format!("{}", sqlite.is_some_and(|s| s["acked"] == s["stored_rows"])), format!("{}", p["acked"] == p["stored_rows"]));
+    };
+    println!("\nPostgreSQL (issue 13)");
+    println!("{:<44} {:>12} {:>12} {:>12}   goal", "figure", "SQLite", "PG 1 replica", "PG 2 replicas");
+    if let Some(p) = one {
+        row(
+            format!("reports stored per second ({} agents)", p["agents"]),
+            &|v| &v["reports_per_s"],
+            ">= 8,000/s, one replica",
+        );
+        row("ack latency p50 (ms)".into(), &|v| &v["ack_ms"]["p50"], "");
+        row("ack latency p99 (ms)".into(), &|v| &v["ack_ms"]["p99"], "");
+        row(
+            "coordinator CPU ms per 1,000 reports".into(),
+            &|v| &v["cpu_ms_per_1000_reports"],
+            "(sum of replicas; robust to load)",
+        );
+        let equal = |v: Option<&Value>| v.map_or("-".to_string(), |v| format!("{}", v["acked"] == v["stored_rows"]));
+        println!(
+            "{:<44} {:>12} {:>12} {:>12}   equal",
+            "acked = stored rows",
+            equal(sqlite),
+            equal(one),
+            equal(two)
+        );
     }
     if let Some(fo) = failover {
         println!(
-            "{:<44} {:>14} {:>14}   <= 10 s",
+            "{:<44} {:>12} {:>12} {:>12}   <= 10 s",
             format!("leader kill -9 -> takeover, s (x{})", fo["kills"]),
+            "",
             format!("median {}", fo["median_s"]),
             format!("max {}", fo["max_s"])
+        );
+        println!(
+            "{:<44} {:>12} {:>12} {:>12}   <= 10 s",
+            format!("leader kill -9 -> first new verdict, s (x{})", fo["kills"]),
+            "",
+            format!("median {}", fo["verdict_median_s"]),
+            format!("max {}", fo["verdict_max_s"])
         );
     }
 }

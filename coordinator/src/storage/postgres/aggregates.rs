@@ -39,15 +39,26 @@ fn aggregate_row(r: &Row) -> HourAggregate {
     }
 }
 
-/// Adds one hour's delta (the batch's new reports) to the stored hour.
-pub(super) async fn add_hour(
+/// Adds each hour's delta (the batch's new reports; one entry per
+/// check, region and hour) to the stored hours, in one statement: a batch
+/// from agents in many regions touches as many hours, and a statement (and
+/// a round trip) each was most of a batch's time. The buckets travel as
+/// array literals (`{1,0,2}`), one text per hour, as UNNEST flattens a
+/// two-dimensional array.
+pub(super) async fn add_hours(
     tx: &deadpool_postgres::Transaction<'_>,
-    a: &HourAggregate,
+    hours: &[&HourAggregate],
 ) -> Result<(), StorageError> {
+    if hours.is_empty() {
+        return Ok(());
+    }
     let stmt = tx
         .prepare_cached(&format!(
             "INSERT INTO report_hours AS h ({AGGREGATE_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             SELECT c, r, hr, o, d, f, rc, rs, rmin, rmax, rb::int8[], dc, ds, dmin, dmax
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+               $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::int8[], $13::float8[], $14::float8[],
+               $15::float8[]) AS t(c, r, hr, o, d, f, rc, rs, rmin, rmax, rb, dc, ds, dmin, dmax)
              ON CONFLICT (check_id, region, hour) DO UPDATE SET
                ok = h.ok + EXCLUDED.ok, degraded = h.degraded + EXCLUDED.degraded, failed = h.failed + EXCLUDED.failed,
                rtt_count = h.rtt_count + EXCLUDED.rtt_count, rtt_sum = h.rtt_sum + EXCLUDED.rtt_sum,
@@ -60,37 +71,38 @@ pub(super) async fn add_hour(
                delivery_max = GREATEST(h.delivery_max, EXCLUDED.delivery_max)"
         ))
         .await?;
-    write(tx, &stmt, a).await
-}
-
-async fn write(
-    client: &impl deadpool_postgres::GenericClient,
-    stmt: &tokio_postgres::Statement,
-    a: &HourAggregate,
-) -> Result<(), StorageError> {
-    let buckets: Vec<i64> = a.rtt_buckets.iter().map(|&n| n as i64).collect();
-    client
-        .execute(
-            stmt,
-            &[
-                &a.check_id,
-                &a.region,
-                &a.hour_ms,
-                &(a.ok as i64),
-                &(a.degraded as i64),
-                &(a.failed as i64),
-                &(a.rtt.count as i64),
-                &a.rtt.sum_ms,
-                &a.rtt.min_ms,
-                &a.rtt.max_ms,
-                &buckets,
-                &(a.delivery.count as i64),
-                &a.delivery.sum_ms,
-                &a.delivery.min_ms,
-                &a.delivery.max_ms,
-            ],
-        )
-        .await?;
+    let text = |f: fn(&HourAggregate) -> &String| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
+    let int = |f: fn(&HourAggregate) -> i64| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
+    let float = |f: fn(&HourAggregate) -> f64| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
+    let opt = |f: fn(&HourAggregate) -> Option<f64>| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
+    let buckets: Vec<String> = hours
+        .iter()
+        .map(|a| {
+            let counts: Vec<String> = a.rtt_buckets.iter().map(u64::to_string).collect();
+            format!("{{{}}}", counts.join(","))
+        })
+        .collect();
+    tx.execute(
+        &stmt,
+        &[
+            &text(|a| &a.check_id),
+            &text(|a| &a.region),
+            &int(|a| a.hour_ms),
+            &int(|a| a.ok as i64),
+            &int(|a| a.degraded as i64),
+            &int(|a| a.failed as i64),
+            &int(|a| a.rtt.count as i64),
+            &float(|a| a.rtt.sum_ms),
+            &opt(|a| a.rtt.min_ms),
+            &opt(|a| a.rtt.max_ms),
+            &buckets,
+            &int(|a| a.delivery.count as i64),
+            &float(|a| a.delivery.sum_ms),
+            &opt(|a| a.delivery.min_ms),
+            &opt(|a| a.delivery.max_ms),
+        ],
+    )
+    .await?;
     Ok(())
 }
 

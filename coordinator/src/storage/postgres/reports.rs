@@ -118,9 +118,8 @@ async fn store_batch(pool: &Pool, batch: &[Job]) -> Result<HashSet<String>, Stor
                 .add(&r.outcome, r.rtt_ms, r.delivery_ms);
         }
     }
-    for a in hours.values() {
-        aggregates::add_hour(&tx, a).await?;
-    }
+    // In key order (the BTreeMap's), as the reports: one lock order everywhere.
+    aggregates::add_hours(&tx, &hours.values().collect::<Vec<_>>()).await?;
     tx.commit().await?;
     Ok(new)
 }
