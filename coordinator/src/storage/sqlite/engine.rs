@@ -206,15 +206,17 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs, "storage commit failed; the batch is answered with the error");
         }
+        // One result per report of the batch that ran, in order.
+        let mut answers = answers.into_iter();
         for item in batch {
             match item {
                 Item::Job(job) => job.finish(commit.clone()),
                 Item::Reports(_, replies) => {
-                    // `answers` holds one result per report of the batch, in order.
-                    for (reply, answer) in replies.into_iter().zip(answers.drain(..)) {
-                        let _ = reply.send(match &commit {
-                            Err(e) => Err(StorageError::Commit(e.clone())),
-                            Ok(()) => answer,
+                    for reply in replies {
+                        let _ = reply.send(match (&commit, answers.next()) {
+                            (Err(e), _) => Err(StorageError::Commit(e.clone())),
+                            (Ok(()), Some(answer)) => answer,
+                            (Ok(()), None) => Err(StorageError::Commit("the write did not run".into())),
                         });
                     }
                 }

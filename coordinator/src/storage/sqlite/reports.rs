@@ -373,7 +373,8 @@ mod batch_tests {
         }
     }
 
-    /// Reports queued while the writer is held commit as one run: a probe
+    /// Reports queued while the writer is held commit in one batch (two
+    /// runs of reports with another write between them): a probe
     /// id twice in it is stored once, a report whose insert fails fails
     /// alone (the run is redone report by report), and each hour's rollup
     /// counts exactly the reports stored, added to what it held before.
@@ -404,11 +405,17 @@ mod batch_tests {
             .unwrap();
         let ids = [("a", "eu"), ("b", "us"), ("poison", "eu"), ("a", "eu"), ("c", "eu"), ("before", "eu")];
         let mut answers = Vec::new();
-        for (id, region) in ids {
+        let mut between = None;
+        for (i, (id, region)) in ids.into_iter().enumerate() {
+            if i == 3 {
+                // Another write between two runs of reports of the batch.
+                between = Some(s.submit(|_| Ok(())).await.unwrap());
+            }
             answers.push(s.submit_report(row(id, region, hour + 10)).await.unwrap());
         }
         release.send(()).unwrap();
         blocker.await.unwrap().unwrap();
+        between.unwrap().await.unwrap().unwrap();
         let mut got = Vec::new();
         for a in answers {
             got.push(a.await.unwrap().map_err(|e| e.to_string()));
