@@ -16,7 +16,7 @@
 // region × hour per batch, in a transaction that is already open; `make bench` measures ingest with it on.
 
 use super::engine::Sqlite;
-use super::super::model::{AggregateQuery, AggregateSpanQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, ReportRow, StorageError, TimingStats, hour_of};
+use super::super::model::{AggregateQuery, AggregateSpanQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, StorageError, TimingStats, hour_of};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const AGGREGATE_SCHEMA: &str = "

@@ -111,6 +111,9 @@ pub(super) struct Readers {
     pub(super) next: AtomicUsize,
 }
 
+// Reports are most of the traffic: kept inline (a Box would be one more
+// allocation per report) in the queue's slots.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Msg {
     Job(Box<dyn WriteJob>),
     /// A probe report: the hot path, handled natively (no boxed closure),
