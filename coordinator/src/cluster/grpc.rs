@@ -856,7 +856,7 @@ enum Pending {
         warning: String,
         /// Observed by the metrics once the commit says it is new (the
         /// report as parsed at intake: the JSON is parsed once per report).
-        observe: Option<Box<ProbeReport>>,
+        observe: Option<Arc<ProbeReport>>,
         /// Its part of a `report.ingest` span, added at the ack.
         span: Option<IngestMark>,
     },
@@ -951,8 +951,10 @@ impl Reader {
                 });
             }
         };
-        let judge = self.judge.as_ref().and_then(|f| f.prepare(&row));
-        let observe = self.metrics.is_some().then(|| Box::new(report));
+        // Parsed once; the metrics and the judge share it (no copy of the JSON).
+        let report = Arc::new(report);
+        let judge = self.judge.as_ref().and_then(|f| f.prepare(&row, &report));
+        let observe = self.metrics.is_some().then_some(report);
         match self.storage.submit_report(row).await {
             Ok(commit) => Pending::Storing {
                 probe_id,
@@ -1135,6 +1137,9 @@ async fn acknowledge(
                     if let (Some(m), Some(report)) = (&metrics, &observe) {
                         m.stored_report(&agent.region, inserted == Inserted::New, report);
                     }
+                    // Let go of the shared report before the judge takes it
+                    // (then it takes it without a copy).
+                    drop(observe);
                     if let (Inserted::New, Some(offer)) = (inserted, judge) {
                         offer.deliver();
                     }

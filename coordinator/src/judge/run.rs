@@ -84,8 +84,9 @@ pub struct NewReport {
     pub round: u64,
     pub region: String,
     pub agent: String,
-    /// The `ProbeReport` JSON as stored (parsed by the judge, off the ack path).
-    pub report_json: String,
+    /// The report as parsed at intake (shared, not copied: the JSON is
+    /// parsed once per report, and the judge reads no text).
+    pub report: Arc<mailloop_common::ProbeReport>,
 }
 
 /// The gRPC edge's end of the feed. Cheap to clone; never blocks.
@@ -127,8 +128,8 @@ impl Offer {
 impl JudgeFeed {
     /// Prepares the offer of a report about to be stored (None for round 0,
     /// an on-demand run's, and for a round outside its schedule window,
-    /// both of which the judge ignores).
-    pub fn prepare(&self, row: &ReportRow) -> Option<Offer> {
+    /// both of which the judge ignores); `report` is `row`'s JSON as parsed.
+    pub fn prepare(&self, row: &ReportRow, report: &Arc<mailloop_common::ProbeReport>) -> Option<Offer> {
         (row.round != 0 && row.out_of_window.is_none()).then(|| Offer {
             feed: self.clone(),
             report: NewReport {
@@ -136,7 +137,7 @@ impl JudgeFeed {
                 round: row.round,
                 region: row.region.clone(),
                 agent: row.agent.clone(),
-                report_json: row.report_json.clone(),
+                report: report.clone(),
             },
         })
     }
@@ -522,19 +523,15 @@ impl Task {
         if r.round == 0 || r.round < live.next_round || r.round > ahead {
             return;
         }
-        match serde_json::from_str(&r.report_json) {
-            Ok(report) => live.add(
-                r.round,
-                RegionReport {
-                    region: r.region,
-                    agent: r.agent,
-                    report,
-                },
-            ),
-            Err(e) => {
-                tracing::warn!(check = %r.check_id, round = r.round, error = %e, "report is not a probe report; the judge skips it")
-            }
-        }
+        live.add(
+            r.round,
+            RegionReport {
+                region: r.region,
+                agent: r.agent,
+                // The intake has let go of it by now (nearly always): no copy.
+                report: Arc::unwrap_or_clone(r.report),
+            },
+        );
     }
 
     /// New settings for every followed check. A check whose hub revision
@@ -831,7 +828,13 @@ mod tests {
             round,
             region: "eu-west".into(),
             agent: "eu-1".into(),
-            report_json: "{}".into(),
+            report: Arc::new(
+                serde_json::from_str(
+                    r#"{"probe_id": "p", "check": "corp", "started_at": "2026-01-01T00:00:00Z", "outcome": "ok",
+                        "rtt_ms": null, "delivery_ms": null, "steps": [], "failure": null, "message_id": "m", "queue_id": null}"#,
+                )
+                .expect("a probe report"),
+            ),
         }
     }
 

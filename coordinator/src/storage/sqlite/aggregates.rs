@@ -5,16 +5,18 @@
 // region × hour (by `started_at`), kept for `aggregate_retention`.
 //
 // The rollup is updated by the writer, in the same savepoint as the
-// report's insert, and only when the insert was new — not by the pruner
+// reports' inserts (summed in memory over the run of reports a batch
+// holds, then read and written once per check × region × hour), and only
+// when the insert was new — not by the pruner
 // before it deletes. That way a replayed report is counted once, a report
 // replayed hours late (an agent back from an outage) lands in its own
 // hour, the aggregates exist from the first report on (the API never has
 // to merge raw rows and rollups), and nothing has to re-read 30-day-old
-// rows. The cost is one primary-key lookup and one upsert per report in a
-// batch that is already open; `make bench` measures ingest with it on.
+// rows. The cost is one primary-key lookup and one upsert per check ×
+// region × hour per batch, in a transaction that is already open; `make bench` measures ingest with it on.
 
 use super::engine::Sqlite;
-use super::super::model::{AggregateQuery, AggregateSpanQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, ReportRow, StorageError, TimingStats, hour_of};
+use super::super::model::{AggregateQuery, AggregateSpanQuery, HOUR_MS, HourAggregate, RTT_BUCKETS_MS, StorageError, TimingStats, hour_of};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const AGGREGATE_SCHEMA: &str = "
@@ -72,19 +74,17 @@ pub(super) fn aggregate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HourAggre
     })
 }
 
-/// Folds a newly stored report into its hour. Runs on the writer, inside
-/// the report's savepoint: the rollup and the row commit (or not) together.
-pub(super) fn add_to_aggregate(conn: &Connection, row: &ReportRow) -> Result<(), StorageError> {
-    let hour = hour_of(row.started_at_ms);
-    let mut agg = conn
+/// The stored rollup of a check x region x hour, or an empty one. Runs on
+/// the writer, inside the savepoint of the reports being folded in: the
+/// rollup and the rows commit (or not) together.
+pub(super) fn load_aggregate(conn: &Connection, check_id: &str, region: &str, hour: i64) -> Result<HourAggregate, StorageError> {
+    Ok(conn
         .prepare_cached(&format!(
             "SELECT {AGGREGATE_COLUMNS} FROM report_hours WHERE check_id = ?1 AND region = ?2 AND hour = ?3"
         ))?
-        .query_row(params![row.check_id, row.region, hour], aggregate_row)
+        .query_row(params![check_id, region, hour], aggregate_row)
         .optional()?
-        .unwrap_or_else(|| HourAggregate::empty(&row.check_id, &row.region, hour));
-    agg.add(&row.outcome, row.rtt_ms, row.delivery_ms);
-    Ok(write_aggregate(conn, &agg)?)
+        .unwrap_or_else(|| HourAggregate::empty(check_id, region, hour)))
 }
 
 pub(super) fn write_aggregate(conn: &Connection, a: &HourAggregate) -> rusqlite::Result<()> {

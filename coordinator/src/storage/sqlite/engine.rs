@@ -2,7 +2,7 @@
 //! transaction and answers each after the commit, and a small pool of
 //! read-only connections for queries (WAL lets them run while it writes).
 
-use super::super::model::StorageError;
+use super::super::model::{Inserted, ReportRow, StorageError};
 use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,9 +111,41 @@ pub(super) struct Readers {
     pub(super) next: AtomicUsize,
 }
 
+// Reports are most of the traffic: kept inline (a Box would be one more
+// allocation per report) in the queue's slots.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Msg {
     Job(Box<dyn WriteJob>),
+    /// A probe report: the hot path, handled natively (no boxed closure),
+    /// so a run of reports shares one savepoint and one hourly-rollup
+    /// write per check x region x hour (see [`super::reports::store_reports`]).
+    Report(ReportRow, ReportReply),
     Close(oneshot::Sender<()>),
+}
+
+pub(super) type ReportReply = oneshot::Sender<Result<Inserted, StorageError>>;
+
+/// One queued write of a batch, in arrival order.
+enum Item {
+    Job(Box<dyn WriteJob>),
+    /// Consecutive reports, stored together.
+    Reports(Vec<ReportRow>, Vec<ReportReply>),
+}
+
+impl Item {
+    fn push(batch: &mut Vec<Item>, msg: Msg, closing: &mut Option<oneshot::Sender<()>>) {
+        match msg {
+            Msg::Job(j) => batch.push(Item::Job(j)),
+            Msg::Report(row, reply) => match batch.last_mut() {
+                Some(Item::Reports(rows, replies)) => {
+                    rows.push(row);
+                    replies.push(reply);
+                }
+                _ => batch.push(Item::Reports(vec![row], vec![reply])),
+            },
+            Msg::Close(tx) => *closing = Some(tx),
+        }
+    }
 }
 
 /// One write: run inside the batch's transaction, answered after the commit.
@@ -160,26 +192,38 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
             break;
         };
         let mut batch = Vec::new();
-        match first {
-            Msg::Job(j) => batch.push(j),
-            Msg::Close(tx) => closing = Some(tx),
-        }
-        while closing.is_none() && batch.len() < MAX_BATCH {
+        let mut jobs = 1;
+        Item::push(&mut batch, first, &mut closing);
+        while closing.is_none() && jobs < MAX_BATCH {
             match rx.try_recv() {
-                Ok(Msg::Job(j)) => batch.push(j),
-                Ok(Msg::Close(tx)) => closing = Some(tx),
+                Ok(msg) => Item::push(&mut batch, msg, &mut closing),
                 Err(_) => break,
             }
+            jobs += 1;
         }
         if batch.is_empty() {
             continue;
         }
-        let commit = run_batch(&mut conn, &mut batch);
+        let mut answers = Vec::new();
+        let commit = run_batch(&mut conn, &mut batch, &mut answers);
         if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = batch.len(), "storage commit failed; the batch is answered with the error");
+            tracing::error!(error = %e, jobs, "storage commit failed; the batch is answered with the error");
         }
-        for job in batch {
-            job.finish(commit.clone());
+        // One result per report of the batch that ran, in order.
+        let mut answers = answers.into_iter();
+        for item in batch {
+            match item {
+                Item::Job(job) => job.finish(commit.clone()),
+                Item::Reports(_, replies) => {
+                    for reply in replies {
+                        let _ = reply.send(match (&commit, answers.next()) {
+                            (Err(e), _) => Err(StorageError::Commit(e.clone())),
+                            (Ok(()), Some(answer)) => answer,
+                            (Ok(()), None) => Err(StorageError::Commit("the write did not run".into())),
+                        });
+                    }
+                }
+            }
         }
     }
     // Refuse whatever arrives after close; answer it so nobody waits forever.
@@ -187,6 +231,9 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     while let Ok(msg) = rx.try_recv() {
         match msg {
             Msg::Job(j) => j.finish(Err("storage is closed".into())),
+            Msg::Report(_, reply) => {
+                let _ = reply.send(Err(StorageError::Closed));
+            }
             Msg::Close(tx) => {
                 let _ = tx.send(());
             }
@@ -198,10 +245,16 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-/// One transaction for the whole batch, each job in its own savepoint.
-/// The savepoint statements are prepared once per connection (cached), so
-/// a job of a large batch costs its own statements only.
-fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+/// One transaction for the whole batch. Each job runs in its own
+/// savepoint; a run of consecutive reports shares one (the hot path: one
+/// savepoint, not three statements per report). The savepoint statements
+/// are prepared once per connection (cached). Report results go to
+/// `answers` in order, to be sent once the commit's fate is known.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Item],
+    answers: &mut Vec<Result<Inserted, StorageError>>,
+) -> Result<(), String> {
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     let step = |sql: &str| -> Result<(), String> {
         tx.prepare_cached(sql)
@@ -209,13 +262,39 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<(
             .map(drop)
             .map_err(|e| e.to_string())
     };
-    for job in batch.iter_mut() {
-        step("SAVEPOINT job")?;
-        if !job.run(&tx) {
-            // A failed job's writes go; the rest of the batch stands.
-            step("ROLLBACK TO job")?;
+    for item in batch.iter_mut() {
+        match item {
+            Item::Job(job) => {
+                step("SAVEPOINT job")?;
+                if !job.run(&tx) {
+                    // A failed job's writes go; the rest of the batch stands.
+                    step("ROLLBACK TO job")?;
+                }
+                step("RELEASE job")?;
+            }
+            Item::Reports(rows, _) => {
+                step("SAVEPOINT job")?;
+                match super::reports::store_reports(&tx, rows) {
+                    Ok(stored) => answers.extend(stored.into_iter().map(Ok)),
+                    Err(_) => {
+                        // Something in the run failed (rare: a full disk, a
+                        // corrupt page): undo the run and store each report
+                        // in its own savepoint, so only the failing ones fail.
+                        step("ROLLBACK TO job")?;
+                        for row in rows.iter() {
+                            step("SAVEPOINT one")?;
+                            let one = super::reports::store_reports(&tx, std::slice::from_ref(row));
+                            if one.is_err() {
+                                step("ROLLBACK TO one")?;
+                            }
+                            step("RELEASE one")?;
+                            answers.push(one.map(|mut v| v.pop().expect("one report, one answer")));
+                        }
+                    }
+                }
+                step("RELEASE job")?;
+            }
         }
-        step("RELEASE job")?;
     }
     tx.commit().map_err(|e| e.to_string())
 }

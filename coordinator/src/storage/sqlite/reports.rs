@@ -1,11 +1,64 @@
 //! Probe reports: exactly-once ingest (the probe id is the key), result
 //! pages, rounds, on-demand runs, retention.
 
-use super::aggregates::add_to_aggregate;
-use super::engine::Sqlite;
-use super::super::model::{Inserted, ReportRow, ResultPage, ResultQuery, StorageError};
-use rusqlite::{OptionalExtension, params};
+use super::aggregates::{load_aggregate, write_aggregate};
+use super::engine::{Msg, Sqlite};
+use super::super::model::{HourAggregate, Inserted, ReportRow, ResultPage, ResultQuery, StorageError, hour_of};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use tokio::sync::oneshot;
+
+/// Stores a run of reports on the writer, inside the caller's savepoint:
+/// one prepared INSERT each (a replayed probe id is ignored: `Duplicate`),
+/// and the new ones folded into their hourly rollups in memory, each
+/// rollup read once and written once for the whole run. Either all of it
+/// stands or the caller rolls the savepoint back.
+pub(super) fn store_reports(conn: &Connection, rows: &[ReportRow]) -> Result<Vec<Inserted>, StorageError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, region, agent, round, started_at, outcome,
+         rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at, request_id, out_of_window)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?;
+    let mut hours: HashMap<(&str, &str, i64), HourAggregate> = HashMap::new();
+    let mut stored = Vec::with_capacity(rows.len());
+    for row in rows {
+        let n = insert.execute(params![
+            row.probe_id,
+            row.check_id,
+            row.revision as i64,
+            row.region,
+            row.agent,
+            row.round as i64,
+            row.started_at_ms,
+            row.outcome,
+            row.rtt_ms,
+            row.delivery_ms,
+            row.failure_step,
+            row.failure_class,
+            row.report_json,
+            row.received_at_ms,
+            row.request_id,
+            row.out_of_window
+        ])?;
+        if n == 0 {
+            stored.push(Inserted::Duplicate);
+            continue;
+        }
+        stored.push(Inserted::New);
+        let hour = hour_of(row.started_at_ms);
+        let agg = match hours.entry((&row.check_id, &row.region, hour)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(load_aggregate(conn, &row.check_id, &row.region, hour)?),
+        };
+        agg.add(&row.outcome, row.rtt_ms, row.delivery_ms);
+    }
+    drop(insert);
+    for agg in hours.values() {
+        write_aggregate(conn, agg)?;
+    }
+    Ok(stored)
+}
 
 impl Sqlite {
     /// Queues one report; the returned receiver answers after the commit.
@@ -15,36 +68,12 @@ impl Sqlite {
         &self,
         row: ReportRow,
     ) -> Result<oneshot::Receiver<Result<Inserted, StorageError>>, StorageError> {
-        self.submit(move |conn| {
-            let n = conn.prepare_cached(
-                "INSERT OR IGNORE INTO reports (probe_id, check_id, revision, region, agent, round, started_at, outcome,
-                 rtt_ms, delivery_ms, failure_step, failure_class, report_json, received_at, request_id, out_of_window)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?
-            .execute(params![
-                row.probe_id,
-                row.check_id,
-                row.revision as i64,
-                row.region,
-                row.agent,
-                row.round as i64,
-                row.started_at_ms,
-                row.outcome,
-                row.rtt_ms,
-                row.delivery_ms,
-                row.failure_step,
-                row.failure_class,
-                row.report_json,
-                row.received_at_ms,
-                row.request_id,
-                row.out_of_window
-            ])?;
-            if n == 1 {
-                add_to_aggregate(conn, &row)?;
-            }
-            Ok(if n == 1 { Inserted::New } else { Inserted::Duplicate })
-        })
-        .await
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Msg::Report(row, tx))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        Ok(rx)
     }
 
     /// Stores one report and waits until it is durable.
@@ -314,6 +343,97 @@ mod request_id_tests {
         // Opening again finds the column there and changes nothing.
         let s = Sqlite::open(dir.path()).unwrap();
         assert_eq!(s.results_of_request("run-1-abcd".into()).await.unwrap().len(), 1);
+        s.close().await;
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use crate::storage::AggregateQuery;
+
+    fn row(id: &str, region: &str, started_at_ms: i64) -> ReportRow {
+        ReportRow {
+            probe_id: id.into(),
+            check_id: "corp".into(),
+            revision: 1,
+            region: region.into(),
+            agent: format!("{region}-1"),
+            round: 7,
+            started_at_ms,
+            outcome: "ok".into(),
+            rtt_ms: Some(30.0),
+            delivery_ms: Some(20.0),
+            failure_step: None,
+            failure_class: None,
+            report_json: "{}".into(),
+            received_at_ms: started_at_ms + 1,
+            request_id: None,
+            out_of_window: None,
+        }
+    }
+
+    /// Reports queued while the writer is held commit in one batch (two
+    /// runs of reports with another write between them): a probe
+    /// id twice in it is stored once, a report whose insert fails fails
+    /// alone (the run is redone report by report), and each hour's rollup
+    /// counts exactly the reports stored, added to what it held before.
+    #[tokio::test]
+    async fn a_run_of_reports_is_stored_once_each_with_its_rollups_and_a_failure_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sqlite::open(dir.path()).unwrap();
+        let hour = 3_600_000 * 500_000;
+        // One report before, so the run adds to a stored rollup.
+        assert_eq!(s.insert_report(row("before", "eu", hour + 5)).await.unwrap(), Inserted::New);
+        s.write(|conn| {
+            conn.execute_batch(
+                "CREATE TEMP TRIGGER poison BEFORE INSERT ON reports WHEN NEW.probe_id = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // Hold the writer so everything below lands in the same batch.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = s
+            .submit(move |_| {
+                held.recv().ok();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let ids = [("a", "eu"), ("b", "us"), ("poison", "eu"), ("a", "eu"), ("c", "eu"), ("before", "eu")];
+        let mut answers = Vec::new();
+        let mut between = None;
+        for (i, (id, region)) in ids.into_iter().enumerate() {
+            if i == 3 {
+                // Another write between two runs of reports of the batch.
+                between = Some(s.submit(|_| Ok(())).await.unwrap());
+            }
+            answers.push(s.submit_report(row(id, region, hour + 10)).await.unwrap());
+        }
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        between.unwrap().await.unwrap().unwrap();
+        let mut got = Vec::new();
+        for a in answers {
+            got.push(a.await.unwrap().map_err(|e| e.to_string()));
+        }
+        assert_eq!(got[0], Ok(Inserted::New));
+        assert_eq!(got[1], Ok(Inserted::New));
+        assert!(got[2].as_ref().is_err_and(|e| e.contains("poisoned")), "{:?}", got[2]);
+        assert_eq!(got[3], Ok(Inserted::Duplicate), "the same probe id later in the run");
+        assert_eq!(got[4], Ok(Inserted::New));
+        assert_eq!(got[5], Ok(Inserted::Duplicate), "a probe id stored by an earlier batch");
+        assert_eq!(s.count_reports().await.unwrap(), 4);
+        let hours = s
+            .aggregates(AggregateQuery { check_id: "corp".into(), region: None, since_ms: None })
+            .await
+            .unwrap();
+        let ok: Vec<(String, u64)> = hours.iter().map(|h| (h.region.clone(), h.ok)).collect();
+        assert_eq!(ok, [("eu".to_string(), 3), ("us".to_string(), 1)]);
+        assert_eq!(hours[0].rtt.count, 3);
         s.close().await;
     }
 }
