@@ -1730,11 +1730,13 @@ async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
     }))
 }
 
+/// The size of `body` gzipped (what a scraper sending `Accept-Encoding:
+/// gzip` would get if the coordinator compressed).
 fn gzip_len(body: &[u8]) -> u64 {
     use std::io::Write;
-    let mut z = flate2::write::GzEncoder::new(std::io::sink(), flate2::Compression::default());
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let _ = z.write_all(body);
-    z.try_finish().map(|_| z.total_out()).unwrap_or(0)
+    z.finish().map_or(0, |out| out.len() as u64)
 }
 
 fn print_scrape(s: &Value) {
