@@ -140,6 +140,9 @@ proptest! {
     #[test]
     fn a_clause_with_only_a_comment_never_takes_the_next_keyword(s in stamp(), c in comment()) {
         // `from (...) by B with P id I; date`: the sender is unknown, the rest is kept.
+        // (A comment opening with an address — `(:: )`, `(10.0.0.1)` — names the
+        // sender, as Exchange's `from ([192.0.2.1])` does: another property.)
+        prop_assume!(c.split_whitespace().next().is_none_or(|w| w.parse::<std::net::IpAddr>().is_err()));
         let value = format!("from ({c}) by {} with {} id {}; {}", s.by, s.with, s.id, s.at.to_rfc2822());
         let hop = received::parse(&value);
         prop_assert_eq!(hop.from, None);
