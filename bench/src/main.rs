@@ -511,9 +511,12 @@ impl Coordinator {
             }
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            // The directory goes when the run ends: say what the log said.
+            let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
             anyhow::anyhow!(
-                "the coordinator did not print its listening line; log in {}",
-                dir.display()
+                "the coordinator did not print its listening line within 60 s; the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )
         })?;
         let addr = |key: &str| -> anyhow::Result<SocketAddr> {
@@ -1803,14 +1806,14 @@ async fn newest_verdict_ms(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
 
 /// Two replicas on `url` judging a check with a 1 s interval (its one
 /// region's agent never connects, so every round is decided at its
-/// deadline, 1 s after it starts, with `round_slack = "0s"`);
+/// deadline, 1 s after it starts, with `round_slack = "100ms"`);
 /// `--failovers` times: `kill -9` of the leader, then the time until the
 /// other says `leader` on `/readyz` (polled every 20 ms) and until the
 /// first verdict the new leader stored (a verdict decided after the kill:
 /// the old leader is dead by then, so it is the new one's); a fresh
 /// replica replaces the dead one before the next kill.
 async fn failover_run(args: &Args, url: &str) -> anyhow::Result<Value> {
-    let storage = format!("\n[storage]\nurl = {url:?}\n\n[incidents]\nround_slack = \"0s\"\n");
+    let storage = format!("\n[storage]\nurl = {url:?}\n\n[incidents]\nround_slack = \"100ms\"\n");
     let agents = [("fo-agent".to_string(), "r-fo".to_string(), "loadgen-failover-token-0123456789abcdef".to_string())];
     let mut replicas = vec![
         Coordinator::start(&args.coordinator_bin, &agents, "", &storage)?,
