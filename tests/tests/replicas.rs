@@ -219,6 +219,24 @@ fn the_leader_dies_another_replica_leads_verdicts_go_on_and_each_transition_is_p
     eprintln!("verdicts after the kill:\n{}", describe(&after));
 }
 
+/// Waits until each replica shows every agent connected and running the
+/// check once (the rendezvous over a region's live agents, computed alike
+/// on both), and the agents really are spread: r2's agent names the second
+/// replica in its own log.
+fn wait_spread(c: &RegionCluster) {
+    let all_live: Vec<(String, bool, u64)> = REGIONS.iter().map(|r| (format!("agent-{r}"), true, 1)).collect();
+    for replica in [&c.coordinator, &c.others[0]] {
+        wait_until(DEADLINE, "every agent connected and assigned once, on each replica", || {
+            (agents_seen(replica) == all_live).then_some(())
+        });
+    }
+    let second = c.others[0].grpc;
+    wait_until(DEADLINE, "r2's agent connected to the second replica", || {
+        let line = format!("connected to the coordinator at http://{second}");
+        std::fs::read_to_string(&c.region("r2").log).unwrap_or_default().contains(&line).then_some(())
+    });
+}
+
 /// `(name, connected, assigned)` of every agent, as replica `c` shows them.
 fn agents_seen(c: &Coordinator) -> Vec<(String, bool, u64)> {
     let (status, body) = c.get("/api/v1/agents");
@@ -246,20 +264,7 @@ fn agents_spread_over_replicas_are_live_and_assigned_alike_on_every_replica_and_
     let check = Check::new("replica-spread");
     let mut c = RegionCluster::start(&check, &settings);
 
-    // Each replica shows every agent connected and running the check once
-    // (the rendezvous over a region's live agents, computed alike on both).
-    let all_live: Vec<(String, bool, u64)> = REGIONS.iter().map(|r| (format!("agent-{r}"), true, 1)).collect();
-    for replica in [&c.coordinator, &c.others[0]] {
-        wait_until(DEADLINE, "every agent connected and assigned once, on each replica", || {
-            (agents_seen(replica) == all_live).then_some(())
-        });
-    }
-    // The agents really are spread: each replica's own log names the agents it serves.
-    let second = c.others[0].grpc;
-    wait_until(DEADLINE, "r2's agent connected to the second replica", || {
-        let line = format!("connected to the coordinator at http://{second}");
-        std::fs::read_to_string(&c.region("r2").log).unwrap_or_default().contains(&line).then_some(())
-    });
+    wait_spread(&c);
 
     // The leader counts every region's agent as connected when it judges,
     // including the region whose agent talks to the other replica (before
@@ -570,17 +575,7 @@ fn an_on_demand_run_reaches_the_agents_connected_to_another_replica() {
     let check = Check::new("replica-ondemand");
     let c = RegionCluster::start(&check, &settings);
     let id = c.check_id.clone();
-    let all_live: Vec<(String, bool, u64)> = REGIONS.iter().map(|r| (format!("agent-{r}"), true, 1)).collect();
-    for replica in [&c.coordinator, &c.others[0]] {
-        wait_until(DEADLINE, "every agent connected and assigned once, on each replica", || {
-            (agents_seen(replica) == all_live).then_some(())
-        });
-    }
-    let second = c.others[0].grpc;
-    wait_until(DEADLINE, "r2's agent connected to the second replica", || {
-        let line = format!("connected to the coordinator at http://{second}");
-        std::fs::read_to_string(&c.region("r2").log).unwrap_or_default().contains(&line).then_some(())
-    });
+    wait_spread(&c);
     for (through, name) in [(&c.coordinator, "first"), (&c.others[0], "second")] {
         let (code, out, err) = through.ctl(&["probe", &id, "--timeout", "120s"]);
         assert_eq!(code, 0, "probe through the {name} replica:\n{out}{err}");
