@@ -127,22 +127,12 @@ fn agents_fail_over_to_the_next_replica_and_no_report_is_lost_or_stored_twice() 
         (rounds_from_all_since(&c, &db, killed_ms) >= 3).then_some(())
     });
 
-    // None lost: every probe the agents ran (their own log) is in the database.
-    let ran = c.probe_log();
+    // None lost, none twice: every probe the agents ran (their own log) is in
+    // the database once, and every stored probe is one an agent ran, once per
+    // round and region.
+    let (ran, _) = all_stored_once(&c, || stored_per_probe(&db, &id));
     assert!(!ran.is_empty());
-    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
-        let stored = stored_per_probe(&db, &id);
-        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
-    });
-    // None twice: one row per probe id, and every stored probe is one an agent ran, once per round and region.
-    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
-    let ran_now: HashMap<String, (String, u64)> = c.probe_log().into_iter().map(|(p, region, round, _)| (p, (region, round))).collect();
-    let mut slots = HashSet::new();
-    for probe in stored_per_probe(&db, &id).keys() {
-        let (region, round) = ran_now.get(probe).unwrap_or_else(|| panic!("stored probe {probe} is in no agent's probe log"));
-        assert!(slots.insert((region.clone(), *round)), "round {round} ran twice in {region}");
-    }
+    once_per_round(&c, stored_per_probe(&db, &id).keys());
     let (rows, distinct) = {
         let out = Postgres::get().psql(&db, &format!("SELECT count(*) || ' ' || count(DISTINCT probe_id) FROM reports WHERE check_id = '{id}'"));
         let (a, b) = out.split_once(' ').unwrap();
@@ -217,6 +207,33 @@ fn the_leader_dies_another_replica_leads_verdicts_go_on_and_each_transition_is_p
     assert_eq!(outages.len(), 1, "one outage across the failover: {outages:#?}");
     assert_eq!(outages[0]["state"], "resolved");
     eprintln!("verdicts after the kill:\n{}", describe(&after));
+}
+
+/// Ground truth against the agents' own probe logs: waits until every
+/// probe they ran is stored (`stored_now`: rows per probe id), and asserts
+/// none is stored twice. Returns what ran and what is stored.
+fn all_stored_once(
+    c: &RegionCluster,
+    stored_now: impl Fn() -> HashMap<String, u64>,
+) -> (Vec<(String, String, u64, i64)>, HashMap<String, u64>) {
+    let ran = c.probe_log();
+    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
+        let stored = stored_now();
+        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
+    });
+    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
+    (ran, stored)
+}
+
+/// Every stored probe is one an agent ran, once per (region, round).
+fn once_per_round<'a>(c: &RegionCluster, stored: impl Iterator<Item = &'a String>) {
+    let ran: HashMap<String, (String, u64)> = c.probe_log().into_iter().map(|(p, region, round, _)| (p, (region, round))).collect();
+    let mut slots = HashSet::new();
+    for probe in stored {
+        let (region, round) = ran.get(probe).unwrap_or_else(|| panic!("stored probe {probe} is in no agent's probe log"));
+        assert!(slots.insert((region.clone(), *round)), "round {round} ran twice in {region}");
+    }
 }
 
 /// Waits until each replica shows every agent connected and running the
@@ -549,13 +566,7 @@ fn cut_off_replica(mode: PathMode) {
     });
 
     // Ground truth: every probe the agents ran is stored, each once.
-    let ran = c.probe_log();
-    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
-        let stored = stored_per_probe(&db, &id);
-        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
-    });
-    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
+    let (ran, stored) = all_stored_once(&c, || stored_per_probe(&db, &id));
     eprintln!("{} probes run, {} stored, 0 lost, 0 twice, across a cut of the leader's database connection", ran.len(), stored.len());
     drop(c);
     drop(proxy);
@@ -640,19 +651,8 @@ fn three_replicas_lose_their_leader_twice_and_no_report_is_lost_or_stored_twice(
         eprintln!("kill {kill} (replica {leader}): another led after {:.1} s, first up verdict after {:.1} s", led.as_secs_f64(), judged.as_secs_f64());
         takeovers.push(led);
     }
-    let ran = c.probe_log();
-    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
-        let stored = stored_per_probe(&db, &id);
-        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
-    });
-    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
-    let ran_now: HashMap<String, (String, u64)> = c.probe_log().into_iter().map(|(p, region, round, _)| (p, (region, round))).collect();
-    let mut slots = HashSet::new();
-    for probe in stored.keys() {
-        let (region, round) = ran_now.get(probe).unwrap_or_else(|| panic!("stored probe {probe} is in no agent's probe log"));
-        assert!(slots.insert((region.clone(), *round)), "round {round} ran twice in {region}");
-    }
+    let (ran, stored) = all_stored_once(&c, || stored_per_probe(&db, &id));
+    once_per_round(&c, stored.keys());
     eprintln!(
         "{} probes run, {} stored, 0 lost, 0 twice, across {} leader kills (takeovers: {:?})",
         ran.len(),
@@ -730,19 +730,8 @@ fn postgresql_restarted_under_load_replicas_reconnect_agents_spool_and_nothing_i
 
     // Ground truth: every probe the agents ran is stored, each once, and
     // every stored probe is one an agent ran, once per (region, round).
-    let ran = c.probe_log();
-    let stored = wait_until(DEADLINE, "every probe the agents ran stored", || {
-        let stored = stored_per_probe_on(&pg, &db, &id);
-        ran.iter().all(|(probe, ..)| stored.contains_key(probe)).then_some(stored)
-    });
-    let twice: Vec<(&String, &u64)> = stored.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "probes stored more than once: {twice:?}");
-    let ran_now: HashMap<String, (String, u64)> = c.probe_log().into_iter().map(|(p, region, round, _)| (p, (region, round))).collect();
-    let mut slots = HashSet::new();
-    for probe in stored.keys() {
-        let (region, round) = ran_now.get(probe).unwrap_or_else(|| panic!("stored probe {probe} is in no agent's probe log"));
-        assert!(slots.insert((region.clone(), *round)), "round {round} ran twice in {region}");
-    }
+    let (ran, stored) = all_stored_once(&c, || stored_per_probe_on(&pg, &db, &id));
+    once_per_round(&c, stored.keys());
     let during = ran.iter().filter(|(_, _, _, t)| *t > stopped_ms && *t < started_ms).count();
     eprintln!(
         "{} probes run ({during} while PostgreSQL was down; spooled then {spooled_at_start:?}), {} stored, 0 lost, 0 twice, across a PostgreSQL restart",
