@@ -41,7 +41,7 @@ async fn a_revoked_token_is_unauthenticated_and_its_streams_end() {
     assert_eq!(watch.next().await.upserted().check_id, "corp");
 
     expect_ok(c.api().post("/api/v1/agents/eu-9/revoke", &serde_json::json!({})).await);
-    let end = tokio::time::timeout(PROMPTLY, watch.0.message()).await.expect("the stream ends");
+    let end = tokio::time::timeout(DEADLINE, watch.0.message()).await.expect("the stream ends");
     assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(register_code(&mut eu9, "eu-west").await, Code::Unauthenticated);
     assert!(!c.log().contains(&token), "tokens never reach the log");
@@ -82,7 +82,7 @@ async fn an_oversized_message_is_refused() {
     let mut big = result("ml-big", "corp", 1);
     big.report_json = format!("{}{}", big.report_json, " ".repeat(100_000));
     reports.tx.send(big).await.unwrap();
-    let err = tokio::time::timeout(PROMPTLY, reports.acks.message()).await.expect("an answer").expect_err("refused");
+    let err = tokio::time::timeout(DEADLINE, reports.acks.message()).await.expect("an answer").expect_err("refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(results(&c.api(), "corp").await.is_empty());
 }

@@ -430,7 +430,7 @@ async fn mailloopctl_shows_status_and_lists_shows_and_acks_incidents() {
     .await;
     let id = opened["id"].to_string();
     // What the on-call reads at 3 a.m.: the change, and the incident with its summary.
-    let opened_line = eventually(PROMPTLY, "an 'incident opened' log line", async || {
+    let opened_line = eventually(DEADLINE, "an 'incident opened' log line", async || {
         c.log()
             .lines()
             .find(|l| l.contains("incident opened"))

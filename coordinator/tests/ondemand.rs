@@ -25,7 +25,7 @@ async fn wait_assigned(
     region: &str,
     agent: &str,
 ) {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let body = expect_ok(api.get(&format!("/api/v1/checks/{check}")).await);
         if body["assigned"][region] == agent {
@@ -119,7 +119,7 @@ async fn only_the_agent_that_runs_the_check_is_asked() {
     let (_eu1, mut w1) = connected(&c, "eu-1").await;
     let (_eu2, mut w2) = connected(&c, "eu-2").await;
     // Wait until both sessions are in the map, then see who holds "shop".
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     let owner = loop {
         let agents = expect_ok(api.get("/api/v1/agents").await);
         let connected = agents["agents"]

@@ -114,7 +114,7 @@ async fn sigterm_stops_gracefully_after_acking_what_was_taken() {
     assert!(reports.send(result("ml-1", "corp", 1)).await.stored);
     c.signal("TERM");
     // The open streams end with Unavailable, telling the agent to reconnect.
-    let end = tokio::time::timeout(PROMPTLY, watch.0.message()).await.expect("the watch stream ends");
+    let end = tokio::time::timeout(DEADLINE, watch.0.message()).await.expect("the watch stream ends");
     assert_eq!(end.unwrap_err().code(), tonic::Code::Unavailable);
     assert_eq!(c.wait_exit(Duration::from_secs(10)), Some(0));
     let log = c.log();

@@ -25,8 +25,11 @@ pub const AGENTS: [(&str, &str, &str); 3] = [
     ("eu-2", "eu-west", "token-eu-2-0123456789abcdef"),
     ("us-1", "us-east", "token-us-1-0123456789abcdef"),
 ];
-/// How long anything that should happen "within a second" may take here.
-pub const PROMPTLY: Duration = Duration::from_secs(2);
+/// How long the tests wait for something that happens at once on an idle
+/// machine (an ack, an assignment change, a log line): generous, so a loaded
+/// machine slows a test down instead of failing it. How fast these things
+/// are is measured by `make bench`, not here.
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub fn token(agent: &str) -> &'static str {
     AGENTS
@@ -363,9 +366,9 @@ impl Watch {
         )
     }
 
-    /// The next change, which must arrive within [`PROMPTLY`].
+    /// The next change, which must arrive before [`DEADLINE`].
     pub async fn next(&mut self) -> Change {
-        let msg = tokio::time::timeout(PROMPTLY, self.0.message())
+        let msg = tokio::time::timeout(DEADLINE, self.0.message())
             .await
             .expect("an assignment change within the deadline")
             .expect("the stream is healthy")
@@ -429,7 +432,7 @@ impl Reports {
     }
 
     pub async fn ack(&mut self) -> pb::ResultAck {
-        tokio::time::timeout(PROMPTLY, self.acks.message())
+        tokio::time::timeout(DEADLINE, self.acks.message())
             .await
             .expect("an ack within the deadline")
             .expect("the stream is healthy")
