@@ -233,7 +233,7 @@ impl Coordinator {
         }
         if let Some(mut runs) = storage.run_notices() {
             // On-demand runs ordered through another replica, for the agents here.
-            let (hub, mut stop) = (hub.clone(), shutdown.clone());
+            let (hub, storage, mut stop) = (hub.clone(), storage.clone(), shutdown.clone());
             tokio::spawn(async move {
                 loop {
                     let payload = tokio::select! {
@@ -241,9 +241,22 @@ impl Coordinator {
                         _ = stop.recv() => return,
                     };
                     match payload {
-                        Ok(p) => {
+                        Ok(crate::storage::RunNotice::Order(p)) => {
                             if let Some(run) = hub.on_demand().relay(&p) {
                                 tracing::info!(check = %run.check_id, request = %run.request_id, "on-demand run ordered through another replica");
+                            }
+                        }
+                        Ok(crate::storage::RunNotice::Again) => {
+                            // A replica (maybe this one) listens again after
+                            // a gap: the orders taken here that it may have missed.
+                            let fresh = hub.on_demand().fresh_taken_here(crate::clock::now_ms());
+                            for run in &fresh {
+                                if let Err(e) = storage.announce_run(crate::cluster::ondemand::notice(run)).await {
+                                    tracing::warn!(check = %run.check_id, request = %run.request_id, error = %e, "cannot announce an on-demand run again to the other replicas");
+                                }
+                            }
+                            if !fresh.is_empty() {
+                                tracing::info!(runs = fresh.len(), "a replica listens again: announced the recent on-demand runs taken here once more");
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

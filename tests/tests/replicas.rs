@@ -605,6 +605,50 @@ fn an_on_demand_run_reaches_the_agents_connected_to_another_replica() {
     }
 }
 
+/// An on-demand run announced while the other replica was not listening
+/// (its change-notice connection ended by PostgreSQL and new connections to
+/// the database refused for the while): announcements are stored nowhere,
+/// so once it listens again it asks for the recent ones, and the replica
+/// that took the run announces it once more. The agent connected to the
+/// other replica runs it, and every region's report is stored once.
+#[test]
+fn an_on_demand_run_announced_while_a_replica_was_not_listening_still_reaches_its_agents() {
+    let (mut settings, db) = two_replicas("ondemandgap");
+    settings.spread = true;
+    settings.interval = "30s".into();
+    let check = Check::new("replica-ondemand-gap");
+    let c = RegionCluster::start(&check, &settings);
+    let id = c.check_id.clone();
+    wait_spread(&c);
+    let pg = Postgres::get();
+    let listeners = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name LIKE '%(change notices)'");
+    wait_until(DEADLINE, "both replicas listening for notices", || (pg.psql("postgres", &listeners).trim() == "2").then_some(()));
+    // Nobody listens: new connections refused, the listening ones ended.
+    pg.psql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    pg.psql("postgres", &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND application_name LIKE '%(change notices)'"));
+    wait_until(DEADLINE, "no replica listening for notices", || (pg.psql("postgres", &listeners).trim() == "0").then_some(()));
+    let ordered = "on-demand run ordered";
+    let (code, out, err) = std::thread::scope(|s| {
+        let probe = s.spawn(|| c.coordinator.ctl(&["probe", &id, "--timeout", "120s"]));
+        wait_until(DEADLINE, "the first replica took the run", || {
+            std::fs::read_to_string(c.coordinator.log_path()).unwrap_or_default().contains(ordered).then_some(())
+        });
+        // The run is announced (or could not be) while nobody listened.
+        pg.psql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+        probe.join().unwrap()
+    });
+    assert_eq!(code, 0, "probe announced while the other replica was not listening:\n{out}{err}");
+    for r in REGIONS {
+        assert!(out.contains(&format!("{r}=ok")), "{r} not ok:\n{out}");
+    }
+    let request = out.split_whitespace().find(|w| w.starts_with("run-")).unwrap_or_else(|| panic!("no request id in:\n{out}")).to_string();
+    let per_region = pg.psql(&db, &format!("SELECT region || ' ' || count(*) FROM reports WHERE request_id = '{request}' GROUP BY region ORDER BY region"));
+    let want: Vec<String> = REGIONS.iter().map(|r| format!("{r} 1")).collect();
+    assert_eq!(per_region.lines().collect::<Vec<_>>(), want, "one report per region of run {request}");
+    let second = std::fs::read_to_string(c.others[0].log_path()).unwrap_or_default();
+    assert!(second.contains("on-demand run ordered through another replica"), "the second replica placed the run announced again");
+}
+
 /// Three replicas, the agents spread over them, and the leader killed with
 /// `kill -9` twice while the agents report: each time another replica
 /// leads (eventually; the measured takeover is printed, not asserted),

@@ -15,6 +15,11 @@
 //! and every other replica places it for its own streams ([`OnDemand::relay`]),
 //! so an agent connected to another replica runs it too. A replica knows
 //! an order it placed by its request id and does not place it twice.
+//! Orders are stored nowhere, so a replica that was not listening when one
+//! was announced (its listening connection lost, the database briefly
+//! away) asks, once it listens again, for the [`FRESH`] orders to be
+//! announced once more ([`OnDemand::fresh_taken_here`]); the replica that
+//! took the order also re-announces one it could not announce at first.
 //!
 //! Orders are fire-and-forget: nothing here waits for the reports. A region
 //! whose agent vanishes before running it simply never reports; the caller
@@ -29,6 +34,9 @@ use tokio::sync::broadcast;
 pub const RECENT: usize = 1000;
 /// Orders a slow stream may fall behind before it misses some (logged).
 const BACKLOG: usize = 256;
+/// How long an order is worth announcing again to a replica that may have
+/// missed it: `mailloopctl probe` waits two minutes by default.
+pub const FRESH: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// One on-demand run, as sent to the watch streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +62,8 @@ pub struct RunStarted {
     pub trace_id: Option<String>,
     /// The W3C `traceparent` the agents were given (relayed to other replicas).
     pub traceparent: Option<String>,
+    /// Taken by this replica's API (not relayed from another replica).
+    pub taken_here: bool,
 }
 
 /// An order as announced to the other replicas.
@@ -109,6 +119,17 @@ impl OnDemand {
         regions: BTreeMap<String, Option<String>>,
         traceparent: Option<String>,
     ) -> RunStarted {
+        self.place(request_id, check_id, regions, traceparent, true)
+    }
+
+    fn place(
+        &self,
+        request_id: String,
+        check_id: &str,
+        regions: BTreeMap<String, Option<String>>,
+        traceparent: Option<String>,
+        taken_here: bool,
+    ) -> RunStarted {
         let started = RunStarted {
             request_id,
             check_id: check_id.to_string(),
@@ -119,6 +140,7 @@ impl OnDemand {
                 .and_then(|t| t.split('-').nth(1))
                 .map(str::to_string),
             traceparent: traceparent.clone(),
+            taken_here,
         };
         let agents: Vec<String> = started.regions.values().flatten().cloned().collect();
         if !agents.is_empty() {
@@ -153,7 +175,20 @@ impl OnDemand {
         if self.find(&n.request_id).is_some() {
             return None;
         }
-        Some(self.order_as(n.request_id, &n.check_id, n.regions, n.traceparent))
+        Some(self.place(n.request_id, &n.check_id, n.regions, n.traceparent, false))
+    }
+
+    /// The orders this replica took whose runs may still be awaited (at
+    /// most [`FRESH`] old at `now_ms`), oldest first: what it announces
+    /// again when another replica has just started listening.
+    pub fn fresh_taken_here(&self, now_ms: i64) -> Vec<RunStarted> {
+        let since = now_ms - FRESH.as_millis() as i64;
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .iter()
+            .filter(|r| r.taken_here && r.requested_at_ms >= since)
+            .cloned()
+            .collect()
     }
 
     /// Follows the orders placed from now on.
@@ -227,6 +262,26 @@ mod tests {
         assert!(there.relay(&payload).is_none());
         assert!(rx.try_recv().is_err());
         assert!(there.relay("not json").is_none());
+    }
+
+    #[test]
+    fn only_fresh_orders_taken_here_are_announced_again() {
+        let (here, there) = (OnDemand::default(), OnDemand::default());
+        let eu = || -> BTreeMap<String, Option<String>> { [("eu".to_string(), Some("eu-1".to_string()))].into() };
+        let taken = here.order_as("run-1-aa".into(), "corp", eu(), None);
+        let relayed = here.relay(&notice(&there.order_as("run-2-bb".into(), "shop", eu(), None))).expect("placed here");
+        assert!(taken.taken_here && !relayed.taken_here);
+        let now = taken.requested_at_ms;
+        let again: Vec<String> = here.fresh_taken_here(now).into_iter().map(|r| r.request_id).collect();
+        assert_eq!(again, ["run-1-aa"], "the relayed order is announced by the replica that took it");
+        let later = now + FRESH.as_millis() as i64 + 1;
+        assert!(here.fresh_taken_here(later).is_empty(), "an order older than FRESH is not announced again");
+        // Announced again, it is placed where it was missed, and only there.
+        let missed = OnDemand::default();
+        let mut rx = missed.subscribe();
+        assert!(missed.relay(&notice(&here.fresh_taken_here(now)[0])).is_some());
+        assert_eq!(rx.try_recv().expect("an order").request_id, "run-1-aa");
+        assert!(there.relay(&notice(&taken)).is_some() && there.relay(&notice(&taken)).is_none());
     }
 
     #[test]

@@ -119,8 +119,10 @@ impl Storage {
     }
 
     /// The run orders announced by any replica, as they arrive (while
-    /// [`Storage::listen_changes`] listens). None on SQLite.
-    pub fn run_notices(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+    /// [`Storage::listen_changes`] listens), and the requests of replicas
+    /// that have just started listening to announce them again. None on
+    /// SQLite.
+    pub fn run_notices(&self) -> Option<tokio::sync::broadcast::Receiver<RunNotice>> {
         match &self.0 {
             Backend::Sqlite(_) => None,
             Backend::Postgres(db) => Some(db.run_notices()),

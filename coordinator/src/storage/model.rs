@@ -560,3 +560,14 @@ pub struct Presence {
     pub spooled: Option<u64>,
     pub clock_skew_ms: Option<i64>,
 }
+
+/// What arrives on the on-demand runs' channel shared by the replicas
+/// (PostgreSQL's `mailloop_runs`; `cluster/ondemand.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunNotice {
+    /// An order announced by a replica (this one included): its JSON.
+    Order(String),
+    /// A replica has just started listening and may have missed orders:
+    /// announce the fresh ones again.
+    Again,
+}

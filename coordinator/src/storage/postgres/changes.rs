@@ -4,8 +4,14 @@
 //! reads the stored rows again at once. A replica that was disconnected
 //! reads them once it is listening again (notices sent meanwhile are
 //! lost, so each (re)connection counts as one).
+//!
+//! On-demand run orders travel on their own channel (`mailloop_runs`) and
+//! live only in the memory of the replica that took them, so a replica
+//! that was not listening when one was announced cannot read it again: on
+//! every (re)connection it asks the others to announce their fresh orders
+//! once more ([`RunNotice::Again`]), and places those it does not have yet.
 
-use super::super::model::StorageError;
+use super::super::model::{RunNotice, StorageError};
 use super::leader::{timed, PING, RETRY};
 use super::Postgres;
 use std::sync::Arc;
@@ -16,6 +22,8 @@ use tokio_postgres::AsyncMessage;
 const CHANNEL: &str = "mailloop_changes";
 /// On-demand run orders, the order's JSON as payload (`cluster/ondemand.rs`).
 const RUNS: &str = "mailloop_runs";
+/// The payload on [`RUNS`] of a replica that has just started listening.
+const AGAIN: &str = "again";
 
 impl Postgres {
     /// Tells every replica (this one included) that `what` changed. A
@@ -38,7 +46,7 @@ impl Postgres {
     }
 
     /// The run orders announced, as the listening connection receives them.
-    pub fn run_notices(&self) -> tokio::sync::broadcast::Receiver<String> {
+    pub fn run_notices(&self) -> tokio::sync::broadcast::Receiver<RunNotice> {
         self.runs.subscribe()
     }
 
@@ -69,9 +77,13 @@ async fn session(
     config: &tokio_postgres::Config,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
     changed: &Notify,
-    runs: &tokio::sync::broadcast::Sender<String>,
+    runs: &tokio::sync::broadcast::Sender<RunNotice>,
 ) -> Result<std::convert::Infallible, StorageError> {
-    let (client, mut connection) = super::leader::connect(config, tls).await?;
+    // Named apart from the pool's connections in `pg_stat_activity`.
+    let mut config = config.clone();
+    let name = format!("{} (change notices)", config.get_application_name().unwrap_or("mailloop-coordinator"));
+    config.application_name(&name);
+    let (client, mut connection) = super::leader::connect(&config, tls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let runs = runs.clone();
     // Polling the connection drives its I/O and yields the notices.
@@ -79,8 +91,12 @@ async fn session(
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == RUNS => {
+                    let notice = match n.payload() {
+                        AGAIN => RunNotice::Again,
+                        order => RunNotice::Order(order.to_string()),
+                    };
                     // No receiver (no stream open here) is not an error.
-                    let _ = runs.send(n.payload().to_string());
+                    let _ = runs.send(notice);
                 }
                 Some(Ok(AsyncMessage::Notification(_))) => {
                     if tx.send(()).is_err() {
@@ -94,8 +110,10 @@ async fn session(
     });
     let result = async {
         client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {RUNS}")).await?;
-        // Whatever changed while not listening: read it now.
+        // Whatever changed while not listening: read it now; and the run
+        // orders announced meanwhile, which are stored nowhere: ask for them.
         changed.notify_one();
+        client.execute("SELECT pg_notify($1, $2)", &[&RUNS, &AGAIN]).await?;
         // A connection that goes silent without closing (a black hole)
         // would hear no notice again and say nothing: a ping every
         // [`PING`] that fails or goes unanswered for the leader's ping

@@ -47,7 +47,7 @@ pub struct Postgres {
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// On-demand run orders announced by any replica (`mailloop_runs`).
-    runs: tokio::sync::broadcast::Sender<String>,
+    runs: tokio::sync::broadcast::Sender<super::model::RunNotice>,
     /// When this replica last found itself cut off from the database:
     /// pooled connections opened before then are not handed out again.
     lost: Lost,
