@@ -136,6 +136,7 @@ async fn incidents(State(state): State<ApiState>, Query(p): Query<IncidentParams
             kind,
             check_id: p.check,
             limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+            ..Default::default()
         })
         .await?;
     let mut shown: Vec<Value> = list.iter().map(incident_json).collect();
