@@ -35,7 +35,10 @@ impl Sqlite {
 
     /// At most `q.limit` attempts, newest first (with `after_seq`: the
     /// ones above it, oldest first).
-    pub async fn alert_attempts(&self, q: AlertAttemptQuery) -> Result<Vec<AlertAttempt>, StorageError> {
+    pub async fn alert_attempts(
+        &self,
+        q: AlertAttemptQuery,
+    ) -> Result<Vec<AlertAttempt>, StorageError> {
         let order = if q.after_seq.is_some() { "ASC" } else { "DESC" };
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(

@@ -61,6 +61,8 @@ pub struct Listed<T> {
     pub links: Links,
     /// The filters in force, as (field, value) (empty values unset).
     pub filters: Vec<(&'static str, String)>,
+    /// The page size, kept by the filter form when it is not the default.
+    pub size: usize,
 }
 
 impl<T> Listed<T> {
@@ -70,6 +72,7 @@ impl<T> Listed<T> {
             rows: page.rows,
             links,
             filters,
+            size: paging.size,
         }
     }
 

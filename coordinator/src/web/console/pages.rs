@@ -32,7 +32,8 @@ h1{font-size:1.4rem;margin:.5rem 0}h2{font-size:1.15rem;margin:1.25rem 0 .5rem}h
 table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;vertical-align:top;padding:.3rem .5rem;border-bottom:1px solid var(--line)}\
 th{font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}\
 .state{font-weight:600;border-left:.3rem solid var(--line);padding-left:.4rem}\
-.s-ok,.s-up{border-color:var(--up)}.s-degraded,.s-deferred,.s-transit{border-color:var(--warn)}.s-failed,.s-down,.s-missing{border-color:var(--down)}\
+.s-ok,.s-up,.s-resolved{border-color:var(--up)}.s-degraded,.s-deferred,.s-transit,.s-acknowledged{border-color:var(--warn)}\
+.s-failed,.s-down,.s-missing,.s-open{border-color:var(--down)}\
 .muted{color:var(--muted)}.reply{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-word}\
 .card{background:var(--card);border:1px solid var(--line);border-radius:.3rem;padding:.75rem 1rem;margin:.75rem 0}\
 .notice{border-left:.3rem solid var(--up)}.error{border-left:.3rem solid var(--down)}\
@@ -191,6 +192,14 @@ fn pager(label: &str, links: &Links, prev_word: &str, next_word: &str) -> Markup
     }
 }
 
+/// A filter form's hidden page size, when it is not the default (a
+/// filter starts again from the first page, with the same size).
+fn keep_size(size: usize) -> Markup {
+    html! {
+        @if size != super::paging::DEFAULT_SIZE { input type="hidden" name="n" value=(size); }
+    }
+}
+
 /// The line under an empty page: nothing matched, or a cursor past the end.
 fn nothing_here<T>(listed: &Listed<T>, what: &str) -> Markup {
     html! {
@@ -233,6 +242,7 @@ pub fn overview(
             h2 { "Checks by region" }
             form.filters method="get" action="/console" role="search" aria-label="Checks" {
                 div { label for="f-q" { "Check name contains" } input #f-q type="search" name="q" value=(checks.filter("q")); }
+                (keep_size(checks.size))
                 button type="submit" { "Filter" }
             }
             (nothing_here(checks, "checks"))
@@ -319,6 +329,7 @@ pub fn incidents(viewer: &Viewer, listed: &Listed<Incident>) -> Markup {
                     }
                 }
                 div { label for="f-check" { "Check" } input #f-check type="search" name="check" value=(listed.filter("check")); }
+                (keep_size(listed.size))
                 button type="submit" { "Filter" }
             }
             (nothing_here(listed, "incidents"))
@@ -689,6 +700,7 @@ pub fn agents(viewer: &Viewer, agents: &Listed<AgentView>, regions: &[String], n
                         @for r in regions { option value=(r) selected[region == r.as_str()] { (r) } }
                     }
                 }
+                (keep_size(agents.size))
                 button type="submit" { "Filter" }
             }
             (nothing_here(agents, "agents"))
@@ -786,6 +798,7 @@ pub fn alerts(viewer: &Viewer, status: &Value, log: &Listed<AlertAttempt>) -> Ma
                     }
                 }
                 div { label for="f-incident" { "Incident number" } input #f-incident type="search" inputmode="numeric" name="incident" value=(log.filter("incident")); }
+                (keep_size(log.size))
                 button type="submit" { "Filter" }
             }
             (nothing_here(log, "delivery attempts"))

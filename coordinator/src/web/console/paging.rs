@@ -183,10 +183,16 @@ mod tests {
         let id = |s: &String| s.clone();
         let first = paging(Cursor::First, 3).slice(all.clone(), id);
         assert_eq!(first.rows, ["k01", "k02", "k03"]);
-        assert_eq!((first.prev.as_deref(), first.next.as_deref()), (None, Some("k03")));
+        assert_eq!(
+            (first.prev.as_deref(), first.next.as_deref()),
+            (None, Some("k03"))
+        );
         let second = paging(Cursor::After("k03".into()), 3).slice(all.clone(), id);
         assert_eq!(second.rows, ["k04", "k05", "k06"]);
-        assert_eq!((second.prev.as_deref(), second.next.as_deref()), (Some("k04"), Some("k06")));
+        assert_eq!(
+            (second.prev.as_deref(), second.next.as_deref()),
+            (Some("k04"), Some("k06"))
+        );
         let last = paging(Cursor::After("k06".into()), 3).slice(all.clone(), id);
         assert_eq!(last.rows, ["k07"]);
         assert_eq!(last.next, None);
@@ -201,24 +207,53 @@ mod tests {
     #[test]
     fn the_size_is_capped_and_bad_input_is_the_first_page() {
         let q = |pairs: &[(&str, &str)]| {
-            Paging::from_query(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            Paging::from_query(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
         };
         assert_eq!(q(&[]), paging(Cursor::First, DEFAULT_SIZE));
         assert_eq!(q(&[("n", "100000")]).size, MAX_SIZE);
         assert_eq!(q(&[("n", "0")]).size, DEFAULT_SIZE);
         assert_eq!(q(&[("n", "x")]).size, DEFAULT_SIZE);
         assert_eq!(q(&[("after", "")]).cursor, Cursor::First);
-        assert_eq!(q(&[("before", "b"), ("n", "5")]), paging(Cursor::Before("b".into()), 5));
+        assert_eq!(
+            q(&[("before", "b"), ("n", "5")]),
+            paging(Cursor::Before("b".into()), 5)
+        );
     }
 
     #[test]
     fn links_keep_the_filters_and_the_size() {
         let p = paging(Cursor::After("9".into()), 10);
-        let page = Page { rows: vec![8u64, 7], prev: Some("8".into()), next: Some("7".into()) };
-        let l = Links::of(&page, &p, "/console/incidents", &[("state", "active".into()), ("check", String::new())]);
-        assert_eq!(l.prev.as_deref(), Some("/console/incidents?state=active&n=10&before=8"));
-        assert_eq!(l.next.as_deref(), Some("/console/incidents?state=active&n=10&after=7"));
-        assert_eq!(l.first.as_deref(), Some("/console/incidents?state=active&n=10"));
-        assert_eq!(href("/console", &[("q", "a b&c".into())], DEFAULT_SIZE, None), "/console?q=a+b%26c");
+        let page = Page {
+            rows: vec![8u64, 7],
+            prev: Some("8".into()),
+            next: Some("7".into()),
+        };
+        let l = Links::of(
+            &page,
+            &p,
+            "/console/incidents",
+            &[("state", "active".into()), ("check", String::new())],
+        );
+        assert_eq!(
+            l.prev.as_deref(),
+            Some("/console/incidents?state=active&n=10&before=8")
+        );
+        assert_eq!(
+            l.next.as_deref(),
+            Some("/console/incidents?state=active&n=10&after=7")
+        );
+        assert_eq!(
+            l.first.as_deref(),
+            Some("/console/incidents?state=active&n=10")
+        );
+        assert_eq!(
+            href("/console", &[("q", "a b&c".into())], DEFAULT_SIZE, None),
+            "/console?q=a+b%26c"
+        );
     }
 }
