@@ -311,7 +311,10 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         assert!(w.contains(diagnosis), "the diagnosis shows {diagnosis}");
     }
 
-    // r1's path is cut: a regional incident with r1's evidence.
+    // r1's path is cut: a regional incident with r1's evidence. Its
+    // tickets receiver refuses the first try, so the delivery log the
+    // browser checks holds a failed attempt and a delivered one.
+    c.tickets.refuse(true);
     c.region("r1").cut();
     let incident = wait_until(
         Duration::from_secs(120),
@@ -319,6 +322,14 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         || c.incidents("state=active&kind=regional").into_iter().next(),
     );
     let id = incident["id"].as_u64().unwrap();
+    wait_until(Duration::from_secs(120), "the tickets receiver refused the opened alert", || {
+        c.tickets.hits().into_iter().find(|h| !h.accepted)
+    });
+    c.tickets.refuse(false);
+    wait_until(Duration::from_secs(120), "the opened alert's retry in the delivery log", || {
+        let log = page(addr, "/console/alerts", &admin).body;
+        (log.contains("data-result=\"retry\"") && log.contains("data-result=\"delivered\"")).then_some(())
+    });
     let after = page(addr, "/console", &admin);
     assert!(
         after.body.contains("<code>smtp.connect</code> connect"),
