@@ -906,6 +906,35 @@ fn random_u32() -> u32 {
 mod tests {
     use super::*;
 
+    fn secrets(table: Value) -> Vec<String> {
+        let env = |name: &str| (name == "SMTP_PASS").then(|| "pa55-w0rd-x".to_string());
+        let mut issues = Vec::new();
+        let parsed = config::parse(Some(&json!([table])), &env, &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        secrets_of(&parsed[0])
+    }
+
+    #[test]
+    fn a_channel_s_secrets_are_scrubbed_from_error_texts_even_quoted_back() {
+        let hook = secrets(json!({"name": "h", "type": "slack",
+            "url": "https://hooks.example.net/services/T0000/B1111/XyZsecretTokenXyZ?key=querysecret1"}));
+        for quoted in [
+            "HTTP 404: no such hook /services/T0000/B1111/XyZsecretTokenXyZ?key=querysecret1",
+            "HTTP 410: XyZsecretTokenXyZ is revoked",
+            "HTTP 400: bad key querysecret1",
+        ] {
+            let clean = scrub(quoted, &hook);
+            assert!(clean.contains("[redacted]"), "{clean}");
+            assert!(!clean.contains("XyZsecretTokenXyZ") && !clean.contains("querysecret1"), "{clean}");
+        }
+        assert_eq!(scrub("connect to hooks.example.net:443: refused", &hook), "connect to hooks.example.net:443: refused");
+        let pd = secrets(json!({"name": "p", "type": "pagerduty", "routing_key": "R0UTINGKEY0123456789abcdef0123456"}));
+        assert!(!scrub("HTTP 400: invalid routing key R0UTINGKEY0123456789abcdef0123456", &pd).contains("R0UTING"));
+        let mail = secrets(json!({"name": "m", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": 587,
+            "username": "u@example.net", "password_env": "SMTP_PASS", "from": "a@example.net", "to": ["b@example.net"]}));
+        assert_eq!(scrub("AUTH PLAIN: 535 pa55-w0rd-x refused", &mail), "AUTH PLAIN: 535 [redacted] refused");
+    }
+
     #[test]
     fn backoff_doubles_is_capped_and_jittered_downward_only() {
         let base = Duration::from_secs(1);
