@@ -936,6 +936,17 @@ impl RegionCluster {
 /// the pager receives `resolved`. Returns the time from `stop` to the
 /// outage webhook's arrival.
 pub fn expect_outage_paged_and_resolved(c: &RegionCluster, stop: impl FnOnce(), restore: impl FnOnce()) -> Duration {
+    expect_outage_paged_and_resolved_with(c, stop, || {}, restore)
+}
+
+/// [`expect_outage_paged_and_resolved`], running `during` once the outage
+/// is paged and before `restore` (outside the timings it prints).
+pub fn expect_outage_paged_and_resolved_with(
+    c: &RegionCluster,
+    stop: impl FnOnce(),
+    during: impl FnOnce(),
+    restore: impl FnOnce(),
+) -> Duration {
     const CONFIRM_ROUNDS: usize = 2;
     let stop_ms = now_ms();
     let stopped = Instant::now();
@@ -998,6 +1009,7 @@ pub fn expect_outage_paged_and_resolved(c: &RegionCluster, stop: impl FnOnce(), 
     assert_eq!(shown["kind"], "outage", "{shown}");
     assert!(c.tickets.hits().iter().all(|h| h.body["incident"]["kind"] != "outage"), "outages go to the pager only");
     eprintln!("outage summary: {summary}");
+    during();
 
     let restored = Instant::now();
     restore();
