@@ -732,8 +732,36 @@ fn every_delivery_attempt_is_logged_and_no_secret_is_shown(backend: Backend) {
     assert!(last.2.contains(&format!("/console/incidents/{id}")) && last.2.contains("tickets"), "{}", last.2);
     assert!(rows.iter().all(|(_, _, row)| row.contains("tickets")), "only the channel asked for");
 
+    // The same log through the API (paged by `next`); a read token sees
+    // the class and code, not the error text.
+    let api_path = format!("/api/v1/alerts/attempts?channel=tickets&incident={id}");
+    let (status, log) = api(addr, "GET", &api_path, None);
+    assert_eq!(status, 200, "{log}");
+    let first = log["attempts"].as_array().unwrap().iter().rev().find(|a| a["event"] == "opened").unwrap().clone();
+    assert_eq!(
+        [&first["attempt"], &first["result"], &first["class"], &first["code"], &first["type"]],
+        [&json!(1), &json!("retry"), &json!("http_status"), &json!(503), &json!("webhook")],
+        "{first}"
+    );
+    assert!(first["delivery_error"].as_str().unwrap().contains("[redacted]"), "{first}");
+    let (_, one) = api(addr, "GET", &format!("{api_path}&limit=1"), None);
+    let (_, rest) = api(addr, "GET", &format!("{api_path}&limit=100&before={}", one["next"]), None);
+    assert_eq!(
+        one["attempts"].as_array().unwrap().len() + rest["attempts"].as_array().unwrap().len(),
+        log["attempts"].as_array().unwrap().len(),
+        "pages of one and the rest: {one} {rest}"
+    );
+    let (status, made) = api(addr, "POST", "/api/v1/tokens", Some(&json!({"name": "wall", "role": "read"})));
+    assert_eq!(status, 201, "{made}");
+    let as_reader = send(addr, "GET", &api_path, &bearer(made["token"].as_str().unwrap()), None);
+    let read_log: Value = serde_json::from_str(&as_reader.body).unwrap();
+    let read_first = read_log["attempts"].as_array().unwrap().iter().rev().find(|a| a["event"] == "opened").unwrap().clone();
+    assert_eq!((&read_first["class"], &read_first["code"]), (&json!("http_status"), &json!(503)), "{read_first}");
+    assert_eq!(read_first["delivery_error"], "<redacted>", "{read_first}");
+
     // No page, API answer or log line carries the token.
     let mut seen = vec![
+        ("api log", log.to_string()),
         ("log", page(addr, &log_path, &admin).body),
         ("alerts", page(addr, "/console/alerts", &admin).body),
         ("incident", page(addr, &format!("/console/incidents/{id}"), &admin).body),
