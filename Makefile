@@ -23,7 +23,8 @@ help:
 	@echo "                     load test and the status page (BENCH=quick: every part, shorter; goal < 3 min)"
 	@echo "make deb             release .deb packages of the coordinator (+ mailloopctl) and the agent"
 	@echo "                     in target/debian (cargo-deb; installed when missing)"
-	@echo "make screenshots     regenerate docs/screenshots/*.png (the status page, light and dark) for README"
+	@echo "make screenshots     regenerate docs/screenshots/*.png for README: the status page (light and dark),"
+	@echo "                     the SRE console's overview, a round's waterfall and an incident (needs the stack)"
 	@echo "make mailstack-up    start the real Postfix/Dovecot/OpenDKIM/OpenDMARC/SPF/postgrey/dnsmasq stack"
 	@echo "make mailstack-down  stop it (make mailstack-purge also deletes its state)"
 
@@ -103,15 +104,20 @@ bench: mailstack-up release
 	$(CARGO) build --release -p mailloop-bench
 	@BENCH=$(BENCH) bash scripts/bench.sh $(STACK_ENV)
 
-# The status page's screenshots in README: the browser test's seeded page
+# The screenshots in README: the status page's browser test's seeded page
 # (coordinator/tests/status_page.rs) and a check's page, light and dark,
-# taken by headless Chromium at 800 px, copied into docs/screenshots and
-# cut to a 256-colour palette by pngquant (Debian package, installed
+# taken by headless Chromium at 800 px; the SRE console's overview, a
+# round's waterfall and an incident from its browser test
+# (tests/tests/console.rs: real agents on the real stack, so the stack is
+# brought up) at 1000 px, cut to 1100 px high. Copied into docs/screenshots
+# and cut to a 256-colour palette by pngquant (Debian package, installed
 # when missing): flat UI colours survive, the files shrink about 3 times.
-screenshots: deps
+screenshots: mailstack-up
 	@command -v pngquant >/dev/null || apt-get install -y -qq pngquant >/dev/null
 	STATUS_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots VIEWPORT_WIDTH=800 \
 	  $(CARGO) test -p mailloop-coordinator --test status_page a_real_browser_renders -- --nocapture
+	CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots VIEWPORT_WIDTH=1000 SCREENSHOT_MAX_HEIGHT=1100 \
+	  $(CARGO) test -p mailloop-tests --test console the_console_shows_waterfalls -- --nocapture
 	pngquant --force --skip-if-larger --strip --ext .png --speed 1 256 docs/screenshots/*.png
 	@ls -l docs/screenshots
 

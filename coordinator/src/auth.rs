@@ -58,7 +58,7 @@ use subtle::ConstantTimeEq;
 pub const REDACTED: &str = "<redacted>";
 
 /// Keys whose values a `read` token never sees, at any depth of an answer.
-const READ_HIDDEN_KEYS: [&str; 8] = [
+const READ_HIDDEN_KEYS: [&str; 9] = [
     "password",
     "password_env",
     "password_file",
@@ -68,6 +68,8 @@ const READ_HIDDEN_KEYS: [&str; 8] = [
     "refresh_token_file",
     "token",
     "last_error",
+    // An alert delivery attempt's error (`GET /api/v1/alerts/attempts`).
+    "delivery_error",
 ];
 
 /// A `read` answer larger than this is refused rather than passed unscrubbed

@@ -203,10 +203,11 @@ impl Coordinator {
 
         // The judge decides rounds and alerts; it stops at shutdown after
         // storing the round in hand, before the storage writer closes.
-        let alerts = crate::alerts::Alerts::start_traced(
+        let alerts = crate::alerts::Alerts::start_logged(
             config.alerts.clone(),
             shutdown.clone(),
             traces.clone(),
+            crate::alerts::AttemptLog::to_storage(storage.clone()),
         );
         let metrics = if server.metrics.enabled {
             crate::metrics::Metrics::with_steps(hub.clone(), alerts.clone(), server.metrics.steps)
@@ -971,7 +972,8 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
 
 /// Hourly (and once at start) until shutdown, on the leader only:
 /// reports older than `retention`, verdicts older than `verdict_retention`,
-/// hourly aggregates and audit entries older than `aggregate_retention`.
+/// hourly aggregates, audit entries and alert delivery attempts older than
+/// `aggregate_retention`.
 async fn prune_loop(
     storage: Arc<Storage>,
     role: tokio::sync::watch::Receiver<ReplicaRole>,
@@ -1010,6 +1012,12 @@ async fn prune_loop(
             (
                 "audit entries",
                 storage.prune_audit(aggregate_cutoff).await,
+                aggregate_retention,
+            ),
+            // Who was paged, when, and what each try came to: as the audit.
+            (
+                "alert delivery attempts",
+                storage.prune_alert_attempts(aggregate_cutoff).await,
                 aggregate_retention,
             ),
         ];

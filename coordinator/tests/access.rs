@@ -216,11 +216,13 @@ async fn every_route_answers_each_role_as_its_policy_says_and_leaks_nothing() {
         case(M::POST, "/api/v1/incidents/{id}/notes", "admin", &format!("/api/v1/incidents/{incident}/notes"), 201).with(json!({"text": "We are on it."})),
         case(M::GET, "/api/v1/status", "read", "/api/v1/status", 200),
         case(M::GET, "/api/v1/alerts", "read", "/api/v1/alerts", 200),
+        case(M::GET, "/api/v1/alerts/attempts", "read", "/api/v1/alerts/attempts", 200),
         case(M::GET, "/console/login", "public", "/console/login", 200),
         case(M::POST, "/console/login", "public", "/console/login", 400),
         case(M::POST, "/console/logout", "public", "/console/logout", 200),
         case(M::GET, "/console", "read", "/console", 200),
         case(M::GET, "/console/checks/{id}/rounds/{round}", "read", "/console/checks/corp/rounds/1", 200),
+        case(M::GET, "/console/incidents", "read", "/console/incidents", 200),
         case(M::GET, "/console/incidents/{id}", "read", &format!("/console/incidents/{incident}"), 200),
         // With a bearer token (no session cookie) no CSRF token is needed; the API's ack above came first.
         case(M::POST, "/console/incidents/{id}/ack", "admin", &format!("/console/incidents/{incident}/ack"), 200),

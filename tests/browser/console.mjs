@@ -5,7 +5,13 @@
 //
 //   node tests/browser/console.mjs BASE_URL TOKEN SCREENSHOT_DIR PATH...
 //
-// Screenshots: console-<n>-<scheme>.png, n the index of PATH.
+// Screenshots: console-<n>-<scheme>.png, n the index of PATH. VIEWPORT_WIDTH
+// (default 1280) sets the page's width; SCREENSHOT_MAX_HEIGHT, when set,
+// cuts each full-page screenshot to that height (README's are kept short).
+//
+// Then, in the light scheme, the keyboard walks the agents a page of one
+// at a time: Tab to the "Next" link, Enter, Tab to "Previous", Enter
+// (`paging` in the output: where each step landed and which agent it showed).
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
@@ -28,11 +34,51 @@ const browser = await chromium.launch({
   ],
 });
 const out = { login: null, pages: [] };
+
+// The agents' pages by keyboard alone (signed in already).
+async function walkPages(page) {
+  const start = "/console/agents?n=1";
+  const walk = { start, rows: [], agents: [], tabs: 0 };
+  const here = () => {
+    const u = new URL(page.url());
+    return u.pathname + u.search;
+  };
+  const look = async () => {
+    const [rows, agent] = await page.evaluate(() => [
+      document.querySelectorAll("main tbody tr").length,
+      document.querySelector("main tbody th")?.innerText.trim() ?? null,
+    ]);
+    walk.rows.push(rows);
+    walk.agents.push(agent);
+  };
+  // Tab from the top of the page until a link with this rel has the focus.
+  const follow = async (rel) => {
+    for (let i = 0; i < 80; i++) {
+      await page.keyboard.press("Tab");
+      walk.tabs++;
+      if (await page.evaluate((r) => document.activeElement?.getAttribute("rel") === r, rel)) {
+        await Promise.all([page.waitForNavigation({ waitUntil: "load" }), page.keyboard.press("Enter")]);
+        return here();
+      }
+    }
+    return null;
+  };
+  await page.goto(base + start, { waitUntil: "load" });
+  await look();
+  walk.next = await follow("next");
+  if (walk.next) {
+    await look();
+    walk.back = await follow("prev");
+    if (walk.back) await look();
+  }
+  return walk;
+}
 try {
   for (const colorScheme of ["light", "dark"]) {
     // The console's CSP allows no script; only axe, injected by the test,
     // needs this bypass. The pages themselves ship none.
-    const context = await browser.newContext({ bypassCSP: true, colorScheme });
+    const width = Number(process.env.VIEWPORT_WIDTH ?? 1280);
+    const context = await browser.newContext({ bypassCSP: true, colorScheme, viewport: { width, height: 800 } });
     const page = await context.newPage();
     const requests = [];
     page.on("request", (r) => requests.push(r.url()));
@@ -75,7 +121,13 @@ try {
         buttons: [...document.querySelectorAll("main button")].map((b) => b.innerText),
         background: getComputedStyle(document.body).backgroundColor,
       }));
-      await page.screenshot({ path: join(shots, `console-${n}-${colorScheme}.png`), fullPage: true });
+      const maxHeight = Number(process.env.SCREENSHOT_MAX_HEIGHT ?? 0);
+      const height = await page.evaluate(() => document.documentElement.scrollHeight);
+      await page.screenshot({
+        path: join(shots, `console-${n}-${colorScheme}.png`),
+        fullPage: true,
+        ...(maxHeight > 0 && height > maxHeight ? { clip: { x: 0, y: 0, width, height: maxHeight } } : {}),
+      });
       out.pages.push({
         path,
         colorScheme,
@@ -90,6 +142,9 @@ try {
         })),
         ...seen,
       });
+    }
+    if (colorScheme === "light") {
+      out.paging = await walkPages(page);
     }
     out.requests = [...new Set(requests.map((u) => new URL(u).origin))];
     await context.close();

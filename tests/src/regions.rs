@@ -17,7 +17,7 @@
 
 use crate::Stack;
 use crate::cluster::{ADMIN_TOKEN, Coordinator, IMAP_PASS_ENV, Proc};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -369,14 +369,21 @@ async fn answer(mut conn: TcpStream, hits: Arc<Mutex<Vec<Hit>>>, refusing: Arc<s
         if method == "POST" {
             let body =
                 serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-            hits.lock().unwrap().push(Hit { at: Instant::now(), path, body, accepted: !refuse });
+            hits.lock().unwrap().push(Hit { at: Instant::now(), path: path.clone(), body, accepted: !refuse });
         }
-        let reply: &[u8] = if refuse {
-            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        // Refusing, it quotes the path it was asked for, as careless
+        // receivers do: a webhook's token in the path must not reach the
+        // coordinator's delivery log, API or logs through such an answer.
+        let reply = if refuse {
+            let body = json!({"error": format!("hook {path} is paused")}).to_string();
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
         } else {
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_string()
         };
-        if conn.write_all(reply).await.is_err() {
+        if conn.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
     }
@@ -475,6 +482,9 @@ pub struct Settings {
     /// `[storage] url` of one replica instead of `storage_url` (replica
     /// index, URL): e.g. through a [`Proxy`] the test cuts.
     pub replica_storage_url: Option<(usize, String)>,
+    /// The path of the `tickets` channel's URL on its receiver (a test
+    /// can put a token in it, as Slack's and many webhook URLs carry one).
+    pub tickets_path: String,
 }
 
 impl Settings {
@@ -502,6 +512,7 @@ impl Settings {
             agents_on: 0,
             spread: false,
             replica_storage_url: None,
+            tickets_path: "/tickets".into(),
         }
     }
 }
@@ -605,7 +616,7 @@ impl RegionCluster {
             admin = dir.path().join("admin.token"),
             incidents = settings.incidents.join("\n"),
             pager = pager.url("/pager"),
-            tickets = tickets.url("/tickets"),
+            tickets = tickets.url(&settings.tickets_path),
             watch = watch.url("/watch"),
         );
         let config_of = |i: usize| match (&settings.replica_storage_url, &settings.storage_url) {
@@ -925,6 +936,17 @@ impl RegionCluster {
 /// the pager receives `resolved`. Returns the time from `stop` to the
 /// outage webhook's arrival.
 pub fn expect_outage_paged_and_resolved(c: &RegionCluster, stop: impl FnOnce(), restore: impl FnOnce()) -> Duration {
+    expect_outage_paged_and_resolved_with(c, stop, || {}, restore)
+}
+
+/// [`expect_outage_paged_and_resolved`], running `during` once the outage
+/// is paged and before `restore` (outside the timings it prints).
+pub fn expect_outage_paged_and_resolved_with(
+    c: &RegionCluster,
+    stop: impl FnOnce(),
+    during: impl FnOnce(),
+    restore: impl FnOnce(),
+) -> Duration {
     const CONFIRM_ROUNDS: usize = 2;
     let stop_ms = now_ms();
     let stopped = Instant::now();
@@ -987,6 +1009,7 @@ pub fn expect_outage_paged_and_resolved(c: &RegionCluster, stop: impl FnOnce(), 
     assert_eq!(shown["kind"], "outage", "{shown}");
     assert!(c.tickets.hits().iter().all(|h| h.body["incident"]["kind"] != "outage"), "outages go to the pager only");
     eprintln!("outage summary: {summary}");
+    during();
 
     let restored = Instant::now();
     restore();

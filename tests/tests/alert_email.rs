@@ -1,9 +1,9 @@
 //! The email alert channel against the real mail stack: submission with
 //! STARTTLS + AUTH, implicit TLS, and a wrong password (permanent, not
-//! retried). Each test mails its own fresh mailbox and reads it back
+//! retried, logged as one `smtp_reply` 535 attempt). Each test mails its own fresh mailbox and reads it back
 //! through Python's imaplib, independently of mailloop's own code.
 
-use mailloop_coordinator::alerts::{Alerts, ChannelConfig, config};
+use mailloop_coordinator::alerts::{Alerts, AttemptLog, ChannelConfig, config};
 use mailloop_coordinator::judge::{
     AlertEvent, AlertEventKind, Incident, IncidentKind, IncidentState, Severity, TimelineEntry,
     VerdictKind,
@@ -339,7 +339,11 @@ async fn a_wrong_password_is_permanent_and_shown_in_status() {
     let mut ch = channel(table);
     // A retry would wait a minute, past WAIT: failing in time proves none.
     ch.backoff_base = Duration::from_secs(60);
-    let alerts = Alerts::start(vec![ch], shutdown);
+    // The delivery log in a storage of its own: the attempt with its class and reply code.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = std::sync::Arc::new(mailloop_coordinator::storage::Storage::open(dir.path()).unwrap());
+    let log = AttemptLog::to_storage(storage.clone());
+    let alerts = Alerts::start_logged(vec![ch], shutdown, Default::default(), log);
     alerts.notify(outage("corp", "never sent"));
     let st = status_until(&alerts, |s| s["failed"] == 1).await;
     let err = st["last_error"].as_str().unwrap();
@@ -347,4 +351,20 @@ async fn a_wrong_password_is_permanent_and_shown_in_status() {
     assert!(!err.contains("not-the-password"), "{err}");
     assert_eq!(st["delivered"], 0);
     assert_eq!(st["pending"], 0, "{st}");
+    let deadline = Instant::now() + WAIT;
+    let attempts = loop {
+        let q = mailloop_coordinator::storage::AlertAttemptQuery { limit: 10, ..Default::default() };
+        let found = storage.alert_attempts(q).await.unwrap();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no attempt in the delivery log within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(attempts.len(), 1, "permanent: one attempt, not retried: {attempts:?}");
+    let a = &attempts[0];
+    assert_eq!((a.attempt, a.of, a.result.as_str()), (1, 4, "permanent"), "{a:?}");
+    assert_eq!((a.class.as_deref(), a.code), (Some("smtp_reply"), Some(535)), "{a:?}");
+    assert_eq!((a.channel_type.as_str(), a.incident_id, a.event.as_str()), ("email", 4242, "opened"), "{a:?}");
+    assert!(!a.detail.as_deref().unwrap_or("").contains("not-the-password"), "{a:?}");
 }

@@ -4,13 +4,17 @@
 //! lanes, baseline bands, diagnosis), a regional incident (r1's path cut)
 //! acknowledged through the form with its CSRF token, while a forged post
 //! and a read-only session are refused; then a real Chromium signs in
-//! through the form and axe-core checks every page.
+//! through the form, axe-core checks every page, and the keyboard walks a
+//! list's pages. On both backends: a webhook that fails once and then
+//! takes the alert shows both attempts in the delivery log, and the token
+//! in its URL appears nowhere.
 //!
 //! `cargo test -p mailloop-tests --test console -- --nocapture`
 
+use mailloop_tests::backend::Backend;
 use mailloop_tests::cluster::{ADMIN_TOKEN, wait_until};
 use mailloop_tests::regions::{RegionCluster, Settings};
-use mailloop_tests::{Check, stack_health};
+use mailloop_tests::{Check, on_both_backends, stack_health};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -307,7 +311,10 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         assert!(w.contains(diagnosis), "the diagnosis shows {diagnosis}");
     }
 
-    // r1's path is cut: a regional incident with r1's evidence.
+    // r1's path is cut: a regional incident with r1's evidence. Its
+    // tickets receiver refuses the first try, so the delivery log the
+    // browser checks holds a failed attempt and a delivered one.
+    c.tickets.refuse(true);
     c.region("r1").cut();
     let incident = wait_until(
         Duration::from_secs(120),
@@ -315,6 +322,14 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         || c.incidents("state=active&kind=regional").into_iter().next(),
     );
     let id = incident["id"].as_u64().unwrap();
+    wait_until(Duration::from_secs(120), "the tickets receiver refused the opened alert", || {
+        c.tickets.hits().into_iter().find(|h| !h.accepted)
+    });
+    c.tickets.refuse(false);
+    wait_until(Duration::from_secs(120), "the opened alert's retry in the delivery log", || {
+        let log = page(addr, "/console/alerts", &admin).body;
+        (log.contains("data-result=\"retry\"") && log.contains("data-result=\"delivered\"")).then_some(())
+    });
     let after = page(addr, "/console", &admin);
     assert!(
         after.body.contains("<code>smtp.connect</code> connect"),
@@ -342,12 +357,16 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
 
     // The browser: sign-in form, every page, axe, screenshots.
     let base = format!("http://{addr}");
+    // Lists in their paged states too: the agents a page of one (three
+    // pages), the incidents filtered.
     let paths = [
         "/console",
         round_path.as_str(),
         incident_path.as_str(),
         "/console/agents",
         "/console/alerts",
+        "/console/incidents?state=active",
+        "/console/agents?n=1&after=r1%2Cagent-r1",
     ];
     let out = std::process::Command::new("node")
         .arg(browser_dir().join("console.mjs"))
@@ -423,6 +442,31 @@ fn the_console_shows_waterfalls_and_acknowledges_an_incident_only_with_its_csrf_
         shots.join("console-1-light.png").exists() && shots.join("console-1-dark.png").exists()
     );
     eprintln!("screenshots in {}", shots.display());
+    // `make screenshots` keeps three for README (docs/screenshots): the
+    // overview, r1's round waterfall, the incident (dark).
+    if let Some(dir) = std::env::var_os("CONSOLE_SCREENSHOTS_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (from, to) in [
+            ("console-0-light.png", "console-overview.png"),
+            ("console-1-light.png", "console-waterfall.png"),
+            ("console-2-dark.png", "console-incident.png"),
+        ] {
+            std::fs::copy(shots.join(from), std::path::Path::new(&dir).join(to)).unwrap();
+        }
+    }
+    // The agents a page at a time, by keyboard alone: Tab reaches "Next"
+    // (a plain link), Enter follows it, and "Previous" leads back.
+    let walk = &seen["paging"];
+    assert_eq!(walk["start"], "/console/agents?n=1", "{walk}");
+    assert_eq!(walk["rows"], json!([1, 1, 1]), "one agent per page: {walk}");
+    assert_eq!(
+        walk["agents"],
+        json!(["agent-r1", "agent-r2", "agent-r1"]),
+        "next, then back: {walk}"
+    );
+    assert_eq!(walk["next"], "/console/agents?n=1&after=r1%2Cagent-r1", "{walk}");
+    assert_eq!(walk["back"], "/console/agents?n=1&before=r2%2Cagent-r2", "{walk}");
+    assert!(walk["tabs"].as_u64().unwrap() > 0, "{walk}");
 
     // A forged post (no CSRF token, or another one) is refused and changes nothing.
     let ack_path = format!("{incident_path}/ack");
@@ -614,4 +658,121 @@ fn a_session_survives_a_restart_and_ends_with_its_token() {
         "a new token of the same name does not revive the old session"
     );
     c.stop();
+}
+
+on_both_backends!(every_delivery_attempt_is_logged_and_no_secret_is_shown);
+
+/// The `tickets` channel's URL carries this, as Slack's and many webhook
+/// URLs carry their token; its receiver quotes the path back when it refuses.
+const HOOK_TOKEN: &str = "T0K3N-hook-secret-9f8e7d6c5b4a";
+
+/// The rows of the delivery log on a console page: (attempt, result, the row's HTML).
+fn log_rows(html: &str) -> Vec<(u32, String, String)> {
+    html.split("<tr data-attempt=\"")
+        .skip(1)
+        .map(|row| {
+            let row = row.split("</tr>").next().unwrap();
+            let attempt = row.split('"').next().unwrap().parse().unwrap();
+            let result = row.split("data-result=\"").nth(1).unwrap().split('"').next().unwrap();
+            (attempt, result.to_string(), row.to_string())
+        })
+        .collect()
+}
+
+/// A webhook that refuses the first delivery (503, quoting its URL's path
+/// with the token) and takes the next: the console's delivery log shows
+/// both attempts of the incident's `opened` alert, the first failed with
+/// its class and status, the last delivered; the token is on no page, in
+/// no API answer and in no line of the coordinator's log. No browser.
+fn every_delivery_attempt_is_logged_and_no_secret_is_shown(backend: Backend) {
+    eprintln!("{}", stack_health());
+    let mut settings = Settings::new();
+    settings.storage_url = backend.storage_url("delivery_log");
+    settings.tickets_path = format!("/hooks/{HOOK_TOKEN}");
+    let c = RegionCluster::start(&Check::new(&backend.name("sre-log")), &settings);
+    let addr = c.coordinator.http;
+    c.tickets.refuse(true);
+    wait_until(Duration::from_secs(120), "a round with every region delivered", || {
+        let (_, l) = api(addr, "GET", &format!("/api/v1/checks/{}/latest", c.check_id), None);
+        let regions = l["regions"].as_array()?;
+        (regions.len() == 3 && regions.iter().all(|r| r["result"]["outcome"] == "ok")).then_some(())
+    });
+    c.region("r1").cut();
+    let incident = wait_until(Duration::from_secs(120), "a regional incident for r1", || {
+        c.incidents("state=active&kind=regional").into_iter().next()
+    });
+    let id = incident["id"].as_u64().unwrap();
+    wait_until(Duration::from_secs(120), "the tickets receiver refused the opened alert", || {
+        c.tickets.hits().into_iter().find(|h| !h.accepted && h.body["event"] == "opened")
+    });
+    c.tickets.refuse(false);
+    wait_until(Duration::from_secs(120), "the opened alert delivered on a retry", || {
+        c.tickets.delivered().into_iter().find(|h| h.body["event"] == "opened")
+    });
+
+    // The log, narrowed to the channel and the incident (the filter holds).
+    let admin = bearer(ADMIN_TOKEN);
+    let log_path = format!("/console/alerts?channel=tickets&incident={id}");
+    let rows = wait_until(Duration::from_secs(60), "the delivered attempt in the delivery log", || {
+        let rows = log_rows(&page(addr, &log_path, &admin).body);
+        rows.iter().any(|(_, result, _)| result == "delivered").then_some(rows)
+    });
+    let opened: Vec<_> = rows.iter().filter(|(_, _, row)| row.contains("<td>opened</td>")).collect();
+    assert!(opened.len() >= 2, "at least the refused attempt and the delivered one: {rows:#?}");
+    eprintln!("the opened alert's attempts, newest first: {:?}", opened.iter().map(|(a, r, _)| (a, r)).collect::<Vec<_>>());
+    // Newest first: the delivered one on top, the first (refused) at the bottom.
+    let (last, first) = (opened[0], opened[opened.len() - 1]);
+    assert_eq!((last.0 as usize, last.1.as_str()), (opened.len(), "delivered"), "{rows:#?}");
+    assert_eq!((first.0, first.1.as_str()), (1, "retry"), "{rows:#?}");
+    for (attempt, result, row) in &opened[1..] {
+        assert_eq!(result, "retry", "attempt {attempt}: every try before the last failed: {row}");
+        assert!(row.contains("<code>http_status</code>") && row.contains(">503<"), "class and status: {row}");
+        assert!(row.contains("[redacted]"), "the quoted path is scrubbed from the error text: {row}");
+    }
+    assert!(last.2.contains(&format!("/console/incidents/{id}")) && last.2.contains("tickets"), "{}", last.2);
+    assert!(rows.iter().all(|(_, _, row)| row.contains("tickets")), "only the channel asked for");
+
+    // The same log through the API (paged by `next`); a read token sees
+    // the class and code, not the error text.
+    let api_path = format!("/api/v1/alerts/attempts?channel=tickets&incident={id}");
+    let (status, log) = api(addr, "GET", &api_path, None);
+    assert_eq!(status, 200, "{log}");
+    let first = log["attempts"].as_array().unwrap().iter().rev().find(|a| a["event"] == "opened").unwrap().clone();
+    assert_eq!(
+        [&first["attempt"], &first["result"], &first["class"], &first["code"], &first["type"]],
+        [&json!(1), &json!("retry"), &json!("http_status"), &json!(503), &json!("webhook")],
+        "{first}"
+    );
+    assert!(first["delivery_error"].as_str().unwrap().contains("[redacted]"), "{first}");
+    let (_, one) = api(addr, "GET", &format!("{api_path}&limit=1"), None);
+    let (_, rest) = api(addr, "GET", &format!("{api_path}&limit=100&before={}", one["next"]), None);
+    assert_eq!(
+        one["attempts"].as_array().unwrap().len() + rest["attempts"].as_array().unwrap().len(),
+        log["attempts"].as_array().unwrap().len(),
+        "pages of one and the rest: {one} {rest}"
+    );
+    let (status, made) = api(addr, "POST", "/api/v1/tokens", Some(&json!({"name": "wall", "role": "read"})));
+    assert_eq!(status, 201, "{made}");
+    let as_reader = send(addr, "GET", &api_path, &bearer(made["token"].as_str().unwrap()), None);
+    let read_log: Value = serde_json::from_str(&as_reader.body).unwrap();
+    let read_first = read_log["attempts"].as_array().unwrap().iter().rev().find(|a| a["event"] == "opened").unwrap().clone();
+    assert_eq!((&read_first["class"], &read_first["code"]), (&json!("http_status"), &json!(503)), "{read_first}");
+    assert_eq!(read_first["delivery_error"], "<redacted>", "{read_first}");
+
+    // No page, API answer or log line carries the token.
+    let mut seen = vec![
+        ("api log", log.to_string()),
+        ("log", page(addr, &log_path, &admin).body),
+        ("alerts", page(addr, "/console/alerts", &admin).body),
+        ("incident", page(addr, &format!("/console/incidents/{id}"), &admin).body),
+        ("api alerts", api(addr, "GET", "/api/v1/alerts", None).1.to_string()),
+    ];
+    seen.push(("coordinator log", std::fs::read_to_string(c.coordinator.log_path()).unwrap()));
+    for (what, text) in &seen {
+        assert!(!text.contains(HOOK_TOKEN), "{what} carries the webhook's token");
+    }
+    assert!(
+        seen[1].1.contains("[redacted]"),
+        "the channel's last error is scrubbed too, not dropped"
+    );
 }

@@ -6,6 +6,10 @@
 //! (`…::sqlite`, `…::postgres`), one after the other: two runs stopping
 //! the one stack at once would see each other's outage.
 //!
+//! While the stack is down, the public status page is read in a real
+//! headless Chromium (Debian's, through tests/browser/status_page.mjs):
+//! the check says "Outage", the incident is listed, axe finds nothing.
+//!
 //! Run it only when no one else is testing against the stack:
 //! `cargo test -p mailloop-tests --test outage -- --nocapture`.
 
@@ -76,8 +80,10 @@ fn stopping_the_mail_stack_is_down_an_outage_paged_then_resolved(backend: Backen
     // in tests/verdicts.rs, which reproduces it without stopping the
     // stack). Without the walk a stopped stack fails a probe in
     // milliseconds, which is what this test measures.
+    require_browser();
     let mut check = Check::new(&backend.name("v-outage"));
     check.check_extra.push("spf = { enabled = false }".into());
+    check.check_extra.push(format!("public = true\ndisplay_name = {DISPLAY:?}"));
     let mut settings = Settings::new();
     settings.storage_url = backend.storage_url("outage");
     let c = RegionCluster::start(&check, &settings);
@@ -86,7 +92,66 @@ fn stopping_the_mail_stack_is_down_an_outage_paged_then_resolved(backend: Backen
         (v.len() >= 2 && v[..2].iter().all(|v| v["verdict"] == "up")).then_some(())
     });
     let guard = std::cell::RefCell::new(StackGuard { stopped: false });
-    let to_page =
-        regions::expect_outage_paged_and_resolved(&c, || guard.borrow_mut().stop(), || guard.borrow_mut().start());
+    let to_page = regions::expect_outage_paged_and_resolved_with(
+        &c,
+        || guard.borrow_mut().stop(),
+        || the_public_page_shows_the_outage(&c),
+        || guard.borrow_mut().start(),
+    );
     eprintln!("FIGURE real stack stop ({backend:?}): outage webhook {:.2} s after down.sh began", to_page.as_secs_f64());
+}
+
+/// What visitors of the status page call the check.
+const DISPLAY: &str = "Webmail (outage test)";
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Fails (never skips) with the install hint when the browser tooling is missing.
+fn require_browser() {
+    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
+        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
+    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing: {HINT}");
+    for module in ["playwright-core", "axe-core"] {
+        assert!(
+            browser_dir().join("node_modules").join(module).join("package.json").exists(),
+            "tests/browser/node_modules/{module} is missing: {HINT}"
+        );
+    }
+}
+
+/// The outage is open (paged) and the stack still down: the public page,
+/// rebuilt within a round, says so in words a visitor reads, lists the
+/// incident, and passes axe in both schemes.
+fn the_public_page_shows_the_outage(c: &RegionCluster) {
+    let summary = wait_until(Duration::from_secs(60), "the outage on status.json", || {
+        let s = c.coordinator.get_ok("/status.json");
+        let shown = s["components"][0]["status"] == "major_outage" && !s["incidents"].as_array()?.is_empty();
+        shown.then_some(s)
+    });
+    assert_eq!(summary["status"]["indicator"], "critical", "{summary:#}");
+    let shots = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/status", c.coordinator.http);
+    let out = Command::new("node")
+        .arg(browser_dir().join("status_page.mjs"))
+        .args([url.as_str(), shots.path().to_str().unwrap(), "outage"])
+        .output()
+        .expect("node is installed (apt-get install nodejs npm)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the browser script failed:\n{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for scheme in ["light", "dark"] {
+        let s = &seen["schemes"][scheme];
+        assert_eq!(s["status"], 200, "{scheme}");
+        assert_eq!(s["violations"], serde_json::json!([]), "axe on /status in an outage ({scheme}): {:#}", s["violations"]);
+        assert_eq!(s["checks"][0]["name"], DISPLAY, "{s}");
+        assert_eq!(s["checks"][0]["state"], "Outage", "{s}");
+        let incidents = s["incidents"].as_array().unwrap();
+        assert!(
+            incidents.iter().any(|h| h.as_str().is_some_and(|h| h.contains(DISPLAY))),
+            "the open incident is listed: {incidents:?}"
+        );
+    }
+    eprintln!("public page in the outage: {} / {:?}", seen["schemes"]["light"]["overall"], seen["schemes"]["light"]["incidents"]);
 }

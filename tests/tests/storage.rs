@@ -8,7 +8,7 @@ use mailloop_coordinator::judge::{
     Incident, IncidentChange, IncidentKind, IncidentState, Severity, Verdict, VerdictKind,
 };
 use mailloop_coordinator::storage::{
-    AggregateQuery, AggregateSpanQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
+    AlertAttempt, AlertAttemptQuery, AggregateQuery, AggregateSpanQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
     StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, DayCountQuery, JoinToken, JoinUse,
 };
 use mailloop_tests::postgres::Postgres;
@@ -48,7 +48,7 @@ impl Db {
 
 /// The tables of SQLite migrations 9.. and PostgreSQL 8.., dropped by
 /// [`Db::rewind_to_before_day_counts`].
-const REWIND_TABLES: &str = "DROP TABLE verdict_days; DROP TABLE console_sessions;";
+const REWIND_TABLES: &str = "DROP TABLE verdict_days; DROP TABLE console_sessions; DROP TABLE alert_attempts;";
 
 macro_rules! both {
     ($($case:ident),* $(,)?) => {$(
@@ -83,6 +83,8 @@ both! {
     a_public_check_keeps_its_display_name,
     a_join_token_is_granted_once_and_never_after_it_expires,
     incidents_are_found_by_the_span_they_were_active_in_and_take_public_notes,
+    incidents_page_by_id_both_ways_with_their_filters,
+    the_alert_delivery_log_pages_filters_and_prunes,
 }
 
 fn report(id: &str, check: &str, region: &str, round: u64, started: i64) -> ReportRow {
@@ -342,6 +344,105 @@ async fn a_round_opens_one_incident_and_an_ack_is_idempotent(db: &Db) {
     assert_eq!(gone.len(), 1);
     assert!(s.checks_with_active_incidents().await.unwrap().is_empty());
     assert_eq!(s.recent_verdicts("corp".into(), 5).await.unwrap().len(), 2);
+    s.close().await;
+}
+
+fn resolve(round: u64) -> IncidentChange {
+    IncidentChange::Resolve {
+        kind: IncidentKind::Outage,
+        key: String::new(),
+        entry: mailloop_coordinator::judge::TimelineEntry {
+            at_ms: round as i64 * 1000,
+            round: Some(round),
+            event: "resolved".into(),
+            verdict: Some(VerdictKind::Up),
+            note: String::new(),
+        },
+    }
+}
+
+/// Five incidents (opened at odd rounds, resolved at even ones but the
+/// last): pages of two walk them newest first with `before_id`, and back
+/// with `after_id` (oldest first, nearest the cursor first); the state
+/// filter holds on every page.
+async fn incidents_page_by_id_both_ways_with_their_filters(db: &Db) {
+    let s = db.open().await;
+    for k in 0..5u64 {
+        s.store_round(verdict(2 * k + 1, VerdictKind::Down), vec![outage(2 * k + 1)]).await.unwrap();
+        if k < 4 {
+            s.store_round(verdict(2 * k + 2, VerdictKind::Up), vec![resolve(2 * k + 2)]).await.unwrap();
+        }
+    }
+    let ids = |v: Vec<Incident>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let all = ids(s.list_incidents(IncidentQuery { limit: 10, ..Default::default() }).await.unwrap());
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    let page = |before_id, after_id, states: Vec<IncidentState>| {
+        let s = &s;
+        async move { ids(s.list_incidents(IncidentQuery { limit: 2, before_id, after_id, states, ..Default::default() }).await.unwrap()) }
+    };
+    assert_eq!(page(None, None, vec![]).await, all[..2]);
+    assert_eq!(page(Some(all[1]), None, vec![]).await, all[2..4]);
+    assert_eq!(page(Some(all[3]), None, vec![]).await, all[4..]);
+    assert_eq!(page(None, Some(all[4]), vec![]).await, [all[3], all[2]], "back: oldest first from the cursor");
+    assert_eq!(page(None, Some(all[1]), vec![]).await, [all[0]]);
+    let resolved = vec![IncidentState::Resolved];
+    assert_eq!(page(None, None, resolved.clone()).await, all[1..3], "the open one is left out");
+    assert_eq!(page(Some(all[2]), None, resolved).await, all[3..5]);
+    s.close().await;
+}
+
+fn attempt(at_ms: i64, channel: &str, incident_id: u64, attempt: u32, result: &str) -> AlertAttempt {
+    AlertAttempt {
+        seq: 0,
+        at_ms,
+        channel: channel.into(),
+        channel_type: "webhook".into(),
+        incident_id,
+        check_id: "corp".into(),
+        event: "opened".into(),
+        attempt,
+        of: 4,
+        result: result.into(),
+        class: (result != "delivered").then(|| "http_status".into()),
+        code: (result != "delivered").then_some(503),
+        detail: (result != "delivered").then(|| "HTTP 503: busy".into()),
+    }
+}
+
+/// Every attempt is kept as written; pages newest first by `seq` both
+/// ways, by channel and incident; old attempts are pruned; a reopen keeps them.
+async fn the_alert_delivery_log_pages_filters_and_prunes(db: &Db) {
+    let s = db.open().await;
+    let mut written = Vec::new();
+    for k in 0..6u32 {
+        let (channel, result) = if k % 2 == 0 { ("pager", "retry") } else { ("tickets", "delivered") };
+        let a = attempt(1000 * (k as i64 + 1), channel, 7 + u64::from(k / 4), k + 1, result);
+        let seq = s.record_alert_attempt(a.clone()).await.unwrap();
+        written.push(AlertAttempt { seq, ..a });
+    }
+    s.close().await;
+    let s = db.open().await;
+    let q = |q: AlertAttemptQuery| {
+        let s = &s;
+        async move { s.alert_attempts(q).await.unwrap() }
+    };
+    let newest = q(AlertAttemptQuery { limit: 10, ..Default::default() }).await;
+    let mut expected = written.clone();
+    expected.reverse();
+    assert_eq!(newest, expected, "every attempt as written, newest first");
+    let first = q(AlertAttemptQuery { limit: 4, ..Default::default() }).await;
+    let second = q(AlertAttemptQuery { limit: 4, before_seq: Some(first[3].seq), ..Default::default() }).await;
+    assert_eq!(second, expected[4..]);
+    let back = q(AlertAttemptQuery { limit: 2, after_seq: Some(second[0].seq), ..Default::default() }).await;
+    assert_eq!(back, [expected[3].clone(), expected[2].clone()], "back: oldest first from the cursor");
+    let pager = q(AlertAttemptQuery { limit: 10, channel: Some("pager".into()), ..Default::default() }).await;
+    assert_eq!(pager.iter().map(|a| a.attempt).collect::<Vec<_>>(), [5, 3, 1]);
+    assert!(pager.iter().all(|a| a.class.as_deref() == Some("http_status") && a.code == Some(503)));
+    let eight = q(AlertAttemptQuery { limit: 10, incident_id: Some(8), ..Default::default() }).await;
+    assert_eq!(eight.iter().map(|a| a.attempt).collect::<Vec<_>>(), [6, 5]);
+    assert_eq!(s.prune_alert_attempts(2500).await.unwrap(), 2);
+    assert_eq!(q(AlertAttemptQuery { limit: 10, ..Default::default() }).await, expected[..4]);
     s.close().await;
 }
 
@@ -691,11 +792,11 @@ fn the_migrate_command_prepares_a_postgres_database() {
     assert!(out.status.success(), "{stdout}{stderr}");
     // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert
     // outbox; 5, 6: token rotation; 7: the status page's verdict index;
-    // 8: its day counts; 9: console sessions.
-    assert!(stdout.contains("schema version 9"), "{stdout}");
+    // 8: its day counts; 9: console sessions; 10: the alert delivery log.
+    assert!(stdout.contains("schema version 10"), "{stdout}");
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "9");
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "10");
     write("pool_size = 0\ncolour = \"blue\"\n");
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -854,6 +955,10 @@ async fn migrate_data_moves_a_sqlite_installation_into_postgres() {
         .await
         .unwrap();
     }
+    for k in 1..=3 {
+        s.record_alert_attempt(attempt(k * 100, "pager", open_id, k as u32, if k < 3 { "retry" } else { "delivered" })).await.unwrap();
+    }
+    let before_attempts = s.alert_attempts(AlertAttemptQuery { limit: 10, ..Default::default() }).await.unwrap();
     s.put_api_token(StoredToken { name: "grafana".into(), role: "read".into(), token_sha256: "ab".repeat(32), created_at_ms: 1, created_by: "admin".into(), revoked_at_ms: None })
         .await
         .unwrap();
@@ -876,7 +981,7 @@ async fn migrate_data_moves_a_sqlite_installation_into_postgres() {
     drop(s);
 
     // What SQLite holds, table by table.
-    let tables = ["checks", "agents", "reports", "verdicts", "verdict_days", "report_hours", "incidents", "incident_events", "audit_log", "api_tokens", "join_tokens"];
+    let tables = ["checks", "agents", "reports", "verdicts", "verdict_days", "report_hours", "incidents", "incident_events", "audit_log", "alert_attempts", "api_tokens", "join_tokens"];
     let sqlite = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
     let source: Vec<(String, u64)> = tables
         .iter()
@@ -950,6 +1055,9 @@ async fn migrate_data_moves_a_sqlite_installation_into_postgres() {
         assert_eq!(StoredAgent { connected: false, ..b.clone() }, *a, "agents as they were, none connected yet");
     }
     assert_eq!(s.load_checks().await.unwrap(), before_checks);
+    assert_eq!(s.alert_attempts(AlertAttemptQuery { limit: 10, ..Default::default() }).await.unwrap(), before_attempts);
+    let next = s.record_alert_attempt(attempt(400, "pager", open_id, 1, "delivered")).await.unwrap();
+    assert!(next > before_attempts[0].seq, "the delivery log's sequence continued");
     assert_eq!(s.count_reports().await.unwrap(), 600);
     assert_eq!(s.insert_report(report("p5", "other", "ap", 1, 100_000)).await.unwrap(), Inserted::Duplicate, "a replay of a moved report is still a replay");
 

@@ -11,7 +11,7 @@
 //! mechanism in common). Each error names the step it happened in
 //! (`AUTH: 535 5.7.8 ...`) and never carries a credential.
 
-use super::Delivery;
+use super::{Delivery, FailClass, Failed};
 use super::config::EmailTarget;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MessageBuilder, SinglePart};
@@ -47,6 +47,9 @@ pub struct EmailSender {
 /// Why one attempt did not deliver, already classified.
 struct Failure {
     permanent: bool,
+    /// For the delivery log: the kind of failure and the server's reply code.
+    class: FailClass,
+    code: Option<u16>,
     message: String,
     /// The connection must not be written to any more: lettre leaves it
     /// without a stream after a failed TLS upgrade, and a QUIT would panic.
@@ -54,17 +57,23 @@ struct Failure {
 }
 
 impl Failure {
+    /// No connection to the server (resolution, connect).
     fn retry(message: impl Into<String>) -> Failure {
         Failure {
             permanent: false,
+            class: FailClass::Connect,
+            code: None,
             message: message.into(),
             unusable: false,
         }
     }
 
+    /// Not sendable through this server as configured.
     fn permanent(message: impl Into<String>) -> Failure {
         Failure {
             permanent: true,
+            class: FailClass::Refused,
+            code: None,
             message: message.into(),
             unusable: false,
         }
@@ -84,8 +93,22 @@ impl Failure {
             }
             None => format!("{step}: {e}"),
         };
+        let code = e.status().and_then(|c| c.to_string().parse::<u16>().ok());
+        let class = if code.is_some() {
+            FailClass::SmtpReply
+        } else if e.is_timeout() {
+            FailClass::Timeout
+        } else if e.is_tls() {
+            FailClass::Tls
+        } else if e.is_client() {
+            FailClass::Refused
+        } else {
+            FailClass::Protocol
+        };
         Failure {
             permanent: e.is_permanent() || e.is_client(),
+            class,
+            code,
             message,
             unusable: false,
         }
@@ -105,9 +128,22 @@ impl EmailSender {
     pub async fn send(&self, message: &Message, timeout: Duration) -> Delivery {
         match tokio::time::timeout(timeout, self.exchange(message, timeout)).await {
             Ok(Ok(())) => Delivery::Delivered,
-            Ok(Err(e)) if e.permanent => Delivery::Permanent(e.message),
-            Ok(Err(e)) => Delivery::Retry(e.message),
-            Err(_) => Delivery::Retry(format!("SMTP dialogue not done within {timeout:?}")),
+            Ok(Err(e)) => {
+                let failed = Failed {
+                    class: e.class,
+                    code: e.code,
+                    message: e.message,
+                };
+                if e.permanent {
+                    Delivery::Permanent(failed)
+                } else {
+                    Delivery::Retry(failed)
+                }
+            }
+            Err(_) => Delivery::Retry(Failed::new(
+                FailClass::Timeout,
+                format!("SMTP dialogue not done within {timeout:?}"),
+            )),
         }
     }
 

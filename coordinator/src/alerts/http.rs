@@ -6,7 +6,7 @@
 //! of a POST to an arbitrary URL, a per-channel timeout, and errors that
 //! never repeat the URL (webhook URLs carry their token in the path).
 
-use super::Delivery;
+use super::{Delivery, FailClass, Failed};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, Uri, header};
@@ -25,7 +25,10 @@ pub struct HttpSender {
     uri: Uri,
     host: String,
     port: u16,
+    /// The Host header (the URL's authority).
     authority: String,
+    /// `host:port` for error texts (never a user:password of the URL).
+    place: String,
     tls: Option<tokio_rustls::TlsConnector>,
 }
 
@@ -45,11 +48,16 @@ impl HttpSender {
         } else {
             None
         };
+        let place = format!("{host}:{port}");
+        let authority = authority
+            .rsplit_once('@')
+            .map_or(authority.clone(), |(_, a)| a.to_string());
         Ok(HttpSender {
             uri,
             host,
             port,
             authority,
+            place,
             tls,
         })
     }
@@ -62,15 +70,18 @@ impl HttpSender {
                 (d, _) => d,
             },
             Ok(Err(e)) => Delivery::Retry(e),
-            Err(_) => Delivery::Retry(format!("no answer within {timeout:?}")),
+            Err(_) => Delivery::Retry(Failed::new(
+                FailClass::Timeout,
+                format!("no answer within {timeout:?}"),
+            )),
         }
     }
 
-    async fn exchange(&self, body: &serde_json::Value) -> Result<Answer, String> {
+    async fn exchange(&self, body: &serde_json::Value) -> Result<Answer, Failed> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((host, self.port))
-            .await
-            .map_err(|e| format!("connect to {}: {e}", self.authority))?;
+        let tcp = TcpStream::connect((host, self.port)).await.map_err(|e| {
+            Failed::new(FailClass::Connect, format!("connect to {}: {e}", self.place))
+        })?;
         let _ = tcp.set_nodelay(true);
         let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let req = Request::post(path)
@@ -83,16 +94,15 @@ impl HttpSender {
             .body(Full::new(Bytes::from(
                 serde_json::to_vec(body).expect("JSON serializes"),
             )))
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| Failed::new(FailClass::Protocol, format!("request: {e}")))?;
         match &self.tls {
             None => request(tcp, req).await,
             Some(tls) => {
                 let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| format!("TLS name {host}: {e}"))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS with {}: {e}", self.authority))?;
+                    .map_err(|e| Failed::new(FailClass::Tls, format!("TLS name {host}: {e}")))?;
+                let stream = tls.connect(name, tcp).await.map_err(|e| {
+                    Failed::new(FailClass::Tls, format!("TLS with {}: {e}", self.place))
+                })?;
                 request(stream, req).await
             }
         }
@@ -110,30 +120,31 @@ pub fn classify(status: u16, body: &str) -> Delivery {
             format!("HTTP {status}: {body}")
         }
     };
+    let failed = || Failed::new(FailClass::HttpStatus, text()).with_code(status);
     match status {
         200..=299 => Delivery::Delivered,
-        408 | 429 | 500..=599 => Delivery::Retry(text()),
-        _ => Delivery::Permanent(text()),
+        408 | 429 | 500..=599 => Delivery::Retry(failed()),
+        _ => Delivery::Permanent(failed()),
     }
 }
 
 /// Status, error body text, and `Retry-After` in seconds when given.
 type Answer = (u16, String, Option<Duration>);
 
-async fn request<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Answer, String>
+async fn request<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Answer, Failed>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP: {e}"))?;
+        .map_err(|e| Failed::new(FailClass::Protocol, format!("HTTP: {e}")))?;
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("HTTP: {e}"))?;
+        .map_err(|e| Failed::new(FailClass::Protocol, format!("HTTP: {e}")))?;
     let status = resp.status().as_u16();
     // Only the delay-seconds form: receivers that rate-limit send it so.
     let retry_after = resp
@@ -171,7 +182,9 @@ mod tests {
         }
         assert_eq!(
             classify(400, "invalid routing key\n"),
-            Delivery::Permanent("HTTP 400: invalid routing key".into())
+            Delivery::Permanent(
+                Failed::new(FailClass::HttpStatus, "HTTP 400: invalid routing key").with_code(400)
+            )
         );
     }
 }

@@ -19,9 +19,16 @@
 //! channel, or one whose type changed, is stopped and its queued events are
 //! dropped (logged with their count).
 //!
+//! Every attempt (each retry too) goes to the delivery log ([`AttemptLog`]:
+//! the console's `/console/alerts`, stored) with its result, its failure
+//! class and the receiver's HTTP status or SMTP reply code; error texts
+//! there and in `status()` and the logs have the channel's secrets (its URL
+//! and the URL's path, tokens, passwords) replaced by `[redacted]`, in case a
+//! receiver quotes them back.
+//!
 //! Layers: [`config`] (validation), `payload.rs` (what is sent, pure),
 //! `http.rs` and `email.rs` (one delivery attempt each), this file (queues,
-//! workers, retries, status, shutdown).
+//! workers, retries, status, shutdown, the delivery log).
 
 pub mod config;
 mod email;
@@ -33,6 +40,7 @@ pub use config::{ChannelConfig, Target};
 
 use crate::judge::model::AlertEvent;
 use crate::shutdown::Shutdown;
+use crate::storage::{AlertAttempt, Storage};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,11 +53,112 @@ use tokio::time::Instant;
 pub enum Delivery {
     Delivered,
     /// Worth another attempt (5xx, 408, 429, 4xx SMTP, connect, TLS, timeout).
-    Retry(String),
+    Retry(Failed),
     /// Retry, and not before this (the receiver's `Retry-After`).
-    RetryAfter(String, Duration),
+    RetryAfter(Failed, Duration),
     /// Asking again will not help (other 4xx, 5xx SMTP): logged, not retried.
-    Permanent(String),
+    Permanent(Failed),
+}
+
+/// Why one attempt failed: its class, the receiver's answer code when it
+/// gave one, and the error in words (never a credential or the URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub class: FailClass,
+    /// The HTTP status or SMTP reply code the receiver answered.
+    pub code: Option<u16>,
+    pub message: String,
+}
+
+impl Failed {
+    pub fn new(class: FailClass, message: impl Into<String>) -> Failed {
+        Failed {
+            class,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same, with the receiver's status or reply code.
+    pub fn with_code(self, code: u16) -> Failed {
+        Failed {
+            code: Some(code),
+            ..self
+        }
+    }
+}
+
+/// The kinds of failure the delivery log tells apart (a bounded set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailClass {
+    /// The HTTP receiver answered with a non-2xx status.
+    HttpStatus,
+    /// The SMTP server answered with a 4xx or 5xx reply.
+    SmtpReply,
+    /// No connection (resolution, refused, unreachable).
+    Connect,
+    /// The TLS handshake or the server's certificate.
+    Tls,
+    /// No complete answer within the channel's `timeout`.
+    Timeout,
+    /// A broken or unexpected exchange (HTTP framing, SMTP replies unreadable).
+    Protocol,
+    /// Not sent: the server cannot do what the channel needs (no STARTTLS,
+    /// no AUTH mechanism in common, a token refused) or the message was refused before sending.
+    Refused,
+}
+
+impl FailClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailClass::HttpStatus => "http_status",
+            FailClass::SmtpReply => "smtp_reply",
+            FailClass::Connect => "connect",
+            FailClass::Tls => "tls",
+            FailClass::Timeout => "timeout",
+            FailClass::Protocol => "protocol",
+            FailClass::Refused => "refused",
+        }
+    }
+}
+
+/// Where every delivery attempt is recorded: a bounded queue into a task
+/// that stores each one ([`AttemptLog::to_storage`]), so a slow or
+/// unavailable database never holds a channel back (a full queue loses
+/// the attempt's record, with a warning, never the alert).
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLog(Option<tokio::sync::mpsc::Sender<AlertAttempt>>);
+
+/// Attempts waiting to be stored before new ones are dropped from the log.
+const LOG_QUEUE: usize = 1024;
+
+impl AttemptLog {
+    /// Records nothing (tests of the dispatcher alone).
+    pub fn off() -> AttemptLog {
+        AttemptLog(None)
+    }
+
+    /// Stores every attempt in `storage`, from a task of its own (inside a
+    /// Tokio runtime) that ends when the last handle is dropped.
+    pub fn to_storage(storage: Arc<Storage>) -> AttemptLog {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<AlertAttempt>(LOG_QUEUE);
+        tokio::spawn(async move {
+            while let Some(a) = rx.recv().await {
+                if let Err(e) = storage.record_alert_attempt(a).await {
+                    tracing::warn!(error = %e, "an alert delivery attempt could not be stored in the delivery log");
+                }
+            }
+        });
+        AttemptLog(Some(tx))
+    }
+
+    fn record(&self, a: AlertAttempt) {
+        if let Some(tx) = &self.0
+            && tx.try_send(a).is_err()
+        {
+            tracing::warn!("alert delivery log queue full: an attempt was not recorded");
+        }
+    }
 }
 
 /// The alert dispatcher. Cheap to share behind an `Arc`.
@@ -60,6 +169,8 @@ pub struct Alerts {
     channels: Mutex<Vec<Channel>>,
     /// An `alert.deliver` span per event and channel, when the coordinator traces.
     traces: crate::telemetry::Traces,
+    /// Where each worker records its attempts.
+    log: AttemptLog,
 }
 
 /// What [`Alerts::reload`] changed, by channel name.
@@ -157,16 +268,28 @@ impl Alerts {
         shutdown: Shutdown,
         traces: crate::telemetry::Traces,
     ) -> Arc<Alerts> {
+        Alerts::start_logged(channels, shutdown, traces, AttemptLog::off())
+    }
+
+    /// [`Alerts::start_traced`], recording every delivery attempt in `log`
+    /// (the coordinator's delivery log).
+    pub fn start_logged(
+        channels: Vec<ChannelConfig>,
+        shutdown: Shutdown,
+        traces: crate::telemetry::Traces,
+        log: AttemptLog,
+    ) -> Arc<Alerts> {
         let out = channels
             .into_iter()
             .map(|config| {
                 let queue = Arc::new(Queue::new(config.queue_capacity));
-                open_channel(config, queue, Arc::default(), &shutdown, &traces)
+                open_channel(config, queue, Arc::default(), &shutdown, &traces, &log)
             })
             .collect();
         Arc::new(Alerts {
             channels: Mutex::new(out),
             traces,
+            log,
         })
     }
 
@@ -220,6 +343,7 @@ impl Alerts {
                             Arc::default(),
                             &shutdown,
                             &self.traces,
+                            &self.log,
                         ));
                     }
                 }
@@ -267,6 +391,7 @@ impl Alerts {
                 ch.stats.clone(),
                 &shutdown,
                 &self.traces,
+                &self.log,
             );
             ch.worker = started.worker;
             ch.queue.ready.notify_one();
@@ -369,6 +494,7 @@ fn open_channel(
     stats: Arc<Mutex<Stats>>,
     shutdown: &Shutdown,
     traces: &crate::telemetry::Traces,
+    log: &AttemptLog,
 ) -> Channel {
     let sender = match Sender::new(&config) {
         Ok(s) => Some(s),
@@ -389,6 +515,8 @@ fn open_channel(
     let worker = sender.map(|sender| {
         let worker = Worker {
             endpoint: endpoint_of(&config),
+            secrets: secrets_of(&config),
+            log: log.clone(),
             config: config.clone(),
             queue: queue.clone(),
             stats: stats.clone(),
@@ -439,6 +567,64 @@ fn endpoint_of(config: &ChannelConfig) -> String {
     }
 }
 
+/// The strings of a channel's config that must never be shown: the URL,
+/// its path and query, any path segment or query value long enough to be
+/// a token, a user:password in it, the routing key, the SMTP password or
+/// token. Longest first, so a longer one is replaced before its parts.
+fn secrets_of(config: &ChannelConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    match &config.target {
+        Target::Webhook(h) | Target::Slack(h) | Target::PagerDuty { endpoint: h, .. } => {
+            let url = h.url.expose();
+            out.push(url.to_string());
+            if let Ok(uri) = url.parse::<hyper::Uri>() {
+                if let Some(pq) = uri.path_and_query().map(|p| p.as_str())
+                    && pq.len() > 1
+                {
+                    out.push(pq.to_string());
+                }
+                out.extend(
+                    uri.path()
+                        .split('/')
+                        .filter(|s| s.len() >= 8)
+                        .map(str::to_string),
+                );
+                for pair in uri.query().unwrap_or("").split('&') {
+                    let value = pair.split_once('=').map_or(pair, |(_, v)| v);
+                    if value.len() >= 8 {
+                        out.push(value.to_string());
+                    }
+                }
+                if let Some((userinfo, _)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
+                    out.push(userinfo.to_string());
+                }
+            }
+            if let Target::PagerDuty { routing_key, .. } = &config.target {
+                out.push(routing_key.expose().to_string());
+            }
+        }
+        Target::Email(e) => {
+            out.extend(e.password.iter().map(|p| p.expose().to_string()));
+            out.extend(e.oauth2_token.iter().map(|t| t.expose().to_string()));
+        }
+    }
+    out.retain(|s| s.len() >= 4);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// `text` with each of `secrets` replaced by `[redacted]`.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -465,6 +651,9 @@ struct Worker {
     config: ChannelConfig,
     /// `https://host:443` or `smtp host:port`: where, in logs (never the full URL).
     endpoint: String,
+    /// What error texts must not show ([`secrets_of`]).
+    secrets: Vec<String>,
+    log: AttemptLog,
     queue: Arc<Queue>,
     stats: Arc<Mutex<Stats>>,
     sender: Sender,
@@ -561,8 +750,9 @@ impl Worker {
                 (Sender::Email(e), Body::Email(m)) => e.send(m, c.timeout).await,
                 _ => unreachable!("a channel's body matches its sender"),
             };
-            let (error, permanent, not_before) = match outcome {
+            let (failed, permanent, not_before) = match outcome {
                 Delivery::Delivered => {
+                    self.record(event, attempt, attempts, "delivered", None, None);
                     let mut s = self.stats.lock().unwrap();
                     s.delivered += 1;
                     s.last_ok_at_ms = Some(now_ms());
@@ -581,6 +771,13 @@ impl Worker {
                 Delivery::RetryAfter(e, after) => (e, false, Some(after)),
                 Delivery::Permanent(e) => (e, true, None),
             };
+            let error = scrub(&failed.message, &self.secrets);
+            let result = match (permanent, attempt == attempts) {
+                (true, _) => "permanent",
+                (false, true) => "exhausted",
+                (false, false) => "retry",
+            };
+            self.record(event, attempt, attempts, result, Some(&failed), Some(&error));
             crate::telemetry::alert_attempt_failed(span.as_mut(), attempt, &error);
             {
                 let mut s = self.stats.lock().unwrap();
@@ -629,6 +826,33 @@ impl Worker {
             );
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// One attempt into the delivery log.
+    fn record(
+        &self,
+        event: &AlertEvent,
+        attempt: u32,
+        of: u32,
+        result: &str,
+        failed: Option<&Failed>,
+        error: Option<&str>,
+    ) {
+        self.log.record(AlertAttempt {
+            seq: 0,
+            at_ms: now_ms(),
+            channel: self.config.name.clone(),
+            channel_type: self.config.type_name().to_string(),
+            incident_id: event.incident.id,
+            check_id: event.incident.check_id.clone(),
+            event: event.event.as_str().to_string(),
+            attempt,
+            of,
+            result: result.to_string(),
+            class: failed.map(|f| f.class.as_str().to_string()),
+            code: failed.and_then(|f| f.code),
+            detail: error.map(str::to_string),
+        });
     }
 
     fn body(&self, event: &AlertEvent) -> Body {
@@ -681,6 +905,35 @@ fn random_u32() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secrets(table: Value) -> Vec<String> {
+        let env = |name: &str| (name == "SMTP_PASS").then(|| "pa55-w0rd-x".to_string());
+        let mut issues = Vec::new();
+        let parsed = config::parse(Some(&json!([table])), &env, &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        secrets_of(&parsed[0])
+    }
+
+    #[test]
+    fn a_channel_s_secrets_are_scrubbed_from_error_texts_even_quoted_back() {
+        let hook = secrets(json!({"name": "h", "type": "slack",
+            "url": "https://hooks.example.net/services/T0000/B1111/XyZsecretTokenXyZ?key=querysecret1"}));
+        for quoted in [
+            "HTTP 404: no such hook /services/T0000/B1111/XyZsecretTokenXyZ?key=querysecret1",
+            "HTTP 410: XyZsecretTokenXyZ is revoked",
+            "HTTP 400: bad key querysecret1",
+        ] {
+            let clean = scrub(quoted, &hook);
+            assert!(clean.contains("[redacted]"), "{clean}");
+            assert!(!clean.contains("XyZsecretTokenXyZ") && !clean.contains("querysecret1"), "{clean}");
+        }
+        assert_eq!(scrub("connect to hooks.example.net:443: refused", &hook), "connect to hooks.example.net:443: refused");
+        let pd = secrets(json!({"name": "p", "type": "pagerduty", "routing_key": "R0UTINGKEY0123456789abcdef0123456"}));
+        assert!(!scrub("HTTP 400: invalid routing key R0UTINGKEY0123456789abcdef0123456", &pd).contains("R0UTING"));
+        let mail = secrets(json!({"name": "m", "type": "email", "smtp_host": "127.0.0.1", "smtp_port": 587,
+            "username": "u@example.net", "password_env": "SMTP_PASS", "from": "a@example.net", "to": ["b@example.net"]}));
+        assert_eq!(scrub("AUTH PLAIN: 535 pa55-w0rd-x refused", &mail), "AUTH PLAIN: 535 [redacted] refused");
+    }
 
     #[test]
     fn backoff_doubles_is_capped_and_jittered_downward_only() {

@@ -1,6 +1,6 @@
 //! The judge's part of the admin API: verdicts, incidents (and their
-//! acknowledgement), learned baselines, a one-screen status, and the alert
-//! channels' health.
+//! acknowledgement), learned baselines, a one-screen status, the alert
+//! channels' health and their delivery log.
 //!
 //! Like the rest of the API: reads need a read or admin token, the one
 //! write (`ack`) the admin token, and is audited (see `auth.rs`). Bodies
@@ -10,7 +10,7 @@
 use super::state::{ApiError, ApiState, admin, audited, page_cursor, rfc3339, time_bound};
 use crate::auth::{Access, Action, ApiRouter, IdFrom};
 use crate::judge::{Incident, IncidentKind, IncidentState, Verdict, summary};
-use crate::storage::{AckOutcome, IncidentQuery, VerdictQuery};
+use crate::storage::{AckOutcome, AlertAttemptQuery, IncidentQuery, VerdictQuery};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -43,6 +43,7 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(Method::GET, "/api/v1/checks/{id}/baselines", Access::Read, baselines)
         .route(Method::GET, "/api/v1/status", Access::Read, status)
         .route(Method::GET, "/api/v1/alerts", Access::Read, alerts)
+        .route(Method::GET, "/api/v1/alerts/attempts", Access::Read, alert_attempts)
 }
 
 /// A verdict as the API shows it: the stored evidence plus readable times.
@@ -136,6 +137,7 @@ async fn incidents(State(state): State<ApiState>, Query(p): Query<IncidentParams
             kind,
             check_id: p.check,
             limit: p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+            ..Default::default()
         })
         .await?;
     let mut shown: Vec<Value> = list.iter().map(incident_json).collect();
@@ -335,4 +337,62 @@ async fn status(State(state): State<ApiState>) -> ApiResult {
 
 async fn alerts(State(state): State<ApiState>) -> ApiResult {
     ok(state.judge.alerts().status())
+}
+
+#[derive(Debug, Deserialize)]
+struct AttemptParams {
+    channel: Option<String>,
+    incident: Option<u64>,
+    /// The previous page's `next`: attempts older than it.
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/alerts/attempts`: the delivery log, every attempt newest
+/// first. `delivery_error` (it may quote a receiver's answer; the channel's
+/// secrets are already scrubbed from it) is hidden from the read role like
+/// `last_error`.
+async fn alert_attempts(
+    State(state): State<ApiState>,
+    Query(p): Query<AttemptParams>,
+) -> ApiResult {
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut rows = state
+        .storage
+        .alert_attempts(AlertAttemptQuery {
+            channel: p.channel,
+            incident_id: p.incident,
+            before_seq: p.before,
+            after_seq: None,
+            limit: limit + 1,
+        })
+        .await?;
+    let next = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|a| a.seq)
+    } else {
+        None
+    };
+    let attempts: Vec<Value> = rows
+        .iter()
+        .map(|a| {
+            json!({
+                "seq": a.seq,
+                "at_ms": a.at_ms,
+                "at": rfc3339(a.at_ms),
+                "channel": a.channel,
+                "type": a.channel_type,
+                "incident_id": a.incident_id,
+                "check_id": a.check_id,
+                "event": a.event,
+                "attempt": a.attempt,
+                "of": a.of,
+                "result": a.result,
+                "class": a.class,
+                "code": a.code,
+                "delivery_error": a.detail,
+            })
+        })
+        .collect();
+    ok(json!({"attempts": attempts, "next": next}))
 }

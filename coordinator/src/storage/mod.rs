@@ -271,7 +271,8 @@ storage_api! {
     /// Deletes verdicts decided before `cutoff_ms` (and the day counts of
     /// days that ended by then).
     fn prune_verdicts(&self, cutoff_ms: i64) -> usize;
-    /// Incidents, newest first (without their timelines).
+    /// Incidents, newest first (without their timelines); with
+    /// `q.after_id`, the ones above it, oldest first (a page back).
     fn list_incidents(&self, q: IncidentQuery) -> Vec<Incident>;
     /// One incident with its timeline.
     fn incident(&self, id: u64) -> Option<Incident>;
@@ -308,6 +309,13 @@ storage_api! {
     fn query_audit(&self, q: AuditQuery) -> AuditPage;
     /// Deletes audit entries older than `cutoff_ms`.
     fn prune_audit(&self, cutoff_ms: i64) -> usize;
+    /// Appends one alert delivery attempt to the delivery log; its `seq`.
+    fn record_alert_attempt(&self, a: AlertAttempt) -> u64;
+    /// At most `q.limit` delivery attempts, newest first (with
+    /// `q.after_seq`, the ones above it, oldest first: a page back).
+    fn alert_attempts(&self, q: AlertAttemptQuery) -> Vec<AlertAttempt>;
+    /// Deletes delivery attempts older than `cutoff_ms`.
+    fn prune_alert_attempts(&self, cutoff_ms: i64) -> usize;
     /// Inserts or replaces (a revoked name reused) an API token.
     fn put_api_token(&self, t: StoredToken) -> ();
     /// Every API token made through the API, revoked ones included.

@@ -242,6 +242,11 @@ pub struct IncidentQuery {
     pub kind: Option<IncidentKind>,
     pub check_id: Option<String>,
     pub limit: u32,
+    /// Only ids below this (the next, older page); newest first.
+    pub before_id: Option<u64>,
+    /// Only ids above this (the previous, newer page): these are answered
+    /// oldest first, nearest the cursor first.
+    pub after_id: Option<u64>,
 }
 
 /// Incidents of some checks that were active at some time in a span:
@@ -459,6 +464,52 @@ pub struct AuditQuery {
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     pub next: Option<u64>,
+}
+
+/// One attempt to deliver an incident's alert event through a channel:
+/// the console's alert delivery log (every try, not only the outcome).
+/// Never a secret: no URL (a webhook's path carries its token), no
+/// credential; `detail` has the channel's secrets scrubbed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertAttempt {
+    /// Assigned on insert (0 before); also the paging cursor.
+    pub seq: u64,
+    /// When the attempt ended.
+    pub at_ms: i64,
+    pub channel: String,
+    /// `webhook`, `slack`, `pagerduty`, `email`.
+    pub channel_type: String,
+    pub incident_id: u64,
+    pub check_id: String,
+    /// The alert event: `opened`, `acknowledged`, `resolved`, ...
+    pub event: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// How many tries the channel allows (`retries` + 1).
+    pub of: u32,
+    /// `delivered`; `retry` (failed, tried again later); `exhausted` (the
+    /// last try failed); `permanent` (failed, not worth another try).
+    pub result: String,
+    /// Why it failed (None when delivered): `http_status`, `smtp_reply`,
+    /// `connect`, `tls`, `timeout`, `protocol`, `refused`.
+    pub class: Option<String>,
+    /// The receiver's HTTP status or SMTP reply code, when it answered one.
+    pub code: Option<u16>,
+    /// The error in words (may quote the receiver's answer; secrets scrubbed).
+    pub detail: Option<String>,
+}
+
+/// A page of the alert delivery log, newest first (or, with `after_seq`,
+/// the page above the cursor, oldest first).
+#[derive(Debug, Clone, Default)]
+pub struct AlertAttemptQuery {
+    pub channel: Option<String>,
+    pub incident_id: Option<u64>,
+    /// Attempts older than this `seq` (the next page).
+    pub before_seq: Option<u64>,
+    /// Attempts newer than this `seq` (the previous page), oldest first.
+    pub after_seq: Option<u64>,
+    pub limit: u32,
 }
 
 /// An API token made through the API (`POST /api/v1/tokens`). Only its

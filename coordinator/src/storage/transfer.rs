@@ -2,7 +2,7 @@
 //! PostgreSQL database, history and all: checks, agents (tokens and
 //! rotation state), reports, verdicts and their day counts, hourly aggregates, incidents with
 //! their timelines (open ones stay open, with their notes), the audit log,
-//! API and join tokens.
+//! the alert delivery log, API and join tokens.
 //!
 //! One PostgreSQL transaction: the copy commits whole or not at all, so a
 //! run that fails (or is killed) leaves the target as it was and is simply
@@ -197,6 +197,25 @@ const TABLES: &[Table] = &[
             ("action", Text),
             ("object", Text),
             ("object_id", Text),
+            ("detail", Text),
+        ],
+        serial: Some("seq"),
+    },
+    Table {
+        name: "alert_attempts",
+        columns: &[
+            ("seq", Int),
+            ("at_ms", Int),
+            ("channel", Text),
+            ("channel_type", Text),
+            ("incident_id", Int),
+            ("check_id", Text),
+            ("event", Text),
+            ("attempt", Int),
+            ("attempts", Int),
+            ("result", Text),
+            ("class", Text),
+            ("code", Int),
             ("detail", Text),
         ],
         serial: Some("seq"),

@@ -115,6 +115,7 @@ pub(super) async fn active_id(
 impl Postgres {
     /// Incidents, newest first (without their timelines).
     pub async fn list_incidents(&self, q: IncidentQuery) -> Result<Vec<Incident>, StorageError> {
+        let order = if q.after_id.is_some() { "ASC" } else { "DESC" };
         let client = self.client().await?;
         let states: Vec<String> = q.states.iter().map(enum_str).collect();
         let states = (!states.is_empty()).then_some(states);
@@ -124,9 +125,17 @@ impl Postgres {
                     "SELECT {INCIDENT_COLUMNS} FROM incidents
                      WHERE ($1::text[] IS NULL OR state = ANY($1)) AND ($2::text IS NULL OR kind = $2)
                        AND ($3::text IS NULL OR check_id = $3)
-                     ORDER BY id DESC LIMIT $4"
+                       AND ($5::int8 IS NULL OR id < $5) AND ($6::int8 IS NULL OR id > $6)
+                     ORDER BY id {order} LIMIT $4"
                 ),
-                &[&states, &q.kind.map(|k| k.as_str()), &q.check_id, &(q.limit.clamp(1, 1000) as i64)],
+                &[
+                    &states,
+                    &q.kind.map(|k| k.as_str()),
+                    &q.check_id,
+                    &(q.limit.clamp(1, 1000) as i64),
+                    &q.before_id.map(|i| i as i64),
+                    &q.after_id.map(|i| i as i64),
+                ],
             )
             .await?;
         rows.iter().map(incident_row).collect()

@@ -230,6 +230,27 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         expires_at   BIGINT NOT NULL
     );
     CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);",
+), (
+    10,
+    "alert delivery log: every attempt to deliver an alert, with its result",
+    "CREATE TABLE alert_attempts (
+        seq          BIGSERIAL PRIMARY KEY,
+        at_ms        BIGINT NOT NULL,
+        channel      TEXT NOT NULL,
+        channel_type TEXT NOT NULL,
+        incident_id  BIGINT NOT NULL,
+        check_id     TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        attempt      BIGINT NOT NULL,
+        attempts     BIGINT NOT NULL,
+        result       TEXT NOT NULL,
+        class        TEXT,
+        code         BIGINT,
+        detail       TEXT
+    );
+    CREATE INDEX alert_attempts_by_age ON alert_attempts (at_ms);
+    CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, seq);
+    CREATE INDEX alert_attempts_by_incident ON alert_attempts (incident_id, seq);",
 )];
 
 /// The schema version this coordinator writes.

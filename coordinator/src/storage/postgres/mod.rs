@@ -10,6 +10,7 @@
 
 mod agents;
 mod aggregates;
+mod alert_log;
 mod audit;
 mod changes;
 mod checks;

@@ -111,8 +111,10 @@ pub(super) fn active_id(
 }
 
 impl Sqlite {
-    /// Incidents, newest first (without their timelines).
+    /// Incidents, newest first (without their timelines); with
+    /// `after_id`, the ones above it, oldest first.
     pub async fn list_incidents(&self, q: IncidentQuery) -> Result<Vec<Incident>, StorageError> {
+        let order = if q.after_id.is_some() { "ASC" } else { "DESC" };
         self.read(move |conn| {
             let states: Vec<String> = q.states.iter().map(enum_str).collect();
             let states_json =
@@ -121,7 +123,8 @@ impl Sqlite {
                 "SELECT {INCIDENT_COLUMNS} FROM incidents
                  WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1)))
                    AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR check_id = ?3)
-                 ORDER BY id DESC LIMIT ?4"
+                   AND (?5 IS NULL OR id < ?5) AND (?6 IS NULL OR id > ?6)
+                 ORDER BY id {order} LIMIT ?4"
             ))?;
             let rows = stmt
                 .query_map(
@@ -129,7 +132,9 @@ impl Sqlite {
                         states_json,
                         q.kind.map(|k| k.as_str()),
                         q.check_id,
-                        q.limit.clamp(1, 1000) as i64
+                        q.limit.clamp(1, 1000) as i64,
+                        q.before_id.map(|i| i as i64),
+                        q.after_id.map(|i| i as i64),
                     ],
                     incident_row,
                 )?

@@ -207,6 +207,28 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     );
     CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);",
     ),
+    (
+        11,
+        "alert delivery log: every attempt to deliver an alert, with its result",
+        "CREATE TABLE alert_attempts (
+        seq          INTEGER PRIMARY KEY,
+        at_ms        INTEGER NOT NULL,
+        channel      TEXT NOT NULL,
+        channel_type TEXT NOT NULL,
+        incident_id  INTEGER NOT NULL,
+        check_id     TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL,
+        result       TEXT NOT NULL,
+        class        TEXT,
+        code         INTEGER,
+        detail       TEXT
+    );
+    CREATE INDEX alert_attempts_by_age ON alert_attempts (at_ms);
+    CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, seq);
+    CREATE INDEX alert_attempts_by_incident ON alert_attempts (incident_id, seq);",
+    ),
 ];
 
 /// Applies the numbered migrations this database has not had yet.

@@ -4,6 +4,7 @@
 
 mod agents;
 mod aggregates;
+mod alert_log;
 mod audit;
 mod checks;
 mod engine;

@@ -20,14 +20,16 @@
 //! the server with a table beside it for screen readers.
 
 pub mod pages;
+pub mod paging;
 
 use crate::api::state::{ApiError, ApiState, audited};
 use crate::auth::{Access, Action, ApiRouter, Caller, Changed, IdFrom, Role};
-use crate::judge::{IncidentState, RegionEvidence, RegionState, Verdict};
-use crate::storage::AckOutcome;
+use crate::judge::{Incident, IncidentKind, IncidentState, RegionEvidence, RegionState, Verdict};
+use crate::storage::{AckOutcome, AlertAttempt, AlertAttemptQuery, IncidentQuery};
+use paging::{Cursor, Links, Page, Paging};
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -39,6 +41,49 @@ use std::sync::LazyLock;
 /// How many past verdicts of a check the overview searches for each
 /// region's last failure.
 const FAILURE_LOOKBACK: u32 = 200;
+
+/// Active incidents listed on the overview (newest first); the rest are
+/// one link away (`/console/incidents?state=active`).
+const ACTIVE_SHOWN: usize = 20;
+
+/// A query string's fields.
+type Fields = Query<HashMap<String, String>>;
+
+/// A filter field, trimmed (empty when absent).
+fn field(q: &HashMap<String, String>, name: &str) -> String {
+    q.get(name).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+/// A list page's rows with its links and what it was filtered by, for a
+/// template.
+pub struct Listed<T> {
+    pub rows: Vec<T>,
+    pub links: Links,
+    /// The filters in force, as (field, value) (empty values unset).
+    pub filters: Vec<(&'static str, String)>,
+    /// The page size, kept by the filter form when it is not the default.
+    pub size: usize,
+}
+
+impl<T> Listed<T> {
+    fn new(page: Page<T>, paging: &Paging, path: &str, filters: Vec<(&'static str, String)>) -> Listed<T> {
+        let links = Links::of(&page, paging, path, &filters);
+        Listed {
+            rows: page.rows,
+            links,
+            filters,
+            size: paging.size,
+        }
+    }
+
+    /// A filter's value ("" when unset).
+    pub fn filter(&self, name: &str) -> &str {
+        self.filters
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
 
 /// The console's routes and what each needs (merged with the API's by
 /// `crate::admin`).
@@ -53,6 +98,7 @@ pub fn routes() -> ApiRouter<ApiState> {
         .route(Method::POST, "/console/logout", Public, logout)
         .route(Method::GET, "/console", Read, overview)
         .route(Method::GET, "/console/checks/{id}/rounds/{round}", Read, round)
+        .route(Method::GET, "/console/incidents", Read, incidents)
         .route(Method::GET, "/console/incidents/{id}", Read, incident)
         .route(Method::POST, "/console/incidents/{id}/ack", ack, acknowledge)
         .route(Method::GET, "/console/agents", Read, agents)
@@ -228,17 +274,25 @@ fn failing(e: &RegionEvidence) -> bool {
     matches!(e.state, RegionState::Failed | RegionState::Deferred)
 }
 
+/// `GET /console`: a page of checks (by name, `?q=` a part of the name)
+/// with every region's state now and last failure, and the newest active
+/// incidents.
 async fn overview(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     session: Option<Extension<Session>>,
+    Query(q): Fields,
 ) -> PageResult {
+    let paging = Paging::from_query(&q);
+    let name_part = field(&q, "q");
     let mut live = state.hub.checks();
+    live.retain(|c| c.spec.name.contains(name_part.as_str()));
     live.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-    let ids: Vec<String> = live.iter().map(|c| c.spec.name.clone()).collect();
+    let page = paging.slice(live, |c| c.spec.name.clone());
+    let ids: Vec<String> = page.rows.iter().map(|c| c.spec.name.clone()).collect();
     let (mut latest, active) = state.storage.status_snapshot(ids).await?;
     let mut rows = Vec::new();
-    for c in &live {
+    for c in &page.rows {
         let name = c.spec.name.clone();
         let recent = state
             .storage
@@ -274,11 +328,83 @@ async fn overview(
     }
     let mut active = active;
     active.sort_by_key(|i| std::cmp::Reverse(i.opened_at_ms));
+    let active_total = active.len();
+    active.truncate(ACTIVE_SHOWN);
     let viewer = viewer(&caller, session.as_deref());
+    let listed = Listed::new(
+        Page {
+            rows,
+            prev: page.prev,
+            next: page.next,
+        },
+        &paging,
+        "/console",
+        vec![("q", name_part)],
+    );
     Ok(html(
         StatusCode::OK,
-        pages::overview(&viewer, &rows, &active),
+        pages::overview(&viewer, &listed, &active, active_total),
     ))
+}
+
+/// `GET /console/incidents`: every incident, newest first, a page at a
+/// time, filtered by `state` (`active`, `open`, `acknowledged`,
+/// `resolved`), `kind` and `check` (its exact name).
+async fn incidents(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    session: Option<Extension<Session>>,
+    Query(q): Fields,
+) -> PageResult {
+    let paging = Paging::from_query(&q);
+    let state_filter = field(&q, "state");
+    let states = match state_filter.as_str() {
+        "active" => vec![IncidentState::Open, IncidentState::Acknowledged],
+        "open" => vec![IncidentState::Open],
+        "acknowledged" => vec![IncidentState::Acknowledged],
+        "resolved" => vec![IncidentState::Resolved],
+        _ => Vec::new(),
+    };
+    let kind_filter = field(&q, "kind");
+    let kind = IncidentKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind_filter);
+    let check = field(&q, "check");
+    let id = |c: &String| c.parse::<u64>().ok();
+    let (before_id, after_id) = match &paging.cursor {
+        Cursor::First => (None, None),
+        Cursor::After(k) => (id(k).or(Some(i64::MAX as u64)), None),
+        Cursor::Before(k) => (None, id(k).or(Some(0))),
+    };
+    let rows = state
+        .storage
+        .list_incidents(IncidentQuery {
+            states,
+            kind,
+            check_id: (!check.is_empty()).then(|| check.clone()),
+            limit: paging.fetch() as u32,
+            before_id,
+            after_id,
+        })
+        .await?;
+    let page = paging.settle(rows, |i: &Incident| i.id.to_string());
+    let listed = Listed::new(
+        page,
+        &paging,
+        "/console/incidents",
+        vec![
+            ("state", if states_known(&state_filter) { state_filter } else { String::new() }),
+            ("kind", kind.map(|k| k.as_str().to_string()).unwrap_or_default()),
+            ("check", check),
+        ],
+    );
+    let viewer = viewer(&caller, session.as_deref());
+    Ok(html(StatusCode::OK, pages::incidents(&viewer, &listed)))
+}
+
+/// The `state` filter's words.
+fn states_known(s: &str) -> bool {
+    matches!(s, "active" | "open" | "acknowledged" | "resolved")
 }
 
 /// One region's probe in a round: the stored report, parsed.
@@ -414,51 +540,84 @@ async fn acknowledge(
     Ok(page)
 }
 
+/// An agent's place in the agents list (by region, then name): `,` sorts
+/// before every character a name may hold, so the keys' order is the
+/// list's.
+fn agent_key(a: &crate::cluster::hub::AgentView) -> String {
+    format!("{},{}", a.stored.region, a.stored.name)
+}
+
+/// `GET /console/agents`: agents by region and name, a page at a time,
+/// `?region=` one region's.
 async fn agents(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     session: Option<Extension<Session>>,
+    Query(q): Fields,
 ) -> PageResult {
+    let paging = Paging::from_query(&q);
+    let region = field(&q, "region");
     let mut agents = state.hub.agents();
-    agents.sort_by(|a, b| {
-        a.stored
-            .region
-            .cmp(&b.stored.region)
-            .then(a.stored.name.cmp(&b.stored.name))
-    });
+    let mut regions: Vec<String> = agents.iter().map(|a| a.stored.region.clone()).collect();
+    regions.sort();
+    regions.dedup();
+    if !region.is_empty() {
+        agents.retain(|a| a.stored.region == region);
+    }
+    agents.sort_by_key(agent_key);
+    let page = paging.slice(agents, agent_key);
+    let listed = Listed::new(page, &paging, "/console/agents", vec![("region", region)]);
     let viewer = viewer(&caller, session.as_deref());
     Ok(html(
         StatusCode::OK,
-        pages::agents(&viewer, &agents, crate::clock::now_ms()),
+        pages::agents(&viewer, &listed, &regions, crate::clock::now_ms()),
     ))
 }
 
+/// `GET /console/alerts`: the channels' counters, and the delivery log:
+/// every attempt, newest first, a page at a time, `?channel=` and
+/// `?incident=` to narrow it.
 async fn alerts(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     session: Option<Extension<Session>>,
+    Query(q): Fields,
 ) -> PageResult {
+    let paging = Paging::from_query(&q);
     let status = state.judge.alerts().status();
-    let viewer = viewer(&caller, session.as_deref());
-    // Incidents with their alert events (the timeline records each page).
-    let recent = state
+    let channel = field(&q, "channel");
+    let incident = field(&q, "incident");
+    let incident_id = incident.trim_start_matches('#').parse::<u64>().ok();
+    let seq = |c: &String| c.parse::<u64>().ok();
+    let (before_seq, after_seq) = match &paging.cursor {
+        Cursor::First => (None, None),
+        Cursor::After(k) => (seq(k).or(Some(i64::MAX as u64)), None),
+        Cursor::Before(k) => (None, seq(k).or(Some(0))),
+    };
+    let rows = state
         .storage
-        .list_incidents(crate::storage::IncidentQuery {
-            states: vec![],
-            kind: None,
-            check_id: None,
-            limit: 20,
+        .alert_attempts(AlertAttemptQuery {
+            channel: (!channel.is_empty()).then(|| channel.clone()),
+            incident_id,
+            before_seq,
+            after_seq,
+            limit: paging.fetch() as u32,
         })
         .await?;
-    let mut incidents = Vec::new();
-    for i in recent {
-        if let Some(full) = state.storage.incident(i.id).await? {
-            incidents.push(full);
-        }
-    }
+    let page = paging.settle(rows, |a: &AlertAttempt| a.seq.to_string());
+    let listed = Listed::new(
+        page,
+        &paging,
+        "/console/alerts",
+        vec![
+            ("channel", channel),
+            ("incident", incident_id.map(|i| i.to_string()).unwrap_or_default()),
+        ],
+    );
+    let viewer = viewer(&caller, session.as_deref());
     Ok(html(
         StatusCode::OK,
-        pages::alerts(&viewer, &status, &incidents),
+        pages::alerts(&viewer, &status, &listed),
     ))
 }
 

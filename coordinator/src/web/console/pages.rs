@@ -3,10 +3,12 @@
 //! text); the only unescaped text is [`CSS`], a constant. The waterfall
 //! is inline SVG computed here, with the same numbers in a table.
 
-use super::{CheckRow, ProbeView, Viewer, acknowledgeable};
+use super::paging::Links;
+use super::{CheckRow, Listed, ProbeView, Viewer, acknowledgeable};
+use crate::storage::AlertAttempt;
 use crate::auth::Role;
 use crate::cluster::hub::AgentView;
-use crate::judge::{BaselineView, Incident, RegionEvidence, Verdict};
+use crate::judge::{BaselineView, Incident, IncidentKind, RegionEvidence, Verdict};
 use mailloop_common::report::{ProbeReport, StepReport};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
@@ -30,7 +32,8 @@ h1{font-size:1.4rem;margin:.5rem 0}h2{font-size:1.15rem;margin:1.25rem 0 .5rem}h
 table{border-collapse:collapse;width:100%;margin:.5rem 0}th,td{text-align:left;vertical-align:top;padding:.3rem .5rem;border-bottom:1px solid var(--line)}\
 th{font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}\
 .state{font-weight:600;border-left:.3rem solid var(--line);padding-left:.4rem}\
-.s-ok,.s-up{border-color:var(--up)}.s-degraded,.s-deferred,.s-transit{border-color:var(--warn)}.s-failed,.s-down,.s-missing{border-color:var(--down)}\
+.s-ok,.s-up,.s-resolved{border-color:var(--up)}.s-degraded,.s-deferred,.s-transit,.s-acknowledged{border-color:var(--warn)}\
+.s-failed,.s-down,.s-missing,.s-open{border-color:var(--down)}\
 .muted{color:var(--muted)}.reply{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-word}\
 .card{background:var(--card);border:1px solid var(--line);border-radius:.3rem;padding:.75rem 1rem;margin:.75rem 0}\
 .notice{border-left:.3rem solid var(--up)}.error{border-left:.3rem solid var(--down)}\
@@ -44,6 +47,9 @@ svg text{fill:var(--fg);font:12px system-ui,sans-serif}svg .axis{stroke:var(--li
 svg .smtp{fill:var(--smtp)}svg .imap{fill:var(--imap)}svg .other{fill:var(--muted)}svg .slow{fill:var(--down)}\
 svg .band{fill:var(--band)}svg .median{stroke:var(--warn);stroke-width:2}\
 pre{white-space:pre-wrap;word-break:break-word;font-size:.85em}\
+form.filters{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end;margin:.5rem 0}form.filters label{margin:0 0 .2rem}\
+input[type=search],select{font:inherit;padding:.3rem;border:1px solid var(--muted);border-radius:.3rem;background:var(--bg);color:var(--fg)}\
+nav.pager ul{display:flex;flex-wrap:wrap;gap:1.25rem;list-style:none;margin:.75rem 0;padding:0}\
 .sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}";
 
 /// The `snake_case` name of a serialised enum (`open`, `failed`, ...).
@@ -97,6 +103,7 @@ fn layout(viewer: Option<&Viewer>, title: &str, body: Markup) -> Markup {
                         nav aria-label="Console" {
                             ul {
                                 li { a href="/console" { "Overview" } }
+                                li { a href="/console/incidents" { "Incidents" } }
                                 li { a href="/console/agents" { "Agents" } }
                                 li { a href="/console/alerts" { "Alerts" } }
                             }
@@ -169,8 +176,47 @@ fn round_link(check: &str, round: u64) -> String {
     format!("/console/checks/{check}/rounds/{round}")
 }
 
-/// Every check × region now, with each region's last failure.
-pub fn overview(viewer: &Viewer, checks: &[CheckRow], active: &[Incident]) -> Markup {
+/// Links to a list's neighbouring pages (plain links: no JavaScript,
+/// reachable with Tab), or nothing when the list fits on one page.
+fn pager(label: &str, links: &Links, prev_word: &str, next_word: &str) -> Markup {
+    html! {
+        @if links.prev.is_some() || links.next.is_some() || links.first.is_some() {
+            nav.pager aria-label=(label) {
+                ul {
+                    @if let Some(h) = &links.first { li { a href=(h) { "First page" } } }
+                    @if let Some(h) = &links.prev { li { a href=(h) rel="prev" { "← " (prev_word) } } }
+                    @if let Some(h) = &links.next { li { a href=(h) rel="next" { (next_word) " →" } } }
+                }
+            }
+        }
+    }
+}
+
+/// A filter form's hidden page size, when it is not the default (a
+/// filter starts again from the first page, with the same size).
+fn keep_size(size: usize) -> Markup {
+    html! {
+        @if size != super::paging::DEFAULT_SIZE { input type="hidden" name="n" value=(size); }
+    }
+}
+
+/// The line under an empty page: nothing matched, or a cursor past the end.
+fn nothing_here<T>(listed: &Listed<T>, what: &str) -> Markup {
+    html! {
+        @if listed.rows.is_empty() {
+            p { "No " (what) " here." }
+        }
+    }
+}
+
+/// Every check × region now, with each region's last failure: a page of
+/// checks by name.
+pub fn overview(
+    viewer: &Viewer,
+    checks: &Listed<CheckRow>,
+    active: &[Incident],
+    active_total: usize,
+) -> Markup {
     layout(
         Some(viewer),
         "Overview",
@@ -180,6 +226,10 @@ pub fn overview(viewer: &Viewer, checks: &[CheckRow], active: &[Incident]) -> Ma
             @if active.is_empty() {
                 p { "None." }
             } @else {
+                @if active_total > active.len() {
+                    p { "The newest " (active.len()) " of " (active_total) ": "
+                        a href="/console/incidents?state=active" { "all active incidents" } "." }
+                }
                 ul {
                     @for i in active {
                         li {
@@ -190,6 +240,12 @@ pub fn overview(viewer: &Viewer, checks: &[CheckRow], active: &[Incident]) -> Ma
                 }
             }
             h2 { "Checks by region" }
+            form.filters method="get" action="/console" role="search" aria-label="Checks" {
+                div { label for="f-q" { "Check name contains" } input #f-q type="search" name="q" value=(checks.filter("q")); }
+                (keep_size(checks.size))
+                button type="submit" { "Filter" }
+            }
+            (nothing_here(checks, "checks"))
             table {
                 caption.sr-only { "Every check and region: the latest verdict and the last failure" }
                 thead { tr {
@@ -197,7 +253,7 @@ pub fn overview(viewer: &Viewer, checks: &[CheckRow], active: &[Incident]) -> Ma
                     th scope="col" { "Now" } th scope="col" { "Last round" } th scope="col" { "Last failure" }
                 } }
                 tbody {
-                    @for c in checks {
+                    @for c in &checks.rows {
                         @for (k, r) in c.regions.iter().enumerate() {
                             tr {
                                 @if k == 0 {
@@ -240,6 +296,66 @@ pub fn overview(viewer: &Viewer, checks: &[CheckRow], active: &[Incident]) -> Ma
                     }
                 }
             }
+            (pager("Pages of checks", &checks.links, "Previous checks", "Next checks"))
+        },
+    )
+}
+
+/// Every incident, newest first, a page at a time, with its filters.
+pub fn incidents(viewer: &Viewer, listed: &Listed<Incident>) -> Markup {
+    let state = listed.filter("state");
+    let kind = listed.filter("kind");
+    layout(
+        Some(viewer),
+        "Incidents",
+        html! {
+            h1 { "Incidents" }
+            form.filters method="get" action="/console/incidents" role="search" aria-label="Incidents" {
+                div {
+                    label for="f-state" { "State" }
+                    select #f-state name="state" {
+                        @for (value, words) in [("", "any"), ("active", "active (open or acknowledged)"), ("open", "open"), ("acknowledged", "acknowledged"), ("resolved", "resolved")] {
+                            option value=(value) selected[state == value] { (words) }
+                        }
+                    }
+                }
+                div {
+                    label for="f-kind" { "Kind" }
+                    select #f-kind name="kind" {
+                        option value="" selected[kind.is_empty()] { "any" }
+                        @for k in IncidentKind::ALL {
+                            option value=(k.as_str()) selected[kind == k.as_str()] { (k.as_str()) }
+                        }
+                    }
+                }
+                div { label for="f-check" { "Check" } input #f-check type="search" name="check" value=(listed.filter("check")); }
+                (keep_size(listed.size))
+                button type="submit" { "Filter" }
+            }
+            (nothing_here(listed, "incidents"))
+            @if !listed.rows.is_empty() {
+                table {
+                    caption.sr-only { "Incidents, newest first" }
+                    thead { tr {
+                        th scope="col" { "Incident" } th scope="col" { "Check" } th scope="col" { "Kind" } th scope="col" { "State" }
+                        th scope="col" { "Severity" } th scope="col" { "Opened" } th scope="col" { "Resolved" }
+                    } }
+                    tbody {
+                        @for i in &listed.rows {
+                            tr {
+                                th scope="row" { a href={ "/console/incidents/" (i.id) } { "#" (i.id) } }
+                                td { (i.check_id) }
+                                td { (word(&i.kind)) }
+                                td { (state_cell(&word(&i.state))) }
+                                td { (word(&i.severity)) }
+                                td { (fmt_time(i.opened_at_ms)) }
+                                td { @match i.resolved_at_ms { Some(at) => (fmt_time(at)), None => span.muted { "—" } } }
+                            }
+                        }
+                    }
+                }
+            }
+            (pager("Pages of incidents", &listed.links, "Newer", "Older"))
         },
     )
 }
@@ -567,20 +683,34 @@ pub fn incident(
     )
 }
 
-/// Every agent: region, version, last seen, spool depth.
-pub fn agents(viewer: &Viewer, agents: &[AgentView], now_ms: i64) -> Markup {
+/// Every agent: region, version, last seen, spool depth (a page of them,
+/// by region and name).
+pub fn agents(viewer: &Viewer, agents: &Listed<AgentView>, regions: &[String], now_ms: i64) -> Markup {
+    let region = agents.filter("region");
     layout(
         Some(viewer),
         "Agents",
         html! {
             h1 { "Agents" }
+            form.filters method="get" action="/console/agents" role="search" aria-label="Agents" {
+                div {
+                    label for="f-region" { "Region" }
+                    select #f-region name="region" {
+                        option value="" selected[region.is_empty()] { "any" }
+                        @for r in regions { option value=(r) selected[region == r.as_str()] { (r) } }
+                    }
+                }
+                (keep_size(agents.size))
+                button type="submit" { "Filter" }
+            }
+            (nothing_here(agents, "agents"))
             table {
                 thead { tr {
                     th scope="col" { "Agent" } th scope="col" { "Region" } th scope="col" { "Connected" } th scope="col" { "Version" }
                     th scope="col" { "Last seen" } th scope="col" { "Spooled reports" } th scope="col" { "Checks" } th scope="col" { "Clock skew" }
                 } }
                 tbody {
-                    @for a in agents {
+                    @for a in &agents.rows {
                         tr {
                             th scope="row" { (a.stored.name) @if a.stored.revoked { " (revoked)" } }
                             td { (a.stored.region) }
@@ -594,13 +724,26 @@ pub fn agents(viewer: &Viewer, agents: &[AgentView], now_ms: i64) -> Markup {
                     }
                 }
             }
+            (pager("Pages of agents", &agents.links, "Previous agents", "Next agents"))
         },
     )
 }
 
-/// The alert channels' delivery counters and the recent incidents'
-/// alert events.
-pub fn alerts(viewer: &Viewer, status: &Value, incidents: &[Incident]) -> Markup {
+/// An attempt's result in words, with the colour of its state.
+fn attempt_result(a: &AlertAttempt) -> Markup {
+    let (class, words) = match a.result.as_str() {
+        "delivered" => ("up", "delivered"),
+        "retry" => ("deferred", "failed, retried"),
+        "exhausted" => ("failed", "failed, retries exhausted"),
+        "permanent" => ("failed", "failed, not retried"),
+        other => ("missing", other),
+    };
+    html! { span class={ "state s-" (class) } { (words) } }
+}
+
+/// The alert channels' delivery counters and the delivery log: every
+/// attempt, newest first, a page at a time.
+pub fn alerts(viewer: &Viewer, status: &Value, log: &Listed<AlertAttempt>) -> Markup {
     let channels = status["channels"].as_array().cloned().unwrap_or_default();
     let text = |v: &Value| {
         v.as_str().map(str::to_string).unwrap_or_else(|| {
@@ -611,11 +754,14 @@ pub fn alerts(viewer: &Viewer, status: &Value, incidents: &[Incident]) -> Markup
             }
         })
     };
+    let admin = viewer.role == Role::Admin;
+    let channel = log.filter("channel");
     html! {
         (layout(Some(viewer), "Alerts", html! {
             h1 { "Alert delivery" }
             @if channels.is_empty() { p { "No alert channel is configured." } } @else {
                 table {
+                    caption.sr-only { "Alert channels and their delivery counters" }
                     thead { tr {
                         th scope="col" { "Channel" } th scope="col" { "Type" } th scope="col" { "Delivered" } th scope="col" { "Failed" }
                         th scope="col" { "Dropped" } th scope="col" { "Pending" } th scope="col" { "Last delivered" } th scope="col" { "Last error" }
@@ -629,7 +775,7 @@ pub fn alerts(viewer: &Viewer, status: &Value, incidents: &[Incident]) -> Markup
                                 td.num { (text(&c["dropped"])) } td.num { (text(&c["pending"])) }
                                 td { (text(&c["last_ok_at"])) }
                                 td.reply {
-                                    @if viewer.role == Role::Admin { (text(&c["last_error"])) " " span.muted { (text(&c["last_error_at"])) } }
+                                    @if admin { (text(&c["last_error"])) " " span.muted { (text(&c["last_error_at"])) } }
                                     @else { span.muted { "shown to the admin role only" } }
                                 }
                             }
@@ -637,19 +783,51 @@ pub fn alerts(viewer: &Viewer, status: &Value, incidents: &[Incident]) -> Markup
                     }
                 }
             }
-            h2 { "Recent incidents and their alert events" }
-            table {
-                thead { tr { th scope="col" { "Incident" } th scope="col" { "State" } th scope="col" { "Events" } } }
-                tbody {
-                    @for i in incidents {
-                        tr {
-                            th scope="row" { a href={ "/console/incidents/" (i.id) } { "#" (i.id) " " (i.check_id) " " (word(&i.kind)) } }
-                            td { (state_cell(&word(&i.state))) }
-                            td { ul { @for t in &i.timeline { li { (fmt_time(t.at_ms)) " " (t.event) } } } }
+            h2 #log { "Delivery log" }
+            p.muted { "Every attempt to deliver an incident's alert, each retry included, newest first: the failure's class and the receiver's HTTP status or SMTP reply code."
+                @if !admin { " Error texts are shown to the admin role only." } }
+            form.filters method="get" action="/console/alerts" role="search" aria-label="Delivery log" {
+                div {
+                    label for="f-channel" { "Channel" }
+                    select #f-channel name="channel" {
+                        option value="" selected[channel.is_empty()] { "any" }
+                        @for c in &channels {
+                            @let name = text(&c["name"]);
+                            option value=(name) selected[channel == name] { (name) }
+                        }
+                    }
+                }
+                div { label for="f-incident" { "Incident number" } input #f-incident type="search" inputmode="numeric" name="incident" value=(log.filter("incident")); }
+                (keep_size(log.size))
+                button type="submit" { "Filter" }
+            }
+            (nothing_here(log, "delivery attempts"))
+            @if !log.rows.is_empty() {
+                table {
+                    caption.sr-only { "Alert delivery attempts, newest first" }
+                    thead { tr {
+                        th scope="col" { "Time" } th scope="col" { "Channel" } th scope="col" { "Incident" } th scope="col" { "Event" }
+                        th scope="col" { "Attempt" } th scope="col" { "Result" } th scope="col" { "Class" } th scope="col" { "Code" }
+                        @if admin { th scope="col" { "Error" } }
+                    } }
+                    tbody {
+                        @for a in &log.rows {
+                            tr data-attempt=(a.attempt) data-result=(a.result) {
+                                td { (fmt_time(a.at_ms)) }
+                                th scope="row" { (a.channel) " " span.muted { "(" (a.channel_type) ")" } }
+                                td { a href={ "/console/incidents/" (a.incident_id) } { "#" (a.incident_id) } " " (a.check_id) }
+                                td { (a.event) }
+                                td.num { (a.attempt) " of " (a.of) }
+                                td { (attempt_result(a)) }
+                                td { @match &a.class { Some(c) => code { (c) }, None => span.muted { "—" } } }
+                                td.num { @match a.code { Some(c) => (c), None => span.muted { "—" } } }
+                                @if admin { td.reply { (a.detail.as_deref().unwrap_or("")) } }
+                            }
                         }
                     }
                 }
             }
+            (pager("Pages of the delivery log", &log.links, "Newer", "Older"))
         }))
     }
 }

@@ -1,0 +1,93 @@
+//! The alert delivery log: every attempt to deliver an incident's alert
+//! event through a channel, with its result.
+
+use super::super::model::{AlertAttempt, AlertAttemptQuery, StorageError};
+use super::engine::Sqlite;
+use rusqlite::params;
+
+impl Sqlite {
+    /// Appends one delivery attempt; answers once it is committed.
+    pub async fn record_alert_attempt(&self, a: AlertAttempt) -> Result<u64, StorageError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO alert_attempts (at_ms, channel, channel_type, incident_id, check_id, event,
+                     attempt, attempts, result, class, code, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                a.at_ms,
+                a.channel,
+                a.channel_type,
+                a.incident_id as i64,
+                a.check_id,
+                a.event,
+                a.attempt,
+                a.of,
+                a.result,
+                a.class,
+                a.code,
+                a.detail
+            ])?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
+        .await
+    }
+
+    /// At most `q.limit` attempts, newest first (with `after_seq`: the
+    /// ones above it, oldest first).
+    pub async fn alert_attempts(
+        &self,
+        q: AlertAttemptQuery,
+    ) -> Result<Vec<AlertAttempt>, StorageError> {
+        let order = if q.after_seq.is_some() { "ASC" } else { "DESC" };
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT seq, at_ms, channel, channel_type, incident_id, check_id, event, attempt, attempts,
+                        result, class, code, detail
+                 FROM alert_attempts
+                 WHERE (?1 IS NULL OR channel = ?1) AND (?2 IS NULL OR incident_id = ?2)
+                   AND (?3 IS NULL OR seq < ?3) AND (?4 IS NULL OR seq > ?4)
+                 ORDER BY seq {order} LIMIT ?5"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        q.channel,
+                        q.incident_id.map(|i| i as i64),
+                        q.before_seq.map(|s| s as i64),
+                        q.after_seq.map(|s| s as i64),
+                        q.limit.clamp(1, 1000) as i64
+                    ],
+                    |r| {
+                        Ok(AlertAttempt {
+                            seq: r.get::<_, i64>(0)? as u64,
+                            at_ms: r.get(1)?,
+                            channel: r.get(2)?,
+                            channel_type: r.get(3)?,
+                            incident_id: r.get::<_, i64>(4)? as u64,
+                            check_id: r.get(5)?,
+                            event: r.get(6)?,
+                            attempt: r.get(7)?,
+                            of: r.get(8)?,
+                            result: r.get(9)?,
+                            class: r.get(10)?,
+                            code: r.get(11)?,
+                            detail: r.get(12)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Deletes attempts older than `cutoff_ms`; returns how many.
+    pub async fn prune_alert_attempts(&self, cutoff_ms: i64) -> Result<usize, StorageError> {
+        self.delete_in_chunks(
+            "DELETE FROM alert_attempts WHERE seq IN (SELECT seq FROM alert_attempts WHERE at_ms < ?1 LIMIT ?2)",
+            cutoff_ms,
+        )
+        .await
+    }
+}
