@@ -181,17 +181,19 @@ async fn rollups_match_the_raw_reports() {
             assert_close(&stats["max"], max, &format!("{key:?} {field}.max"));
             assert_close(&stats["avg"], avg, &format!("{key:?} {field}.avg"));
         }
-        let buckets: u64 = a["rtt_ms"]["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_u64().unwrap())
-            .sum();
-        assert_eq!(
-            buckets,
-            e.rtt.len() as u64,
-            "every timed report is in one histogram bucket"
-        );
+        for (field, values) in [("rtt_ms", &e.rtt), ("delivery_ms", &e.delivery)] {
+            let buckets: u64 = a[field]["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                buckets,
+                values.len() as u64,
+                "{key:?} {field}: every timed report is in one histogram bucket"
+            );
+        }
     }
 
     // Filters: one region; a `since` after the first hour.

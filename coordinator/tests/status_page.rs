@@ -315,7 +315,8 @@ async fn seeded() -> Coordinator {
                     started_at_ms: at,
                     outcome: "ok".into(),
                     rtt_ms: Some(30.0 + h as f64 + 100.0 * n as f64 + slow),
-                    delivery_ms: Some(10.0 + 50.0 * n as f64),
+                    // eu-west: 10, 10 and 410 ms; us-east: always 60 ms.
+                    delivery_ms: Some(if n == 0 { [10.0, 10.0, 410.0][k as usize] } else { 60.0 }),
                     failure_step: None,
                     failure_class: None,
                     report_json: report_json(&id, "web-up"),
@@ -369,7 +370,7 @@ async fn a_check_page_charts_round_trip_and_delivery_per_region() {
     let expected: Vec<(String, usize)> = [24usize, 30]
         .iter()
         .flat_map(|n| {
-            ["eu-west p50", "eu-west p95", "us-east p50", "us-east p95", "eu-west delivery", "us-east delivery"]
+            ["eu-west p50", "eu-west p95", "us-east p50", "us-east p95", "eu-west delivery p50", "eu-west delivery p95", "us-east delivery p50", "us-east delivery p95"]
                 .map(|l| (l.to_string(), *n))
         })
         .collect();
@@ -380,7 +381,13 @@ async fn a_check_page_charts_round_trip_and_delivery_per_region() {
     assert_eq!(sorted, want, "{lines:?}");
     // The same figures as a table: 24 hours measured per region in 24 h.
     assert!(page.contains("<th scope=\"row\">eu-west</th><td>"), "{page}");
-    assert!(page.contains("<td>60 ms</td><td>24</td>"), "us-east's mean delivery, 24 hours measured: {page}");
+    assert!(page.contains("<td>60 ms</td><td>60 ms</td><td>24</td>"), "us-east's delivery p50 and p95, 24 hours measured: {page}");
+    // eu-west's delivery p50 among its fast two, its p95 in the slow third.
+    let desc = page.split("<desc id=\"w24hd-d\">").nth(1).unwrap().split("</desc>").next().unwrap();
+    let ms = |after: &str| -> f64 { desc.split(after).nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap() };
+    assert!(desc.starts_with("eu-west: p50 "), "{desc}");
+    let (p50, p95) = (ms("eu-west: p50 "), ms(", p95 "));
+    assert!(p50 <= 25.0 && (250.0..=410.0).contains(&p95), "eu-west's delivery p50 {p50}, p95 {p95}: {desc}");
     assert_no_secrets("a check's page", &page);
 
     // A check without measurements says so; private and unknown checks

@@ -9,7 +9,7 @@ use mailloop_coordinator::judge::{
 };
 use mailloop_coordinator::storage::{
     AlertAttempt, AlertAttemptQuery, AggregateQuery, AggregateSpanQuery, AuditEntry, AuditQuery, IncidentQuery, IncidentSpanQuery, Inserted, PgSettings, ReportRow, ResultQuery, Storage,
-    StorageError, StorageSettings, StoredToken, VerdictCount, VerdictCountQuery, DayCountQuery, JoinToken, JoinUse,
+    StorageError, StorageSettings, StoredToken, RTT_BUCKETS_MS, VerdictCount, VerdictCountQuery, DayCountQuery, JoinToken, JoinUse,
 };
 use mailloop_tests::postgres::Postgres;
 use serde_json::json;
@@ -46,9 +46,11 @@ impl Db {
     }
 }
 
-/// The tables of SQLite migrations 9.. and PostgreSQL 8.., dropped by
-/// [`Db::rewind_to_before_day_counts`].
-const REWIND_TABLES: &str = "DROP TABLE verdict_days; DROP TABLE console_sessions; DROP TABLE alert_attempts;";
+/// The tables of SQLite migrations 9.. and PostgreSQL 8.., and the hourly
+/// aggregates' delivery histogram (PostgreSQL 11; SQLite adds it when it
+/// opens a file without it), dropped by [`Db::rewind_to_before_day_counts`].
+const REWIND_TABLES: &str = "DROP TABLE verdict_days; DROP TABLE console_sessions; DROP TABLE alert_attempts;
+    ALTER TABLE report_hours DROP COLUMN delivery_buckets;";
 
 macro_rules! both {
     ($($case:ident),* $(,)?) => {$(
@@ -497,6 +499,10 @@ async fn day_counts_equal_a_count_over_verdicts_after_stores_backfill_and_prunin
     db.rewind_to_before_day_counts();
     let s = db.open().await;
     assert_eq!(kept_days(&s, 0).await, truth, "backfilled");
+    // ...and the hourly aggregates have their delivery histogram again.
+    s.insert_report(report("p-upgraded", "c-upgraded", "eu", 1, 1_000)).await.unwrap();
+    let hours = s.aggregates(AggregateQuery { check_id: "c-upgraded".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(hours[0].delivery_buckets.iter().sum::<u64>(), 1, "{hours:?}");
     // Retention: verdicts decided before day 2, and the days that ended by then.
     s.prune_verdicts(2 * DAY).await.unwrap();
     let left = counted_days(&s, 0).await;
@@ -573,6 +579,7 @@ async fn a_report_counts_once_in_its_hour(db: &Db) {
     let s = db.open().await;
     let mut slow = report("p-slow", "c", "eu", 2, 60_000);
     slow.rtt_ms = Some(700.0);
+    slow.delivery_ms = Some(4_000.0);
     slow.outcome = "degraded".into();
     for r in [report("p1", "c", "eu", 1, 1_000), slow.clone(), slow] {
         s.insert_report(r).await.unwrap();
@@ -584,6 +591,15 @@ async fn a_report_counts_once_in_its_hour(db: &Db) {
     assert_eq!(h.rtt.count, 2);
     assert_eq!((h.rtt.min_ms, h.rtt.max_ms), (Some(12.5), Some(700.0)));
     assert_eq!(h.rtt_buckets.iter().sum::<u64>(), 2);
+    // Delivery times have their own histogram (3 ms and 4 s).
+    let bucket = |le: f64| RTT_BUCKETS_MS.iter().position(|&b| b == le).unwrap();
+    let in_bucket = |h: &mailloop_coordinator::storage::HourAggregate, le: f64| h.delivery_buckets[bucket(le)];
+    assert_eq!((in_bucket(h, 25.0), in_bucket(h, 5_000.0), h.delivery_buckets.iter().sum::<u64>()), (1, 1, 2));
+    // A later report of the same hour adds to the stored histogram.
+    s.insert_report(report("p-late", "c", "eu", 3, 120_000)).await.unwrap();
+    let hours = s.aggregates(AggregateQuery { check_id: "c".into(), ..Default::default() }).await.unwrap();
+    assert_eq!((in_bucket(&hours[0], 25.0), hours[0].delivery_buckets.iter().sum::<u64>()), (2, 3));
+    assert!(hours[0].delivery_quantile(0.95).unwrap() > 1_000.0, "{:?}", hours[0]);
     assert_eq!(s.prune_aggregates(10 * 3_600_000).await.unwrap(), 1);
     s.close().await;
 }
@@ -792,11 +808,12 @@ fn the_migrate_command_prepares_a_postgres_database() {
     assert!(out.status.success(), "{stdout}{stderr}");
     // 2: join tokens of agent enrollment; 3: agent presence; 4: the alert
     // outbox; 5, 6: token rotation; 7: the status page's verdict index;
-    // 8: its day counts; 9: console sessions; 10: the alert delivery log.
-    assert!(stdout.contains("schema version 10"), "{stdout}");
+    // 8: its day counts; 9: console sessions; 10: the alert delivery log;
+    // 11: the hourly aggregates' delivery histogram.
+    assert!(stdout.contains("schema version 11"), "{stdout}");
     assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
     let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
-    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "10");
+    assert_eq!(pg.psql(db, "SELECT MAX(version) FROM mailloop_schema"), "11");
     write("pool_size = 0\ncolour = \"blue\"\n");
     let out = run();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -89,6 +89,9 @@ pub fn aggregate_json(a: &HourAggregate) -> Value {
             "min": round(a.delivery.min_ms),
             "avg": round(a.delivery.avg_ms()),
             "max": round(a.delivery.max_ms),
+            "p50": round(a.delivery_quantile(0.5)),
+            "p95": round(a.delivery_quantile(0.95)),
+            "buckets": a.delivery_buckets,
         },
     })
 }

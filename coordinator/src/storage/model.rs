@@ -283,8 +283,9 @@ pub enum AckOutcome {
     NotFound,
 }
 
-/// Upper bounds (ms) of the round-trip histogram's buckets; a last bucket
-/// takes everything slower. Fixed, so hours can be merged into days.
+/// Upper bounds (ms) of the round-trip and delivery-time histograms'
+/// buckets; a last bucket takes everything slower. Fixed, so hours can be
+/// merged into days.
 pub const RTT_BUCKETS_MS: [f64; 11] = [
     25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0,
 ];
@@ -333,6 +334,9 @@ pub struct HourAggregate {
     /// Counts per [`RTT_BUCKETS_MS`] bucket, plus one for slower.
     pub rtt_buckets: [u64; RTT_BUCKETS_MS.len() + 1],
     pub delivery: TimingStats,
+    /// Delivery times per [`RTT_BUCKETS_MS`] bucket, plus one for slower
+    /// (all zero in hours stored before the histogram existed).
+    pub delivery_buckets: [u64; RTT_BUCKETS_MS.len() + 1],
 }
 
 impl HourAggregate {
@@ -347,6 +351,7 @@ impl HourAggregate {
             rtt: TimingStats::default(),
             rtt_buckets: [0; RTT_BUCKETS_MS.len() + 1],
             delivery: TimingStats::default(),
+            delivery_buckets: [0; RTT_BUCKETS_MS.len() + 1],
         }
     }
 
@@ -358,13 +363,8 @@ impl HourAggregate {
             // `Outcome` has three values; anything else is not a success.
             _ => self.failed += 1,
         }
-        if let Some(ms) = rtt_ms.filter(|m| m.is_finite()) {
-            let i = RTT_BUCKETS_MS
-                .iter()
-                .position(|&le| ms <= le)
-                .unwrap_or(RTT_BUCKETS_MS.len());
-            self.rtt_buckets[i] += 1;
-        }
+        count_in(&mut self.rtt_buckets, rtt_ms);
+        count_in(&mut self.delivery_buckets, delivery_ms);
         self.rtt.add(rtt_ms);
         self.delivery.add(delivery_ms);
     }
@@ -378,28 +378,51 @@ impl HourAggregate {
     /// histogram the way Prometheus does (linear inside the bucket), and
     /// clamped to the hour's real minimum and maximum. `None` without data.
     pub fn rtt_quantile(&self, q: f64) -> Option<f64> {
-        let (min, max) = (self.rtt.min_ms?, self.rtt.max_ms?);
-        let total: u64 = self.rtt_buckets.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = q.clamp(0.0, 1.0) * total as f64;
-        let mut seen = 0u64;
-        for (i, &n) in self.rtt_buckets.iter().enumerate() {
-            if n > 0 && (seen + n) as f64 >= rank {
-                let lo = if i == 0 {
-                    min
-                } else {
-                    RTT_BUCKETS_MS[i - 1].max(min)
-                };
-                let hi = RTT_BUCKETS_MS.get(i).copied().unwrap_or(max).min(max);
-                let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
-                return Some((lo + (hi - lo) * within).clamp(min, max));
-            }
-            seen += n;
-        }
-        Some(max)
+        quantile(&self.rtt, &self.rtt_buckets, q)
     }
+
+    /// The `q` quantile of the delivery time, as [`Self::rtt_quantile`];
+    /// `None` also for an hour stored before delivery times had a histogram.
+    pub fn delivery_quantile(&self, q: f64) -> Option<f64> {
+        quantile(&self.delivery, &self.delivery_buckets, q)
+    }
+}
+
+/// Counts `ms` in its [`RTT_BUCKETS_MS`] bucket.
+fn count_in(buckets: &mut [u64; RTT_BUCKETS_MS.len() + 1], ms: Option<f64>) {
+    if let Some(ms) = ms.filter(|m| m.is_finite()) {
+        let i = RTT_BUCKETS_MS
+            .iter()
+            .position(|&le| ms <= le)
+            .unwrap_or(RTT_BUCKETS_MS.len());
+        buckets[i] += 1;
+    }
+}
+
+/// The `q` quantile of a histogram over [`RTT_BUCKETS_MS`], linear inside
+/// its bucket and clamped to the real minimum and maximum of `stats`.
+fn quantile(stats: &TimingStats, buckets: &[u64], q: f64) -> Option<f64> {
+    let (min, max) = (stats.min_ms?, stats.max_ms?);
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut seen = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n > 0 && (seen + n) as f64 >= rank {
+            let lo = if i == 0 {
+                min
+            } else {
+                RTT_BUCKETS_MS[i - 1].max(min)
+            };
+            let hi = RTT_BUCKETS_MS.get(i).copied().unwrap_or(max).min(max);
+            let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+            return Some((lo + (hi - lo) * within).clamp(min, max));
+        }
+        seen += n;
+    }
+    Some(max)
 }
 
 /// Which aggregates to read.

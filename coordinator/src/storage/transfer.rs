@@ -148,6 +148,7 @@ const TABLES: &[Table] = &[
             ("delivery_sum", Float),
             ("delivery_min", Float),
             ("delivery_max", Float),
+            ("delivery_buckets", IntList),
         ],
         serial: None,
     },

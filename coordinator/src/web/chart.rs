@@ -7,9 +7,12 @@
 //! What a point is: one hour of one region. The round trip's p50 and p95
 //! are estimated from the hour's histogram (`HourAggregate::rtt_quantile`,
 //! linear inside a bucket, clamped to the hour's real minimum and
-//! maximum); the delivery time is the hour's mean (the aggregates keep
-//! its count, sum, minimum and maximum, not a histogram). An hour without
-//! a measurement is a gap in the line, never a zero.
+//! maximum), and the delivery time's the same way from its own histogram
+//! (`HourAggregate::delivery_quantile`). An hour stored before delivery
+//! times had a histogram (before PostgreSQL schema 11; SQLite adds the
+//! column when it opens the file) shows
+//! its mean on the p50 line and no p95. An hour without a measurement is a
+//! gap in the line, never a zero.
 //!
 //! Every chart is `role="img"` with a `<title>` and a `<desc>` that says
 //! in words what the lines show, and the page puts a table of the same
@@ -30,8 +33,9 @@ pub struct HourPoint {
     pub hour_ms: i64,
     pub p50: Option<f64>,
     pub p95: Option<f64>,
-    /// The hour's mean delivery time.
-    pub delivery: Option<f64>,
+    /// The hour's delivery time, p50 and p95.
+    pub delivery_p50: Option<f64>,
+    pub delivery_p95: Option<f64>,
 }
 
 /// One region's hours, oldest first, and its totals over them.
@@ -42,8 +46,9 @@ pub struct RegionSeries {
     /// The window's hours merged (histograms added): its p50 and p95.
     pub p50: Option<f64>,
     pub p95: Option<f64>,
-    /// The window's mean delivery time.
-    pub delivery: Option<f64>,
+    /// The window's delivery time, p50 and p95.
+    pub delivery_p50: Option<f64>,
+    pub delivery_p95: Option<f64>,
     /// Hours with at least one round trip measured.
     pub measured_hours: usize,
 }
@@ -64,7 +69,8 @@ pub fn per_region(aggregates: &[&HourAggregate], since_ms: i64) -> Vec<RegionSer
                 hours: hours.iter().map(|a| point(a)).collect(),
                 p50: total.rtt_quantile(0.5),
                 p95: total.rtt_quantile(0.95),
-                delivery: total.delivery.avg_ms(),
+                delivery_p50: delivery_p50(&total),
+                delivery_p95: total.delivery_quantile(0.95),
                 measured_hours: hours.iter().filter(|a| a.rtt.count > 0).count(),
             }
         })
@@ -76,8 +82,15 @@ fn point(a: &HourAggregate) -> HourPoint {
         hour_ms: a.hour_ms,
         p50: a.rtt_quantile(0.5),
         p95: a.rtt_quantile(0.95),
-        delivery: a.delivery.avg_ms(),
+        delivery_p50: delivery_p50(a),
+        delivery_p95: a.delivery_quantile(0.95),
     }
+}
+
+/// The delivery time's p50, or an hour's mean when it was stored before
+/// delivery times had a histogram.
+fn delivery_p50(a: &HourAggregate) -> Option<f64> {
+    a.delivery_quantile(0.5).or_else(|| a.delivery.avg_ms())
 }
 
 /// Several hours (or regions) as one: counts and histograms added.
@@ -101,6 +114,9 @@ fn merge<'a>(hours: impl Iterator<Item = &'a HourAggregate>) -> HourAggregate {
         add(&mut m.rtt, &h.rtt);
         add(&mut m.delivery, &h.delivery);
         for (into, n) in m.rtt_buckets.iter_mut().zip(h.rtt_buckets) {
+            *into += n;
+        }
+        for (into, n) in m.delivery_buckets.iter_mut().zip(h.delivery_buckets) {
             *into += n;
         }
     }
@@ -240,10 +256,24 @@ mod tests {
         assert_eq!(s.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
         assert_eq!(s[0].hours.len(), 2);
         assert_eq!(s[0].measured_hours, 2);
-        assert_eq!(s[0].delivery, Some((10.0 + 10.0 + 30.0) / 3.0));
+        // eu's deliveries: 10, 10 and 30 ms (all in the first bucket, which
+        // starts at the minimum): p50 and p95 inside the real range.
+        let (p50, p95) = (s[0].delivery_p50.unwrap(), s[0].delivery_p95.unwrap());
+        assert!((10.0..=30.0).contains(&p50) && p50 <= p95 && p95 <= 30.0, "{s:?}");
+        assert_eq!(s[1].delivery_p95, Some(50.0), "one delivery: every quantile is it");
         assert!(s[0].p95.unwrap() <= 40.0 && s[0].p50.unwrap() >= 20.0, "{s:?}");
         // An hour before the window is not read.
         assert_eq!(per_region(&refs, 11 * HOUR_MS)[0].hours.len(), 1);
+    }
+
+    #[test]
+    fn an_hour_without_a_delivery_histogram_shows_its_mean() {
+        // As stored before the histogram: counts, sum, min and max only.
+        let mut old = hour("eu", 10, &[20.0, 30.0], 40.0);
+        old.delivery_buckets = [0; crate::storage::RTT_BUCKETS_MS.len() + 1];
+        let refs = [&old];
+        let s = per_region(&refs, 10 * HOUR_MS);
+        assert_eq!((s[0].hours[0].delivery_p50, s[0].hours[0].delivery_p95), (Some(40.0), None));
     }
 
     #[test]

@@ -337,7 +337,7 @@ pub fn check_times(d: &CheckPageData, css: &str) -> Markup {
                     p class="muted" {
                         "Round trip: from connecting to the mail server to finding the message in the mailbox. "
                         "In each hour, half of the round trips took at most the p50 (solid lines) and 95 % at most the p95 (dashed). "
-                        "Delivery: from the server accepting the message to finding it, the hour's mean. "
+                        "Delivery: from the server accepting the message to finding it, the hour's p50 and p95. "
                         "One point per hour and region; a gap is an hour without a measurement."
                     }
                     @for w in &d.windows {
@@ -354,10 +354,10 @@ fn times_window(d: &CheckPageData, w: &super::view::TimesWindow) -> Markup {
     let heading = format!("w{}", w.key);
     let until = d.now_ms - d.now_ms.rem_euclid(HOUR_MS) + HOUR_MS;
     let since = w.since_ms - w.since_ms.rem_euclid(HOUR_MS);
-    let labels: Vec<(String, String, String)> = w
+    let labels: Vec<(String, String, String, String)> = w
         .regions
         .iter()
-        .map(|r| (format!("{} p50", r.region), format!("{} p95", r.region), format!("{} delivery", r.region)))
+        .map(|r| (format!("{} p50", r.region), format!("{} p95", r.region), format!("{} delivery p50", r.region), format!("{} delivery p95", r.region)))
         .collect();
     let mut rtt: Vec<Line> = Vec::new();
     let mut delivery: Vec<Line> = Vec::new();
@@ -367,7 +367,8 @@ fn times_window(d: &CheckPageData, w: &super::view::TimesWindow) -> Markup {
         };
         rtt.push(Line { colour: n, dashed: false, points: series(|h| h.p50), label: &l.0 });
         rtt.push(Line { colour: n, dashed: true, points: series(|h| h.p95), label: &l.1 });
-        delivery.push(Line { colour: n, dashed: false, points: series(|h| h.delivery), label: &l.2 });
+        delivery.push(Line { colour: n, dashed: false, points: series(|h| h.delivery_p50), label: &l.2 });
+        delivery.push(Line { colour: n, dashed: true, points: series(|h| h.delivery_p95), label: &l.3 });
     }
     let words = |f: &dyn Fn(&chart::RegionSeries) -> String| -> String {
         if w.regions.is_empty() {
@@ -377,7 +378,7 @@ fn times_window(d: &CheckPageData, w: &super::view::TimesWindow) -> Markup {
     };
     let or_none = |v: Option<f64>| v.map_or("no data".to_string(), fmt_ms);
     let rtt_desc = words(&|r| format!("p50 {}, p95 {}", or_none(r.p50), or_none(r.p95)));
-    let delivery_desc = words(&|r| format!("mean {}", or_none(r.delivery)));
+    let delivery_desc = words(&|r| format!("p50 {}, p95 {}", or_none(r.delivery_p50), or_none(r.delivery_p95)));
     html! {
         section aria-labelledby=(heading) {
             h2 id=(heading) { (w.heading) }
@@ -397,18 +398,18 @@ fn times_window(d: &CheckPageData, w: &super::view::TimesWindow) -> Markup {
                 h3 { "Round trip (p50 solid, p95 dashed)" }
                 (chart::chart(&format!("{heading}r"), &format!("Round trip per region, {}", w.heading.to_lowercase()),
                     &rtt_desc, since, until, &rtt))
-                h3 { "Delivery time (mean per hour)" }
+                h3 { "Delivery time (p50 solid, p95 dashed)" }
                 (chart::chart(&format!("{heading}d"), &format!("Delivery time per region, {}", w.heading.to_lowercase()),
                     &delivery_desc, since, until, &delivery))
                 table {
                     caption class="vh" { "The charts' figures, " (w.heading.to_lowercase()) }
                     thead { tr { th scope="col" { "Region" } th scope="col" { "Round trip p50" } th scope="col" { "p95" }
-                        th scope="col" { "Delivery (mean)" } th scope="col" { "Hours measured" } } }
+                        th scope="col" { "Delivery p50" } th scope="col" { "p95" } th scope="col" { "Hours measured" } } }
                     tbody {
                         @for r in &w.regions {
                             tr {
                                 th scope="row" { (r.region) }
-                                td { (or_none(r.p50)) } td { (or_none(r.p95)) } td { (or_none(r.delivery)) }
+                                td { (or_none(r.p50)) } td { (or_none(r.p95)) } td { (or_none(r.delivery_p50)) } td { (or_none(r.delivery_p95)) }
                                 td { (r.measured_hours) }
                             }
                         }

@@ -8,14 +8,26 @@ use super::Postgres;
 use tokio_postgres::Row;
 
 const AGGREGATE_COLUMNS: &str = "check_id, region, hour, ok, degraded, failed, rtt_count, rtt_sum, rtt_min, rtt_max,
-    rtt_buckets, delivery_count, delivery_sum, delivery_min, delivery_max";
+    rtt_buckets, delivery_count, delivery_sum, delivery_min, delivery_max, delivery_buckets";
 
-fn aggregate_row(r: &Row) -> HourAggregate {
-    let stored: Vec<i64> = r.get(10);
-    let mut rtt_buckets = [0u64; RTT_BUCKETS_MS.len() + 1];
-    for (slot, n) in rtt_buckets.iter_mut().zip(stored) {
+/// Bucket counts as stored (an empty array: none counted).
+fn buckets_of(stored: Vec<i64>) -> [u64; RTT_BUCKETS_MS.len() + 1] {
+    let mut buckets = [0u64; RTT_BUCKETS_MS.len() + 1];
+    for (slot, n) in buckets.iter_mut().zip(stored) {
         *slot = n.max(0) as u64;
     }
+    buckets
+}
+
+/// An array literal (`{1,0,2}`) per hour.
+fn literals(hours: &[&HourAggregate], f: fn(&HourAggregate) -> &[u64]) -> Vec<String> {
+    hours
+        .iter()
+        .map(|a| format!("{{{}}}", f(a).iter().map(u64::to_string).collect::<Vec<_>>().join(",")))
+        .collect()
+}
+
+fn aggregate_row(r: &Row) -> HourAggregate {
     HourAggregate {
         check_id: r.get(0),
         region: r.get(1),
@@ -29,13 +41,14 @@ fn aggregate_row(r: &Row) -> HourAggregate {
             min_ms: r.get(8),
             max_ms: r.get(9),
         },
-        rtt_buckets,
+        rtt_buckets: buckets_of(r.get(10)),
         delivery: TimingStats {
             count: r.get::<_, i64>(11) as u64,
             sum_ms: r.get(12),
             min_ms: r.get(13),
             max_ms: r.get(14),
         },
+        delivery_buckets: buckets_of(r.get(15)),
     }
 }
 
@@ -55,10 +68,10 @@ pub(super) async fn add_hours(
     let stmt = tx
         .prepare_cached(&format!(
             "INSERT INTO report_hours AS h ({AGGREGATE_COLUMNS})
-             SELECT c, r, hr, o, d, f, rc, rs, rmin, rmax, rb::int8[], dc, ds, dmin, dmax
+             SELECT c, r, hr, o, d, f, rc, rs, rmin, rmax, rb::int8[], dc, ds, dmin, dmax, db::int8[]
              FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
                $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::int8[], $13::float8[], $14::float8[],
-               $15::float8[]) AS t(c, r, hr, o, d, f, rc, rs, rmin, rmax, rb, dc, ds, dmin, dmax)
+               $15::float8[], $16::text[]) AS t(c, r, hr, o, d, f, rc, rs, rmin, rmax, rb, dc, ds, dmin, dmax, db)
              ON CONFLICT (check_id, region, hour) DO UPDATE SET
                ok = h.ok + EXCLUDED.ok, degraded = h.degraded + EXCLUDED.degraded, failed = h.failed + EXCLUDED.failed,
                rtt_count = h.rtt_count + EXCLUDED.rtt_count, rtt_sum = h.rtt_sum + EXCLUDED.rtt_sum,
@@ -68,20 +81,15 @@ pub(super) async fn add_hours(
                delivery_count = h.delivery_count + EXCLUDED.delivery_count,
                delivery_sum = h.delivery_sum + EXCLUDED.delivery_sum,
                delivery_min = LEAST(h.delivery_min, EXCLUDED.delivery_min),
-               delivery_max = GREATEST(h.delivery_max, EXCLUDED.delivery_max)"
+               delivery_max = GREATEST(h.delivery_max, EXCLUDED.delivery_max),
+               delivery_buckets = ARRAY(SELECT COALESCE(x, 0) + COALESCE(y, 0)
+                                   FROM unnest(h.delivery_buckets, EXCLUDED.delivery_buckets) WITH ORDINALITY AS t(x, y, i) ORDER BY i)"
         ))
         .await?;
     let text = |f: fn(&HourAggregate) -> &String| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
     let int = |f: fn(&HourAggregate) -> i64| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
     let float = |f: fn(&HourAggregate) -> f64| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
     let opt = |f: fn(&HourAggregate) -> Option<f64>| hours.iter().map(|a| f(a)).collect::<Vec<_>>();
-    let buckets: Vec<String> = hours
-        .iter()
-        .map(|a| {
-            let counts: Vec<String> = a.rtt_buckets.iter().map(u64::to_string).collect();
-            format!("{{{}}}", counts.join(","))
-        })
-        .collect();
     tx.execute(
         &stmt,
         &[
@@ -95,11 +103,12 @@ pub(super) async fn add_hours(
             &float(|a| a.rtt.sum_ms),
             &opt(|a| a.rtt.min_ms),
             &opt(|a| a.rtt.max_ms),
-            &buckets,
+            &literals(hours, |a| &a.rtt_buckets),
             &int(|a| a.delivery.count as i64),
             &float(|a| a.delivery.sum_ms),
             &opt(|a| a.delivery.min_ms),
             &opt(|a| a.delivery.max_ms),
+            &literals(hours, |a| &a.delivery_buckets),
         ],
     )
     .await?;

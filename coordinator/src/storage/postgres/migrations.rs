@@ -251,6 +251,10 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
     CREATE INDEX alert_attempts_by_age ON alert_attempts (at_ms);
     CREATE INDEX alert_attempts_by_channel ON alert_attempts (channel, seq);
     CREATE INDEX alert_attempts_by_incident ON alert_attempts (incident_id, seq);",
+), (
+    11,
+    "hourly aggregates: a histogram of delivery times (the status page's p50/p95)",
+    "ALTER TABLE report_hours ADD COLUMN delivery_buckets BIGINT[] NOT NULL DEFAULT '{}';",
 )];
 
 /// The schema version this coordinator writes.

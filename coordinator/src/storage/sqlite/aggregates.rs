@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS report_hours (
     delivery_sum   REAL NOT NULL,
     delivery_min   REAL,
     delivery_max   REAL,
+    delivery_buckets TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (check_id, region, hour)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS report_hours_by_hour ON report_hours (hour);
@@ -43,14 +44,22 @@ CREATE INDEX IF NOT EXISTS report_hours_by_hour ON report_hours (hour);
 
 pub(super) const AGGREGATE_COLUMNS: &str =
     "check_id, region, hour, ok, degraded, failed, rtt_count, rtt_sum, rtt_min, rtt_max,
-    rtt_buckets, delivery_count, delivery_sum, delivery_min, delivery_max";
+    rtt_buckets, delivery_count, delivery_sum, delivery_min, delivery_max, delivery_buckets";
 
-pub(super) fn aggregate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HourAggregate> {
-    let text: String = r.get(10)?;
-    let mut rtt_buckets = [0u64; RTT_BUCKETS_MS.len() + 1];
-    for (slot, n) in rtt_buckets.iter_mut().zip(text.split(',')) {
+/// Bucket counts as stored: `3,0,1,…` (an empty text: none counted).
+fn buckets_of(text: &str) -> [u64; RTT_BUCKETS_MS.len() + 1] {
+    let mut buckets = [0u64; RTT_BUCKETS_MS.len() + 1];
+    for (slot, n) in buckets.iter_mut().zip(text.split(',')) {
         *slot = n.parse().unwrap_or(0);
     }
+    buckets
+}
+
+fn buckets_text(buckets: &[u64]) -> String {
+    buckets.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+pub(super) fn aggregate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HourAggregate> {
     Ok(HourAggregate {
         check_id: r.get(0)?,
         region: r.get(1)?,
@@ -64,13 +73,14 @@ pub(super) fn aggregate_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HourAggre
             min_ms: r.get(8)?,
             max_ms: r.get(9)?,
         },
-        rtt_buckets,
+        rtt_buckets: buckets_of(&r.get::<_, String>(10)?),
         delivery: TimingStats {
             count: r.get::<_, i64>(11)? as u64,
             sum_ms: r.get(12)?,
             min_ms: r.get(13)?,
             max_ms: r.get(14)?,
         },
+        delivery_buckets: buckets_of(&r.get::<_, String>(15)?),
     })
 }
 
@@ -88,15 +98,9 @@ pub(super) fn load_aggregate(conn: &Connection, check_id: &str, region: &str, ho
 }
 
 pub(super) fn write_aggregate(conn: &Connection, a: &HourAggregate) -> rusqlite::Result<()> {
-    let buckets = a
-        .rtt_buckets
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
     conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO report_hours ({AGGREGATE_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     ))?
     .execute(params![
         a.check_id,
@@ -109,11 +113,12 @@ pub(super) fn write_aggregate(conn: &Connection, a: &HourAggregate) -> rusqlite:
         a.rtt.sum_ms,
         a.rtt.min_ms,
         a.rtt.max_ms,
-        buckets,
+        buckets_text(&a.rtt_buckets),
         a.delivery.count as i64,
         a.delivery.sum_ms,
         a.delivery.min_ms,
-        a.delivery.max_ms
+        a.delivery.max_ms,
+        buckets_text(&a.delivery_buckets)
     ])?;
     Ok(())
 }
@@ -129,6 +134,16 @@ pub(super) fn open_aggregates(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     conn.execute_batch(AGGREGATE_SCHEMA)?;
     if existed {
+        // Hours stored before delivery times had a histogram keep none
+        // (the status page shows their mean).
+        let has_delivery_buckets: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('report_hours') WHERE name = 'delivery_buckets'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_delivery_buckets {
+            conn.execute_batch("ALTER TABLE report_hours ADD COLUMN delivery_buckets TEXT NOT NULL DEFAULT ''")?;
+        }
         return Ok(());
     }
     let mut hours: std::collections::HashMap<(String, String, i64), HourAggregate> =
