@@ -218,6 +218,7 @@ async fn main() -> std::process::ExitCode {
         args.footprint_seconds = args.footprint_seconds.min(3);
         args.footprint_checks = args.footprint_checks.min(200);
         args.metrics_checks = args.metrics_checks.min(200);
+        args.metrics_scrapes = args.metrics_scrapes.min(10);
         args.status_rounds_per_day = args.status_rounds_per_day.min(4);
         args.status_builds = args.status_builds.min(5);
         args.status_seconds = args.status_seconds.min(3);
