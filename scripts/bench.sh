@@ -20,8 +20,10 @@
 #    --agents 100,1000,10000 in BENCH_LOAD_ARGS).
 #    Then the /metrics scrape (issue 10): a coordinator with 1,000 checks x 5
 #    regions, every check x region with stored reports; scrape time, size and
-#    series count, OpenMetrics and classic text (--metrics-checks,
-#    --metrics-regions in BENCH_LOAD_ARGS; --metrics-only for just this).
+#    series count, OpenMetrics and classic text, idle and with a steady report
+#    flow, and the coordinator's CPU per scrape (--metrics-checks,
+#    --metrics-regions, --metrics-changed-share in BENCH_LOAD_ARGS;
+#    --metrics-only for just this).
 #    Then the coordinator's ingest with metrics and traces both off, traces
 #    only and both on (--traces-agents, default 100, 0 skips it;
 #    --overhead-rounds runs of each in a rotating order, default 3,

@@ -131,6 +131,18 @@ struct Args {
     /// Only the /metrics scrape measurement (no load runs, no footprint).
     #[arg(long)]
     metrics_only: bool,
+    /// Share of the check × regions that report between two scrapes of the
+    /// steady-flow part of the /metrics measurement (0.25: checks every
+    /// 60 s scraped every 15 s; 0: skip that part).
+    #[arg(long, default_value_t = 0.25)]
+    metrics_changed_share: f64,
+    /// Scrapes per format of the /metrics measurement, idle and steady.
+    #[arg(long, default_value_t = 20)]
+    metrics_scrapes: usize,
+    /// Writes the last body of each format (idle) to this directory, to
+    /// compare two builds' expositions.
+    #[arg(long)]
+    metrics_dump: Option<PathBuf>,
     /// Public checks of the status page measurement (0: skip it).
     #[arg(long, default_value_t = 100)]
     status_checks: usize,
@@ -206,6 +218,7 @@ async fn main() -> std::process::ExitCode {
         args.footprint_seconds = args.footprint_seconds.min(3);
         args.footprint_checks = args.footprint_checks.min(200);
         args.metrics_checks = args.metrics_checks.min(200);
+        args.metrics_scrapes = args.metrics_scrapes.min(10);
         args.status_rounds_per_day = args.status_rounds_per_day.min(4);
         args.status_builds = args.status_builds.min(5);
         args.status_seconds = args.status_seconds.min(3);
@@ -1579,8 +1592,94 @@ fn scrape_once(addr: SocketAddr, accept: &str) -> anyhow::Result<(Duration, Stri
     Ok((took, body.to_string()))
 }
 
+/// One simulated agent's open report stream (the /metrics measurement).
+struct Feed {
+    token: String,
+    tx: mpsc::Sender<pb::ProbeResult>,
+    acks: tonic::Streaming<pb::ResultAck>,
+    /// The last round reported.
+    round: u64,
+}
+
+impl Feed {
+    async fn open(grpc: SocketAddr, name: String, region: String, token: String) -> anyhow::Result<Feed> {
+        let mut c = connect(grpc, &token).await?;
+        c.register(pb::RegisterRequest {
+            name,
+            region,
+            version: "loadgen".into(),
+            ..Default::default()
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel::<pb::ProbeResult>(64);
+        let acks = c
+            .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Feed { token, tx, acks, round: 0 })
+    }
+
+    /// Reports the next round of each of `checks` and waits until every
+    /// report is stored.
+    async fn round(mut self, checks: Vec<usize>) -> anyhow::Result<Feed> {
+        self.round += 1;
+        let (round, total, tx, token) = (self.round, checks.len(), self.tx.clone(), self.token.clone());
+        let sender = tokio::spawn(async move {
+            for i in checks {
+                let check = format!("mc-{i:04}");
+                let id = format!("lgm-{token}-{i}-{round}");
+                let r = pb::ProbeResult {
+                    probe_id: id.clone(),
+                    check_id: check.clone(),
+                    revision: 1,
+                    round,
+                    report_json: report_template(&check).replace("__ID__", &id),
+                    ..Default::default()
+                };
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+        for _ in 0..total {
+            let ack = tokio::time::timeout(Duration::from_secs(60), self.acks.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("no ack within 60 s"))??
+                .ok_or_else(|| anyhow::anyhow!("the report stream closed"))?;
+            anyhow::ensure!(ack.stored, "report not stored: {}", ack.error);
+        }
+        sender.await?;
+        Ok(self)
+    }
+}
+
+/// Every feed reports a round of `checks`, all at once.
+async fn feed_round(feeds: Vec<Feed>, checks: &[usize]) -> anyhow::Result<Vec<Feed>> {
+    let tasks: Vec<_> = feeds
+        .into_iter()
+        .map(|f| tokio::spawn(f.round(checks.to_vec())))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// The Accept headers of a Prometheus scrape (OpenMetrics) and of curl
+/// (the classic text).
+const SCRAPE_FORMATS: [(&str, &str); 2] = [
+    (
+        "openmetrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    ),
+    ("classic", "text/plain"),
+];
+
 /// /metrics of a coordinator holding `metrics_checks` checks in
-/// `metrics_regions` regions, each check × region with stored reports.
+/// `metrics_regions` regions, each check × region with stored reports:
+/// scraped idle (nothing recorded between two scrapes), then with a steady
+/// flow (a share of the check × regions reports before each scrape).
 async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
     let (checks, regions) = (args.metrics_checks, args.metrics_regions.max(1));
     let agents: Vec<(String, String, String)> = (0..regions)
@@ -1619,71 +1718,23 @@ async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
     }
     // Every region reports every check twice (two rounds).
     let rounds = 2u64;
-    let mut tasks = Vec::new();
+    let mut feeds = Vec::new();
     for (name, region, token) in agents.clone() {
-        let grpc = coord.grpc;
-        tasks.push(tokio::spawn(async move {
-            let mut c = connect(grpc, &token).await?;
-            c.register(pb::RegisterRequest {
-                name,
-                region,
-                version: "loadgen".into(),
-                ..Default::default()
-            })
-            .await?;
-            let total = checks as u64 * rounds;
-            let (tx, rx) = mpsc::channel::<pb::ProbeResult>(64);
-            let mut acks = c
-                .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            let sender = tokio::spawn(async move {
-                for round in 1..=rounds {
-                    for i in 0..checks {
-                        let check = format!("mc-{i:04}");
-                        let id = format!("lgm-{token}-{i}-{round}");
-                        let r = pb::ProbeResult {
-                            probe_id: id.clone(),
-                            check_id: check.clone(),
-                            revision: 1,
-                            round,
-                            report_json: report_template(&check).replace("__ID__", &id),
-                            ..Default::default()
-                        };
-                        if tx.send(r).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-            for _ in 0..total {
-                let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no ack within 60 s"))??
-                    .ok_or_else(|| anyhow::anyhow!("the report stream closed"))?;
-                anyhow::ensure!(ack.stored, "report not stored: {}", ack.error);
-            }
-            sender.await?;
-            Ok::<_, anyhow::Error>(())
-        }));
+        feeds.push(Feed::open(coord.grpc, name, region, token).await?);
     }
-    for t in tasks {
-        t.await??;
+    let all: Vec<usize> = (0..checks).collect();
+    for _ in 0..rounds {
+        feeds = feed_round(feeds, &all).await?;
     }
-    // Scrape as Prometheus (OpenMetrics) and as curl (classic text).
     let addr = coord.http;
-    let runs = 20;
+    let runs = args.metrics_scrapes.max(1);
+    // Idle: back to back, the first one (which encodes everything) left out
+    // of the times but not of the CPU.
     let before = proc_stats(pid);
     let started = Instant::now();
     let mut figures = serde_json::Map::new();
-    for (label, accept) in [
-        (
-            "openmetrics",
-            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
-        ),
-        ("classic", "text/plain"),
-    ] {
-        let (addr, accept) = (addr, accept.to_string());
+    for (label, accept) in SCRAPE_FORMATS {
+        let accept = accept.to_string();
         let (times, body) = tokio::task::spawn_blocking(move || {
             let mut times = Vec::new();
             let mut body = String::new();
@@ -1697,6 +1748,10 @@ async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
             Ok::<_, anyhow::Error>((times, body))
         })
         .await??;
+        if let Some(dir) = &args.metrics_dump {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join(format!("{label}.txt")), &body)?;
+        }
         let series = body
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -1719,6 +1774,33 @@ async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
         );
     }
     let cost = phase(pid, before, started.elapsed());
+    // Steady: before each scrape, a share of the check × regions report
+    // (a window of checks sliding over them, in every region); the CPU is
+    // counted over the scrapes alone.
+    let per_batch = ((checks as f64 * args.metrics_changed_share).ceil() as usize).min(checks);
+    let mut steady = serde_json::Map::new();
+    let mut steady_cpu_s = 0.0;
+    let mut next = 0;
+    if per_batch > 0 {
+        for (label, accept) in SCRAPE_FORMATS {
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let window: Vec<usize> = (0..per_batch).map(|j| (next + j) % checks).collect();
+                next = (next + per_batch) % checks;
+                feeds = feed_round(feeds, &window).await?;
+                let accept = accept.to_string();
+                let before = proc_stats(pid);
+                let took = tokio::task::spawn_blocking(move || scrape_once(addr, &accept).map(|(t, _)| t)).await??;
+                steady_cpu_s += proc_stats(pid).cpu_s - before.cpu_s;
+                times.push(took.as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            steady.insert(
+                label.into(),
+                json!({"scrape_ms": {"p50": round3(percentile(&times, 0.5)), "p99": round3(percentile(&times, 0.99)), "max": round3(times.last().copied().unwrap_or(f64::NAN))}}),
+            );
+        }
+    }
     coord.stop()?;
     Ok(json!({
         "checks": checks,
@@ -1729,6 +1811,11 @@ async fn metrics_run(args: &Args) -> anyhow::Result<Value> {
         // CPU time is robust to a loaded machine where wall time is not.
         "coordinator_cpu_ms_per_scrape": round3(cost["cpu_s"].as_f64().unwrap_or(f64::NAN) * 1000.0 / (2.0 * (runs as f64 + 1.0))),
         "coordinator_during_scrapes": cost,
+        "steady": {
+            "changed_check_regions_per_scrape": per_batch * regions,
+            "formats": steady,
+            "coordinator_cpu_ms_per_scrape": if per_batch > 0 { round3(steady_cpu_s * 1000.0 / (2.0 * runs as f64)) } else { f64::NAN },
+        },
         "loadavg": loadavg(),
     }))
 }
@@ -1748,14 +1835,14 @@ fn print_scrape(s: &Value) {
         s["checks"], s["regions"], s["scrapes_per_format"]
     );
     out.push_str(&format!(
-        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>16}   goal (issue 10)\n",
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>16}   goal (issue 10)\n",
         "format", "p50 ms", "p99 ms", "max ms", "MB", "gzip MB", "series", "step histograms"
     ));
     for label in ["openmetrics", "classic"] {
         let f = &s["formats"][label];
         out.push_str(&format!(
-            "{:<14} {:>9} {:>9} {:>9} {:>9.1} {:>10.1} {:>10} {:>16}   < 100 ms, series count reported\n",
-            label,
+            "{:<22} {:>9} {:>9} {:>9} {:>9.1} {:>10.1} {:>10} {:>16}   < 100 ms, series count reported\n",
+            format!("idle {label}"),
             f["scrape_ms"]["p50"],
             f["scrape_ms"]["p99"],
             f["scrape_ms"]["max"],
@@ -1765,10 +1852,31 @@ fn print_scrape(s: &Value) {
             f["step_histograms"],
         ));
     }
+    let steady = &s["steady"];
+    for label in ["openmetrics", "classic"] {
+        let f = &steady["formats"][label];
+        if f.is_null() {
+            continue;
+        }
+        out.push_str(&format!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>16}   < 100 ms\n",
+            format!("steady {label}"),
+            f["scrape_ms"]["p50"],
+            f["scrape_ms"]["p99"],
+            f["scrape_ms"]["max"],
+            "", "", "", ""
+        ));
+    }
     out.push_str(&format!(
-        "coordinator CPU per scrape (rendering, both formats): {} ms; during the scrapes: {}\n",
+        "coordinator CPU per scrape, idle (the first one encodes every series, the others reuse them): {} ms; during the scrapes: {}\n",
         s["coordinator_cpu_ms_per_scrape"], s["coordinator_during_scrapes"]
     ));
+    if !steady["formats"].as_object().is_none_or(|f| f.is_empty()) {
+        out.push_str(&format!(
+            "coordinator CPU per scrape, steady ({} check x regions reported before each scrape): {} ms\n",
+            steady["changed_check_regions_per_scrape"], steady["coordinator_cpu_ms_per_scrape"]
+        ));
+    }
     out.push_str(&format!("machine load: {}\n", s["loadavg"]));
     print!("{out}");
 }

@@ -121,22 +121,48 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every metric of one coordinator.
-#[derive(Debug)]
 pub struct Metrics {
+    /// The families kept by `prometheus_client` itself (judge round,
+    /// status page answers).
     registry: Registry,
+    /// Read at scrape time: agents, revision, live checks.
+    hub: Arc<Hub>,
+    /// Read at scrape time: alert deliveries.
+    alerts: Arc<Alerts>,
     /// Region → reports received, committed, rejected, replayed.
-    ingest: Arc<Mutex<BTreeMap<String, [u64; 4]>>>,
+    ingest: Mutex<BTreeMap<String, [u64; 4]>>,
     judge_round: Histogram,
     /// The status page's own time per answer served from its snapshot.
     status_served: Histogram,
-    checks: Arc<Mutex<BTreeMap<String, CheckSeries>>>,
+    checks: Mutex<BTreeMap<String, CheckSeries>>,
     /// Steps with a per check × region × step histogram.
     steps: StepSet,
+    /// The per-check families' `# HELP` and `# TYPE` lines, both formats.
+    headers: Headers,
+    /// One scrape renders at a time: each installs the chunks it rendered
+    /// for the next, which takes the rest from the cache.
+    scrape: Mutex<()>,
+    /// Chunks the last scrape rendered (the others came from the cache).
+    last_rendered: AtomicUsize,
     /// Length of the last exposition: the next one's buffer is sized once.
     last_len: AtomicUsize,
+    /// The last exposition's buffer, handed back once its response was
+    /// written: the next scrape writes into memory already mapped (at
+    /// 1,000 checks × 5 regions, faulting in 40 fresh MB costs more than
+    /// the copy into them).
+    spare: Arc<Mutex<String>>,
     /// `[server] metrics = false`: every observation returns at once and
     /// nothing is served (the ingest benchmark's "metrics off").
     enabled: bool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("enabled", &self.enabled)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
 }
 
 const RECEIVED: usize = 0;
@@ -173,14 +199,6 @@ impl Metrics {
     /// [`Metrics::new`] with per-step histograms for `steps` only.
     pub fn with_steps(hub: Arc<Hub>, alerts: Arc<Alerts>, steps: StepSet) -> Arc<Metrics> {
         let mut registry = Registry::default();
-        let ingest = Arc::new(Mutex::new(BTreeMap::new()));
-        let checks = Arc::new(Mutex::new(BTreeMap::new()));
-        registry.register_collector(Box::new(Live {
-            hub,
-            alerts,
-            ingest: ingest.clone(),
-            checks: checks.clone(),
-        }));
         // The registry adds the final full stop to a registered metric's help.
         let judge_round = Histogram::new(ROUND_BUCKETS);
         registry.register(
@@ -196,12 +214,18 @@ impl Metrics {
         );
         Arc::new(Metrics {
             registry,
-            ingest,
+            hub,
+            alerts,
+            ingest: Mutex::default(),
             judge_round,
             status_served,
-            checks,
+            checks: Mutex::default(),
             steps,
+            headers: Headers::new(),
+            scrape: Mutex::new(()),
+            last_rendered: AtomicUsize::new(0),
             last_len: AtomicUsize::new(64 * 1024),
+            spare: Arc::default(),
             enabled: true,
         })
     }
@@ -211,12 +235,18 @@ impl Metrics {
     pub fn off() -> Arc<Metrics> {
         Arc::new(Metrics {
             registry: Registry::default(),
-            ingest: Arc::default(),
+            hub: Hub::new(Vec::new(), Vec::new()),
+            alerts: Arc::default(),
+            ingest: Mutex::default(),
             judge_round: Histogram::new(ROUND_BUCKETS),
             status_served: Histogram::new(STATUS_SERVED_BUCKETS),
-            checks: Arc::default(),
+            checks: Mutex::default(),
             steps: StepSet::none(),
+            headers: Headers::default(),
+            scrape: Mutex::new(()),
+            last_rendered: AtomicUsize::new(0),
             last_len: AtomicUsize::new(0),
+            spare: Arc::default(),
             enabled: false,
         })
     }
@@ -294,11 +324,12 @@ impl Metrics {
             return;
         };
         if !c.regions.contains_key(region) {
-            c.regions.insert(region.to_string(), RegionSeries::default());
+            c.regions.insert(region.to_string(), Region::default());
         }
-        let Some(per) = c.regions.get_mut(region) else {
+        let Some(Region { series: per, cache }) = c.regions.get_mut(region) else {
             return;
         };
+        cache.dirty = true;
         for s in &r.steps {
             if self.steps.contains(s.name) {
                 per.step(s.name).observe(s.ms / 1000.0);
@@ -327,6 +358,7 @@ impl Metrics {
             if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&t.not_after) {
                 c.certs
                     .insert(t.endpoint.clone(), (t.not_after.clone(), at.timestamp()));
+                c.cache.dirty = true;
             }
         }
     }
@@ -349,6 +381,7 @@ impl Metrics {
         for i in open {
             *c.incidents.entry(i.kind.as_str()).or_default() += 1;
         }
+        c.cache.dirty = true;
     }
 
     /// One status page answer served from the snapshot took `took`.
@@ -368,26 +401,226 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition in OpenMetrics text (ends with `# EOF`), in one
-    /// buffer sized from the previous one (no regrowth at 1,000s of series).
+    /// The whole exposition in OpenMetrics text (ends with `# EOF`).
     pub fn render(&self) -> String {
-        let want = self.last_len.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(want + want / 8);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        self.last_len.store(out.len(), Ordering::Relaxed);
-        out
+        self.render_as(true)
     }
 
     /// `render()` for a client with this `Accept` header: OpenMetrics when
     /// asked for, the classic text format otherwise. Returns the content type too.
     pub fn render_for(&self, accept: Option<&str>) -> (&'static str, String) {
-        let text = self.render();
         if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-            (OPENMETRICS, text)
+            (OPENMETRICS, self.render_as(true))
         } else {
-            (CLASSIC, classic(&text))
+            (CLASSIC, self.render_as(false))
         }
+    }
+
+    /// The exposition in one buffer sized from the previous one. The
+    /// registry's and the scrape-time families (ingest, agents, alert
+    /// deliveries: a few dozen series) are encoded now; the per-check
+    /// families, the bulk, are put together from one cached chunk per check
+    /// and per check × region, of which only those recorded into since the
+    /// last scrape are encoded again, without the lock the intake takes.
+    /// Chunks hold sample lines only, the same in both formats: the classic
+    /// text differs in the families' metadata lines alone (see [`classic`]).
+    fn render_as(&self, openmetrics: bool) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        // In the classic format, only the families encoded now are
+        // converted: a few dozen series.
+        let format = |text: String| if openmetrics { text } else { classic(&text) };
+        let mut small = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut small, &self.registry)
+            .expect("writing to a String cannot fail");
+        let want = self.last_len.load(Ordering::Relaxed);
+        let mut out = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        out.clear();
+        out.reserve(want + want / 8);
+        if self.enabled {
+            // Hub state first (its lock is not held while ours is).
+            let live = self.hub.checks();
+            encode_collector(&mut small, self.live(&live));
+            out.push_str(&format(small));
+            let mut taken = self.take(&live);
+            // Encoded without the lock: the intake goes on meanwhile.
+            let mut scratch = String::new();
+            let fresh_checks: Vec<Arc<Chunk>> = taken
+                .stale_checks
+                .iter()
+                .map(|s| Arc::new(Chunk::of(s.clone(), &mut scratch)))
+                .collect();
+            let fresh_regions: Vec<Arc<Chunk>> = taken
+                .stale_regions
+                .iter()
+                .map(|s| Arc::new(Chunk::of(s.clone(), &mut scratch)))
+                .collect();
+            self.install(&taken, &fresh_checks, &fresh_regions);
+            self.last_rendered
+                .store(fresh_checks.len() + fresh_regions.len(), Ordering::Relaxed);
+            fill(&mut taken.checks, fresh_checks);
+            fill(&mut taken.regions, fresh_regions);
+            let mut incidents = String::new();
+            encode_collector(&mut incidents, IncidentsOpen(taken.incidents));
+            let headers = if openmetrics {
+                &self.headers.openmetrics
+            } else {
+                &self.headers.classic
+            };
+            // The families in the order the README lists them.
+            for (i, header) in headers.iter().enumerate() {
+                if i == INCIDENTS_AT {
+                    out.push_str(&format(std::mem::take(&mut incidents)));
+                }
+                out.push_str(header);
+                if i < CHECK_FAMILIES.len() {
+                    for c in taken.checks.iter().flatten() {
+                        out.push_str(c.family(i));
+                    }
+                } else {
+                    let i = i - CHECK_FAMILIES.len();
+                    for r in taken.regions.iter().flatten() {
+                        out.push_str(r.family(i));
+                    }
+                }
+            }
+        } else {
+            out.push_str(&format(small));
+        }
+        if openmetrics {
+            prometheus_client::encoding::text::encode_eof(&mut out)
+                .expect("writing to a String cannot fail");
+        }
+        self.last_len.store(out.len(), Ordering::Relaxed);
+        out
+    }
+
+    /// The scrape-time families: ingest counters, agents, revision, checks
+    /// and alert deliveries.
+    fn live(&self, live: &[crate::storage::StoredCheck]) -> Live {
+        let ingest = self
+            .ingest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut connected: BTreeMap<String, i64> = BTreeMap::new();
+        for a in &self.hub.agents() {
+            if a.stored.revoked {
+                continue;
+            }
+            *connected.entry(a.stored.region.clone()).or_default() += i64::from(a.connected);
+        }
+        let status = self.alerts.status();
+        let mut deliveries = Vec::new();
+        for ch in status["channels"].as_array().into_iter().flatten() {
+            let name = ch["name"].as_str().unwrap_or("?");
+            for result in ["delivered", "failed", "dropped"] {
+                let n = ch[result].as_u64().unwrap_or(0);
+                deliveries.push((name.to_string(), result, n));
+            }
+        }
+        Live {
+            ingest,
+            connected,
+            revision: self.hub.revision(),
+            checks: live.len(),
+            deliveries,
+        }
+    }
+
+    /// Under the lock: prunes what the hub no longer has (a deleted check's
+    /// chunks go with its series), and takes every chunk in exposition
+    /// order, a copy of the series to encode where it is stale.
+    fn take(&self, live: &[crate::storage::StoredCheck]) -> Taken {
+        let wanted: BTreeMap<&str, HashSet<&str>> = live
+            .iter()
+            .map(|c| {
+                (
+                    c.spec.name.as_str(),
+                    c.spec.regions.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let mut checks = self.lock();
+        checks.retain(|id, c| {
+            let Some(regions) = wanted.get(id.as_str()) else {
+                return false;
+            };
+            c.regions.retain(|r, _| regions.contains(r.as_str()));
+            let before = c.region_states.len();
+            c.region_states.retain(|r, _| regions.contains(r.as_str()));
+            if c.region_states.len() != before {
+                c.cache.dirty = true;
+            }
+            true
+        });
+        // Every live check has its verdict state set, decided or not.
+        for id in wanted.keys() {
+            if !checks.contains_key(*id) {
+                checks.insert(id.to_string(), CheckSeries::default());
+            }
+        }
+        let mut taken = Taken {
+            incidents: INCIDENT_KINDS.iter().map(|k| (*k, 0)).collect(),
+            ..Taken::default()
+        };
+        for (id, c) in checks.iter_mut() {
+            for (k, n) in &c.incidents {
+                *taken.incidents.entry(k).or_default() += *n as i64;
+            }
+            taken.checks.push(if c.cache.stale() {
+                c.cache.dirty = false;
+                taken.stale_checks.push(Arc::new(CheckSnap::of(id, c)));
+                None
+            } else {
+                c.cache.chunk.clone()
+            });
+            for (region, r) in c.regions.iter_mut() {
+                taken.regions.push(if r.cache.stale() {
+                    r.cache.dirty = false;
+                    taken.stale_regions.push(Arc::new(RegionSnap {
+                        check: id.clone(),
+                        region: region.clone(),
+                        series: r.series.clone(),
+                    }));
+                    None
+                } else {
+                    r.cache.chunk.clone()
+                });
+            }
+        }
+        taken
+    }
+
+    /// Keeps the chunks encoded for the stale series, for the next scrape.
+    /// A series recorded into meanwhile stays stale.
+    fn install(&self, taken: &Taken, checks: &[Arc<Chunk>], regions: &[Arc<Chunk>]) {
+        let mut map = self.lock();
+        for (s, chunk) in taken.stale_checks.iter().zip(checks) {
+            if let Some(c) = map.get_mut(&s.id) {
+                c.cache.chunk = Some(chunk.clone());
+            }
+        }
+        for (s, chunk) in taken.stale_regions.iter().zip(regions) {
+            if let Some(r) = map.get_mut(&s.check).and_then(|c| c.regions.get_mut(&s.region)) {
+                r.cache.chunk = Some(chunk.clone());
+            }
+        }
+    }
+
+    /// [`Metrics::render_for`] as a response body whose buffer comes back
+    /// to the next scrape once the body is dropped.
+    pub fn body_for(&self, accept: Option<&str>) -> (&'static str, axum::body::Bytes) {
+        let (content_type, text) = self.render_for(accept);
+        let body = Recycled {
+            text,
+            spare: self.spare.clone(),
+        };
+        (content_type, axum::body::Bytes::from_owner(body))
+    }
+
+    /// Chunks the last scrape encoded (the others came from the cache).
+    pub fn last_rendered(&self) -> usize {
+        self.last_rendered.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, CheckSeries>> {
@@ -438,13 +671,35 @@ async fn scrape(
     // Rendering 1,000s of series is CPU work: off the async workers.
     let metrics = s.metrics.clone();
     let accept = accept.map(str::to_string);
-    match tokio::task::spawn_blocking(move || metrics.render_for(accept.as_deref())).await {
+    match tokio::task::spawn_blocking(move || metrics.body_for(accept.as_deref())).await {
         Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering metrics failed: {e}\n"),
         )
             .into_response(),
+    }
+}
+
+/// An exposition being written out; its buffer goes back to
+/// [`Metrics::spare`] when the response is done with it.
+struct Recycled {
+    text: String,
+    spare: Arc<Mutex<String>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if self.text.capacity() > spare.capacity() {
+            *spare = std::mem::take(&mut self.text);
+        }
     }
 }
 
@@ -566,7 +821,7 @@ impl Hist {
 /// Everything kept for one check.
 #[derive(Debug, Default)]
 struct CheckSeries {
-    regions: BTreeMap<String, RegionSeries>,
+    regions: BTreeMap<String, Region>,
     /// TLS endpoint (`host:port`) → its certificate's notAfter as sent
     /// and in Unix seconds, last seen.
     certs: BTreeMap<String, (String, i64)>,
@@ -574,10 +829,376 @@ struct CheckSeries {
     region_states: BTreeMap<String, RegionState>,
     /// Open incidents by kind.
     incidents: BTreeMap<&'static str, u64>,
+    /// The check's own families ([`CHECK_FAMILIES`]) as last encoded.
+    cache: Cache,
+}
+
+/// One check × region: its series and their families
+/// ([`REGION_FAMILIES`]) as last encoded.
+#[derive(Debug, Default)]
+struct Region {
+    series: RegionSeries,
+    cache: Cache,
+}
+
+/// The chunk last encoded from some series, and whether they were
+/// recorded into since (set by every recording, cleared when a scrape
+/// takes a copy to encode).
+#[derive(Debug, Default)]
+struct Cache {
+    chunk: Option<Arc<Chunk>>,
+    dirty: bool,
+}
+
+impl Cache {
+    fn stale(&self) -> bool {
+        self.dirty || self.chunk.is_none()
+    }
+}
+
+/// The sample lines of several families of one check (or check × region),
+/// family after family, as `prometheus_client`'s encoder wrote them: the
+/// same lines in OpenMetrics and in the classic format.
+#[derive(Debug)]
+struct Chunk {
+    text: String,
+    /// Where each family's lines end in `text` (inline: a scrape reads
+    /// thousands of chunks).
+    ends: [usize; MAX_FAMILIES],
+}
+
+/// Families in one chunk, at most.
+const MAX_FAMILIES: usize = 5;
+const _: () = assert!(CHECK_FAMILIES.len() <= MAX_FAMILIES && REGION_FAMILIES.len() <= MAX_FAMILIES);
+
+impl Chunk {
+    /// Encodes `families` (a collector of several families, with or
+    /// without help) and keeps their sample lines; `scratch` is reused.
+    fn of(families: impl Collector, scratch: &mut String) -> Chunk {
+        scratch.clear();
+        encode_collector(scratch, families);
+        let mut text = String::with_capacity(scratch.len());
+        let mut ends = [0; MAX_FAMILIES];
+        for (end, samples) in ends.iter_mut().zip(family_samples(scratch)) {
+            text.push_str(samples);
+            *end = text.len();
+        }
+        Chunk { text, ends }
+    }
+
+    /// The sample lines of the `i`th family.
+    fn family(&self, i: usize) -> &str {
+        let from = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[from..self.ends[i]]
+    }
+}
+
+/// The sample lines of each family of `exposition` (no `# EOF`), in order:
+/// a family is its metadata lines (`# HELP`, `# TYPE`, `# UNIT`), then its
+/// samples, none of which starts with `#`.
+fn family_samples(exposition: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = exposition;
+    while !rest.is_empty() {
+        // The family's metadata: its # HELP line and the # lines after it.
+        let mut at = 0;
+        loop {
+            at += rest[at..].find('\n').map_or(rest.len() - at, |i| i + 1);
+            if !rest[at..].starts_with('#') || rest[at..].starts_with("# HELP ") {
+                break;
+            }
+        }
+        let end = if rest[at..].starts_with('#') {
+            at
+        } else {
+            rest[at..].find("\n#").map_or(rest.len(), |i| at + i + 1)
+        };
+        out.push(&rest[at..end]);
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Encodes `collector`'s families into `out`, as the registry would.
+fn encode_collector(out: &mut String, collector: impl Collector) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    prometheus_client::encoding::text::encode_registry(out, &registry)
+        .expect("writing to a String cannot fail");
+}
+
+/// Fills the stale places of `chunks` (`None`) with `fresh`, in order.
+fn fill(chunks: &mut [Option<Arc<Chunk>>], fresh: Vec<Arc<Chunk>>) {
+    let mut fresh = fresh.into_iter();
+    for c in chunks.iter_mut().filter(|c| c.is_none()) {
+        *c = fresh.next();
+    }
+}
+
+/// What a scrape took under the lock.
+#[derive(Debug, Default)]
+struct Taken {
+    /// Every live check's chunk in exposition order; `None` where stale.
+    checks: Vec<Option<Arc<Chunk>>>,
+    /// Every check × region's chunk in exposition order; `None` where stale.
+    regions: Vec<Option<Arc<Chunk>>>,
+    /// Copies of the stale series, in the same order.
+    stale_checks: Vec<Arc<CheckSnap>>,
+    stale_regions: Vec<Arc<RegionSnap>>,
+    /// Open incidents over all checks, by kind.
+    incidents: BTreeMap<&'static str, i64>,
+}
+
+/// (name, help, type) of a family.
+type Family = (&'static str, &'static str, MetricType);
+
+/// The families encoded per check, in exposition order.
+const CHECK_FAMILIES: [Family; 4] = [
+    (
+        "mailloop_check_verdict",
+        "The check's latest round verdict, as a state set: 1 for the current verdict, 0 for the others (unknown until its first round is decided).",
+        MetricType::Gauge,
+    ),
+    (
+        "mailloop_check_region_state",
+        "Each region's state in the check's latest decided round, as a state set (1 for the current state).",
+        MetricType::Gauge,
+    ),
+    (
+        "mailloop_check_incidents_open",
+        "Incidents open or acknowledged on the check, by kind (only kinds with one open).",
+        MetricType::Gauge,
+    ),
+    (
+        "mailloop_tls_certificate_expiry_timestamp_seconds",
+        "When the certificate of the check's TLS endpoint (host:port) expires (notAfter, Unix time), as last seen by a probe; days left: (this - time()) / 86400.",
+        MetricType::Gauge,
+    ),
+];
+
+/// `mailloop_incidents_open` (over all checks) comes before this family of
+/// [`CHECK_FAMILIES`].
+const INCIDENTS_AT: usize = 2;
+
+/// The families encoded per check × region, in exposition order (after
+/// [`CHECK_FAMILIES`]).
+const REGION_FAMILIES: [Family; 5] = [
+    (
+        "mailloop_probes",
+        "Probe reports stored, by outcome (ok, degraded, failed) and failure class (none when it did not fail).",
+        MetricType::Counter,
+    ),
+    (
+        "mailloop_auth_results",
+        "Authentication-Results verdicts of delivered probes, by method (spf, dkim, dmarc) and result (pass, fail, ..., missing).",
+        MetricType::Counter,
+    ),
+    (
+        "mailloop_step_duration_seconds",
+        "Duration of each protocol step of the probes (smtp.connect ... imap.logout), by check, region and step.",
+        MetricType::Histogram,
+    ),
+    (
+        "mailloop_round_trip_seconds",
+        "Round-trip time of delivered probes: submission start to the probe found over IMAP.",
+        MetricType::Histogram,
+    ),
+    (
+        "mailloop_delivery_seconds",
+        "Delivery time of delivered probes: end of DATA accepted to the probe found over IMAP.",
+        MetricType::Histogram,
+    ),
+];
+
+/// The `# HELP` and `# TYPE` lines of [`CHECK_FAMILIES`] then
+/// [`REGION_FAMILIES`], encoded once, in both formats.
+#[derive(Debug, Default)]
+struct Headers {
+    openmetrics: Vec<String>,
+    classic: Vec<String>,
+}
+
+impl Headers {
+    fn new() -> Headers {
+        let mut text = String::new();
+        encode_collector(&mut text, Descriptors);
+        let mut openmetrics: Vec<String> = Vec::new();
+        for line in text.split_inclusive('\n') {
+            match openmetrics.last_mut() {
+                Some(h) if !line.starts_with("# HELP ") => h.push_str(line),
+                _ => openmetrics.push(line.to_string()),
+            }
+        }
+        let classic = openmetrics.iter().map(|h| classic(h)).collect();
+        Headers {
+            openmetrics,
+            classic,
+        }
+    }
+}
+
+/// The per-check families' descriptors, without samples.
+#[derive(Debug)]
+struct Descriptors;
+
+impl Collector for Descriptors {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, kind) in CHECK_FAMILIES.iter().chain(&REGION_FAMILIES) {
+            enc.encode_descriptor(name, help, None, *kind)?;
+        }
+        Ok(())
+    }
+}
+
+/// A copy of one check's own series, encoded outside the lock.
+#[derive(Debug)]
+struct CheckSnap {
+    id: String,
+    verdict: VerdictKind,
+    region_states: Vec<(String, RegionState)>,
+    incidents: Vec<(&'static str, u64)>,
+    certs: Vec<(String, i64)>,
+}
+
+impl CheckSnap {
+    fn of(id: &str, c: &CheckSeries) -> CheckSnap {
+        CheckSnap {
+            id: id.to_string(),
+            // No verdict yet reads as unknown: every check has its state set.
+            verdict: c.verdict.unwrap_or(VerdictKind::Unknown),
+            region_states: c
+                .region_states
+                .iter()
+                .map(|(r, s)| (r.clone(), *s))
+                .collect(),
+            incidents: c.incidents.iter().map(|(k, n)| (*k, *n)).collect(),
+            certs: c.certs.iter().map(|(e, (_, at))| (e.clone(), *at)).collect(),
+        }
+    }
+}
+
+/// The families of [`CHECK_FAMILIES`] with this check's samples (no help:
+/// the chunk keeps the samples only).
+impl Collector for CheckSnap {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let id = self.id.as_str();
+        let [verdict, region_state, incidents, certs] = CHECK_FAMILIES.map(|(name, ..)| name);
+        gauge(
+            &mut enc,
+            verdict,
+            "",
+            VERDICTS.iter().map(|v| {
+                (
+                    [("check", id), ("verdict", verdict_str(*v))],
+                    i64::from(*v == self.verdict),
+                )
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            region_state,
+            "",
+            self.region_states.iter().flat_map(|(region, state)| {
+                REGION_STATES.iter().map(move |(s, name)| {
+                    (
+                        [("check", id), ("region", region.as_str()), ("state", *name)],
+                        i64::from(s == state),
+                    )
+                })
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            incidents,
+            "",
+            self.incidents
+                .iter()
+                .map(|(k, n)| ([("check", id), ("kind", *k)], *n as i64)),
+        )?;
+        gauge(
+            &mut enc,
+            certs,
+            "",
+            self.certs
+                .iter()
+                .map(|(e, at)| ([("check", id), ("endpoint", e.as_str())], *at)),
+        )
+    }
+}
+
+/// A copy of one check × region's series, encoded outside the lock.
+#[derive(Debug)]
+struct RegionSnap {
+    check: String,
+    region: String,
+    series: RegionSeries,
+}
+
+/// The families of [`REGION_FAMILIES`] with this check × region's samples.
+impl Collector for RegionSnap {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (id, region, r) = (self.check.as_str(), self.region.as_str(), &self.series);
+        let [probes, auth, steps, rtt, delivery] = REGION_FAMILIES.map(|(name, ..)| name);
+        counter(
+            &mut enc,
+            probes,
+            "",
+            r.probes.iter().map(|((outcome, class), n)| {
+                (
+                    [
+                        ("check", id),
+                        ("region", region),
+                        ("outcome", *outcome),
+                        ("class", *class),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        counter(
+            &mut enc,
+            auth,
+            "",
+            r.auth.iter().map(|((method, result), n)| {
+                (
+                    [
+                        ("check", id),
+                        ("region", region),
+                        ("method", *method),
+                        ("result", *result),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        histogram(
+            &mut enc,
+            steps,
+            "",
+            r.steps()
+                .map(|(step, h)| ([("check", id), ("region", region), ("step", step.as_str())], h)),
+        )?;
+        histogram(
+            &mut enc,
+            rtt,
+            "",
+            (r.rtt.count > 0)
+                .then_some(([("check", id), ("region", region)], &r.rtt))
+                .into_iter(),
+        )?;
+        histogram(
+            &mut enc,
+            delivery,
+            "",
+            (r.delivery.count > 0)
+                .then_some(([("check", id), ("region", region)], &r.delivery))
+                .into_iter(),
+        )
+    }
 }
 
 /// One check × region.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RegionSeries {
     /// A step's index in [`StepName::ALL`] → its histogram's place in
     /// `steps` (`NO_STEP`: not recorded).
@@ -630,254 +1251,75 @@ impl RegionSeries {
     }
 }
 
-/// The families rendered from current state at scrape time.
+/// The families encoded at scrape time from what the hub, the alert
+/// channels and the ingest counters hold then.
+#[derive(Debug)]
 struct Live {
-    hub: Arc<Hub>,
-    alerts: Arc<Alerts>,
-    ingest: Arc<Mutex<BTreeMap<String, [u64; 4]>>>,
-    checks: Arc<Mutex<BTreeMap<String, CheckSeries>>>,
-}
-
-impl std::fmt::Debug for Live {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Live")
-    }
+    /// Region → reports received, committed, rejected, replayed.
+    ingest: BTreeMap<String, [u64; 4]>,
+    /// Region → agents connected (every region with a registered agent).
+    connected: BTreeMap<String, i64>,
+    revision: u64,
+    checks: usize,
+    /// (channel, result, events).
+    deliveries: Vec<(String, &'static str, u64)>,
 }
 
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let ingest = self
-            .ingest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         for (i, (name, help)) in INGEST.iter().enumerate() {
             counter(
                 &mut enc,
                 name,
                 help,
-                ingest
+                self.ingest
                     .iter()
                     .map(|(r, c)| ([("region", r.as_str())], c[i])),
             )?;
-        }
-        // Hub state first (its lock is not held while ours is).
-        let live_checks = self.hub.checks();
-        let agents = self.hub.agents();
-        let revision = self.hub.revision();
-        let mut connected: BTreeMap<&str, i64> = BTreeMap::new();
-        for a in &agents {
-            if a.stored.revoked {
-                continue;
-            }
-            *connected.entry(a.stored.region.as_str()).or_default() += i64::from(a.connected);
         }
         gauge(
             &mut enc,
             "mailloop_agents_connected",
             "Agents with an open assignment stream, by region (every region with a registered agent).",
-            connected.iter().map(|(r, n)| ([("region", *r)], *n)),
+            self.connected.iter().map(|(r, n)| ([("region", r.as_str())], *n)),
         )?;
         gauge(
             &mut enc,
             "mailloop_assignment_revision",
             "The newest check revision (every change of any check takes one).",
-            [([] as [(&str, &str); 0], revision as i64)].into_iter(),
+            [([] as [(&str, &str); 0], self.revision as i64)].into_iter(),
         )?;
         gauge(
             &mut enc,
             "mailloop_checks",
             "Checks in force (not deleted).",
-            [([] as [(&str, &str); 0], live_checks.len() as i64)].into_iter(),
+            [([] as [(&str, &str); 0], self.checks as i64)].into_iter(),
         )?;
-
-        // Alert channels: their own delivery counters.
-        let status = self.alerts.status();
-        let channels = status["channels"].as_array().cloned().unwrap_or_default();
-        let mut deliveries: Vec<([(&str, &str); 2], u64)> = Vec::new();
-        for ch in &channels {
-            let name = ch["name"].as_str().unwrap_or("?");
-            for result in ["delivered", "failed", "dropped"] {
-                let n = ch[result].as_u64().unwrap_or(0);
-                deliveries.push(([("channel", name), ("result", result)], n));
-            }
-        }
         counter(
             &mut enc,
             "mailloop_alert_deliveries",
             "Alert events per channel: delivered, failed (after its retries, or permanently) or dropped (queue full).",
-            deliveries.iter().map(|(l, n)| (*l, *n)),
-        )?;
-
-        // Per check: prune what the hub no longer has, then render.
-        let wanted: BTreeMap<&str, HashSet<&str>> = live_checks
-            .iter()
-            .map(|c| {
-                (
-                    c.spec.name.as_str(),
-                    c.spec.regions.iter().map(String::as_str).collect(),
-                )
-            })
-            .collect();
-        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
-        checks.retain(|id, c| {
-            let Some(regions) = wanted.get(id.as_str()) else {
-                return false;
-            };
-            c.regions.retain(|r, _| regions.contains(r.as_str()));
-            c.region_states.retain(|r, _| regions.contains(r.as_str()));
-            true
-        });
-        render_checks(&mut enc, &checks, &live_checks)
+            self.deliveries
+                .iter()
+                .map(|(channel, result, n)| ([("channel", channel.as_str()), ("result", *result)], *n)),
+        )
     }
 }
 
-fn render_checks(
-    enc: &mut DescriptorEncoder,
-    checks: &BTreeMap<String, CheckSeries>,
-    live: &[crate::storage::StoredCheck],
-) -> Result<(), std::fmt::Error> {
-    let mut verdicts: Vec<([(&str, &str); 2], i64)> = Vec::new();
-    for c in live {
-        let id = c.spec.name.as_str();
-        let current = checks.get(id).and_then(|s| s.verdict);
-        // No verdict yet reads as unknown: every check has its state set.
-        let current = current.unwrap_or(VerdictKind::Unknown);
-        for v in VERDICTS {
-            verdicts.push((
-                [("check", id), ("verdict", verdict_str(v))],
-                i64::from(v == current),
-            ));
-        }
-    }
-    gauge(
-        enc,
-        "mailloop_check_verdict",
-        "The check's latest round verdict, as a state set: 1 for the current verdict, 0 for the others (unknown until its first round is decided).",
-        verdicts.into_iter(),
-    )?;
-    gauge(
-        enc,
-        "mailloop_check_region_state",
-        "Each region's state in the check's latest decided round, as a state set (1 for the current state).",
-        checks.iter().flat_map(|(id, c)| {
-            c.region_states.iter().flat_map(move |(region, state)| {
-                REGION_STATES.iter().map(move |(s, name)| {
-                    (
-                        [
-                            ("check", id.as_str()),
-                            ("region", region.as_str()),
-                            ("state", *name),
-                        ],
-                        i64::from(s == state),
-                    )
-                })
-            })
-        }),
-    )?;
-    let mut by_kind: BTreeMap<&str, i64> = INCIDENT_KINDS.iter().map(|k| (*k, 0)).collect();
-    for c in checks.values() {
-        for (k, n) in &c.incidents {
-            *by_kind.entry(k).or_default() += *n as i64;
-        }
-    }
-    gauge(
-        enc,
-        "mailloop_incidents_open",
-        "Incidents open or acknowledged (not resolved), by kind, over all checks.",
-        by_kind.iter().map(|(k, n)| ([("kind", *k)], *n)),
-    )?;
-    gauge(
-        enc,
-        "mailloop_check_incidents_open",
-        "Incidents open or acknowledged on the check, by kind (only kinds with one open).",
-        checks.iter().flat_map(|(id, c)| {
-            c.incidents
-                .iter()
-                .map(move |(k, n)| ([("check", id.as_str()), ("kind", *k)], *n as i64))
-        }),
-    )?;
-    gauge(
-        enc,
-        "mailloop_tls_certificate_expiry_timestamp_seconds",
-        "When the certificate of the check's TLS endpoint (host:port) expires (notAfter, Unix time), as last seen by a probe; days left: (this - time()) / 86400.",
-        checks.iter().flat_map(|(id, c)| {
-            c.certs
-                .iter()
-                .map(move |(e, (_, d))| ([("check", id.as_str()), ("endpoint", e.as_str())], *d))
-        }),
-    )?;
-    counter(
-        enc,
-        "mailloop_probes",
-        "Probe reports stored, by outcome (ok, degraded, failed) and failure class (none when it did not fail).",
-        per_region(checks).flat_map(|(id, region, r)| {
-            r.probes.iter().map(move |((outcome, class), n)| {
-                (
-                    [
-                        ("check", id),
-                        ("region", region),
-                        ("outcome", *outcome),
-                        ("class", *class),
-                    ],
-                    *n,
-                )
-            })
-        }),
-    )?;
-    counter(
-        enc,
-        "mailloop_auth_results",
-        "Authentication-Results verdicts of delivered probes, by method (spf, dkim, dmarc) and result (pass, fail, ..., missing).",
-        per_region(checks).flat_map(|(id, region, r)| {
-            r.auth.iter().map(move |((method, result), n)| {
-                (
-                    [
-                        ("check", id),
-                        ("region", region),
-                        ("method", *method),
-                        ("result", *result),
-                    ],
-                    *n,
-                )
-            })
-        }),
-    )?;
-    histogram(
-        enc,
-        "mailloop_step_duration_seconds",
-        "Duration of each protocol step of the probes (smtp.connect ... imap.logout), by check, region and step.",
-        per_region(checks).flat_map(|(id, region, r)| {
-            r.steps()
-                .map(move |(step, h)| ([("check", id), ("region", region), ("step", step.as_str())], h))
-        }),
-    )?;
-    histogram(
-        enc,
-        "mailloop_round_trip_seconds",
-        "Round-trip time of delivered probes: submission start to the probe found over IMAP.",
-        per_region(checks)
-            .filter(|(_, _, r)| r.rtt.count > 0)
-            .map(|(id, region, r)| ([("check", id), ("region", region)], &r.rtt)),
-    )?;
-    histogram(
-        enc,
-        "mailloop_delivery_seconds",
-        "Delivery time of delivered probes: end of DATA accepted to the probe found over IMAP.",
-        per_region(checks)
-            .filter(|(_, _, r)| r.delivery.count > 0)
-            .map(|(id, region, r)| ([("check", id), ("region", region)], &r.delivery)),
-    )
-}
+/// `mailloop_incidents_open`: open incidents over all checks, by kind
+/// (every kind of [`INCIDENT_KINDS`], and any other with one open).
+#[derive(Debug)]
+struct IncidentsOpen(BTreeMap<&'static str, i64>);
 
-fn per_region(
-    checks: &BTreeMap<String, CheckSeries>,
-) -> impl Iterator<Item = (&str, &str, &RegionSeries)> {
-    checks.iter().flat_map(|(id, c)| {
-        c.regions
-            .iter()
-            .map(move |(region, r)| (id.as_str(), region.as_str(), r))
-    })
+impl Collector for IncidentsOpen {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut enc,
+            "mailloop_incidents_open",
+            "Incidents open or acknowledged (not resolved), by kind, over all checks.",
+            self.0.iter().map(|(k, n)| ([("kind", *k)], *n)),
+        )
+    }
 }
 
 fn gauge<L: EncodeLabelSet>(
@@ -1044,6 +1486,7 @@ mod tests {
 
     fn recorded(m: &Metrics, check: &str, region: &str) -> Vec<(StepName, u64)> {
         m.lock()[check].regions[region]
+            .series
             .steps()
             .map(|(s, h)| (s, h.count))
             .collect()
@@ -1068,7 +1511,113 @@ mod tests {
         let none = Metrics::with_steps(hub, alerts, StepSet::none());
         none.observe("us", &report("c1"));
         assert!(recorded(&none, "c1", "us").is_empty());
-        assert_eq!(none.lock()["c1"].regions["us"].rtt.count, 1);
+        assert_eq!(none.lock()["c1"].regions["us"].series.rtt.count, 1);
+    }
+
+    fn stored_check(name: &str, regions: &[&str], deleted: bool) -> crate::storage::StoredCheck {
+        crate::storage::StoredCheck {
+            spec: crate::config::CheckSpec {
+                name: name.into(),
+                table: serde_json::json!({}),
+                interval: std::time::Duration::from_secs(60),
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                quorum: None,
+                public: None,
+            },
+            revision: 1,
+            source: crate::storage::Source::Api,
+            deleted,
+            updated_at_ms: 0,
+        }
+    }
+
+    /// The value of the sample `series` (name and labels) in `text`.
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    fn probes(check: &str, region: &str) -> String {
+        format!("mailloop_probes_total{{check=\"{check}\",region=\"{region}\",outcome=\"ok\",class=\"none\"}}")
+    }
+
+    fn verdict(check: &str, kind: &str, failed: &str) -> Verdict {
+        serde_json::from_value(serde_json::json!({
+            "check_id": check, "round": 1, "round_start_ms": 0, "decided_at_ms": 0,
+            "verdict": kind, "quorum": 1, "note": "",
+            "regions": [{"region": failed, "state": "failed", "slow": [], "reasons": []}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_scrape_encodes_again_only_what_changed_and_drops_a_deleted_check() {
+        let hub = Hub::new(
+            vec![
+                stored_check("c1", &["eu", "us"], false),
+                stored_check("c2", &["eu", "us"], false),
+            ],
+            Vec::new(),
+        );
+        let m = Metrics::new(hub.clone(), Arc::new(Alerts::default()));
+        for (check, region) in [("c1", "eu"), ("c1", "us"), ("c2", "eu"), ("c2", "us")] {
+            m.observe(region, &report(check));
+        }
+        let first = m.render();
+        assert_eq!(sample(&first, &probes("c1", "eu")), Some("1"));
+        assert_eq!(m.last_rendered(), 6, "two checks and four check x regions");
+        // Nothing recorded: every chunk from the cache, the same exposition.
+        assert_eq!(m.render(), first);
+        assert_eq!(m.last_rendered(), 0);
+
+        // A new report: its check x region alone is encoded again.
+        m.observe("eu", &report("c1"));
+        let second = m.render();
+        assert_eq!(m.last_rendered(), 1);
+        assert_eq!(sample(&second, &probes("c1", "eu")), Some("2"));
+        assert_eq!(sample(&second, &probes("c1", "us")), Some("1"));
+        let count = "mailloop_step_duration_seconds_count{check=\"c1\",region=\"eu\",step=\"smtp.connect\"}";
+        assert_eq!(sample(&second, count), Some("2"));
+        assert_eq!(sample(&second, "mailloop_round_trip_seconds_count{check=\"c1\",region=\"eu\"}"), Some("2"));
+        // A verdict: the check's own chunk.
+        m.judged(&verdict("c2", "down", "us"), &[]);
+        let third = m.render();
+        assert_eq!(m.last_rendered(), 1);
+        assert_eq!(sample(&third, "mailloop_check_verdict{check=\"c2\",verdict=\"down\"}"), Some("1"));
+        assert_eq!(sample(&third, "mailloop_check_verdict{check=\"c2\",verdict=\"unknown\"}"), Some("0"));
+        assert_eq!(sample(&third, "mailloop_check_verdict{check=\"c1\",verdict=\"unknown\"}"), Some("1"));
+        assert_eq!(sample(&third, "mailloop_check_region_state{check=\"c2\",region=\"us\",state=\"failed\"}"), Some("1"));
+
+        // Deleted: its series are gone, from the exposition and the cache.
+        hub.put_check(stored_check("c1", &["eu", "us"], true));
+        let fourth = m.render();
+        assert!(!fourth.contains("\"c1\""), "{fourth}");
+        assert!(!m.lock().contains_key("c1"));
+        assert_eq!(m.last_rendered(), 0);
+        assert_eq!(sample(&fourth, &probes("c2", "eu")), Some("1"));
+        // A region taken off a check: its check x region and its state go.
+        hub.put_check(stored_check("c2", &["eu"], false));
+        let fifth = m.render();
+        assert!(!fifth.contains("region=\"us\""), "{fifth}");
+        assert_eq!(m.last_rendered(), 1, "the check's own chunk lost a region state");
+        assert_eq!(sample(&fifth, &probes("c2", "eu")), Some("1"));
+    }
+
+    #[test]
+    fn the_classic_text_is_the_openmetrics_text_converted() {
+        let hub = Hub::new(vec![stored_check("c1", &["eu", "us"], false)], Vec::new());
+        let m = Metrics::new(hub, Arc::new(Alerts::default()));
+        m.count("eu", RECEIVED);
+        m.observe("eu", &report("c1"));
+        m.judged(&verdict("c1", "degraded", "eu"), &[]);
+        let om = m.render();
+        assert!(om.ends_with("# EOF\n"));
+        let (content_type, text) = m.render_for(Some("text/plain"));
+        assert_eq!(content_type, CLASSIC);
+        assert_eq!(text, classic(&om));
+        assert!(text.contains("# TYPE mailloop_probes_total counter\n"));
+        let (content_type, text) = m.render_for(Some(OPENMETRICS));
+        assert_eq!((content_type, text), (OPENMETRICS, om));
     }
 
     #[test]
