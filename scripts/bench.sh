@@ -50,7 +50,7 @@
 #
 # Quick mode (`make bench BENCH=quick`, or BENCH_QUICK=1): a smoke run of
 # every part under 3 minutes on the 2-core machine: 1 counted run per tool,
-# 3 rounds of the trace export comparison without callgrind, the loadgen's
+# 6 rounds of the trace export comparison without callgrind, the loadgen's
 # --quick (100 and 1,000 agents, 20,000 reports, one round of the overhead
 # comparison, 200 footprint and /metrics checks, 3 s windows).
 # Both modes end with one summary table of every part's headline figure
@@ -122,8 +122,9 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
   # takes 15-35 s on a loaded machine (the peer waits 5 s, SpamAssassin).
   export BENCH_RUNS=${BENCH_RUNS:-1}
   # The trace export comparison: 50 rounds of three probes and 3 rounds
-  # under callgrind by default, which alone took 40 s of a quick run.
-  export BENCH_TRACES_RUNS=${BENCH_TRACES_RUNS:-3}
+  # under callgrind by default, which alone took 40 s of a quick run
+  # (fewer than 6 rounds: the median ratio is mostly the machine's noise).
+  export BENCH_TRACES_RUNS=${BENCH_TRACES_RUNS:-6}
   export BENCH_TRACES_CALLGRIND=${BENCH_TRACES_CALLGRIND:-0}
   quick=(--quick)
 else

@@ -167,9 +167,10 @@ struct Args {
     /// stdin closes, then prints what it received as JSON.
     #[arg(long)]
     otlp_sink: bool,
-    /// Smaller runs (20,000 reports, 10 changes, 3 s windows, 200
-    /// footprint and /metrics checks, one round of 10,000 reports for the
-    /// traces comparison): the loadgen's part of `make bench BENCH=quick`.
+    /// Smaller runs (20,000 reports, 10,000 on PostgreSQL, 10 changes, 3 s
+    /// windows, 200 footprint and /metrics checks, one round of 10,000
+    /// reports for the traces comparison): the loadgen's part of `make
+    /// bench BENCH=quick`.
     #[arg(long)]
     quick: bool,
     /// Reports of the tracing-overhead comparison (each of its two runs).
@@ -368,7 +369,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for replicas in [1, 2] {
                 eprintln!("loadgen: {n} simulated agents, PostgreSQL storage, {replicas} coordinator replica(s) ...");
                 let url = fresh_database(base, "load").await?;
-                let r = load_run(&args, n, args.reports, None, Some((&url, replicas)), true).await?;
+                // Quick mode: half the reports (a smoke run's figure).
+                let reports = if args.quick { args.reports.min(10_000) } else { args.reports };
+                let r = load_run(&args, n, reports, None, Some((&url, replicas)), true).await?;
                 eprintln!("loadgen: {}", serde_json::to_string(&r)?);
                 pg_runs.push(r);
             }
