@@ -109,7 +109,7 @@ struct Inner {
     by_token: HashMap<String, String>,
     /// Rotated tokens not yet delivered: agent name → the new token, in
     /// memory only, handed to the agent's next assignment stream opened
-    /// with its previous token (see [`Hub::pending_credential`]).
+    /// with its previous token (see [`Hub::follow`]).
     pending: HashMap<String, mailloop_common::Secret>,
     /// Highest revision handed out.
     revision: u64,
@@ -304,7 +304,7 @@ impl Hub {
     }
 
     /// Follows `agent`'s assignments: the value changes whenever its
-    /// checks, token or standing change (read them with [`Hub::assigned`]).
+    /// checks, token or standing change (read them with [`Hub::follow`]).
     pub fn watch_agent(&self, agent: &str) -> Option<watch::Receiver<u64>> {
         self.lock().agents.get(agent).map(|a| a.wake.subscribe())
     }
@@ -346,15 +346,6 @@ impl Hub {
         };
         let (removed, upserts) = diff_held(held, inner.placement.for_agent(&agent.name));
         Followed { valid: true, until, pending, to_remake, removed, upserts }
-    }
-
-    /// The checks `agent` runs now (empty when it is not live).
-    pub fn assigned(&self, agent: &str) -> BTreeMap<String, Arc<Assignment>> {
-        self.lock()
-            .placement
-            .for_agent(agent)
-            .cloned()
-            .unwrap_or_default()
     }
 
     /// The agent a bearer token belongs to.
@@ -631,23 +622,6 @@ impl Hub {
         &self.on_demand
     }
 
-    /// The rotated token waiting for `agent`, for a stream opened with the
-    /// token of SHA-256 `used` — None when that already is the new one, or
-    /// when this replica does not hold the new one (made before a restart
-    /// or by another replica: see [`Hub::token_to_remake`]).
-    pub fn pending_credential(&self, agent: &str, used: &str) -> Option<mailloop_common::Secret> {
-        let inner = self.lock();
-        let a = inner.agents.get(agent)?;
-        if a.stored.token_sha256 == used || a.stored.revoked {
-            return None;
-        }
-        inner
-            .pending
-            .get(agent)
-            .filter(|t| token_sha256(t.expose()) == a.stored.token_sha256)
-            .cloned()
-    }
-
     /// A stream opened with the previous token of a rotated agent, in its
     /// grace period, while this replica does not hold the new token (only
     /// its hash is stored: the coordinator that made it restarted, or it is
@@ -685,16 +659,6 @@ impl Hub {
         }
         a.stored.token_in_use = true;
         true
-    }
-
-    /// When the token of SHA-256 `used` stops working for `agent`: Some
-    /// for a previous token in its grace period.
-    pub fn token_until(&self, agent: &str, used: &str) -> Option<i64> {
-        let inner = self.lock();
-        let a = inner.agents.get(agent)?;
-        (a.stored.previous_token_sha256.as_deref() == Some(used))
-            .then_some(a.stored.previous_token_until_ms)
-            .flatten()
     }
 
     /// Whether some other agent already holds this token hash.
