@@ -179,9 +179,10 @@ struct Args {
     /// stdin closes, then prints what it received as JSON.
     #[arg(long)]
     otlp_sink: bool,
-    /// Smaller runs (20,000 reports, 10 changes, 3 s windows, 200
-    /// footprint and /metrics checks, 20,000 reports for the traces
-    /// comparison): the loadgen's part of `make bench BENCH=quick`.
+    /// Smaller runs (20,000 reports, 10,000 on PostgreSQL, 10 changes, 3 s
+    /// windows, 200 footprint and /metrics checks, one round of 10,000
+    /// reports for the traces comparison): the loadgen's part of `make
+    /// bench BENCH=quick`.
     #[arg(long)]
     quick: bool,
     /// Reports of the tracing-overhead comparison (each of its two runs).
@@ -196,6 +197,12 @@ struct Args {
     /// Only the spool replay measurement.
     #[arg(long)]
     replay_only: bool,
+    /// Only the connect storm, idle RSS and propagation of the load runs
+    /// (no ingest, overhead comparison, PostgreSQL, footprint, replay,
+    /// status page or /metrics): issue 15's fleet figures, e.g.
+    /// `--storm-only --agents 10000`.
+    #[arg(long)]
+    storm_only: bool,
     /// A PostgreSQL server's maintenance database
     /// (`postgres://user@127.0.0.1:PORT/postgres?sslmode=disable`): the
     /// ingest run is repeated on PostgreSQL (a fresh database per run) for
@@ -213,7 +220,8 @@ async fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
     if args.quick {
         args.reports = args.reports.min(20_000);
-        args.traces_reports = args.traces_reports.min(20_000);
+        args.traces_reports = args.traces_reports.min(10_000);
+        args.overhead_rounds = args.overhead_rounds.min(1);
         args.changes = args.changes.min(10);
         args.footprint_seconds = args.footprint_seconds.min(3);
         args.footprint_checks = args.footprint_checks.min(200);
@@ -223,6 +231,15 @@ async fn main() -> std::process::ExitCode {
         args.status_builds = args.status_builds.min(5);
         args.status_seconds = args.status_seconds.min(3);
         args.replay_reports = args.replay_reports.min(10_000);
+    }
+    if args.storm_only {
+        args.reports = 0;
+        args.traces_agents = 0;
+        args.footprint_checks = 0;
+        args.metrics_checks = 0;
+        args.status_checks = 0;
+        args.replay_reports = 0;
+        args.postgres_url = None;
     }
     if args.status_only {
         args.metrics_only = true;
@@ -365,7 +382,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for replicas in [1, 2] {
                 eprintln!("loadgen: {n} simulated agents, PostgreSQL storage, {replicas} coordinator replica(s) ...");
                 let url = fresh_database(base, "load").await?;
-                let r = load_run(&args, n, args.reports, None, Some((&url, replicas)), true).await?;
+                // Quick mode: half the reports (a smoke run's figure).
+                let reports = if args.quick { args.reports.min(10_000) } else { args.reports };
+                let r = load_run(&args, n, reports, None, Some((&url, replicas)), true).await?;
                 eprintln!("loadgen: {}", serde_json::to_string(&r)?);
                 pg_runs.push(r);
             }
@@ -895,84 +914,89 @@ async fn load_run(
     let idle_kib_per_agent =
         idle.rss_kib.saturating_sub(before_connect.rss_kib) as f64 / n as f64;
 
-    // Ingest.
-    let per_agent = reports.div_ceil(n).max(1);
-    let template = Arc::new(report_template("bench"));
-    // Every report is of the check's current round, as a live agent's is:
-    // in its schedule window, so the judge takes it (and decides the round
-    // once every region reported) and the figure includes the judge's work.
-    let round = current_round("bench", Duration::from_secs(3600));
-    let acked = Arc::new(AtomicU64::new(0));
-    reset_peak(pid);
-    let before = proc_stats(pid);
-    let cpu_before = cpu(&pids);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(n);
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let template = template.clone();
-        let acked = acked.clone();
-        let window = args.in_flight;
-        tasks.push(tokio::spawn(async move {
-            let (tx, rx) = mpsc::channel::<pb::ProbeResult>(window);
-            let mut acks = c
-                .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            let slots = Arc::new(Semaphore::new(window));
-            let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
-            let sender = {
-                let (slots, sent) = (slots.clone(), sent.clone());
-                tokio::spawn(async move {
-                    for k in 0..per_agent {
-                        let permit = slots.acquire().await.expect("open");
-                        permit.forget();
-                        let id = format!("lg-{i}-{k}");
-                        let report_json = template.replace("__ID__", &id);
-                        sent.lock().unwrap().insert(id.clone(), Instant::now());
-                        let r = pb::ProbeResult {
-                            probe_id: id,
-                            check_id: "bench".into(),
-                            revision: 1,
-                            round,
-                            report_json,
-                            ..Default::default()
-                        };
-                        if tx.send(r).await.is_err() {
-                            return;
+    // Ingest (none with --storm-only: the same figures stay null).
+    let (clients, latencies, acked, ingest_wall, ingest_cost, ingest_cpu_s) = if reports == 0 {
+        (clients, Vec::new(), 0, Duration::ZERO, Value::Null, 0.0)
+    } else {
+        let per_agent = reports.div_ceil(n).max(1);
+        let template = Arc::new(report_template("bench"));
+        // Every report is of the check's current round, as a live agent's is:
+        // in its schedule window, so the judge takes it (and decides the round
+        // once every region reported) and the figure includes the judge's work.
+        let round = current_round("bench", Duration::from_secs(3600));
+        let acked = Arc::new(AtomicU64::new(0));
+        reset_peak(pid);
+        let before = proc_stats(pid);
+        let cpu_before = cpu(&pids);
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(n);
+        for (i, mut c) in clients.into_iter().enumerate() {
+            let template = template.clone();
+            let acked = acked.clone();
+            let window = args.in_flight;
+            tasks.push(tokio::spawn(async move {
+                let (tx, rx) = mpsc::channel::<pb::ProbeResult>(window);
+                let mut acks = c
+                    .report_results(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                let slots = Arc::new(Semaphore::new(window));
+                let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+                let sender = {
+                    let (slots, sent) = (slots.clone(), sent.clone());
+                    tokio::spawn(async move {
+                        for k in 0..per_agent {
+                            let permit = slots.acquire().await.expect("open");
+                            permit.forget();
+                            let id = format!("lg-{i}-{k}");
+                            let report_json = template.replace("__ID__", &id);
+                            sent.lock().unwrap().insert(id.clone(), Instant::now());
+                            let r = pb::ProbeResult {
+                                probe_id: id,
+                                check_id: "bench".into(),
+                                revision: 1,
+                                round,
+                                report_json,
+                                ..Default::default()
+                            };
+                            if tx.send(r).await.is_err() {
+                                return;
+                            }
                         }
+                    })
+                };
+                let mut latencies = Vec::with_capacity(per_agent);
+                for _ in 0..per_agent {
+                    let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
+                        .await
+                        .map_err(|_| anyhow::anyhow!("no ack within 60 s"))??
+                        .ok_or_else(|| anyhow::anyhow!("the report stream closed"))?;
+                    anyhow::ensure!(ack.stored, "report not stored: {}", ack.error);
+                    let t = sent.lock().unwrap().remove(&ack.probe_id);
+                    if let Some(t) = t {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     }
-                })
-            };
-            let mut latencies = Vec::with_capacity(per_agent);
-            for _ in 0..per_agent {
-                let ack = tokio::time::timeout(Duration::from_secs(60), acks.message())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no ack within 60 s"))??
-                    .ok_or_else(|| anyhow::anyhow!("the report stream closed"))?;
-                anyhow::ensure!(ack.stored, "report not stored: {}", ack.error);
-                let t = sent.lock().unwrap().remove(&ack.probe_id);
-                if let Some(t) = t {
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    slots.add_permits(1);
                 }
-                acked.fetch_add(1, Ordering::Relaxed);
-                slots.add_permits(1);
-            }
-            sender.await?;
-            Ok::<_, anyhow::Error>((c, latencies))
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut clients = Vec::with_capacity(n);
-    for t in tasks {
-        let (c, l) = t.await??;
-        latencies.extend(l);
-        clients.push(c);
-    }
-    let ingest_wall = started.elapsed();
-    let ingest_cost = phase(pid, before, ingest_wall);
-    let ingest_cpu_s = cpu(&pids) - cpu_before;
-    latencies.sort_by(f64::total_cmp);
-    let acked = acked.load(Ordering::Relaxed);
+                sender.await?;
+                Ok::<_, anyhow::Error>((c, latencies))
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut clients = Vec::with_capacity(n);
+        for t in tasks {
+            let (c, l) = t.await??;
+            latencies.extend(l);
+            clients.push(c);
+        }
+        let ingest_wall = started.elapsed();
+        let ingest_cost = phase(pid, before, ingest_wall);
+        let ingest_cpu_s = cpu(&pids) - cpu_before;
+        latencies.sort_by(f64::total_cmp);
+        let acked = acked.load(Ordering::Relaxed);
+        (clients, latencies, acked, ingest_wall, ingest_cost, ingest_cpu_s)
+    };
 
     // Propagation: change the check, time each agent's receipt of it.
     reset_peak(pid);
@@ -996,6 +1020,7 @@ async fn load_run(
         }
     }
     let propagation_cost = phase(pid, before, started.elapsed());
+    let propagation_cpu_s = proc_stats(pid).cpu_s - before.cpu_s;
     after_return.sort_by(f64::total_cmp);
     after_call.sort_by(f64::total_cmp);
     drop(clients);
@@ -1016,14 +1041,14 @@ async fn load_run(
         "agents": n,
         "connect_s": round3(connect_s),
         "connect_retries": retried.load(Ordering::Relaxed),
-        "reports_per_agent": per_agent,
+        "reports_per_agent": if reports == 0 { 0 } else { reports.div_ceil(n).max(1) },
         "in_flight_per_agent": args.in_flight,
         "acked": acked,
         "stored_rows": stored_rows,
         "ingest_s": round3(ingest_wall.as_secs_f64()),
         "reports_per_s": (acked as f64 / ingest_wall.as_secs_f64()).round(),
         "replicas": replicas,
-        "cpu_ms_per_1000_reports": round3(1e6 * ingest_cpu_s / acked.max(1) as f64),
+        "cpu_ms_per_1000_reports": if acked == 0 { Value::Null } else { json!(round3(1e6 * ingest_cpu_s / acked as f64)) },
         "connect": connect_cost,
         "idle_rss_mib": round3(idle.rss_kib as f64 / 1024.0),
         "idle_kib_per_agent": round3(idle_kib_per_agent),
@@ -1037,6 +1062,9 @@ async fn load_run(
             "p99_from_call": round3(percentile(&after_call, 0.99)),
         },
         "propagation": propagation_cost,
+        // The coordinator's CPU per check change (all its threads, from
+        // /proc): the fan-out's cost, robust to a loaded machine.
+        "cpu_ms_per_change": round3(1000.0 * propagation_cpu_s / args.changes.max(1) as f64),
         "traces": traces_to.is_some(),
         "metrics": metrics,
         "loadavg": loadavg(),
@@ -1368,6 +1396,12 @@ fn print_table(runs: &[Value], footprint: Option<&Value>) {
         &mut out,
         "coordinator peak RSS, ingest (MiB)",
         &|r| f(&r["ingest"]["peak_rss_mib"]),
+        "",
+    );
+    row(
+        &mut out,
+        "coordinator CPU per check change (ms)",
+        &|r| f(&r["cpu_ms_per_change"]),
         "",
     );
     row(

@@ -657,7 +657,12 @@ impl Watch {
         // agent always holds the check before it is asked to run it.
         let mut due: Vec<Arc<RunOrder>> = Vec::new();
         loop {
-            if !self.hub.still_valid(&self.agent) {
+            // Marked seen before reading, so a change after the read wakes us.
+            wake.borrow_and_update();
+            // One lock: standing, token, and the changes since last time.
+            let now = now_ms();
+            let seen = self.hub.follow(&self.agent, &self.used, now, &mut self.held);
+            if !seen.valid {
                 let _ = self
                     .tx
                     .send(Err(Status::unauthenticated(format!(
@@ -667,8 +672,8 @@ impl Watch {
                     .await;
                 return "token revoked";
             }
-            let until = self.hub.token_until(&self.agent.name, &self.used);
-            if until.is_some_and(|u| now_ms() >= u) {
+            let until = seen.until;
+            if until.is_some_and(|u| now >= u) {
                 let _ = self
                     .tx
                     .send(Err(Status::unauthenticated(
@@ -677,8 +682,8 @@ impl Watch {
                     .await;
                 return "rotated token's grace period ended";
             }
-            let mut pending = self.hub.pending_credential(&self.agent.name, &self.used);
-            if pending.is_none() && !self.remade {
+            let mut pending = seen.pending;
+            if pending.is_none() && seen.to_remake.is_some() && !self.remade {
                 pending = self.remake_token().await;
             }
             if let Some(token) = pending {
@@ -707,10 +712,7 @@ impl Watch {
                     None => std::future::pending().await,
                 }
             };
-            // Marked seen before reading, so a change after the read wakes us.
-            wake.borrow_and_update();
-            let want = self.hub.assigned(&self.agent.name);
-            for change in diff(&mut self.held, Some(&want)) {
+            for change in changes(seen.removed, &seen.upserts) {
                 log_change(&self.agent, &change);
                 if self.tx.send(Ok(change)).await.is_err() {
                     return "stream closed by the agent";
@@ -787,30 +789,21 @@ pub fn diff(
     held: &mut HashMap<String, u64>,
     want: Option<&BTreeMap<String, Arc<Assignment>>>,
 ) -> Vec<pb::AssignmentChange> {
-    let empty = BTreeMap::new();
-    let want = want.unwrap_or(&empty);
-    let mut out = Vec::new();
-    let mut gone: Vec<String> = held
-        .keys()
-        .filter(|id| !want.contains_key(*id))
-        .cloned()
-        .collect();
-    gone.sort();
-    for id in gone {
-        held.remove(&id);
-        out.push(pb::AssignmentChange {
+    let (removed, upserts) = crate::cluster::hub::diff_held(held, want);
+    changes(removed, &upserts)
+}
+
+/// The wire form of removals (first) and upserts.
+fn changes(removed: Vec<String>, upserts: &[Arc<Assignment>]) -> Vec<pb::AssignmentChange> {
+    removed
+        .into_iter()
+        .map(|id| pb::AssignmentChange {
             change: Some(pb::assignment_change::Change::Remove(id)),
-        });
-    }
-    for (id, a) in want {
-        if held.get(id) != Some(&a.revision) {
-            held.insert(id.clone(), a.revision);
-            out.push(pb::AssignmentChange {
-                change: Some(pb::assignment_change::Change::Upsert(to_wire(a))),
-            });
-        }
-    }
-    out
+        })
+        .chain(upserts.iter().map(|a| pb::AssignmentChange {
+            change: Some(pb::assignment_change::Change::Upsert(to_wire(a))),
+        }))
+        .collect()
 }
 
 fn to_wire(a: &Assignment) -> pb::Assignment {

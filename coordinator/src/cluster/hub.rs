@@ -109,7 +109,7 @@ struct Inner {
     by_token: HashMap<String, String>,
     /// Rotated tokens not yet delivered: agent name → the new token, in
     /// memory only, handed to the agent's next assignment stream opened
-    /// with its previous token (see [`Hub::pending_credential`]).
+    /// with its previous token (see [`Hub::follow`]).
     pending: HashMap<String, mailloop_common::Secret>,
     /// Highest revision handed out.
     revision: u64,
@@ -160,8 +160,16 @@ impl Inner {
     fn install_check(&mut self, c: StoredCheck, touched: &mut Vec<String>) {
         self.revision = self.revision.max(c.revision);
         let id = c.spec.name.clone();
-        self.check_regions
-            .insert(id.clone(), c.spec.regions.iter().cloned().collect());
+        // Rebuilt only when the regions changed (a fleet-long list is not
+        // copied on every edit of the check).
+        let same = self
+            .check_regions
+            .get(&id)
+            .is_some_and(|r| r.len() == c.spec.regions.len() && c.spec.regions.iter().all(|x| r.contains(x)));
+        if !same {
+            self.check_regions
+                .insert(id.clone(), c.spec.regions.iter().cloned().collect());
+        }
         if c.deleted {
             self.placement.put_check(&id, None, touched);
         } else {
@@ -296,18 +304,48 @@ impl Hub {
     }
 
     /// Follows `agent`'s assignments: the value changes whenever its
-    /// checks, token or standing change (read them with [`Hub::assigned`]).
+    /// checks, token or standing change (read them with [`Hub::follow`]).
     pub fn watch_agent(&self, agent: &str) -> Option<watch::Receiver<u64>> {
         self.lock().agents.get(agent).map(|a| a.wake.subscribe())
     }
 
-    /// The checks `agent` runs now (empty when it is not live).
-    pub fn assigned(&self, agent: &str) -> BTreeMap<String, Arc<Assignment>> {
-        self.lock()
-            .placement
-            .for_agent(agent)
-            .cloned()
-            .unwrap_or_default()
+    /// Everything an assignment stream of `agent` (opened with the token
+    /// of SHA-256 `used`) reads when it wakes, under one lock: its
+    /// standing, its token's end, a rotated token to deliver, and what
+    /// changed between `held` (brought up to date here) and what it runs
+    /// now. A change of one check fanned out to 10,000 streams costs one
+    /// lock and one map walk each, not five locks and a copy of every
+    /// check the agent runs.
+    pub fn follow(&self, agent: &AgentIdentity, used: &str, now_ms: i64, held: &mut HashMap<String, u64>) -> Followed {
+        let inner = self.lock();
+        let Some(a) = inner
+            .agents
+            .get(&agent.name)
+            .filter(|a| !a.stored.revoked && a.stored.region == agent.region)
+        else {
+            return Followed { valid: false, ..Followed::default() };
+        };
+        let s = &a.stored;
+        let until = (s.previous_token_sha256.as_deref() == Some(used))
+            .then_some(s.previous_token_until_ms)
+            .flatten();
+        let (pending, to_remake) = if s.token_sha256 == used {
+            // The common case: the stream's token is the newest one.
+            (None, None)
+        } else {
+            // A rotated token not yet in use: deliver it if held here,
+            // else (on the previous token, in its grace period) remake it.
+            let pending = inner
+                .pending
+                .get(&agent.name)
+                .filter(|t| token_sha256(t.expose()) == s.token_sha256)
+                .cloned();
+            let on_previous = s.previous_token_sha256.as_deref() == Some(used) && previous_valid(s, now_ms);
+            let to_remake = (pending.is_none() && on_previous).then(|| s.token_sha256.clone());
+            (pending, to_remake)
+        };
+        let (removed, upserts) = diff_held(held, inner.placement.for_agent(&agent.name));
+        Followed { valid: true, until, pending, to_remake, removed, upserts }
     }
 
     /// The agent a bearer token belongs to.
@@ -584,23 +622,6 @@ impl Hub {
         &self.on_demand
     }
 
-    /// The rotated token waiting for `agent`, for a stream opened with the
-    /// token of SHA-256 `used` — None when that already is the new one, or
-    /// when this replica does not hold the new one (made before a restart
-    /// or by another replica: see [`Hub::token_to_remake`]).
-    pub fn pending_credential(&self, agent: &str, used: &str) -> Option<mailloop_common::Secret> {
-        let inner = self.lock();
-        let a = inner.agents.get(agent)?;
-        if a.stored.token_sha256 == used || a.stored.revoked {
-            return None;
-        }
-        inner
-            .pending
-            .get(agent)
-            .filter(|t| token_sha256(t.expose()) == a.stored.token_sha256)
-            .cloned()
-    }
-
     /// A stream opened with the previous token of a rotated agent, in its
     /// grace period, while this replica does not hold the new token (only
     /// its hash is stored: the coordinator that made it restarted, or it is
@@ -638,16 +659,6 @@ impl Hub {
         }
         a.stored.token_in_use = true;
         true
-    }
-
-    /// When the token of SHA-256 `used` stops working for `agent`: Some
-    /// for a previous token in its grace period.
-    pub fn token_until(&self, agent: &str, used: &str) -> Option<i64> {
-        let inner = self.lock();
-        let a = inner.agents.get(agent)?;
-        (a.stored.previous_token_sha256.as_deref() == Some(used))
-            .then_some(a.stored.previous_token_until_ms)
-            .flatten()
     }
 
     /// Whether some other agent already holds this token hash.
@@ -720,6 +731,57 @@ fn previous_valid(a: &StoredAgent, now_ms: i64) -> bool {
     a.previous_token_sha256.is_some() && a.previous_token_until_ms.is_some_and(|until| now_ms < until)
 }
 
+/// What an assignment stream reads when it wakes ([`Hub::follow`]).
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// False: the agent was revoked or removed (or moved region).
+    pub valid: bool,
+    /// When the stream's token stops working (a rotated agent's previous
+    /// token in its grace period).
+    pub until: Option<i64>,
+    /// A rotated token held here, to deliver on this stream.
+    pub pending: Option<mailloop_common::Secret>,
+    /// The hash of a rotated token this replica does not hold, for a
+    /// stream on the previous token: see [`Hub::token_to_remake`].
+    pub to_remake: Option<String>,
+    /// Checks to remove, by id, sorted.
+    pub removed: Vec<String>,
+    /// Checks added or changed, by id.
+    pub upserts: Vec<Arc<Assignment>>,
+}
+
+/// What turns `held` (check id → revision) into `want`, applied to
+/// `held`: the ids to remove (sorted), then the assignments to send.
+pub fn diff_held(
+    held: &mut HashMap<String, u64>,
+    want: Option<&BTreeMap<String, Arc<Assignment>>>,
+) -> (Vec<String>, Vec<Arc<Assignment>>) {
+    let mut gone: Vec<String> = held
+        .keys()
+        .filter(|id| !want.is_some_and(|w| w.contains_key(*id)))
+        .cloned()
+        .collect();
+    gone.sort_unstable();
+    for id in &gone {
+        held.remove(id);
+    }
+    let mut upserts = Vec::new();
+    for (id, a) in want.into_iter().flatten() {
+        match held.get_mut(id) {
+            Some(r) if *r == a.revision => {}
+            Some(r) => {
+                *r = a.revision;
+                upserts.push(a.clone());
+            }
+            None => {
+                held.insert(id.clone(), a.revision);
+                upserts.push(a.clone());
+            }
+        }
+    }
+    (gone, upserts)
+}
+
 /// An agent as the API shows it: its sessions here and on other replicas.
 fn view(a: &AgentState, remote: Option<&Remote>, map: &Placement) -> AgentView {
     let mut stored = a.stored.clone();
@@ -762,5 +824,119 @@ impl Drop for Session {
             inner.wake(touched);
         }
         self.hub.local.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CheckSpec;
+    use crate::storage::Source;
+    use std::time::Duration;
+
+    fn check(name: &str, revision: u64, regions: &[&str]) -> StoredCheck {
+        StoredCheck {
+            spec: CheckSpec {
+                name: name.into(),
+                table: serde_json::json!({"from": name}),
+                interval: Duration::from_secs(60),
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                quorum: None,
+                public: None,
+            },
+            revision,
+            source: Source::Api,
+            deleted: false,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn agent(name: &str, region: &str, token: &str) -> StoredAgent {
+        StoredAgent {
+            name: name.into(),
+            region: region.into(),
+            token_sha256: token_sha256(token),
+            source: Source::Config,
+            revoked: false,
+            version: None,
+            last_seen_ms: None,
+            connected: false,
+            created_at_ms: 0,
+            previous_token_sha256: None,
+            previous_token_until_ms: None,
+            token_in_use: false,
+        }
+    }
+
+    fn ids(f: &Followed) -> Vec<(String, u64)> {
+        f.upserts.iter().map(|a| (a.check_id.clone(), a.revision)).collect()
+    }
+
+    /// One `follow` call tells a stream everything it needs, and only what
+    /// changed since its last call: what a check change fanned out to
+    /// every agent costs each stream.
+    #[test]
+    fn follow_answers_only_what_changed_since_the_last_call() {
+        let hub = Hub::new(
+            vec![check("c1", 1, &["r1", "r2"]), check("c2", 2, &["r1"])],
+            vec![agent("a1", "r1", "tok-a1"), agent("b1", "r2", "tok-b1")],
+        );
+        let who = hub.authenticate(Some("tok-a1")).unwrap();
+        let used = token_sha256("tok-a1");
+        let _session = hub.connect(&who);
+        let mut held = HashMap::new();
+        let first = hub.follow(&who, &used, 0, &mut held);
+        assert!(first.valid);
+        assert_eq!((first.until, first.pending.is_some(), first.to_remake.clone()), (None, false, None));
+        assert_eq!(ids(&first), [("c1".to_string(), 1), ("c2".to_string(), 2)]);
+        assert!(first.removed.is_empty());
+        // Nothing changed: nothing to send.
+        let again = hub.follow(&who, &used, 0, &mut held);
+        assert!(again.upserts.is_empty() && again.removed.is_empty());
+        // One check changes (same regions), another is deleted.
+        hub.put_check(check("c1", 3, &["r1", "r2"]));
+        let mut gone = check("c2", 4, &["r1"]);
+        gone.deleted = true;
+        hub.put_check(gone);
+        let changed = hub.follow(&who, &used, 0, &mut held);
+        assert_eq!(ids(&changed), [("c1".to_string(), 3)]);
+        assert_eq!(changed.removed, ["c2"]);
+        assert_eq!(held, HashMap::from([("c1".to_string(), 3)]));
+        // Revoked: the stream learns it from the same call.
+        let mut revoked = agent("a1", "r1", "tok-a1");
+        revoked.revoked = true;
+        hub.put_agent(revoked);
+        assert!(!hub.follow(&who, &used, 0, &mut held).valid);
+    }
+
+    /// A rotated agent's stream, still on its previous token, gets the new
+    /// token from `follow` (held here) or is told to remake it (not held).
+    #[test]
+    fn follow_hands_a_rotated_token_to_a_stream_on_the_previous_one() {
+        let hub = Hub::new(vec![check("c1", 1, &["r1"])], vec![agent("a1", "r1", "tok-old")]);
+        let who = hub.authenticate(Some("tok-old")).unwrap();
+        let used = token_sha256("tok-old");
+        let _session = hub.connect(&who);
+        let mut rotated = agent("a1", "r1", "tok-new");
+        rotated.previous_token_sha256 = Some(used.clone());
+        rotated.previous_token_until_ms = Some(10_000);
+        hub.put_rotated(rotated.clone(), mailloop_common::Secret::new("tok-new".to_string()));
+        let mut held = HashMap::new();
+        let f = hub.follow(&who, &used, 5_000, &mut held);
+        assert!(f.valid);
+        assert_eq!(f.until, Some(10_000));
+        assert_eq!(f.pending.as_ref().map(|t| t.expose().to_string()), Some("tok-new".to_string()));
+        assert_eq!(f.to_remake, None);
+        assert_eq!(ids(&f), [("c1".to_string(), 1)]);
+        // The same rotation seen by a replica that does not hold the new
+        // token: the stream is asked to remake it, until the grace ends.
+        let elsewhere = Hub::new(vec![], vec![rotated]);
+        let f = elsewhere.follow(&who, &used, 5_000, &mut HashMap::new());
+        assert_eq!((f.pending.is_some(), f.to_remake), (false, Some(token_sha256("tok-new"))));
+        let late = elsewhere.follow(&who, &used, 10_000, &mut HashMap::new());
+        assert_eq!(late.to_remake, None);
+        // A stream on the new token has nothing to deliver.
+        let f = hub.follow(&who, &token_sha256("tok-new"), 5_000, &mut HashMap::new());
+        assert_eq!((f.until, f.pending.is_some(), f.to_remake), (None, false, None));
     }
 }

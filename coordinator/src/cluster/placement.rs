@@ -176,13 +176,21 @@ impl Placement {
         check: Option<(Arc<Assignment>, &[String])>,
         touched: &mut Vec<String>,
     ) {
-        let wanted: BTreeSet<String> = check
-            .as_ref()
-            .map(|(_, regions)| regions.iter().cloned().collect())
-            .unwrap_or_default();
-        let old = self.checks.remove(id);
+        let mut old = self.checks.remove(id);
+        // A change that keeps the check's regions (the usual edit) keeps
+        // their set: a check of a 10,000-region fleet is not copied
+        // region by region on every change.
+        let same_regions = match (&check, &old) {
+            (Some((_, regions)), Some(o)) => o.regions.iter().eq(regions.iter()),
+            _ => false,
+        };
+        let wanted: BTreeSet<String> = match (&check, old.as_mut()) {
+            (_, Some(o)) if same_regions => std::mem::take(&mut o.regions),
+            (Some((_, regions)), _) => regions.iter().cloned().collect(),
+            (None, _) => BTreeSet::new(),
+        };
         // Regions the check left.
-        if let Some(old) = &old {
+        if let Some(old) = old.as_ref().filter(|_| !same_regions) {
             for region in old.regions.difference(&wanted) {
                 let Some(r) = self.regions.get_mut(region) else {
                     continue;
@@ -202,14 +210,34 @@ impl Placement {
             return;
         };
         for region in &wanted {
-            let r = self.regions.entry(region.clone()).or_default();
-            let owner = r
-                .checks
-                .entry(id.to_string())
-                .or_insert_with(|| pick(id, &r.agents));
-            if let Some(o) = owner {
-                let theirs = self.by_agent.entry(o.agent.clone()).or_default();
-                if theirs.get(id) != Some(&assignment) {
+            // Looked up before anything is allocated: on a change, the
+            // region, its entry for the check and the owner's entry exist.
+            if !self.regions.contains_key(region) {
+                self.regions.insert(region.clone(), Region::default());
+            }
+            let Some(r) = self.regions.get_mut(region) else {
+                continue;
+            };
+            if !r.checks.contains_key(id) {
+                let first = pick(id, &r.agents);
+                r.checks.insert(id.to_string(), first);
+            }
+            let Some(Some(o)) = r.checks.get(id) else {
+                continue;
+            };
+            if !self.by_agent.contains_key(&o.agent) {
+                self.by_agent.insert(o.agent.clone(), BTreeMap::new());
+            }
+            let Some(theirs) = self.by_agent.get_mut(&o.agent) else {
+                continue;
+            };
+            match theirs.get_mut(id) {
+                Some(held) if Arc::ptr_eq(held, &assignment) || **held == *assignment => {}
+                Some(held) => {
+                    *held = assignment.clone();
+                    touched.push(o.agent.clone());
+                }
+                None => {
                     theirs.insert(id.to_string(), assignment.clone());
                     touched.push(o.agent.clone());
                 }
