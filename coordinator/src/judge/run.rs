@@ -52,7 +52,7 @@ use crate::cluster::schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::{AckOutcome, ReplicaRole, ReportRow, Storage, StorageError, StoredCheck};
 use mailloop_common::config::{DEFAULT_DEADLINE, DEFAULT_GREYLIST_GRACE};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -327,18 +327,21 @@ struct Live {
     /// From a round's start to its deadline.
     wait_ms: u64,
     regions: Vec<String>,
+    /// The same regions, looked up once per report (a check in a thousand
+    /// regions gets a thousand reports per round).
+    known: HashSet<String>,
     /// The next round to decide (every earlier one is decided or skipped).
     next_round: u64,
     /// Rounds starting before this are decided only if someone reported.
     quiet_before_ms: i64,
     last_verdict: Option<VerdictKind>,
-    /// Reports per round not yet decided, first per region.
-    pending: BTreeMap<u64, Vec<RegionReport>>,
+    /// Reports per round not yet decided, first per region, by region.
+    pending: BTreeMap<u64, HashMap<String, RegionReport>>,
     /// The newest round each region has reported. An agent runs a check's
     /// rounds one after another (never overlapping), so a region that
     /// reported a later round will not report an earlier one: that round
     /// need not wait for its deadline.
-    newest: BTreeMap<String, u64>,
+    newest: HashMap<String, u64>,
 }
 
 impl Live {
@@ -357,15 +360,21 @@ impl Live {
         floor_round(now, self.interval_ms, self.phase_ms, self.wait_ms)
     }
 
+    /// Takes a region's report of `round` (its first one; cheap for the
+    /// rest: no scan of the round's regions, no allocation).
     fn add(&mut self, round: u64, report: RegionReport) {
-        if !self.regions.contains(&report.region) {
+        if !self.known.contains(&report.region) {
             return;
         }
-        let newest = self.newest.entry(report.region.clone()).or_default();
-        *newest = (*newest).max(round);
+        match self.newest.get_mut(&report.region) {
+            Some(newest) => *newest = (*newest).max(round),
+            None => {
+                self.newest.insert(report.region.clone(), round);
+            }
+        }
         let slot = self.pending.entry(round).or_default();
-        if !slot.iter().any(|r| r.region == report.region) {
-            slot.push(report);
+        if !slot.contains_key(&report.region) {
+            slot.insert(report.region.clone(), report);
         }
     }
 
@@ -374,7 +383,7 @@ impl Live {
     fn settled(&self, round: u64) -> bool {
         let reported = self.pending.get(&round);
         self.regions.iter().all(|region| {
-            reported.is_some_and(|r| r.iter().any(|r| r.region == *region))
+            reported.is_some_and(|r| r.contains_key(region))
                 || self.newest.get(region).is_some_and(|&n| n > round)
         })
     }
@@ -383,7 +392,7 @@ impl Live {
         self.pending.get(&round).is_some_and(|reports| {
             self.regions
                 .iter()
-                .all(|region| reports.iter().any(|r| r.region == *region))
+                .all(|region| reports.contains_key(region))
         })
     }
 }
@@ -592,6 +601,7 @@ impl Task {
                     l.judge.reconfigure(&c.spec.regions, policy, &c.spec.table);
                     l.revision = c.revision;
                     l.regions = c.spec.regions.clone();
+                    l.known = c.spec.regions.iter().cloned().collect();
                     l.wait_ms = round_wait(&c, &self.settings).as_millis() as u64;
                     let interval_ms = c.spec.interval.as_millis() as u64;
                     if interval_ms != l.interval_ms {
@@ -686,11 +696,12 @@ impl Task {
             phase_ms,
             wait_ms: round_wait(c, &self.settings).as_millis() as u64,
             regions: c.spec.regions.clone(),
+            known: c.spec.regions.iter().cloned().collect(),
             next_round,
             quiet_before_ms: if last.is_some() { i64::MIN } else { now },
             last_verdict: last.map(|v| v.verdict),
             pending: BTreeMap::new(),
-            newest: BTreeMap::new(),
+            newest: HashMap::new(),
         };
         // Reports stored before the judge followed the check (before a restart, say).
         for round in next_round..=current {
@@ -735,11 +746,11 @@ impl Task {
                         Ok(rows) => {
                             let live = self.checks.get_mut(&id).expect("still followed");
                             for row in rows {
-                                if live.regions.contains(&row.region)
-                                    && !reports.iter().any(|r| r.region == row.region)
+                                if live.known.contains(&row.region)
+                                    && !reports.contains_key(&row.region)
                                     && let Some(r) = region_report(&row)
                                 {
-                                    reports.push(r);
+                                    reports.insert(row.region.clone(), r);
                                 }
                             }
                         }
@@ -753,6 +764,7 @@ impl Task {
                 if reports.is_empty() && start < live.quiet_before_ms {
                     continue; // before the judge followed the check, and nobody reported
                 }
+                let mut reports: Vec<RegionReport> = reports.into_values().collect();
                 reports.sort_by(|a, b| a.region.cmp(&b.region));
                 self.decide(&id, round, start, reports).await;
             }

@@ -13,6 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 pub const MAX_BATCH: usize = 1024;
 /// Jobs waiting for the writer before senders are made to wait (backpressure).
 pub(super) const QUEUE: usize = 8192;
+/// The writer's page cache, in KiB (`PRAGMA cache_size` takes a negative
+/// number for KiB; SQLite's default is 2 MiB): a full batch of 21-step
+/// reports and the index pages it touches, about 5 MiB, fit without
+/// spilling mid-transaction.
+pub(super) const WRITER_CACHE_KIB: i64 = -16 * 1024;
 /// Read connections.
 pub(super) const READERS: usize = 4;
 /// Rows deleted per retention transaction, so pruning never holds the writer long.

@@ -6,6 +6,7 @@ mod agents;
 mod aggregates;
 mod alert_log;
 mod audit;
+mod checkpoint;
 mod checks;
 mod engine;
 mod incidents;
@@ -18,7 +19,7 @@ pub use engine::{MAX_BATCH, Sqlite};
 pub use migrations::schema_version;
 
 use super::model::{DB_FILE, StorageError};
-use engine::{QUEUE, READERS, Readers, writer_loop};
+use engine::{QUEUE, READERS, Readers, WRITER_CACHE_KIB, writer_loop};
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -38,13 +39,18 @@ impl Sqlite {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(open_err)?;
+        let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         // FULL: a commit is on disk before the writer answers (the ack rule).
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        // Room for a whole batch's pages (up to MAX_BATCH reports and their
+        // index pages): a smaller cache spills dirty pages to the WAL in
+        // the middle of the transaction and reads them back.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(open_err)?;
         // A database written by a newer coordinator is refused, not written into.
         let found = migrations::found_version(&conn).map_err(open_err)?;
@@ -62,12 +68,26 @@ impl Sqlite {
             r.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
             readers.push(Mutex::new(r));
         }
+        // Checkpoints run on a thread of their own (see `checkpoint`), not
+        // at the end of the writer's commits, where they held every ack.
+        let checkpointer = Connection::open(&path).map_err(open_err)?;
+        checkpointer.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        checkpointer.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        let (wake, wakes) = std::sync::mpsc::sync_channel(1);
+        checkpoint::install(&mut conn, wake.clone()).map_err(open_err)?;
+        let checkpoints = std::thread::Builder::new()
+            .name("storage-checkpoint".into())
+            .spawn(move || checkpoint::run(checkpointer, wakes))
+            .expect("spawn the storage checkpoint thread");
         let (tx, rx) = mpsc::channel(QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("storage-writer".into())
             .spawn(move || {
                 writer_loop(conn, rx);
+                // The writer is gone: no more WAL to copy after this one.
+                let _ = wake.send(checkpoint::Wake::Stop);
+                let _ = checkpoints.join();
                 let _ = done_tx.send(());
             })
             .expect("spawn the storage writer thread");
