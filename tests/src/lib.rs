@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod blocklist;
+pub mod browser;
 pub mod cluster;
 pub mod fake;
 pub mod postgres;

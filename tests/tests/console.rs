@@ -11,6 +11,7 @@
 //!
 //! `cargo test -p mailloop-tests --test console -- --nocapture`
 
+use mailloop_tests::browser::{browser_dir, require_browser};
 use mailloop_tests::backend::Backend;
 use mailloop_tests::cluster::{ADMIN_TOKEN, wait_until};
 use mailloop_tests::regions::{RegionCluster, Settings};
@@ -158,35 +159,6 @@ fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16
         status,
         serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null),
     )
-}
-
-fn browser_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// Fails (never skips) with the install hint when the browser tooling is missing.
-fn require_browser() {
-    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
-        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: {HINT}"
-    );
-    for module in ["playwright-core", "axe-core"] {
-        assert!(
-            browser_dir()
-                .join("node_modules")
-                .join(module)
-                .join("package.json")
-                .exists(),
-            "tests/browser/node_modules/{module} is missing: {HINT}"
-        );
-    }
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "node is missing (apt-get install nodejs npm): {HINT}"
-    );
 }
 
 #[test]

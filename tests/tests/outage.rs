@@ -13,6 +13,7 @@
 //! Run it only when no one else is testing against the stack:
 //! `cargo test -p mailloop-tests --test outage -- --nocapture`.
 
+use mailloop_tests::browser::{browser_dir, require_browser};
 use mailloop_tests::backend::Backend;
 use mailloop_tests::regions::{self, RegionCluster, Settings};
 use mailloop_tests::{Check, cluster::wait_until, on_both_backends};
@@ -103,23 +104,6 @@ fn stopping_the_mail_stack_is_down_an_outage_paged_then_resolved(backend: Backen
 
 /// What visitors of the status page call the check.
 const DISPLAY: &str = "Webmail (outage test)";
-
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// Fails (never skips) with the install hint when the browser tooling is missing.
-fn require_browser() {
-    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
-        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
-    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing: {HINT}");
-    for module in ["playwright-core", "axe-core"] {
-        assert!(
-            browser_dir().join("node_modules").join(module).join("package.json").exists(),
-            "tests/browser/node_modules/{module} is missing: {HINT}"
-        );
-    }
-}
 
 /// The outage is open (paged) and the stack still down: the public page,
 /// rebuilt within a round, says so in words a visitor reads, lists the

@@ -7,30 +7,13 @@
 //! `cargo test -p mailloop-tests --test status_live` (needs the stack up
 //! and `make deps` for the browser tooling).
 
+use mailloop_tests::browser::{browser_dir, require_browser};
 use mailloop_tests::Check;
 use mailloop_tests::cluster::{Cluster, check_toml, wait_until};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const REGIONS: [&str; 2] = ["eu-west", "us-east"];
-
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-/// Fails (never skips) with the install hint when the tooling is missing.
-fn require_browser() {
-    const HINT: &str = "install with `make deps` (Debian `chromium` through tests/mailstack/install.sh, \
-        then `npm ci --prefix tests/browser` for playwright-core and axe-core)";
-    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing: {HINT}");
-    for module in ["playwright-core", "axe-core"] {
-        assert!(
-            browser_dir().join("node_modules").join(module).join("package.json").exists(),
-            "tests/browser/node_modules/{module} is missing: {HINT}"
-        );
-    }
-}
 
 /// Runs the browser script on `url`: what it saw, per scheme.
 fn browse(url: &str, shots: &std::path::Path, name: &str) -> Value {

@@ -26,7 +26,7 @@ use crate::api::state::{ApiError, ApiState, audited};
 use crate::auth::{Access, Action, ApiRouter, Caller, Changed, IdFrom, Role};
 use crate::judge::{Incident, IncidentKind, IncidentState, RegionEvidence, RegionState, Verdict};
 use crate::storage::{AckOutcome, AlertAttempt, AlertAttemptQuery, IncidentQuery};
-use paging::{Cursor, Links, Page, Paging};
+use paging::{Links, Page, Paging};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -370,12 +370,7 @@ async fn incidents(
         .into_iter()
         .find(|k| k.as_str() == kind_filter);
     let check = field(&q, "check");
-    let id = |c: &String| c.parse::<u64>().ok();
-    let (before_id, after_id) = match &paging.cursor {
-        Cursor::First => (None, None),
-        Cursor::After(k) => (id(k).or(Some(i64::MAX as u64)), None),
-        Cursor::Before(k) => (None, id(k).or(Some(0))),
-    };
+    let (before_id, after_id) = paging.numeric_bounds();
     let rows = state
         .storage
         .list_incidents(IncidentQuery {
@@ -588,12 +583,7 @@ async fn alerts(
     let channel = field(&q, "channel");
     let incident = field(&q, "incident");
     let incident_id = incident.trim_start_matches('#').parse::<u64>().ok();
-    let seq = |c: &String| c.parse::<u64>().ok();
-    let (before_seq, after_seq) = match &paging.cursor {
-        Cursor::First => (None, None),
-        Cursor::After(k) => (seq(k).or(Some(i64::MAX as u64)), None),
-        Cursor::Before(k) => (None, seq(k).or(Some(0))),
-    };
+    let (before_seq, after_seq) = paging.numeric_bounds();
     let rows = state
         .storage
         .alert_attempts(AlertAttemptQuery {

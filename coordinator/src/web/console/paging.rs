@@ -68,6 +68,19 @@ impl Paging {
         self.size + 1
     }
 
+    /// For lists shown newest first by a numeric key (incident id, attempt
+    /// seq): the (below, above) bounds a storage query takes. "After" in
+    /// display order is below the key; an unreadable key starts from the
+    /// newest (or the oldest) end.
+    pub fn numeric_bounds(&self) -> (Option<u64>, Option<u64>) {
+        let key = |c: &String| c.parse::<u64>().ok();
+        match &self.cursor {
+            Cursor::First => (None, None),
+            Cursor::After(k) => (key(k).or(Some(i64::MAX as u64)), None),
+            Cursor::Before(k) => (None, key(k).or(Some(0))),
+        }
+    }
+
     /// `rows` as fetched from the cursor: in display order after it (or
     /// from the start), or, for [`Cursor::Before`], in reverse display
     /// order (nearest the cursor first); at most [`Paging::fetch`] of them.
